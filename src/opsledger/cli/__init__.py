@@ -1,0 +1,49 @@
+"""The `opsledger` command line: parses arguments, calls the library, prints results.
+
+No logic lives here. Every command's docstring is its help text and carries an Example.
+User errors (OpsledgerError) print one line per problem to stderr and exit with their code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from opsledger import __version__
+from opsledger.cli.lab import lab
+from opsledger.errors import OpsledgerError
+
+
+class _Group(click.Group):
+    """A group that turns OpsledgerError into one line per problem and the right exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OpsledgerError as exc:
+            for problem in exc.problems:
+                click.secho(f"error: {problem}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="opsledger")
+def cli() -> None:
+    """GitOps for IT operations: desired state, changes, approvals and audit in plain git.
+
+    \b
+    Example:
+        opsledger lab up
+    """
+
+
+cli.add_command(lab)
+
+
+def main() -> None:
+    cli(prog_name="opsledger")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

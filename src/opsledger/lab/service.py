@@ -1,0 +1,358 @@
+"""The lab's use cases: `up`, `down`, `status`, `ssh` — each returns a result object.
+
+`up` converges the running lab to `inventories/lab` (create, start, replace or remove
+containers) and is a no-op when it already matches; `down` removes everything `up` made, found
+by podman labels rather than by the inventory, so it works even after the inventory changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
+from opsledger.inventory import load_inventory
+from opsledger.lab import host_setup, image, ssh
+from opsledger.lab.podman import containers_with_label, inspect_container, network_exists, podman
+from opsledger.lab.spec import (
+    LABEL,
+    LabHost,
+    LabSpec,
+    build_spec,
+    create_args,
+    labels,
+    next_free_port,
+    port_in_use,
+    spec_hash,
+)
+from opsledger.project import Project
+
+BOOT_TIMEOUT = 90  # seconds for systemd to finish booting; measured < 2 s, slack for a busy CI
+SSH_TIMEOUT = 60
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class HostResult:
+    """What `up` did to one host: created, started, replaced, repaired or unchanged."""
+
+    name: str
+    container: str
+    port: int
+    action: str
+    system_state: str = ""
+
+
+@dataclass
+class UpResult:
+    hosts: list[HostResult]
+    image: str
+    image_built: bool
+    host_changes: list[str]
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return (self.image_built or bool(self.host_changes) or bool(self.removed)
+                or any(h.action != "unchanged" for h in self.hosts))
+
+
+@dataclass
+class DownResult:
+    containers: list[str]
+    networks: list[str]
+    files: list[str]
+    images: list[str]
+
+
+@dataclass
+class HostStatus:
+    name: str
+    groups: tuple[str, ...]
+    container: str
+    port: int
+    state: str  # podman state, or "absent"
+    ssh: bool
+    in_inventory: bool = True
+
+
+@dataclass
+class StatusResult:
+    hosts: list[HostStatus]
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.hosts) and all(h.ssh and h.in_inventory for h in self.hosts)
+
+
+def load_spec(project: Project) -> LabSpec:
+    return build_spec(project, load_inventory(project.inventory_file("lab")))
+
+
+@contextlib.contextmanager
+def _lab_lock(project: Project, progress: Progress) -> Iterator[None]:
+    """Serialise lab commands of one checkout (flock on its root: no lock file to clean up)."""
+    fd = os.open(project.root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("another lab command runs in this checkout; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _definition(spec: LabSpec, host: LabHost, image_ref: str) -> tuple[list[str], str]:
+    args = create_args(spec, host, image_ref)
+    host_key = ssh.host_key_path(spec, host).with_suffix(".pub").read_text().strip()
+    return args, spec_hash([*args, host_key, host.user])
+
+
+def _ensure_network(spec: LabSpec) -> None:
+    if not network_exists(spec.network):
+        podman("network", "create", "--label", f"{LABEL}.project={spec.project_label}",
+               spec.network)
+
+
+def _wait_booted(container: str) -> str:
+    """Wait for systemd to finish booting; 'degraded' still boots (a unit failed, not the host).
+
+    Right after `podman start`, systemctl cannot reach systemd's bus yet and prints nothing, so
+    poll until it names a final state.
+    """
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    state = "unknown"
+    while time.monotonic() < deadline:
+        proc = podman("exec", container, "systemctl", "is-system-running", "--wait",
+                      check=False, timeout=BOOT_TIMEOUT)
+        state = proc.stdout.strip() or "unknown"
+        if state in ("running", "degraded", "maintenance", "stopping"):
+            return state
+        time.sleep(0.2)
+    return state
+
+
+def _provision(spec: LabSpec, host: LabHost) -> bool:
+    script = resources.files("opsledger.lab").joinpath("files/provision.sh").read_text()
+    pubkey = host.key_file.with_suffix(".pub").read_text().strip()
+    proc = podman("exec", "-i", host.container, "sh", "-s", "--", host.user, pubkey,
+                  input_text=script)
+    return "changed=1" in proc.stdout
+
+
+def _wait_ssh(host: LabHost) -> None:
+    deadline = time.monotonic() + SSH_TIMEOUT
+    while time.monotonic() < deadline:
+        if ssh.ssh_answers(host):
+            return
+        time.sleep(0.5)
+    raise OpsledgerError(Problem(
+        f"{host.name}: SSH on 127.0.0.1:{host.port} did not answer within {SSH_TIMEOUT}s",
+        fix=f"check `podman logs {host.container}` and `opsledger lab status`"), EXIT_FAILED)
+
+
+def _create(spec: LabSpec, host: LabHost, args: list[str], definition: str) -> None:
+    if port_in_use(host.port):
+        taken = [h.port for h in spec.hosts]
+        raise OpsledgerError(Problem(
+            f"port 127.0.0.1:{host.port} is already in use by another program",
+            str(spec.project.inventory_file("lab")), f"{host.name}.ansible_port",
+            f"stop that program or set ansible_port: {next_free_port(taken)}"))
+    label_args = []
+    for key, value in {**labels(spec, host, definition), f"{LABEL}.port": str(host.port),
+                       f"{LABEL}.user": host.user}.items():
+        label_args += ["--label", f"{key}={value}"]
+    podman("create", *label_args, *args)
+    key = ssh.host_key_path(spec, host)
+    podman("cp", str(key), f"{host.container}:/etc/ssh/ssh_host_ed25519_key")
+    podman("cp", str(key.with_suffix(".pub")), f"{host.container}:/etc/ssh/ssh_host_ed25519_key.pub")
+
+
+def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -> HostResult:
+    args, definition = _definition(spec, host, image_ref)
+    current = inspect_container(host.container)
+    action = "unchanged"
+    if current is not None:
+        theirs = current["Config"]["Labels"] or {}
+        running = current["State"]["Running"]
+        if theirs.get(f"{LABEL}.project") != spec.project_label:
+            if running:
+                raise OpsledgerError(Problem(
+                    f"container {host.container} is running for another checkout "
+                    f"({theirs.get(f'{LABEL}.project', 'not opsledger')})",
+                    field=host.name,
+                    fix="run `opsledger lab down` in that checkout, or set lab_container_prefix "
+                        "in inventories/lab/group_vars/all"))
+            podman("rm", "--force", host.container)
+            current, action = None, "replaced"
+        elif theirs.get(f"{LABEL}.spec") != definition:
+            progress(f"{host.name}: definition changed, replacing its container")
+            ssh.close_control_masters(host)
+            podman("rm", "--force", "--time", "5", host.container)
+            current, action = None, "replaced"
+    if current is None:
+        _create(spec, host, args, definition)
+        action = "created" if action == "unchanged" else action
+    if current is None or not current["State"]["Running"]:
+        podman("start", host.container)
+        action = "started" if action == "unchanged" else action
+    state = _wait_booted(host.container)
+    if action == "unchanged" and ssh.ssh_answers(host):
+        return HostResult(host.name, host.container, host.port, action, state)
+    if _provision(spec, host) and action == "unchanged":
+        action = "repaired"
+    _wait_ssh(host)
+    progress(f"{host.name}: {action} (127.0.0.1:{host.port}, systemd {state})")
+    return HostResult(host.name, host.container, host.port, action, state)
+
+
+def _remove_container(info: dict, progress: Progress) -> tuple[str, str]:
+    """Remove one lab container; returns (container, lab host name)."""
+    name = info["Names"][0]
+    lab_labels = info.get("Labels") or {}
+    if f"{LABEL}.port" in lab_labels:
+        host = LabHost(lab_labels.get(f"{LABEL}.host", name), (), int(lab_labels[f"{LABEL}.port"]),
+                       lab_labels.get(f"{LABEL}.user", "root"), Path(), Path(), (), name)
+        ssh.close_control_masters(host)
+    podman("rm", "--force", "--time", "5", name)
+    progress(f"removed container {name}")
+    return name, lab_labels.get(f"{LABEL}.host", name)
+
+
+def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
+    """Bring the lab to match inventories/lab; a second call with nothing changed does nothing.
+
+    Example:
+        result = lab_up(find_project())
+        [(h.name, h.action) for h in result.hosts]  # [('lab-db1', 'created'), ...]
+    """
+    spec = load_spec(project)  # invalid inventory: fail before touching the machine
+    host_changes = host_setup.prepare_host()
+    for change in host_changes:
+        progress(change)
+    with _lab_lock(project, progress):
+        recipe = image.default_recipe()
+        if not image.image_exists(recipe.ref):
+            progress(f"building base image {recipe.ref} with debootstrap (about a minute, once)")
+        image_ref, built = image.ensure_image(recipe)
+        for key_file in spec.key_files():
+            ssh.ensure_keypair(key_file, "opsledger-lab-admin")
+        for host in spec.hosts:
+            ssh.ensure_keypair(ssh.host_key_path(spec, host), f"root@{host.name}")
+        ssh.write_known_hosts(spec)
+        _ensure_network(spec)
+
+        wanted = {h.container for h in spec.hosts}
+        removed = [_remove_container(c, progress)[0]
+                   for c in containers_with_label(f"{LABEL}.project={spec.project_label}")
+                   if c["Names"][0] not in wanted]
+
+        with ThreadPoolExecutor(max_workers=min(8, len(spec.hosts))) as pool:
+            futures = [pool.submit(_up_host, spec, h, image_ref, progress) for h in spec.hosts]
+            results, problems = [], []
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except OpsledgerError as exc:
+                    problems += exc.problems
+        if problems:
+            raise OpsledgerError(problems, EXIT_FAILED)
+    return UpResult(results, image_ref, built, host_changes, removed)
+
+
+def lab_down(project: Project, *, purge: bool = False, progress: Progress = _quiet) -> DownResult:
+    """Remove every container, network and file `lab up` created (with purge: the image too).
+
+    Example:
+        lab_down(find_project()).containers  # ['opsledger-lab-db1', ...]
+    """
+    host_setup.require_root()
+    with _lab_lock(project, progress):
+        ours = f"{LABEL}.project={project.root}"
+        removed = [_remove_container(c, progress) for c in containers_with_label(ours)]
+        networks = []
+        listing = podman("network", "ls", "--format", "{{.Name}}", "--filter", f"label={ours}")
+        for name in listing.stdout.split():
+            podman("network", "rm", "--force", name)
+            networks.append(name)
+        files = []
+        if project.lab_state_dir.exists():
+            shutil.rmtree(project.lab_state_dir)
+            files.append(str(project.lab_state_dir))
+        facts = project.state_dir / "facts"
+        for _, host_name in removed:  # cached facts would describe a host that is gone
+            cached = facts / host_name
+            if cached.exists():
+                cached.unlink()
+                files.append(str(cached))
+        with contextlib.suppress(OSError):
+            facts.rmdir()
+        with contextlib.suppress(OSError):
+            project.state_dir.rmdir()
+        images = image.remove_images() if purge else []
+    return DownResult([c for c, _ in removed], networks, files, images)
+
+
+def lab_status(project: Project) -> StatusResult:
+    """Each lab host (inventory and running), its port, container state and whether SSH answers.
+
+    Example:
+        lab_status(find_project()).healthy  # True when every host answers SSH
+    """
+    spec = load_spec(project)
+    rows: list[HostStatus] = []
+    running: list[LabHost] = []
+    for host in spec.hosts:
+        info = inspect_container(host.container)
+        state = info["State"]["Status"] if info else "absent"
+        if state == "running":
+            running.append(host)
+        rows.append(HostStatus(host.name, host.groups, host.container, host.port, state, False))
+    answers = ssh.ssh_answers_all(running)
+    for row in rows:
+        row.ssh = answers.get(row.name, False)
+    wanted = {h.container for h in spec.hosts}
+    for info in containers_with_label(f"{LABEL}.project={project.root}"):
+        if info["Names"][0] not in wanted:
+            lab_labels = info.get("Labels") or {}
+            rows.append(HostStatus(lab_labels.get(f"{LABEL}.host", "?"), (), info["Names"][0],
+                                   int(lab_labels.get(f"{LABEL}.port", 0)), info["State"],
+                                   False, in_inventory=False))
+    return StatusResult(rows)
+
+
+def lab_ssh_command(project: Project, name: str, command: tuple[str, ...] = ()) -> list[str]:
+    """The ssh command line for a lab host (the CLI execs it, so it gets the terminal).
+
+    Example:
+        lab_ssh_command(find_project(), "lab-db1", ("uptime",))
+    """
+    spec = load_spec(project)
+    host = spec.host(name)
+    info = inspect_container(host.container)
+    if not info or not info["State"]["Running"]:
+        raise OpsledgerError(Problem(f"lab host {name} is not running",
+                                     fix="run `opsledger lab up` first"))
+    return ssh.ssh_argv(host, *command, batch=bool(command))
+
+
+def run_on_host(project: Project, name: str, command: str) -> subprocess.CompletedProcess:
+    """Run a shell command on a lab host over SSH and capture its output (used by tests/tools)."""
+    return subprocess.run(lab_ssh_command(project, name, (command,)), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)

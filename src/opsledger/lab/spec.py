@@ -1,0 +1,259 @@
+"""What the lab should look like, derived from `inventories/lab` and validated before anything runs.
+
+The inventory is the single source of truth: each host's SSH port, admin user, key file and
+known_hosts file are the values Ansible itself will use, so `ansible -i inventories/lab` and the
+lab can never disagree. Everything the lab writes (podman settings, sysctl, container arguments)
+is rendered here as plain data, which keeps it testable without root or podman.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.inventory import Inventory, InventoryHost
+from opsledger.project import Project
+
+LABEL = "io.opsledger"  # prefix of every podman label the lab sets
+PORT_MIN, PORT_MAX = 1024, 65535
+_CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# Podman settings that work on these machines (cgroup v1 hybrid, hard nofile 20000): crun and
+# the systemd cgroup manager fail here, and without explicit ulimits containers inherit limits
+# that systemd inside rejects. Written as a drop-in so a user's containers.conf stays theirs.
+CONTAINERS_CONF_PATH = Path("/etc/containers/containers.conf.d/50-opsledger-lab.conf")
+CONTAINERS_CONF = """\
+# Written by `opsledger lab up`: podman settings the lab's systemd containers need here.
+[containers]
+default_ulimits = ["nofile=1024:20000", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+# Each systemd container holds ~6 inotify instances; the kernel default of 128 per user caps a
+# lab at ~21 hosts, the rest stay "initializing" forever.
+SYSCTL_PATH = Path("/etc/sysctl.d/60-opsledger-lab.conf")
+SYSCTL_MINIMUMS = {
+    "fs.inotify.max_user_instances": 8192,
+    "fs.inotify.max_user_watches": 524288,
+}
+
+
+def render_sysctl_conf() -> str:
+    lines = ["# Written by `opsledger lab up`: inotify limits for many systemd containers."]
+    lines += [f"{key} = {value}" for key, value in SYSCTL_MINIMUMS.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One lab host as the lab will run it."""
+
+    name: str
+    groups: tuple[str, ...]
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    capabilities: tuple[str, ...]
+    container: str
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """The whole lab: hosts plus the shared network and where host keys live."""
+
+    project: Project
+    hosts: tuple[LabHost, ...]
+    network: str
+
+    @property
+    def project_label(self) -> str:
+        return str(self.project.root)
+
+    @property
+    def hostkey_dir(self) -> Path:
+        return self.project.lab_state_dir / "hostkeys"
+
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        known = ", ".join(h.name for h in self.hosts)
+        raise OpsledgerError(
+            Problem(f"no lab host named {name!r}", fix=f"use one of: {known}")
+        )
+
+    def key_files(self) -> list[Path]:
+        return sorted({h.key_file for h in self.hosts})
+
+    def known_hosts_files(self) -> list[Path]:
+        return sorted({h.known_hosts for h in self.hosts})
+
+
+def _ssh_option(common_args: str, option: str) -> str | None:
+    """Value of `-o Option=value` inside ansible_ssh_common_args (case-insensitive option)."""
+    match = re.search(rf"-o\s*{option}=(\S+)", common_args or "", re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def next_free_port(taken: Iterable[int], start: int = 2201) -> int:
+    """Smallest port >= start that is neither taken by another lab host nor bound on loopback."""
+    used = set(taken)
+    for port in range(start, PORT_MAX + 1):
+        if port not in used and not port_in_use(port):
+            return port
+    raise OpsledgerError(f"no free TCP port on 127.0.0.1 from {start} up")
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
+    """Problems with one host's lab settings, each naming the variable and the fix."""
+    problems: list[Problem] = []
+    where = f"{host.name}"
+    if not _HOSTNAME.match(host.name):
+        problems.append(Problem("not a valid host name for a lab host", source, where,
+                                "use lowercase letters, digits and dashes"))
+    address = str(host.get("ansible_host", ""))
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = address == "localhost"
+    if not loopback:
+        problems.append(Problem(
+            f"ansible_host is {address or 'unset'!r}; lab hosts are reached on loopback only",
+            source, f"{where}.ansible_host", "set ansible_host: 127.0.0.1"))
+    user = host.get("ansible_user")
+    if not user or user == "root":
+        problems.append(Problem("lab hosts need a non-root admin user", source,
+                                f"{where}.ansible_user", "set ansible_user (e.g. opsadmin)"))
+    if not host.get("ansible_ssh_private_key_file"):
+        problems.append(Problem("no SSH key file", source,
+                                f"{where}.ansible_ssh_private_key_file",
+                                "point it at .opsledger/lab/id_ed25519 (see group_vars/all)"))
+    if not _ssh_option(host.get("ansible_ssh_common_args", ""), "UserKnownHostsFile"):
+        problems.append(Problem("no lab known_hosts file", source,
+                                f"{where}.ansible_ssh_common_args",
+                                "add -o UserKnownHostsFile=<...>/.opsledger/lab/known_hosts"))
+    caps = host.get("lab_capabilities", [])
+    if not isinstance(caps, list) or not all(isinstance(c, str) and _CAPABILITY.match(c)
+                                             for c in caps):
+        problems.append(Problem(f"lab_capabilities must be a list of capability names, got "
+                                f"{caps!r}", source, f"{where}.lab_capabilities",
+                                "e.g. [NET_ADMIN]"))
+    return problems
+
+
+def build_spec(project: Project, inventory: Inventory) -> LabSpec:
+    """Validate the lab inventory and turn it into a LabSpec; report every problem at once.
+
+    Example:
+        spec = build_spec(project, load_inventory(project.inventory_file("lab")))
+    """
+    source = str(inventory.source)
+    problems: list[Problem] = []
+    ports: dict[int, str] = {}
+    raw_ports: dict[str, int | None] = {}
+    for host in inventory.hosts.values():
+        problems += _host_problems(host, source)
+        value = host.get("ansible_port")
+        try:
+            port = int(value) if value is not None else None
+        except (TypeError, ValueError):
+            port = None
+            problems.append(Problem(f"ansible_port {value!r} is not a number", source,
+                                    f"{host.name}.ansible_port", "use a TCP port, e.g. 2201"))
+        raw_ports[host.name] = port
+        if port is None:
+            continue
+        if not PORT_MIN <= port <= PORT_MAX:
+            problems.append(Problem(f"ansible_port {port} is outside {PORT_MIN}-{PORT_MAX}",
+                                    source, f"{host.name}.ansible_port",
+                                    "pick an unprivileged port, e.g. 2201"))
+        elif port in ports:
+            problems.append(Problem(f"ansible_port {port} is also used by {ports[port]}",
+                                    source, f"{host.name}.ansible_port",
+                                    f"use a free one, e.g. {next_free_port(ports)}"))
+        else:
+            ports[port] = host.name
+    for name, port in raw_ports.items():
+        if port is None and not any(p.field == f"{name}.ansible_port" for p in problems):
+            problems.append(Problem("no ansible_port: each lab host publishes sshd on its own "
+                                    "loopback port", source, f"{name}.ansible_port",
+                                    f"set ansible_port: {next_free_port(ports)}"))
+    if problems:
+        raise OpsledgerError(problems)
+
+    prefix = str(next(iter(inventory.hosts.values())).get("lab_container_prefix", "opsledger-"))
+    network = str(next(iter(inventory.hosts.values())).get("lab_network", "opsledger-lab"))
+    hosts = []
+    for host in inventory.hosts.values():
+        known_hosts = _ssh_option(host.get("ansible_ssh_common_args", ""), "UserKnownHostsFile")
+        hosts.append(LabHost(
+            name=host.name,
+            groups=host.groups,
+            port=int(host.get("ansible_port")),
+            user=str(host.get("ansible_user")),
+            key_file=Path(str(host.get("ansible_ssh_private_key_file"))).resolve(),
+            known_hosts=Path(str(known_hosts)).resolve(),
+            capabilities=tuple(c.removeprefix("CAP_") for c in host.get("lab_capabilities", [])),
+            container=f"{prefix}{host.name}",
+        ))
+    return LabSpec(project=project, hosts=tuple(hosts), network=network)
+
+
+def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
+    """`podman create` arguments for one host (without the labels, which carry their hash)."""
+    args = [
+        "--name", host.container,
+        "--hostname", host.name,
+        "--network", spec.network,
+        "--network-alias", host.name,
+        "--publish", f"127.0.0.1:{host.port}:22",
+        # systemd as PID 1: podman mounts /run, /tmp tmpfs and sets the stop signal for it.
+        "--systemd", "always",
+    ]
+    for cap in host.capabilities:
+        args += ["--cap-add", cap]
+    return [*args, image, "/sbin/init"]
+
+
+def spec_hash(args: list[str]) -> str:
+    """Identity of a container's definition: a different hash means the container is replaced."""
+    return hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
+
+
+def labels(spec: LabSpec, host: LabHost, definition: str) -> dict[str, str]:
+    return {
+        f"{LABEL}.lab": "1",
+        f"{LABEL}.project": spec.project_label,
+        f"{LABEL}.host": host.name,
+        f"{LABEL}.spec": definition,
+    }
+
+
+def known_hosts_line(host: LabHost, public_host_key: str) -> str:
+    """known_hosts entry for a host key: ssh names non-22 ports as [addr]:port."""
+    key_type, key_data = public_host_key.split()[:2]
+    return f"[{host.address}]:{host.port} {key_type} {key_data}"
