@@ -71,13 +71,21 @@ def _check_yaml(path: Path) -> None:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
         raise OpsledgerError(
-            Problem(f"invalid YAML: {getattr(exc, 'problem', exc)}", str(path), where,
-                    "fix the syntax (yamllint shows details)")
+            Problem(
+                f"invalid YAML: {getattr(exc, 'problem', exc)}",
+                str(path),
+                where,
+                "fix the syntax (yamllint shows details)",
+            )
         ) from None
     if not isinstance(data, dict):
         raise OpsledgerError(
-            Problem("an inventory must be a mapping of groups (usually `all:`)", str(path),
-                    "top level", "start the file with `all:` and nest `children:`/`hosts:`")
+            Problem(
+                "an inventory must be a mapping of groups (usually `all:`)",
+                str(path),
+                "top level",
+                "start the file with `all:` and nest `children:`/`hosts:`",
+            )
         )
 
 
@@ -117,15 +125,22 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
                     value = templar.template(value)
                 except Exception as exc:  # a broken var should name itself, not crash
                     raise OpsledgerError(
-                        Problem(f"cannot template: {exc}", str(source), f"{host.name}.{key}",
-                                "fix the variable's Jinja expression")
+                        Problem(
+                            f"cannot template: {exc}",
+                            str(source),
+                            f"{host.name}.{key}",
+                            "fix the variable's Jinja expression",
+                        )
                     ) from None
             merged[key] = _plain(value)
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in ("all",)))
         hosts[host.name] = InventoryHost(host.name, groups, merged)
     if not hosts:
         raise OpsledgerError(
-            Problem("inventory defines no hosts", str(source),
-                    fix="add hosts under `all: children: <group>: hosts:`")
+            Problem(
+                "inventory defines no hosts",
+                str(source),
+                fix="add hosts under `all: children: <group>: hosts:`",
+            )
         )
     return Inventory(source=source, hosts=hosts, _manager=manager)

@@ -46,8 +46,9 @@ def up() -> None:
     result = lab_up(find_project(), progress=_progress)
     table = Table("host", "container", "ssh port", "action", "systemd", title="lab")
     for host in result.hosts:
-        table.add_row(host.name, host.container, f"127.0.0.1:{host.port}", host.action,
-                      host.system_state)
+        table.add_row(
+            host.name, host.container, f"127.0.0.1:{host.port}", host.action, host.system_state
+        )
     Console().print(table)
     for name in result.removed:
         click.echo(f"removed {name} (no longer in the inventory)")
@@ -89,9 +90,14 @@ def status(as_json: bool) -> None:
     else:
         table = Table("host", "groups", "container", "ssh port", "state", "ssh", title="lab")
         for h in result.hosts:
-            table.add_row(h.name + ("" if h.in_inventory else " (not in inventory)"),
-                          ",".join(h.groups), h.container, f"127.0.0.1:{h.port}", h.state,
-                          "[green]answers[/green]" if h.ssh else "[red]no[/red]")
+            table.add_row(
+                h.name + ("" if h.in_inventory else " (not in inventory)"),
+                ",".join(h.groups),
+                h.container,
+                f"127.0.0.1:{h.port}",
+                h.state,
+                "[green]answers[/green]" if h.ssh else "[red]no[/red]",
+            )
         Console().print(table)
     if not result.healthy:
         raise SystemExit(EXIT_FAILED)

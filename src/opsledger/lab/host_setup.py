@@ -26,27 +26,41 @@ HOST_PACKAGES = ("podman", "runc", "debootstrap", "openssh-client", "iptables", 
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise OpsledgerError(Problem(
-            "the lab needs root: it runs rootful podman with published ports and NET_ADMIN",
-            fix="run it as root (e.g. `sudo -E opsledger lab up`)"))
+        raise OpsledgerError(
+            Problem(
+                "the lab needs root: it runs rootful podman with published ports and NET_ADMIN",
+                fix="run it as root (e.g. `sudo -E opsledger lab up`)",
+            )
+        )
 
 
 def missing_packages() -> list[str]:
-    commands = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap",
-                "openssh-client": "ssh-keygen", "iptables": "iptables", "uidmap": "newuidmap"}
+    commands = {
+        "podman": "podman",
+        "runc": "runc",
+        "debootstrap": "debootstrap",
+        "openssh-client": "ssh-keygen",
+        "iptables": "iptables",
+        "uidmap": "newuidmap",
+    }
     return [pkg for pkg, cmd in commands.items() if shutil.which(cmd) is None]
 
 
 def install_packages(packages: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
-            raise OpsledgerError(Problem(
-                f"{' '.join(cmd[:2])} failed: {' | '.join(tail)}",
-                fix=f"install {' '.join(packages)} with apt-get yourself and run again"))
+            raise OpsledgerError(
+                Problem(
+                    f"{' '.join(cmd[:2])} failed: {' | '.join(tail)}",
+                    fix=f"install {' '.join(packages)} with apt-get yourself and run again",
+                )
+            )
 
 
 def write_if_changed(path: Path, content: str) -> bool:
@@ -64,8 +78,9 @@ def ensure_sysctl(proc_sys: Path = Path("/proc/sys")) -> list[str]:
         current_file = proc_sys / key.replace(".", "/")
         current = int(current_file.read_text().split()[0]) if current_file.exists() else 0
         if current < minimum:
-            subprocess.run(["sysctl", "-q", "-w", f"{key}={minimum}"], check=False,
-                           capture_output=True)
+            subprocess.run(
+                ["sysctl", "-q", "-w", f"{key}={minimum}"], check=False, capture_output=True
+            )
             changed.append(f"{key}={minimum}")
     if changed:
         write_if_changed(SYSCTL_PATH, render_sysctl_conf())

@@ -25,8 +25,17 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 # What Ansible, systemd-in-container and sshd need; roles install everything else themselves.
 PACKAGES = (
-    "python3", "python3-apt", "openssh-server", "systemd", "systemd-sysv", "dbus",
-    "iproute2", "sudo", "procps", "ca-certificates", "less",
+    "python3",
+    "python3-apt",
+    "openssh-server",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "sudo",
+    "procps",
+    "ca-certificates",
+    "less",
 )
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -89,36 +98,74 @@ def image_exists(ref: str) -> bool:
 def build_image(recipe: ImageRecipe, *, workdir: Path | None = None) -> str:
     """debootstrap the recipe into a temporary root, set it up in a chroot, podman import it."""
     if shutil.which("debootstrap") is None:
-        raise OpsledgerError(Problem("debootstrap is not installed",
-                                     fix="apt-get install debootstrap (lab up does this as root)"))
+        raise OpsledgerError(
+            Problem(
+                "debootstrap is not installed",
+                fix="apt-get install debootstrap (lab up does this as root)",
+            )
+        )
     with tempfile.TemporaryDirectory(prefix="opsledger-image-", dir=workdir or "/var/tmp") as tmp:
         root = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", f"--variant={recipe.variant}",
-               f"--include={','.join(recipe.packages)}", recipe.suite, str(root), recipe.mirror]
+        cmd = [
+            "debootstrap",
+            f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}",
+            recipe.suite,
+            str(root),
+            recipe.mirror,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise OpsledgerError(Problem(
-                f"debootstrap failed: {' | '.join(tail)}", field="image",
-                fix=f"check that {recipe.mirror} is reachable, or set OPSLEDGER_DEBIAN_MIRROR"))
+            raise OpsledgerError(
+                Problem(
+                    f"debootstrap failed: {' | '.join(tail)}",
+                    field="image",
+                    fix=f"check that {recipe.mirror} is reachable, or set OPSLEDGER_DEBIAN_MIRROR",
+                )
+            )
         setup = root / "tmp" / "image-setup.sh"
         setup.write_text(recipe.setup_script)
-        proc = subprocess.run(["chroot", str(root), "/bin/sh", "/tmp/image-setup.sh",
-                               recipe.mirror, recipe.security_mirror],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "chroot",
+                str(root),
+                "/bin/sh",
+                "/tmp/image-setup.sh",
+                recipe.mirror,
+                recipe.security_mirror,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise OpsledgerError(Problem(f"image setup failed: {proc.stderr.strip()[-300:]}",
-                                         field="image", fix="see lab/files/image-setup.sh"))
+            raise OpsledgerError(
+                Problem(
+                    f"image setup failed: {proc.stderr.strip()[-300:]}",
+                    field="image",
+                    fix="see lab/files/image-setup.sh",
+                )
+            )
         setup.unlink(missing_ok=True)
-        tar = subprocess.Popen(["tar", "--numeric-owner", "--xattrs", "-C", str(root),
-                                "-cf", "-", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", "-", "."],
+            stdout=subprocess.PIPE,
+        )
         try:
-            podman("import",
-                   "--change", 'CMD ["/sbin/init"]',
-                   "--change", "STOPSIGNAL=SIGRTMIN+3",
-                   "--change", "ENV=container=podman",
-                   "--change", f"LABEL=io.opsledger.recipe={recipe.digest}",
-                   "-", recipe.ref, stdin=tar.stdout)
+            podman(
+                "import",
+                "--change",
+                'CMD ["/sbin/init"]',
+                "--change",
+                "STOPSIGNAL=SIGRTMIN+3",
+                "--change",
+                "ENV=container=podman",
+                "--change",
+                f"LABEL=io.opsledger.recipe={recipe.digest}",
+                "-",
+                recipe.ref,
+                stdin=tar.stdout,
+            )
         finally:
             if tar.stdout:
                 tar.stdout.close()
@@ -135,8 +182,14 @@ def ensure_image(recipe: ImageRecipe) -> tuple[str, bool]:
 
 def remove_images() -> list[str]:
     """Remove every opsledger base image (used by `lab down --purge`)."""
-    out = podman("images", "--format", "{{.Repository}}:{{.Tag}}",
-                 "--filter", f"reference={IMAGE_NAME}", check=False).stdout
+    out = podman(
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "--filter",
+        f"reference={IMAGE_NAME}",
+        check=False,
+    ).stdout
     refs = [line for line in out.split() if line.startswith(IMAGE_NAME)]
     for ref in refs:
         podman("rmi", "--force", ref, check=False)

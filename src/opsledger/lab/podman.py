@@ -9,24 +9,46 @@ from typing import IO, Any
 from opsledger.errors import OpsledgerError, Problem
 
 
-def podman(*args: str, check: bool = True, stdin: IO[bytes] | None = None,
-           input_text: str | None = None, timeout: float | None = 600) -> subprocess.CompletedProcess:
+def podman(
+    *args: str,
+    check: bool = True,
+    stdin: IO[bytes] | None = None,
+    input_text: str | None = None,
+    timeout: float | None = 600,
+) -> subprocess.CompletedProcess:
     """Run `podman ARGS`; with check, a non-zero exit raises OpsledgerError with podman's words."""
     try:
-        proc = subprocess.run(["podman", *args], stdin=stdin, input=input_text,
-                              capture_output=True, text=stdin is None, timeout=timeout)
+        proc = subprocess.run(
+            ["podman", *args],
+            stdin=stdin,
+            input=input_text,
+            capture_output=True,
+            text=stdin is None,
+            timeout=timeout,
+        )
     except FileNotFoundError:
-        raise OpsledgerError(Problem("podman is not installed",
-                                     fix="run `opsledger lab up` as root; it installs podman")) from None
+        raise OpsledgerError(
+            Problem(
+                "podman is not installed", fix="run `opsledger lab up` as root; it installs podman"
+            )
+        ) from None
     except subprocess.TimeoutExpired:
-        raise OpsledgerError(Problem(f"podman {args[0]} timed out after {timeout}s",
-                                     fix="see `podman ps -a` and the troubleshooting "
-                                         "section of README.md")) from None
+        raise OpsledgerError(
+            Problem(
+                f"podman {args[0]} timed out after {timeout}s",
+                fix="see `podman ps -a` and the troubleshooting section of README.md",
+            )
+        ) from None
     if check and proc.returncode != 0:
         err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
         message = (err.strip().splitlines() or ["(no output)"])[-1]
-        raise OpsledgerError(Problem(f"podman {' '.join(args[:2])} failed: {message}",
-                                     fix="see the troubleshooting section of README.md"), 1)
+        raise OpsledgerError(
+            Problem(
+                f"podman {' '.join(args[:2])} failed: {message}",
+                fix="see the troubleshooting section of README.md",
+            ),
+            1,
+        )
     return proc
 
 

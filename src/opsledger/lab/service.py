@@ -67,8 +67,12 @@ class UpResult:
 
     @property
     def changed(self) -> bool:
-        return (self.image_built or bool(self.host_changes) or bool(self.removed)
-                or any(h.action != "unchanged" for h in self.hosts))
+        return (
+            self.image_built
+            or bool(self.host_changes)
+            or bool(self.removed)
+            or any(h.action != "unchanged" for h in self.hosts)
+        )
 
 
 @dataclass
@@ -126,8 +130,9 @@ def _definition(spec: LabSpec, host: LabHost, image_ref: str) -> tuple[list[str]
 
 def _ensure_network(spec: LabSpec) -> None:
     if not network_exists(spec.network):
-        podman("network", "create", "--label", f"{LABEL}.project={spec.project_label}",
-               spec.network)
+        podman(
+            "network", "create", "--label", f"{LABEL}.project={spec.project_label}", spec.network
+        )
 
 
 def _wait_booted(container: str) -> str:
@@ -139,8 +144,15 @@ def _wait_booted(container: str) -> str:
     deadline = time.monotonic() + BOOT_TIMEOUT
     state = "unknown"
     while time.monotonic() < deadline:
-        proc = podman("exec", container, "systemctl", "is-system-running", "--wait",
-                      check=False, timeout=BOOT_TIMEOUT)
+        proc = podman(
+            "exec",
+            container,
+            "systemctl",
+            "is-system-running",
+            "--wait",
+            check=False,
+            timeout=BOOT_TIMEOUT,
+        )
         state = proc.stdout.strip() or "unknown"
         if state in ("running", "degraded", "maintenance", "stopping"):
             return state
@@ -151,8 +163,9 @@ def _wait_booted(container: str) -> str:
 def _provision(spec: LabSpec, host: LabHost) -> bool:
     script = resources.files("opsledger.lab").joinpath("files/provision.sh").read_text()
     pubkey = host.key_file.with_suffix(".pub").read_text().strip()
-    proc = podman("exec", "-i", host.container, "sh", "-s", "--", host.user, pubkey,
-                  input_text=script)
+    proc = podman(
+        "exec", "-i", host.container, "sh", "-s", "--", host.user, pubkey, input_text=script
+    )
     return "changed=1" in proc.stdout
 
 
@@ -162,26 +175,57 @@ def _wait_ssh(host: LabHost) -> None:
         if ssh.ssh_answers(host):
             return
         time.sleep(0.5)
-    raise OpsledgerError(Problem(
-        f"{host.name}: SSH on 127.0.0.1:{host.port} did not answer within {SSH_TIMEOUT}s",
-        fix=f"check `podman logs {host.container}` and `opsledger lab status`"), EXIT_FAILED)
+    raise OpsledgerError(
+        Problem(
+            f"{host.name}: SSH on 127.0.0.1:{host.port} did not answer within {SSH_TIMEOUT}s",
+            fix=f"check `podman logs {host.container}` and `opsledger lab status`",
+        ),
+        EXIT_FAILED,
+    )
+
+
+def _check_ports(spec: LabSpec) -> None:
+    """Fail before anything starts when a port is held by anything but its own lab container.
+
+    A half-created lab is worse than none, so every port is checked up front.
+    """
+    problems = []
+    taken = [h.port for h in spec.hosts]
+    for host in spec.hosts:
+        info = inspect_container(host.container)
+        ours = (
+            info is not None
+            and info["State"]["Running"]
+            and ((info["Config"]["Labels"] or {}).get(f"{LABEL}.port") == str(host.port))
+        )
+        if not ours and port_in_use(host.port):
+            problems.append(
+                Problem(
+                    f"port 127.0.0.1:{host.port} is already in use by another program",
+                    str(spec.project.inventory_file("lab")),
+                    f"{host.name}.ansible_port",
+                    f"stop that program or set ansible_port: {next_free_port(taken)}",
+                )
+            )
+            taken.append(next_free_port(taken))
+    if problems:
+        raise OpsledgerError(problems)
 
 
 def _create(spec: LabSpec, host: LabHost, args: list[str], definition: str) -> None:
-    if port_in_use(host.port):
-        taken = [h.port for h in spec.hosts]
-        raise OpsledgerError(Problem(
-            f"port 127.0.0.1:{host.port} is already in use by another program",
-            str(spec.project.inventory_file("lab")), f"{host.name}.ansible_port",
-            f"stop that program or set ansible_port: {next_free_port(taken)}"))
     label_args = []
-    for key, value in {**labels(spec, host, definition), f"{LABEL}.port": str(host.port),
-                       f"{LABEL}.user": host.user}.items():
+    for key, value in {
+        **labels(spec, host, definition),
+        f"{LABEL}.port": str(host.port),
+        f"{LABEL}.user": host.user,
+    }.items():
         label_args += ["--label", f"{key}={value}"]
     podman("create", *label_args, *args)
     key = ssh.host_key_path(spec, host)
     podman("cp", str(key), f"{host.container}:/etc/ssh/ssh_host_ed25519_key")
-    podman("cp", str(key.with_suffix(".pub")), f"{host.container}:/etc/ssh/ssh_host_ed25519_key.pub")
+    podman(
+        "cp", str(key.with_suffix(".pub")), f"{host.container}:/etc/ssh/ssh_host_ed25519_key.pub"
+    )
 
 
 def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -> HostResult:
@@ -193,12 +237,15 @@ def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -
         running = current["State"]["Running"]
         if theirs.get(f"{LABEL}.project") != spec.project_label:
             if running:
-                raise OpsledgerError(Problem(
-                    f"container {host.container} is running for another checkout "
-                    f"({theirs.get(f'{LABEL}.project', 'not opsledger')})",
-                    field=host.name,
-                    fix="run `opsledger lab down` in that checkout, or set lab_container_prefix "
-                        "in inventories/lab/group_vars/all"))
+                raise OpsledgerError(
+                    Problem(
+                        f"container {host.container} is running for another checkout "
+                        f"({theirs.get(f'{LABEL}.project', 'not opsledger')})",
+                        field=host.name,
+                        fix="run `opsledger lab down` in that checkout, or set "
+                        "lab_container_prefix in inventories/lab/group_vars/all",
+                    )
+                )
             podman("rm", "--force", host.container)
             current, action = None, "replaced"
         elif theirs.get(f"{LABEL}.spec") != definition:
@@ -227,8 +274,16 @@ def _remove_container(info: dict, progress: Progress) -> tuple[str, str]:
     name = info["Names"][0]
     lab_labels = info.get("Labels") or {}
     if f"{LABEL}.port" in lab_labels:
-        host = LabHost(lab_labels.get(f"{LABEL}.host", name), (), int(lab_labels[f"{LABEL}.port"]),
-                       lab_labels.get(f"{LABEL}.user", "root"), Path(), Path(), (), name)
+        host = LabHost(
+            lab_labels.get(f"{LABEL}.host", name),
+            (),
+            int(lab_labels[f"{LABEL}.port"]),
+            lab_labels.get(f"{LABEL}.user", "root"),
+            Path(),
+            Path(),
+            (),
+            name,
+        )
         ssh.close_control_masters(host)
     podman("rm", "--force", "--time", "5", name)
     progress(f"removed container {name}")
@@ -247,6 +302,7 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
     for change in host_changes:
         progress(change)
     with _lab_lock(project, progress):
+        _check_ports(spec)
         recipe = image.default_recipe()
         if not image.image_exists(recipe.ref):
             progress(f"building base image {recipe.ref} with debootstrap (about a minute, once)")
@@ -259,9 +315,11 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
         _ensure_network(spec)
 
         wanted = {h.container for h in spec.hosts}
-        removed = [_remove_container(c, progress)[0]
-                   for c in containers_with_label(f"{LABEL}.project={spec.project_label}")
-                   if c["Names"][0] not in wanted]
+        removed = [
+            _remove_container(c, progress)[0]
+            for c in containers_with_label(f"{LABEL}.project={spec.project_label}")
+            if c["Names"][0] not in wanted
+        ]
 
         with ThreadPoolExecutor(max_workers=min(8, len(spec.hosts))) as pool:
             futures = [pool.submit(_up_host, spec, h, image_ref, progress) for h in spec.hosts]
@@ -297,10 +355,11 @@ def lab_down(project: Project, *, purge: bool = False, progress: Progress = _qui
             files.append(str(project.lab_state_dir))
         facts = project.state_dir / "facts"
         for _, host_name in removed:  # cached facts would describe a host that is gone
-            cached = facts / host_name
-            if cached.exists():
-                cached.unlink()
-                files.append(str(cached))
+            # ansible-core 2.19's jsonfile cache names files "s1_<host>" (format version prefix).
+            for cached in [facts / host_name, *facts.glob(f"*_{host_name}")]:
+                if cached.is_file():
+                    cached.unlink()
+                    files.append(str(cached))
         with contextlib.suppress(OSError):
             facts.rmdir()
         with contextlib.suppress(OSError):
@@ -331,9 +390,17 @@ def lab_status(project: Project) -> StatusResult:
     for info in containers_with_label(f"{LABEL}.project={project.root}"):
         if info["Names"][0] not in wanted:
             lab_labels = info.get("Labels") or {}
-            rows.append(HostStatus(lab_labels.get(f"{LABEL}.host", "?"), (), info["Names"][0],
-                                   int(lab_labels.get(f"{LABEL}.port", 0)), info["State"],
-                                   False, in_inventory=False))
+            rows.append(
+                HostStatus(
+                    lab_labels.get(f"{LABEL}.host", "?"),
+                    (),
+                    info["Names"][0],
+                    int(lab_labels.get(f"{LABEL}.port", 0)),
+                    info["State"],
+                    False,
+                    in_inventory=False,
+                )
+            )
     return StatusResult(rows)
 
 
@@ -347,12 +414,18 @@ def lab_ssh_command(project: Project, name: str, command: tuple[str, ...] = ()) 
     host = spec.host(name)
     info = inspect_container(host.container)
     if not info or not info["State"]["Running"]:
-        raise OpsledgerError(Problem(f"lab host {name} is not running",
-                                     fix="run `opsledger lab up` first"))
+        raise OpsledgerError(
+            Problem(f"lab host {name} is not running", fix="run `opsledger lab up` first")
+        )
     return ssh.ssh_argv(host, *command, batch=bool(command))
 
 
 def run_on_host(project: Project, name: str, command: str) -> subprocess.CompletedProcess:
     """Run a shell command on a lab host over SSH and capture its output (used by tests/tools)."""
-    return subprocess.run(lab_ssh_command(project, name, (command,)), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        lab_ssh_command(project, name, (command,)),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )

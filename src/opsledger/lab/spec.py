@@ -95,9 +95,7 @@ class LabSpec:
             if host.name == name:
                 return host
         known = ", ".join(h.name for h in self.hosts)
-        raise OpsledgerError(
-            Problem(f"no lab host named {name!r}", fix=f"use one of: {known}")
-        )
+        raise OpsledgerError(Problem(f"no lab host named {name!r}", fix=f"use one of: {known}"))
 
     def key_files(self) -> list[Path]:
         return sorted({h.key_file for h in self.hosts})
@@ -133,35 +131,68 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
     problems: list[Problem] = []
     where = f"{host.name}"
     if not _HOSTNAME.match(host.name):
-        problems.append(Problem("not a valid host name for a lab host", source, where,
-                                "use lowercase letters, digits and dashes"))
+        problems.append(
+            Problem(
+                "not a valid host name for a lab host",
+                source,
+                where,
+                "use lowercase letters, digits and dashes",
+            )
+        )
     address = str(host.get("ansible_host", ""))
     try:
         loopback = ipaddress.ip_address(address).is_loopback
     except ValueError:
         loopback = address == "localhost"
     if not loopback:
-        problems.append(Problem(
-            f"ansible_host is {address or 'unset'!r}; lab hosts are reached on loopback only",
-            source, f"{where}.ansible_host", "set ansible_host: 127.0.0.1"))
+        problems.append(
+            Problem(
+                f"ansible_host is {address or 'unset'!r}; lab hosts are reached on loopback only",
+                source,
+                f"{where}.ansible_host",
+                "set ansible_host: 127.0.0.1",
+            )
+        )
     user = host.get("ansible_user")
     if not user or user == "root":
-        problems.append(Problem("lab hosts need a non-root admin user", source,
-                                f"{where}.ansible_user", "set ansible_user (e.g. opsadmin)"))
+        problems.append(
+            Problem(
+                "lab hosts need a non-root admin user",
+                source,
+                f"{where}.ansible_user",
+                "set ansible_user (e.g. opsadmin)",
+            )
+        )
     if not host.get("ansible_ssh_private_key_file"):
-        problems.append(Problem("no SSH key file", source,
-                                f"{where}.ansible_ssh_private_key_file",
-                                "point it at .opsledger/lab/id_ed25519 (see group_vars/all)"))
+        problems.append(
+            Problem(
+                "no SSH key file",
+                source,
+                f"{where}.ansible_ssh_private_key_file",
+                "point it at .opsledger/lab/id_ed25519 (see group_vars/all)",
+            )
+        )
     if not _ssh_option(host.get("ansible_ssh_common_args", ""), "UserKnownHostsFile"):
-        problems.append(Problem("no lab known_hosts file", source,
-                                f"{where}.ansible_ssh_common_args",
-                                "add -o UserKnownHostsFile=<...>/.opsledger/lab/known_hosts"))
+        problems.append(
+            Problem(
+                "no lab known_hosts file",
+                source,
+                f"{where}.ansible_ssh_common_args",
+                "add -o UserKnownHostsFile=<...>/.opsledger/lab/known_hosts",
+            )
+        )
     caps = host.get("lab_capabilities", [])
-    if not isinstance(caps, list) or not all(isinstance(c, str) and _CAPABILITY.match(c)
-                                             for c in caps):
-        problems.append(Problem(f"lab_capabilities must be a list of capability names, got "
-                                f"{caps!r}", source, f"{where}.lab_capabilities",
-                                "e.g. [NET_ADMIN]"))
+    if not isinstance(caps, list) or not all(
+        isinstance(c, str) and _CAPABILITY.match(c) for c in caps
+    ):
+        problems.append(
+            Problem(
+                f"lab_capabilities must be a list of capability names, got {caps!r}",
+                source,
+                f"{where}.lab_capabilities",
+                "e.g. [NET_ADMIN]",
+            )
+        )
     return problems
 
 
@@ -182,26 +213,47 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
             port = int(value) if value is not None else None
         except (TypeError, ValueError):
             port = None
-            problems.append(Problem(f"ansible_port {value!r} is not a number", source,
-                                    f"{host.name}.ansible_port", "use a TCP port, e.g. 2201"))
+            problems.append(
+                Problem(
+                    f"ansible_port {value!r} is not a number",
+                    source,
+                    f"{host.name}.ansible_port",
+                    "use a TCP port, e.g. 2201",
+                )
+            )
         raw_ports[host.name] = port
         if port is None:
             continue
         if not PORT_MIN <= port <= PORT_MAX:
-            problems.append(Problem(f"ansible_port {port} is outside {PORT_MIN}-{PORT_MAX}",
-                                    source, f"{host.name}.ansible_port",
-                                    "pick an unprivileged port, e.g. 2201"))
+            problems.append(
+                Problem(
+                    f"ansible_port {port} is outside {PORT_MIN}-{PORT_MAX}",
+                    source,
+                    f"{host.name}.ansible_port",
+                    "pick an unprivileged port, e.g. 2201",
+                )
+            )
         elif port in ports:
-            problems.append(Problem(f"ansible_port {port} is also used by {ports[port]}",
-                                    source, f"{host.name}.ansible_port",
-                                    f"use a free one, e.g. {next_free_port(ports)}"))
+            problems.append(
+                Problem(
+                    f"ansible_port {port} is also used by {ports[port]}",
+                    source,
+                    f"{host.name}.ansible_port",
+                    f"use a free one, e.g. {next_free_port(ports)}",
+                )
+            )
         else:
             ports[port] = host.name
     for name, port in raw_ports.items():
         if port is None and not any(p.field == f"{name}.ansible_port" for p in problems):
-            problems.append(Problem("no ansible_port: each lab host publishes sshd on its own "
-                                    "loopback port", source, f"{name}.ansible_port",
-                                    f"set ansible_port: {next_free_port(ports)}"))
+            problems.append(
+                Problem(
+                    "no ansible_port: each lab host publishes sshd on its own loopback port",
+                    source,
+                    f"{name}.ansible_port",
+                    f"set ansible_port: {next_free_port(ports)}",
+                )
+            )
     if problems:
         raise OpsledgerError(problems)
 
@@ -210,29 +262,39 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
     hosts = []
     for host in inventory.hosts.values():
         known_hosts = _ssh_option(host.get("ansible_ssh_common_args", ""), "UserKnownHostsFile")
-        hosts.append(LabHost(
-            name=host.name,
-            groups=host.groups,
-            port=int(host.get("ansible_port")),
-            user=str(host.get("ansible_user")),
-            key_file=Path(str(host.get("ansible_ssh_private_key_file"))).resolve(),
-            known_hosts=Path(str(known_hosts)).resolve(),
-            capabilities=tuple(c.removeprefix("CAP_") for c in host.get("lab_capabilities", [])),
-            container=f"{prefix}{host.name}",
-        ))
+        hosts.append(
+            LabHost(
+                name=host.name,
+                groups=host.groups,
+                port=int(host.get("ansible_port")),
+                user=str(host.get("ansible_user")),
+                key_file=Path(str(host.get("ansible_ssh_private_key_file"))).resolve(),
+                known_hosts=Path(str(known_hosts)).resolve(),
+                capabilities=tuple(
+                    c.removeprefix("CAP_") for c in host.get("lab_capabilities", [])
+                ),
+                container=f"{prefix}{host.name}",
+            )
+        )
     return LabSpec(project=project, hosts=tuple(hosts), network=network)
 
 
 def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
     """`podman create` arguments for one host (without the labels, which carry their hash)."""
     args = [
-        "--name", host.container,
-        "--hostname", host.name,
-        "--network", spec.network,
-        "--network-alias", host.name,
-        "--publish", f"127.0.0.1:{host.port}:22",
+        "--name",
+        host.container,
+        "--hostname",
+        host.name,
+        "--network",
+        spec.network,
+        "--network-alias",
+        host.name,
+        "--publish",
+        f"127.0.0.1:{host.port}:22",
         # systemd as PID 1: podman mounts /run, /tmp tmpfs and sets the stop signal for it.
-        "--systemd", "always",
+        "--systemd",
+        "always",
     ]
     for cap in host.capabilities:
         args += ["--cap-add", cap]

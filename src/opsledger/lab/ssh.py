@@ -25,11 +25,19 @@ def ensure_keypair(path: Path, comment: str) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.unlink(missing_ok=True)
     path.with_suffix(".pub").unlink(missing_ok=True)
-    proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                           "-f", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise OpsledgerError(Problem(f"ssh-keygen failed: {proc.stderr.strip()}", str(path),
-                                     fix="check that the folder is writable"))
+        raise OpsledgerError(
+            Problem(
+                f"ssh-keygen failed: {proc.stderr.strip()}",
+                str(path),
+                fix="check that the folder is writable",
+            )
+        )
     return True
 
 
@@ -40,21 +48,36 @@ def host_key_path(spec: LabSpec, host: LabHost) -> Path:
 def write_known_hosts(spec: LabSpec) -> None:
     """Write each known_hosts file with exactly the lab hosts' generated host keys."""
     for path in spec.known_hosts_files():
-        lines = [known_hosts_line(h, host_key_path(spec, h).with_suffix(".pub").read_text())
-                 for h in spec.hosts if h.known_hosts == path]
+        lines = [
+            known_hosts_line(h, host_key_path(spec, h).with_suffix(".pub").read_text())
+            for h in spec.hosts
+            if h.known_hosts == path
+        ]
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.write_text("\n".join(lines) + "\n")
 
 
-def ssh_argv(host: LabHost, *command: str, batch: bool = True,
-             connect_timeout: int = 5) -> list[str]:
+def ssh_argv(
+    host: LabHost, *command: str, batch: bool = True, connect_timeout: int = 5
+) -> list[str]:
     """ssh command line reaching a lab host exactly as Ansible does (same key, same known_hosts)."""
-    argv = ["ssh", "-i", str(host.key_file), "-p", str(host.port),
-            "-o", f"UserKnownHostsFile={host.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"ConnectTimeout={connect_timeout}",
-            "-o", "LogLevel=ERROR"]
+    argv = [
+        "ssh",
+        "-i",
+        str(host.key_file),
+        "-p",
+        str(host.port),
+        "-o",
+        f"UserKnownHostsFile={host.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if batch:
         argv += ["-o", "BatchMode=yes"]
     return [*argv, f"{host.user}@{host.address}", *command]
@@ -63,8 +86,9 @@ def ssh_argv(host: LabHost, *command: str, batch: bool = True,
 def ssh_answers(host: LabHost, timeout: float = 10) -> bool:
     """True when the admin user can log in with the lab key and the host key checks out."""
     try:
-        proc = subprocess.run(ssh_argv(host, "true"), capture_output=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            ssh_argv(host, "true"), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return False
     return proc.returncode == 0
@@ -79,6 +103,19 @@ def ssh_answers_all(hosts: list[LabHost]) -> dict[str, bool]:
 
 def close_control_masters(host: LabHost) -> None:
     """Stop any ControlPersist master Ansible left for this host (it would outlive the host)."""
-    subprocess.run(["ssh", "-o", f"ControlPath={ANSIBLE_CONTROL_DIR}/%C", "-O", "exit",
-                    "-p", str(host.port), f"{host.user}@{host.address}"],
-                   capture_output=True, stdin=subprocess.DEVNULL, timeout=10, check=False)
+    subprocess.run(
+        [
+            "ssh",
+            "-o",
+            f"ControlPath={ANSIBLE_CONTROL_DIR}/%C",
+            "-O",
+            "exit",
+            "-p",
+            str(host.port),
+            f"{host.user}@{host.address}",
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=10,
+        check=False,
+    )
