@@ -103,6 +103,21 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     for f in [source] if source.is_file() else sorted(source.glob("hosts.y*ml")):
         _check_yaml(f)
 
+    try:
+        return _load(source, template)
+    except OpsledgerError:
+        raise
+    except Exception as exc:  # AnsibleError and friends: say which inventory, not a traceback
+        raise OpsledgerError(
+            Problem(
+                f"Ansible cannot load it: {exc}",
+                str(source),
+                fix="run `ansible-inventory -i <this path> --list` to see the details",
+            )
+        ) from None
+
+
+def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader

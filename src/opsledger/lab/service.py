@@ -297,6 +297,7 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
         result = lab_up(find_project())
         [(h.name, h.action) for h in result.hosts]  # [('lab-db1', 'created'), ...]
     """
+    host_setup.require_root()
     spec = load_spec(project)  # invalid inventory: fail before touching the machine
     host_changes = host_setup.prepare_host()
     for change in host_changes:

@@ -1,0 +1,83 @@
+"""Helpers for lab tests: run Ansible the way a user would, and inspect what podman holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from opsledger.lab.ssh import ANSIBLE_CONTROL_DIR
+from opsledger.project import Project
+
+BIN = Path(sys.executable).parent
+
+
+def ansible(project: Project, *args: str, env: str = "lab") -> subprocess.CompletedProcess:
+    """`ansible -i inventories/<env> ...` from the project root with its ansible.cfg."""
+    return subprocess.run(
+        [str(BIN / "ansible"), "-i", f"inventories/{env}", *args],
+        cwd=project.root,
+        env=project.ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def opsledger(project: Project, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**project.ansible_env(), "OPSLEDGER_PROJECT": str(project.root)}
+    return subprocess.run(
+        [sys.executable, "-m", "opsledger", *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def podman_json(*args: str) -> list[dict]:
+    out = subprocess.run(
+        ["podman", *args, "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out or "[]")
+
+
+def live_processes_mentioning(*needles: str, wait: float = 15) -> list[str]:
+    """Non-zombie processes whose command line mentions a needle, after up to `wait` seconds.
+
+    conmon and aardvark-dns exit asynchronously after `podman rm`, so give them a moment.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+        found = [
+            line
+            for line in out.splitlines()
+            if not line.lstrip().startswith("Z")
+            and "ps -eo" not in line
+            and any(n in line for n in needles)
+        ]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def control_master_alive(port: int, user: str) -> bool:
+    proc = subprocess.run(
+        [
+            "ssh",
+            "-o",
+            f"ControlPath={ANSIBLE_CONTROL_DIR}/%C",
+            "-O",
+            "check",
+            "-p",
+            str(port),
+            f"{user}@127.0.0.1",
+        ],
+        capture_output=True,
+    )
+    return proc.returncode == 0

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from opsledger.errors import OpsledgerError
+from opsledger.inventory import load_inventory
+
+HOSTS = """\
+all:
+  children:
+    db:
+      hosts:
+        db1: {ansible_port: 2301}
+        db2: {ansible_port: 2302}
+    app:
+      hosts:
+        app1: {ansible_port: 2311}
+"""
+
+
+def test_hosts_keep_inventory_order_and_groups(make_project):
+    project = make_project(HOSTS)
+    inv = load_inventory(project.inventory_file())
+    assert list(inv.hosts) == ["db1", "db2", "app1"]
+    assert inv.hosts["db1"].groups == ("db",)
+    assert inv.hosts["app1"].groups == ("app",)
+
+
+def test_group_vars_are_merged_and_templated(make_project):
+    project = make_project(HOSTS)
+    host = load_inventory(project.inventory_file()).hosts["db1"]
+    assert host.get("ansible_user") == "opsadmin"
+    key = Path(host.get("ansible_ssh_private_key_file")).resolve()
+    assert key == project.root / ".opsledger" / "lab" / "id_ed25519"
+    assert type(host.get("ansible_user")) is str  # no Ansible tagged types leak out
+
+
+def test_patterns_resolve_like_ansible(make_project):
+    inv = load_inventory(make_project(HOSTS).inventory_file())
+    assert [h.name for h in inv.match("db")] == ["db1", "db2"]
+    assert [h.name for h in inv.match("all:!db")] == ["app1"]
+    assert [h.name for h in inv.match("db*")] == ["db1", "db2"]
+    assert inv.match("nosuchgroup") == []
+
+
+def test_repo_inventories_share_the_group_structure(repo_project):
+    for env in ("lab", "staging", "production"):
+        inv = load_inventory(repo_project.inventory_file(env))
+        assert inv.group("db"), env
+        assert inv.group("app"), env
+
+
+def test_lab_inventory_has_the_required_hosts(repo_project):
+    inv = load_inventory(repo_project.inventory_file("lab"))
+    assert {h.name for h in inv.group("db")} >= {"lab-db1", "lab-db2"}
+    assert {h.name for h in inv.group("app")} >= {"lab-app1", "lab-app2"}
+
+
+def test_bad_yaml_names_file_and_line(make_project):
+    project = make_project("all:\n  children:\n    db: [unclosed\n")
+    with pytest.raises(OpsledgerError) as err:
+        load_inventory(project.inventory_file())
+    (problem,) = err.value.problems
+    assert problem.file.endswith("hosts.yml")
+    assert problem.field.startswith("line ")
+    assert err.value.exit_code == 2
+
+
+def test_empty_inventory_is_an_error(make_project):
+    project = make_project("all:\n  children: {}\n")
+    with pytest.raises(OpsledgerError, match="defines no hosts"):
+        load_inventory(project.inventory_file())
+
+
+def test_missing_inventory_is_an_error(tmp_path):
+    with pytest.raises(OpsledgerError, match="inventory not found"):
+        load_inventory(tmp_path / "nope" / "hosts.yml")
