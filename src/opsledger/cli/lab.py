@@ -67,7 +67,7 @@ def down(purge: bool) -> None:
     from opsledger.lab.service import lab_down
 
     result = lab_down(find_project(), purge=purge, progress=_progress)
-    removed = result.containers + result.networks + result.files + result.images
+    removed = [*result.containers, *result.networks, *result.volumes, *result.files, *result.images]
     click.echo(f"removed {len(removed)} item(s)" if removed else "lab was already down")
 
 

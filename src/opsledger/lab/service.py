@@ -79,6 +79,7 @@ class UpResult:
 class DownResult:
     containers: list[str]
     networks: list[str]
+    volumes: list[str]
     files: list[str]
     images: list[str]
 
@@ -128,11 +129,33 @@ def _definition(spec: LabSpec, host: LabHost, image_ref: str) -> tuple[list[str]
     return args, spec_hash([*args, host_key, host.user])
 
 
-def _ensure_network(spec: LabSpec) -> None:
+def _network_subnets(name: str) -> list[str]:
+    proc = podman("network", "inspect", name, "--format", "{{range .Subnets}}{{.Subnet}} {{end}}")
+    return proc.stdout.split()
+
+
+def _ensure_network(spec: LabSpec, progress: Progress) -> None:
+    """Create the lab network and shared volumes, labelled so `down` finds them.
+
+    A network whose subnet no longer matches the inventory is recreated, with the containers
+    on it (podman cannot change a network's subnet in place).
+    """
+    label = f"{LABEL}.project={spec.project_label}"
+    if (
+        network_exists(spec.network)
+        and spec.subnet
+        and spec.subnet not in _network_subnets(spec.network)
+    ):
+        progress(f"network {spec.network}: subnet changed to {spec.subnet}, recreating it")
+        for info in containers_with_label(label):
+            _remove_container(info, progress)
+        podman("network", "rm", "--force", spec.network)
     if not network_exists(spec.network):
-        podman(
-            "network", "create", "--label", f"{LABEL}.project={spec.project_label}", spec.network
-        )
+        subnet = ["--subnet", spec.subnet] if spec.subnet else []
+        podman("network", "create", "--label", label, *subnet, spec.network)
+    for volume in spec.volume_names():
+        if podman("volume", "exists", volume, check=False).returncode != 0:
+            podman("volume", "create", "--label", label, volume)
 
 
 def _wait_booted(container: str) -> str:
@@ -313,7 +336,7 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
         for host in spec.hosts:
             ssh.ensure_keypair(ssh.host_key_path(spec, host), f"root@{host.name}")
         ssh.write_known_hosts(spec)
-        _ensure_network(spec)
+        _ensure_network(spec, progress)
 
         wanted = {h.container for h in spec.hosts}
         removed = [
@@ -350,6 +373,9 @@ def lab_down(project: Project, *, purge: bool = False, progress: Progress = _qui
         for name in listing.stdout.split():
             podman("network", "rm", "--force", name)
             networks.append(name)
+        volumes = podman("volume", "ls", "--format", "{{.Name}}", "--filter", f"label={ours}")
+        for name in volumes.stdout.split():
+            podman("volume", "rm", "--force", name)
         files = []
         if project.lab_state_dir.exists():
             shutil.rmtree(project.lab_state_dir)
@@ -366,7 +392,7 @@ def lab_down(project: Project, *, purge: bool = False, progress: Progress = _qui
         with contextlib.suppress(OSError):
             project.state_dir.rmdir()
         images = image.remove_images() if purge else []
-    return DownResult([c for c, _ in removed], networks, files, images)
+    return DownResult([c for c, _ in removed], networks, volumes.stdout.split(), files, images)
 
 
 def lab_status(project: Project) -> StatusResult:

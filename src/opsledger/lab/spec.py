@@ -25,6 +25,7 @@ LABEL = "io.opsledger"  # prefix of every podman label the lab sets
 PORT_MIN, PORT_MAX = 1024, 65535
 _CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_VOLUME = re.compile(r"^[a-z0-9][a-z0-9_.-]*:/[^:]*$")
 
 # Podman settings that work on these machines (cgroup v1 hybrid, hard nofile 20000): crun and
 # the systemd cgroup manager fail here, and without explicit ulimits containers inherit limits
@@ -68,6 +69,7 @@ class LabHost:
     known_hosts: Path
     capabilities: tuple[str, ...]
     container: str
+    volumes: tuple[str, ...] = ()  # "volume-name:/mount/path", shared by hosts naming it
 
     @property
     def address(self) -> str:
@@ -81,6 +83,7 @@ class LabSpec:
     project: Project
     hosts: tuple[LabHost, ...]
     network: str
+    subnet: str | None = None
 
     @property
     def project_label(self) -> str:
@@ -96,6 +99,9 @@ class LabSpec:
                 return host
         known = ", ".join(h.name for h in self.hosts)
         raise OpsledgerError(Problem(f"no lab host named {name!r}", fix=f"use one of: {known}"))
+
+    def volume_names(self) -> list[str]:
+        return sorted({v.split(":", 1)[0] for h in self.hosts for v in h.volumes})
 
     def key_files(self) -> list[Path]:
         return sorted({h.key_file for h in self.hosts})
@@ -193,6 +199,18 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
                 "e.g. [NET_ADMIN]",
             )
         )
+    volumes = host.get("lab_volumes", [])
+    if not isinstance(volumes, list) or not all(
+        isinstance(v, str) and _VOLUME.match(v) for v in volumes
+    ):
+        problems.append(
+            Problem(
+                f"lab_volumes must be a list of 'name:/path' strings, got {volumes!r}",
+                source,
+                f"{where}.lab_volumes",
+                "e.g. [opsledger-lab-pgbackrest:/var/lib/pgbackrest]",
+            )
+        )
     return problems
 
 
@@ -257,8 +275,23 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
     if problems:
         raise OpsledgerError(problems)
 
-    prefix = str(next(iter(inventory.hosts.values())).get("lab_container_prefix", "opsledger-"))
-    network = str(next(iter(inventory.hosts.values())).get("lab_network", "opsledger-lab"))
+    # Lab-wide settings come from group_vars/all in practice; read them from the first host.
+    first = next(iter(inventory.hosts.values()))
+    prefix = str(first.get("lab_container_prefix", "opsledger-"))
+    network = str(first.get("lab_network", "opsledger-lab"))
+    subnet = first.get("lab_network_subnet")
+    if subnet is not None:
+        try:
+            subnet = str(ipaddress.ip_network(str(subnet)))
+        except ValueError:
+            raise OpsledgerError(
+                Problem(
+                    f"lab_network_subnet {subnet!r} is not a network",
+                    source,
+                    "lab_network_subnet",
+                    "use CIDR notation, e.g. 10.89.70.0/24",
+                )
+            ) from None
     hosts = []
     for host in inventory.hosts.values():
         known_hosts = _ssh_option(host.get("ansible_ssh_common_args", ""), "UserKnownHostsFile")
@@ -274,9 +307,10 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
                     c.removeprefix("CAP_") for c in host.get("lab_capabilities", [])
                 ),
                 container=f"{prefix}{host.name}",
+                volumes=tuple(host.get("lab_volumes", [])),
             )
         )
-    return LabSpec(project=project, hosts=tuple(hosts), network=network)
+    return LabSpec(project=project, hosts=tuple(hosts), network=network, subnet=subnet)
 
 
 def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
@@ -298,6 +332,10 @@ def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
     ]
     for cap in host.capabilities:
         args += ["--cap-add", cap]
+    for volume in host.volumes:
+        args += ["--volume", volume]
+    for volume in host.volumes:
+        args += ["--volume", volume]
     return [*args, image, "/sbin/init"]
 
 
