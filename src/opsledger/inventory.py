@@ -17,16 +17,55 @@ import yaml
 from opsledger.errors import OpsledgerError, Problem
 
 
-@dataclass(frozen=True)
 class InventoryHost:
-    """One host with its groups and its merged, templated variables."""
+    """One host with its groups and its merged variables, templated on first use.
 
-    name: str
-    groups: tuple[str, ...]
-    vars: dict[str, Any] = field(repr=False)
+    Templating is lazy: a variable may hold a lookup (a file on the controller, a vault) that
+    only matters to the play that uses it, so only the values asked for are rendered.
+    """
+
+    def __init__(self, name: str, groups: tuple[str, ...], raw: dict[str, Any], templar: Any):
+        self.name = name
+        self.groups = groups
+        self._raw = raw
+        self._templar = templar
+        self._cache: dict[str, Any] = {}
+        self.source = ""
+
+    def __repr__(self) -> str:
+        return f"InventoryHost({self.name!r}, groups={self.groups!r})"
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._raw
+
+    def keys(self) -> list[str]:
+        return [k for k in self._raw if k not in _MAGIC]
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.vars.get(key, default)
+        if key not in self._raw:
+            return default
+        if key not in self._cache:
+            try:
+                self._cache[key] = _plain(self._templar.template(self._raw[key]))
+            except Exception as exc:  # a broken var should name itself, not crash
+                raise OpsledgerError(
+                    Problem(
+                        f"cannot template: {exc}",
+                        self.source,
+                        f"{self.name}.{key}",
+                        "fix the variable's Jinja expression",
+                    )
+                ) from None
+        return self._cache[key]
+
+    @property
+    def vars(self) -> dict[str, Any]:
+        """Every variable, templated (renders all lookups: prefer get())."""
+        return {k: self.get(k) for k in self.keys()}
+
+
+_plugins_ready = False
+_MAGIC = {"hostvars", "vars", "groups", "omit", "environment", "playbook_dir"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +83,13 @@ class Inventory:
 
     def group(self, name: str) -> list[InventoryHost]:
         return [h for h in self.hosts.values() if name in h.groups]
+
+
+class _Verbatim:
+    """Stand-in templar that returns values as written (load_inventory(template=False))."""
+
+    def template(self, value: Any) -> Any:
+        return value
 
 
 def _plain(value: Any) -> Any:
@@ -121,35 +167,25 @@ def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    global _plugins_ready
+    if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
+        init_plugin_loader()
+        _plugins_ready = True
     loader = DataLoader()
     manager = InventoryManager(loader=loader, sources=[str(source)])
     variables = VariableManager(loader=loader, inventory=manager)
     hosts: dict[str, InventoryHost] = {}
     for host in manager.get_hosts("all"):
         raw = variables.get_vars(host=host)
-        merged: dict[str, Any] = {}
         templar = Templar(loader=loader, variables=raw)
-        for key, value in raw.items():
-            if key in ("hostvars", "vars", "groups", "omit"):
-                continue
-            if template:
-                try:
-                    value = templar.template(value)
-                except Exception as exc:  # a broken var should name itself, not crash
-                    raise OpsledgerError(
-                        Problem(
-                            f"cannot template: {exc}",
-                            str(source),
-                            f"{host.name}.{key}",
-                            "fix the variable's Jinja expression",
-                        )
-                    ) from None
-            merged[key] = _plain(value)
-        groups = tuple(sorted(g.name for g in host.get_groups() if g.name not in ("all",)))
-        hosts[host.name] = InventoryHost(host.name, groups, merged)
+        groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
+        entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
+        entry.source = str(source)
+        hosts[host.name] = entry
     if not hosts:
         raise OpsledgerError(
             Problem(
