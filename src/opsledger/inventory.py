@@ -58,6 +58,10 @@ class InventoryHost:
                 ) from None
         return self._cache[key]
 
+    def render(self, value: Any) -> Any:
+        """Template a value (e.g. a role default) with this host's variables."""
+        return _plain(self._templar.template(value))
+
     @property
     def vars(self) -> dict[str, Any]:
         """Every variable, templated (renders all lookups: prefer get())."""
