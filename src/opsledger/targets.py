@@ -46,6 +46,10 @@ class Expectations:
             return self._host.render(self._defaults[key])
         raise KeyError(f"{key} is neither set in the inventory nor a role default")
 
+    def keys(self) -> list[str]:
+        """Every variable name known for the host: inventory values and role defaults."""
+        return sorted({*self._host.keys(), *self._defaults})
+
     def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]

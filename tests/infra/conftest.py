@@ -26,13 +26,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def pytest_addoption(parser):
     group = parser.getgroup("opsledger")
-    group.addoption("--env", default=os.environ.get("OPSLEDGER_ENV"),
-                    help="inventory environment to verify (inventories/<env>); default lab")
+    group.addoption(
+        "--env",
+        default=os.environ.get("OPSLEDGER_ENV"),
+        help="inventory environment to verify (inventories/<env>); default lab",
+    )
     group.addoption("--inventory", default=None, help="inventory path (overrides --env)")
-    group.addoption("--targets", default=os.environ.get("OPSLEDGER_TARGETS", "all"),
-                    help="Ansible host pattern to verify (default all)")
-    group.addoption("--suites", default=os.environ.get("OPSLEDGER_SUITES", ""),
-                    help="comma-separated suites (roles) to run; default all")
+    group.addoption(
+        "--targets",
+        default=os.environ.get("OPSLEDGER_TARGETS", "all"),
+        help="Ansible host pattern to verify (default all)",
+    )
+    group.addoption(
+        "--suites",
+        default=os.environ.get("OPSLEDGER_SUITES", ""),
+        help="comma-separated suites (roles) to run; default all",
+    )
 
 
 def _targets(config) -> list[Target]:
@@ -48,8 +57,9 @@ def _targets(config) -> list[Target]:
             path, env = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent, "molecule"
         else:
             path, env = ROOT / "inventories" / "lab", "lab"
-        cached = resolve_targets(path, pattern=config.getoption("--targets"),
-                                 roles_dir=ROOT / "roles", environment=env)
+        cached = resolve_targets(
+            path, pattern=config.getoption("--targets"), roles_dir=ROOT / "roles", environment=env
+        )
         config._opsledger_targets = cached
     return cached
 
@@ -75,8 +85,9 @@ def pytest_generate_tests(metafunc):
     if "target" not in metafunc.fixturenames:
         return
     applies_to = getattr(metafunc.module, "APPLIES_TO", "all")
-    targets = [t for t in _targets(metafunc.config)
-               if applies_to == "all" or applies_to in t.groups]
+    targets = [
+        t for t in _targets(metafunc.config) if applies_to == "all" or applies_to in t.groups
+    ]
     params = getattr(metafunc.module, "PARAMS", {})
     extra = [name for name in metafunc.fixturenames if name in params]
     if not extra:
@@ -84,8 +95,7 @@ def pytest_generate_tests(metafunc):
         return
     (name,) = extra
     rows = [(t, item) for t in targets for item in params[name](t)]
-    metafunc.parametrize(("target", name), rows,
-                         ids=[f"{t.name}:{_id(item)}" for t, item in rows])
+    metafunc.parametrize(("target", name), rows, ids=[f"{t.name}:{_id(item)}" for t, item in rows])
 
 
 @pytest.fixture

@@ -9,18 +9,25 @@ APPLIES_TO = "all"
 
 
 def _sysctl(t):
-    return sorted({**t.expect["os_baseline_sysctl"], **t.expect["os_baseline_sysctl_extra"]}.items())
+    return sorted(
+        {**t.expect["os_baseline_sysctl"], **t.expect["os_baseline_sysctl_extra"]}.items()
+    )
 
 
 PARAMS = {
-    "package": lambda t: t.expect["os_baseline_packages"]
-    + t.expect["os_baseline_group_packages"]
-    + t.expect["os_baseline_host_packages"],
+    "package": lambda t: (
+        t.expect["os_baseline_packages"]
+        + t.expect["os_baseline_group_packages"]
+        + t.expect["os_baseline_host_packages"]
+    ),
     "absent_package": lambda t: t.expect["os_baseline_packages_absent"],
-    "admin": lambda t: [u for u in t.expect["os_baseline_admin_users"]
-                        if u.get("state", "present") == "present"],
-    "removed_user": lambda t: t.expect["os_baseline_removed_users"]
-    + [u["name"] for u in t.expect["os_baseline_admin_users"] if u.get("state") == "absent"],
+    "admin": lambda t: [
+        u for u in t.expect["os_baseline_admin_users"] if u.get("state", "present") == "present"
+    ],
+    "removed_user": lambda t: (
+        t.expect["os_baseline_removed_users"]
+        + [u["name"] for u in t.expect["os_baseline_admin_users"] if u.get("state") == "absent"]
+    ),
     "sysctl": _sysctl,
     "sshd_algorithms": lambda t: [
         ("kexalgorithms", t.expect["os_baseline_sshd_kex_algorithms"]),
@@ -63,8 +70,11 @@ def test_admin_user_in_admin_group_with_locked_password_os_usr_01(host, expect, 
 def test_admin_user_has_exactly_the_listed_keys_os_usr_02(host, admin):
     keys_file = host.file(f"{host.user(admin['name']).home}/.ssh/authorized_keys")
     assert keys_file.exists and keys_file.user == admin["name"] and keys_file.mode == 0o600
-    present = {" ".join(line.split()[:2]) for line in keys_file.content_string.splitlines()
-               if line.strip() and not line.startswith("#")}
+    present = {
+        " ".join(line.split()[:2])
+        for line in keys_file.content_string.splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert present == {" ".join(k.split()[:2]) for k in admin["ssh_keys"]}
 
 
@@ -76,7 +86,9 @@ def test_admin_group_sudo_rule_os_sudo_01(host, expect):
     rule = host.file("/etc/sudoers.d/50-opsledger-admins")
     assert rule.mode == 0o440 and rule.user == "root"
     nopasswd = "NOPASSWD: " if expect["os_baseline_sudo_nopasswd"] else ""
-    assert f"%{expect['os_baseline_admin_group']} ALL=(ALL:ALL) {nopasswd}ALL" in rule.content_string
+    assert (
+        f"%{expect['os_baseline_admin_group']} ALL=(ALL:ALL) {nopasswd}ALL" in rule.content_string
+    )
     assert host.run("visudo -c").rc == 0
 
 
@@ -140,8 +152,9 @@ def test_chrony_serves_configured_networks_os_time_01(host, expect):
 
 def test_journald_retention_os_log_01(host, expect):
     out = host.check_output("systemd-analyze cat-config systemd/journald.conf")
-    effective = dict(line.split("=", 1) for line in out.splitlines() if "=" in line
-                     and not line.startswith("#"))
+    effective = dict(
+        line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#")
+    )
     assert effective["Storage"] == expect["os_baseline_journald_storage"]
     assert effective["SystemMaxUse"] == expect["os_baseline_journald_system_max_use"]
     assert effective["MaxRetentionSec"] == expect["os_baseline_journald_max_retention"]
@@ -158,8 +171,11 @@ def test_unattended_security_upgrades_os_upd_01(host, expect):
     assert host.package("unattended-upgrades").is_installed
     dump = host.check_output("apt-config dump")
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
-    origins = [line.split(" ", 1)[1].strip('";') for line in dump.splitlines()
-               if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")]
+    origins = [
+        line.split(" ", 1)[1].strip('";')
+        for line in dump.splitlines()
+        if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")
+    ]
     assert origins == expect["os_baseline_updates_origins"]
 
 
@@ -171,7 +187,9 @@ def test_login_banner_os_ban_01(host, expect):
 def test_sensitive_file_permissions_os_perm_01(host, sensitive_file):
     f = host.file(sensitive_file["path"])
     assert (f.user, f.group, oct(f.mode)) == (
-        sensitive_file["owner"], sensitive_file["group"], oct(int(sensitive_file["mode"], 8))
+        sensitive_file["owner"],
+        sensitive_file["group"],
+        oct(int(sensitive_file["mode"], 8)),
     )
 
 
