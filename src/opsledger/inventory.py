@@ -167,6 +167,58 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
         ) from None
 
 
+def vault_ids(source: Path) -> list[str]:
+    """Vault ids ("id@password-file") from the project's ansible.cfg and the environment.
+
+    Relative password files are resolved against ansible.cfg's folder, so inventories load the
+    same from any working directory.
+    """
+    import configparser
+    import os
+
+    ids = [i for i in os.environ.get("ANSIBLE_VAULT_IDENTITY_LIST", "").split(",") if i]
+    base = None
+    for folder in [source.resolve(), *source.resolve().parents]:
+        cfg = folder / "ansible.cfg"
+        if cfg.is_file():
+            parser = configparser.ConfigParser(interpolation=None)
+            parser.read(cfg)
+            listed = parser.get("defaults", "vault_identity_list", fallback="")
+            ids += [i.strip() for i in listed.split(",") if i.strip()]
+            base = folder
+            break
+    if os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE"):
+        ids.append(f"default@{os.environ['ANSIBLE_VAULT_PASSWORD_FILE']}")
+    resolved = []
+    for entry in ids:
+        label, _, path = entry.rpartition("@") if "@" in entry else ("default", "", entry)
+        if base and not Path(path).is_absolute() and not path.startswith("prompt"):
+            path = str(base / path)
+        if path.startswith("prompt") or Path(path).exists():
+            resolved.append(f"{label}@{path}")
+    return resolved
+
+
+def _use_vault(loader: Any, source: Path) -> None:
+    """Give Ansible the vault secrets this inventory may need (no prompting)."""
+    from ansible.cli import CLI
+    from ansible.parsing.vault import VaultSecretsContext
+
+    secrets = CLI.setup_vault_secrets(
+        loader,
+        vault_ids=[i for i in vault_ids(source) if "@prompt" not in i],
+        auto_prompt=False,
+        initialize_context=False,
+    )
+    loader.set_vault_secrets(secrets)
+    # The context is process-wide and can be set once: extend it for later projects.
+    current = VaultSecretsContext.current(optional=True)
+    if current is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(list(secrets)))
+    else:
+        current.secrets.extend(s for s in secrets if s not in current.secrets)
+
+
 def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
@@ -180,6 +232,7 @@ def _load(source: Path, template: bool) -> Inventory:
         init_plugin_loader()
         _plugins_ready = True
     loader = DataLoader()
+    _use_vault(loader, source)
     manager = InventoryManager(loader=loader, sources=[str(source)])
     variables = VariableManager(loader=loader, inventory=manager)
     hosts: dict[str, InventoryHost] = {}
