@@ -75,3 +75,12 @@ def test_empty_inventory_is_an_error(make_project):
 def test_missing_inventory_is_an_error(tmp_path):
     with pytest.raises(OpsledgerError, match="inventory not found"):
         load_inventory(tmp_path / "nope" / "hosts.yml")
+
+
+def test_inventory_folders_hold_nothing_ansible_would_take_for_hosts(repo_project):
+    # Ansible parses every file of an inventory folder; a stray file (a password, notes)
+    # silently becomes a host. The folder must load exactly the hosts of hosts.yml.
+    for env in ("lab", "staging", "production"):
+        folder = load_inventory(repo_project.inventory_dir(env))
+        hosts_file = load_inventory(repo_project.inventory_file(env))
+        assert list(folder.hosts) == list(hosts_file.hosts), env

@@ -1,0 +1,38 @@
+"""monitoring verified on real hosts: exporters run, bind where configured and serve metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+SUITE = "monitoring"
+APPLIES_TO = "all"
+
+
+def _socket(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"tcp://{host or '0.0.0.0'}:{port}"
+
+
+def _local_url(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}/metrics"
+
+
+def test_node_exporter_running_and_bound_mon_node_01(host, expect):
+    if not expect["monitoring_node_exporter_enabled"]:
+        pytest.skip("node exporter not enabled for this host")
+    assert host.service("prometheus-node-exporter").is_running
+    address = expect["monitoring_node_exporter_listen_address"]
+    assert host.socket(_socket(address)).is_listening
+    metrics = host.check_output(f"curl -fsS {_local_url(address)}")
+    assert "node_cpu_seconds_total" in metrics
+
+
+def test_postgres_exporter_reaches_postgresql_mon_pg_01(host, expect):
+    if not expect["monitoring_postgres_exporter_enabled"]:
+        pytest.skip("PostgreSQL exporter not enabled for this host")
+    assert host.service("prometheus-postgres-exporter").is_running
+    address = expect["monitoring_postgres_exporter_listen_address"]
+    assert host.socket(_socket(address)).is_listening
+    metrics = host.check_output(f"curl -fsS {_local_url(address)}").splitlines()
+    assert "pg_up 1" in metrics
