@@ -50,6 +50,9 @@ class Expectations:
         """Every variable name known for the host: inventory values and role defaults."""
         return sorted({*self._host.keys(), *self._defaults})
 
+    def __iter__(self):
+        return iter(self.keys())
+
     def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]

@@ -12,7 +12,7 @@ APPLIES_TO = "all"
 
 def rules(t) -> list[dict]:
     """The merged rule layers, in the order the role merges them."""
-    layered = [k for k in t.expect.keys() if k.startswith("network_firewall_rules__")]
+    layered = [k for k in t.expect if k.startswith("network_firewall_rules__")]
     merged = (
         t.expect["network_firewall_rules"]
         + t.expect["network_firewall_group_rules"]

@@ -51,6 +51,14 @@ def sshd(host):
     return settings
 
 
+def test_controller_login_survives_hardening_os_ssh_00(host, target, expect):
+    if not target.hostspec.startswith("ssh://"):
+        pytest.skip("reached through podman, not SSH: no login to lose")
+    # This test logged in over SSH as Ansible's user, with Ansible's key, through the hardened
+    # sshd and the firewall; sudo records who that login was.
+    assert host.check_output("printenv SUDO_USER") == expect["ansible_user"]
+
+
 def test_package_installed_os_pkg_01(host, package):
     assert host.package(package).is_installed
 

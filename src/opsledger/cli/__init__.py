@@ -12,6 +12,7 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.lab import lab
+from opsledger.cli.roles import roles
 from opsledger.errors import OpsledgerError
 
 
@@ -39,6 +40,7 @@ def cli() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(roles)
 
 
 def main() -> None:
