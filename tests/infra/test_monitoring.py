@@ -18,13 +18,22 @@ def _local_url(address: str) -> str:
     return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}/metrics"
 
 
+def _fetch(host, url: str) -> str:
+    """GET a URL from the host itself with its Python (curl is not on every host)."""
+    script = (
+        "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    return host.check_output(f"python3 -c '{script}' {url}")
+
+
 def test_node_exporter_running_and_bound_mon_node_01(host, expect):
     if not expect["monitoring_node_exporter_enabled"]:
         pytest.skip("node exporter not enabled for this host")
     assert host.service("prometheus-node-exporter").is_running
     address = expect["monitoring_node_exporter_listen_address"]
     assert host.socket(_socket(address)).is_listening
-    metrics = host.check_output(f"curl -fsS {_local_url(address)}")
+    metrics = _fetch(host, _local_url(address))
     assert "node_cpu_seconds_total" in metrics
 
 
@@ -34,5 +43,5 @@ def test_postgres_exporter_reaches_postgresql_mon_pg_01(host, expect):
     assert host.service("prometheus-postgres-exporter").is_running
     address = expect["monitoring_postgres_exporter_listen_address"]
     assert host.socket(_socket(address)).is_listening
-    metrics = host.check_output(f"curl -fsS {_local_url(address)}").splitlines()
+    metrics = _fetch(host, _local_url(address)).splitlines()
     assert "pg_up 1" in metrics

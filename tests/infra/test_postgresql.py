@@ -138,7 +138,8 @@ def test_database_role_exists_pg_role_01(sql, db_user):
     )
     assert rows, f"role {db_user['name']} missing"
     can_login, has_password = rows[0]
-    assert can_login == ("t" if "LOGIN" in db_user.get("role_attr_flags", "") else "f")
+    flags = {f.strip().upper() for f in db_user.get("role_attr_flags", "").split(",")}
+    assert can_login == ("t" if "LOGIN" in flags else "f")
     assert has_password == ("t" if db_user.get("password") else "f")
 
 

@@ -56,6 +56,20 @@ def up() -> None:
 
 
 @lab.command()
+def image() -> None:
+    """Build the lab's Debian 12 base image once (cached; also tagged latest for Molecule).
+
+    \b
+    Example:
+        opsledger lab image
+    """
+    from opsledger.lab.service import lab_image
+
+    result = lab_image(find_project(), progress=_progress)
+    click.echo(f"{result.ref} ({'built' if result.built else 'cached'}), tagged latest")
+
+
+@lab.command()
 @click.option("--purge", is_flag=True, help="Also delete the cached base image.")
 def down(purge: bool) -> None:
     """Remove every lab container, network and file `lab up` created.

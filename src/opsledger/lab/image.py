@@ -173,11 +173,19 @@ def build_image(recipe: ImageRecipe, *, workdir: Path | None = None) -> str:
     return recipe.ref
 
 
+LATEST = f"{IMAGE_NAME}:latest"
+
+
 def ensure_image(recipe: ImageRecipe) -> tuple[str, bool]:
-    """Return (image ref, built now?): reuse the cached image while the recipe is unchanged."""
-    if image_exists(recipe.ref):
-        return recipe.ref, False
-    return build_image(recipe), True
+    """Return (image ref, built now?): reuse the cached image while the recipe is unchanged.
+
+    The image is also tagged `latest`, the stable name Molecule scenarios use.
+    """
+    built = not image_exists(recipe.ref)
+    if built:
+        build_image(recipe)
+    podman("tag", recipe.ref, LATEST)
+    return recipe.ref, built
 
 
 def remove_images() -> list[str]:

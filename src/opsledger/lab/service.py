@@ -358,6 +358,29 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
     return UpResult(results, image_ref, built, host_changes, removed)
 
 
+@dataclass
+class ImageResult:
+    ref: str
+    built: bool
+
+
+def lab_image(project: Project, *, progress: Progress = _quiet) -> ImageResult:
+    """Build (once) the lab's base image without starting hosts; Molecule scenarios use it.
+
+    Example:
+        lab_image(find_project()).ref  # 'localhost/opsledger-base:403d96f9ba44'
+    """
+    host_setup.require_root()
+    for change in host_setup.prepare_host():
+        progress(change)
+    with _lab_lock(project, progress):
+        recipe = image.default_recipe()
+        if not image.image_exists(recipe.ref):
+            progress(f"building base image {recipe.ref} with debootstrap (about a minute, once)")
+        ref, built = image.ensure_image(recipe)
+    return ImageResult(ref, built)
+
+
 def lab_down(project: Project, *, purge: bool = False, progress: Progress = _quiet) -> DownResult:
     """Remove every container, network and file `lab up` created (with purge: the image too).
 

@@ -30,9 +30,13 @@ done
 # started without them generates them at first start instead of failing sshd -t.
 rm -f /etc/ssh/ssh_host_*
 mkdir -p /etc/systemd/system/ssh.service.d
+# Drop-in ExecStartPre lines are appended after Debian's `sshd -t`, which fails without keys:
+# reset the list so the keys are generated first.
 cat > /etc/systemd/system/ssh.service.d/10-hostkeys.conf <<'UNIT'
 [Service]
+ExecStartPre=
 ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
 UNIT
 systemctl enable ssh.service >/dev/null 2>&1 || true
 
