@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ..conftest import REPO_ROOT
 
@@ -54,3 +55,11 @@ def test_scenario_passes(base_image, scenario):
     assert proc.returncode == 0, output[-6000:]
     assert "idempotence" in output.lower()
     assert " passed" in output
+
+
+def _remove_volumes(scenario: str) -> None:
+    """Named volumes outlive Molecule's destroy: remove the ones the scenario declares."""
+    config = yaml.safe_load((REPO_ROOT / "molecule" / scenario / "molecule.yml").read_text())
+    names = {v.split(":", 1)[0] for p in config.get("platforms", []) for v in p.get("volumes", [])}
+    for name in sorted(names):
+        subprocess.run(["podman", "volume", "rm", "--force", name], capture_output=True)
