@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.yamlio import load_yaml
 
 
 class InventoryHost:
@@ -114,20 +113,8 @@ def _plain(value: Any) -> Any:
 
 
 def _check_yaml(path: Path) -> None:
-    """Report YAML syntax errors with a line number; Ansible only warns and loads nothing."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise OpsledgerError(
-            Problem(
-                f"invalid YAML: {getattr(exc, 'problem', exc)}",
-                str(path),
-                where,
-                "fix the syntax (yamllint shows details)",
-            )
-        ) from None
+    """Report YAML errors with a line number; Ansible only warns and loads nothing."""
+    data = load_yaml(path, expect=object, what="inventory")
     if not isinstance(data, dict):
         raise OpsledgerError(
             Problem(

@@ -1,0 +1,128 @@
+"""Runbooks: named, parameterised procedures (`runbooks/<name>/runbook.yml` + a playbook).
+
+A runbook's metadata says what a change using it may pass (a JSON Schema for its params), how
+risky it is, which change types may use it, whether check mode predicts it, how to verify it,
+what rolls it back, and how it runs (serial, max fail percentage, timeout).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.project import Project
+from opsledger.schema import problems as schema_problems_of
+from opsledger.schema import schema, schema_problems
+from opsledger.yamlio import load_yaml
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    path: Path  # the runbook's folder
+    description: str
+    playbook: Path
+    parameters: dict[str, Any]
+    change_types: tuple[str, ...]
+    standard: bool
+    risk: str
+    check_mode: bool
+    roles: tuple[str, ...]
+    verify_suites: tuple[str, ...]
+    verify_targets: str | None
+    rollback: str | None
+    serial: int | str | None
+    max_fail_percentage: int | None
+    timeout: int
+    promotion: bool
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def param_problems(self, params: Any, file: str) -> list[Problem]:
+        """Problems with a change's params against this runbook's parameter schema."""
+        return schema_problems_of(params, self.parameters, file, "params")
+
+
+def runbook_dir(project: Project) -> Path:
+    return project.root / "runbooks"
+
+
+def runbook_names(project: Project) -> list[str]:
+    return sorted(p.parent.name for p in runbook_dir(project).glob("*/runbook.yml"))
+
+
+def load_runbook(project: Project, name: str) -> Runbook:
+    """Load and check one runbook; every problem is reported at once.
+
+    Example:
+        load_runbook(find_project(), "converge").verify_suites
+    """
+    if not _NAME.match(name or ""):
+        raise OpsledgerError(Problem(f"{name!r} is not a runbook name", field="runbook",
+                                     fix="use lowercase letters, digits and dashes"))
+    folder = runbook_dir(project) / name
+    file = folder / "runbook.yml"
+    if not file.is_file():
+        known = ", ".join(runbook_names(project)) or "none yet"
+        raise OpsledgerError(Problem(f"no runbook named {name!r}", str(file), "runbook",
+                                     f"use one of: {known}"))
+    data = load_yaml(file, what="runbook")
+    problems = schema_problems_of(data, schema("runbook"), str(file))
+    if problems:
+        raise OpsledgerError(problems)
+    problems += schema_problems(data["parameters"], str(file), "parameters")
+    playbook = folder / data["playbook"]
+    if not playbook.is_file():
+        problems.append(Problem(f"playbook {data['playbook']} not found", str(file), "playbook",
+                                "create it next to runbook.yml"))
+    roles_dir = project.root / "roles"
+    for role in data.get("roles", []):
+        if not (roles_dir / role / "tasks" / "main.yml").is_file():
+            problems.append(Problem(f"unknown role {role!r}", str(file), "roles",
+                                    "name a folder of roles/"))
+    suites_dir = project.root / "tests" / "infra"
+    for suite in data["verification"]["suites"]:
+        if not (suites_dir / f"test_{suite}.py").is_file():
+            problems.append(Problem(f"unknown verification suite {suite!r}", str(file),
+                                    "verification.suites", "name a tests/infra/test_<suite>.py"))
+    rollback = data.get("rollback", None)
+    if rollback and not (runbook_dir(project) / rollback / "runbook.yml").is_file():
+        problems.append(Problem(f"rollback runbook {rollback!r} does not exist", str(file),
+                                "rollback", f"use one of: {', '.join(runbook_names(project))}"))
+    if data.get("standard") and "standard" not in data["change_types"]:
+        problems.append(Problem("standard: true but 'standard' is not in change_types",
+                                str(file), "change_types", "add standard"))
+    if problems:
+        raise OpsledgerError(problems)
+    return Runbook(
+        name=name, path=folder, description=data["description"].strip(), playbook=playbook,
+        parameters=data["parameters"], change_types=tuple(data["change_types"]),
+        standard=bool(data.get("standard", False)), risk=data["risk"],
+        check_mode=data["check_mode"], roles=tuple(data.get("roles", [])),
+        verify_suites=tuple(data["verification"]["suites"]),
+        verify_targets=data["verification"].get("targets"), rollback=rollback,
+        serial=data.get("serial"), max_fail_percentage=data.get("max_fail_percentage"),
+        timeout=data["timeout"], promotion=bool(data.get("promotion", False)), raw=data,
+    )
+
+
+def list_runbooks(project: Project) -> list[Runbook]:
+    """Every runbook, checked; a broken one fails the whole listing with its problems.
+
+    Example:
+        [r.name for r in list_runbooks(find_project())]
+    """
+    problems: list[Problem] = []
+    found = []
+    for name in runbook_names(project):
+        try:
+            found.append(load_runbook(project, name))
+        except OpsledgerError as exc:
+            problems += exc.problems
+    if problems:
+        raise OpsledgerError(problems)
+    return found
