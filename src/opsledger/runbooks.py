@@ -62,14 +62,20 @@ def load_runbook(project: Project, name: str) -> Runbook:
         load_runbook(find_project(), "converge").verify_suites
     """
     if not _NAME.match(name or ""):
-        raise OpsledgerError(Problem(f"{name!r} is not a runbook name", field="runbook",
-                                     fix="use lowercase letters, digits and dashes"))
+        raise OpsledgerError(
+            Problem(
+                f"{name!r} is not a runbook name",
+                field="runbook",
+                fix="use lowercase letters, digits and dashes",
+            )
+        )
     folder = runbook_dir(project) / name
     file = folder / "runbook.yml"
     if not file.is_file():
         known = ", ".join(runbook_names(project)) or "none yet"
-        raise OpsledgerError(Problem(f"no runbook named {name!r}", str(file), "runbook",
-                                     f"use one of: {known}"))
+        raise OpsledgerError(
+            Problem(f"no runbook named {name!r}", str(file), "runbook", f"use one of: {known}")
+        )
     data = load_yaml(file, what="runbook")
     problems = schema_problems_of(data, schema("runbook"), str(file))
     if problems:
@@ -77,36 +83,71 @@ def load_runbook(project: Project, name: str) -> Runbook:
     problems += schema_problems(data["parameters"], str(file), "parameters")
     playbook = folder / data["playbook"]
     if not playbook.is_file():
-        problems.append(Problem(f"playbook {data['playbook']} not found", str(file), "playbook",
-                                "create it next to runbook.yml"))
+        problems.append(
+            Problem(
+                f"playbook {data['playbook']} not found",
+                str(file),
+                "playbook",
+                "create it next to runbook.yml",
+            )
+        )
     roles_dir = project.root / "roles"
     for role in data.get("roles", []):
         if not (roles_dir / role / "tasks" / "main.yml").is_file():
-            problems.append(Problem(f"unknown role {role!r}", str(file), "roles",
-                                    "name a folder of roles/"))
+            problems.append(
+                Problem(f"unknown role {role!r}", str(file), "roles", "name a folder of roles/")
+            )
     suites_dir = project.root / "tests" / "infra"
     for suite in data["verification"]["suites"]:
         if not (suites_dir / f"test_{suite}.py").is_file():
-            problems.append(Problem(f"unknown verification suite {suite!r}", str(file),
-                                    "verification.suites", "name a tests/infra/test_<suite>.py"))
+            problems.append(
+                Problem(
+                    f"unknown verification suite {suite!r}",
+                    str(file),
+                    "verification.suites",
+                    "name a tests/infra/test_<suite>.py",
+                )
+            )
     rollback = data.get("rollback", None)
     if rollback and not (runbook_dir(project) / rollback / "runbook.yml").is_file():
-        problems.append(Problem(f"rollback runbook {rollback!r} does not exist", str(file),
-                                "rollback", f"use one of: {', '.join(runbook_names(project))}"))
+        problems.append(
+            Problem(
+                f"rollback runbook {rollback!r} does not exist",
+                str(file),
+                "rollback",
+                f"use one of: {', '.join(runbook_names(project))}",
+            )
+        )
     if data.get("standard") and "standard" not in data["change_types"]:
-        problems.append(Problem("standard: true but 'standard' is not in change_types",
-                                str(file), "change_types", "add standard"))
+        problems.append(
+            Problem(
+                "standard: true but 'standard' is not in change_types",
+                str(file),
+                "change_types",
+                "add standard",
+            )
+        )
     if problems:
         raise OpsledgerError(problems)
     return Runbook(
-        name=name, path=folder, description=data["description"].strip(), playbook=playbook,
-        parameters=data["parameters"], change_types=tuple(data["change_types"]),
-        standard=bool(data.get("standard", False)), risk=data["risk"],
-        check_mode=data["check_mode"], roles=tuple(data.get("roles", [])),
+        name=name,
+        path=folder,
+        description=data["description"].strip(),
+        playbook=playbook,
+        parameters=data["parameters"],
+        change_types=tuple(data["change_types"]),
+        standard=bool(data.get("standard", False)),
+        risk=data["risk"],
+        check_mode=data["check_mode"],
+        roles=tuple(data.get("roles", [])),
         verify_suites=tuple(data["verification"]["suites"]),
-        verify_targets=data["verification"].get("targets"), rollback=rollback,
-        serial=data.get("serial"), max_fail_percentage=data.get("max_fail_percentage"),
-        timeout=data["timeout"], promotion=bool(data.get("promotion", False)), raw=data,
+        verify_targets=data["verification"].get("targets"),
+        rollback=rollback,
+        serial=data.get("serial"),
+        max_fail_percentage=data.get("max_fail_percentage"),
+        timeout=data["timeout"],
+        promotion=bool(data.get("promotion", False)),
+        raw=data,
     )
 
 

@@ -57,6 +57,12 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
     try:
         Draft202012Validator.check_schema(schema_doc)
     except Exception as exc:  # SchemaError
-        return [Problem(f"not a valid JSON Schema: {getattr(exc, 'message', exc)}", file, field,
-                        "see https://json-schema.org")]
+        return [
+            Problem(
+                f"not a valid JSON Schema: {getattr(exc, 'message', exc)}",
+                file,
+                field,
+                "see https://json-schema.org",
+            )
+        ]
     return []
