@@ -13,6 +13,7 @@ import click
 from opsledger import __version__
 from opsledger.cli.lab import lab
 from opsledger.cli.roles import roles
+from opsledger.cli.runbook import runbook
 from opsledger.cli.verify import verify
 from opsledger.errors import OpsledgerError
 
@@ -42,6 +43,7 @@ def cli() -> None:
 
 cli.add_command(lab)
 cli.add_command(roles)
+cli.add_command(runbook)
 cli.add_command(verify)
 
 

@@ -1,0 +1,79 @@
+"""`opsledger runbook ...`: the named procedures a change can run."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from opsledger.project import find_project
+
+
+@click.group()
+def runbook() -> None:
+    """List and describe runbooks (runbooks/<name>/runbook.yml).
+
+    \b
+    Example:
+        opsledger runbook list
+    """
+
+
+@runbook.command("list")
+def list_() -> None:
+    """List every runbook with its risk, change types and verification.
+
+    \b
+    Example:
+        opsledger runbook list
+    """
+    from opsledger.runbooks import list_runbooks
+
+    table = Table(
+        "runbook",
+        "risk",
+        "change types",
+        "pre-approved",
+        "check mode",
+        "verify",
+        "rollback",
+        title="runbooks",
+    )
+    for rb in list_runbooks(find_project()):
+        table.add_row(
+            rb.name,
+            rb.risk,
+            ", ".join(rb.change_types),
+            "yes" if rb.standard else "",
+            "predicts" if rb.check_mode else "no",
+            ", ".join(rb.verify_suites) or "-",
+            rb.rollback or "-",
+        )
+    Console().print(table)
+
+
+@runbook.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def show(name: str, as_json: bool) -> None:
+    """Show one runbook: description, parameters, risk, verification, rollback, execution.
+
+    \b
+    Example:
+        opsledger runbook show service-restart
+    """
+    from opsledger.runbooks import load_runbook
+
+    rb = load_runbook(find_project(), name)
+    if as_json:
+        click.echo(json.dumps({"name": rb.name, **rb.raw}, indent=2, default=str))
+        return
+    click.echo(f"{rb.name}: {rb.description}\n")
+    click.echo(
+        yaml.safe_dump(
+            {k: v for k, v in rb.raw.items() if k != "description"}, sort_keys=False, width=100
+        ).rstrip()
+    )
