@@ -11,6 +11,7 @@ import sys
 import click
 
 from opsledger import __version__
+from opsledger.cli.change import change
 from opsledger.cli.lab import lab
 from opsledger.cli.roles import roles
 from opsledger.cli.runbook import runbook
@@ -41,6 +42,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(change)
 cli.add_command(lab)
 cli.add_command(roles)
 cli.add_command(runbook)

@@ -1,0 +1,354 @@
+"""Change requests: `changes/<ID>/change.yml`, created and validated before anything runs.
+
+Validation reports every problem at once, each with the file, the field and what to do:
+the schema (src/opsledger/schemas/change.schema.json), the window, that the runbook exists and
+accepts the params and the change type, and that the targets resolve to at least one host of
+that environment's inventory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.inventory import load_inventory
+from opsledger.project import Project
+from opsledger.runbooks import Runbook, load_runbook
+from opsledger.schema import problems as schema_problems_of
+from opsledger.schema import schema
+from opsledger.yamlio import load_yaml
+
+_ID = re.compile(r"^CHG-(\d{4,})$")
+RISKS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Change:
+    id: str
+    path: Path  # the change's folder
+    title: str
+    type: str
+    runbook: str
+    environment: str
+    targets: str
+    params: dict[str, Any]
+    impact: str
+    urgency: str
+    window_start: dt.datetime
+    window_end: dt.datetime
+    requested_by: str
+    reason: str
+    rollback: str | None
+    risk: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.path / "change.yml"
+
+
+@dataclass
+class ValidationResult:
+    id: str
+    change: Change | None
+    runbook: Runbook | None
+    hosts: list[str]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def changes_dir(project: Project) -> Path:
+    return project.root / "changes"
+
+
+def change_ids(project: Project) -> list[str]:
+    found = [p.parent.name for p in changes_dir(project).glob("*/change.yml")]
+    return sorted(found, key=lambda i: int(_ID.match(i).group(1)) if _ID.match(i) else -1)
+
+
+def next_change_id(project: Project) -> str:
+    numbers = [int(m.group(1)) for i in change_ids(project) if (m := _ID.match(i))]
+    return f"CHG-{(max(numbers, default=0) + 1):04d}"
+
+
+def _stringify_times(data: dict[str, Any]) -> dict[str, Any]:
+    """YAML turns unquoted timestamps into datetimes; the schema speaks ISO 8601 strings."""
+    window = data.get("window")
+    if isinstance(window, dict):
+        data = {
+            **data,
+            "window": {
+                k: v.isoformat() if isinstance(v, dt.datetime | dt.date) else v
+                for k, v in window.items()
+            },
+        }
+    return data
+
+
+def parse_window(
+    window: dict[str, Any], file: str
+) -> tuple[dt.datetime | None, dt.datetime | None, list[Problem]]:
+    """Aware start/end datetimes: from offsets, or naive times plus an IANA timezone."""
+    problems: list[Problem] = []
+    zone = None
+    if window.get("timezone"):
+        try:
+            zone = ZoneInfo(window["timezone"])
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(
+                Problem(
+                    f"unknown timezone {window['timezone']!r}",
+                    file,
+                    "window.timezone",
+                    "use an IANA name like Europe/Berlin",
+                )
+            )
+    times: dict[str, dt.datetime | None] = {}
+    for key in ("start", "end"):
+        try:
+            value = dt.datetime.fromisoformat(str(window[key]))
+        except ValueError:
+            problems.append(
+                Problem(
+                    f"{window[key]!r} is not an ISO 8601 date-time",
+                    file,
+                    f"window.{key}",
+                    "write e.g. 2026-11-21T20:00:00+01:00",
+                )
+            )
+            times[key] = None
+            continue
+        if value.tzinfo is None:
+            if zone is None:
+                if not window.get("timezone"):
+                    problems.append(
+                        Problem(
+                            "no timezone",
+                            file,
+                            f"window.{key}",
+                            "add an offset (+01:00) or window.timezone",
+                        )
+                    )
+                times[key] = None
+                continue
+            value = value.replace(tzinfo=zone)
+        times[key] = value
+    start, end = times.get("start"), times.get("end")
+    if start and end and end <= start:
+        problems.append(
+            Problem(
+                "the window ends before it starts", file, "window.end", "make end later than start"
+            )
+        )
+    return start, end, problems
+
+
+def _load(project: Project, change_id: str) -> tuple[dict[str, Any], Path, list[Problem]]:
+    folder = changes_dir(project) / change_id
+    file = folder / "change.yml"
+    if not file.is_file():
+        known = ", ".join(change_ids(project)[-5:]) or "none yet"
+        raise OpsledgerError(
+            Problem(
+                f"no change {change_id}",
+                str(file),
+                fix=f"create it with `opsledger change new` (latest: {known})",
+            )
+        )
+    data = _stringify_times(load_yaml(file, what="change request"))
+    problems = schema_problems_of(data, schema("change"), str(file))
+    if data.get("id") not in (None, change_id):
+        problems.append(
+            Problem(
+                f"id {data.get('id')!r} differs from its folder {change_id}",
+                str(file),
+                "id",
+                f"set id: {change_id}",
+            )
+        )
+    return data, file, problems
+
+
+def validate_change(project: Project, change_id: str) -> ValidationResult:
+    """Check one change request completely; problems come back, nothing is raised for them.
+
+    Example:
+        result = validate_change(find_project(), "CHG-0001")
+        result.ok, [str(p) for p in result.problems]
+    """
+    data, file, problems = _load(project, change_id)
+    result = ValidationResult(change_id, None, None, [], problems)
+    fields_ok = {p.field.split(".")[0].split("[")[0] for p in problems}
+    start = end = None
+    if "window" not in fields_ok and "window" in data:
+        start, end, window_problems = parse_window(data["window"], str(file))
+        problems += window_problems
+    runbook = None
+    if "runbook" not in fields_ok and data.get("runbook"):
+        try:
+            runbook = load_runbook(project, data["runbook"])
+        except OpsledgerError as exc:
+            problems += [
+                Problem(p.message, str(file), "runbook", p.fix) if p.field == "runbook" else p
+                for p in exc.problems
+            ]
+    if runbook is not None:
+        result.runbook = runbook
+        if "params" not in fields_ok:
+            problems += runbook.param_problems(data.get("params", {}), str(file))
+        if (
+            data.get("type") in ("standard", "normal", "emergency")
+            and data["type"] not in runbook.change_types
+        ):
+            problems.append(
+                Problem(
+                    f"runbook {runbook.name} does not allow {data['type']} changes",
+                    str(file),
+                    "type",
+                    f"use one of: {', '.join(runbook.change_types)}",
+                )
+            )
+        if data.get("type") == "standard" and not runbook.standard:
+            problems.append(
+                Problem(
+                    f"runbook {runbook.name} is not pre-approved for standard changes",
+                    str(file),
+                    "type",
+                    "make it a normal change",
+                )
+            )
+        rollback = data.get("rollback")
+        if rollback:
+            try:
+                load_runbook(project, rollback)
+            except OpsledgerError as exc:
+                problems += [Problem(p.message, str(file), "rollback", p.fix) for p in exc.problems]
+    env = data.get("environment")
+    if "environment" not in fields_ok and env:
+        inventory = project.inventory_file(env)
+        if not inventory.is_file():
+            envs = sorted(p.parent.name for p in (project.root / "inventories").glob("*/hosts.yml"))
+            problems.append(
+                Problem(
+                    f"no environment {env!r}",
+                    str(file),
+                    "environment",
+                    f"use one of: {', '.join(envs)}",
+                )
+            )
+        elif "targets" not in fields_ok and data.get("targets"):
+            inv = load_inventory(inventory)
+            result.hosts = [h.name for h in inv.match(str(data["targets"]))]
+            if not result.hosts:
+                names = sorted({*inv.hosts, *(g for h in inv.hosts.values() for g in h.groups)})
+                problems.append(
+                    Problem(
+                        f"targets {data['targets']!r} match no host of {env}",
+                        str(file),
+                        "targets",
+                        f"use a group or host of {env}: {', '.join(names)}",
+                    )
+                )
+    if not problems:
+        result.change = Change(
+            id=change_id,
+            path=file.parent,
+            title=data["title"],
+            type=data["type"],
+            runbook=data["runbook"],
+            environment=data["environment"],
+            targets=data["targets"],
+            params=data.get("params", {}),
+            impact=data["impact"],
+            urgency=data["urgency"],
+            window_start=start,
+            window_end=end,
+            requested_by=data["requested_by"],
+            reason=data["reason"].strip(),
+            rollback=data.get("rollback", runbook.rollback),
+            risk=data.get("risk"),
+            raw=data,
+        )
+    return result
+
+
+def load_change(project: Project, change_id: str) -> Change:
+    """A valid change, or OpsledgerError (exit 2) listing every problem."""
+    result = validate_change(project, change_id)
+    if result.problems:
+        raise OpsledgerError(result.problems)
+    assert result.change is not None
+    return result.change
+
+
+def validate_all(project: Project) -> list[ValidationResult]:
+    return [validate_change(project, change_id) for change_id in change_ids(project)]
+
+
+@dataclass
+class NewChange:
+    id: str
+    file: Path
+
+
+def new_change(
+    project: Project,
+    *,
+    title: str,
+    runbook: str,
+    requested_by: str,
+    reason: str,
+    change_type: str = "normal",
+    environment: str = "lab",
+    targets: str = "all",
+    params: dict[str, Any] | None = None,
+    impact: str = "low",
+    urgency: str = "low",
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    rollback: str | None = None,
+) -> NewChange:
+    """Write a new change request with the next free id; nothing is written if it is invalid.
+
+    Example:
+        new_change(project, title="Raise work_mem", runbook="converge", requested_by="alice",
+                   reason="Sorts spill to disk", targets="db", params={"tags": ["postgresql"]},
+                   window_start=start, window_end=start + timedelta(hours=2))
+    """
+    change_id = next_change_id(project)
+    data: dict[str, Any] = {
+        "id": change_id,
+        "title": title,
+        "type": change_type,
+        "runbook": runbook,
+        "environment": environment,
+        "targets": targets,
+        "params": params or {},
+        "impact": impact,
+        "urgency": urgency,
+        "window": {"start": window_start.isoformat(), "end": window_end.isoformat()},
+        "requested_by": requested_by,
+        "reason": reason,
+    }
+    if rollback:
+        data["rollback"] = rollback
+    folder = changes_dir(project) / change_id
+    folder.mkdir(parents=True)
+    file = folder / "change.yml"
+    file.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
+    result = validate_change(project, change_id)
+    if result.problems:
+        file.unlink()
+        folder.rmdir()
+        raise OpsledgerError(result.problems)
+    return NewChange(change_id, file)

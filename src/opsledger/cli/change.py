@@ -1,0 +1,195 @@
+"""`opsledger change ...`: create and validate change requests (changes/<ID>/change.yml)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from importlib import resources
+
+import click
+import yaml
+
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.project import find_project
+
+
+def _duration(text: str) -> dt.timedelta:
+    match = re.fullmatch(r"(\d+)([mhd])", text)
+    if not match:
+        raise OpsledgerError(
+            Problem(
+                f"{text!r} is not a duration", field="--duration", fix="write e.g. 90m, 2h or 1d"
+            )
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+
+
+def _params(pairs: tuple[str, ...]) -> dict:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OpsledgerError(
+                Problem(
+                    f"{pair!r} is not key=value",
+                    field="--param",
+                    fix="write e.g. --param tags='[postgresql]'",
+                )
+            )
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+@click.group()
+def change() -> None:
+    """Create and validate change requests.
+
+    \b
+    Example:
+        opsledger change validate --all
+    """
+
+
+@change.command()
+@click.option("--title", required=True, help="One line saying what changes.")
+@click.option("--runbook", required=True, help="Runbook to run (opsledger runbook list).")
+@click.option(
+    "--type",
+    "change_type",
+    default="normal",
+    show_default=True,
+    type=click.Choice(["standard", "normal", "emergency"]),
+)
+@click.option("--env", "environment", default="lab", show_default=True)
+@click.option("--targets", default="all", show_default=True, help="Ansible host pattern.")
+@click.option("--param", "params", multiple=True, help="key=value (value read as YAML).")
+@click.option(
+    "--impact", default="low", show_default=True, type=click.Choice(["low", "medium", "high"])
+)
+@click.option(
+    "--urgency", default="low", show_default=True, type=click.Choice(["low", "medium", "high"])
+)
+@click.option("--start", help="Window start, ISO 8601 with offset (default: now, UTC).")
+@click.option("--duration", default="2h", show_default=True, help="Window length: 90m, 2h, 1d.")
+@click.option(
+    "--requested-by",
+    envvar="OPSLEDGER_PERSON",
+    required=True,
+    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+)
+@click.option("--reason", required=True, help="Why the change is needed.")
+@click.option("--rollback", help="Rollback runbook (default: the runbook's own).")
+def new(
+    title,
+    runbook,
+    change_type,
+    environment,
+    targets,
+    params,
+    impact,
+    urgency,
+    start,
+    duration,
+    requested_by,
+    reason,
+    rollback,
+) -> None:
+    """Write changes/<next id>/change.yml; nothing is written when it would be invalid.
+
+    \b
+    Example:
+        opsledger change new --title "Raise work_mem on db" --runbook converge \\
+          --targets db --param tags='[postgresql]' --requested-by alice \\
+          --reason "Sorts spill to disk during the nightly report"
+    """
+    from opsledger.changes import new_change
+
+    try:
+        begin = dt.datetime.fromisoformat(start) if start else dt.datetime.now(dt.UTC)
+    except ValueError:
+        raise OpsledgerError(
+            Problem(
+                f"{start!r} is not an ISO 8601 date-time",
+                field="--start",
+                fix="write e.g. 2026-11-21T20:00:00+01:00",
+            )
+        ) from None
+    if begin.tzinfo is None:
+        raise OpsledgerError(
+            Problem("--start has no timezone", field="--start", fix="add an offset, e.g. +01:00")
+        )
+    begin = begin.replace(microsecond=0)
+    result = new_change(
+        find_project(),
+        title=title,
+        runbook=runbook,
+        requested_by=requested_by,
+        reason=reason,
+        change_type=change_type,
+        environment=environment,
+        targets=targets,
+        params=_params(params),
+        impact=impact,
+        urgency=urgency,
+        window_start=begin,
+        window_end=begin + _duration(duration),
+        rollback=rollback,
+    )
+    click.echo(f"{result.id}: wrote {result.file}")
+
+
+@change.command()
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Validate every change request.")
+def validate(ids: tuple[str, ...], all_: bool) -> None:
+    """Check change requests: schema, window, runbook, params, type, targets.
+
+    Prints one line per problem (file, field, fix) and exits 2 when any change is invalid.
+
+    \b
+    Example:
+        opsledger change validate CHG-0001
+    """
+    from opsledger.changes import change_ids, validate_change
+
+    project = find_project()
+    if all_ == bool(ids):
+        raise OpsledgerError(
+            Problem(
+                "name change ids or pass --all (not both)",
+                fix="e.g. opsledger change validate CHG-0001",
+            )
+        )
+    invalid = 0
+    for change_id in change_ids(project) if all_ else ids:
+        try:
+            result = validate_change(project, change_id)
+        except OpsledgerError as exc:
+            problems = exc.problems
+        else:
+            problems = result.problems
+        if problems:
+            invalid += 1
+            for problem in problems:
+                click.secho(f"error: {problem}", fg="red", err=True)
+        else:
+            click.echo(
+                f"{change_id}: valid ({result.runbook.name} on "
+                f"{len(result.hosts)} host(s) of {result.change.environment})"
+            )
+    if invalid:
+        raise SystemExit(EXIT_INVALID)
+
+
+@change.command("schema")
+def schema_() -> None:
+    """Print the JSON Schema of change.yml (for editors and other tools).
+
+    \b
+    Example:
+        opsledger change schema > change.schema.json
+    """
+    text = resources.files("opsledger.schemas").joinpath("change.schema.json").read_text()
+    click.echo(json.dumps(json.loads(text), indent=2))
