@@ -13,6 +13,7 @@ import click
 from opsledger import __version__
 from opsledger.cli.change import change
 from opsledger.cli.lab import lab
+from opsledger.cli.policy import policy
 from opsledger.cli.roles import roles
 from opsledger.cli.runbook import runbook
 from opsledger.cli.verify import verify
@@ -44,6 +45,7 @@ def cli() -> None:
 
 cli.add_command(change)
 cli.add_command(lab)
+cli.add_command(policy)
 cli.add_command(roles)
 cli.add_command(runbook)
 cli.add_command(verify)

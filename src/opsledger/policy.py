@@ -1,0 +1,603 @@
+"""Policies as data (`policies/*.yml`): loaded into typed objects and linted.
+
+`policy_check` reports every problem at once: unknown teams, people or environments, bad
+timezones and times, approval rules an earlier rule shadows, change type x risk x environment
+combinations no rule covers, and an incomplete SLA matrix. The bundle hash (of every policy
+file) is what a decision records, so a run can be traced to the exact rules it was judged by.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.project import Project
+from opsledger.waivers import load_waivers
+from opsledger.yamlio import load_yaml
+
+CHANGE_TYPES = ("standard", "normal", "emergency")
+RISKS = ("low", "medium", "high")
+LEVELS = ("low", "medium", "high")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+POLICY_FILES = ("people.yml", "changes.yml", "windows.yml", "sla.yml", "waivers.yml")
+_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh.com) \S+")
+
+
+@dataclass(frozen=True)
+class Person:
+    id: str
+    name: str
+    email: str
+    teams: tuple[str, ...]
+    signing_key: str | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    types: tuple[str, ...]
+    risks: tuple[str, ...]
+    environments: tuple[str, ...] | None  # None: every environment
+    approvals: int
+    required_teams: tuple[str, ...]
+    any_of_teams: tuple[str, ...]
+
+    def matches(self, change_type: str, risk: str, environment: str) -> bool:
+        return (
+            change_type in self.types
+            and risk in self.risks
+            and (self.environments is None or environment in self.environments)
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    days: tuple[str, ...]
+    start: str
+    end: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Freeze:
+    name: str
+    environments: tuple[str, ...]
+    start: dt.datetime
+    end: dt.datetime
+
+
+@dataclass
+class Policies:
+    people: dict[str, Person]
+    teams: dict[str, str]
+    four_eyes: bool
+    rules: list[Rule]
+    runbook_teams: dict[str, tuple[str, ...]]
+    signature_environments: tuple[str, ...]
+    promotion: dict[str, Any]
+    windows: dict[str, list[Window]]
+    freezes: list[Freeze]
+    emergency: dict[str, Any]
+    sla_matrix: dict[str, dict[str, str]]
+    priorities: dict[str, dict[str, int]]
+    hash: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
+        return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
+
+    def priority(self, impact: str, urgency: str) -> str:
+        return self.sla_matrix[impact][urgency]
+
+
+def policy_hash(project: Project) -> str:
+    """sha256 over every policy file (name and bytes): identical rules, identical hash."""
+    digest = hashlib.sha256()
+    for name in POLICY_FILES:
+        path = project.root / "policies" / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _environments(project: Project) -> set[str]:
+    return {p.parent.name for p in (project.root / "inventories").glob("*/hosts.yml")}
+
+
+def _zone(name: Any, file: str, where: str, problems: list[Problem]) -> None:
+    try:
+        ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(
+            Problem(
+                f"unknown timezone {name!r}",
+                file,
+                where,
+                "use an IANA name like Europe/Berlin or UTC",
+            )
+        )
+
+
+def _aware(value: Any, file: str, where: str, problems: list[Problem]) -> dt.datetime | None:
+    try:
+        moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        problems.append(
+            Problem(
+                f"{value!r} is not an ISO 8601 date-time",
+                file,
+                where,
+                "write e.g. 2026-12-21T00:00:00+01:00",
+            )
+        )
+        return None
+    if moment.tzinfo is None:
+        problems.append(Problem("no timezone offset", file, where, "add one, e.g. +01:00"))
+        return None
+    return moment
+
+
+def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person], dict[str, str]]:
+    file = str(project.root / "policies" / "people.yml")
+    data = load_yaml(Path(file), what="people file")
+    teams = {str(k): str(v) for k, v in (data.get("teams") or {}).items()}
+    people: dict[str, Person] = {}
+    for index, entry in enumerate(data.get("people") or []):
+        where = f"people[{index}]"
+        pid = str(entry.get("id", ""))
+        if not re.match(r"^[a-z][a-z0-9_.-]*$", pid):
+            problems.append(
+                Problem(
+                    f"bad or missing id {pid!r}",
+                    file,
+                    f"{where}.id",
+                    "use lowercase letters, digits, dot, dash",
+                )
+            )
+            continue
+        if pid in people:
+            problems.append(
+                Problem(f"duplicate person {pid}", file, f"{where}.id", "ids must be unique")
+            )
+        for key in ("name", "email"):
+            if not entry.get(key):
+                problems.append(Problem("missing", file, f"{where}.{key}", f"add {key}"))
+        if entry.get("email") and "@" not in str(entry["email"]):
+            problems.append(
+                Problem(
+                    f"{entry['email']!r} is not an email address",
+                    file,
+                    f"{where}.email",
+                    "write name@domain",
+                )
+            )
+        for team in entry.get("teams") or []:
+            if team not in teams:
+                problems.append(
+                    Problem(
+                        f"unknown team {team!r}",
+                        file,
+                        f"{where}.teams",
+                        f"use one of: {', '.join(teams)}",
+                    )
+                )
+        key = entry.get("signing_key")
+        if key and not _KEY.match(str(key)):
+            problems.append(
+                Problem(
+                    "not an SSH public key",
+                    file,
+                    f"{where}.signing_key",
+                    "paste the .pub line, e.g. ssh-ed25519 AAAA...",
+                )
+            )
+        people[pid] = Person(
+            pid,
+            str(entry.get("name", "")),
+            str(entry.get("email", "")),
+            tuple(entry.get("teams") or []),
+            key or None,
+        )
+    return people, teams
+
+
+def _rules(
+    project: Project, teams: dict[str, str], envs: set[str], problems: list[Problem]
+) -> dict[str, Any]:
+    file = str(project.root / "policies" / "changes.yml")
+    data = load_yaml(Path(file), what="change rules")
+    rules = []
+    known_keys = {
+        "name",
+        "types",
+        "risks",
+        "environments",
+        "approvals",
+        "required_teams",
+        "any_of_teams",
+    }
+    for index, entry in enumerate(data.get("rules") or []):
+        where = f"rules[{index}]"
+        for key in sorted(set(entry) - known_keys):
+            problems.append(
+                Problem(
+                    f"unknown field {key!r}", file, where, f"use: {', '.join(sorted(known_keys))}"
+                )
+            )
+        for key, allowed in (("types", CHANGE_TYPES), ("risks", RISKS)):
+            for value in entry.get(key) or []:
+                if value not in allowed:
+                    problems.append(
+                        Problem(
+                            f"unknown {key[:-1]} {value!r}",
+                            file,
+                            f"{where}.{key}",
+                            f"use: {', '.join(allowed)}",
+                        )
+                    )
+        for env in entry.get("environments") or []:
+            if env not in envs:
+                problems.append(
+                    Problem(
+                        f"unknown environment {env!r}",
+                        file,
+                        f"{where}.environments",
+                        f"use: {', '.join(sorted(envs))}",
+                    )
+                )
+        for key in ("required_teams", "any_of_teams"):
+            for team in entry.get(key) or []:
+                if team not in teams:
+                    problems.append(
+                        Problem(
+                            f"unknown team {team!r}",
+                            file,
+                            f"{where}.{key}",
+                            f"use: {', '.join(teams)}",
+                        )
+                    )
+        approvals = entry.get("approvals")
+        if not isinstance(approvals, int) or approvals < 0:
+            problems.append(
+                Problem(
+                    f"approvals must be a whole number >= 0, got {approvals!r}",
+                    file,
+                    f"{where}.approvals",
+                    "e.g. approvals: 1",
+                )
+            )
+            approvals = 0
+        if len(entry.get("required_teams") or []) > approvals:
+            problems.append(
+                Problem(
+                    "more required teams than approvals",
+                    file,
+                    f"{where}.required_teams",
+                    "raise approvals or require fewer teams",
+                )
+            )
+        rules.append(
+            Rule(
+                name=str(entry.get("name", where)),
+                types=tuple(entry.get("types") or CHANGE_TYPES),
+                risks=tuple(entry.get("risks") or RISKS),
+                environments=tuple(entry["environments"]) if entry.get("environments") else None,
+                approvals=approvals,
+                required_teams=tuple(entry.get("required_teams") or []),
+                any_of_teams=tuple(entry.get("any_of_teams") or []),
+            )
+        )
+    # A rule every case of which an earlier rule already takes is dead: say so.
+    for later_index, later in enumerate(rules):
+        cases = [
+            (t, r, e)
+            for t, r, e in itertools.product(later.types, later.risks, sorted(envs))
+            if later.matches(t, r, e)
+        ]
+        for earlier in rules[:later_index]:
+            if cases and all(earlier.matches(*case) for case in cases):
+                problems.append(
+                    Problem(
+                        f"rule {later.name!r} never applies: {earlier.name!r} "
+                        "comes first and matches all it does",
+                        file,
+                        f"rules[{later_index}]",
+                        "reorder or narrow the rules",
+                    )
+                )
+                break
+    for change_type, risk, env in itertools.product(CHANGE_TYPES, RISKS, sorted(envs)):
+        if not any(r.matches(change_type, risk, env) for r in rules):
+            problems.append(
+                Problem(
+                    f"no rule for a {change_type} change of {risk} risk in {env}",
+                    file,
+                    "rules",
+                    "add a rule that covers it",
+                )
+            )
+    runbooks = {p.parent.name for p in (project.root / "runbooks").glob("*/runbook.yml")}
+    runbook_teams = {}
+    for runbook, owners in (data.get("runbook_teams") or {}).items():
+        if runbook not in runbooks:
+            problems.append(
+                Problem(
+                    f"unknown runbook {runbook!r}",
+                    file,
+                    "runbook_teams",
+                    f"use: {', '.join(sorted(runbooks))}",
+                )
+            )
+        for team in owners:
+            if team not in teams:
+                problems.append(
+                    Problem(
+                        f"unknown team {team!r}",
+                        file,
+                        f"runbook_teams.{runbook}",
+                        f"use: {', '.join(teams)}",
+                    )
+                )
+        runbook_teams[runbook] = tuple(owners)
+    signature_envs = tuple((data.get("signatures") or {}).get("environments") or [])
+    for env in signature_envs:
+        if env not in envs:
+            problems.append(
+                Problem(
+                    f"unknown environment {env!r}",
+                    file,
+                    "signatures.environments",
+                    f"use: {', '.join(sorted(envs))}",
+                )
+            )
+    promotion = data.get("promotion") or {}
+    for key in ("from", "to"):
+        if promotion and promotion.get(key) not in envs:
+            problems.append(
+                Problem(
+                    f"unknown environment {promotion.get(key)!r}",
+                    file,
+                    f"promotion.{key}",
+                    f"use: {', '.join(sorted(envs))}",
+                )
+            )
+    if promotion and not isinstance(promotion.get("within_days"), int):
+        problems.append(
+            Problem(
+                "within_days must be a whole number",
+                file,
+                "promotion.within_days",
+                "e.g. within_days: 7",
+            )
+        )
+    return {
+        "four_eyes": bool(data.get("four_eyes", True)),
+        "rules": rules,
+        "runbook_teams": runbook_teams,
+        "signature_environments": signature_envs,
+        "promotion": promotion,
+    }
+
+
+def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[str, Any]:
+    file = str(project.root / "policies" / "windows.yml")
+    data = load_yaml(Path(file), what="windows file")
+    windows: dict[str, list[Window]] = {}
+    for env, spec in (data.get("environments") or {}).items():
+        if env not in envs:
+            problems.append(
+                Problem(
+                    f"unknown environment {env!r}",
+                    file,
+                    f"environments.{env}",
+                    f"use: {', '.join(sorted(envs))}",
+                )
+            )
+        windows[env] = []
+        for index, entry in enumerate((spec or {}).get("windows") or []):
+            where = f"environments.{env}.windows[{index}]"
+            days = tuple(entry.get("days") or [])
+            bad = [d for d in days if d not in DAYS]
+            if not days or bad:
+                problems.append(
+                    Problem(
+                        f"bad days {bad or days!r}",
+                        file,
+                        f"{where}.days",
+                        f"use: {', '.join(DAYS)}",
+                    )
+                )
+            for key in ("start", "end"):
+                if not _TIME.match(str(entry.get(key, ""))):
+                    problems.append(
+                        Problem(
+                            f"{entry.get(key)!r} is not HH:MM",
+                            file,
+                            f"{where}.{key}",
+                            "write e.g. 20:00 (end may be 24:00)",
+                        )
+                    )
+            if str(entry.get("start", "")) >= str(entry.get("end", "")):
+                problems.append(
+                    Problem(
+                        "the window ends before it starts",
+                        file,
+                        f"{where}.end",
+                        "make end later than start",
+                    )
+                )
+            _zone(entry.get("timezone"), file, f"{where}.timezone", problems)
+            windows[env].append(
+                Window(
+                    days, str(entry.get("start")), str(entry.get("end")), str(entry.get("timezone"))
+                )
+            )
+    for env in sorted(envs - set(windows)):
+        problems.append(
+            Problem(
+                f"no maintenance windows for {env}",
+                file,
+                "environments",
+                f"add environments.{env}.windows",
+            )
+        )
+    freezes = []
+    for index, entry in enumerate(data.get("freezes") or []):
+        where = f"freezes[{index}]"
+        start = _aware(entry.get("start"), file, f"{where}.start", problems)
+        end = _aware(entry.get("end"), file, f"{where}.end", problems)
+        if start and end and end <= start:
+            problems.append(
+                Problem(
+                    "the freeze ends before it starts",
+                    file,
+                    f"{where}.end",
+                    "make end later than start",
+                )
+            )
+        for env in entry.get("environments") or []:
+            if env not in envs:
+                problems.append(
+                    Problem(
+                        f"unknown environment {env!r}",
+                        file,
+                        f"{where}.environments",
+                        f"use: {', '.join(sorted(envs))}",
+                    )
+                )
+        if start and end:
+            freezes.append(
+                Freeze(
+                    str(entry.get("name", where)),
+                    tuple(entry.get("environments") or []),
+                    start,
+                    end,
+                )
+            )
+    emergency = data.get("emergency") or {}
+    if not isinstance(emergency.get("review_within_hours"), int):
+        problems.append(
+            Problem(
+                "review_within_hours must be a whole number",
+                file,
+                "emergency.review_within_hours",
+                "e.g. 72",
+            )
+        )
+    return {"windows": windows, "freezes": freezes, "emergency": emergency}
+
+
+def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
+    file = str(project.root / "policies" / "sla.yml")
+    data = load_yaml(Path(file), what="SLA file")
+    matrix = data.get("matrix") or {}
+    priorities = data.get("priorities") or {}
+    for impact, urgency in itertools.product(LEVELS, LEVELS):
+        value = (matrix.get(impact) or {}).get(urgency)
+        if value is None:
+            problems.append(
+                Problem(
+                    f"no priority for impact {impact}, urgency {urgency}",
+                    file,
+                    f"matrix.{impact}.{urgency}",
+                    "add e.g. P3",
+                )
+            )
+        elif value not in priorities:
+            problems.append(
+                Problem(
+                    f"priority {value!r} is not defined",
+                    file,
+                    f"matrix.{impact}.{urgency}",
+                    f"use: {', '.join(priorities)}",
+                )
+            )
+    for name, terms in priorities.items():
+        for key in ("response_minutes", "resolution_hours"):
+            if not isinstance((terms or {}).get(key), int):
+                problems.append(
+                    Problem(
+                        "must be a whole number",
+                        file,
+                        f"priorities.{name}.{key}",
+                        f"e.g. {key}: 60",
+                    )
+                )
+    return {"sla_matrix": matrix, "priorities": priorities}
+
+
+def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, list[Problem]]:
+    """Every policy file, loaded and checked. strict: raise when there is any problem."""
+    problems: list[Problem] = []
+    envs = _environments(project)
+    people, teams = _people(project, problems)
+    policies = Policies(
+        people=people,
+        teams=teams,
+        **_rules(project, teams, envs, problems),
+        **_windows(project, envs, problems),
+        **_sla(project, problems),
+        hash=policy_hash(project),
+    )
+    waivers_file = project.root / "policies" / "waivers.yml"
+    try:
+        waivers = load_waivers(waivers_file)
+    except OpsledgerError as exc:
+        problems += exc.problems
+    else:
+        for waiver in waivers:
+            for role in ("author", "approved_by"):
+                if getattr(waiver, role) not in people:
+                    problems.append(
+                        Problem(
+                            f"{getattr(waiver, role)!r} is not in people.yml",
+                            str(waivers_file),
+                            f"{waiver.id}.{role}",
+                            "name a person of policies/people.yml",
+                        )
+                    )
+            for env in waiver.environments:
+                if env not in envs and env != "molecule":
+                    problems.append(
+                        Problem(
+                            f"unknown environment {env!r}",
+                            str(waivers_file),
+                            f"{waiver.id}.environments",
+                            f"use: {', '.join(sorted(envs))} or molecule",
+                        )
+                    )
+    if strict and problems:
+        raise OpsledgerError(problems)
+    return policies, problems
+
+
+@dataclass
+class PolicyCheck:
+    problems: list[Problem]
+    hash: str
+    summary: dict[str, int]
+
+
+def policy_check(project: Project) -> PolicyCheck:
+    """Lint the policies; problems come back (the CLI exits 2 when there are any).
+
+    Example:
+        policy_check(find_project()).problems  # []
+    """
+    policies, problems = load_policies(project, strict=False)
+    summary = {
+        "people": len(policies.people),
+        "teams": len(policies.teams),
+        "rules": len(policies.rules),
+        "freezes": len(policies.freezes),
+        "environments with windows": len(policies.windows),
+    }
+    return PolicyCheck(problems, policies.hash, summary)
