@@ -112,6 +112,23 @@ def _environments(project: Project) -> set[str]:
     return {p.parent.name for p in (project.root / "inventories").glob("*/hosts.yml")}
 
 
+def _unknown(
+    problems: list[Problem], values: Any, allowed: Any, what: str, file: str, where: str
+) -> None:
+    """One problem for each value not among the allowed ones (teams, environments, ...)."""
+    known = list(allowed)
+    for value in values or []:
+        if value not in known:
+            problems.append(
+                Problem(
+                    f"unknown {what} {value!r}",
+                    file,
+                    where,
+                    f"use one of: {', '.join(map(str, known))}",
+                )
+            )
+
+
 def _zone(name: Any, file: str, where: str, problems: list[Problem]) -> None:
     try:
         ZoneInfo(str(name))
@@ -179,16 +196,7 @@ def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person
                     "write name@domain",
                 )
             )
-        for team in entry.get("teams") or []:
-            if team not in teams:
-                problems.append(
-                    Problem(
-                        f"unknown team {team!r}",
-                        file,
-                        f"{where}.teams",
-                        f"use one of: {', '.join(teams)}",
-                    )
-                )
+        _unknown(problems, entry.get("teams"), teams, "team", file, f"{where}.teams")
         key = entry.get("signing_key")
         if key and not _KEY.match(str(key)):
             problems.append(
@@ -233,37 +241,12 @@ def _rules(
                 )
             )
         for key, allowed in (("types", CHANGE_TYPES), ("risks", RISKS)):
-            for value in entry.get(key) or []:
-                if value not in allowed:
-                    problems.append(
-                        Problem(
-                            f"unknown {key[:-1]} {value!r}",
-                            file,
-                            f"{where}.{key}",
-                            f"use: {', '.join(allowed)}",
-                        )
-                    )
-        for env in entry.get("environments") or []:
-            if env not in envs:
-                problems.append(
-                    Problem(
-                        f"unknown environment {env!r}",
-                        file,
-                        f"{where}.environments",
-                        f"use: {', '.join(sorted(envs))}",
-                    )
-                )
+            _unknown(problems, entry.get(key), allowed, key[:-1], file, f"{where}.{key}")
+        _unknown(
+            problems, entry.get("environments"), envs, "environment", file, f"{where}.environments"
+        )
         for key in ("required_teams", "any_of_teams"):
-            for team in entry.get(key) or []:
-                if team not in teams:
-                    problems.append(
-                        Problem(
-                            f"unknown team {team!r}",
-                            file,
-                            f"{where}.{key}",
-                            f"use: {', '.join(teams)}",
-                        )
-                    )
+            _unknown(problems, entry.get(key), teams, "team", file, f"{where}.{key}")
         approvals = entry.get("approvals")
         if not isinstance(approvals, int) or approvals < 0:
             problems.append(
@@ -326,38 +309,14 @@ def _rules(
             )
     runbooks = {p.parent.name for p in (project.root / "runbooks").glob("*/runbook.yml")}
     runbook_teams = {}
+    _unknown(
+        problems, data.get("runbook_teams"), sorted(runbooks), "runbook", file, "runbook_teams"
+    )
     for runbook, owners in (data.get("runbook_teams") or {}).items():
-        if runbook not in runbooks:
-            problems.append(
-                Problem(
-                    f"unknown runbook {runbook!r}",
-                    file,
-                    "runbook_teams",
-                    f"use: {', '.join(sorted(runbooks))}",
-                )
-            )
-        for team in owners:
-            if team not in teams:
-                problems.append(
-                    Problem(
-                        f"unknown team {team!r}",
-                        file,
-                        f"runbook_teams.{runbook}",
-                        f"use: {', '.join(teams)}",
-                    )
-                )
+        _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
         runbook_teams[runbook] = tuple(owners)
     signature_envs = tuple((data.get("signatures") or {}).get("environments") or [])
-    for env in signature_envs:
-        if env not in envs:
-            problems.append(
-                Problem(
-                    f"unknown environment {env!r}",
-                    file,
-                    "signatures.environments",
-                    f"use: {', '.join(sorted(envs))}",
-                )
-            )
+    _unknown(problems, signature_envs, envs, "environment", file, "signatures.environments")
     promotion = data.get("promotion") or {}
     for key in ("from", "to"):
         if promotion and promotion.get(key) not in envs:
@@ -391,16 +350,8 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
     file = str(project.root / "policies" / "windows.yml")
     data = load_yaml(Path(file), what="windows file")
     windows: dict[str, list[Window]] = {}
+    _unknown(problems, data.get("environments"), sorted(envs), "environment", file, "environments")
     for env, spec in (data.get("environments") or {}).items():
-        if env not in envs:
-            problems.append(
-                Problem(
-                    f"unknown environment {env!r}",
-                    file,
-                    f"environments.{env}",
-                    f"use: {', '.join(sorted(envs))}",
-                )
-            )
         windows[env] = []
         for index, entry in enumerate((spec or {}).get("windows") or []):
             where = f"environments.{env}.windows[{index}]"
@@ -463,16 +414,9 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
                     "make end later than start",
                 )
             )
-        for env in entry.get("environments") or []:
-            if env not in envs:
-                problems.append(
-                    Problem(
-                        f"unknown environment {env!r}",
-                        file,
-                        f"{where}.environments",
-                        f"use: {', '.join(sorted(envs))}",
-                    )
-                )
+        _unknown(
+            problems, entry.get("environments"), envs, "environment", file, f"{where}.environments"
+        )
         if start and end:
             freezes.append(
                 Freeze(
@@ -564,16 +508,14 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
                             "name a person of policies/people.yml",
                         )
                     )
-            for env in waiver.environments:
-                if env not in envs and env != "molecule":
-                    problems.append(
-                        Problem(
-                            f"unknown environment {env!r}",
-                            str(waivers_file),
-                            f"{waiver.id}.environments",
-                            f"use: {', '.join(sorted(envs))} or molecule",
-                        )
-                    )
+            _unknown(
+                problems,
+                waiver.environments,
+                [*sorted(envs), "molecule"],
+                "environment",
+                str(waivers_file),
+                f"{waiver.id}.environments",
+            )
     if strict and problems:
         raise OpsledgerError(problems)
     return policies, problems
