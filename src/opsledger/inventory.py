@@ -84,6 +84,10 @@ class Inventory:
         names = {h.name for h in self._manager.get_hosts(pattern)}
         return [h for n, h in self.hosts.items() if n in names]
 
+    def ancestors(self, host: str) -> list[str]:
+        """Every group the host belongs to, directly or through parent groups."""
+        return sorted(g.name for g in self._manager.get_host(host).get_groups())
+
     def group(self, name: str) -> list[InventoryHost]:
         return [h for h in self.hosts.values() if name in h.groups]
 

@@ -1,0 +1,107 @@
+"""What an approval covers: edits that decide what runs change the hash; others do not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import pytest
+
+from opsledger.changes import new_change, validate_change
+from opsledger.content import change_content
+from opsledger.project import Project
+
+from ..conftest import REPO_ROOT
+
+START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def project(tmp_path):
+    root = tmp_path / "p"
+    for folder in (
+        "runbooks",
+        "roles",
+        "tests/infra",
+        "inventories",
+        "policies",
+        "vault-passwords",
+    ):
+        shutil.copytree(REPO_ROOT / folder, root / folder)
+    for name in ("ansible.cfg", "site.yml", "README.md"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    (root / "changes").mkdir()
+    return Project(root)
+
+
+def content_of(project, targets="db", runbook="converge", params=None):
+    change = new_change(
+        project,
+        title="Tune the database hosts",
+        runbook=runbook,
+        requested_by="alice",
+        reason="Sorts spill to disk nightly",
+        targets=targets,
+        params={"tags": ["postgresql"]} if params is None else params,
+        window_start=START,
+        window_end=START + dt.timedelta(hours=1),
+    )
+    result = validate_change(project, change.id)
+    return lambda: change_content(project, result.change, result.runbook, result.hosts)
+
+
+def append(project, path):
+    with open(project.root / path, "a") as handle:
+        handle.write("\n# edited\n")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "changes/CHG-0001/change.yml",
+        "runbooks/converge/runbook.yml",
+        "site.yml",  # imported by the converge playbook
+        "roles/postgresql/defaults/main.yml",
+        "roles/os_baseline/templates/sshd_config.j2",
+        "inventories/lab/hosts.yml",
+        "inventories/lab/group_vars/all/network.yml",
+        "inventories/lab/group_vars/db/postgresql.yml",
+        "inventories/lab/host_vars/lab-db2.yml",
+        "ansible.cfg",
+    ],
+)
+def test_edits_that_decide_what_runs_change_the_content(project, path):
+    content = content_of(project)
+    before = content()
+    append(project, path)
+    after = content()
+    assert after.sha256 != before.sha256
+    assert after.changed_since(before.files) == [path]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "README.md",
+        "policies/sla.yml",
+        "runbooks/os-patch/runbook.yml",
+        "inventories/production/hosts.yml",
+        "inventories/lab/group_vars/app/main.yml",  # targets are db hosts only
+        "tests/infra/test_network.py",
+    ],
+)
+def test_unrelated_edits_leave_the_content_alone(project, path):
+    content = content_of(project)
+    before = content()
+    append(project, path)
+    assert content().sha256 == before.sha256
+
+
+def test_only_the_runbooks_roles_and_target_hosts_count(project):
+    content = content_of(project, targets="lab-db1", runbook="pg-backup", params={})
+    files = content().files
+    assert "roles/postgresql/tasks/main.yml" in files
+    assert not any(f.startswith("roles/network/") for f in files)
+    assert "inventories/lab/host_vars/lab-db1.yml" in files
+    assert "inventories/lab/host_vars/lab-db2.yml" not in files
+    assert "site.yml" not in files
