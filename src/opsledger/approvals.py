@@ -204,3 +204,40 @@ def approval_states(
         state.valid = not state.reasons
         states.append(state)
     return states
+
+
+def approve_change(
+    project: Project,
+    change_id: str,
+    *,
+    person: str,
+    decision: str = "approved",
+    comment: str = "",
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+) -> ApproveResult:
+    """Approve (or reject) a valid change's current content as a person, and commit it.
+
+    Example:
+        approve_change(find_project(), "CHG-0001", person="bob")
+    """
+    from opsledger.changes import validate_change
+    from opsledger.content import change_content
+    from opsledger.policy import load_policies
+
+    result = validate_change(project, change_id)
+    if result.problems:
+        raise OpsledgerError(result.problems)
+    policies, _ = load_policies(project)
+    content = change_content(project, result.change, result.runbook, result.hosts)
+    return approve(
+        project,
+        change_id=change_id,
+        person=person,
+        content=content,
+        policies=policies,
+        decision=decision,
+        comment=comment,
+        signing_key=signing_key,
+        now=now,
+    )

@@ -317,6 +317,7 @@ def new_change(
     window_start: dt.datetime,
     window_end: dt.datetime,
     rollback: str | None = None,
+    risk: str | None = None,
 ) -> NewChange:
     """Write a new change request with the next free id; nothing is written if it is invalid.
 
@@ -342,6 +343,8 @@ def new_change(
     }
     if rollback:
         data["rollback"] = rollback
+    if risk:
+        data["risk"] = risk
     folder = changes_dir(project) / change_id
     folder.mkdir(parents=True)
     file = folder / "change.yml"

@@ -2,79 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import shutil
-import subprocess
-
-import pytest
 import yaml
 
 from opsledger.approvals import approval_states, approve
-from opsledger.changes import new_change, validate_change
+from opsledger.changes import validate_change
 from opsledger.content import change_content
 from opsledger.gitrepo import commit_paths, git
 from opsledger.policy import load_policies
-from opsledger.project import Project
-
-from ..conftest import REPO_ROOT
-
-START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
-
-
-def keypair(folder, name):
-    key = folder / name
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True
-    )
-    return key
-
-
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "p"
-    for folder in (
-        "runbooks",
-        "roles",
-        "tests/infra",
-        "inventories",
-        "policies",
-        "vault-passwords",
-    ):
-        shutil.copytree(REPO_ROOT / folder, root / folder)
-    for name in ("ansible.cfg", "site.yml"):
-        shutil.copy(REPO_ROOT / name, root / name)
-    keys = {name: keypair(tmp_path, name) for name in ("bob", "carol")}
-    people = root / "policies" / "people.yml"
-    data = yaml.safe_load(people.read_text())
-    for person in data["people"]:
-        if person["id"] in keys:
-            person["signing_key"] = keys[person["id"]].with_suffix(".pub").read_text().strip()
-    people.write_text(yaml.safe_dump(data, sort_keys=False))
-    project = Project(root)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    env = {
-        "GIT_AUTHOR_NAME": "Alice Arnold",
-        "GIT_AUTHOR_EMAIL": "alice@example.org",
-        "GIT_COMMITTER_NAME": "Alice Arnold",
-        "GIT_COMMITTER_EMAIL": "alice@example.org",
-    }
-    git(root, "commit", "-q", "-m", "Initial state", env=env)
-    change = new_change(
-        project,
-        title="Tune the database hosts",
-        runbook="converge",
-        requested_by="alice",
-        reason="Sorts spill to disk nightly",
-        targets="db",
-        params={"tags": ["postgresql"]},
-        window_start=START,
-        window_end=START + dt.timedelta(hours=2),
-    )
-    commit_paths(
-        root, [change.file], f"Request {change.id}", name="Alice Arnold", email="alice@example.org"
-    )
-    return project, change.id, keys
 
 
 def current(project, change_id):

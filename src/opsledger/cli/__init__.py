@@ -12,6 +12,7 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.change import change
+from opsledger.cli.decide import approve, decide
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
 from opsledger.cli.roles import roles
@@ -43,7 +44,9 @@ def cli() -> None:
     """
 
 
+cli.add_command(approve)
 cli.add_command(change)
+cli.add_command(decide)
 cli.add_command(lab)
 cli.add_command(policy)
 cli.add_command(roles)

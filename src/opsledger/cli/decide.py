@@ -1,0 +1,117 @@
+"""`opsledger approve` and `opsledger decide`: approvals bound to content, and the verdict."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
+from opsledger.project import find_project
+
+
+@click.command()
+@click.argument("change_id")
+@click.option("--reject", is_flag=True, help="Record a rejection instead of an approval.")
+@click.option("--comment", default="", help="Why (kept in the approval file).")
+@click.option(
+    "--as",
+    "person",
+    envvar="OPSLEDGER_PERSON",
+    required=True,
+    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+)
+@click.option(
+    "--key",
+    "signing_key",
+    envvar="OPSLEDGER_SIGNING_KEY",
+    type=click.Path(path_type=Path),
+    help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
+)
+def approve(
+    change_id: str, reject: bool, comment: str, person: str, signing_key: Path | None
+) -> None:
+    """Approve a change's current content and commit it as you (signed with --key).
+
+    Writes changes/<ID>/approvals/<person>.yml with the sha256 of everything that decides
+    what the change runs; editing any of it later voids the approval.
+
+    \b
+    Example:
+        opsledger approve CHG-0001 --as bob --key ~/.ssh/id_ed25519
+    """
+    from opsledger.approvals import approve_change
+
+    result = approve_change(
+        find_project(),
+        change_id,
+        person=person,
+        decision="rejected" if reject else "approved",
+        comment=comment,
+        signing_key=signing_key,
+    )
+    verb = "rejected" if reject else "approved"
+    click.echo(
+        f"{change_id} {verb} by {person}: content {result.content_sha256[:12]}, "
+        f"commit {result.commit[:10]}"
+    )
+
+
+@click.command()
+@click.argument("change_id")
+@click.option("--at", "at", help="Judge at this ISO 8601 time instead of now.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def decide(change_id: str, at: str | None, as_json: bool) -> None:
+    """Evaluate every rule for a change; exit 0 when allowed, 3 when denied.
+
+    Rules: requester, approvals (quorum, four eyes, teams, content, signatures), maintenance
+    window, change window (judged now), freeze, promotion from staging, conflicts.
+
+    \b
+    Example:
+        opsledger decide CHG-0001 --at 2026-12-01T20:30:00+01:00
+    """
+    from opsledger.decide import decide as run_decide
+
+    moment = None
+    if at:
+        try:
+            moment = dt.datetime.fromisoformat(at)
+        except ValueError:
+            raise OpsledgerError(
+                Problem(
+                    f"{at!r} is not an ISO 8601 date-time",
+                    field="--at",
+                    fix="write e.g. 2026-12-01T20:30:00+01:00",
+                )
+            ) from None
+        if moment.tzinfo is None:
+            raise OpsledgerError(
+                Problem("--at has no timezone", field="--at", fix="add an offset, e.g. +01:00")
+            )
+    decision = run_decide(find_project(), change_id, now=moment)
+    if as_json:
+        click.echo(json.dumps(decision.as_dict(), indent=2))
+    else:
+        table = Table(
+            "rule",
+            "result",
+            "why",
+            title=f"decide {change_id} ({decision.priority}, {decision.risk} risk)",
+            show_lines=False,
+        )
+        for check in decision.checks:
+            table.add_row(
+                check.rule, "[green]pass[/green]" if check.passed else "[red]FAIL[/red]", check.why
+            )
+        Console(width=max(Console().width, 120)).print(table)
+        click.echo(
+            f"{'ALLOWED' if decision.allowed else 'DENIED'}; policy "
+            f"{decision.policy_sha256[:12]}, content {decision.content_sha256[:12]}"
+        )
+    if not decision.allowed:
+        raise SystemExit(EXIT_DENIED)

@@ -1,0 +1,225 @@
+"""decide on real git repos: allowed when every rule holds; each refusal names its rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from click.testing import CliRunner
+
+from opsledger.approvals import approve_change
+from opsledger.changes import new_change
+from opsledger.cli import cli
+from opsledger.decide import decide
+from opsledger.gitrepo import commit_paths
+
+from .conftest import START
+
+INSIDE = START + dt.timedelta(minutes=30)
+
+
+def failed(decision):
+    return {c.rule: c.why for c in decision.checks if not c.passed}
+
+
+def request(project, **overrides):
+    args = dict(
+        title="Patch or tune something",
+        runbook="converge",
+        requested_by="alice",
+        reason="Needed for the quarterly baseline",
+        targets="app",
+        params={"tags": ["os_baseline"]},
+        window_start=START,
+        window_end=START + dt.timedelta(hours=1),
+    )
+    args.update(overrides)
+    change_type = args.pop("type", "normal")
+    change = new_change(project, change_type=change_type, **args)
+    commit_paths(
+        project.root,
+        [change.file],
+        f"Request {change.id}",
+        name="Alice Arnold",
+        email="alice@example.org",
+    )
+    return change.id
+
+
+def test_approved_change_inside_its_window_is_allowed(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob")
+    decision = decide(project, change_id, now=INSIDE)
+    assert decision.allowed, failed(decision)
+    assert decision.approvers == ["bob"] and decision.priority == "P4"
+    assert len(decision.policy_sha256) == len(decision.content_sha256) == 64
+
+
+def test_no_approvals(repo):
+    project, change_id, _ = repo
+    assert "0 of 1 approval(s)" in failed(decide(project, change_id, now=INSIDE))["approvals"]
+
+
+def test_self_approval_does_not_count(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="alice")
+    why = failed(decide(project, change_id, now=INSIDE))["approvals"]
+    assert "alice requested the change and cannot approve it" in why
+
+
+def test_approval_from_outside_the_required_team(repo):
+    project, _, _ = repo
+    change_id = request(project, risk="high")  # high risk: two approvals, one from the CAB
+    approve_change(project, change_id, person="bob")
+    approve_change(project, change_id, person="dave")
+    assert "no approver from cab" in failed(decide(project, change_id, now=INSIDE))["approvals"]
+    approve_change(project, change_id, person="carol")
+    assert decide(project, change_id, now=INSIDE).allowed
+
+
+def test_runbook_owners_must_approve(repo):
+    project, _, _ = repo
+    change_id = request(project, runbook="pg-backup", targets="db", params={})
+    approve_change(project, change_id, person="dave")
+    why = failed(decide(project, change_id, now=INSIDE))["approvals"]
+    assert "no approver from dba (owners of pg-backup)" in why
+
+
+def test_change_edited_after_approval(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob")
+    path = project.root / "changes" / change_id / "change.yml"
+    path.write_text(path.read_text().replace("Sorts spill", "Sorts really spill"))
+    assert "content changed" in failed(decide(project, change_id, now=INSIDE))["approvals"]
+
+
+def test_role_edited_after_approval(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob")
+    with open(project.root / "roles/postgresql/tasks/config.yml", "a") as handle:
+        handle.write("\n# changed after the approval\n")
+    why = failed(decide(project, change_id, now=INSIDE))["approvals"]
+    assert "roles/postgresql/tasks/config.yml" in why
+
+
+def test_outside_the_change_window(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob")
+    late = START + dt.timedelta(hours=3)
+    assert (
+        "outside the change's window"
+        in failed(decide(project, change_id, now=late))["change window"]
+    )
+
+
+def test_outside_every_maintenance_window(repo):
+    project, _, _ = repo
+    # Production windows: Tue/Thu 20:00-23:30 and Sat 06:00-10:00 Berlin. Tuesday 09:00 is not.
+    morning = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
+    change_id = request(
+        project,
+        environment="production",
+        targets="all",
+        window_start=morning,
+        window_end=morning + dt.timedelta(hours=1),
+    )
+    assert "maintenance window" in failed(
+        decide(project, change_id, now=morning + dt.timedelta(minutes=5))
+    )
+
+
+def test_in_a_freeze(repo):
+    project, _, keys = repo
+    frozen = dt.datetime(2026, 12, 22, 19, 30, tzinfo=dt.UTC)  # Tuesday 20:30 Berlin
+    change_id = request(
+        project,
+        environment="production",
+        targets="all",
+        runbook="pg-backup",
+        params={},
+        window_start=frozen,
+        window_end=frozen + dt.timedelta(hours=1),
+    )
+    for person in ("bob", "carol"):
+        approve_change(project, change_id, person=person, signing_key=keys[person])
+    decision = decide(project, change_id, now=frozen + dt.timedelta(minutes=5))
+    assert failed(decision) == {"freeze": "in freeze 'year-end freeze'"}
+
+
+def test_unsigned_approval_where_signatures_are_required(repo):
+    project, _, keys = repo
+    at = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)  # staging: weekdays 07-19 Berlin
+    change_id = request(
+        project,
+        environment="staging",
+        targets="all",
+        window_start=at,
+        window_end=at + dt.timedelta(hours=1),
+    )
+    approve_change(project, change_id, person="bob")
+    why = failed(decide(project, change_id, now=at))["approvals"]
+    assert "not signed with bob's key" in why
+    approve_change(project, change_id, person="carol", signing_key=keys["carol"])
+    assert decide(project, change_id, now=at).allowed
+
+
+def test_production_needs_a_recent_staging_run(repo):
+    project, _, keys = repo
+    at = START + dt.timedelta(minutes=10)
+    change_id = request(project, environment="production", targets="all")
+    for person in ("bob", "carol"):
+        approve_change(project, change_id, person=person, signing_key=keys[person])
+    assert "no successful staging run" in failed(decide(project, change_id, now=at))["promotion"]
+    runs = project.root / "changes" / "CHG-0001" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "20261130T100000Z.json").write_text(
+        json.dumps(
+            {
+                "change": "CHG-0001",
+                "environment": "staging",
+                "runbook": "converge",
+                "params": {"tags": ["os_baseline"]},
+                "result": "success",
+                "finished_at": "2026-11-30T10:00:00+00:00",
+            }
+        )
+    )
+    assert decide(project, change_id, now=at).allowed
+
+
+def test_emergency_needs_one_oncall_or_cab_approval_and_bypasses_windows(repo):
+    project, _, _ = repo
+    change_id = request(
+        project,
+        type="emergency",
+        runbook="service-restart",
+        params={"service": "ssh"},
+        requested_by="bob",
+    )
+    approve_change(project, change_id, person="erin")  # an auditor approves nothing
+    why = failed(decide(project, change_id, now=INSIDE))["approvals"]
+    assert "erin is not in oncall or cab" in why
+    approve_change(project, change_id, person="alice")  # on call
+    decision = decide(project, change_id, now=INSIDE)
+    assert decision.allowed, failed(decision)
+    checks = {c.rule: c.why for c in decision.checks}
+    assert checks["maintenance window"] == "emergency change: windows bypassed"
+    assert "due within 72 h" in checks["post-implementation review"]
+
+
+def test_overlapping_pending_changes_conflict(repo):
+    project, change_id, _ = repo
+    other = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
+    approve_change(project, change_id, person="bob")
+    assert other in failed(decide(project, change_id, now=INSIDE))["conflicts"]
+
+
+def test_cli_exit_codes(repo, monkeypatch):
+    project, change_id, _ = repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    at = ["--at", INSIDE.isoformat()]
+    assert CliRunner().invoke(cli, ["decide", change_id, *at]).exit_code == 3
+    assert CliRunner().invoke(cli, ["approve", change_id, "--as", "bob"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["decide", change_id, *at, "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["allowed"] is True
+    assert CliRunner().invoke(cli, ["decide", "CHG-9999"]).exit_code == 2
