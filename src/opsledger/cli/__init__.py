@@ -12,7 +12,7 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.change import change
-from opsledger.cli.decide import approve, decide
+from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
 from opsledger.cli.roles import roles
@@ -48,6 +48,7 @@ cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(decide)
 cli.add_command(lab)
+cli.add_command(plan)
 cli.add_command(policy)
 cli.add_command(roles)
 cli.add_command(runbook)

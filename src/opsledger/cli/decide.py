@@ -14,6 +14,27 @@ from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.project import find_project
 
 
+def _moment(at: str | None) -> dt.datetime | None:
+    """--at as an aware datetime (None: now)."""
+    if not at:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(at)
+    except ValueError:
+        raise OpsledgerError(
+            Problem(
+                f"{at!r} is not an ISO 8601 date-time",
+                field="--at",
+                fix="write e.g. 2026-12-01T20:30:00+01:00",
+            )
+        ) from None
+    if moment.tzinfo is None:
+        raise OpsledgerError(
+            Problem("--at has no timezone", field="--at", fix="add an offset, e.g. +01:00")
+        )
+    return moment
+
+
 @click.command()
 @click.argument("change_id")
 @click.option("--reject", is_flag=True, help="Record a rejection instead of an approval.")
@@ -114,4 +135,33 @@ def decide(change_id: str, at: str | None, as_json: bool) -> None:
             f"{decision.policy_sha256[:12]}, content {decision.content_sha256[:12]}"
         )
     if not decision.allowed:
+        raise SystemExit(EXIT_DENIED)
+
+
+@click.command()
+@click.argument("change_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "md", "json"]),
+    default="text",
+    show_default=True,
+    help="md is meant for a pull-request comment.",
+)
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time instead of now.")
+def plan(change_id: str, fmt: str, at: str | None) -> None:
+    """Decide, then show per host what the change would do (check mode with diff).
+
+    Exits 0 when the change is allowed, 3 when denied (the prediction is shown either way).
+
+    \b
+    Example:
+        opsledger plan CHG-0001 --format md > plan.md
+    """
+    from opsledger.plan import plan as run_plan
+    from opsledger.plan import render
+
+    result = run_plan(find_project(), change_id, now=_moment(at))
+    click.echo(render(result, fmt), nl=False)
+    if not result.decision.allowed:
         raise SystemExit(EXIT_DENIED)

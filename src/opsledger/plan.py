@@ -1,0 +1,177 @@
+"""What a change would do: the decision, then a check-mode run with diffs on its targets.
+
+Per host: `would change` (with each changing task and its diff), `unchanged`, `unreachable`,
+or `cannot predict` — check mode cannot see past a change it does not make (a package not yet
+installed, a service not yet created), so a host whose check run fails is reported as such,
+with the reason, not as a failure of the plan. Runbooks whose metadata says check mode does not
+predict them are reported as not predictable without running anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+from opsledger.changes import load_change
+from opsledger.decide import Decision, decide
+from opsledger.project import Project
+from opsledger.runbooks import load_runbook
+from opsledger.runner import TaskChange, run_playbook
+
+
+@dataclass
+class HostPlan:
+    host: str
+    status: str  # would change | unchanged | unreachable | cannot predict
+    changes: list[TaskChange] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    change_id: str
+    title: str
+    runbook: str
+    environment: str
+    targets: str
+    decision: Decision
+    hosts: list[HostPlan]
+    predicted: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "change": self.change_id,
+            "title": self.title,
+            "runbook": self.runbook,
+            "environment": self.environment,
+            "targets": self.targets,
+            "predicted": self.predicted,
+            "decision": self.decision.as_dict(),
+            "hosts": [
+                {
+                    "host": h.host,
+                    "status": h.status,
+                    "note": h.note,
+                    "changes": [c.__dict__ for c in h.changes],
+                }
+                for h in self.hosts
+            ],
+        }
+
+
+def plan(project: Project, change_id: str, *, now: dt.datetime | None = None) -> Plan:
+    """Decide, then predict per host with check mode and diff.
+
+    Example:
+        p = plan(find_project(), "CHG-0001")
+        [(h.host, h.status) for h in p.hosts]
+    """
+    decision = decide(project, change_id, now=now)
+    change = load_change(project, change_id)
+    runbook = load_runbook(project, change.runbook)
+    if not runbook.check_mode:
+        hosts = [
+            HostPlan(
+                h,
+                "cannot predict",
+                note=f"runbook {runbook.name} is not predictable "
+                "in check mode; it will run as described in its metadata",
+            )
+            for h in decision.hosts
+        ]
+        return Plan(
+            change_id,
+            change.title,
+            runbook.name,
+            change.environment,
+            change.targets,
+            decision,
+            hosts,
+            False,
+        )
+    run = run_playbook(
+        project,
+        playbook=runbook.playbook,
+        inventory=project.inventory_file(change.environment),
+        limit=change.targets,
+        params=change.params,
+        tags=change.params.get("tags"),
+        check=True,
+        timeout=runbook.timeout,
+    )
+    hosts = []
+    for name in decision.hosts:
+        result = run.hosts.get(name)
+        if result is None:
+            hosts.append(HostPlan(name, "unchanged", note="no task applies to this host"))
+        elif result.unreachable:
+            hosts.append(HostPlan(name, "unreachable", note=result.failures[-1]))
+        elif result.failed:
+            note = (
+                "check mode cannot see past changes it does not make (e.g. a package not "
+                f"yet installed): {result.failures[0]}"
+            )
+            hosts.append(HostPlan(name, "cannot predict", result.changes, note))
+        elif result.changed:
+            hosts.append(HostPlan(name, "would change", result.changes))
+        else:
+            hosts.append(HostPlan(name, "unchanged"))
+    return Plan(
+        change_id,
+        change.title,
+        runbook.name,
+        change.environment,
+        change.targets,
+        decision,
+        hosts,
+        True,
+    )
+
+
+def render(p: Plan, fmt: str = "text") -> str:
+    """The plan as text (terminal), md (a pull-request comment) or json."""
+    if fmt == "json":
+        return json.dumps(p.as_dict(), indent=2)
+    verdict = "ALLOWED" if p.decision.allowed else "DENIED"
+    md = fmt == "md"
+    out = []
+    head = (
+        f"{p.change_id}: {p.title} — {p.runbook} on {p.environment}:{p.targets} "
+        f"({p.decision.priority}, {p.decision.risk} risk) — {verdict}"
+    )
+    out.append(f"### {head}" if md else head)
+    out.append("")
+    if md:
+        out += ["| rule | result | why |", "|---|---|---|"]
+        out += [
+            f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
+            for c in p.decision.checks
+        ]
+        out += ["", "| host | plan | tasks that would change |", "|---|---|---|"]
+        for h in p.hosts:
+            tasks = "<br>".join(c.task for c in h.changes) or h.note or "-"
+            out.append(f"| {h.host} | {h.status} | {tasks.replace('|', '/')} |")
+    else:
+        for c in p.decision.checks:
+            out.append(f"  {'pass' if c.passed else 'FAIL'}  {c.rule}: {c.why}")
+        out.append("")
+        for h in p.hosts:
+            out.append(f"{h.host}: {h.status}" + (f" — {h.note}" if h.note else ""))
+            for c in h.changes:
+                out.append(f"  ~ {c.task}")
+    diffs = [(h.host, c) for h in p.hosts for c in h.changes if c.diff]
+    if diffs:
+        out.append("")
+        if md:
+            out.append("<details><summary>Diffs</summary>\n")
+        for host, c in diffs:
+            out.append(f"{'#### ' if md else '--- '}{host}: {c.task}")
+            out.append("```diff" if md else "")
+            out.append(c.diff)
+            out.append("```" if md else "")
+        if md:
+            out.append("</details>")
+    out.append("")
+    out.append(f"policy {p.decision.policy_sha256[:12]} · content {p.decision.content_sha256[:12]}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,145 @@
+"""Running a runbook's playbook with ansible-runner and summarising what happened per host.
+
+One place builds the run (inventory, limit, tags, params as `opsledger_params`, check mode) and
+turns ansible-runner's events into per-host results: ok / changed / failed / unreachable
+counts, the tasks that changed with their diffs, and the failures with their messages.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsledger.project import Project
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TaskChange:
+    task: str
+    role: str
+    diff: str = ""
+
+
+@dataclass
+class HostRun:
+    host: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    changes: list[TaskChange] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlaybookRun:
+    status: str  # successful | failed | timeout | canceled
+    rc: int
+    hosts: dict[str, HostRun]
+    artifacts: str = ""
+
+
+def _diff_text(result: dict[str, Any]) -> str:
+    """Render Ansible's structured diffs (before/after, or prepared text) as unified-ish text."""
+    import difflib
+
+    diffs = result.get("diff") or []
+    if isinstance(diffs, dict):
+        diffs = [diffs]
+    chunks = []
+    for diff in diffs:
+        if not isinstance(diff, dict):
+            continue
+        if diff.get("prepared"):
+            chunks.append(str(diff["prepared"]))
+            continue
+        before, after = diff.get("before", ""), diff.get("after", "")
+        if isinstance(before, dict) or isinstance(after, dict):
+            chunks.append(f"- {before}\n+ {after}")
+            continue
+        lines = difflib.unified_diff(
+            str(before).splitlines(),
+            str(after).splitlines(),
+            diff.get("before_header", "before"),
+            diff.get("after_header", "after"),
+            lineterm="",
+        )
+        chunks.append("\n".join(lines))
+    return "\n".join(c for c in chunks if c.strip())
+
+
+def run_playbook(
+    project: Project,
+    *,
+    playbook: Path,
+    inventory: Path,
+    limit: str,
+    params: dict[str, Any],
+    tags: list[str] | None = None,
+    check: bool = False,
+    timeout: int | None = None,
+    event_handler: EventHandler | None = None,
+    artifact_dir: Path | None = None,
+) -> PlaybookRun:
+    """Run one playbook through ansible-runner and collect per-host results.
+
+    Example:
+        run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
+                     limit="db", params={}, check=True)
+    """
+    import ansible_runner
+
+    hosts: dict[str, HostRun] = {}
+
+    def on_event(event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        kind = event.get("event", "")
+        if host and kind.startswith("runner_on_"):
+            entry = hosts.setdefault(host, HostRun(host))
+            result = data.get("res") or {}
+            task = data.get("task", "")
+            if kind == "runner_on_ok":
+                entry.ok += 1
+                if result.get("changed"):
+                    entry.changed += 1
+                    entry.changes.append(TaskChange(task, data.get("role", ""), _diff_text(result)))
+            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                entry.failed += 1
+                entry.failures.append(
+                    f"{task}: {result.get('msg', '') or result.get('stderr', '')}".strip()
+                )
+            elif kind == "runner_on_unreachable":
+                entry.unreachable += 1
+                entry.failures.append(f"unreachable: {result.get('msg', '')}".strip())
+            elif kind == "runner_on_skipped":
+                entry.skipped += 1
+        if event_handler:
+            event_handler(event)
+        return True
+
+    cmdline = "--diff" + (" --check" if check else "")
+    with tempfile.TemporaryDirectory(prefix="opsledger-run-") as private:
+        env = project.ansible_env()
+        run = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(project.root),
+            playbook=str(playbook.resolve()),
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            tags=",".join(tags) if tags else None,
+            extravars={"opsledger_params": params},
+            cmdline=cmdline,
+            envvars={k: env[k] for k in ("ANSIBLE_CONFIG",)},
+            quiet=True,
+            event_handler=on_event,
+            timeout=timeout,
+            artifact_dir=str(artifact_dir) if artifact_dir else None,
+        )
+        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""))
