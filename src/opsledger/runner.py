@@ -7,12 +7,15 @@ counts, the tasks that changed with their diffs, and the failures with their mes
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
 from opsledger.project import Project
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -125,6 +128,11 @@ def run_playbook(
         return True
 
     cmdline = "--diff" + (" --check" if check else "")
+    # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
+    # ansible-runner finds it through this process's PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     with tempfile.TemporaryDirectory(prefix="opsledger-run-") as private:
         env = project.ansible_env()
         run = ansible_runner.run(
@@ -142,4 +150,16 @@ def run_playbook(
             timeout=timeout,
             artifact_dir=str(artifact_dir) if artifact_dir else None,
         )
+        if run.status != "successful" and not hosts:
+            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
+            raise OpsledgerError(
+                Problem(
+                    f"ansible-playbook {run.status} (rc={run.rc}) before reaching any host: "
+                    + " | ".join(tail),
+                    str(playbook),
+                    "playbook",
+                    "run it with ansible-playbook to see the details",
+                ),
+                EXIT_FAILED,
+            )
         return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""))
