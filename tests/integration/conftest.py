@@ -3,12 +3,16 @@ that reaches the repository's lab (same hosts, same keys), so nothing touches th
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from opsledger.gitrepo import git
+from opsledger.lab.service import load_spec
 from opsledger.project import Project
 
 from ..conftest import REPO_ROOT
@@ -43,3 +47,43 @@ def workflow_repo(lab, tmp_path):
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "Desired state as of the test", env=ALICE)
     return Project(root)
+
+
+PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+
+def converge(project, *args: str) -> dict[str, dict[str, int]]:
+    proc = subprocess.run(
+        [PLAYBOOK, "site.yml", *args],
+        cwd=project.root,
+        env=project.ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    recap = {}
+    for host, stats in re.findall(r"^(\S+)\s+: (ok=.*)$", proc.stdout, re.M):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stats)}
+    recap["_changed_tasks"] = changed_tasks(proc.stdout)
+    return recap
+
+
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name -> host' for every change, so a failed idempotence check says what moved."""
+    changed, task = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            changed.append(f"{task} -> {line.split('[', 1)[1].split(']', 1)[0]}")
+    return changed
+
+
+@pytest.fixture(scope="session")
+def converged_lab(lab):
+    """The lab converged to site.yml once per session (plan and site tests need real state)."""
+    recap = converge(lab)
+    recap.pop("_changed_tasks")
+    assert set(recap) == {h.name for h in load_spec(lab).hosts}
+    return lab

@@ -16,7 +16,7 @@ from .conftest import ALICE
 pytestmark = pytest.mark.lab
 
 
-def test_plan_shows_the_postgresql_parameter_diff(workflow_repo):
+def test_plan_shows_the_postgresql_parameter_diff(converged_lab, workflow_repo):
     project = workflow_repo
     params_file = project.root / "inventories/lab/group_vars/db/postgresql.yml"
     params_file.write_text(params_file.read_text().replace("work_mem: 8MB", "work_mem: 16MB"))
@@ -53,7 +53,7 @@ def test_plan_shows_the_postgresql_parameter_diff(workflow_repo):
     assert "| lab-db1 | would change |" in markdown and "```diff" in markdown
 
 
-def test_unchanged_desired_state_plans_no_change(workflow_repo):
+def test_unchanged_desired_state_plans_no_change(converged_lab, workflow_repo):
     project = workflow_repo
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     change = new_change(

@@ -3,64 +3,27 @@ keeps SSH working after hardening, and every hand-made drift is caught, then rep
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from opsledger.lab.service import load_spec, run_on_host
 from opsledger.verify import verify
 
+from .conftest import converge
+
 pytestmark = pytest.mark.lab
 
-PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 
-
-def converge(project, *args: str) -> dict[str, dict[str, int]]:
-    proc = subprocess.run(
-        [PLAYBOOK, "site.yml", *args],
-        cwd=project.root,
-        env=project.ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    recap = {}
-    for host, stats in re.findall(r"^(\S+)\s+: (ok=.*)$", proc.stdout, re.M):
-        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stats)}
-    recap["_changed_tasks"] = changed_tasks(proc.stdout)
-    return recap
-
-
-def changed_tasks(output: str) -> list[str]:
-    """'TASK name -> host' for every change, so a failed idempotence check says what moved."""
-    changed, task = [], ""
-    for line in output.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed: ["):
-            changed.append(f"{task} -> {line.split('[', 1)[1].split(']', 1)[0]}")
-    return changed
-
-
-@pytest.fixture(scope="module")
-def converged(lab):
-    recap = converge(lab)
-    recap.pop("_changed_tasks")
-    assert set(recap) == {h.name for h in load_spec(lab).hosts}
-    return lab
-
-
-def test_second_converge_changes_nothing(converged):
+def test_second_converge_changes_nothing(converged_lab):
+    converged = converged_lab
     recap = converge(converged)
     assert recap.pop("_changed_tasks") == []
     assert {host: stats["changed"] for host, stats in recap.items()} == dict.fromkeys(recap, 0)
 
 
-def test_suites_pass_on_every_host(converged):
+def test_suites_pass_on_every_host(converged_lab):
+    converged = converged_lab
     result = verify(converged, environment="lab")
     assert result.failures == [], result.output[-3000:]
     assert result.ok
@@ -74,7 +37,8 @@ def test_suites_pass_on_every_host(converged):
                 assert "waived by W-000" in outcome.message, outcome
 
 
-def test_ssh_keyscan_and_login_still_work_after_hardening(converged):
+def test_ssh_keyscan_and_login_still_work_after_hardening(converged_lab):
+    converged = converged_lab
     spec = load_spec(converged)
     known = {
         line.split()[0]: line.split()[2]
@@ -115,7 +79,8 @@ DRIFTS = {
 }
 
 
-def test_hand_made_drift_is_caught_then_repaired(converged):
+def test_hand_made_drift_is_caught_then_repaired(converged_lab):
+    converged = converged_lab
     for host, (command, _) in DRIFTS.items():
         done = run_on_host(converged, host, command)
         assert done.returncode == 0, done.stderr
