@@ -9,7 +9,6 @@ the change's content hash, so a run can be traced to exactly what was judged.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -18,6 +17,7 @@ from opsledger.changes import Change, change_ids, validate_change
 from opsledger.content import change_content
 from opsledger.policy import Policies, Window, load_policies
 from opsledger.project import Project
+from opsledger.records import change_runs
 from opsledger.runbooks import Runbook
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
@@ -185,17 +185,6 @@ def _windows(change: Change, policies: Policies, now: dt.datetime) -> list[Check
     return checks
 
 
-def run_records(project: Project) -> list[dict]:
-    """Every run record (changes/*/runs/*.json), oldest first."""
-    records = []
-    for path in sorted((project.root / "changes").glob("*/runs/*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except ValueError:
-            continue
-    return sorted(records, key=lambda r: r.get("finished_at", ""))
-
-
 def _promotion(
     project: Project, change: Change, runbook: Runbook, policies: Policies, now: dt.datetime
 ) -> Check:
@@ -203,20 +192,19 @@ def _promotion(
     if not (runbook.promotion and promotion and change.environment == promotion.get("to")):
         return Check("promotion", True, "not required")
     since = now - dt.timedelta(days=int(promotion["within_days"]))
-    for record in reversed(run_records(project)):
-        finished = dt.datetime.fromisoformat(record.get("finished_at", "1970-01-01T00:00:00+00:00"))
+    for record in reversed(change_runs(project)):
         if (
-            record.get("environment") == promotion["from"]
-            and record.get("result") == "success"
-            and record.get("runbook") == runbook.name
-            and record.get("params") == change.params
-            and finished >= since
+            record.environment == promotion["from"]
+            and record.result == "success"
+            and record.runbook == runbook.name
+            and record.params == change.params
+            and record.finished >= since
         ):
             return Check(
                 "promotion",
                 True,
-                f"{promotion['from']} ran it successfully in "
-                f"{record.get('change')} at {record['finished_at']}",
+                f"{promotion['from']} ran it successfully in {record.change} at "
+                f"{record.finished_at}",
             )
     return Check(
         "promotion",
@@ -228,7 +216,7 @@ def _promotion(
 
 def _conflicts(project: Project, change: Change, hosts: list[str]) -> Check:
     """Other changes not yet applied whose hosts and windows overlap this one's."""
-    applied = {r.get("change") for r in run_records(project) if r.get("result") == "success"}
+    applied = {r.change for r in change_runs(project) if r.result == "success"}
     clashes = []
     for other_id in change_ids(project):
         if other_id == change.id or other_id in applied:

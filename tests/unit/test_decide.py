@@ -12,6 +12,7 @@ from opsledger.changes import new_change
 from opsledger.cli import cli
 from opsledger.decide import decide
 from opsledger.gitrepo import commit_paths
+from opsledger.records import Record, run_record_path, write_record
 
 from .conftest import START
 
@@ -170,19 +171,19 @@ def test_production_needs_a_recent_staging_run(repo):
     for person in ("bob", "carol"):
         approve_change(project, change_id, person=person, signing_key=keys[person])
     assert "no successful staging run" in failed(decide(project, change_id, now=at))["promotion"]
-    runs = project.root / "changes" / "CHG-0001" / "runs"
-    runs.mkdir(parents=True)
-    (runs / "20261130T100000Z.json").write_text(
-        json.dumps(
-            {
-                "change": "CHG-0001",
-                "environment": "staging",
-                "runbook": "converge",
-                "params": {"tags": ["os_baseline"]},
-                "result": "success",
-                "finished_at": "2026-11-30T10:00:00+00:00",
-            }
-        )
+    staged = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
+    write_record(
+        run_record_path(project, "CHG-0001", staged),
+        Record(
+            kind="run",
+            change="CHG-0001",
+            environment="staging",
+            runbook="converge",
+            params={"tags": ["os_baseline"]},
+            result="success",
+            started_at=staged.isoformat(),
+            finished_at=(staged + dt.timedelta(minutes=5)).isoformat(),
+        ),
     )
     assert decide(project, change_id, now=at).allowed
 

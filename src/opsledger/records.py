@@ -1,0 +1,87 @@
+"""The one record format: what happened, when, by whom, judged by what, with what result.
+
+Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`) use it now; inspections, drift
+checks and DR drills will write the same model under `records/`, so audit and reports read them
+all alike. Records are JSON (stable key order), written once and committed; audit treats any
+later edit of one as a finding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from opsledger.project import Project
+
+KINDS = ("run", "inspection", "drift", "drill")
+RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Record:
+    kind: str
+    environment: str
+    result: str
+    started_at: str
+    finished_at: str
+    change: str | None = None
+    runbook: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    targets: str = ""
+    hosts: list[str] = field(default_factory=list)
+    runner: dict[str, Any] = field(default_factory=dict)  # person, machine, ci
+    git_commit: str = ""
+    content_sha256: str = ""
+    policy_sha256: str = ""
+    decision: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)  # per host counts
+    changed_tasks: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] = field(default_factory=dict)
+    rollback: dict[str, Any] | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)  # inspections, drills
+    measurements: dict[str, Any] = field(default_factory=dict)  # e.g. RTO, RPO
+    version: int = FORMAT_VERSION
+
+    @property
+    def finished(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.finished_at)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def stamp(moment: dt.datetime) -> str:
+    """File-name timestamp in UTC, sortable: 20261201T203000Z."""
+    return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
+    return project.root / "changes" / change_id / "runs" / f"{stamp(started)}.json"
+
+
+def write_record(path: Path, record: Record) -> Path:
+    """Write a record once; an existing record is never overwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x") as handle:
+        handle.write(record.to_json())
+    return path
+
+
+def change_runs(project: Project) -> list[Record]:
+    """Every change run record, oldest first (unreadable files are skipped)."""
+    records = []
+    for path in (project.root / "changes").glob("*/runs/*.json"):
+        try:
+            records.append(Record.from_dict(json.loads(path.read_text())))
+        except (ValueError, TypeError):
+            continue
+    return sorted(records, key=lambda r: r.finished_at)
