@@ -16,6 +16,30 @@ from opsledger.project import Project
 from ..conftest import REPO_ROOT
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)  # a Tuesday
+PROJECT_PARTS = (
+    "runbooks",
+    "roles",
+    "tests/infra",
+    "inventories",
+    "policies",
+    "vault-passwords",
+    "ansible.cfg",
+    "site.yml",
+    "README.md",
+)
+
+
+def copy_project(root):
+    """The parts of this repository a change workflow reads, copied to root (no git)."""
+    for part in PROJECT_PARTS:
+        source = REPO_ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, root / part)
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / part)
+    (root / "changes").mkdir(exist_ok=True)
+    return Project(root)
 
 
 def keypair(folder, name):
@@ -30,18 +54,8 @@ def keypair(folder, name):
 def repo(tmp_path):
     """A git repo of the project with signing keys for bob and carol, and CHG-0001 (alice's
     converge of db in the lab, 2026-12-01 20:00-22:00 UTC) committed by alice."""
-    root = tmp_path / "p"
-    for folder in (
-        "runbooks",
-        "roles",
-        "tests/infra",
-        "inventories",
-        "policies",
-        "vault-passwords",
-    ):
-        shutil.copytree(REPO_ROOT / folder, root / folder)
-    for name in ("ansible.cfg", "site.yml"):
-        shutil.copy(REPO_ROOT / name, root / name)
+    project = copy_project(tmp_path / "p")
+    root = project.root
     keys = {name: keypair(tmp_path, name) for name in ("bob", "carol")}
     people = root / "policies" / "people.yml"
     data = yaml.safe_load(people.read_text())
@@ -49,7 +63,6 @@ def repo(tmp_path):
         if person["id"] in keys:
             person["signing_key"] = keys[person["id"]].with_suffix(".pub").read_text().strip()
     people.write_text(yaml.safe_dump(data, sort_keys=False))
-    project = Project(root)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     env = {

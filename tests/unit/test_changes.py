@@ -4,7 +4,6 @@ with one problem per line (file, field, fix), exit 2, nothing written or run."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import textwrap
 
 import pytest
@@ -13,28 +12,15 @@ from click.testing import CliRunner
 from opsledger.changes import load_change, new_change, next_change_id, validate_change
 from opsledger.cli import cli
 from opsledger.errors import OpsledgerError
-from opsledger.project import Project
 
-from ..conftest import REPO_ROOT
+from .conftest import copy_project
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
 def project(tmp_path):
-    root = tmp_path / "p"
-    for folder in (
-        "runbooks",
-        "roles",
-        "tests/infra",
-        "inventories",
-        "policies",
-        "vault-passwords",
-    ):
-        shutil.copytree(REPO_ROOT / folder, root / folder)
-    shutil.copy(REPO_ROOT / "ansible.cfg", root / "ansible.cfg")
-    (root / "changes").mkdir()
-    return Project(root)
+    return copy_project(tmp_path / "p")
 
 
 def make(project, **overrides):

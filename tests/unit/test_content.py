@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 
 import pytest
 
 from opsledger.changes import new_change, validate_change
 from opsledger.content import change_content
-from opsledger.project import Project
 
-from ..conftest import REPO_ROOT
+from .conftest import copy_project
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
 def project(tmp_path):
-    root = tmp_path / "p"
-    for folder in (
-        "runbooks",
-        "roles",
-        "tests/infra",
-        "inventories",
-        "policies",
-        "vault-passwords",
-    ):
-        shutil.copytree(REPO_ROOT / folder, root / folder)
-    for name in ("ansible.cfg", "site.yml", "README.md"):
-        shutil.copy(REPO_ROOT / name, root / name)
-    (root / "changes").mkdir()
-    return Project(root)
+    return copy_project(tmp_path / "p")
 
 
 def content_of(project, targets="db", runbook="converge", params=None):

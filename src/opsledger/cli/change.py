@@ -10,6 +10,7 @@ from importlib import resources
 import click
 import yaml
 
+from opsledger.cli.options import aware_time
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
 
@@ -106,20 +107,7 @@ def new(
     """
     from opsledger.changes import new_change
 
-    try:
-        begin = dt.datetime.fromisoformat(start) if start else dt.datetime.now(dt.UTC)
-    except ValueError:
-        raise OpsledgerError(
-            Problem(
-                f"{start!r} is not an ISO 8601 date-time",
-                field="--start",
-                fix="write e.g. 2026-11-21T20:00:00+01:00",
-            )
-        ) from None
-    if begin.tzinfo is None:
-        raise OpsledgerError(
-            Problem("--start has no timezone", field="--start", fix="add an offset, e.g. +01:00")
-        )
+    begin = aware_time(start, "--start") or dt.datetime.now(dt.UTC)
     begin = begin.replace(microsecond=0)
     result = new_change(
         find_project(),

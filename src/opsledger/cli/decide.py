@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,29 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
+from opsledger.cli.options import aware_time
+from opsledger.errors import EXIT_DENIED
 from opsledger.project import find_project
-
-
-def _moment(at: str | None) -> dt.datetime | None:
-    """--at as an aware datetime (None: now)."""
-    if not at:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(at)
-    except ValueError:
-        raise OpsledgerError(
-            Problem(
-                f"{at!r} is not an ISO 8601 date-time",
-                field="--at",
-                fix="write e.g. 2026-12-01T20:30:00+01:00",
-            )
-        ) from None
-    if moment.tzinfo is None:
-        raise OpsledgerError(
-            Problem("--at has no timezone", field="--at", fix="add an offset, e.g. +01:00")
-        )
-    return moment
 
 
 @click.command()
@@ -98,23 +77,7 @@ def decide(change_id: str, at: str | None, as_json: bool) -> None:
     """
     from opsledger.decide import decide as run_decide
 
-    moment = None
-    if at:
-        try:
-            moment = dt.datetime.fromisoformat(at)
-        except ValueError:
-            raise OpsledgerError(
-                Problem(
-                    f"{at!r} is not an ISO 8601 date-time",
-                    field="--at",
-                    fix="write e.g. 2026-12-01T20:30:00+01:00",
-                )
-            ) from None
-        if moment.tzinfo is None:
-            raise OpsledgerError(
-                Problem("--at has no timezone", field="--at", fix="add an offset, e.g. +01:00")
-            )
-    decision = run_decide(find_project(), change_id, now=moment)
+    decision = run_decide(find_project(), change_id, now=aware_time(at, "--at"))
     if as_json:
         click.echo(json.dumps(decision.as_dict(), indent=2))
     else:
@@ -161,7 +124,7 @@ def plan(change_id: str, fmt: str, at: str | None) -> None:
     from opsledger.plan import plan as run_plan
     from opsledger.plan import render
 
-    result = run_plan(find_project(), change_id, now=_moment(at))
+    result = run_plan(find_project(), change_id, now=aware_time(at, "--at"))
     click.echo(render(result, fmt), nl=False)
     if not result.decision.allowed:
         raise SystemExit(EXIT_DENIED)

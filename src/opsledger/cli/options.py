@@ -1,0 +1,32 @@
+"""Parsing of option values shared by several commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from opsledger.errors import OpsledgerError, Problem
+
+
+def aware_time(text: str | None, option: str) -> dt.datetime | None:
+    """An ISO 8601 date-time with a timezone, or None when the option was not given.
+
+    Times without an offset are refused: a change window or a decision must mean the same
+    instant on a laptop and in CI.
+    """
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise OpsledgerError(
+            Problem(
+                f"{text!r} is not an ISO 8601 date-time",
+                field=option,
+                fix="write e.g. 2026-12-01T20:30:00+01:00",
+            )
+        ) from None
+    if moment.tzinfo is None:
+        raise OpsledgerError(
+            Problem(f"{option} has no timezone", field=option, fix="add an offset, e.g. +01:00")
+        )
+    return moment
