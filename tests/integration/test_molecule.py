@@ -43,23 +43,32 @@ def test_scenario_passes(base_image, scenario):
         "NO_COLOR": "1",
     }
     env.pop("ANSIBLE_CONFIG", None)  # Molecule writes its own
-    proc = subprocess.run(
-        [str(BIN / "molecule"), "test", "-s", scenario],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    try:
+        proc = subprocess.run(
+            [str(BIN / "molecule"), "test", "-s", scenario],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    finally:
+        left = _remove_volumes(scenario)
+    assert left == [], f"volumes of {scenario} could not be removed: {left}"
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     assert "idempotence" in output.lower()
     assert " passed" in output
 
 
-def _remove_volumes(scenario: str) -> None:
-    """Named volumes outlive Molecule's destroy: remove the ones the scenario declares."""
+def _remove_volumes(scenario: str) -> list[str]:
+    """Named volumes outlive Molecule's destroy: remove the ones the scenario declares;
+    return any that are still there."""
     config = yaml.safe_load((REPO_ROOT / "molecule" / scenario / "molecule.yml").read_text())
     names = {v.split(":", 1)[0] for p in config.get("platforms", []) for v in p.get("volumes", [])}
     for name in sorted(names):
         subprocess.run(["podman", "volume", "rm", "--force", name], capture_output=True)
+    existing = subprocess.run(
+        ["podman", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True
+    ).stdout.split()
+    return sorted(names & set(existing))
