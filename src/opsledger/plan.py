@@ -70,6 +70,19 @@ def plan(project: Project, change_id: str, *, now: dt.datetime | None = None) ->
     decision = decide(project, change_id, now=now)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
+
+    def made(hosts: list[HostPlan], *, predicted: bool) -> Plan:
+        return Plan(
+            change_id,
+            change.title,
+            runbook.name,
+            change.environment,
+            change.targets,
+            decision,
+            hosts,
+            predicted,
+        )
+
     if not runbook.check_mode:
         hosts = [
             HostPlan(
@@ -80,16 +93,7 @@ def plan(project: Project, change_id: str, *, now: dt.datetime | None = None) ->
             )
             for h in decision.hosts
         ]
-        return Plan(
-            change_id,
-            change.title,
-            runbook.name,
-            change.environment,
-            change.targets,
-            decision,
-            hosts,
-            False,
-        )
+        return made(hosts, predicted=False)
     run = run_playbook(
         project,
         playbook=runbook.playbook,
@@ -117,16 +121,7 @@ def plan(project: Project, change_id: str, *, now: dt.datetime | None = None) ->
             hosts.append(HostPlan(name, "would change", result.changes))
         else:
             hosts.append(HostPlan(name, "unchanged"))
-    return Plan(
-        change_id,
-        change.title,
-        runbook.name,
-        change.environment,
-        change.targets,
-        decision,
-        hosts,
-        True,
-    )
+    return made(hosts, predicted=True)
 
 
 def render(p: Plan, fmt: str = "text") -> str:

@@ -224,3 +224,19 @@ def test_cli_exit_codes(repo, monkeypatch):
     result = CliRunner().invoke(cli, ["decide", change_id, *at, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["allowed"] is True
     assert CliRunner().invoke(cli, ["decide", "CHG-9999"]).exit_code == 2
+
+
+def test_plan_of_a_runbook_check_mode_cannot_predict_runs_nothing(repo):
+    from opsledger.plan import plan, render
+
+    project, _, _ = repo
+    change_id = request(
+        project, type="standard", runbook="service-restart", params={"service": "chrony"}
+    )
+    result = plan(project, change_id, now=INSIDE)  # no lab here: nothing may be run
+    assert result.decision.allowed and not result.predicted
+    assert {h.host: h.status for h in result.hosts} == {
+        "lab-app1": "cannot predict",
+        "lab-app2": "cannot predict",
+    }
+    assert "is not predictable in check mode" in render(result, "text")
