@@ -33,10 +33,15 @@ class LockInfo:
     pid: int
     machine: str
     since: str
+    runner_pid: int | None = None  # the ansible-playbook process, which may outlive its parent
 
     def stale(self, now: dt.datetime) -> str | None:
         """Why this lock is stale, or None when its holder may still be running."""
-        if self.machine == socket.gethostname() and not _alive(self.pid):
+        if (
+            self.machine == socket.gethostname()
+            and not _alive(self.pid)
+            and not (self.runner_pid and _alive(self.runner_pid))
+        ):
             return f"process {self.pid} on {self.machine} is gone"
         if now - dt.datetime.fromisoformat(self.since) > STALE_AFTER:
             return f"older than {STALE_AFTER}"
@@ -59,6 +64,19 @@ class HeldLocks:
     hosts: list[str]
     paths: list[Path]
     taken_over: list[str]  # descriptions of stale locks replaced
+
+    def note_runner(self, pid: int) -> None:
+        """Record the ansible-playbook pid in every held lock.
+
+        If this process is killed, the playbook it started may run on; its hosts stay locked
+        until it ends.
+        """
+        for path in self.paths:
+            info = _read(path)
+            if info and info.runner_pid != pid:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({**info.__dict__, "runner_pid": pid}))
+                tmp.replace(path)
 
 
 def _read(path: Path) -> LockInfo | None:

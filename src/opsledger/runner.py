@@ -89,6 +89,7 @@ def run_playbook(
     timeout: int | None = None,
     event_handler: EventHandler | None = None,
     artifact_dir: Path | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
 
@@ -149,8 +150,9 @@ def run_playbook(
             event_handler=on_event,
             timeout=timeout,
             artifact_dir=str(artifact_dir) if artifact_dir else None,
+            cancel_callback=cancel,
         )
-        if run.status != "successful" and not hosts:
+        if run.status not in ("successful", "canceled") and not hosts:
             tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
             raise OpsledgerError(
                 Problem(

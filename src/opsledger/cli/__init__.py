@@ -11,6 +11,7 @@ import sys
 import click
 
 from opsledger import __version__
+from opsledger.cli.apply import apply
 from opsledger.cli.change import change
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.lab import lab
@@ -44,6 +45,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(apply)
 cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(decide)

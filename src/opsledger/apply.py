@@ -1,0 +1,616 @@
+"""Applying a change: decide now, lock, run, verify, roll back on failure, record in git.
+
+The order is the safety argument. The decision is taken again at apply time (approvals,
+windows and freezes are judged at the moment the run starts), so a plan approved yesterday
+cannot run in tonight's freeze. The environment's target hosts are locked before anything
+touches them. The runbook runs through ansible-runner; then the Testinfra suites the runbook
+names prove the result. A failed run or a failed verification runs the rollback runbook
+against the desired state as it was *before* the change (a git worktree of that commit) and
+verifies again, so "rolled back" means "proven back", not "attempted". A Ctrl-C cancels the
+run and is recorded as such. Whatever happened, one run record is written and committed: it is
+the evidence auditors read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opsledger import __version__
+from opsledger.changes import Change, change_ids, load_change
+from opsledger.content import change_content
+from opsledger.decide import Decision, decide
+from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import commit_paths, git, head, is_repo
+from opsledger.lock import HeldLocks, locked
+from opsledger.policy import load_policies
+from opsledger.project import Project
+from opsledger.records import Record, change_runs, run_record_path, write_record
+from opsledger.runbooks import Runbook, load_runbook
+from opsledger.runner import PlaybookRun, run_playbook
+from opsledger.verify import VerifyResult, verify
+
+Events = Callable[[dict[str, Any]], None]
+RETRYABLE = ("canceled",)  # results after which the same content may run again by itself
+
+
+@dataclass
+class RollbackOutcome:
+    runbook: str
+    base_commit: str
+    reason: str
+    run: PlaybookRun | None
+    verification: VerifyResult | None
+    ok: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runbook": self.runbook,
+            "base_commit": self.base_commit,
+            "reason": self.reason,
+            "result": "success" if self.ok else "failed",
+            "run_status": self.run.status if self.run else "not run",
+            "stats": _stats(self.run),
+            "verification": _verification(self.verification),
+        }
+
+
+@dataclass
+class ApplyResult:
+    change_id: str
+    result: str  # one of records.RESULTS
+    decision: Decision
+    record: Record
+    record_path: Path
+    commit: str
+    run: PlaybookRun | None = None
+    verification: VerifyResult | None = None
+    rollback: RollbackOutcome | None = None
+    review_path: Path | None = None
+    stale_locks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "success"
+
+
+def _stats(run: PlaybookRun | None) -> dict[str, dict[str, int]]:
+    if run is None:
+        return {}
+    return {
+        name: {
+            "ok": h.ok,
+            "changed": h.changed,
+            "failed": h.failed,
+            "unreachable": h.unreachable,
+            "skipped": h.skipped,
+        }
+        for name, h in sorted(run.hosts.items())
+    }
+
+
+def _verification(result: VerifyResult | None) -> dict[str, Any]:
+    if result is None:
+        return {"status": "skipped"}
+    return {
+        "status": "passed" if result.ok else "failed",
+        "environment": result.environment,
+        "targets": result.targets,
+        "suites": list(result.suites),
+        "passed": result.count("passed"),
+        "failed": result.count("failed") + result.count("error"),
+        "skipped": result.count("skipped"),
+        "duration_s": result.duration_s,
+        "failures": [
+            {"test": o.test, "host": o.host, "message": o.message} for o in result.failures
+        ],
+    }
+
+
+def runner_identity() -> dict[str, Any]:
+    """Who and what runs the change: person, machine, CI job, tool versions."""
+    import ansible.release
+
+    ci = None
+    if os.environ.get("GITHUB_ACTIONS"):
+        ci = f"github:{os.environ.get('GITHUB_REPOSITORY', '')}#{os.environ.get('GITHUB_RUN_ID')}"
+    elif os.environ.get("GITLAB_CI"):
+        ci = f"gitlab:{os.environ.get('CI_PROJECT_PATH', '')}#{os.environ.get('CI_PIPELINE_ID')}"
+    elif os.environ.get("CI"):
+        ci = "ci"
+    return {
+        "person": os.environ.get("OPSLEDGER_PERSON") or os.environ.get("USER") or "unknown",
+        "machine": socket.gethostname(),
+        "pid": os.getpid(),
+        "ci": ci,
+        "opsledger": __version__,
+        "ansible_core": ansible.release.__version__,
+    }
+
+
+def committer(project: Project) -> tuple[str, str]:
+    """The identity that commits run records.
+
+    $OPSLEDGER_COMMITTER_NAME/EMAIL (the CI identity), else git's user.name/user.email, else a
+    machine identity.
+    """
+    name = os.environ.get("OPSLEDGER_COMMITTER_NAME")
+    email = os.environ.get("OPSLEDGER_COMMITTER_EMAIL")
+    if not name:
+        name = git(project.root, "config", "user.name", check=False).stdout.strip()
+    if not email:
+        email = git(project.root, "config", "user.email", check=False).stdout.strip()
+    return name or "opsledger runner", email or f"opsledger@{socket.gethostname()}"
+
+
+def rollback_base(project: Project, change_id: str) -> str:
+    """The commit holding the desired state before the change.
+
+    It is the first parent of the commit that brought `changes/<ID>/change.yml` into this
+    branch, following first parents: after a merge, the target branch as it was before the
+    merge; after a squash or a direct commit, the commit before it. Desired-state edits
+    therefore belong in the change's commit or branch.
+    """
+    rel = f"changes/{change_id}/change.yml"
+    added = git(
+        project.root,
+        "log",
+        "--first-parent",
+        "--diff-filter=A",
+        "--format=%H",
+        "--",
+        rel,
+    ).stdout.split()
+    if not added:
+        raise OpsledgerError(
+            Problem(
+                "the change file is not committed",
+                rel,
+                "git",
+                "commit the change (and its desired-state edits) before applying it",
+            )
+        )
+    parent = git(project.root, "rev-parse", "--verify", "-q", f"{added[-1]}^1", check=False)
+    if parent.returncode != 0:
+        raise OpsledgerError(
+            Problem(
+                "the change was added in the repository's first commit: there is no earlier "
+                "state to roll back to",
+                rel,
+                "rollback",
+                "commit the desired state before the change",
+            ),
+            1,
+        )
+    return parent.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkout_of(project: Project, commit: str) -> Iterator[Project]:
+    """A temporary git worktree of `commit` that reaches the same hosts.
+
+    Machine-local files git ignores (lab keys and known_hosts under .opsledger/, vault password
+    files, the venv) are linked in from the project.
+    """
+    with tempfile.TemporaryDirectory(prefix="opsledger-rollback-") as tmp:
+        tree = Path(tmp) / "tree"
+        git(project.root, "worktree", "add", "--detach", "--quiet", str(tree), commit)
+        try:
+            ignored = git(
+                project.root,
+                "ls-files",
+                "--others",
+                "--ignored",
+                "--exclude-standard",
+                "--directory",
+            ).stdout.splitlines()
+            for line in ignored:
+                parts = Path(line.rstrip("/")).parts
+                for depth in range(1, len(parts) + 1):  # link the first missing level
+                    target = tree.joinpath(*parts[:depth])
+                    if not target.exists() and not target.is_symlink():
+                        target.symlink_to(project.root.joinpath(*parts[:depth]))
+                        break
+            yield Project(tree)
+        finally:
+            git(project.root, "worktree", "remove", "--force", str(tree), check=False)
+            git(project.root, "worktree", "prune", check=False)
+
+
+class _Interrupt:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a cancel request the runner polls."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _phase(events: Events | None, phase: str, message: str, **extra: Any) -> None:
+    if events:
+        events({"event": "opsledger_phase", "phase": phase, "message": message, **extra})
+
+
+def _noting_runner(held: HeldLocks, events: Events | None) -> Events:
+    """Pass events on, writing the ansible-playbook pid into the locks when it first shows."""
+    seen: set[int] = set()
+
+    def handle(event: dict[str, Any]) -> None:
+        pid = event.get("pid")
+        if isinstance(pid, int) and pid not in seen:
+            seen.add(pid)
+            held.note_runner(pid)
+        if events:
+            events(event)
+
+    return handle
+
+
+def _already_applied(project: Project, change_id: str) -> Record | None:
+    for record in reversed(change_runs(project)):
+        if record.change == change_id and record.result == "success":
+            return record
+    return None
+
+
+def _review(project: Project, change: Change, finished: dt.datetime) -> Path | None:
+    """The post-implementation review an emergency change owes, created at its first apply."""
+    path = change.path / "review.yml"
+    if change.type != "emergency" or path.exists():
+        return None
+    policies, _ = load_policies(project)
+    hours = int(policies.emergency.get("review_within_hours", 72))
+    due = (finished + dt.timedelta(hours=hours)).replace(microsecond=0)
+    data = {
+        "change": change.id,
+        "status": "due",
+        "due_by": due.isoformat(),
+        "applied_at": finished.replace(microsecond=0).isoformat(),
+        "reviewed_by": None,
+        "reviewed_at": None,
+        "summary": "",
+        "cause": "",
+        "actions": [],
+    }
+    path.write_text(
+        "---\n# Post-implementation review of an emergency change; complete it with\n"
+        f"# `opsledger change review {change.id}` before due_by.\n"
+        + yaml.safe_dump(data, sort_keys=False, width=100)
+    )
+    return path
+
+
+def _run(
+    project: Project,
+    change: Change,
+    runbook: Runbook,
+    params: dict[str, Any],
+    events: Events | None,
+    interrupt: _Interrupt,
+) -> PlaybookRun:
+    return run_playbook(
+        project,
+        playbook=runbook.playbook,
+        inventory=project.inventory_file(change.environment),
+        limit=change.targets,
+        params=params,
+        tags=params.get("tags"),
+        timeout=runbook.timeout,
+        event_handler=events,
+        cancel=interrupt,
+    )
+
+
+def _verify(
+    project: Project, change: Change, runbook: Runbook, events: Events | None
+) -> VerifyResult:
+    targets = runbook.verify_targets or change.targets
+    _phase(
+        events, "verify", f"verifying {change.environment}:{targets} with {runbook.name}'s suites"
+    )
+    return verify(
+        project, environment=change.environment, targets=targets, suites=runbook.verify_suites
+    )
+
+
+def _rollback(
+    project: Project,
+    change: Change,
+    runbook: Runbook,
+    reason: str,
+    events: Events | None,
+    interrupt: _Interrupt,
+    skip_verify: bool,
+) -> RollbackOutcome | None:
+    name = change.rollback or runbook.rollback
+    if not name:
+        _phase(events, "rollback", f"{runbook.name} declares no rollback runbook: none run")
+        return None
+    base = rollback_base(project, change.id)
+    _phase(events, "rollback", f"rolling back with {name} to {base[:10]} ({reason})")
+    with checkout_of(project, base) as before:
+        back = load_runbook(before, name)
+        run = _run(before, change, back, change.params, events, interrupt)
+        checked = None
+        if run.status == "successful" and not skip_verify:
+            checked = _verify(before, change, back, events)
+    ok = run.status == "successful" and (checked is None or checked.ok)
+    return RollbackOutcome(name, base, reason, run, checked, ok)
+
+
+def apply_change(
+    project: Project,
+    change_id: str,
+    *,
+    now: dt.datetime | None = None,
+    wait: float = 0,
+    skip_verify: bool = False,
+    again: bool = False,
+    events: Events | None = None,
+) -> ApplyResult:
+    """Decide now, lock the targets, run, verify, roll back on failure, commit the record.
+
+    Raises OpsledgerError with exit 3 when policy denies the change and exit 4 when another
+    run holds a target's lock; in both cases nothing has run. Otherwise the result says
+    success, failed, rolled_back, rollback_failed or canceled, and the record is committed.
+
+    Example:
+        result = apply_change(find_project(), "CHG-0001")
+        result.result, result.record_path, result.commit
+    """
+    if not is_repo(project.root):
+        raise OpsledgerError(
+            Problem(
+                "not a git repository", str(project.root), "git", "apply runs from a git checkout"
+            )
+        )
+    _phase(events, "decide", f"deciding {change_id}")
+    decision = decide(project, change_id, now=now)
+    if not decision.allowed:
+        raise OpsledgerError(
+            [
+                Problem(f"denied by rule {c.rule}: {c.why}", f"changes/{change_id}", c.rule)
+                for c in decision.checks
+                if not c.passed
+            ],
+            EXIT_DENIED,
+        )
+    previous = _already_applied(project, change_id)
+    if previous and not again:
+        raise OpsledgerError(
+            Problem(
+                f"already applied successfully at {previous.finished_at}",
+                f"changes/{change_id}/runs",
+                "result",
+                "pass --again to run it once more (recorded as another run)",
+            ),
+            EXIT_INVALID,
+        )
+    change = load_change(project, change_id)
+    runbook = load_runbook(project, change.runbook)
+    identity = runner_identity()
+    commit = head(project.root)
+    _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
+    lock_started = time.monotonic()
+    with (
+        locked(
+            project,
+            environment=change.environment,
+            hosts=decision.hosts,
+            change=change_id,
+            owner=identity["person"],
+            wait=wait,
+        ) as held,
+        _Interrupt() as interrupt,
+    ):
+        for note in held.taken_over:
+            _phase(events, "lock", f"stale lock taken over: {note}")
+        events = _noting_runner(held, events)
+        lock_wait = time.monotonic() - lock_started
+        started = dt.datetime.now(dt.UTC)
+        timings: dict[str, float] = {"lock_wait_s": round(lock_wait, 3)}
+        _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
+        clock = time.monotonic()
+        run = _run(project, change, runbook, change.params, events, interrupt)
+        timings["run_s"] = round(time.monotonic() - clock, 3)
+        checked: VerifyResult | None = None
+        back: RollbackOutcome | None = None
+        if interrupt.requested or run.status == "canceled":
+            result = "canceled"
+        else:
+            failure = ""
+            if run.status != "successful":
+                failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
+                failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+            elif not skip_verify:
+                clock = time.monotonic()
+                checked = _verify(project, change, runbook, events)
+                timings["verify_s"] = round(time.monotonic() - clock, 3)
+                if not checked.ok:
+                    names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
+                    failure = "verification failed: " + (", ".join(names) or "no test passed")
+            if not failure:
+                result = "success"
+            else:
+                _phase(events, "failed", failure)
+                clock = time.monotonic()
+                back = _rollback(project, change, runbook, failure, events, interrupt, skip_verify)
+                timings["rollback_s"] = round(time.monotonic() - clock, 3)
+                result = (
+                    "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+                )
+        finished = dt.datetime.now(dt.UTC)
+        content = change_content(project, change, runbook, decision.hosts)
+        record = Record(
+            kind="run",
+            environment=change.environment,
+            result=result,
+            started_at=started.isoformat(),
+            finished_at=finished.isoformat(),
+            change=change_id,
+            runbook=runbook.name,
+            params=change.params,
+            targets=change.targets,
+            hosts=decision.hosts,
+            runner=identity,
+            git_commit=commit,
+            content_sha256=content.sha256,
+            policy_sha256=decision.policy_sha256,
+            decision=decision.as_dict(),
+            stats=_stats(run),
+            changed_tasks=[
+                {"host": name, "task": c.task, "role": c.role}
+                for name, h in sorted(run.hosts.items())
+                for c in h.changes
+            ],
+            verification=_verification(checked)
+            if checked or skip_verify
+            else {"status": "not run", "why": "the run did not succeed"},
+            rollback=back.as_dict() if back else None,
+            measurements=timings,
+        )
+        path = write_record(run_record_path(project, change_id, started), record)
+        review = _review(project, change, finished)
+        name, email = committer(project)
+        sha = commit_paths(
+            project.root,
+            [path] + ([review] if review else []),
+            f"Run {change_id}: {result} ({runbook.name} on {change.environment}:{change.targets})",
+            name=name,
+            email=email,
+            signing_key=_signing_key(),
+        )
+        _phase(events, "record", f"{path.relative_to(project.root)} committed as {sha[:10]}")
+    return ApplyResult(
+        change_id,
+        result,
+        decision,
+        record,
+        path,
+        sha,
+        run,
+        checked,
+        back,
+        review,
+        held.taken_over,
+    )
+
+
+def _signing_key() -> Path | None:
+    key = os.environ.get("OPSLEDGER_SIGNING_KEY")
+    return Path(key).expanduser() if key else None
+
+
+@dataclass
+class PendingItem:
+    change_id: str
+    action: str  # applied | waiting | not approved | skipped
+    why: str
+    result: ApplyResult | None = None
+
+
+@dataclass
+class PendingResult:
+    items: list[PendingItem]
+
+    @property
+    def applied(self) -> list[ApplyResult]:
+        return [i.result for i in self.items if i.result]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.applied)
+
+
+def apply_pending(
+    project: Project,
+    *,
+    now: dt.datetime | None = None,
+    wait: float = 0,
+    skip_verify: bool = False,
+    events: Events | None = None,
+) -> PendingResult:
+    """Apply, oldest window first, every approved change on this branch not yet applied.
+
+    Pending means: no successful run, and no failed run of the same content (a failed change
+    is not retried by itself: amend it, which needs new approvals, or apply it by hand). A
+    change whose window has not opened, or that is in a freeze, waits; one without valid
+    approvals is skipped; both are reported. What CI runs after a merge.
+
+    Example:
+        outcome = apply_pending(find_project())
+        [(i.change_id, i.action, i.why) for i in outcome.items]
+    """
+    records = change_runs(project)
+    candidates = []
+    for change_id in change_ids(project):
+        runs = [r for r in records if r.change == change_id]
+        if any(r.result == "success" for r in runs):
+            continue
+        candidates.append((load_change(project, change_id), runs))
+    candidates.sort(key=lambda item: (item[0].window_start, item[0].id))
+    items = []
+    for change, runs in candidates:
+        decision = decide(project, change.id, now=now)
+        failed_before = [
+            r
+            for r in runs
+            if r.result not in RETRYABLE and r.content_sha256 == decision.content_sha256
+        ]
+        if failed_before:
+            last = failed_before[-1]
+            items.append(
+                PendingItem(
+                    change.id,
+                    "skipped",
+                    f"its run at {last.finished_at} ended {last.result}; amend the change or "
+                    "apply it by hand",
+                )
+            )
+            continue
+        failing = [c for c in decision.checks if not c.passed]
+        if any(c.rule in ("approvals", "requester") for c in failing):
+            why = "; ".join(f"{c.rule}: {c.why}" for c in failing)
+            items.append(PendingItem(change.id, "not approved", why))
+            continue
+        if failing:
+            why = "; ".join(f"{c.rule}: {c.why}" for c in failing)
+            items.append(PendingItem(change.id, "waiting", why))
+            continue
+        result = apply_change(
+            project, change.id, now=now, wait=wait, skip_verify=skip_verify, events=events
+        )
+        items.append(PendingItem(change.id, "applied", result.result, result))
+    return PendingResult(items)

@@ -1,0 +1,124 @@
+"""`opsledger apply`: run approved changes safely and commit the evidence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import click
+
+from opsledger.cli.options import aware_time
+from opsledger.cli.progress import JsonEvents, LiveProgress
+from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.project import find_project
+
+EXIT_CANCELED = 130  # like a shell's Ctrl-C
+
+
+def _describe(result) -> dict:
+    return {
+        "change": result.change_id,
+        "result": result.result,
+        "record": str(result.record_path),
+        "commit": result.commit,
+        "verification": result.record.verification.get("status"),
+        "rollback": result.record.rollback,
+        "review": str(result.review_path) if result.review_path else None,
+        "stale_locks": result.stale_locks,
+    }
+
+
+def _exit_code(result) -> int:
+    if result.result == "success":
+        return 0
+    return EXIT_CANCELED if result.result == "canceled" else EXIT_FAILED
+
+
+@click.command()
+@click.argument("change_id", required=False)
+@click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
+@click.option("--wait", "wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
+@click.option(
+    "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
+)
+@click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (tests, replays).")
+def apply(
+    change_id: str | None,
+    pending: bool,
+    wait: float,
+    as_json: bool,
+    skip_verify: bool,
+    again: bool,
+    at: str | None,
+) -> None:
+    """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
+
+    Exit codes: 0 success; 1 failed or rolled back; 2 invalid input; 3 denied by policy
+    (nothing run); 4 a target is locked by another run (nothing run); 130 canceled (Ctrl-C).
+
+    \b
+    Example:
+        opsledger apply CHG-0001
+        opsledger apply --pending --wait 600 --json     # in CI after a merge
+    """
+    from opsledger.apply import apply_change, apply_pending
+
+    if bool(change_id) == pending:
+        raise OpsledgerError(
+            Problem(
+                "give a change id or --pending (not both)",
+                field="CHANGE_ID",
+                fix="e.g. opsledger apply CHG-0001",
+            ),
+            EXIT_INVALID,
+        )
+    project = find_project()
+    now = aware_time(at, "--at")
+    progress = JsonEvents() if as_json else LiveProgress()
+    view = contextlib.nullcontext() if as_json else progress
+    if change_id:
+        with view:
+            result = apply_change(
+                project,
+                change_id,
+                now=now,
+                wait=wait,
+                skip_verify=skip_verify,
+                again=again,
+                events=progress,
+            )
+        if as_json:
+            click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
+        else:
+            click.echo(
+                f"{change_id}: {result.result} — record {result.record_path.name}, "
+                f"commit {result.commit[:10]}"
+            )
+            if result.review_path:
+                click.echo(f"post-implementation review due: {result.review_path}")
+        raise SystemExit(_exit_code(result))
+    with view:
+        outcome = apply_pending(
+            project, now=now, wait=wait, skip_verify=skip_verify, events=progress
+        )
+    for item in outcome.items:
+        if as_json:
+            line = {
+                "event": "pending",
+                "change": item.change_id,
+                "action": item.action,
+                "why": item.why,
+            }
+            if item.result:
+                line.update(_describe(item.result))
+            click.echo(json.dumps(line, default=str))
+        else:
+            click.echo(f"{item.change_id}: {item.action} — {item.why}")
+    if not outcome.items:
+        click.echo(
+            "nothing pending" if not as_json else json.dumps({"event": "pending", "items": 0})
+        )
+    worst = max((_exit_code(r) for r in outcome.applied), default=0)
+    raise SystemExit(worst)

@@ -1,0 +1,156 @@
+"""apply's refusals and git plumbing, on real git repos; runs against the lab live in
+tests/integration/test_workflow_apply.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from click.testing import CliRunner
+
+from opsledger.apply import apply_change, checkout_of, rollback_base
+from opsledger.approvals import approve_change
+from opsledger.cli import cli
+from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
+from opsledger.gitrepo import commit_paths, git, head
+
+from .conftest import START
+
+INSIDE = START + dt.timedelta(minutes=30)
+
+
+def _commits(project) -> int:
+    return int(git(project.root, "rev-list", "--count", "HEAD").stdout)
+
+
+def _nothing_ran(project, change_id, commits_before):
+    assert not (project.root / "changes" / change_id / "runs").exists()
+    assert _commits(project) == commits_before
+    locks = project.state_dir / "locks"
+    assert not locks.exists() or not any(locks.rglob("*.json"))
+
+
+def _apply(project, *args):
+    return CliRunner().invoke(
+        cli, ["apply", *args], env={"OPSLEDGER_PROJECT": str(project.root)}, catch_exceptions=False
+    )
+
+
+def test_unapproved_change_is_denied_with_exit_3_and_nothing_runs(repo):
+    project, change_id, _ = repo
+    before = _commits(project)
+    result = _apply(project, change_id, "--at", INSIDE.isoformat())
+    assert result.exit_code == EXIT_DENIED, result.output
+    assert "denied by rule approvals" in result.output
+    _nothing_ran(project, change_id, before)
+
+
+def test_self_approved_change_is_denied(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="alice", now=START)
+    before = _commits(project)
+    with pytest.raises(OpsledgerError) as err:
+        apply_change(project, change_id, now=INSIDE)
+    assert err.value.exit_code == EXIT_DENIED
+    assert "requested the change and cannot approve it" in str(err.value)
+    _nothing_ran(project, change_id, before)
+
+
+def test_approved_change_outside_its_window_is_denied_at_apply_time(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    before = _commits(project)
+    later = START + dt.timedelta(hours=3)
+    result = _apply(project, change_id, "--at", later.isoformat())
+    assert result.exit_code == EXIT_DENIED
+    assert "denied by rule change window" in result.output
+    _nothing_ran(project, change_id, before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("title: [unclosed\n", "invalid YAML"),
+        (None, "surprise"),
+        (None, "no runbook named"),
+        (None, "targets"),
+    ],
+    ids=["bad-yaml", "unknown-field", "unknown-runbook", "empty-targets"],
+)
+def test_malformed_change_exits_2_and_nothing_runs(repo, edit, message):
+    project, change_id, _ = repo
+    file = project.root / "changes" / change_id / "change.yml"
+    text = file.read_text()
+    if edit is not None:
+        text = edit
+    elif message == "surprise":
+        text += "surprise: 1\n"
+    elif message == "no runbook named":
+        text = text.replace("runbook: converge", "runbook: reboot-everything")
+    else:
+        text = text.replace("targets: db", "targets: ''")
+    file.write_text(text)
+    commit_paths(project.root, [file], "Break it", name="Alice Arnold", email="alice@example.org")
+    before = _commits(project)
+    result = _apply(project, change_id, "--at", INSIDE.isoformat())
+    assert result.exit_code == EXIT_INVALID, result.output
+    assert message in result.output
+    assert "changes/" in result.output  # names the file
+    _nothing_ran(project, change_id, before)
+
+
+def test_apply_needs_an_id_or_pending(repo):
+    project, change_id, _ = repo
+    assert _apply(project).exit_code == EXIT_INVALID
+    assert _apply(project, change_id, "--pending").exit_code == EXIT_INVALID
+
+
+def test_rollback_base_is_the_commit_before_the_change(repo):
+    project, change_id, _ = repo
+    first = git(project.root, "rev-list", "--max-parents=0", "HEAD").stdout.strip()
+    approve_change(project, change_id, person="bob", now=START)
+    assert rollback_base(project, change_id) == first
+
+
+def test_rollback_base_after_a_merge_is_the_branch_before_the_merge(repo):
+    project, change_id, _ = repo
+    root = project.root
+    text = (root / "changes" / change_id / "change.yml").read_text()
+    git(root, "checkout", "-q", "-b", "feature")
+    params = root / "inventories/lab/group_vars/db/postgresql.yml"
+    params.write_text(params.read_text().replace("work_mem: 8MB", "work_mem: 16MB"))
+    (root / "changes/CHG-0002").mkdir()
+    (root / "changes/CHG-0002/change.yml").write_text(text.replace(change_id, "CHG-0002"))
+    commit_paths(
+        root,
+        [params, root / "changes/CHG-0002/change.yml"],
+        "Request CHG-0002",
+        name="Alice Arnold",
+        email="alice@example.org",
+    )
+    git(root, "checkout", "-q", "main")
+    main_before = head(root)
+    git(root, "merge", "-q", "--no-ff", "-m", "Merge feature", "feature")
+    assert rollback_base(project, "CHG-0002") == main_before
+
+
+def test_uncommitted_change_has_no_rollback_base(repo):
+    project, _, _ = repo
+    with pytest.raises(OpsledgerError, match="not committed"):
+        rollback_base(project, "CHG-0099")
+
+
+def test_checkout_of_an_earlier_commit_is_removed_afterwards(repo):
+    project, change_id, _ = repo
+    base = rollback_base(project, change_id)
+    (project.state_dir / "lab").mkdir(parents=True)
+    (project.state_dir / "lab" / "id_ed25519").write_text("key")
+    git(project.root, "check-ignore", "-q", ".opsledger", check=False)
+    (project.root / ".gitignore").write_text(".opsledger/\n")
+    with checkout_of(project, base) as before:
+        assert head(before.root) == base
+        assert not (before.root / "changes" / change_id).exists()
+        assert (before.root / ".opsledger/lab/id_ed25519").read_text() == "key"
+        tree = before.root
+    assert not tree.exists()
+    assert "tree" not in git(project.root, "worktree", "list").stdout
