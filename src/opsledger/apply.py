@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opsledger import __version__
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import change_content
@@ -34,9 +32,9 @@ from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import commit_paths, git, head, is_repo
 from opsledger.lock import HeldLocks, locked
-from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs, run_record_path, write_record
+from opsledger.reviews import open_review
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -116,6 +114,17 @@ def _verification(result: VerifyResult | None) -> dict[str, Any]:
             {"test": o.test, "host": o.host, "message": o.message} for o in result.failures
         ],
     }
+
+
+def _verification_entry(
+    checked: VerifyResult | None, skipped: bool, result: str, failure: str
+) -> dict[str, Any]:
+    if checked is not None or skipped:
+        return _verification(checked)
+    if failure.startswith("verification could not run"):
+        return {"status": "error", "why": failure}
+    why = "the run was canceled" if result == "canceled" else "the run did not succeed"
+    return {"status": "not run", "why": why}
 
 
 def runner_identity() -> dict[str, Any]:
@@ -229,10 +238,20 @@ def checkout_of(project: Project, commit: str) -> Iterator[Project]:
 
 
 class _Interrupt:
-    """Turns Ctrl-C (SIGINT) and SIGTERM into a cancel request the runner polls."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a cancel request the runner polls.
+
+    ansible-playbook runs in its own session, so a terminal's Ctrl-C reaches only us. We pass
+    it on as SIGINT, which ansible-playbook handles by stopping after its running tasks and
+    cleaning up its workers; only if it has not ended within GRACE seconds does ansible-runner
+    kill it.
+    """
+
+    GRACE = 60.0
 
     def __init__(self) -> None:
         self.requested = False
+        self.runner_pid: int | None = None
+        self._signaled_at: float | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
@@ -249,7 +268,15 @@ class _Interrupt:
             signal.signal(sig, handler)
 
     def __call__(self) -> bool:
-        return self.requested
+        if not self.requested:
+            return False
+        if self.runner_pid is None:
+            return True
+        if self._signaled_at is None:
+            self._signaled_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.runner_pid, signal.SIGINT)
+        return time.monotonic() - self._signaled_at > self.GRACE
 
 
 def _main_thread() -> bool:
@@ -263,8 +290,8 @@ def _phase(events: Events | None, phase: str, message: str, **extra: Any) -> Non
         events({"event": "opsledger_phase", "phase": phase, "message": message, **extra})
 
 
-def _noting_runner(held: HeldLocks, events: Events | None) -> Events:
-    """Pass events on, writing the ansible-playbook pid into the locks when it first shows."""
+def _noting_runner(held: HeldLocks, interrupt: _Interrupt, events: Events | None) -> Events:
+    """Pass events on, noting the ansible-playbook pid (locks, cancel) when it first shows."""
     seen: set[int] = set()
 
     def handle(event: dict[str, Any]) -> None:
@@ -272,6 +299,7 @@ def _noting_runner(held: HeldLocks, events: Events | None) -> Events:
         if isinstance(pid, int) and pid not in seen:
             seen.add(pid)
             held.note_runner(pid)
+            interrupt.runner_pid = pid
         if events:
             events(event)
 
@@ -283,33 +311,6 @@ def _already_applied(project: Project, change_id: str) -> Record | None:
         if record.change == change_id and record.result == "success":
             return record
     return None
-
-
-def _review(project: Project, change: Change, finished: dt.datetime) -> Path | None:
-    """The post-implementation review an emergency change owes, created at its first apply."""
-    path = change.path / "review.yml"
-    if change.type != "emergency" or path.exists():
-        return None
-    policies, _ = load_policies(project)
-    hours = int(policies.emergency.get("review_within_hours", 72))
-    due = (finished + dt.timedelta(hours=hours)).replace(microsecond=0)
-    data = {
-        "change": change.id,
-        "status": "due",
-        "due_by": due.isoformat(),
-        "applied_at": finished.replace(microsecond=0).isoformat(),
-        "reviewed_by": None,
-        "reviewed_at": None,
-        "summary": "",
-        "cause": "",
-        "actions": [],
-    }
-    path.write_text(
-        "---\n# Post-implementation review of an emergency change; complete it with\n"
-        f"# `opsledger change review {change.id}` before due_by.\n"
-        + yaml.safe_dump(data, sort_keys=False, width=100)
-    )
-    return path
 
 
 def _run(
@@ -437,7 +438,7 @@ def apply_change(
     ):
         for note in held.taken_over:
             _phase(events, "lock", f"stale lock taken over: {note}")
-        events = _noting_runner(held, events)
+        events = _noting_runner(held, interrupt, events)
         lock_wait = time.monotonic() - lock_started
         started = dt.datetime.now(dt.UTC)
         timings: dict[str, float] = {"lock_wait_s": round(lock_wait, 3)}
@@ -447,30 +448,40 @@ def apply_change(
         timings["run_s"] = round(time.monotonic() - clock, 3)
         checked: VerifyResult | None = None
         back: RollbackOutcome | None = None
-        if interrupt.requested or run.status == "canceled":
-            result = "canceled"
-        else:
-            failure = ""
-            if run.status != "successful":
-                failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
-                failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
-            elif not skip_verify:
-                clock = time.monotonic()
+        failure = ""
+        if run.status not in ("successful", "canceled") and not interrupt.requested:
+            failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
+            failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+        elif run.status == "successful" and not skip_verify and not interrupt.requested:
+            clock = time.monotonic()
+            try:
                 checked = _verify(project, change, runbook, events)
-                timings["verify_s"] = round(time.monotonic() - clock, 3)
-                if not checked.ok:
-                    names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
-                    failure = "verification failed: " + (", ".join(names) or "no test passed")
-            if not failure:
-                result = "success"
-            else:
-                _phase(events, "failed", failure)
-                clock = time.monotonic()
+            except OpsledgerError as err:  # the suites could not run: the change is unproven
+                failure = f"verification could not run: {err}"
+            timings["verify_s"] = round(time.monotonic() - clock, 3)
+            if checked is not None and not checked.ok:
+                names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
+                failure = "verification failed: " + (", ".join(names) or "no test passed")
+        if interrupt.requested or run.status == "canceled":
+            result = "canceled"  # the operator stopped it: no rollback they did not ask for
+        elif not failure:
+            result = "success"
+        else:
+            _phase(events, "failed", failure)
+            clock = time.monotonic()
+            try:
                 back = _rollback(project, change, runbook, failure, events, interrupt, skip_verify)
-                timings["rollback_s"] = round(time.monotonic() - clock, 3)
-                result = (
-                    "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+            except OpsledgerError as err:
+                back = RollbackOutcome(
+                    change.rollback or runbook.rollback or "",
+                    "",
+                    f"{failure}; {err}",
+                    None,
+                    None,
+                    False,
                 )
+            timings["rollback_s"] = round(time.monotonic() - clock, 3)
+            result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
         finished = dt.datetime.now(dt.UTC)
         content = change_content(project, change, runbook, decision.hosts)
         record = Record(
@@ -495,14 +506,12 @@ def apply_change(
                 for name, h in sorted(run.hosts.items())
                 for c in h.changes
             ],
-            verification=_verification(checked)
-            if checked or skip_verify
-            else {"status": "not run", "why": "the run did not succeed"},
+            verification=_verification_entry(checked, skip_verify, result, failure),
             rollback=back.as_dict() if back else None,
             measurements=timings,
         )
         path = write_record(run_record_path(project, change_id, started), record)
-        review = _review(project, change, finished)
+        review = open_review(project, change, finished)
         name, email = committer(project)
         sha = commit_paths(
             project.root,

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 from importlib import resources
+from pathlib import Path
 
 import click
 import yaml
@@ -181,3 +182,74 @@ def schema_() -> None:
     """
     text = resources.files("opsledger.schemas").joinpath("change.schema.json").read_text()
     click.echo(json.dumps(json.loads(text), indent=2))
+
+
+@change.command()
+@click.argument("change_id")
+@click.option(
+    "--as",
+    "person",
+    envvar="OPSLEDGER_PERSON",
+    required=True,
+    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+)
+@click.option("--summary", required=True, help="What happened and what the change did.")
+@click.option("--cause", required=True, help="Why the emergency change was needed.")
+@click.option("--action", "actions", multiple=True, help="A follow-up action (repeatable).")
+@click.option(
+    "--key",
+    "signing_key",
+    envvar="OPSLEDGER_SIGNING_KEY",
+    type=click.Path(path_type=Path),
+    help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
+)
+def review(
+    change_id: str,
+    person: str,
+    summary: str,
+    cause: str,
+    actions: tuple[str, ...],
+    signing_key: Path | None,
+) -> None:
+    """Complete an emergency change's post-implementation review and commit it as you.
+
+    apply creates changes/<ID>/review.yml when an emergency change runs; it is due within
+    the policy's emergency.review_within_hours.
+
+    \b
+    Example:
+        opsledger change review CHG-0007 --as carol --summary "Restart cleared the leak" \\
+          --cause "Connection leak in the reporting job" --action "Fix the job's pool"
+    """
+    from opsledger.reviews import complete_review
+
+    done = complete_review(
+        find_project(),
+        change_id,
+        person=person,
+        summary=summary,
+        cause=cause,
+        actions=list(actions),
+        signing_key=signing_key,
+    )
+    late = " (late)" if done.late(done.reviewed_at or dt.datetime.now(dt.UTC)) else ""
+    click.echo(f"{change_id}: reviewed by {person}{late}, due by {done.due_by.isoformat()}")
+
+
+@change.command()
+@click.argument("change_id")
+@click.option("--json", "as_json", is_flag=True, help="The change and its runs as JSON.")
+def show(change_id: str, as_json: bool) -> None:
+    """Show a change, its approvals, its run records and its review.
+
+    \b
+    Example:
+        opsledger change show CHG-0001
+    """
+    from opsledger.history import change_history
+
+    history = change_history(find_project(), change_id)
+    if as_json:
+        click.echo(json.dumps(history.as_dict(), indent=2, default=str))
+        return
+    click.echo(history.render())

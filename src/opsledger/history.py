@@ -1,0 +1,140 @@
+"""One change's whole life from the repository: request, approvals, runs, review, commits.
+
+`git log -- changes/<ID>` is the change's life; this puts it in one view for the engineer and
+the reviewer (`opsledger change show`). Audit (many changes, history-wide rules) builds on the
+same pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from opsledger.approvals import ApprovalState, approval_states
+from opsledger.changes import Change, load_change, validate_change
+from opsledger.content import change_content
+from opsledger.gitrepo import git
+from opsledger.policy import load_policies
+from opsledger.project import Project
+from opsledger.records import Record, change_runs
+from opsledger.reviews import Review, load_review
+from opsledger.runbooks import load_runbook
+
+
+@dataclass
+class ChangeHistory:
+    change: Change
+    content_sha256: str
+    approvals: list[ApprovalState]
+    runs: list[Record]
+    review: Review | None
+    commits: list[dict[str, str]]  # sha, date, author, subject — oldest first
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.change
+        return {
+            "change": c.id,
+            "title": c.title,
+            "type": c.type,
+            "runbook": c.runbook,
+            "environment": c.environment,
+            "targets": c.targets,
+            "params": c.params,
+            "window": [c.window_start.isoformat(), c.window_end.isoformat()],
+            "requested_by": c.requested_by,
+            "content_sha256": self.content_sha256,
+            "approvals": [a.__dict__ for a in self.approvals],
+            "runs": [
+                {
+                    "finished_at": r.finished_at,
+                    "result": r.result,
+                    "verification": r.verification.get("status"),
+                    "rollback": (r.rollback or {}).get("result"),
+                    "runner": r.runner.get("person"),
+                    "git_commit": r.git_commit,
+                }
+                for r in self.runs
+            ],
+            "review": None
+            if self.review is None
+            else {
+                "status": self.review.status,
+                "due_by": self.review.due_by.isoformat(),
+                "reviewed_by": self.review.reviewed_by,
+            },
+            "commits": self.commits,
+        }
+
+    def render(self) -> str:
+        data = self.as_dict()
+        out = [
+            f"{data['change']}: {data['title']}",
+            f"  {data['type']} change, runbook {data['runbook']} on "
+            f"{data['environment']}:{data['targets']} {data['params'] or ''}".rstrip(),
+            f"  requested by {data['requested_by']}, window {data['window'][0]} - "
+            f"{data['window'][1]}",
+            f"  content {self.content_sha256[:12]}",
+            "approvals:",
+        ]
+        for a in self.approvals:
+            verdict = "valid" if a.valid else "VOID: " + "; ".join(a.reasons)
+            out.append(f"  {a.person}: {a.decision} ({verdict})")
+        if not self.approvals:
+            out.append("  none")
+        out.append("runs:")
+        for r in data["runs"]:
+            extra = f", rollback {r['rollback']}" if r["rollback"] else ""
+            out.append(
+                f"  {r['finished_at']}: {r['result']} (verification {r['verification']}{extra}) "
+                f"by {r['runner']} at {r['git_commit'][:10]}"
+            )
+        if not self.runs:
+            out.append("  none")
+        if self.review:
+            out.append(
+                f"review: {self.review.status}, due by {self.review.due_by.isoformat()}"
+                + (f", by {self.review.reviewed_by}" if self.review.reviewed_by else "")
+            )
+        out.append("commits:")
+        out += [
+            f"  {c['sha'][:10]} {c['date']} {c['author']}: {c['subject']}" for c in self.commits
+        ]
+        return "\n".join(out) + "\n"
+
+
+def change_history(project: Project, change_id: str) -> ChangeHistory:
+    """Everything the repository knows about one change.
+
+    Example:
+        history = change_history(find_project(), "CHG-0001")
+        [(r.result, r.finished_at) for r in history.runs]
+    """
+    change = load_change(project, change_id)
+    runbook = load_runbook(project, change.runbook)
+    hosts = validate_change(project, change_id).hosts
+    policies, _ = load_policies(project)
+    content = change_content(project, change, runbook, hosts)
+    states = approval_states(
+        project,
+        change_id=change_id,
+        content=content,
+        policies=policies,
+        signatures_required=change.environment in policies.signature_environments,
+    )
+    log = git(
+        project.root,
+        "log",
+        "--reverse",
+        "--format=%H%x1f%aI%x1f%ae%x1f%s",
+        "--",
+        f"changes/{change_id}",
+    ).stdout
+    commits = [
+        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f"), strict=True))
+        for line in log.splitlines()
+        if line
+    ]
+    runs = [r for r in change_runs(project) if r.change == change_id]
+    return ChangeHistory(
+        change, content.sha256, states, runs, load_review(project, change_id), commits
+    )
