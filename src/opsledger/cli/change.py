@@ -83,6 +83,11 @@ def change() -> None:
 )
 @click.option("--reason", required=True, help="Why the change is needed.")
 @click.option("--rollback", help="Rollback runbook (default: the runbook's own).")
+@click.option(
+    "--risk",
+    type=click.Choice(["low", "medium", "high"]),
+    help="Raise the runbook's risk for this change (high needs the CAB).",
+)
 def new(
     title,
     runbook,
@@ -97,6 +102,7 @@ def new(
     requested_by,
     reason,
     rollback,
+    risk,
 ) -> None:
     """Write changes/<next id>/change.yml; nothing is written when it would be invalid.
 
@@ -125,6 +131,7 @@ def new(
         window_start=begin,
         window_end=begin + _duration(duration),
         rollback=rollback,
+        risk=risk,
     )
     click.echo(f"{result.id}: wrote {result.file}")
 
