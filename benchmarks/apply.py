@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""What apply costs next to Ansible itself, and what the repo's Ansible settings buy.
+
+Measured side by side in one run on the lab (it must be up and converged: `scripts/demo`):
+
+(a) `opsledger apply` of an idempotent converge with verification skipped, against raw
+    `ansible-playbook` of the same playbook, targets and tags. Deciding, locking and recording
+    (a git commit) should be nearly free next to the run: target ratio <= 1.05. Verification
+    is timed on its own.
+(b) the same raw converge with the repo's tuned ansible.cfg against Ansible's stock settings
+    (only what correctness needs is kept: inventory, vault id, force_handlers). Target >= 2x.
+
+Lanes alternate within each round and every timed run starts without SSH control masters
+(as a fresh CI runner would), so drift in the machine's load hits both lanes alike.
+
+Usage: .venv/bin/python benchmarks/apply.py [--rounds 3] [--targets all] [--tags postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from opsledger.approvals import approve_change  # noqa: E402
+from opsledger.changes import new_change  # noqa: E402
+from opsledger.gitrepo import commit_paths, git  # noqa: E402
+from opsledger.lab.service import lab_status  # noqa: E402
+from opsledger.project import Project  # noqa: E402
+
+BIN = Path(sys.executable).parent
+STOCK_CFG = """[defaults]
+# Ansible's stock settings; only what this repository needs to be correct is set.
+inventory = inventories/lab/hosts.yml
+vault_identity_list = lab@vault-passwords/lab
+force_handlers = true
+"""
+
+
+def close_masters() -> None:
+    """End every SSH control master Ansible keeps (tuned and stock lanes use ~/.ansible/cp)."""
+    subprocess.run(["pkill", "-f", r"\.ansible/cp/.*\[mux\]"], check=False)
+    time.sleep(0.5)
+
+
+def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str]:
+    """A clone of this repository with one approved converge change, reaching the lab."""
+    root = tmp / "repo"
+    git(ROOT, "clone", "-q", str(ROOT), str(root))
+    (root / ".opsledger").mkdir()
+    (root / ".opsledger" / "lab").symlink_to(ROOT / ".opsledger" / "lab")
+    project = Project(root)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    change = new_change(
+        project,
+        title="Benchmark: idempotent converge",
+        runbook="converge",
+        requested_by="alice",
+        reason="Measure what apply adds to a run",
+        targets=targets,
+        params={"tags": tags} if tags else {},
+        window_start=now - dt.timedelta(minutes=5),
+        window_end=now + dt.timedelta(hours=12),
+    )
+    commit_paths(
+        root, [change.file], "Benchmark change", name="Alice Arnold", email="alice@example.org"
+    )
+    approve_change(project, change.id, person="bob")
+    return project, change.id
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    close_masters()
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(
+            f"benchmark: {' '.join(argv[:3])} failed ({proc.returncode}):\n"
+            + proc.stdout[-2000:]
+            + proc.stderr[-2000:]
+        )
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--targets", default="all")
+    parser.add_argument("--tags", default="", help="comma-separated role tags (default: all roles)")
+    parser.add_argument("--skip-stock", action="store_true", help="only measure (a)")
+    args = parser.parse_args()
+    if not lab_status(Project(ROOT)).healthy:
+        sys.exit("benchmark: the lab is not up and healthy — run scripts/demo first")
+    tags = [t for t in args.tags.split(",") if t]
+    with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as tmp:
+        project, change_id = scratch_repo(Path(tmp), args.targets, tags)
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(project.ansible_cfg),
+            "OPSLEDGER_PROJECT": str(project.root),
+        }
+        stock_cfg = Path(tmp) / "stock.cfg"
+        stock_cfg.write_text(
+            STOCK_CFG.replace("inventories/", f"{project.root}/inventories/").replace(
+                "vault-passwords/", f"{project.root}/vault-passwords/"
+            )
+        )
+        stock_env = {**env, "ANSIBLE_CONFIG": str(stock_cfg)}
+        playbook = [
+            str(BIN / "ansible-playbook"),
+            "runbooks/converge/playbook.yml",
+            "-i",
+            "inventories/lab/hosts.yml",
+            "--limit",
+            args.targets,
+            "--diff",
+            "-e",
+            json.dumps({"opsledger_params": {"tags": tags} if tags else {}}),
+        ] + (["--tags", ",".join(tags)] if tags else [])
+        apply = [str(BIN / "opsledger"), "apply", change_id, "--again", "--skip-verify", "--json"]
+
+        print(
+            f"warm-up: converging {args.targets} once (the lab must be idempotent)...", flush=True
+        )
+        timed(playbook, project.root, env)
+        first = [str(BIN / "opsledger"), "apply", change_id, "--skip-verify", "--json"]
+        timed(first, project.root, env)
+
+        lanes: dict[str, list[float]] = {"ansible-playbook": [], "opsledger apply": []}
+        stock: dict[str, list[float]] = {"tuned ansible.cfg": [], "stock settings": []}
+        for n in range(args.rounds):
+            order = [("ansible-playbook", playbook), ("opsledger apply", apply)]
+            for name, argv in order if n % 2 == 0 else order[::-1]:
+                lanes[name].append(timed(argv, project.root, env))
+            if not args.skip_stock:
+                pair = [("tuned ansible.cfg", env), ("stock settings", stock_env)]
+                for name, lane_env in pair if n % 2 == 0 else pair[::-1]:
+                    stock[name].append(timed(playbook, project.root, lane_env))
+            print(f"round {n + 1}/{args.rounds} done", flush=True)
+        verify_s = timed(
+            [str(BIN / "opsledger"), "verify", "--env", "lab", "--targets", args.targets],
+            project.root,
+            env,
+        )
+        shutil.rmtree(project.root / ".opsledger", ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in lanes.items()}
+    print()
+    print(f"(a) overhead of apply, {args.targets} {tags or 'all roles'}, median of {args.rounds}:")
+    for name, values in lanes.items():
+        print(f"    {name:20} {med[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}")
+    ratio_a = med["opsledger apply"] / med["ansible-playbook"]
+    print(f"    ratio apply / ansible-playbook = {ratio_a:.3f}  (target <= 1.05)")
+    print(f"    verification on its own: {verify_s:.1f} s")
+    if not args.skip_stock:
+        smed = {k: statistics.median(v) for k, v in stock.items()}
+        print(f"(b) tuned vs stock Ansible settings, median of {args.rounds}:")
+        for name, values in stock.items():
+            print(
+                f"    {name:20} {smed[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}"
+            )
+        ratio_b = smed["stock settings"] / smed["tuned ansible.cfg"]
+        print(f"    speed-up stock / tuned = {ratio_b:.2f}x  (target >= 2x)")
+
+
+if __name__ == "__main__":
+    main()
