@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import getpass
 import os
 import signal
 import socket
@@ -139,7 +140,7 @@ def runner_identity() -> dict[str, Any]:
     elif os.environ.get("CI"):
         ci = "ci"
     return {
-        "person": os.environ.get("OPSLEDGER_PERSON") or os.environ.get("USER") or "unknown",
+        "person": os.environ.get("OPSLEDGER_PERSON") or getpass.getuser(),
         "machine": socket.gethostname(),
         "pid": os.getpid(),
         "ci": ci,

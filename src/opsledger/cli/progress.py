@@ -60,6 +60,10 @@ def summary(event: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class JsonEvents:
     """Prints one JSON object per line (stdout), flushing so a CI log shows it at once."""
 
@@ -91,9 +95,18 @@ class LiveProgress:
             self.live.update(self._table())
             self.live.stop()
             self.live = None
+            if not self.console.is_terminal:
+                self.console.line()  # a non-terminal Live leaves the cursor after the table
 
     def _table(self) -> Table:
-        table = Table("host", *COUNTS, title=f"{self.play} · {self.task}".strip(" ·"), expand=False)
+        table = Table(
+            "host",
+            *COUNTS,
+            title=_clip(self.play, 70),
+            caption=_clip(f"task: {self.task}", 70) if self.task else None,
+            title_justify="left",
+            caption_justify="left",
+        )
         styles = {"changed": "yellow", "failed": "red", "unreachable": "red"}
         for host, counts in sorted(self.rows.items()):
             cells = []
