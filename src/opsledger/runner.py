@@ -145,7 +145,11 @@ def run_playbook(
             tags=",".join(tags) if tags else None,
             extravars={"opsledger_params": params},
             cmdline=cmdline,
-            envvars={k: env[k] for k in ("ANSIBLE_CONFIG",)},
+            # ansible-runner would otherwise turn host key checking off (it sets
+            # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
+            # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
+            envvars={"ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"], "ANSIBLE_HOST_KEY_CHECKING": "True"},
+            fact_cache_type="ansible.cfg",
             quiet=True,
             event_handler=on_event,
             timeout=timeout,

@@ -1,0 +1,47 @@
+"""run_playbook keeps the project's Ansible settings that ansible-runner would override."""
+
+from __future__ import annotations
+
+from opsledger.runner import run_playbook
+
+from .conftest import copy_project
+
+PLAYBOOK = """\
+- name: Report the settings in force
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Settings
+      ansible.builtin.debug:
+        msg: >-
+          {{ lookup('ansible.builtin.config', 'HOST_KEY_CHECKING') }}
+          {{ lookup('ansible.builtin.config', 'CACHE_PLUGIN_CONNECTION') }}
+          {{ opsledger_params.word }}
+"""
+
+
+def test_host_key_checking_and_fact_cache_come_from_ansible_cfg(tmp_path):
+    project = copy_project(tmp_path / "p")
+    playbook = project.root / "settings.yml"
+    playbook.write_text(PLAYBOOK)
+    inventory = project.root / "local.yml"
+    inventory.write_text("all:\n  hosts:\n    here: {ansible_connection: local}\n")
+    seen = []
+
+    def on_event(event):
+        if event.get("event") == "runner_on_ok":
+            seen.append(event["event_data"]["res"]["msg"])
+
+    run = run_playbook(
+        project,
+        playbook=playbook,
+        inventory=inventory,
+        limit="here",
+        params={"word": "hello"},
+        event_handler=on_event,
+    )
+    assert run.status == "successful" and run.hosts["here"].ok == 1
+    checking, cache, word = seen[0].split()
+    assert checking == "True"  # ansible-runner alone would say False
+    assert cache == ".opsledger/facts"  # not ansible-runner's per-run artifacts folder
+    assert word == "hello"
