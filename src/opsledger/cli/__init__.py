@@ -12,6 +12,7 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.apply import apply
+from opsledger.cli.audit import audit
 from opsledger.cli.change import change
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.lab import lab
@@ -46,6 +47,7 @@ def cli() -> None:
 
 
 cli.add_command(apply)
+cli.add_command(audit)
 cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(decide)

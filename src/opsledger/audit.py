@@ -1,0 +1,246 @@
+"""The change log auditors read: one row per change, built from git history.
+
+Who requested a change, who approved it and whether git verifies their signatures, when it
+ran and by whom come from the commits (one `git log` stream, see gitlog.py); what was decided
+and what happened come from the run records those commits added. A file that says one thing
+while its history says another is exactly what `audit check` reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsledger.approvals import allowed_signers
+from opsledger.changes import change_ids, load_change
+from opsledger.errors import OpsledgerError
+from opsledger.gitlog import Commit, read_history
+from opsledger.policy import load_policies
+from opsledger.project import Project
+from opsledger.records import Record, change_runs
+from opsledger.reviews import load_review
+from opsledger.yamlio import load_yaml
+
+SIGNATURE_WORDS = {"G": "good", "U": "good (unknown trust)", "B": "bad", "N": "unsigned"}
+
+
+@dataclass
+class Approver:
+    person: str
+    decision: str
+    commit: str
+    author: str
+    at: str
+    signature: str
+    counted: bool  # counted in the decision of the change's last run
+
+    def label(self) -> str:
+        mark = "" if self.counted else " (not counted)"
+        return f"{self.person} [{self.signature}]{mark}"
+
+
+@dataclass
+class AuditRow:
+    change: str
+    title: str
+    type: str
+    priority: str
+    environment: str
+    requester: str
+    requested_at: str
+    approvers: list[Approver]
+    window_start: str
+    window_end: str
+    applied_at: str
+    applied_by: str
+    result: str
+    verification: str
+    rollback: str
+    review: str
+    commits: list[str] = field(default_factory=list)
+
+    def flat(self) -> dict[str, str]:
+        """One line per change, for CSV and tables."""
+        data = asdict(self)
+        data["approvers"] = "; ".join(a.label() for a in self.approvers)
+        data["commits"] = " ".join(c[:10] for c in self.commits)
+        return data
+
+
+@dataclass
+class AuditLog:
+    rows: list[AuditRow]
+    since: dt.datetime | None
+    until: dt.datetime | None
+
+
+def _decision(path: Path) -> str:
+    """The decision an approval file states now ('deleted' when it is gone)."""
+    if not path.exists():
+        return "deleted"
+    try:
+        return str(load_yaml(path, what="approval").get("decision", "?"))
+    except OpsledgerError:
+        return "unreadable"
+
+
+def _signature(commit: Commit) -> str:
+    return SIGNATURE_WORDS.get(commit.signature, f"cannot check ({commit.signature})")
+
+
+def audit_log(
+    project: Project,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    environment: str | None = None,
+    change_type: str | None = None,
+) -> AuditLog:
+    """One row per change requested in the period (by the commit that added its change.yml).
+
+    Example:
+        log = audit_log(find_project(), since=datetime(2026, 1, 1, tzinfo=UTC))
+        [(r.change, r.result, [a.person for a in r.approvers]) for r in log.rows]
+    """
+    policies, _ = load_policies(project, strict=False)
+    commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
+    by_change: dict[str, list[Commit]] = {}
+    for commit in commits:
+        for change_id in {f.path.split("/")[1] for f in commit.touches("changes/CHG-")}:
+            by_change.setdefault(change_id, []).append(commit)
+    runs: dict[str, list[Record]] = {}
+    for record in change_runs(project):
+        if record.change:
+            runs.setdefault(record.change, []).append(record)
+    rows = []
+    for change_id in change_ids(project):
+        history = by_change.get(change_id, [])
+        request = next(
+            (c for c in history for f in c.files if f.path == f"changes/{change_id}/change.yml"),
+            None,
+        )
+        if request is None:
+            continue  # not committed: not part of the change log yet
+        if (since and request.authored_at < since) or (until and request.authored_at > until):
+            continue
+        try:
+            change = load_change(project, change_id)
+        except OpsledgerError:
+            continue  # an invalid change file: audit check reports it
+        if environment and change.environment != environment:
+            continue
+        if change_type and change.type != change_type:
+            continue
+        change_runs_ = runs.get(change_id, [])
+        last = change_runs_[-1] if change_runs_ else None
+        counted = set((last.decision or {}).get("approvers", [])) if last else set()
+        approvers = []
+        for commit in history:
+            for f in commit.files:
+                prefix = f"changes/{change_id}/approvals/"
+                if f.status == "A" and f.path.startswith(prefix) and f.path.endswith(".yml"):
+                    person = f.path[len(prefix) : -len(".yml")]
+                    approvers.append(
+                        Approver(
+                            person,
+                            _decision(project.root / f.path),
+                            commit.sha,
+                            commit.author_email,
+                            commit.authored_at.isoformat(),
+                            _signature(commit),
+                            person in counted,
+                        )
+                    )
+        review = load_review(project, change_id)
+        if review is None:
+            pir = "n/a" if change.type != "emergency" else ("missing" if last else "n/a")
+        else:
+            now = dt.datetime.now(dt.UTC)
+            pir = review.status + (" (late)" if review.late(now) else "")
+        rows.append(
+            AuditRow(
+                change=change_id,
+                title=change.title,
+                type=change.type,
+                priority=policies.priority(change.impact, change.urgency),
+                environment=change.environment,
+                requester=change.requested_by,
+                requested_at=request.authored_at.isoformat(),
+                approvers=approvers,
+                window_start=change.window_start.isoformat(),
+                window_end=change.window_end.isoformat(),
+                applied_at=last.finished_at if last else "",
+                applied_by=(last.runner or {}).get("person", "") if last else "",
+                result=last.result if last else "not applied",
+                verification=(last.verification or {}).get("status", "") if last else "",
+                rollback=((last.rollback or {}).get("result", "") or "") if last else "",
+                review=pir,
+                commits=[c.sha for c in history],
+            )
+        )
+    return AuditLog(rows, since, until)
+
+
+COLUMNS = (
+    "change",
+    "title",
+    "type",
+    "priority",
+    "environment",
+    "requester",
+    "requested_at",
+    "approvers",
+    "window_start",
+    "window_end",
+    "applied_at",
+    "applied_by",
+    "result",
+    "verification",
+    "rollback",
+    "review",
+    "commits",
+)
+
+
+def render_log(log: AuditLog, fmt: str) -> str:
+    """The log as json (full detail), csv, md or html (self-contained)."""
+    if fmt == "json":
+        return json.dumps([asdict(r) for r in log.rows], indent=2) + "\n"
+    flat = [r.flat() for r in log.rows]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        return out.getvalue()
+    if fmt == "md":
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += [
+            "| " + " | ".join(str(r[c]).replace("|", "/") for c in COLUMNS) + " |" for r in flat
+        ]
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>"
+            for r in flat
+        )
+        return (
+            "<!doctype html><meta charset='utf-8'><title>opsledger audit log</title>"
+            "<style>body{font:13px system-ui,sans-serif}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+            "th{background:#f3f3f3}</style>"
+            f"<h1>Audit log</h1><table><tr>{head}</tr>{body}</table>\n"
+        )
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def parse_csv(text: str) -> list[dict[str, Any]]:
+    """Read the CSV back (round trip for spreadsheets and tests)."""
+    return list(csv.DictReader(io.StringIO(text)))

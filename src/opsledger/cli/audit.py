@@ -1,0 +1,75 @@
+"""`opsledger audit ...`: the change log from git history, for auditors."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from opsledger.cli.options import aware_time
+from opsledger.project import find_project
+
+
+@click.group()
+def audit() -> None:
+    """Read git history as the change log.
+
+    \b
+    Example:
+        opsledger audit log --since 2026-01-01T00:00:00+00:00 --format csv > changes.csv
+    """
+
+
+@audit.command("log")
+@click.option("--since", help="Changes requested at or after this ISO 8601 time.")
+@click.option("--until", help="Changes requested at or before this ISO 8601 time.")
+@click.option("--env", "environment", help="Only this environment.")
+@click.option(
+    "--type", "change_type", type=click.Choice(["standard", "normal", "emergency"]), default=None
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "md", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+)
+def log(
+    since: str | None, until: str | None, environment: str | None, change_type: str | None, fmt: str
+) -> None:
+    """One row per change: request, approvers and their signatures, run, result, review, commits.
+
+    Built from git history (who committed what, when) and the run records those commits added.
+
+    \b
+    Example:
+        opsledger audit log --env production --format html > audit.html
+    """
+    from opsledger.audit import audit_log, render_log
+
+    result = audit_log(
+        find_project(),
+        since=aware_time(since, "--since"),
+        until=aware_time(until, "--until"),
+        environment=environment,
+        change_type=change_type,
+    )
+    if fmt != "table":
+        click.echo(render_log(result, fmt), nl=False)
+        return
+    shown = (
+        "change",
+        "type",
+        "priority",
+        "requester",
+        "approvers",
+        "applied_at",
+        "result",
+        "verification",
+        "review",
+    )
+    table = Table(*shown, title=f"audit log: {len(result.rows)} change(s)")
+    for row in result.rows:
+        flat = row.flat()
+        table.add_row(*(str(flat[c]) for c in shown))
+    Console(width=max(Console().width, 140)).print(table)

@@ -1,0 +1,155 @@
+"""The repository's history read once: every commit with its people, times, signature and files.
+
+Audit and reports ask many questions of the same history (who requested, who approved, when
+it ran, what else changed). Asking git once per commit or per file is what makes audits slow
+on big repositories, so this module runs one `git log` process and parses its stream:
+commits oldest first, each with parents, author and committer, signature status, subject and
+the paths it added, modified or deleted (renames are reported as delete + add, so a file's
+life is never lost across a move).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.project import Project
+
+_FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
+
+
+@dataclass(frozen=True)
+class FileChange:
+    status: str  # A added | M modified | D deleted | T type changed
+    path: str
+
+
+@dataclass
+class Commit:
+    sha: str
+    parents: tuple[str, ...]
+    author_name: str
+    author_email: str
+    authored_at: dt.datetime
+    committer_name: str
+    committer_email: str
+    committed_at: dt.datetime
+    signature: str  # git's %G?: G good, B bad, U good but unknown validity, N none, E can't check
+    signer: str
+    subject: str
+    files: list[FileChange] = field(default_factory=list)
+
+    @property
+    def merge(self) -> bool:
+        return len(self.parents) > 1
+
+    def touches(self, prefix: str) -> list[FileChange]:
+        return [f for f in self.files if f.path == prefix or f.path.startswith(prefix)]
+
+
+def _parse(stream: Iterator[str], signed: bool) -> Iterator[Commit]:
+    buffer = ""
+    for chunk in stream:
+        buffer += chunk
+        *complete, buffer = buffer.split("\x1e")
+        for record in complete:
+            if record:
+                yield _commit(record, signed)
+    if buffer:
+        yield _commit(buffer, signed)
+
+
+def _commit(record: str, signed: bool) -> Commit:
+    header, _, rest = record.partition("\0")
+    parts = header.split("\x1f")
+    sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
+    sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
+    tokens = rest.lstrip("\n").split("\0")
+    files = [
+        FileChange(tokens[i][:1], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2) if tokens[i]
+    ]
+    return Commit(
+        sha,
+        tuple(parents.split()),
+        an,
+        ae,
+        dt.datetime.fromisoformat(ai),
+        cn,
+        ce,
+        dt.datetime.fromisoformat(ci),
+        sig_status or "N",
+        signer,
+        subject,
+        files,
+    )
+
+
+def read_history(
+    project: Project,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    paths: tuple[str, ...] = (),
+    allowed_signers: str | None = None,
+    rev: str = "HEAD",
+) -> list[Commit]:
+    """Every commit reachable from `rev`, oldest first, from one `git log` process.
+
+    With `allowed_signers` (the text of an allowed-signers file) git verifies each signed
+    commit's SSH signature; without it signatures are not checked (and read as N), which is
+    much faster on large histories.
+
+    Example:
+        commits = read_history(find_project(), paths=("changes/",))
+        [(c.sha[:10], c.author_email, [f.path for f in c.files]) for c in commits]
+    """
+    signed = allowed_signers is not None
+    fmt = _FIELDS.format(sig="%G?%x1d%GS" if signed else "")
+    with tempfile.TemporaryDirectory(prefix="opsledger-log-") as tmp:
+        config = []
+        if signed:
+            signers_file = Path(tmp) / "allowed_signers"
+            signers_file.write_text(allowed_signers or "")
+            config = ["-c", f"gpg.ssh.allowedSignersFile={signers_file}"]
+        argv = [
+            "git",
+            "-C",
+            str(project.root),
+            *config,
+            "log",
+            "--reverse",
+            "--no-renames",
+            "--no-color",
+            f"--format=%x1e{fmt}",
+            "--name-status",
+            "-z",
+        ]
+        if since:
+            argv.append(f"--since={since.isoformat()}")
+        if until:
+            argv.append(f"--until={until.isoformat()}")
+        argv += [rev, "--", *paths]
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1 << 16
+        )
+        assert proc.stdout is not None
+        commits = list(_parse(iter(lambda: proc.stdout.read(1 << 16), ""), signed))
+        err = proc.stderr.read() if proc.stderr else ""
+        if proc.wait() != 0:
+            if "does not have any commits" in err:
+                return []
+            raise OpsledgerError(
+                Problem(
+                    f"git log failed: {err.strip().splitlines()[-1] if err.strip() else '?'}",
+                    str(project.root),
+                    "git",
+                    "run the audit inside a git checkout with history (not a shallow clone)",
+                ),
+                1,
+            )
+    return commits
