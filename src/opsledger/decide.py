@@ -132,7 +132,8 @@ def _approvals(
     return Check("approvals", True, why), counted
 
 
-def _windows(change: Change, policies: Policies, now: dt.datetime) -> list[Check]:
+def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[Check]:
+    """Maintenance window, change window and freeze, judged at `now` (apply time or audit)."""
     emergency = change.type == "emergency"
     checks = []
     if emergency and policies.emergency.get("bypass_windows"):
@@ -273,7 +274,7 @@ def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) 
         project, change, runbook, policies, content.sha256, content, risk
     )
     checks.append(approval)
-    checks += _windows(change, policies, moment)
+    checks += window_checks(change, policies, moment)
     checks.append(_promotion(project, change, runbook, policies, moment))
     checks.append(_conflicts(project, change, hosts))
     if change.type == "emergency":

@@ -73,3 +73,37 @@ def log(
         flat = row.flat()
         table.add_row(*(str(flat[c]) for c in shown))
     Console(width=max(Console().width, 140)).print(table)
+
+
+@audit.command("check")
+@click.option("--since", help="Only changes requested at or after this ISO 8601 time.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(["low", "medium", "high", "critical"]),
+    default="high",
+    show_default=True,
+    help="Exit 1 when a finding reaches this severity.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+def check(since: str | None, fail_on: str, as_json: bool) -> None:
+    """Compliance findings from git history, each with its rule, file and commit(s).
+
+    Edited or deleted records and approvals, self- or stranger approvals, unsigned commits
+    where policy requires signatures, runs without a valid quorum, outside their window or in
+    a freeze, missing or late reviews of emergency changes, expired or self-approved waivers.
+
+    \b
+    Example:
+        opsledger audit check --fail-on medium
+    """
+    from opsledger.compliance import audit_check
+
+    result = audit_check(find_project(), since=aware_time(since, "--since"))
+    if as_json:
+        click.echo(result.as_json(), nl=False)
+    else:
+        for finding in result.findings:
+            click.echo(str(finding))
+        click.echo(f"{len(result.findings)} finding(s) in {result.commits_read} commit(s) read")
+    if result.at_least(fail_on):
+        raise SystemExit(1)

@@ -1,0 +1,344 @@
+"""Compliance findings: every way the history can betray the change process.
+
+Each finding names the rule, its severity, the change, the file and the commit(s), read from
+one `git log` stream plus the records and approvals those commits added:
+
+- `evidence-edited` — a run record or approval modified or deleted after its commit;
+- `approval-by-requester` / `approval-by-stranger` — approved by the requester, by someone not
+  in people.yml when they approved, or committed by someone other than the approver;
+- `unsigned` — an approval or run record commit without a good signature where policy
+  requires signatures for the change's environment;
+- `applied-without-quorum` — a run whose counted approvers did not approve the content that
+  ran, or approved only after it started, or fewer than the rule requires;
+- `applied-outside-window` / `applied-in-freeze` — the run started outside the change window
+  or a maintenance window, or in a freeze (emergency bypasses as policy allows);
+- `review-missing` / `review-late` — an emergency change's post-implementation review;
+- `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+
+import yaml
+
+from opsledger.approvals import allowed_signers
+from opsledger.changes import Change, change_ids, load_change
+from opsledger.decide import window_checks
+from opsledger.errors import OpsledgerError
+from opsledger.gitlog import Commit, read_history
+from opsledger.gitrepo import git
+from opsledger.policy import Policies, load_policies
+from opsledger.project import Project
+from opsledger.records import Record
+from opsledger.reviews import load_review
+from opsledger.waivers import load_waivers
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    message: str
+    file: str
+    change: str = ""
+    commits: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        shas = ", ".join(c[:10] for c in self.commits)
+        return f"[{self.severity}] {self.rule}: {self.file}: {self.message}" + (
+            f" (commit {shas})" if shas else ""
+        )
+
+
+@dataclass
+class ComplianceResult:
+    findings: list[Finding] = field(default_factory=list)
+    commits_read: int = 0
+
+    def at_least(self, severity: str) -> list[Finding]:
+        floor = SEVERITIES.index(severity)
+        return [f for f in self.findings if SEVERITIES.index(f.severity) >= floor]
+
+    def as_json(self) -> str:
+        return json.dumps([asdict(f) for f in self.findings], indent=2) + "\n"
+
+
+def _people_at(project: Project, sha: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:
+    """person id -> email as policies/people.yml said in the parent of commit `sha`."""
+    if sha not in cache:
+        shown = git(project.root, "show", f"{sha}^:policies/people.yml", check=False)
+        data = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
+        cache[sha] = {p.get("id"): p.get("email") for p in (data or {}).get("people", [])}
+    return cache[sha]
+
+
+def _evidence(history: list[Commit], policies: Policies, project: Project) -> list[Finding]:
+    """Records and approvals are written once: any later commit touching one is a finding."""
+    findings = []
+    added: dict[str, str] = {}
+    for commit in history:
+        for f in commit.files:
+            parts = f.path.split("/")
+            if len(parts) != 4 or parts[0] != "changes" or parts[2] not in ("runs", "approvals"):
+                continue
+            if f.status == "A" and f.path not in added:
+                added[f.path] = commit.sha
+            elif f.path in added:
+                verb = "deleted" if f.status == "D" else "modified"
+                findings.append(
+                    Finding(
+                        "evidence-edited",
+                        "critical",
+                        f"{parts[2][:-1]} {verb} after its commit {added[f.path][:10]} "
+                        f"by {commit.author_email}",
+                        f.path,
+                        parts[1],
+                        (commit.sha,),
+                    )
+                )
+    return findings
+
+
+def _approvals(
+    project: Project,
+    change: Change,
+    history: list[Commit],
+    policies: Policies,
+    people_cache: dict[str, dict[str, str]],
+) -> list[Finding]:
+    findings = []
+    prefix = f"changes/{change.id}/approvals/"
+    signed = change.environment in policies.signature_environments
+    for commit in history:
+        for f in commit.files:
+            if f.status != "A" or not f.path.startswith(prefix) or not f.path.endswith(".yml"):
+                continue
+            person = f.path[len(prefix) : -len(".yml")]
+            people = _people_at(project, commit.sha, people_cache)
+            if person == change.requested_by:
+                findings.append(
+                    Finding(
+                        "approval-by-requester",
+                        "high",
+                        f"{person} requested the change and approved it",
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+            if person not in people:
+                findings.append(
+                    Finding(
+                        "approval-by-stranger",
+                        "high",
+                        f"{person} was not in policies/people.yml when approving",
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+            elif people[person] != commit.author_email:
+                findings.append(
+                    Finding(
+                        "approval-by-stranger",
+                        "high",
+                        f"{person}'s approval was committed by {commit.author_email}",
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+            if signed and commit.signature != "G":
+                findings.append(
+                    Finding(
+                        "unsigned",
+                        "high",
+                        f"approval commit not signed with a key from people.yml "
+                        f"(git says {commit.signature}) in {change.environment}",
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+    return findings
+
+
+def _runs(
+    project: Project, change: Change, history: list[Commit], policies: Policies
+) -> list[Finding]:
+    findings = []
+    order = {c.sha: i for i, c in enumerate(history)}
+    approvals: dict[str, tuple[Commit, dict]] = {}
+    prefix = f"changes/{change.id}/approvals/"
+    for commit in history:
+        for f in commit.files:
+            if f.status == "A" and f.path.startswith(prefix) and f.path not in approvals:
+                path = project.root / f.path
+                data = yaml.safe_load(path.read_text()) if path.exists() else {}
+                approvals[f.path[len(prefix) : -len(".yml")]] = (commit, data or {})
+    signed = change.environment in policies.signature_environments
+    for commit in history:
+        for f in commit.files:
+            if f.status != "A" or not f.path.startswith(f"changes/{change.id}/runs/"):
+                continue
+            path = project.root / f.path
+            if not path.exists():
+                continue  # evidence-edited reports the deletion
+            try:
+                record = Record.from_dict(json.loads(path.read_text()))
+            except (ValueError, TypeError):
+                continue
+            if signed and commit.signature != "G":
+                findings.append(
+                    Finding(
+                        "unsigned",
+                        "high",
+                        f"run record commit not signed (git says {commit.signature})",
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+            if record.result == "canceled" and not record.changed_tasks:
+                continue
+            started = dt.datetime.fromisoformat(record.started_at)
+            counted = (record.decision or {}).get("approvers", [])
+            good = []
+            for person in counted:
+                entry = approvals.get(person)
+                if entry is None:
+                    continue
+                approved_in, data = entry
+                if (
+                    data.get("decision") == "approved"
+                    and data.get("content_sha256") == record.content_sha256
+                    and approved_in.committed_at <= started
+                    and order.get(approved_in.sha, 0) < order.get(commit.sha, 0)
+                ):
+                    good.append(person)
+            risk = (record.decision or {}).get("risk", "low")
+            rule = policies.rule_for(change.type, risk, change.environment)
+            needed = rule.approvals if rule else 1
+            if len(good) < needed or not (record.decision or {}).get("allowed"):
+                findings.append(
+                    Finding(
+                        "applied-without-quorum",
+                        "critical",
+                        f"run at {record.started_at}: {len(good)} of {needed} approval(s) of "
+                        "the content that ran, committed before it started"
+                        + ("" if (record.decision or {}).get("allowed") else "; decision denied"),
+                        f.path,
+                        change.id,
+                        (commit.sha,),
+                    )
+                )
+            for check in window_checks(change, policies, started):
+                if check.passed:
+                    continue
+                rule_name = (
+                    "applied-in-freeze" if check.rule == "freeze" else "applied-outside-window"
+                )
+                findings.append(
+                    Finding(rule_name, "high", check.why, f.path, change.id, (commit.sha,))
+                )
+    return findings
+
+
+def _review(
+    project: Project, change: Change, history: list[Commit], now: dt.datetime
+) -> list[Finding]:
+    if change.type != "emergency":
+        return []
+    ran = [c for c in history for f in c.files if f.status == "A" and "/runs/" in f.path]
+    if not ran:
+        return []
+    review = load_review(project, change.id)
+    file = f"changes/{change.id}/review.yml"
+    if review is None:
+        return [
+            Finding(
+                "review-missing",
+                "high",
+                "emergency change ran; no review.yml",
+                file,
+                change.id,
+                (ran[0].sha,),
+            )
+        ]
+    if review.late(now):
+        state = f"done at {review.reviewed_at.isoformat()}" if review.reviewed_at else "still open"
+        return [
+            Finding(
+                "review-late",
+                "medium",
+                f"review due by {review.due_by.isoformat()}, {state}",
+                file,
+                change.id,
+            )
+        ]
+    return []
+
+
+def _waivers(project: Project, today: dt.date) -> list[Finding]:
+    path = project.root / "policies" / "waivers.yml"
+    if not path.exists():
+        return []
+    findings = []
+    try:
+        waivers = load_waivers(path)
+    except OpsledgerError as err:  # e.g. approved by its author: the register itself is wrong
+        return [
+            Finding("waiver-invalid", "high", p.message, "policies/waivers.yml")
+            for p in err.problems
+        ]
+    for waiver in waivers:
+        if waiver.expires < today:
+            findings.append(
+                Finding(
+                    "waiver-expired",
+                    "medium",
+                    f"{waiver.id} ({', '.join(waiver.controls)}) expired on {waiver.expires}",
+                    "policies/waivers.yml",
+                )
+            )
+    return findings
+
+
+def audit_check(
+    project: Project, *, since: dt.datetime | None = None, now: dt.datetime | None = None
+) -> ComplianceResult:
+    """Every compliance finding in the history (optionally only for changes since a time).
+
+    Example:
+        result = audit_check(find_project())
+        [str(f) for f in result.at_least("high")]
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    policies, _ = load_policies(project, strict=False)
+    commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
+    result = ComplianceResult(commits_read=len(commits))
+    by_change: dict[str, list[Commit]] = {}
+    for commit in commits:
+        for change_id in {f.path.split("/")[1] for f in commit.touches("changes/CHG-")}:
+            by_change.setdefault(change_id, []).append(commit)
+    evidence = _evidence(commits, policies, project)
+    people_cache: dict[str, dict[str, str]] = {}
+    for change_id in change_ids(project):
+        history = by_change.get(change_id, [])
+        if not history or (since and history[0].committed_at < since):
+            continue
+        try:
+            change = load_change(project, change_id)
+        except OpsledgerError:
+            continue
+        result.findings += [f for f in evidence if f.change == change_id]
+        result.findings += _approvals(project, change, history, policies, people_cache)
+        result.findings += _runs(project, change, history, policies)
+        result.findings += _review(project, change, history, moment)
+    result.findings += _waivers(project, moment.date())
+    return result

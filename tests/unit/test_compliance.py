@@ -1,0 +1,174 @@
+"""audit check on tmp git repos: each seeded violation is found with its commit; a clean
+history has none."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from opsledger.approvals import approve_change
+from opsledger.changes import load_change
+from opsledger.cli import cli
+from opsledger.compliance import audit_check
+from opsledger.gitrepo import commit_paths, git, head
+from opsledger.records import Record, run_record_path, write_record
+from opsledger.reviews import open_review
+
+from .conftest import START
+
+LATER = START + dt.timedelta(days=1)
+
+
+def _run(project, change_id, *, started=START + dt.timedelta(minutes=10), approvers=("bob",)):
+    """A run record as apply writes it, bound to the content the approvals name."""
+    approval = project.root / "changes" / change_id / "approvals" / f"{approvers[0]}.yml"
+    content = yaml.safe_load(approval.read_text())["content_sha256"] if approval.exists() else ""
+    record = Record(
+        kind="run",
+        environment="lab",
+        result="success",
+        started_at=started.isoformat(),
+        finished_at=(started + dt.timedelta(minutes=3)).isoformat(),
+        change=change_id,
+        runbook="converge",
+        git_commit=head(project.root),
+        content_sha256=content,
+        decision={"allowed": True, "approvers": list(approvers), "risk": "medium"},
+    )
+    path = write_record(run_record_path(project, change_id, started), record)
+    sha = commit_paths(project.root, [path], f"Run {change_id}", name="CI", email="ci@example.org")
+    return path, sha
+
+
+def _rules(result):
+    return sorted((f.rule, f.commits[0][:10] if f.commits else "") for f in result.findings)
+
+
+def test_clean_history_has_no_findings(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    _run(project, change_id)
+    assert audit_check(project, now=LATER).findings == []
+
+
+def test_edited_run_record_is_found_with_the_editing_commit(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    path, _ = _run(project, change_id)
+    path.write_text(path.read_text().replace('"success"', '"failed"'))
+    sha = commit_paths(project.root, [path], "Fix typo", name="Mallory", email="m@example.org")
+    (finding,) = audit_check(project, now=LATER).findings
+    assert finding.rule == "evidence-edited" and finding.commits == (sha,)
+    assert finding.file.endswith(".json") and "m@example.org" in finding.message
+
+
+def test_deleted_approval_is_found(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    git(project.root, "rm", "-q", f"changes/{change_id}/approvals/bob.yml")
+    git(project.root, "-c", "user.name=X", "-c", "user.email=x@example.org", "commit", "-qm", "rm")
+    sha = head(project.root)
+    rules = _rules(audit_check(project, now=LATER))
+    assert ("evidence-edited", sha[:10]) in rules
+
+
+def test_self_approval_and_stranger_approvals_are_found(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="alice", now=START)
+    alice_sha = head(project.root)
+    folder = project.root / "changes" / change_id / "approvals"
+    for person, author in (("carol", "bob@example.org"), ("mallory", "mallory@example.org")):
+        (folder / f"{person}.yml").write_text(
+            yaml.safe_dump({"change": change_id, "person": person, "decision": "approved"})
+        )
+        commit_paths(project.root, [folder / f"{person}.yml"], "Approve", name=person, email=author)
+    result = audit_check(project, now=LATER)
+    messages = {f.rule + ": " + f.message for f in result.findings}
+    assert ("approval-by-requester", alice_sha[:10]) in _rules(result)
+    assert "approval-by-stranger: carol's approval was committed by bob@example.org" in messages
+    assert any("mallory was not in policies/people.yml" in m for m in messages)
+
+
+def test_run_without_quorum_and_outside_its_window(repo):
+    project, change_id, _ = repo
+    _, sha = _run(project, change_id, started=START + dt.timedelta(hours=3), approvers=("bob",))
+    rules = _rules(audit_check(project, now=LATER))
+    assert ("applied-without-quorum", sha[:10]) in rules
+    assert ("applied-outside-window", sha[:10]) in rules
+
+
+def test_run_with_approval_of_other_content_has_no_quorum(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    path, _ = _run(project, change_id)
+    data = json.loads(path.read_text())
+    assert data["content_sha256"]
+    # a second run of edited content, recorded as if bob's approval still counted
+    record = Record.from_dict(
+        {
+            **data,
+            "content_sha256": "0" * 64,
+            "started_at": (START + dt.timedelta(minutes=30)).isoformat(),
+        }
+    )
+    second = write_record(
+        run_record_path(project, change_id, START + dt.timedelta(minutes=30)), record
+    )
+    sha2 = commit_paths(project.root, [second], "Run again", name="CI", email="ci@example.org")
+    assert _rules(audit_check(project, now=LATER)) == [("applied-without-quorum", sha2[:10])]
+
+
+def test_emergency_review_missing_then_late(repo):
+    project, change_id, _ = repo
+    file = project.root / "changes" / change_id / "change.yml"
+    file.write_text(file.read_text().replace("type: normal", "type: emergency"))
+    commit_paths(project.root, [file], "Emergency", name="Alice Arnold", email="alice@example.org")
+    approve_change(project, change_id, person="dave", now=START)
+    _, sha = _run(project, change_id, approvers=("dave",))
+    assert ("review-missing", sha[:10]) in _rules(audit_check(project, now=LATER))
+    open_review(project, load_change(project, change_id), START + dt.timedelta(minutes=13))
+    assert audit_check(project, now=LATER).findings == []
+    late = audit_check(project, now=START + dt.timedelta(days=4)).findings
+    assert [f.rule for f in late] == ["review-late"]
+
+
+def test_unsigned_approval_where_signatures_are_required(repo):
+    project, change_id, keys = repo
+    file = project.root / "changes" / change_id / "change.yml"
+    file.write_text(file.read_text().replace("environment: lab", "environment: staging"))
+    commit_paths(project.root, [file], "Staging", name="Alice Arnold", email="alice@example.org")
+    approve_change(project, change_id, person="bob", now=START)
+    unsigned = head(project.root)
+    approve_change(project, change_id, person="carol", signing_key=keys["carol"], now=START)
+    rules = _rules(audit_check(project, now=LATER))
+    assert rules == [("unsigned", unsigned[:10])]
+
+
+def test_expired_and_self_approved_waivers(repo):
+    project, _, _ = repo
+    path = project.root / "policies" / "waivers.yml"
+    data = yaml.safe_load(path.read_text())
+    data["waivers"][0]["expires"] = dt.date(2026, 1, 1)
+    path.write_text(yaml.safe_dump(data))
+    (expired,) = audit_check(project, now=LATER).findings
+    assert expired.rule == "waiver-expired" and "W-0001" in expired.message
+    data["waivers"][1]["approved_by"] = data["waivers"][1]["author"]
+    path.write_text(yaml.safe_dump(data))
+    (invalid,) = audit_check(project, now=LATER).findings
+    assert invalid.rule == "waiver-invalid" and "approved by its author" in invalid.message
+
+
+def test_cli_exit_code_follows_the_threshold(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="alice", now=START)
+    env = {"OPSLEDGER_PROJECT": str(project.root)}
+    high = CliRunner().invoke(cli, ["audit", "check"], env=env)
+    assert high.exit_code == 1 and "approval-by-requester" in high.output
+    critical = CliRunner().invoke(
+        cli, ["audit", "check", "--fail-on", "critical", "--json"], env=env
+    )
+    assert critical.exit_code == 0
+    assert json.loads(critical.output)[0]["rule"] == "approval-by-requester"
