@@ -20,7 +20,7 @@ from typing import Any
 from opsledger.approvals import allowed_signers
 from opsledger.changes import change_ids, load_change
 from opsledger.errors import OpsledgerError
-from opsledger.gitlog import Commit, read_history
+from opsledger.gitlog import Commit, by_change, read_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
@@ -110,17 +110,14 @@ def audit_log(
     """
     policies, _ = load_policies(project, strict=False)
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
-    by_change: dict[str, list[Commit]] = {}
-    for commit in commits:
-        for change_id in {f.path.split("/")[1] for f in commit.touches("changes/CHG-")}:
-            by_change.setdefault(change_id, []).append(commit)
+    histories = by_change(commits)
     runs: dict[str, list[Record]] = {}
     for record in change_runs(project):
         if record.change:
             runs.setdefault(record.change, []).append(record)
     rows = []
     for change_id in change_ids(project):
-        history = by_change.get(change_id, [])
+        history = histories.get(change_id, [])
         request = next(
             (c for c in history for f in c.files if f.path == f"changes/{change_id}/change.yml"),
             None,

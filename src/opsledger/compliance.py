@@ -28,7 +28,7 @@ from opsledger.approvals import allowed_signers
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
-from opsledger.gitlog import Commit, read_history
+from opsledger.gitlog import Commit, by_change, read_history
 from opsledger.gitrepo import git
 from opsledger.policy import Policies, load_policies
 from opsledger.project import Project
@@ -322,14 +322,11 @@ def audit_check(
     policies, _ = load_policies(project, strict=False)
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
     result = ComplianceResult(commits_read=len(commits))
-    by_change: dict[str, list[Commit]] = {}
-    for commit in commits:
-        for change_id in {f.path.split("/")[1] for f in commit.touches("changes/CHG-")}:
-            by_change.setdefault(change_id, []).append(commit)
+    histories = by_change(commits)
     evidence = _evidence(commits, policies, project)
     people_cache: dict[str, dict[str, str]] = {}
     for change_id in change_ids(project):
-        history = by_change.get(change_id, [])
+        history = histories.get(change_id, [])
         if not history or (since and history[0].committed_at < since):
             continue
         try:

@@ -153,3 +153,12 @@ def read_history(
                 1,
             )
     return commits
+
+
+def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:
+    """The commits touching each `changes/<ID>/` folder, oldest first."""
+    found: dict[str, list[Commit]] = {}
+    for commit in commits:
+        for change_id in sorted({f.path.split("/")[1] for f in commit.touches("changes/CHG-")}):
+            found.setdefault(change_id, []).append(commit)
+    return found
