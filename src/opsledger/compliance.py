@@ -13,13 +13,20 @@ one `git log` stream plus the records and approvals those commits added:
 - `applied-outside-window` / `applied-in-freeze` — the run started outside the change window
   or a maintenance window, or in a freeze (emergency bypasses as policy allows);
 - `review-missing` / `review-late` — an emergency change's post-implementation review;
-- `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author).
+- `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author);
+- `unauthorized-change` — a commit on the branch's first-parent line (a direct commit, a squash
+  or a merge with everything it brought) that changes desired state (inventories, roles,
+  runbooks, site.yml, ansible.cfg) without adding a change request alongside;
+  `change-not-applied` — it adds one, but that change never ran. History before
+  `audit.from` in policies/changes.yml (when the repository adopted opsledger) is the baseline,
+  as is the first commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 import yaml
@@ -28,7 +35,7 @@ from opsledger.approvals import allowed_signers
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
-from opsledger.gitlog import Commit, by_change, read_history
+from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
 from opsledger.gitrepo import git
 from opsledger.policy import Policies, load_policies
 from opsledger.project import Project
@@ -37,6 +44,8 @@ from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 
 SEVERITIES = ("low", "medium", "high", "critical")
+DESIRED_STATE = ("inventories/", "roles/", "runbooks/", "site.yml", "ansible.cfg")
+_REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,8 @@ def _evidence(history: list[Commit], policies: Policies, project: Project) -> li
     findings = []
     added: dict[str, str] = {}
     for commit in history:
+        if commit.merge:  # a merge repeats what its branch's commits did
+            continue
         for f in commit.files:
             parts = f.path.split("/")
             if len(parts) != 4 or parts[0] != "changes" or parts[2] not in ("runs", "approvals"):
@@ -309,6 +320,49 @@ def _waivers(project: Project, today: dt.date) -> list[Finding]:
     return findings
 
 
+def _unauthorized(
+    chain: list[Commit], policies: Policies, ran: set[str], since: dt.datetime | None
+) -> list[Finding]:
+    findings = []
+    start = max(filter(None, (policies.audit_from, since)), default=None)
+    for commit in chain[1:]:  # the first commit is the baseline
+        if start and commit.committed_at < start:
+            continue
+        touched = [f.path for f in commit.files if f.path.startswith(DESIRED_STATE)]
+        if not touched:
+            continue
+        requests = sorted(
+            {m.group(1) for f in commit.files if f.status == "A" and (m := _REQUEST.match(f.path))}
+        )
+        shown = ", ".join(touched[:3]) + (
+            f" and {len(touched) - 3} more" if len(touched) > 3 else ""
+        )
+        if not requests:
+            findings.append(
+                Finding(
+                    "unauthorized-change",
+                    "high",
+                    f"changes desired state ({shown}) with no change request in the same "
+                    f"{'merge' if commit.merge else 'commit'}, by {commit.author_email}",
+                    touched[0],
+                    commits=(commit.sha,),
+                )
+            )
+        elif not set(requests) & ran:
+            findings.append(
+                Finding(
+                    "change-not-applied",
+                    "medium",
+                    f"desired state ({shown}) changed with {', '.join(requests)}, "
+                    "which has not run",
+                    touched[0],
+                    requests[0],
+                    (commit.sha,),
+                )
+            )
+    return findings
+
+
 def audit_check(
     project: Project, *, since: dt.datetime | None = None, now: dt.datetime | None = None
 ) -> ComplianceResult:
@@ -320,7 +374,7 @@ def audit_check(
     """
     moment = now or dt.datetime.now(dt.UTC)
     policies, _ = load_policies(project, strict=False)
-    commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
+    commits = read_history(project, allowed_signers=allowed_signers(policies))
     result = ComplianceResult(commits_read=len(commits))
     histories = by_change(commits)
     evidence = _evidence(commits, policies, project)
@@ -338,4 +392,10 @@ def audit_check(
         result.findings += _runs(project, change, history, policies)
         result.findings += _review(project, change, history, moment)
     result.findings += _waivers(project, moment.date())
+    ran = {
+        change_id
+        for change_id, history in histories.items()
+        if any(f.status == "A" and "/runs/" in f.path for c in history for f in c.files)
+    }
+    result.findings += _unauthorized(first_parent_chain(commits), policies, ran, since)
     return result

@@ -98,7 +98,10 @@ def read_history(
     allowed_signers: str | None = None,
     rev: str = "HEAD",
 ) -> list[Commit]:
-    """Every commit reachable from `rev`, oldest first, from one `git log` process.
+    """Every commit reachable from `rev`, parents before children, from one `git log` process.
+
+    Merges list the files they changed relative to their first parent (what the merged branch
+    brought), so the first-parent line alone tells what reached the branch and how.
 
     With `allowed_signers` (the text of an allowed-signers file) git verifies each signed
     commit's SSH signature; without it signatures are not checked (and read as N), which is
@@ -123,6 +126,8 @@ def read_history(
             *config,
             "log",
             "--reverse",
+            "--topo-order",  # parents before children; the tip comes last
+            "--diff-merges=first-parent",  # a merge lists what it brought to its branch
             "--no-renames",
             "--no-color",
             f"--format=%x1e{fmt}",
@@ -156,9 +161,31 @@ def read_history(
 
 
 def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:
-    """The commits touching each `changes/<ID>/` folder, oldest first."""
+    """The commits touching each `changes/<ID>/` folder, oldest first.
+
+    Merges are left out: they list what their branch brought (authored by whoever merged),
+    while the branch's own commits say who wrote each file.
+    """
     found: dict[str, list[Commit]] = {}
     for commit in commits:
+        if commit.merge:
+            continue
         for change_id in sorted({f.path.split("/")[1] for f in commit.touches("changes/CHG-")}):
             found.setdefault(change_id, []).append(commit)
     return found
+
+
+def first_parent_chain(commits: list[Commit]) -> list[Commit]:
+    """The branch's own line of history (the tip, its first parent, ...), oldest first.
+
+    `commits` must come from one read_history of a single tip (it is the last one).
+    """
+    if not commits:
+        return []
+    index = {c.sha: c for c in commits}
+    chain = []
+    commit: Commit | None = commits[-1]
+    while commit is not None:
+        chain.append(commit)
+        commit = index.get(commit.parents[0]) if commit.parents else None
+    return chain[::-1]

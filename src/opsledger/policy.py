@@ -90,6 +90,7 @@ class Policies:
     priorities: dict[str, dict[str, int]]
     hash: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    audit_from: dt.datetime | None = None  # history before this is the pre-adoption baseline
 
     def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
@@ -337,7 +338,11 @@ def _rules(
                 "e.g. within_days: 7",
             )
         )
+    audit = data.get("audit") or {}
+    _unknown(problems, sorted(audit), ["from"], "key", file, "audit")
+    audit_from = _aware(audit["from"], file, "audit.from", problems) if audit.get("from") else None
     return {
+        "audit_from": audit_from,
         "four_eyes": bool(data.get("four_eyes", True)),
         "rules": rules,
         "runbook_teams": runbook_teams,

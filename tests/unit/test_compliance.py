@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from opsledger.approvals import approve_change
-from opsledger.changes import load_change
+from opsledger.changes import load_change, new_change
 from opsledger.cli import cli
 from opsledger.compliance import audit_check
 from opsledger.gitrepo import commit_paths, git, head
@@ -172,3 +172,83 @@ def test_cli_exit_code_follows_the_threshold(repo):
     )
     assert critical.exit_code == 0
     assert json.loads(critical.output)[0]["rule"] == "approval-by-requester"
+
+
+def _edit_role(project, text="# tuned\n"):
+    path = project.root / "roles" / "postgresql" / "defaults" / "main.yml"
+    path.write_text(path.read_text() + text)
+    return path
+
+
+def test_desired_state_commit_without_a_change_is_unauthorized(repo):
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    _run(project, change_id)
+    path = _edit_role(project)
+    sha = commit_paths(project.root, [path], "Quick fix", name="Eve", email="eve@example.org")
+    (finding,) = audit_check(project, now=LATER).findings
+    assert finding.rule == "unauthorized-change" and finding.commits == (sha,)
+    assert (
+        finding.file == "roles/postgresql/defaults/main.yml"
+        and "eve@example.org" in finding.message
+    )
+
+
+def test_desired_state_edit_with_its_change_is_covered_once_applied(repo):
+    project, _, _ = repo
+    path = _edit_role(project)
+    change = new_change(
+        project,
+        title="Tune PostgreSQL defaults",
+        runbook="converge",
+        requested_by="alice",
+        reason="Defaults for the new hosts",
+        targets="db",
+        window_start=START,
+        window_end=START + dt.timedelta(hours=2),
+    )
+    sha = commit_paths(
+        project.root, [path, change.file], "Request", name="Alice Arnold", email="alice@example.org"
+    )
+    rules = _rules(audit_check(project, now=LATER))
+    assert rules == [("change-not-applied", sha[:10])]
+    approve_change(project, change.id, person="bob", now=START)
+    _run(project, change.id)
+    assert audit_check(project, now=LATER).findings == []
+
+
+def test_a_merge_is_judged_by_what_it_brought(repo):
+    project, _, _ = repo
+    root = project.root
+    git(root, "checkout", "-q", "-b", "feature")
+    path = _edit_role(project)
+    commit_paths(root, [path], "Edit on a branch", name="Eve", email="eve@example.org")
+    git(root, "checkout", "-q", "main")
+    git(
+        root,
+        "-c",
+        "user.name=M",
+        "-c",
+        "user.email=m@example.org",
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "Merge feature",
+        "feature",
+    )
+    merge = head(root)
+    (finding,) = audit_check(project, now=LATER).findings
+    assert finding.rule == "unauthorized-change" and finding.commits == (merge,)
+    assert "same merge" in finding.message
+
+
+def test_history_before_adoption_is_the_baseline(repo):
+    project, _, _ = repo
+    path = _edit_role(project)
+    commit_paths(project.root, [path], "Before adoption", name="Eve", email="eve@example.org")
+    assert [f.rule for f in audit_check(project, now=LATER).findings] == ["unauthorized-change"]
+    rules = project.root / "policies" / "changes.yml"
+    adopted = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    rules.write_text(rules.read_text() + f"audit:\n  from: {adopted.isoformat()}\n")
+    assert audit_check(project, now=LATER).findings == []
