@@ -85,3 +85,16 @@ def change_runs(project: Project) -> list[Record]:
         except (ValueError, TypeError):
             continue
     return sorted(records, key=lambda r: r.finished_at)
+
+
+def load_records(project: Project, kind: str | None = None) -> list[Record]:
+    """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
+    records = []
+    for path in (project.root / "records").glob("*/*.json"):
+        try:
+            record = Record.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            continue
+        if kind is None or record.kind == kind:
+            records.append(record)
+    return sorted(records, key=lambda r: r.finished_at)

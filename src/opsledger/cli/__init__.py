@@ -17,6 +17,7 @@ from opsledger.cli.change import change
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
+from opsledger.cli.report import report
 from opsledger.cli.roles import roles
 from opsledger.cli.runbook import runbook
 from opsledger.cli.verify import verify
@@ -54,6 +55,7 @@ cli.add_command(decide)
 cli.add_command(lab)
 cli.add_command(plan)
 cli.add_command(policy)
+cli.add_command(report)
 cli.add_command(roles)
 cli.add_command(runbook)
 cli.add_command(verify)

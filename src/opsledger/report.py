@@ -1,0 +1,407 @@
+"""KPIs for managers, computed from the change log and the records git holds.
+
+Changes by type and priority, change success and failure rates, lead time (requested →
+applied), the emergency ratio, mean time to restore after a failed change, SLA compliance
+(applied within the priority's resolution time), and — when present — inspection, drift and
+DR-drill records. One self-contained HTML page (inline SVG charts, no scripts, no network),
+or markdown / JSON for pipelines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import re
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from opsledger.audit import AuditRow, audit_log
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.policy import load_policies
+from opsledger.project import Project
+from opsledger.records import KINDS, Record, change_runs, load_records
+
+FAILED = ("failed", "rolled_back", "rollback_failed")
+PALETTE = {
+    "standard": "#4e79a7",
+    "normal": "#59a14f",
+    "emergency": "#e15759",
+    "success": "#59a14f",
+    "failed": "#e15759",
+    "rolled_back": "#f28e2b",
+    "rollback_failed": "#b07aa1",
+    "canceled": "#9c9c9c",
+    "not applied": "#bab0ac",
+}
+
+
+@dataclass
+class Kpis:
+    period_start: str
+    period_end: str
+    changes: int
+    by_type: dict[str, int]
+    by_priority: dict[str, int]
+    by_result: dict[str, int]
+    applied: int
+    success_rate: float | None
+    failure_rate: float | None
+    lead_time_hours_median: float | None
+    lead_time_hours_p90: float | None
+    emergency_ratio: float | None
+    mttr_hours: float | None
+    not_restored: int
+    sla_compliance: float | None
+    sla_breaches: list[str]
+    weekly: dict[str, dict[str, int]]  # ISO week -> type -> count
+    lead_times: list[float]
+    failed_changes: list[dict[str, str]]
+    operations: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> result -> n
+    drills: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter)."""
+    if m := re.fullmatch(r"(\d+)([dw])", text):
+        days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+        return now - dt.timedelta(days=days), now
+    if m := re.fullmatch(r"(\d{4})-(\d{2})", text):
+        start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+        return start, end
+    if m := re.fullmatch(r"(\d{4})-Q([1-4])", text):
+        start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
+        end = (start + dt.timedelta(days=95)).replace(day=1)
+        return start, end
+    raise OpsledgerError(
+        Problem(
+            f"{text!r} is not a period", field="--period", fix="write 30d, 12w, 2026-11 or 2026-Q4"
+        )
+    )
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _hours(a: str, b: str) -> float:
+    return (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds() / 3600
+
+
+def _mttr(runs: list[Record]) -> tuple[list[float], int]:
+    """Hours from each failed run's start until service was proven restored.
+
+    Restored means its verified rollback, else the next successful run touching its hosts.
+    """
+    restored, open_ = [], 0
+    for i, run in enumerate(runs):
+        if run.result not in FAILED:
+            continue
+        if run.result == "rolled_back":
+            restored.append(_hours(run.started_at, run.finished_at))
+            continue
+        later = next(
+            (r for r in runs[i + 1 :] if r.result == "success" and set(r.hosts) & set(run.hosts)),
+            None,
+        )
+        if later:
+            restored.append(_hours(run.started_at, later.finished_at))
+        else:
+            open_ += 1
+    return restored, open_
+
+
+def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
+    """Compute the KPIs of changes requested in [start, end).
+
+    Example:
+        k = kpis(find_project(), start=datetime(2026, 10, 1, tzinfo=UTC), end=datetime.now(UTC))
+        k.success_rate, k.lead_time_hours_median
+    """
+    policies, _ = load_policies(project, strict=False)
+    rows: list[AuditRow] = audit_log(project, since=start, until=end).rows
+    runs = change_runs(project)
+    first_success = {}
+    for run in runs:
+        if run.result == "success" and run.change not in first_success:
+            first_success[run.change] = run
+    ever_failed = {r.change for r in runs if r.result in FAILED}
+    applied = [r for r in rows if r.result != "not applied"]
+    lead = sorted(
+        round(_hours(r.requested_at, first_success[r.change].finished_at), 2)
+        for r in rows
+        if r.change in first_success
+    )
+    breaches, within = [], 0
+    for row in rows:
+        if row.change not in first_success:
+            continue
+        limit = policies.priorities.get(row.priority, {}).get("resolution_hours")
+        took = _hours(row.requested_at, first_success[row.change].finished_at)
+        if limit is None or took <= limit:
+            within += 1
+        else:
+            breaches.append(f"{row.change} ({row.priority}): {took:.1f} h > {limit} h")
+    weekly: dict[str, dict[str, int]] = {}
+    if rows:  # every week from the first change to the period's end, empty weeks included
+        day = min(dt.datetime.fromisoformat(r.requested_at) for r in rows)
+        while day < end:
+            year, week, _ = day.isocalendar()
+            weekly.setdefault(f"{year}-W{week:02d}", Counter())
+            day += dt.timedelta(days=7)
+    for row in rows:
+        year, week, _ = dt.datetime.fromisoformat(row.requested_at).isocalendar()
+        weekly.setdefault(f"{year}-W{week:02d}", Counter())[row.type] += 1
+    period_runs = [r for r in runs if r.change in {row.change for row in rows}]
+    restored, open_ = _mttr(period_runs)
+    operations: dict[str, dict[str, int]] = {}
+    drills = []
+    for record in load_records(project):
+        moment = dt.datetime.fromisoformat(record.finished_at)
+        if not start <= moment < end:
+            continue
+        operations.setdefault(record.kind, Counter())[record.result] += 1
+        if record.kind == "drill":
+            drills.append({"finished_at": record.finished_at, **record.measurements})
+    return Kpis(
+        period_start=start.isoformat(),
+        period_end=end.isoformat(),
+        changes=len(rows),
+        by_type=dict(Counter(r.type for r in rows)),
+        by_priority=dict(sorted(Counter(r.priority for r in rows).items())),
+        by_result=dict(Counter(r.result for r in rows)),
+        applied=len(applied),
+        success_rate=_ratio(sum(r.result == "success" for r in applied), len(applied)),
+        failure_rate=_ratio(sum(r.change in ever_failed for r in applied), len(applied)),
+        lead_time_hours_median=round(statistics.median(lead), 2) if lead else None,
+        lead_time_hours_p90=lead[min(len(lead) - 1, int(0.9 * len(lead)))] if lead else None,
+        emergency_ratio=_ratio(sum(r.type == "emergency" for r in rows), len(rows)),
+        mttr_hours=round(statistics.mean(restored), 2) if restored else None,
+        not_restored=open_,
+        sla_compliance=_ratio(within, within + len(breaches)),
+        sla_breaches=breaches,
+        weekly={k: dict(v) for k, v in sorted(weekly.items())},
+        lead_times=lead,
+        failed_changes=[
+            {"change": r.change, "title": r.title, "result": r.result, "rollback": r.rollback}
+            for r in applied
+            if r.change in ever_failed
+        ],
+        operations={k: dict(v) for k, v in operations.items()},
+        drills=drills,
+    )
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.1f} {unit}"
+
+
+def _bars(title: str, data: dict[str, int], colors: dict[str, str] | None = None) -> str:
+    """Horizontal bar chart as inline SVG."""
+    width, bar, gap, label_w = 420, 22, 8, 120
+    top = max(data.values(), default=0) or 1
+    height = max(1, len(data)) * (bar + gap) + 10
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+    ]
+    for i, (name, value) in enumerate(data.items()):
+        y = 5 + i * (bar + gap)
+        w = (width - label_w - 50) * value / top
+        color = (colors or {}).get(name, "#4e79a7")
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + bar * 0.7}" text-anchor="end">'
+            f"{html.escape(name)}</text>"
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar}" fill="{color}" rx="3"/>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + bar * 0.7}">{value}</text>'
+        )
+    if not data:
+        parts.append('<text x="10" y="20" fill="#888">no data in this period</text>')
+    parts.append("</svg>")
+    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _stacked_weeks(title: str, weekly: dict[str, dict[str, int]]) -> str:
+    width, height, pad = 560, 220, 30
+    weeks = list(weekly)
+    top = max((sum(v.values()) for v in weekly.values()), default=0) or 1
+    slot = (width - 2 * pad) / max(1, len(weeks))
+    parts = [
+        f'<svg width="{width}" height="{height + 30}" role="img" aria-label="{html.escape(title)}">'
+    ]
+    parts.append(f'<line x1="{pad}" y1="{height}" x2="{width - pad}" y2="{height}" stroke="#999"/>')
+    for i, week in enumerate(weeks):
+        x = pad + i * slot + slot * 0.15
+        y = height
+        for kind in ("standard", "normal", "emergency"):
+            n = weekly[week].get(kind, 0)
+            if not n:
+                continue
+            h = (height - 20) * n / top
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
+                f'fill="{PALETTE[kind]}"><title>{week} {kind}: {n}</title></rect>'
+            )
+        total = sum(weekly[week].values())
+        if total:
+            parts.append(
+                f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" '
+                f'text-anchor="middle">{total}</text>'
+            )
+        parts.append(
+            f'<text x="{x + slot * 0.35:.1f}" y="{height + 16}" text-anchor="middle" '
+            f'font-size="10">{week[5:]}</text>'
+        )
+    if not weeks:
+        parts.append('<text x="40" y="40" fill="#888">no changes in this period</text>')
+    parts.append("</svg>")
+    legend = " ".join(
+        f'<span class="key" style="background:{PALETTE[k]}"></span>{k}'
+        for k in ("standard", "normal", "emergency")
+    )
+    return (
+        f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}"
+        f"<div class='legend'>{legend}</div></figure>"
+    )
+
+
+def _histogram(title: str, values: list[float]) -> str:
+    edges = [0, 4, 8, 24, 72, 168, 240]
+    labels = ["< 4 h", "4-8 h", "8-24 h", "1-3 d", "3-7 d", "7-10 d", "> 10 d"]
+    counts = dict.fromkeys(labels, 0)
+    for v in values:
+        index = sum(v >= e for e in edges) - 1
+        counts[labels[index]] += 1
+    return _bars(title, counts)
+
+
+CSS = """
+body{font:14px/1.4 'DejaVu Sans',system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px}.sub{color:#666;margin-bottom:18px}
+.cards{display:grid;grid-template-columns:repeat(7,1fr);gap:10px;margin-bottom:22px}
+.card{border:1px solid #ddd;border-radius:8px;padding:10px 12px}
+.card .v{font-size:26px;font-weight:bold}.card .k{color:#555;font-size:12px}
+.good{color:#2e7d32}.bad{color:#c62828}.warn{color:#e67e22}
+.charts{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+figure{margin:0;border:1px solid #eee;border-radius:8px;padding:10px}
+figcaption{font-weight:bold;margin-bottom:6px}svg text{font-size:12px;fill:#333}
+.legend{font-size:12px;color:#555}
+.key{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
+table{border-collapse:collapse;margin-top:8px}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
+h2{font-size:17px;margin:22px 0 8px}
+"""
+
+
+def _card(label: str, value: str, tone: str = "") -> str:
+    return (
+        f'<div class="card"><div class="v {tone}">{value}</div><div class="k">{label}</div></div>'
+    )
+
+
+def _tone(value: float | None, good: float, bad: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return ""
+    if not higher_is_better:
+        value, good, bad = -value, -good, -bad
+    return "good" if value >= good else "bad" if value < bad else "warn"
+
+
+def render_html(k: Kpis, title: str = "opsledger — change and operations report") -> str:
+    cards = "".join(
+        [
+            _card("changes requested", str(k.changes)),
+            _card("change success rate", _pct(k.success_rate), _tone(k.success_rate, 0.95, 0.85)),
+            _card(
+                "change failure rate",
+                _pct(k.failure_rate),
+                _tone(k.failure_rate, 0.05, 0.15, higher_is_better=False),
+            ),
+            _card("median lead time", _num(k.lead_time_hours_median, "h")),
+            _card(
+                "emergency ratio",
+                _pct(k.emergency_ratio),
+                _tone(k.emergency_ratio, 0.1, 0.25, higher_is_better=False),
+            ),
+            _card("SLA compliance", _pct(k.sla_compliance), _tone(k.sla_compliance, 0.95, 0.85)),
+            _card("MTTR after a failure", _num(k.mttr_hours, "h")),
+        ]
+    )
+    charts = "".join(
+        [
+            _stacked_weeks("Changes per week, by type", k.weekly),
+            _bars("Results of changes", k.by_result, PALETTE),
+            _bars("Changes by priority", k.by_priority),
+            _histogram("Lead time: requested → applied", k.lead_times),
+        ]
+    )
+    failed = "".join(
+        f"<tr><td>{html.escape(f['change'])}</td><td>{html.escape(f['title'])}</td>"
+        f"<td>{html.escape(f['result'])}</td><td>{html.escape(f['rollback'] or 'none')}</td></tr>"
+        for f in k.failed_changes
+    )
+    failed_table = (
+        "<table><tr><th>change</th><th>title</th><th>result</th><th>rollback</th></tr>"
+        f"{failed}</table>"
+        if failed
+        else "<p>No failed changes in this period.</p>"
+    )
+    ops = ""
+    for kind in KINDS[1:]:
+        counts = k.operations.get(kind)
+        ops += (
+            _bars(f"{kind.capitalize()} results", counts, PALETTE)
+            if counts
+            else f"<figure><figcaption>{kind.capitalize()}</figcaption>"
+            "<p style='color:#888'>No records in this period.</p></figure>"
+        )
+    breaches = "".join(f"<li>{html.escape(b)}</li>" for b in k.sla_breaches) or "<li>none</li>"
+    return (
+        f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style><body><h1>{html.escape(title)}</h1>"
+        f"<div class='sub'>Changes requested {k.period_start[:10]} to {k.period_end[:10]} · "
+        f"{k.applied} applied · lead time p90 {_num(k.lead_time_hours_p90, 'h')}"
+        f"{f' · {k.not_restored} failed change(s) not restored' if k.not_restored else ''}</div>"
+        f"<div class='cards'>{cards}</div><div class='charts'>{charts}</div>"
+        f"<h2>Failed changes</h2>{failed_table}"
+        f"<h2>SLA breaches</h2><ul>{breaches}</ul>"
+        f"<h2>Operations: inspections, drift, DR drills</h2><div class='charts'>{ops}</div>"
+        "</body></html>\n"
+    )
+
+
+def render(k: Kpis, fmt: str) -> str:
+    """The report as html (self-contained), md or json."""
+    if fmt == "json":
+        return json.dumps(asdict(k), indent=2) + "\n"
+    if fmt == "html":
+        return render_html(k)
+    lines = [
+        f"## Change report {k.period_start[:10]} to {k.period_end[:10]}",
+        "",
+        "| KPI | value |",
+        "|---|---|",
+        f"| changes requested | {k.changes} |",
+        f"| applied | {k.applied} |",
+        f"| change success rate | {_pct(k.success_rate)} |",
+        f"| change failure rate | {_pct(k.failure_rate)} |",
+        f"| lead time median / p90 | {_num(k.lead_time_hours_median, 'h')} / "
+        f"{_num(k.lead_time_hours_p90, 'h')} |",
+        f"| emergency ratio | {_pct(k.emergency_ratio)} |",
+        f"| MTTR after a failed change | {_num(k.mttr_hours, 'h')} |",
+        f"| SLA compliance | {_pct(k.sla_compliance)} |",
+        "",
+        "By type: " + ", ".join(f"{t} {n}" for t, n in k.by_type.items()),
+        "By priority: " + ", ".join(f"{p} {n}" for p, n in k.by_priority.items()),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,245 @@
+"""KPIs from a repository history with known answers, and the HTML report they render to."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from opsledger.changes import new_change
+from opsledger.cli import cli
+from opsledger.gitrepo import commit_paths, git
+from opsledger.records import Record, run_record_path, write_record
+from opsledger.report import kpis, parse_period, render
+
+from .conftest import copy_project
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _at(monkeypatch, moment):
+    stamp = moment.isoformat()
+    monkeypatch.setenv("GIT_AUTHOR_DATE", stamp)
+    monkeypatch.setenv("GIT_COMMITTER_DATE", stamp)
+
+
+def _change(
+    project,
+    monkeypatch,
+    *,
+    days_ago,
+    kind="normal",
+    impact="low",
+    urgency="low",
+    runs=(),
+    hosts=("lab-db1", "lab-db2"),
+):
+    requested = NOW - dt.timedelta(days=days_ago)
+    _at(monkeypatch, requested)
+    change = new_change(
+        project,
+        title=f"A {kind} change from {days_ago} days ago",
+        runbook="converge" if kind != "standard" else "pg-backup",
+        change_type=kind,
+        requested_by="alice",
+        reason="Known answers for the report",
+        targets="db",
+        impact=impact,
+        urgency=urgency,
+        window_start=requested,
+        window_end=requested + dt.timedelta(days=30),
+    )
+    commit_paths(
+        project.root, [change.file], f"Request {change.id}", name="A", email="alice@example.org"
+    )
+    for result, after_h, took_h in runs:
+        started = requested + dt.timedelta(hours=after_h)
+        record = Record(
+            kind="run",
+            environment="lab",
+            result=result,
+            started_at=started.isoformat(),
+            finished_at=(started + dt.timedelta(hours=took_h)).isoformat(),
+            change=change.id,
+            hosts=list(hosts),
+        )
+        _at(monkeypatch, started + dt.timedelta(hours=took_h))
+        path = write_record(run_record_path(project, change.id, started), record)
+        commit_paths(project.root, [path], f"Run {change.id}", name="CI", email="ci@example.org")
+    return change.id
+
+
+@pytest.fixture
+def history(tmp_path, monkeypatch):
+    """Six changes over five weeks: successes, a rollback, a failure fixed later, an SLA breach."""
+    project = copy_project(tmp_path / "p")
+    _at(monkeypatch, NOW - dt.timedelta(days=60))
+    git(project.root, "init", "-q", "-b", "main")
+    git(project.root, "add", "-A")
+    git(
+        project.root,
+        "-c",
+        "user.name=A",
+        "-c",
+        "user.email=alice@example.org",
+        "commit",
+        "-qm",
+        "Initial",
+    )
+    _change(project, monkeypatch, days_ago=35, runs=[("success", 2, 0.5)])
+    _change(
+        project,
+        monkeypatch,
+        days_ago=28,
+        kind="emergency",
+        impact="high",
+        urgency="high",
+        runs=[("rolled_back", 1, 0.5)],
+    )
+    _change(
+        project,
+        monkeypatch,
+        days_ago=21,
+        kind="standard",
+        impact="high",
+        urgency="high",
+        runs=[("success", 30, 1)],
+    )
+    _change(
+        project,
+        monkeypatch,
+        days_ago=14,
+        impact="medium",
+        urgency="high",
+        runs=[("failed", 3, 1)],
+        hosts=("lab-db1",),
+    )
+    _change(
+        project,
+        monkeypatch,
+        days_ago=14,
+        impact="medium",
+        urgency="low",
+        runs=[("success", 9, 1)],
+        hosts=("lab-db1",),
+    )
+    _change(project, monkeypatch, days_ago=3)
+    monkeypatch.delenv("GIT_AUTHOR_DATE")
+    monkeypatch.delenv("GIT_COMMITTER_DATE")
+    return project
+
+
+def test_kpis_have_the_known_answers(history):
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    assert k.changes == 6 and k.applied == 5
+    assert k.by_type == {"normal": 4, "emergency": 1, "standard": 1}
+    assert k.by_priority == {"P1": 2, "P2": 1, "P4": 3}
+    assert k.by_result == {"success": 3, "rolled_back": 1, "failed": 1, "not applied": 1}
+    assert k.success_rate == 0.6 and k.failure_rate == 0.4
+    assert k.emergency_ratio == round(1 / 6, 4)
+    assert k.lead_times == [2.5, 10.0, 31.0]
+    assert k.lead_time_hours_median == 10.0
+    # rolled back in 0.5 h; the failure on lab-db1 restored by the next success on it
+    # (started 14 days ago + 3 h, restored 14 days ago + 10 h): 7 h
+    assert k.mttr_hours == 3.75 and k.not_restored == 0
+    assert k.sla_compliance == round(2 / 3, 4)
+    assert len(k.sla_breaches) == 1 and "(P1): 31.0 h > 4 h" in k.sla_breaches[0]
+    assert len(k.weekly) >= 5
+
+
+def test_period_selects_changes_by_request_time(history):
+    k = kpis(history, start=NOW - dt.timedelta(days=10), end=NOW + dt.timedelta(days=1))
+    assert k.changes == 1 and k.applied == 0 and k.success_rate is None
+
+
+def test_periods_parse_and_bad_ones_say_how():
+    assert parse_period("2026-Q4", NOW)[0] == dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    assert parse_period("2026-Q4", NOW)[1] == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    assert parse_period("2026-02", NOW)[1] == dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    assert parse_period("2w", NOW) == (NOW - dt.timedelta(days=14), NOW)
+    result = CliRunner().invoke(cli, ["report", "--period", "last year"])
+    assert result.exit_code == 2 and "30d, 12w, 2026-11 or 2026-Q4" in result.output
+
+
+def test_json_and_markdown(history):
+    env = {"OPSLEDGER_PROJECT": str(history.root)}
+    out = CliRunner().invoke(cli, ["report", "--format", "json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["changes"] == 6
+    md = CliRunner().invoke(cli, ["report", "--format", "md"], env=env)
+    assert "| change success rate | 60% |" in md.output
+
+
+@pytest.mark.slow
+def test_html_is_self_contained_and_renders_in_chromium(history, tmp_path):
+    page = tmp_path / "report.html"
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    page.write_text(render(k, "html"))
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert text.count("<svg") >= 4 and "60%" in text
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is needed (apt-get install chromium); .ci/run installs it"
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 20_000  # a page with charts, not a blank one
+    colors = _png_colors(shot.read_bytes())
+    assert (0x59, 0xA1, 0x4F) in colors and (0xE1, 0x57, 0x59) in colors  # bars were drawn
+
+
+def _png_colors(data: bytes) -> set[tuple[int, int, int]]:
+    """The RGB colours of an 8-bit RGB(A) PNG (what Chromium writes), without an image library."""
+    import struct
+    import zlib
+
+    pos, idat, width, height, channels = 8, b"", 0, 0, 4
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, _, color_type = struct.unpack(">IIBB", body[:10])
+            channels = 4 if color_type == 6 else 3
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw, stride = zlib.decompress(idat), width * channels
+    previous, colors = bytearray(stride), set()
+    for y in range(height):
+        filt = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = previous[i], previous[i - channels] if i >= channels else 0
+            if filt == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif filt == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif filt == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif filt == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                line[i] = (line[i] + pred) & 0xFF
+        if y % 4 == 0:
+            colors |= {tuple(line[x : x + 3]) for x in range(0, stride, channels * 4)}
+        previous = line
+    return colors
