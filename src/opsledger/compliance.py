@@ -77,13 +77,37 @@ class ComplianceResult:
         return json.dumps([asdict(f) for f in self.findings], indent=2) + "\n"
 
 
-def _people_at(project: Project, sha: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:
-    """person id -> email as policies/people.yml said in the parent of commit `sha`."""
-    if sha not in cache:
-        shown = git(project.root, "show", f"{sha}^:policies/people.yml", check=False)
-        data = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
-        cache[sha] = {p.get("id"): p.get("email") for p in (data or {}).get("people", [])}
-    return cache[sha]
+class _PeopleHistory:
+    """Who people.yml listed at any point of the history, from the commits that changed it.
+
+    Only the versions of policies/people.yml are read (one `git show` per version, not per
+    approval); an approval is judged against the newest version committed before it.
+    """
+
+    def __init__(self, project: Project, commits: list[Commit]) -> None:
+        self.project = project
+        self.order = {c.sha: i for i, c in enumerate(commits)}
+        self.versions = [
+            (i, c.sha)
+            for i, c in enumerate(commits)
+            if any(f.path == "policies/people.yml" for f in c.files) and not c.merge
+        ]
+        self.loaded: dict[str, dict[str, str]] = {}
+
+    def before(self, sha: str) -> dict[str, str]:
+        """person id -> email as people.yml said just before commit `sha`."""
+        position = self.order.get(sha, len(self.order))
+        earlier = [v for i, v in self.versions if i < position]
+        if not earlier:
+            return {}
+        version = earlier[-1]
+        if version not in self.loaded:
+            shown = git(self.project.root, "show", f"{version}:policies/people.yml", check=False)
+            data = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
+            self.loaded[version] = {
+                p.get("id"): p.get("email") for p in (data or {}).get("people", [])
+            }
+        return self.loaded[version]
 
 
 def _evidence(history: list[Commit], policies: Policies, project: Project) -> list[Finding]:
@@ -120,7 +144,7 @@ def _approvals(
     change: Change,
     history: list[Commit],
     policies: Policies,
-    people_cache: dict[str, dict[str, str]],
+    people_history: _PeopleHistory,
 ) -> list[Finding]:
     findings = []
     prefix = f"changes/{change.id}/approvals/"
@@ -130,7 +154,7 @@ def _approvals(
             if f.status != "A" or not f.path.startswith(prefix) or not f.path.endswith(".yml"):
                 continue
             person = f.path[len(prefix) : -len(".yml")]
-            people = _people_at(project, commit.sha, people_cache)
+            people = people_history.before(commit.sha)
             if person == change.requested_by:
                 findings.append(
                     Finding(
@@ -378,7 +402,7 @@ def audit_check(
     result = ComplianceResult(commits_read=len(commits))
     histories = by_change(commits)
     evidence = _evidence(commits, policies, project)
-    people_cache: dict[str, dict[str, str]] = {}
+    people_history = _PeopleHistory(project, commits)
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         if not history or (since and history[0].committed_at < since):
@@ -388,7 +412,7 @@ def audit_check(
         except OpsledgerError:
             continue
         result.findings += [f for f in evidence if f.change == change_id]
-        result.findings += _approvals(project, change, history, policies, people_cache)
+        result.findings += _approvals(project, change, history, policies, people_history)
         result.findings += _runs(project, change, history, policies)
         result.findings += _review(project, change, history, moment)
     result.findings += _waivers(project, moment.date())

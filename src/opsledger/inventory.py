@@ -130,6 +130,9 @@ def _check_yaml(path: Path) -> None:
         )
 
 
+_CACHE: dict[tuple, Inventory] = {}
+
+
 def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     """Load an inventory file or directory; raise OpsledgerError when it has no hosts.
 
@@ -141,11 +144,22 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
         raise OpsledgerError(
             Problem("inventory not found", str(source), fix="create it or choose another --env")
         )
+    folder = source if source.is_dir() else source.parent
+    stamp = tuple(
+        sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in folder.rglob("*.y*ml"))
+    )
+    key = (str(source.resolve()), template, stamp)
+    if key in _CACHE:  # audits and decisions load the same inventory many times
+        return _CACHE[key]
     for f in [source] if source.is_file() else sorted(source.glob("hosts.y*ml")):
         _check_yaml(f)
 
     try:
-        return _load(source, template)
+        inventory = _load(source, template)
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        _CACHE[key] = inventory
+        return inventory
     except OpsledgerError:
         raise
     except Exception as exc:  # AnsibleError and friends: say which inventory, not a traceback

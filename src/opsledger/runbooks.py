@@ -71,6 +71,31 @@ def load_runbook(project: Project, name: str) -> Runbook:
         )
     folder = runbook_dir(project) / name
     file = folder / "runbook.yml"
+    key = (str(folder), _stamp(project, folder))
+    if key in _CACHE:  # audits load the same runbook for every change
+        return _CACHE[key]
+    runbook = _load_runbook(project, name, folder, file)
+    if len(_CACHE) > 64:
+        _CACHE.clear()
+    _CACHE[key] = runbook
+    return runbook
+
+
+_CACHE: dict[tuple, Runbook] = {}
+
+
+def _stamp(project: Project, folder: Path) -> tuple:
+    """What a loaded runbook depends on: its files, and which roles, suites, runbooks exist."""
+    watched = [
+        *(sorted(folder.glob("*")) if folder.is_dir() else []),
+        runbook_dir(project),
+        project.root / "roles",
+        project.root / "tests" / "infra",
+    ]
+    return tuple((str(p), p.stat().st_mtime_ns) for p in watched if p.exists())
+
+
+def _load_runbook(project: Project, name: str, folder: Path, file: Path) -> Runbook:
     if not file.is_file():
         known = ", ".join(runbook_names(project)) or "none yet"
         raise OpsledgerError(

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""How long audit takes on a big history, next to git itself reading that history.
+
+Builds a synthetic repository (this project's policies, runbooks, roles and inventories, then
+`--commits` commits of which `--changes` changes are requested, approved and run, the rest
+ordinary edits of notes), then times, side by side in this run:
+
+- `git log --name-status` over the whole history (the floor: git reading it once);
+- `opsledger audit log` and `opsledger audit check` (one `git log` stream each, plus the
+  files of every change);
+
+and prints each audit's time as a ratio to git's. Nothing here needs the lab.
+
+Usage: .venv/bin/python benchmarks/audit.py [--commits 100000] [--changes 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PARTS = (
+    "policies",
+    "runbooks",
+    "roles",
+    "inventories",
+    "vault-passwords",
+    "ansible.cfg",
+    "site.yml",
+)
+START = 1_700_000_000  # 2023-11-14, seconds since the epoch
+CONTENT = "ab" * 32
+
+
+def _blob(path: str, text: str) -> bytes:
+    data = text.encode()
+    return f"M 100644 inline {path}\ndata {len(data)}\n".encode() + data + b"\n"
+
+
+def _commit(mark: int, when: int, who: tuple[str, str], message: str, files: list[bytes]) -> bytes:
+    name, email = who
+    msg = message.encode()
+    head = (
+        f"commit refs/heads/main\nmark :{mark}\nauthor {name} <{email}> {when} +0000\n"
+        f"committer {name} <{email}> {when} +0000\ndata {len(msg)}\n"
+    ).encode()
+    parent = f"from :{mark - 1}\n".encode() if mark > 1 else b""
+    return head + msg + b"\n" + parent + b"".join(files) + b"\n"
+
+
+def _iso(when: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat()
+
+
+def build(repo: Path, commits: int, changes: int) -> None:
+    """A repository of `commits` commits with `changes` complete changes, via git fast-import."""
+    for part in PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, repo / part)
+        else:
+            shutil.copy(source, repo / part)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    alice, bob, ci = (
+        ("Alice Arnold", "alice@example.org"),
+        ("Bob Brandt", "bob@example.org"),
+        (
+            "opsledger CI",
+            "ci@example.org",
+        ),
+    )
+    proc = subprocess.Popen(
+        ["git", "-C", str(repo), "fast-import", "--quiet"], stdin=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    write = proc.stdin.write
+    write(
+        _commit(
+            1,
+            START,
+            alice,
+            "Initial state",
+            [_blob(str(p.relative_to(repo)), p.read_text(errors="replace")) for p in files],
+        )
+    )
+    mark, when = 1, START
+    every = max(1, (commits - 1) // max(1, changes))
+    made = 0
+    while mark < commits:
+        mark += 1
+        when += 600
+        if made < changes and mark % every == 0 and mark + 2 <= commits:
+            made += 1
+            cid = f"CHG-{made:05d}"
+            window = (_iso(when), _iso(when + 7200))
+            change = (
+                f"id: {cid}\ntitle: Synthetic change number {made}\ntype: normal\n"
+                f"runbook: converge\nenvironment: lab\ntargets: db\n"
+                f"params: {{tags: [postgresql]}}\nimpact: low\nurgency: low\n"
+                f"window: {{start: '{window[0]}', end: '{window[1]}'}}\n"
+                "requested_by: alice\nreason: Synthetic history for the audit benchmark\n"
+            )
+            write(
+                _commit(
+                    mark,
+                    when,
+                    alice,
+                    f"Request {cid}",
+                    [_blob(f"changes/{cid}/change.yml", change)],
+                )
+            )
+            mark += 1
+            when += 60
+            approval = (
+                f"change: {cid}\nperson: bob\ndecision: approved\ncontent_sha256: {CONTENT}\n"
+                f"at: '{_iso(when)}'\ncomment: ''\n"
+            )
+            write(
+                _commit(
+                    mark,
+                    when,
+                    bob,
+                    f"Approve {cid}",
+                    [_blob(f"changes/{cid}/approvals/bob.yml", approval)],
+                )
+            )
+            mark += 1
+            when += 60
+            record = {
+                "kind": "run",
+                "environment": "lab",
+                "result": "success",
+                "started_at": _iso(when - 30),
+                "finished_at": _iso(when),
+                "change": cid,
+                "runbook": "converge",
+                "hosts": ["lab-db1", "lab-db2"],
+                "content_sha256": CONTENT,
+                "runner": {"person": "ci"},
+                "decision": {"allowed": True, "approvers": ["bob"], "risk": "medium"},
+                "verification": {"status": "passed"},
+                "version": 1,
+            }
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when - 30))
+            write(
+                _commit(
+                    mark,
+                    when,
+                    ci,
+                    f"Run {cid}: success",
+                    [
+                        _blob(
+                            f"changes/{cid}/runs/{stamp}.json",
+                            json.dumps(record, indent=2, sort_keys=True),
+                        )
+                    ],
+                )
+            )
+        else:
+            write(
+                _commit(
+                    mark,
+                    when,
+                    alice,
+                    f"Notes {mark}",
+                    [_blob(f"notes/n{mark % 500}.md", f"note {mark}\n")],
+                )
+            )
+    proc.stdin.close()
+    if proc.wait() != 0:
+        sys.exit("benchmark: git fast-import failed")
+    subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-f", "main"], check=True)
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.monotonic() - started
+    if proc.returncode not in (0, 1):  # audit check exits 1 when it finds something
+        sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="opsledger-audit-bench-") as tmp:
+        repo = Path(tmp) / "repo"
+        started = time.monotonic()
+        build(repo, args.commits, args.changes)
+        count = subprocess.run(
+            ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(
+            f"built {count} commits, {args.changes} changes in {time.monotonic() - started:.1f} s"
+        )
+        lanes = {
+            "git log --name-status": ["git", "log", "--name-status"],
+            "opsledger audit log": [str(BIN / "opsledger"), "audit", "log", "--format", "json"],
+            "opsledger audit check": [str(BIN / "opsledger"), "audit", "check", "--json"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in lanes}
+        for _ in range(args.rounds):
+            for name, argv in lanes.items():
+                times[name].append(timed(argv, repo))
+        check = subprocess.run(
+            lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True
+        )
+        findings = json.loads(check.stdout or "[]")
+    base = statistics.median(times["git log --name-status"])
+    print(f"median of {args.rounds} rounds:")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:6.1f}x")
+    print(f"  audit check findings on the synthetic history: {len(findings)}")
+
+
+if __name__ == "__main__":
+    main()
