@@ -571,13 +571,15 @@ def apply_pending(
     wait: float = 0,
     skip_verify: bool = False,
     events: Events | None = None,
+    environment: str | None = None,
 ) -> PendingResult:
     """Apply, oldest window first, every approved change on this branch not yet applied.
 
     Pending means: no successful run, and no failed run of the same content (a failed change
     is not retried by itself: amend it, which needs new approvals, or apply it by hand). A
     change whose window has not opened, or that is in a freeze, waits; one without valid
-    approvals is skipped; both are reported. What CI runs after a merge.
+    approvals is skipped; both are reported. `environment` limits it to one environment (CI
+    applies one environment at a time). What CI runs after a merge.
 
     Example:
         outcome = apply_pending(find_project())
@@ -589,7 +591,9 @@ def apply_pending(
         runs = [r for r in records if r.change == change_id]
         if any(r.result == "success" for r in runs):
             continue
-        candidates.append((load_change(project, change_id), runs))
+        change = load_change(project, change_id)
+        if environment is None or change.environment == environment:
+            candidates.append((change, runs))
     candidates.sort(key=lambda item: (item[0].window_start, item[0].id))
     items = []
     for change, runs in candidates:

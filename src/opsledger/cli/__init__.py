@@ -14,6 +14,7 @@ from opsledger import __version__
 from opsledger.cli.apply import apply
 from opsledger.cli.audit import audit
 from opsledger.cli.change import change
+from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
@@ -51,6 +52,7 @@ cli.add_command(apply)
 cli.add_command(audit)
 cli.add_command(approve)
 cli.add_command(change)
+cli.add_command(ci)
 cli.add_command(decide)
 cli.add_command(lab)
 cli.add_command(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opsledger.cli.options import aware_time
@@ -71,7 +72,7 @@ def log(
     table = Table(*shown, title=f"audit log: {len(result.rows)} change(s)")
     for row in result.rows:
         flat = row.flat()
-        table.add_row(*(str(flat[c]) for c in shown))
+        table.add_row(*(escape(str(flat[c])) for c in shown))
     Console(width=max(Console().width, 140)).print(table)
 
 

@@ -1,0 +1,215 @@
+"""What the pipelines run, as use cases, so a laptop and any CI run the same steps.
+
+- `pr_check`: which changes a pull request touches; each validated, decided and (optionally)
+  planned; desired-state edits that no change of the PR covers; one markdown summary for the
+  PR. Exit 2 when something is invalid or uncovered, 3 while a change lacks valid approvals
+  (so a required status check blocks the merge), else 0.
+- `ci_apply`: after a merge, `apply --pending`, then push the run records back.
+- `codeowners`: the forge's required reviewers generated from policies, so they match.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+
+from opsledger.apply import Events, PendingResult, apply_pending
+from opsledger.changes import validate_change
+from opsledger.compliance import DESIRED_STATE
+from opsledger.content import change_content
+from opsledger.decide import Decision, decide
+from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import git
+from opsledger.plan import Plan, plan, render
+from opsledger.policy import load_policies
+from opsledger.project import Project
+
+
+@dataclass
+class PrScope:
+    base: str
+    files: list[str]
+    changes: list[str]
+    desired_state: list[str]
+
+
+@dataclass
+class PrChange:
+    change_id: str
+    problems: list[str] = field(default_factory=list)
+    decision: Decision | None = None
+    plan: Plan | None = None
+    covers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PrReport:
+    scope: PrScope
+    items: list[PrChange]
+    uncovered: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        if self.uncovered or any(i.problems for i in self.items):
+            return EXIT_INVALID
+        for item in self.items:
+            if item.decision and any(
+                c.rule in ("approvals", "requester") and not c.passed for c in item.decision.checks
+            ):
+                return EXIT_DENIED
+        return 0
+
+    def markdown(self) -> str:
+        verdict = {0: "ready to merge", EXIT_INVALID: "invalid", EXIT_DENIED: "needs approvals"}
+        out = [
+            f"## opsledger: {verdict[self.exit_code]}",
+            "",
+            f"{len(self.scope.files)} file(s) changed against `{self.scope.base}`; "
+            f"change request(s): {', '.join(self.scope.changes) or 'none'}.",
+            "",
+        ]
+        if self.uncovered:
+            out += ["### Desired state changed without a change request covering it", ""]
+            out += [f"- `{path}`" for path in self.uncovered]
+            out += [
+                "",
+                "Add a change request (`opsledger change new`) whose runbook, roles or targets' "
+                "inventory include these files.",
+                "",
+            ]
+        for item in self.items:
+            if item.problems:
+                out += [f"### {item.change_id}: invalid", ""]
+                out += [f"- {p}" for p in item.problems]
+                out.append("")
+            elif item.plan is not None:
+                out.append(render(item.plan, "md"))
+            elif item.decision is not None:
+                out += [f"### {item.change_id}", "", "| rule | result | why |", "|---|---|---|"]
+                out += [
+                    f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
+                    for c in item.decision.checks
+                ]
+                out.append("")
+        return "\n".join(out) + "\n"
+
+
+def pr_scope(project: Project, base: str) -> PrScope:
+    """The files a branch changes since it left `base`, and the change requests among them."""
+    merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
+    files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
+    changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})
+    desired = [p for p in files if p.startswith(DESIRED_STATE)]
+    return PrScope(base, files, changes, desired)
+
+
+def pr_check(
+    project: Project, *, base: str, now: dt.datetime | None = None, with_plan: bool = True
+) -> PrReport:
+    """Validate, decide and plan every change a pull request touches; find uncovered edits.
+
+    Example:
+        report = pr_check(find_project(), base="origin/main", with_plan=False)
+        print(report.markdown()); raise SystemExit(report.exit_code)
+    """
+    scope = pr_scope(project, base)
+    items = []
+    for change_id in scope.changes:
+        item = PrChange(change_id)
+        items.append(item)
+        if not (project.root / "changes" / change_id / "change.yml").exists():
+            continue  # removed by the PR
+        result = validate_change(project, change_id)
+        if result.problems:
+            item.problems = [str(p) for p in result.problems]
+            continue
+        try:
+            item.covers = set(
+                change_content(project, result.change, result.runbook, result.hosts).files
+            )
+            item.plan = plan(project, change_id, now=now) if with_plan else None
+            item.decision = item.plan.decision if item.plan else decide(project, change_id, now=now)
+        except OpsledgerError as err:
+            item.problems = [str(p) for p in err.problems]
+    covered = set().union(*(i.covers for i in items)) if items else set()
+    uncovered = [p for p in scope.desired_state if p not in covered]
+    return PrReport(scope, items, uncovered)
+
+
+def codeowners(project: Project) -> str:
+    """CODEOWNERS generated from policies, so the forge's required reviewers match them.
+
+    The CAB owns everything by default and the policies; each runbook's owning teams own its
+    folder. Emails identify people (GitHub and GitLab accept verified emails).
+    """
+    policies, _ = load_policies(project)
+
+    def members(teams) -> str:
+        emails = sorted(p.email for p in policies.people.values() if set(p.teams) & set(teams))
+        return " ".join(emails)
+
+    lines = [
+        "# Generated by `opsledger ci codeowners` from policies/; do not edit by hand.",
+        f"* {members(['cab'])}",
+        f"/policies/ {members(['cab'])}",
+    ]
+    for runbook, teams in sorted(policies.runbook_teams.items()):
+        lines.append(f"/runbooks/{runbook}/ {members(teams)}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class CiApplyResult:
+    pending: PendingResult
+    pushed: bool
+    branch: str
+
+
+def ci_apply(
+    project: Project,
+    *,
+    remote: str | None = None,
+    now: dt.datetime | None = None,
+    wait: float = 0,
+    events: Events | None = None,
+    environment: str | None = None,
+) -> CiApplyResult:
+    """After a merge: apply every pending change, then push the run records to `remote`.
+
+    A push rejected because the branch moved meanwhile is retried after a rebase (records are
+    new files, so they never conflict); with $OPSLEDGER_SIGNING_KEY the rebased commits are
+    signed again.
+
+    Example:
+        result = ci_apply(find_project(), remote="origin")
+        result.pending.ok, result.pushed
+    """
+    outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
+    branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+    pushed = False
+    if remote and outcome.items:
+        key = os.environ.get("OPSLEDGER_SIGNING_KEY")
+        sign = (
+            ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
+            if key
+            else []
+        )
+        for _ in range(3):
+            if (
+                git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode
+                == 0
+            ):
+                pushed = True
+                break
+            git(project.root, *sign, "pull", "-q", "--rebase", remote, branch)
+        if not pushed:
+            raise OpsledgerError(
+                Problem(
+                    f"could not push the run records to {remote}/{branch}",
+                    field="git push",
+                    fix="push them by hand: the records are committed locally",
+                ),
+                EXIT_FAILED,
+            )
+    return CiApplyResult(outcome, pushed, branch)

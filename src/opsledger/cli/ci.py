@@ -1,0 +1,115 @@
+"""`opsledger ci ...`: the steps pipelines run, runnable on a laptop too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from opsledger.cli.options import aware_time
+from opsledger.project import find_project
+
+
+@click.group()
+def ci() -> None:
+    """Pipeline steps: check a pull request, apply after a merge, generate CODEOWNERS.
+
+    \b
+    Example:
+        opsledger ci pr --base origin/main --summary "$GITHUB_STEP_SUMMARY"
+    """
+
+
+@ci.command()
+@click.option("--base", default="origin/main", show_default=True, help="The PR's target branch.")
+@click.option("--no-plan", is_flag=True, help="Validate and decide only (no check-mode run).")
+@click.option(
+    "--summary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also append the markdown summary to this file (e.g. $GITHUB_STEP_SUMMARY).",
+)
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
+def pr(base: str, no_plan: bool, summary: Path | None, at: str | None) -> None:
+    """Validate, decide and plan the changes a pull request touches; print markdown.
+
+    Exit 2 when a change is invalid or desired state changes without a change request covering
+    it, 3 while a change lacks valid approvals (make this a required check), else 0.
+
+    \b
+    Example:
+        opsledger ci pr --base origin/main --no-plan
+    """
+    from opsledger.ci import pr_check
+
+    report = pr_check(find_project(), base=base, now=aware_time(at, "--at"), with_plan=not no_plan)
+    text = report.markdown()
+    click.echo(text, nl=False)
+    if summary:
+        with summary.open("a") as handle:
+            handle.write(text)
+    raise SystemExit(report.exit_code)
+
+
+@ci.command("apply")
+@click.option("--env", "environment", help="Only changes of this environment.")
+@click.option("--push", "remote", help="Push the run records to this remote (e.g. origin).")
+@click.option("--wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
+def apply_(environment: str | None, remote: str | None, wait: float, at: str | None) -> None:
+    """After a merge: apply every pending change, then push the records back.
+
+    Exit 0 when every applied change succeeded (or nothing was pending), 1 otherwise.
+
+    \b
+    Example:
+        opsledger ci apply --push origin --wait 900
+    """
+    from opsledger.ci import ci_apply
+    from opsledger.cli.progress import JsonEvents
+
+    result = ci_apply(
+        find_project(),
+        remote=remote,
+        now=aware_time(at, "--at"),
+        wait=wait,
+        events=JsonEvents(),
+        environment=environment,
+    )
+    for item in result.pending.items:
+        click.echo(f"{item.change_id}: {item.action} — {item.why}")
+    if not result.pending.items:
+        click.echo("nothing pending")
+    if result.pushed:
+        click.echo(f"run records pushed to {remote}/{result.branch}")
+    raise SystemExit(0 if result.pending.ok else 1)
+
+
+@ci.command()
+@click.option("--check", is_flag=True, help="Exit 1 when the file differs from the policies.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path(".github/CODEOWNERS"),
+    show_default=True,
+)
+def codeowners(check: bool, output: Path) -> None:
+    """Write CODEOWNERS from policies/people.yml and policies/changes.yml.
+
+    \b
+    Example:
+        opsledger ci codeowners --check
+    """
+    from opsledger.ci import codeowners as generate
+
+    project = find_project()
+    path = output if output.is_absolute() else project.root / output
+    text = generate(project)
+    if check:
+        if not path.exists() or path.read_text() != text:
+            click.echo(f"{output} is stale: run opsledger ci codeowners", err=True)
+            raise SystemExit(1)
+        click.echo(f"{output} matches the policies")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    click.echo(f"wrote {output}")

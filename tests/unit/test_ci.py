@@ -1,0 +1,174 @@
+"""Pipeline steps on real git repos: what a PR touches, its verdict and summary; the workflow
+files against their schemas; the secret scan; CODEOWNERS from policies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from opsledger.approvals import approve_change
+from opsledger.changes import new_change
+from opsledger.ci import codeowners, pr_check
+from opsledger.cli import cli
+from opsledger.errors import EXIT_DENIED, EXIT_INVALID
+from opsledger.gitrepo import commit_paths, git
+
+from ..conftest import REPO_ROOT
+from .conftest import START
+
+BIN = Path(sys.executable).parent
+INSIDE = START + dt.timedelta(minutes=30)
+ALICE = {"name": "Alice Arnold", "email": "alice@example.org"}
+
+
+def _branch(project):
+    git(project.root, "checkout", "-q", "-b", "feature")
+
+
+def _edit_work_mem(project):
+    path = project.root / "inventories/lab/group_vars/db/postgresql.yml"
+    path.write_text(path.read_text().replace("work_mem: 8MB", "work_mem: 16MB"))
+    return path
+
+
+def _request(project, files=()):
+    change = new_change(
+        project,
+        title="Raise work_mem",
+        runbook="converge",
+        requested_by="alice",
+        reason="Sorts spill to disk",
+        targets="db",
+        params={"tags": ["postgresql"]},
+        window_start=START,
+        window_end=START + dt.timedelta(hours=2),
+    )
+    commit_paths(project.root, [*files, change.file], f"Request {change.id}", **ALICE)
+    return change.id
+
+
+def test_pr_with_its_change_needs_approvals_then_is_ready(repo):
+    project, _, _ = repo
+    _branch(project)
+    change_id = _request(project, [_edit_work_mem(project)])
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.scope.changes == [change_id]
+    assert report.scope.desired_state == ["inventories/lab/group_vars/db/postgresql.yml"]
+    assert report.uncovered == [] and report.exit_code == EXIT_DENIED
+    assert "needs approvals" in report.markdown() and "❌" in report.markdown()
+    approve_change(project, change_id, person="bob", now=START)
+    ready = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert ready.exit_code == 0 and "ready to merge" in ready.markdown()
+
+
+def test_desired_state_edit_without_a_change_is_invalid(repo):
+    project, _, _ = repo
+    _branch(project)
+    path = _edit_work_mem(project)
+    commit_paths(project.root, [path], "Quick fix", **ALICE)
+    report = pr_check(project, base="main", with_plan=False)
+    assert report.uncovered == ["inventories/lab/group_vars/db/postgresql.yml"]
+    assert report.exit_code == EXIT_INVALID
+    assert "without a change request covering it" in report.markdown()
+
+
+def test_edit_outside_the_changes_content_is_uncovered(repo):
+    project, _, _ = repo
+    _branch(project)
+    other = project.root / "inventories/lab/group_vars/app/main.yml"
+    other.write_text(other.read_text() + "# app hosts are not this change's targets\n")
+    _request(project, [_edit_work_mem(project), other])
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.uncovered == ["inventories/lab/group_vars/app/main.yml"]
+
+
+def test_invalid_change_in_a_pr_exits_2_via_the_cli(repo, tmp_path):
+    project, _, _ = repo
+    _branch(project)
+    change_id = _request(project)
+    file = project.root / "changes" / change_id / "change.yml"
+    file.write_text(file.read_text().replace("runbook: converge", "runbook: nope"))
+    commit_paths(project.root, [file], "Break", **ALICE)
+    summary = tmp_path / "summary.md"
+    result = CliRunner().invoke(
+        cli,
+        ["ci", "pr", "--base", "main", "--no-plan", "--summary", str(summary)],
+        env={"OPSLEDGER_PROJECT": str(project.root)},
+    )
+    assert result.exit_code == EXIT_INVALID, result.output
+    assert f"### {change_id}: invalid" in summary.read_text()
+    assert "no runbook named 'nope'" in result.output
+
+
+def test_codeowners_follow_the_policies_and_are_committed_current(repo):
+    project, _, _ = repo
+    text = codeowners(project)
+    assert "/runbooks/pg-backup/ bob@example.org carol@example.org" in text
+    assert text.splitlines()[1] == "* carol@example.org"
+    assert (REPO_ROOT / ".github" / "CODEOWNERS").read_text() == codeowners(
+        type(project)(REPO_ROOT)
+    )
+    assert (REPO_ROOT / ".gitlab" / "CODEOWNERS").read_text() == codeowners(
+        type(project)(REPO_ROOT)
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema", "files"),
+    [
+        ("vendor.github-workflows", sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))),
+        ("vendor.gitlab-ci", [REPO_ROOT / ".gitlab-ci.yml"]),
+    ],
+    ids=["github", "gitlab"],
+)
+def test_pipelines_match_their_schemas(schema, files):
+    assert files
+    proc = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", schema, *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_broken_workflow_is_caught(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text('"on": push\njobs:\n  x:\n    runs-on: linux\n    steps: "not a list"\n')
+    proc = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+
+
+def test_secret_scan_passes_the_tree_and_fails_on_a_planted_secret(tmp_path):
+    files = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    hook = [str(BIN / "detect-secrets-hook"), "--baseline", ".secrets.baseline"]
+    clean = subprocess.run([*hook, *files], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    planted = tmp_path / "zz_planted_secret.yml"
+    planted.write_text(
+        "---\npostgresql_replication_password: 'hunter2-Zq8#k2LmP0vX'\n"
+        "aws_secret_access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+    )
+    caught = subprocess.run([*hook, str(planted)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert caught.returncode == 1, caught.stdout
+    assert "zz_planted_secret.yml" in caught.stdout
+
+
+def test_pre_commit_config_is_valid():
+    proc = subprocess.run(
+        [str(BIN / "pre-commit"), "validate-config", ".pre-commit-config.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
