@@ -87,3 +87,10 @@ def converged_lab(lab):
     recap.pop("_changed_tasks")
     assert set(recap) == {h.name for h in load_spec(lab).hosts}
     return lab
+
+
+@pytest.fixture
+def restore_db(lab):
+    """Put the database hosts back to this checkout's desired state after a test changed it."""
+    yield
+    converge(lab, "--tags", "postgresql", "--limit", "db")

@@ -23,7 +23,7 @@ from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
 from opsledger.records import Record
 
-from .conftest import ALICE, converge
+from .conftest import ALICE
 from .helpers import opsledger
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -68,12 +68,6 @@ def _show(project, host: str, setting: str) -> str:
     proc = run_on_host(project, host, f"sudo -u postgres psql -Atc 'SHOW {setting}'")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
-
-
-@pytest.fixture
-def restore_db(lab):
-    yield
-    converge(lab, "--tags", "postgresql", "--limit", "db")
 
 
 def test_approved_postgresql_change_applies_verifies_and_is_recorded(
