@@ -16,6 +16,7 @@ from opsledger.cli.audit import audit
 from opsledger.cli.change import change
 from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
+from opsledger.cli.drift import drift
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
 from opsledger.cli.report import report
@@ -54,6 +55,7 @@ cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(ci)
 cli.add_command(decide)
+cli.add_command(drift)
 cli.add_command(lab)
 cli.add_command(plan)
 cli.add_command(policy)
