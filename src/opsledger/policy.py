@@ -540,6 +540,13 @@ def policy_check(project: Project) -> PolicyCheck:
         policy_check(find_project()).problems  # []
     """
     policies, problems = load_policies(project, strict=False)
+    if (project.root / "policies" / "inspections.yml").exists():
+        from opsledger.inspections import load_plan  # imports policy: load it late
+
+        try:
+            load_plan(project)
+        except OpsledgerError as err:
+            problems += err.problems
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),

@@ -1,0 +1,82 @@
+"""`opsledger inspect`: scheduled, read-only inspections of the hosts, recorded in git."""
+
+from __future__ import annotations
+
+import click
+
+from opsledger.project import find_project
+
+
+@click.command()
+@click.option("--schedule", help="A schedule of policies/inspections.yml (daily, weekly, ...).")
+@click.option("--due", is_flag=True, help="Run every schedule that is due; report missed periods.")
+@click.option("--env", "environment", default="lab", show_default=True)
+@click.option("--targets", default="all", show_default=True, help="Ansible host pattern.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "md", "json", "html"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["warning", "critical"]),
+    default="critical",
+    show_default=True,
+    help="Exit 1 when a finding reaches this severity.",
+)
+@click.option("--no-record", is_flag=True, help="Do not write and commit a record.")
+def inspect(
+    schedule: str | None,
+    due: bool,
+    environment: str,
+    targets: str,
+    fmt: str,
+    fail_on: str,
+    no_record: bool,
+) -> None:
+    """Run an inspection schedule's checks on every host in parallel (read-only).
+
+    Findings carry a severity and the SLA priority it maps to. The result is recorded under
+    records/inspections/ and committed. With --due, every periodic schedule whose period has
+    passed runs, and periods that passed without any inspection are reported as missed.
+    Exit 1 when a finding reaches --fail-on or an inspection was missed.
+
+    \b
+    Example:
+        opsledger inspect --schedule daily --env lab
+        opsledger inspect --due
+    """
+    from opsledger.errors import OpsledgerError, Problem
+    from opsledger.inspections import SEVERITIES, due_states, render
+    from opsledger.inspections import inspect as run_inspect
+
+    if bool(schedule) == due:
+        raise OpsledgerError(
+            Problem(
+                "give --schedule NAME or --due",
+                field="--schedule",
+                fix="e.g. opsledger inspect --schedule daily",
+            )
+        )
+    project = find_project()
+    names = [schedule] if schedule else []
+    failed = False
+    if due:
+        for state in due_states(project, environment=environment):
+            last = state.last.isoformat() if state.last else "never"
+            click.echo(
+                f"{state.schedule}: last {last}, {'due' if state.due else 'not due'}"
+                + (f", {state.missed} missed period(s)" if state.missed else "")
+            )
+            failed |= state.missed > 0
+            if state.due:
+                names.append(state.schedule)
+    for name in names:
+        result = run_inspect(
+            project, schedule=name, environment=environment, targets=targets, record=not no_record
+        )
+        click.echo(render(result, fmt), nl=False)
+        failed |= SEVERITIES.index(result.worst()) >= SEVERITIES.index(fail_on)
+    raise SystemExit(1 if failed else 0)

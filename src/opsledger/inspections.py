@@ -1,0 +1,535 @@
+"""Routine inspections: scheduled, read-only checks of every host, written down as records.
+
+`policies/inspections.yml` says which checks a schedule (daily, weekly, monthly, quarterly,
+yearly, or an on-demand one like pre-holiday) runs, on which host groups, with which warning
+and critical thresholds, and which SLA priority each severity gets. `inspect` runs a schedule
+on every host in parallel over the same connections verification uses (Testinfra hosts, only
+read commands), writes a record under `records/inspections/` and commits it; `inspect_due`
+runs every schedule whose period has passed and counts the periods that have no record
+(missed inspections).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsledger.apply import committer, runner_identity
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import commit_paths, head, is_repo
+from opsledger.policy import load_policies
+from opsledger.project import Project
+from opsledger.records import Record, load_records, stamp, write_record
+from opsledger.targets import Target, resolve_targets
+from opsledger.yamlio import load_yaml
+
+SEVERITIES = ("ok", "warning", "critical")
+PSEUDO_FS = {
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "devtmpfs",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "pstore",
+    "bpf",
+    "autofs",
+    "hugetlbfs",
+    "fusectl",
+    "configfs",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    host: str
+    check: str
+    severity: str  # warning | critical
+    message: str
+    priority: str = ""
+
+
+@dataclass
+class Schedule:
+    name: str
+    every_hours: float | None
+    checks: list[str]
+
+
+@dataclass
+class Plan:
+    severities: dict[str, str]
+    schedules: dict[str, Schedule]
+    checks: dict[str, dict[str, Any]]
+
+
+@dataclass
+class InspectionResult:
+    schedule: str
+    environment: str
+    hosts: list[str]
+    findings: list[Finding] = field(default_factory=list)
+    checks_run: int = 0
+    record_path: Path | None = None
+    commit: str | None = None
+
+    def worst(self) -> str:
+        return max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
+
+
+# --- the checks: each reads a host and returns (severity, message) pairs -------------------
+
+Check = Callable[[Target, dict[str, Any]], list[tuple[str, str]]]
+
+
+def _grade(value: float, spec: dict[str, Any], what: str) -> list[tuple[str, str]]:
+    if "critical" in spec and value >= spec["critical"]:
+        return [("critical", f"{what} (critical at {spec['critical']})")]
+    if "warning" in spec and value >= spec["warning"]:
+        return [("warning", f"{what} (warning at {spec['warning']})")]
+    return []
+
+
+def _run(target: Target, command: str) -> str:
+    return target.host.run(command).stdout
+
+
+def check_disk(target: Target, spec: dict[str, Any], column: str = "pcent") -> list:
+    out = _run(
+        target,
+        f"df -P --output=target,fstype,{column} | tail -n +2 | "
+        'while read -r t f p; do [ -d "$t" ] && echo "$t $f $p"; done',
+    )
+    found = []
+    for line in out.splitlines():
+        mount, fstype, used = line.rsplit(" ", 2)
+        if fstype in PSEUDO_FS or mount.startswith(("/proc", "/sys")) or used == "-":
+            continue
+        what = "disk" if column == "pcent" else "inodes"
+        found += _grade(int(used.rstrip("%")), spec, f"{mount} {what} {used} used")
+    return found
+
+
+def check_inodes(target: Target, spec: dict[str, Any]) -> list:
+    return check_disk(target, spec, column="ipcent")
+
+
+def _meminfo(target: Target) -> dict[str, int]:
+    return {
+        k: int(v.split()[0])
+        for k, v in (line.split(":", 1) for line in _run(target, "cat /proc/meminfo").splitlines())
+    }
+
+
+def check_memory(target: Target, spec: dict[str, Any]) -> list:
+    info = _meminfo(target)
+    used = 100 * (1 - info["MemAvailable"] / info["MemTotal"])
+    return _grade(used, spec, f"memory {used:.0f}% used")
+
+
+def check_swap(target: Target, spec: dict[str, Any]) -> list:
+    info = _meminfo(target)
+    if not info.get("SwapTotal"):
+        return []
+    used = 100 * (1 - info["SwapFree"] / info["SwapTotal"])
+    return _grade(used, spec, f"swap {used:.0f}% used")
+
+
+def check_load(target: Target, spec: dict[str, Any]) -> list:
+    load5 = float(_run(target, "cat /proc/loadavg").split()[1])
+    cpus = int(_run(target, "nproc").strip() or 1)
+    return _grade(load5 / cpus, spec, f"load {load5:.2f} on {cpus} CPU(s)")
+
+
+def check_failed_units(target: Target, spec: dict[str, Any]) -> list:
+    units = _run(target, "systemctl list-units --state=failed --plain --no-legend").split("\n")
+    names = [u.split()[0] for u in units if u.strip()]
+    graded = _grade(len(names), spec, f"failed units: {', '.join(names)}")
+    return graded
+
+
+def check_services(target: Target, spec: dict[str, Any]) -> list:
+    units = [u for group in ("all", *target.groups) for u in spec.get("units", {}).get(group, [])]
+    found = []
+    for unit in units:
+        state = _run(target, f"systemctl is-active {unit}").strip()
+        if state != "active":
+            found.append(("critical", f"service {unit} is {state or 'unknown'}"))
+    return found
+
+
+def check_time_sync(target: Target, spec: dict[str, Any]) -> list:
+    out = _run(target, "chronyc -n tracking")
+    match = re.search(r"System time\s*:\s*([\d.]+) seconds", out)
+    leap = re.search(r"Leap status\s*:\s*(.+)", out)
+    if not match:
+        return [("critical", "chronyc tracking gives no system time offset (is chrony running?)")]
+    found = _grade(float(match.group(1)), spec, f"clock {match.group(1)} s off")
+    if leap and leap.group(1).strip() == "Not synchronised":
+        found.append(("critical", "chrony is not synchronised"))
+    return found
+
+
+def check_firewall(target: Target, spec: dict[str, Any]) -> list:
+    if _run(target, "systemctl is-active nftables").strip() != "active":
+        return [("critical", "nftables is not active")]
+    rules = target.host.run("nft list ruleset")
+    if rules.rc != 0 or "chain input" not in rules.stdout:
+        return [("critical", "no input chain in the live ruleset")]
+    return []
+
+
+def check_security_updates(target: Target, spec: dict[str, Any]) -> list:
+    out = _run(
+        target,
+        "apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null | grep -c '^Inst .*security' || true",
+    )
+    count = int(out.strip() or 0)
+    return _grade(count, spec, f"{count} pending security update(s)")
+
+
+def check_certificates(target: Target, spec: dict[str, Any]) -> list:
+    found = []
+    for path in spec.get("paths", []):
+        if not target.host.file(path).exists:
+            continue
+        end = _run(target, f"openssl x509 -enddate -noout -in {path}").strip().split("=", 1)[-1]
+        try:
+            expires = dt.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
+        except ValueError:
+            found.append(("warning", f"{path}: cannot read its expiry ({end!r})"))
+            continue
+        days = (expires - dt.datetime.now(dt.UTC)).days
+        if days <= spec.get("critical", 7):
+            found.append(("critical", f"{path} expires in {days} day(s)"))
+        elif days <= spec.get("warning", 30):
+            found.append(("warning", f"{path} expires in {days} day(s)"))
+    return found
+
+
+def _psql(target: Target, sql: str) -> Any:
+    return target.host.run(f'sudo -u postgres psql -XAtc "{sql}"')
+
+
+def check_postgres_up(target: Target, spec: dict[str, Any]) -> list:
+    result = _psql(target, "SELECT 1")
+    if result.rc != 0 or result.stdout.strip() != "1":
+        return [("critical", f"PostgreSQL does not answer: {result.stderr.strip()[:200]}")]
+    return []
+
+
+def check_replication(target: Target, spec: dict[str, Any]) -> list:
+    role = target.expect.get("postgresql_replication_role", "primary")
+    if role == "standby":
+        state = _psql(target, "SELECT status FROM pg_stat_wal_receiver").stdout.strip()
+        return (
+            []
+            if state == "streaming"
+            else [("critical", f"standby not streaming ({state or 'no receiver'})")]
+        )
+    return []
+
+
+def check_backup_age(target: Target, spec: dict[str, Any]) -> list:
+    if target.expect.get("postgresql_replication_role", "primary") != "primary":
+        return []
+    stanza = target.expect.get("postgresql_backup_stanza", "main")
+    out = target.host.run(f"sudo -u postgres pgbackrest --stanza={stanza} --output=json info")
+    try:
+        backups = json.loads(out.stdout)[0].get("backup", [])
+    except (ValueError, IndexError):
+        return [("critical", f"pgbackrest info failed: {out.stderr.strip()[:200]}")]
+    if not backups:
+        return [("critical", "no pgBackRest backup exists")]
+    newest = max(b["timestamp"]["stop"] for b in backups)
+    hours = (dt.datetime.now(dt.UTC).timestamp() - newest) / 3600
+    return _grade(hours, spec, f"newest backup {hours:.1f} h old")
+
+
+def check_pgbackrest_check(target: Target, spec: dict[str, Any]) -> list:
+    if target.expect.get("postgresql_replication_role", "primary") != "primary":
+        return []
+    stanza = target.expect.get("postgresql_backup_stanza", "main")
+    result = target.host.run(f"sudo -u postgres pgbackrest --stanza={stanza} check")
+    if result.rc != 0:
+        return [
+            (
+                "critical",
+                f"pgbackrest check failed: {(result.stderr or result.stdout).strip()[:200]}",
+            )
+        ]
+    return []
+
+
+def check_journal_errors(target: Target, spec: dict[str, Any]) -> list:
+    hours = spec.get("hours", 24)
+    out = _run(target, f"journalctl -q -p err --since '-{hours}h' --no-pager -o cat | wc -l")
+    count = int(out.strip() or 0)
+    return _grade(count, spec, f"{count} error line(s) in the journal in {hours} h")
+
+
+CHECKS: dict[str, Check] = {
+    name.removeprefix("check_"): fn
+    for name, fn in dict(globals()).items()
+    if name.startswith("check_") and callable(fn)
+}
+
+
+# --- plan, running, records ------------------------------------------------------------------
+
+
+def load_plan(project: Project) -> Plan:
+    """Read and check policies/inspections.yml; every problem at once."""
+    path = project.root / "policies" / "inspections.yml"
+    data = load_yaml(path, what="inspection plan")
+    file = str(path)
+    problems = []
+    policies, _ = load_policies(project, strict=False)
+    severities = data.get("severities") or {}
+    for severity, priority in severities.items():
+        if severity not in SEVERITIES[1:]:
+            problems.append(
+                Problem(
+                    f"unknown severity {severity!r}", file, "severities", "use warning or critical"
+                )
+            )
+        if priority not in policies.priorities:
+            problems.append(
+                Problem(
+                    f"unknown priority {priority!r}",
+                    file,
+                    f"severities.{severity}",
+                    f"use one of {', '.join(policies.priorities)}",
+                )
+            )
+    checks = data.get("checks") or {}
+    for name in checks:
+        if name not in CHECKS:
+            problems.append(
+                Problem(
+                    f"unknown check {name!r}",
+                    file,
+                    f"checks.{name}",
+                    f"use one of {', '.join(sorted(CHECKS))}",
+                )
+            )
+    schedules = {}
+    for name, entry in (data.get("schedules") or {}).items():
+        for check in entry.get("checks", []):
+            if check not in checks:
+                problems.append(
+                    Problem(
+                        f"check {check!r} is not configured",
+                        file,
+                        f"schedules.{name}.checks",
+                        "add it under checks:",
+                    )
+                )
+        every = entry.get("every_hours")
+        if every is not None and (not isinstance(every, int | float) or every <= 0):
+            problems.append(
+                Problem(
+                    f"every_hours must be a positive number, got {every!r}",
+                    file,
+                    f"schedules.{name}.every_hours",
+                    "e.g. every_hours: 24",
+                )
+            )
+        schedules[name] = Schedule(name, every, list(entry.get("checks", [])))
+    if problems:
+        raise OpsledgerError(problems)
+    return Plan(severities, schedules, checks)
+
+
+def _inspect_host(target: Target, schedule: Schedule, plan: Plan) -> tuple[list[Finding], int]:
+    findings, ran = [], 0
+    for name in schedule.checks:
+        spec = plan.checks[name]
+        groups = spec.get("groups", ["all"])
+        if "all" not in groups and not set(groups) & set(target.groups):
+            continue
+        ran += 1
+        try:
+            graded = CHECKS[name](target, spec)
+        except Exception as err:  # a check that cannot read the host is itself a finding
+            graded = [("critical", f"check could not run: {type(err).__name__}: {err}"[:300])]
+        findings += [
+            Finding(target.name, name, severity, message, plan.severities.get(severity, ""))
+            for severity, message in graded
+        ]
+    return findings, ran
+
+
+def inspect(
+    project: Project,
+    *,
+    schedule: str,
+    environment: str = "lab",
+    targets: str = "all",
+    record: bool = True,
+) -> InspectionResult:
+    """Run one schedule's checks on every host in parallel; record and commit the result.
+
+    Example:
+        result = inspect(find_project(), schedule="daily", environment="lab")
+        result.worst(), [(f.host, f.check, f.priority) for f in result.findings]
+    """
+    plan = load_plan(project)
+    if schedule not in plan.schedules:
+        raise OpsledgerError(
+            Problem(
+                f"no schedule {schedule!r}",
+                "policies/inspections.yml",
+                "schedules",
+                f"use one of: {', '.join(plan.schedules)}",
+            )
+        )
+    chosen = plan.schedules[schedule]
+    hosts = resolve_targets(
+        project.inventory_file(environment),
+        pattern=targets,
+        roles_dir=project.root / "roles",
+        environment=environment,
+    )
+    started = dt.datetime.now(dt.UTC)
+    result = InspectionResult(schedule, environment, [h.name for h in hosts])
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        for findings, ran in pool.map(lambda t: _inspect_host(t, chosen, plan), hosts):
+            result.findings += findings
+            result.checks_run += ran
+    result.findings.sort(key=lambda f: (f.host, f.check))
+    if record and is_repo(project.root):
+        finished = dt.datetime.now(dt.UTC)
+        entry = Record(
+            kind="inspection",
+            environment=environment,
+            result="failed" if result.findings else "success",
+            started_at=started.isoformat(),
+            finished_at=finished.isoformat(),
+            targets=targets,
+            hosts=result.hosts,
+            runner=runner_identity(),
+            git_commit=head(project.root),
+            findings=[f.__dict__ for f in result.findings],
+            measurements={
+                "schedule": schedule,
+                "checks_run": result.checks_run,
+                "worst": result.worst(),
+            },
+        )
+        path = (
+            project.root
+            / "records"
+            / "inspections"
+            / f"{stamp(started)}-{schedule}-{environment}.json"
+        )
+        result.record_path = write_record(path, entry)
+        name, email = committer(project)
+        result.commit = commit_paths(
+            project.root,
+            [path],
+            f"Inspection {schedule} {environment}: {result.worst()}",
+            name=name,
+            email=email,
+        )
+    return result
+
+
+@dataclass
+class DueState:
+    schedule: str
+    last: dt.datetime | None
+    due: bool
+    missed: int  # whole periods without a record
+
+
+def due_states(
+    project: Project, *, environment: str = "lab", now: dt.datetime | None = None
+) -> list[DueState]:
+    """For each periodic schedule: its last record, whether it is due, missed periods.
+
+    A run covers the period it starts; every later period that ended without a run of its own
+    (between two records, or since the last one) is missed. Due means a period has passed.
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    plan = load_plan(project)
+    records = [r for r in load_records(project, "inspection") if r.environment == environment]
+    states = []
+    for schedule in plan.schedules.values():
+        if schedule.every_hours is None:
+            continue
+        period = dt.timedelta(hours=schedule.every_hours)
+        times = sorted(
+            dt.datetime.fromisoformat(r.started_at)
+            for r in records
+            if r.measurements.get("schedule") == schedule.name
+        )
+        missed = 0
+        for before, after in zip([*times], [*times[1:], moment], strict=False):
+            # the run at `before` covers its period; each later period that ended before
+            # `after` (the next run, or now) without a run of its own is missed
+            missed += max(0, math.floor((after - before) / period) - 1)
+        last = times[-1] if times else None
+        states.append(
+            DueState(schedule.name, last, last is None or moment - last >= period, missed)
+        )
+    return states
+
+
+def render(result: InspectionResult, fmt: str = "text") -> str:
+    """An inspection report as text, md, json or html."""
+    rows = [(f.host, f.check, f.severity, f.priority, f.message) for f in result.findings]
+    head = (
+        f"Inspection {result.schedule} of {result.environment}: {len(result.hosts)} host(s), "
+        f"{result.checks_run} check(s), {len(result.findings)} finding(s), worst {result.worst()}"
+    )
+    if fmt == "json":
+        return (
+            json.dumps(
+                {
+                    "schedule": result.schedule,
+                    "environment": result.environment,
+                    "hosts": result.hosts,
+                    "checks_run": result.checks_run,
+                    "worst": result.worst(),
+                    "findings": [f.__dict__ for f in result.findings],
+                    "record": str(result.record_path or ""),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    if fmt == "md":
+        lines = [
+            f"### {head}",
+            "",
+            "| host | check | severity | priority | finding |",
+            "|---|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        import html
+
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+        )
+        return (
+            "<!doctype html><meta charset='utf-8'><title>inspection</title>"
+            "<style>body{font:14px sans-serif}td,th{border:1px solid #ccc;padding:3px 6px}"
+            "table{border-collapse:collapse}</style>"
+            f"<h1>{html.escape(head)}</h1><table><tr><th>host</th><th>check</th>"
+            f"<th>severity</th><th>priority</th><th>finding</th></tr>{body}</table>\n"
+        )
+    return "\n".join([head, *(f"  [{r[2]}/{r[3]}] {r[0]} {r[1]}: {r[4]}" for r in rows)]) + "\n"
