@@ -108,9 +108,11 @@ def _run(target: Target, command: str) -> str:
 def check_disk(target: Target, spec: dict[str, Any], column: str = "pcent") -> list:
     out = _run(
         target,
-        f"df -P --output=target,fstype,{column} | tail -n +2 | "
+        f"df --output=target,fstype,{column} | tail -n +2 | "
         'while read -r t f p; do [ -d "$t" ] && echo "$t $f $p"; done',
     )
+    if not out.strip():  # no file system listed: the check itself is broken, say so
+        raise RuntimeError("df listed no file systems")
     found = []
     for line in out.splitlines():
         mount, fstype, used = line.rsplit(" ", 2)
