@@ -35,6 +35,12 @@ PALETTE = {
     "rollback_failed": "#b07aa1",
     "canceled": "#9c9c9c",
     "not applied": "#bab0ac",
+    "clean": "#59a14f",
+    "in sync": "#59a14f",
+    "passed": "#59a14f",
+    "worst warning": "#f28e2b",
+    "worst critical": "#e15759",
+    "drifted": "#e15759",
 }
 
 
@@ -114,6 +120,16 @@ def _mttr(runs: list[Record]) -> tuple[list[float], int]:
     return restored, open_
 
 
+def _outcome(record: Record) -> str:
+    """What a manager reads from an operations record: worst finding, in sync, passed."""
+    if record.kind == "inspection":
+        worst = record.measurements.get("worst")
+        return "clean" if worst == "ok" else f"worst {worst}" if worst else record.result
+    if record.kind == "drift":
+        return "in sync" if record.result == "success" else "drifted"
+    return "passed" if record.result == "success" else record.result
+
+
 def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
     """Compute the KPIs of changes requested in [start, end).
 
@@ -163,7 +179,7 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
         moment = dt.datetime.fromisoformat(record.finished_at)
         if not start <= moment < end:
             continue
-        operations.setdefault(record.kind, Counter())[record.result] += 1
+        operations.setdefault(record.kind, Counter())[_outcome(record)] += 1
         if record.kind == "drill":
             drills.append({"finished_at": record.finished_at, **record.measurements})
     return Kpis(

@@ -243,3 +243,29 @@ def _png_colors(data: bytes) -> set[tuple[int, int, int]]:
             colors |= {tuple(line[x : x + 3]) for x in range(0, stride, channels * 4)}
         previous = line
     return colors
+
+
+def test_operations_records_are_summarised_for_a_manager(history):
+    for kind, result, worst, hours in (
+        ("inspection", "failed", "warning", 1),
+        ("inspection", "success", "ok", 2),
+        ("drift", "failed", None, 3),
+        ("drift", "success", None, 4),
+    ):
+        moment = NOW - dt.timedelta(hours=hours)
+        write_record(
+            history.root / "records" / f"{kind}s" / f"{moment:%Y%m%dT%H%M%SZ}.json",
+            Record(
+                kind=kind,
+                environment="lab",
+                result=result,
+                started_at=moment.isoformat(),
+                finished_at=moment.isoformat(),
+                measurements={"worst": worst} if worst else {},
+            ),
+        )
+    k = kpis(history, start=NOW - dt.timedelta(days=1), end=NOW + dt.timedelta(days=1))
+    assert k.operations == {
+        "inspection": {"worst warning": 1, "clean": 1},
+        "drift": {"drifted": 1, "in sync": 1},
+    }
