@@ -37,6 +37,7 @@ def _exit_code(result) -> int:
 @click.command()
 @click.argument("change_id", required=False)
 @click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
+@click.option("--env", "environment", help="With --pending: only changes of this environment.")
 @click.option("--wait", "wait", default=0.0, type=float, help="Seconds to wait for held locks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
 @click.option(
@@ -47,6 +48,7 @@ def _exit_code(result) -> int:
 def apply(
     change_id: str | None,
     pending: bool,
+    environment: str | None,
     wait: float,
     as_json: bool,
     skip_verify: bool,
@@ -101,7 +103,12 @@ def apply(
         raise SystemExit(_exit_code(result))
     with view:
         outcome = apply_pending(
-            project, now=now, wait=wait, skip_verify=skip_verify, events=progress
+            project,
+            now=now,
+            wait=wait,
+            skip_verify=skip_verify,
+            events=progress,
+            environment=environment,
         )
     for item in outcome.items:
         if as_json:
