@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import getpass
 import os
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger import __version__
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, git, head, is_repo
+from opsledger.gitrepo import git, head, is_repo
+from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, locked
 from opsledger.project import Project
 from opsledger.records import Record, change_runs, run_record_path, write_record
@@ -126,42 +124,6 @@ def _verification_entry(
         return {"status": "error", "why": failure}
     why = "the run was canceled" if result == "canceled" else "the run did not succeed"
     return {"status": "not run", "why": why}
-
-
-def runner_identity() -> dict[str, Any]:
-    """Who and what runs the change: person, machine, CI job, tool versions."""
-    import ansible.release
-
-    ci = None
-    if os.environ.get("GITHUB_ACTIONS"):
-        ci = f"github:{os.environ.get('GITHUB_REPOSITORY', '')}#{os.environ.get('GITHUB_RUN_ID')}"
-    elif os.environ.get("GITLAB_CI"):
-        ci = f"gitlab:{os.environ.get('CI_PROJECT_PATH', '')}#{os.environ.get('CI_PIPELINE_ID')}"
-    elif os.environ.get("CI"):
-        ci = "ci"
-    return {
-        "person": os.environ.get("OPSLEDGER_PERSON") or getpass.getuser(),
-        "machine": socket.gethostname(),
-        "pid": os.getpid(),
-        "ci": ci,
-        "opsledger": __version__,
-        "ansible_core": ansible.release.__version__,
-    }
-
-
-def committer(project: Project) -> tuple[str, str]:
-    """The identity that commits run records.
-
-    $OPSLEDGER_COMMITTER_NAME/EMAIL (the CI identity), else git's user.name/user.email, else a
-    machine identity.
-    """
-    name = os.environ.get("OPSLEDGER_COMMITTER_NAME")
-    email = os.environ.get("OPSLEDGER_COMMITTER_EMAIL")
-    if not name:
-        name = git(project.root, "config", "user.name", check=False).stdout.strip()
-    if not email:
-        email = git(project.root, "config", "user.email", check=False).stdout.strip()
-    return name or "opsledger runner", email or f"opsledger@{socket.gethostname()}"
 
 
 def rollback_base(project: Project, change_id: str) -> str:
@@ -513,14 +475,10 @@ def apply_change(
         )
         path = write_record(run_record_path(project, change_id, started), record)
         review = open_review(project, change, finished)
-        name, email = committer(project)
-        sha = commit_paths(
-            project.root,
+        sha = commit_evidence(
+            project,
             [path] + ([review] if review else []),
             f"Run {change_id}: {result} ({runbook.name} on {change.environment}:{change.targets})",
-            name=name,
-            email=email,
-            signing_key=_signing_key(),
         )
         _phase(events, "record", f"{path.relative_to(project.root)} committed as {sha[:10]}")
     return ApplyResult(
@@ -536,11 +494,6 @@ def apply_change(
         review,
         held.taken_over,
     )
-
-
-def _signing_key() -> Path | None:
-    key = os.environ.get("OPSLEDGER_SIGNING_KEY")
-    return Path(key).expanduser() if key else None
 
 
 @dataclass

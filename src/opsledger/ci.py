@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 
 from opsledger.apply import Events, PendingResult, apply_pending
@@ -21,6 +20,7 @@ from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
+from opsledger.identity import signing_key
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
 from opsledger.project import Project
@@ -189,7 +189,7 @@ def ci_apply(
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
     if remote and outcome.items:
-        key = os.environ.get("OPSLEDGER_SIGNING_KEY")
+        key = signing_key()
         sign = (
             ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
             if key

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from opsledger.apply import committer, runner_identity
-from opsledger.gitrepo import commit_paths, head, is_repo
+from opsledger.gitrepo import head, is_repo
+from opsledger.identity import commit_evidence, runner_identity
 from opsledger.project import Project
 from opsledger.records import Record, stamp, write_record
 from opsledger.roledocs import CONTROL
@@ -187,9 +187,6 @@ def drift(
         )
         path = project.root / "records" / "drift" / f"{stamp(started)}-{environment}.json"
         result.record_path = write_record(path, entry)
-        name, email = committer(project)
         verdict = "drift found" if result.drifted else "in sync"
-        result.commit = commit_paths(
-            project.root, [path], f"Drift {environment}: {verdict}", name=name, email=email
-        )
+        result.commit = commit_evidence(project, [path], f"Drift {environment}: {verdict}")
     return result

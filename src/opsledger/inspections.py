@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.apply import committer, runner_identity
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, head, is_repo
+from opsledger.gitrepo import head, is_repo
+from opsledger.identity import commit_evidence, runner_identity
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
@@ -437,13 +437,8 @@ def inspect(
             / f"{stamp(started)}-{schedule}-{environment}.json"
         )
         result.record_path = write_record(path, entry)
-        name, email = committer(project)
-        result.commit = commit_paths(
-            project.root,
-            [path],
-            f"Inspection {schedule} {environment}: {result.worst()}",
-            name=name,
-            email=email,
+        result.commit = commit_evidence(
+            project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )
     return result
 
