@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import yaml
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, person_option, signing_key_option
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
 
@@ -193,23 +193,11 @@ def schema_() -> None:
 
 @change.command()
 @click.argument("change_id")
-@click.option(
-    "--as",
-    "person",
-    envvar="OPSLEDGER_PERSON",
-    required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
-)
+@person_option
 @click.option("--summary", required=True, help="What happened and what the change did.")
 @click.option("--cause", required=True, help="Why the emergency change was needed.")
 @click.option("--action", "actions", multiple=True, help="A follow-up action (repeatable).")
-@click.option(
-    "--key",
-    "signing_key",
-    envvar="OPSLEDGER_SIGNING_KEY",
-    type=click.Path(path_type=Path),
-    help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
-)
+@signing_key_option
 def review(
     change_id: str,
     person: str,

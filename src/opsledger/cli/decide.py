@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, person_option, signing_key_option
 from opsledger.errors import EXIT_DENIED
 from opsledger.project import find_project
 
@@ -18,20 +18,8 @@ from opsledger.project import find_project
 @click.argument("change_id")
 @click.option("--reject", is_flag=True, help="Record a rejection instead of an approval.")
 @click.option("--comment", default="", help="Why (kept in the approval file).")
-@click.option(
-    "--as",
-    "person",
-    envvar="OPSLEDGER_PERSON",
-    required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
-)
-@click.option(
-    "--key",
-    "signing_key",
-    envvar="OPSLEDGER_SIGNING_KEY",
-    type=click.Path(path_type=Path),
-    help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
-)
+@person_option
+@signing_key_option
 def approve(
     change_id: str, reject: bool, comment: str, person: str, signing_key: Path | None
 ) -> None:

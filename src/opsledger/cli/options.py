@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
+
+import click
 
 from opsledger.errors import OpsledgerError, Problem
 
@@ -30,3 +33,20 @@ def aware_time(text: str | None, option: str) -> dt.datetime | None:
             Problem(f"{option} has no timezone", field=option, fix="add an offset, e.g. +01:00")
         )
     return moment
+
+
+# Who signs what: commands that commit as a person (approve, change review) take these two.
+person_option = click.option(
+    "--as",
+    "person",
+    envvar="OPSLEDGER_PERSON",
+    required=True,
+    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+)
+signing_key_option = click.option(
+    "--key",
+    "signing_key",
+    envvar="OPSLEDGER_SIGNING_KEY",
+    type=click.Path(path_type=Path),
+    help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
+)
