@@ -28,8 +28,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import asdict, dataclass, field
-
-import yaml
+from pathlib import Path
 
 from opsledger.approvals import allowed_signers
 from opsledger.changes import Change, change_ids, load_change
@@ -42,6 +41,7 @@ from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
+from opsledger.yamlio import load_yaml, parse_yaml
 
 SEVERITIES = ("low", "medium", "high", "critical")
 DESIRED_STATE = ("inventories/", "roles/", "runbooks/", "site.yml", "ansible.cfg")
@@ -103,7 +103,7 @@ class _PeopleHistory:
         version = earlier[-1]
         if version not in self.loaded:
             shown = git(self.project.root, "show", f"{version}:policies/people.yml", check=False)
-            data = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
+            data = parse_yaml(shown.stdout) if shown.returncode == 0 else {}
             self.loaded[version] = {
                 p.get("id"): p.get("email") for p in (data or {}).get("people", [])
             }
@@ -203,6 +203,14 @@ def _approvals(
     return findings
 
 
+def _approval_data(path: Path) -> dict:
+    """An approval file's data; a missing or unreadable one (itself a finding) reads empty."""
+    try:
+        return load_yaml(path, what="approval") if path.exists() else {}
+    except OpsledgerError:
+        return {}
+
+
 def _runs(
     project: Project, change: Change, history: list[Commit], policies: Policies
 ) -> list[Finding]:
@@ -214,7 +222,7 @@ def _runs(
         for f in commit.files:
             if f.status == "A" and f.path.startswith(prefix) and f.path not in approvals:
                 path = project.root / f.path
-                data = yaml.safe_load(path.read_text()) if path.exists() else {}
+                data = _approval_data(path)
                 approvals[f.path[len(prefix) : -len(".yml")]] = (commit, data or {})
     signed = change.environment in policies.signature_environments
     for commit in history:

@@ -13,6 +13,11 @@ from opsledger.errors import OpsledgerError, Problem
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text to data with the project's safe loader (libyaml when available)."""
+    return yaml.load(text, Loader=_LOADER)  # a safe loader: plain data, no objects
+
+
 def load_yaml(path: Path, *, expect: type = dict, what: str = "file") -> Any:
     """Parse a YAML file; syntax errors name the line, a wrong top-level type says what to write.
 
@@ -22,7 +27,7 @@ def load_yaml(path: Path, *, expect: type = dict, what: str = "file") -> Any:
     if not path.is_file():
         raise OpsledgerError(Problem(f"{what} not found", str(path), fix="check the path"))
     try:
-        data = yaml.load(path.read_text(), Loader=_LOADER)  # a safe loader (no objects)
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
