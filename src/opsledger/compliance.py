@@ -220,10 +220,9 @@ def _runs(
     prefix = f"changes/{change.id}/approvals/"
     for commit in history:
         for f in commit.files:
-            if f.status == "A" and f.path.startswith(prefix) and f.path not in approvals:
-                path = project.root / f.path
-                data = _approval_data(path)
-                approvals[f.path[len(prefix) : -len(".yml")]] = (commit, data or {})
+            person = f.path[len(prefix) : -len(".yml")]
+            if f.status == "A" and f.path.startswith(prefix) and person not in approvals:
+                approvals[person] = (commit, _approval_data(project.root / f.path))
     signed = change.environment in policies.signature_environments
     for commit in history:
         for f in commit.files:
