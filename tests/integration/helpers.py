@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from opsledger.changes import new_change
+from opsledger.gitrepo import commit_paths
 from opsledger.lab.ssh import ANSIBLE_CONTROL_DIR
 from opsledger.project import Project
 
@@ -26,17 +29,40 @@ def ansible(project: Project, *args: str, env: str = "lab") -> subprocess.Comple
     )
 
 
-def opsledger(project: Project, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**project.ansible_env(), "OPSLEDGER_PROJECT": str(project.root)}
+def opsledger(
+    project: Project, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess on `project`, with extra environment variables if given."""
     return subprocess.run(
         [sys.executable, "-m", "opsledger", *args],
         cwd=project.root,
-        env=env,
+        env={**project.ansible_env(), "OPSLEDGER_PROJECT": str(project.root), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def request_change(project: Project, files=(), **fields) -> str:
+    """alice requests a change open from five minutes ago for two hours, committed together
+    with the desired-state files it changes; returns its id."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    change = new_change(
+        project,
+        requested_by="alice",
+        window_start=now - dt.timedelta(minutes=5),
+        window_end=now + dt.timedelta(hours=2),
+        **fields,
+    )
+    commit_paths(
+        project.root,
+        [*files, change.file],
+        f"Request {change.id}",
+        name="Alice Arnold",
+        email="alice@example.org",
+    )
+    return change.id
 
 
 def podman_json(*args: str) -> list[dict]:

@@ -18,34 +18,13 @@ import pytest
 import yaml
 
 from opsledger.approvals import approve_change
-from opsledger.changes import new_change
-from opsledger.gitrepo import commit_paths, git
+from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
 from opsledger.records import Record
 
-from .conftest import ALICE
-from .helpers import opsledger
+from .helpers import opsledger, request_change
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-
-
-def _request(project, files, **fields):
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
-        project,
-        requested_by="alice",
-        window_start=now - dt.timedelta(minutes=5),
-        window_end=now + dt.timedelta(hours=2),
-        **fields,
-    )
-    commit_paths(
-        project.root,
-        [*files, change.file],
-        f"Request {change.id}",
-        name=ALICE["GIT_AUTHOR_NAME"],
-        email=ALICE["GIT_AUTHOR_EMAIL"],
-    )
-    return change.id
 
 
 def _events(stdout: str) -> list[dict]:
@@ -76,7 +55,7 @@ def test_approved_postgresql_change_applies_verifies_and_is_recorded(
     project = workflow_repo
     params = project.root / "inventories/lab/group_vars/db/postgresql.yml"
     params.write_text(params.read_text().replace("work_mem: 8MB", "work_mem: 24MB"))
-    change_id = _request(
+    change_id = request_change(
         project,
         [params],
         title="Raise work_mem on the database hosts",
@@ -149,7 +128,7 @@ def test_failed_verification_rolls_back_to_the_state_before_the_change(
             }
         )
     )
-    change_id = _request(
+    change_id = request_change(
         project,
         [app_vars],
         title="New banner and API name on the app hosts",
@@ -211,7 +190,7 @@ def test_emergency_change_canceled_killed_then_applied(converged_lab, workflow_r
     """Ctrl-C cancels and is recorded; a held lock refuses a second apply (exit 4); a killed
     apply leaves a lock the next apply waits out and then takes over as stale."""
     project = workflow_repo
-    change_id = _request(
+    change_id = request_change(
         project,
         [],
         title="Re-apply the firewall on lab-app2",

@@ -3,20 +3,16 @@ change repairs it, and drift is clean again; each check is a committed record.""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
 
 from opsledger.apply import apply_change
 from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.drift import drift
-from opsledger.gitrepo import commit_paths
 from opsledger.lab.service import run_on_host
 
-from .conftest import ALICE
-from .helpers import opsledger
+from .helpers import opsledger, request_change
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -39,27 +35,16 @@ def test_hand_edit_is_found_then_repaired_by_an_approved_change(converged_lab, w
     assert item["host"] == "lab-app1" and item["role"] == "os_baseline"
     assert item["controls"] == ["OS-BAN-01"] and item["variables"] == ["os_baseline_banner_text"]
 
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change_id = request_change(
         project,
         title="Repair the banner edited by hand on lab-app1",
         runbook="converge",
-        requested_by="alice",
         targets="lab-app1",
         params={"tags": ["os_baseline"]},
         reason="Drift check found a hand edit of /etc/issue.net",
-        window_start=now - dt.timedelta(minutes=5),
-        window_end=now + dt.timedelta(hours=1),
     )
-    commit_paths(
-        project.root,
-        [change.file],
-        f"Request {change.id}",
-        name=ALICE["GIT_AUTHOR_NAME"],
-        email=ALICE["GIT_AUTHOR_EMAIL"],
-    )
-    approve_change(project, change.id, person="bob")
-    assert apply_change(project, change.id).result == "success"
+    approve_change(project, change_id, person="bob")
+    assert apply_change(project, change_id).result == "success"
 
     repaired = drift(project, targets="app")
     assert repaired.hosts == {"lab-app1": "in sync", "lab-app2": "in sync"}, repaired.items

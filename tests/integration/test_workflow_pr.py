@@ -4,22 +4,20 @@ Variants with a missing, stale or self-made approval are refused and apply nothi
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
 from opsledger.project import Project
 
 from .conftest import ALICE
+from .helpers import opsledger, request_change
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -45,22 +43,15 @@ def _clone(origin, folder, lab_state, branch="main") -> Project:
     return Project(folder)
 
 
-def _opsledger(project, *args, person="ci"):
-    env = {
-        **project.ansible_env(),
-        "OPSLEDGER_PROJECT": str(project.root),
-        "OPSLEDGER_PERSON": person,
-        "OPSLEDGER_COMMITTER_NAME": "opsledger CI",
-        "OPSLEDGER_COMMITTER_EMAIL": "ci@example.org",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "opsledger", *args],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+CI = {
+    "OPSLEDGER_PERSON": "ci",
+    "OPSLEDGER_COMMITTER_NAME": "opsledger CI",
+    "OPSLEDGER_COMMITTER_EMAIL": "ci@example.org",
+}
+
+
+def _opsledger(project, *args):
+    return opsledger(project, *args, timeout=1800, env=CI)
 
 
 @pytest.fixture
@@ -93,27 +84,17 @@ def _propose(origin, tmp_path, lab_state, work_mem: str) -> tuple[Project, str]:
     git(engineer.root, "checkout", "-q", "-b", "raise-work-mem")
     params = engineer.root / "inventories/lab/group_vars/db/postgresql.yml"
     params.write_text(params.read_text().replace("work_mem: 8MB", f"work_mem: {work_mem}"))
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change_id = request_change(
         engineer,
+        [params],
         title="Raise work_mem on the database hosts",
         runbook="converge",
-        requested_by="alice",
         targets="db",
         params={"tags": ["postgresql"]},
         reason="Sorts of the nightly report spill to disk",
-        window_start=now - dt.timedelta(minutes=5),
-        window_end=now + dt.timedelta(hours=2),
-    )
-    commit_paths(
-        engineer.root,
-        [params, change.file],
-        f"Request {change.id}",
-        name=ALICE["GIT_AUTHOR_NAME"],
-        email=ALICE["GIT_AUTHOR_EMAIL"],
     )
     git(engineer.root, "push", "-q", "origin", "raise-work-mem")
-    return engineer, change.id
+    return engineer, change_id
 
 
 def _approve(origin, tmp_path, lab_state, person, change_id, key=None) -> None:
