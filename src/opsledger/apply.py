@@ -538,6 +538,8 @@ def apply_pending(
         outcome = apply_pending(find_project())
         [(i.change_id, i.action, i.why) for i in outcome.items]
     """
+    if environment is not None:
+        project.require_environment(environment)
     records = change_runs(project)
     candidates = []
     for change_id in change_ids(project):

@@ -97,6 +97,17 @@ class PrReport:
 
 def pr_scope(project: Project, base: str) -> PrScope:
     """The files a branch changes since it left `base`, and the change requests among them."""
+    if git(
+        project.root, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
+    ).returncode:
+        raise OpsledgerError(
+            Problem(
+                f"unknown base {base!r}",
+                field="--base",
+                fix="name the PR's target branch or commit (git fetch origin first in CI)",
+            ),
+            EXIT_INVALID,
+        )
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
     files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
     changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})

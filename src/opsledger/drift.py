@@ -129,12 +129,13 @@ def drift(
         result = drift(find_project(), environment="lab")
         [(i.host, i.role, i.task, i.variables) for i in result.items]
     """
+    inventory = project.require_environment(environment)
     runbook = load_runbook(project, "converge")
     started = dt.datetime.now(dt.UTC)
     run = run_playbook(
         project,
         playbook=runbook.playbook,
-        inventory=project.inventory_file(environment),
+        inventory=inventory,
         limit=targets,
         params={},
         check=True,

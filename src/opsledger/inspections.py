@@ -399,7 +399,7 @@ def inspect(
         )
     chosen = plan.schedules[schedule]
     hosts = resolve_targets(
-        project.inventory_file(environment),
+        project.require_environment(environment),
         pattern=targets,
         roles_dir=project.root / "roles",
         environment=environment,

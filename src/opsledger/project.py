@@ -39,6 +39,21 @@ class Project:
     def inventory_file(self, environment: str = DEFAULT_ENVIRONMENT) -> Path:
         return self.inventory_dir(environment) / "hosts.yml"
 
+    def require_environment(self, environment: str) -> Path:
+        """The environment's inventory file; a clear error (exit 2) when there is none."""
+        inventory = self.inventory_file(environment)
+        if not inventory.is_file():
+            known = sorted(p.parent.name for p in self.root.glob("inventories/*/hosts.yml"))
+            raise OpsledgerError(
+                Problem(
+                    f"no inventory for environment {environment!r}",
+                    str(inventory),
+                    "env",
+                    f"use one of: {', '.join(known)}",
+                )
+            )
+        return inventory
+
     def ansible_env(self) -> dict[str, str]:
         """Environment for ansible subprocesses: this project's ansible.cfg, whatever the cwd."""
         env = dict(os.environ)

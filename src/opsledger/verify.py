@@ -96,15 +96,7 @@ def verify(
                 fix=f"use one of: {', '.join(known)}",
             )
         )
-    if not project.inventory_file(environment).exists():
-        raise OpsledgerError(
-            Problem(
-                f"no inventory for environment {environment!r}",
-                str(project.inventory_file(environment)),
-                "env",
-                "create it or choose another --env",
-            )
-        )
+    project.require_environment(environment)
     with tempfile.TemporaryDirectory(prefix="opsledger-verify-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [

@@ -172,3 +172,25 @@ def test_pre_commit_config_is_valid():
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ci", "pr", "--base", "origin/nowhere", "--no-plan"], "unknown base 'origin/nowhere'"),
+        (["ci", "apply", "--env", "moon"], "no inventory for environment 'moon'"),
+        (["apply", "--pending", "--env", "moon"], "no inventory for environment 'moon'"),
+        (["drift", "--env", "moon"], "no inventory for environment 'moon'"),
+        (["inspect", "--schedule", "daily", "--env", "moon"], "no inventory for environment"),
+        (["inspect", "--schedule", "hourly"], "no schedule 'hourly'"),
+        (["verify", "--env", "moon"], "no inventory for environment 'moon'"),
+    ],
+)
+def test_bad_input_exits_2_naming_what_to_fix(repo, args, message):
+    project, _, _ = repo
+    before = git(project.root, "rev-parse", "HEAD").stdout
+    result = CliRunner().invoke(cli, args, env={"OPSLEDGER_PROJECT": str(project.root)})
+    assert result.exit_code == EXIT_INVALID, result.output
+    assert message in result.output and "—" in result.output  # the problem, then the fix
+    assert git(project.root, "rev-parse", "HEAD").stdout == before  # nothing committed
+    assert not (project.root / "records").exists()
