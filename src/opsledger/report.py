@@ -171,7 +171,8 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
     for row in rows:
         year, week, _ = dt.datetime.fromisoformat(row.requested_at).isocalendar()
         weekly.setdefault(f"{year}-W{week:02d}", Counter())[row.type] += 1
-    period_runs = [r for r in runs if r.change in {row.change for row in rows}]
+    requested = {row.change for row in rows}
+    period_runs = [r for r in runs if r.change in requested]
     restored, open_ = _mttr(period_runs)
     operations: dict[str, dict[str, int]] = {}
     drills = []
