@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
+from opsledger.errors import OpsledgerError
 from opsledger.lab.service import lab_down, lab_status, lab_up, load_spec, run_on_host
+from opsledger.project import Project
 
 from .helpers import (
     ansible,
@@ -96,7 +99,7 @@ def test_facts_gather_on_every_host(lab):
         ), host.name
 
 
-def test_down_leaves_nothing_behind_and_up_restores(lab):
+def test_down_leaves_nothing_behind_and_up_restores(lab, tmp_path):
     spec = load_spec(lab)
     ansible(lab, "all", "-m", "ansible.builtin.ping")  # leaves ControlPersist masters behind
     assert any(control_master_alive(h.port, h.user) for h in spec.hosts)
@@ -111,7 +114,19 @@ def test_down_leaves_nothing_behind_and_up_restores(lab):
     assert live_processes_mentioning(*(h.container for h in spec.hosts)) == []
     assert lab_down(lab).containers == []  # down twice is harmless
 
-    # Back up from nothing for the tests that follow (and to prove a cold start works).
+    # A cold start from a throwaway checkout: the containers are that checkout's lab, not ours.
+    other = Project(tmp_path / "other-checkout")
+    shutil.copytree(lab.root / "inventories", other.root / "inventories")
+    shutil.copy(lab.ansible_cfg, other.ansible_cfg)
+    assert {h.action for h in lab_up(other).hosts} == {"created"}
+    with pytest.raises(OpsledgerError, match="running for another checkout"):
+        lab_up(lab)
+
+    # Once that checkout is deleted, nobody can `lab down` it: our lab takes its network, volumes
+    # and containers over (and so stays usable for the tests that follow).
+    shutil.rmtree(other.root)
     result = lab_up(lab)
     assert {h.action for h in result.hosts} == {"created"}
+    owned = podman_json("ps", "--filter", f"label=io.opsledger.project={lab.root}")
+    assert sorted(c["Names"][0] for c in owned) == sorted(h.container for h in spec.hosts)
     assert lab_status(lab).healthy

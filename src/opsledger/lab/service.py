@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -141,6 +142,12 @@ def _ensure_network(spec: LabSpec, progress: Progress) -> None:
     on it (podman cannot change a network's subnet in place).
     """
     label = f"{LABEL}.project={spec.project_label}"
+    # a network or volume left by a deleted checkout goes, with the containers that use it
+    for kind, name in [("network", spec.network)] + [("volume", v) for v in spec.volume_names()]:
+        owner = _owner(kind, name)
+        if owner and owner != spec.project_label and _orphaned(owner):
+            progress(f"{kind} {name} belonged to {owner}, now deleted; replacing it")
+            podman(kind, "rm", "--force", name)
     if (
         network_exists(spec.network)
         and spec.subnet
@@ -251,6 +258,29 @@ def _create(spec: LabSpec, host: LabHost, args: list[str], definition: str) -> N
     )
 
 
+def _owner(kind: str, name: str) -> str | None:
+    """The checkout a lab network or volume was created for (None: absent or not ours)."""
+    found = podman(kind, "inspect", name, check=False)
+    if found.returncode != 0:
+        return None
+    info = json.loads(found.stdout or "[]")
+    labels = (info[0].get("Labels") or info[0].get("labels") or {}) if info else {}
+    return labels.get(f"{LABEL}.project")
+
+
+def _alive(pid: int) -> bool:
+    return pid > 0 and Path(f"/proc/{pid}").exists()
+
+
+def _orphaned(owner: str | None) -> bool:
+    """A lab container whose checkout no longer exists has nobody to run `lab down` for it.
+
+    Such containers are left behind by deleted clones (CI workspaces, scratch checkouts); taking
+    them over is safe, while a container of a checkout that still exists is somebody's lab.
+    """
+    return owner is not None and not (Path(owner) / "inventories").is_dir()
+
+
 def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -> HostResult:
     args, definition = _definition(spec, host, image_ref)
     current = inspect_container(host.container)
@@ -258,8 +288,16 @@ def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -
     if current is not None:
         theirs = current["Config"]["Labels"] or {}
         running = current["State"]["Running"]
-        if theirs.get(f"{LABEL}.project") != spec.project_label:
-            if running:
+        if running and not _alive(current["State"].get("Pid") or 0):
+            # podman's database survived a restart of the machine (or of its runtime state)
+            # that its processes did not: the container cannot exec or stop; start it afresh
+            progress(f"{host.name}: {host.container} is marked running but its processes are gone")
+            podman("rm", "--force", host.container)
+            current, running, action = None, False, "replaced"
+    if current is not None:
+        owner = theirs.get(f"{LABEL}.project")
+        if owner != spec.project_label:
+            if running and not _orphaned(owner):
                 raise OpsledgerError(
                     Problem(
                         f"container {host.container} is running for another checkout "
@@ -268,6 +306,10 @@ def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -
                         fix="run `opsledger lab down` in that checkout, or set "
                         "lab_container_prefix in inventories/lab/group_vars/all",
                     )
+                )
+            if running:
+                progress(
+                    f"{host.name}: {host.container} belonged to {owner}, now deleted; replacing it"
                 )
             podman("rm", "--force", host.container)
             current, action = None, "replaced"
