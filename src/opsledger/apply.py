@@ -475,9 +475,14 @@ def apply_change(
         )
         path = write_record(run_record_path(project, change_id, started), record)
         review = open_review(project, change, finished)
+        drilled, drill_path = _drill_record(
+            project, change, runbook, started, run, checked, decision.hosts
+        )
+        if drilled:
+            _phase(events, "drill", drilled)
         sha = commit_evidence(
             project,
-            [path] + ([review] if review else []),
+            [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
             f"Run {change_id}: {result} ({runbook.name} on {change.environment}:{change.targets})",
         )
         _phase(events, "record", f"{path.relative_to(project.root)} committed as {sha[:10]}")
@@ -494,6 +499,43 @@ def apply_change(
         review,
         held.taken_over,
     )
+
+
+def _drill_record(
+    project: Project,
+    change: Change,
+    runbook: Runbook,
+    started: dt.datetime,
+    run: PlaybookRun,
+    checked: VerifyResult | None,
+    hosts: list[str],
+) -> tuple[str, Path | None]:
+    """A change that runs a DR drill runbook also leaves a drill record (committed with the run).
+
+    Returns the one-line verdict and the record's path; ("", None) when the runbook is no drill.
+    """
+    service_name = runbook.raw.get("drill")
+    if not service_name:
+        return "", None
+    from opsledger.drill import drill_record, load_services
+
+    service = load_services(project).get(service_name)
+    if service is None:
+        return f"runbook drills {service_name!r}, not in policies/dr.yml: no drill record", None
+    result = drill_record(
+        project,
+        service,
+        environment=change.environment,
+        started=started,
+        run=run,
+        checked=checked,
+        hosts=hosts,
+        params=change.params,
+        change=change.id,
+        commit=False,
+    )
+    verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.reasons)
+    return f"DR drill {service.name}: {verdict}", result.record_path
 
 
 @dataclass

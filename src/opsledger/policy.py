@@ -540,13 +540,15 @@ def policy_check(project: Project) -> PolicyCheck:
         policy_check(find_project()).problems  # []
     """
     policies, problems = load_policies(project, strict=False)
-    if (project.root / "policies" / "inspections.yml").exists():
-        from opsledger.inspections import load_plan  # imports policy: load it late
+    from opsledger.drill import load_services  # these import policy: load them late
+    from opsledger.inspections import load_plan
 
-        try:
-            load_plan(project)
-        except OpsledgerError as err:
-            problems += err.problems
+    for name, load in (("inspections.yml", load_plan), ("dr.yml", load_services)):
+        if (project.root / "policies" / name).exists():
+            try:
+                load(project)
+            except OpsledgerError as err:
+                problems += err.problems
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),

@@ -66,7 +66,9 @@ class Kpis:
     lead_times: list[float]
     failed_changes: list[dict[str, str]]
     operations: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> result -> n
-    drills: list[dict[str, Any]] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)  # one per drill, oldest first
+    findings_over_time: list[dict[str, Any]] = field(default_factory=list)  # per inspection/drift
+    drills_overdue: list[str] = field(default_factory=list)
 
 
 def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -175,14 +177,36 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
     period_runs = [r for r in runs if r.change in requested]
     restored, open_ = _mttr(period_runs)
     operations: dict[str, dict[str, int]] = {}
-    drills = []
+    drills, findings = [], []
     for record in load_records(project):
         moment = dt.datetime.fromisoformat(record.finished_at)
         if not start <= moment < end:
             continue
         operations.setdefault(record.kind, Counter())[_outcome(record)] += 1
         if record.kind == "drill":
-            drills.append({"finished_at": record.finished_at, **record.measurements})
+            drills.append(
+                {
+                    "finished_at": record.finished_at,
+                    "environment": record.environment,
+                    "result": record.result,
+                    "change": record.change,
+                    **{k: v for k, v in record.measurements.items() if k != "timeline"},
+                }
+            )
+        elif record.kind in ("inspection", "drift"):
+            severities = Counter(
+                str(f.get("severity", f.get("state", ""))) for f in record.findings
+            )
+            findings.append(
+                {
+                    "finished_at": record.finished_at,
+                    "kind": record.kind,
+                    "environment": record.environment,
+                    "warning": severities.get("warning", 0),
+                    "critical": severities.get("critical", 0),
+                    "drifted": severities.get("drifted", 0),
+                }
+            )
     return Kpis(
         period_start=start.isoformat(),
         period_end=end.isoformat(),
@@ -209,7 +233,33 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
         ],
         operations={k: dict(v) for k, v in operations.items()},
         drills=drills,
+        findings_over_time=findings,
+        drills_overdue=_overdue(project, min(end, dt.datetime.now(dt.UTC))),
     )
+
+
+def _overdue(project: Project, now: dt.datetime) -> list[str]:
+    """'postgres on lab: last passed drill 120 days ago (every 90 days)' per overdue drill."""
+    if not (project.root / "policies" / "dr.yml").is_file():
+        return []
+    from opsledger.drill import drills_due, load_services
+
+    try:
+        services = load_services(project)
+        due = drills_due(project, now=now)
+    except OpsledgerError:
+        return ["policies/dr.yml is invalid: run opsledger policy check"]
+    out = []
+    for d in due:
+        if d.overdue:
+            every = services[d.service].drill_every_s / 86400
+            last = (
+                "never drilled"
+                if d.days_since is None
+                else (f"last passed drill {d.days_since:.0f} days ago")
+            )
+            out.append(f"{d.service} on {d.environment}: {last} (every {every:.0f} days)")
+    return out
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -302,6 +352,81 @@ def _histogram(title: str, values: list[float]) -> str:
     return _bars(title, counts)
 
 
+def _trend(title: str, points: list[tuple[str, float | None]], objective: float | None) -> str:
+    """Seconds per drill, oldest left, against the objective (dashed); misses in red."""
+    width, height, pad = 560, 200, 40
+    values = [v for _, v in points if v is not None]
+    top = max([*values, objective or 0, 1.0]) * 1.15
+    slot = (width - 2 * pad) / max(1, len(points))
+    parts = [
+        f'<svg width="{width}" height="{height + 30}" role="img" '
+        f'aria-label="{html.escape(title)}">',
+        f'<line x1="{pad}" y1="{height}" x2="{width - pad}" y2="{height}" stroke="#999"/>',
+    ]
+
+    def y(value: float) -> float:
+        return height - (height - 20) * value / top
+
+    if objective is not None:
+        parts.append(
+            f'<line x1="{pad}" y1="{y(objective):.1f}" x2="{width - pad}" y2="{y(objective):.1f}" '
+            f'stroke="#e15759" stroke-dasharray="6 4"/>'
+            f'<text x="{width - pad}" y="{y(objective) - 4:.1f}" text-anchor="end" '
+            f'fill="#e15759">objective {objective:.0f} s</text>'
+        )
+    line = []
+    for i, (label, value) in enumerate(points):
+        x = pad + (i + 0.5) * slot
+        parts.append(
+            f'<text x="{x:.1f}" y="{height + 16}" text-anchor="middle" font-size="10">'
+            f"{html.escape(label)}</text>"
+        )
+        if value is None:
+            parts.append(
+                f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" fill="#e15759">✗</text>'
+            )
+            continue
+        line.append(f"{x:.1f},{y(value):.1f}")
+        miss = objective is not None and value > objective
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y(value):.1f}" r="4" '
+            f'fill="{"#e15759" if miss else "#59a14f"}"><title>{html.escape(label)}: '
+            f"{value:.1f} s</title></circle>"
+            f'<text x="{x:.1f}" y="{y(value) - 8:.1f}" text-anchor="middle">{value:.0f}</text>'
+        )
+    if len(line) > 1:
+        parts.insert(2, f'<polyline points="{" ".join(line)}" fill="none" stroke="#4e79a7"/>')
+    if not points:
+        parts.append('<text x="40" y="40" fill="#888">no drills in this period</text>')
+    parts.append("</svg>")
+    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _findings_chart(title: str, rows: list[dict[str, Any]]) -> str:
+    """Warnings, criticals and drifted tasks per inspection or drift record, oldest left."""
+    weekly: dict[str, dict[str, int]] = {}
+    for row in rows:
+        key = f"{row['finished_at'][:10]} {row['kind'][:5]}"
+        bucket = weekly.setdefault(key, Counter())
+        for name in ("warning", "critical", "drifted"):
+            bucket[name] += row[name]
+    bars = {k: sum(v.values()) for k, v in weekly.items()}
+    return _bars(title, dict(list(bars.items())[-12:]))
+
+
+def _drill_charts(k: Kpis) -> str:
+    charts = []
+    for service in sorted({d.get("service", "?") for d in k.drills}):
+        mine = [d for d in k.drills if d.get("service") == service]
+        objectives = mine[-1].get("objectives") or {}
+        for key, name in (("rto_s", "RTO"), ("rpo_s", "RPO")):
+            points = [(f"{d['finished_at'][5:10]} {d['environment']}", d.get(key)) for d in mine]
+            charts.append(
+                _trend(f"{service}: {name} per drill (seconds)", points, objectives.get(key))
+            )
+    return "".join(charts)
+
+
 CSS = """
 body{font:14px/1.4 'DejaVu Sans',system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin:0 0 4px}.sub{color:#666;margin-bottom:18px}
@@ -383,6 +508,9 @@ def render_html(k: Kpis, title: str = "opsledger — change and operations repor
             "<p style='color:#888'>No records in this period.</p></figure>"
         )
     breaches = "".join(f"<li>{html.escape(b)}</li>" for b in k.sla_breaches) or "<li>none</li>"
+    ops += _findings_chart("Findings over time (inspections, drift)", k.findings_over_time)
+    ops += _drill_charts(k)
+    overdue = "".join(f"<li>{html.escape(o)}</li>" for o in k.drills_overdue) or "<li>none</li>"
     return (
         f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style><body><h1>{html.escape(title)}</h1>"
@@ -393,6 +521,7 @@ def render_html(k: Kpis, title: str = "opsledger — change and operations repor
         f"<h2>Failed changes</h2>{failed_table}"
         f"<h2>SLA breaches</h2><ul>{breaches}</ul>"
         f"<h2>Operations: inspections, drift, DR drills</h2><div class='charts'>{ops}</div>"
+        f"<h2>DR drills overdue</h2><ul>{overdue}</ul>"
         "</body></html>\n"
     )
 
@@ -421,4 +550,32 @@ def render(k: Kpis, fmt: str) -> str:
         "By type: " + ", ".join(f"{t} {n}" for t, n in k.by_type.items()),
         "By priority: " + ", ".join(f"{p} {n}" for p, n in k.by_priority.items()),
     ]
+    if k.findings_over_time:
+        lines += [
+            "",
+            "| record | kind | env | warning | critical | drifted |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['finished_at'][:16]} | {r['kind']} | {r['environment']} | {r['warning']} | "
+            f"{r['critical']} | {r['drifted']} |"
+            for r in k.findings_over_time
+        ]
+    if k.drills:
+        lines += [
+            "",
+            "| DR drill | service | env | result | RTO / objective | RPO / objective |",
+            "|---|---|---|---|---|---|",
+        ]
+        for d in k.drills:
+            goal = d.get("objectives") or {}
+            rto, rpo = d.get("rto_s"), d.get("rpo_s")
+            lines.append(
+                f"| {d['finished_at'][:16]} | {d.get('service', '?')} | {d['environment']} | "
+                f"{d['result']} | {'n/a' if rto is None else f'{rto:.0f}'} s / "
+                f"{goal.get('rto_s', 0):.0f} s | {'n/a' if rpo is None else f'{rpo:.0f}'} s / "
+                f"{goal.get('rpo_s', 0):.0f} s |"
+            )
+    if k.drills_overdue:
+        lines += ["", "DR drills overdue: " + "; ".join(k.drills_overdue)]
     return "\n".join(lines) + "\n"

@@ -46,6 +46,7 @@ class PlaybookRun:
     rc: int
     hosts: dict[str, HostRun]
     artifacts: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # what the playbook handed back (set_stats)
 
 
 def _diff_text(result: dict[str, Any]) -> str:
@@ -100,6 +101,7 @@ def run_playbook(
     import ansible_runner
 
     hosts: dict[str, HostRun] = {}
+    handed_back: dict[str, Any] = {}  # set_stats data
 
     def on_event(event: dict[str, Any]) -> bool:
         data = event.get("event_data") or {}
@@ -124,6 +126,8 @@ def run_playbook(
                 entry.failures.append(f"unreachable: {result.get('msg', '')}".strip())
             elif kind == "runner_on_skipped":
                 entry.skipped += 1
+        elif kind == "playbook_on_stats":
+            handed_back.update(data_of(event))
         if event_handler:
             event_handler(event)
         return True
@@ -168,4 +172,9 @@ def run_playbook(
                 ),
                 EXIT_FAILED,
             )
-        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""))
+        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), handed_back)
+
+
+def data_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The set_stats data (per_host: false) a playbook_on_stats event carries."""
+    return dict((event.get("event_data") or {}).get("artifact_data") or {})

@@ -24,6 +24,7 @@ def _params(t) -> list[tuple[str, object]]:
             "archive_mode": "on",
             "wal_level": "replica",
             "archive_command": f"'pgbackrest --stanza={stanza} archive-push %p'",
+            "archive_timeout": t.expect["postgresql_backup_archive_timeout"],
         }
     return sorted(merged.items())
 

@@ -18,7 +18,7 @@ from ..conftest import REPO_ROOT
 @pytest.fixture
 def project(tmp_path):
     root = tmp_path / "p"
-    for folder in ("policies", "inventories", "runbooks"):
+    for folder in ("policies", "inventories", "runbooks", "roles", "tests/infra"):
         shutil.copytree(REPO_ROOT / folder, root / folder)
     (root / "ansible.cfg").write_text("[defaults]\n")
     return Project(root)

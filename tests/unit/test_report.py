@@ -269,3 +269,68 @@ def test_operations_records_are_summarised_for_a_manager(history):
         "inspection": {"worst warning": 1, "clean": 1},
         "drift": {"drifted": 1, "in sync": 1},
     }
+
+
+def _drill(project, days_ago, result, rto, rpo):
+    moment = NOW - dt.timedelta(days=days_ago)
+    write_record(
+        project.root / "records" / "drills" / f"{moment:%Y%m%dT%H%M%SZ}-postgres-lab.json",
+        Record(
+            kind="drill",
+            environment="lab",
+            result=result,
+            started_at=moment.isoformat(),
+            finished_at=moment.isoformat(),
+            measurements={
+                "service": "postgres",
+                "objectives": {"rto_s": 900.0, "rpo_s": 300.0},
+                "rto_s": rto,
+                "rpo_s": rpo,
+                "timeline": [{"event": "disaster declared", "at": moment.isoformat()}],
+            },
+        ),
+    )
+
+
+def test_drills_trend_against_objectives_and_overdue_drills_show(history):
+    _drill(history, 200, "success", 41.0, 12.0)
+    _drill(history, 100, "failed", 1200.0, 20.0)  # RTO missed
+    k = kpis(history, start=NOW - dt.timedelta(days=365), end=NOW + dt.timedelta(days=1))
+    assert [(d["rto_s"], d["result"]) for d in k.drills] == [(41.0, "success"), (1200.0, "failed")]
+    assert "timeline" not in k.drills[0]  # the chart needs numbers, not the whole timeline
+    # the newest passing drill is 200 days old; policies/dr.yml wants one every 90 days
+    assert k.drills_overdue == ["postgres on lab: last passed drill 200 days ago (every 90 days)"]
+    page = render(k, "html")
+    assert "postgres: RTO per drill (seconds)" in page and "objective 900 s" in page
+    assert 'fill="#e15759"><title>' in page  # the missed RTO is drawn red
+    markdown = render(k, "md")
+    assert "| failed | 1200 s / 900 s | 20 s / 300 s |" in markdown
+    assert "DR drills overdue: postgres on lab" in markdown
+
+
+def test_findings_over_time_count_each_records_findings(history):
+    moment = NOW - dt.timedelta(hours=5)
+    write_record(
+        history.root / "records" / "inspections" / f"{moment:%Y%m%dT%H%M%SZ}-daily-lab.json",
+        Record(
+            kind="inspection",
+            environment="lab",
+            result="failed",
+            started_at=moment.isoformat(),
+            finished_at=moment.isoformat(),
+            findings=[{"severity": "critical"}, {"severity": "warning"}, {"severity": "warning"}],
+            measurements={"worst": "critical"},
+        ),
+    )
+    k = kpis(history, start=NOW - dt.timedelta(days=1), end=NOW + dt.timedelta(days=1))
+    assert k.findings_over_time == [
+        {
+            "finished_at": moment.isoformat(),
+            "kind": "inspection",
+            "environment": "lab",
+            "warning": 2,
+            "critical": 1,
+            "drifted": 0,
+        }
+    ]
+    assert "Findings over time" in render(k, "html")

@@ -45,3 +45,27 @@ def test_host_key_checking_and_fact_cache_come_from_ansible_cfg(tmp_path):
     assert checking == "True"  # ansible-runner alone would say False
     assert cache == ".opsledger/facts"  # not ansible-runner's per-run artifacts folder
     assert word == "hello"
+
+
+def test_set_stats_data_is_handed_back(tmp_path):
+    """Drills hand their timeline back this way; the events passed on stay untouched."""
+    project = copy_project(tmp_path / "p")
+    playbook = project.root / "stats.yml"
+    playbook.write_text(
+        "- name: Hand data back\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Stats\n      ansible.builtin.set_stats:\n"
+        "        data: {opsledger_drill: {down_at: 12.5, restored: [[1, 2]]}}\n"
+    )
+    inventory = project.root / "local.yml"
+    inventory.write_text("all:\n  hosts:\n    here: {ansible_connection: local}\n")
+    stats = []
+    run = run_playbook(
+        project,
+        playbook=playbook,
+        inventory=inventory,
+        limit="here",
+        params={},
+        event_handler=lambda e: stats.append(e) if e.get("event") == "playbook_on_stats" else None,
+    )
+    assert run.data == {"opsledger_drill": {"down_at": 12.5, "restored": [[1, 2]]}}
+    assert "opsledger_drill" not in stats[0]["event_data"]

@@ -17,6 +17,7 @@ from opsledger.cli.change import change
 from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.drift import drift
+from opsledger.cli.drill import drill
 from opsledger.cli.inspect import inspect
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
@@ -57,6 +58,7 @@ cli.add_command(change)
 cli.add_command(ci)
 cli.add_command(decide)
 cli.add_command(drift)
+cli.add_command(drill)
 cli.add_command(inspect)
 cli.add_command(lab)
 cli.add_command(plan)
