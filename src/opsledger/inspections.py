@@ -274,6 +274,25 @@ def check_pgbackrest_check(target: Target, spec: dict[str, Any]) -> list:
     return []
 
 
+def check_pgbackrest_verify(target: Target, spec: dict[str, Any]) -> list:
+    """Every backup and archived WAL file read back against its checksum.
+
+    The repository's answer to "would a restore work?", short of a DR drill.
+    """
+    if target.expect.get("postgresql_replication_role", "primary") != "primary":
+        return []
+    stanza = target.expect.get("postgresql_backup_stanza", "main")
+    result = target.host.run(f"sudo -u postgres pgbackrest --stanza={stanza} verify")
+    said = f"{result.stdout}\n{result.stderr}"
+    if result.rc != 0 or re.search(r"(?i)status: error|invalid|missing", said):
+        problem = next(
+            (line.strip() for line in said.splitlines() if re.search(r"(?i)error|invalid", line)),
+            said.strip()[:200],
+        )
+        return [("critical", f"pgbackrest verify failed: {problem[:200]}")]
+    return []
+
+
 def check_journal_errors(target: Target, spec: dict[str, Any]) -> list:
     hours = spec.get("hours", 24)
     out = _run(target, f"journalctl -q -p err --since '-{hours}h' --no-pager -o cat | wc -l")

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
 from opsledger.verify import verify
 
@@ -52,6 +53,13 @@ def test_drill_refuses_a_corrupted_backup(converged_lab, workflow_repo):
         assert record["kind"] == "drill" and record["result"] == "failed"
         assert "refused before the disaster" in record["findings"][0]["reason"]
         assert "rto_s" not in record["measurements"]
+        # the weekly inspection finds the same corruption without a drill
+        proc = opsledger(
+            project, "inspect", "--schedule", "weekly", "--targets", "db", "--format", "json"
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        found = {(f["host"], f["check"]): f for f in json.loads(proc.stdout)["findings"]}
+        assert found[("lab-db1", "pgbackrest_verify")]["severity"] == "critical"
     finally:
         _sh(project, "lab-db1", f"cp -a /root/drill-victim {victim} && rm /root/drill-victim")
 
@@ -89,8 +97,8 @@ def test_full_drill_restores_within_objectives(converged_lab, workflow_repo):
     record = json.loads(_drill_records(project)[-1].read_text())
     assert record["result"] == "success" and record["verification"]["result"] == "passed"
     assert record["verification"]["failed"] == 0 and record["verification"]["passed"] > 0
-    log = opsledger(project, "audit", "log", "--format", "json")
-    assert "DR drill postgres lab: passed" in log.stdout
+    subject = git(project.root, "log", "-1", "--format=%s", "--", "records/drills").stdout
+    assert subject.startswith("DR drill postgres lab: passed (RTO ")
 
     # The standby was re-seeded onto the new timeline and streams again; the dr suite's evidence
     # holds on the live server after the drill, too.

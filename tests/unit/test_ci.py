@@ -186,7 +186,7 @@ def test_pre_commit_config_is_valid():
         (["verify", "--env", "moon"], "no inventory for environment 'moon'"),
         (["drill", "postgres", "--env", "moon"], "no inventory for environment 'moon'"),
         (["drill", "mysql"], "no DR service named 'mysql'"),
-        (["drill"], "name one service or pass --due"),
+        (["drill"], "give SERVICE or --due"),
     ],
 )
 def test_bad_input_exits_2_naming_what_to_fix(repo, args, message):

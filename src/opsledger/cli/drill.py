@@ -8,9 +8,9 @@ import json
 import click
 
 from opsledger.cli.change import _params
+from opsledger.cli.options import one_or_due
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.drill import DrillResult
-from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import find_project
 
 
@@ -48,14 +48,7 @@ def drill(
     from opsledger.drill import drill as run_drill
     from opsledger.drill import run_due_drills
 
-    if bool(service) == due:
-        raise OpsledgerError(
-            Problem(
-                "name one service or pass --due",
-                field="SERVICE",
-                fix="e.g. opsledger drill postgres --env lab, or opsledger drill --due",
-            )
-        )
+    one_or_due(service, due, "SERVICE", "opsledger drill postgres --env lab")
     progress = JsonEvents() if as_json else LiveProgress()
     view = contextlib.nullcontext() if as_json else progress
     if due:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from opsledger.cli.options import one_or_due
 from opsledger.project import find_project
 
 
@@ -48,18 +49,10 @@ def inspect(
         opsledger inspect --schedule daily --env lab
         opsledger inspect --due
     """
-    from opsledger.errors import OpsledgerError, Problem
     from opsledger.inspections import SEVERITIES, due_states, render
     from opsledger.inspections import inspect as run_inspect
 
-    if bool(schedule) == due:
-        raise OpsledgerError(
-            Problem(
-                "give --schedule NAME or --due",
-                field="--schedule",
-                fix="e.g. opsledger inspect --schedule daily",
-            )
-        )
+    one_or_due(schedule, due, "--schedule", "opsledger inspect --schedule daily")
     project = find_project()
     names = [schedule] if schedule else []
     failed = False

@@ -50,3 +50,9 @@ signing_key_option = click.option(
     type=click.Path(path_type=Path),
     help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
 )
+
+
+def one_or_due(named: object, due: bool, what: str, example: str) -> None:
+    """Commands that run one named thing or everything due take exactly one of the two."""
+    if bool(named) == due:
+        raise OpsledgerError(Problem(f"give {what} or --due", field=what, fix=f"e.g. {example}"))
