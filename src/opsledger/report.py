@@ -403,10 +403,10 @@ def _trend(title: str, points: list[tuple[str, float | None]], objective: float 
 
 
 def _findings_chart(title: str, rows: list[dict[str, Any]]) -> str:
-    """Warnings, criticals and drifted tasks per inspection or drift record, oldest left."""
+    """Warnings, criticals and drifted tasks per day and kind of record, oldest first."""
     weekly: dict[str, dict[str, int]] = {}
     for row in rows:
-        key = f"{row['finished_at'][:10]} {row['kind'][:5]}"
+        key = f"{row['finished_at'][5:10]} {row['kind']}"  # per day and kind
         bucket = weekly.setdefault(key, Counter())
         for name in ("warning", "critical", "drifted"):
             bucket[name] += row[name]
