@@ -58,7 +58,7 @@ class RollbackOutcome:
             "reason": self.reason,
             "result": "success" if self.ok else "failed",
             "run_status": self.run.status if self.run else "not run",
-            "stats": _stats(self.run),
+            "stats": self.run.host_stats() if self.run else {},
             "verification": _verification(self.verification),
         }
 
@@ -80,21 +80,6 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         return self.result == "success"
-
-
-def _stats(run: PlaybookRun | None) -> dict[str, dict[str, int]]:
-    if run is None:
-        return {}
-    return {
-        name: {
-            "ok": h.ok,
-            "changed": h.changed,
-            "failed": h.failed,
-            "unreachable": h.unreachable,
-            "skipped": h.skipped,
-        }
-        for name, h in sorted(run.hosts.items())
-    }
 
 
 def _verification(result: VerifyResult | None) -> dict[str, Any]:
@@ -463,7 +448,7 @@ def apply_change(
             content_sha256=content.sha256,
             policy_sha256=decision.policy_sha256,
             decision=decision.as_dict(),
-            stats=_stats(run),
+            stats=run.host_stats(),
             changed_tasks=[
                 {"host": name, "task": c.task, "role": c.role}
                 for name, h in sorted(run.hosts.items())

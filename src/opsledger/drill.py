@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,6 @@ class DrillResult:
     record: Record | None = None
     record_path: Path | None = None
     commit: str | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 def seconds(text: Any) -> float | None:
@@ -316,15 +315,7 @@ def drill_record(
         hosts=hosts,
         runner=runner_identity(),
         git_commit=head(project.root) if is_repo(project.root) else "",
-        stats={
-            h: {
-                "ok": r.ok,
-                "changed": r.changed,
-                "failed": r.failed,
-                "unreachable": r.unreachable,
-            }
-            for h, r in sorted((run.hosts if run else {}).items())
-        },
+        stats=run.host_stats() if run else {},
         verification={
             "result": "not run" if checked is None else "passed" if checked.ok else "failed",
             "passed": checked.count("passed") if checked else 0,
@@ -350,7 +341,6 @@ def drill_record(
         run,
         checked,
         record,
-        evidence=evidence,
     )
     if is_repo(project.root):
         path = (
@@ -480,6 +470,8 @@ class DrillDue:
     last: Record | None
     overdue: bool
     days_since: float | None
+    every_days: float
+    direct: bool  # may run without a change here (direct_environments)
 
 
 def drills_due(project: Project, *, now: dt.datetime | None = None) -> list[DrillDue]:
@@ -503,7 +495,17 @@ def drills_due(project: Project, *, now: dt.datetime | None = None) -> list[Dril
             last = passed[-1] if passed else None
             days = (now - last.finished).total_seconds() / 86400 if last else None
             overdue = last is None or days * 86400 > service.drill_every_s  # type: ignore[operator]
-            due.append(DrillDue(service.name, env, last, overdue, days))
+            due.append(
+                DrillDue(
+                    service.name,
+                    env,
+                    last,
+                    overdue,
+                    days,
+                    service.drill_every_s / 86400,
+                    env in service.direct_environments,
+                )
+            )
     return due
 
 
@@ -532,12 +534,9 @@ def run_due_drills(
         due = run_due_drills(find_project(), environment="lab")
         [(r.service.name, r.passed) for r in due.ran]
     """
-    services = load_services(project)
     ran, not_due = [], []
     for state in drills_due(project, now=now):
-        if environment and state.environment != environment:
-            continue
-        if state.environment not in services[state.service].direct_environments:
+        if (environment and state.environment != environment) or not state.direct:
             continue
         if state.overdue:
             ran.append(drill(project, state.service, environment=state.environment, events=events))

@@ -242,17 +242,16 @@ def _overdue(project: Project, now: dt.datetime) -> list[str]:
     """'postgres on lab: last passed drill 120 days ago (every 90 days)' per overdue drill."""
     if not (project.root / "policies" / "dr.yml").is_file():
         return []
-    from opsledger.drill import drills_due, load_services
+    from opsledger.drill import drills_due
 
     try:
-        services = load_services(project)
         due = drills_due(project, now=now)
     except OpsledgerError:
         return ["policies/dr.yml is invalid: run opsledger policy check"]
     out = []
     for d in due:
         if d.overdue:
-            every = services[d.service].drill_every_s / 86400
+            every = d.every_days
             last = (
                 "never drilled"
                 if d.days_since is None

@@ -48,6 +48,19 @@ class PlaybookRun:
     artifacts: str = ""
     data: dict[str, Any] = field(default_factory=dict)  # what the playbook handed back (set_stats)
 
+    def host_stats(self) -> dict[str, dict[str, int]]:
+        """Per host ok / changed / failed / unreachable / skipped, as records keep them."""
+        return {
+            name: {
+                "ok": h.ok,
+                "changed": h.changed,
+                "failed": h.failed,
+                "unreachable": h.unreachable,
+                "skipped": h.skipped,
+            }
+            for name, h in sorted(self.hosts.items())
+        }
+
 
 def _diff_text(result: dict[str, Any]) -> str:
     """Render Ansible's structured diffs (before/after, or prepared text) as unified-ish text."""

@@ -6,10 +6,12 @@ timeline is what the runbook hands back, written out by hand.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import yaml
 
-from opsledger.drill import drill, judge, load_services, measure, seconds
+from opsledger.drill import drill, drill_record, judge, load_services, measure, seconds
 from opsledger.errors import OpsledgerError
 from opsledger.project import Project
 from opsledger.runner import HostRun, PlaybookRun
@@ -139,3 +141,25 @@ def test_unknown_service_and_bad_params_are_invalid_input(tmp_path):
     with pytest.raises(OpsledgerError, match="marker_seconds") as err:
         drill(project, "postgres", params={"marker_seconds": 1})
     assert err.value.exit_code == 2
+
+
+def test_drill_record_keeps_the_measurements_and_host_counts(tmp_path):
+    project = copy_project(tmp_path / "p")  # no git: measured and judged, not written
+    service = load_services(project)["postgres"]
+    run = _run()
+    run.hosts["lab-db1"].ok = 40
+    run.data = {"opsledger_drill": _evidence(backup="20261121-120000F", timeline=2)}
+    result = drill_record(
+        project,
+        service,
+        environment="lab",
+        started=dt.datetime.now(dt.UTC),
+        run=run,
+        checked=None,
+        hosts=["lab-db1"],
+        params={},
+    )
+    assert result.passed and result.record_path is None
+    assert result.record.stats["lab-db1"]["ok"] == 40
+    assert result.record.measurements["rpo_s"] == pytest.approx(20)
+    assert result.record.measurements["backup"] == "20261121-120000F"
