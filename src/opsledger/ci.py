@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from opsledger.apply import Events, PendingResult, apply_pending
 from opsledger.changes import validate_change
-from opsledger.compliance import DESIRED_STATE
+from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
@@ -111,7 +111,7 @@ def pr_scope(project: Project, base: str) -> PrScope:
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
     files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
     changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})
-    desired = [p for p in files if p.startswith(DESIRED_STATE)]
+    desired = [p for p in files if is_desired_state(p)]
     return PrScope(base, files, changes, desired)
 
 

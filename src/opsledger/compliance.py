@@ -45,6 +45,14 @@ from opsledger.yamlio import load_yaml, parse_yaml
 
 SEVERITIES = ("low", "medium", "high", "critical")
 DESIRED_STATE = ("inventories/", "roles/", "runbooks/", "site.yml", "ansible.cfg")
+# Documentation beside desired state (role READMEs, generated from argument specs) changes
+# nothing on a host: editing it is not a desired-state change.
+DOCUMENTATION_SUFFIXES = (".md", ".rst")
+
+
+def is_desired_state(path: str) -> bool:
+    """True for a file whose edit changes what hosts run (see DESIRED_STATE)."""
+    return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
 _REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
 
 
@@ -68,6 +76,7 @@ class Finding:
 class ComplianceResult:
     findings: list[Finding] = field(default_factory=list)
     commits_read: int = 0
+    baseline: dt.datetime | None = None  # audit.from: history before it is not judged
 
     def at_least(self, severity: str) -> list[Finding]:
         floor = SEVERITIES.index(severity)
@@ -359,7 +368,7 @@ def _unauthorized(
     for commit in chain[1:]:  # the first commit is the baseline
         if start and commit.committed_at < start:
             continue
-        touched = [f.path for f in commit.files if f.path.startswith(DESIRED_STATE)]
+        touched = [f.path for f in commit.files if is_desired_state(f.path)]
         if not touched:
             continue
         requests = sorted(
@@ -406,7 +415,7 @@ def audit_check(
     moment = now or dt.datetime.now(dt.UTC)
     policies, _ = load_policies(project, strict=False)
     commits = read_history(project, allowed_signers=allowed_signers(policies))
-    result = ComplianceResult(commits_read=len(commits))
+    result = ComplianceResult(commits_read=len(commits), baseline=policies.audit_from)
     histories = by_change(commits)
     evidence = _evidence(commits, policies, project)
     people_history = _PeopleHistory(project, commits)
