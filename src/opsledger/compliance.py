@@ -53,6 +53,8 @@ DOCUMENTATION_SUFFIXES = (".md", ".rst")
 def is_desired_state(path: str) -> bool:
     """True for a file whose edit changes what hosts run (see DESIRED_STATE)."""
     return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
+
+
 _REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
 
 
