@@ -50,15 +50,19 @@ class CallbackModule(CallbackBase):
         self._lock = threading.Lock()
         self._task = ""
         self._started = 0.0
+        self._said = 0.0  # when the last line about the current task was printed
         self._pending: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _tick(self) -> None:
-        while not self._stop.wait(self._interval):
+        # a line only once a task has run a whole interval, then once per interval
+        while not self._stop.wait(min(1.0, self._interval)):
             with self._lock:
-                if not self._task or not self._pending:
+                now = time.monotonic()
+                if not self._task or not self._pending or now - self._said < self._interval:
                     continue
+                self._said = now
                 hosts = ", ".join(sorted(self._pending)[:8])
                 more = len(self._pending) - 8
                 line = (
@@ -76,7 +80,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task, is_conditional) -> None:
         with self._lock:
             self._task = task.get_name().strip()
-            self._started = time.monotonic()
+            self._started = self._said = time.monotonic()
             self._pending = set()
 
     v2_playbook_on_handler_task_start = v2_playbook_on_task_start
