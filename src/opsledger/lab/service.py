@@ -327,10 +327,16 @@ def _orphaned(owner: str | None) -> bool:
     return owner is not None and not (Path(owner) / "inventories").is_dir()
 
 
-def _up_host(
-    spec: LabSpec, host: LabHost, image_ref: str, nameserver: str, progress: Progress
-) -> HostResult:
-    args, definition = _definition(spec, host, image_ref)
+@dataclass
+class _Retired:
+    """A host's container after stale ones were removed: what is left and what happened."""
+
+    current: dict | None
+    action: str  # "unchanged" or "replaced"
+
+
+def _retire_stale(spec: LabSpec, host: LabHost, definition: str, progress: Progress) -> _Retired:
+    """Remove the host's container when it cannot be kept; refuse another checkout's."""
     current = inspect_container(host.container)
     action = "unchanged"
     if current is not None:
@@ -366,6 +372,43 @@ def _up_host(
             ssh.close_control_masters(host)
             podman("rm", "--force", "--time", "5", host.container)
             current, action = None, "replaced"
+    return _Retired(current, action)
+
+
+def _reset_orphaned_volumes(spec: LabSpec, kept: set[str], progress: Progress) -> None:
+    """Empty a shared volume whose every user is a new container.
+
+    A volume outlives its containers; the db hosts' pgBackRest repository then holds the
+    backups of clusters that no longer exist, and the new primary's `stanza-create` fails
+    ("backup and archive info files exist but do not match the database"). When no container
+    that used a volume is kept, nothing can still need what it holds.
+    """
+    for volume in spec.volume_names():
+        users = [h for h in spec.hosts if any(v.startswith(f"{volume}:") for v in h.volumes)]
+        if not users or any(h.name in kept for h in users):
+            continue
+        found = podman("volume", "inspect", volume, check=False)
+        mountpoint = (
+            json.loads(found.stdout or "[{}]")[0].get("Mountpoint", "")
+            if (found.returncode == 0)
+            else ""
+        )
+        if mountpoint and any(Path(mountpoint).iterdir()):
+            progress(f"volume {volume}: every host using it is new, emptying it")
+            podman("volume", "rm", "--force", volume)
+            podman("volume", "create", "--label", f"{LABEL}.project={spec.project_label}", volume)
+
+
+def _up_host(
+    spec: LabSpec,
+    host: LabHost,
+    image_ref: str,
+    nameserver: str,
+    retired: _Retired,
+    progress: Progress,
+) -> HostResult:
+    args, definition = _definition(spec, host, image_ref)
+    current, action = retired.current, retired.action
     if current is None:
         _create(spec, host, args, definition)
         action = "created" if action == "unchanged" else action
@@ -437,9 +480,17 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
             if c["Names"][0] not in wanted
         ]
 
+        retired = {
+            h.name: _retire_stale(spec, h, _definition(spec, h, image_ref)[1], progress)
+            for h in spec.hosts
+        }
+        _reset_orphaned_volumes(
+            spec, {name for name, r in retired.items() if r.current is not None}, progress
+        )
         with ThreadPoolExecutor(max_workers=min(8, len(spec.hosts))) as pool:
             futures = [
-                pool.submit(_up_host, spec, h, image_ref, nameserver, progress) for h in spec.hosts
+                pool.submit(_up_host, spec, h, image_ref, nameserver, retired[h.name], progress)
+                for h in spec.hosts
             ]
             results, problems = [], []
             for future in futures:
