@@ -293,6 +293,35 @@ def check_pgbackrest_verify(target: Target, spec: dict[str, Any]) -> list:
     return []
 
 
+def check_wal_archiving(target: Target, spec: dict[str, Any]) -> list:
+    """WAL archived continuously up to now, on the current timeline (the primary).
+
+    `pgbackrest check` only proves one segment can be pushed at the moment it runs; a dormant
+    archive_timeout or a stuck archiver leaves acknowledged commits outside the repository
+    while it still passes. The postgresql role's `pg-archive-status` measures the gap.
+    """
+    if target.expect.get("postgresql_replication_role", "primary") != "primary":
+        return []
+    stanza = target.expect.get("postgresql_backup_stanza", "main")
+    port = target.expect.get("postgresql_port", 5432)
+    margin = spec.get("margin", target.expect.get("postgresql_backup_archive_margin", 30))
+    result = target.host.run(
+        f"cd /tmp && sudo -u postgres pg-archive-status --stanza={stanza} --port={port} "
+        f"--margin={int(margin)}"
+    )
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        return [
+            (
+                "critical",
+                "cannot read WAL archiving status (pg-archive-status missing? converge the "
+                f"postgresql role): {(result.stderr or result.stdout).strip()[:150]}",
+            )
+        ]
+    return [(severity, message) for severity, message in report.get("findings", [])]
+
+
 def check_journal_errors(target: Target, spec: dict[str, Any]) -> list:
     hours = spec.get("hours", 24)
     out = _run(target, f"journalctl -q -p err --since '-{hours}h' --no-pager -o cat | wc -l")
