@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from opsledger.apply import Events, PendingResult, apply_pending
+from opsledger.apply import Events
 from opsledger.changes import validate_change
 from opsledger.compliance import DESIRED_STATE
 from opsledger.content import change_content
@@ -21,6 +21,7 @@ from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import signing_key
+from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
 from opsledger.project import Project
