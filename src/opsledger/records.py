@@ -144,6 +144,8 @@ def _committed_files(root: Path) -> dict[str, bytes]:
     if not wanted:
         return {}
     out = _git_out(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for _, o in wanted).encode())
+    if out is None:
+        return {}
     files: dict[str, bytes] = {}
     position = 0
     for path, _ in wanted:
