@@ -345,6 +345,20 @@ def _rollback(
     return RollbackOutcome(name, base, reason, run, checked, ok)
 
 
+def _refuse_applied(project: Project, change_id: str, again: bool) -> None:
+    previous = _already_applied(project, change_id)
+    if previous and not again:
+        raise OpsledgerError(
+            Problem(
+                f"already applied successfully at {previous.finished_at}",
+                f"changes/{change_id}/runs",
+                "result",
+                "pass --again to run it once more (recorded as another run)",
+            ),
+            EXIT_INVALID,
+        )
+
+
 def _refuse_denied(change_id: str, decision: Decision, when: str = "") -> OpsledgerError:
     return OpsledgerError(
         [
@@ -468,17 +482,7 @@ def apply_change(
     decision = decide(project, change_id, now=now)
     if not decision.allowed:
         raise _refuse_denied(change_id, decision)
-    previous = _already_applied(project, change_id)
-    if previous and not again:
-        raise OpsledgerError(
-            Problem(
-                f"already applied successfully at {previous.finished_at}",
-                f"changes/{change_id}/runs",
-                "result",
-                "pass --again to run it once more (recorded as another run)",
-            ),
-            EXIT_INVALID,
-        )
+    _refuse_applied(project, change_id, again)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     identity = runner_identity()
@@ -502,6 +506,7 @@ def apply_change(
         decision = decide(project, change_id, now=again_at)
         if not decision.allowed:
             raise _refuse_denied(change_id, decision, f" after waiting {lock_wait:.0f} s")
+        _refuse_applied(project, change_id, again)  # by the run we waited for
         with _Interrupt() as interrupt:
             result = _locked_run(
                 _Run(project, change, runbook, decision, held, identity, lock_wait, reconciled),

@@ -197,10 +197,14 @@ def ci_apply(
         result = ci_apply(find_project(), remote="origin")
         result.pending.ok, result.pushed
     """
+    before = git(project.root, "rev-parse", "HEAD").stdout.strip()
     outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
-    if remote and outcome.items:
+    # Push whatever was committed: run records, and records of earlier runs committed late or
+    # recorded as interrupted while settling the evidence.
+    moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
+    if remote and moved:
         key = signing_key()
         sign = (
             ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]

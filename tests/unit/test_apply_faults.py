@@ -204,6 +204,20 @@ def test_a_record_git_refuses_is_reported_not_counted_and_committed_by_the_next_
     assert again.returncode == 2 and "already applied successfully" in again.stderr
 
 
+def test_when_git_refuses_the_write_ahead_record_nothing_runs(local_repo, machine_locks):
+    project, request = local_repo
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    (project.root / ".git" / "index.lock").write_text("")  # a git that never finished
+    refused = _cli(project, "apply", change_id, "--skip-verify")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cannot commit the run's write-ahead record" in refused.stderr
+    assert "nothing was run" in refused.stderr and "Traceback" not in refused.stderr
+    assert _steps(project) == []
+    assert not list((project.root / "changes" / change_id).glob("runs/*"))
+    assert not (machine_locks / "lab" / "lab-db1.json").exists()  # released
+
+
 def _hold(root: str, seconds: float, ready) -> None:
     held = acquire(
         Project(Path(root)), environment="lab", hosts=["lab-db1"], change="CHG-0099", owner="dave"
