@@ -329,12 +329,14 @@ def validate_all(project: Project) -> list[ValidationResult]:
 def _claim_folder(project: Project) -> tuple[str, Path]:
     """The next id and its new folder; two `change new` at once get two ids."""
     changes_dir(project).mkdir(parents=True, exist_ok=True)
+    number = int(next_change_id(project).removeprefix("CHG-"))
     while True:
-        change_id = next_change_id(project)
+        change_id = f"CHG-{number:04d}"
         folder = changes_dir(project) / change_id
         try:
             folder.mkdir()
-        except FileExistsError:
+        except FileExistsError:  # taken meanwhile, or a folder without a change.yml
+            number += 1
             continue
         return change_id, folder
 

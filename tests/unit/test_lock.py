@@ -314,3 +314,15 @@ def test_an_unreachable_lock_remote_exits_2_and_locks_nothing(origin, tmp_path):
     assert err.value.exit_code == 2
     assert "cannot reach the lock remote 'origin'" in str(err.value)
     release(_take(Project(tmp_path / "other"), "CHG-0002"))  # the machine lock was released
+
+
+def test_an_invalid_lock_policy_exits_2_naming_the_field(project):
+    (project.root / "policies").mkdir(parents=True)
+    (project.root / "policies" / "locks.yml").write_text(
+        "environments:\n  lab: {backends: [machine, nfs]}\n"
+    )
+    with pytest.raises(OpsledgerError) as err:
+        _take(project, "CHG-0001")
+    assert err.value.exit_code == 2
+    (problem,) = err.value.problems
+    assert problem.field == "environments.lab.backends" and "nfs" in problem.message
