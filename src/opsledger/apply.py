@@ -551,6 +551,7 @@ def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Reco
         hosts=run.decision.hosts,
         runner={
             **run.identity,
+            "machine_key": procs.machine_key(),
             "pid_start": procs.start_time(os.getpid()),
             "guard_pid": guard.pid,
             "guard_start": procs.start_time(guard.pid),

@@ -60,6 +60,7 @@ class Holder:
     guard_start: int | None = None
     runner_pid: int | None = None  # ansible-playbook, once it started
     expires: str = ""  # origin locks only
+    machine_key: str = ""  # procs.machine_key(): where its pids can be looked at
 
     @classmethod
     def parse(cls, text: str | bytes) -> Holder | None:
@@ -80,6 +81,7 @@ class Holder:
         """Why this holder's run is over, when this machine can tell; None if it may run on."""
         return procs.run_gone(
             machine_name=self.machine,
+            key=self.machine_key,
             pid=self.pid,
             pid_start=self.pid_start,
             guard_pid=self.guard_pid,
@@ -234,12 +236,13 @@ def _refusal(environment: str, blocked: list[tuple[str, Holder]]) -> OpsledgerEr
     problems = []
     for backend, b in blocked:
         where = "" if backend == "machine" else " on the origin"
-        if b.guard_pid and b.machine == procs.machine() and not procs.alive(b.pid, b.pid_start):
+        here = b.machine_key == procs.machine_key()
+        if b.guard_pid and here and not procs.alive(b.pid, b.pid_start):
             fix = (
                 "its apply died; its guard is ending the playbook and then frees the host: "
                 "retry in a moment (apply --wait 60)"
             )
-        elif b.run and b.machine == procs.machine() and not procs.alive(b.pid, b.pid_start):
+        elif b.run and here and not procs.alive(b.pid, b.pid_start):
             fix = (
                 f"its apply died but its playbook still runs (processes with "
                 f"{procs.RUN_MARKER}={b.run}); wait for it (apply --wait) or stop them"
@@ -300,6 +303,7 @@ def acquire(
             run=run,
             pid_start=procs.start_time(pid),
             expires=(moment + STALE_AFTER).isoformat(),
+            machine_key=procs.machine_key(),
         )
         held = HeldLocks(environment, sorted(set(hosts)), policy.backends, holder, [])
         blocked: list[tuple[str, Holder]] = []

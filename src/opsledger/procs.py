@@ -23,7 +23,23 @@ PROC = Path("/proc")
 
 
 def machine() -> str:
+    """The machine's name, for people (not unique: containers and clones share hostnames)."""
     return socket.gethostname()
+
+
+def machine_key() -> str:
+    """Where pids mean the same process: this boot of this kernel and this pid namespace.
+
+    Host names repeat (CI containers are all "localhost"); a pid judged on another machine, in
+    another container or before a reboot would be a stranger's. Two records with the same key
+    name processes this one can look at.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -56,6 +72,7 @@ def alive(pid: int | None, started: int | None = None) -> bool:
 def run_gone(
     *,
     machine_name: str,
+    key: str = "",
     pid: int | None,
     pid_start: int | None = None,
     guard_pid: int | None = None,
@@ -67,7 +84,7 @@ def run_gone(
     Only the run's own machine can look at its processes: the apply, the guard that outlives
     it (guard.py), and anything carrying its run marker (an orphaned ansible-playbook).
     """
-    if machine_name != machine():
+    if machine_name != machine() or (key or "") != machine_key():
         return None
     if alive(pid, pid_start) or alive(guard_pid, guard_start):
         return None

@@ -173,6 +173,7 @@ def _gone(record: Record, now: dt.datetime) -> str | None:
     runner = record.runner
     why = procs.run_gone(
         machine_name=runner.get("machine", ""),
+        key=runner.get("machine_key", ""),
         pid=runner.get("pid"),
         pid_start=runner.get("pid_start"),
         guard_pid=runner.get("guard_pid"),
@@ -182,7 +183,11 @@ def _gone(record: Record, now: dt.datetime) -> str | None:
     if why:
         return f"its apply ended without a record: {why}"
     started = dt.datetime.fromisoformat(record.started_at)
-    if runner.get("machine") != procs.machine() and now - started > STALE_AFTER:
+    elsewhere = (runner.get("machine"), runner.get("machine_key")) != (
+        procs.machine(),
+        procs.machine_key(),
+    )
+    if elsewhere and now - started > STALE_AFTER:
         return (
             f"started on {runner.get('machine')} at {record.started_at}, no final record after "
             f"{STALE_AFTER}"
