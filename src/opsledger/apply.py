@@ -621,6 +621,8 @@ def _locked_run(
             rollback=outcome.back.as_dict() if outcome.back else None,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
         )
+        # Written and committed under one hold of the checkout's commit lock: another command
+        # settling evidence never sees this record between the two.
         with commit_lock(project):
             path = write_record(run_record_path(project, change.id, started), record)
             review = open_review(project, change, finished)
@@ -629,15 +631,15 @@ def _locked_run(
                 drilled, drill_path = _drill_record(
                     project, change, runbook, started, played, outcome.checked, record.hosts
                 )
+            sha, problem = commit_or_journal(
+                project,
+                [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
+                f"Run {change.id}: {outcome.result} ({runbook.name} on "
+                f"{change.environment}:{change.targets})",
+                outcome.result,
+            )
         if drilled:
             _phase(events, "drill", drilled)
-        sha, problem = commit_or_journal(
-            project,
-            [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
-            f"Run {change.id}: {outcome.result} ({runbook.name} on "
-            f"{change.environment}:{change.targets})",
-            outcome.result,
-        )
         shutil.rmtree(journal, ignore_errors=True)
     finally:
         guard.done()

@@ -93,20 +93,20 @@ def commit_or_journal(
 ) -> tuple[str, Problem | None]:
     """Commit evidence; when git refuses, journal the commit for the next command to retry.
 
-    Returns (sha, None), or ("", the problem naming the files and the fix).
+    Call it holding `commit_lock`, the same hold that wrote the files. Returns (sha, None), or
+    ("", the problem naming the files and the fix).
     """
     relative = [p.resolve().relative_to(project.root.resolve()).as_posix() for p in paths]
-    with commit_lock(project):
-        try:
-            return commit_evidence(project, paths, message), None
-        except OpsledgerError as err:
-            outbox = project.state_dir / "outbox"
-            outbox.mkdir(parents=True, exist_ok=True)
-            entry = {"paths": relative, "message": message, "result": result}
-            name = relative[0].replace("/", "_")
-            (outbox / name).write_text(json.dumps(entry))
-            why = err.problems[0].message if err.problems else str(err)
-            return "", _uncommitted_problem(project, relative, result, why)
+    try:
+        return commit_evidence(project, paths, message), None
+    except OpsledgerError as err:
+        outbox = project.state_dir / "outbox"
+        outbox.mkdir(parents=True, exist_ok=True)
+        entry = {"paths": relative, "message": message, "result": result}
+        name = relative[0].replace("/", "_")
+        (outbox / name).write_text(json.dumps(entry))
+        why = err.problems[0].message if err.problems else str(err)
+        return "", _uncommitted_problem(project, relative, result, why)
 
 
 def _retry(
@@ -157,6 +157,9 @@ def _interrupted(project: Project, started: RunFile, why: str, now: dt.datetime)
         ]
         interruption["journal"] = "replayed"
         interruption["last_task"] = tally.last_task
+        guard_log = journal / "guard.log"
+        if guard_log.is_file():  # what the guard did when the apply died
+            interruption["guard"] = guard_log.read_text().splitlines()[-10:]
     return replace(
         record,
         result="interrupted",

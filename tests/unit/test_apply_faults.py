@@ -132,6 +132,9 @@ def test_kill_9_of_apply_ends_its_playbook_and_the_next_command_records_it(local
     assert f"process {apply.pid} on " in interrupted.interruption["why"]
     assert interrupted.interruption["journal"] == "replayed"
     assert interrupted.interruption["last_task"] == "Take the steps"
+    assert any(
+        "no process of the run is left" in line for line in interrupted.interruption["guard"]
+    )
     assert interrupted.stats["lab-db1"]["ok"] >= 2  # what the journal showed had run
     assert interrupted.decision["allowed"] and interrupted.started_at == ahead.record.started_at
     assert any(
