@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from opsledger.approvals import approval_states
 from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
-from opsledger.content import change_content
+from opsledger.content import Content, change_content
 from opsledger.policy import Policies, Window, load_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
@@ -252,11 +252,18 @@ def _still_runs(
         windows = policies.windows.get(other.environment, [])
         if not any(_in_window(w, other.window_start, other.window_end) for w in windows):
             return "its window lies outside every maintenance window"
-    risk = max(runbook.risk, other.risk or "low", key=RISK_ORDER.__getitem__)
-    approval, _ = _approvals(project, other, runbook, policies, content.sha256, content, risk)
-    if not approval.passed:
+    if not _approved(project, other, runbook, policies, content):
         return "not approved"
     return None
+
+
+def _approved(
+    project: Project, change: Change, runbook: Runbook, policies: Policies, content: Content
+) -> bool:
+    """Whether a change's approvals hold now (the same judgement decide gives it)."""
+    risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
+    approval, _ = _approvals(project, change, runbook, policies, content.sha256, content, risk)
+    return approval.passed
 
 
 def _conflicts(
