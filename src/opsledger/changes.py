@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import load_yaml, parse_yaml
 
 _ID = re.compile(r"^CHG-(\d{4,})$")
 RISKS = ("low", "medium", "high")
@@ -76,8 +77,38 @@ def change_ids(project: Project) -> list[str]:
     return sorted(found, key=lambda i: int(_ID.match(i).group(1)) if _ID.match(i) else -1)
 
 
+def _ids_in_history(project: Project) -> set[str]:
+    """Every change id any branch of this clone has ever added, deleted folders included."""
+    proc = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
+            "log",
+            "--all",
+            "--diff-filter=A",
+            "--no-renames",
+            "--name-only",
+            "--format=",
+            "--",
+            ":(glob)changes/*/change.yml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {line.split("/")[1] for line in proc.stdout.splitlines() if line.count("/") == 2}
+
+
 def next_change_id(project: Project) -> str:
-    numbers = [int(m.group(1)) for i in change_ids(project) if (m := _ID.match(i))]
+    """One more than the highest id ever used: in the tree, or in any branch's history.
+
+    An id names the change in approvals, run records, audit findings and the rollback base, so
+    it is never handed out twice, not even after its folder was deleted (withdraw a change
+    instead: `opsledger change withdraw`).
+    """
+    used = set(change_ids(project)) | _ids_in_history(project)
+    numbers = [int(m.group(1)) for i in used if (m := _ID.match(i))]
     return f"CHG-{(max(numbers, default=0) + 1):04d}"
 
 
@@ -295,6 +326,21 @@ def validate_all(project: Project) -> list[ValidationResult]:
     return [validate_change(project, change_id) for change_id in change_ids(project)]
 
 
+def _claim_folder(project: Project) -> tuple[str, Path]:
+    """The next id and its new folder; two `change new` at once get two ids."""
+    changes_dir(project).mkdir(parents=True, exist_ok=True)
+    number = int(next_change_id(project).removeprefix("CHG-"))
+    while True:
+        change_id = f"CHG-{number:04d}"
+        folder = changes_dir(project) / change_id
+        try:
+            folder.mkdir()
+        except FileExistsError:  # taken meanwhile, or a folder without a change.yml
+            number += 1
+            continue
+        return change_id, folder
+
+
 @dataclass
 class NewChange:
     id: str
@@ -326,7 +372,7 @@ def new_change(
                    reason="Sorts spill to disk", targets="db", params={"tags": ["postgresql"]},
                    window_start=start, window_end=start + timedelta(hours=2))
     """
-    change_id = next_change_id(project)
+    change_id, folder = _claim_folder(project)
     data: dict[str, Any] = {
         "id": change_id,
         "title": title,
@@ -345,8 +391,6 @@ def new_change(
         data["rollback"] = rollback
     if risk:
         data["risk"] = risk
-    folder = changes_dir(project) / change_id
-    folder.mkdir(parents=True)
     file = folder / "change.yml"
     file.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
     result = validate_change(project, change_id)
@@ -355,3 +399,138 @@ def new_change(
         folder.rmdir()
         raise OpsledgerError(result.problems)
     return NewChange(change_id, file)
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    change_id: str
+    person: str
+    at: str
+    reason: str
+    path: Path
+
+
+def withdrawal_path(project: Project, change_id: str) -> Path:
+    return changes_dir(project) / change_id / "withdrawn.yml"
+
+
+def load_withdrawal(project: Project, change_id: str) -> Withdrawal | None:
+    """The change's withdrawal, when one is committed (an uncommitted file does not count)."""
+    path = withdrawal_path(project, change_id)
+    if not path.exists():
+        return None
+    rel = path.relative_to(project.root).as_posix()
+    shown = subprocess.run(
+        ["git", "-C", str(project.root), "show", f"HEAD:{rel}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if shown.returncode != 0:
+        return None
+    data = parse_yaml(shown.stdout)
+    if not isinstance(data, dict):
+        return None
+    return Withdrawal(
+        change_id,
+        str(data.get("withdrawn_by", "")),
+        str(data.get("withdrawn_at", "")),
+        str(data.get("reason", "")),
+        path,
+    )
+
+
+def withdraw_change(
+    project: Project,
+    change_id: str,
+    *,
+    person: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> Withdrawal:
+    """Withdraw a change that has not succeeded: it never runs, holds no host, keeps its id.
+
+    Writes `changes/<ID>/withdrawn.yml` (who, when, why) and commits it as that person; the
+    folder and its history stay, so approvals, run records and audit keep their meaning.
+
+    Example:
+        withdraw_change(find_project(), "CHG-0004", person="alice",
+                        reason="Superseded by CHG-0006")
+    """
+    from opsledger.gitrepo import commit_paths
+    from opsledger.policy import load_policies
+    from opsledger.records import read_runs
+
+    file = changes_dir(project) / change_id / "change.yml"
+    problems = []
+    if not file.is_file():
+        known = ", ".join(change_ids(project)[-5:]) or "none yet"
+        problems.append(Problem(f"no change {change_id}", str(file), fix=f"latest: {known}"))
+    if not reason.strip():
+        problems.append(Problem("a reason is required", field="--reason", fix="say why"))
+    policies, _ = load_policies(project)
+    who = policies.people.get(person)
+    if who is None:
+        problems.append(
+            Problem(
+                f"{person!r} is not in people.yml",
+                "policies/people.yml",
+                "--as",
+                "withdraw as a person of policies/people.yml",
+            )
+        )
+    if problems:
+        raise OpsledgerError(problems)
+    previous = load_withdrawal(project, change_id)
+    if previous is not None:
+        raise OpsledgerError(
+            Problem(
+                f"already withdrawn by {previous.person} at {previous.at}",
+                str(previous.path),
+                fix="nothing to do",
+            )
+        )
+    ledger = read_runs(project)
+    applied = [r for r in ledger.committed if r.change == change_id and r.result == "success"]
+    if applied:
+        raise OpsledgerError(
+            Problem(
+                f"applied successfully at {applied[-1].finished_at}: a change that ran cannot "
+                "be withdrawn",
+                str(file),
+                fix="undo it with a new change (e.g. a converge of the previous desired state)",
+            )
+        )
+    running = [f.path for f in ledger.started if f.record.change == change_id]
+    if running:
+        raise OpsledgerError(
+            Problem(
+                f"a run of {change_id} has started and has no final record ({running[-1]})",
+                running[-1],
+                fix="wait for it to end (or for the next apply to record it as interrupted), "
+                "then withdraw",
+            ),
+            EXIT_LOCKED,
+        )
+    moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    path = withdrawal_path(project, change_id)
+    data = {
+        "change": change_id,
+        "withdrawn_by": person,
+        "withdrawn_at": moment.isoformat(),
+        "reason": reason.strip(),
+    }
+    path.write_text(
+        "---\n# This change was withdrawn: it never runs again; its id is never reused.\n"
+        + yaml.safe_dump(data, sort_keys=False, width=100)
+    )
+    commit_paths(
+        project.root,
+        [path],
+        f"Withdraw {change_id}: {reason.strip()}",
+        name=who.name,
+        email=who.email,
+        signing_key=signing_key,
+    )
+    return Withdrawal(change_id, person, moment.isoformat(), reason.strip(), path)

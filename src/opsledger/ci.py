@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from opsledger.apply import Events, PendingResult, apply_pending
+from opsledger.apply import Events
 from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
@@ -21,6 +21,7 @@ from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import signing_key
+from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
 from opsledger.project import Project
@@ -196,10 +197,14 @@ def ci_apply(
         result = ci_apply(find_project(), remote="origin")
         result.pending.ok, result.pushed
     """
+    before = git(project.root, "rev-parse", "HEAD").stdout.strip()
     outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
-    if remote and outcome.items:
+    # Push whatever was committed: run records, and records of earlier runs committed late or
+    # recorded as interrupted while settling the evidence.
+    moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
+    if remote and moved:
         key = signing_key()
         sign = (
             ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]

@@ -38,7 +38,7 @@ from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
 from opsledger.gitrepo import git
 from opsledger.policy import Policies, load_policies
 from opsledger.project import Project
-from opsledger.records import Record
+from opsledger.records import STARTED_SUFFIX, Record
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 from opsledger.yamlio import load_yaml, parse_yaml
@@ -238,6 +238,8 @@ def _runs(
     for commit in history:
         for f in commit.files:
             if f.status != "A" or not f.path.startswith(f"changes/{change.id}/runs/"):
+                continue
+            if f.path.endswith(STARTED_SUFFIX):  # write-ahead: its final record is judged
                 continue
             path = project.root / f.path
             if not path.exists():

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from opsledger.approvals import approval_states
-from opsledger.changes import Change, change_ids, validate_change
-from opsledger.content import change_content
+from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
+from opsledger.content import Content, change_content
 from opsledger.policy import Policies, Window, load_policies
 from opsledger.project import Project
-from opsledger.records import change_runs
+from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
+# Results that end a change's current content: it runs again only once amended (new approvals).
+FINAL_FAILURES = ("failed", "rolled_back", "rollback_failed")
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -215,30 +217,119 @@ def _promotion(
     )
 
 
-def _conflicts(project: Project, change: Change, hosts: list[str]) -> Check:
-    """Other changes not yet applied whose hosts and windows overlap this one's."""
-    applied = {r.change for r in change_runs(project) if r.result == "success"}
-    clashes = []
+def run_order(change: Change) -> tuple[bool, dt.datetime, int, str]:
+    """Who goes first among changes overlapping on hosts and windows.
+
+    Emergencies first, then the earlier window, then the older request (lower id): a fixed
+    order both changes agree on, so two approved changes never wait for each other.
+    """
+    digits = "".join(ch for ch in change.id if ch.isdigit())
+    return (change.type != "emergency", change.window_start, int(digits or 0), change.id)
+
+
+def _still_runs(
+    project: Project,
+    other: Change,
+    runbook: Runbook,
+    hosts: list[str],
+    policies: Policies,
+    runs: list[Record],
+    now: dt.datetime,
+) -> str | None:
+    """Why another change no longer holds its hosts; None while it can still run."""
+    if load_withdrawal(project, other.id) is not None:
+        return "withdrawn"
+    mine = [r for r in runs if r.change == other.id]
+    if any(r.result == "success" for r in mine):
+        return "applied"
+    if now > other.window_end:
+        return "its window has closed"
+    content = change_content(project, other, runbook, hosts)
+    ended = [r for r in mine if r.content_sha256 == content.sha256 and r.result in FINAL_FAILURES]
+    if ended:
+        return f"its run ended {ended[-1].result}"
+    if other.type != "emergency" or not policies.emergency.get("bypass_windows"):
+        windows = policies.windows.get(other.environment, [])
+        if not any(_in_window(w, other.window_start, other.window_end) for w in windows):
+            return "its window lies outside every maintenance window"
+    if not _approved(project, other, runbook, policies, content):
+        return "not approved"
+    return None
+
+
+def _approved(
+    project: Project, change: Change, runbook: Runbook, policies: Policies, content: Content
+) -> bool:
+    """Whether a change's approvals hold now (the same judgement decide gives it)."""
+    risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
+    approval, _ = _approvals(project, change, runbook, policies, content.sha256, content, risk)
+    return approval.passed
+
+
+def _conflicts(
+    project: Project, change: Change, hosts: list[str], policies: Policies, now: dt.datetime
+) -> Check:
+    """Other changes that can still run, overlapping this one's hosts and window, and go first.
+
+    Only a change that can still run holds its hosts: approved, not withdrawn, not applied, its
+    window still open, and not ended by a failure of its current content. Between two such
+    changes `run_order` decides, so one runs and the other waits instead of both waiting for
+    their whole windows. An emergency is never held back (the overlap is noted in the check).
+    """
+    runs = change_runs(project)
+    first, after, bypassed = [], [], []
     for other_id in change_ids(project):
-        if other_id == change.id or other_id in applied:
+        if other_id == change.id:
             continue
         other = validate_change(project, other_id)
         if other.change is None or other.change.environment != change.environment:
             continue
         overlap = set(other.hosts) & set(hosts)
-        if (
+        if not (
             overlap
             and other.change.window_start < change.window_end
             and change.window_start < other.change.window_end
         ):
-            clashes.append(f"{other_id} ({', '.join(sorted(overlap)[:3])})")
-    return Check(
-        "conflicts",
-        not clashes,
-        "overlaps " + ", ".join(clashes)
-        if clashes
-        else "no other pending change overlaps its hosts and window",
-    )
+            continue
+        assert other.runbook is not None
+        if _still_runs(project, other.change, other.runbook, other.hosts, policies, runs, now):
+            continue
+        shown = f"{other_id} ({', '.join(sorted(overlap)[:3])})"
+        if change.type == "emergency":
+            bypassed.append(shown)
+        elif run_order(other.change) < run_order(change):
+            first.append(shown)
+        else:
+            after.append(other_id)
+    if first:
+        return Check(
+            "conflicts",
+            False,
+            "waits for " + ", ".join(first) + ", which can still run and go first "
+            "(emergencies, then the earlier window, then the older request)",
+        )
+    if bypassed:
+        return Check(
+            "conflicts",
+            True,
+            "emergency change: runs despite " + ", ".join(bypassed) + " (recorded)",
+        )
+    if after:
+        return Check("conflicts", True, "goes before " + ", ".join(after))
+    return Check("conflicts", True, "no other change that can still run overlaps it")
+
+
+def _withdrawn(project: Project, change: Change) -> list[Check]:
+    withdrawal = load_withdrawal(project, change.id)
+    if withdrawal is None:
+        return []
+    return [
+        Check(
+            "withdrawn",
+            False,
+            f"withdrawn by {withdrawal.person} at {withdrawal.at}: {withdrawal.reason}",
+        )
+    ]
 
 
 def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) -> Decision:
@@ -276,7 +367,8 @@ def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) 
     checks.append(approval)
     checks += window_checks(change, policies, moment)
     checks.append(_promotion(project, change, runbook, policies, moment))
-    checks.append(_conflicts(project, change, hosts))
+    checks.append(_conflicts(project, change, hosts, policies, moment))
+    checks += _withdrawn(project, change)
     if change.type == "emergency":
         hours = policies.emergency.get("review_within_hours")
         checks.append(

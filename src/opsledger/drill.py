@@ -20,9 +20,11 @@ from typing import Any
 
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.gitrepo import head, is_repo
+from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
+from opsledger.procs import RUN_MARKER, start_time
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.runbooks import load_runbook
@@ -428,19 +430,29 @@ def drill(
         change=f"drill:{service.name}",
         owner=identity["person"],
         wait=wait,
-    ):
+    ) as held:
         started = dt.datetime.now(dt.UTC)
         if events:
             events({"event": "opsledger_phase", "phase": "run", "message": f"drilling {hosts}"})
-        run = run_playbook(
-            project,
-            playbook=runbook.playbook,
-            inventory=inventory,
-            limit=service.targets,
-            params=params,
-            timeout=runbook.timeout,
-            event_handler=events,
-        )
+        # Like an apply's: if this process dies, the guard ends the drill's playbook before the
+        # hosts are free again (a drill kills and restores PostgreSQL).
+        run_id = f"drill:{service.name}/{stamp(started)}"
+        origin = held.origin.as_spec() if held.origin is not None else None
+        guard = Guard(run_id, held.fds, origin, None)
+        held.note(run=run_id, guard_pid=guard.pid, guard_start=start_time(guard.pid))
+        try:
+            run = run_playbook(
+                project,
+                playbook=runbook.playbook,
+                inventory=inventory,
+                limit=service.targets,
+                params=params,
+                timeout=runbook.timeout,
+                event_handler=events,
+                extra_env={RUN_MARKER: run_id},
+            )
+        finally:
+            guard.done()
         checked = None
         if run.status == "successful" and runbook.verify_suites:
             if events:

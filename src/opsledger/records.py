@@ -4,12 +4,19 @@ Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`) use it now; inspectio
 checks and DR drills will write the same model under `records/`, so audit and reports read them
 all alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
+
+A change run is written ahead: `runs/<stamp>.started.json` (result `started`) is committed
+before the first task, and the final record `runs/<stamp>.json` is a second file, so both stay
+write-once. Only what git has committed counts (`read_runs` reads HEAD, not the working tree):
+a record whose commit failed is reported as uncommitted, never taken for a run that happened.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,10 @@ from typing import Any
 from opsledger.project import Project
 
 KINDS = ("run", "inspection", "drift", "drill")
-RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled")
+RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
+STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+STARTED_SUFFIX = ".started.json"
+_RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
 FORMAT_VERSION = 1
 
 
@@ -44,6 +54,10 @@ class Record:
     rollback: dict[str, Any] | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)  # inspections, drills
     measurements: dict[str, Any] = field(default_factory=dict)  # e.g. RTO, RPO
+    # Locks: backends, stale holders taken over, interrupted runs reconciled before this one.
+    lock: dict[str, Any] = field(default_factory=dict)
+    # interrupted runs: how it was found (by whom, when, why) and what its journal showed.
+    interruption: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
 
     @property
@@ -68,6 +82,16 @@ def run_record_path(project: Project, change_id: str, started: dt.datetime) -> P
     return project.root / "changes" / change_id / "runs" / f"{stamp(started)}.json"
 
 
+def started_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
+    """The write-ahead record of a run, committed before its first task."""
+    return project.root / "changes" / change_id / "runs" / f"{stamp(started)}{STARTED_SUFFIX}"
+
+
+def final_path_of(started_path: str) -> str:
+    """`runs/<stamp>.started.json` -> `runs/<stamp>.json` (paths relative to the project)."""
+    return started_path[: -len(STARTED_SUFFIX)] + ".json"
+
+
 def write_record(path: Path, record: Record) -> Path:
     """Write a record once; an existing record is never overwritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,15 +100,105 @@ def write_record(path: Path, record: Record) -> Path:
     return path
 
 
-def change_runs(project: Project) -> list[Record]:
-    """Every change run record, oldest first (unreadable files are skipped)."""
-    records = []
-    for path in (project.root / "changes").glob("*/runs/*.json"):
-        try:
-            records.append(Record.from_dict(json.loads(path.read_text())))
-        except (ValueError, TypeError):
+@dataclass
+class RunFile:
+    """A run record file (path relative to the project root) and its content."""
+
+    path: str
+    record: Record
+
+
+@dataclass
+class RunLedger:
+    """The change run records as git has them, and what the working tree holds besides."""
+
+    committed: list[Record]  # final records in HEAD, oldest first
+    started: list[RunFile]  # write-ahead records in HEAD whose run has no final record in HEAD
+    uncommitted: list[RunFile]  # record files in the working tree that HEAD does not have
+
+
+def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None:
+    proc = subprocess.run(
+        ["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _parse(data: bytes) -> Record | None:
+    try:
+        return Record.from_dict(json.loads(data))
+    except (ValueError, TypeError):
+        return None
+
+
+def _committed_files(root: Path) -> dict[str, bytes]:
+    """Every run record file of HEAD with its bytes: one ls-tree and one cat-file process."""
+    listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", "changes")
+    if not listing:
+        return {}
+    wanted = []
+    for entry in listing.split(b"\0"):
+        meta, _, path = entry.decode().partition("\t")
+        if path and _RUN_FILE.match(path) and meta.split()[1] == "blob":
+            wanted.append((path, meta.split()[2]))
+    if not wanted:
+        return {}
+    out = _git_out(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for _, o in wanted).encode())
+    if out is None:
+        return {}
+    files: dict[str, bytes] = {}
+    position = 0
+    for path, _ in wanted:
+        header_end = out.index(b"\n", position)
+        size = int(out[position:header_end].split()[2])
+        files[path] = out[header_end + 1 : header_end + 1 + size]
+        position = header_end + 1 + size + 1
+    return files
+
+
+def read_runs(project: Project) -> RunLedger:
+    """Every change run record that counts — committed in HEAD — and what is still open.
+
+    This is the one reader of run records: decide, apply, pending, change show, audit and the
+    report all ask it, so a record whose commit failed never counts as a run that happened
+    (it is listed under `uncommitted`, and the next apply commits it).
+
+    Example:
+        ledger = read_runs(find_project())
+        [r.result for r in ledger.committed], [f.path for f in ledger.uncommitted]
+    """
+    committed_files = _committed_files(project.root)
+    committed, started = [], []
+    for path, data in committed_files.items():
+        record = _parse(data)
+        if record is None:
             continue
-    return sorted(records, key=lambda r: r.finished_at)
+        if path.endswith(STARTED_SUFFIX):
+            if final_path_of(path) not in committed_files:
+                started.append(RunFile(path, record))
+        else:
+            committed.append(record)
+    uncommitted = []
+    for file in sorted((project.root / "changes").glob("*/runs/*.json")):
+        path = file.relative_to(project.root).as_posix()
+        if path in committed_files or not _RUN_FILE.match(path):
+            continue
+        try:
+            record = _parse(file.read_bytes())
+        except OSError:
+            continue
+        if record is not None:
+            uncommitted.append(RunFile(path, record))
+    return RunLedger(
+        sorted(committed, key=lambda r: r.finished_at),
+        sorted(started, key=lambda f: f.path),
+        uncommitted,
+    )
+
+
+def change_runs(project: Project) -> list[Record]:
+    """Every committed change run record, oldest first (unreadable ones are skipped)."""
+    return read_runs(project).committed
 
 
 def load_records(project: Project, kind: str | None = None) -> list[Record]:

@@ -34,6 +34,7 @@ PALETTE = {
     "rolled_back": "#f28e2b",
     "rollback_failed": "#b07aa1",
     "canceled": "#9c9c9c",
+    "interrupted": "#76b7b2",
     "not applied": "#bab0ac",
     "clean": "#59a14f",
     "in sync": "#59a14f",

@@ -7,6 +7,7 @@ counts, the tasks that changed with their diffs, and the failures with their mes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -104,8 +105,14 @@ def run_playbook(
     event_handler: EventHandler | None = None,
     artifact_dir: Path | None = None,
     cancel: Callable[[], bool] | None = None,
+    private_dir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
+
+    `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
+    it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
+    marker the guard looks for).
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
@@ -113,15 +120,83 @@ def run_playbook(
     """
     import ansible_runner
 
-    hosts: dict[str, HostRun] = {}
-    handed_back: dict[str, Any] = {}  # set_stats data
+    tally = Tally()
 
     def on_event(event: dict[str, Any]) -> bool:
+        tally.add(event)
+        if event_handler:
+            event_handler(event)
+        return True
+
+    cmdline = "--diff" + (" --check" if check else "")
+    # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
+    # ansible-runner finds it through this process's PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    with contextlib.ExitStack() as stack:
+        if private_dir is None:
+            private = stack.enter_context(tempfile.TemporaryDirectory(prefix="opsledger-run-"))
+        else:
+            private_dir.mkdir(parents=True, exist_ok=True)
+            private = str(private_dir)
+        env = project.ansible_env()
+        run = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(project.root),
+            playbook=str(playbook.resolve()),
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            tags=",".join(tags) if tags else None,
+            extravars={"opsledger_params": params},
+            cmdline=cmdline,
+            # ansible-runner would otherwise turn host key checking off (it sets
+            # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
+            # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
+            envvars={
+                "ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"],
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                **(extra_env or {}),
+            },
+            fact_cache_type="ansible.cfg",
+            quiet=True,
+            event_handler=on_event,
+            timeout=timeout,
+            artifact_dir=str(artifact_dir) if artifact_dir else None,
+            cancel_callback=cancel,
+        )
+        hosts = tally.hosts
+        if run.status not in ("successful", "canceled") and not hosts:
+            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
+            raise OpsledgerError(
+                Problem(
+                    f"ansible-playbook {run.status} (rc={run.rc}) before reaching any host: "
+                    + " | ".join(tail),
+                    str(playbook),
+                    "playbook",
+                    "run it with ansible-playbook to see the details",
+                ),
+                EXIT_FAILED,
+            )
+        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), tally.handed_back)
+
+
+class Tally:
+    """Per-host results built from ansible-runner events, live or replayed from a journal."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostRun] = {}
+        self.handed_back: dict[str, Any] = {}  # set_stats data
+        self.last_task = ""
+
+    def add(self, event: dict[str, Any]) -> None:
         data = event.get("event_data") or {}
         host = data.get("host")
         kind = event.get("event", "")
+        if kind in ("playbook_on_task_start", "runner_on_start") and data.get("task"):
+            self.last_task = data["task"]
         if host and kind.startswith("runner_on_"):
-            entry = hosts.setdefault(host, HostRun(host))
+            entry = self.hosts.setdefault(host, HostRun(host))
             result = data.get("res") or {}
             task = data.get("task", "")
             if kind == "runner_on_ok":
@@ -136,56 +211,30 @@ def run_playbook(
                 )
             elif kind == "runner_on_unreachable":
                 entry.unreachable += 1
-                entry.failures.append(f"unreachable: {result.get('msg', '')}".strip())
+                entry.failures.append(f"unreachable: {result.get('msg', '') or ''}".strip())
             elif kind == "runner_on_skipped":
                 entry.skipped += 1
         elif kind == "playbook_on_stats":
-            handed_back.update(data_of(event))
-        if event_handler:
-            event_handler(event)
-        return True
+            self.handed_back.update(data_of(event))
 
-    cmdline = "--diff" + (" --check" if check else "")
-    # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
-    # ansible-runner finds it through this process's PATH.
-    venv_bin = str(Path(sys.executable).parent)
-    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
-    with tempfile.TemporaryDirectory(prefix="opsledger-run-") as private:
-        env = project.ansible_env()
-        run = ansible_runner.run(
-            private_data_dir=private,
-            project_dir=str(project.root),
-            playbook=str(playbook.resolve()),
-            inventory=str(inventory.resolve()),
-            limit=limit,
-            tags=",".join(tags) if tags else None,
-            extravars={"opsledger_params": params},
-            cmdline=cmdline,
-            # ansible-runner would otherwise turn host key checking off (it sets
-            # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
-            # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
-            envvars={"ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"], "ANSIBLE_HOST_KEY_CHECKING": "True"},
-            fact_cache_type="ansible.cfg",
-            quiet=True,
-            event_handler=on_event,
-            timeout=timeout,
-            artifact_dir=str(artifact_dir) if artifact_dir else None,
-            cancel_callback=cancel,
-        )
-        if run.status not in ("successful", "canceled") and not hosts:
-            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
-            raise OpsledgerError(
-                Problem(
-                    f"ansible-playbook {run.status} (rc={run.rc}) before reaching any host: "
-                    + " | ".join(tail),
-                    str(playbook),
-                    "playbook",
-                    "run it with ansible-playbook to see the details",
-                ),
-                EXIT_FAILED,
-            )
-        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), handed_back)
+
+def replay_journal(private_dir: Path) -> Tally:
+    """What a run got to, read back from the events ansible-runner wrote to its private folder.
+
+    A killed apply leaves them behind; the interrupted run's record is built from them.
+    """
+    import json
+
+    tally = Tally()
+    events = []
+    for path in private_dir.glob("artifacts/*/job_events/*.json"):
+        try:
+            events.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    for event in sorted(events, key=lambda e: e.get("counter", 0)):
+        tally.add(event)
+    return tally
 
 
 def data_of(event: dict[str, Any]) -> dict[str, Any]:

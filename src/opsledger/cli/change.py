@@ -233,6 +233,32 @@ def review(
 
 @change.command()
 @click.argument("change_id")
+@person_option
+@click.option("--reason", required=True, help="Why the change is withdrawn.")
+@signing_key_option
+def withdraw(change_id: str, person: str, reason: str, signing_key: Path | None) -> None:
+    """Withdraw a change that has not run successfully; it never runs and holds no host.
+
+    Writes changes/<ID>/withdrawn.yml (who, when, why) and commits it as you. The folder stays
+    and its id is never reused. `opsledger change cancel` is the same command.
+
+    \b
+    Example:
+        opsledger change withdraw CHG-0004 --as alice --reason "Superseded by CHG-0006"
+    """
+    from opsledger.changes import withdraw_change
+
+    done = withdraw_change(
+        find_project(), change_id, person=person, reason=reason, signing_key=signing_key
+    )
+    click.echo(f"{change_id}: withdrawn by {done.person} at {done.at} ({done.path.name} committed)")
+
+
+change.add_command(withdraw, "cancel")
+
+
+@change.command()
+@click.argument("change_id")
 @click.option("--json", "as_json", is_flag=True, help="The change and its runs as JSON.")
 def show(change_id: str, as_json: bool) -> None:
     """Show a change, its approvals, its run records and its review.

@@ -58,7 +58,8 @@ def pr(base: str, no_plan: bool, summary: Path | None, at: str | None) -> None:
 def apply_(environment: str | None, remote: str | None, wait: float, at: str | None) -> None:
     """After a merge: apply every pending change, then push the records back.
 
-    Exit 0 when every applied change succeeded (or nothing was pending), 1 otherwise.
+    Exit 0 when every applied change succeeded (or nothing was pending), 1 when one did not,
+    or when a pending change can never run as it stands ("cannot run": withdraw or amend it).
 
     \b
     Example:
