@@ -1,4 +1,4 @@
-"""SLA clock arithmetic: how much counted time lies between two instants, and when a target runs out.
+"""SLA clock arithmetic: counted time between two instants, and when a target runs out.
 
 A clock counts either every second (24x7) or only business hours — the calendar's days and
 hours in its own time zone, holidays excluded — and never the intervals it is paused (an
@@ -82,7 +82,7 @@ def _running(
         for pause_start, pause_end in stops:
             cut = []
             for a, b in pieces:
-                if pause_end is not None and pause_end <= a or pause_start >= b:
+                if (pause_end is not None and pause_end <= a) or pause_start >= b:
                     cut.append((a, b))
                     continue
                 if pause_start > a:

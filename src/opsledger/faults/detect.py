@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ _PG_CHECKS = {"postgres_up", "replication", "backup_age", "pgbackrest_check", "p
 _UNIT = re.compile(r"service (\S+) is")
 
 
-class DetectionStatus(str, Enum):
+class DetectionStatus(StrEnum):
     DISABLED = "disabled"  # switched off (environment or policy)
     QUIET = "quiet"  # nothing to open, update or resolve
     RECORDED = "recorded"  # incidents opened, updated or resolved, and committed
@@ -162,7 +162,8 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
                     env,
                     host,
                     (host,),
-                    policy.inspection_classes.get(check) or _klass(policy, "inspection", "software"),
+                    policy.inspection_classes.get(check)
+                    or _klass(policy, "inspection", "software"),
                     f"{check}: {message}",
                     services,
                 )
@@ -239,7 +240,10 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
 def _passing_verifications(record: Record) -> list[dict[str, Any]]:
     """The verifications in a run record that passed: the run's own, and its rollback's."""
     found = []
-    for checked in ((record.verification or {}), ((record.rollback or {}).get("verification") or {})):
+    for checked in (
+        (record.verification or {}),
+        ((record.rollback or {}).get("verification") or {}),
+    ):
         if checked.get("status") == "passed":
             found.append(checked)
     return found
@@ -281,7 +285,7 @@ def clears(record: Record, fingerprint: str, incident: Incident, reader: _Reader
     if record.kind != "run":
         return False
     if kind == "verification":
-        host, _, test = rest.partition(":")
+        host = rest.partition(":")[0]
         needed = _failing_suites(incident, reader)
         for checked in _passing_verifications(record):
             ran = set(checked.get("suites") or [])
@@ -339,7 +343,10 @@ def _open_or_update(
             return None  # this record was read before: nothing new
         new = [p for p in prints if p not in incident.fingerprints]
         incident.data["fingerprints"] = incident.fingerprints + new
-        incident.data["signals"] = {**(incident.data.get("signals") or {}), **dict.fromkeys(prints, "firing")}
+        incident.data["signals"] = {
+            **(incident.data.get("signals") or {}),
+            **dict.fromkeys(prints, "firing"),
+        }
         incident.data["evidence"] = [*incident.data.get("evidence", []), evidence]
         incident.data["hosts"] = list(dict.fromkeys([*incident.hosts, *hosts]))
         incident.data["services"] = list(dict.fromkeys([*incident.data["services"], *services]))
@@ -398,7 +405,9 @@ def _clear(
     signals_now.update(dict.fromkeys(cleared, "clean"))
     incident.data["signals"] = signals_now
     incident.data["evidence"] = list(dict.fromkeys([*incident.data.get("evidence", []), evidence]))
-    incident.timeline.append(entry("cleared", AUTOMATION, when, evidence=evidence, fingerprints=cleared))
+    incident.timeline.append(
+        entry("cleared", AUTOMATION, when, evidence=evidence, fingerprints=cleared)
+    )
     if any(state == "firing" for state in signals_now.values()):
         return True, False
     resolution = {
@@ -461,7 +470,10 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
     ]
     names = ", ".join(str(Path(p).name) for p in paths)
     result.commit = commit_step(
-        project, written, f"Incidents: {'; '.join(parts) or 'signals cleared'} ({names})", person=None
+        project,
+        written,
+        f"Incidents: {'; '.join(parts) or 'signals cleared'} ({names})",
+        person=None,
     )
     result.status = DetectionStatus.RECORDED
     return result
@@ -476,7 +488,8 @@ def record_detection(
     raises: the operation already succeeded in recording what it saw.
 
     Example:
-        result = record_detection(project, [Path("records/inspections/20261201T080000Z-daily-lab.json")])
+        daily = Path("records/inspections/20261201T080000Z-daily-lab.json")
+        result = record_detection(project, [daily])
         result.status, result.opened, result.resolved
     """
     if os.environ.get(DISABLE, "").lower() in ("1", "true", "yes"):

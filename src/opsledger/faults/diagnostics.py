@@ -21,7 +21,7 @@ import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +80,12 @@ def bounded(text: str, limit: int) -> tuple[str, bool]:
     data = text.encode()
     if len(data) <= limit:
         return text, False
-    return data[:limit].decode(errors="ignore") + f"\n[... cut: {len(data) - limit} more bytes]", True
+    return data[:limit].decode(
+        errors="ignore"
+    ) + f"\n[... cut: {len(data) - limit} more bytes]", True
 
 
-class CollectStatus(str, Enum):
+class CollectStatus(StrEnum):
     COLLECTED = "collected"  # every command ran on every host (some may have exited non-zero)
     PARTIAL = "partial"  # some host could not be reached or a command timed out
     FAILED = "failed"  # no host answered
@@ -249,9 +251,7 @@ def collect(
     targets = list(hosts) or incident.hosts
     problems = []
     if not targets:
-        problems.append(
-            Problem("the incident names no host", file, "hosts", "give --host HOST")
-        )
+        problems.append(Problem("the incident names no host", file, "hosts", "give --host HOST"))
     if incident.status not in ACTIVE:
         problems.append(
             Problem(

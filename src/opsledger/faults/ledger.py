@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.gitlog import read_history
 from opsledger.faults.store import stringify
+from opsledger.gitlog import read_history
 from opsledger.gitrepo import commit_paths
 from opsledger.identity import commit_evidence, signing_key
 from opsledger.policy import Person

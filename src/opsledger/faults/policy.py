@@ -1,5 +1,7 @@
-"""The fault-handling rules as data: SLA terms and business hours (sla.yml), detection,
-diagnostics and problem thresholds (incidents.yml), loaded once per command and linted.
+"""The fault-handling rules as data, loaded once per command and linted.
+
+SLA terms and business hours come from sla.yml; detection, diagnostics, closing rules and
+problem thresholds from incidents.yml.
 
 Incident clocks need more of sla.yml than change decisions do — which hours count per priority,
 the business calendar, which priorities may pause, when an open clock is a near breach — so
@@ -98,12 +100,12 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
         return None
     where = "business_hours"
     if not isinstance(data, dict):
-        problems.append(Problem("must be a mapping", file, where, "give timezone, days, start, end"))
+        problems.append(
+            Problem("must be a mapping", file, where, "give timezone, days, start, end")
+        )
         return None
     for key in sorted(set(data) - {"timezone", "days", "start", "end", "holidays"}):
-        problems.append(
-            Problem(f"unknown field {key!r}", file, f"{where}.{key}", "remove it")
-        )
+        problems.append(Problem(f"unknown field {key!r}", file, f"{where}.{key}", "remove it"))
     try:
         zone = ZoneInfo(str(data.get("timezone")))
     except (ZoneInfoNotFoundError, ValueError):
@@ -138,9 +140,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
     holidays = set()
     for index, value in enumerate(data.get("holidays") or []):
         try:
-            holidays.add(
-                value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
-            )
+            holidays.add(value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)))
         except ValueError:
             problems.append(
                 Problem(
@@ -423,4 +423,3 @@ def person_problem(policy: FaultPolicy, person: str, file: str, what: str) -> Pr
         what,
         f"use one of: {', '.join(sorted(policy.people))}",
     )
-

@@ -73,7 +73,9 @@ def _refuse_options(words: list[str], forbidden: tuple[str, ...], program: str) 
         name = word.split("=", 1)[0]
         if name in forbidden or (
             # short options may be bundled: -fn is -f -n
-            len(name) > 1 and name[0] == "-" and name[1] != "-"
+            len(name) > 1
+            and name[0] == "-"
+            and name[1] != "-"
             and any(f"-{c}" in forbidden for c in name[1:])
         ):
             raise NotReadOnly(f"{program} {word} can change the host or never ends")
@@ -161,8 +163,25 @@ def _ip(words: list[str]) -> None:
         for full, shortest in (("-batch", 2), ("-force", 3), ("-netns", 2)):
             if len(option) >= shortest and full.startswith(option):
                 raise NotReadOnly(f"ip {word} ({full}) can run more than one command")
-    acting = {"add", "del", "delete", "change", "replace", "set", "flush", "save", "restore",
-              "append", "prepend", "monitor", "exec", "attach", "detach", "update", "reset"}
+    acting = {
+        "add",
+        "del",
+        "delete",
+        "change",
+        "replace",
+        "set",
+        "flush",
+        "save",
+        "restore",
+        "append",
+        "prepend",
+        "monitor",
+        "exec",
+        "attach",
+        "detach",
+        "update",
+        "reset",
+    }
     for word in _positionals(words):
         if word in acting:
             raise NotReadOnly(f"ip {word} changes the host")
@@ -176,14 +195,29 @@ def _nft(words: list[str]) -> None:
 
 
 def _iptables(words: list[str]) -> None:
-    allowed = {"-L", "--list", "-S", "--list-rules", "-n", "--numeric", "-v", "--verbose",
-               "-x", "--exact", "--line-numbers", "-t", "--table"}
+    allowed = {
+        "-L",
+        "--list",
+        "-S",
+        "--list-rules",
+        "-n",
+        "--numeric",
+        "-v",
+        "--verbose",
+        "-x",
+        "--exact",
+        "--line-numbers",
+        "-t",
+        "--table",
+    }
     for word in _options(words):
         if word.split("=", 1)[0] not in allowed and not set(word[1:]) <= set("LSnvx"):
             raise NotReadOnly(f"iptables {word} is not a listing option")
-    if not any(w in ("-L", "--list", "-S", "--list-rules") or
-               (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set("LS"))
-               for w in words):
+    if not any(
+        w in ("-L", "--list", "-S", "--list-rules")
+        or (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set("LS"))
+        for w in words
+    ):
         raise NotReadOnly("iptables needs -L or -S (a listing)")
 
 
@@ -195,8 +229,17 @@ def _date(words: list[str]) -> None:
 
 
 def _find(words: list[str]) -> None:
-    acting = ("-delete", "-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprint0", "-fprintf",
-              "-fls")
+    acting = (
+        "-delete",
+        "-exec",
+        "-execdir",
+        "-ok",
+        "-okdir",
+        "-fprint",
+        "-fprint0",
+        "-fprintf",
+        "-fls",
+    )
     for word in words:
         if word in acting:
             raise NotReadOnly(f"find {word} can change the host")
@@ -302,12 +345,35 @@ PROGRAMS: dict[str, Callable[[list[str]], None]] = {
     "systemctl": _systemctl,
     "journalctl": _journalctl,
     "dmesg": _forbid(
-        "dmesg", "-c", "-C", "--clear", "--read-clear", "-n", "--console-level", "-D", "-E",
-        "--console-off", "--console-on", "-w", "--follow", "-W", "--follow-new",
+        "dmesg",
+        "-c",
+        "-C",
+        "--clear",
+        "--read-clear",
+        "-n",
+        "--console-level",
+        "-D",
+        "-E",
+        "--console-off",
+        "--console-on",
+        "-w",
+        "--follow",
+        "-W",
+        "--follow-new",
     ),
     "smartctl": _forbid(
-        "smartctl", "-s", "--smart", "-o", "--offlineauto", "-S", "--saveauto", "-t", "--test",
-        "-X", "--abort", "--set",
+        "smartctl",
+        "-s",
+        "--smart",
+        "-o",
+        "--offlineauto",
+        "-S",
+        "--saveauto",
+        "-t",
+        "--test",
+        "-X",
+        "--abort",
+        "--set",
     ),
     "sensors": _forbid("sensors", "-s", "--set"),
     "pg_lsclusters": _plain("pg_lsclusters"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from opsledger.faults.clock import Clock, Interval, measure
 from opsledger.faults.ledger import Stamp
@@ -21,7 +21,7 @@ from opsledger.faults.policy import FaultPolicy
 from opsledger.faults.store import Incident
 
 
-class SlaState(str, Enum):
+class SlaState(StrEnum):
     """Where an incident stands against its SLA (the worse of its two clocks)."""
 
     MET = "met"

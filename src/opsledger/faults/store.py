@@ -177,7 +177,9 @@ def next_id(project: Project, kind: str, taken: set[str] | None = None) -> str:
 
 
 def _ordered(data: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
-    return {k: data[k] for k in order if k in data} | {k: v for k, v in data.items() if k not in order}
+    return {k: data[k] for k in order if k in data} | {
+        k: v for k, v in data.items() if k not in order
+    }
 
 
 def dump(data: dict[str, Any], order: tuple[str, ...]) -> str:
