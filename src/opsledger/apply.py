@@ -28,6 +28,7 @@ from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import git, head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, locked
@@ -470,6 +471,7 @@ def apply_change(
             [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
             f"Run {change_id}: {result} ({runbook.name} on {change.environment}:{change.targets})",
         )
+        record_detection(project, [path] + ([drill_path] if drill_path else []))  # incidents
         _phase(events, "record", f"{path.relative_to(project.root)} committed as {sha[:10]}")
     return ApplyResult(
         change_id,

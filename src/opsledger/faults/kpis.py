@@ -152,6 +152,7 @@ def incident_kpis(
             k.open_now.append(
                 {
                     "incident": incident.id,
+                    "environment": incident.environment,
                     "title": incident.title,
                     "priority": incident.priority,
                     "status": incident.status,
