@@ -108,9 +108,16 @@ def qualifying_run(
 ) -> tuple[Record | None, list[str]]:
     """The change's newest successful, verified run that can have fixed this incident.
 
+    It must have finished after the fault was seen: detected_at, or the commit that opened the
+    incident when that is earlier (git time is the authority, the file only a claim).
     Returns the run (or None) and, for each run that does not count, why not.
     """
+    from opsledger.faults.queries import histories
+
     detected = dt.datetime.fromisoformat(incident.data["detected_at"])
+    first = histories(project, [incident])[incident.id].stamps[:1]
+    if first and first[0] is not None:
+        detected = min(detected, first[0].at)
     why_not, best = [], None
     for run in change_runs(project):
         if run.change != change_id:
