@@ -290,6 +290,7 @@ def test_an_alert_fingerprint_updates_the_open_incident_instead_of_a_duplicate(f
 def test_resolving_by_recovery_test_needs_a_passing_one_after_the_last_sighting(fault_repo):
     project = fault_repo
     assert new_p2().exit_code == 0
+    before = head(project)
     denied = run(
         "incident", "resolve", "INC-0001", "--recovery-test", "--summary", "it works again",
         "--as", "bob",
@@ -297,6 +298,7 @@ def test_resolving_by_recovery_test_needs_a_passing_one_after_the_last_sighting(
     assert denied.exit_code == 3 and "no passing recovery test" in denied.stderr
     neither = run("incident", "resolve", "INC-0001", "--summary", "it works again", "--as", "bob")
     assert neither.exit_code == 2 and "--change CHG" in neither.stderr
+    assert head(project) == before
 
 
 def test_an_invalid_incident_file_is_named_not_a_traceback(fault_repo):
