@@ -45,15 +45,15 @@ SCRUB = [
         "[private key scrubbed]",
     ),
     (re.compile(r"\$ANSIBLE_VAULT;[^\n]*(?:\n[0-9a-f]+)*"), "[vault data scrubbed]"),
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+@", re.I), r"\1[scrubbed]@"),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]+:)(?!\[)[^\s@/]+@", re.I), r"\1[scrubbed]@"),
     (re.compile(r"SCRAM-SHA-256\$[^\s'\"]+"), "[password hash scrubbed]"),
     (re.compile(r"\bmd5[0-9a-f]{32}\b"), "[password hash scrubbed]"),
-    (re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic|token)\s+)\S+"), r"\1[scrubbed]"),
+    (re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic|token)\s+)(?!\[)\S+"), r"\1[scrubbed]"),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[access key scrubbed]"),
     (
         re.compile(
             r"(?i)\b([\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
-            r"[\w.-]*)(['\"]?\s*[=:]\s*)(['\"]?)[^\s'\",;]+\3"
+            r"[\w.-]*)(['\"]?\s*[=:]\s*)(['\"]?)(?!\[)[^\s'\",;]+\3"
         ),
         r"\1\2[scrubbed]",
     ),
@@ -207,7 +207,7 @@ def _collect_host(
     host: InventoryHost, commands: list[Checked], policy: FaultPolicy
 ) -> HostDiagnostics:
     found = HostDiagnostics(
-        host.name,
+        str(host.name),  # inventory strings are Ansible's tagged type: plain ones for YAML
         str(host.get("ansible_host", host.name)),
         dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
