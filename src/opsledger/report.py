@@ -656,7 +656,12 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], empty: str) -> 
         return f"<p>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c) or '-'))}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape('-' if r.get(c) in (None, '') else str(r.get(c)))}</td>"
+            for c in columns
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
