@@ -3,12 +3,11 @@
 open → acknowledged → resolved → closed. A person opens an incident (a user report, an alert)
 or a detection does (faults.detect); someone acknowledges it (the response clock stops),
 assigns it, notes what they find, collects diagnostics, pauses the clock while waiting on the
-customer where sla.yml allows, and resolves it — only with proof that the service is back: the
-fix's change ran successfully *and verified*, or a recovery test (`opsledger verify` on the
-affected hosts) recorded with the incident passed after the fault was last seen. Closing needs
-the cause and the fault class confirmed by a person, and for the priorities policy names (P1,
-P2) a root-cause summary. Every step appends a timeline entry and is committed as the person
-who took it; nothing is written when a step is invalid (exit 2) or not allowed (exit 3).
+customer where sla.yml allows, and resolves and closes it (faults.resolution: only with proof
+that the service is back, and with a cause). This module holds the steps before that and the
+one way every step is taken (`take_step`): the person must be in people.yml and the incident in
+a status the step accepts; the step appends a timeline entry and is committed as that person;
+nothing is written when a step is invalid (exit 2) or not allowed (exit 3).
 """
 
 from __future__ import annotations
