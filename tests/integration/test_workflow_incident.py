@@ -136,7 +136,8 @@ def test_stopped_postgresql_is_an_incident_fixed_by_an_emergency_change(
         assert incidents["resolution_compliance"] == 1.0
         service = opsledger(project, "report", "--service", "--period", "1d", "--format", "md")
         assert service.returncode == 0 and f"| {incident_id} | P2 | software |" in service.stdout
-        audit = _json(opsledger(project, "audit", "check", "--json"))
+        # the handling is clean in the ledger's eyes (other rules are other tests' business)
+        audit = json.loads(opsledger(project, "audit", "check", "--json").stdout)
         assert [f for f in audit if f["rule"].startswith("incident")] == []
     finally:
         run_on_host(project, "lab-db1", "sudo systemctl start postgresql@15-main")
