@@ -33,6 +33,7 @@ from opsledger import procs
 from opsledger.changes import Change, load_change
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import git, head, is_repo
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
@@ -640,6 +641,8 @@ def _locked_run(
             )
         if drilled:
             _phase(events, "drill", drilled)
+        if problem is None:  # incidents follow committed evidence only
+            record_detection(project, [path] + ([drill_path] if drill_path else []))
         shutil.rmtree(journal, ignore_errors=True)
     finally:
         guard.done()

@@ -14,6 +14,8 @@ one `git log` stream plus the records and approvals those commits added:
   or a maintenance window, or in a freeze (emergency bypasses as policy allows);
 - `review-missing` / `review-late` — an emergency change's post-implementation review;
 - `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author);
+- `incident-*`, `problem-*` — SLA breaches and near breaches of incidents, and breaches of
+  their append-only ledger (see faults/findings.py);
 - `unauthorized-change` — a commit on the branch's first-parent line (a direct commit, a squash
   or a merge with everything it brought) that changes desired state (inventories, roles,
   runbooks, site.yml, ansible.cfg) without adding a change request alongside;
@@ -34,6 +36,7 @@ from opsledger.approvals import allowed_signers
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
+from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
 from opsledger.gitrepo import git
 from opsledger.policy import Policies, load_policies
@@ -442,4 +445,8 @@ def audit_check(
         if any(f.status == "A" and "/runs/" in f.path for c in history for f in c.files)
     }
     result.findings += _unauthorized(first_parent_chain(commits), policies, ran, since)
+    result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
+        Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
+        for f in fault_findings(project, since=since, now=moment)
+    ]
     return result

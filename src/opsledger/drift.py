@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.project import Project
@@ -190,4 +191,5 @@ def drift(
         result.record_path = write_record(path, entry)
         verdict = "drift found" if result.drifted else "in sync"
         result.commit = commit_evidence(project, [path], f"Drift {environment}: {verdict}")
+        record_detection(project, [path])  # a drifted host opens an incident; in sync resolves
     return result

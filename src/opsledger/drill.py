@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
@@ -363,6 +364,7 @@ def drill_record(
             result.commit = commit_evidence(
                 project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
             )
+            record_detection(project, [path])  # a failed drill opens an incident
     return result
 
 

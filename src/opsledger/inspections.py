@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.policy import load_policies
@@ -488,6 +489,7 @@ def inspect(
         result.commit = commit_evidence(
             project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )
+        record_detection(project, [path])  # critical findings open incidents; clean ones resolve
     return result
 
 

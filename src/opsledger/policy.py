@@ -549,6 +549,9 @@ def policy_check(project: Project) -> PolicyCheck:
                 load(project)
             except OpsledgerError as err:
                 problems += err.problems
+    from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
+
+    problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),

@@ -18,9 +18,11 @@ from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.drift import drift
 from opsledger.cli.drill import drill
+from opsledger.cli.incident import incident
 from opsledger.cli.inspect import inspect
 from opsledger.cli.lab import lab
 from opsledger.cli.policy import policy
+from opsledger.cli.problem import problem
 from opsledger.cli.report import report
 from opsledger.cli.roles import roles
 from opsledger.cli.runbook import runbook
@@ -59,10 +61,12 @@ cli.add_command(ci)
 cli.add_command(decide)
 cli.add_command(drift)
 cli.add_command(drill)
+cli.add_command(incident)
 cli.add_command(inspect)
 cli.add_command(lab)
 cli.add_command(plan)
 cli.add_command(policy)
+cli.add_command(problem)
 cli.add_command(report)
 cli.add_command(roles)
 cli.add_command(runbook)
