@@ -23,7 +23,7 @@ import yaml
 
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, git
+from opsledger.gitrepo import commit_paths, git, require_history
 from opsledger.policy import Policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -165,7 +165,7 @@ def approval_states(
     states = []
     for path in sorted(folder.glob("*.yml")):
         person = path.stem
-        data = load_yaml(path, what="approval")
+        data = load_yaml(path, what="approval", root=project.root)
         state = ApprovalState(person, str(data.get("decision", "")), True)
         who = policies.people.get(person)
         if who is None:
@@ -225,6 +225,7 @@ def approve_change(
     from opsledger.content import change_content
     from opsledger.policy import load_policies
 
+    require_history(project.root, "approve")
     result = validate_change(project, change_id)
     if result.problems:
         raise OpsledgerError(result.problems)

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from opsledger.errors import OpsledgerError
 from opsledger.project import Project
+from opsledger.yamlio import load_json
 
 KINDS = ("run", "inspection", "drift", "drill")
 RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled")
@@ -59,6 +61,51 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "change": (str, type(None)),
+    "runbook": (str, type(None)),
+    "params": (dict,),
+    "hosts": (list,),
+    "runner": (dict,),
+    "decision": (dict,),
+    "stats": (dict,),
+    "changed_tasks": (list,),
+    "verification": (dict,),
+    "rollback": (dict, type(None)),
+    "findings": (list,),
+    "measurements": (dict,),
+    "version": (int,),
+}
+
+
+def read_record(path: Path) -> Record | None:
+    """A record file as a Record, or None when it is not one (wrong shape, bad times, not JSON).
+
+    Records sort by time and feed decisions (promotion, "already applied"), so a hand-made
+    file with `finished_at: 5` must be ignored like any unreadable one, not crash them.
+    """
+    try:
+        data = load_json(path, what="record")
+    except OpsledgerError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name, kinds in _SHAPES.items():
+        if name in data and not isinstance(data[name], kinds):
+            return None
+    try:
+        record = Record.from_dict(data)
+        texts = (record.kind, record.environment, record.result, record.targets)
+        if not all(isinstance(t, str) for t in texts):
+            return None
+        for moment in (record.started_at, record.finished_at):
+            if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
+                return None
+    except (ValueError, TypeError):
+        return None
+    return record
+
+
 def stamp(moment: dt.datetime) -> str:
     """File-name timestamp in UTC, sortable: 20261201T203000Z."""
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -80,10 +127,8 @@ def change_runs(project: Project) -> list[Record]:
     """Every change run record, oldest first (unreadable files are skipped)."""
     records = []
     for path in (project.root / "changes").glob("*/runs/*.json"):
-        try:
-            records.append(Record.from_dict(json.loads(path.read_text())))
-        except (ValueError, TypeError):
-            continue
+        if (record := read_record(path)) is not None:
+            records.append(record)
     return sorted(records, key=lambda r: r.finished_at)
 
 
@@ -91,9 +136,8 @@ def load_records(project: Project, kind: str | None = None) -> list[Record]:
     """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
-        try:
-            record = Record.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        record = read_record(path)
+        if record is None:
             continue
         if kind is None or record.kind == kind:
             records.append(record)

@@ -16,7 +16,7 @@ import yaml
 
 from opsledger.changes import Change, load_change
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import commit_paths, require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -74,7 +74,7 @@ def load_review(project: Project, change_id: str) -> Review | None:
     path = review_path(project, change_id)
     if not path.exists():
         return None
-    data = load_yaml(path, what="review")
+    data = load_yaml(path, what="review", root=project.root)
     try:
         reviewed_at = data.get("reviewed_at")
         return Review(
@@ -113,6 +113,7 @@ def complete_review(
         complete_review(project, "CHG-0007", person="carol", summary="Restart fixed the leak",
                         cause="Connection leak in the reporting job", actions=["Fix the job"])
     """
+    require_history(project.root, "change review")
     review = load_review(project, change_id)
     file = str(review_path(project, change_id))
     if review is None:
@@ -158,7 +159,7 @@ def complete_review(
     if problems:
         raise OpsledgerError(problems)
     moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    data = load_yaml(review.path, what="review")
+    data = load_yaml(review.path, what="review", root=project.root)
     data.update(
         status="done",
         reviewed_by=person,
