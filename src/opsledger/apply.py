@@ -28,9 +28,10 @@ from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import git, head, is_repo
+from opsledger.gitrepo import git, head, require_history
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, locked
+from opsledger.policy import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs, run_record_path, write_record
 from opsledger.reviews import open_review
@@ -171,8 +172,9 @@ def checkout_of(project: Project, commit: str) -> Iterator[Project]:
                 "--ignored",
                 "--exclude-standard",
                 "--directory",
-            ).stdout.splitlines()
-            for line in ignored:
+                "-z",  # unquoted, NUL-separated: names with spaces or non-ASCII stay whole
+            ).stdout.split("\0")
+            for line in filter(None, ignored):
                 parts = Path(line.rstrip("/")).parts
                 for depth in range(1, len(parts) + 1):  # link the first missing level
                     target = tree.joinpath(*parts[:depth])
@@ -339,12 +341,7 @@ def apply_change(
         result = apply_change(find_project(), "CHG-0001")
         result.result, result.record_path, result.commit
     """
-    if not is_repo(project.root):
-        raise OpsledgerError(
-            Problem(
-                "not a git repository", str(project.root), "git", "apply runs from a git checkout"
-            )
-        )
+    require_history(project.root, "apply")
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now)
     if not decision.allowed:
@@ -565,6 +562,8 @@ def apply_pending(
         outcome = apply_pending(find_project())
         [(i.change_id, i.action, i.why) for i in outcome.items]
     """
+    require_history(project.root, "apply --pending")
+    require_policies(project)  # fail closed, even when nothing is pending
     if environment is not None:
         project.require_environment(environment)
     records = change_runs(project)

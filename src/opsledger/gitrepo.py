@@ -36,6 +36,35 @@ def is_repo(root: Path) -> bool:
     return git(root, "rev-parse", "--git-dir", check=False).returncode == 0
 
 
+def require_history(root: Path, command: str) -> None:
+    """The project is the top of a git work tree with at least one commit, else exit 2.
+
+    Approvals, runs and the audit trail are read from history: outside a repository (or in a
+    folder of another one, or before the first commit) there is none, and answering anyway
+    would deny, allow or report on nothing.
+    """
+    top = git(root, "rev-parse", "--show-toplevel", check=False)
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+        raise OpsledgerError(
+            Problem(
+                "not the top of a git repository",
+                str(root),
+                "git",
+                f"{command} reads approvals and records from git: run it in a clone of the "
+                "project (git init and commit it first)",
+            )
+        )
+    if git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).returncode != 0:
+        raise OpsledgerError(
+            Problem(
+                "the repository has no commits yet",
+                str(root),
+                "git",
+                f"commit the project before {command}",
+            )
+        )
+
+
 def head(root: Path) -> str:
     return git(root, "rev-parse", "HEAD").stdout.strip()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.hostpattern import pattern_problems
 from opsledger.yamlio import load_yaml
 
 
@@ -79,8 +80,22 @@ class Inventory:
     hosts: dict[str, InventoryHost]
     _manager: Any = field(repr=False, compare=False)
 
+    @property
+    def names(self) -> set[str]:
+        """Every host and group name (what a host pattern may name)."""
+        return {*self.hosts, *self._manager.groups}
+
     def match(self, pattern: str) -> list[InventoryHost]:
-        """Hosts an Ansible pattern (`db`, `all:!app`, `lab-db*`) selects, in inventory order."""
+        """Hosts a pattern (`db`, `all:!app`, `lab-db*`) selects, in inventory order.
+
+        Only names and the documented operators (hostpattern.py) are accepted: Ansible alone
+        would read `@file`, compile `~regex` and crash on `db[5]`.
+        """
+        problems = pattern_problems(pattern, self.names)
+        if problems:
+            raise OpsledgerError(
+                [Problem(message, str(self.source), "targets", fix) for message, fix in problems]
+            )
         names = {h.name for h in self._manager.get_hosts(pattern)}
         return [h for n, h in self.hosts.items() if n in names]
 

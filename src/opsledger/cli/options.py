@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.changes import YEARS
+from opsledger.errors import OpsledgerError, Problem, shown
 
 
 def aware_time(text: str | None, option: str) -> dt.datetime | None:
@@ -20,10 +21,12 @@ def aware_time(text: str | None, option: str) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text)
+        if not YEARS[0] <= moment.year <= YEARS[1]:
+            raise ValueError("year out of range")
     except ValueError:
         raise OpsledgerError(
             Problem(
-                f"{text!r} is not an ISO 8601 date-time",
+                f"{shown(text, 40)} is not an ISO 8601 date-time (years {YEARS[0]} to {YEARS[1]})",
                 field=option,
                 fix="write e.g. 2026-12-01T20:30:00+01:00",
             )
@@ -50,6 +53,29 @@ signing_key_option = click.option(
     type=click.Path(path_type=Path),
     help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
 )
+
+
+def output_folder(path: Path | None, option: str) -> None:
+    """Refuse an output file whose folder does not exist, before any work is done."""
+    if path is not None and not path.parent.is_dir():
+        raise OpsledgerError(
+            Problem("no such folder", str(path.parent), option, "create it first or pick a file")
+        )
+
+
+def write_output(path: Path, text: str, option: str, *, append: bool = False) -> None:
+    """Write (or append) an output file; an unwritable one is exit 2, not a traceback."""
+    try:
+        with path.open("a" if append else "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot write: {exc.strerror}", str(path), option, "choose another file")
+        ) from None
+
+
+# Seconds an apply may wait for another run's locks: at most a day (a bigger value is a typo).
+wait_seconds = click.FloatRange(0, 86400)
 
 
 def one_or_due(named: object, due: bool, what: str, example: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from opsledger.cli.options import output_folder, write_output
 from opsledger.project import find_project
 
 
@@ -44,10 +45,11 @@ def report(period: str, fmt: str, output: Path | None) -> None:
     """
     from opsledger.report import kpis, parse_period, render
 
+    output_folder(output, "--output")
     start, end = parse_period(period, dt.datetime.now(dt.UTC))
     text = render(kpis(find_project(), start=start, end=end), fmt)
     if output:
-        output.write_text(text)
+        write_output(output, text, "--output")
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
