@@ -135,7 +135,7 @@ def _unknown(
 def _zone(name: Any, file: str, where: str, problems: list[Problem]) -> None:
     try:
         ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(
             Problem(
                 f"unknown timezone {name!r}",

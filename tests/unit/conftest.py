@@ -8,12 +8,24 @@ import subprocess
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 
 from ..conftest import REPO_ROOT
+
+# Property-based tests: no deadline on a shared 2-core machine, no example database written
+# into the checkout, and fixtures shared across examples (each test restores what it edits).
+settings.register_profile(
+    "opsledger",
+    deadline=None,
+    database=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("opsledger")
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)  # a Tuesday
 PROJECT_PARTS = (
