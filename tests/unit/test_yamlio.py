@@ -162,7 +162,7 @@ def _plain(value) -> bool:
 
 
 YAMLISH = st.text(
-    alphabet=st.sampled_from(list("ab1:-[]{}&*!?|>'\"#%@`, \n\t.~<=\\") + ["\x00", "é", "\u2028"]),
+    alphabet=st.sampled_from([*"ab1:-[]{}&*!?|>'\"#%@`, \n\t.~<=\\", "\x00", "é", "\u2028"]),
     max_size=80,
 )
 
