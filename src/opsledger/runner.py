@@ -12,7 +12,6 @@ during `plan` (check mode does not stop lookups), before anyone approved anythin
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import shlex
@@ -103,31 +102,32 @@ def _diff_text(result: dict[str, Any]) -> str:
     return "\n".join(c for c in chunks if c.strip())
 
 
+class _Unsafe(dict):
+    """The params mapping, to be written with Ansible's `!unsafe` tag."""
+
+
 class _UnsafeDumper(yaml.SafeDumper):
-    """YAML for Ansible's loader where every text, keys included, is tagged `!unsafe`."""
+    """YAML for Ansible's loader with the params mapping tagged `!unsafe`.
+
+    Ansible builds everything under an `!unsafe` node (keys, nested lists and mappings) as
+    untrusted, while each value keeps its own type: `"5"` stays text, `5` a number. Tagging
+    each string instead would re-resolve it, turning the text "true" into a boolean.
+    """
 
 
-def _unsafe_text(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-    return dumper.represent_scalar("!unsafe", text, style='"')
-
-
-def _unsafe_date(dumper: yaml.SafeDumper, moment: dt.date) -> yaml.Node:
-    return _unsafe_text(dumper, moment.isoformat())
-
-
-_UnsafeDumper.add_representer(str, _unsafe_text)
-_UnsafeDumper.add_representer(dt.date, _unsafe_date)
-_UnsafeDumper.add_representer(dt.datetime, _unsafe_date)
+_UnsafeDumper.add_representer(
+    _Unsafe, lambda dumper, data: dumper.represent_mapping("!unsafe", data)
+)
 
 
 def unsafe_extravars(params: dict[str, Any]) -> str:
     """`opsledger_params` as an extra-vars YAML document Ansible reads but never templates.
 
     Example:
-        unsafe_extravars({"word": "{{ 1 + 1 }}"})  # opsledger_params: {!unsafe "word": ...}
+        unsafe_extravars({"word": "{{ 1 + 1 }}"})  # opsledger_params: !unsafe {word: ...}
     """
     return yaml.dump(
-        {"opsledger_params": params}, Dumper=_UnsafeDumper, width=10_000, sort_keys=False
+        {"opsledger_params": _Unsafe(params)}, Dumper=_UnsafeDumper, width=10_000, sort_keys=False
     )
 
 

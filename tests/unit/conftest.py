@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -99,3 +100,84 @@ def repo(tmp_path):
         root, [change.file], f"Request {change.id}", name="Alice Arnold", email="alice@example.org"
     )
     return project, change.id, keys
+
+
+NOTE_RUNBOOK = """\
+---
+description: Write a note on the host (a test runbook with a free-form text parameter).
+playbook: playbook.yml
+parameters:
+  type: object
+  additionalProperties: false
+  required: [note]
+  properties:
+    note: {type: string, description: Any text at all.}
+change_types: [normal, emergency]
+risk: low
+check_mode: true
+roles: []
+verification: {suites: []}
+rollback: null
+timeout: 300
+"""
+
+NOTE_PLAYBOOK = """\
+---
+- name: Write the note
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Show the note
+      ansible.builtin.debug:
+        msg: "{{ opsledger_params.note }}"
+    - name: Write the note
+      ansible.builtin.copy:
+        content: "{{ opsledger_params.note }}\\n"
+        dest: "{{ note_file }}"
+        mode: "0644"
+"""
+
+
+@pytest.fixture
+def local_repo(tmp_path):
+    """A git repo of the project with a `local` environment — one host, `here`, in group db,
+    reached with ansible_connection=local (no lab) — and a runbook `note` whose `note` param
+    is free text, written by the playbook to tmp_path/note.txt."""
+    project = copy_project(tmp_path / "p")
+    root = project.root
+    inventory = root / "inventories" / "local"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "---\nall:\n  children:\n    db:\n      hosts:\n        here:\n"
+        "          ansible_connection: local\n"
+        f"          ansible_python_interpreter: {sys.executable}\n"
+        f"          note_file: {tmp_path / 'note.txt'}\n"
+    )
+    windows = root / "policies" / "windows.yml"
+    data = yaml.safe_load(windows.read_text())
+    data["environments"]["local"] = {
+        "windows": [
+            {
+                "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "start": "00:00",
+                "end": "24:00",
+                "timezone": "UTC",
+            }
+        ]
+    }
+    windows.write_text(yaml.safe_dump(data, sort_keys=False))
+    (root / "runbooks" / "note").mkdir()
+    (root / "runbooks" / "note" / "runbook.yml").write_text(NOTE_RUNBOOK)
+    (root / "runbooks" / "note" / "playbook.yml").write_text(NOTE_PLAYBOOK)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Initial state", env=ALICE_ENV)
+    return project
+
+
+ALICE_ENV = {
+    "GIT_AUTHOR_NAME": "Alice Arnold",
+    "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice Arnold",
+    "GIT_COMMITTER_EMAIL": "alice@example.org",
+}
