@@ -19,6 +19,8 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
+from opsledger.errors import shown
+
 MAX_LENGTH = 256
 _TERM = re.compile(r"[A-Za-z0-9_.*?-]{1,128}")
 FIX = (
@@ -45,10 +47,12 @@ def pattern_problems(pattern: object, names: Iterable[str]) -> list[tuple[str, s
     for term in pattern.split(separators[0]) if separators else [pattern]:
         body = term[1:] if term[:1] in ("!", "&") else term
         if not _TERM.fullmatch(body):
-            found.append((f"{term!r} is not a host or group name", FIX))
+            found.append((f"{shown(term, 120)} is not a host or group name", FIX))
         elif "*" in body or "?" in body:
             if not any(fnmatch.fnmatchcase(name, body) for name in known):
-                found.append((f"{term!r} matches no host or group", FIX))
+                found.append((f"{shown(term, 120)} matches no host or group", FIX))
         elif body not in known:
-            found.append((f"unknown host or group {body!r}", f"use: {', '.join(sorted(known))}"))
+            found.append(
+                (f"unknown host or group {shown(body, 120)}", f"use: {', '.join(sorted(known))}")
+            )
     return found
