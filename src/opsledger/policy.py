@@ -262,7 +262,8 @@ def _rules(
             problems, entry.get("environments"), envs, "environment", file, f"{where}.environments"
         )
         for key in ("required_teams", "any_of_teams"):
-            _unknown(problems, entry.get(key), teams, "team", file, f"{where}.{key}")
+            if teams:  # none: people.yml is broken, and says so itself
+                _unknown(problems, entry.get(key), teams, "team", file, f"{where}.{key}")
         approvals = entry.get("approvals")
         if not isinstance(approvals, int) or approvals < 0:
             problems.append(
@@ -329,7 +330,8 @@ def _rules(
         problems, data.get("runbook_teams"), sorted(runbooks), "runbook", file, "runbook_teams"
     )
     for runbook, owners in (data.get("runbook_teams") or {}).items():
-        _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
+        if teams:
+            _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
         runbook_teams[runbook] = tuple(owners)
     signature_envs = tuple((data.get("signatures") or {}).get("environments") or [])
     _unknown(problems, signature_envs, envs, "environment", file, "signatures.environments")
@@ -575,7 +577,7 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
     else:
         for waiver in waivers:
             for role in ("author", "approved_by"):
-                if getattr(waiver, role) not in people:
+                if people and getattr(waiver, role) not in people:
                     problems.append(
                         Problem(
                             f"{getattr(waiver, role)!r} is not in people.yml",
@@ -642,11 +644,11 @@ def require_policies(project: Project) -> Policies:
     """
     checked = policy_check(project)
     if checked.problems:
-        raise OpsledgerError(
-            [
-                Problem(f"policy check fails: {p.message}", p.file, p.field, p.fix)
-                for p in checked.problems
-            ]
+        refusal = Problem(
+            "policy check fails: nothing is decided on these rules",
+            str(project.root / "policies"),
+            fix="fix the problems above (opsledger policy check)",
         )
+        raise OpsledgerError([*checked.problems, refusal])
     assert checked.policies is not None
     return checked.policies

@@ -36,14 +36,21 @@ def run(root: Path, args: list[str]) -> Result:
     return CliRunner().invoke(cli, args, env={"OPSLEDGER_PROJECT": str(root)})
 
 
-def assert_refused(result: Result, code: int = 2, *, expect: str = "") -> list[str]:
-    """Exit `code`, no traceback, stderr only `error:` lines (one per problem); returns them."""
+def assert_refused(
+    result: Result, code: int = 2, *, expect: str = "", progress: bool = False
+) -> list[str]:
+    """Exit `code`, no traceback, stderr only `error:` lines (one per problem); returns them.
+
+    progress: commands that report their phases on stderr (apply) may print those too.
+    """
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
     )
     assert "Traceback" not in result.output
     lines = result.stderr.splitlines()
+    if progress:
+        lines = [line for line in lines if line.startswith("error: ")]
     assert lines, "a refusal says why"
     assert all(line.startswith("error: ") for line in lines), lines
     assert all(len(line) < 1000 for line in lines), "error lines cut long values"
