@@ -4,6 +4,7 @@ and nothing written (the project's files, and git's HEAD when there is a reposit
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from opsledger.cli import cli
 
 def tree_state(root: Path) -> dict[str, str]:
     """Every file under root (git's own folder aside) with a hash of its bytes, and HEAD."""
-    state = {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if (p.is_file() or p.is_symlink())
-        and ".git" not in p.relative_to(root).parts
-        and p.exists()
-    }
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if ".git" in path.relative_to(root).parts:
+            continue
+        if path.is_symlink():
+            state[str(path.relative_to(root))] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            state[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     if (root / ".git").exists():
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "-q", "--verify", "HEAD"],

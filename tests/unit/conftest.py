@@ -67,6 +67,11 @@ def keypair(folder, name):
 def repo(tmp_path):
     """A git repo of the project with signing keys for bob and carol, and CHG-0001 (alice's
     converge of db in the lab, 2026-12-01 20:00-22:00 UTC) committed by alice."""
+    return build_repo(tmp_path)
+
+
+def build_repo(tmp_path):
+    """What the `repo` fixture returns, built under tmp_path (for wider-scoped fixtures)."""
     project = copy_project(tmp_path / "p")
     root = project.root
     keys = {name: keypair(tmp_path, name) for name in ("bob", "carol")}

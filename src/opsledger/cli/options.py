@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import click
@@ -74,8 +75,17 @@ def write_output(path: Path, text: str, option: str, *, append: bool = False) ->
         ) from None
 
 
-# Seconds an apply may wait for another run's locks: at most a day (a bigger value is a typo).
-wait_seconds = click.FloatRange(0, 86400)
+class _WaitSeconds(click.FloatRange):
+    """Seconds to wait for another run's locks: 0 to a day, and a real number (not nan)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+wait_seconds = _WaitSeconds(0, 86400)
 
 
 def one_or_due(named: object, due: bool, what: str, example: str) -> None:
