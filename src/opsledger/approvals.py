@@ -23,7 +23,7 @@ import yaml
 
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, git, require_history
+from opsledger.gitrepo import git, require_history, write_and_commit
 from opsledger.policy import Policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -110,14 +110,12 @@ def approve(
         "comment": comment,
         "content_files": content.files,
     }
-    folder = approvals_dir(project, change_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{person}.yml"
-    path.write_text("---\n" + yaml.safe_dump(record, sort_keys=False, width=100))
+    path = approvals_dir(project, change_id) / f"{person}.yml"
     verb = "Approve" if decision == "approved" else "Reject"
-    sha = commit_paths(
+    sha = write_and_commit(
         project.root,
-        [path],
+        path,
+        "---\n" + yaml.safe_dump(record, sort_keys=False, width=100),
         f"{verb} {change_id} ({content.sha256[:12]})",
         name=who.name,
         email=who.email,

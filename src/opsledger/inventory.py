@@ -8,6 +8,7 @@ values the roles consume.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,8 @@ def _load(source: Path, template: bool) -> Inventory:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
         init_plugin_loader()

@@ -16,7 +16,7 @@ import yaml
 
 from opsledger.changes import Change, load_change
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, require_history
+from opsledger.gitrepo import require_history, write_and_commit
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -168,11 +168,11 @@ def complete_review(
         cause=cause.strip(),
         actions=list(actions),
     )
-    review.path.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
     who = policies.people[person]
-    commit_paths(
+    write_and_commit(
         project.root,
-        [review.path],
+        review.path,
+        "---\n" + yaml.safe_dump(data, sort_keys=False, width=100),
         f"Review {change_id}",
         name=who.name,
         email=who.email,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,9 @@ settings.register_profile(
     max_examples=60,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-settings.load_profile("opsledger")
+# HYPOTHESIS_PROFILE=fuzz tries many more variants (minutes): for a bad-input campaign.
+settings.register_profile("fuzz", parent=settings.get_profile("opsledger"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "opsledger"))
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)  # a Tuesday
 PROJECT_PARTS = (

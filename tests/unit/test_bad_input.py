@@ -269,3 +269,14 @@ def test_change_new_does_not_write_into_a_leftover_folder(tmp_path):
     before = tree_state(project.root)
     assert_refused(run(project.root, NEW), expect="the folder exists without a change.yml")
     assert tree_state(project.root) == before
+
+
+def test_a_failed_approval_commit_leaves_nothing_behind(shared_repo, tmp_path):
+    project, change_id = shared_repo
+    key = tmp_path / "not-a-key"
+    key.write_text("this is not an SSH key\n")
+    before = tree_state(project.root)
+    result = run(project.root, ["approve", change_id, "--as", "bob", "--key", str(key)])
+    assert_refused(result, code=1, expect="failed")
+    assert tree_state(project.root) == before
+    assert git(project.root, "status", "--porcelain").stdout == ""
