@@ -87,7 +87,7 @@ def owners(project: Project, role: str, task: str) -> tuple[list[str], list[str]
     for template in re.findall(r"\bsrc: *['\"]?([\w./-]+\.j2)", source):  # what it renders
         path = role_dir / "templates" / template
         if path.is_file():
-            source += path.read_text()
+            source += path.read_text(errors="replace")
     names = re.compile(rf"\b({re.escape(role)}_[a-z0-9_]+)\b")
     found = set(names.findall(source))
     # role__name variables are the role's internals (vars/): follow them to the knobs an

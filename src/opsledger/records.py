@@ -93,6 +93,15 @@ def read_record(path: Path) -> Record | None:
     for name, kinds in _SHAPES.items():
         if name in data and not isinstance(data[name], kinds):
             return None
+    for name in ("findings", "changed_tasks"):  # read entry by entry with .get()
+        if not all(isinstance(entry, dict) for entry in data.get(name) or []):
+            return None
+    approvers = (data.get("decision") or {}).get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        return None
+    for key, value in (data.get("measurements") or {}).items():
+        if key.endswith("_s") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
     try:
         record = Record.from_dict(data)
         texts = (record.kind, record.environment, record.result, record.targets)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from opsledger.errors import Problem
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.yamlio import load_yaml
 
 CONTROL = re.compile(r"\b([A-Z]{2,5}-[A-Z]{2,6}-\d{2})\b")
@@ -45,18 +45,31 @@ class RoleInfo:
 
 def _tasks(path: Path) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    for item in load_yaml(path, expect=object, what="task file") or []:
+    for item in load_yaml(path, expect=list, what="task file"):
+        if not isinstance(item, dict):
+            raise OpsledgerError(
+                Problem("a task must be a mapping", str(path), "tasks", "write `- name: ...`")
+            )
         found.append(item)
         for key in ("block", "rescue", "always"):
-            for inner in item.get(key, []) or []:
-                found.append(inner)
+            found += [inner for inner in item.get(key) or [] if isinstance(inner, dict)]
     return found
 
 
 def load_role(path: Path, tests_dir: Path) -> RoleInfo:
     """Read a role's specs, defaults, control ids (from task names) and their tests."""
-    spec = load_yaml(path / "meta" / "argument_specs.yml", what="argument specs")["argument_specs"]
-    main = spec["main"]
+    specs = path / "meta" / "argument_specs.yml"
+    declared = load_yaml(specs, what="argument specs").get("argument_specs")
+    main = declared.get("main") if isinstance(declared, dict) else None
+    if not isinstance(main, dict) or not isinstance(main.get("options", {}), dict):
+        raise OpsledgerError(
+            Problem(
+                "no argument_specs.main with options",
+                str(specs),
+                "argument_specs.main",
+                "describe every variable under argument_specs.main.options",
+            )
+        )
     defaults = load_yaml(path / "defaults" / "main.yml", what="role defaults")
     controls: dict[str, Control] = {}
     tags: list[str] = []
@@ -70,7 +83,18 @@ def load_role(path: Path, tests_dir: Path) -> RoleInfo:
                     controls.setdefault(control, Control(control)).tasks.append(title.strip())
     suite = tests_dir / f"test_{path.name}.py"
     if suite.exists():
-        for node in ast.walk(ast.parse(suite.read_text())):
+        try:
+            tree = ast.parse(suite.read_bytes())
+        except (SyntaxError, ValueError) as exc:
+            raise OpsledgerError(
+                Problem(
+                    f"not Python: {exc.msg if isinstance(exc, SyntaxError) else exc}",
+                    str(suite),
+                    "test suite",
+                    "fix the syntax",
+                )
+            ) from None
+        for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 match = re.search(r"_([a-z]{2,5})_([a-z]{2,6})_(\d{2})$", node.name)
                 if match:

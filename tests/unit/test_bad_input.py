@@ -280,3 +280,39 @@ def test_a_failed_approval_commit_leaves_nothing_behind(shared_repo, tmp_path):
     assert_refused(result, code=1, expect="failed")
     assert tree_state(project.root) == before
     assert git(project.root, "status", "--porcelain").stdout == ""
+
+
+def test_files_in_runs_that_are_not_records_are_ignored_not_fatal(shared_repo):
+    """Run records feed decisions (already applied, promotion) and reports; a hand-made file
+    there must not crash them (audit check reports evidence nobody committed through apply)."""
+    project, change_id = shared_repo
+    runs = project.root / "changes" / change_id / "runs"
+    record = {
+        "kind": "run",
+        "environment": "lab",
+        "result": "success",
+        "started_at": "2026-12-01T20:00:00+00:00",
+        "finished_at": "2026-12-01T20:05:00+00:00",
+        "change": change_id,
+    }
+    files = {
+        "a.json": json.dumps({**record, "finished_at": 5}),
+        "b.json": json.dumps({**record, "findings": ["not a finding"]}),
+        "c.json": '{"kind": "run", "result": "failed", "result": "success"}',
+        "d.json": "[1, 2]",
+        "e.json": json.dumps({**record, "measurements": {"rto_s": "fast"}}),
+    }
+    runs.mkdir()
+    try:
+        for name, text in files.items():
+            (runs / name).write_text(text)
+        before = tree_state(project.root)
+        decided = run(project.root, ["decide", change_id, "--at", INSIDE])
+        assert decided.exit_code == 3, (decided.output, decided.exception)
+        assert isinstance(decided.exception, SystemExit), decided.exception
+        for args in (["audit", "log"], ["report", "--format", "json", "--period", "2026-12"]):
+            result = run(project.root, args)
+            assert result.exit_code == 0, (args, result.output, result.exception)
+        assert tree_state(project.root) == before
+    finally:
+        shutil.rmtree(runs)
