@@ -36,7 +36,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from opsledger.errors import OpsledgerError, Problem, one_line, shown
 
 MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
-MAX_DEPTH = 32  # nested mappings and lists; the deepest shipped file nests 6
+MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
 MAX_ALIAS_NODES = 10_000  # nodes aliases may add in total; anchors reuse small blocks
 
 # libyaml when PyYAML has it (audits read thousands of files); the checks below are ours.
@@ -47,11 +47,7 @@ _DATE_TAG = f"{_TAG}timestamp"
 _MERGE_TAG = f"{_TAG}merge"
 
 
-class _Loader(_BASE):  # type: ignore[valid-type,misc]
-    """The safe loader, building maps from pairs already checked by `_check_nodes`."""
-
-
-def _buildable(loader: _Loader, node: ScalarNode) -> str | None:
+def _buildable(loader: Any, node: ScalarNode) -> str | None:
     """Why a date or number cannot be built (day 30 of February, a 5000-digit int), if so.
 
     The constructor is called directly, not through the loader's cache, so the value built
@@ -133,7 +129,7 @@ def _scan(loader: Any, problems: _Problems) -> None:
                 stack[-1][1] += size
 
 
-def _check_nodes(node: Node, path: str, problems: _Problems, loader: _Loader) -> None:
+def _check_nodes(node: Node, path: str, problems: _Problems, loader: Any) -> None:
     """Every key text and unique, every tag a plain data one, every date and number buildable."""
     if isinstance(node, MappingNode):
         seen: dict[str, int] = {}
@@ -240,7 +236,7 @@ def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> A
         scanner.dispose()
     if problems.found:
         raise OpsledgerError(problems.found)
-    loader = _Loader(text)
+    loader = _BASE(text)
     try:
         node = loader.get_single_node()
         if node is None:
