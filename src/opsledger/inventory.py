@@ -149,6 +149,29 @@ def _check_yaml(path: Path) -> None:
 _CACHE: dict[tuple, Inventory] = {}
 
 
+def _outside_links(folder: Path) -> list[Problem]:
+    """Symlinks in the inventory that lead out of the project (the folder with ansible.cfg).
+
+    Ansible would read them, and its errors quote what it read: an inventory must not be a way
+    to load, or print, a file from elsewhere on the controller.
+    """
+    resolved = folder.resolve()
+    root = next((p for p in (resolved, *resolved.parents) if (p / "ansible.cfg").is_file()), None)
+    root = root or resolved
+    problems = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and (not path.exists() or not path.resolve().is_relative_to(root)):
+            problems.append(
+                Problem(
+                    "is a symlink out of the repository (or to nothing)",
+                    str(path),
+                    "inventory",
+                    "copy what it needs into the repository (git must record it)",
+                )
+            )
+    return problems
+
+
 def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     """Load an inventory file or directory; raise OpsledgerError when it has no hosts.
 
@@ -161,6 +184,8 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
             Problem("inventory not found", str(source), fix="create it or choose another --env")
         )
     folder = source if source.is_dir() else source.parent
+    if problems := _outside_links(folder):
+        raise OpsledgerError(problems)
     stamp = tuple(
         sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in folder.rglob("*.y*ml"))
     )

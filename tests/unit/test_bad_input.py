@@ -316,3 +316,15 @@ def test_files_in_runs_that_are_not_records_are_ignored_not_fatal(shared_repo):
         assert tree_state(project.root) == before
     finally:
         shutil.rmtree(runs)
+
+
+def test_an_inventory_file_linked_out_of_the_repository_is_neither_read_nor_shown(tmp_path):
+    project = copy_project(tmp_path / "p")
+    secret = tmp_path / "secret.yml"
+    secret.write_text("root_password: hunter2\n[broken yaml\n")
+    link = project.root / "inventories" / "lab" / "group_vars" / "all" / "extra.yml"
+    link.symlink_to(secret)
+    before = tree_state(project.root)
+    lines = assert_refused(run(project.root, NEW), expect="is a symlink out of the repository")
+    assert "hunter2" not in "\n".join(lines)
+    assert tree_state(project.root) == before
