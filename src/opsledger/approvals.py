@@ -29,6 +29,7 @@ from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
 DECISIONS = ("approved", "rejected")
+MAX_COMMENT = 2000  # characters: an approval says why, the discussion lives in the PR
 
 
 @dataclass
@@ -83,6 +84,14 @@ def approve(
     if decision not in DECISIONS:
         raise OpsledgerError(
             Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
+        )
+    if len(comment) > MAX_COMMENT:
+        raise OpsledgerError(
+            Problem(
+                f"the comment has {len(comment)} characters; at most {MAX_COMMENT}",
+                field="--comment",
+                fix="keep it short and link to the details",
+            )
         )
     who = policies.people.get(person)
     if who is None:

@@ -156,6 +156,17 @@ def complete_review(
         )
     if len(cause.strip()) < 5:
         problems.append(Problem("cause is missing", file, "cause", "say why it was needed"))
+    for field, text, limit in (
+        ("summary", summary, 2000),
+        ("cause", cause, 2000),
+        *(("action", action, 500) for action in actions),
+    ):
+        if len(text) > limit:
+            problems.append(
+                Problem(f"{len(text)} characters; at most {limit}", file, field, "shorten it")
+            )
+    if len(actions) > 20:
+        problems.append(Problem("more than 20 actions", file, "actions", "group them"))
     if problems:
         raise OpsledgerError(problems)
     moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)

@@ -328,3 +328,11 @@ def test_an_inventory_file_linked_out_of_the_repository_is_neither_read_nor_show
     lines = assert_refused(run(project.root, NEW), expect="is a symlink out of the repository")
     assert "private-content-42" not in "\n".join(lines)
     assert tree_state(project.root) == before
+
+
+def test_an_overlong_approval_comment_is_refused_before_anything_is_written(shared_repo):
+    project, change_id = shared_repo
+    before = tree_state(project.root)
+    args = ["approve", change_id, "--as", "bob", "--comment", "c" * 2001]
+    assert_refused(run(project.root, args), expect="the comment has 2001 characters")
+    assert tree_state(project.root) == before
