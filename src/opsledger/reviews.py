@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from opsledger.changes import Change, load_change
+from opsledger.changes import Change, check_change_id, load_change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
 from opsledger.policy import load_policies
@@ -39,6 +39,7 @@ class Review:
 
 
 def review_path(project: Project, change_id: str) -> Path:
+    check_change_id(change_id)  # before it becomes a path
     return project.root / "changes" / change_id / "review.yml"
 
 

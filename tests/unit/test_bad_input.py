@@ -84,6 +84,22 @@ CLI_CASES = [
     (["drill", "postgres", "--param", "x"], "'x' is not name=value"),
     (["policy", "schema", "../../etc/passwd"], "is not one of"),
     (["change", "new", "--title"], "Option '--title' requires an argument"),
+    (
+        [
+            "change",
+            "review",
+            "CHG-" + "9" * 300,
+            "--as",
+            "carol",
+            "--summary",
+            "s" * 20,
+            "--cause",
+            "because",
+        ],
+        "is not a change id",
+    ),
+    (["ci", "codeowners", "--output", "x" * 300], "cannot write: File name too long"),
+    (["report", "-o", "r" * 300], "cannot write: File name too long"),
 ]
 
 

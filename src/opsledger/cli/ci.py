@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from opsledger.cli.options import aware_time, output_folder, wait_seconds, write_output
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import find_project
 
 
@@ -105,11 +106,20 @@ def codeowners(check: bool, output: Path) -> None:
     path = output if output.is_absolute() else project.root / output
     text = generate(project)
     if check:
-        if not path.exists() or path.read_text() != text:
+        try:
+            current = path.read_text() if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
             click.echo(f"{output} is stale: run opsledger ci codeowners", err=True)
             raise SystemExit(1)
         click.echo(f"{output} matches the policies")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot make its folder: {exc.strerror}", str(path), "--output", "pick a file")
+        ) from None
+    write_output(path, text, "--output")
     click.echo(f"wrote {output}")

@@ -58,7 +58,15 @@ signing_key_option = click.option(
 
 def output_folder(path: Path | None, option: str) -> None:
     """Refuse an output file whose folder does not exist, before any work is done."""
-    if path is not None and not path.parent.is_dir():
+    if path is None:
+        return
+    try:
+        exists = path.parent.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise OpsledgerError(
+            Problem(f"unusable path: {exc.strerror}", str(path), option, "pick another file")
+        ) from None
+    if not exists:
         raise OpsledgerError(
             Problem("no such folder", str(path.parent), option, "create it first or pick a file")
         )
