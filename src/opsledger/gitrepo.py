@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.yamlio import outside_problem
 
 
 def git(
@@ -89,6 +90,8 @@ def write_and_commit(
     the file gets its old content back (or goes, with the folders made for it) and leaves the
     index, so a failed approve or review leaves nothing half-done behind.
     """
+    if refused := outside_problem(path, root):  # a symlinked folder would write elsewhere
+        raise OpsledgerError(refused)
     old = path.read_bytes() if path.is_file() else None
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:

@@ -273,7 +273,7 @@ def _untime(node: Node) -> None:
             current.tag = f"{_TAG}str"
 
 
-def _inside(path: Path, root: Path) -> Problem | None:
+def outside_problem(path: Path, root: Path) -> Problem | None:
     """Refuse a path outside root or through a symlink below it (checked without following)."""
     absolute = Path(os.path.abspath(path))
     base = Path(os.path.abspath(root))
@@ -296,7 +296,7 @@ def _inside(path: Path, root: Path) -> Problem | None:
 
 def read_text(path: Path, *, what: str = "file", root: Path | None = None) -> str:
     """A project file's text: bounded, UTF-8, inside `root` and not through a symlink."""
-    if root is not None and (refused := _inside(path, root)):
+    if root is not None and (refused := outside_problem(path, root)):
         raise OpsledgerError(refused)
     try:
         if not path.is_file():

@@ -352,3 +352,18 @@ def test_an_overlong_approval_comment_is_refused_before_anything_is_written(shar
     args = ["approve", change_id, "--as", "bob", "--comment", "c" * 2001]
     assert_refused(run(project.root, args), expect="the comment has 2001 characters")
     assert tree_state(project.root) == before
+
+
+def test_an_approval_is_never_written_through_a_symlinked_folder(shared_repo, tmp_path):
+    project, change_id = shared_repo
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    approvals = project.root / "changes" / change_id / "approvals"
+    approvals.symlink_to(elsewhere)
+    try:
+        before = tree_state(project.root)
+        result = run(project.root, ["approve", change_id, "--as", "bob"])
+        assert_refused(result, expect="is a symlink")
+        assert tree_state(project.root) == before and not any(elsewhere.iterdir())
+    finally:
+        approvals.unlink()
