@@ -45,7 +45,8 @@ class RoleInfo:
 
 def _tasks(path: Path) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    for item in load_yaml(path, expect=list, what="task file"):
+    items = load_yaml(path, expect=object, what="task file") or []
+    for item in items if isinstance(items, list) else [items]:
         if not isinstance(item, dict):
             raise OpsledgerError(
                 Problem("a task must be a mapping", str(path), "tasks", "write `- name: ...`")
