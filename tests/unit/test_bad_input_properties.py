@@ -66,12 +66,16 @@ anything = st.recursive(
 
 
 def not_a(kind: type | tuple[type, ...]) -> st.SearchStrategy:
-    """Any value of another type (a bool is not an int here, as in JSON Schema)."""
+    """Any value of another type (a bool is not an int here, as in JSON Schema; an unquoted
+    date is the text it was written as, so it counts as text)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if str in kinds:
+        kinds = (*kinds, dt.date)
 
     def other(value: object) -> bool:
         if isinstance(value, bool):
-            return not (kind is bool or (isinstance(kind, tuple) and bool in kind))
-        return not isinstance(value, kind)
+            return bool not in kinds
+        return not isinstance(value, kinds)
 
     return anything.filter(other)
 
@@ -195,7 +199,7 @@ def _of_another_type(value):
     kinds = {bool: bool, int: (int, float), float: (int, float), str: str, list: list, dict: dict}
     kind = next((k for t, k in kinds.items() if isinstance(value, t)), type(None))
     if isinstance(value, dt.date):
-        kind = (str, dt.date)
+        kind = str
     return not_a(kind)
 
 
