@@ -45,7 +45,7 @@ from opsledger.yamlio import load_yaml, parse_yaml
 
 SEVERITIES = ("low", "medium", "high", "critical")
 DESIRED_STATE = ("inventories/", "roles/", "runbooks/", "site.yml", "ansible.cfg")
-_REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
+_REQUEST = re.compile(r"changes/(CHG-[0-9]+)/change\.yml")  # fullmatch: not "change.yml\n"
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,11 @@ def _unauthorized(
         if not touched:
             continue
         requests = sorted(
-            {m.group(1) for f in commit.files if f.status == "A" and (m := _REQUEST.match(f.path))}
+            {
+                m.group(1)
+                for f in commit.files
+                if f.status == "A" and (m := _REQUEST.fullmatch(f.path))
+            }
         )
         shown = ", ".join(touched[:3]) + (
             f" and {len(touched) - 3} more" if len(touched) > 3 else ""
