@@ -50,7 +50,7 @@ class Problem:
     fix: str | None = None
 
     def __post_init__(self) -> None:
-        for name, limit in (("message", 300), ("file", 200), ("field", 120), ("fix", 200)):
+        for name, limit in (("message", 600), ("file", 200), ("field", 120), ("fix", 240)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, one_line(str(value), limit))
