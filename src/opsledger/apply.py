@@ -34,7 +34,7 @@ from opsledger.changes import Change, load_change
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
-from opsledger.gitrepo import git, head, is_repo
+from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, acquire, release
@@ -194,8 +194,9 @@ def checkout_of(project: Project, commit: str) -> Iterator[Project]:
                 "--ignored",
                 "--exclude-standard",
                 "--directory",
-            ).stdout.splitlines()
-            for line in ignored:
+                "-z",  # unquoted, NUL-separated: names with spaces or non-ASCII stay whole
+            ).stdout.split("\0")
+            for line in filter(None, ignored):
                 parts = Path(line.rstrip("/")).parts
                 for depth in range(1, len(parts) + 1):  # link the first missing level
                     target = tree.joinpath(*parts[:depth])
@@ -472,12 +473,7 @@ def apply_change(
         result = apply_change(find_project(), "CHG-0001")
         result.result, result.record_path, result.commit
     """
-    if not is_repo(project.root):
-        raise OpsledgerError(
-            Problem(
-                "not a git repository", str(project.root), "git", "apply runs from a git checkout"
-            )
-        )
+    require_history(project.root, "apply")
     reconciled = reconcile_first(project, events)
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now)

@@ -23,12 +23,13 @@ import yaml
 
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, git
+from opsledger.gitrepo import git, require_history, write_and_commit
 from opsledger.policy import Policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
 DECISIONS = ("approved", "rejected")
+MAX_COMMENT = 2000  # characters: an approval says why, the discussion lives in the PR
 
 
 @dataclass
@@ -84,6 +85,14 @@ def approve(
         raise OpsledgerError(
             Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
         )
+    if len(comment) > MAX_COMMENT:
+        raise OpsledgerError(
+            Problem(
+                f"the comment has {len(comment)} characters; at most {MAX_COMMENT}",
+                field="--comment",
+                fix="keep it short and link to the details",
+            )
+        )
     who = policies.people.get(person)
     if who is None:
         raise OpsledgerError(
@@ -110,14 +119,12 @@ def approve(
         "comment": comment,
         "content_files": content.files,
     }
-    folder = approvals_dir(project, change_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{person}.yml"
-    path.write_text("---\n" + yaml.safe_dump(record, sort_keys=False, width=100))
+    path = approvals_dir(project, change_id) / f"{person}.yml"
     verb = "Approve" if decision == "approved" else "Reject"
-    sha = commit_paths(
+    sha = write_and_commit(
         project.root,
-        [path],
+        path,
+        "---\n" + yaml.safe_dump(record, sort_keys=False, width=100),
         f"{verb} {change_id} ({content.sha256[:12]})",
         name=who.name,
         email=who.email,
@@ -165,7 +172,7 @@ def approval_states(
     states = []
     for path in sorted(folder.glob("*.yml")):
         person = path.stem
-        data = load_yaml(path, what="approval")
+        data = load_yaml(path, what="approval", root=project.root)
         state = ApprovalState(person, str(data.get("decision", "")), True)
         who = policies.people.get(person)
         if who is None:
@@ -225,6 +232,7 @@ def approve_change(
     from opsledger.content import change_content
     from opsledger.policy import load_policies
 
+    require_history(project.root, "approve")
     result = validate_change(project, change_id)
     if result.problems:
         raise OpsledgerError(result.problems)

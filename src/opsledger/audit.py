@@ -21,6 +21,7 @@ from opsledger.approvals import allowed_signers
 from opsledger.changes import change_ids, load_change
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import Commit, by_change, read_history
+from opsledger.gitrepo import require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
@@ -108,6 +109,7 @@ def audit_log(
         log = audit_log(find_project(), since=datetime(2026, 1, 1, tzinfo=UTC))
         [(r.change, r.result, [a.person for a in r.approvers]) for r in log.rows]
     """
+    require_history(project.root, "audit log")
     policies, _ = load_policies(project, strict=False)
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
     histories = by_change(commits)

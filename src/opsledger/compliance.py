@@ -38,10 +38,10 @@ from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, require_history
 from opsledger.policy import Policies, load_policies
 from opsledger.project import Project
-from opsledger.records import STARTED_SUFFIX, Record
+from opsledger.records import STARTED_SUFFIX, read_record
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 from opsledger.yamlio import load_yaml, parse_yaml
@@ -58,7 +58,7 @@ def is_desired_state(path: str) -> bool:
     return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
 
 
-_REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
+_REQUEST = re.compile(r"changes/(CHG-[0-9]+)/change\.yml")  # fullmatch: not "change.yml\n"
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,15 @@ class _PeopleHistory:
         version = earlier[-1]
         if version not in self.loaded:
             shown = git(self.project.root, "show", f"{version}:policies/people.yml", check=False)
-            data = parse_yaml(shown.stdout) if shown.returncode == 0 else {}
+            try:
+                data = parse_yaml(shown.stdout, source="people.yml") if not shown.returncode else {}
+            except OpsledgerError:  # an unreadable version knew nobody
+                data = {}
+            people = data.get("people") if isinstance(data, dict) else None
             self.loaded[version] = {
-                p.get("id"): p.get("email") for p in (data or {}).get("people", [])
+                str(p.get("id")): str(p.get("email"))
+                for p in (people if isinstance(people, list) else [])
+                if isinstance(p, dict)
             }
         return self.loaded[version]
 
@@ -217,10 +223,10 @@ def _approvals(
     return findings
 
 
-def _approval_data(path: Path) -> dict:
+def _approval_data(project: Project, path: Path) -> dict:
     """An approval file's data; a missing or unreadable one (itself a finding) reads empty."""
     try:
-        return load_yaml(path, what="approval") if path.exists() else {}
+        return load_yaml(path, what="approval", root=project.root) if path.exists() else {}
     except OpsledgerError:
         return {}
 
@@ -236,7 +242,7 @@ def _runs(
         for f in commit.files:
             person = f.path[len(prefix) : -len(".yml")]
             if f.status == "A" and f.path.startswith(prefix) and person not in approvals:
-                approvals[person] = (commit, _approval_data(project.root / f.path))
+                approvals[person] = (commit, _approval_data(project, project.root / f.path))
     signed = change.environment in policies.signature_environments
     for commit in history:
         for f in commit.files:
@@ -247,9 +253,8 @@ def _runs(
             path = project.root / f.path
             if not path.exists():
                 continue  # evidence-edited reports the deletion
-            try:
-                record = Record.from_dict(json.loads(path.read_text()))
-            except (ValueError, TypeError):
+            record = read_record(path)
+            if record is None:
                 continue
             if signed and commit.signature != "G":
                 findings.append(
@@ -379,7 +384,11 @@ def _unauthorized(
         if not touched:
             continue
         requests = sorted(
-            {m.group(1) for f in commit.files if f.status == "A" and (m := _REQUEST.match(f.path))}
+            {
+                m.group(1)
+                for f in commit.files
+                if f.status == "A" and (m := _REQUEST.fullmatch(f.path))
+            }
         )
         shown = ", ".join(touched[:3]) + (
             f" and {len(touched) - 3} more" if len(touched) > 3 else ""
@@ -419,6 +428,7 @@ def audit_check(
         result = audit_check(find_project())
         [str(f) for f in result.at_least("high")]
     """
+    require_history(project.root, "audit check")
     moment = now or dt.datetime.now(dt.UTC)
     policies, _ = load_policies(project, strict=False)
     commits = read_history(project, allowed_signers=allowed_signers(policies))

@@ -52,7 +52,7 @@ def _files_under(folder: Path) -> list[Path]:
 def _imported_playbooks(playbook: Path, seen: set[Path]) -> list[Path]:
     """Playbooks pulled in by import_playbook, followed recursively."""
     found = []
-    for target in _IMPORT.findall(playbook.read_text()):
+    for target in _IMPORT.findall(playbook.read_text(errors="replace")):  # not UTF-8: no imports
         path = (playbook.parent / target).resolve()
         if path.is_file() and path not in seen:
             seen.add(path)

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 from opsledger.approvals import approval_states
 from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
-from opsledger.policy import Policies, Window, load_policies
+from opsledger.gitrepo import require_history
+from opsledger.policy import Policies, Window, require_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
@@ -335,7 +336,8 @@ def _withdrawn(project: Project, change: Change) -> list[Check]:
 def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) -> Decision:
     """Evaluate every rule for a change at a moment (default: now).
 
-    Raises OpsledgerError (exit 2) when the change itself is invalid; a denial is a Decision
+    Raises OpsledgerError (exit 2) when the change itself is invalid, the policies do not pass
+    `policy check` or there is no git history to read approvals from; a denial is a Decision
     with allowed=False (the CLI exits 3).
 
     Example:
@@ -345,11 +347,12 @@ def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) 
     from opsledger.changes import load_change
     from opsledger.runbooks import load_runbook
 
+    require_history(project.root, "decide")
     moment = now or dt.datetime.now(dt.UTC)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
-    policies, _ = load_policies(project)
+    policies = require_policies(project)  # fail closed: no decision on rules that do not check
     content = change_content(project, change, runbook, hosts)
     risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
     checks = [

@@ -17,7 +17,7 @@ from typing import Any
 from opsledger.approvals import ApprovalState, approval_states
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import change_content
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
@@ -151,6 +151,7 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         history = change_history(find_project(), "CHG-0001")
         [(r.result, r.finished_at) for r in history.runs]
     """
+    require_history(project.root, "change show")
     change = load_change(project, change_id)
     done = reconcile_runs(project)
     runbook = load_runbook(project, change.runbook)
@@ -173,7 +174,7 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         f"changes/{change_id}",
     ).stdout
     commits = [
-        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f"), strict=True))
+        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f", 3), strict=True))
         for line in log.splitlines()
         if line
     ]

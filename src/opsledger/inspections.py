@@ -26,10 +26,10 @@ from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.policy import load_policies
+from opsledger.policyfiles import read_policy
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.targets import Target, resolve_targets
-from opsledger.yamlio import load_yaml
 
 SEVERITIES = ("ok", "warning", "critical")
 PSEUDO_FS = {
@@ -343,9 +343,10 @@ CHECKS: dict[str, Check] = {
 def load_plan(project: Project) -> Plan:
     """Read and check policies/inspections.yml; every problem at once."""
     path = project.root / "policies" / "inspections.yml"
-    data = load_yaml(path, what="inspection plan")
+    data, problems = read_policy(project, "inspections", "inspection plan")
+    if data is None:
+        raise OpsledgerError(problems)
     file = str(path)
-    problems = []
     policies, _ = load_policies(project, strict=False)
     severities = data.get("severities") or {}
     for severity, priority in severities.items():

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from opsledger.apply import RETRYABLE, ApplyResult, Events, apply_change, reconcile_first
 from opsledger.changes import Change, change_ids, load_change, load_withdrawal
 from opsledger.decide import Decision, decide, run_order
-from opsledger.policy import load_policies
+from opsledger.gitrepo import require_history
+from opsledger.policy import load_policies, require_policies
 from opsledger.project import Project
 from opsledger.records import Record, read_runs
 
@@ -99,6 +100,8 @@ def apply_pending(
         outcome = apply_pending(find_project())
         [(i.change_id, i.action, i.why) for i in outcome.items]
     """
+    require_history(project.root, "apply --pending")
+    require_policies(project)  # fail closed, even when nothing is pending
     if environment is not None:
         project.require_environment(environment)
     reconcile_first(project, events)

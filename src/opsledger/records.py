@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from opsledger.errors import OpsledgerError
 from opsledger.project import Project
+from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
 RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
@@ -71,6 +73,71 @@ class Record:
     def from_dict(cls, data: dict[str, Any]) -> Record:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "change": (str, type(None)),
+    "runbook": (str, type(None)),
+    "params": (dict,),
+    "hosts": (list,),
+    "runner": (dict,),
+    "decision": (dict,),
+    "stats": (dict,),
+    "changed_tasks": (list,),
+    "verification": (dict,),
+    "rollback": (dict, type(None)),
+    "findings": (list,),
+    "measurements": (dict,),
+    "version": (int,),
+}
+
+
+def read_record(path: Path) -> Record | None:
+    """A record file as a Record, or None when it is not one (wrong shape, bad times, not JSON).
+
+    Records sort by time and feed decisions (promotion, "already applied"), so a hand-made
+    file with `finished_at: 5` must be ignored like any unreadable one, not crash them.
+    """
+    try:
+        data = load_json(path, what="record")
+    except OpsledgerError:
+        return None
+    return record_from_data(data)
+
+
+def record_from_data(data: Any) -> Record | None:
+    """Parsed JSON as a Record, or None when its shape is not a record's (see read_record).
+
+    A write-ahead record (`result: started`) has no finished_at yet; every other time must
+    carry its zone.
+    """
+    if not isinstance(data, dict):
+        return None
+    for name, kinds in _SHAPES.items():
+        if name in data and not isinstance(data[name], kinds):
+            return None
+    for name in ("findings", "changed_tasks"):  # read entry by entry with .get()
+        if not all(isinstance(entry, dict) for entry in data.get(name) or []):
+            return None
+    approvers = (data.get("decision") or {}).get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        return None
+    for key, value in (data.get("measurements") or {}).items():
+        if key.endswith("_s") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
+    try:
+        record = Record.from_dict(data)
+        texts = (record.kind, record.environment, record.result, record.targets)
+        if not all(isinstance(t, str) for t in texts):
+            return None
+        for moment in (record.started_at, record.finished_at):
+            if moment == "" and moment is record.finished_at and record.result == "started":
+                continue
+            if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
+                return None
+    except (ValueError, TypeError):
+        return None
+    return record
 
 
 def stamp(moment: dt.datetime) -> str:
@@ -125,10 +192,12 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
 
 
 def _parse(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record)."""
     try:
-        return Record.from_dict(json.loads(data))
-    except (ValueError, TypeError):
+        parsed = json.loads(data, object_pairs_hook=unique_pairs)
+    except (ValueError, TypeError, RecursionError):
         return None
+    return record_from_data(parsed)
 
 
 def _committed_files(root: Path) -> dict[str, bytes]:
@@ -205,9 +274,8 @@ def load_records(project: Project, kind: str | None = None) -> list[Record]:
     """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
-        try:
-            record = Record.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        record = read_record(path)
+        if record is None:
             continue
         if kind is None or record.kind == kind:
             records.append(record)

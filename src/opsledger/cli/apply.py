@@ -7,7 +7,7 @@ import json
 
 import click
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -55,7 +55,9 @@ def _summary(result) -> str:
 @click.argument("change_id", required=False)
 @click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
 @click.option("--env", "environment", help="With --pending: only changes of this environment.")
-@click.option("--wait", "wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option(
+    "--wait", "wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
 @click.option(
     "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
