@@ -38,6 +38,7 @@ from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, acquire, release
+from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
 from opsledger.project import Project
 from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
@@ -474,6 +475,7 @@ def apply_change(
         result.result, result.record_path, result.commit
     """
     require_history(project.root, "apply")
+    require_policies(project)  # fail closed before anything is touched, reconciling included
     reconciled = reconcile_first(project, events)
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now)

@@ -375,7 +375,12 @@ def validate_all(project: Project) -> list[ValidationResult]:
 
 
 def _claim_folder(project: Project) -> tuple[str, Path]:
-    """The next id and its new folder; two `change new` at once get two ids."""
+    """The next id and its new, empty folder; two `change new` at once get two ids.
+
+    A folder of a higher id made by someone else meanwhile (its change.yml written, or still
+    empty while that command validates) is skipped; one that holds files but no change.yml is
+    refused: approvals or records waiting for an id that does not exist yet are nobody's.
+    """
     changes_dir(project).mkdir(parents=True, exist_ok=True)
     number = int(next_change_id(project).removeprefix("CHG-"))
     while True:
@@ -383,7 +388,16 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
         folder = changes_dir(project) / change_id
         try:
             folder.mkdir()
-        except FileExistsError:  # taken meanwhile, or a folder without a change.yml
+        except FileExistsError:
+            if not (folder / "change.yml").exists() and any(folder.iterdir()):
+                raise OpsledgerError(
+                    Problem(
+                        "the folder exists without a change.yml",
+                        str(folder),
+                        "id",
+                        "remove the folder (git status shows what is in it) and try again",
+                    )
+                ) from None
             number += 1
             continue
         return change_id, folder
@@ -439,35 +453,25 @@ def new_change(
         data["rollback"] = rollback
     if risk:
         data["risk"] = risk
-    folder = changes_dir(project) / change_id
     file = folder / "change.yml"
     try:
-        text = "---\n" + yaml.safe_dump(data, sort_keys=False, width=100)
-    except yaml.YAMLError:
-        raise OpsledgerError(
-            Problem("params must be plain data", field="params", fix="pass text, numbers, lists")
-        ) from None
-    # Judge exactly what will be read back, before anything exists on disk.
-    written = parse_yaml(text, source=str(file), dates=False)
-    result = _validate(project, change_id, written, file)
-    if result.problems:
-        raise OpsledgerError(result.problems)
-    try:
-        folder.mkdir(parents=True)
-    except FileExistsError:
-        raise OpsledgerError(
-            Problem(
-                "the folder exists without a change.yml",
-                str(folder),
-                "id",
-                "remove the folder (git status shows what is in it) and try again",
-            )
-        ) from None
-    try:
+        try:
+            text = "---\n" + yaml.safe_dump(data, sort_keys=False, width=100)
+        except yaml.YAMLError:
+            raise OpsledgerError(
+                Problem(
+                    "params must be plain data", field="params", fix="pass text, numbers, lists"
+                )
+            ) from None
+        # Judge exactly what will be read back, before anything but the claimed id exists.
+        written = parse_yaml(text, source=str(file), dates=False)
+        result = _validate(project, change_id, written, file)
+        if result.problems:
+            raise OpsledgerError(result.problems)
         file.write_text(text)
     except BaseException:
         file.unlink(missing_ok=True)
-        folder.rmdir()
+        folder.rmdir()  # nothing half-written: the claimed id is free again
         raise
     return NewChange(change_id, file)
 

@@ -627,6 +627,7 @@ def policy_check(project: Project) -> PolicyCheck:
     from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
+    problems += _lock_policy_problems(project)
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),
@@ -635,6 +636,29 @@ def policy_check(project: Project) -> PolicyCheck:
         "environments with windows": len(policies.windows),
     }
     return PolicyCheck(problems, policies.hash, summary, policies)
+
+
+def _lock_policy_problems(project: Project) -> list[Problem]:
+    """locks.yml against its schema, and naming only environments that exist."""
+    from opsledger.policyfiles import policy_path, read_policy
+
+    path = policy_path(project, "locks")
+    if not (path.exists() or path.is_symlink()):
+        return []
+    data, problems = read_policy(project, "locks", "lock policy")
+    if data is None:
+        return problems
+    known = sorted(p.parent.name for p in project.root.glob("inventories/*/hosts.yml"))
+    return [
+        Problem(
+            f"no inventory for environment {name!r}",
+            str(path),
+            f"environments.{name}",
+            f"use one of: {', '.join(known)}",
+        )
+        for name in data.get("environments") or {}
+        if name not in known
+    ]
 
 
 def require_policies(project: Project) -> Policies:

@@ -26,6 +26,8 @@ POLICY_FILES = {
     "waivers": "waivers.yml",
     "inspections": "inspections.yml",
     "dr": "dr.yml",
+    "incidents": "incidents.yml",
+    "locks": "locks.yml",
 }
 
 

@@ -79,6 +79,18 @@ FAIL_OPEN = [
         "people[1].id: 'bob\\n' does not match",
     ),
     ("sla.yml", lambda d: d.update(extra={}), "unknown field(s) extra"),
+    (
+        "locks.yml",
+        lambda d: d["environments"]["lab"].update(backends=["machne"]),
+        "environments.lab.backends[0]",
+    ),
+    (
+        "locks.yml",
+        lambda d: d["environments"].update(labb={"backends": ["machine"]}),
+        "environments.labb: no inventory for environment 'labb'",
+    ),
+    ("locks.yml", lambda d: d.update(backend=["origin"]), "unknown field(s) backend"),
+    ("incidents.yml", lambda d: d["detection"].update(enable=False), "unknown field(s) enable"),
 ]
 
 

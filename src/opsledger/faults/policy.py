@@ -245,7 +245,7 @@ def _incidents(
     path = project.root / "policies" / "incidents.yml"
     file = str(path)
     data = load_yaml(path, what="incident policy")
-    found = schema_problems(data, schema("incidents-policy"), file)
+    found = schema_problems(data, schema("policy-incidents"), file)
     problems += found
     if found:  # the semantic checks below assume the shape the schema promises
         raise OpsledgerError(problems)
