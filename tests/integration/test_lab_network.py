@@ -121,6 +121,31 @@ def test_a_network_that_is_not_ours_and_has_no_dns_is_refused(other):
     assert podman_json("ps", "--all", "--filter", f"name={PREFIX}") == []
 
 
+def test_another_live_checkouts_network_is_taken_over_only_when_no_container_uses_it(other, lab):
+    """A network left by the lab of a checkout that still exists (the repository's, here) and
+    used by no container is taken over; one its containers use is refused, naming them."""
+    mine = f"io.opsledger.project={lab.root}"
+    _podman("network", "create", "--label", mine, "--subnet", "10.89.71.0/24", NETWORK)
+    _podman(
+        "create",
+        "--name",
+        "opsledger-nettest-squatter",
+        "--network",
+        NETWORK,
+        "localhost/opsledger-base:latest",
+    )
+    try:
+        with pytest.raises(OpsledgerError, match="belongs to the lab of another checkout") as e:
+            lab_up(other)
+        assert e.value.exit_code == 2 and "opsledger-nettest-squatter" in str(e.value)
+        assert podman_json("ps", "--all", "--filter", f"name={PREFIX}app") == []  # nothing made
+    finally:
+        _podman("rm", "--force", "opsledger-nettest-squatter", check=False)
+    lab_up(other)
+    (info,) = podman_json("network", "inspect", NETWORK)
+    assert info["labels"]["io.opsledger.project"] == str(other.root)
+
+
 def test_a_machine_pinned_to_cni_with_other_containers_is_refused_untouched(other, lab):
     override = CONTAINERS_CONF_PATH.parent / "99-opsledger-test-cni.conf"
     override.write_text('[network]\nnetwork_backend = "cni"\n')

@@ -164,28 +164,34 @@ def _ensure_network(spec: LabSpec, progress: Progress) -> None:
     on it (podman cannot change a network's subnet in place).
     """
     label = f"{LABEL}.project={spec.project_label}"
-    # a network or volume left by a deleted checkout goes, with the containers that use it
+    # A network or volume left by a deleted checkout goes, with the containers that use it; one
+    # of a checkout that still exists goes only when no container uses it any more.
     for kind, name in [("network", spec.network)] + [("volume", v) for v in spec.volume_names()]:
         owner = _owner(kind, name)
-        if owner and owner != spec.project_label and _orphaned(owner):
+        if not owner or owner == spec.project_label:
+            continue
+        users = _users(kind, name)
+        if _orphaned(owner):
             progress(f"{kind} {name} belonged to {owner}, now deleted; replacing it")
             podman(kind, "rm", "--force", name)
-    if network_exists(spec.network):
-        owner = _owner("network", spec.network)
-        if owner and owner != spec.project_label:
+        elif not users:
+            progress(f"{kind} {name} of {owner} is used by no container; taking it over")
+            podman(kind, "rm", name)
+        else:
             # Another checkout's lab (its hosts, ports and addresses): sharing it would let
             # one checkout's `lab down` pull the network from under the other's runs.
             raise OpsledgerError(
                 Problem(
-                    f"podman network {spec.network} belongs to the lab of another checkout "
-                    f"({owner})",
+                    f"podman {kind} {name} belongs to the lab of another checkout ({owner}), "
+                    f"and its containers use it: {', '.join(users)}",
                     str(spec.project.inventory_file("lab")),
-                    "lab_network",
+                    "lab_network" if kind == "network" else "lab_container_prefix",
                     "run `opsledger lab down` in that checkout, or give this one its own "
                     "lab_network, lab_container_prefix and ports in "
                     "inventories/lab/group_vars/all/lab.yml",
                 )
             )
+    if network_exists(spec.network):
         info = _network_info(spec.network)
         reason = ""
         if spec.subnet and spec.subnet not in _network_subnets(spec.network):
@@ -327,6 +333,12 @@ def _owner(kind: str, name: str) -> str | None:
     info = json.loads(found.stdout or "[]")
     labels = (info[0].get("Labels") or info[0].get("labels") or {}) if info else {}
     return labels.get(f"{LABEL}.project")
+
+
+def _users(kind: str, name: str) -> list[str]:
+    """Names of the containers (running or not) attached to a network or using a volume."""
+    found = podman("ps", "--all", "--format", "{{.Names}}", "--filter", f"{kind}={name}")
+    return found.stdout.split()
 
 
 def _alive(pid: int) -> bool:
