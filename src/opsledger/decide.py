@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 from opsledger.approvals import approval_states
 from opsledger.changes import Change, change_ids, validate_change
 from opsledger.content import change_content
-from opsledger.policy import Policies, Window, load_policies
+from opsledger.policy import Policies, load_policies
 from opsledger.project import Project
 from opsledger.records import change_runs
 from opsledger.runbooks import Runbook
+from opsledger.windows import covered
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
-DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
@@ -57,21 +56,6 @@ class Decision:
             "content_sha256": self.content_sha256,
             "checks": [c.__dict__ for c in self.checks],
         }
-
-
-def _in_window(window: Window, start: dt.datetime, end: dt.datetime) -> bool:
-    """Whether [start, end] lies inside one occurrence of a recurring maintenance window."""
-    zone = ZoneInfo(window.timezone)
-    local_start, local_end = start.astimezone(zone), end.astimezone(zone)
-    day = local_start.date()
-    if DAY_NAMES[day.weekday()] not in window.days:
-        return False
-    open_at = dt.datetime.combine(day, dt.time.fromisoformat(window.start), zone)
-    if window.end == "24:00":
-        close_at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), zone)
-    else:
-        close_at = dt.datetime.combine(day, dt.time.fromisoformat(window.end), zone)
-    return open_at <= local_start and local_end <= close_at
 
 
 def _approvals(
@@ -140,12 +124,12 @@ def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[
         checks.append(Check("maintenance window", True, "emergency change: windows bypassed"))
     else:
         windows = policies.windows.get(change.environment, [])
-        fits = any(_in_window(w, change.window_start, change.window_end) for w in windows)
+        fits = covered(windows, change.window_start, change.window_end)
         checks.append(
             Check(
                 "maintenance window",
                 fits,
-                "the change window lies inside a maintenance window"
+                "the change window lies inside the maintenance windows"
                 if fits
                 else f"{change.window_start.isoformat()} - {change.window_end.isoformat()}"
                 f" is outside every maintenance window of {change.environment}",

@@ -381,13 +381,16 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
                             "write e.g. 20:00 (end may be 24:00)",
                         )
                     )
-            if str(entry.get("start", "")) >= str(entry.get("end", "")):
+            # end < start is an overnight window (it closes the next day); equal is empty
+            if str(entry.get("start", "")) == str(entry.get("end", "")) or (
+                str(entry.get("start")) == "24:00"
+            ):
                 problems.append(
                     Problem(
-                        "the window ends before it starts",
+                        "the window is empty",
                         file,
                         f"{where}.end",
-                        "make end later than start",
+                        "end differs from start (an end earlier than start closes the next day)",
                     )
                 )
             _zone(entry.get("timezone"), file, f"{where}.timezone", problems)
