@@ -102,6 +102,14 @@ class Content:
         return sorted(p for p in paths if self.files.get(p) != other.get(p))
 
 
+def manifest(files: dict[str, str]) -> Content:
+    """The content of a manifest: sha256 over the sorted (path, sha256) lines."""
+    digest = hashlib.sha256()
+    for relative in sorted(files):
+        digest.update(f"{relative}\0{files[relative]}\n".encode())
+    return Content(digest.hexdigest(), dict(sorted(files.items())))
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -163,7 +171,7 @@ class _Collector:
             self.files[real] = resolved
 
 
-def _ignored(project: Project, paths: list[str]) -> set[str]:
+def ignored_paths(project: Project, paths: list[str]) -> set[str]:
     """The paths git ignores (never tracked): machine-local files a change cannot carry."""
     if not paths:
         return set()
@@ -318,7 +326,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
         *_roles(runbook.roles, naming, search),
     ]:
         collector.add(path)
-    ignored = _ignored(project, sorted(collector.files))
+    ignored = ignored_paths(project, sorted(collector.files))
     for link, target in collector.links.items():
         if target in ignored or link in ignored:
             raise OpsledgerError(
@@ -335,10 +343,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
         if relative not in ignored
     }
     files |= {link: _sha(f"symlink:{target}".encode()) for link, target in collector.links.items()}
-    digest = hashlib.sha256()
-    for relative in sorted(files):
-        digest.update(f"{relative}\0{files[relative]}\n".encode())
-    return Content(digest.hexdigest(), dict(sorted(files.items())))
+    return manifest(files)
 
 
 def _unique(paths: list[Path]) -> list[Path]:

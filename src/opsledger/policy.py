@@ -59,6 +59,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class PolicyChangeRule:
+    """Who approves edits of policies/: owner teams, how many approvals, signed or not."""
+
+    owners: tuple[str, ...]
+    approvals: int
+    signed: bool
+
+
+@dataclass(frozen=True)
 class Window:
     days: tuple[str, ...]
     start: str
@@ -91,6 +100,9 @@ class Policies:
     hash: str = ""
     files: dict[str, str] = field(default_factory=dict)
     audit_from: dt.datetime | None = None  # history before this is the pre-adoption baseline
+    # None: policy edits are not under change control yet (see base.py, the policy chain)
+    policy_changes: PolicyChangeRule | None = None
+    records_by: str | None = None  # the person (CI) whose commits of run records are evidence
 
     def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
@@ -338,11 +350,43 @@ def _rules(
                 "e.g. within_days: 7",
             )
         )
+    policy_changes = None
+    spec = data.get("policy_changes")
+    if spec is not None:
+        where = "policy_changes"
+        if not isinstance(spec, dict):
+            spec = {}
+            problems.append(
+                Problem("must be a mapping", file, where, "owners, approvals and signed keys")
+            )
+        _unknown(problems, spec.get("owners"), teams, "team", file, f"{where}.owners")
+        count = spec.get("approvals")
+        if not spec.get("owners") or not isinstance(count, int) or count < 1:
+            problems.append(
+                Problem(
+                    "needs owners (teams) and approvals >= 1",
+                    file,
+                    where,
+                    "e.g. policy_changes: {owners: [cab], approvals: 1, signed: true}",
+                )
+            )
+        if not isinstance(spec.get("signed"), bool):
+            problems.append(
+                Problem("must be true or false", file, f"{where}.signed", "e.g. signed: true")
+            )
+        policy_changes = PolicyChangeRule(
+            tuple(spec.get("owners") or ()),
+            count if isinstance(count, int) else 1,
+            spec.get("signed") is not False,  # anything but an explicit false means signed
+        )
+    records_by = (data.get("records") or {}).get("committed_by")
     audit = data.get("audit") or {}
     _unknown(problems, sorted(audit), ["from"], "key", file, "audit")
     audit_from = _aware(audit["from"], file, "audit.from", problems) if audit.get("from") else None
     return {
         "audit_from": audit_from,
+        "policy_changes": policy_changes,
+        "records_by": str(records_by) if records_by else None,
         "four_eyes": bool(data.get("four_eyes", True)),
         "rules": rules,
         "runbook_teams": runbook_teams,
@@ -499,6 +543,15 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
         **_sla(project, problems),
         hash=policy_hash(project),
     )
+    if policies.records_by and policies.records_by not in people:
+        problems.append(
+            Problem(
+                f"{policies.records_by!r} is not in people.yml",
+                str(project.root / "policies" / "changes.yml"),
+                "records.committed_by",
+                "name the CI identity's person id",
+            )
+        )
     waivers_file = project.root / "policies" / "waivers.yml"
     try:
         waivers = load_waivers(waivers_file)

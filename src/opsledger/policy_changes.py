@@ -1,0 +1,162 @@
+"""Policy changes are changes: `changes/POL-<n>/policy.yml` and its statements.
+
+Who may approve what, whose keys count, which windows open: an edit of `policies/` changes the
+rules every other change is judged by, so it is requested and approved like a change — by the
+owner teams that `policy_changes` in policies/changes.yml names, under the policy *as it was
+before* (see base.py). Its content is the request file plus every file under `policies/` as the
+change leaves them; approvals sign that hash, so any later edit of a policy file voids them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from opsledger.content import Content, ignored_paths, manifest
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import blob_contents
+from opsledger.project import Project
+from opsledger.yamlio import load_yaml
+
+_ID = re.compile(r"^POL-(\d{4,})$")
+FIELDS = ("id", "title", "requested_by", "reason")
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    id: str
+    title: str
+    requested_by: str
+    reason: str
+    file: Path
+
+
+def is_policy_change(change_id: str) -> bool:
+    return bool(_ID.match(change_id or ""))
+
+
+def request_file(project: Project, change_id: str) -> Path:
+    return project.root / "changes" / change_id / "policy.yml"
+
+
+def policy_change_ids(project: Project) -> list[str]:
+    found = [p.parent.name for p in (project.root / "changes").glob("POL-*/policy.yml")]
+    return sorted((i for i in found if _ID.match(i)), key=lambda i: int(i[4:]))
+
+
+def load_policy_request(project: Project, change_id: str) -> PolicyRequest:
+    """A policy change request, checked; every problem is reported at once (exit 2)."""
+    file = request_file(project, change_id)
+    if not _ID.match(change_id) or not file.is_file() or file.is_symlink():
+        raise OpsledgerError(
+            Problem(
+                f"no policy change {change_id}",
+                str(file),
+                fix="create one with `opsledger policy propose`",
+            )
+        )
+    data = load_yaml(file, what="policy change request")
+    problems = [
+        Problem("missing or not text", str(file), key, f"add {key}")
+        for key in FIELDS
+        if not isinstance(data.get(key), str) or not data[key].strip()
+    ]
+    problems += [
+        Problem(f"unknown field {key!r}", str(file), key, f"use: {', '.join(FIELDS)}")
+        for key in sorted(set(data) - set(FIELDS))
+    ]
+    if data.get("id") != change_id:
+        problems.append(Problem("differs from its folder", str(file), "id", f"set id: {change_id}"))
+    if problems:
+        raise OpsledgerError(problems)
+    return PolicyRequest(
+        change_id, data["title"], data["requested_by"], data["reason"].strip(), file
+    )
+
+
+def new_policy_request(
+    project: Project, *, title: str, requested_by: str, reason: str
+) -> PolicyRequest:
+    """Write `changes/POL-<next>/policy.yml` (not committed: commit it with the policy edit)."""
+    numbers = [int(i[4:]) for i in policy_change_ids(project)]
+    change_id = f"POL-{max(numbers, default=0) + 1:04d}"
+    file = request_file(project, change_id)
+    file.parent.mkdir(parents=True)
+    data = {"id": change_id, "title": title, "requested_by": requested_by, "reason": reason}
+    file.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
+    try:
+        return load_policy_request(project, change_id)
+    except OpsledgerError:
+        file.unlink()
+        file.parent.rmdir()
+        raise
+
+
+def policy_content(project: Project, change_id: str) -> Content:
+    """The request file and every file under policies/ as they are on disk (symlinks: exit 2)."""
+    files = {f"changes/{change_id}/policy.yml": request_file(project, change_id)}
+    folder = project.root / "policies"
+    for top, dirs, names in os.walk(folder):
+        for name in [*dirs, *names]:
+            path = Path(top) / name
+            relative = path.relative_to(project.root).as_posix()
+            if path.is_symlink():
+                raise OpsledgerError(
+                    Problem(
+                        "a symlink in policies/",
+                        relative,
+                        "symlink",
+                        "policy files must be plain files",
+                    )
+                )
+            if path.is_file():
+                files[relative] = path
+    ignored = ignored_paths(project, sorted(files))
+    return manifest(
+        {
+            relative: hashlib.sha256(path.read_bytes()).hexdigest()
+            for relative, path in files.items()
+            if relative not in ignored
+        }
+    )
+
+
+def policy_content_at(project: Project, commit: str, change_id: str) -> Content | None:
+    """The same content as committed in `commit`.
+
+    None when the request is missing there, or a policy file is not a plain file.
+    """
+    listing = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
+            "ls-tree",
+            "-r",
+            "-z",
+            commit,
+            "--",
+            "policies",
+            f"changes/{change_id}/policy.yml",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    entries = []
+    for line in listing.stdout.split("\0"):
+        if line:
+            meta, _, path = line.partition("\t")
+            mode, kind, blob = meta.split()
+            if kind != "blob" or mode == "120000":
+                return None
+            entries.append((path, blob))
+    if f"changes/{change_id}/policy.yml" not in {p for p, _ in entries}:
+        return None
+    contents = blob_contents(project.root, [b for _, b in entries])
+    return manifest({p: hashlib.sha256(contents[b]).hexdigest() for p, b in entries})
