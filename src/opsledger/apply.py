@@ -31,7 +31,8 @@ from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git, head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, locked
-from opsledger.project import Project
+from opsledger.project import DEFAULT_ENVIRONMENT, Project
+from opsledger.readguard import outside_content, watching_reads
 from opsledger.records import Record, change_runs, run_record_path, write_record
 from opsledger.reviews import open_review
 from opsledger.runbooks import Runbook, load_runbook
@@ -268,6 +269,7 @@ def _run(
     params: dict[str, Any],
     events: Events | None,
     interrupt: _Interrupt,
+    env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     return run_playbook(
         project,
@@ -279,7 +281,51 @@ def _run(
         timeout=runbook.timeout,
         event_handler=events,
         cancel=interrupt,
+        env=env,
     )
+
+
+def _clock_override(project: Project, change_id: str, now: dt.datetime | None) -> None:
+    """A chosen clock (`--at`) judges what-ifs; it never lets a run start outside the lab.
+
+    Windows and freezes are judged at the moment the run starts: outside the lab that moment
+    is the machine's clock, so `apply --at` cannot reopen yesterday's window.
+    """
+    if now is None:
+        return
+    change = load_change(project, change_id)
+    if change.environment != DEFAULT_ENVIRONMENT:
+        raise OpsledgerError(
+            Problem(
+                f"a chosen time (--at) applies only in the {DEFAULT_ENVIRONMENT}, "
+                f"not in {change.environment}",
+                f"changes/{change_id}/change.yml",
+                "--at",
+                "apply without --at, inside the change's window (decide and plan take --at "
+                "for what-ifs)",
+            ),
+            EXIT_INVALID,
+        )
+
+
+def _unapproved_reads(
+    project: Project, change: Change, runbook: Runbook, decision: Decision, opened: set[str]
+) -> str:
+    """Why the run cannot count as the approved content, or "" when it can."""
+    if decision.content is None:
+        return "no approved content to compare the run with"
+    after = change_content(project, change, runbook, decision.hosts)
+    if after.sha256 != decision.content.sha256:
+        changed = after.changed_since(decision.content.files)
+        return "the content changed during the run: " + ", ".join(changed[:5])
+    stray = outside_content(project, decision.content, opened)
+    if stray:
+        return (
+            "Ansible read files outside the approved content: "
+            + ", ".join(stray[:5])
+            + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        )
+    return ""
 
 
 def _verify(
@@ -328,12 +374,15 @@ def apply_change(
     skip_verify: bool = False,
     again: bool = False,
     events: Events | None = None,
+    base: str | None = None,
 ) -> ApplyResult:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the record.
 
     Raises OpsledgerError with exit 3 when policy denies the change and exit 4 when another
-    run holds a target's lock; in both cases nothing has run. Otherwise the result says
-    success, failed, rolled_back, rollback_failed or canceled, and the record is committed.
+    run holds a target's lock; in both cases nothing has run. `now` (a chosen clock) is for
+    the lab only (exit 2 elsewhere). Otherwise the result says success, failed, rolled_back,
+    rollback_failed or canceled, and the record is committed. A run that read files outside
+    the approved content, or during which the content changed, is not a success.
 
     Example:
         result = apply_change(find_project(), "CHG-0001")
@@ -345,8 +394,9 @@ def apply_change(
                 "not a git repository", str(project.root), "git", "apply runs from a git checkout"
             )
         )
+    _clock_override(project, change_id, now)
     _phase(events, "decide", f"deciding {change_id}")
-    decision = decide(project, change_id, now=now)
+    decision = decide(project, change_id, now=now, base=base)
     if not decision.allowed:
         raise OpsledgerError(
             [
@@ -392,14 +442,19 @@ def apply_change(
         timings: dict[str, float] = {"lock_wait_s": round(lock_wait, 3)}
         _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
         clock = time.monotonic()
-        run = _run(project, change, runbook, change.params, events, interrupt)
+        with watching_reads() as watch:
+            run = _run(project, change, runbook, change.params, events, interrupt, watch.env())
+            opened = watch.files()
         timings["run_s"] = round(time.monotonic() - clock, 3)
         checked: VerifyResult | None = None
         back: RollbackOutcome | None = None
         failure = ""
+        unapproved = _unapproved_reads(project, change, runbook, decision, opened)
         if run.status not in ("successful", "canceled") and not interrupt.requested:
             failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
             failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+        elif unapproved and run.status == "successful":
+            failure = unapproved
         elif run.status == "successful" and not skip_verify and not interrupt.requested:
             clock = time.monotonic()
             try:
@@ -552,6 +607,7 @@ def apply_pending(
     skip_verify: bool = False,
     events: Events | None = None,
     environment: str | None = None,
+    base: str | None = None,
 ) -> PendingResult:
     """Apply, oldest window first, every approved change on this branch not yet applied.
 
@@ -577,9 +633,11 @@ def apply_pending(
         if environment is None or change.environment == environment:
             candidates.append((change, runs))
     candidates.sort(key=lambda item: (item[0].window_start, item[0].id))
+    for change, _ in candidates:  # refuse a chosen clock before anything runs
+        _clock_override(project, change.id, now)
     items = []
     for change, runs in candidates:
-        decision = decide(project, change.id, now=now)
+        decision = decide(project, change.id, now=now, base=base)
         failed_before = [
             r
             for r in runs
@@ -606,7 +664,13 @@ def apply_pending(
             items.append(PendingItem(change.id, "waiting", why))
             continue
         result = apply_change(
-            project, change.id, now=now, wait=wait, skip_verify=skip_verify, events=events
+            project,
+            change.id,
+            now=now,
+            wait=wait,
+            skip_verify=skip_verify,
+            events=events,
+            base=base,
         )
         items.append(PendingItem(change.id, "applied", result.result, result))
     return PendingResult(items)

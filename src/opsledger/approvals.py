@@ -344,7 +344,11 @@ def _changed(content: Content, statement: Statement) -> str:
 
 
 def quorum(
-    standing: Standing, rule: Rule, policies: Policies, owners: tuple[str, ...] = ()
+    standing: Standing,
+    rule: Rule,
+    policies: Policies,
+    owners: tuple[str, ...] = (),
+    owned: str = "",
 ) -> tuple[bool, str, list[str]]:
     """Whether the approvals meet a rule: count, teams, four eyes, owners; no rejection.
 
@@ -375,7 +379,7 @@ def quorum(
         if team not in member_teams:
             missing.append(f"no approver from {team}")
     if rule.approvals and owners and not member_teams & set(owners):
-        missing.append(f"no approver from {' or '.join(owners)} (owners)")
+        missing.append(f"no approver from {' or '.join(owners)} (owners of {owned})")
     if missing:
         return False, "; ".join(missing + notes), counted
     why = ", ".join(counted) if counted else "pre-approved"
@@ -389,3 +393,31 @@ def require_clean_worktree(project: Project, change_id: str) -> None:
     problems = worktree_problems(project, change_id)
     if problems:
         raise OpsledgerError(problems)
+
+
+def requested_contents(
+    project: Project,
+    *,
+    change_id: str,
+    requester: str,
+    policies: Policies,
+    signatures_required: bool,
+    revs: list[str],
+) -> set[str]:
+    """The content hashes the requester has provably requested for a change, ever."""
+    found = collect(project, f"changes/{change_id}/approvals/{requester}/", revs)
+    return {
+        j.statement.content_sha256
+        for f in found
+        if (
+            j := judge(
+                f,
+                change_id,
+                policies.people,
+                signatures_required=signatures_required,
+                excluded=frozenset({policies.records_by} if policies.records_by else ()),
+            )
+        ).valid
+        and j.statement is not None
+        and j.statement.decision == "requested"
+    }

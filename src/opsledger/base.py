@@ -100,10 +100,10 @@ def _rev(project: Project, ref: str) -> str:
     return proc.stdout.strip()
 
 
-_POLICIES: dict[tuple[str, str], tuple[Policies, list[Problem]]] = {}
+_POLICIES: dict[tuple[str, str], tuple[Policies | None, list[Problem]]] = {}
 
 
-def policies_at(project: Project, commit: str) -> tuple[Policies, list[Problem]]:
+def policies_at(project: Project, commit: str) -> tuple[Policies | None, list[Problem]]:
     """The policy files as committed in `commit`, loaded and checked as on disk.
 
     The files are written to a scratch folder (plain files only: a symlink is a problem), with
@@ -139,15 +139,10 @@ def policies_at(project: Project, commit: str) -> tuple[Policies, list[Problem]]
             elif path.endswith(("/hosts.yml", "/runbook.yml")) and path.count("/") == 2:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text("")  # only the names matter to the policy checks
-        if not (root / "policies" / "people.yml").is_file():
-            raise OpsledgerError(
-                Problem(
-                    f"no policies at {commit[:10]}",
-                    "policies/people.yml",
-                    fix="the protected branch must hold the policies",
-                )
-            )
-        policies, found = load_policies(Project(root), strict=False)
+        try:
+            policies, found = load_policies(Project(root), strict=False)
+        except OpsledgerError as err:  # e.g. no people.yml: nothing to judge by
+            policies, found = None, err.problems
     for problem in found:
         where = (problem.file or "").replace(str(root) + "/", f"{commit[:10]}:")
         problems.append(Problem(problem.message, where, problem.field, problem.fix))
@@ -255,6 +250,9 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             versions.append(version)
         policies, problems = policies_at(project, commit)
         accepted = effective[-1][2] if effective else None
+        if policies is None:
+            version.why = "unreadable: " + "; ".join(str(p) for p in problems[:3])
+            continue
         if accepted is None or accepted.policy_changes is None:
             # Before policy changes were under change control, versions count as they come
             # (a broken one too: it fails below only if it is the one in effect at the tip).

@@ -104,8 +104,11 @@ def run_playbook(
     event_handler: EventHandler | None = None,
     artifact_dir: Path | None = None,
     cancel: Callable[[], bool] | None = None,
+    env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
+
+    `env` adds environment variables for ansible-playbook (apply's read watch uses it).
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
@@ -152,7 +155,7 @@ def run_playbook(
     if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     with tempfile.TemporaryDirectory(prefix="opsledger-run-") as private:
-        env = project.ansible_env()
+        ansible = project.ansible_env()
         run = ansible_runner.run(
             private_data_dir=private,
             project_dir=str(project.root),
@@ -165,7 +168,11 @@ def run_playbook(
             # ansible-runner would otherwise turn host key checking off (it sets
             # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
             # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
-            envvars={"ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"], "ANSIBLE_HOST_KEY_CHECKING": "True"},
+            envvars={
+                "ANSIBLE_CONFIG": ansible["ANSIBLE_CONFIG"],
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                **(env or {}),
+            },
             fact_cache_type="ansible.cfg",
             quiet=True,
             event_handler=on_event,

@@ -1,0 +1,185 @@
+"""Run records as evidence: only what the CI identity committed on the protected branch.
+
+A run record is a JSON file anyone can write, so a file that *says* "staging success" proves
+nothing. A record counts as evidence — for the promotion rule, and for audit — only when:
+
+- the commit that added it is on the protected base's first-parent line, not a merge (CI
+  commits records straight onto the branch; a merge can only bring what others wrote);
+- that commit's author and committer are both the CI identity (`records.committed_by` in
+  policies/changes.yml, a person of people.yml) and, where the record's environment requires
+  signatures, git verifies its SSH signature as that person's key;
+- it is read as it was added: later edits (even inside a merge) change nothing but are
+  reported by audit check as `evidence-edited`;
+- its change exists on the base, and the record's environment, runbook and params are the
+  change's, and the content it ran is content the change's requester provably requested.
+
+Everything else is reported by audit check as `evidence-forged`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsledger.approvals import allowed_signers, requested_contents
+from opsledger.base import Base
+from opsledger.gitrepo import blob_contents, git
+from opsledger.project import Project
+from opsledger.records import Record
+from opsledger.yamlio import parse_yaml
+
+RECORDS = ":(glob)changes/*/runs/*.json"
+
+
+@dataclass(frozen=True)
+class Added:
+    """The commit that added a record, as git tells it."""
+
+    path: str
+    blob: str
+    commit: str
+    parents: int
+    author: str
+    committer: str
+    signature: str  # git's %G?
+    signer: str
+
+
+@dataclass
+class Evidence:
+    path: str
+    commit: str
+    record: Record | None
+    trusted: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def added_on_line(project: Project, base: Base) -> list[Added]:
+    """Every run record added by a commit of the base's first-parent line, oldest first."""
+    with tempfile.TemporaryDirectory(prefix="opsledger-evidence-") as tmp:
+        signers = Path(tmp) / "allowed_signers"
+        signers.write_text(allowed_signers(base.policies))
+        out = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(project.root),
+                "-c",
+                f"gpg.ssh.allowedSignersFile={signers}",
+                "log",
+                "--first-parent",
+                "--diff-merges=first-parent",
+                "--reverse",
+                "--diff-filter=A",
+                "--raw",
+                "--no-abbrev",
+                "--no-renames",
+                "-z",
+                "--format=%x1e%H%x1f%P%x1f%ae%x1f%ce%x1f%G?%x1f%GS",
+                base.sha,
+                "--",
+                RECORDS,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    found = []
+    for record in out.split("\x1e"):
+        header, _, rest = record.partition("\0")
+        if not header:
+            continue
+        sha, parents, author, committer, signature, signer = header.split("\x1f")
+        tokens = rest.lstrip("\0\n").split("\0")
+        for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
+            if meta.startswith(":"):
+                _, _, _, blob, _ = meta[1:].split()
+                found.append(
+                    Added(
+                        path, blob, sha, len(parents.split()), author, committer, signature, signer
+                    )
+                )
+    return found
+
+
+def judge_record(project: Project, base: Base, added: Added, raw: bytes) -> Evidence:
+    """Whether one added record is evidence, and every reason it is not."""
+    evidence = Evidence(added.path, added.commit, None, False)
+    reasons = evidence.reasons
+    parts = added.path.split("/")
+    change_id = parts[1] if len(parts) == 4 else ""
+    try:
+        evidence.record = Record.from_dict(json.loads(raw))
+    except (ValueError, TypeError):
+        reasons.append("not a run record")
+        return evidence
+    record = evidence.record
+    policies = base.policies_at(added.commit)
+    ci = policies.people.get(policies.records_by or "")
+    if added.commit not in base.position:
+        reasons.append(f"not committed on {base.ref}'s first-parent line")
+    elif added.parents > 1:
+        reasons.append("brought by a merge, not committed on the branch by the CI identity")
+    if ci is None:
+        reasons.append("policies name no CI identity (records.committed_by)")
+    else:
+        if added.author != ci.email or added.committer != ci.email:
+            reasons.append(
+                f"committed by {added.committer} (author {added.author}), not the CI identity "
+                f"{ci.email}"
+            )
+        if record.environment in policies.signature_environments and (
+            added.signature != "G" or added.signer != ci.email
+        ):
+            reasons.append(f"not signed with the CI identity's key (git says {added.signature})")
+    if record.change != change_id:
+        reasons.append(f"names change {record.change!r}, filed under {change_id}")
+    shown = git(project.root, "show", f"{base.sha}:changes/{change_id}/change.yml", check=False)
+    if shown.returncode != 0:
+        reasons.append(f"no change {change_id} on {base.ref}")
+        return evidence
+    change = parse_yaml(shown.stdout) or {}
+    for key in ("environment", "runbook", "params"):
+        if getattr(record, key) != change.get(key, {} if key == "params" else None):
+            reasons.append(f"its {key} is not the change's")
+    requested = requested_contents(
+        project,
+        change_id=change_id,
+        requester=str(change.get("requested_by", "")),
+        policies=base.policies,
+        signatures_required=record.environment in base.policies.signature_environments,
+        revs=[base.sha],
+    )
+    if record.content_sha256 not in requested:
+        reasons.append("the content it ran is not content its requester requested")
+    evidence.trusted = not reasons
+    return evidence
+
+
+def run_evidence(
+    project: Project, base: Base, *, only: Callable[[Record], bool] | None = None
+) -> list[Evidence]:
+    """Run records added on the base's first-parent line, judged, oldest first.
+
+    `only` picks the records worth judging by what they say (judging reads statements).
+
+    Example:
+        [e.record.change for e in run_evidence(project, base) if e.trusted]
+    """
+    added = added_on_line(project, base)
+    contents = blob_contents(project.root, [a.blob for a in added])
+    judged = []
+    for entry in added:
+        raw = contents.get(entry.blob, b"")
+        if only is not None:
+            try:
+                if not only(Record.from_dict(json.loads(raw))):
+                    continue
+            except (ValueError, TypeError):
+                continue
+        judged.append(judge_record(project, base, entry, raw))
+    return judged
