@@ -25,11 +25,13 @@ from pathlib import Path
 
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git
 from opsledger.policy import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
 
+_IN_APPROVALS = re.compile(r"^changes/[^/]+/approvals/")
 _FILE = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml$")
 
 
@@ -167,6 +169,30 @@ def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
     return sorted(versions.values(), key=lambda f: (f.path, f.blob))
 
 
+def statements_in(project: Project, commits: list[Commit]) -> dict[str, list[Found]]:
+    """Every statement file version in an already-read history, by change id.
+
+    For audits over many changes: one `git log` stream (gitlog.read_history, merges listing
+    what they brought) instead of one per change. The commits a version is listed under are
+    the ones that brought it; any of them may attribute it.
+    """
+    versions: dict[tuple[str, str], Found] = {}
+    for commit in commits:
+        for f in commit.files:
+            if f.status == "D" or not _IN_APPROVALS.match(f.path):
+                continue
+            entry = versions.setdefault((f.path, f.blob), Found(f.path, f.blob, f.mode))
+            entry.introduced_by.append(
+                Introduction(commit.sha, commit.author_email, commit.committer_email)
+            )
+    contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
+    found: dict[str, list[Found]] = {}
+    for entry in sorted(versions.values(), key=lambda f: (f.path, f.blob)):
+        entry.raw = contents.get(entry.blob, b"")
+        found.setdefault(entry.path.split("/")[1], []).append(entry)
+    return found
+
+
 def worktree_problems(project: Project, change_id: str) -> list[Problem]:
     """Files under the change's approvals/ that cannot be statements: invalid input (exit 2).
 
@@ -271,9 +297,10 @@ def standing(
     content: Content,
     policies: Policies,
     signatures_required: bool,
-    revs: list[str],
+    revs: list[str] | None = None,
+    found: list[Found] | None = None,
 ) -> Standing:
-    """Judge every statement of a change (history of `revs`) for its current content.
+    """Judge every statement of a change (history of `revs`, or `found`) for a content.
 
     Example:
         s = standing(project, change_id="CHG-0001", requester="alice", content=content,
@@ -289,7 +316,11 @@ def standing(
             signatures_required=signatures_required,
             excluded=excluded,
         )
-        for f in collect(project, f"changes/{change_id}/approvals/", revs)
+        for f in (
+            found
+            if found is not None
+            else collect(project, f"changes/{change_id}/approvals/", revs or [])
+        )
     ]
     notes = [f"{j.path} does not count: {'; '.join(j.reasons)}" for j in judged if not j.valid]
     ordered = sorted(
@@ -402,10 +433,12 @@ def requested_contents(
     requester: str,
     policies: Policies,
     signatures_required: bool,
-    revs: list[str],
+    revs: list[str] | None = None,
+    found: list[Found] | None = None,
 ) -> set[str]:
     """The content hashes the requester has provably requested for a change, ever."""
-    found = collect(project, f"changes/{change_id}/approvals/{requester}/", revs)
+    if found is None:
+        found = collect(project, f"changes/{change_id}/approvals/{requester}/", revs or [])
     return {
         j.statement.content_sha256
         for f in found

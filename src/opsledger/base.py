@@ -53,10 +53,10 @@ class Base:
     first_parent: list[str]  # the base's own line, oldest first
     versions: list[PolicyVersion]
     _effective: list[tuple[int, PolicyVersion, Policies]] = field(repr=False)
+    position: dict[str, int] = field(default_factory=dict, repr=False)  # sha -> index
 
-    @property
-    def position(self) -> dict[str, int]:
-        return {sha: i for i, sha in enumerate(self.first_parent)}
+    def __post_init__(self) -> None:
+        self.position = {sha: i for i, sha in enumerate(self.first_parent)}
 
     @property
     def policies(self) -> Policies:

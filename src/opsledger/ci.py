@@ -1,10 +1,12 @@
 """What the pipelines run, as use cases, so a laptop and any CI run the same steps.
 
-- `pr_check`: which changes a pull request touches; each validated, decided and (optionally)
-  planned; desired-state edits that no change of the PR covers; one markdown summary for the
-  PR. Exit 2 when something is invalid or uncovered, 3 while a change lacks valid approvals
-  (so a required status check blocks the merge), else 0.
-- `ci_apply`: after a merge, `apply --pending`, then push the run records back.
+- `pr_check`: which changes (CHG-<n>) and policy changes (POL-<n>) a pull request touches;
+  each validated, decided under the *base's* policies and (optionally) planned; desired-state
+  and policy edits that no change of the PR covers; one markdown summary for the PR. Exit 2
+  when something is invalid or uncovered, 3 while a change lacks valid approvals (so a
+  required status check blocks the merge), else 0.
+- `ci_apply`: after a merge, `apply --pending` on the protected branch itself, then push the
+  run records back.
 - `codeowners`: the forge's required reviewers generated from policies, so they match.
 """
 
@@ -23,6 +25,7 @@ from opsledger.gitrepo import git
 from opsledger.identity import signing_key
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
+from opsledger.policy_changes import is_policy_change, policy_content
 from opsledger.project import Project
 
 
@@ -70,12 +73,13 @@ class PrReport:
             "",
         ]
         if self.uncovered:
-            out += ["### Desired state changed without a change request covering it", ""]
+            out += ["### Desired state or policies changed without a change covering it", ""]
             out += [f"- `{path}`" for path in self.uncovered]
             out += [
                 "",
                 "Add a change request (`opsledger change new`) whose runbook, roles or targets' "
-                "inventory include these files.",
+                "inventory include these files; for `policies/`, a policy change "
+                "(`opsledger policy propose`).",
                 "",
             ]
         for item in self.items:
@@ -110,8 +114,10 @@ def pr_scope(project: Project, base: str) -> PrScope:
         )
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
     files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
-    changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})
-    desired = [p for p in files if p.startswith(DESIRED_STATE)]
+    changes = sorted(
+        {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
+    )
+    desired = [p for p in files if p.startswith((*DESIRED_STATE, "policies/"))]
     return PrScope(base, files, changes, desired)
 
 
@@ -129,6 +135,13 @@ def pr_check(
     for change_id in scope.changes:
         item = PrChange(change_id)
         items.append(item)
+        if is_policy_change(change_id):
+            try:
+                item.decision = decide(project, change_id, now=now, base=base)
+                item.covers = set(policy_content(project, change_id).files)
+            except OpsledgerError as err:
+                item.problems = [str(p) for p in err.problems]
+            continue
         if not (project.root / "changes" / change_id / "change.yml").exists():
             continue  # removed by the PR
         result = validate_change(project, change_id)
@@ -139,8 +152,10 @@ def pr_check(
             item.covers = set(
                 change_content(project, result.change, result.runbook, result.hosts).files
             )
-            item.plan = plan(project, change_id, now=now) if with_plan else None
-            item.decision = item.plan.decision if item.plan else decide(project, change_id, now=now)
+            item.plan = plan(project, change_id, now=now, base=base) if with_plan else None
+            item.decision = (
+                item.plan.decision if item.plan else decide(project, change_id, now=now, base=base)
+            )
         except OpsledgerError as err:
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
@@ -196,7 +211,10 @@ def ci_apply(
         result = ci_apply(find_project(), remote="origin")
         result.pending.ok, result.pushed
     """
-    outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
+    # This runs on the protected branch after a merge: the branch itself is the base.
+    outcome = apply_pending(
+        project, now=now, wait=wait, events=events, environment=environment, base="HEAD"
+    )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
     if remote and outcome.items:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opsledger.approvals import allowed_signers, requested_contents
+from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
 from opsledger.gitrepo import blob_contents, git
 from opsledger.project import Project
@@ -106,8 +106,18 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
     return found
 
 
-def judge_record(project: Project, base: Base, added: Added, raw: bytes) -> Evidence:
-    """Whether one added record is evidence, and every reason it is not."""
+def judge_record(
+    project: Project,
+    base: Base,
+    added: Added,
+    raw: bytes,
+    statements: list[Found] | None = None,
+) -> Evidence:
+    """Whether one added record is evidence, and every reason it is not.
+
+    `statements`: the change's statement versions when already read (audits), else they are
+    read from the base's history.
+    """
     evidence = Evidence(added.path, added.commit, None, False)
     reasons = evidence.reasons
     parts = added.path.split("/")
@@ -153,6 +163,7 @@ def judge_record(project: Project, base: Base, added: Added, raw: bytes) -> Evid
         policies=base.policies,
         signatures_required=record.environment in base.policies.signature_environments,
         revs=[base.sha],
+        found=statements,
     )
     if record.content_sha256 not in requested:
         reasons.append("the content it ran is not content its requester requested")
@@ -161,7 +172,11 @@ def judge_record(project: Project, base: Base, added: Added, raw: bytes) -> Evid
 
 
 def run_evidence(
-    project: Project, base: Base, *, only: Callable[[Record], bool] | None = None
+    project: Project,
+    base: Base,
+    *,
+    only: Callable[[Record], bool] | None = None,
+    statements: dict[str, list[Found]] | None = None,
 ) -> list[Evidence]:
     """Run records added on the base's first-parent line, judged, oldest first.
 
@@ -181,5 +196,7 @@ def run_evidence(
                     continue
             except (ValueError, TypeError):
                 continue
-        judged.append(judge_record(project, base, entry, raw))
+        change_id = entry.path.split("/")[1]
+        known = statements.get(change_id, []) if statements is not None else None
+        judged.append(judge_record(project, base, entry, raw, known))
     return judged

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, base_option
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -44,7 +44,8 @@ def _exit_code(result) -> int:
     "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
 )
 @click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (tests, replays).")
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (the lab only).")
+@base_option
 def apply(
     change_id: str | None,
     pending: bool,
@@ -54,11 +55,13 @@ def apply(
     skip_verify: bool,
     again: bool,
     at: str | None,
+    base: str | None,
 ) -> None:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
 
-    Exit codes: 0 success; 1 failed or rolled back; 2 invalid input; 3 denied by policy
-    (nothing run); 4 a target is locked by another run (nothing run); 130 canceled (Ctrl-C).
+    Exit codes: 0 success; 1 failed or rolled back; 2 invalid input (e.g. --at outside the
+    lab); 3 denied by policy (nothing run); 4 a target is locked by another run (nothing run);
+    130 canceled (Ctrl-C). A run that reads files outside the approved content fails.
 
     \b
     Example:
@@ -90,6 +93,7 @@ def apply(
                 skip_verify=skip_verify,
                 again=again,
                 events=progress,
+                base=base,
             )
         if as_json:
             click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
@@ -109,6 +113,7 @@ def apply(
             skip_verify=skip_verify,
             events=progress,
             environment=environment,
+            base=base,
         )
     for item in outcome.items:
         if as_json:

@@ -52,6 +52,15 @@ signing_key_option = click.option(
 )
 
 
+# Which branch is trusted: policies, people and keys, and run records come from it.
+base_option = click.option(
+    "--base",
+    "base",
+    envvar="OPSLEDGER_BASE",
+    help="The protected branch to trust (or $OPSLEDGER_BASE; default main).",
+)
+
+
 def one_or_due(named: object, due: bool, what: str, example: str) -> None:
     """Commands that run one named thing or everything due take exactly one of the two."""
     if bool(named) == due:
