@@ -128,6 +128,9 @@ def sign_off(
         )
     require_clean_worktree(project, change_id)
     moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    folder = statement_path(project.root / "changes", change_id, person, moment).parent
+    while statement_path(project.root / "changes", change_id, person, moment).exists():
+        moment += dt.timedelta(seconds=1)  # one statement per person and second: the next one
     statement = Statement(
         change_id,
         person,
@@ -141,18 +144,9 @@ def sign_off(
     if signing_key is not None:
         statement = dataclasses.replace(statement, signature=sign(statement.text(), signing_key))
     path = statement_path(project.root / "changes", change_id, person, moment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(path, "x") as handle:
-            handle.write(statement.to_yaml())
-    except FileExistsError:
-        raise OpsledgerError(
-            Problem(
-                f"{person} already made a statement at {moment.isoformat()}",
-                str(path),
-                fix="statements are never rewritten: wait a second and sign again",
-            )
-        ) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(path, "x") as handle:  # written once, never overwritten
+        handle.write(statement.to_yaml())
     sha = ""
     if commit:
         sha = commit_paths(

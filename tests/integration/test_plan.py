@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from opsledger.approvals import approve_change
 from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths
 from opsledger.plan import plan, render
+from opsledger.signoff import approve_change
 
 from .conftest import ALICE
 

@@ -11,10 +11,10 @@ import subprocess
 import pytest
 import yaml
 
-from opsledger.approvals import approve_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
 from opsledger.project import Project
+from opsledger.signoff import approve_change
 
 from .conftest import ALICE
 from .helpers import opsledger, request_change

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import yaml
 
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
+from opsledger.signoff import request_change
 
 from ..conftest import REPO_ROOT
 
@@ -52,11 +52,12 @@ def keypair(folder, name):
 
 @pytest.fixture
 def repo(tmp_path):
-    """A git repo of the project with signing keys for bob and carol, and CHG-0001 (alice's
-    converge of db in the lab, 2026-12-01 20:00-22:00 UTC) committed by alice."""
+    """A git repo of the project with signing keys for alice, bob, carol, dave and ci, and
+    CHG-0001 (alice's converge of db in the lab, 2026-12-01 20:00-22:00 UTC) requested by
+    alice: its change.yml and her request statement, committed by her."""
     project = copy_project(tmp_path / "p")
     root = project.root
-    keys = {name: keypair(tmp_path, name) for name in ("bob", "carol")}
+    keys = {name: keypair(tmp_path, name) for name in ("alice", "bob", "carol", "dave", "ci")}
     people = root / "policies" / "people.yml"
     data = yaml.safe_load(people.read_text())
     for person in data["people"]:
@@ -72,7 +73,7 @@ def repo(tmp_path):
         "GIT_COMMITTER_EMAIL": "alice@example.org",
     }
     git(root, "commit", "-q", "-m", "Initial state", env=env)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Tune the database hosts",
         runbook="converge",
@@ -84,6 +85,10 @@ def repo(tmp_path):
         window_end=START + dt.timedelta(hours=2),
     )
     commit_paths(
-        root, [change.file], f"Request {change.id}", name="Alice Arnold", email="alice@example.org"
+        root,
+        [change.file.parent],
+        f"Request {change.id}",
+        name="Alice Arnold",
+        email="alice@example.org",
     )
     return project, change.id, keys

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger.apply import apply_change, checkout_of, rollback_base
-from opsledger.approvals import approve_change
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.signoff import approve_change
 
 from .conftest import START
 

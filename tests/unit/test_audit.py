@@ -7,12 +7,12 @@ import json
 
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
 from opsledger.audit import audit_log, parse_csv, render_log
 from opsledger.cli import cli
 from opsledger.gitlog import read_history
 from opsledger.gitrepo import commit_paths, head
 from opsledger.records import Record, run_record_path, write_record
+from opsledger.signoff import approve_change
 
 from .conftest import START
 

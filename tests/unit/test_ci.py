@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
 from opsledger.changes import new_change
 from opsledger.ci import codeowners, pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID
 from opsledger.gitrepo import commit_paths, git
+from opsledger.signoff import approve_change
 
 from ..conftest import REPO_ROOT
 from .conftest import START

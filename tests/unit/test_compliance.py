@@ -9,13 +9,13 @@ import json
 import yaml
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
 from opsledger.changes import load_change, new_change
 from opsledger.cli import cli
 from opsledger.compliance import audit_check
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.reviews import open_review
+from opsledger.signoff import approve_change
 
 from .conftest import START
 

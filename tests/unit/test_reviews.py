@@ -93,7 +93,7 @@ def test_the_requester_cannot_review_and_every_problem_is_listed(repo):
 
 
 def test_change_show_lists_approvals_and_commits(repo):
-    from opsledger.approvals import approve_change
+    from opsledger.signoff import approve_change
 
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob", now=START)
