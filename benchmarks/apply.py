@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from opsledger.approvals import approve_change  # noqa: E402
+from opsledger.signoff import approve_change  # noqa: E402
 from opsledger.changes import new_change  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lab.service import lab_status  # noqa: E402

@@ -243,11 +243,10 @@ def _statements(
         )
         commits = (judged.commit,) if judged.commit else ()
         if not judged.valid:
-            rule = (
-                "unsigned"
-                if judged.reasons == ["not signed, and signatures are required here"]
-                else "approval-by-stranger"
-            )
+            unsigned = judged.reasons == ["not signed, and signatures are required here"]
+            if unsigned and judged.statement and judged.statement.decision == "requested":
+                continue  # an unsigned request only fails its own change (decide says so)
+            rule = "unsigned" if unsigned else "approval-by-stranger"
             findings.append(
                 Finding(
                     rule,
