@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from opsledger.signoff import approve_change  # noqa: E402
 from opsledger.changes import new_change  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lab.service import lab_status  # noqa: E402
 from opsledger.project import Project  # noqa: E402
+from opsledger.signoff import approve_change  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STOCK_CFG = """[defaults]

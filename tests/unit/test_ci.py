@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from opsledger.changes import new_change
 from opsledger.ci import codeowners, pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID
 from opsledger.gitrepo import commit_paths, git
-from opsledger.signoff import approve_change
+from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
 from .conftest import START
@@ -37,7 +36,7 @@ def _edit_work_mem(project):
 
 
 def _request(project, files=()):
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Raise work_mem",
         runbook="converge",
@@ -48,7 +47,7 @@ def _request(project, files=()):
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
     )
-    commit_paths(project.root, [*files, change.file], f"Request {change.id}", **ALICE)
+    commit_paths(project.root, [*files, change.file.parent], f"Request {change.id}", **ALICE)
     return change.id
 
 
@@ -74,17 +73,17 @@ def test_desired_state_edit_without_a_change_is_invalid(repo):
     report = pr_check(project, base="main", with_plan=False)
     assert report.uncovered == ["inventories/lab/group_vars/db/postgresql.yml"]
     assert report.exit_code == EXIT_INVALID
-    assert "without a change request covering it" in report.markdown()
+    assert "without a change covering it" in report.markdown()
 
 
 def test_edit_outside_the_changes_content_is_uncovered(repo):
     project, _, _ = repo
     _branch(project)
-    other = project.root / "inventories/lab/group_vars/app/main.yml"
-    other.write_text(other.read_text() + "# app hosts are not this change's targets\n")
+    other = project.root / "inventories/production/group_vars/app/main.yml"
+    other.write_text(other.read_text() + "# another environment: not this change's content\n")
     _request(project, [_edit_work_mem(project), other])
     report = pr_check(project, base="main", now=INSIDE, with_plan=False)
-    assert report.uncovered == ["inventories/lab/group_vars/app/main.yml"]
+    assert report.uncovered == ["inventories/production/group_vars/app/main.yml"]
 
 
 def test_invalid_change_in_a_pr_exits_2_via_the_cli(repo, tmp_path):
