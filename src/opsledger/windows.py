@@ -52,8 +52,15 @@ def covered(windows: Iterable[Window], start: dt.datetime, end: dt.datetime) -> 
     Example:
         covered(policies.windows["production"], change.window_start, change.window_end)
     """
+    # In UTC: Python compares datetimes sharing a tzinfo by wall clock, wrong across DST.
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    spans = [
+        (o.astimezone(dt.UTC), c.astimezone(dt.UTC))
+        for w in windows
+        for o, c in occurrences(w, start, end)
+    ]
     reached = start  # everything from start up to here is inside some window
-    for open_at, close_at in sorted(span for w in windows for span in occurrences(w, start, end)):
+    for open_at, close_at in sorted(spans):
         if close_at <= reached:
             continue
         if open_at > reached:
