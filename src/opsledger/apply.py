@@ -511,6 +511,8 @@ def apply_change(
             ],
             verification=_verification_entry(checked, skip_verify, result, failure),
             rollback=back.as_dict() if back else None,
+            # what made the run unprovable as the approved content (read watch, see readguard)
+            findings=[{"rule": "approved-content", "message": unapproved}] if unapproved else [],
             measurements=timings,
         )
         path = write_record(run_record_path(project, change_id, started), record)
