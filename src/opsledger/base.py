@@ -5,19 +5,20 @@ them from the protected branch (`--base REF`, `$OPSLEDGER_BASE`, default `main`;
 `origin/main` for a pull request and judges the branch itself after a merge):
 
 - **policies** — the policies in effect at the base: not simply its `policies/` folder, but the
-  newest version of it that was *approved*. Walking the base's first-parent line from its first
-  commit, each new version of `policies/` takes effect only when a policy change (POL-<n>)
-  in that commit's tree requests exactly that content and is approved under the version in
-  effect before it (`policy_changes` in changes.yml: owner teams, quorum, signatures). An
-  unapproved edit — even one pushed straight to the branch — has no effect, and audit check
-  reports it. Before `policy_changes` is first in effect, versions are taken as they come
-  (history from before this control existed).
+  newest version of it that was *approved* (its Markdown docs are not policy). Walking the
+  base's first-parent line from its first commit, each new version of `policies/` takes effect
+  only when a policy change (POL-<n>) in that commit's tree requests exactly that content and
+  is approved under the version in effect before it (`policy_changes` in changes.yml: owner
+  teams, quorum, signatures). An unapproved edit — even one pushed straight to the branch —
+  has no effect, and audit check reports it. Before `policy_changes` is first in effect,
+  versions are taken as they come (history from before this control existed).
 - **people and keys** — from those policies;
 - **evidence** — run records committed on the base's first-parent line (see evidence.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -28,7 +29,7 @@ from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git
 from opsledger.policy import Policies, Rule, load_policies
-from opsledger.policy_changes import is_policy_change, policy_content_at
+from opsledger.policy_changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
 from opsledger.yamlio import parse_yaml
 
@@ -220,6 +221,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             sha,
             "--",
             "policies",
+            *POLICY_DOCS,
             ":(glob)changes/POL-*/**",
         ],
         capture_output=True,
@@ -292,19 +294,11 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
 
 
 def _trees(project: Project, commits: list[str]) -> dict[str, str]:
-    """The policies/ tree of each commit (commits without one are left out)."""
-    if not commits:
-        return {}
-    proc = subprocess.run(
-        ["git", "-C", str(project.root), "cat-file", "--batch-check"],
-        input="".join(f"{c}:policies\n" for c in commits),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    """An id of each commit's policy files (docs left out); commits without any are left out."""
     found = {}
-    for commit, line in zip(commits, proc.stdout.splitlines(), strict=True):
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "tree":
-            found[commit] = parts[0]
+    for commit in commits:
+        listing = git(project.root, "ls-tree", "-r", commit, "--", "policies").stdout
+        rules = [line for line in listing.splitlines() if not line.endswith(".md")]
+        if rules:
+            found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()
     return found

@@ -25,6 +25,8 @@ from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
 _ID = re.compile(r"^POL-(\d{4,})$")
+# Markdown under policies/ documents the rules; it is not a rule (pathspec for git).
+POLICY_DOCS = (":(exclude,glob)policies/**/*.md",)
 FIELDS = ("id", "title", "requested_by", "reason")
 
 
@@ -115,7 +117,7 @@ def policy_content(project: Project, change_id: str) -> Content:
                         "policy files must be plain files",
                     )
                 )
-            if path.is_file():
+            if path.is_file() and path.suffix != ".md":
                 files[relative] = path
     ignored = ignored_paths(project, sorted(files))
     return manifest(
@@ -153,6 +155,8 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
         if line:
             meta, _, path = line.partition("\t")
             mode, kind, blob = meta.split()
+            if path.endswith(".md"):
+                continue  # documentation, not policy
             if kind != "blob" or mode == "120000":
                 return None
             entries.append((path, blob))

@@ -180,3 +180,13 @@ def test_a_symlink_in_policies_is_invalid(repo, tmp_path):
     assert not list((project.root / "changes").glob("POL-*"))
     with pytest.raises(OpsledgerError):
         policy_content(project, "POL-0001")
+
+
+def test_editing_the_policy_docs_is_not_a_policy_change(repo):
+    project, _, _ = repo
+    docs = project.root / "policies" / "README.md"
+    docs.write_text(docs.read_text() + "\nA note for new engineers.\n")
+    commit_paths(project.root, [docs], "Docs", **who("alice"))
+    base = resolve_base(project)
+    assert base.pending() == [] and len(base.versions) == 1
+    assert audit_check(project, now=INSIDE).findings == []
