@@ -233,6 +233,22 @@ def worktree_problems(project: Project, change_id: str) -> list[Problem]:
     return problems
 
 
+_PARSED: dict[str, Statement | NotAStatement] = {}
+
+
+def _parsed(found: Found) -> Statement:
+    """A file version's statement, parsed once per process (audits judge it several times)."""
+    if found.blob not in _PARSED:
+        try:
+            _PARSED[found.blob] = parse_statement(found.raw)
+        except NotAStatement as exc:
+            _PARSED[found.blob] = exc
+    outcome = _PARSED[found.blob]
+    if isinstance(outcome, NotAStatement):
+        raise outcome
+    return outcome
+
+
 def judge(
     found: Found,
     change_id: str,
@@ -253,7 +269,7 @@ def judge(
         judged.reasons.append("not a statement file of this change")
         return judged
     try:
-        statement = parse_statement(found.raw)
+        statement = _parsed(found)
     except NotAStatement as exc:
         judged.reasons.append(f"not a statement: {exc}")
         return judged

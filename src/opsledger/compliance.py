@@ -46,7 +46,7 @@ from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import PLAYBOOK_DIRS, Content
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
-from opsledger.evidence import Added, Evidence, judge_record
+from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
 from opsledger.gitrepo import blob_contents
 from opsledger.policy import Policies
@@ -161,6 +161,7 @@ def _records(
     """Every committed run record, judged as evidence (see evidence.py)."""
     added = _added_records(history)
     contents = blob_contents(project.root, [blob for _, _, blob in added])
+    requests = changes_on(project, base, [path.split("/")[1] for _, path, _ in added])
     judged = []
     for commit, path, blob in added:
         entry = Added(
@@ -173,8 +174,10 @@ def _records(
             commit.signature,
             commit.signer,
         )
-        known = statements.get(path.split("/")[1], [])
-        judged.append(judge_record(project, base, entry, contents.get(blob, b""), known))
+        change_id = path.split("/")[1]
+        known = statements.get(change_id, [])
+        request = requests.get(change_id, b"")
+        judged.append(judge_record(project, base, entry, contents.get(blob, b""), known, request))
     return judged
 
 
@@ -506,6 +509,10 @@ def audit_check(
         if not e.trusted and not (since and _when(commits, e.commit) < since)
     ]
     result.findings += _uncommitted_records(project)
+    evidence: dict[str, list[Evidence]] = {}
+    for item in records:
+        if item.trusted and item.record and item.record.change:
+            evidence.setdefault(item.record.change, []).append(item)
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         if not history or (since and history[0].committed_at < since):
@@ -518,8 +525,7 @@ def audit_check(
         result.findings += [f for f in edits if f.change == change_id]
         found = statements.get(change_id, [])
         result.findings += _statements(found, change_id, change.requested_by, signed, base, brought)
-        mine = [e for e in records if e.trusted and e.record and e.record.change == change_id]
-        result.findings += _runs(project, change, base, mine, found, brought)
+        result.findings += _runs(project, change, base, evidence.get(change_id, []), found, brought)
         result.findings += _review(project, change, history, moment)
     for change_id in policy_change_ids(project):
         history = histories.get(change_id, [])

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
-from opsledger.gitrepo import blob_contents, git
+from opsledger.gitrepo import blob_contents
 from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.yamlio import parse_yaml
@@ -106,17 +106,30 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
     return found
 
 
+def changes_on(project: Project, base: Base, change_ids: list[str]) -> dict[str, bytes]:
+    """The change.yml of each change as the base holds it (missing ones are left out)."""
+    wanted = sorted(set(change_ids))
+    found = blob_contents(project.root, [f"{base.sha}:changes/{c}/change.yml" for c in wanted])
+    return {
+        c: found[f"{base.sha}:changes/{c}/change.yml"]
+        for c in wanted
+        if f"{base.sha}:changes/{c}/change.yml" in found
+    }
+
+
 def judge_record(
     project: Project,
     base: Base,
     added: Added,
     raw: bytes,
     statements: list[Found] | None = None,
+    request: bytes | None = None,
 ) -> Evidence:
     """Whether one added record is evidence, and every reason it is not.
 
     `statements`: the change's statement versions when already read (audits), else they are
-    read from the base's history.
+    read from the base's history; `request`: its change.yml on the base when already read
+    (b"" when it has none).
     """
     evidence = Evidence(added.path, added.commit, None, False)
     reasons = evidence.reasons
@@ -148,11 +161,12 @@ def judge_record(
             reasons.append(f"not signed with the CI identity's key (git says {added.signature})")
     if record.change != change_id:
         reasons.append(f"names change {record.change!r}, filed under {change_id}")
-    shown = git(project.root, "show", f"{base.sha}:changes/{change_id}/change.yml", check=False)
-    if shown.returncode != 0:
+    if request is None:
+        request = changes_on(project, base, [change_id]).get(change_id, b"")
+    if not request:
         reasons.append(f"no change {change_id} on {base.ref}")
         return evidence
-    change = parse_yaml(shown.stdout) or {}
+    change = parse_yaml(request.decode(errors="replace")) or {}
     for key in ("environment", "runbook", "params"):
         if getattr(record, key) != change.get(key, {} if key == "params" else None):
             reasons.append(f"its {key} is not the change's")
@@ -187,6 +201,7 @@ def run_evidence(
     """
     added = added_on_line(project, base)
     contents = blob_contents(project.root, [a.blob for a in added])
+    requests = changes_on(project, base, [a.path.split("/")[1] for a in added])
     judged = []
     for entry in added:
         raw = contents.get(entry.blob, b"")
@@ -198,5 +213,5 @@ def run_evidence(
                 continue
         change_id = entry.path.split("/")[1]
         known = statements.get(change_id, []) if statements is not None else None
-        judged.append(judge_record(project, base, entry, raw, known))
+        judged.append(judge_record(project, base, entry, raw, known, requests.get(change_id, b"")))
     return judged
