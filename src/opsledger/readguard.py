@@ -4,9 +4,9 @@ The content hash (content.py) is what static reading can see; a path computed wh
 runs (`include_vars: "{{ x }}.yml"`, a lookup, `../../` out of a role) it cannot. So apply
 watches: ansible-playbook starts with a `sitecustomize` module on its PYTHONPATH that installs
 a Python audit hook (PEP 578) recording every file the controller process and its forked
-workers open. Afterwards, every file read inside the repository that git would carry (not
-ignored machine-local state) must be in the approved manifest; otherwise the run is not a
-success — it is recorded as failed (and rolled back) naming the files.
+workers open. Afterwards, every file read inside the repository that git tracks must be in the
+approved manifest; otherwise the run is not a success — it is recorded as failed (and rolled
+back) naming the files.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsledger.content import Content, ignored_paths
+from opsledger.content import Content
+from opsledger.gitrepo import git
 from opsledger.project import Project
 
 LOG_VARIABLE = "OPSLEDGER_READ_LOG"  # the sitecustomize below names it too
@@ -100,14 +101,16 @@ def watching_reads() -> Iterator[ReadWatch]:
 def outside_content(project: Project, content: Content, opened: set[str]) -> list[str]:
     """Files of the repository that were read but are not in the approved content.
 
-    Paths are resolved (a symlink counts as its target), files git ignores are the machine's
-    (fact cache, virtualenv) and directories are not reads.
+    Only files git tracks count: a change can only bring files through git, so untracked ones
+    are the machine's (a virtualenv, the fact cache, editor files). Paths are resolved: a
+    symlink counts as its target.
     """
     root = Path(os.path.realpath(project.root))
     inside = set()
     for path in opened:
         real = Path(os.path.realpath(path))
-        if real.is_relative_to(root) and real.is_file() and ".git" not in real.parts:
+        if real.is_relative_to(root) and real.is_file():
             inside.add(real.relative_to(root).as_posix())
-    ignored = ignored_paths(project, sorted(inside))
-    return sorted(p for p in inside if p not in ignored and p not in content.files)
+    listed = git(project.root, "ls-files", "-z", check=False).stdout.split("\0")
+    tracked = inside & set(listed)
+    return sorted(p for p in tracked if p not in content.files)
