@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from opsledger.apply import Events, PendingResult, apply_pending
 from opsledger.changes import validate_change
-from opsledger.compliance import DESIRED_STATE
+from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
@@ -117,7 +117,8 @@ def pr_scope(project: Project, base: str) -> PrScope:
     changes = sorted(
         {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
     )
-    desired = [p for p in files if p.startswith((*DESIRED_STATE, "policies/"))]
+    policy = [p for p in files if p.startswith("policies/") and not p.endswith(".md")]
+    desired = [p for p in files if is_desired_state(p)] + policy
     return PrScope(base, files, changes, desired)
 
 

@@ -56,15 +56,27 @@ from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 
 SEVERITIES = ("low", "medium", "high", "critical")
-# Paths whose edits change what Ansible runs (content.py: the root is site.yml's basedir).
+# Paths whose edits change what Ansible runs (content.py: the root is site.yml's basedir, and
+# ansible.cfg points at plugins/).
 DESIRED_STATE = (
     "inventories/",
     "roles/",
     "runbooks/",
     "site.yml",
     "ansible.cfg",
+    "plugins/",
     *(f"{folder}/" for folder in PLAYBOOK_DIRS),
 )
+# Documentation beside desired state (role READMEs, generated from argument specs) changes
+# nothing on a host: editing it is not a desired-state change.
+DOCUMENTATION_SUFFIXES = (".md", ".rst")
+
+
+def is_desired_state(path: str) -> bool:
+    """True for a file whose edit changes what hosts run (see DESIRED_STATE)."""
+    return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
+
+
 _REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
 
 
@@ -88,6 +100,7 @@ class Finding:
 class ComplianceResult:
     findings: list[Finding] = field(default_factory=list)
     commits_read: int = 0
+    baseline: dt.datetime | None = None  # audit.from: history before it is not judged
 
     def at_least(self, severity: str) -> list[Finding]:
         floor = SEVERITIES.index(severity)
@@ -442,7 +455,7 @@ def _unauthorized(
     for commit in chain[1:]:  # the first commit is the baseline
         if start and commit.committed_at < start:
             continue
-        touched = [f.path for f in commit.files if f.path.startswith(DESIRED_STATE)]
+        touched = [f.path for f in commit.files if is_desired_state(f.path)]
         if not touched:
             continue
         requests = sorted(
@@ -490,7 +503,7 @@ def audit_check(
     base = resolve_base(project, "HEAD")  # the branch audited is the protected line
     policies = base.policies
     commits = read_history(project, allowed_signers=allowed_signers(policies))
-    result = ComplianceResult(commits_read=len(commits))
+    result = ComplianceResult(commits_read=len(commits), baseline=policies.audit_from)
     histories = by_change(commits)
     edits = _edits(commits)
     statements = statements_in(project, commits)

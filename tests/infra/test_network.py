@@ -26,6 +26,9 @@ def rules(t) -> list[dict]:
 PARAMS = {
     "rule": rules,
     "dns_server": lambda t: t.expect["network_dns_servers"],
+    "dns_check_name": lambda t: (
+        t.expect["network_dns_check_names"] if t.expect["network_dns_enabled"] else []
+    ),
     "hosts_entry": lambda t: t.expect["network_hosts_entries"],
 }
 
@@ -117,6 +120,11 @@ def test_resolver_list_is_exactly_the_inventory_net_dns_01(host, expect, skip_if
     assert [ln.split()[1] for ln in lines if ln.startswith("nameserver ")] == expect[
         "network_dns_servers"
     ]
+
+
+def test_resolvers_answer_check_name_net_dns_02(host, dns_check_name, skip_if_waived):
+    skip_if_waived("NET-DNS-02")
+    assert host.run(f"getent ahosts {dns_check_name}").rc == 0, f"{dns_check_name} does not resolve"
 
 
 def test_hosts_entry_resolves_net_hosts_01(host, hosts_entry):

@@ -67,6 +67,12 @@ def test_insecure_package_absent_os_pkg_02(host, absent_package):
     assert not host.package(absent_package).is_installed
 
 
+def test_apt_network_waits_bounded_os_pkg_03(host, expect):
+    config = host.run("apt-config dump").stdout.splitlines()
+    assert f'Acquire::http::Timeout "{expect["os_baseline_apt_timeout"]}";' in config
+    assert f'Acquire::Retries "{expect["os_baseline_apt_retries"]}";' in config
+
+
 def test_admin_user_in_admin_group_with_locked_password_os_usr_01(host, expect, admin):
     user = host.user(admin["name"])
     assert user.exists

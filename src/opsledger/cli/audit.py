@@ -106,5 +106,13 @@ def check(since: str | None, fail_on: str, as_json: bool) -> None:
         for finding in result.findings:
             click.echo(str(finding))
         click.echo(f"{len(result.findings)} finding(s) in {result.commits_read} commit(s) read")
+        if result.findings and result.baseline is None:
+            click.echo(
+                "hint: no audit baseline is set, so the whole history is judged, including what "
+                "was done before this repository adopted opsledger: set `audit: {from: <ISO "
+                "time>}` in policies/changes.yml (e.g. the time of adoption) to judge only what "
+                "came after",
+                err=True,
+            )
     if result.at_least(fail_on):
         raise SystemExit(1)

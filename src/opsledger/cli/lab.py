@@ -113,6 +113,12 @@ def status(as_json: bool) -> None:
                 "[green]answers[/green]" if h.ssh else "[red]no[/red]",
             )
         Console().print(table)
+        click.echo(
+            f"package cache: {result.cache_url}"
+            if result.cache_url
+            else "package cache: not answering (hosts use the Debian mirror directly; "
+            "`opsledger lab up` starts it)"
+        )
     if not result.healthy:
         raise SystemExit(EXIT_FAILED)
 

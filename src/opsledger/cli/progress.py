@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -31,6 +32,9 @@ def summary(event: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "opsledger_phase":
         return {k: v for k, v in event.items() if k != "stdout"}
     data = event.get("event_data") or {}
+    if kind == "verbose" and str(event.get("stdout", "")).startswith("... still running"):
+        # the opsledger_heartbeat callback: a long task is alive, and on which hosts it waits
+        return {"event": "heartbeat", "message": str(event["stdout"]).strip()}
     if kind == "playbook_on_play_start":
         return {"event": "play", "play": data.get("play", "")}
     if kind == "playbook_on_task_start":
@@ -81,6 +85,7 @@ class LiveProgress:
         self.console = console or Console(stderr=True)
         self.rows: dict[str, dict[str, int]] = {}
         self.task = ""
+        self.task_started = 0.0
         self.play = ""
         self.live: Live | None = None  # started with the first play: a denial shows no table
 
@@ -98,12 +103,19 @@ class LiveProgress:
             if not self.console.is_terminal:
                 self.console.line()  # a non-terminal Live leaves the cursor after the table
 
+    def _caption(self) -> str | None:
+        if not self.task:
+            return None
+        seconds = int(time.monotonic() - self.task_started)
+        elapsed = f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+        return f"{_clip(f'task: {self.task}', 70)} ({elapsed})"
+
     def _table(self) -> Table:
         table = Table(
             "host",
             *COUNTS,
             title=_clip(self.play, 70),
-            caption=_clip(f"task: {self.task}", 70) if self.task else None,
+            caption=self._caption(),
             title_justify="left",
             caption_justify="left",
         )
@@ -126,14 +138,21 @@ class LiveProgress:
             self._stop()  # one table per playbook run (the change, then a rollback)
             self.console.print(f"[bold]{line['phase']}[/bold]: {line['message']}")
             return
+        if kind == "heartbeat":
+            # a terminal sees the task's elapsed time tick in the table; a CI log gets the line
+            if not self.console.is_terminal:
+                self.console.print(line["message"], markup=False)
+            return
         if self.live is None:
             self.rows = {}
-            self.live = Live(self._table(), console=self.console, refresh_per_second=4)
+            # get_renderable: the table is redrawn on every refresh, so the elapsed time ticks
+            self.live = Live(get_renderable=self._table, console=self.console, refresh_per_second=4)
             self.live.start()
         if kind == "play":
             self.play = line["play"]
         elif kind == "task":
             self.task = line["task"]
+            self.task_started = time.monotonic()
         elif kind == "host":
             counts = self.rows.setdefault(line["host"], dict.fromkeys(COUNTS, 0))
             status = line["status"]

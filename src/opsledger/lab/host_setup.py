@@ -2,26 +2,34 @@
 
 Done by `lab up` itself, so a fresh Debian 12 machine needs nothing by hand. Each step checks
 first and changes only what is missing, reporting what it changed.
+
+The network backend is pinned, not left to chance: `apt-get install --no-install-recommends
+podman` resolves podman's network stack to CNI, whose networks have no DNS, while the lab's
+hosts find each other (and the resolvers the network role writes point) at podman's DNS on the
+gateway. So the lab brings netavark and aardvark-dns itself and pins `network_backend =
+"netavark"`. Switching a machine whose podman runs on CNI would cut other containers off their
+networks, so that is refused unless the only containers are labs.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.lab import cache
 from opsledger.lab.spec import (
     CONTAINERS_CONF,
     CONTAINERS_CONF_PATH,
+    LABEL,
+    NETWORK_BACKEND,
     SYSCTL_MINIMUMS,
     SYSCTL_PATH,
     render_sysctl_conf,
 )
-
-# Debian packages the lab needs on this machine; iptables is what netavark publishes ports with.
-HOST_PACKAGES = ("podman", "runc", "debootstrap", "openssh-client", "iptables", "uidmap")
 
 
 def require_root() -> None:
@@ -34,16 +42,24 @@ def require_root() -> None:
         )
 
 
+# Debian package -> a file it installs. netavark publishes ports with iptables; aardvark-dns is
+# the DNS server on each network's gateway; apt-cacher-ng is the lab's package cache.
+PACKAGE_FILES = {
+    "podman": "/usr/bin/podman",
+    "runc": "/usr/sbin/runc",
+    "debootstrap": "/usr/sbin/debootstrap",
+    "openssh-client": "/usr/bin/ssh-keygen",
+    "iptables": "/usr/sbin/iptables",
+    "uidmap": "/usr/bin/newuidmap",
+    "netavark": "/usr/lib/podman/netavark",
+    "aardvark-dns": "/usr/lib/podman/aardvark-dns",
+    "apt-cacher-ng": cache.DAEMON,
+    "iproute2": "/usr/sbin/ip",
+}
+
+
 def missing_packages() -> list[str]:
-    commands = {
-        "podman": "podman",
-        "runc": "runc",
-        "debootstrap": "debootstrap",
-        "openssh-client": "ssh-keygen",
-        "iptables": "iptables",
-        "uidmap": "newuidmap",
-    }
-    return [pkg for pkg, cmd in commands.items() if shutil.which(cmd) is None]
+    return [pkg for pkg, path in PACKAGE_FILES.items() if not Path(path).exists()]
 
 
 def install_packages(packages: list[str]) -> None:
@@ -87,7 +103,127 @@ def ensure_sysctl(proc_sys: Path = Path("/proc/sys")) -> list[str]:
     return changed
 
 
-def prepare_host() -> list[str]:
+def network_backend() -> str:
+    """The network backend podman uses now ("netavark", "cni"; "" when podman cannot say)."""
+    proc = subprocess.run(
+        ["podman", "info", "--format", "{{.Host.NetworkBackend}}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+@dataclass(frozen=True)
+class BackendSwitch:
+    """What moving podman to netavark means for the containers this machine has."""
+
+    labs: tuple[str, ...]  # lab containers (of this or a deleted checkout): recreated by `up`
+    others: tuple[str, ...]  # anything else: switching would cut it off its network
+
+
+def plan_backend_switch(containers: list[dict], project_label: str) -> BackendSwitch:
+    """Sort podman's containers into the ones a backend switch may recreate and the rest.
+
+    A lab of a checkout that still exists is somebody else's running work, like any other
+    container: it counts as "others" (only a deleted checkout's lab may be taken over).
+    """
+    labs, others = [], []
+    for info in containers:
+        name = (info.get("Names") or [info.get("Id", "?")])[0]
+        labels = info.get("Labels") or {}
+        owner = labels.get(f"{LABEL}.project")
+        if labels.get(f"{LABEL}.lab") == "1" and (
+            owner == project_label or not (Path(owner or "/nonexistent") / "inventories").is_dir()
+        ):
+            labs.append(name)
+        else:
+            others.append(name)
+    return BackendSwitch(tuple(labs), tuple(others))
+
+
+def _conf_files_setting_backend() -> list[str]:
+    """containers.conf files other than ours that set network_backend (they can override it)."""
+    found = []
+    candidates = [
+        Path("/usr/share/containers/containers.conf"),
+        Path("/etc/containers/containers.conf"),
+        *sorted(CONTAINERS_CONF_PATH.parent.glob("*.conf")),
+    ]
+    for path in candidates:
+        if (
+            path != CONTAINERS_CONF_PATH
+            and path.is_file()
+            and "network_backend" in path.read_text(errors="replace")
+        ):
+            found.append(str(path))
+    return found
+
+
+def _switch_to_netavark(project_label: str, current: str) -> list[str]:
+    """Move podman from `current` (CNI) to netavark, recreating only lab containers."""
+    listing = subprocess.run(
+        ["podman", "ps", "--all", "--format", "json"], capture_output=True, text=True, timeout=120
+    )
+    plan = plan_backend_switch(json.loads(listing.stdout or "[]"), project_label)
+    if plan.others:
+        shown = ", ".join(plan.others[:5]) + (" ..." if len(plan.others) > 5 else "")
+        raise OpsledgerError(
+            Problem(
+                f"podman here uses the {current or 'unknown'} network backend, which gives lab "
+                f"networks no DNS, and moving it to netavark would cut {len(plan.others)} "
+                f"container(s) that are not this lab's off their networks ({shown})",
+                str(CONTAINERS_CONF_PATH),
+                "network_backend",
+                "remove those containers (or recreate them after the switch), then run "
+                "`opsledger lab up` again; nothing was changed",
+            )
+        )
+    actions = []
+    for name in plan.labs:
+        subprocess.run(["podman", "rm", "--force", "--time", "5", name], capture_output=True)
+        actions.append(f"removed lab container {name} (recreated on netavark)")
+    # Lab networks made under CNI are invisible to netavark: remove them while CNI still sees them.
+    nets = subprocess.run(
+        ["podman", "network", "ls", "--format", "{{.Name}}", "--filter", f"label={LABEL}.project"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for name in nets:
+        subprocess.run(["podman", "network", "rm", "--force", name], capture_output=True)
+        actions.append(f"removed {current} network {name} (recreated on netavark)")
+    return actions
+
+
+def ensure_network_backend(project_label: str) -> list[str]:
+    """Pin podman to netavark with aardvark-dns; returns what it changed.
+
+    Raises OpsledgerError (exit 2, nothing changed) when the switch would disturb containers
+    that are not labs, or when another containers.conf file overrides the pinned backend.
+    """
+    actions: list[str] = []
+    current = network_backend()
+    if current != NETWORK_BACKEND:
+        actions += _switch_to_netavark(project_label, current)
+    if write_if_changed(CONTAINERS_CONF_PATH, CONTAINERS_CONF):
+        actions.append(f"wrote {CONTAINERS_CONF_PATH} (runc, cgroupfs, ulimits, netavark)")
+    now = network_backend()
+    if now != NETWORK_BACKEND:
+        others = _conf_files_setting_backend()
+        raise OpsledgerError(
+            Problem(
+                f"podman still uses the {now or 'unknown'} network backend after "
+                f"{CONTAINERS_CONF_PATH} pinned netavark",
+                ", ".join(others) or str(CONTAINERS_CONF_PATH),
+                "network_backend",
+                "remove network_backend from the file(s) named here, or set it to "
+                '"netavark", then run `opsledger lab up` again',
+            )
+        )
+    return actions
+
+
+def prepare_host(project_label: str = "") -> list[str]:
     """Everything the machine needs before containers can start; returns what it changed."""
     require_root()
     actions = []
@@ -95,7 +231,6 @@ def prepare_host() -> list[str]:
     if missing:
         install_packages(missing)
         actions.append(f"installed {' '.join(missing)}")
-    if write_if_changed(CONTAINERS_CONF_PATH, CONTAINERS_CONF):
-        actions.append(f"wrote {CONTAINERS_CONF_PATH}")
+    actions += ensure_network_backend(project_label)
     actions += [f"set {item}" for item in ensure_sysctl()]
     return actions

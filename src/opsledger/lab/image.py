@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.lab import cache
 from opsledger.lab.podman import podman
 
 IMAGE_NAME = "localhost/opsledger-base"
@@ -51,11 +52,15 @@ class ImageRecipe:
     setup_script: str
     mirror: str
     security_mirror: str
+    cache_url: str = cache.CACHE_URL
 
     @property
     def digest(self) -> str:
-        # Mirrors are left out: the same packages from another mirror are the same image.
-        text = "\n".join([self.suite, self.variant, " ".join(self.packages), self.setup_script])
+        # Mirrors are left out: the same packages from another mirror are the same image. The
+        # cache URL is baked into the image's apt settings, so it is part of the recipe.
+        text = "\n".join(
+            [self.suite, self.variant, " ".join(self.packages), self.setup_script, self.cache_url]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -114,7 +119,11 @@ def build_image(recipe: ImageRecipe, *, workdir: Path | None = None) -> str:
             str(root),
             recipe.mirror,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if cache.answers("127.0.0.1"):
+            # through the lab's package cache: a rebuilt image downloads nothing twice
+            env["http_proxy"] = f"http://127.0.0.1:{cache.CACHE_PORT}"
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise OpsledgerError(
@@ -134,6 +143,7 @@ def build_image(recipe: ImageRecipe, *, workdir: Path | None = None) -> str:
                 "/tmp/image-setup.sh",
                 recipe.mirror,
                 recipe.security_mirror,
+                recipe.cache_url,
             ],
             capture_output=True,
             text=True,

@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
 from opsledger.inventory import load_inventory
-from opsledger.lab import host_setup, image, ssh
+from opsledger.lab import cache, host_setup, image, netcheck, ssh
 from opsledger.lab.podman import containers_with_label, inspect_container, network_exists, podman
 from opsledger.lab.spec import (
     LABEL,
@@ -65,6 +66,7 @@ class UpResult:
     image_built: bool
     host_changes: list[str]
     removed: list[str] = field(default_factory=list)
+    cache_up: bool = False
 
     @property
     def changed(self) -> bool:
@@ -99,6 +101,7 @@ class HostStatus:
 @dataclass
 class StatusResult:
     hosts: list[HostStatus]
+    cache_url: str = ""  # empty when the package cache does not answer
 
     @property
     def healthy(self) -> bool:
@@ -130,9 +133,28 @@ def _definition(spec: LabSpec, host: LabHost, image_ref: str) -> tuple[list[str]
     return args, spec_hash([*args, host_key, host.user])
 
 
+def _network_info(name: str) -> dict:
+    proc = podman("network", "inspect", name)
+    data = json.loads(proc.stdout or "[]")
+    return data[0] if data else {}
+
+
 def _network_subnets(name: str) -> list[str]:
-    proc = podman("network", "inspect", name, "--format", "{{range .Subnets}}{{.Subnet}} {{end}}")
-    return proc.stdout.split()
+    return [s.get("subnet", "") for s in _network_info(name).get("subnets") or []]
+
+
+def network_gateway(name: str) -> str:
+    """The lab network's gateway: where podman's DNS (aardvark-dns) answers for lab names."""
+    for subnet in _network_info(name).get("subnets") or []:
+        if subnet.get("gateway"):
+            return str(subnet["gateway"])
+    raise OpsledgerError(
+        Problem(
+            f"podman network {name} has no gateway",
+            fix="`opsledger lab down && opsledger lab up` recreates it",
+        ),
+        EXIT_FAILED,
+    )
 
 
 def _ensure_network(spec: LabSpec, progress: Progress) -> None:
@@ -148,15 +170,29 @@ def _ensure_network(spec: LabSpec, progress: Progress) -> None:
         if owner and owner != spec.project_label and _orphaned(owner):
             progress(f"{kind} {name} belonged to {owner}, now deleted; replacing it")
             podman(kind, "rm", "--force", name)
-    if (
-        network_exists(spec.network)
-        and spec.subnet
-        and spec.subnet not in _network_subnets(spec.network)
-    ):
-        progress(f"network {spec.network}: subnet changed to {spec.subnet}, recreating it")
-        for info in containers_with_label(label):
-            _remove_container(info, progress)
-        podman("network", "rm", "--force", spec.network)
+    if network_exists(spec.network):
+        info = _network_info(spec.network)
+        reason = ""
+        if spec.subnet and spec.subnet not in _network_subnets(spec.network):
+            reason = f"subnet changed to {spec.subnet}"
+        elif not info.get("dns_enabled"):
+            # made by CNI (or with --disable-dns): the lab's names and resolvers need its DNS
+            reason = "it has no DNS server"
+        if reason and _owner("network", spec.network) != spec.project_label:
+            raise OpsledgerError(
+                Problem(
+                    f"podman network {spec.network} exists, is not this lab's, and {reason}",
+                    str(spec.project.inventory_file("lab")),
+                    "lab_network",
+                    f"remove it (`podman network rm {spec.network}`) or name another "
+                    "lab_network in inventories/lab/group_vars/all/lab.yml",
+                )
+            )
+        if reason:
+            progress(f"network {spec.network}: {reason}, recreating it")
+            for info in containers_with_label(label):
+                _remove_container(info, progress)
+            podman("network", "rm", "--force", spec.network)
     if not network_exists(spec.network):
         subnet = ["--subnet", spec.subnet] if spec.subnet else []
         podman("network", "create", "--label", label, *subnet, spec.network)
@@ -190,11 +226,21 @@ def _wait_booted(container: str) -> str:
     return state
 
 
-def _provision(spec: LabSpec, host: LabHost) -> bool:
+def _provision(spec: LabSpec, host: LabHost, nameserver: str) -> bool:
     script = resources.files("opsledger.lab").joinpath("files/provision.sh").read_text()
     pubkey = host.key_file.with_suffix(".pub").read_text().strip()
     proc = podman(
-        "exec", "-i", host.container, "sh", "-s", "--", host.user, pubkey, input_text=script
+        "exec",
+        "-i",
+        host.container,
+        "sh",
+        "-s",
+        "--",
+        host.user,
+        pubkey,
+        nameserver,
+        host.name,
+        input_text=script,
     )
     return "changed=1" in proc.stdout
 
@@ -281,8 +327,16 @@ def _orphaned(owner: str | None) -> bool:
     return owner is not None and not (Path(owner) / "inventories").is_dir()
 
 
-def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -> HostResult:
-    args, definition = _definition(spec, host, image_ref)
+@dataclass
+class _Retired:
+    """A host's container after stale ones were removed: what is left and what happened."""
+
+    current: dict | None
+    action: str  # "unchanged" or "replaced"
+
+
+def _retire_stale(spec: LabSpec, host: LabHost, definition: str, progress: Progress) -> _Retired:
+    """Remove the host's container when it cannot be kept; refuse another checkout's."""
     current = inspect_container(host.container)
     action = "unchanged"
     if current is not None:
@@ -318,6 +372,43 @@ def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -
             ssh.close_control_masters(host)
             podman("rm", "--force", "--time", "5", host.container)
             current, action = None, "replaced"
+    return _Retired(current, action)
+
+
+def _reset_orphaned_volumes(spec: LabSpec, kept: set[str], progress: Progress) -> None:
+    """Empty a shared volume whose every user is a new container.
+
+    A volume outlives its containers; the db hosts' pgBackRest repository then holds the
+    backups of clusters that no longer exist, and the new primary's `stanza-create` fails
+    ("backup and archive info files exist but do not match the database"). When no container
+    that used a volume is kept, nothing can still need what it holds.
+    """
+    for volume in spec.volume_names():
+        users = [h for h in spec.hosts if any(v.startswith(f"{volume}:") for v in h.volumes)]
+        if not users or any(h.name in kept for h in users):
+            continue
+        found = podman("volume", "inspect", volume, check=False)
+        mountpoint = (
+            json.loads(found.stdout or "[{}]")[0].get("Mountpoint", "")
+            if (found.returncode == 0)
+            else ""
+        )
+        if mountpoint and any(Path(mountpoint).iterdir()):
+            progress(f"volume {volume}: every host using it is new, emptying it")
+            podman("volume", "rm", "--force", volume)
+            podman("volume", "create", "--label", f"{LABEL}.project={spec.project_label}", volume)
+
+
+def _up_host(
+    spec: LabSpec,
+    host: LabHost,
+    image_ref: str,
+    nameserver: str,
+    retired: _Retired,
+    progress: Progress,
+) -> HostResult:
+    args, definition = _definition(spec, host, image_ref)
+    current, action = retired.current, retired.action
     if current is None:
         _create(spec, host, args, definition)
         action = "created" if action == "unchanged" else action
@@ -327,7 +418,7 @@ def _up_host(spec: LabSpec, host: LabHost, image_ref: str, progress: Progress) -
     state = _wait_booted(host.container)
     if action == "unchanged" and ssh.ssh_answers(host):
         return HostResult(host.name, host.container, host.port, action, state)
-    if _provision(spec, host) and action == "unchanged":
+    if _provision(spec, host, nameserver) and action == "unchanged":
         action = "repaired"
     _wait_ssh(host)
     progress(f"{host.name}: {action} (127.0.0.1:{host.port}, systemd {state})")
@@ -364,10 +455,11 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
     """
     host_setup.require_root()
     spec = load_spec(project)  # invalid inventory: fail before touching the machine
-    host_changes = host_setup.prepare_host()
-    for change in host_changes:
-        progress(change)
     with _lab_lock(project, progress):
+        host_changes = host_setup.prepare_host(spec.project_label)
+        for change in host_changes:
+            progress(change)
+        cache_status = _ensure_cache(progress)
         _check_ports(spec)
         recipe = image.default_recipe()
         if not image.image_exists(recipe.ref):
@@ -379,6 +471,7 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
             ssh.ensure_keypair(ssh.host_key_path(spec, host), f"root@{host.name}")
         ssh.write_known_hosts(spec)
         _ensure_network(spec, progress)
+        nameserver = network_gateway(spec.network)
 
         wanted = {h.container for h in spec.hosts}
         removed = [
@@ -387,8 +480,18 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
             if c["Names"][0] not in wanted
         ]
 
+        retired = {
+            h.name: _retire_stale(spec, h, _definition(spec, h, image_ref)[1], progress)
+            for h in spec.hosts
+        }
+        _reset_orphaned_volumes(
+            spec, {name for name, r in retired.items() if r.current is not None}, progress
+        )
         with ThreadPoolExecutor(max_workers=min(8, len(spec.hosts))) as pool:
-            futures = [pool.submit(_up_host, spec, h, image_ref, progress) for h in spec.hosts]
+            futures = [
+                pool.submit(_up_host, spec, h, image_ref, nameserver, retired[h.name], progress)
+                for h in spec.hosts
+            ]
             results, problems = [], []
             for future in futures:
                 try:
@@ -397,7 +500,53 @@ def lab_up(project: Project, *, progress: Progress = _quiet) -> UpResult:
                     problems += exc.problems
         if problems:
             raise OpsledgerError(problems, EXIT_FAILED)
-    return UpResult(results, image_ref, built, host_changes, removed)
+        check_network(spec, cache_up=cache_status.up, progress=progress)
+    return UpResult(results, image_ref, built, host_changes, removed, cache_status.up)
+
+
+def _ensure_cache(progress: Progress) -> cache.CacheStatus:
+    status = cache.ensure_cache(*image.host_mirrors())
+    for action in status.actions:
+        progress(action)
+    if not status.up:
+        progress(
+            f"package cache unavailable ({status.reason}): lab hosts fetch from the Debian "
+            "mirror directly"
+        )
+    return status
+
+
+def check_network(spec: LabSpec, *, cache_up: bool, progress: Progress = _quiet) -> None:
+    """Every host resolves every lab host and the mirror, and fetches from it; else exit 1.
+
+    Example:
+        check_network(load_spec(project), cache_up=True)
+    """
+    recipe = image.default_recipe()
+    names = [h.name for h in spec.hosts]
+    mirror_host = urlsplit(recipe.mirror).hostname or ""
+    release_url = f"{recipe.mirror}/dists/{recipe.suite}/Release"
+    results = netcheck.probe_hosts(
+        {h.name: h.container for h in spec.hosts},
+        names=[*names, mirror_host],
+        release_url=release_url,
+        cache_url=cache.CACHE_URL if cache_up else "",
+    )
+    problems = netcheck.problems_of(
+        results, network=spec.network, mirror=recipe.mirror, lab_hosts=names
+    )
+    if problems:
+        raise OpsledgerError(problems, EXIT_FAILED)
+    cache_failed = [r for r in results if r.cache]
+    if cache_up and cache_failed:
+        progress(
+            f"package cache {cache.CACHE_URL} does not answer from {cache_failed[0].host} "
+            f"({cache_failed[0].cache[:80]}): hosts fetch from the Debian mirror directly"
+        )
+    progress(
+        f"network: {len(results)} host(s) resolve each other and {mirror_host}, "
+        f"and reach the mirror{' and the package cache' if cache_up and not cache_failed else ''}"
+    )
 
 
 @dataclass
@@ -413,9 +562,10 @@ def lab_image(project: Project, *, progress: Progress = _quiet) -> ImageResult:
         lab_image(find_project()).ref  # 'localhost/opsledger-base:403d96f9ba44'
     """
     host_setup.require_root()
-    for change in host_setup.prepare_host():
-        progress(change)
     with _lab_lock(project, progress):
+        for change in host_setup.prepare_host(str(project.root)):
+            progress(change)
+        _ensure_cache(progress)
         recipe = image.default_recipe()
         if not image.image_exists(recipe.ref):
             progress(f"building base image {recipe.ref} with debootstrap (about a minute, once)")
@@ -457,6 +607,8 @@ def lab_down(project: Project, *, purge: bool = False, progress: Progress = _qui
         with contextlib.suppress(OSError):
             project.state_dir.rmdir()
         images = image.remove_images() if purge else []
+        if purge:
+            files += cache.purge_cache()
     return DownResult([c for c, _ in removed], networks, volumes.stdout.split(), files, images)
 
 
@@ -493,7 +645,7 @@ def lab_status(project: Project) -> StatusResult:
                     in_inventory=False,
                 )
             )
-    return StatusResult(rows)
+    return StatusResult(rows, cache.CACHE_URL if cache.answers() else "")
 
 
 def lab_ssh_command(project: Project, name: str, command: tuple[str, ...] = ()) -> list[str]:

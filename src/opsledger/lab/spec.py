@@ -29,9 +29,12 @@ _VOLUME = re.compile(r"^[a-z0-9][a-z0-9_.-]*:/[^:]*$")
 
 # Podman settings that work on these machines (cgroup v1 hybrid, hard nofile 20000): crun and
 # the systemd cgroup manager fail here, and without explicit ulimits containers inherit limits
-# that systemd inside rejects. Written as a drop-in so a user's containers.conf stays theirs.
+# that systemd inside rejects. The network backend is pinned to netavark, whose networks carry
+# aardvark-dns on the gateway (CNI's have no DNS; see host_setup). Written as a drop-in so a
+# user's containers.conf stays theirs.
+NETWORK_BACKEND = "netavark"
 CONTAINERS_CONF_PATH = Path("/etc/containers/containers.conf.d/50-opsledger-lab.conf")
-CONTAINERS_CONF = """\
+CONTAINERS_CONF = f"""\
 # Written by `opsledger lab up`: podman settings the lab's systemd containers need here.
 [containers]
 default_ulimits = ["nofile=1024:20000", "nproc=4096:4096"]
@@ -40,6 +43,9 @@ default_ulimits = ["nofile=1024:20000", "nproc=4096:4096"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+
+[network]
+network_backend = "{NETWORK_BACKEND}"
 """
 
 # Each systemd container holds ~6 inotify instances; the kernel default of 128 per user caps a
@@ -329,11 +335,15 @@ def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
         # systemd as PID 1: podman mounts /run, /tmp tmpfs and sets the stop signal for it.
         "--systemd",
         "always",
+        # /etc/resolv.conf and /etc/hosts belong to the desired state (the network role), not
+        # to podman, which would rewrite them at every start and leave the host drifted after a
+        # restart. `lab up` seeds both for the first converge (provision.sh).
+        "--dns",
+        "none",
+        "--no-hosts",
     ]
     for cap in host.capabilities:
         args += ["--cap-add", cap]
-    for volume in host.volumes:
-        args += ["--volume", volume]
     for volume in host.volumes:
         args += ["--volume", volume]
     return [*args, image, "/sbin/init"]

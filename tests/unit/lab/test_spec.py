@@ -120,6 +120,16 @@ def test_create_args_publish_sshd_on_loopback_only(make_project):
     assert "--privileged" not in args
 
 
+def test_resolver_and_hosts_files_belong_to_the_desired_state(make_project):
+    # podman would rewrite /etc/resolv.conf and /etc/hosts at every start (a restarted host
+    # came back drifted); the lab leaves them to the network role.
+    spec = spec_of(make_project(HOSTS))
+    args = create_args(spec, spec.hosts[0], "img:1")
+    assert args[args.index("--dns") + 1] == "none"
+    assert "--no-hosts" in args
+    assert args.count("--volume") == len(spec.hosts[0].volumes)
+
+
 def test_spec_hash_changes_with_the_definition(make_project):
     spec = spec_of(make_project(HOSTS))
     a = create_args(spec, spec.hosts[0], "img:1")
@@ -147,6 +157,8 @@ def test_rendered_host_config():
     assert 'runtime = "runc"' in CONTAINERS_CONF
     assert 'cgroup_manager = "cgroupfs"' in CONTAINERS_CONF
     assert "nofile=1024:20000" in CONTAINERS_CONF
+    # pinned: CNI networks have no DNS and the lab's names and resolvers need it
+    assert 'network_backend = "netavark"' in CONTAINERS_CONF
     sysctl = render_sysctl_conf()
     assert "fs.inotify.max_user_instances = 8192" in sysctl
     assert "fs.inotify.max_user_watches = 524288" in sysctl

@@ -1,16 +1,61 @@
 #!/bin/sh
 # Runs inside the debootstrapped bookworm root (chroot) to turn it into a systemd host image.
 # Any change to this file changes the image recipe hash and so triggers a rebuild.
-# Arguments: $1 = Debian mirror URL, $2 = Debian security mirror URL.
+# Arguments: $1 = Debian mirror URL, $2 = Debian security mirror URL, $3 = the lab's package
+# cache URL (apt-cacher-ng on the machine running the lab).
 set -eu
 mirror="$1"
 security="$2"
+cache="$3"
 
 cat > /etc/apt/sources.list <<SOURCES
 deb $mirror bookworm main
 deb $mirror bookworm-updates main
 deb $security bookworm-security main
 SOURCES
+
+# apt asks for the lab's package cache before each run and goes straight to the mirror when it
+# does not answer (said once per boot in the journal): a cache that is down never stops a host.
+cache_hostport=${cache#http://}
+mkdir -p /usr/local/lib/opsledger
+# apt runs the detector as its sandbox user (_apt): the once-per-boot marker lives in a folder
+# anyone may write, made at boot by systemd-tmpfiles.
+echo 'd /run/opsledger-apt 1777 root root -' > /usr/lib/tmpfiles.d/opsledger-apt.conf
+cat > /usr/local/lib/opsledger/apt-proxy <<DETECT
+#!/bin/sh
+# Written into the lab image: print the package cache when it answers, else DIRECT.
+# It must never fail: apt stops when a proxy detector exits non-zero.
+if timeout 2 bash -c 'exec 3<>/dev/tcp/${cache_hostport%:*}/${cache_hostport#*:}' 2>/dev/null; then
+  echo "$cache"
+  exit 0
+fi
+marker=/run/opsledger-apt/direct
+if [ ! -e "\$marker" ] && touch "\$marker" 2>/dev/null; then
+  logger -t opsledger-apt "package cache $cache does not answer: using the Debian mirror directly" 2>/dev/null || true
+fi
+echo DIRECT
+exit 0
+DETECT
+chmod 0755 /usr/local/lib/opsledger/apt-proxy
+# Network waits are bounded: a dead mirror or resolver fails an apt run instead of hanging it.
+cat > /etc/apt/apt.conf.d/01opsledger-lab <<'APTCONF'
+// Written into the lab image by opsledger (lab/files/image-setup.sh).
+Acquire::http::Proxy-Auto-Detect "/usr/local/lib/opsledger/apt-proxy";
+Acquire::http::Timeout "30";
+Acquire::https::Timeout "30";
+Acquire::Retries "2";
+APTCONF
+
+# Lab containers run with podman's --dns none --no-hosts: these files then come from the image
+# and belong to the desired state. No resolver is baked in (debootstrap copied this machine's);
+# `lab up` seeds the lab network's DNS server.
+rm -f /etc/resolv.conf
+cat > /etc/hosts <<'HOSTS'
+127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+ff02::1	ip6-allnodes
+ff02::2	ip6-allrouters
+HOSTS
 
 # Each container must get its own machine id at first boot (journald, D-Bus depend on it).
 : > /etc/machine-id

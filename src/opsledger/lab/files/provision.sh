@@ -1,11 +1,28 @@
 #!/bin/sh
 # Runs inside a lab container (podman exec) to create the non-root admin user Ansible logs in as.
 # Idempotent: prints "changed=0" when the host already matched.
-# Arguments: $1 = user name, $2 = SSH public key line.
+# Arguments: $1 = user name, $2 = SSH public key line, $3 = the lab network's DNS server
+# (podman's aardvark-dns on the gateway), $4 = the host's name.
 set -eu
 user="$1"
 pubkey="$2"
+nameserver="$3"
+hostname="$4"
 changed=0
+
+# podman leaves /etc/resolv.conf and /etc/hosts to the host (--dns none, --no-hosts), so the
+# network role owns them across restarts. Seed them once, for the first converge; never
+# overwrite what the desired state wrote.
+if ! grep -q '^nameserver' /etc/resolv.conf 2>/dev/null; then
+  rm -f /etc/resolv.conf  # may be a dangling link left by the image build
+  printf 'search dns.podman\nnameserver %s\noptions timeout:2 attempts:2\n' "$nameserver" > /etc/resolv.conf
+  changed=1
+fi
+if ! grep -q "[[:space:]]$hostname\$" /etc/hosts 2>/dev/null; then
+  grep -q '^127.0.0.1[[:space:]]' /etc/hosts 2>/dev/null || printf '127.0.0.1\tlocalhost\n' >> /etc/hosts
+  printf '127.0.1.1\t%s\n' "$hostname" >> /etc/hosts
+  changed=1
+fi
 
 if ! id -u "$user" >/dev/null 2>&1; then
   # Password stays locked ("!"): key-only login.

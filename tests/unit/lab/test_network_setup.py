@@ -1,0 +1,109 @@
+"""The lab's network stack decisions: backend switch, network probe verdicts, package cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from opsledger.lab import cache, host_setup, netcheck
+
+
+def _container(name, labels=None):
+    return {"Names": [name], "Labels": labels or {}}
+
+
+def test_backend_switch_recreates_this_labs_and_deleted_labs_only(tmp_path):
+    live = tmp_path / "live-checkout"
+    (live / "inventories").mkdir(parents=True)
+    ours = str(tmp_path / "ours")
+    containers = [
+        _container("opsledger-lab-db1", {"io.opsledger.lab": "1", "io.opsledger.project": ours}),
+        _container(
+            "old-lab-app1",
+            {"io.opsledger.lab": "1", "io.opsledger.project": str(tmp_path / "deleted")},
+        ),
+        _container("their-lab-db1", {"io.opsledger.lab": "1", "io.opsledger.project": str(live)}),
+        _container("webapp"),
+        _container("fake", {"io.opsledger.project": ours}),  # not a lab container
+    ]
+    plan = host_setup.plan_backend_switch(containers, ours)
+    assert plan.labs == ("opsledger-lab-db1", "old-lab-app1")
+    assert plan.others == ("their-lab-db1", "webapp", "fake")
+
+
+def test_backend_switch_with_nothing_else_has_no_others():
+    plan = host_setup.plan_backend_switch([], "/x")
+    assert plan == host_setup.BackendSwitch((), ())
+
+
+def test_probe_output_is_parsed_per_host():
+    out = '{"dns": {"lab-db2": "", "deb.debian.org": ""}, "mirror": "", "cache": "refused"}\n'
+    result = netcheck.parse_probe("lab-db1", 0, out, "")
+    assert result.dns == {"lab-db2": "", "deb.debian.org": ""}
+    assert result.cache == "refused"
+    assert not result.probe
+
+
+def test_a_probe_that_timed_out_or_crashed_is_a_finding():
+    assert "timed out" in netcheck.parse_probe("h", 124, "", "").probe
+    assert "boom" in netcheck.parse_probe("h", 1, "", "Traceback\nboom\n").probe
+    assert netcheck.parse_probe("h", 0, "not json", "").probe
+
+
+def test_problems_name_host_what_failed_and_the_fix():
+    mirror = "http://deb.debian.org/debian"
+    results = [
+        netcheck.HostNetwork("lab-db1", dns={"lab-db2": "[Errno -3] Temporary failure"}),
+        netcheck.HostNetwork("lab-db2", dns={"deb.debian.org": "[Errno -2] Name unknown"}),
+        netcheck.HostNetwork("lab-app1", mirror="timed out"),
+        netcheck.HostNetwork("lab-app2", cache="refused"),  # the cache is not fatal
+    ]
+    problems = netcheck.problems_of(
+        results, network="opsledger-lab", mirror=mirror, lab_hosts=["lab-db1", "lab-db2"]
+    )
+    lines = [str(p) for p in problems]
+    assert len(lines) == 3
+    assert lines[0].startswith("lab-db1: DNS: cannot resolve lab host(s) lab-db2")
+    assert "dns_enabled true" in lines[0]
+    assert lines[1].startswith("lab-db2: DNS: cannot resolve the Debian mirror deb.debian.org")
+    assert lines[2].startswith("lab-app1: route: the Debian mirror")
+    assert all("\n" not in line for line in lines)
+
+
+def test_the_probe_really_runs_and_reports_an_unresolvable_name():
+    # The same probe script lab hosts run, here on this machine's Python: a name under the
+    # reserved .invalid TLD never resolves, and a closed loopback port refuses the mirror.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            netcheck.PROBE,
+            "localhost,no-such-host.invalid",
+            "http://127.0.0.1:9/dists/bookworm/Release",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result = netcheck.parse_probe("here", proc.returncode, proc.stdout, proc.stderr)
+    assert result.dns["localhost"] == ""
+    assert result.dns["no-such-host.invalid"]
+    assert result.mirror  # connection refused
+    assert result.cache == ""
+
+
+def test_cache_config_listens_on_loopback_only_and_uses_this_machines_mirrors():
+    config = cache.render_config("http://mirror.example/debian", "http://sec.example/ds/")
+    assert f"BindAddress: 127.0.0.1 {cache.CACHE_ADDRESS}\n" in config
+    assert "0.0.0.0" not in config
+    assert "Remap-debrep: file:deb_mirror*.gz /debian ; http://mirror.example/debian/" in config
+    assert config.rstrip().endswith("; http://sec.example/ds/")
+
+
+def test_cache_address_is_outside_podman_pools_and_the_lab_subnet():
+    import ipaddress
+
+    address = ipaddress.ip_address(cache.CACHE_ADDRESS)
+    assert address not in ipaddress.ip_network("10.88.0.0/16")  # podman's default network
+    assert address not in ipaddress.ip_network("10.89.70.0/24")  # the lab's subnet
