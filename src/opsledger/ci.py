@@ -22,7 +22,7 @@ from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
-from opsledger.identity import signing_key
+from opsledger.identity import committer, signing_key
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
 from opsledger.policy_changes import is_policy_change, policy_content
@@ -188,6 +188,34 @@ def codeowners(project: Project) -> str:
     return "\n".join(lines) + "\n"
 
 
+def push_records(project: Project, remote: str, branch: str) -> bool:
+    """Push the branch; when it moved meanwhile, rebase the records onto it and retry.
+
+    The rebase re-commits the records, so it commits them as the CI identity again (and signs
+    them with its key when one is set): a record committed by anyone else is no evidence.
+    """
+    key = signing_key()
+    sign = (
+        ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
+        if key
+        else []
+    )
+    name, email = committer(project)
+    identity = {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    for _ in range(3):
+        if git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode == 0:
+            return True
+        git(project.root, *sign, "pull", "-q", "--rebase", remote, branch, env=identity)
+    raise OpsledgerError(
+        Problem(
+            f"could not push the run records to {remote}/{branch}",
+            field="git push",
+            fix="push them by hand: the records are committed locally",
+        ),
+        EXIT_FAILED,
+    )
+
+
 @dataclass
 class CiApplyResult:
     pending: PendingResult
@@ -207,8 +235,8 @@ def ci_apply(
     """After a merge: apply every pending change, then push the run records to `remote`.
 
     A push rejected because the branch moved meanwhile is retried after a rebase (records are
-    new files, so they never conflict); with $OPSLEDGER_SIGNING_KEY the rebased commits are
-    signed again.
+    new files, so they never conflict), committed again as the CI identity and, with
+    $OPSLEDGER_SIGNING_KEY, signed again.
 
     Example:
         result = ci_apply(find_project(), remote="origin")
@@ -219,29 +247,5 @@ def ci_apply(
         project, now=now, wait=wait, events=events, environment=environment, base="HEAD"
     )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-    pushed = False
-    if remote and outcome.items:
-        key = signing_key()
-        sign = (
-            ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
-            if key
-            else []
-        )
-        for _ in range(3):
-            if (
-                git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode
-                == 0
-            ):
-                pushed = True
-                break
-            git(project.root, *sign, "pull", "-q", "--rebase", remote, branch)
-        if not pushed:
-            raise OpsledgerError(
-                Problem(
-                    f"could not push the run records to {remote}/{branch}",
-                    field="git push",
-                    fix="push them by hand: the records are committed locally",
-                ),
-                EXIT_FAILED,
-            )
+    pushed = bool(remote and outcome.items) and push_records(project, remote or "", branch)
     return CiApplyResult(outcome, pushed, branch)

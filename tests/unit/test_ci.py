@@ -196,3 +196,50 @@ def test_bad_input_exits_2_naming_what_to_fix(repo, args, message):
     assert message in result.output and "—" in result.output  # the problem, then the fix
     assert git(project.root, "rev-parse", "HEAD").stdout == before  # nothing committed
     assert not (project.root / "records").exists()
+
+
+def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, monkeypatch):
+    """CI's push is rejected because main moved: the rebase re-commits the record, and it must
+    do so as the CI identity, or the record stops being evidence."""
+    from opsledger.base import resolve_base
+    from opsledger.ci import push_records
+    from opsledger.evidence import run_evidence
+    from opsledger.identity import commit_evidence
+    from opsledger.records import Record, run_record_path, write_record
+    from opsledger.signoff import subject
+
+    project, change_id, _ = repo
+    root = project.root
+    approve_change(project, change_id, person="bob", now=START)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(root, "push", "-q", str(origin), "main")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(origin), str(other))
+    (other / "notes.md").write_text("meanwhile\n")
+    commit_paths(other, [other / "notes.md"], "Meanwhile", **ALICE)
+    git(other, "push", "-q", "origin", "main")
+
+    git(root, "config", "user.name", "Runner Host")  # the machine's git identity is not CI's
+    git(root, "config", "user.email", "runner@example.org")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_NAME", "opsledger CI")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_EMAIL", "ci@example.org")
+    record = Record(
+        kind="run",
+        environment="lab",
+        result="success",
+        started_at=INSIDE.isoformat(),
+        finished_at=INSIDE.isoformat(),
+        change=change_id,
+        runbook="converge",
+        params={"tags": ["postgresql"]},
+        content_sha256=subject(project, change_id)[1].sha256,
+    )
+    path = write_record(run_record_path(project, change_id, INSIDE), record)
+    commit_evidence(project, [path], f"Run {change_id}: success")
+
+    assert push_records(project, str(origin), "main")
+    who = git(root, "log", "-1", "--format=%ae %ce").stdout.split()
+    assert who == ["ci@example.org", "ci@example.org"]
+    (evidence,) = run_evidence(project, resolve_base(project, "HEAD"))
+    assert evidence.trusted, evidence.reasons
