@@ -24,6 +24,7 @@ PROJECT_PARTS = (
     "policies",
     "vault-passwords",
     "ansible.cfg",
+    "plugins",
     "site.yml",
     "README.md",
 )
@@ -34,7 +35,7 @@ def copy_project(root):
     for part in PROJECT_PARTS:
         source = REPO_ROOT / part
         if source.is_dir():
-            shutil.copytree(source, root / part)
+            shutil.copytree(source, root / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             root.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, root / part)
