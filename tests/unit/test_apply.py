@@ -260,3 +260,39 @@ def test_a_run_that_reads_outside_the_approved_content_is_not_a_success(repo):
         "Ansible read files outside the approved content: docs/settings.yml"
     )
     assert git(project.root, "status", "--porcelain").stdout == ""  # the record is committed
+
+
+def test_apply_pending_at_a_chosen_time_is_refused_when_a_change_is_outside_the_lab(repo):
+    from opsledger.signoff import request_change
+
+    project, _, keys = repo
+    at = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
+    change, _ = request_change(
+        project,
+        signing_key=keys["alice"],
+        title="Tune staging",
+        runbook="converge",
+        requested_by="alice",
+        reason="Needed for the quarterly baseline",
+        environment="staging",
+        targets="all",
+        params={"tags": ["os_baseline"]},
+        window_start=at,
+        window_end=at + dt.timedelta(hours=1),
+    )
+    commit_paths(
+        project.root,
+        [change.file.parent],
+        "Request",
+        name="Alice Arnold",
+        email="alice@example.org",
+    )
+    approve_change(project, change.id, person="bob", signing_key=keys["bob"])
+    before = _commits(project)
+    for args in (["apply", "--pending"], ["ci", "apply"]):
+        result = CliRunner().invoke(
+            cli, [*args, "--at", at.isoformat()], env={"OPSLEDGER_PROJECT": str(project.root)}
+        )
+        assert result.exit_code == EXIT_INVALID, result.output
+        assert "--at" in result.output and "not in staging" in result.output
+    _nothing_ran(project, change.id, before)
