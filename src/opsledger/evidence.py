@@ -19,6 +19,7 @@ Everything else is reported by audit check as `evidence-forged`.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.yamlio import parse_yaml
 
-RECORDS = ":(glob)changes/*/runs/*.json"
+_RECORD = re.compile(r"^changes/[^/]+/runs/[^/]+\.json$")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
                 "--format=%x1e%H%x1f%P%x1f%ae%x1f%ce%x1f%G?%x1f%GS",
                 base.sha,
                 "--",
-                RECORDS,
+                "changes",  # a plain prefix: git prunes by it (a glob costs 5x on big histories)
             ],
             capture_output=True,
             text=True,
@@ -96,7 +97,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
         sha, parents, author, committer, signature, signer = header.split("\x1f")
         tokens = rest.lstrip("\0\n").split("\0")
         for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
-            if meta.startswith(":"):
+            if meta.startswith(":") and _RECORD.match(path):
                 _, _, _, blob, _ = meta[1:].split()
                 found.append(
                     Added(
