@@ -11,7 +11,9 @@ Measured side by side in one run on the lab (it must be up and converged: `scrip
     (only what correctness needs is kept: inventory, vault id, force_handlers). Target >= 2x.
 
 Lanes alternate within each round and every timed run starts without SSH control masters
-(as a fresh CI runner would), so drift in the machine's load hits both lanes alike.
+(as a fresh CI runner would), so drift in the machine's load hits both lanes alike. Each lane
+keeps its masters in its own ControlPath folder and closes only those (`ssh -O exit`): the
+user's other SSH sessions and the lab's own masters are never touched.
 
 Usage: .venv/bin/python benchmarks/apply.py [--rounds 3] [--targets all] [--tags postgresql]
 """
@@ -33,11 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from opsledger.changes import new_change  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lab.service import lab_status  # noqa: E402
 from opsledger.project import Project  # noqa: E402
-from opsledger.signoff import approve_change  # noqa: E402
+from opsledger.signoff import approve_change, request_change  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STOCK_CFG = """[defaults]
@@ -48,10 +49,31 @@ force_handlers = true
 """
 
 
-def close_masters() -> None:
-    """End every SSH control master Ansible keeps (tuned and stock lanes use ~/.ansible/cp)."""
-    subprocess.run(["pkill", "-f", r"\.ansible/cp/.*\[mux\]"], check=False)
-    time.sleep(0.5)
+def close_masters(control_dir: Path) -> None:
+    """End the SSH control masters of one lane, and only those.
+
+    Each lane keeps its masters in its own folder (ANSIBLE_SSH_CONTROL_PATH_DIR), so closing
+    them is `ssh -O exit` on that folder's sockets: never a kill by process name, which would
+    also end a user's unrelated SSH sessions.
+    """
+    for socket_path in sorted(control_dir.glob("*")):
+        if socket_path.is_socket():
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "lane-master"],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+    deadline = time.monotonic() + 5
+    while any(p.is_socket() for p in control_dir.glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def lane_env(env: dict[str, str], control_dir: Path) -> dict[str, str]:
+    """A lane's environment: its own ControlPath folder, so its masters are its own."""
+    control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {**env, "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)}
 
 
 def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str]:
@@ -62,7 +84,7 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
     (root / ".opsledger" / "lab").symlink_to(ROOT / ".opsledger" / "lab")
     project = Project(root)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Benchmark: idempotent converge",
         runbook="converge",
@@ -73,15 +95,19 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
         window_start=now - dt.timedelta(minutes=5),
         window_end=now + dt.timedelta(hours=12),
     )
-    commit_paths(
-        root, [change.file], "Benchmark change", name="Alice Arnold", email="alice@example.org"
+    commit_paths(  # the change and alice's request statement
+        root,
+        [change.file.parent],
+        "Benchmark change",
+        name="Alice Arnold",
+        email="alice@example.org",
     )
     approve_change(project, change.id, person="bob")
     return project, change.id
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    close_masters()
+    close_masters(Path(env["ANSIBLE_SSH_CONTROL_PATH_DIR"]))
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - started
@@ -106,18 +132,21 @@ def main() -> None:
     tags = [t for t in args.tags.split(",") if t]
     with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as tmp:
         project, change_id = scratch_repo(Path(tmp), args.targets, tags)
-        env = {
+        lanes_dir = Path(tmp) / "control"
+        base = {
             **os.environ,
             "ANSIBLE_CONFIG": str(project.ansible_cfg),
             "OPSLEDGER_PROJECT": str(project.root),
         }
+        env = lane_env(base, lanes_dir / "tuned")
+        apply_env = lane_env(base, lanes_dir / "apply")
         stock_cfg = Path(tmp) / "stock.cfg"
         stock_cfg.write_text(
             STOCK_CFG.replace("inventories/", f"{project.root}/inventories/").replace(
                 "vault-passwords/", f"{project.root}/vault-passwords/"
             )
         )
-        stock_env = {**env, "ANSIBLE_CONFIG": str(stock_cfg)}
+        stock_env = lane_env({**base, "ANSIBLE_CONFIG": str(stock_cfg)}, lanes_dir / "stock")
         playbook = [
             str(BIN / "ansible-playbook"),
             "runbooks/converge/playbook.yml",
@@ -136,24 +165,26 @@ def main() -> None:
         )
         timed(playbook, project.root, env)
         first = [str(BIN / "opsledger"), "apply", change_id, "--skip-verify", "--json"]
-        timed(first, project.root, env)
+        timed(first, project.root, apply_env)
 
         lanes: dict[str, list[float]] = {"ansible-playbook": [], "opsledger apply": []}
         stock: dict[str, list[float]] = {"tuned ansible.cfg": [], "stock settings": []}
         for n in range(args.rounds):
-            order = [("ansible-playbook", playbook), ("opsledger apply", apply)]
-            for name, argv in order if n % 2 == 0 else order[::-1]:
-                lanes[name].append(timed(argv, project.root, env))
+            order = [("ansible-playbook", playbook, env), ("opsledger apply", apply, apply_env)]
+            for name, argv, lane in order if n % 2 == 0 else order[::-1]:
+                lanes[name].append(timed(argv, project.root, lane))
             if not args.skip_stock:
                 pair = [("tuned ansible.cfg", env), ("stock settings", stock_env)]
-                for name, lane_env in pair if n % 2 == 0 else pair[::-1]:
-                    stock[name].append(timed(playbook, project.root, lane_env))
+                for name, lane in pair if n % 2 == 0 else pair[::-1]:
+                    stock[name].append(timed(playbook, project.root, lane))
             print(f"round {n + 1}/{args.rounds} done", flush=True)
         verify_s = timed(
             [str(BIN / "opsledger"), "verify", "--env", "lab", "--targets", args.targets],
             project.root,
             env,
         )
+        for lane in lanes_dir.iterdir():
+            close_masters(lane)
         shutil.rmtree(project.root / ".opsledger", ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in lanes.items()}

@@ -27,6 +27,18 @@ CONNECTION_VARS = textwrap.dedent(
 )
 
 
+@pytest.fixture(autouse=True)
+def machine_locks(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own machine-wide lock folder, as a fresh machine would.
+
+    Tests never take the real /run/lock/opsledger (the lab's lead engineer may be applying);
+    processes a test starts inherit the variable, so they share the test's folder.
+    """
+    folder = tmp_path_factory.mktemp("machine-locks")
+    monkeypatch.setenv("OPSLEDGER_LOCK_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Project]:
     """Write a minimal project (ansible.cfg + lab inventory) and return it."""

@@ -1,14 +1,20 @@
 """Applying a change: decide now, lock, run, verify, roll back on failure, record in git.
 
-The order is the safety argument. The decision is taken again at apply time (approvals,
-windows and freezes are judged at the moment the run starts), so a plan approved yesterday
-cannot run in tonight's freeze. The environment's target hosts are locked before anything
-touches them. The runbook runs through ansible-runner; then the Testinfra suites the runbook
-names prove the result. A failed run or a failed verification runs the rollback runbook
-against the desired state as it was *before* the change (a git worktree of that commit) and
-verifies again, so "rolled back" means "proven back", not "attempted". A Ctrl-C cancels the
-run and is recorded as such. Whatever happened, one run record is written and committed: it is
-the evidence auditors read.
+The order is the safety argument. Earlier runs' evidence is settled first (reconcile.py). The
+decision is taken at apply time (approvals, windows and freezes are judged at the moment the
+run starts), so a plan approved yesterday cannot run in tonight's freeze; and taken again once
+the target hosts are locked (lock.py), because waiting for a lock may outlast the window. A
+write-ahead record (result `started`) is committed before the first task and a guard process
+(guard.py) ends the playbook if this process dies, so a killed apply is found and recorded as
+`interrupted` by the next command instead of vanishing. The runbook runs through
+ansible-runner, watched (readguard.py): a run that reads a tracked file outside the approved
+content is not the approved change and fails; then the Testinfra suites the runbook names
+prove the result. A chosen clock (`now`) is for the lab only. A failed run or a
+failed verification runs the rollback runbook against the desired state as it was *before* the
+change (a git worktree of that commit) and verifies again, so "rolled back" means "proven
+back", not "attempted". A Ctrl-C cancels the run and is recorded as such. Whatever happened,
+the final record is written and committed: it is the evidence auditors read; when git refuses
+the commit, the result says so and names the file, and the next command commits it.
 """
 
 from __future__ import annotations
@@ -16,31 +22,47 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from opsledger.changes import Change, change_ids, load_change
+from opsledger import procs
+from opsledger.changes import Change, load_change
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import git, head, is_repo
+from opsledger.faults.detect import record_detection
+from opsledger.gitrepo import git, head, require_history
+from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
-from opsledger.lock import HeldLocks, locked
+from opsledger.lock import HeldLocks, acquire, release
+from opsledger.policy import require_policies
+from opsledger.procs import RUN_MARKER
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
-from opsledger.records import Record, change_runs, run_record_path, write_record
+from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
+from opsledger.records import (
+    STARTED,
+    Record,
+    change_runs,
+    run_record_path,
+    stamp,
+    started_record_path,
+    write_record,
+)
 from opsledger.reviews import open_review
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
 Events = Callable[[dict[str, Any]], None]
-RETRYABLE = ("canceled",)  # results after which the same content may run again by itself
+# Results after which the same content may run again by itself: nobody judged it a failure.
+RETRYABLE = ("canceled", "interrupted")
 
 
 @dataclass
@@ -77,10 +99,15 @@ class ApplyResult:
     rollback: RollbackOutcome | None = None
     review_path: Path | None = None
     stale_locks: list[str] = field(default_factory=list)
+    commit_problem: Problem | None = None  # the record is written but git refused it
 
     @property
     def ok(self) -> bool:
-        return self.result == "success"
+        return self.result == "success" and self.committed
+
+    @property
+    def committed(self) -> bool:
+        return self.commit_problem is None
 
 
 def _verification(result: VerifyResult | None) -> dict[str, Any]:
@@ -172,8 +199,9 @@ def checkout_of(project: Project, commit: str) -> Iterator[Project]:
                 "--ignored",
                 "--exclude-standard",
                 "--directory",
-            ).stdout.splitlines()
-            for line in ignored:
+                "-z",  # unquoted, NUL-separated: names with spaces or non-ASCII stay whole
+            ).stdout.split("\0")
+            for line in filter(None, ignored):
                 parts = Path(line.rstrip("/")).parts
                 for depth in range(1, len(parts) + 1):  # link the first missing level
                     target = tree.joinpath(*parts[:depth])
@@ -266,9 +294,10 @@ def _run(
     project: Project,
     change: Change,
     runbook: Runbook,
-    params: dict[str, Any],
     events: Events | None,
     interrupt: _Interrupt,
+    run_id: str,
+    journal: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     return run_playbook(
@@ -276,16 +305,18 @@ def _run(
         playbook=runbook.playbook,
         inventory=project.inventory_file(change.environment),
         limit=change.targets,
-        params=params,
-        tags=params.get("tags"),
+        params=change.params,
+        tags=change.params.get("tags"),
         timeout=runbook.timeout,
         event_handler=events,
         cancel=interrupt,
-        env=env,
+        private_dir=journal,
+        # The guard finds the run's processes by the marker; `env` adds the read watch.
+        extra_env={**(env or {}), RUN_MARKER: run_id},
     )
 
 
-def _clock_override(project: Project, change_id: str, now: dt.datetime | None) -> None:
+def clock_override(project: Project, change_id: str, now: dt.datetime | None) -> None:
     """A chosen clock (`--at`) judges what-ifs; it never lets a run start outside the lab.
 
     Windows and freezes are judged at the moment the run starts: outside the lab that moment
@@ -314,7 +345,10 @@ def _unapproved_reads(
     """Why the run cannot count as the approved content, or "" when it can."""
     if decision.content is None:
         return "no approved content to compare the run with"
-    after = change_content(project, change, runbook, decision.hosts)
+    try:
+        after = change_content(project, change, runbook, decision.hosts)
+    except OpsledgerError as err:  # e.g. a symlink out of the repository appeared
+        return f"the content cannot be read after the run: {err}"
     if after.sha256 != decision.content.sha256:
         changed = after.changed_since(decision.content.files)
         return "the content changed during the run: " + ", ".join(changed[:5])
@@ -348,6 +382,7 @@ def _rollback(
     events: Events | None,
     interrupt: _Interrupt,
     skip_verify: bool,
+    run_id: str,
 ) -> RollbackOutcome | None:
     name = change.rollback or runbook.rollback
     if not name:
@@ -357,12 +392,130 @@ def _rollback(
     _phase(events, "rollback", f"rolling back with {name} to {base[:10]} ({reason})")
     with checkout_of(project, base) as before:
         back = load_runbook(before, name)
-        run = _run(before, change, back, change.params, events, interrupt)
+        run = _run(before, change, back, events, interrupt, run_id)
         checked = None
         if run.status == "successful" and not skip_verify:
             checked = _verify(before, change, back, events)
     ok = run.status == "successful" and (checked is None or checked.ok)
     return RollbackOutcome(name, base, reason, run, checked, ok)
+
+
+def _refuse_applied(project: Project, change_id: str, again: bool) -> None:
+    previous = _already_applied(project, change_id)
+    if previous and not again:
+        raise OpsledgerError(
+            Problem(
+                f"already applied successfully at {previous.finished_at}",
+                f"changes/{change_id}/runs",
+                "result",
+                "pass --again to run it once more (recorded as another run)",
+            ),
+            EXIT_INVALID,
+        )
+
+
+def _refuse_denied(change_id: str, decision: Decision, when: str = "") -> OpsledgerError:
+    return OpsledgerError(
+        [
+            Problem(f"denied by rule {c.rule}{when}: {c.why}", f"changes/{change_id}", c.rule)
+            for c in decision.checks
+            if not c.passed
+        ],
+        EXIT_DENIED,
+    )
+
+
+def reconcile_first(project: Project, events: Events | None) -> Reconciled:
+    """Settle earlier runs' evidence first: nothing runs while a record is not committed."""
+    done = reconcile_runs(project)
+    for note in done.notes:
+        _phase(events, "reconcile", note)
+    done.raise_problems()
+    return done
+
+
+@dataclass
+class _Outcome:
+    result: str
+    run: PlaybookRun | None
+    checked: VerifyResult | None
+    back: RollbackOutcome | None
+    failure: str
+    timings: dict[str, float]
+    # what made the run unprovable as the approved content (read watch, see readguard.py)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _execute(
+    project: Project,
+    change: Change,
+    runbook: Runbook,
+    decision: Decision,
+    events: Events | None,
+    interrupt: _Interrupt,
+    skip_verify: bool,
+    run_id: str,
+    journal: Path,
+) -> _Outcome:
+    """Run, verify, and roll back on failure; what happened, never an exception from the run.
+
+    The run is watched (readguard.py): a run that read files outside the approved content, or
+    during which the content changed, is not the approved change and is treated as failed.
+    """
+    timings: dict[str, float] = {}
+    _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
+    clock = time.monotonic()
+    with watching_reads() as watch:
+        try:
+            run: PlaybookRun | None = _run(
+                project, change, runbook, events, interrupt, run_id, journal, watch.env()
+            )
+        except OpsledgerError as err:  # ansible-playbook failed before reaching any host
+            timings["run_s"] = round(time.monotonic() - clock, 3)
+            return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
+        opened = watch.files()
+    assert run is not None
+    timings["run_s"] = round(time.monotonic() - clock, 3)
+    checked: VerifyResult | None = None
+    back: RollbackOutcome | None = None
+    failure = ""
+    unapproved = _unapproved_reads(project, change, runbook, decision, opened)
+    findings = [{"rule": "approved-content", "message": unapproved}] if unapproved else []
+    if run.status not in ("successful", "canceled") and not interrupt.requested:
+        failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
+        failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+    elif unapproved and run.status == "successful":
+        failure = unapproved
+    elif run.status == "successful" and not skip_verify and not interrupt.requested:
+        clock = time.monotonic()
+        try:
+            checked = _verify(project, change, runbook, events)
+        except OpsledgerError as err:  # the suites could not run: the change is unproven
+            failure = f"verification could not run: {err}"
+        timings["verify_s"] = round(time.monotonic() - clock, 3)
+        if checked is not None and not checked.ok:
+            names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
+            failure = "verification failed: " + (", ".join(names) or "no test passed")
+    if interrupt.requested or run.status == "canceled":
+        # The operator stopped it: no rollback they did not ask for.
+        return _Outcome("canceled", run, checked, None, failure, timings, findings)
+    if not failure:
+        return _Outcome("success", run, checked, None, failure, timings, findings)
+    _phase(events, "failed", failure)
+    clock = time.monotonic()
+    try:
+        back = _rollback(project, change, runbook, failure, events, interrupt, skip_verify, run_id)
+    except OpsledgerError as err:
+        name = change.rollback or runbook.rollback or ""
+        back = RollbackOutcome(name, "", f"{failure}; {err}", None, None, False)
+    timings["rollback_s"] = round(time.monotonic() - clock, 3)
+    result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+    return _Outcome(result, run, checked, back, failure, timings, findings)
+
+
+def _journal(project: Project, run_id: str) -> Path:
+    """Machine-local folder of one run: ansible-runner's event journal and the guard's log."""
+    return project.state_dir / "runs" / run_id.replace("/", "-")
 
 
 def apply_change(
@@ -376,171 +529,238 @@ def apply_change(
     events: Events | None = None,
     base: str | None = None,
 ) -> ApplyResult:
-    """Decide now, lock the targets, run, verify, roll back on failure, commit the record.
+    """Decide, lock the targets, decide again, record ahead, run, verify, roll back, record.
 
-    Raises OpsledgerError with exit 3 when policy denies the change and exit 4 when another
-    run holds a target's lock; in both cases nothing has run. `now` (a chosen clock) is for
-    the lab only (exit 2 elsewhere). Otherwise the result says success, failed, rolled_back,
-    rollback_failed or canceled, and the record is committed. A run that read files outside
-    the approved content, or during which the content changed, is not a success.
+    Raises OpsledgerError with exit 3 when policy denies the change (before the locks or once
+    they are held: a `wait` may outlast the window), exit 4 when another run holds a target's
+    lock, and exit 2 when earlier evidence or the write-ahead record cannot be committed, or
+    when `now` (a chosen clock, for the lab only) is given for another environment; in all
+    these cases nothing has run. `base` names the protected branch decide trusts. Otherwise
+    the result says success, failed, rolled_back, rollback_failed or canceled, and `committed`
+    whether git has the record (when not, `commit_problem` names the file and the fix, and the
+    next command retries the commit). A run that read files outside the approved content, or
+    during which the content changed, is not a success.
 
     Example:
         result = apply_change(find_project(), "CHG-0001")
         result.result, result.record_path, result.commit
     """
-    if not is_repo(project.root):
-        raise OpsledgerError(
-            Problem(
-                "not a git repository", str(project.root), "git", "apply runs from a git checkout"
-            )
-        )
-    _clock_override(project, change_id, now)
+    require_history(project.root, "apply")
+    require_policies(project)  # fail closed before anything is touched, reconciling included
+    clock_override(project, change_id, now)  # a chosen clock: the lab only
+    reconciled = reconcile_first(project, events)
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now, base=base)
     if not decision.allowed:
-        raise OpsledgerError(
-            [
-                Problem(f"denied by rule {c.rule}: {c.why}", f"changes/{change_id}", c.rule)
-                for c in decision.checks
-                if not c.passed
-            ],
-            EXIT_DENIED,
-        )
-    previous = _already_applied(project, change_id)
-    if previous and not again:
-        raise OpsledgerError(
-            Problem(
-                f"already applied successfully at {previous.finished_at}",
-                f"changes/{change_id}/runs",
-                "result",
-                "pass --again to run it once more (recorded as another run)",
-            ),
-            EXIT_INVALID,
-        )
+        raise _refuse_denied(change_id, decision)
+    _refuse_applied(project, change_id, again)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     identity = runner_identity()
-    commit = head(project.root)
     _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
     lock_started = time.monotonic()
-    with (
-        locked(
-            project,
-            environment=change.environment,
-            hosts=decision.hosts,
-            change=change_id,
-            owner=identity["person"],
-            wait=wait,
-        ) as held,
-        _Interrupt() as interrupt,
-    ):
-        for note in held.taken_over:
-            _phase(events, "lock", f"stale lock taken over: {note}")
-        events = _noting_runner(held, interrupt, events)
+    held = acquire(
+        project,
+        environment=change.environment,
+        hosts=decision.hosts,
+        change=change_id,
+        owner=identity["person"],
+        wait=wait,
+    )
+    try:
         lock_wait = time.monotonic() - lock_started
-        started = dt.datetime.now(dt.UTC)
-        timings: dict[str, float] = {"lock_wait_s": round(lock_wait, 3)}
-        _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
-        clock = time.monotonic()
-        with watching_reads() as watch:
-            run = _run(project, change, runbook, change.params, events, interrupt, watch.env())
-            opened = watch.files()
-        timings["run_s"] = round(time.monotonic() - clock, 3)
-        checked: VerifyResult | None = None
-        back: RollbackOutcome | None = None
-        failure = ""
-        unapproved = _unapproved_reads(project, change, runbook, decision, opened)
-        if run.status not in ("successful", "canceled") and not interrupt.requested:
-            failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
-            failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
-        elif unapproved and run.status == "successful":
-            failure = unapproved
-        elif run.status == "successful" and not skip_verify and not interrupt.requested:
-            clock = time.monotonic()
-            try:
-                checked = _verify(project, change, runbook, events)
-            except OpsledgerError as err:  # the suites could not run: the change is unproven
-                failure = f"verification could not run: {err}"
-            timings["verify_s"] = round(time.monotonic() - clock, 3)
-            if checked is not None and not checked.ok:
-                names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
-                failure = "verification failed: " + (", ".join(names) or "no test passed")
-        if interrupt.requested or run.status == "canceled":
-            result = "canceled"  # the operator stopped it: no rollback they did not ask for
-        elif not failure:
-            result = "success"
-        else:
-            _phase(events, "failed", failure)
-            clock = time.monotonic()
-            try:
-                back = _rollback(project, change, runbook, failure, events, interrupt, skip_verify)
-            except OpsledgerError as err:
-                back = RollbackOutcome(
-                    change.rollback or runbook.rollback or "",
-                    "",
-                    f"{failure}; {err}",
-                    None,
-                    None,
-                    False,
-                )
-            timings["rollback_s"] = round(time.monotonic() - clock, 3)
-            result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+        for note in held.taken_over:
+            _phase(events, "lock", f"taken over: {note}")
+        # Decide again now that the hosts are ours: a wait may have outlasted the window, or
+        # another change may have run meanwhile.
+        again_at = now + dt.timedelta(seconds=lock_wait) if now else None
+        decision = decide(project, change_id, now=again_at, base=base)
+        if not decision.allowed:
+            raise _refuse_denied(change_id, decision, f" after waiting {lock_wait:.0f} s")
+        _refuse_applied(project, change_id, again)  # by the run we waited for
+        with _Interrupt() as interrupt:
+            result = _locked_run(
+                _Run(project, change, runbook, decision, held, identity, lock_wait, reconciled),
+                interrupt,
+                events,
+                skip_verify,
+            )
+    finally:
+        warnings = release(held)
+    for warning in warnings:
+        _phase(events, "lock", warning)
+    return result
+
+
+@dataclass
+class _Run:
+    """What a run is about, fixed before its first task."""
+
+    project: Project
+    change: Change
+    runbook: Runbook
+    decision: Decision
+    held: HeldLocks
+    identity: dict[str, Any]
+    lock_wait: float
+    reconciled: Reconciled
+
+
+def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Record:
+    """The write-ahead record: who runs what, judged how, and how to tell if it still lives."""
+    change, project = run.change, run.project
+    return Record(
+        kind="run",
+        environment=change.environment,
+        result=STARTED,
+        started_at=started.isoformat(),
+        finished_at="",
+        change=change.id,
+        runbook=run.runbook.name,
+        params=change.params,
+        targets=change.targets,
+        hosts=run.decision.hosts,
+        runner={
+            **run.identity,
+            "machine_key": procs.machine_key(),
+            "pid_start": procs.start_time(os.getpid()),
+            "guard_pid": guard.pid,
+            "guard_start": procs.start_time(guard.pid),
+            "run": run.held.holder.run,
+            "journal": journal.relative_to(project.root).as_posix(),
+        },
+        git_commit=head(project.root),
+        content_sha256=run.decision.content_sha256,
+        policy_sha256=run.decision.policy_sha256,
+        decision=run.decision.as_dict(),
+        lock={
+            **run.held.as_dict(),
+            "reconciled": run.reconciled.notes,
+            "wait_s": round(run.lock_wait, 3),
+        },
+    )
+
+
+def _locked_run(
+    run: _Run, interrupt: _Interrupt, events: Events | None, skip_verify: bool
+) -> ApplyResult:
+    """Everything that happens while the hosts are locked, with the guard watching."""
+    project, change, runbook = run.project, run.change, run.runbook
+    started = dt.datetime.now(dt.UTC)
+    run_id = f"{change.id}/{stamp(started)}"
+    journal = _journal(project, run_id)
+    journal.mkdir(parents=True, exist_ok=True)
+    origin = run.held.origin.as_spec() if run.held.origin is not None else None
+    guard = Guard(run_id, run.held.fds, origin, journal / "guard.log")
+    try:
+        run.held.note(run=run_id, guard_pid=guard.pid, guard_start=procs.start_time(guard.pid))
+        ahead = _ahead(run, started, guard, journal)
+        try:
+            _write_ahead(project, change.id, started, ahead)
+        except OpsledgerError:
+            shutil.rmtree(journal, ignore_errors=True)
+            raise
+        _phase(events, "record", f"run {run_id} recorded as started")
+        outcome = _execute(
+            project,
+            change,
+            runbook,
+            run.decision,
+            _noting_runner(run.held, interrupt, events),
+            interrupt,
+            skip_verify,
+            run_id,
+            journal,
+        )
         finished = dt.datetime.now(dt.UTC)
-        content = change_content(project, change, runbook, decision.hosts)
-        record = Record(
-            kind="run",
-            environment=change.environment,
-            result=result,
-            started_at=started.isoformat(),
+        played = outcome.run
+        record = replace(
+            ahead,
+            result=outcome.result,
             finished_at=finished.isoformat(),
-            change=change_id,
-            runbook=runbook.name,
-            params=change.params,
-            targets=change.targets,
-            hosts=decision.hosts,
-            runner=identity,
-            git_commit=commit,
-            content_sha256=content.sha256,
-            policy_sha256=decision.policy_sha256,
-            decision=decision.as_dict(),
-            stats=run.host_stats(),
+            runner={**run.identity, "run": run_id},
+            stats=played.host_stats() if played else {},
             changed_tasks=[
                 {"host": name, "task": c.task, "role": c.role}
-                for name, h in sorted(run.hosts.items())
+                for name, h in sorted(played.hosts.items())
                 for c in h.changes
-            ],
-            verification=_verification_entry(checked, skip_verify, result, failure),
-            rollback=back.as_dict() if back else None,
-            # what made the run unprovable as the approved content (read watch, see readguard)
-            findings=[{"rule": "approved-content", "message": unapproved}] if unapproved else [],
-            measurements=timings,
+            ]
+            if played
+            else [],
+            verification=_verification_entry(
+                outcome.checked, skip_verify, outcome.result, outcome.failure
+            ),
+            rollback=outcome.back.as_dict() if outcome.back else None,
+            findings=outcome.findings,
+            measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
         )
-        path = write_record(run_record_path(project, change_id, started), record)
-        review = open_review(project, change, finished)
-        drilled, drill_path = _drill_record(
-            project, change, runbook, started, run, checked, decision.hosts
-        )
+        # Written and committed under one hold of the checkout's commit lock: another command
+        # settling evidence never sees this record between the two.
+        with commit_lock(project):
+            path = write_record(run_record_path(project, change.id, started), record)
+            review = open_review(project, change, finished)
+            drilled, drill_path = ("", None)
+            if played:
+                drilled, drill_path = _drill_record(
+                    project, change, runbook, started, played, outcome.checked, record.hosts
+                )
+            sha, problem = commit_or_journal(
+                project,
+                [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
+                f"Run {change.id}: {outcome.result} ({runbook.name} on "
+                f"{change.environment}:{change.targets})",
+                outcome.result,
+            )
         if drilled:
             _phase(events, "drill", drilled)
-        sha = commit_evidence(
-            project,
-            [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
-            f"Run {change_id}: {result} ({runbook.name} on {change.environment}:{change.targets})",
-        )
-        _phase(events, "record", f"{path.relative_to(project.root)} committed as {sha[:10]}")
+        if problem is None:  # incidents follow committed evidence only
+            record_detection(project, [path] + ([drill_path] if drill_path else []))
+        shutil.rmtree(journal, ignore_errors=True)
+    finally:
+        guard.done()
+    where = path.relative_to(project.root)
+    if problem is None:
+        _phase(events, "record", f"{where} committed as {sha[:10]}")
+    else:
+        _phase(events, "record", f"{where} NOT COMMITTED: {problem}")
     return ApplyResult(
-        change_id,
-        result,
-        decision,
+        change.id,
+        outcome.result,
+        run.decision,
         record,
         path,
         sha,
-        run,
-        checked,
-        back,
+        played,
+        outcome.checked,
+        outcome.back,
         review,
-        held.taken_over,
+        run.held.taken_over,
+        problem,
     )
+
+
+def _write_ahead(project: Project, change_id: str, started: dt.datetime, ahead: Record) -> None:
+    """Commit the started record before the first task, or run nothing (exit 2)."""
+    with commit_lock(project):
+        path = write_record(started_record_path(project, change_id, started), ahead)
+        try:
+            commit_evidence(project, [path], f"Run {change_id}: started")
+        except OpsledgerError as err:
+            path.unlink(missing_ok=True)
+            raise OpsledgerError(
+                [
+                    Problem(
+                        f"cannot commit the run's write-ahead record ({p.message}); nothing was "
+                        "run",
+                        str(path.relative_to(project.root)),
+                        "git",
+                        "fix the repository (a stale .git/index.lock with no git running can "
+                        "be removed) and apply again",
+                    )
+                    for p in err.problems
+                ],
+                EXIT_INVALID,
+            ) from None
 
 
 def _drill_record(
@@ -578,101 +798,3 @@ def _drill_record(
     )
     verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.reasons)
     return f"DR drill {service.name}: {verdict}", result.record_path
-
-
-@dataclass
-class PendingItem:
-    change_id: str
-    action: str  # applied | waiting | not approved | skipped
-    why: str
-    result: ApplyResult | None = None
-
-
-@dataclass
-class PendingResult:
-    items: list[PendingItem]
-
-    @property
-    def applied(self) -> list[ApplyResult]:
-        return [i.result for i in self.items if i.result]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.applied)
-
-
-def apply_pending(
-    project: Project,
-    *,
-    now: dt.datetime | None = None,
-    wait: float = 0,
-    skip_verify: bool = False,
-    events: Events | None = None,
-    environment: str | None = None,
-    base: str | None = None,
-) -> PendingResult:
-    """Apply, oldest window first, every approved change on this branch not yet applied.
-
-    Pending means: no successful run, and no failed run of the same content (a failed change
-    is not retried by itself: amend it, which needs new approvals, or apply it by hand). A
-    change whose window has not opened, or that is in a freeze, waits; one without valid
-    approvals is skipped; both are reported. `environment` limits it to one environment (CI
-    applies one environment at a time). What CI runs after a merge.
-
-    Example:
-        outcome = apply_pending(find_project())
-        [(i.change_id, i.action, i.why) for i in outcome.items]
-    """
-    if environment is not None:
-        project.require_environment(environment)
-    records = change_runs(project)
-    candidates = []
-    for change_id in change_ids(project):
-        runs = [r for r in records if r.change == change_id]
-        if any(r.result == "success" for r in runs):
-            continue
-        change = load_change(project, change_id)
-        if environment is None or change.environment == environment:
-            candidates.append((change, runs))
-    candidates.sort(key=lambda item: (item[0].window_start, item[0].id))
-    for change, _ in candidates:  # refuse a chosen clock before anything runs
-        _clock_override(project, change.id, now)
-    items = []
-    for change, runs in candidates:
-        decision = decide(project, change.id, now=now, base=base)
-        failed_before = [
-            r
-            for r in runs
-            if r.result not in RETRYABLE and r.content_sha256 == decision.content_sha256
-        ]
-        if failed_before:
-            last = failed_before[-1]
-            items.append(
-                PendingItem(
-                    change.id,
-                    "skipped",
-                    f"its run at {last.finished_at} ended {last.result}; amend the change or "
-                    "apply it by hand",
-                )
-            )
-            continue
-        failing = [c for c in decision.checks if not c.passed]
-        if any(c.rule in ("approvals", "requester") for c in failing):
-            why = "; ".join(f"{c.rule}: {c.why}" for c in failing)
-            items.append(PendingItem(change.id, "not approved", why))
-            continue
-        if failing:
-            why = "; ".join(f"{c.rule}: {c.why}" for c in failing)
-            items.append(PendingItem(change.id, "waiting", why))
-            continue
-        result = apply_change(
-            project,
-            change.id,
-            now=now,
-            wait=wait,
-            skip_verify=skip_verify,
-            events=events,
-            base=base,
-        )
-        items.append(PendingItem(change.id, "applied", result.result, result))
-    return PendingResult(items)

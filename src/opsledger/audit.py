@@ -24,6 +24,7 @@ from opsledger.changes import change_ids, load_change
 from opsledger.errors import OpsledgerError
 from opsledger.evidence import run_evidence
 from opsledger.gitlog import by_change, read_history
+from opsledger.gitrepo import require_history
 from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.reviews import load_review
@@ -93,6 +94,7 @@ def audit_log(
         log = audit_log(find_project(), since=datetime(2026, 1, 1, tzinfo=UTC))
         [(r.change, r.result, [a.person for a in r.approvers]) for r in log.rows]
     """
+    require_history(project.root, "audit log")
     base = resolve_base(project, "HEAD")
     policies = base.policies
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))

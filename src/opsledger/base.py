@@ -163,7 +163,11 @@ def _approval_of(
         if content is None:
             continue
         shown = git(project.root, "show", f"{commit}:changes/{change_id}/policy.yml", check=False)
-        requester = str((parse_yaml(shown.stdout) or {}).get("requested_by", ""))
+        try:
+            request = parse_yaml(shown.stdout)
+        except OpsledgerError:  # unreadable: nobody provably requested it
+            request = None
+        requester = str(request.get("requested_by", "")) if isinstance(request, dict) else ""
         judged = standing(
             project,
             change_id=change_id,
@@ -289,8 +293,13 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
                 "name the branch that holds the project's policies",
             )
         )
-    if broken:
-        raise OpsledgerError(broken)
+    if broken:  # fail closed: nothing is decided on rules that do not check
+        refusal = Problem(
+            f"policy check fails on {name} ({sha[:10]}): nothing is decided on these rules",
+            "policies/",
+            fix=f"fix the problems above on {name} (opsledger policy check there)",
+        )
+        raise OpsledgerError([*broken, refusal])
     base = Base(name, sha, line, versions, effective)
     _BASES[(str(project.root), sha)] = base
     return base

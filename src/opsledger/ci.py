@@ -15,16 +15,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from opsledger.apply import Events, PendingResult, apply_pending
+from opsledger.apply import Events
 from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, require_history
 from opsledger.identity import committer, signing_key
+from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan, render
-from opsledger.policy import load_policies
+from opsledger.policy import load_policies, policy_check
 from opsledger.policy_changes import is_policy_change, policy_content
 from opsledger.project import Project
 
@@ -51,10 +52,11 @@ class PrReport:
     scope: PrScope
     items: list[PrChange]
     uncovered: list[str]
+    policy_problems: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        if self.uncovered or any(i.problems for i in self.items):
+        if self.uncovered or self.policy_problems or any(i.problems for i in self.items):
             return EXIT_INVALID
         for item in self.items:
             if item.decision and any(
@@ -72,6 +74,10 @@ class PrReport:
             f"change request(s): {', '.join(self.scope.changes) or 'none'}.",
             "",
         ]
+        if self.policy_problems:
+            out += ["### Policies do not pass `opsledger policy check`", ""]
+            out += [f"- {p}" for p in self.policy_problems]
+            out.append("")
         if self.uncovered:
             out += ["### Desired state or policies changed without a change covering it", ""]
             out += [f"- `{path}`" for path in self.uncovered]
@@ -101,9 +107,15 @@ class PrReport:
 
 def pr_scope(project: Project, base: str) -> PrScope:
     """The files a branch changes since it left `base`, and the change requests among them."""
-    if git(
-        project.root, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
-    ).returncode:
+    require_history(project.root, "ci pr")
+    if (
+        not base
+        or base.startswith("-")
+        or not base.isprintable()
+        or git(
+            project.root, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
+        ).returncode
+    ):
         raise OpsledgerError(
             Problem(
                 f"unknown base {base!r}",
@@ -113,7 +125,9 @@ def pr_scope(project: Project, base: str) -> PrScope:
             EXIT_INVALID,
         )
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
-    files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
+    # -z: NUL-separated and never quoted, so `zé.yml` or a name with spaces is one path.
+    out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
+    files = [p for p in out.stdout.split("\0") if p]
     changes = sorted(
         {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
     )
@@ -132,6 +146,7 @@ def pr_check(
         print(report.markdown()); raise SystemExit(report.exit_code)
     """
     scope = pr_scope(project, base)
+    policy_problems = [str(p) for p in policy_check(project).problems]
     items = []
     for change_id in scope.changes:
         item = PrChange(change_id)
@@ -143,9 +158,14 @@ def pr_check(
             except OpsledgerError as err:
                 item.problems = [str(p) for p in err.problems]
             continue
-        if not (project.root / "changes" / change_id / "change.yml").exists():
+        file = project.root / "changes" / change_id / "change.yml"
+        if not (file.exists() or file.is_symlink()):
             continue  # removed by the PR
-        result = validate_change(project, change_id)
+        try:
+            result = validate_change(project, change_id)
+        except OpsledgerError as err:
+            item.problems = [str(p) for p in err.problems]
+            continue
         if result.problems:
             item.problems = [str(p) for p in result.problems]
             continue
@@ -161,7 +181,7 @@ def pr_check(
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
     uncovered = [p for p in scope.desired_state if p not in covered]
-    return PrReport(scope, items, uncovered)
+    return PrReport(scope, items, uncovered, policy_problems)
 
 
 def codeowners(project: Project) -> str:
@@ -242,10 +262,18 @@ def ci_apply(
         result = ci_apply(find_project(), remote="origin")
         result.pending.ok, result.pushed
     """
+    if remote is not None and (not remote or remote.startswith("-") or not remote.isprintable()):
+        raise OpsledgerError(  # `--receive-pack=...` would be an option of git push
+            Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
+        )
+    before = git(project.root, "rev-parse", "HEAD").stdout.strip()
     # This runs on the protected branch after a merge: the branch itself is the base.
     outcome = apply_pending(
         project, now=now, wait=wait, events=events, environment=environment, base="HEAD"
     )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-    pushed = bool(remote and outcome.items) and push_records(project, remote or "", branch)
+    # Push whatever was committed: run records, and records of earlier runs committed late or
+    # recorded as interrupted while settling the evidence.
+    moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
+    pushed = bool(remote and moved) and push_records(project, remote or "", branch)
     return CiApplyResult(outcome, pushed, branch)

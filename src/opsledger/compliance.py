@@ -24,6 +24,8 @@ commits added:
   approved policy change covers (it never took effect);
 - `review-missing` / `review-late` — an emergency change's post-implementation review;
 - `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author);
+- `incident-*`, `problem-*` — SLA breaches and near breaches of incidents, and breaches of
+  their append-only ledger (see faults/findings.py);
 - `unauthorized-change` — a commit on the branch's first-parent line (a direct commit, a squash
   or a merge with everything it brought) that changes desired state (inventories, roles,
   runbooks, site.yml, ansible.cfg, the Ansible folders next to site.yml) without adding a
@@ -47,11 +49,13 @@ from opsledger.content import PLAYBOOK_DIRS, Content
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
+from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import blob_contents
+from opsledger.gitrepo import blob_contents, require_history
 from opsledger.policy import Policies
 from opsledger.policy_changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
+from opsledger.records import STARTED_SUFFIX
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 
@@ -77,7 +81,7 @@ def is_desired_state(path: str) -> bool:
     return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
 
 
-_REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
+_REQUEST = re.compile(r"changes/(CHG-[0-9]+)/change\.yml")  # fullmatch: not "change.yml\n"
 
 
 @dataclass(frozen=True)
@@ -159,10 +163,15 @@ def _edits(history: list[Commit]) -> list[Finding]:
 
 
 def _added_records(history: list[Commit]) -> list[tuple[Commit, str, str]]:
-    """(commit, path, blob) for each record as first added (later versions are edits)."""
+    """(commit, path, blob) for each final record as first added (later versions are edits).
+
+    A write-ahead record (`runs/<stamp>.started.json`) is not judged: its final record is.
+    """
     seen: dict[str, tuple[Commit, str, str]] = {}
     for commit in history:
         for f in commit.files:
+            if f.path.endswith(STARTED_SUFFIX):
+                continue
             if f.status == "A" and _RECORD.match(f.path) and f.path not in seen:
                 seen[f.path] = (commit, f.path, f.blob)
     return list(seen.values())
@@ -212,7 +221,8 @@ def _uncommitted_records(project: Project) -> list[Finding]:
                 Finding(
                     "evidence-forged",
                     "critical",
-                    "run record not committed: it is nobody's evidence",
+                    "run record not committed: it is nobody's evidence (a record whose "
+                    "commit failed is committed by the next opsledger command)",
                     path,
                     match.group(1),
                 )
@@ -459,7 +469,11 @@ def _unauthorized(
         if not touched:
             continue
         requests = sorted(
-            {m.group(1) for f in commit.files if f.status == "A" and (m := _REQUEST.match(f.path))}
+            {
+                m.group(1)
+                for f in commit.files
+                if f.status == "A" and (m := _REQUEST.fullmatch(f.path))
+            }
         )
         shown = ", ".join(touched[:3]) + (
             f" and {len(touched) - 3} more" if len(touched) > 3 else ""
@@ -499,6 +513,7 @@ def audit_check(
         result = audit_check(find_project())
         [str(f) for f in result.at_least("high")]
     """
+    require_history(project.root, "audit check")
     moment = now or dt.datetime.now(dt.UTC)
     base = resolve_base(project, "HEAD")  # the branch audited is the protected line
     policies = base.policies
@@ -563,6 +578,10 @@ def audit_check(
     result.findings += _waivers(project, moment.date())
     ran = {e.record.change for e in records if e.trusted and e.record}
     result.findings += _unauthorized(first_parent_chain(commits), policies, ran, since)
+    result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
+        Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
+        for f in fault_findings(project, since=since, now=moment)
+    ]
     return result
 
 

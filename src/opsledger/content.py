@@ -225,7 +225,7 @@ def _config(project: Project) -> _Config:
 def _imported_playbooks(playbook: Path, seen: set[Path]) -> list[Path]:
     """Playbooks pulled in by import_playbook, followed recursively."""
     found = []
-    for target in _IMPORT.findall(playbook.read_text()):
+    for target in _IMPORT.findall(playbook.read_text(errors="replace")):  # not UTF-8: no imports
         path = (playbook.parent / target).resolve()
         if path.is_file() and path not in seen:
             seen.add(path)
@@ -267,7 +267,7 @@ def _referenced(files: list[Path]) -> tuple[set[str], bool]:
     for file in files:
         try:
             data = parse_yaml(file.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        except (OpsledgerError, yaml.YAMLError, UnicodeDecodeError, OSError):
             dynamic = True  # cannot read it: assume it may name any role
             continue
         for name in _names_in(data):

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 
 from opsledger.approvals import Standing, quorum, require_clean_worktree, standing
 from opsledger.base import Base, resolve_base
-from opsledger.changes import Change, change_ids, validate_change
+from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
-from opsledger.policy import Policies, Rule
+from opsledger.gitrepo import require_history
+from opsledger.policy import Policies, Rule, require_policies
 from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
 from opsledger.project import Project
-from opsledger.records import change_runs
+from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
 from opsledger.windows import covered
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
+# Results that end a change's current content: it runs again only once amended (new approvals).
+FINAL_FAILURES = ("failed", "rolled_back", "rollback_failed")
 
 
 @dataclass(frozen=True)
@@ -202,30 +205,142 @@ def _promotion(
     )
 
 
-def _conflicts(project: Project, change: Change, hosts: list[str]) -> Check:
-    """Other changes not yet applied whose hosts and windows overlap this one's."""
-    applied = {r.change for r in change_runs(project) if r.result == "success"}
-    clashes = []
+def run_order(change: Change) -> tuple[bool, dt.datetime, int, str]:
+    """Who goes first among changes overlapping on hosts and windows.
+
+    Emergencies first, then the earlier window, then the older request (lower id): a fixed
+    order both changes agree on, so two approved changes never wait for each other.
+    """
+    digits = "".join(ch for ch in change.id if ch.isdigit())
+    return (change.type != "emergency", change.window_start, int(digits or 0), change.id)
+
+
+def _still_runs(
+    project: Project,
+    other: Change,
+    runbook: Runbook,
+    hosts: list[str],
+    trusted: Base,
+    runs: list[Record],
+    now: dt.datetime,
+) -> str | None:
+    """Why another change no longer holds its hosts; None while it can still run."""
+    if load_withdrawal(project, other.id) is not None:
+        return "withdrawn"
+    mine = [r for r in runs if r.change == other.id]
+    if any(r.result == "success" for r in mine):
+        return "applied"
+    if now > other.window_end:
+        return "its window has closed"
+    content = change_content(project, other, runbook, hosts)
+    ended = [r for r in mine if r.content_sha256 == content.sha256 and r.result in FINAL_FAILURES]
+    if ended:
+        return f"its run ended {ended[-1].result}"
+    policies = trusted.policies
+    if other.type != "emergency" or not policies.emergency.get("bypass_windows"):
+        windows = policies.windows.get(other.environment, [])
+        if not covered(windows, other.window_start, other.window_end):
+            return "its window lies outside every maintenance window"
+    if not _approved(project, other, runbook, trusted, content):
+        return "not approved"
+    return None
+
+
+def _judge(
+    project: Project, change: Change, runbook: Runbook, trusted: Base, content: Content
+) -> tuple[list[Check], list[str], str]:
+    """The requester and approvals checks of a change (CHG) for a content, under the base.
+
+    Returns (checks, counted approvers, risk).
+    """
+    policies = trusted.policies
+    risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
+    signed = change.environment in policies.signature_environments
+    judged = standing(
+        project,
+        change_id=change.id,
+        requester=change.requested_by,
+        content=content,
+        policies=policies,
+        signatures_required=signed,
+        revs=["HEAD", trusted.sha],
+    )
+    approval, approvers = _approvals(change, runbook, policies, judged, risk, signed)
+    return [_requester(change.requested_by, policies, judged), approval], approvers, risk
+
+
+def _approved(
+    project: Project, change: Change, runbook: Runbook, trusted: Base, content: Content
+) -> bool:
+    """Whether a change's request and approvals hold now (the same judgement decide gives)."""
+    checks, _, _ = _judge(project, change, runbook, trusted, content)
+    return all(c.passed for c in checks)
+
+
+def _conflicts(
+    project: Project, change: Change, hosts: list[str], trusted: Base, now: dt.datetime
+) -> Check:
+    """Other changes that can still run, overlapping this one's hosts and window, and go first.
+
+    Only a change that can still run holds its hosts: approved, not withdrawn, not applied, its
+    window still open, and not ended by a failure of its current content. Between two such
+    changes `run_order` decides, so one runs and the other waits instead of both waiting for
+    their whole windows. An emergency is never held back (the overlap is noted in the check).
+    """
+    runs = change_runs(project)
+    first, after, bypassed = [], [], []
     for other_id in change_ids(project):
-        if other_id == change.id or other_id in applied:
+        if other_id == change.id:
             continue
         other = validate_change(project, other_id)
         if other.change is None or other.change.environment != change.environment:
             continue
         overlap = set(other.hosts) & set(hosts)
-        if (
+        if not (
             overlap
             and other.change.window_start < change.window_end
             and change.window_start < other.change.window_end
         ):
-            clashes.append(f"{other_id} ({', '.join(sorted(overlap)[:3])})")
-    return Check(
-        "conflicts",
-        not clashes,
-        "overlaps " + ", ".join(clashes)
-        if clashes
-        else "no other pending change overlaps its hosts and window",
-    )
+            continue
+        assert other.runbook is not None
+        if _still_runs(project, other.change, other.runbook, other.hosts, trusted, runs, now):
+            continue
+        shown = f"{other_id} ({', '.join(sorted(overlap)[:3])})"
+        if change.type == "emergency":
+            bypassed.append(shown)
+        elif run_order(other.change) < run_order(change):
+            first.append(shown)
+        else:
+            after.append(other_id)
+    if first:
+        return Check(
+            "conflicts",
+            False,
+            "waits for " + ", ".join(first) + ", which can still run and go first "
+            "(emergencies, then the earlier window, then the older request)",
+        )
+    if bypassed:
+        return Check(
+            "conflicts",
+            True,
+            "emergency change: runs despite " + ", ".join(bypassed) + " (recorded)",
+        )
+    if after:
+        return Check("conflicts", True, "goes before " + ", ".join(after))
+    return Check("conflicts", True, "no other change that can still run overlaps it")
+
+
+def _withdrawn(project: Project, change: Change) -> list[Check]:
+    withdrawal = load_withdrawal(project, change.id)
+    if withdrawal is None:
+        return []
+    return [
+        Check(
+            "withdrawn",
+            False,
+            f"withdrawn by {withdrawal.person} at {withdrawal.at}: {withdrawal.reason}",
+        )
+    ]
 
 
 def decide(
@@ -238,8 +353,11 @@ def decide(
     """Evaluate every rule for a change (CHG-<n> or POL-<n>) at a moment (default: now).
 
     `base` names the protected branch whose policies, keys and evidence are trusted (default
-    $OPSLEDGER_BASE or main). Raises OpsledgerError (exit 2) when the change itself is invalid;
-    a denial is a Decision with allowed=False (the CLI exits 3).
+    $OPSLEDGER_BASE or main). Raises OpsledgerError (exit 2) when the change itself is invalid,
+    there is no git history to read statements from, or the policies do not pass `policy
+    check` — the base's policies in effect, which decide, and the working tree's, which apply
+    and CI act under (locks, incidents); a denial is a Decision with allowed=False (the CLI
+    exits 3).
 
     Example:
         decision = decide(find_project(), "CHG-0001", now=datetime.now(UTC), base="origin/main")
@@ -248,6 +366,7 @@ def decide(
     from opsledger.changes import load_change
     from opsledger.runbooks import load_runbook
 
+    require_history(project.root, "decide")
     moment = now or dt.datetime.now(dt.UTC)
     if is_policy_change(change_id):
         return _decide_policy_change(project, change_id, moment, base)
@@ -255,26 +374,15 @@ def decide(
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
     require_clean_worktree(project, change_id)
-    trusted = resolve_base(project, base)
+    trusted = _trusted_base(project, base)
     policies = trusted.policies
     content = change_content(project, change, runbook, hosts)
-    risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
-    signed = change.environment in policies.signature_environments
-    judged = standing(
-        project,
-        change_id=change_id,
-        requester=change.requested_by,
-        content=content,
-        policies=policies,
-        signatures_required=signed,
-        revs=["HEAD", trusted.sha],
-    )
-    checks = [_basis(trusted), _requester(change.requested_by, policies, judged)]
-    approval, approvers = _approvals(change, runbook, policies, judged, risk, signed)
-    checks.append(approval)
+    judged, approvers, risk = _judge(project, change, runbook, trusted, content)
+    checks = [_basis(trusted), *judged]
     checks += window_checks(change, policies, moment)
     checks.append(_promotion(project, trusted, change, runbook, policies, moment))
-    checks.append(_conflicts(project, change, hosts))
+    checks.append(_conflicts(project, change, hosts, trusted, moment))
+    checks += _withdrawn(project, change)
     if change.type == "emergency":
         hours = policies.emergency.get("review_within_hours")
         checks.append(
@@ -306,7 +414,7 @@ def _decide_policy_change(
     """A policy change: requested, then approved by the owners under the base's policies."""
     request = load_policy_request(project, change_id)
     require_clean_worktree(project, change_id)
-    trusted = resolve_base(project, base)
+    trusted = _trusted_base(project, base)
     policies = trusted.policies
     content = policy_content(project, change_id)
     rule = policies.policy_changes
@@ -345,3 +453,15 @@ def _decide_policy_change(
         trusted.sha,
         content,
     )
+
+
+def _trusted_base(project: Project, base: str | None) -> Base:
+    """The base whose policies decide, failing closed on every policy that does not check.
+
+    Nothing is decided on rules that do not pass `policy check`: neither the working tree's
+    (apply and CI act under its locks and incident policies, and a pull request must not bring
+    broken rules to the base) nor the base's version in effect, which decides (resolve_base
+    refuses it when it does not check).
+    """
+    require_policies(project)
+    return resolve_base(project, base)

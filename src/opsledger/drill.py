@@ -19,16 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
+from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
+from opsledger.policyfiles import read_policy
+from opsledger.procs import RUN_MARKER, start_time
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
-from opsledger.yamlio import load_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -87,7 +90,7 @@ class DrillResult:
 
 def seconds(text: Any) -> float | None:
     """'90s', '15m', '4h', '90d' -> seconds; None when it is not such a duration."""
-    found = _DURATION.match(str(text))
+    found = _DURATION.fullmatch(str(text))
     return float(found.group(1)) * _UNIT[found.group(2)] if found else None
 
 
@@ -99,8 +102,9 @@ def load_services(project: Project) -> dict[str, Service]:
     """
     path = project.root / "policies" / "dr.yml"
     file = str(path)
-    data = load_yaml(path, what="DR policy")
-    problems: list[Problem] = []
+    data, problems = read_policy(project, "dr", "DR policy")
+    if data is None:
+        raise OpsledgerError(problems)
     services: dict[str, Service] = {}
     entries = data.get("services")
     if not isinstance(entries, dict) or not entries:
@@ -361,6 +365,7 @@ def drill_record(
             result.commit = commit_evidence(
                 project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
             )
+            record_detection(project, [path])  # a failed drill opens an incident
     return result
 
 
@@ -428,19 +433,29 @@ def drill(
         change=f"drill:{service.name}",
         owner=identity["person"],
         wait=wait,
-    ):
+    ) as held:
         started = dt.datetime.now(dt.UTC)
         if events:
             events({"event": "opsledger_phase", "phase": "run", "message": f"drilling {hosts}"})
-        run = run_playbook(
-            project,
-            playbook=runbook.playbook,
-            inventory=inventory,
-            limit=service.targets,
-            params=params,
-            timeout=runbook.timeout,
-            event_handler=events,
-        )
+        # Like an apply's: if this process dies, the guard ends the drill's playbook before the
+        # hosts are free again (a drill kills and restores PostgreSQL).
+        run_id = f"drill:{service.name}/{stamp(started)}"
+        origin = held.origin.as_spec() if held.origin is not None else None
+        guard = Guard(run_id, held.fds, origin, None)
+        held.note(run=run_id, guard_pid=guard.pid, guard_start=start_time(guard.pid))
+        try:
+            run = run_playbook(
+                project,
+                playbook=runbook.playbook,
+                inventory=inventory,
+                limit=service.targets,
+                params=params,
+                timeout=runbook.timeout,
+                event_handler=events,
+                extra_env={RUN_MARKER: run_id},
+            )
+        finally:
+            guard.done()
         checked = None
         if run.status == "successful" and runbook.verify_suites:
             if events:

@@ -14,12 +14,15 @@ nothing. A record counts as evidence â€” for the promotion rule, and for audit â
   change's, and the content it ran is content the change's requester provably requested.
 
 Everything else is reported by audit check as `evidence-forged`.
+
+Which records there are is `records.read_runs`' answer (final records committed in HEAD, the
+one reader of run records): `run_evidence` judges those, each as the base's first-parent line
+added it, so a record counts only when both hold. Audit check judges every record the history
+ever added (`judge_record`), deleted ones included.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -28,12 +31,11 @@ from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
+from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import blob_contents
 from opsledger.project import Project
-from opsledger.records import Record
+from opsledger.records import Record, is_final_run_path, parse_record, read_runs
 from opsledger.yamlio import parse_yaml
-
-_RECORD = re.compile(r"^changes/[^/]+/runs/[^/]+\.json$")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
         sha, parents, author, committer, signature, signer = header.split("\x1f")
         tokens = rest.lstrip("\0\n").split("\0")
         for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
-            if meta.startswith(":") and _RECORD.match(path):
+            if meta.startswith(":") and is_final_run_path(path):
                 _, _, _, blob, _ = meta[1:].split()
                 found.append(
                     Added(
@@ -136,9 +138,8 @@ def judge_record(
     reasons = evidence.reasons
     parts = added.path.split("/")
     change_id = parts[1] if len(parts) == 4 else ""
-    try:
-        evidence.record = Record.from_dict(json.loads(raw))
-    except (ValueError, TypeError):
+    evidence.record = parse_record(raw)
+    if evidence.record is None:
         reasons.append("not a run record")
         return evidence
     record = evidence.record
@@ -167,7 +168,13 @@ def judge_record(
     if not request:
         reasons.append(f"no change {change_id} on {base.ref}")
         return evidence
-    change = parse_yaml(request.decode(errors="replace")) or {}
+    try:
+        change = parse_yaml(request.decode(errors="replace"), dates=False)
+    except OpsledgerError:
+        change = None
+    if not isinstance(change, dict):
+        reasons.append(f"change {change_id} on {base.ref} is unreadable")
+        return evidence
     for key in ("environment", "runbook", "params"):
         if getattr(record, key) != change.get(key, {} if key == "params" else None):
             reasons.append(f"its {key} is not the change's")
@@ -193,26 +200,35 @@ def run_evidence(
     only: Callable[[Record], bool] | None = None,
     statements: dict[str, list[Found]] | None = None,
 ) -> list[Evidence]:
-    """Run records added on the base's first-parent line, judged, oldest first.
+    """The run records that count (`read_runs`: committed in HEAD), judged, oldest first.
 
-    `only` picks the records worth judging by what they say (judging reads statements).
+    Each is judged as the base's first-parent line added it (a record HEAD holds that the line
+    never added is no evidence). `only` picks the records worth judging by what they say, as
+    HEAD holds them and as they were added (judging reads statements).
 
     Example:
         [e.record.change for e in run_evidence(project, base) if e.trusted]
     """
-    added = added_on_line(project, base)
+    ledger = read_runs(project)
+    held = {f.path: f.record for f in ledger.committed_files}
+    if only is not None:
+        held = {path: record for path, record in held.items() if only(record)}
+    added = [a for a in added_on_line(project, base) if a.path in held]
     contents = blob_contents(project.root, [a.blob for a in added])
     requests = changes_on(project, base, [a.path.split("/")[1] for a in added])
-    judged = []
+    judged, found = [], set()
     for entry in added:
+        found.add(entry.path)
         raw = contents.get(entry.blob, b"")
         if only is not None:
-            try:
-                if not only(Record.from_dict(json.loads(raw))):
-                    continue
-            except (ValueError, TypeError):
+            as_added = parse_record(raw)
+            if as_added is None or not only(as_added):
                 continue
         change_id = entry.path.split("/")[1]
         known = statements.get(change_id, []) if statements is not None else None
         judged.append(judge_record(project, base, entry, raw, known, requests.get(change_id, b"")))
-    return judged
+    for path, record in held.items():
+        if path not in found:
+            reason = f"not committed on {base.ref}'s first-parent line"
+            judged.append(Evidence(path, "", record, False, [reason]))
+    return sorted(judged, key=lambda e: e.record.finished_at if e.record else "")

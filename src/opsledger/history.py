@@ -1,5 +1,9 @@
 """One change's whole life from the repository: request, approvals, runs, review, commits.
 
+Showing a change first settles earlier runs' evidence (reconcile.py): a run whose apply died is
+recorded as interrupted, a record whose commit failed is committed again; what still is not
+committed is shown as such and never counted as a run.
+
 `git log -- changes/<ID>` is the change's life; this puts it in one view for the engineer and
 the reviewer (`opsledger change show`). Audit (many changes, history-wide rules) builds on the
 same pieces.
@@ -7,16 +11,17 @@ same pieces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opsledger.approvals import ApprovalState, Judged, standing
 from opsledger.base import resolve_base
-from opsledger.changes import Change, load_change, validate_change
+from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import change_content
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, require_history
 from opsledger.project import Project
-from opsledger.records import Record, change_runs
+from opsledger.reconcile import reconcile_runs
+from opsledger.records import Record, RunFile, read_runs
 from opsledger.reviews import Review, load_review
 from opsledger.runbooks import load_runbook
 
@@ -31,6 +36,10 @@ class ChangeHistory:
     runs: list[Record]
     review: Review | None
     commits: list[dict[str, str]]  # sha, date, author, subject — oldest first
+    uncommitted: list[RunFile] = field(default_factory=list)  # written, git refused: no count
+    running: list[RunFile] = field(default_factory=list)  # started, not ended
+    withdrawal: Withdrawal | None = None
+    notes: list[str] = field(default_factory=list)  # what reconciling earlier runs did or needs
 
     def as_dict(self) -> dict[str, Any]:
         c = self.change
@@ -77,6 +86,25 @@ class ChangeHistory:
                 "reviewed_by": self.review.reviewed_by,
             },
             "commits": self.commits,
+            "uncommitted_runs": [
+                {"path": f.path, "result": f.record.result} for f in self.uncommitted
+            ],
+            "running": [
+                {
+                    "path": f.path,
+                    "started_at": f.record.started_at,
+                    "run": f.record.runner.get("run"),
+                }
+                for f in self.running
+            ],
+            "withdrawn": None
+            if self.withdrawal is None
+            else {
+                "by": self.withdrawal.person,
+                "at": self.withdrawal.at,
+                "reason": self.withdrawal.reason,
+            },
+            "notes": self.notes,
         }
 
     def render(self) -> str:
@@ -114,8 +142,22 @@ class ChangeHistory:
                 f"  {r['finished_at']}: {r['result']} (verification {r['verification']}{extra}) "
                 f"by {r['runner']} at {r['git_commit'][:10]}"
             )
-        if not self.runs:
+        for f in self.running:
+            out.append(
+                f"  RUNNING since {f.record.started_at} (run {f.record.runner.get('run')}, "
+                f"pid {f.record.runner.get('pid')} on {f.record.runner.get('machine')})"
+            )
+        for f in self.uncommitted:
+            out.append(
+                f"  {f.record.finished_at or f.record.started_at}: {f.record.result} — NOT "
+                f"COMMITTED ({f.path}): does not count until committed"
+            )
+        if not (self.runs or self.running or self.uncommitted):
             out.append("  none")
+        if self.withdrawal:
+            w = self.withdrawal
+            out.append(f"withdrawn by {w.person} at {w.at}: {w.reason}")
+        out += [f"note: {n}" for n in self.notes]
         if self.review:
             out.append(
                 f"review: {self.review.status}, due by {self.review.due_by.isoformat()}"
@@ -135,7 +177,9 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         history = change_history(find_project(), "CHG-0001")
         [(r.result, r.finished_at) for r in history.runs]
     """
+    require_history(project.root, "change show")
     change = load_change(project, change_id)
+    done = reconcile_runs(project)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
     base = resolve_base(project)
@@ -159,18 +203,22 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         f"changes/{change_id}",
     ).stdout
     commits = [
-        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f"), strict=True))
+        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f", 3), strict=True))
         for line in log.splitlines()
         if line
     ]
-    runs = [r for r in change_runs(project) if r.change == change_id]
+    ledger = read_runs(project)
     return ChangeHistory(
         change,
         content.sha256,
         judged.states,
         judged.judged,
         judged.requester_why,
-        runs,
+        [r for r in ledger.committed if r.change == change_id],
         load_review(project, change_id),
         commits,
+        [f for f in ledger.uncommitted if f.record.change == change_id],
+        [f for f in ledger.started if f.record.change == change_id],
+        load_withdrawal(project, change_id),
+        done.notes + [f"{p}" for p in done.problems],
     )

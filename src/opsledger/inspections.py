@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.policy import load_policies
+from opsledger.policyfiles import read_policy
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.targets import Target, resolve_targets
-from opsledger.yamlio import load_yaml
 
 SEVERITIES = ("ok", "warning", "critical")
 PSEUDO_FS = {
@@ -293,6 +294,35 @@ def check_pgbackrest_verify(target: Target, spec: dict[str, Any]) -> list:
     return []
 
 
+def check_wal_archiving(target: Target, spec: dict[str, Any]) -> list:
+    """WAL archived continuously up to now, on the current timeline (the primary).
+
+    `pgbackrest check` only proves one segment can be pushed at the moment it runs; a dormant
+    archive_timeout or a stuck archiver leaves acknowledged commits outside the repository
+    while it still passes. The postgresql role's `pg-archive-status` measures the gap.
+    """
+    if target.expect.get("postgresql_replication_role", "primary") != "primary":
+        return []
+    stanza = target.expect.get("postgresql_backup_stanza", "main")
+    port = target.expect.get("postgresql_port", 5432)
+    margin = spec.get("margin", target.expect.get("postgresql_backup_archive_margin", 30))
+    result = target.host.run(
+        f"cd /tmp && sudo -u postgres pg-archive-status --stanza={stanza} --port={port} "
+        f"--margin={int(margin)}"
+    )
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        return [
+            (
+                "critical",
+                "cannot read WAL archiving status (pg-archive-status missing? converge the "
+                f"postgresql role): {(result.stderr or result.stdout).strip()[:150]}",
+            )
+        ]
+    return [(severity, message) for severity, message in report.get("findings", [])]
+
+
 def check_journal_errors(target: Target, spec: dict[str, Any]) -> list:
     hours = spec.get("hours", 24)
     out = _run(target, f"journalctl -q -p err --since '-{hours}h' --no-pager -o cat | wc -l")
@@ -313,9 +343,10 @@ CHECKS: dict[str, Check] = {
 def load_plan(project: Project) -> Plan:
     """Read and check policies/inspections.yml; every problem at once."""
     path = project.root / "policies" / "inspections.yml"
-    data = load_yaml(path, what="inspection plan")
+    data, problems = read_policy(project, "inspections", "inspection plan")
+    if data is None:
+        raise OpsledgerError(problems)
     file = str(path)
-    problems = []
     policies, _ = load_policies(project, strict=False)
     severities = data.get("severities") or {}
     for severity, priority in severities.items():
@@ -459,6 +490,7 @@ def inspect(
         result.commit = commit_evidence(
             project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )
+        record_detection(project, [path])  # critical findings open incidents; clean ones resolve
     return result
 
 

@@ -1,100 +1,254 @@
-"""Locks on an environment's target hosts, so two applies never touch a host at once.
+"""Locks on an environment's target hosts, so two runs never touch a host at once.
 
-One lock file per host under `.opsledger/locks/<env>/<host>.json`, created atomically
-(O_EXCL) and holding who took it: change, person, pid, machine and time. A lock whose process
-is gone (same machine, pid not alive) or that is older than the longest allowed run is stale:
-it is reported and taken over. A live lock means contention: the caller gets a clear message
-and exit 4, or waits for it with `wait`.
+One interface (`acquire` / `release` / `locked`), two backends, chosen per environment in
+`policies/locks.yml` (README, "Locks"):
+
+- **machine** (always on): one file per host under a machine-wide folder,
+  `$OPSLEDGER_LOCK_DIR` or `/run/lock/opsledger/<env>/<host>.lock`, held with `flock` by the
+  run for its whole length. Every checkout and every user of this machine sees the same files,
+  so a scratch clone and the main checkout exclude each other. The kernel drops a flock when its
+  last holder dies, so there is no stale lock to take over and no takeover race: whoever gets
+  the flock holds the host, atomically. Lock files are never deleted (deleting a flock'd path
+  is what lets two processes lock two different inodes). Next to it `<host>.json` says who
+  holds it; a holder that dies leaves it behind, which the next holder reports as taken over.
+- **origin** (cross-controller): refs `refs/opsledger/locks/<env>/<host>` on a git remote,
+  created, taken over and deleted by compare-and-swap pushes (`origin_lock.py`).
+
+Contention raises OpsledgerError with exit 4 naming the holder (or waits with `wait`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
+from opsledger import procs
+from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
+from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
 
-STALE_AFTER = dt.timedelta(hours=6)  # longer than any runbook timeout we ship
+# An origin lock whose holder cannot be asked (another machine) is stale after this long:
+# longer than any runbook timeout we ship. A heartbeat can renew it later (issue #21).
+STALE_AFTER = dt.timedelta(hours=6)
+BACKENDS = ("machine", "origin")
+DEFAULT_LOCK_DIR = Path("/run/lock/opsledger")
 
 
 @dataclass(frozen=True)
-class LockInfo:
+class Holder:
+    """Who holds a host: written by the holder, read by whoever is refused."""
+
     host: str
     change: str
     owner: str
     pid: int
     machine: str
     since: str
-    runner_pid: int | None = None  # the ansible-playbook process, which may outlive its parent
+    environment: str = ""
+    run: str = ""  # <change>/<stamp>: the OPSLEDGER_RUN marker of its processes
+    pid_start: int | None = None
+    guard_pid: int | None = None  # the run's guard, which outlives a killed apply (guard.py)
+    guard_start: int | None = None
+    runner_pid: int | None = None  # ansible-playbook, once it started
+    expires: str = ""  # origin locks only
+    machine_key: str = ""  # procs.machine_key(): where its pids can be looked at
 
-    def stale(self, now: dt.datetime) -> str | None:
-        """Why this lock is stale, or None when its holder may still be running."""
-        if (
-            self.machine == socket.gethostname()
-            and not _alive(self.pid)
-            and not (self.runner_pid and _alive(self.runner_pid))
-        ):
-            return f"process {self.pid} on {self.machine} is gone"
-        if now - dt.datetime.fromisoformat(self.since) > STALE_AFTER:
-            return f"older than {STALE_AFTER}"
+    @classmethod
+    def parse(cls, text: str | bytes) -> Holder | None:
+        try:
+            data = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def describe(self) -> str:
+        return f"{self.change} ({self.owner}, pid {self.pid} on {self.machine} since {self.since})"
+
+    def gone(self) -> str | None:
+        """Why this holder's run is over, when this machine can tell; None if it may run on."""
+        return procs.run_gone(
+            machine_name=self.machine,
+            key=self.machine_key,
+            pid=self.pid,
+            pid_start=self.pid_start,
+            guard_pid=self.guard_pid,
+            guard_start=self.guard_start,
+            run=self.run,
+        )
+
+
+@dataclass
+class LockPolicy:
+    backends: tuple[str, ...]
+    remote: str = "origin"
+
+
+def lock_policy(project: Project, environment: str) -> LockPolicy:
+    """The lock backends of an environment (`policies/locks.yml`; default: machine only).
+
+    The file is read with the project's loader and checked against its schema
+    (`opsledger policy schema locks`): a policy that does not check locks nothing.
+    """
+    if not policy_path(project, "locks").exists():
+        return LockPolicy(("machine",))
+    data, problems = read_policy(project, "locks", "lock policy")
+    if data is None:
+        raise OpsledgerError(problems, EXIT_INVALID)
+    entry = (data.get("environments") or {}).get(environment)
+    backends = (entry or {}).get("backends", data.get("default", ["machine"]))
+    remote = (entry or {}).get("remote", "origin")
+    # The machine lock is never optional: it is what makes a dead holder's lock vanish.
+    return LockPolicy(("machine", *(b for b in backends if b != "machine")), remote)
+
+
+def lock_dir() -> Path:
+    """The machine-wide lock folder every checkout and user of this machine shares."""
+    configured = os.environ.get("OPSLEDGER_LOCK_DIR")
+    if configured:
+        return Path(configured)
+    return DEFAULT_LOCK_DIR if DEFAULT_LOCK_DIR.parent.is_dir() else Path("/tmp/opsledger-locks")
+
+
+def _shared_dir(path: Path) -> Path:
+    """Create a folder every user may lock in (sticky and world-writable, like /tmp)."""
+    root = lock_dir()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for level in (root, path):
+        if not level.is_dir():
+            with contextlib.suppress(FileExistsError):
+                level.mkdir()
+                with contextlib.suppress(PermissionError):
+                    level.chmod(0o1777)
+    return path
+
+
+@dataclass
+class MachineLock:
+    host: str
+    fd: int
+    info: Path
+
+
+def _write_info(path: Path, holder: Holder) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(holder.to_json())
+    with contextlib.suppress(PermissionError):
+        tmp.chmod(0o666)
+    tmp.replace(path)
+
+
+def _read_info(path: Path) -> Holder | None:
+    try:
+        return Holder.parse(path.read_text())
+    except OSError:
         return None
 
 
-def _alive(pid: int) -> bool:
+def _take_machine(folder: Path, holder: Holder) -> tuple[MachineLock | None, Holder | None, str]:
+    """(lock, None, note) when taken; (None, holder, "") when another run holds the host."""
+    path = folder / f"{holder.host}.lock"
+    info = folder / f"{holder.host}.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o666)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return None, _read_info(info) or Holder(holder.host, "?", "?", 0, "?", "?"), ""
+    note = ""
+    previous = _read_info(info)
+    if previous is not None:
+        # Its holder died without releasing (it would have removed this file). A playbook it
+        # left behind may still be changing the host: that run still holds it.
+        if previous.run and procs.run_processes(previous.run):
+            os.close(fd)
+            return None, previous, ""
+        note = f"{holder.host}: lock of {previous.describe()} taken over: its process is gone"
+    _write_info(info, holder)
+    return MachineLock(holder.host, fd, info), None, note
 
 
 @dataclass
 class HeldLocks:
     environment: str
     hosts: list[str]
-    paths: list[Path]
-    taken_over: list[str]  # descriptions of stale locks replaced
+    backends: tuple[str, ...]
+    holder: Holder
+    taken_over: list[str]  # descriptions of dead holders replaced
+    machine: list[MachineLock] = field(default_factory=list)
+    origin: Any = None  # origin_lock.OriginLease when the environment uses the origin backend
+    released: bool = False
+
+    @property
+    def fds(self) -> list[int]:
+        """The flock'd descriptors: a guard process inherits them to hold the hosts on."""
+        return [m.fd for m in self.machine]
+
+    def note(self, **changes: Any) -> None:
+        """Add what is learnt later (the guard's pid, the ansible-playbook pid) to the holder."""
+        self.holder = Holder(**{**asdict(self.holder), **changes})
+        for lock in self.machine:
+            _write_info(lock.info, Holder(**{**asdict(self.holder), "host": lock.host}))
 
     def note_runner(self, pid: int) -> None:
-        """Record the ansible-playbook pid in every held lock.
+        if self.holder.runner_pid != pid:
+            self.note(runner_pid=pid)
 
-        If this process is killed, the playbook it started may run on; its hosts stay locked
-        until it ends.
-        """
-        for path in self.paths:
-            info = _read(path)
-            if info and info.runner_pid != pid:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({**info.__dict__, "runner_pid": pid}))
-                tmp.replace(path)
+    def as_dict(self) -> dict[str, Any]:
+        """What a run record keeps about its locks."""
+        data: dict[str, Any] = {"backends": list(self.backends), "taken_over": self.taken_over}
+        if self.origin is not None:
+            data["origin"] = self.origin.remote
+        return data
 
 
-def _read(path: Path) -> LockInfo | None:
-    try:
-        data = json.loads(path.read_text())
-        return LockInfo(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _try_take(path: Path, info: LockInfo) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as handle:
-        json.dump(info.__dict__, handle)
-    return True
+def _refusal(environment: str, blocked: list[tuple[str, Holder]]) -> OpsledgerError:
+    problems = []
+    for backend, b in blocked:
+        where = "" if backend == "machine" else " on the origin"
+        here = b.machine_key == procs.machine_key()
+        if b.guard_pid and here and not procs.alive(b.pid, b.pid_start):
+            fix = (
+                "its apply died; its guard is ending the playbook and then frees the host: "
+                "retry in a moment (apply --wait 60)"
+            )
+        elif b.run and here and not procs.alive(b.pid, b.pid_start):
+            fix = (
+                f"its apply died but its playbook still runs (processes with "
+                f"{procs.RUN_MARKER}={b.run}); wait for it (apply --wait) or stop them"
+            )
+        elif backend == "origin":
+            fix = (
+                "wait for it (apply --wait); if that run died on another machine, its lock "
+                f"expires at {b.expires} (or delete refs/opsledger/locks/{environment}/{b.host} "
+                "on the remote once you know it is dead)"
+            )
+        else:
+            fix = "wait for it (apply --wait); the lock ends with its run"
+        problems.append(
+            Problem(
+                f"{b.host} is locked{where} by {b.describe()}",
+                field=f"{environment}:{b.host}",
+                fix=fix,
+            )
+        )
+    return OpsledgerError(problems, EXIT_LOCKED)
 
 
 def acquire(
@@ -107,70 +261,85 @@ def acquire(
     wait: float = 0,
     poll: float = 1.0,
     now: dt.datetime | None = None,
+    run: str = "",
 ) -> HeldLocks:
-    """Lock every host or none; stale locks are taken over and reported.
+    """Lock every host or none, with every backend of the environment; exit 4 when held.
 
     Example:
         held = acquire(project, environment="lab", hosts=["lab-db1"], change="CHG-0001",
                        owner="ci")
         release(held)
     """
-    folder = project.state_dir / "locks" / environment
-    folder.mkdir(parents=True, exist_ok=True)
+    from opsledger.origin_lock import take_origin
+
+    policy = lock_policy(project, environment)
+    folder = _shared_dir(lock_dir() / environment)
     deadline = time.monotonic() + wait
+    pid = os.getpid()
     while True:
         moment = now or dt.datetime.now(dt.UTC)
-        taken: list[Path] = []
-        replaced: list[str] = []
-        blocked: list[LockInfo] = []
-        for host in sorted(set(hosts)):  # a fixed order: no deadlock between two applies
-            path = folder / f"{host}.json"
-            info = LockInfo(
-                host, change, owner, os.getpid(), socket.gethostname(), moment.isoformat()
-            )
-            if _try_take(path, info):
-                taken.append(path)
-                continue
-            holder = _read(path)
-            why = holder.stale(moment) if holder else "unreadable lock file"
-            if why:
-                path.unlink(missing_ok=True)
-                if _try_take(path, info):
-                    taken.append(path)
-                    replaced.append(
-                        f"{host}: stale lock of {holder.change if holder else '?'} removed ({why})"
-                    )
-                    continue
-            if holder:
-                blocked.append(holder)
+        holder = Holder(
+            host="",
+            change=change,
+            owner=owner,
+            pid=pid,
+            machine=procs.machine(),
+            since=moment.isoformat(),
+            environment=environment,
+            run=run,
+            pid_start=procs.start_time(pid),
+            expires=(moment + STALE_AFTER).isoformat(),
+            machine_key=procs.machine_key(),
+        )
+        held = HeldLocks(environment, sorted(set(hosts)), policy.backends, holder, [])
+        blocked: list[tuple[str, Holder]] = []
+        for host in held.hosts:  # a fixed order: two applies never wait on each other in a ring
+            lock, other, note = _take_machine(folder, Holder(**{**asdict(holder), "host": host}))
+            if lock is None:
+                blocked.append(("machine", other))
+                break
+            held.machine.append(lock)
+            if note:
+                held.taken_over.append(note)
+        if not blocked and "origin" in policy.backends:
+            try:
+                lease, refused, notes = take_origin(
+                    project, remote=policy.remote, holder=holder, hosts=held.hosts, now=moment
+                )
+            except OpsledgerError:
+                release(held)  # the origin is unreachable: hold nothing
+                raise
+            if lease is None:
+                blocked += [("origin", h) for h in refused]
+            else:
+                held.origin = lease
+                held.taken_over += notes
         if not blocked:
-            return HeldLocks(environment, sorted(set(hosts)), taken, replaced)
-        for path in taken:
-            path.unlink(missing_ok=True)
+            return held
+        release(held)
         if time.monotonic() >= deadline:
-            raise OpsledgerError(
-                [
-                    Problem(
-                        f"{b.host} is locked by {b.change} ({b.owner}, pid {b.pid} on "
-                        f"{b.machine} since {b.since})",
-                        field=f"{environment}:{b.host}",
-                        fix="wait for it (apply --wait) or, if that run died, remove "
-                        f".opsledger/locks/{environment}/{b.host}.json",
-                    )
-                    for b in blocked
-                ],
-                EXIT_LOCKED,
-            )
+            raise _refusal(environment, blocked)
         time.sleep(poll)
 
 
-def release(held: HeldLocks) -> None:
-    for path in held.paths:
-        path.unlink(missing_ok=True)
+def release(held: HeldLocks) -> list[str]:
+    """Give every host back; returns warnings (an origin lock someone else took meanwhile)."""
+    if held.released:
+        return []
+    held.released = True
+    warnings = []
+    if held.origin is not None:
+        from opsledger.origin_lock import release_origin
+
+        warnings = release_origin(held.origin)
+    for lock in reversed(held.machine):
+        lock.info.unlink(missing_ok=True)  # while still holding it: the next holder sees none
+        os.close(lock.fd)
+    return warnings
 
 
 @contextlib.contextmanager
-def locked(project: Project, **kwargs) -> Iterator[HeldLocks]:
+def locked(project: Project, **kwargs: Any) -> Iterator[HeldLocks]:
     held = acquire(project, **kwargs)
     try:
         yield held

@@ -24,7 +24,7 @@ from opsledger.gitrepo import blob_contents
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
-_ID = re.compile(r"^POL-(\d{4,})$")
+_ID = re.compile(r"POL-(\d{4,9})")  # fullmatch: no trailing newline, no path
 # Markdown under policies/ documents the rules; it is not a rule (pathspec for git).
 POLICY_DOCS = (":(exclude,glob)policies/**/*.md",)
 FIELDS = ("id", "title", "requested_by", "reason")
@@ -40,7 +40,7 @@ class PolicyRequest:
 
 
 def is_policy_change(change_id: str) -> bool:
-    return bool(_ID.match(change_id or ""))
+    return isinstance(change_id, str) and bool(_ID.fullmatch(change_id))
 
 
 def request_file(project: Project, change_id: str) -> Path:
@@ -49,13 +49,13 @@ def request_file(project: Project, change_id: str) -> Path:
 
 def policy_change_ids(project: Project) -> list[str]:
     found = [p.parent.name for p in (project.root / "changes").glob("POL-*/policy.yml")]
-    return sorted((i for i in found if _ID.match(i)), key=lambda i: int(i[4:]))
+    return sorted((i for i in found if _ID.fullmatch(i)), key=lambda i: int(i[4:]))
 
 
 def load_policy_request(project: Project, change_id: str) -> PolicyRequest:
     """A policy change request, checked; every problem is reported at once (exit 2)."""
     file = request_file(project, change_id)
-    if not _ID.match(change_id) or not file.is_file() or file.is_symlink():
+    if not is_policy_change(change_id) or not file.is_file() or file.is_symlink():
         raise OpsledgerError(
             Problem(
                 f"no policy change {change_id}",
@@ -63,7 +63,7 @@ def load_policy_request(project: Project, change_id: str) -> PolicyRequest:
                 fix="create one with `opsledger policy propose`",
             )
         )
-    data = load_yaml(file, what="policy change request")
+    data = load_yaml(file, what="policy change request", root=project.root)
     problems = [
         Problem("missing or not text", str(file), key, f"add {key}")
         for key in FIELDS
@@ -85,11 +85,23 @@ def load_policy_request(project: Project, change_id: str) -> PolicyRequest:
 def new_policy_request(
     project: Project, *, title: str, requested_by: str, reason: str
 ) -> PolicyRequest:
-    """Write `changes/POL-<next>/policy.yml` (not committed: commit it with the policy edit)."""
-    numbers = [int(i[4:]) for i in policy_change_ids(project)]
-    change_id = f"POL-{max(numbers, default=0) + 1:04d}"
-    file = request_file(project, change_id)
-    file.parent.mkdir(parents=True)
+    """Write `changes/POL-<next>/policy.yml` (not committed: commit it with the policy edit).
+
+    Like change ids, policy change ids are never reused: the next is one more than the highest
+    in the tree or in any branch's history, and its folder is claimed before it is written.
+    """
+    used = set(policy_change_ids(project)) | _ids_in_history(project)
+    number = max((int(i[4:]) for i in used if is_policy_change(i)), default=0) + 1
+    (project.root / "changes").mkdir(exist_ok=True)
+    while True:
+        change_id = f"POL-{number:04d}"
+        file = request_file(project, change_id)
+        try:
+            file.parent.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        break
     data = {"id": change_id, "title": title, "requested_by": requested_by, "reason": reason}
     file.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
     try:
@@ -98,6 +110,29 @@ def new_policy_request(
         file.unlink()
         file.parent.rmdir()
         raise
+
+
+def _ids_in_history(project: Project) -> set[str]:
+    """Every policy change id any branch of this clone has ever added."""
+    proc = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
+            "log",
+            "--all",
+            "--diff-filter=A",
+            "--no-renames",
+            "--name-only",
+            "--format=",
+            "--",
+            ":(glob)changes/POL-*/policy.yml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {line.split("/")[1] for line in proc.stdout.splitlines() if line.count("/") == 2}
 
 
 def policy_content(project: Project, change_id: str) -> Content:

@@ -4,20 +4,32 @@ Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`) use it now; inspectio
 checks and DR drills will write the same model under `records/`, so audit and reports read them
 all alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
+
+A change run is written ahead: `runs/<stamp>.started.json` (result `started`) is committed
+before the first task, and the final record `runs/<stamp>.json` is a second file, so both stay
+write-once. Only what git has committed counts (`read_runs` reads HEAD, not the working tree):
+a record whose commit failed is reported as uncommitted, never taken for a run that happened.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from opsledger.errors import OpsledgerError
 from opsledger.project import Project
+from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
-RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled")
+RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
+STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+STARTED_SUFFIX = ".started.json"
+_RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
 FORMAT_VERSION = 1
 
 
@@ -44,6 +56,10 @@ class Record:
     rollback: dict[str, Any] | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)  # inspections, drills
     measurements: dict[str, Any] = field(default_factory=dict)  # e.g. RTO, RPO
+    # Locks: backends, stale holders taken over, interrupted runs reconciled before this one.
+    lock: dict[str, Any] = field(default_factory=dict)
+    # interrupted runs: how it was found (by whom, when, why) and what its journal showed.
+    interruption: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
 
     @property
@@ -59,6 +75,71 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "change": (str, type(None)),
+    "runbook": (str, type(None)),
+    "params": (dict,),
+    "hosts": (list,),
+    "runner": (dict,),
+    "decision": (dict,),
+    "stats": (dict,),
+    "changed_tasks": (list,),
+    "verification": (dict,),
+    "rollback": (dict, type(None)),
+    "findings": (list,),
+    "measurements": (dict,),
+    "version": (int,),
+}
+
+
+def read_record(path: Path) -> Record | None:
+    """A record file as a Record, or None when it is not one (wrong shape, bad times, not JSON).
+
+    Records sort by time and feed decisions (promotion, "already applied"), so a hand-made
+    file with `finished_at: 5` must be ignored like any unreadable one, not crash them.
+    """
+    try:
+        data = load_json(path, what="record")
+    except OpsledgerError:
+        return None
+    return record_from_data(data)
+
+
+def record_from_data(data: Any) -> Record | None:
+    """Parsed JSON as a Record, or None when its shape is not a record's (see read_record).
+
+    A write-ahead record (`result: started`) has no finished_at yet; every other time must
+    carry its zone.
+    """
+    if not isinstance(data, dict):
+        return None
+    for name, kinds in _SHAPES.items():
+        if name in data and not isinstance(data[name], kinds):
+            return None
+    for name in ("findings", "changed_tasks"):  # read entry by entry with .get()
+        if not all(isinstance(entry, dict) for entry in data.get(name) or []):
+            return None
+    approvers = (data.get("decision") or {}).get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        return None
+    for key, value in (data.get("measurements") or {}).items():
+        if key.endswith("_s") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
+    try:
+        record = Record.from_dict(data)
+        texts = (record.kind, record.environment, record.result, record.targets)
+        if not all(isinstance(t, str) for t in texts):
+            return None
+        for moment in (record.started_at, record.finished_at):
+            if moment == "" and moment is record.finished_at and record.result == "started":
+                continue
+            if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
+                return None
+    except (ValueError, TypeError):
+        return None
+    return record
+
+
 def stamp(moment: dt.datetime) -> str:
     """File-name timestamp in UTC, sortable: 20261201T203000Z."""
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -66,6 +147,16 @@ def stamp(moment: dt.datetime) -> str:
 
 def run_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
     return project.root / "changes" / change_id / "runs" / f"{stamp(started)}.json"
+
+
+def started_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
+    """The write-ahead record of a run, committed before its first task."""
+    return project.root / "changes" / change_id / "runs" / f"{stamp(started)}{STARTED_SUFFIX}"
+
+
+def final_path_of(started_path: str) -> str:
+    """`runs/<stamp>.started.json` -> `runs/<stamp>.json` (paths relative to the project)."""
+    return started_path[: -len(STARTED_SUFFIX)] + ".json"
 
 
 def write_record(path: Path, record: Record) -> Path:
@@ -76,24 +167,136 @@ def write_record(path: Path, record: Record) -> Path:
     return path
 
 
-def change_runs(project: Project) -> list[Record]:
-    """Every change run record, oldest first (unreadable files are skipped)."""
-    records = []
-    for path in (project.root / "changes").glob("*/runs/*.json"):
-        try:
-            records.append(Record.from_dict(json.loads(path.read_text())))
-        except (ValueError, TypeError):
+@dataclass
+class RunFile:
+    """A run record file (path relative to the project root) and its content."""
+
+    path: str
+    record: Record
+
+
+@dataclass
+class RunLedger:
+    """The change run records as git has them, and what the working tree holds besides."""
+
+    committed: list[Record]  # final records in HEAD, oldest first
+    started: list[RunFile]  # write-ahead records in HEAD whose run has no final record in HEAD
+    uncommitted: list[RunFile]  # record files in the working tree that HEAD does not have
+    committed_files: list[RunFile] = field(default_factory=list)  # `committed`, with paths
+
+    def committed_at(self, path: str) -> Record | None:
+        """The final record HEAD holds at `path` (relative to the project), if any."""
+        return next((f.record for f in self.committed_files if f.path == path), None)
+
+
+def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None:
+    proc = subprocess.run(
+        ["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def is_final_run_path(path: str) -> bool:
+    """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
+    match = _RUN_FILE.match(path)
+    return bool(match) and not match.group(3)
+
+
+def parse_record(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record).
+
+    The one parser of run record bytes, whether read from HEAD, the working tree or history.
+    """
+    return _parse(data)
+
+
+def _parse(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record)."""
+    try:
+        parsed = json.loads(data, object_pairs_hook=unique_pairs)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return record_from_data(parsed)
+
+
+def _committed_files(root: Path) -> dict[str, bytes]:
+    """Every run record file of HEAD with its bytes: one ls-tree and one cat-file process."""
+    listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", "changes")
+    if not listing:
+        return {}
+    wanted = []
+    for entry in listing.split(b"\0"):
+        meta, _, path = entry.decode().partition("\t")
+        if path and _RUN_FILE.match(path) and meta.split()[1] == "blob":
+            wanted.append((path, meta.split()[2]))
+    if not wanted:
+        return {}
+    out = _git_out(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for _, o in wanted).encode())
+    if out is None:
+        return {}
+    files: dict[str, bytes] = {}
+    position = 0
+    for path, _ in wanted:
+        header_end = out.index(b"\n", position)
+        size = int(out[position:header_end].split()[2])
+        files[path] = out[header_end + 1 : header_end + 1 + size]
+        position = header_end + 1 + size + 1
+    return files
+
+
+def read_runs(project: Project) -> RunLedger:
+    """Every change run record that counts — committed in HEAD — and what is still open.
+
+    This is the one reader of run records: decide, apply, pending, change show, audit and the
+    report all ask it, so a record whose commit failed never counts as a run that happened
+    (it is listed under `uncommitted`, and the next apply commits it).
+
+    Example:
+        ledger = read_runs(find_project())
+        [r.result for r in ledger.committed], [f.path for f in ledger.uncommitted]
+    """
+    committed_files = _committed_files(project.root)
+    committed, started = [], []
+    for path, data in committed_files.items():
+        record = _parse(data)
+        if record is None:
             continue
-    return sorted(records, key=lambda r: r.finished_at)
+        if path.endswith(STARTED_SUFFIX):
+            if final_path_of(path) not in committed_files:
+                started.append(RunFile(path, record))
+        else:
+            committed.append(RunFile(path, record))
+    uncommitted = []
+    for file in sorted((project.root / "changes").glob("*/runs/*.json")):
+        path = file.relative_to(project.root).as_posix()
+        if path in committed_files or not _RUN_FILE.match(path):
+            continue
+        try:
+            record = _parse(file.read_bytes())
+        except OSError:
+            continue
+        if record is not None:
+            uncommitted.append(RunFile(path, record))
+    committed.sort(key=lambda f: f.record.finished_at)
+    return RunLedger(
+        [f.record for f in committed],
+        sorted(started, key=lambda f: f.path),
+        uncommitted,
+        committed,
+    )
+
+
+def change_runs(project: Project) -> list[Record]:
+    """Every committed change run record, oldest first (unreadable ones are skipped)."""
+    return read_runs(project).committed
 
 
 def load_records(project: Project, kind: str | None = None) -> list[Record]:
     """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
-        try:
-            record = Record.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        record = read_record(path)
+        if record is None:
             continue
         if kind is None or record.kind == kind:
             records.append(record)

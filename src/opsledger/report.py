@@ -1,10 +1,13 @@
 """KPIs for managers, computed from the change log and the records git holds.
 
 Changes by type and priority, change success and failure rates, lead time (requested →
-applied), the emergency ratio, mean time to restore after a failed change, SLA compliance
-(applied within the priority's resolution time), and — when present — inspection, drift and
-DR-drill records. One self-contained HTML page (inline SVG charts, no scripts, no network),
-or markdown / JSON for pipelines.
+applied), the emergency ratio, mean time to restore after a failed change, change SLA
+compliance (applied within the priority's resolution time), and — when present — inspection,
+drift and DR-drill records, and incidents and problems (MTTA, MTTR, incident SLA compliance,
+repeats, open problems; see faults/kpis.py). Everything can be limited to one environment, so
+lab numbers do not mix with production's. One self-contained HTML page (inline SVG charts, no
+scripts, no network), or markdown / JSON for pipelines; views/service_report.py lays the same
+numbers out as the monthly service report.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from opsledger.audit import AuditRow, audit_log
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, shown
+from opsledger.faults.kpis import IncidentKpis, incident_kpis
+from opsledger.gitrepo import require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import KINDS, Record, change_runs, load_records
@@ -34,6 +39,7 @@ PALETTE = {
     "rolled_back": "#f28e2b",
     "rollback_failed": "#b07aa1",
     "canceled": "#9c9c9c",
+    "interrupted": "#76b7b2",
     "not applied": "#bab0ac",
     "clean": "#59a14f",
     "in sync": "#59a14f",
@@ -42,6 +48,7 @@ PALETTE = {
     "worst critical": "#e15759",
     "drifted": "#e15759",
 }
+PRIORITY_COLORS = {"P1": "#b3202a", "P2": "#e15759", "P3": "#f28e2b", "P4": "#4e79a7"}
 
 
 @dataclass
@@ -69,24 +76,40 @@ class Kpis:
     drills: list[dict[str, Any]] = field(default_factory=list)  # one per drill, oldest first
     findings_over_time: list[dict[str, Any]] = field(default_factory=list)  # per inspection/drift
     drills_overdue: list[str] = field(default_factory=list)
+    environment: str | None = None  # None: every environment
+    incidents: IncidentKpis = field(default_factory=IncidentKpis)
+    changes_made: list[dict[str, Any]] = field(default_factory=list)
+    status: list[dict[str, Any]] = field(default_factory=list)  # per environment, at period end
+    inspections_missed: list[str] = field(default_factory=list)
+    review_actions: list[str] = field(default_factory=list)  # from emergency change reviews
 
 
 def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter)."""
-    if m := re.fullmatch(r"(\d+)([dw])", text):
-        days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
-        return now - dt.timedelta(days=days), now
-    if m := re.fullmatch(r"(\d{4})-(\d{2})", text):
-        start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
-        end = (start + dt.timedelta(days=32)).replace(day=1)
-        return start, end
-    if m := re.fullmatch(r"(\d{4})-Q([1-4])", text):
-        start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
-        end = (start + dt.timedelta(days=95)).replace(day=1)
-        return start, end
+    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter).
+
+    At most ten years back, and only real months in years 1970 to 9000: anything else is
+    refused rather than overflowing a date.
+    """
+    try:
+        if m := re.fullmatch(r"([0-9]{1,4})([dw])", text):
+            days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+            if 0 < days <= 3660:
+                return now - dt.timedelta(days=days), now
+        elif m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-([0-9]{2})", text):
+            start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
+            end = (start + dt.timedelta(days=32)).replace(day=1)
+            return start, end
+        elif m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-Q([1-4])", text):
+            start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
+            end = (start + dt.timedelta(days=95)).replace(day=1)
+            return start, end
+    except (ValueError, OverflowError):
+        pass
     raise OpsledgerError(
         Problem(
-            f"{text!r} is not a period", field="--period", fix="write 30d, 12w, 2026-11 or 2026-Q4"
+            f"{shown(text, 40)} is not a period",
+            field="--period",
+            fix="write 30d, 12w, 2026-11 or 2026-Q4 (at most ten years back)",
         )
     )
 
@@ -132,16 +155,22 @@ def _outcome(record: Record) -> str:
     return "passed" if record.result == "success" else record.result
 
 
-def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
-    """Compute the KPIs of changes requested in [start, end).
+def kpis(
+    project: Project, *, start: dt.datetime, end: dt.datetime, environment: str | None = None
+) -> Kpis:
+    """Compute the KPIs of changes requested and incidents opened in [start, end).
 
     Example:
-        k = kpis(find_project(), start=datetime(2026, 10, 1, tzinfo=UTC), end=datetime.now(UTC))
-        k.success_rate, k.lead_time_hours_median
+        k = kpis(find_project(), start=datetime(2026, 10, 1, tzinfo=UTC), end=datetime.now(UTC),
+                 environment="production")
+        k.success_rate, k.lead_time_hours_median, k.incidents.mttr_hours
     """
+    require_history(project.root, "report")
+    if environment is not None:
+        project.require_environment(environment)
     policies, _ = load_policies(project, strict=False)
-    rows: list[AuditRow] = audit_log(project, since=start, until=end).rows
-    runs = change_runs(project)
+    rows: list[AuditRow] = audit_log(project, since=start, until=end, environment=environment).rows
+    runs = [r for r in change_runs(project) if environment in (None, r.environment)]
     first_success = {}
     for run in runs:
         if run.result == "success" and run.change not in first_success:
@@ -176,9 +205,11 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
     requested = {row.change for row in rows}
     period_runs = [r for r in runs if r.change in requested]
     restored, open_ = _mttr(period_runs)
+    now = min(end, dt.datetime.now(dt.UTC))
     operations: dict[str, dict[str, int]] = {}
     drills, findings = [], []
-    for record in load_records(project):
+    records = [r for r in load_records(project) if environment in (None, r.environment)]
+    for record in records:
         moment = dt.datetime.fromisoformat(record.finished_at)
         if not start <= moment < end:
             continue
@@ -207,7 +238,7 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
                     "drifted": severities.get("drifted", 0),
                 }
             )
-    return Kpis(
+    k = Kpis(
         period_start=start.isoformat(),
         period_end=end.isoformat(),
         changes=len(rows),
@@ -234,8 +265,108 @@ def kpis(project: Project, *, start: dt.datetime, end: dt.datetime) -> Kpis:
         operations={k: dict(v) for k, v in operations.items()},
         drills=drills,
         findings_over_time=findings,
-        drills_overdue=_overdue(project, min(end, dt.datetime.now(dt.UTC))),
+        drills_overdue=[
+            d
+            for d in _overdue(project, min(end, dt.datetime.now(dt.UTC)))
+            if environment is None or f" on {environment}:" in d
+        ],
+        environment=environment,
+        incidents=incident_kpis(project, start=start, end=end, environment=environment),
+        changes_made=[
+            {
+                "change": r.change,
+                "title": r.title,
+                "type": r.type,
+                "priority": r.priority,
+                "environment": r.environment,
+                "result": r.result,
+                "applied_at": r.applied_at,
+            }
+            for r in applied
+        ],
+        review_actions=_review_actions(project, [r.change for r in rows]),
     )
+    k.status = _status(records, k.incidents, now, environment)
+    k.inspections_missed = _missed(project, [s["environment"] for s in k.status], now)
+    return k
+
+
+def _status(
+    records: list[Record], incidents: IncidentKpis, now: dt.datetime, environment: str | None
+) -> list[dict[str, Any]]:
+    """Per environment at the period's end: open incidents, last inspection, drift and drill."""
+    envs = sorted(
+        {environment}
+        if environment
+        else {r.environment for r in records} | {o["environment"] for o in incidents.open_now}
+    )
+    status = []
+    for env in envs:
+        mine = [r for r in records if r.environment == env and r.finished <= now]
+        last = {kind: next((r for r in reversed(mine) if r.kind == kind), None) for kind in KINDS}
+        open_now = [o for o in incidents.open_now if o["environment"] == env]
+        inspection, drift, drill = last["inspection"], last["drift"], last["drill"]
+        serious = [o for o in open_now if o["priority"] in ("P1", "P2")]
+        worst = (inspection.measurements.get("worst") if inspection else None) or "none"
+        drifted = drift is not None and drift.result != "success"
+        verdict = (
+            "degraded"
+            if serious or worst == "critical"
+            else "attention"
+            if open_now or worst == "warning" or drifted or (drill and drill.result != "success")
+            else "normal"
+        )
+        status.append(
+            {
+                "environment": env,
+                "status": verdict,
+                "open_incidents": len(open_now),
+                "open_p1_p2": len(serious),
+                "last_inspection": f"{inspection.finished_at[:16]} worst {worst}"
+                if inspection
+                else "none",
+                "last_drift": (
+                    f"{drift.finished_at[:16]} {'drifted' if drifted else 'in sync'}"
+                    if drift
+                    else "none"
+                ),
+                "last_drill": f"{drill.finished_at[:16]} {drill.result}" if drill else "none",
+            }
+        )
+    return status
+
+
+def _missed(project: Project, environments: list[str], now: dt.datetime) -> list[str]:
+    """Inspection periods that passed with no inspection, per environment."""
+    if not (project.root / "policies" / "inspections.yml").is_file():
+        return []
+    from opsledger.inspections import due_states
+
+    missed = []
+    for env in environments:
+        try:
+            states = due_states(project, environment=env, now=now)
+        except OpsledgerError:
+            return ["policies/inspections.yml is invalid: run opsledger policy check"]
+        missed += [f"{env}: {s.schedule} missed {s.missed} period(s)" for s in states if s.missed]
+    return missed
+
+
+def _review_actions(project: Project, changes: list[str]) -> list[str]:
+    """Follow-up actions the post-implementation reviews of these changes committed to."""
+    from opsledger.yamlio import load_yaml
+
+    actions = []
+    for change_id in changes:
+        path = project.root / "changes" / change_id / "review.yml"
+        if not path.is_file():
+            continue
+        try:
+            data = load_yaml(path, what="review")
+        except OpsledgerError:
+            continue
+        actions += [f"{change_id}: {a}" for a in data.get("actions") or []]
+    return actions
 
 
 def _overdue(project: Project, now: dt.datetime) -> list[str]:
@@ -458,7 +589,10 @@ def _tone(value: float | None, good: float, bad: float, higher_is_better: bool =
     return "good" if value >= good else "bad" if value < bad else "warn"
 
 
-def render_html(k: Kpis, title: str = "opsledger — change and operations report") -> str:
+def render_html(k: Kpis, title: str = "") -> str:
+    title = title or "opsledger — change and operations report" + (
+        f" ({k.environment})" if k.environment else ""
+    )
     cards = "".join(
         [
             _card("changes requested", str(k.changes)),
@@ -474,7 +608,11 @@ def render_html(k: Kpis, title: str = "opsledger — change and operations repor
                 _pct(k.emergency_ratio),
                 _tone(k.emergency_ratio, 0.1, 0.25, higher_is_better=False),
             ),
-            _card("SLA compliance", _pct(k.sla_compliance), _tone(k.sla_compliance, 0.95, 0.85)),
+            _card(
+                "change SLA compliance",
+                _pct(k.sla_compliance),
+                _tone(k.sla_compliance, 0.95, 0.85),
+            ),
             _card("MTTR after a failure", _num(k.mttr_hours, "h")),
         ]
     )
@@ -521,8 +659,127 @@ def render_html(k: Kpis, title: str = "opsledger — change and operations repor
         f"<h2>SLA breaches</h2><ul>{breaches}</ul>"
         f"<h2>Operations: inspections, drift, DR drills</h2><div class='charts'>{ops}</div>"
         f"<h2>DR drills overdue</h2><ul>{overdue}</ul>"
+        f"{incidents_html(k.incidents)}"
         "</body></html>\n"
     )
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], empty: str) -> str:
+    if not rows:
+        return f"<p>{html.escape(empty)}</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape('-' if r.get(c) in (None, '') else str(r.get(c)))}</td>"
+            for c in columns
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def incidents_html(i: IncidentKpis) -> str:
+    """Incidents and problems: cards, charts by class and priority, breaches, open problems."""
+    cards = "".join(
+        [
+            _card("incidents opened", str(i.opened)),
+            _card("MTTA", _num(None if i.mtta_minutes is None else i.mtta_minutes, "min")),
+            _card("MTTR", _num(i.mttr_hours, "h")),
+            _card(
+                "incident response SLA",
+                _pct(i.response_compliance),
+                _tone(i.response_compliance, 0.95, 0.85),
+            ),
+            _card(
+                "incident resolution SLA",
+                _pct(i.resolution_compliance),
+                _tone(i.resolution_compliance, 0.95, 0.85),
+            ),
+            _card("repeat incidents", str(i.repeats), "bad" if i.repeats else ""),
+            _card("open problems", str(len(i.open_problems)), "warn" if i.open_problems else ""),
+        ]
+    )
+    charts = _bars("Incidents by class", i.by_class) + _bars(
+        "Incidents by priority", i.by_priority, PRIORITY_COLORS
+    )
+    breaches = "".join(f"<li>{html.escape(b)}</li>" for b in i.breaches) or "<li>none</li>"
+    return (
+        f"<h2>Incidents and problems</h2><div class='cards'>{cards}</div>"
+        f"<div class='charts'>{charts}</div>"
+        f"<h3>Incident SLA breaches</h3><ul>{breaches}</ul>"
+        "<h3>Incidents of the period</h3>"
+        + _table(
+            i.rows,
+            (
+                "incident",
+                "priority",
+                "class",
+                "title",
+                "status",
+                "hours_to_resolve",
+                "sla",
+                "resolved_by",
+                "root_cause",
+            ),
+            "No incidents in this period.",
+        )
+        + "<h3>Open problems</h3>"
+        + _table(
+            i.open_problems,
+            ("problem", "title", "status", "incidents", "age_days", "workaround"),
+            "No open problems.",
+        )
+    )
+
+
+def incidents_md(i: IncidentKpis) -> list[str]:
+    """Incidents and problems as markdown tables."""
+    lines = [
+        "",
+        "### Incidents and problems",
+        "",
+        "| KPI | value |",
+        "|---|---|",
+        f"| incidents opened | {i.opened} |",
+        "| by priority | "
+        + (", ".join(f"{p} {n}" for p, n in i.by_priority.items()) or "-")
+        + " |",
+        "| by class | " + (", ".join(f"{c} {n}" for c, n in i.by_class.items()) or "-") + " |",
+        f"| MTTA | {_num(i.mtta_minutes, 'min')} |",
+        f"| MTTR | {_num(i.mttr_hours, 'h')} |",
+        f"| incident response SLA compliance | {_pct(i.response_compliance)} |",
+        f"| incident resolution SLA compliance | {_pct(i.resolution_compliance)} |",
+        f"| repeat incidents | {i.repeats} |",
+        f"| open problems | {len(i.open_problems)} |",
+    ]
+    if i.rows:
+        lines += [
+            "",
+            "| incident | priority | class | title | status | hours to resolve | SLA | fix |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['incident']} | {r['priority']} | {r['class']} | {r['title']} | {r['status']} "
+            f"| {r['hours_to_resolve'] if r['hours_to_resolve'] is not None else '-'} "
+            f"| {r['sla']} | {r['resolved_by'] or '-'} |"
+            for r in i.rows
+        ]
+    if i.breaches:
+        lines += ["", "Incident SLA breaches: " + "; ".join(i.breaches)]
+    if i.open_problems:
+        lines += [
+            "",
+            "| open problem | title | status | incidents | age (days) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['problem']} | {p['title']} | {p['status']} | {p['incidents']} | "
+            f"{p['age_days']} |"
+            for p in i.open_problems
+        ]
+    return lines
 
 
 def render(k: Kpis, fmt: str) -> str:
@@ -532,7 +789,8 @@ def render(k: Kpis, fmt: str) -> str:
     if fmt == "html":
         return render_html(k)
     lines = [
-        f"## Change report {k.period_start[:10]} to {k.period_end[:10]}",
+        f"## Change report {k.period_start[:10]} to {k.period_end[:10]}"
+        + (f" ({k.environment})" if k.environment else ""),
         "",
         "| KPI | value |",
         "|---|---|",
@@ -544,7 +802,8 @@ def render(k: Kpis, fmt: str) -> str:
         f"{_num(k.lead_time_hours_p90, 'h')} |",
         f"| emergency ratio | {_pct(k.emergency_ratio)} |",
         f"| MTTR after a failed change | {_num(k.mttr_hours, 'h')} |",
-        f"| SLA compliance | {_pct(k.sla_compliance)} |",
+        f"| change SLA compliance (applied within the resolution time) | "
+        f"{_pct(k.sla_compliance)} |",
         "",
         "By type: " + ", ".join(f"{t} {n}" for t, n in k.by_type.items()),
         "By priority: " + ", ".join(f"{p} {n}" for p, n in k.by_priority.items()),
@@ -577,4 +836,5 @@ def render(k: Kpis, fmt: str) -> str:
             )
     if k.drills_overdue:
         lines += ["", "DR drills overdue: " + "; ".join(k.drills_overdue)]
+    lines += incidents_md(k.incidents)
     return "\n".join(lines) + "\n"

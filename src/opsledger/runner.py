@@ -3,11 +3,19 @@
 One place builds the run (inventory, limit, tags, params as `opsledger_params`, check mode) and
 turns ansible-runner's events into per-host results: ok / changed / failed / unreachable
 counts, the tasks that changed with their diffs, and the failures with their messages.
+
+Params come from change files and the command line, so they reach Ansible as data it never
+templates: every text is written with Ansible's `!unsafe` tag into an extra-vars file. Passed
+as ordinary extra vars, `"{{ lookup('pipe', ...) }}"` in a param would run on the controller
+during `plan` (check mode does not stop lookups), before anyone approved anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
+from opsledger.hostpattern import pattern_problems
+from opsledger.inventory import load_inventory
 from opsledger.project import Project
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -91,6 +103,59 @@ def _diff_text(result: dict[str, Any]) -> str:
     return "\n".join(c for c in chunks if c.strip())
 
 
+class _Unsafe(dict):
+    """The params mapping, to be written with Ansible's `!unsafe` tag."""
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """YAML for Ansible's loader with the params mapping tagged `!unsafe`.
+
+    Ansible builds everything under an `!unsafe` node (keys, nested lists and mappings) as
+    untrusted, while each value keeps its own type: `"5"` stays text, `5` a number. Tagging
+    each string instead would re-resolve it, turning the text "true" into a boolean.
+    """
+
+
+_UnsafeDumper.add_representer(
+    _Unsafe, lambda dumper, data: dumper.represent_mapping("!unsafe", data)
+)
+
+
+def unsafe_extravars(params: dict[str, Any]) -> str:
+    """`opsledger_params` as an extra-vars YAML document Ansible reads but never templates.
+
+    Example:
+        unsafe_extravars({"word": "{{ 1 + 1 }}"})  # opsledger_params: !unsafe {word: ...}
+    """
+    return yaml.dump(
+        {"opsledger_params": _Unsafe(params)}, Dumper=_UnsafeDumper, width=10_000, sort_keys=False
+    )
+
+
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _run_problems(inventory: Path, limit: str, tags: Any) -> list[Problem]:
+    """The limit and tags as ansible-playbook will read them, checked before it starts."""
+    problems = [
+        Problem(message, str(inventory), "limit", fix)
+        for message, fix in pattern_problems(limit, load_inventory(inventory).names)
+    ]
+    if tags is not None and (
+        not isinstance(tags, list)
+        or not all(isinstance(t, str) and _TAG.fullmatch(t) for t in tags)
+    ):
+        problems.append(
+            Problem(
+                "tags must be a list of tag names",
+                str(inventory),
+                "params.tags",
+                "write e.g. tags: [postgresql]",
+            )
+        )
+    return problems
+
+
 def run_playbook(
     project: Project,
     *,
@@ -104,11 +169,14 @@ def run_playbook(
     event_handler: EventHandler | None = None,
     artifact_dir: Path | None = None,
     cancel: Callable[[], bool] | None = None,
-    env: dict[str, str] | None = None,
+    private_dir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
 
-    `env` adds environment variables for ansible-playbook (apply's read watch uses it).
+    `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
+    it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
+    marker the guard looks for, apply's read watch).
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
@@ -116,15 +184,88 @@ def run_playbook(
     """
     import ansible_runner
 
-    hosts: dict[str, HostRun] = {}
-    handed_back: dict[str, Any] = {}  # set_stats data
+    problems = _run_problems(inventory, limit, tags)
+    if problems:
+        raise OpsledgerError(problems)
+    tally = Tally()
 
     def on_event(event: dict[str, Any]) -> bool:
+        tally.add(event)
+        if event_handler:
+            event_handler(event)
+        return True
+
+    cmdline = "--diff" + (" --check" if check else "")
+    # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
+    # ansible-runner finds it through this process's PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    with contextlib.ExitStack() as stack:
+        if private_dir is None:
+            private = stack.enter_context(tempfile.TemporaryDirectory(prefix="opsledger-run-"))
+        else:
+            private_dir.mkdir(parents=True, exist_ok=True)
+            private = str(private_dir)
+        # Params reach Ansible as data Ansible never templates (`!unsafe`), from a file.
+        extravars = Path(private) / "opsledger-params.yml"
+        extravars.write_text(unsafe_extravars(params))
+        env = project.ansible_env()
+        run = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(project.root),
+            playbook=str(playbook.resolve()),
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            tags=",".join(tags) if tags else None,
+            cmdline=f"{cmdline} -e @{shlex.quote(str(extravars))}",
+            # ansible-runner would otherwise turn host key checking off (it sets
+            # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
+            # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
+            envvars={
+                "ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"],
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                **(extra_env or {}),
+            },
+            fact_cache_type="ansible.cfg",
+            quiet=True,
+            event_handler=on_event,
+            timeout=timeout,
+            artifact_dir=str(artifact_dir) if artifact_dir else None,
+            cancel_callback=cancel,
+        )
+        hosts = tally.hosts
+        if run.status not in ("successful", "canceled") and not hosts:
+            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
+            raise OpsledgerError(
+                Problem(
+                    f"ansible-playbook {run.status} (rc={run.rc}) before reaching any host: "
+                    + " | ".join(tail),
+                    str(playbook),
+                    "playbook",
+                    "run it with ansible-playbook to see the details",
+                ),
+                EXIT_FAILED,
+            )
+        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), tally.handed_back)
+
+
+class Tally:
+    """Per-host results built from ansible-runner events, live or replayed from a journal."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostRun] = {}
+        self.handed_back: dict[str, Any] = {}  # set_stats data
+        self.last_task = ""
+
+    def add(self, event: dict[str, Any]) -> None:
         data = event.get("event_data") or {}
         host = data.get("host")
         kind = event.get("event", "")
+        if kind in ("playbook_on_task_start", "runner_on_start") and data.get("task"):
+            self.last_task = data["task"]
         if host and kind.startswith("runner_on_"):
-            entry = hosts.setdefault(host, HostRun(host))
+            entry = self.hosts.setdefault(host, HostRun(host))
             result = data.get("res") or {}
             task = data.get("task", "")
             if kind == "runner_on_ok":
@@ -139,60 +280,30 @@ def run_playbook(
                 )
             elif kind == "runner_on_unreachable":
                 entry.unreachable += 1
-                entry.failures.append(f"unreachable: {result.get('msg', '')}".strip())
+                entry.failures.append(f"unreachable: {result.get('msg', '') or ''}".strip())
             elif kind == "runner_on_skipped":
                 entry.skipped += 1
         elif kind == "playbook_on_stats":
-            handed_back.update(data_of(event))
-        if event_handler:
-            event_handler(event)
-        return True
+            self.handed_back.update(data_of(event))
 
-    cmdline = "--diff" + (" --check" if check else "")
-    # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
-    # ansible-runner finds it through this process's PATH.
-    venv_bin = str(Path(sys.executable).parent)
-    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
-    with tempfile.TemporaryDirectory(prefix="opsledger-run-") as private:
-        ansible = project.ansible_env()
-        run = ansible_runner.run(
-            private_data_dir=private,
-            project_dir=str(project.root),
-            playbook=str(playbook.resolve()),
-            inventory=str(inventory.resolve()),
-            limit=limit,
-            tags=",".join(tags) if tags else None,
-            extravars={"opsledger_params": params},
-            cmdline=cmdline,
-            # ansible-runner would otherwise turn host key checking off (it sets
-            # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
-            # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.
-            envvars={
-                "ANSIBLE_CONFIG": ansible["ANSIBLE_CONFIG"],
-                "ANSIBLE_HOST_KEY_CHECKING": "True",
-                **(env or {}),
-            },
-            fact_cache_type="ansible.cfg",
-            quiet=True,
-            event_handler=on_event,
-            timeout=timeout,
-            artifact_dir=str(artifact_dir) if artifact_dir else None,
-            cancel_callback=cancel,
-        )
-        if run.status not in ("successful", "canceled") and not hosts:
-            tail = (run.stdout.read() if run.stdout else "").strip().splitlines()[-3:]
-            raise OpsledgerError(
-                Problem(
-                    f"ansible-playbook {run.status} (rc={run.rc}) before reaching any host: "
-                    + " | ".join(tail),
-                    str(playbook),
-                    "playbook",
-                    "run it with ansible-playbook to see the details",
-                ),
-                EXIT_FAILED,
-            )
-        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), handed_back)
+
+def replay_journal(private_dir: Path) -> Tally:
+    """What a run got to, read back from the events ansible-runner wrote to its private folder.
+
+    A killed apply leaves them behind; the interrupted run's record is built from them.
+    """
+    import json
+
+    tally = Tally()
+    events = []
+    for path in private_dir.glob("artifacts/*/job_events/*.json"):
+        try:
+            events.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    for event in sorted(events, key=lambda e: e.get("counter", 0)):
+        tally.add(event)
+    return tally
 
 
 def data_of(event: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import require_history, write_and_commit
 from opsledger.policy import Policies, load_policies
 from opsledger.policy_changes import (
     PolicyRequest,
@@ -35,8 +35,10 @@ from opsledger.policy_changes import (
 )
 from opsledger.project import Project
 from opsledger.statements import Statement, sign, statement_path
+from opsledger.yamlio import outside_problem
 
 VERBS = {"requested": "Request", "approved": "Approve", "rejected": "Reject"}
+MAX_COMMENT = 2000  # characters: a statement says why, the discussion lives in the PR
 
 
 @dataclass
@@ -99,6 +101,16 @@ def sign_off(
         raise OpsledgerError(
             Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
         )
+    if len(comment) > MAX_COMMENT:
+        raise OpsledgerError(
+            Problem(
+                f"the comment has {len(comment)} characters; at most {MAX_COMMENT}",
+                field="--comment",
+                fix="keep it short and link to the details",
+            )
+        )
+    if commit:  # statements are read from history: there must be one to commit to
+        require_history(project.root, VERBS[decision].lower())
     policies = _policies(project, base)
     who = policies.people.get(person)
     if who is None or person == policies.records_by:
@@ -144,18 +156,23 @@ def sign_off(
     if signing_key is not None:
         statement = dataclasses.replace(statement, signature=sign(statement.text(), signing_key))
     path = statement_path(project.root / "changes", change_id, person, moment)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(path, "x") as handle:  # written once, never overwritten
-        handle.write(statement.to_yaml())
+    if refused := outside_problem(path, project.root):  # a symlinked folder writes elsewhere
+        raise OpsledgerError(refused)
     sha = ""
     if commit:
-        sha = commit_paths(
+        # Written and committed as the person, or nothing is left behind (write_and_commit).
+        sha = write_and_commit(
             project.root,
-            [path],
+            path,
+            statement.to_yaml(),
             f"{VERBS[decision]} {change_id} ({content.sha256[:12]})",
             name=who.name,
             email=who.email,
         )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "x") as handle:  # written once, never overwritten
+            handle.write(statement.to_yaml())
     return SignOff(change_id, person, decision, path, sha, content.sha256, bool(signing_key))
 
 

@@ -83,9 +83,10 @@ def statement_path(changes_dir: Path, change_id: str, person: str, at: dt.dateti
 def parse_statement(raw: bytes) -> Statement:
     """A statement from a file's bytes; NotAStatement says what is wrong with it."""
     try:
-        data = parse_yaml(raw.decode())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise NotAStatement(f"not YAML ({type(exc).__name__})") from None
+        data = parse_yaml(raw.decode(), source="statement")
+    except (OpsledgerError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        # duplicate keys, tags, aliases, size: the one loader's refusals (yamlio.py)
+        raise NotAStatement(f"not YAML ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(data, dict):
         raise NotAStatement("not a mapping of fields")
     if data.get("version") != VERSION:

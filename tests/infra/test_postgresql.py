@@ -194,6 +194,26 @@ def test_wal_archiving_reaches_the_repository_pg_br_02(host, expect, sql):
     ) == [["t"]]
 
 
+def test_archive_timeout_holds_after_every_start_pg_br_05(host, expect):
+    service = f"postgresql@{expect['postgresql_version']}-{expect['postgresql_cluster']}"
+    post = host.check_output(f"systemctl show {service} -p ExecStartPost")
+    assert "pg_ctlcluster" in post and "reload" in post, post
+
+
+def test_wal_archived_continuously_up_to_now_pg_br_06(host, expect):
+    # Not "can one segment be pushed" (PG-BR-02) but "is every commit older than
+    # archive_timeout + margin in the repository, on the current timeline".
+    if expect["postgresql_replication_role"] != "primary":
+        pytest.skip("WAL is archived by the primary")
+    status = host.run(
+        f"cd /tmp && runuser -u postgres -- pg-archive-status "
+        f"--stanza={expect['postgresql_backup_stanza']} --port={expect['postgresql_port']} "
+        f"--margin={expect['postgresql_backup_archive_margin']}"
+    )
+    report = json.loads(status.stdout)
+    assert status.rc == 0 and report["ok"], report["findings"]
+
+
 def test_a_full_backup_exists_pg_br_03(host, expect):
     info = json.loads(
         host.check_output(

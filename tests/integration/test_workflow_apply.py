@@ -9,16 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
+from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.signoff import approve_change
 
@@ -32,8 +35,17 @@ def _events(stdout: str) -> list[dict]:
 
 
 def _records(project, change_id) -> list[Record]:
+    """The change's final run records (the write-ahead `.started.json` ones left out)."""
     folder = project.root / "changes" / change_id / "runs"
-    return [Record.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    return [
+        Record.from_dict(json.loads(p.read_text()))
+        for p in sorted(folder.glob("*.json"))
+        if not p.name.endswith(".started.json")
+    ]
+
+
+def _machine_locks() -> Path:
+    return Path(os.environ["OPSLEDGER_LOCK_DIR"]) / "lab"
 
 
 def _committed(project, path) -> bool:
@@ -71,7 +83,9 @@ def test_approved_postgresql_change_applies_verifies_and_is_recorded(
     events = _events(proc.stdout)
     phases = [e["phase"] for e in events if e["event"] == "opsledger_phase"]
     assert (
-        phases[:3] == ["decide", "lock", "run"] and "verify" in phases and "rollback" not in phases
+        phases[:4] == ["decide", "lock", "record", "run"]
+        and "verify" in phases
+        and "rollback" not in phases
     )
     assert any(e["event"] == "host" and e["changed"] for e in events)
     done = [e for e in events if e["event"] == "pending"]
@@ -157,7 +171,7 @@ def test_failed_verification_rolls_back_to_the_state_before_the_change(
     assert "verification failed" in rollback["reason"]
     assert run_on_host(project, "lab-app1", "cat /etc/issue.net").stdout == before
     assert _committed(project, next((project.root / "changes" / change_id / "runs").glob("*.json")))
-    assert not list((project.state_dir / "locks").rglob("*.json"))
+    assert not list(_machine_locks().glob("*.json"))
 
 
 def _start_apply(project, change_id, *args):
@@ -187,8 +201,12 @@ def _wait_for_task(proc) -> None:
 
 
 def test_emergency_change_canceled_killed_then_applied(converged_lab, workflow_repo):
-    """Ctrl-C cancels and is recorded; a held lock refuses a second apply (exit 4); a killed
-    apply leaves a lock the next apply waits out and then takes over as stale."""
+    """Ctrl-C cancels and is recorded; a held lock refuses a second apply (exit 4); kill -9 of an
+    apply ends its playbook with it, and the next apply records the dead run as interrupted and
+    takes the host over (both written into its record)."""
+    from opsledger import procs
+    from opsledger.records import read_runs
+
     project = workflow_repo
     change_id = request_change(
         project,
@@ -207,8 +225,8 @@ def test_emergency_change_canceled_killed_then_applied(converged_lab, workflow_r
     # 1. Ctrl-C: canceled, recorded, lock released, review obligation created.
     first = _start_apply(project, change_id)
     _wait_for_task(first)
-    locks = project.state_dir / "locks" / "lab"
-    assert (locks / "lab-app2.json").exists()
+    locks = _machine_locks()
+    assert json.loads((locks / "lab-app2.json").read_text())["change"] == change_id
     # 2. While it runs the host is locked: a second apply refuses with exit 4, runs nothing.
     second = opsledger(project, "apply", change_id)
     assert second.returncode == 4, second.stderr
@@ -226,20 +244,71 @@ def test_emergency_change_canceled_killed_then_applied(converged_lab, workflow_r
     applied = dt.datetime.fromisoformat(due["applied_at"])
     assert dt.datetime.fromisoformat(due["due_by"]) - applied == dt.timedelta(hours=72)
 
-    # 3. SIGKILL: no record, a lock left behind by a dead process.
+    # 3. SIGKILL of the apply's whole process group: its guard (own session) ends the playbook.
     third = _start_apply(project, change_id)
     _wait_for_task(third)
+    (ahead,) = read_runs(project).started  # committed before the first task
+    run_id = ahead.record.runner["run"]
+    assert procs.run_processes(run_id)
     os.killpg(third.pid, signal.SIGKILL)
     third.wait(timeout=60)
-    held = json.loads((locks / "lab-app2.json").read_text())
-    assert held["pid"] == third.pid
+    deadline = time.monotonic() + 30
+    while procs.run_processes(run_id):
+        assert time.monotonic() < deadline, "the playbook outlived its apply"
+        time.sleep(0.5)
 
-    # 4. The next apply waits while the orphaned playbook may run, then takes the stale lock.
+    # 4. The next apply records the dead run as interrupted, takes the host over, runs.
     fourth = opsledger(project, "apply", change_id, "--json", "--wait", "600", timeout=1800)
     assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-2000:]
     notes = [e["message"] for e in _events(fourth.stdout) if e["event"] == "opsledger_phase"]
-    assert any("stale lock taken over" in n and f"process {third.pid}" in n for n in notes), notes
-    results = [r.result for r in _records(project, change_id)]
-    assert results == ["canceled", "success"]
+    assert any("as interrupted" in n for n in notes), notes
+    assert any("taken over" in n and f"pid {third.pid}" in n for n in notes), notes
+    records = _records(project, change_id)
+    assert [r.result for r in records] == ["canceled", "interrupted", "success"]
+    interrupted, success = records[1], records[2]
+    assert f"process {third.pid}" in interrupted.interruption["why"]
+    assert any(f"pid {third.pid}" in n for n in success.lock["taken_over"])
     assert yaml.safe_load(review.read_text())["due_by"] == due["due_by"]  # created once
     assert not (locks / "lab-app2.json").exists()
+
+
+def test_two_checkouts_on_the_same_lab_never_apply_at_once(converged_lab, workflow_repo, tmp_path):
+    """The demo's scratch clone and the main checkout used to run applies on the same hosts at
+    the same time: each checkout had its own locks."""
+    project = workflow_repo
+    clone = tmp_path / "second-checkout"
+    git(tmp_path, "clone", "-q", str(project.root), str(clone))
+    shutil.copytree(project.state_dir / "lab", clone / ".opsledger" / "lab")
+    other = Project(clone)
+    mine = request_change(
+        project,
+        [],
+        title="Converge the firewall of lab-app2 (first checkout)",
+        runbook="converge",
+        change_type="emergency",
+        targets="lab-app2",
+        params={"tags": ["network"]},
+        reason="Two checkouts, one lab",
+    )
+    approve_change(project, mine, person="dave")
+    theirs = request_change(
+        other,
+        [],
+        title="Converge the firewall of lab-app2 (second checkout)",
+        runbook="converge",
+        change_type="emergency",
+        targets="lab-app2",
+        params={"tags": ["network"]},
+        reason="Two checkouts, one lab",
+    )
+    approve_change(other, theirs, person="dave")
+    first = _start_apply(project, mine)
+    _wait_for_task(first)
+    second = opsledger(other, "apply", theirs, env={"OPSLEDGER_PERSON": "erin"})
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert f"lab-app2 is locked by {mine} (dave, pid {first.pid}" in second.stderr
+    assert not (clone / "changes" / theirs / "runs").exists()  # nothing ran there
+    out, err = first.communicate(timeout=1800)
+    assert first.returncode == 0, out[-2000:] + err[-2000:]
+    after = opsledger(other, "apply", theirs, timeout=1800)
+    assert after.returncode == 0, after.stdout[-2000:] + after.stderr[-2000:]

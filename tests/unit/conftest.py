@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 from opsledger.signoff import request_change
 
 from ..conftest import REPO_ROOT
+
+# Property-based tests: no deadline on a shared 2-core machine, no example database written
+# into the checkout, and fixtures shared across examples (each test restores what it edits).
+settings.register_profile(
+    "opsledger",
+    deadline=None,
+    database=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# HYPOTHESIS_PROFILE=fuzz tries many more variants (minutes): for a bad-input campaign.
+settings.register_profile("fuzz", parent=settings.get_profile("opsledger"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "opsledger"))
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)  # a Tuesday
 PROJECT_PARTS = (
@@ -56,6 +72,11 @@ def repo(tmp_path):
     """A git repo of the project with signing keys for alice, bob, carol, dave and ci, and
     CHG-0001 (alice's converge of db in the lab, 2026-12-01 20:00-22:00 UTC) requested by
     alice: its change.yml and her request statement, committed by her."""
+    return build_repo(tmp_path)
+
+
+def build_repo(tmp_path):
+    """What the `repo` fixture returns, built under tmp_path (for wider-scoped fixtures)."""
     project = copy_project(tmp_path / "p")
     root = project.root
     keys = {name: keypair(tmp_path, name) for name in ("alice", "bob", "carol", "dave", "ci")}
@@ -93,3 +114,226 @@ def repo(tmp_path):
         email="alice@example.org",
     )
     return project, change.id, keys
+
+
+def record_run(project, change_id, started, **fields):
+    """Write a run record and commit it as CI would (only committed records count)."""
+    from opsledger.records import Record, run_record_path, write_record
+
+    data = dict(
+        kind="run",
+        change=change_id,
+        environment="lab",
+        runbook="converge",
+        result="success",
+        started_at=started.isoformat(),
+        finished_at=(started + dt.timedelta(minutes=5)).isoformat(),
+    )
+    data.update(fields)
+    path = write_record(run_record_path(project, change_id, started), Record(**data))
+    commit_paths(project.root, [path], f"Run {change_id}", name="CI", email="ci@example.org")
+    return path
+
+
+# A runbook that acts on the controller itself (ansible_connection=local): real
+# ansible-playbook processes to kill, interrupt and race, without the lab.
+LOCAL_RUNBOOK = """\
+---
+description: Local steps on the controller (tests of apply on real processes).
+playbook: playbook.yml
+parameters:
+  type: object
+  additionalProperties: false
+  properties:
+    steps: {type: integer, minimum: 1}
+    delay: {type: number, minimum: 0}
+    lock_git: {type: boolean}
+    fail: {type: boolean}
+change_types: [standard, normal, emergency]
+standard: true
+risk: low
+check_mode: false
+roles: []
+verification: {suites: [os_baseline]}
+rollback: null
+timeout: 600
+"""
+LOCAL_PLAYBOOK = """\
+---
+- name: Local steps
+  hosts: all
+  gather_facts: false
+  vars:
+    steps_dir: "{{ playbook_dir }}/../../steps"
+  tasks:
+    - name: Make the steps folder
+      ansible.builtin.file: {path: "{{ steps_dir }}", state: directory, mode: "0755"}
+    - name: Mark the start
+      ansible.builtin.file:
+        path: "{{ steps_dir }}/{{ inventory_hostname }}-started"
+        state: touch
+        mode: "0644"
+    - name: Take the steps
+      ansible.builtin.shell: >-
+        sleep {{ opsledger_params.delay | default(0) }};
+        touch {{ steps_dir }}/{{ inventory_hostname }}-step-{{ item }}
+      loop: "{{ range(1, (opsledger_params.steps | default(1)) + 1) | list }}"
+      changed_when: true
+    - name: Hold git's index lock, as a concurrent git would
+      ansible.builtin.file:
+        path: "{{ playbook_dir }}/../../.git/index.lock"
+        state: touch
+        mode: "0644"
+      when: opsledger_params.lock_git | default(false)
+      run_once: true
+    - name: Fail when asked
+      ansible.builtin.fail: {msg: asked to fail}
+      when: opsledger_params.fail | default(false)
+"""
+LOCAL_CONNECTION = """\
+---
+ansible_connection: local
+ansible_become: false
+ansible_python_interpreter: "{{ ansible_playbook_python }}"
+"""
+
+
+def open_window(now=None):
+    """A change window around now that fits the lab's daily maintenance window (UTC days)."""
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    day = dt.datetime.combine(now.date(), dt.time(0), dt.UTC)
+    start = max(now - dt.timedelta(minutes=1), day)
+    end = min(now + dt.timedelta(minutes=30), day + dt.timedelta(days=1))
+    return start, end
+
+
+@pytest.fixture
+def local_repo(tmp_path):
+    """A git repo of the project whose lab hosts are this machine (local connection), with the
+    `local-steps` runbook; alice requests, bob approves. Returns (project, request)."""
+    project = copy_project(tmp_path / "p")
+    root = project.root
+    folder = root / "runbooks" / "local-steps"
+    folder.mkdir()
+    (folder / "runbook.yml").write_text(LOCAL_RUNBOOK)
+    (folder / "playbook.yml").write_text(LOCAL_PLAYBOOK)
+    (root / "inventories/lab/group_vars/all/connection.yml").write_text(LOCAL_CONNECTION)
+    (root / ".gitignore").write_text(".opsledger/\nsteps/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    env = {
+        "GIT_AUTHOR_NAME": "Alice Arnold",
+        "GIT_AUTHOR_EMAIL": "alice@example.org",
+        "GIT_COMMITTER_NAME": "Alice Arnold",
+        "GIT_COMMITTER_EMAIL": "alice@example.org",
+    }
+    git(root, "commit", "-q", "-m", "Initial state", env=env)
+    git(root, "config", "user.name", "CI")
+    git(root, "config", "user.email", "ci@example.org")
+
+    def request(targets="lab-db1", params=None, change_type="normal", window=None, **kw):
+        start, end = window or open_window()
+        change, _ = request_change(
+            project,
+            title=kw.pop("title", "Local steps on the controller"),
+            runbook="local-steps",
+            requested_by="alice",
+            reason="Exercise apply on real processes",
+            change_type=change_type,
+            targets=targets,
+            params=params or {},
+            window_start=start,
+            window_end=end,
+            **kw,
+        )
+        commit_paths(
+            root,
+            [change.file.parent],
+            f"Request {change.id}",
+            name="Alice Arnold",
+            email="alice@example.org",
+        )
+        return change.id
+
+    return project, request
+
+
+NOTE_RUNBOOK = """\
+---
+description: Write a note on the host (a test runbook with a free-form text parameter).
+playbook: playbook.yml
+parameters:
+  type: object
+  additionalProperties: false
+  required: [note]
+  properties:
+    note: {type: string, description: Any text at all.}
+change_types: [normal, emergency]
+risk: low
+check_mode: true
+roles: []
+verification: {suites: []}
+rollback: null
+timeout: 300
+"""
+
+NOTE_PLAYBOOK = """\
+---
+- name: Write the note
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Show the note
+      ansible.builtin.debug:
+        msg: "{{ opsledger_params.note }}"
+    - name: Write the note
+      ansible.builtin.copy:
+        content: "{{ opsledger_params.note }}\\n"
+        dest: "{{ note_file }}"
+        mode: "0644"
+"""
+
+
+@pytest.fixture
+def local_env_repo(tmp_path):
+    """A git repo of the project with a `local` environment — one host, `here`, in group db,
+    reached with ansible_connection=local (no lab) — and a runbook `note` whose `note` param
+    is free text, written by the playbook to tmp_path/note.txt."""
+    project = copy_project(tmp_path / "p")
+    root = project.root
+    inventory = root / "inventories" / "local"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "---\nall:\n  children:\n    db:\n      hosts:\n        here:\n"
+        "          ansible_connection: local\n"
+        f"          ansible_python_interpreter: {sys.executable}\n"
+        f"          note_file: {tmp_path / 'note.txt'}\n"
+    )
+    windows = root / "policies" / "windows.yml"
+    data = yaml.safe_load(windows.read_text())
+    data["environments"]["local"] = {
+        "windows": [
+            {
+                "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                "start": "00:00",
+                "end": "24:00",
+                "timezone": "UTC",
+            }
+        ]
+    }
+    windows.write_text(yaml.safe_dump(data, sort_keys=False))
+    (root / "runbooks" / "note").mkdir()
+    (root / "runbooks" / "note" / "runbook.yml").write_text(NOTE_RUNBOOK)
+    (root / "runbooks" / "note" / "playbook.yml").write_text(NOTE_PLAYBOOK)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Initial state", env=ALICE_ENV)
+    return project
+
+
+ALICE_ENV = {
+    "GIT_AUTHOR_NAME": "Alice Arnold",
+    "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice Arnold",
+    "GIT_COMMITTER_EMAIL": "alice@example.org",
+}

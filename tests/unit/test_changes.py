@@ -7,13 +7,22 @@ import datetime as dt
 import textwrap
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from opsledger.changes import load_change, new_change, next_change_id, validate_change
 from opsledger.cli import cli
 from opsledger.errors import OpsledgerError
+from opsledger.gitrepo import commit_paths, git
 
-from .conftest import copy_project
+from .conftest import copy_project, record_run
+
+ALICE = {
+    "GIT_AUTHOR_NAME": "Alice Arnold",
+    "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice Arnold",
+    "GIT_COMMITTER_EMAIL": "alice@example.org",
+}
 
 START = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
 
@@ -114,7 +123,9 @@ def test_empty_and_unmatched_targets(project):
     write(project, "CHG-0007", VALID.replace("targets: app", "targets: ''"))
     assert any(f == "targets" for f, _ in problems(project, "CHG-0007"))
     write(project, "CHG-0007", VALID.replace("targets: app", "targets: web"))
-    assert ("targets", "targets 'web' match no host of lab") in problems(project, "CHG-0007")
+    assert ("targets", "unknown host or group 'web'") in problems(project, "CHG-0007")
+    write(project, "CHG-0007", VALID.replace("targets: app", "targets: 'app,&db'"))
+    assert ("targets", "targets 'app,&db' match no host of lab") in problems(project, "CHG-0007")
 
 
 def test_params_type_and_window_are_checked(project):
@@ -163,3 +174,58 @@ def test_cli_validate_prints_one_line_per_problem_and_exits_2(project, monkeypat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all("changes/CHG-0007/change.yml: " in line for line in lines)
     assert CliRunner().invoke(cli, ["change", "validate", "--all"]).exit_code == 2
+
+
+def test_ids_are_never_reused_even_after_a_deletion(repo):
+    """Deleting a folder handed its id to the next change: approvals voided, rollback base and
+    audit findings pointing at the wrong change."""
+    project, change_id, _ = repo
+    root = project.root
+    git(root, "rm", "-q", "-r", f"changes/{change_id}")
+    git(root, "commit", "-q", "-m", f"Drop {change_id}", env=ALICE)
+    git(root, "checkout", "-q", "-b", "elsewhere")
+    other = make(project, title="Requested on another branch")
+    commit_paths(root, [other.file], "Request", name="Alice Arnold", email="alice@example.org")
+    git(root, "checkout", "-q", "main")
+    assert (change_id, other.id) == ("CHG-0001", "CHG-0002")
+    assert make(project, title="The next one").id == "CHG-0003"
+
+
+def test_withdraw_is_recorded_keeps_the_folder_and_nothing_runs_it(repo, monkeypatch):
+    project, change_id, _ = repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    run = CliRunner().invoke
+    done = run(cli, ["change", "withdraw", change_id, "--as", "alice", "--reason", "Superseded"])
+    assert done.exit_code == 0, done.output
+    assert f"{change_id}: withdrawn by alice at " in done.output
+    withdrawn = project.root / "changes" / change_id / "withdrawn.yml"
+    data = yaml.safe_load(withdrawn.read_text())
+    assert (data["withdrawn_by"], data["reason"]) == ("alice", "Superseded")
+    author = git(project.root, "log", "-1", "--format=%ae %s", "--", str(withdrawn)).stdout
+    assert author.strip() == f"alice@example.org Withdraw {change_id}: Superseded"
+    assert (project.root / "changes" / change_id / "change.yml").exists()
+    approve = run(cli, ["approve", change_id, "--as", "bob"])
+    assert approve.exit_code == 0
+    applied = run(cli, ["apply", change_id, "--at", "2026-12-01T20:30:00+00:00"])
+    assert applied.exit_code == 3 and "denied by rule withdrawn" in applied.stderr
+    again = run(cli, ["change", "cancel", change_id, "--as", "bob", "--reason", "Twice"])
+    assert again.exit_code == 2 and "already withdrawn by alice" in again.stderr
+    shown = run(cli, ["change", "show", change_id])
+    assert "withdrawn by alice at" in shown.output
+    assert next_change_id(project) == "CHG-0002"
+
+
+def test_a_change_that_ran_cannot_be_withdrawn(repo, monkeypatch):
+    project, change_id, _ = repo
+    record_run(project, change_id, START)
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    result = CliRunner().invoke(
+        cli, ["change", "withdraw", change_id, "--as", "alice", "--reason", "Oops"]
+    )
+    assert result.exit_code == 2
+    assert "a change that ran cannot be withdrawn" in result.stderr
+    assert "Traceback" not in result.output
+    stranger = CliRunner().invoke(
+        cli, ["change", "withdraw", change_id, "--as", "mallory", "--reason", "Oops"]
+    )
+    assert stranger.exit_code == 2 and "'mallory' is not in people.yml" in stranger.stderr

@@ -76,6 +76,29 @@ def test_desired_state_edit_without_a_change_is_invalid(repo):
     assert "without a change covering it" in report.markdown()
 
 
+def test_desired_state_files_git_would_quote_are_not_missed(repo):
+    """#14.8: `git diff --name-only` quotes non-ASCII names and spaces split on whitespace, so
+    these uncovered edits once passed as "ready to merge"."""
+    project, _, _ = repo
+    _branch(project)
+    folder = project.root / "inventories/production/group_vars/all"
+    names = ["zé.yml", "with space.yml", 'quote"d.yml', "tab\tname.yml"]
+    for name in names:
+        (folder / name).write_text("---\nowner: nobody\n")
+    git(project.root, "add", "-A")
+    commit_paths(project.root, [folder / n for n in names], "Sneak in", **ALICE)
+    report = pr_check(project, base="main", with_plan=False)
+    assert sorted(report.uncovered) == sorted(
+        f"inventories/production/group_vars/all/{n}" for n in names
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["ci", "pr", "--base", "main", "--no-plan"],
+        env={"OPSLEDGER_PROJECT": str(project.root)},
+    )
+    assert result.exit_code == EXIT_INVALID and "zé.yml" in result.stdout
+
+
 def test_edit_outside_the_changes_content_is_uncovered(repo):
     project, _, _ = repo
     _branch(project)

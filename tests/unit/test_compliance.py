@@ -275,3 +275,36 @@ def test_history_before_adoption_is_the_baseline(repo):
 
 def _rules_only(result):
     return {f.rule for f in result.findings}
+
+
+def test_role_documentation_is_not_desired_state(repo):
+    project, _, _ = repo
+    readme = project.root / "roles" / "postgresql" / "README.md"
+    readme.write_text("# postgresql\n\nGenerated from argument specs.\n")
+    index = project.root / "roles" / "README.md"
+    index.write_text("# Roles\n")
+    commit_paths(project.root, [readme, index], "Docs", name="Eve", email="eve@example.org")
+    assert audit_check(project, now=LATER).findings == []
+
+
+def test_without_a_baseline_the_check_says_how_to_set_one(repo):
+    project, _, _ = repo
+    path = _edit_role(project)
+    commit_paths(project.root, [path], "Before adoption", name="Eve", email="eve@example.org")
+    env = {"OPSLEDGER_PROJECT": str(project.root)}
+    result = CliRunner().invoke(cli, ["audit", "check"], env=env)
+    assert result.exit_code == 1
+    hints = [line for line in result.output.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1 and "audit: {from: <ISO time>}" in hints[0]
+    assert "policies/changes.yml" in hints[0]
+    rules = project.root / "policies" / "changes.yml"
+    adopted = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    rules.write_text(rules.read_text() + f"audit:\n  from: {adopted.isoformat()}\n")
+    # setting the baseline is a policy change: in effect once its owners approve it
+    proposal, _ = propose_policy_change(
+        project, title="Adopt opsledger", requested_by="alice", reason="Audit from now on"
+    )
+    commit_paths(project.root, [rules, proposal.file.parent], "Adopt", **ALICE)
+    approve_change(project, proposal.id, person="carol")
+    clean = CliRunner().invoke(cli, ["audit", "check"], env=env)
+    assert clean.exit_code == 0 and "hint:" not in clean.output

@@ -7,13 +7,14 @@ import json
 
 from click.testing import CliRunner
 
+from opsledger.changes import withdraw_change
 from opsledger.cli import cli
 from opsledger.decide import decide
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, subject
 
-from .conftest import START
+from .conftest import START, record_run
 
 INSIDE = START + dt.timedelta(minutes=30)
 
@@ -234,11 +235,64 @@ def test_emergency_needs_one_oncall_or_cab_approval_and_bypasses_windows(repo):
     assert "due within 72 h" in checks["post-implementation review"]
 
 
-def test_overlapping_pending_changes_conflict(repo):
+def test_two_approved_overlapping_changes_are_ordered_not_deadlocked(repo):
+    """Both used to deny each other for their whole windows."""
+    project, first, _ = repo
+    second = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
+    approve_change(project, first, person="bob")
+    approve_change(project, second, person="bob")
+    decision = decide(project, first, now=INSIDE)
+    assert decision.allowed, failed(decision)
+    assert {c.rule: c.why for c in decision.checks}["conflicts"] == f"goes before {second}"
+    why = failed(decide(project, second, now=INSIDE))["conflicts"]
+    assert why.startswith(f"waits for {first} (lab-db1), which can still run and go first")
+    record_run(project, first, INSIDE)  # the first one ran
+    assert decide(project, second, now=INSIDE).allowed
+
+
+def test_only_changes_that_can_still_run_hold_their_hosts(repo):
+    """An unapproved request, a rolled-back change or a withdrawn one blocked every change on
+    their hosts."""
     project, change_id, _ = repo
-    other = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
     approve_change(project, change_id, person="bob")
-    assert other in failed(decide(project, change_id, now=INSIDE))["conflicts"]
+    unapproved = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
+    assert decide(project, change_id, now=INSIDE).allowed  # CHG-0001 goes first anyway
+    waiting = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
+    approve_change(project, waiting, person="bob")
+    assert f"waits for {change_id}" in failed(decide(project, waiting, now=INSIDE))["conflicts"]
+    content = decide(project, change_id, now=INSIDE).content_sha256
+    record_run(project, change_id, INSIDE, result="rolled_back", content_sha256=content)
+    assert decide(project, waiting, now=INSIDE).allowed  # the rolled-back one holds nothing
+    withdraw_change(project, unapproved, person="alice", reason="Not needed")
+    assert failed(decide(project, unapproved, now=INSIDE))["withdrawn"].startswith(
+        "withdrawn by alice at "
+    )
+
+
+def test_an_emergency_is_never_held_back_and_the_overlap_is_recorded(repo):
+    """After rollback_failed the README said "fix forward with an emergency": it was refused."""
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob")
+    content = decide(project, change_id, now=INSIDE).content_sha256
+    record_run(project, change_id, INSIDE, result="rollback_failed", content_sha256=content)
+    pending = request(project, targets="lab-db1", params={"tags": ["postgresql"]})
+    approve_change(project, pending, person="bob")  # approved, can still run, goes first
+    emergency = request(
+        project,
+        type="emergency",
+        runbook="service-restart",
+        params={"service": "postgresql@15-main"},
+        targets="lab-db1",
+        requested_by="bob",
+        window_start=START + dt.timedelta(minutes=10),
+    )
+    approve_change(project, emergency, person="carol")
+    decision = decide(project, emergency, now=INSIDE)
+    assert decision.allowed, failed(decision)
+    conflicts = {c.rule: c.why for c in decision.checks}["conflicts"]
+    assert conflicts == f"emergency change: runs despite {pending} (lab-db1) (recorded)"
+    # Emergencies go first: the normal change waits for it while it can still run.
+    assert f"waits for {emergency}" in failed(decide(project, pending, now=INSIDE))["conflicts"]
 
 
 def test_cli_exit_codes(repo, monkeypatch):

@@ -2,8 +2,16 @@ import datetime as dt
 
 import pytest
 
+from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
-from opsledger.records import Record, change_runs, run_record_path, write_record
+from opsledger.records import (
+    Record,
+    change_runs,
+    read_runs,
+    run_record_path,
+    started_record_path,
+    write_record,
+)
 
 STARTED = dt.datetime(2026, 12, 1, 20, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 
@@ -22,24 +30,71 @@ def record(**overrides):
     return Record(**{**base, **overrides})
 
 
-def test_records_round_trip_and_are_written_once(tmp_path):
-    project = Project(tmp_path)
+@pytest.fixture
+def project(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "README.md").write_text("x\n")
+    commit_paths(root, [root / "README.md"], "Initial", name="A", email="a@example.org")
+    return Project(root)
+
+
+def _commit(project, *paths):
+    commit_paths(project.root, list(paths), "Record", name="CI", email="ci@example.org")
+
+
+def test_records_round_trip_and_are_written_once(project):
     path = run_record_path(project, "CHG-0001", STARTED)
     assert path.name == "20261201T193005Z.json"  # UTC, sortable
     write_record(path, record())
+    _commit(project, path)
     assert change_runs(project) == [record()]
     with pytest.raises(FileExistsError):
         write_record(path, record(result="failed"))
 
 
-def test_unknown_fields_from_newer_versions_are_ignored(tmp_path):
+def test_unknown_fields_from_newer_versions_are_ignored():
     data = {**record().__dict__, "something_new": 1}
     assert Record.from_dict(data) == record()
 
 
-def test_runs_are_ordered_by_finish_time(tmp_path):
-    project = Project(tmp_path)
+def test_runs_are_ordered_by_finish_time(project):
     late = record(change="CHG-0002", finished_at="2026-12-02T00:00:00+00:00")
-    write_record(run_record_path(project, "CHG-0002", STARTED), late)
-    write_record(run_record_path(project, "CHG-0001", STARTED), record())
+    first = write_record(run_record_path(project, "CHG-0002", STARTED), late)
+    second = write_record(run_record_path(project, "CHG-0001", STARTED), record())
+    _commit(project, first, second)
     assert [r.change for r in change_runs(project)] == ["CHG-0001", "CHG-0002"]
+
+
+def test_only_committed_records_count(project):
+    """A record whose commit failed made apply refuse ("already applied") and change show list
+    a success that git never had."""
+    path = write_record(run_record_path(project, "CHG-0001", STARTED), record())
+    ledger = read_runs(project)
+    assert ledger.committed == []
+    assert [(f.path, f.record.result) for f in ledger.uncommitted] == [
+        ("changes/CHG-0001/runs/20261201T193005Z.json", "success")
+    ]
+    _commit(project, path)
+    ledger = read_runs(project)
+    assert ledger.committed == [record()] and ledger.uncommitted == []
+    path.write_text(record(result="failed").to_json())  # an edit in the working tree
+    assert change_runs(project) == [record()]  # git's version counts
+
+
+def test_a_write_ahead_record_is_open_until_its_final_record_is_committed(project):
+    ahead = write_record(
+        started_record_path(project, "CHG-0001", STARTED), record(result="started", finished_at="")
+    )
+    _commit(project, ahead)
+    ledger = read_runs(project)
+    assert [f.path for f in ledger.started] == [
+        "changes/CHG-0001/runs/20261201T193005Z.started.json"
+    ]
+    assert ledger.committed == []
+    final = write_record(run_record_path(project, "CHG-0001", STARTED), record())
+    assert [f.path for f in read_runs(project).started]  # not committed yet: still open
+    _commit(project, final)
+    ledger = read_runs(project)
+    assert ledger.started == [] and ledger.committed == [record()]

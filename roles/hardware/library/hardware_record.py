@@ -12,8 +12,12 @@ description:
     thresholds and baselines, one check per item, each ok, warning, critical or not_applicable.
   - A probe that cannot run (no device, no permission, a container) is recorded as
     not_applicable with the reason; nothing is silently skipped.
-  - Writes the record atomically to C(path) and returns it as the fact C(hardware_record). The
-    record is an observation, like gathered facts, so writing it is not reported as a change.
+  - Writes the record atomically to C(path) and returns it as the fact C(hardware_record).
+  - The record keeps the thresholds and baselines it was judged by (C(settings)). The module
+    reports C(changed), with a diff of the settings, when they differ from the record already on
+    the host (or there is none): an edit of a threshold or a baseline then shows in plan, in run
+    records and in drift. The observations themselves (usage, temperatures, the time) change on
+    every run, like gathered facts, and are not reported as a change.
 options:
   path: {description: Where to write the JSON record., type: path, required: true}
   disk_warn_percent: {description: Disk usage that is a warning., type: int, default: 80}
@@ -52,6 +56,18 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 SEVERITY = {"ok": 0, "not_applicable": 0, "warning": 1, "critical": 2}
+# What the record is judged by: desired state from the inventory, unlike the observations.
+SETTINGS = ("disk_warn_percent", "disk_crit_percent", "inode_warn_percent", "inode_crit_percent",
+            "memory_min_mb", "cpu_count_min", "firmware_version", "ignore_fstypes")
+
+
+def read_settings(path):
+    """The settings of the record already on the host; None when there is none (or unreadable)."""
+    try:
+        with open(path) as handle:
+            return json.load(handle).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def na(reason):
@@ -270,6 +286,9 @@ def main():
                        "reason": result.get("reason", "")})
 
     worst = max((c["status"] for c in checks), key=lambda s: SEVERITY[s], default="ok")
+    settings = {key: p[key] for key in SETTINGS}
+    previous = read_settings(p["path"])
+    changed = previous != settings
     record = {
         "host": socket.getfqdn(),
         "collected_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -278,6 +297,7 @@ def main():
         "probes": {name: {"status": r["status"], "reason": r.get("reason", "")}
                    for name, r in probes.items()},
         "health": {"status": "ok" if worst == "not_applicable" else worst, "checks": checks},
+        "settings": settings,
     }
     if not module.check_mode:
         folder = os.path.dirname(p["path"]) or "."
@@ -287,7 +307,15 @@ def main():
             json.dump(record, handle, indent=2, sort_keys=True)
         os.chmod(tmp, 0o644)
         os.replace(tmp, p["path"])
-    module.exit_json(changed=False, ansible_facts={"hardware_record": record})
+    result = {"changed": changed, "ansible_facts": {"hardware_record": record}}
+    if changed and module._diff:
+        result["diff"] = {
+            "before_header": f"{p['path']} (settings)",
+            "after_header": f"{p['path']} (settings)",
+            "before": json.dumps(previous, indent=2, sort_keys=True) + "\n" if previous else "",
+            "after": json.dumps(settings, indent=2, sort_keys=True) + "\n",
+        }
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from opsledger.cli.options import aware_time, base_option
+from opsledger.cli.options import aware_time, base_option, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -20,7 +20,9 @@ def _describe(result) -> dict:
         "change": result.change_id,
         "result": result.result,
         "record": str(result.record_path),
-        "commit": result.commit,
+        "committed": result.committed,
+        "commit": result.commit or None,
+        "commit_problem": str(result.commit_problem) if result.commit_problem else None,
         "verification": result.record.verification.get("status"),
         "rollback": result.record.rollback,
         "review": str(result.review_path) if result.review_path else None,
@@ -29,16 +31,33 @@ def _describe(result) -> dict:
 
 
 def _exit_code(result) -> int:
-    if result.result == "success":
-        return 0
-    return EXIT_CANCELED if result.result == "canceled" else EXIT_FAILED
+    if result.result == "canceled":
+        return EXIT_CANCELED
+    # A run whose record git refused did not finish its job: the evidence is missing.
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _summary(result) -> str:
+    """One line: the result and where its record is (and whether git has it)."""
+    where = result.record_path
+    if result.committed:
+        return (
+            f"{result.change_id}: {result.result} — record {where.name}, "
+            f"commit {result.commit[:10]}"
+        )
+    return (
+        f"{result.change_id}: {result.result} — record {where} NOT COMMITTED: "
+        f"{result.commit_problem}"
+    )
 
 
 @click.command()
 @click.argument("change_id", required=False)
 @click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
 @click.option("--env", "environment", help="With --pending: only changes of this environment.")
-@click.option("--wait", "wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option(
+    "--wait", "wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
 @click.option(
     "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
@@ -59,16 +78,20 @@ def apply(
 ) -> None:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
 
-    Exit codes: 0 success; 1 failed or rolled back; 2 invalid input (e.g. --at outside the
-    lab); 3 denied by policy (nothing run); 4 a target is locked by another run (nothing run);
-    130 canceled (Ctrl-C). A run that reads files outside the approved content fails.
+    Exit codes: 0 success; 1 failed, rolled back, or its record could not be committed (the
+    path and the fix are printed; the next apply commits it); 2 invalid input (nothing run;
+    e.g. --at outside the lab); 3 denied by policy, now or once the locks are held (nothing
+    run); 4 a target is locked by another run (nothing run); 130 canceled (Ctrl-C or SIGTERM).
+    With --pending, 1 also when a pending change can never run as it stands (window closed,
+    failed content, freeze). A run that reads files outside the approved content fails.
 
     \b
     Example:
         opsledger apply CHG-0001
         opsledger apply --pending --wait 600 --json     # in CI after a merge
     """
-    from opsledger.apply import apply_change, apply_pending
+    from opsledger.apply import apply_change
+    from opsledger.pending import apply_pending
 
     if bool(change_id) == pending:
         raise OpsledgerError(
@@ -98,10 +121,7 @@ def apply(
         if as_json:
             click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
         else:
-            click.echo(
-                f"{change_id}: {result.result} — record {result.record_path.name}, "
-                f"commit {result.commit[:10]}"
-            )
+            click.echo(_summary(result))
             if result.review_path:
                 click.echo(f"post-implementation review due: {result.review_path}")
         raise SystemExit(_exit_code(result))
@@ -132,5 +152,17 @@ def apply(
         click.echo(
             "nothing pending" if not as_json else json.dumps({"event": "pending", "items": 0})
         )
+    for item in outcome.applied:
+        if not item.committed and not as_json:
+            click.echo(_summary(item))
     worst = max((_exit_code(r) for r in outcome.applied), default=0)
+    if outcome.stuck:
+        worst = max(worst, EXIT_FAILED)
+        if not as_json:
+            click.secho(
+                f"error: {len(outcome.stuck)} pending change(s) can never run as they stand: "
+                + ", ".join(i.change_id for i in outcome.stuck),
+                fg="red",
+                err=True,
+            )
     raise SystemExit(worst)

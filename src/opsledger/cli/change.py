@@ -9,38 +9,57 @@ from importlib import resources
 from pathlib import Path
 
 import click
-import yaml
 
 from opsledger.cli.options import aware_time, person_option, signing_key_option
-from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, shown
 from opsledger.project import find_project
+from opsledger.yamlio import parse_yaml
+
+MAX_WINDOW = dt.timedelta(days=31)  # a change window is hours; a month is already generous
 
 
 def _duration(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"(\d+)([mhd])", text)
-    if not match:
+    match = re.fullmatch(r"([0-9]{1,6})([mhd])", text)
+    length = None
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        length = dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    if length is None or not dt.timedelta(0) < length <= MAX_WINDOW:
         raise OpsledgerError(
             Problem(
-                f"{text!r} is not a duration", field="--duration", fix="write e.g. 90m, 2h or 1d"
+                f"{shown(text, 40)} is not a duration of 1 minute to {MAX_WINDOW.days} days",
+                field="--duration",
+                fix="write e.g. 90m, 2h or 1d",
             )
         )
-    amount, unit = int(match.group(1)), match.group(2)
-    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    return length
 
 
 def _params(pairs: tuple[str, ...]) -> dict:
-    params = {}
+    """--param key=value pairs; values read as YAML with the project's one safe loader."""
+    params: dict = {}
+    problems = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise OpsledgerError(
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+            problems.append(
                 Problem(
-                    f"{pair!r} is not key=value",
+                    f"{shown(pair, 40)} is not name=value",
                     field="--param",
-                    fix="write e.g. --param tags='[postgresql]'",
+                    fix="write e.g. --param tags='[postgresql]' (names: letters, digits, _)",
                 )
             )
-        params[key] = yaml.safe_load(value)
+        elif key in params:
+            problems.append(
+                Problem(f"{key} is given twice", field="--param", fix="give each param once")
+            )
+        else:
+            try:
+                params[key] = parse_yaml(value, source=f"--param {key}", dates=False)
+            except OpsledgerError as exc:
+                problems += exc.problems
+    if problems:
+        raise OpsledgerError(problems)
     return params
 
 
@@ -123,6 +142,7 @@ def new(
 
     begin = aware_time(start, "--start") or dt.datetime.now(dt.UTC)
     begin = begin.replace(microsecond=0)
+    length, values = _duration(duration), _params(params)
     result, statement = request_change(
         find_project(),
         signing_key=signing_key,
@@ -133,11 +153,11 @@ def new(
         change_type=change_type,
         environment=environment,
         targets=targets,
-        params=_params(params),
+        params=values,
         impact=impact,
         urgency=urgency,
         window_start=begin,
-        window_end=begin + _duration(duration),
+        window_end=begin + length,
         rollback=rollback,
         risk=risk,
     )
@@ -262,6 +282,32 @@ def review(
     )
     late = " (late)" if done.late(done.reviewed_at or dt.datetime.now(dt.UTC)) else ""
     click.echo(f"{change_id}: reviewed by {person}{late}, due by {done.due_by.isoformat()}")
+
+
+@change.command()
+@click.argument("change_id")
+@person_option
+@click.option("--reason", required=True, help="Why the change is withdrawn.")
+@signing_key_option
+def withdraw(change_id: str, person: str, reason: str, signing_key: Path | None) -> None:
+    """Withdraw a change that has not run successfully; it never runs and holds no host.
+
+    Writes changes/<ID>/withdrawn.yml (who, when, why) and commits it as you. The folder stays
+    and its id is never reused. `opsledger change cancel` is the same command.
+
+    \b
+    Example:
+        opsledger change withdraw CHG-0004 --as alice --reason "Superseded by CHG-0006"
+    """
+    from opsledger.changes import withdraw_change
+
+    done = withdraw_change(
+        find_project(), change_id, person=person, reason=reason, signing_key=signing_key
+    )
+    click.echo(f"{change_id}: withdrawn by {done.person} at {done.at} ({done.path.name} committed)")
+
+
+change.add_command(withdraw, "cancel")
 
 
 @change.command()

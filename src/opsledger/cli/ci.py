@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, output_folder, wait_seconds, write_output
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import find_project
 
 
@@ -41,24 +42,25 @@ def pr(base: str, no_plan: bool, summary: Path | None, at: str | None) -> None:
     """
     from opsledger.ci import pr_check
 
+    output_folder(summary, "--summary")
     report = pr_check(find_project(), base=base, now=aware_time(at, "--at"), with_plan=not no_plan)
     text = report.markdown()
     click.echo(text, nl=False)
     if summary:
-        with summary.open("a") as handle:
-            handle.write(text)
+        write_output(summary, text, "--summary", append=True)
     raise SystemExit(report.exit_code)
 
 
 @ci.command("apply")
 @click.option("--env", "environment", help="Only changes of this environment.")
 @click.option("--push", "remote", help="Push the run records to this remote (e.g. origin).")
-@click.option("--wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option("--wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks.")
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
 def apply_(environment: str | None, remote: str | None, wait: float, at: str | None) -> None:
     """After a merge: apply every pending change, then push the records back.
 
-    Exit 0 when every applied change succeeded (or nothing was pending), 1 otherwise.
+    Exit 0 when every applied change succeeded (or nothing was pending), 1 when one did not,
+    or when a pending change can never run as it stands ("cannot run": withdraw or amend it).
 
     \b
     Example:
@@ -105,11 +107,20 @@ def codeowners(check: bool, output: Path) -> None:
     path = output if output.is_absolute() else project.root / output
     text = generate(project)
     if check:
-        if not path.exists() or path.read_text() != text:
+        try:
+            current = path.read_text() if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
             click.echo(f"{output} is stale: run opsledger ci codeowners", err=True)
             raise SystemExit(1)
         click.echo(f"{output} matches the policies")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot make its folder: {exc.strerror}", str(path), "--output", "pick a file")
+        ) from None
+    write_output(path, text, "--output")
     click.echo(f"wrote {output}")

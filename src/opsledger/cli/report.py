@@ -1,4 +1,4 @@
-"""`opsledger report`: KPIs of changes and operations for managers."""
+"""`opsledger report`: KPIs of changes, operations and incidents; the monthly service report."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ from pathlib import Path
 
 import click
 
+from opsledger.cli.options import output_folder, write_output
 from opsledger.project import find_project
+
+
+def _last_month(now: dt.datetime) -> str:
+    first = now.replace(day=1)
+    return f"{(first - dt.timedelta(days=1)):%Y-%m}"
 
 
 @click.command()
 @click.option(
     "--period",
-    default="90d",
-    show_default=True,
-    help="30d, 12w (ending now), a month 2026-11 or a quarter 2026-Q4.",
+    default=None,
+    help="30d, 12w (ending now), a month 2026-11 or a quarter 2026-Q4. Default: 90d, or the "
+    "last whole month with --service.",
 )
+@click.option("--env", "environment", help="Only this environment (default: all of them).")
+@click.option("--service", is_flag=True, help="The monthly service report for the business.")
 @click.option(
     "--format",
     "fmt",
@@ -30,24 +38,34 @@ from opsledger.project import find_project
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write to this file instead of standard output.",
 )
-def report(period: str, fmt: str, output: Path | None) -> None:
-    """KPIs of changes and operations, as one page.
+def report(
+    period: str | None, environment: str | None, service: bool, fmt: str, output: Path | None
+) -> None:
+    """KPIs of changes, operations and incidents, as one page.
 
     Changes by type and priority, success and failure rates, lead time, emergency ratio, MTTR,
-    SLA compliance, and inspection, drift and drill results.
+    change SLA compliance; inspection, drift and drill results; incidents by class and
+    priority, MTTA, MTTR, incident SLA compliance, repeat incidents, open problems. --service
+    lays them out as the service report (system status, faults and their handling, changes,
+    drills, inspections, improvement actions).
 
     The HTML is self-contained (inline SVG charts): it opens anywhere without a network.
 
     \b
     Example:
         opsledger report --period 2026-Q4 -o report.html
+        opsledger report --service --period 2026-11 --env production --format md
     """
     from opsledger.report import kpis, parse_period, render
+    from opsledger.views.service_report import render_service
 
-    start, end = parse_period(period, dt.datetime.now(dt.UTC))
-    text = render(kpis(find_project(), start=start, end=end), fmt)
+    output_folder(output, "--output")
+    now = dt.datetime.now(dt.UTC)
+    start, end = parse_period(period or (_last_month(now) if service else "90d"), now)
+    k = kpis(find_project(), start=start, end=end, environment=environment)
+    text = render_service(k, fmt) if service and fmt != "json" else render(k, fmt)
     if output:
-        output.write_text(text)
+        write_output(output, text, "--output")
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)

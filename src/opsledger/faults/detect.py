@@ -1,0 +1,507 @@
+"""Incidents opened — and resolved — by what opsledger already detects.
+
+Inspections, drift checks, change runs (verification, rollback) and DR drills each commit a
+record. Right after, they hand its path to `record_detection`, which reads it like an auditor:
+
+- a critical inspection finding, a drifted host, a failed verification test, a failed rollback
+  or a failed drill is a *signal* with a fingerprint (`inspection:lab:lab-db1:postgres_up`,
+  `drift:lab:lab-app1`, `verification:lab:lab-db1:test_...`, `rollback:lab:lab-db1`,
+  `drill:lab:postgres`);
+- signals of one host and fault class from one record become one incident (a stopped
+  PostgreSQL fails `services` and `postgres_up`: one fault, one incident), or update the active
+  incident that already carries one of those fingerprints — never a duplicate;
+- a record that ran the same check again and found it clean marks that fingerprint clean; when
+  all of an incident's fingerprints are clean, the incident is resolved by that evidence. A
+  person still closes it (cause, class, and the root cause for P1/P2).
+
+Every incident touched is committed in one commit, as the identity that commits evidence.
+Detection never fails the operation that called it: the record is already committed, so a
+problem here is logged (and `opsledger policy check` names policy problems), not raised.
+OPSLEDGER_NO_INCIDENTS=1 or `detection.enabled: false` in policies/incidents.yml switch it off.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.faults.incidents import entry, moment, new_incident_data, repeat_of
+from opsledger.faults.ledger import commit_step
+from opsledger.faults.policy import FaultPolicy, load_fault_policy
+from opsledger.faults.store import (
+    AUTOMATION,
+    Incident,
+    incident_file,
+    load_incidents,
+    next_id,
+    write_incident,
+)
+from opsledger.gitrepo import is_repo
+from opsledger.project import Project
+from opsledger.records import Record
+from opsledger.yamlio import load_yaml
+
+log = logging.getLogger("opsledger.faults")
+DISABLE = "OPSLEDGER_NO_INCIDENTS"
+_PG_CHECKS = {"postgres_up", "replication", "backup_age", "pgbackrest_check", "pgbackrest_verify"}
+_UNIT = re.compile(r"service (\S+) is")
+
+
+class DetectionStatus(StrEnum):
+    DISABLED = "disabled"  # switched off (environment or policy)
+    QUIET = "quiet"  # nothing to open, update or resolve
+    RECORDED = "recorded"  # incidents opened, updated or resolved, and committed
+    FAILED = "failed"  # could not read the record or the policy; logged
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One thing a record says is broken."""
+
+    fingerprint: str
+    source: str
+    environment: str
+    subject: str  # host, or the drilled service
+    hosts: tuple[str, ...]
+    klass: str
+    message: str
+    services: tuple[str, ...] = ()
+    change: str | None = None
+
+
+@dataclass
+class DetectionResult:
+    status: DetectionStatus
+    opened: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    commit: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _Reader:
+    """What clearing a fingerprint needs to know beyond the record: schedules, inventories."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._schedules: dict[str, list[str]] | None = None
+        self._hosts: dict[tuple[str, str], set[str]] = {}
+        self._records: dict[str, Record | None] = {}
+
+    def schedule_checks(self, schedule: str) -> list[str]:
+        if self._schedules is None:
+            path = self.project.root / "policies" / "inspections.yml"
+            data = load_yaml(path, what="inspection plan") if path.is_file() else {}
+            self._schedules = {
+                str(name): list((spec or {}).get("checks") or [])
+                for name, spec in (data.get("schedules") or {}).items()
+            }
+        return self._schedules.get(schedule, [])
+
+    def hosts(self, environment: str, pattern: str) -> set[str]:
+        key = (environment, pattern)
+        if key not in self._hosts:
+            from opsledger.inventory import load_inventory
+
+            try:
+                inventory = load_inventory(self.project.inventory_file(environment))
+                self._hosts[key] = {h.name for h in inventory.match(pattern or "all")}
+            except OpsledgerError:
+                self._hosts[key] = set()
+        return self._hosts[key]
+
+    def record(self, relative: str) -> Record | None:
+        if relative not in self._records:
+            try:
+                data = json.loads((self.project.root / relative).read_text())
+                self._records[relative] = Record.from_dict(data)
+            except (OSError, ValueError, TypeError):
+                self._records[relative] = None
+        return self._records[relative]
+
+
+# --- what a record says is broken ------------------------------------------------------------
+
+
+def _klass(policy: FaultPolicy, source: str, default: str) -> str:
+    rule = policy.sources.get(source)
+    return (rule.klass if rule and rule.klass else None) or default
+
+
+def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
+    """Every signal in one record (empty for a clean one).
+
+    Example:
+        [s.fingerprint for s in signals(record, policy)]  # ['inspection:lab:lab-db1:services']
+    """
+    env = record.environment
+    found: list[Signal] = []
+    if record.kind == "inspection" and "inspection" in policy.sources:
+        for finding in record.findings:
+            if finding.get("severity") != "critical":
+                continue
+            host, check = str(finding.get("host")), str(finding.get("check"))
+            message = str(finding.get("message", ""))
+            services: tuple[str, ...] = ()
+            if check == "services" and (unit := _UNIT.search(message)):
+                services = (unit.group(1),)
+            elif check in _PG_CHECKS:
+                services = ("postgresql",)
+            found.append(
+                Signal(
+                    f"inspection:{env}:{host}:{check}",
+                    "inspection",
+                    env,
+                    host,
+                    (host,),
+                    policy.inspection_classes.get(check)
+                    or _klass(policy, "inspection", "software"),
+                    f"{check}: {message}",
+                    services,
+                )
+            )
+    elif record.kind == "drift" and "drift" in policy.sources:
+        drifted: dict[str, list[dict[str, Any]]] = {}
+        for finding in record.findings:
+            if finding.get("state") == "drifted":
+                drifted.setdefault(str(finding.get("host")), []).append(finding)
+        for host, items in sorted(drifted.items()):
+            roles = sorted({str(i.get("role")) for i in items})
+            found.append(
+                Signal(
+                    f"drift:{env}:{host}",
+                    "drift",
+                    env,
+                    host,
+                    (host,),
+                    _klass(policy, "drift", "configuration"),
+                    f"{len(items)} task(s) drifted ({', '.join(roles)})",
+                )
+            )
+    elif record.kind == "run":
+        verification = record.verification or {}
+        if verification.get("status") == "failed" and "verification" in policy.sources:
+            for failure in verification.get("failures") or []:
+                host, test = str(failure.get("host")), str(failure.get("test"))
+                found.append(
+                    Signal(
+                        f"verification:{env}:{host}:{test}",
+                        "verification",
+                        env,
+                        host,
+                        (host,),
+                        _klass(policy, "verification", "software"),
+                        f"{test}: {failure.get('message', '')}"[:300],
+                        change=record.change,
+                    )
+                )
+        if record.result == "rollback_failed" and "rollback" in policy.sources:
+            reason = str((record.rollback or {}).get("reason", ""))[:200]
+            for host in record.hosts:
+                found.append(
+                    Signal(
+                        f"rollback:{env}:{host}",
+                        "rollback",
+                        env,
+                        host,
+                        (host,),
+                        _klass(policy, "rollback", "configuration"),
+                        f"rollback of {record.change} failed: {reason}",
+                        change=record.change,
+                    )
+                )
+    elif record.kind == "drill" and record.result == "failed" and "drill" in policy.sources:
+        service = str(record.measurements.get("service", "?"))
+        reasons = "; ".join(str(f.get("reason", "")) for f in record.findings) or "failed"
+        found.append(
+            Signal(
+                f"drill:{env}:{service}",
+                "drill",
+                env,
+                service,
+                tuple(record.hosts),
+                _klass(policy, "drill", "software"),
+                reasons[:300],
+                (service,),
+                record.change,
+            )
+        )
+    return found
+
+
+def _passing_verifications(record: Record) -> list[dict[str, Any]]:
+    """The verifications in a run record that passed: the run's own, and its rollback's."""
+    found = []
+    for checked in (
+        (record.verification or {}),
+        ((record.rollback or {}).get("verification") or {}),
+    ):
+        if checked.get("status") == "passed":
+            found.append(checked)
+    return found
+
+
+def _failing_suites(incident: Incident, reader: _Reader) -> list[set[str]]:
+    """The suites of the verifications that showed this incident's failures ({} = all)."""
+    suites = []
+    for path in incident.data.get("evidence") or []:
+        record = reader.record(path)
+        if record is not None and record.kind == "run":
+            suites.append(set((record.verification or {}).get("suites") or []))
+    return suites
+
+
+def clears(record: Record, fingerprint: str, incident: Incident, reader: _Reader) -> bool:
+    """Whether `record` ran the same check again and found that fingerprint clean.
+
+    Example:
+        clears(todays_daily_inspection, "inspection:lab:lab-db1:postgres_up", incident, reader)
+    """
+    kind, _, rest = fingerprint.partition(":")
+    env, _, rest = rest.partition(":")
+    if env != record.environment:
+        return False
+    if kind == "inspection" and record.kind == "inspection":
+        host, _, check = rest.partition(":")
+        schedule = str(record.measurements.get("schedule", ""))
+        return (
+            host in record.hosts
+            and check in reader.schedule_checks(schedule)
+            and not any(f.get("host") == host and f.get("check") == check for f in record.findings)
+        )
+    if kind == "drift" and record.kind == "drift":
+        host = rest
+        return host in record.hosts and not any(f.get("host") == host for f in record.findings)
+    if kind == "drill" and record.kind == "drill":
+        return record.result == "success" and record.measurements.get("service") == rest
+    if record.kind != "run":
+        return False
+    if kind == "verification":
+        host = rest.partition(":")[0]
+        needed = _failing_suites(incident, reader)
+        for checked in _passing_verifications(record):
+            ran = set(checked.get("suites") or [])
+            covered = reader.hosts(record.environment, str(checked.get("targets", "")))
+            # the same tests ran again: all suites, or every suite the failing run had
+            if host in covered and (not ran or all(s and s <= ran for s in needed)):
+                return True
+        return False
+    if kind == "rollback":
+        host = rest
+        return (
+            record.result == "success"
+            and (record.verification or {}).get("status") == "passed"
+            and host in reader.hosts(record.environment, str(record.verification.get("targets")))
+        )
+    return False
+
+
+# --- opening, updating, resolving ------------------------------------------------------------
+
+
+def _title(source: str, group: list[Signal]) -> str:
+    first = group[0]
+    more = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
+    if source == "inspection":
+        text = f"{first.subject}: {first.message}{more}"
+    elif source == "drift":
+        text = f"{first.subject} drifted from the desired state: {first.message}"
+    elif source == "verification":
+        text = f"{first.subject}: verification failed after {first.change}: {first.message}{more}"
+    elif source == "rollback":
+        text = f"{first.subject}: rollback of {first.change} failed, state unproven"
+    else:
+        text = f"DR drill {first.subject} failed on {first.environment}: {first.message}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _open_or_update(
+    project: Project,
+    policy: FaultPolicy,
+    incidents: list[Incident],
+    group: list[Signal],
+    evidence: str,
+    detected: dt.datetime,
+    when: dt.datetime,
+    result: DetectionResult,
+) -> Incident | None:
+    prints = [s.fingerprint for s in group]
+    hosts = sorted({h for s in group for h in s.hosts})
+    services = sorted({v for s in group for v in s.services})
+    same = [i for i in incidents if i.active and set(i.fingerprints) & set(prints)]
+    if same:
+        incident = same[0]
+        if evidence in (incident.data.get("evidence") or []):
+            return None  # this record was read before: nothing new
+        new = [p for p in prints if p not in incident.fingerprints]
+        incident.data["fingerprints"] = incident.fingerprints + new
+        incident.data["signals"] = {
+            **(incident.data.get("signals") or {}),
+            **dict.fromkeys(prints, "firing"),
+        }
+        incident.data["evidence"] = [*incident.data.get("evidence", []), evidence]
+        incident.data["hosts"] = list(dict.fromkeys([*incident.hosts, *hosts]))
+        incident.data["services"] = list(dict.fromkeys([*incident.data["services"], *services]))
+        incident.timeline.append(
+            entry(
+                "detected",
+                AUTOMATION,
+                when,
+                evidence=evidence,
+                fingerprints=new,
+                note="; ".join(s.message for s in group)[:500],
+            )
+        )
+        result.updated.append(incident.id)
+        return incident
+    source = group[0].source
+    rule = policy.sources[source]
+    new_id = next_id(project, "incident", {i.id for i in incidents})
+    data = new_incident_data(
+        new_id,
+        policy=policy,
+        title=_title(source, group),
+        source=source,
+        environment=group[0].environment,
+        hosts=hosts,
+        services=services,
+        klass=group[0].klass,
+        impact=rule.impact,
+        urgency=rule.urgency,
+        detected_at=min(detected, when),
+        by=AUTOMATION,
+        when=when,
+        fingerprints=prints,
+        evidence=[evidence],
+        repeat_of=repeat_of(incidents, prints),
+        note="; ".join(s.message for s in group)[:500],
+    )
+    incident = Incident(new_id, incident_file(project, new_id), data)
+    incidents.append(incident)
+    result.opened.append(new_id)
+    return incident
+
+
+def _clear(
+    incident: Incident, record: Record, evidence: str, reader: _Reader, when: dt.datetime
+) -> tuple[bool, bool]:
+    """Mark this record's clean fingerprints; resolve when none fires. (touched, resolved)."""
+    signals_now = dict(incident.data.get("signals") or {})
+    cleared = [
+        fp
+        for fp, state in signals_now.items()
+        if state == "firing" and clears(record, fp, incident, reader)
+    ]
+    if not cleared:
+        return False, False
+    signals_now.update(dict.fromkeys(cleared, "clean"))
+    incident.data["signals"] = signals_now
+    incident.data["evidence"] = list(dict.fromkeys([*incident.data.get("evidence", []), evidence]))
+    incident.timeline.append(
+        entry("cleared", AUTOMATION, when, evidence=evidence, fingerprints=cleared)
+    )
+    if any(state == "firing" for state in signals_now.values()):
+        return True, False
+    resolution = {
+        "how": "evidence",
+        "evidence": evidence,
+        "summary": "the next run of the same check(s) was clean",
+    }
+    incident.data["status"] = "resolved"
+    incident.data["resolution"] = resolution
+    incident.timeline.append(entry("resolved", AUTOMATION, when, **resolution))
+    return True, True
+
+
+def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> DetectionResult:
+    policy = load_fault_policy(project)
+    if not policy.detection_enabled:
+        return DetectionResult(DetectionStatus.DISABLED)
+    result = DetectionResult(DetectionStatus.QUIET)
+    incidents, broken = load_incidents(project)
+    result.problems += broken
+    reader = _Reader(project)
+    touched: dict[str, Incident] = {}
+    when = moment(now)
+    for path in paths:
+        evidence = str(Path(path).resolve().relative_to(project.root.resolve()))
+        record = reader.record(evidence)
+        if record is None:
+            result.problems.append(Problem("not a readable record", evidence, fix="check the file"))
+            continue
+        detected = dt.datetime.fromisoformat(record.finished_at).replace(microsecond=0)
+        groups: dict[tuple[str, str, str, str], list[Signal]] = {}
+        for signal in signals(record, policy):
+            key = (signal.source, signal.environment, signal.subject, signal.klass)
+            groups.setdefault(key, []).append(signal)
+        for group in groups.values():
+            incident = _open_or_update(
+                project, policy, incidents, group, evidence, detected, when, result
+            )
+            if incident is not None:
+                touched[incident.id] = incident
+        for incident in incidents:
+            if not incident.active or incident.environment != record.environment:
+                continue
+            changed, resolved = _clear(incident, record, evidence, reader, when)
+            if changed:
+                touched[incident.id] = incident
+            if resolved:
+                result.resolved.append(incident.id)
+    if not touched:
+        return result
+    written = [write_incident(i) for i in touched.values()]
+    parts = [
+        f"{verb} {', '.join(ids)}"
+        for verb, ids in (
+            ("opened", result.opened),
+            ("updated", result.updated),
+            ("resolved by evidence", result.resolved),
+        )
+        if ids
+    ]
+    names = ", ".join(str(Path(p).name) for p in paths)
+    result.commit = commit_step(
+        project,
+        written,
+        f"Incidents: {'; '.join(parts) or 'signals cleared'} ({names})",
+        person=None,
+    )
+    result.status = DetectionStatus.RECORDED
+    return result
+
+
+def record_detection(
+    project: Project, paths: list[Path], *, now: dt.datetime | None = None
+) -> DetectionResult:
+    """Open, update or resolve incidents from records just committed; commit what changed.
+
+    Called by inspect, drift, apply and drill right after they commit their record(s). Never
+    raises: the operation already succeeded in recording what it saw.
+
+    Example:
+        daily = Path("records/inspections/20261201T080000Z-daily-lab.json")
+        result = record_detection(project, [daily])
+        result.status, result.opened, result.resolved
+    """
+    if os.environ.get(DISABLE, "").lower() in ("1", "true", "yes"):
+        return DetectionResult(DetectionStatus.DISABLED)
+    if not paths or not is_repo(project.root):
+        return DetectionResult(DetectionStatus.QUIET)
+    try:
+        return _detect(project, [Path(p) for p in paths], now)
+    except OpsledgerError as err:
+        for problem in err.problems:
+            log.warning("incident detection skipped: %s", problem)
+        return DetectionResult(DetectionStatus.FAILED, problems=err.problems)
+    except Exception as err:  # the record is committed; say why incidents were not
+        log.warning("incident detection failed: %s: %s", type(err).__name__, err)
+        return DetectionResult(DetectionStatus.FAILED, problems=[Problem(str(err))])

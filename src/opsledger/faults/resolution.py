@@ -1,0 +1,313 @@
+"""Resolving and closing an incident: only with proof the service is back, and with a cause.
+
+A person resolves an incident with the change that fixed it — its run must have succeeded and
+its verification passed, on the incident's environment and hosts, after the fault was detected
+(the emergency path for P1/P2) — or with a recovery test: `opsledger verify` on the affected
+hosts, run through `recovery_test` and recorded in the timeline, passing after the fault was
+last seen. Without that proof the step is denied (exit 3) and nothing is written. Closing needs
+the cause and the fault class confirmed (or corrected) by a person, and for the priorities
+policy names a root-cause summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
+from opsledger.faults.incidents import ACTIVE, Step, StepResult, take_step
+from opsledger.faults.policy import FaultPolicy
+from opsledger.faults.store import Incident, incident_file, load_incident
+from opsledger.project import Project
+from opsledger.records import Record, change_runs, run_record_path
+
+
+def last_seen_index(incident: Incident) -> int:
+    """Index of the newest timeline entry that saw the fault (opened or detected again)."""
+    return max(
+        (i for i, e in enumerate(incident.timeline) if e.get("action") in ("opened", "detected")),
+        default=0,
+    )
+
+
+def recovery_test(
+    project: Project,
+    incident_id: str,
+    *,
+    person: str,
+    suites: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> StepResult:
+    """Run the recovery test — `opsledger verify` on the affected hosts — and record its outcome.
+
+    A passing test recorded after the fault was last seen lets a person resolve the incident
+    (`resolve(..., recovery_test=True)`); a failing one is recorded too.
+
+    Example:
+        result = recovery_test(find_project(), "INC-0001", person="bob", suites=("postgresql",))
+        result.extra["passed"], result.extra["failed"]
+    """
+    from opsledger.verify import verify
+
+    incident = load_incident(project, incident_id)
+    if not incident.hosts:
+        raise OpsledgerError(
+            Problem(
+                "the incident names no host to test",
+                str(incident.path),
+                "hosts",
+                "a recovery test verifies the affected hosts: resolve with --change instead",
+            )
+        )
+    if incident.status not in ACTIVE:
+        raise OpsledgerError(
+            Problem(
+                f"{incident_id} is {incident.status}",
+                str(incident.path),
+                "status",
+                "test an open or acknowledged incident",
+            )
+        )
+    checked = verify(
+        project,
+        environment=incident.environment,
+        targets=",".join(incident.hosts),
+        suites=suites,
+    )
+    outcome = {
+        "result": "passed" if checked.ok else "failed",
+        "passed": checked.count("passed"),
+        "failed": len(checked.failures),
+        "skipped": checked.count("skipped"),
+        "suites": list(suites),
+        "failures": [f"{o.host}: {o.test}: {o.message}"[:200] for o in checked.failures[:10]],
+    }
+
+    def mutate(incident: Incident, policy: FaultPolicy, when: dt.datetime):
+        return {"action": "recovery_test", **outcome}, []
+
+    result = take_step(
+        project,
+        incident_id,
+        person=person,
+        step=Step.TESTED,
+        allowed=ACTIVE,
+        mutate=mutate,
+        message=f"recovery test {outcome['result']} ({person})",
+        now=now,
+        signing_key=signing_key,
+    )
+    result.extra = outcome
+    return result
+
+
+def qualifying_run(
+    project: Project, incident: Incident, change_id: str
+) -> tuple[Record | None, list[str]]:
+    """The change's newest successful, verified run that can have fixed this incident.
+
+    It must have finished after the fault was seen: detected_at, or the commit that opened the
+    incident when that is earlier (git time is the authority, the file only a claim).
+    Returns the run (or None) and, for each run that does not count, why not.
+    """
+    from opsledger.faults.queries import histories
+
+    detected = dt.datetime.fromisoformat(incident.data["detected_at"])
+    first = histories(project, [incident])[incident.id].stamps[:1]
+    if first and first[0] is not None:
+        detected = min(detected, first[0].at)
+    why_not, best = [], None
+    for run in change_runs(project):
+        if run.change != change_id:
+            continue
+        verified = (run.verification or {}).get("status")
+        reasons = []
+        if run.result != "success":
+            reasons.append(f"ended {run.result}")
+        if verified != "passed":
+            reasons.append(f"verification {verified or 'missing'}")
+        if run.environment != incident.environment:
+            reasons.append(f"ran on {run.environment}")
+        if incident.hosts and not set(run.hosts) & set(incident.hosts):
+            reasons.append(f"touched {', '.join(run.hosts) or 'no host'}, not the affected hosts")
+        if dt.datetime.fromisoformat(run.finished_at) < detected:
+            reasons.append("finished before the fault was detected")
+        if reasons:
+            why_not.append(f"run of {run.finished_at[:19]}: {'; '.join(reasons)}")
+        else:
+            best = run
+    return best, why_not
+
+
+def resolve(
+    project: Project,
+    incident_id: str,
+    *,
+    person: str,
+    summary: str,
+    change: str | None = None,
+    recovery_test: bool = False,
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> StepResult:
+    """Mark the service restored — with proof: the fix's verified run, or a recovery test.
+
+    `change`: the change that fixed it (the emergency path for P1/P2) must have a successful
+    run whose verification passed, on the incident's environment and hosts, after the fault
+    was detected. `recovery_test`: a passing recovery test recorded after the fault was last
+    seen. Without proof the step is denied (exit 3) and nothing is written.
+
+    Example:
+        resolve(find_project(), "INC-0001", person="alice", change="CHG-0007",
+                summary="PostgreSQL restarted by the emergency change; verified")
+    """
+    if bool(change) == recovery_test:
+        raise OpsledgerError(
+            Problem(
+                "say how the service was restored",
+                str(incident_file(project, incident_id)),
+                "resolution",
+                "give --change CHG-... (the fix) or --recovery-test (after opsledger incident "
+                "verify)",
+            )
+        )
+
+    def mutate(incident: Incident, policy: FaultPolicy, when: dt.datetime):
+        file = str(incident.path)
+        if len(summary.strip()) < 10:
+            return {}, [Problem("say what restored it", file, "--summary", "one sentence")]
+        resolution: dict[str, Any] = {"summary": summary.strip()}
+        if change:
+            from opsledger.changes import load_change
+
+            load_change(project, change)  # an unknown or invalid change is exit 2
+            run, why_not = qualifying_run(project, incident, change)
+            if run is None:
+                raise OpsledgerError(
+                    Problem(
+                        f"{change} has no successful, verified run on "
+                        f"{incident.environment}:{','.join(incident.hosts) or 'its hosts'} after "
+                        f"the fault was detected"
+                        + (f" ({'; '.join(why_not)})" if why_not else " (it never ran)"),
+                        file,
+                        "resolution.change",
+                        f"apply it (opsledger apply {change}); a run with --skip-verify does not "
+                        "count",
+                    ),
+                    EXIT_DENIED,
+                )
+            started = dt.datetime.fromisoformat(run.started_at)
+            record = run_record_path(project, change, started).relative_to(project.root)
+            resolution.update(how="change", change=change, run=str(record))
+        else:
+            seen = last_seen_index(incident)
+            tests = [
+                e
+                for i, e in enumerate(incident.timeline)
+                if i > seen and e.get("action") == "recovery_test"
+            ]
+            if not tests or tests[-1].get("result") != "passed":
+                raise OpsledgerError(
+                    Problem(
+                        "no passing recovery test since the fault was last seen"
+                        + (f" (the last one {tests[-1].get('result')})" if tests else ""),
+                        file,
+                        "resolution.recovery_test",
+                        f"run opsledger incident verify {incident.id} once the service is back",
+                    ),
+                    EXIT_DENIED,
+                )
+            resolution.update(how="recovery_test")
+        incident.data["status"] = "resolved"
+        incident.data["resolution"] = resolution
+        return {"action": "resolved", **resolution}, []
+
+    how = f"by {change}" if change else "after a recovery test"
+    return take_step(
+        project,
+        incident_id,
+        person=person,
+        step=Step.RESOLVED,
+        allowed=ACTIVE,
+        mutate=mutate,
+        message=f"resolved {how} ({person})",
+        now=now,
+        signing_key=signing_key,
+    )
+
+
+def close(
+    project: Project,
+    incident_id: str,
+    *,
+    person: str,
+    cause: str,
+    klass: str,
+    root_cause: str = "",
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> StepResult:
+    """Close a resolved incident: the cause, the class confirmed, a root cause where required.
+
+    Example:
+        close(find_project(), "INC-0001", person="alice", klass="software",
+              cause="PostgreSQL was stopped by hand during maintenance",
+              root_cause="An operator stopped the cluster on the wrong host; hosts now show "
+                         "their role in the prompt")
+    """
+
+    def mutate(incident: Incident, policy: FaultPolicy, when: dt.datetime):
+        file = str(incident.path)
+        found = []
+        if klass not in policy.classes:
+            found.append(
+                Problem(
+                    f"unknown class {klass!r}",
+                    file,
+                    "--class",
+                    f"confirm the class: {', '.join(policy.classes)}",
+                )
+            )
+        if len(cause.strip()) < 10:
+            found.append(Problem("the cause is missing", file, "--cause", "say what caused it"))
+        needs_root = incident.priority in policy.root_cause_priorities
+        if needs_root and len(root_cause.strip()) < policy.root_cause_min_chars:
+            found.append(
+                Problem(
+                    f"a {incident.priority} incident closes with a root-cause summary of at "
+                    f"least {policy.root_cause_min_chars} characters",
+                    file,
+                    "--root-cause",
+                    "say what failed, why, and what keeps it from happening again",
+                )
+            )
+        if found:
+            return {}, found
+        before = incident.klass
+        incident.data.update(
+            status="closed",
+            class_confirmed=True,
+            closure={"cause": cause.strip(), "root_cause": root_cause.strip() or None},
+        )
+        incident.data["class"] = klass
+        return {
+            "action": "closed",
+            "cause": cause.strip(),
+            "class": klass,
+            "class_was": before if before != klass else None,
+            "root_cause": root_cause.strip(),
+        }, []
+
+    return take_step(
+        project,
+        incident_id,
+        person=person,
+        step=Step.CLOSED,
+        allowed=("resolved",),
+        mutate=mutate,
+        message=f"closed by {person}",
+        now=now,
+        signing_key=signing_key,
+    )

@@ -1,0 +1,195 @@
+"""Cross-controller host locks: refs on the git origin, taken and freed by compare-and-swap.
+
+`refs/opsledger/locks/<env>/<host>` points at a parentless commit whose message is the holder
+(JSON: change, person, pid, machine, run, since, expires). Every controller that pushes records
+to the same origin — CI runners, laptops, the demo's clone — sees the same refs.
+
+- *take*: one `git push --atomic` creating every host's ref with
+  `--force-with-lease=<ref>:` (must not exist) — or, for a stale holder, `<ref>:<its commit>`
+  (must still be that one). receive-pack checks the expected old value under its ref lock, so
+  of several controllers racing for a host exactly one wins; the others are told "stale info",
+  read the new holder and report it (exit 4). All hosts or none, thanks to `--atomic`.
+- *stale*: expired (`expires`, STALE_AFTER after it was taken), or held by a process of this
+  machine that is gone (with its guard and its playbook). A heartbeat that renews `expires` and
+  a queue of waiters can be added on the same refs (issue #21).
+- *release*: pushing the deletion with `--force-with-lease=<ref>:<our commit>`, so a lock that
+  someone took over meanwhile is not freed by mistake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.lock import Holder
+from opsledger.project import Project
+
+LOCK_REFS = "refs/opsledger/locks"
+ATTEMPTS = 5  # CAS rounds lost to other controllers before reporting contention
+
+
+@dataclass
+class OriginLease:
+    root: Path
+    remote: str
+    refs: dict[str, str]  # ref -> the commit we pushed (what release expects to find)
+
+    def as_spec(self) -> dict[str, Any]:
+        return {"root": str(self.root), "remote": self.remote, "refs": self.refs}
+
+
+def lock_ref(environment: str, host: str) -> str:
+    return f"{LOCK_REFS}/{environment}/{host}"
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):
+    import os
+
+    return subprocess.run(
+        ["git", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def _unreachable(remote: str, proc: subprocess.CompletedProcess) -> OpsledgerError:
+    last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return OpsledgerError(
+        Problem(
+            f"cannot reach the lock remote {remote!r}: {last[0]}",
+            "policies/locks.yml",
+            "remote",
+            "check the remote (git remote -v) and the network; nothing was run",
+        ),
+        EXIT_INVALID,
+    )
+
+
+def _remote_refs(root: Path, remote: str, environment: str) -> dict[str, str]:
+    proc = _git(root, "ls-remote", remote, f"{LOCK_REFS}/{environment}/*")
+    if proc.returncode != 0:
+        raise _unreachable(remote, proc)
+    refs = {}
+    for line in proc.stdout.splitlines():
+        oid, _, ref = line.partition("\t")
+        refs[ref] = oid
+    return refs
+
+
+def _holders(root: Path, remote: str, refs: dict[str, str]) -> dict[str, Holder | None]:
+    """The holder each lock commit names (None when unreadable)."""
+    if not refs:
+        return {}
+    fetched = _git(root, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, *refs)
+    if fetched.returncode != 0:
+        raise _unreachable(remote, fetched)
+    found: dict[str, Holder | None] = {}
+    for ref, oid in refs.items():
+        body = _git(root, "log", "-1", "--format=%B", oid)
+        found[ref] = Holder.parse(body.stdout) if body.returncode == 0 else None
+    return found
+
+
+def _stale(holder: Holder | None, now: dt.datetime) -> str | None:
+    if holder is None:
+        return "its lock commit is unreadable"
+    if holder.expires and now >= dt.datetime.fromisoformat(holder.expires):
+        return f"expired at {holder.expires}"
+    return holder.gone()
+
+
+def _lock_commit(root: Path, holder: Holder) -> str:
+    tree = _git(root, "mktree", stdin="").stdout.strip()
+    who = {
+        "GIT_AUTHOR_NAME": holder.owner,
+        "GIT_AUTHOR_EMAIL": f"{holder.owner}@{holder.machine}",
+        "GIT_COMMITTER_NAME": holder.owner,
+        "GIT_COMMITTER_EMAIL": f"{holder.owner}@{holder.machine}",
+    }
+    made = _git(root, "commit-tree", tree, "-m", holder.to_json(), env=who)
+    if made.returncode != 0:
+        raise OpsledgerError(
+            Problem(
+                f"git commit-tree failed: {made.stderr.strip()}",
+                str(root),
+                "git",
+                "the checkout's object store must be writable",
+            ),
+            EXIT_INVALID,
+        )
+    return made.stdout.strip()
+
+
+def _push(root: Path, remote: str, updates: dict[str, tuple[str, str]], atomic: bool):
+    """updates: ref -> (new commit or "" to delete, expected current value or "" for none)."""
+    args = ["push", "--porcelain", "--no-verify"] + (["--atomic"] if atomic else [])
+    args.append(remote)
+    for ref, (_, expected) in updates.items():
+        args.append(f"--force-with-lease={ref}:{expected}")
+    args += [f"{new}:{ref}" for ref, (new, _) in updates.items()]
+    return _git(root, *args)
+
+
+def _rejected(proc: subprocess.CompletedProcess) -> bool:
+    """The push reached the remote and lost a compare-and-swap (not a connection failure)."""
+    lines = proc.stdout.splitlines()
+    return any(line.startswith("!") for line in lines) or "atomic push failed" in proc.stderr
+
+
+def take_origin(
+    project: Project, *, remote: str, holder: Holder, hosts: list[str], now: dt.datetime
+) -> tuple[OriginLease | None, list[Holder], list[str]]:
+    """(lease, [], notes taken over) or (None, holders in the way, [])."""
+    root = project.root
+    environment = holder.environment
+    for _ in range(ATTEMPTS):
+        present = _remote_refs(root, remote, environment)
+        wanted = {lock_ref(environment, h): h for h in hosts}
+        holders = _holders(root, remote, {r: o for r, o in present.items() if r in wanted})
+        blocked, notes, updates = [], [], {}
+        for ref, host in wanted.items():
+            expected = present.get(ref, "")
+            if expected:
+                other = holders.get(ref)
+                why = _stale(other, now)
+                if why is None and other is not None:
+                    blocked.append(other)
+                    continue
+                who = other.describe() if other else "an unreadable holder"
+                notes.append(f"{host}: origin lock of {who} taken over: {why}")
+            mine = Holder(**{**asdict(holder), "host": host})
+            updates[ref] = (_lock_commit(root, mine), expected)
+        if blocked:
+            return None, blocked, []
+        pushed = _push(root, remote, updates, atomic=True)
+        if pushed.returncode == 0:
+            return OriginLease(root, remote, {r: new for r, (new, _) in updates.items()}), [], notes
+        if not _rejected(pushed):
+            raise _unreachable(remote, pushed)
+    present = _remote_refs(root, remote, environment)
+    wanted = [lock_ref(environment, h) for h in hosts]
+    holders = _holders(root, remote, {r: o for r, o in present.items() if r in wanted})
+    return None, [h for h in holders.values() if h is not None], []
+
+
+def release_origin(lease: OriginLease) -> list[str]:
+    """Delete our lock refs (only where they are still ours); warnings for the rest."""
+    updates = {ref: ("", ours) for ref, ours in lease.refs.items()}
+    pushed = _push(lease.root, lease.remote, updates, atomic=False)
+    if pushed.returncode == 0:
+        return []
+    refs = ", ".join(lease.refs)
+    if _rejected(pushed):
+        return [f"origin lock(s) {refs} were taken over by another run meanwhile: left as they are"]
+    last = (pushed.stderr or pushed.stdout).strip().splitlines()[-1:] or ["no output"]
+    return [
+        f"could not free origin lock(s) {refs} on {lease.remote}: {last[0]}; they expire by "
+        f"themselves, or delete them: git push {lease.remote} --delete {' '.join(lease.refs)}"
+    ]

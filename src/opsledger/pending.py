@@ -1,0 +1,181 @@
+"""`apply --pending`: what can run now runs, in a fixed order; what never will fails loudly.
+
+What CI runs after a merge. Each change without a successful (committed) run is classified:
+
+- `applied` — it could run now and did (its result);
+- `waiting` — it can still run later: its window has not opened, a freeze ends before its window
+  does, an earlier change that can still run holds its hosts, or promotion is missing;
+- `not approved` — approvals missing while its window is still open;
+- `running` — a run of it has started (write-ahead record) and has not ended;
+- `withdrawn` — listed, never run;
+- `cannot run` — it never will as it stands: its window has closed, its window lies outside
+  every maintenance window or overlaps a freeze, or its current content already ended failed,
+  rolled back or rollback failed. These fail the command (exit 1), so CI says so loudly: withdraw
+  the change (`opsledger change withdraw`) or amend it (which needs new approvals).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from opsledger.apply import (
+    RETRYABLE,
+    ApplyResult,
+    Events,
+    apply_change,
+    clock_override,
+    reconcile_first,
+)
+from opsledger.base import resolve_base
+from opsledger.changes import Change, change_ids, load_change, load_withdrawal
+from opsledger.decide import Decision, decide, run_order
+from opsledger.gitrepo import require_history
+from opsledger.policy import require_policies
+from opsledger.project import Project
+from opsledger.records import Record, RunLedger, read_runs
+
+ACTIONS = ("applied", "waiting", "not approved", "running", "withdrawn", "cannot run")
+
+
+@dataclass
+class PendingItem:
+    change_id: str
+    action: str  # one of ACTIONS
+    why: str
+    result: ApplyResult | None = None
+
+
+@dataclass
+class PendingResult:
+    items: list[PendingItem]
+
+    @property
+    def applied(self) -> list[ApplyResult]:
+        return [i.result for i in self.items if i.result]
+
+    @property
+    def stuck(self) -> list[PendingItem]:
+        """Changes that can never run as they stand: the pipeline must fail on them."""
+        return [i for i in self.items if i.action == "cannot run"]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.applied) and not self.stuck
+
+
+def _never(
+    change: Change, decision: Decision, runs: list[Record], project: Project, base: str | None
+) -> str:
+    """Why the change can never run as it stands, or "" when it still may."""
+    failed_before = [
+        r for r in runs if r.result not in RETRYABLE and r.content_sha256 == decision.content_sha256
+    ]
+    if failed_before:
+        last = failed_before[-1]
+        return f"its run at {last.finished_at} ended {last.result}"
+    failing = {c.rule: c.why for c in decision.checks if not c.passed}
+    if "change window" in failing and decision.at > change.window_end:
+        return f"its window closed at {change.window_end.isoformat()} without a successful run"
+    if "maintenance window" in failing:
+        return failing["maintenance window"]
+    if "freeze" in failing:
+        policies = resolve_base(project, base).policies  # the ones that decided
+        for freeze in policies.freezes:
+            if (
+                change.environment in freeze.environments
+                and change.window_start < freeze.end
+                and freeze.start < change.window_end
+            ):
+                return f"its window overlaps the freeze '{freeze.name}'"
+    return ""
+
+
+def apply_pending(
+    project: Project,
+    *,
+    now: dt.datetime | None = None,
+    wait: float = 0,
+    skip_verify: bool = False,
+    events: Events | None = None,
+    environment: str | None = None,
+    base: str | None = None,
+) -> PendingResult:
+    """Apply, in run order, every change of this branch that can run now; classify the rest.
+
+    Run order is decide's: emergencies, then the earlier window, then the older request. A
+    change that can never run is reported as `cannot run` and makes `ok` false. `environment`
+    limits it to one environment (CI applies one environment at a time); `base` names the
+    protected branch decide trusts. A chosen clock (`now`) is refused (exit 2, nothing run)
+    when any pending change is outside the lab.
+
+    Example:
+        outcome = apply_pending(find_project())
+        [(i.change_id, i.action, i.why) for i in outcome.items]
+    """
+    require_history(project.root, "apply --pending")
+    require_policies(project)  # fail closed, even when nothing is pending
+    if environment is not None:
+        project.require_environment(environment)
+    if now is not None:  # refuse a chosen clock before anything is touched
+        for change, _ in _candidates(project, read_runs(project), environment):
+            if load_withdrawal(project, change.id) is None:
+                clock_override(project, change.id, now)
+    reconcile_first(project, events)
+    ledger = read_runs(project)
+    candidates = _candidates(project, ledger, environment)
+    running = {f.record.change for f in ledger.started}
+    items = []
+    for change, runs in candidates:
+        withdrawal = load_withdrawal(project, change.id)
+        if withdrawal is not None:
+            why = f"by {withdrawal.person} at {withdrawal.at}: {withdrawal.reason}"
+            items.append(PendingItem(change.id, "withdrawn", why))
+            continue
+        if change.id in running:
+            items.append(PendingItem(change.id, "running", "a run has started and not ended"))
+            continue
+        decision = decide(project, change.id, now=now, base=base)
+        never = _never(change, decision, runs, project, base)
+        if never:
+            fix = (
+                f"withdraw it (opsledger change withdraw {change.id} --reason ...) or amend it "
+                "(new approvals)"
+            )
+            items.append(PendingItem(change.id, "cannot run", f"{never}; {fix}"))
+            continue
+        failing = [c for c in decision.checks if not c.passed]
+        why = "; ".join(f"{c.rule}: {c.why}" for c in failing)
+        if any(c.rule in ("approvals", "requester") for c in failing):
+            items.append(PendingItem(change.id, "not approved", why))
+            continue
+        if failing:
+            items.append(PendingItem(change.id, "waiting", why))
+            continue
+        result = apply_change(
+            project,
+            change.id,
+            now=now,
+            wait=wait,
+            skip_verify=skip_verify,
+            events=events,
+            base=base,
+        )
+        items.append(PendingItem(change.id, "applied", result.result, result))
+    return PendingResult(items)
+
+
+def _candidates(
+    project: Project, ledger: RunLedger, environment: str | None
+) -> list[tuple[Change, list[Record]]]:
+    """Changes without a successful committed run (of `environment`), in run order."""
+    candidates = []
+    for change_id in change_ids(project):
+        runs = [r for r in ledger.committed if r.change == change_id]
+        if any(r.result == "success" for r in runs):
+            continue
+        change = load_change(project, change_id)
+        if environment is None or change.environment == environment:
+            candidates.append((change, runs))
+    candidates.sort(key=lambda item: run_order(item[0]))
+    return candidates

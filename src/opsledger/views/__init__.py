@@ -1,0 +1,1 @@
+"""Renderers: result objects as text, markdown, JSON or HTML (the CLI chooses the view)."""

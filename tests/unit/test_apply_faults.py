@@ -1,0 +1,290 @@
+"""apply under faults, on real processes and real git repositories (no lab): the runbook acts
+on this machine through ansible_connection=local, so there are real ansible-playbook processes
+to kill, signal and race, and real commits to break."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from opsledger import procs
+from opsledger.apply import apply_change
+from opsledger.errors import OpsledgerError
+from opsledger.gitrepo import git
+from opsledger.lock import acquire, release
+from opsledger.project import Project
+from opsledger.records import read_runs
+from opsledger.signoff import approve_change
+
+from .conftest import START
+
+OPSLEDGER = [sys.executable, "-m", "opsledger.cli"]
+FORK = multiprocessing.get_context("fork")
+
+
+def _cli(project, *args, timeout=180):
+    return subprocess.run(
+        [sys.executable, "-c", "from opsledger.cli import main; main()", *args],
+        env={**os.environ, "OPSLEDGER_PROJECT": str(project.root), "OPSLEDGER_PERSON": "ci"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _start(project, *args):
+    return subprocess.Popen(
+        [sys.executable, "-c", "from opsledger.cli import main; main()", *args],
+        env={**os.environ, "OPSLEDGER_PROJECT": str(project.root), "OPSLEDGER_PERSON": "ci"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _steps(project) -> list[str]:
+    folder = project.root / "steps"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _committed_subjects(project) -> list[str]:
+    return git(project.root, "log", "--format=%s").stdout.splitlines()
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_a_run_is_recorded_ahead_then_finally_and_leaves_nothing_behind(local_repo, machine_locks):
+    project, request = local_repo
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    done = _cli(project, "apply", change_id, "--skip-verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    subjects = _committed_subjects(project)
+    assert subjects[:2] == [
+        f"Run {change_id}: success (local-steps on lab:lab-db1)",
+        f"Run {change_id}: started",
+    ]
+    ledger = read_runs(project)
+    assert [r.result for r in ledger.committed] == ["success"]
+    assert ledger.started == [] and ledger.uncommitted == []
+    (record,) = ledger.committed
+    assert record.lock["backends"] == ["machine"] and record.stats["lab-db1"]["changed"] >= 1
+    assert not (machine_locks / "lab" / "lab-db1.json").exists()
+    assert not (project.state_dir / "runs").exists() or not any(
+        (project.state_dir / "runs").iterdir()
+    )
+
+
+def test_kill_9_of_apply_ends_its_playbook_and_the_next_command_records_it(local_repo):
+    """kill -9 left no record, no commit, lock files, and a playbook changing hosts on."""
+    project, request = local_repo
+    killed = request(params={"steps": 60, "delay": 0.25})
+    approve_change(project, killed, person="bob")
+    apply = _start(project, "apply", killed, "--skip-verify", "--json")
+    _wait_for(lambda: "lab-db1-step-2" in _steps(project), what="the playbook's steps")
+    # Written ahead: the started record is committed before the first task ran.
+    (ahead,) = read_runs(project).started
+    run_id = ahead.record.runner["run"]
+    assert ahead.record.result == "started" and run_id.startswith(f"{killed}/")
+    assert procs.run_processes(run_id), "the playbook should be running"
+
+    os.kill(apply.pid, signal.SIGKILL)
+    apply.wait(10)
+    # The playbook dies with its apply (its guard ends it), and stays dead.
+    _wait_for(lambda: not procs.run_processes(run_id), timeout=20, what="the playbook to end")
+    taken = len(_steps(project))
+    time.sleep(1.5)
+    assert len(_steps(project)) == taken, "steps were taken after the apply died"
+    assert taken < 60 + 1
+    guard = ahead.record.runner["guard_pid"]
+    _wait_for(lambda: not procs.alive(guard, ahead.record.runner["guard_start"]), what="guard")
+
+    # The next command (an emergency fix-forward on the same host) records the dead run as
+    # interrupted and writes its takeover of the host's lock into its own record.
+    fix = request(change_type="emergency", params={"steps": 1}, title="Fix forward")
+    approve_change(project, fix, person="carol")
+    after = _cli(project, "apply", fix, "--skip-verify")
+    assert after.returncode == 0, after.stdout + after.stderr
+    runs = {r.change: r for r in read_runs(project).committed}
+    interrupted, fixed = runs[killed], runs[fix]
+    assert interrupted.result == "interrupted"
+    assert f"process {apply.pid} on " in interrupted.interruption["why"]
+    assert interrupted.interruption["journal"] == "replayed"
+    assert interrupted.interruption["last_task"] == "Take the steps"
+    assert any(
+        "no process of the run is left" in line for line in interrupted.interruption["guard"]
+    )
+    assert interrupted.stats["lab-db1"]["ok"] >= 2  # what the journal showed had run
+    assert interrupted.decision["allowed"] and interrupted.started_at == ahead.record.started_at
+    assert any(
+        f"lock of {killed} (ci, pid {apply.pid}" in note and "its process is gone" in note
+        for note in fixed.lock["taken_over"]
+    ), fixed.lock
+    assert any("as interrupted" in note for note in fixed.lock["reconciled"]), fixed.lock
+    shown = json.loads(_cli(project, "change", "show", killed, "--json").stdout)
+    assert [r["result"] for r in shown["runs"]] == ["interrupted"]
+
+
+def test_sigterm_cancels_records_and_releases(local_repo, machine_locks):
+    project, request = local_repo
+    change_id = request(params={"steps": 60, "delay": 0.25})
+    approve_change(project, change_id, person="bob")
+    apply = _start(project, "apply", change_id, "--skip-verify")
+    _wait_for(lambda: "lab-db1-step-1" in _steps(project), what="the playbook's steps")
+    apply.send_signal(signal.SIGTERM)
+    out, err = apply.communicate(timeout=120)
+    assert apply.returncode == 130, out + err
+    (record,) = read_runs(project).committed
+    assert record.result == "canceled" and record.rollback is None
+    assert not (machine_locks / "lab" / "lab-db1.json").exists()
+    assert record.runner["run"].startswith(f"{change_id}/")
+    assert not procs.run_processes(record.runner["run"])
+
+
+def test_a_record_git_refuses_is_reported_not_counted_and_committed_by_the_next_command(
+    local_repo,
+):
+    """The commit failed: apply said only `git add failed`, no --json result, and the loose
+    file then counted as applied (apply refused, --pending skipped it, show listed success)."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1, "lock_git": True})
+    approve_change(project, change_id, person="bob")
+    first = _cli(project, "apply", change_id, "--skip-verify", "--json")
+    assert first.returncode == 1, first.stdout + first.stderr
+    result = _json_lines(first.stdout)[-1]
+    assert result["event"] == "result" and result["result"] == "success"
+    assert result["committed"] is False and result["commit"] is None
+    record = Path(result["record"])
+    assert record.exists() and record.parent.name == "runs"
+    assert "index.lock" in result["commit_problem"]
+    assert "opsledger apply --pending" in result["commit_problem"]
+    assert read_runs(project).committed == []
+
+    # While git still refuses: shown as not committed, and nothing runs.
+    shown = json.loads(_cli(project, "change", "show", change_id, "--json").stdout)
+    assert shown["runs"] == []
+    assert shown["uncommitted_runs"] == [
+        {"path": str(record.relative_to(project.root)), "result": "success"}
+    ]
+    steps = _steps(project)
+    blocked = _cli(project, "apply", change_id, "--skip-verify")
+    assert blocked.returncode == 2, blocked.stdout + blocked.stderr
+    assert str(record.relative_to(project.root)) in blocked.stderr
+    assert "ended success is not committed" in blocked.stderr and "Traceback" not in blocked.stderr
+    assert _steps(project) == steps
+
+    # Git fixed: the next command commits the record, and then it counts.
+    (project.root / ".git" / "index.lock").unlink()
+    pending = _cli(project, "apply", "--pending")
+    assert pending.returncode == 0, pending.stdout + pending.stderr
+    assert "nothing pending" in pending.stdout
+    assert [r.result for r in read_runs(project).committed] == ["success"]
+    assert _committed_subjects(project)[0] == (
+        f"Run {change_id}: success (local-steps on lab:lab-db1) (committed later)"
+    )
+    again = _cli(project, "apply", change_id)
+    assert again.returncode == 2 and "already applied successfully" in again.stderr
+
+
+def test_when_git_refuses_the_write_ahead_record_nothing_runs(local_repo, machine_locks):
+    project, request = local_repo
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    (project.root / ".git" / "index.lock").write_text("")  # a git that never finished
+    refused = _cli(project, "apply", change_id, "--skip-verify")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cannot commit the run's write-ahead record" in refused.stderr
+    assert "nothing was run" in refused.stderr and "Traceback" not in refused.stderr
+    assert _steps(project) == []
+    assert not list((project.root / "changes" / change_id).glob("runs/*"))
+    assert not (machine_locks / "lab" / "lab-db1.json").exists()  # released
+
+
+def _hold(root: str, seconds: float, ready) -> None:
+    held = acquire(
+        Project(Path(root)), environment="lab", hosts=["lab-db1"], change="CHG-0099", owner="dave"
+    )
+    ready.set()
+    time.sleep(seconds)
+    release(held)
+
+
+def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo):
+    """A change ran 6 s after its window closed, and was recorded as a success."""
+    project, request = local_repo
+    window = (START, START + dt.timedelta(hours=1))
+    change_id = request(params={"steps": 1}, window=window)
+    approve_change(project, change_id, person="bob")
+    ready = FORK.Event()
+    holder = FORK.Process(target=_hold, args=(str(project.root), 4.0, ready))
+    holder.start()
+    assert ready.wait(10)
+    almost_closed = window[1] - dt.timedelta(seconds=2)
+    try:
+        with pytest.raises(OpsledgerError) as err:
+            apply_change(project, change_id, now=almost_closed, wait=30, skip_verify=True)
+    finally:
+        holder.join(10)
+    assert err.value.exit_code == 3
+    assert "denied by rule change window after waiting" in str(err.value)
+    assert _steps(project) == []  # nothing ran
+    ledger = read_runs(project)
+    assert ledger.committed == [] and ledger.started == [] and ledger.uncommitted == []
+
+
+def test_two_approved_overlapping_changes_run_one_after_the_other(local_repo):
+    """They denied each other for their whole windows while --pending said both were waiting."""
+    from opsledger.pending import apply_pending
+
+    project, request = local_repo
+    window = (START, START + dt.timedelta(hours=1))
+    first = request(targets="db", params={"steps": 1}, window=window)
+    second = request(targets="lab-db1", params={"steps": 1}, window=window)
+    for change_id in (first, second):
+        approve_change(project, change_id, person="bob")
+    outcome = apply_pending(project, now=START + dt.timedelta(minutes=5), skip_verify=True)
+    assert [(i.change_id, i.action, i.why) for i in outcome.items] == [
+        (first, "applied", "success"),
+        (second, "applied", "success"),
+    ]
+    assert outcome.ok
+    assert [r.change for r in read_runs(project).committed] == [first, second]
+
+
+def test_a_pending_change_that_can_never_run_fails_the_pipeline(local_repo):
+    project, request = local_repo
+    window = (START, START + dt.timedelta(hours=1))
+    missed = request(params={"steps": 1}, window=window)
+    approve_change(project, missed, person="bob")
+    later = (window[1] + dt.timedelta(minutes=1)).isoformat()
+    result = _cli(project, "apply", "--pending", "--at", later)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{missed}: cannot run — its window closed at" in result.stdout
+    assert f"opsledger change withdraw {missed}" in result.stdout
+    assert "can never run as they stand" in result.stderr
+    withdrawn = _cli(project, "change", "withdraw", missed, "--as", "alice", "--reason", "Missed")
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    result = _cli(project, "apply", "--pending", "--at", later)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{missed}: withdrawn — by alice at" in result.stdout

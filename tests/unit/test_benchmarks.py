@@ -1,0 +1,145 @@
+"""The apply benchmark closes only its own lanes' SSH control masters.
+
+It used to end them with `pkill -f` by name, which also ended every other SSH control master
+of the machine (a user's sessions, the lab's masters). Here real `ssh` masters connect to a
+real SSH server (paramiko, in this process, on a loopback port): one per lane and one standing
+for a user's unrelated session, kept under a `.ansible/cp` path like Ansible's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from ..conftest import REPO_ROOT
+
+
+class _AnyKey(paramiko.ServerInterface):
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+
+@pytest.fixture
+def ssh_server():
+    """An SSH server on 127.0.0.1 accepting any key; yields its port."""
+    host_key = paramiko.RSAKey.generate(2048)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    transports = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(host_key)
+            transport.start_server(server=_AnyKey())
+            transports.append(transport)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+    for transport in transports:
+        transport.close()
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_apply", REPO_ROOT / "benchmarks/apply.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _master(tmp_path: Path, port: int, control_dir: Path) -> Path:
+    key = tmp_path / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    control_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "ssh",
+            "-f",
+            "-N",
+            "-M",
+            "-o",
+            f"ControlPath={control_dir}/%C",
+            "-o",
+            "ControlPersist=120",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-i",
+            str(key),
+            "-p",
+            str(port),
+            "bench@127.0.0.1",
+        ],
+        check=True,
+        # The master forks to the background holding its outputs: no pipes to wait on.
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "ssh.log", "a"),  # noqa: SIM115 - closed by the process ending
+        timeout=30,
+    )
+    (socket_path,) = [p for p in control_dir.iterdir() if p.is_socket()]
+    return socket_path
+
+
+def _alive(socket_path: Path) -> bool:
+    check = subprocess.run(
+        ["ssh", "-o", f"ControlPath={socket_path}", "-O", "check", "x"],
+        capture_output=True,
+        timeout=10,
+    )
+    return check.returncode == 0
+
+
+@pytest.fixture
+def short_dir():
+    """Unix sockets need short paths (108 bytes): pytest's tmp_path is too deep for %C."""
+    folder = Path(tempfile.mkdtemp(prefix="obench-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_closing_a_lanes_masters_spares_every_other_ssh_master(tmp_path, short_dir, ssh_server):
+    bench = _bench()
+    lanes = short_dir / "control"
+    tuned = bench.lane_env({}, lanes / "tuned")["ANSIBLE_SSH_CONTROL_PATH_DIR"]
+    apply = bench.lane_env({}, lanes / "apply")["ANSIBLE_SSH_CONTROL_PATH_DIR"]
+    mine = _master(tmp_path, ssh_server, Path(tuned))
+    other_lane = _master(tmp_path, ssh_server, Path(apply))
+    users = _master(tmp_path, ssh_server, short_dir / "home" / ".ansible" / "cp")
+    try:
+        assert _alive(mine) and _alive(other_lane) and _alive(users)
+        bench.close_masters(Path(tuned))
+        assert not mine.exists() and not _alive(mine)
+        assert _alive(other_lane), "another lane's master was closed"
+        assert _alive(users), "a user's unrelated SSH master was closed"
+    finally:
+        for folder in (Path(apply), short_dir / "home" / ".ansible" / "cp"):
+            bench.close_masters(folder)
+    assert not _alive(other_lane) and not _alive(users)
