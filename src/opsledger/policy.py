@@ -698,6 +698,8 @@ def policy_check(project: Project) -> PolicyCheck:
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
     problems += _lock_policy_problems(project)
+    # Two checks may find the same fault (a schema and a rule): list it once.
+    problems = list({(p.file, p.field, p.message): p for p in problems}.values())
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),
