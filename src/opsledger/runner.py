@@ -176,7 +176,7 @@ def run_playbook(
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
     it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
-    marker the guard looks for).
+    marker the guard looks for, apply's read watch).
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
