@@ -41,6 +41,7 @@ import yaml
 
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import git
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
 from opsledger.yamlio import parse_yaml
@@ -196,6 +197,7 @@ class _Config:
     roles_paths: list[Path]
     folders: list[Path]  # collections, modules, module_utils, plugins: hashed whole
     secrets: list[Path]  # vault password files
+    fact_cache: Path | None = None  # jsonfile/yaml fact cache folder: machine-local state
 
 
 def _config(project: Project) -> _Config:
@@ -219,7 +221,38 @@ def _config(project: Project) -> _Config:
         if file and not file.startswith("prompt"):
             secrets.append(base / os.path.expanduser(file))
     folders = [p for key in CONFIG_PATHS if key != "roles_path" for p in paths(key)]
-    return _Config(paths("roles_path"), folders, secrets)
+    cache = parser.get("defaults", "fact_caching_connection", fallback="").strip()
+    fact_cache = base / os.path.expanduser(cache) if cache and "://" not in cache else None
+    return _Config(paths("roles_path"), folders, secrets, fact_cache)
+
+
+def _refuse_tracked_state(project: Project, config: _Config) -> None:
+    """Machine-local state in git is invalid (exit 2): Ansible and ansible-runner read it.
+
+    `.opsledger/` holds each run's ansible-runner folder (whose env/ files set variables,
+    options and extra vars) and, like the fact cache ansible.cfg names, facts Ansible loads
+    as host variables. git ignores them, yet `git add -f` commits them, and a checkout then
+    brings them to the machine that runs the change, outside any approved content.
+    """
+    folders = [project.state_dir]
+    if config.fact_cache is not None:
+        folders.append(config.fact_cache)
+    inside = [os.path.relpath(os.path.abspath(f), os.path.abspath(project.root)) for f in folders]
+    inside = [p for p in inside if p != "." and not p.startswith("..")]
+    if not inside:
+        return
+    tracked = git(project.root, "ls-files", "-z", "--", *inside, check=False).stdout
+    files = [p for p in tracked.split("\0") if p]
+    if files:
+        raise OpsledgerError(
+            Problem(
+                f"git tracks machine-local state Ansible would load: {', '.join(files[:3])}"
+                + (" ..." if len(files) > 3 else ""),
+                files[0],
+                "path",
+                "git rm --cached these files: a change cannot carry run state or cached facts",
+            )
+        )
 
 
 _IMPORT_KEYS = {
@@ -390,6 +423,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
     """
     del hosts  # the whole inventory of the environment counts, whichever hosts run
     config = _config(project)
+    _refuse_tracked_state(project, config)
     playbooks = [runbook.playbook, *_imported_playbooks(runbook.playbook, set())]
     basedirs = sorted({p.parent for p in playbooks})
     adjacent = [d / name for d in basedirs for name in PLAYBOOK_DIRS]

@@ -163,3 +163,28 @@ def test_a_playbook_imported_by_a_name_known_only_at_run_time_is_invalid(repo):
     with pytest.raises(OpsledgerError) as err:
         request(project, runbook="extra", targets="db", params={})
     assert err.value.exit_code == EXIT_INVALID and "run time" in str(err.value)
+
+
+# --- Machine-local state is never content, and never carried by git -----------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        # ansible.cfg: fact_caching_connection = .opsledger/facts (cached set_facts are vars)
+        (".opsledger/facts/lab-db1", '{"postgresql_max_connections": 5000}'),
+        # ansible-runner reads env/ of its private folder (apply: .opsledger/runs/<run>/)
+        (".opsledger/runs/CHG-0001-20261201T203000Z/env/extravars", "---\nx: 1\n"),
+    ],
+)
+def test_committed_machine_local_state_is_invalid(repo, path, text):
+    project, change_id, _ = repo
+    approve(project, change_id, "bob")
+    file = project.root / path
+    file.parent.mkdir(parents=True)
+    file.write_text(text)
+    git(project.root, "add", "-f", path)
+    git(project.root, "commit", "-q", "-m", "Warm the cache", env=as_env("alice"))
+    with pytest.raises(OpsledgerError) as err:
+        decide(project, change_id, now=INSIDE)
+    assert err.value.exit_code == EXIT_INVALID and path in str(err.value)
