@@ -489,23 +489,55 @@ def withdrawal_path(project: Project, change_id: str) -> Path:
     return changes_dir(project) / change_id / "withdrawn.yml"
 
 
-def load_withdrawal(project: Project, change_id: str) -> Withdrawal | None:
-    """The change's withdrawal, when one is committed (an uncommitted file does not count)."""
+def load_withdrawal(
+    project: Project, change_id: str, revs: tuple[str, ...] | list[str] = ("HEAD",)
+) -> Withdrawal | None:
+    """The change's withdrawal, when one was ever committed in the history of `revs`.
+
+    A withdrawal is final: deleting `withdrawn.yml` on a branch does not revive the change, so
+    the history is read (every commit, merges against each parent), not the tree, and the
+    version first added counts. An uncommitted file does not count.
+    """
     path = withdrawal_path(project, change_id)
-    if not path.exists():
-        return None
     rel = path.relative_to(project.root).as_posix()
-    shown = subprocess.run(
-        ["git", "-C", str(project.root), "show", f"HEAD:{rel}"],
+    revs = [r for r in dict.fromkeys(revs) if r]
+    if not revs:
+        return None
+    log = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
+            "log",
+            "--full-history",
+            "-m",
+            "--reverse",
+            "--diff-filter=A",
+            "--no-renames",
+            "--format=%H",
+            *revs,
+            "--",
+            rel,
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
-    if shown.returncode != 0:
+    added = log.stdout.split() if log.returncode == 0 else []
+    if not added:
         return None
-    data = parse_yaml(shown.stdout)
-    if not isinstance(data, dict):
-        return None
+    shown = subprocess.run(
+        ["git", "-C", str(project.root), "show", f"{added[0]}:{rel}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        data = parse_yaml(shown.stdout) if shown.returncode == 0 else None
+    except OpsledgerError:
+        data = None
+    if not isinstance(data, dict):  # unreadable, yet committed: still withdrawn (fail closed)
+        data = {"reason": "unreadable withdrawal"}
     return Withdrawal(
         change_id,
         str(data.get("withdrawn_by", "")),

@@ -41,6 +41,7 @@ import yaml
 
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import git
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
 from opsledger.yamlio import parse_yaml
@@ -196,6 +197,7 @@ class _Config:
     roles_paths: list[Path]
     folders: list[Path]  # collections, modules, module_utils, plugins: hashed whole
     secrets: list[Path]  # vault password files
+    fact_cache: Path | None = None  # jsonfile/yaml fact cache folder: machine-local state
 
 
 def _config(project: Project) -> _Config:
@@ -219,18 +221,115 @@ def _config(project: Project) -> _Config:
         if file and not file.startswith("prompt"):
             secrets.append(base / os.path.expanduser(file))
     folders = [p for key in CONFIG_PATHS if key != "roles_path" for p in paths(key)]
-    return _Config(paths("roles_path"), folders, secrets)
+    cache = parser.get("defaults", "fact_caching_connection", fallback="").strip()
+    fact_cache = base / os.path.expanduser(cache) if cache and "://" not in cache else None
+    return _Config(paths("roles_path"), folders, secrets, fact_cache)
+
+
+def _refuse_tracked_state(project: Project, config: _Config) -> None:
+    """Machine-local state in git is invalid (exit 2): Ansible and ansible-runner read it.
+
+    `.opsledger/` holds each run's ansible-runner folder (whose env/ files set variables,
+    options and extra vars) and, like the fact cache ansible.cfg names, facts Ansible loads
+    as host variables. git ignores them, yet `git add -f` commits them, and a checkout then
+    brings them to the machine that runs the change, outside any approved content.
+    """
+    folders = [project.state_dir]
+    if config.fact_cache is not None:
+        folders.append(config.fact_cache)
+    inside = [os.path.relpath(os.path.abspath(f), os.path.abspath(project.root)) for f in folders]
+    inside = [p for p in inside if p != "." and not p.startswith("..")]
+    if not inside:
+        return
+    tracked = git(project.root, "ls-files", "-z", "--", *inside, check=False).stdout
+    files = [p for p in tracked.split("\0") if p]
+    if files:
+        raise OpsledgerError(
+            Problem(
+                f"git tracks machine-local state Ansible would load: {', '.join(files[:3])}"
+                + (" ..." if len(files) > 3 else ""),
+                files[0],
+                "path",
+                "git rm --cached these files: a change cannot carry run state or cached facts",
+            )
+        )
+
+
+_IMPORT_KEYS = {
+    f"{prefix}import_playbook" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+}
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """YAML as Ansible reads it (anchors, `!unsafe`, `!vault`): tags read as plain values."""
+
+
+_AnyTagLoader.add_multi_constructor(
+    "!",
+    lambda loader, _tag, node: (
+        loader.construct_scalar(node)
+        if isinstance(node, yaml.ScalarNode)
+        else loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node)
+    ),
+)
+
+
+def _import_targets(playbook: Path) -> list[str]:
+    """What a playbook imports, read the way Ansible reads it (any YAML scalar style).
+
+    A target only known at run time cannot be bound to an approval: exit 2.
+    """
+    text = playbook.read_text(errors="replace")  # not UTF-8: Ansible cannot load it either
+    targets = _IMPORT.findall(text)
+    try:
+        plays = yaml.load(text, Loader=_AnyTagLoader)  # a SafeLoader subclass
+    except yaml.YAMLError:
+        plays = None
+    for play in plays if isinstance(plays, list) else []:
+        if not isinstance(play, dict):
+            continue
+        for key, value in play.items():
+            if key not in _IMPORT_KEYS:
+                continue
+            if not isinstance(value, str) or "{{" in value or "{%" in value:
+                raise OpsledgerError(
+                    Problem(
+                        f"imports a playbook only known at run time ({str(value)[:60]!r})",
+                        str(playbook),
+                        "import_playbook",
+                        "name the imported playbook literally: an approval must cover it",
+                    )
+                )
+            targets.append(value.strip())
+    return targets
 
 
 def _imported_playbooks(playbook: Path, seen: set[Path]) -> list[Path]:
     """Playbooks pulled in by import_playbook, followed recursively."""
     found = []
-    for target in _IMPORT.findall(playbook.read_text(errors="replace")):  # not UTF-8: no imports
+    for target in _import_targets(playbook):
         path = (playbook.parent / target).resolve()
         if path.is_file() and path not in seen:
             seen.add(path)
             found += [path, *_imported_playbooks(path, seen)]
     return found
+
+
+def _role_name(value: Any) -> Any:
+    """The role a role entry or include/import_role names; free-form `name=x` included."""
+    if isinstance(value, dict):
+        return value.get("role", value.get("name"))
+    if isinstance(value, str) and "=" in value:
+        from ansible.parsing.splitter import parse_kv
+
+        try:
+            args = parse_kv(value)
+        except Exception:  # unparseable: keep the text, it resolves to nothing
+            return value
+        return args.get("name", args.get("role", value))
+    return value
 
 
 def _names_in(data: Any) -> Iterator[str]:
@@ -241,14 +340,12 @@ def _names_in(data: Any) -> Iterator[str]:
     elif isinstance(data, dict):
         for key, value in data.items():
             if key in _ROLE_MODULES:
-                name = value.get("name") if isinstance(value, dict) else value
+                name = _role_name(value)
                 if name is not None:
                     yield str(name)
             elif key in ("roles", "dependencies") and isinstance(value, list):
                 for entry in value:
-                    name = (
-                        entry.get("role", entry.get("name")) if isinstance(entry, dict) else entry
-                    )
+                    name = _role_name(entry)
                     if isinstance(name, str):
                         yield name
             yield from _names_in(value)
@@ -277,23 +374,42 @@ def _referenced(files: list[Path]) -> tuple[set[str], bool]:
     return names, dynamic
 
 
-def _roles(declared: tuple[str, ...], playbooks: list[Path], search: list[Path]) -> list[Path]:
-    """The role folders the run can load: declared and named ones, followed to the end."""
+def _role_like(folder: Path) -> bool:
+    return any((folder / part).is_dir() for part in ("tasks", "meta", "handlers", "vars"))
+
+
+def _roles(
+    declared: tuple[str, ...], playbooks: list[Path], search: list[Path], basedirs: list[Path]
+) -> list[Path]:
+    """The role folders the run can load: declared and named ones, followed to the end.
+
+    Names resolve as Ansible resolves them: in the roles folders, then in the playbooks' own
+    folders. A name that resolves nowhere in the repository (other than a collection's
+    `ns.coll.role`) may still be found by Ansible somewhere static reading does not know, so
+    like a name only known at run time it brings in every role.
+    """
     every = sorted({d for folder in search if folder.is_dir() for d in folder.iterdir()})
+    every += sorted(
+        {d for b in basedirs if b.is_dir() for d in b.iterdir() if d.is_dir() and _role_like(d)}
+    )
     found: dict[Path, None] = {}
     names, dynamic = _referenced(playbooks)
     pending = set(declared) | names
     while pending and not dynamic:
         name = pending.pop()
-        for folder in search:
+        for folder in [*search, *basedirs]:
             role = folder / name
-            if role.is_dir() and role not in found:
-                found[role] = None
-                more, dyn = _referenced(_yaml_files(role))
-                pending |= more - {p.name for p in found}
-                dynamic = dynamic or dyn
+            if role.is_dir() and (folder in search or _role_like(role)):
+                if role not in found:
+                    found[role] = None
+                    more, dyn = _referenced(_yaml_files(role))
+                    pending |= more - {p.name for p in found}
+                    dynamic = dynamic or dyn
                 break
-    return [d for d in every if d.is_dir()] if dynamic else list(found)
+        else:
+            if "." not in name.strip("./"):
+                dynamic = True
+    return list(dict.fromkeys(d for d in every if d.is_dir())) if dynamic else list(found)
 
 
 def change_content(project: Project, change: Change, runbook: Runbook, hosts: list[str]) -> Content:
@@ -307,6 +423,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
     """
     del hosts  # the whole inventory of the environment counts, whichever hosts run
     config = _config(project)
+    _refuse_tracked_state(project, config)
     playbooks = [runbook.playbook, *_imported_playbooks(runbook.playbook, set())]
     basedirs = sorted({p.parent for p in playbooks})
     adjacent = [d / name for d in basedirs for name in PLAYBOOK_DIRS]
@@ -323,7 +440,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
         *config.folders,
         *config.secrets,
         project.inventory_dir(change.environment),
-        *_roles(runbook.roles, naming, search),
+        *_roles(runbook.roles, naming, search, basedirs),
     ]:
         collector.add(path)
     ignored = ignored_paths(project, sorted(collector.files))

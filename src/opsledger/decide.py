@@ -225,7 +225,9 @@ def _still_runs(
     now: dt.datetime,
 ) -> str | None:
     """Why another change no longer holds its hosts; None while it can still run."""
-    if load_withdrawal(project, other.id) is not None:
+    # Another change holds its hosts until the *base* says it is withdrawn: a withdrawal a
+    # branch brings for someone else's change releases nothing before it is merged.
+    if load_withdrawal(project, other.id, [trusted.sha]) is not None:
         return "withdrawn"
     mine = [r for r in runs if r.change == other.id]
     if any(r.result == "success" for r in mine):
@@ -330,8 +332,9 @@ def _conflicts(
     return Check("conflicts", True, "no other change that can still run overlaps it")
 
 
-def _withdrawn(project: Project, change: Change) -> list[Check]:
-    withdrawal = load_withdrawal(project, change.id)
+def _withdrawn(project: Project, change: Change, trusted: Base) -> list[Check]:
+    """A withdrawal anywhere in the history of HEAD or the base: deleting it revives nothing."""
+    withdrawal = load_withdrawal(project, change.id, ["HEAD", trusted.sha])
     if withdrawal is None:
         return []
     return [
@@ -382,7 +385,7 @@ def decide(
     checks += window_checks(change, policies, moment)
     checks.append(_promotion(project, trusted, change, runbook, policies, moment))
     checks.append(_conflicts(project, change, hosts, trusted, moment))
-    checks += _withdrawn(project, change)
+    checks += _withdrawn(project, change, trusted)
     if change.type == "emergency":
         hours = policies.emergency.get("review_within_hours")
         checks.append(
