@@ -185,6 +185,10 @@ def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person
         return {}, {}
     teams = {str(k): str(v) for k, v in (data.get("teams") or {}).items()}
     people: dict[str, Person] = {}
+    # A commit or a signature names one person: two people sharing an email (in any case) or a
+    # key would let one of them act as both, e.g. request and approve.
+    emails: dict[str, str] = {}
+    keys: dict[str, str] = {}
     for index, entry in enumerate(data.get("people") or []):
         where = f"people[{index}]"
         pid = str(entry.get("id", ""))
@@ -223,6 +227,25 @@ def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person
                     file,
                     f"{where}.signing_key",
                     "paste the .pub line, e.g. ssh-ed25519 AAAA...",
+                )
+            )
+        email = str(entry.get("email") or "").strip().casefold()
+        if email and emails.setdefault(email, pid) != pid:
+            problems.append(
+                Problem(
+                    f"email {entry['email']!r} is also {emails[email]}'s",
+                    file,
+                    f"{where}.email",
+                    "give each person an email of their own (git identifies people by it)",
+                )
+            )
+        if key and keys.setdefault(" ".join(str(key).split()[:2]), pid) != pid:
+            problems.append(
+                Problem(
+                    f"the signing key is also {keys[' '.join(str(key).split()[:2])]}'s",
+                    file,
+                    f"{where}.signing_key",
+                    "give each person a key of their own (a signature names one person)",
                 )
             )
         people[pid] = Person(

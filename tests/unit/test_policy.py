@@ -61,6 +61,25 @@ def test_unknown_teams_and_bad_keys(project):
     assert ("people.yml", "people[1].signing_key") in fields(project)
 
 
+def test_two_people_never_share_an_email_or_a_signing_key(project):
+    """One commit or signature must name one person: else alice could request and, as her
+    second id, approve."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk3pZ0p7VQ9d0o7gYxXb1b0k8bF0l3Jm9cP2q6hJx1T"
+
+    def twins(data):
+        alice = data["people"][0]
+        data["people"].append(
+            {"id": "alice2", "name": "Alice B", "email": alice["email"].upper(), "teams": ["dba"]}
+        )
+        data["people"][1]["signing_key"] = key
+        data["people"][2]["signing_key"] = key + " carol@laptop"
+
+    edit(project, "people.yml", twins)
+    found = {p.field: p.message for p in policy_check(project).problems}
+    assert "is also alice's" in found["people[6].email"]
+    assert "signing key is also" in found["people[2].signing_key"]
+
+
 def test_shadowed_and_missing_rules(project):
     def break_rules(data):
         data["rules"].insert(0, {"name": "catch all normal", "types": ["normal"], "approvals": 1})
