@@ -52,7 +52,7 @@ from opsledger.records import (
     write_record,
 )
 from opsledger.reviews import open_review
-from opsledger.runbooks import Runbook, load_runbook
+from opsledger.runbooks import Runbook, load_runbook, require_truthful
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
@@ -484,6 +484,7 @@ def apply_change(
     _refuse_applied(project, change_id, again)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
+    require_truthful(runbook)  # its plays batch as runbook.yml says, or nothing runs
     identity = runner_identity()
     _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
     lock_started = time.monotonic()
