@@ -6,7 +6,8 @@ edits elsewhere (docs, another role, another environment's inventory) leave it v
 - `changes/<ID>/change.yml`;
 - every file of the runbook's folder, and any playbook its playbook imports (e.g. site.yml);
 - every file of the roles the runbook declares (`roles:` in runbook.yml);
-- `ansible.cfg` (it changes how tasks run: handlers, become, connection settings);
+- `ansible.cfg` (it changes how tasks run: handlers, become, connection settings), and the
+  project's Ansible plugins it loads (`plugins/`: modules runbooks call act on the targets);
 - the inventory files that apply to the target hosts: the environment's `hosts.yml`, the
   `group_vars` of every group a target belongs to (ancestors and `all` included) and the
   targets' `host_vars`.
@@ -89,6 +90,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
     for role in runbook.roles:
         paths += _files_under(project.root / "roles" / role)
     paths.append(project.ansible_cfg)
+    paths += _files_under(project.root / "plugins")
     paths += _inventory_files(project, change, hosts)
     root = project.root.resolve()
     files = {}

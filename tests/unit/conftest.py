@@ -40,6 +40,7 @@ PROJECT_PARTS = (
     "policies",
     "vault-passwords",
     "ansible.cfg",
+    "plugins",
     "site.yml",
     "README.md",
 )

@@ -53,6 +53,7 @@ def append(project, path):
         "inventories/lab/group_vars/db/postgresql.yml",
         "inventories/lab/host_vars/lab-db2.yml",
         "ansible.cfg",
+        "plugins/modules/opsledger_packages.py",  # a module runbooks run on the targets
     ],
 )
 def test_edits_that_decide_what_runs_change_the_content(project, path):
