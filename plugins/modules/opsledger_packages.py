@@ -30,6 +30,7 @@ options:
   root: {type: path, default: /, description: dpkg's root directory (dpkg --root); the state folder and apt cache are below it.}
   state_dir: {type: str, default: /var/lib/opsledger/packages, description: Folder of snapshots and kept .debs, below root.}
   keep_last: {type: int, default: 5, description: after - snapshots (and the .debs only they use) kept; older ones are deleted.}
+  missing_ok: {type: bool, default: false, description: restore - a host without a snapshot of that run (the patch never reached it) is not a failure.}
 """
 
 EXAMPLES = r"""
@@ -347,8 +348,16 @@ def find_snapshot(state: str, patch_run: str) -> str:
     )
 
 
-def restore(root: str, state: str, patch_run: str, check: bool) -> dict:
-    path = find_snapshot(state, patch_run)
+def restore(
+    root: str, state: str, patch_run: str, check: bool, missing_ok: bool = False
+) -> dict:
+    try:
+        path = find_snapshot(state, patch_run)
+    except PackageError as exc:
+        if not missing_ok:
+            raise
+        # The patch stopped before this host (one host at a time): nothing of it to undo.
+        return {"changed": False, "not_patched": True, "note": str(exc), "failed_packages": []}
     data = _read(path)
     versions, _, _ = installed(root)
     base = data["before"]
@@ -377,7 +386,8 @@ def restore(root: str, state: str, patch_run: str, check: bool) -> dict:
         "would_remove": take_out,
     }
     if check or (not files and not take_out):
-        return {**result, "changed": False, "restored": {}, "removed": [], "failed_packages": failed}
+        would = check and bool(put_back or take_out)  # plan shows it would change the host
+        return {**result, "changed": would, "restored": {}, "removed": [], "failed_packages": failed}
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
     said = ""
     if files:
@@ -453,6 +463,7 @@ def main() -> None:
             "root": {"type": "path", "default": "/"},
             "state_dir": {"type": "str", "default": "/var/lib/opsledger/packages"},
             "keep_last": {"type": "int", "default": 5},
+            "missing_ok": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -467,7 +478,9 @@ def main() -> None:
         elif params["action"] == "after":
             result = after(root, state, params["run"], params["keep_last"], check)
         else:
-            result = restore(root, state, params["patch_run"] or params["run"], check)
+            result = restore(
+                root, state, params["patch_run"] or params["run"], check, params["missing_ok"]
+            )
     except (PackageError, OSError, subprocess.SubprocessError) as exc:
         module.fail_json(msg=str(exc))
     if result.get("failed_packages"):

@@ -38,6 +38,7 @@ from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, acquire, release
+from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
 from opsledger.project import Project
@@ -79,6 +80,7 @@ class RollbackOutcome:
             "run_status": self.run.status if self.run else "not run",
             "stats": self.run.host_stats() if self.run else {},
             "verification": _verification(self.verification),
+            "maintenance": maintenance_of(self.run.data) if self.run else {},
         }
 
 
@@ -307,6 +309,7 @@ def _run(
         cancel=interrupt,
         private_dir=journal,
         extra_env={RUN_MARKER: run_id},  # the guard finds the run's processes by it
+        extravars=run_vars(project, change.environment),  # backup-first hosts (dr.yml)
     )
 
 
@@ -620,6 +623,7 @@ def _locked_run(
             ),
             rollback=outcome.back.as_dict() if outcome.back else None,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
+            maintenance=maintenance_of(played.data) if played else {},
         )
         # Written and committed under one hold of the checkout's commit lock: another command
         # settling evidence never sees this record between the two.

@@ -163,7 +163,7 @@ def test_check_mode_reports_what_it_would_do_and_changes_nothing(host):
     patch(root, new)
     plan = packages.restore(str(root), state, RUN, check=True)
     assert plan["would_restore"] == {"opsl-demo": "1.0", "opsl-gone": "1.0"}
-    assert plan["would_remove"] == ["opsl-new"] and plan["changed"] is False
+    assert plan["would_remove"] == ["opsl-new"] and plan["changed"] is True  # plan: would change
     assert version_file(root, "opsl-demo") == "1:2.0"
 
 
@@ -172,6 +172,9 @@ def test_a_host_the_patch_never_reached_has_no_snapshot_to_restore(host):
     state = packages._under(str(root), "/var/lib/opsledger/packages")
     with pytest.raises(packages.PackageError, match="no package snapshot of CHG-0009"):
         packages.restore(str(root), state, "CHG-0009/20261201T203000Z", check=False)
+    skipped = packages.restore(str(root), state, "CHG-0009", check=False, missing_ok=True)
+    assert skipped["not_patched"] and skipped["changed"] is False
+    assert "was not patched by that run" in skipped["note"]
 
 
 def test_old_snapshots_and_debs_only_they_use_are_pruned(host):
