@@ -9,6 +9,17 @@ unattended-upgrade after installing), so the previous .debs are copied into a fo
 
 from __future__ import annotations
 
+import datetime as dt
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 module: opsledger_packages
 short_description: Snapshot installed packages around a patch, keep the previous .debs, restore them
@@ -23,14 +34,39 @@ description:
     it could not restore.
 options:
   action: {type: str, required: true, choices: [before, after, restore]}
-  run: {type: str, required: true, description: The run that patches (names the snapshot file).}
-  patch_run: {type: str, description: restore - the run whose snapshot to restore (default run); a change id picks its newest.}
-  simulate: {type: list, elements: str, default: [], description: before - apt-get arguments whose simulation (-s) lists what will change.}
-  packages: {type: dict, default: {}, description: before - more packages (name -> version) whose .deb to keep.}
-  root: {type: path, default: /, description: dpkg's root directory (dpkg --root); the state folder and apt cache are below it.}
-  state_dir: {type: str, default: /var/lib/opsledger/packages, description: Folder of snapshots and kept .debs, below root.}
-  keep_last: {type: int, default: 5, description: after - snapshots (and the .debs only they use) kept; older ones are deleted.}
-  missing_ok: {type: bool, default: false, description: restore - a host without a snapshot of that run (the patch never reached it) is not a failure.}
+  run:
+    {type: str, required: true, description: The run that patches (names the snapshot file).}
+  patch_run:
+    type: str
+    description: restore - the run whose snapshot to restore (default run); a change id
+      picks its newest.
+  simulate:
+    type: list
+    elements: str
+    default: []
+    description: before - apt-get arguments whose simulation (-s) lists what will change.
+  packages:
+    type: dict
+    default: {}
+    description: before - more packages (name -> version) whose .deb to keep.
+  root:
+    type: path
+    default: /
+    description: dpkg's root directory (dpkg --root); the state folder and apt cache are
+      below it.
+  state_dir:
+    type: str
+    default: /var/lib/opsledger/packages
+    description: Folder of snapshots and kept .debs, below root.
+  keep_last:
+    type: int
+    default: 5
+    description: after - snapshots (and the .debs only they use) kept; older ones deleted.
+  missing_ok:
+    type: bool
+    default: false
+    description: restore - a host without a snapshot of that run (the patch never reached
+      it) is not a failure.
 """
 
 EXAMPLES = r"""
@@ -45,19 +81,9 @@ RETURN = r"""
 packages: {description: before/after - installed packages, name -> version., type: dict}
 diff: {description: after - upgraded, downgraded, installed, removed, held, not_kept., type: dict}
 restored: {description: restore - packages put back, name -> version., type: dict}
-failed_packages: {description: restore - packages not restored, each with version and why., type: list}
+failed_packages:
+  {description: restore - packages not restored, each with version and why., type: list}
 """
-
-import datetime as dt
-import glob
-import json
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
 
 SEP = "\x1f"
 QUERY = SEP.join(["${Package}", "${Architecture}", "${Version}", "${db:Status-Abbrev}"])
@@ -158,9 +184,7 @@ def _deb_is(path: str, name: str, version: str) -> bool:
     out = subprocess.run(
         ["dpkg-deb", "-f", path, "Package", "Version"], capture_output=True, text=True, check=False
     )
-    fields = dict(
-        line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line
-    )
+    fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     return out.returncode == 0 and (fields.get("Package"), fields.get("Version")) == (
         name.split(":")[0],
         version,
@@ -207,7 +231,8 @@ def keep(
                     kept[name] = file
                     continue
                 said = (got.stderr or got.stdout).strip().splitlines()
-                why += f", and the mirror does not serve it ({said[-1][:160] if said else 'no .deb'})"
+                last = said[-1][:160] if said else "no .deb"
+                why += f", and the mirror does not serve it ({last})"
         missing[name] = {"version": version, "why": why}
     return kept, missing
 
@@ -230,7 +255,7 @@ def simulated(args: list[str], root: str) -> dict[str, str]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _read(path: str) -> dict:
@@ -276,7 +301,13 @@ def before(
         "not_kept": missing,
     }
     _write(path, data)
-    return {**result, "changed": True, "kept": kept, "not_kept": missing, "expected": sorted(wanted)}
+    return {
+        **result,
+        "changed": True,
+        "kept": kept,
+        "not_kept": missing,
+        "expected": sorted(wanted),
+    }
 
 
 def after(root: str, state: str, run: str, keep_last: int, check: bool) -> dict:
@@ -348,9 +379,7 @@ def find_snapshot(state: str, patch_run: str) -> str:
     )
 
 
-def restore(
-    root: str, state: str, patch_run: str, check: bool, missing_ok: bool = False
-) -> dict:
+def restore(root: str, state: str, patch_run: str, check: bool, missing_ok: bool = False) -> dict:
     try:
         path = find_snapshot(state, patch_run)
     except PackageError as exc:
@@ -387,7 +416,13 @@ def restore(
     }
     if check or (not files and not take_out):
         would = check and bool(put_back or take_out)  # plan shows it would change the host
-        return {**result, "changed": would, "restored": {}, "removed": [], "failed_packages": failed}
+        return {
+            **result,
+            "changed": would,
+            "restored": {},
+            "removed": [],
+            "failed_packages": failed,
+        }
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
     said = ""
     if files:
@@ -420,8 +455,7 @@ def restore(
                 {
                     "name": name,
                     "version": version,
-                    "why": f"dpkg left {now.get(name, 'nothing')} installed: "
-                    + _about(said, name),
+                    "why": f"dpkg left {now.get(name, 'nothing')} installed: " + _about(said, name),
                 }
             )
     for name in take_out:

@@ -219,8 +219,11 @@ def _hardware(runs: list[Record], host: str) -> dict[str, Any]:
 
 
 def _inspections(ledger: _Ledger, host: str, environment: str) -> tuple[list, list]:
-    """(open findings, recent inspections): a check's findings stay open until a newer
-    inspection that ran the check (by its schedule) covered the host."""
+    """(open findings, recent inspections) of a host.
+
+    A check's findings stay open until a newer inspection that ran the check (by its
+    schedule) covered the host.
+    """
     mine = [
         r
         for r in ledger.records
@@ -266,9 +269,8 @@ def _drift(ledger: _Ledger, host: str, environment: str) -> tuple[list, list]:
         own = [f for f in record.findings if f.get("host") == host]
         tasks = [f"{f.get('role', '')}: {f.get('task', '')}" for f in own if f.get("task")]
         state = next((f["state"] for f in own if not f.get("task") and f.get("state")), "")
-        history.append(
-            {"at": _when(record), "state": state or ("drifted" if tasks else "in sync"), "tasks": tasks}
-        )
+        state = state or ("drifted" if tasks else "in sync")
+        history.append({"at": _when(record), "state": state, "tasks": tasks})
     still = []
     if history and history[0]["state"] != "in sync":
         newest = history[0]
@@ -277,7 +279,8 @@ def _drift(ledger: _Ledger, host: str, environment: str) -> tuple[list, list]:
                 "source": "drift",
                 "check": "drift",
                 "severity": "warning",
-                "message": f"{newest['state']}: " + ("; ".join(newest["tasks"][:5]) or "see the record"),
+                "message": f"{newest['state']}: "
+                + ("; ".join(newest["tasks"][:5]) or "see the record"),
                 "at": newest["at"],
             }
         )

@@ -46,8 +46,10 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
 
 
 def run_vars(project: Project, environment: str) -> dict[str, Any]:
-    """Extra variables every run of a change gets besides its params (plain data from the
-    reviewed policies, never from the change)."""
+    """Extra variables every run of a change gets besides its params.
+
+    Plain data from the reviewed policies, never from the change.
+    """
     return {"opsledger_upgrade_backup": upgrade_backups(project, environment)}
 
 

@@ -72,7 +72,7 @@ _Loader.add_multi_constructor("!", _tagged)
 
 def _load(path: Path) -> list[Any]:
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader subclass
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise OpsledgerError(
             Problem(
@@ -84,7 +84,9 @@ def _load(path: Path) -> list[Any]:
         ) from None
     if not isinstance(data, list):
         raise OpsledgerError(
-            Problem("a playbook must be a list of plays", str(path), "playbook", "start with - name:")
+            Problem(
+                "a playbook must be a list of plays", str(path), "playbook", "start with - name:"
+            )
         )
     return data
 
@@ -163,8 +165,10 @@ def batch_size(value: Any) -> Any:
 
 
 def fail_limit(value: Any) -> Any:
-    """A max_fail_percentage as Ansible reads it: None means no limit (a failed host drops
-    out, the others go on)."""
+    """A max_fail_percentage as Ansible reads it.
+
+    None means no limit: a failed host drops out, the others go on.
+    """
     if isinstance(value, str) and _NUMBER.match(value):
         return int(value)
     return value

@@ -260,8 +260,9 @@ def _yaml(value: Any) -> str:
 
 
 def check_runbooks(project: Project, names: list[str] | None = None) -> RunbookCheck:
-    """Check runbooks (default: all) — metadata loads, and its serial and max_fail_percentage
-    are what the plays use.
+    """Check runbooks (default: all): metadata loads and says what the plays run with.
+
+    Its serial and max_fail_percentage must be what every rollout play uses.
 
     Example:
         check_runbooks(find_project()).status  # CheckStatus.AGREES

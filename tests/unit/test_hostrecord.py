@@ -70,7 +70,9 @@ def ledger(tmp_path):
         folder = project.root / "changes" / change
         folder.mkdir(parents=True)
         (folder / "change.yml").write_text(f"id: {change}\ntitle: {title}\n")
-        commit_paths(project.root, [folder / "change.yml"], f"Request {change}", name="A", email="a@x")
+        commit_paths(
+            project.root, [folder / "change.yml"], f"Request {change}", name="A", email="a@x"
+        )
     record_run(
         project,
         "CHG-0001",

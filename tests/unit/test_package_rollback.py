@@ -81,7 +81,9 @@ PATCH_PLAYBOOK = """\
                 bogus: not a mapping
     - name: Lose a kept .deb, as a cleaned folder would
       ansible.builtin.file:
-        path: "{{ opsledger_packages_root }}/var/lib/opsledger/packages/debs/{{ opsledger_params.lose }}_1.0_all.deb"
+        path: >-
+          {{ opsledger_packages_root }}/var/lib/opsledger/packages/debs/{{
+          opsledger_params.lose }}_1.0_all.deb
         state: absent
       when: opsledger_params.lose is defined
     - name: Fail when asked, as a failed update would

@@ -48,11 +48,13 @@ def host() -> None:
 @_FORMAT
 @_OUTPUT
 def show(name: str, environment: str | None, fmt: str, output: Path | None) -> None:
-    """One host's record: inventory groups and key variables, the hardware record and OS its
-    last converge recorded, the package snapshot of its last patch (with the backup before it
-    and any rollback), every change run on it (result, when, by whom), inspections and drift
-    with the findings still open, DR drills, incidents and the waivers that apply to it — all
-    read from the repository (run records as git has them); no host is contacted.
+    """One host's record, read from the repository; no host is contacted.
+
+    Inventory groups and key variables, the hardware record and OS its last converge
+    recorded, the package snapshot of its last patch (with the backup before it and any
+    rollback), every change run on it (result, when, by whom), inspections and drift with the
+    findings still open, DR drills, incidents and the waivers that apply to it (run records as
+    git has them).
 
     \b
     Example:
@@ -70,8 +72,9 @@ def show(name: str, environment: str | None, fmt: str, output: Path | None) -> N
 @_FORMAT
 @_OUTPUT
 def list_(environment: str | None, fmt: str, output: Path | None) -> None:
-    """The estate, a CMDB view: host, environment, groups, OS, last change, last patch and
-    open findings of every host.
+    """The estate, a CMDB view of every host.
+
+    Host, environment, groups, OS, last change, last patch and open findings.
 
     \b
     Example:

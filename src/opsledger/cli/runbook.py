@@ -82,8 +82,10 @@ def show(name: str, as_json: bool) -> None:
 @runbook.command()
 @click.argument("names", nargs=-1)
 def check(names: tuple[str, ...]) -> None:
-    """Check runbooks (default: all): metadata, and serial / max_fail_percentage agreeing with
-    every play that can change a host; exit 2 on a mismatch, naming the play and the fix.
+    """Check that runbook metadata is what the plays run with (default: every runbook).
+
+    serial and max_fail_percentage of runbook.yml must be what every play that can change a
+    host says (imported playbooks followed); exit 2 on a mismatch, naming the play and the fix.
 
     \b
     Example:

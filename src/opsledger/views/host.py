@@ -151,7 +151,10 @@ def host_html(record: HostRecord) -> str:
         f"<span class='{record.status.value}'>{e(record.status.value)}</span></h1>",
         f"<p>groups: {e(', '.join(record.groups) or '-')} — os: {e(record.os or '-')}</p>",
         "<h2>Key variables</h2>",
-        _table(["variable", "value"], [[k, json.dumps(v, default=str)] for k, v in record.variables.items()]),
+        _table(
+            ["variable", "value"],
+            [[k, json.dumps(v, default=str)] for k, v in record.variables.items()],
+        ),
         "<h2>Hardware</h2>",
         f"<pre>{e(json.dumps(record.hardware, indent=1, default=str))}</pre>"
         if record.hardware
@@ -165,43 +168,75 @@ def host_html(record: HostRecord) -> str:
         _table(
             ["finished", "change", "title", "runbook", "result", "by", "verification", "rollback"],
             [
-                [_at(c["finished_at"]), c["change"], c["title"], c["runbook"], c["result"],
-                 c["by"], c["verification"], c["rollback"]]
+                [
+                    _at(c["finished_at"]),
+                    c["change"],
+                    c["title"],
+                    c["runbook"],
+                    c["result"],
+                    c["by"],
+                    c["verification"],
+                    c["rollback"],
+                ]
                 for c in reversed(record.changes)
             ],
-        ),  # fmt: skip
+        ),
         "<h2>Open findings</h2>",
         _table(
             ["severity", "check", "finding", "from", "at"],
             [
-                [f.get("severity"), f.get("check"), f.get("message"),
-                 f.get("schedule") or f.get("source"), _at(f.get("at"))]
+                [
+                    f.get("severity"),
+                    f.get("check"),
+                    f.get("message"),
+                    f.get("schedule") or f.get("source"),
+                    _at(f.get("at")),
+                ]
                 for f in record.open_findings
             ],
-        ),  # fmt: skip
+        ),
         "<h2>Inspections</h2>",
         _table(
             ["at", "schedule", "result", "findings"],
-            [[_at(i["at"]), i["schedule"], i["result"], len(i["findings"])] for i in record.inspections],
+            [
+                [_at(i["at"]), i["schedule"], i["result"], len(i["findings"])]
+                for i in record.inspections
+            ],
         ),
         "<h2>Drift</h2>",
-        _table(["at", "state", "tasks"], [[_at(d["at"]), d["state"], "; ".join(d["tasks"])] for d in record.drift]),
+        _table(
+            ["at", "state", "tasks"],
+            [[_at(d["at"]), d["state"], "; ".join(d["tasks"])] for d in record.drift],
+        ),
         "<h2>Drills</h2>",
         _table(
             ["at", "service", "result", "RTO s", "RPO s"],
-            [[_at(d["at"]), d["service"], d["result"], d["rto_s"], d["rpo_s"]] for d in record.drills],
+            [
+                [_at(d["at"]), d["service"], d["result"], d["rto_s"], d["rpo_s"]]
+                for d in record.drills
+            ],
         ),
         "<h2>Incidents</h2>",
         _table(
             ["id", "status", "priority", "class", "title"],
-            [[i["id"], i["status"], i["priority"], i["class"], i["title"]] for i in record.incidents],
+            [
+                [i["id"], i["status"], i["priority"], i["class"], i["title"]]
+                for i in record.incidents
+            ],
         ),
         "<h2>Waivers</h2>",
         _table(
             ["id", "controls", "expires", "reason"],
-            [[w["id"], ", ".join(w["controls"]), w["expires"] + (" (expired)" if w["expired"] else ""),
-              w["reason"]] for w in record.waivers],
-        ),  # fmt: skip
+            [
+                [
+                    w["id"],
+                    ", ".join(w["controls"]),
+                    w["expires"] + (" (expired)" if w["expired"] else ""),
+                    w["reason"],
+                ]
+                for w in record.waivers
+            ],
+        ),
     ]
     return (
         f"<!doctype html><meta charset='utf-8'><title>{e(record.host)}</title>{_STYLE}"
