@@ -218,7 +218,7 @@ def keep(
         if download:
             with tempfile.TemporaryDirectory(dir=debs) as scratch:
                 got = subprocess.run(
-                    ["apt-get", "download", "-q", f"{name.split(':')[0]}:{arch}={version}"],
+                    ["apt-get", "download", "-q", f"{name}={version}"],  # name:arch if keyed so
                     cwd=scratch,
                     capture_output=True,
                     text=True,
