@@ -41,7 +41,10 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
         except OpsledgerError:  # names no group or host of this environment: none here
             hosts = []
         for host in hosts:
-            found.setdefault(host.name, {"service": service.name, "type": service.upgrade_backup})
+            # plain str: Ansible's tagged host names are not data a YAML dumper knows
+            found.setdefault(
+                str(host.name), {"service": str(service.name), "type": str(service.upgrade_backup)}
+            )
     return found
 
 

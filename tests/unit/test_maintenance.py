@@ -29,6 +29,9 @@ def test_the_db_hosts_get_a_backup_of_the_policys_type_first(repo_project):
         "prd-db1.example.invalid",
         "prd-db2.example.invalid",
     }
+    # written into the run's extra-vars file as plain YAML
+    dumped = yaml.safe_load(yaml.safe_dump(run_vars(repo_project, "lab")))
+    assert dumped["opsledger_upgrade_backup"]["lab-db2"] == {"service": "postgres", "type": "full"}
 
 
 def test_the_type_and_the_hosts_follow_the_policy(tmp_path):
