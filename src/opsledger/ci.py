@@ -1,10 +1,12 @@
 """What the pipelines run, as use cases, so a laptop and any CI run the same steps.
 
-- `pr_check`: which changes a pull request touches; each validated, decided and (optionally)
-  planned; desired-state edits that no change of the PR covers; one markdown summary for the
-  PR. Exit 2 when something is invalid or uncovered, 3 while a change lacks valid approvals
-  (so a required status check blocks the merge), else 0.
-- `ci_apply`: after a merge, `apply --pending`, then push the run records back.
+- `pr_check`: which changes (CHG-<n>) and policy changes (POL-<n>) a pull request touches;
+  each validated, decided under the *base's* policies and (optionally) planned; desired-state
+  and policy edits that no change of the PR covers; one markdown summary for the PR. Exit 2
+  when something is invalid or uncovered, 3 while a change lacks valid approvals (so a
+  required status check blocks the merge), else 0.
+- `ci_apply`: after a merge, `apply --pending` on the protected branch itself, then push the
+  run records back.
 - `codeowners`: the forge's required reviewers generated from policies, so they match.
 """
 
@@ -20,10 +22,11 @@ from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git, require_history
-from opsledger.identity import signing_key
+from opsledger.identity import committer, signing_key
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies, policy_check
+from opsledger.policy_changes import is_policy_change, policy_content
 from opsledger.project import Project
 
 
@@ -76,12 +79,13 @@ class PrReport:
             out += [f"- {p}" for p in self.policy_problems]
             out.append("")
         if self.uncovered:
-            out += ["### Desired state changed without a change request covering it", ""]
+            out += ["### Desired state or policies changed without a change covering it", ""]
             out += [f"- `{path}`" for path in self.uncovered]
             out += [
                 "",
                 "Add a change request (`opsledger change new`) whose runbook, roles or targets' "
-                "inventory include these files.",
+                "inventory include these files; for `policies/`, a policy change "
+                "(`opsledger policy propose`).",
                 "",
             ]
         for item in self.items:
@@ -124,8 +128,11 @@ def pr_scope(project: Project, base: str) -> PrScope:
     # -z: NUL-separated and never quoted, so `zé.yml` or a name with spaces is one path.
     out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
     files = [p for p in out.stdout.split("\0") if p]
-    changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})
-    desired = [p for p in files if is_desired_state(p)]
+    changes = sorted(
+        {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
+    )
+    policy = [p for p in files if p.startswith("policies/") and not p.endswith(".md")]
+    desired = [p for p in files if is_desired_state(p)] + policy
     return PrScope(base, files, changes, desired)
 
 
@@ -144,6 +151,13 @@ def pr_check(
     for change_id in scope.changes:
         item = PrChange(change_id)
         items.append(item)
+        if is_policy_change(change_id):
+            try:
+                item.decision = decide(project, change_id, now=now, base=base)
+                item.covers = set(policy_content(project, change_id).files)
+            except OpsledgerError as err:
+                item.problems = [str(p) for p in err.problems]
+            continue
         file = project.root / "changes" / change_id / "change.yml"
         if not (file.exists() or file.is_symlink()):
             continue  # removed by the PR
@@ -159,8 +173,10 @@ def pr_check(
             item.covers = set(
                 change_content(project, result.change, result.runbook, result.hosts).files
             )
-            item.plan = plan(project, change_id, now=now) if with_plan else None
-            item.decision = item.plan.decision if item.plan else decide(project, change_id, now=now)
+            item.plan = plan(project, change_id, now=now, base=base) if with_plan else None
+            item.decision = (
+                item.plan.decision if item.plan else decide(project, change_id, now=now, base=base)
+            )
         except OpsledgerError as err:
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
@@ -171,10 +187,12 @@ def pr_check(
 def codeowners(project: Project) -> str:
     """CODEOWNERS generated from policies, so the forge's required reviewers match them.
 
-    The CAB owns everything by default and the policies; each runbook's owning teams own its
-    folder. Emails identify people (GitHub and GitLab accept verified emails).
+    The CAB owns everything by default; the policy owners (`policy_changes`) own policies/;
+    each runbook's owning teams own its folder. Emails identify people (GitHub and GitLab
+    accept verified emails).
     """
     policies, _ = load_policies(project)
+    owners = policies.policy_changes.owners if policies.policy_changes else ("cab",)
 
     def members(teams) -> str:
         emails = sorted(p.email for p in policies.people.values() if set(p.teams) & set(teams))
@@ -183,11 +201,39 @@ def codeowners(project: Project) -> str:
     lines = [
         "# Generated by `opsledger ci codeowners` from policies/; do not edit by hand.",
         f"* {members(['cab'])}",
-        f"/policies/ {members(['cab'])}",
+        f"/policies/ {members(owners)}",
     ]
     for runbook, teams in sorted(policies.runbook_teams.items()):
         lines.append(f"/runbooks/{runbook}/ {members(teams)}")
     return "\n".join(lines) + "\n"
+
+
+def push_records(project: Project, remote: str, branch: str) -> bool:
+    """Push the branch; when it moved meanwhile, rebase the records onto it and retry.
+
+    The rebase re-commits the records, so it commits them as the CI identity again (and signs
+    them with its key when one is set): a record committed by anyone else is no evidence.
+    """
+    key = signing_key()
+    sign = (
+        ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
+        if key
+        else []
+    )
+    name, email = committer(project)
+    identity = {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    for _ in range(3):
+        if git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode == 0:
+            return True
+        git(project.root, *sign, "pull", "-q", "--rebase", remote, branch, env=identity)
+    raise OpsledgerError(
+        Problem(
+            f"could not push the run records to {remote}/{branch}",
+            field="git push",
+            fix="push them by hand: the records are committed locally",
+        ),
+        EXIT_FAILED,
+    )
 
 
 @dataclass
@@ -209,8 +255,8 @@ def ci_apply(
     """After a merge: apply every pending change, then push the run records to `remote`.
 
     A push rejected because the branch moved meanwhile is retried after a rebase (records are
-    new files, so they never conflict); with $OPSLEDGER_SIGNING_KEY the rebased commits are
-    signed again.
+    new files, so they never conflict), committed again as the CI identity and, with
+    $OPSLEDGER_SIGNING_KEY, signed again.
 
     Example:
         result = ci_apply(find_project(), remote="origin")
@@ -221,34 +267,13 @@ def ci_apply(
             Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
         )
     before = git(project.root, "rev-parse", "HEAD").stdout.strip()
-    outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
+    # This runs on the protected branch after a merge: the branch itself is the base.
+    outcome = apply_pending(
+        project, now=now, wait=wait, events=events, environment=environment, base="HEAD"
+    )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-    pushed = False
     # Push whatever was committed: run records, and records of earlier runs committed late or
     # recorded as interrupted while settling the evidence.
     moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
-    if remote and moved:
-        key = signing_key()
-        sign = (
-            ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
-            if key
-            else []
-        )
-        for _ in range(3):
-            if (
-                git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode
-                == 0
-            ):
-                pushed = True
-                break
-            git(project.root, *sign, "pull", "-q", "--rebase", remote, branch)
-        if not pushed:
-            raise OpsledgerError(
-                Problem(
-                    f"could not push the run records to {remote}/{branch}",
-                    field="git push",
-                    fix="push them by hand: the records are committed locally",
-                ),
-                EXIT_FAILED,
-            )
+    pushed = bool(remote and moved) and push_records(project, remote or "", branch)
     return CiApplyResult(outcome, pushed, branch)

@@ -138,3 +138,26 @@ def commit_paths(
         args.append("-S")
     git(root, *args, "--", *relative, env=identity)
     return head(root)
+
+
+def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
+    """Object contents by sha from one `git cat-file --batch` (missing objects are left out)."""
+    if not shas:
+        return {}
+    proc = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "--batch"],
+        input="".join(f"{s}\n" for s in shas).encode(),
+        capture_output=True,
+        check=True,
+    )
+    out, found, at = proc.stdout, {}, 0
+    for sha in shas:
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        at = end + 1
+        if len(header) < 3 or header[1] == b"missing":
+            continue
+        size = int(header[2])
+        found[sha] = out[at : at + size]
+        at += size + 1
+    return found

@@ -61,6 +61,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class PolicyChangeRule:
+    """Who approves edits of policies/: owner teams, how many approvals, signed or not."""
+
+    owners: tuple[str, ...]
+    approvals: int
+    signed: bool
+
+
+@dataclass(frozen=True)
 class Window:
     days: tuple[str, ...]
     start: str
@@ -93,6 +102,9 @@ class Policies:
     hash: str = ""
     files: dict[str, str] = field(default_factory=dict)
     audit_from: dt.datetime | None = None  # history before this is the pre-adoption baseline
+    # None: policy edits are not under change control yet (see base.py, the policy chain)
+    policy_changes: PolicyChangeRule | None = None
+    records_by: str | None = None  # the person (CI) whose commits of run records are evidence
 
     def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
@@ -355,11 +367,44 @@ def _rules(
                 "e.g. within_days: 7",
             )
         )
+    policy_changes = None
+    spec = data.get("policy_changes")
+    if spec is not None:
+        where = "policy_changes"
+        if not isinstance(spec, dict):
+            spec = {}
+            problems.append(
+                Problem("must be a mapping", file, where, "owners, approvals and signed keys")
+            )
+        if teams:  # none: people.yml is broken, and says so itself
+            _unknown(problems, spec.get("owners"), teams, "team", file, f"{where}.owners")
+        count = spec.get("approvals")
+        if not spec.get("owners") or not isinstance(count, int) or count < 1:
+            problems.append(
+                Problem(
+                    "needs owners (teams) and approvals >= 1",
+                    file,
+                    where,
+                    "e.g. policy_changes: {owners: [cab], approvals: 1, signed: true}",
+                )
+            )
+        if not isinstance(spec.get("signed"), bool):
+            problems.append(
+                Problem("must be true or false", file, f"{where}.signed", "e.g. signed: true")
+            )
+        policy_changes = PolicyChangeRule(
+            tuple(spec.get("owners") or ()),
+            count if isinstance(count, int) else 1,
+            spec.get("signed") is not False,  # anything but an explicit false means signed
+        )
+    records_by = (data.get("records") or {}).get("committed_by")
     audit = data.get("audit") or {}
     _unknown(problems, sorted(audit), ["from"], "key", file, "audit")
     audit_from = _aware(audit["from"], file, "audit.from", problems) if audit.get("from") else None
     return {
         "audit_from": audit_from,
+        "policy_changes": policy_changes,
+        "records_by": str(records_by) if records_by else None,
         "four_eyes": bool(data.get("four_eyes", True)),
         "rules": rules,
         "runbook_teams": runbook_teams,
@@ -401,13 +446,16 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
                             "write e.g. 20:00 (end may be 24:00)",
                         )
                     )
-            if str(entry.get("start", "")) >= str(entry.get("end", "")):
+            # end < start is an overnight window (it closes the next day); equal is empty
+            if str(entry.get("start", "")) == str(entry.get("end", "")) or (
+                str(entry.get("start")) == "24:00"
+            ):
                 problems.append(
                     Problem(
-                        "the window ends before it starts",
+                        "the window is empty",
                         file,
                         f"{where}.end",
-                        "make end later than start",
+                        "end differs from start (an end earlier than start closes the next day)",
                     )
                 )
             _zone(entry.get("timezone"), file, f"{where}.timezone", problems)
@@ -515,7 +563,9 @@ def _staffing(project: Project, policies: Policies, problems: list[Problem]) -> 
     if not policies.people:
         return  # people.yml itself is broken: its own problems say so
     file = str(project.root / "policies" / "changes.yml")
-    members = {t: [p for p in policies.people.values() if t in p.teams] for t in policies.teams}
+    # The CI identity (records.committed_by) signs no statements: it approves nothing.
+    approvers = [p for p in policies.people.values() if p.id != policies.records_by]
+    members = {t: [p for p in approvers if t in p.teams] for t in policies.teams}
     for index, rule in enumerate(policies.rules):
         where = f"rules[{index}]"
         for key in ("required_teams", "any_of_teams"):
@@ -530,9 +580,7 @@ def _staffing(project: Project, policies: Policies, problems: list[Problem]) -> 
                         )
                     )
         eligible = [
-            p
-            for p in policies.people.values()
-            if not rule.any_of_teams or set(p.teams) & set(rule.any_of_teams)
+            p for p in approvers if not rule.any_of_teams or set(p.teams) & set(rule.any_of_teams)
         ]
         if rule.approvals > len(eligible):
             problems.append(
@@ -541,6 +589,19 @@ def _staffing(project: Project, policies: Policies, problems: list[Problem]) -> 
                     file,
                     f"{where}.approvals",
                     "lower the quorum or add people to the teams",
+                )
+            )
+    edits = policies.policy_changes
+    if edits is not None:
+        owning = [p for p in approvers if set(p.teams) & set(edits.owners)]
+        if edits.approvals > len(owning):
+            problems.append(
+                Problem(
+                    f"needs {edits.approvals} approvals but only {len(owning)} policy owners "
+                    "may approve",
+                    file,
+                    "policy_changes.approvals",
+                    "lower the quorum or add people to the owner teams",
                 )
             )
     for runbook, owners in policies.runbook_teams.items():
@@ -568,6 +629,15 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
         **_sla(project, problems),
         hash=policy_hash(project),
     )
+    if people and policies.records_by and policies.records_by not in people:
+        problems.append(
+            Problem(
+                f"{policies.records_by!r} is not in people.yml",
+                str(project.root / "policies" / "changes.yml"),
+                "records.committed_by",
+                "name the CI identity's person id",
+            )
+        )
     _staffing(project, policies, problems)
     waivers_file = project.root / "policies" / "waivers.yml"
     try:
@@ -628,6 +698,8 @@ def policy_check(project: Project) -> PolicyCheck:
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
     problems += _lock_policy_problems(project)
+    # Two checks may find the same fault (a schema and a rule): list it once.
+    problems = list({(p.file, p.field, p.message): p for p in problems}.values())
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),

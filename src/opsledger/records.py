@@ -186,6 +186,11 @@ class RunLedger:
     committed: list[Record]  # final records in HEAD, oldest first
     started: list[RunFile]  # write-ahead records in HEAD whose run has no final record in HEAD
     uncommitted: list[RunFile]  # record files in the working tree that HEAD does not have
+    committed_files: list[RunFile] = field(default_factory=list)  # `committed`, with paths
+
+    def committed_at(self, path: str) -> Record | None:
+        """The final record HEAD holds at `path` (relative to the project), if any."""
+        return next((f.record for f in self.committed_files if f.path == path), None)
 
 
 def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None:
@@ -193,6 +198,20 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
         ["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False
     )
     return proc.stdout if proc.returncode == 0 else None
+
+
+def is_final_run_path(path: str) -> bool:
+    """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
+    match = _RUN_FILE.match(path)
+    return bool(match) and not match.group(3)
+
+
+def parse_record(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record).
+
+    The one parser of run record bytes, whether read from HEAD, the working tree or history.
+    """
+    return _parse(data)
 
 
 def _parse(data: bytes) -> Record | None:
@@ -250,7 +269,7 @@ def read_runs(project: Project) -> RunLedger:
             if final_path_of(path) not in committed_files:
                 started.append(RunFile(path, record))
         else:
-            committed.append(record)
+            committed.append(RunFile(path, record))
     uncommitted = []
     for file in sorted((project.root / "changes").glob("*/runs/*.json")):
         path = file.relative_to(project.root).as_posix()
@@ -262,10 +281,12 @@ def read_runs(project: Project) -> RunLedger:
             continue
         if record is not None:
             uncommitted.append(RunFile(path, record))
+    committed.sort(key=lambda f: f.record.finished_at)
     return RunLedger(
-        sorted(committed, key=lambda r: r.finished_at),
+        [f.record for f in committed],
         sorted(started, key=lambda f: f.path),
         uncommitted,
+        committed,
     )
 
 

@@ -177,8 +177,8 @@ def run_playbook(
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
     it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
-    marker the guard looks for); `extravars` are plain variables from reviewed files (policies),
-    never a change's params.
+    marker the guard looks for, apply's read watch); `extravars` are plain variables from
+    reviewed files (policies), never a change's params.
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 import yaml
 
-from opsledger.approvals import approve_change
+from opsledger.signoff import approve_change
 from opsledger.lab.service import run_on_host
 from opsledger.records import Record
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
+from opsledger.signoff import request_change
 
 from ..conftest import REPO_ROOT
 
@@ -51,7 +51,7 @@ def copy_project(root):
     for part in PROJECT_PARTS:
         source = REPO_ROOT / part
         if source.is_dir():
-            shutil.copytree(source, root / part)
+            shutil.copytree(source, root / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             root.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, root / part)
@@ -69,8 +69,9 @@ def keypair(folder, name):
 
 @pytest.fixture
 def repo(tmp_path):
-    """A git repo of the project with signing keys for bob and carol, and CHG-0001 (alice's
-    converge of db in the lab, 2026-12-01 20:00-22:00 UTC) committed by alice."""
+    """A git repo of the project with signing keys for alice, bob, carol, dave and ci, and
+    CHG-0001 (alice's converge of db in the lab, 2026-12-01 20:00-22:00 UTC) requested by
+    alice: its change.yml and her request statement, committed by her."""
     return build_repo(tmp_path)
 
 
@@ -78,7 +79,7 @@ def build_repo(tmp_path):
     """What the `repo` fixture returns, built under tmp_path (for wider-scoped fixtures)."""
     project = copy_project(tmp_path / "p")
     root = project.root
-    keys = {name: keypair(tmp_path, name) for name in ("bob", "carol")}
+    keys = {name: keypair(tmp_path, name) for name in ("alice", "bob", "carol", "dave", "ci")}
     people = root / "policies" / "people.yml"
     data = yaml.safe_load(people.read_text())
     for person in data["people"]:
@@ -94,7 +95,7 @@ def build_repo(tmp_path):
         "GIT_COMMITTER_EMAIL": "alice@example.org",
     }
     git(root, "commit", "-q", "-m", "Initial state", env=env)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Tune the database hosts",
         runbook="converge",
@@ -106,7 +107,11 @@ def build_repo(tmp_path):
         window_end=START + dt.timedelta(hours=2),
     )
     commit_paths(
-        root, [change.file], f"Request {change.id}", name="Alice Arnold", email="alice@example.org"
+        root,
+        [change.file.parent],
+        f"Request {change.id}",
+        name="Alice Arnold",
+        email="alice@example.org",
     )
     return project, change.id, keys
 
@@ -228,7 +233,7 @@ def local_repo(tmp_path):
 
     def request(targets="lab-db1", params=None, change_type="normal", window=None, **kw):
         start, end = window or open_window()
-        change = new_change(
+        change, _ = request_change(
             project,
             title=kw.pop("title", "Local steps on the controller"),
             runbook="local-steps",
@@ -243,7 +248,7 @@ def local_repo(tmp_path):
         )
         commit_paths(
             root,
-            [change.file],
+            [change.file.parent],
             f"Request {change.id}",
             name="Alice Arnold",
             email="alice@example.org",

@@ -289,10 +289,21 @@ def test_change_new_does_not_write_into_a_leftover_folder(tmp_path):
 
 def test_a_failed_approval_commit_leaves_nothing_behind(shared_repo, tmp_path):
     project, change_id = shared_repo
+    # The statement is signed before anything is written (statements.py), so a key ssh-keygen
+    # cannot sign with is refused up front; git refusing the commit itself is held here by
+    # its index lock, as a concurrent git would.
     key = tmp_path / "not-a-key"
     key.write_text("this is not an SSH key\n")
     before = tree_state(project.root)
     result = run(project.root, ["approve", change_id, "--as", "bob", "--key", str(key)])
+    assert_refused(result, expect="could not sign")
+    assert tree_state(project.root) == before
+    lock = project.root / ".git" / "index.lock"
+    lock.touch()
+    try:
+        result = run(project.root, ["approve", change_id, "--as", "bob"])
+    finally:
+        lock.unlink()
     assert_refused(result, code=1, expect="failed")
     assert tree_state(project.root) == before
     assert git(project.root, "status", "--porcelain").stdout == ""
@@ -359,6 +370,8 @@ def test_an_approval_is_never_written_through_a_symlinked_folder(shared_repo, tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     approvals = project.root / "changes" / change_id / "approvals"
+    aside = tmp_path / "approvals"  # alice's request statement lives there (#12): set it aside
+    approvals.rename(aside)
     approvals.symlink_to(elsewhere)
     try:
         before = tree_state(project.root)
@@ -367,3 +380,4 @@ def test_an_approval_is_never_written_through_a_symlinked_folder(shared_repo, tm
         assert tree_state(project.root) == before and not any(elsewhere.iterdir())
     finally:
         approvals.unlink()
+        aside.rename(approvals)

@@ -64,7 +64,7 @@ def test_plan_problems_are_listed_with_file_and_field(tmp_path):
     assert all(p.file.endswith("inspections.yml") for p in err.value.problems)
     # policy check lints the plan too, and incidents.yml says the new check has no fault class
     linted = policy_check(project).problems
-    assert len(linted) == 5 and "'teleport' has no fault class" in str(linted[-1])
+    assert len(linted) == 4 and "'teleport' has no fault class" in str(linted[-1])
     # The schema (opsledger policy schema inspections) is checked before the rest.
     data["schedules"]["weekly"]["every_hours"] = -1
     path.write_text(yaml.safe_dump(data))

@@ -13,10 +13,9 @@ import pytest
 import yaml
 
 from opsledger.apply import apply_change
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import read_runs
+from opsledger.signoff import approve_change, request_change
 
 from .conftest import ALICE_ENV, copy_project, open_window
 from .test_packages_module import build_deb, dpkg, packages, version_file
@@ -143,7 +142,7 @@ def patched(tmp_path):
 
     def request(params):
         start, end = open_window()
-        change = new_change(
+        change, _ = request_change(
             project,
             title="Patch the private root",
             runbook="fake-patch",
@@ -155,7 +154,15 @@ def patched(tmp_path):
             window_start=start,
             window_end=end,
         )
-        commit_paths(top, [change.file], f"Request {change.id}", name="A", email="a@x")
+        # the requester's unsigned statement counts where no signature is required: committed
+        # by the requester as author and committer
+        commit_paths(
+            top,
+            [change.file.parent],
+            f"Request {change.id}",
+            name="Alice Arnold",
+            email="alice@example.org",
+        )
         approve_change(project, change.id, person="bob")
         return change.id
 

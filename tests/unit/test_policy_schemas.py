@@ -10,9 +10,9 @@ import json
 import pytest
 import yaml
 
-from opsledger.approvals import approve_change
 from opsledger.gitrepo import git
 from opsledger.policyfiles import POLICY_FILES, data_problems
+from opsledger.signoff import approve_change, propose_policy_change
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import ALICE_ENV, REPO_ROOT, START
@@ -100,7 +100,10 @@ def allowed(repo):
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob")
     assert run(project.root, ["decide", change_id, "--at", INSIDE]).exit_code == 0
-    # A freeze over the change's window, so a freeze that silently freezes nothing shows.
+    # A freeze over the change's window, so a freeze that silently freezes nothing shows. A
+    # policy edit decides only once approved as a policy change on the base (#12): adopt it on
+    # a branch and judge CHG-0001 with that branch as the base.
+    git(project.root, "checkout", "-q", "-b", "frozen")
     edit(
         project,
         "windows.yml",
@@ -108,8 +111,15 @@ def allowed(repo):
             environments=["lab"], start="2026-12-01T00:00:00+00:00", end="2026-12-02T00:00:00+00:00"
         ),
     )
-    assert run(project.root, ["decide", change_id, "--at", INSIDE]).exit_code == 3
-    git(project.root, "checkout", "-q", "--", "policies/windows.yml")
+    proposal, _ = propose_policy_change(
+        project, title="Freeze the lab", requested_by="alice", reason="Year-end freeze of the lab"
+    )
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", f"Propose {proposal.id}", env=ALICE_ENV)
+    approve_change(project, proposal.id, person="carol")
+    frozen = ["decide", change_id, "--at", INSIDE, "--base", "frozen"]
+    assert run(project.root, frozen).exit_code == 3
+    git(project.root, "checkout", "-q", "main")
     return project, change_id
 
 

@@ -107,6 +107,7 @@ def change() -> None:
     type=click.Choice(["low", "medium", "high"]),
     help="Raise the runbook's risk for this change (high needs the CAB).",
 )
+@signing_key_option
 def new(
     title,
     runbook,
@@ -122,8 +123,14 @@ def new(
     reason,
     rollback,
     risk,
+    signing_key,
 ) -> None:
-    """Write changes/<next id>/change.yml; nothing is written when it would be invalid.
+    """Write changes/<next id>/change.yml and your request statement; commit both yourself.
+
+    The request statement (changes/<ID>/approvals/<you>/<time>.yml) says you request the
+    change's content as it is now, signed with --key; commit it with the change and the
+    desired-state edits. After amending the change, `opsledger change submit` it again.
+    Nothing is written when the change would be invalid.
 
     \b
     Example:
@@ -131,13 +138,14 @@ def new(
           --targets db --param tags='[postgresql]' --requested-by alice \\
           --reason "Sorts spill to disk during the nightly report"
     """
-    from opsledger.changes import new_change
+    from opsledger.signoff import request_change
 
     begin = aware_time(start, "--start") or dt.datetime.now(dt.UTC)
     begin = begin.replace(microsecond=0)
     length, values = _duration(duration), _params(params)
-    result = new_change(
+    result, statement = request_change(
         find_project(),
+        signing_key=signing_key,
         title=title,
         runbook=runbook,
         requested_by=requested_by,
@@ -153,7 +161,8 @@ def new(
         rollback=rollback,
         risk=risk,
     )
-    click.echo(f"{result.id}: wrote {result.file}")
+    signed = "signed" if statement.signed else "unsigned"
+    click.echo(f"{result.id}: wrote {result.file} and {statement.path} ({signed})")
 
 
 @change.command()
@@ -197,6 +206,30 @@ def validate(ids: tuple[str, ...], all_: bool) -> None:
             )
     if invalid:
         raise SystemExit(EXIT_INVALID)
+
+
+@change.command()
+@click.argument("change_id")
+@person_option
+@signing_key_option
+def submit(change_id: str, person: str, signing_key: Path | None) -> None:
+    """State, as the requester, that you request the change's current content; commit it.
+
+    Needed after any edit of the change's content (the change, its runbook, roles, inventory):
+    approvals name the content they approve, and so does the request.
+
+    \b
+    Example:
+        opsledger change submit CHG-0001 --as alice --key ~/.ssh/id_ed25519
+    """
+    from opsledger.signoff import submit_change
+
+    result = submit_change(find_project(), change_id, person=person, signing_key=signing_key)
+    signed = "signed" if result.signed else "unsigned"
+    click.echo(
+        f"{change_id} requested by {person} ({signed}): content {result.content_sha256[:12]}, "
+        f"commit {result.commit[:10]}"
+    )
 
 
 @change.command("schema")

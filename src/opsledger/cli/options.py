@@ -56,6 +56,15 @@ signing_key_option = click.option(
 )
 
 
+# Which branch is trusted: policies, people and keys, and run records come from it.
+base_option = click.option(
+    "--base",
+    "base",
+    envvar="OPSLEDGER_BASE",
+    help="The protected branch to trust (or $OPSLEDGER_BASE; default main).",
+)
+
+
 def output_folder(path: Path | None, option: str) -> None:
     """Refuse an output file whose folder does not exist, before any work is done."""
     if path is None:

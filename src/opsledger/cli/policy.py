@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from opsledger.cli.options import signing_key_option
 from opsledger.errors import OpsledgerError
 from opsledger.policyfiles import POLICY_FILES
 from opsledger.project import find_project
@@ -13,7 +15,7 @@ from opsledger.project import find_project
 
 @click.group()
 def policy() -> None:
-    """Check the policies and print their schemas (people, rules, windows, SLA, waivers, ...).
+    """Check, propose and print the schemas of the policies (people, rules, windows, SLA, ...).
 
     \b
     Example:
@@ -41,6 +43,41 @@ def check() -> None:
         raise OpsledgerError(result.problems)
     counts = ", ".join(f"{n} {what}" for what, n in result.summary.items())
     click.echo(f"policies are consistent ({counts}); bundle sha256 {result.hash[:16]}")
+
+
+@policy.command()
+@click.option("--title", required=True, help="One line saying what the policy change does.")
+@click.option(
+    "--requested-by",
+    envvar="OPSLEDGER_PERSON",
+    required=True,
+    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+)
+@click.option("--reason", required=True, help="Why the policies must change.")
+@signing_key_option
+def propose(title: str, requested_by: str, reason: str, signing_key: Path | None) -> None:
+    """Request the policies/ edits you made as a policy change (POL-<n>); commit it with them.
+
+    Writes changes/POL-<n>/policy.yml and your request statement over the request and every
+    file of policies/ as it is now. The edit takes effect once the policy owners approve it
+    (`opsledger approve POL-<n>`) under the policies as they were before.
+
+    \b
+    Example:
+        opsledger policy propose --title "Two approvals for staging" --requested-by alice \
+          --reason "Staging now holds customer data"
+    """
+    from opsledger.signoff import propose_policy_change
+
+    request, statement = propose_policy_change(
+        find_project(),
+        title=title,
+        requested_by=requested_by,
+        reason=reason,
+        signing_key=signing_key,
+    )
+    signed = "signed" if statement.signed else "unsigned"
+    click.echo(f"{request.id}: wrote {request.file} and {statement.path} ({signed})")
 
 
 @policy.command("schema")

@@ -61,7 +61,8 @@ def report(
 
     output_folder(output, "--output")
     now = dt.datetime.now(dt.UTC)
-    start, end = parse_period(period or (_last_month(now) if service else "90d"), now)
+    default = _last_month(now) if service else "90d"
+    start, end = parse_period(default if period is None else period, now)
     k = kpis(find_project(), start=start, end=end, environment=environment)
     text = render_service(k, fmt) if service and fmt != "json" else render(k, fmt)
     if output:
