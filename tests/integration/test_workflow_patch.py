@@ -19,9 +19,9 @@ import subprocess
 import pytest
 import yaml
 
-from opsledger.signoff import approve_change
 from opsledger.lab.service import run_on_host
 from opsledger.records import Record
+from opsledger.signoff import approve_change
 
 from .conftest import PLAYBOOK
 from .helpers import ansible, opsledger, request_change

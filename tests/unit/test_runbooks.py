@@ -183,8 +183,8 @@ def test_apply_refuses_a_runbook_whose_plays_disagree_and_runs_nothing(local_rep
     """runbook.yml promises one host at a time; the play runs all at once: exit 2, no record,
     no task run."""
     from opsledger.apply import apply_change
-    from opsledger.signoff import approve_change
     from opsledger.gitrepo import commit_paths
+    from opsledger.signoff import approve_change
 
     project, request = local_repo
     meta = project.root / "runbooks" / "local-steps" / "runbook.yml"
