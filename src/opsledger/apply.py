@@ -41,6 +41,7 @@ from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.lock import HeldLocks, acquire, release
+from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
@@ -56,7 +57,7 @@ from opsledger.records import (
     write_record,
 )
 from opsledger.reviews import open_review
-from opsledger.runbooks import Runbook, load_runbook
+from opsledger.runbooks import Runbook, load_runbook, require_truthful
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
@@ -83,6 +84,7 @@ class RollbackOutcome:
             "run_status": self.run.status if self.run else "not run",
             "stats": self.run.host_stats() if self.run else {},
             "verification": _verification(self.verification),
+            "maintenance": maintenance_of(self.run.data) if self.run else {},
         }
 
 
@@ -313,6 +315,7 @@ def _run(
         private_dir=journal,
         # The guard finds the run's processes by the marker; `env` adds the read watch.
         extra_env={**(env or {}), RUN_MARKER: run_id},
+        extravars=run_vars(project, change.environment),  # backup-first hosts (dr.yml)
     )
 
 
@@ -556,6 +559,7 @@ def apply_change(
     _refuse_applied(project, change_id, again)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
+    require_truthful(runbook)  # its plays batch as runbook.yml says, or nothing runs
     identity = runner_identity()
     _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
     lock_started = time.monotonic()
@@ -693,6 +697,7 @@ def _locked_run(
             rollback=outcome.back.as_dict() if outcome.back else None,
             findings=outcome.findings,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
+            maintenance=maintenance_of(played.data) if played else {},
         )
         # Written and committed under one hold of the checkout's commit lock: another command
         # settling evidence never sees this record between the two.

@@ -50,6 +50,9 @@ class Service:
     rpo_s: float
     drill_every_s: float
     direct_environments: tuple[str, ...]
+    # pgBackRest backup type taken, and verified, before package changes on its targets
+    # (os-patch, pg-minor-upgrade); None: no backup is required first.
+    upgrade_backup: str | None = None
 
 
 @dataclass
@@ -127,6 +130,7 @@ def load_services(project: Project) -> dict[str, Service]:
                 "rpo",
                 "drill_every",
                 "direct_environments",
+                "upgrade_backup",
             }
         )
         for key in unknown:
@@ -178,6 +182,7 @@ def load_services(project: Project) -> dict[str, Service]:
                 durations["rpo"] or 0,
                 durations["drill_every"] or 0,
                 tuple(direct),
+                entry.get("upgrade_backup"),
             )
     if problems:
         raise OpsledgerError(problems)

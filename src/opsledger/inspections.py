@@ -193,13 +193,95 @@ def check_firewall(target: Target, spec: dict[str, Any]) -> list:
     return []
 
 
-def check_security_updates(target: Target, spec: dict[str, Any]) -> list:
-    out = _run(
-        target,
-        "apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null | grep -c '^Inst .*security' || true",
+_INST = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ([^)]*)\)", re.M)
+
+
+def pending_security(target: Target) -> dict[str, str]:
+    """Security updates apt would install now: package -> candidate version (read-only)."""
+    out = _run(target, "LC_ALL=C apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null || true")
+    return {
+        name: version
+        for name, version, origins in _INST.findall(out)
+        if "security" in origins.lower()
+    }
+
+
+def pending_since(records: list[Record], now: dt.datetime) -> dict[str, dict[str, dt.datetime]]:
+    """host -> {"package=version": since when inspections have seen it pending, unbroken}.
+
+    Each inspection that ran security_updates keeps what it saw (`measurements.
+    pending_security`); going back from the newest, a pending update's age runs from the
+    first of the consecutive inspections that saw that very version pending on that host.
+    """
+    streaks: dict[str, dict[str, dt.datetime]] = {}
+    ended: dict[str, set[str]] = {}
+    for record in sorted(records, key=lambda r: r.started_at, reverse=True):
+        seen = record.measurements.get("pending_security")
+        if not isinstance(seen, dict):
+            continue
+        try:
+            when = dt.datetime.fromisoformat(record.started_at)
+        except ValueError:
+            continue
+        if when > now:
+            continue
+        for host, pending in seen.items():
+            if not isinstance(pending, dict):
+                continue
+            keys = {f"{name}={version}" for name, version in pending.items()}
+            if host not in streaks:  # the newest record of this host starts every streak
+                streaks[host] = dict.fromkeys(keys, when)
+                ended[host] = set()
+                continue
+            for key in list(streaks[host]):
+                if key in ended[host]:
+                    continue
+                if key in keys:
+                    streaks[host][key] = when
+                else:
+                    ended[host].add(key)
+    return streaks
+
+
+def grade_security_updates(
+    pending: dict[str, str],
+    since: dict[str, dt.datetime],
+    spec: dict[str, Any],
+    now: dt.datetime,
+) -> list[tuple[str, str]]:
+    """Count per host, severity from age: how long the oldest pending update has been seen.
+
+    Severity is the worse of the count thresholds (warning, critical) and the age thresholds
+    in days (warning_days, critical_days); an update no earlier inspection saw is 0 days old.
+    """
+    if not pending:
+        return []
+    firsts = {name: since.get(f"{name}={version}", now) for name, version in pending.items()}
+    oldest_name = min(firsts, key=lambda n: (firsts[n], n))
+    oldest = firsts[oldest_name]
+    days = max(0.0, (now - oldest).total_seconds() / 86400)
+    listed = ", ".join(f"{n} {v}" for n, v in sorted(pending.items())[:8])
+    listed += f" and {len(pending) - 8} more" if len(pending) > 8 else ""
+    age = (
+        f"oldest ({oldest_name}) pending since {oldest.date().isoformat()}, {days:.0f} day(s), "
+        "as first seen by an inspection"
+        if oldest < now
+        else "first seen by this inspection"
     )
-    count = int(out.strip() or 0)
-    return _grade(count, spec, f"{count} pending security update(s)")
+    what = f"{len(pending)} pending security update(s): {listed}; {age}"
+    by_count = _grade(len(pending), spec, what)
+    by_age = _grade(
+        days,
+        {k.removesuffix("_days"): v for k, v in spec.items() if k.endswith("_days")},
+        f"{what} (by age)",
+    )
+    return max([by_count, by_age], key=lambda f: SEVERITIES.index(f[0][0]) if f else -1)
+
+
+def check_security_updates(target: Target, spec: dict[str, Any]) -> list:
+    """Pending security updates, graded by count and by the age `spec["since"]` gives."""
+    now = spec.get("now") or dt.datetime.now(dt.UTC)
+    return grade_security_updates(pending_security(target), spec.get("since", {}), spec, now)
 
 
 def check_certificates(target: Target, spec: dict[str, Any]) -> list:
@@ -405,7 +487,25 @@ def load_plan(project: Project) -> Plan:
     return Plan(severities, schedules, checks)
 
 
-def _inspect_host(target: Target, schedule: Schedule, plan: Plan) -> tuple[list[Finding], int]:
+@dataclass
+class _History:
+    """What earlier inspections of the environment saw, for checks graded by age."""
+
+    since: dict[str, dict[str, dt.datetime]]
+    now: dt.datetime
+    observed: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> pending
+
+
+def _security_updates(target: Target, spec: dict[str, Any], history: _History) -> list:
+    pending = pending_security(target)
+    history.observed[target.name] = pending
+    since = history.since.get(target.name, {})
+    return grade_security_updates(pending, since, spec, history.now)
+
+
+def _inspect_host(
+    target: Target, schedule: Schedule, plan: Plan, history: _History
+) -> tuple[list[Finding], int]:
     findings, ran = [], 0
     for name in schedule.checks:
         spec = plan.checks[name]
@@ -414,7 +514,10 @@ def _inspect_host(target: Target, schedule: Schedule, plan: Plan) -> tuple[list[
             continue
         ran += 1
         try:
-            graded = CHECKS[name](target, spec)
+            if name == "security_updates":  # kept in the record: the next one dates it
+                graded = _security_updates(target, spec, history)
+            else:
+                graded = CHECKS[name](target, spec)
         except Exception as err:  # a check that cannot read the host is itself a finding
             graded = [("critical", f"check could not run: {type(err).__name__}: {err}"[:300])]
         findings += [
@@ -457,8 +560,10 @@ def inspect(
     )
     started = dt.datetime.now(dt.UTC)
     result = InspectionResult(schedule, environment, [h.name for h in hosts])
+    earlier = [r for r in load_records(project, "inspection") if r.environment == environment]
+    history = _History(pending_since(earlier, started), started)
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        for findings, ran in pool.map(lambda t: _inspect_host(t, chosen, plan), hosts):
+        for findings, ran in pool.map(lambda t: _inspect_host(t, chosen, plan, history), hosts):
             result.findings += findings
             result.checks_run += ran
     result.findings.sort(key=lambda f: (f.host, f.check))
@@ -479,6 +584,11 @@ def inspect(
                 "schedule": schedule,
                 "checks_run": result.checks_run,
                 "worst": result.worst(),
+                **(
+                    {"pending_security": dict(sorted(history.observed.items()))}
+                    if history.observed
+                    else {}
+                ),
             },
         )
         path = (

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from opsledger.changes import load_change
 from opsledger.decide import Decision, decide
+from opsledger.maintenance import run_vars
 from opsledger.project import Project
 from opsledger.runbooks import load_runbook
 from opsledger.runner import TaskChange, run_playbook
@@ -109,6 +110,7 @@ def plan(
         tags=change.params.get("tags"),
         check=True,
         timeout=runbook.timeout,
+        extravars=run_vars(project, change.environment),  # as apply passes them
     )
     hosts = []
     for name in decision.hosts:

@@ -56,6 +56,9 @@ class Record:
     rollback: dict[str, Any] | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)  # inspections, drills
     measurements: dict[str, Any] = field(default_factory=dict)  # e.g. RTO, RPO
+    # Upgrades: the backup taken first, each host's package difference, what a rollback
+    # restored (maintenance.py; what the playbook handed back as opsledger_maintenance).
+    maintenance: dict[str, Any] = field(default_factory=dict)
     # Locks: backends, stale holders taken over, interrupted runs reconciled before this one.
     lock: dict[str, Any] = field(default_factory=dict)
     # interrupted runs: how it was found (by whom, when, why) and what its journal showed.
@@ -88,6 +91,7 @@ _SHAPES: dict[str, tuple[type, ...]] = {
     "rollback": (dict, type(None)),
     "findings": (list,),
     "measurements": (dict,),
+    "maintenance": (dict,),
     "version": (int,),
 }
 

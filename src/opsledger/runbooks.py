@@ -3,16 +3,22 @@
 A runbook's metadata says what a change using it may pass (a JSON Schema for its params), how
 risky it is, which change types may use it, whether check mode predicts it, how to verify it,
 what rolls it back, and how it runs (serial, max fail percentage, timeout).
+
+The metadata is the truth: `serial` and `max_fail_percentage` must be what every play that can
+change a host says (`check_runbooks`, `opsledger runbook check`); apply refuses a runbook whose
+plays disagree, so a reviewer never approves "one host at a time" while all run at once.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.playbooks import batch_size, fail_limit, plays_of
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema, schema_problems
@@ -192,3 +198,91 @@ def list_runbooks(project: Project) -> list[Runbook]:
     if problems:
         raise OpsledgerError(problems)
     return found
+
+
+class CheckStatus(enum.Enum):
+    AGREES = "agrees"
+    DISAGREES = "disagrees"
+
+
+@dataclass
+class RunbookCheck:
+    """Each runbook checked: its metadata against its plays (serial, max_fail_percentage)."""
+
+    status: CheckStatus
+    checked: list[str]
+    problems: list[Problem]
+
+
+def batch_problems(runbook: Runbook) -> list[Problem]:
+    """Where the plays disagree with runbook.yml on serial or max_fail_percentage.
+
+    A play that does not say takes Ansible's default (one batch of every host; no failure
+    limit), so the metadata must say the same: `serial: "100%"`, `max_fail_percentage: null`.
+    Plays that only sort or check hosts are not rollout plays and are left out (playbooks.py).
+    """
+    try:
+        plays = plays_of(runbook.playbook)
+    except OpsledgerError as err:
+        return err.problems
+    file = str(runbook.path / "runbook.yml")
+    declared = {
+        "serial": batch_size(runbook.serial),
+        "max_fail_percentage": fail_limit(runbook.max_fail_percentage),
+    }
+    problems = []
+    for play in (p for p in plays if p.rollout):
+        written = {
+            "serial": batch_size(play.serial),
+            "max_fail_percentage": fail_limit(play.max_fail_percentage),
+        }
+        for key, want in declared.items():
+            if written[key] != want:
+                problems.append(
+                    Problem(
+                        f"runbook.yml says {_said(want)} but {play.file.name} {play.where} "
+                        f"runs with {_said(written[key])}",
+                        file,
+                        key,
+                        f"make them agree: write {key}: {_yaml(want)} on the play, or "
+                        f"declare {_yaml(written[key])} here",
+                    )
+                )
+    return problems
+
+
+def _said(value: Any) -> str:
+    return "no limit (null)" if value is None else repr(value)
+
+
+def _yaml(value: Any) -> str:
+    return "null" if value is None else f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def check_runbooks(project: Project, names: list[str] | None = None) -> RunbookCheck:
+    """Check runbooks (default: all): metadata loads and says what the plays run with.
+
+    Its serial and max_fail_percentage must be what every rollout play uses.
+
+    Example:
+        check_runbooks(find_project()).status  # CheckStatus.AGREES
+    """
+    problems: list[Problem] = []
+    checked = []
+    for name in names or runbook_names(project):
+        try:
+            runbook = load_runbook(project, name)
+        except OpsledgerError as err:
+            problems += err.problems
+            continue
+        checked.append(name)
+        problems += batch_problems(runbook)
+    status = CheckStatus.DISAGREES if problems else CheckStatus.AGREES
+    return RunbookCheck(status, checked, problems)
+
+
+def require_truthful(runbook: Runbook) -> None:
+    """Refuse (exit 2) to run a runbook whose plays disagree with its metadata."""
+    problems = batch_problems(runbook)
+    if problems:
+        raise OpsledgerError(problems)

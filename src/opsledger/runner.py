@@ -171,12 +171,14 @@ def run_playbook(
     cancel: Callable[[], bool] | None = None,
     private_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    extravars: dict[str, Any] | None = None,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
     it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
-    marker the guard looks for, apply's read watch).
+    marker the guard looks for, apply's read watch); `extravars` are plain variables from
+    reviewed files (policies), never a change's params.
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
@@ -208,8 +210,11 @@ def run_playbook(
             private_dir.mkdir(parents=True, exist_ok=True)
             private = str(private_dir)
         # Params reach Ansible as data Ansible never templates (`!unsafe`), from a file.
-        extravars = Path(private) / "opsledger-params.yml"
-        extravars.write_text(unsafe_extravars(params))
+        extravars_file = Path(private) / "opsledger-params.yml"
+        extravars_file.write_text(
+            unsafe_extravars(params)
+            + (yaml.safe_dump(extravars, sort_keys=True) if extravars else "")
+        )
         env = project.ansible_env()
         run = ansible_runner.run(
             private_data_dir=private,
@@ -218,7 +223,7 @@ def run_playbook(
             inventory=str(inventory.resolve()),
             limit=limit,
             tags=",".join(tags) if tags else None,
-            cmdline=f"{cmdline} -e @{shlex.quote(str(extravars))}",
+            cmdline=f"{cmdline} -e @{shlex.quote(str(extravars_file))}",
             # ansible-runner would otherwise turn host key checking off (it sets
             # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
             # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.

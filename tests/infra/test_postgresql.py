@@ -90,6 +90,16 @@ def test_postgresql_installed_and_running_pg_inst_01(host, expect):
     assert host.socket(f"tcp://0.0.0.0:{expect['postgresql_port']}").is_listening
 
 
+def test_server_runs_the_pinned_version_pg_inst_02(host, expect):
+    """postgresql_package_version is the desired state a pg-minor-upgrade leaves behind."""
+    pinned = expect["postgresql_package_version"]
+    if not pinned:
+        pytest.skip("no version pinned (postgresql_package_version is empty)")
+    version = expect["postgresql_version"]
+    for package in (f"postgresql-{version}", f"postgresql-client-{version}"):
+        assert host.package(package).version == pinned
+
+
 def test_parameter_applied_pg_conf_01(sql, parameter):
     name, value = parameter
     rows = sql(

@@ -181,6 +181,8 @@ PROBE_PLAYBOOK = """\
 - name: Read settings chosen at run time
   hosts: all
   gather_facts: false
+  serial: 1
+  max_fail_percentage: 0
   tasks:
     - name: Load the settings file
       ansible.builtin.include_vars:

@@ -56,6 +56,7 @@ def append(project, path):
         "inventories/lab/group_vars/app/main.yml",
         "inventories/lab/host_vars/lab-db1.yml",
         "ansible.cfg",
+        "plugins/modules/opsledger_packages.py",  # a module runbooks run on the targets
         "vault-passwords/lab",  # ansible.cfg's vault_identity_list
     ],
 )

@@ -111,3 +111,128 @@ def test_reports_name_host_check_severity_and_priority():
     assert "[critical/P2] lab-db1 services: service postgresql@15-main is inactive" in text
     assert "| lab-db1 | services | critical | P2 |" in render(result, "md")
     assert '"worst": "critical"' in render(result, "json") and "<table>" in render(result, "html")
+
+
+# --- #19.5: pending security updates, counted per host, severity from age ------------------
+
+SIMULATED = """\
+Reading package lists...
+Inst libssl3 [3.0.11-1~deb12u2] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+Inst openssl [3.0.11-1~deb12u2] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64]) []
+Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable-updates [all])
+Inst newpkg (1.0-1 Debian-Security:12/stable-security [amd64])
+Conf libssl3 (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+"""
+
+
+def test_only_security_origins_count_as_pending_security_updates():
+    from opsledger.inspections import _INST
+
+    found = {n: v for n, v, o in _INST.findall(SIMULATED) if "security" in o.lower()}
+    assert found == {
+        "libssl3": "3.0.15-1~deb12u1",
+        "openssl": "3.0.15-1~deb12u1",
+        "newpkg": "1.0-1",
+    }
+
+
+def _seen(days_ago, pending, host="lab-app1", environment="lab"):
+    started = NOW - dt.timedelta(days=days_ago)
+    return Record(
+        kind="inspection",
+        environment=environment,
+        result="success",
+        started_at=started.isoformat(),
+        finished_at=started.isoformat(),
+        measurements={"schedule": "weekly", "pending_security": {host: pending}},
+    )
+
+
+def test_an_update_is_as_old_as_the_unbroken_run_of_inspections_that_saw_it():
+    from opsledger.inspections import pending_since
+
+    records = [
+        _seen(40, {"openssl": "3.0.14"}),  # an older version: another update
+        _seen(30, {}),  # nothing pending: the streak starts after this
+        _seen(20, {"openssl": "3.0.15"}),
+        _seen(13, {"openssl": "3.0.15", "tzdata": "2025b"}),
+        _seen(6, {"openssl": "3.0.15", "tzdata": "2025b"}),
+        _seen(3, {"openssl": "3.0.15"}),  # tzdata went, came back later: a new streak
+        _seen(1, {"openssl": "3.0.15", "tzdata": "2025b"}),
+        _seen(-1, {"future": "1"}),  # after now: not evidence yet
+    ]
+    since = pending_since(records, NOW)["lab-app1"]
+    assert since == {
+        "openssl=3.0.15": NOW - dt.timedelta(days=20),
+        "tzdata=2025b": NOW - dt.timedelta(days=1),
+    }
+
+
+def test_severity_comes_from_the_age_of_the_oldest_pending_update():
+    from opsledger.inspections import grade_security_updates
+
+    spec = {"warning": 1, "warning_days": 7, "critical_days": 21}
+    pending = {"openssl": "3.0.15", "libssl3": "3.0.15"}
+    assert grade_security_updates({}, {}, spec, NOW) == []
+
+    ((severity, message),) = grade_security_updates(pending, {}, spec, NOW)
+    assert severity == "warning"  # one pending is a warning by count
+    assert message.startswith("2 pending security update(s): libssl3 3.0.15, openssl 3.0.15")
+    assert "first seen by this inspection" in message
+
+    old = {"openssl=3.0.15": NOW - dt.timedelta(days=25), "libssl3=3.0.15": NOW}
+    ((severity, message),) = grade_security_updates(pending, old, spec, NOW)
+    assert severity == "critical"
+    assert "oldest (openssl) pending since 2026-10-27, 25 day(s)" in message
+    assert message.endswith("(by age) (critical at 21)")
+
+    nine = {"openssl=3.0.15": NOW - dt.timedelta(days=9)}
+    ((severity, message),) = grade_security_updates(pending, nine, {"warning_days": 7}, NOW)
+    assert severity == "warning" and "9 day(s)" in message  # no count threshold: by age alone
+
+
+def test_the_shipped_plan_grades_security_updates_by_age(tmp_path):
+    spec = load_plan(copy_project(tmp_path / "p")).checks["security_updates"]
+    assert spec["warning_days"] < spec["critical_days"]
+    assert "critical" not in spec  # a count does not make it critical: the age does
+
+
+def test_an_inspection_keeps_what_it_saw_pending_for_the_next_one_to_date(tmp_path):
+    """On this machine (ansible_connection=local; apt-get -s is read-only): the record keeps the
+    host's pending security updates, whatever they are, and any finding dates them."""
+    import sys
+
+    from opsledger.gitrepo import git
+    from opsledger.inspections import inspect
+
+    project = copy_project(tmp_path / "p")
+    inventory = project.root / "inventories" / "local"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+    )
+    plan = project.root / "policies" / "inspections.yml"
+    data = yaml.safe_load(plan.read_text())
+    data["schedules"]["patches"] = {"checks": ["security_updates"]}
+    plan.write_text(yaml.safe_dump(data))
+    git(project.root, "init", "-q", "-b", "main")
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "init", env={**ALICE})
+
+    result = inspect(project, schedule="patches", environment="local")
+    assert result.checks_run == 1
+    record = yaml.safe_load(result.record_path.read_text())
+    pending = record["measurements"]["pending_security"]["here"]
+    assert isinstance(pending, dict)
+    for finding in result.findings:
+        assert finding.check == "security_updates"
+        assert f"{len(pending)} pending security update(s)" in finding.message
+
+
+ALICE = {
+    "GIT_AUTHOR_NAME": "Alice Arnold",
+    "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice Arnold",
+    "GIT_COMMITTER_EMAIL": "alice@example.org",
+}

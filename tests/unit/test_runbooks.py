@@ -46,6 +46,7 @@ def project(tmp_path):
     root = tmp_path / "p"
     for folder in ("runbooks", "roles", "tests/infra"):
         shutil.copytree(REPO_ROOT / folder, root / folder)
+    shutil.copy(REPO_ROOT / "site.yml", root / "site.yml")  # converge imports it
     (root / "ansible.cfg").write_text("[defaults]\n")
     (root / "inventories").mkdir()
     return Project(root)
@@ -99,3 +100,101 @@ def test_one_broken_runbook_fails_the_listing(project):
     with pytest.raises(OpsledgerError) as err:
         list_runbooks(project)
     assert [p.field for p in err.value.problems] == ["change_types"]
+
+
+# --- #19.4: serial and max_fail_percentage in runbook.yml are what the plays run with ------
+
+
+def test_every_shipped_runbook_batches_as_its_metadata_says(repo_project):
+    from opsledger.runbooks import CheckStatus, check_runbooks
+
+    result = check_runbooks(repo_project)
+    assert [str(p) for p in result.problems] == []
+    assert result.status is CheckStatus.AGREES
+    assert set(result.checked) >= SHIPPED | {"package-rollback", "pg-minor-upgrade"}
+
+
+def _playbook(project, name):
+    return project.root / "runbooks" / name / "playbook.yml"
+
+
+def test_a_play_batching_otherwise_than_the_metadata_is_named(project):
+    """service-restart promises one host at a time; a play that restarts all at once is
+    caught, with the play and both ways to make them agree."""
+    from opsledger.runbooks import CheckStatus, check_runbooks
+
+    path = _playbook(project, "service-restart")
+    path.write_text(path.read_text().replace("  serial: 1\n", ""))
+    result = check_runbooks(project, ["service-restart"])
+    assert result.status is CheckStatus.DISAGREES
+    (problem,) = result.problems
+    assert problem.field == "serial"
+    assert problem.file.endswith("runbooks/service-restart/runbook.yml")
+    assert "says 1 but playbook.yml plays[0] (Restart a service, one host at a time)" in (
+        problem.message
+    )
+    assert "runs with '100%'" in problem.message and 'declare "100%" here' in problem.fix
+
+
+def test_a_failure_limit_the_play_does_not_set_is_named(project):
+    from opsledger.runbooks import check_runbooks
+
+    edit(project, "pg-backup", max_fail_percentage=0)
+    (problem,) = check_runbooks(project, ["pg-backup"]).problems
+    assert problem.field == "max_fail_percentage"
+    assert "says 0 but playbook.yml plays[0]" in problem.message
+    assert "no limit (null)" in problem.message
+
+
+def test_plays_that_only_sort_hosts_are_not_rollout_plays(project):
+    """pg-dr-drill's first play groups hosts (it must see all of them at once); the metadata
+    judges only the plays that can change a host — and those are followed into imports."""
+    from opsledger.playbooks import plays_of
+
+    plays = plays_of(_playbook(project, "pg-dr-drill"))
+    assert [p.rollout for p in plays] == [False, True, True, True]
+    (project.root / "site.yml").write_text(
+        "---\n- name: Everything\n  hosts: all\n  serial: 2\n  roles: [os_baseline]\n"
+    )
+    from opsledger.runbooks import check_runbooks
+
+    (problem,) = check_runbooks(project, ["converge"]).problems
+    assert "site.yml plays[0] (Everything) runs with 2" in problem.message
+
+
+def test_runbook_check_cli_exits_2_with_one_line_per_mismatch(project):
+    from click.testing import CliRunner
+
+    from opsledger.cli import cli
+
+    env = {"OPSLEDGER_PROJECT": str(project.root)}
+    ok = CliRunner().invoke(cli, ["runbook", "check"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "metadata agrees with the plays" in ok.output
+    edit(project, "os-patch", serial="50%")
+    bad = CliRunner().invoke(cli, ["runbook", "check", "os-patch"], env=env)
+    assert bad.exit_code == 2
+    lines = [line for line in bad.output.splitlines() if line.startswith("error:")]
+    assert lines and all("os-patch/runbook.yml: serial: runbook.yml says '50%'" in x for x in lines)
+    assert "Traceback" not in bad.output
+
+
+def test_apply_refuses_a_runbook_whose_plays_disagree_and_runs_nothing(local_repo):
+    """runbook.yml promises one host at a time; the play runs all at once: exit 2, no record,
+    no task run."""
+    from opsledger.apply import apply_change
+    from opsledger.gitrepo import commit_paths
+    from opsledger.signoff import approve_change
+
+    project, request = local_repo
+    meta = project.root / "runbooks" / "local-steps" / "runbook.yml"
+    meta.write_text(meta.read_text() + "serial: 1\n")
+    commit_paths(project.root, [meta], "Promise one host at a time", name="A", email="a@x")
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    with pytest.raises(OpsledgerError) as err:
+        apply_change(project, change_id, skip_verify=True)
+    assert err.value.exit_code == 2
+    assert "serial: runbook.yml says 1 but playbook.yml plays[0] (Local steps)" in str(err.value)
+    assert not (project.root / "steps").exists()
+    assert not (project.root / "changes" / change_id / "runs").exists()

@@ -18,6 +18,7 @@ from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.drift import drift
 from opsledger.cli.drill import drill
+from opsledger.cli.host import host
 from opsledger.cli.incident import incident
 from opsledger.cli.inspect import inspect
 from opsledger.cli.lab import lab
@@ -79,6 +80,7 @@ cli.add_command(ci)
 cli.add_command(decide)
 cli.add_command(drift)
 cli.add_command(drill)
+cli.add_command(host)
 cli.add_command(incident)
 cli.add_command(inspect)
 cli.add_command(lab)

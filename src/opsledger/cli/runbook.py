@@ -77,3 +77,24 @@ def show(name: str, as_json: bool) -> None:
             {k: v for k, v in rb.raw.items() if k != "description"}, sort_keys=False, width=100
         ).rstrip()
     )
+
+
+@runbook.command()
+@click.argument("names", nargs=-1)
+def check(names: tuple[str, ...]) -> None:
+    """Check that runbook metadata is what the plays run with (default: every runbook).
+
+    serial and max_fail_percentage of runbook.yml must be what every play that can change a
+    host says (imported playbooks followed); exit 2 on a mismatch, naming the play and the fix.
+
+    \b
+    Example:
+        opsledger runbook check os-patch
+    """
+    from opsledger.errors import OpsledgerError
+    from opsledger.runbooks import CheckStatus, check_runbooks
+
+    result = check_runbooks(find_project(), list(names) or None)
+    if result.status is CheckStatus.DISAGREES:
+        raise OpsledgerError(result.problems)
+    click.echo(f"{len(result.checked)} runbook(s): metadata agrees with the plays")
