@@ -4,13 +4,16 @@
   planned; desired-state edits that no change of the PR covers; one markdown summary for the
   PR. Exit 2 when something is invalid or uncovered, 3 while a change lacks valid approvals
   (so a required status check blocks the merge), else 0.
-- `ci_apply`: after a merge, `apply --pending`, then push the run records back.
+- `ci_apply`: after a merge and on a schedule, `apply --pending`; with a remote, the run
+  records on it decide who runs, and the records are pushed back.
+- `ci_push`: push other evidence (drift, inspections, drills) with the right identity.
 - `codeowners`: the forge's required reviewers generated from policies, so they match.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import dataclass, field
 
 from opsledger.apply import Events
@@ -18,9 +21,9 @@ from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
-from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
-from opsledger.identity import signing_key
+from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan, render
 from opsledger.policy import load_policies
@@ -187,45 +190,66 @@ def ci_apply(
     events: Events | None = None,
     environment: str | None = None,
 ) -> CiApplyResult:
-    """After a merge: apply every pending change, then push the run records to `remote`.
+    """Apply every pending change; with `remote`, the records on it decide who runs.
 
-    A push rejected because the branch moved meanwhile is retried after a rebase (records are
-    new files, so they never conflict); with $OPSLEDGER_SIGNING_KEY the rebased commits are
-    signed again.
+    The push-triggered apply after a merge and the scheduled apply (every few minutes, for
+    changes whose window opened since) run this same step, possibly at once from different
+    clones. With `remote`: the branch is first brought up to the origin (its merges and
+    records); each run is claimed by pushing its write-ahead record and its final record is
+    pushed before its hosts are unlocked (origin_records.py), so of two pipelines exactly one
+    runs a change and the other lists it as `running` or `already run`. Whatever else was
+    committed (records of earlier runs committed late or recorded as interrupted) is pushed at
+    the end, rebasing as the evidence identity when the branch moved.
 
     Example:
-        result = ci_apply(find_project(), remote="origin")
+        result = ci_apply(find_project(), remote="origin", environment="production")
         result.pending.ok, result.pushed
     """
+    origin = OriginRecords.of(project, remote) if remote else None
+    if origin is not None:
+        origin.pull()
     before = git(project.root, "rev-parse", "HEAD").stdout.strip()
-    outcome = apply_pending(project, now=now, wait=wait, events=events, environment=environment)
+    outcome = apply_pending(
+        project, now=now, wait=wait, events=events, environment=environment, origin=origin
+    )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
-    # Push whatever was committed: run records, and records of earlier runs committed late or
-    # recorded as interrupted while settling the evidence.
-    moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
-    if remote and moved:
-        key = signing_key()
-        sign = (
-            ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
-            if key
-            else []
-        )
-        for _ in range(3):
-            if (
-                git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode
-                == 0
-            ):
-                pushed = True
-                break
-            git(project.root, *sign, "pull", "-q", "--rebase", remote, branch)
-        if not pushed:
-            raise OpsledgerError(
-                Problem(
-                    f"could not push the run records to {remote}/{branch}",
-                    field="git push",
-                    fix="push them by hand: the records are committed locally",
-                ),
-                EXIT_FAILED,
-            )
+    if origin is not None:
+        unpublished = git(
+            project.root, "rev-list", "--count", f"{origin.fetch()}..HEAD"
+        ).stdout.strip()
+        moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
+        pushed = origin.publish() if unpublished != "0" else moved
     return CiApplyResult(outcome, pushed, branch)
+
+
+class PushStatus(enum.StrEnum):
+    PUSHED = "pushed"
+    NOTHING = "nothing to push"
+
+
+@dataclass
+class CiPushResult:
+    status: PushStatus
+    remote: str
+    branch: str
+    commits: int
+
+
+def ci_push(project: Project, *, remote: str = "origin") -> CiPushResult:
+    """Push the evidence this clone committed (drift, inspections, drills, incidents).
+
+    Rebases onto the origin when the branch moved, committing as the evidence identity
+    ($OPSLEDGER_COMMITTER_NAME/EMAIL) — a fresh runner has no git identity of its own — and
+    signing with $OPSLEDGER_SIGNING_KEY when set. Exit 1 when the push keeps being refused.
+
+    Example:
+        ci_push(find_project(), remote="origin").status
+    """
+    origin = OriginRecords.of(project, remote)
+    origin.pull()
+    count = int(git(project.root, "rev-list", "--count", f"{origin.fetch()}..HEAD").stdout)
+    if count == 0:
+        return CiPushResult(PushStatus.NOTHING, remote, origin.branch, 0)
+    origin.publish()
+    return CiPushResult(PushStatus.PUSHED, remote, origin.branch, count)

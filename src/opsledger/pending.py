@@ -6,7 +6,10 @@ What CI runs after a merge. Each change without a successful (committed) run is 
 - `waiting` — it can still run later: its window has not opened, a freeze ends before its window
   does, an earlier change that can still run holds its hosts, or promotion is missing;
 - `not approved` — approvals missing while its window is still open;
-- `running` — a run of it has started (write-ahead record) and has not ended;
+- `running` — a run of it has started (write-ahead record) and has not ended, here or (pulled
+  from the origin) on another controller, or another controller claimed it first;
+- `already run` — another run ran it while this one waited for its hosts (the run it
+  waited for, or another controller's, found on the origin once the hosts were locked);
 - `withdrawn` — listed, never run;
 - `cannot run` — it never will as it stands: its window has closed, its window lies outside
   every maintenance window or overlaps a freeze, or its current content already ended failed,
@@ -22,11 +25,21 @@ from dataclasses import dataclass
 from opsledger.apply import RETRYABLE, ApplyResult, Events, apply_change, reconcile_first
 from opsledger.changes import Change, change_ids, load_change, load_withdrawal
 from opsledger.decide import Decision, decide, run_order
+from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError
+from opsledger.origin_records import OriginRecords
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import Record, read_runs
 
-ACTIONS = ("applied", "waiting", "not approved", "running", "withdrawn", "cannot run")
+ACTIONS = (
+    "applied",
+    "waiting",
+    "not approved",
+    "running",
+    "already run",
+    "withdrawn",
+    "cannot run",
+)
 
 
 @dataclass
@@ -80,6 +93,16 @@ def _never(change: Change, decision: Decision, runs: list[Record], project: Proj
     return ""
 
 
+def _lost_race(err: OpsledgerError) -> str | None:
+    """The pending action of an apply another run got to first, or None for a real error."""
+    field = err.problems[0].field if err.problems else None
+    if err.exit_code == EXIT_LOCKED and field == "runs":
+        return "running"
+    if err.exit_code == EXIT_INVALID and field == "result":
+        return "already run"
+    return None
+
+
 def apply_pending(
     project: Project,
     *,
@@ -88,12 +111,15 @@ def apply_pending(
     skip_verify: bool = False,
     events: Events | None = None,
     environment: str | None = None,
+    origin: OriginRecords | None = None,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
 
     Run order is decide's: emergencies, then the earlier window, then the older request. A
     change that can never run is reported as `cannot run` and makes `ok` false. `environment`
-    limits it to one environment (CI applies one environment at a time).
+    limits it to one environment (CI applies one environment at a time). With `origin`, the
+    run records on the origin decide who runs (see apply_change): a race another controller
+    won is listed as `running` or `already run`, not as a failure.
 
     Example:
         outcome = apply_pending(find_project())
@@ -140,8 +166,21 @@ def apply_pending(
         if failing:
             items.append(PendingItem(change.id, "waiting", why))
             continue
-        result = apply_change(
-            project, change.id, now=now, wait=wait, skip_verify=skip_verify, events=events
-        )
+        try:
+            result = apply_change(
+                project,
+                change.id,
+                now=now,
+                wait=wait,
+                skip_verify=skip_verify,
+                events=events,
+                origin=origin,
+            )
+        except OpsledgerError as err:
+            lost = _lost_race(err)
+            if lost is None:
+                raise
+            items.append(PendingItem(change.id, lost, str(err.problems[0])))
+            continue
         items.append(PendingItem(change.id, "applied", result.result, result))
     return PendingResult(items)

@@ -85,6 +85,25 @@ def apply_(environment: str | None, remote: str | None, wait: float, at: str | N
     raise SystemExit(0 if result.pending.ok else 1)
 
 
+@ci.command("push")
+@click.option("--remote", default="origin", show_default=True, help="The remote to push to.")
+def push(remote: str) -> None:
+    """Push the evidence this clone committed (drift, inspections, drills, incidents).
+
+    Rebases onto the remote when the branch moved, as the evidence identity
+    ($OPSLEDGER_COMMITTER_NAME/EMAIL: a fresh CI runner has no git identity), signed with
+    $OPSLEDGER_SIGNING_KEY when set. Exit 1 when the remote keeps refusing the push.
+
+    \b
+    Example:
+        opsledger drift --env production; opsledger ci push --remote origin
+    """
+    from opsledger.ci import ci_push
+
+    result = ci_push(find_project(), remote=remote)
+    click.echo(f"{result.status}: {result.commits} commit(s) to {remote}/{result.branch}")
+
+
 @ci.command()
 @click.option("--check", is_flag=True, help="Exit 1 when the file differs from the policies.")
 @click.option(
