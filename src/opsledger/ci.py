@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
-from opsledger.plan import Plan, plan, render
+from opsledger.plan import Plan, plan
 from opsledger.policy import load_policies
+from opsledger.prcomment import plan_markdown
+from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project
 
 
@@ -45,6 +48,14 @@ class PrChange:
     decision: Decision | None = None
     plan: Plan | None = None
     covers: set[str] = field(default_factory=set)
+    environment: str = ""
+    deferred: str = ""  # why it is not planned in this job
+
+    @property
+    def approved(self) -> bool:
+        return self.decision is not None and all(
+            c.passed for c in self.decision.checks if c.rule in ("approvals", "requester")
+        )
 
 
 @dataclass
@@ -52,6 +63,12 @@ class PrReport:
     scope: PrScope
     items: list[PrChange]
     uncovered: list[str]
+    commit: str = ""  # the commit the report (and its plans) was made from
+
+    @property
+    def protected_plans(self) -> list[str]:
+        """Environments of deferred changes whose approvals are in: the protected job's plans."""
+        return sorted({i.environment for i in self.items if i.deferred and i.approved})
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +86,7 @@ class PrReport:
         out = [
             f"## opsledger: {verdict[self.exit_code]}",
             "",
+            f"Made from commit `{self.commit}`. "
             f"{len(self.scope.files)} file(s) changed against `{self.scope.base}`; "
             f"change request(s): {', '.join(self.scope.changes) or 'none'}.",
             "",
@@ -88,13 +106,15 @@ class PrReport:
                 out += [f"- {p}" for p in item.problems]
                 out.append("")
             elif item.plan is not None:
-                out.append(render(item.plan, "md"))
+                out.append(plan_markdown(item.plan))
             elif item.decision is not None:
                 out += [f"### {item.change_id}", "", "| rule | result | why |", "|---|---|---|"]
                 out += [
                     f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
                     for c in item.decision.checks
                 ]
+                if item.deferred:
+                    out += ["", f"Plan: not made here — {item.deferred}."]
                 out.append("")
         return "\n".join(out) + "\n"
 
@@ -120,14 +140,41 @@ def pr_scope(project: Project, base: str) -> PrScope:
 
 
 def pr_check(
-    project: Project, *, base: str, now: dt.datetime | None = None, with_plan: bool = True
+    project: Project,
+    *,
+    base: str,
+    now: dt.datetime | None = None,
+    with_plan: bool = True,
+    plan_environments: set[str] | None = None,
+    approved_only: bool = False,
+    untrusted: bool = False,
 ) -> PrReport:
     """Validate, decide and plan every change a pull request touches; find uncovered edits.
+
+    `plan_environments` limits the check-mode plans to those environments (the PR job plans
+    the unprotected ones; the others are deferred to the protected plan job); `approved_only`
+    plans only changes whose approvals are in (the protected plan job). `untrusted` is the PR
+    job: it refuses to run while it holds a secret (prjob.py) and plans with SSH connections
+    of its own that end with it.
 
     Example:
         report = pr_check(find_project(), base="origin/main", with_plan=False)
         print(report.markdown()); raise SystemExit(report.exit_code)
     """
+    if untrusted:
+        refuse_secrets(project)
+    with isolated_connections() if untrusted else contextlib.nullcontext():
+        return _pr_check(project, base, now, with_plan, plan_environments, approved_only)
+
+
+def _pr_check(
+    project: Project,
+    base: str,
+    now: dt.datetime | None,
+    with_plan: bool,
+    plan_environments: set[str] | None,
+    approved_only: bool,
+) -> PrReport:
     scope = pr_scope(project, base)
     items = []
     for change_id in scope.changes:
@@ -139,17 +186,28 @@ def pr_check(
         if result.problems:
             item.problems = [str(p) for p in result.problems]
             continue
+        item.environment = result.change.environment
         try:
             item.covers = set(
                 change_content(project, result.change, result.runbook, result.hosts).files
             )
-            item.plan = plan(project, change_id, now=now) if with_plan else None
-            item.decision = item.plan.decision if item.plan else decide(project, change_id, now=now)
+            item.decision = decide(project, change_id, now=now)
+            if plan_environments is not None and item.environment not in plan_environments:
+                item.deferred = (
+                    f"{item.environment} is planned by the protected plan job once the "
+                    "approvals are in"
+                )
+            elif approved_only and not item.approved:
+                item.deferred = "the plan waits for the approvals"
+            elif with_plan:
+                item.plan = plan(project, change_id, now=now)
+                item.decision = item.plan.decision
         except OpsledgerError as err:
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
     uncovered = [p for p in scope.desired_state if p not in covered]
-    return PrReport(scope, items, uncovered)
+    commit = git(project.root, "rev-parse", "HEAD").stdout.strip()
+    return PrReport(scope, items, uncovered, commit)
 
 
 def codeowners(project: Project) -> str:

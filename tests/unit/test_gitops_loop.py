@@ -185,7 +185,6 @@ def test_a_change_merged_before_its_window_is_applied_once_by_the_scheduled_run(
         for env in (scheduled_env, pushed_env)
     ]
     results = [finish(proc) for proc in racing]
-    Path("/tmp/i15-race.txt").write_text("\n=====\n".join(o for _, o in results))  # DEBUG
     assert [code for code, _ in results] == [0, 0], results
     said = [
         next(line for line in out.splitlines() if line.startswith(change_id)) for _, out in results
