@@ -22,7 +22,7 @@ from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
-from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
@@ -74,6 +74,8 @@ class PrReport:
     def exit_code(self) -> int:
         if self.uncovered or any(i.problems for i in self.items):
             return EXIT_INVALID
+        if any(i.plan is not None and i.plan.errors for i in self.items):
+            return EXIT_FAILED  # a plan that failed for real would fail the apply too
         for item in self.items:
             if item.decision and any(
                 c.rule in ("approvals", "requester") and not c.passed for c in item.decision.checks
@@ -82,7 +84,12 @@ class PrReport:
         return 0
 
     def markdown(self) -> str:
-        verdict = {0: "ready to merge", EXIT_INVALID: "invalid", EXIT_DENIED: "needs approvals"}
+        verdict = {
+            0: "ready to merge",
+            EXIT_FAILED: "plan failed",
+            EXIT_INVALID: "invalid",
+            EXIT_DENIED: "needs approvals",
+        }
         out = [
             f"## opsledger: {verdict[self.exit_code]}",
             "",

@@ -116,6 +116,7 @@ def plan_markdown(p: Any) -> str:
     for h in p.hosts:
         tasks = "<br>".join(c.task for c in h.changes) or h.note or "-"
         out.append(f"| {h.host} | {h.status} | {tasks.replace('|', '/')} |")
+    out += [f"\n**Error on {h.host}:** `{h.note[:500]}`" for h in p.errors]
     out += diff_section(p.hosts)
     out += [
         "",
