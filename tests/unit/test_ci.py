@@ -109,13 +109,51 @@ def test_codeowners_follow_the_policies_and_are_committed_current(repo):
     project, _, _ = repo
     text = codeowners(project)
     assert "/runbooks/pg-backup/ bob@example.org carol@example.org" in text
-    assert text.splitlines()[1] == "* carol@example.org"
+    assert "/policies/ carol@example.org" in text and "/src/ carol@example.org" in text
     assert (REPO_ROOT / ".github" / "CODEOWNERS").read_text() == codeowners(
         type(project)(REPO_ROOT)
     )
     assert (REPO_ROOT / ".gitlab" / "CODEOWNERS").read_text() == codeowners(
         type(project)(REPO_ROOT)
     )
+
+
+def _owners(text: str, path: str) -> set[str]:
+    """Who CODEOWNERS asks to review `path` (last matching line wins; directory prefixes)."""
+    owners: set[str] = set()
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        pattern, *who = line.split()
+        prefix = pattern.lstrip("/")
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            owners = set(who)
+    return owners
+
+
+def test_codeowners_ask_exactly_whom_the_policy_needs(repo):
+    """`* carol` made the CAB (one person) review every PR, standard changes (0 approvals) and
+    emergencies (one on-call) included."""
+    project, _, _ = repo
+    text = codeowners(project)
+    assert not any(line.startswith("* ") for line in text.splitlines())
+    # A standard change (0 approvals), an emergency (one on-call or CAB), desired state.
+    for path in (
+        "changes/CHG-0042/change.yml",
+        "changes/CHG-0042/approvals/dave.yml",
+        "roles/postgresql/defaults/main.yml",
+        "inventories/production/group_vars/db/postgresql.yml",
+        "site.yml",
+        "runbooks/converge/runbook.yml",
+    ):
+        assert _owners(text, path) == set(), path
+    assert _owners(text, "runbooks/pg-backup/playbook.yml") == {
+        "bob@example.org",
+        "carol@example.org",
+    }
+    for judge in ("policies/changes.yml", "src/opsledger/decide.py", ".github/workflows/apply.yml",
+                  "tests/infra/test_postgresql.py", "ansible.cfg", ".gitlab-ci.yml"):  # fmt: skip
+        assert _owners(text, judge) == {"carol@example.org"}, judge
 
 
 @pytest.mark.parametrize(
