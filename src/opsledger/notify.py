@@ -403,3 +403,56 @@ def notify_records(project: Project, paths: list[Path]) -> list[NotifyResult]:
         if notice is not None:
             results.append(notify(project, notice))
     return results
+
+
+@dataclass
+class BreachReport:
+    """SLA clocks that passed their target within the period, and what telling them did."""
+
+    breaches: list[tuple[str, str, dt.datetime]]  # (incident, clock, due)
+    results: list[NotifyResult]
+
+
+def notify_breaches(
+    project: Project,
+    *,
+    environment: str | None = None,
+    within: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> BreachReport:
+    """Notify every incident clock whose target passed in the last `within` (`sla_breach`).
+
+    Stateless and idempotent per period: run it every `within` (the scheduled pipelines run it
+    every 15 minutes with --within 15m) and each breach is told once, at the run after its
+    deadline. A clock met before its deadline is no breach.
+
+    Example:
+        notify_breaches(find_project(), environment="production", within=timedelta(minutes=15))
+    """
+    from opsledger.faults.queries import list_incidents
+
+    when = now or dt.datetime.now(dt.UTC)
+    listing = list_incidents(project, environment=environment, now=when)
+    breaches: list[tuple[str, str, dt.datetime]] = []
+    results = []
+    for incident, clocks in listing.items:
+        for clock in (clocks.response, clocks.resolution):
+            if clock is None or clock.due is None:
+                continue
+            passed = clock.stopped is None or clock.stopped > clock.due
+            if passed and when - within < clock.due <= when:
+                breaches.append((incident.id, clock.name, clock.due))
+                title = incident.data.get("title", "")
+                notice = Notice(
+                    ("sla_breach",),
+                    incident.environment,
+                    f"[{incident.environment}] {incident.id} ({incident.priority}) breached its "
+                    f"{clock.name} SLA",
+                    f"{incident.id}: {title}\n{clock.name} was due at "
+                    f"{clock.due.isoformat(timespec='minutes')} "
+                    f"(target {clock.target}); status {incident.status}",
+                    Severity.FAILURE,
+                    incident.id,
+                )
+                results.append(notify(project, notice))
+    return BreachReport(breaches, results)

@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.notify import load_notify_policy
 from opsledger.project import Project
 from opsledger.waivers import load_waivers
 from opsledger.yamlio import load_yaml
@@ -552,6 +553,7 @@ def policy_check(project: Project) -> PolicyCheck:
     from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
+    problems += load_notify_policy(project)[1]  # notifications.yml: schema, routes, URLs set here
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),

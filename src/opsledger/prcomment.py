@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-MARKER = "<!-- opsledger-plan"
 GITHUB_LIMIT = 65_536
 LIMIT = 60_000  # room below GitHub's limit for the markers and the artifact line
 MAX_PARTS = 5
 
 
-def marker(part: int) -> str:
-    """The hidden line that finds part `part` (1-based) of a PR's plan comment again."""
-    return f"{MARKER}:{part} -->"
+def marker(part: int, key: str = "plan") -> str:
+    """The hidden line that finds part `part` (1-based) of a PR's `key` comment again."""
+    return f"<!-- opsledger-{key}:{part} -->"
 
 
 def grouped_diffs(hosts: list[Any]) -> list[tuple[str, str, list[str]]]:
@@ -57,7 +56,12 @@ def diff_section(hosts: list[Any]) -> list[str]:
 
 
 def comment_parts(
-    body: str, *, artifact_url: str = "", limit: int = LIMIT, max_parts: int = MAX_PARTS
+    body: str,
+    *,
+    artifact_url: str = "",
+    key: str = "plan",
+    limit: int = LIMIT,
+    max_parts: int = MAX_PARTS,
 ) -> list[str]:
     """The comment(s) to post: each under `limit` characters, marked, pointing at the artifact.
 
@@ -65,8 +69,8 @@ def comment_parts(
     closed and reopened so each part renders on its own.
     """
     where = f"Full plan: {artifact_url}" if artifact_url else "Full plan: the job's artifact"
-    if len(body) + len(marker(1)) + 1 <= limit:
-        return [f"{marker(1)}\n{body}"]
+    if len(body) + len(marker(1, key)) + 1 <= limit:
+        return [f"{marker(1, key)}\n{body}"]
     room = limit - len(where) - 200
     chunks: list[str] = []
     current: list[str] = []
@@ -90,7 +94,7 @@ def comment_parts(
     total = len(chunks)
     parts = []
     for index, chunk in enumerate(chunks[:max_parts], start=1):
-        head = f"{marker(index)}\n_opsledger plan, part {index} of {total}. {where}_\n\n"
+        head = f"{marker(index, key)}\n_opsledger plan, part {index} of {total}. {where}_\n\n"
         tail = ""
         if index == max_parts and total > max_parts:
             tail = f"\n\n_{total - max_parts} more part(s) left out. {where}_"

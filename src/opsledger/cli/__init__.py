@@ -21,6 +21,7 @@ from opsledger.cli.drill import drill
 from opsledger.cli.incident import incident
 from opsledger.cli.inspect import inspect
 from opsledger.cli.lab import lab
+from opsledger.cli.notify import notify
 from opsledger.cli.policy import policy
 from opsledger.cli.problem import problem
 from opsledger.cli.report import report
@@ -64,6 +65,7 @@ cli.add_command(drill)
 cli.add_command(incident)
 cli.add_command(inspect)
 cli.add_command(lab)
+cli.add_command(notify)
 cli.add_command(plan)
 cli.add_command(policy)
 cli.add_command(problem)

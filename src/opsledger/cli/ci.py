@@ -49,6 +49,12 @@ def ci() -> None:
 )
 @click.option("--artifact-url", default="", help="Where the full plan is kept (the comment says).")
 @click.option(
+    "--comment-key",
+    default="plan",
+    show_default=True,
+    help="Names the sticky comment (its hidden marker): one per job that comments.",
+)
+@click.option(
     "--outputs",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Append protected=<JSON list of environments the protected plan job must plan> "
@@ -64,6 +70,7 @@ def pr(
     summary: Path | None,
     comment_dir: Path | None,
     artifact_url: str,
+    comment_key: str,
     outputs: Path | None,
     at: str | None,
 ) -> None:
@@ -100,7 +107,9 @@ def pr(
         comment_dir.mkdir(parents=True, exist_ok=True)
         for old in comment_dir.glob("comment-*.md"):
             old.unlink()
-        for index, part in enumerate(comment_parts(text, artifact_url=artifact_url), start=1):
+        for index, part in enumerate(
+            comment_parts(text, artifact_url=artifact_url, key=comment_key), start=1
+        ):
             (comment_dir / f"comment-{index}.md").write_text(part)
     if outputs:
         with outputs.open("a") as handle:
