@@ -41,6 +41,10 @@ _STATUS = {
     "runner_on_failed": "failed",
     "runner_on_unreachable": "unreachable",
     "runner_on_skipped": "skipped",
+    # a loop's items, each with its own result, before the task's summary entry
+    "runner_item_on_ok": "ok",
+    "runner_item_on_failed": "failed",
+    "runner_item_on_skipped": "skipped",
 }
 
 
@@ -108,7 +112,7 @@ class JobLog:
             "action": data.get("task_action", ""),
             "status": status,
             "changed": bool(result.get("changed")),
-            "start": data.get("start", ""),
+            "start": data.get("start") or event.get("created", ""),  # items: when reported
             "end": data.get("end", ""),
             "duration_s": data.get("duration"),
         }
@@ -185,12 +189,19 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
         if blob.returncode:
             continue
         data = blob.stdout
-        lines = gzip.decompress(data).decode().splitlines()
+        entries: list[dict[str, Any]] = []
+        try:
+            for line in gzip.decompress(data).decode().splitlines():
+                entry = json.loads(line) if line.strip() else None
+                if isinstance(entry, dict):
+                    entries.append(entry)
+        except (OSError, EOFError, ValueError):  # not gzip, cut short, not JSON: shown as such
+            entries.append({"phase": "unreadable", "message": "the log does not decompress"})
         found.append(
             RunLog(
                 f"{folder}/{stamp}.json",
                 log,
-                [json.loads(line) for line in lines if line.strip()],
+                entries,
                 hashlib.sha256(data).hexdigest() == record.log.get("sha256"),
             )
         )
@@ -217,16 +228,17 @@ def render_log(logs: list[RunLog]) -> str:
         out.append(f"== {log.record} ({log.log}, {seal})")
         for e in log.entries:
             if "phase" in e:
-                out.append(f"   -- {e['phase']}: {e['message']}")
+                out.append(f"   -- {e['phase']}: {e.get('message', '')}")
                 continue
             took = f"{e['duration_s']:.1f}s" if isinstance(e.get("duration_s"), float) else ""
-            flag = "changed" if e.get("changed") else e["status"]
-            line = f"{e.get('start', '')[:19]:19} {e['host']:<14} {flag:<11} {e['task']}"
+            flag = "changed" if e.get("changed") else str(e.get("status", "?"))
+            start = str(e.get("start", ""))[:19]
+            line = f"{start:19} {e.get('host', '?'):<14} {flag:<11} {e.get('task', '')}"
             if e.get("item"):
                 line += f" [{e['item']}]"
             out.append(f"{line} {took}".rstrip())
             if e.get("diff"):
                 out.append(f"{'':35}diff {e['diff']}")
-            if e.get("message") and e["status"] != "ok":
-                out.append(f"{'':35}{e['message'].splitlines()[0][:200]}")
+            if e.get("message") and e.get("status") != "ok":
+                out.append(f"{'':35}{str(e['message']).splitlines()[0][:200]}")
     return "\n".join(out) + "\n"
