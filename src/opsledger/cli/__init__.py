@@ -13,6 +13,7 @@ import click
 from opsledger import __version__
 from opsledger.cli.apply import apply
 from opsledger.cli.audit import audit
+from opsledger.cli.calendar import calendar
 from opsledger.cli.change import change
 from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
@@ -56,6 +57,7 @@ def cli() -> None:
 
 cli.add_command(apply)
 cli.add_command(audit)
+cli.add_command(calendar)
 cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(ci)
