@@ -37,9 +37,11 @@ def notify() -> None:
 def test_(environment: str, event: str) -> None:
     """Send a test notice through the routes of EVENT in ENV; exit 1 when a channel fails.
 
+    The channels' URLs come from the variables policies/notifications.yml names (url_env).
+
     \b
     Example:
-        OPSLEDGER_NOTIFY_OPS_CHAT=slack://... opsledger notify test --env production
+        opsledger notify test --env production --event apply_failed
     """
     from opsledger.notify import EVENTS, Notice, Severity
     from opsledger.notify import notify as send
