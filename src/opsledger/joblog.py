@@ -242,3 +242,23 @@ def render_log(logs: list[RunLog]) -> str:
             if e.get("message") and e.get("status") != "ok":
                 out.append(f"{'':35}{str(e['message']).splitlines()[0][:200]}")
     return "\n".join(out) + "\n"
+
+
+def journal_log(private_dir: Path) -> JobLog | None:
+    """The job log of a run whose apply died, from the events ansible-runner journaled.
+
+    Example:
+        journal_log(project.root / ".opsledger/runs/CHG-0001-20261201T203000Z")
+    """
+    events = []
+    for path in private_dir.glob("artifacts/*/job_events/*.json"):
+        try:
+            events.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if not events:
+        return None
+    log = JobLog()
+    for event in sorted(events, key=lambda e: e.get("counter", 0)):
+        log(event)
+    return log
