@@ -89,6 +89,7 @@ def test_pull_request_jobs_hold_no_secret_and_never_run_on_an_applying_runner():
     jobs = _workflow("pull-request.yml")["jobs"]
     text = (WORKFLOWS / "pull-request.yml").read_text()
     untrusted = ("lint", "changes", "molecule")
+    assert set(jobs) == {*untrusted, "comment"}
     for name in untrusted:
         job = jobs[name]
         assert "environment" not in job, name
@@ -101,13 +102,29 @@ def test_pull_request_jobs_hold_no_secret_and_never_run_on_an_applying_runner():
                 assert step["with"]["persist-credentials"] is False, name
     runs = " ".join(" ".join(s.get("run", "").split()) for s in jobs["changes"]["steps"])
     assert "--untrusted --plan-env lab" in runs
-    # Secrets appear only in the protected plan job, which runs the target branch's tool.
-    protected = jobs["plan-protected"]
-    assert protected["environment"] == "plan-${{ matrix.environment }}"
-    assert "--approved-only" in text and "tool/.venv/bin/opsledger" in text
-    assert set(SECRET_REF.findall(text)) == {"OPSLEDGER_VAULT_PASSWORD"}
+    assert not SECRET_REF.findall(text)
     assert jobs["comment"]["permissions"] == {"pull-requests": "write"}
+    assert "actions/checkout" not in yaml.safe_dump(jobs["comment"])  # it runs no PR code
     assert _workflow("pull-request.yml")["permissions"] == {"contents": "read"}
+
+
+def test_protected_plans_run_the_target_branchs_jobs_and_tool_on_approved_content_only():
+    """pull_request_target: the jobs are the target branch's, the PR's files only data for the
+    target branch's opsledger; the secret only in plan-<env>, after the approvals are in."""
+    workflow = _workflow("protected-plan.yml")
+    text = (WORKFLOWS / "protected-plan.yml").read_text()
+    assert list(workflow["on"]) == ["pull_request_target"]
+    scope, plan = workflow["jobs"]["scope"], workflow["jobs"]["plan"]
+    assert "environment" not in scope and not SECRET_REF.search(yaml.safe_dump(scope))
+    assert plan["environment"] == "plan-${{ matrix.environment }}"
+    assert set(SECRET_REF.findall(text)) == {"OPSLEDGER_VAULT_PASSWORD"}
+    runs = " ".join(" ".join(s.get("run", "").split()) for s in plan["steps"])
+    assert "tool/.venv/bin/opsledger ci pr" in runs and "--approved-only" in runs
+    assert "pr/scripts" not in text and "pr/.venv" not in text  # nothing of the PR is run
+    for job in (scope, plan):
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout"):
+                assert step["with"]["persist-credentials"] is False
 
 
 def test_every_secret_is_an_environment_secret_of_a_job_that_runs_main():
