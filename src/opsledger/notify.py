@@ -182,7 +182,7 @@ def load_notify_policy(project: Project) -> tuple[NotifyPolicy, list[Problem]]:
         data = load_yaml(path, what="notifications policy")
     except OpsledgerError as err:
         return NotifyPolicy(), err.problems
-    found = schema_problems(data, schema("notifications-policy"), file)
+    found = schema_problems(data, schema("policy-notifications"), file)
     if found:
         return NotifyPolicy(), found
     channels = {
