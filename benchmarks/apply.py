@@ -35,11 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from opsledger.approvals import approve_change  # noqa: E402
-from opsledger.changes import new_change  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lab.service import lab_status  # noqa: E402
 from opsledger.project import Project  # noqa: E402
+from opsledger.signoff import approve_change, request_change  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STOCK_CFG = """[defaults]
@@ -85,7 +84,7 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
     (root / ".opsledger" / "lab").symlink_to(ROOT / ".opsledger" / "lab")
     project = Project(root)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Benchmark: idempotent converge",
         runbook="converge",
@@ -96,8 +95,12 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
         window_start=now - dt.timedelta(minutes=5),
         window_end=now + dt.timedelta(hours=12),
     )
-    commit_paths(
-        root, [change.file], "Benchmark change", name="Alice Arnold", email="alice@example.org"
+    commit_paths(  # the change and alice's request statement
+        root,
+        [change.file.parent],
+        "Benchmark change",
+        name="Alice Arnold",
+        email="alice@example.org",
     )
     approve_change(project, change.id, person="bob")
     return project, change.id

@@ -32,6 +32,7 @@ PARTS = (
     "policies",
     "runbooks",
     "roles",
+    "tests/infra",  # runbooks name their verification suites: without them no change loads
     "inventories",
     "vault-passwords",
     "ansible.cfg",
@@ -39,6 +40,7 @@ PARTS = (
 )
 START = 1_700_000_000  # 2023-11-14, seconds since the epoch
 CONTENT = "ab" * 32
+POLICY = "cd" * 32
 
 
 def _blob(path: str, text: str) -> bytes:
@@ -57,6 +59,19 @@ def _commit(mark: int, when: int, who: tuple[str, str], message: str, files: lis
     return head + msg + b"\n" + parent + b"".join(files) + b"\n"
 
 
+def _stamp(when: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+
+
+def _statement(cid: str, person: str, decision: str, when: int) -> str:
+    """An unsigned statement as `opsledger approve` writes it in the lab."""
+    return (
+        f"version: 1\nchange: {cid}\nperson: {person}\ndecision: {decision}\n"
+        f"content_sha256: {CONTENT}\npolicy_sha256: {POLICY}\nat: '{_iso(when)}'\n"
+        "comment: ''\nsignature: ''\ncontent_files: {}\n"
+    )
+
+
 def _iso(when: int) -> str:
     import datetime as dt
 
@@ -68,7 +83,7 @@ def build(repo: Path, commits: int, changes: int) -> None:
     for part in PARTS:
         source = ROOT / part
         if source.is_dir():
-            shutil.copytree(source, repo / part)
+            shutil.copytree(source, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, repo / part)
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
@@ -112,28 +127,33 @@ def build(repo: Path, commits: int, changes: int) -> None:
                 f"window: {{start: '{window[0]}', end: '{window[1]}'}}\n"
                 "requested_by: alice\nreason: Synthetic history for the audit benchmark\n"
             )
+            request = _statement(cid, "alice", "requested", when)
             write(
                 _commit(
                     mark,
                     when,
                     alice,
                     f"Request {cid}",
-                    [_blob(f"changes/{cid}/change.yml", change)],
+                    [
+                        _blob(f"changes/{cid}/change.yml", change),
+                        _blob(f"changes/{cid}/approvals/alice/{_stamp(when)}.yml", request),
+                    ],
                 )
             )
             mark += 1
             when += 60
-            approval = (
-                f"change: {cid}\nperson: bob\ndecision: approved\ncontent_sha256: {CONTENT}\n"
-                f"at: '{_iso(when)}'\ncomment: ''\n"
-            )
             write(
                 _commit(
                     mark,
                     when,
                     bob,
                     f"Approve {cid}",
-                    [_blob(f"changes/{cid}/approvals/bob.yml", approval)],
+                    [
+                        _blob(
+                            f"changes/{cid}/approvals/bob/{_stamp(when)}.yml",
+                            _statement(cid, "bob", "approved", when),
+                        )
+                    ],
                 )
             )
             mark += 1
@@ -146,6 +166,7 @@ def build(repo: Path, commits: int, changes: int) -> None:
                 "finished_at": _iso(when),
                 "change": cid,
                 "runbook": "converge",
+                "params": {"tags": ["postgresql"]},
                 "hosts": ["lab-db1", "lab-db2"],
                 "content_sha256": CONTENT,
                 "runner": {"person": "ci"},

@@ -7,7 +7,9 @@ the target hosts are locked (lock.py), because waiting for a lock may outlast th
 write-ahead record (result `started`) is committed before the first task and a guard process
 (guard.py) ends the playbook if this process dies, so a killed apply is found and recorded as
 `interrupted` by the next command instead of vanishing. The runbook runs through
-ansible-runner; then the Testinfra suites the runbook names prove the result. A failed run or a
+ansible-runner, watched (readguard.py): a run that reads a tracked file outside the approved
+content is not the approved change and fails; then the Testinfra suites the runbook names
+prove the result. A chosen clock (`now`) is for the lab only. A failed run or a
 failed verification runs the rollback runbook against the desired state as it was *before* the
 change (a git worktree of that commit) and verifies again, so "rolled back" means "proven
 back", not "attempted". A Ctrl-C cancels the run and is recorded as such. Whatever happened,
@@ -31,18 +33,21 @@ from typing import Any
 
 from opsledger import procs
 from opsledger.changes import Change, load_change
+from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
-from opsledger.gitrepo import git, head, is_repo
+from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import JobLog, log_path_of
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.notify import denied_notice, notify, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
+from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
-from opsledger.project import Project
+from opsledger.project import DEFAULT_ENVIRONMENT, Project
+from opsledger.readguard import outside_content, watching_reads
 from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
 from opsledger.records import (
     STARTED,
@@ -197,8 +202,9 @@ def checkout_of(project: Project, commit: str) -> Iterator[Project]:
                 "--ignored",
                 "--exclude-standard",
                 "--directory",
-            ).stdout.splitlines()
-            for line in ignored:
+                "-z",  # unquoted, NUL-separated: names with spaces or non-ASCII stay whole
+            ).stdout.split("\0")
+            for line in filter(None, ignored):
                 parts = Path(line.rstrip("/")).parts
                 for depth in range(1, len(parts) + 1):  # link the first missing level
                     target = tree.joinpath(*parts[:depth])
@@ -300,6 +306,7 @@ def _run(
     interrupt: _Interrupt,
     run_id: str,
     journal: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> PlaybookRun:
     return run_playbook(
         project,
@@ -312,8 +319,55 @@ def _run(
         event_handler=events,
         cancel=interrupt,
         private_dir=journal,
-        extra_env={RUN_MARKER: run_id},  # the guard finds the run's processes by it
+        # The guard finds the run's processes by the marker; `env` adds the read watch.
+        extra_env={**(env or {}), RUN_MARKER: run_id},
     )
+
+
+def clock_override(project: Project, change_id: str, now: dt.datetime | None) -> None:
+    """A chosen clock (`--at`) judges what-ifs; it never lets a run start outside the lab.
+
+    Windows and freezes are judged at the moment the run starts: outside the lab that moment
+    is the machine's clock, so `apply --at` cannot reopen yesterday's window.
+    """
+    if now is None:
+        return
+    change = load_change(project, change_id)
+    if change.environment != DEFAULT_ENVIRONMENT:
+        raise OpsledgerError(
+            Problem(
+                f"a chosen time (--at) applies only in the {DEFAULT_ENVIRONMENT}, "
+                f"not in {change.environment}",
+                f"changes/{change_id}/change.yml",
+                "--at",
+                "apply without --at, inside the change's window (decide and plan take --at "
+                "for what-ifs)",
+            ),
+            EXIT_INVALID,
+        )
+
+
+def _unapproved_reads(
+    project: Project, change: Change, runbook: Runbook, decision: Decision, opened: set[str]
+) -> str:
+    """Why the run cannot count as the approved content, or "" when it can."""
+    if decision.content is None:
+        return "no approved content to compare the run with"
+    try:
+        after = change_content(project, change, runbook, decision.hosts)
+    except OpsledgerError as err:  # e.g. a symlink out of the repository appeared
+        return f"the content cannot be read after the run: {err}"
+    if after.sha256 != decision.content.sha256:
+        changed = after.changed_since(decision.content.files)
+        return "the content changed during the run: " + ", ".join(changed[:5])
+    stray = outside_content(project, decision.content, opened)
+    if stray:
+        return (
+            "Ansible read files outside the approved content: "
+            + ", ".join(stray[:5])
+            + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        )
+    return ""
 
 
 def _verify(
@@ -407,35 +461,50 @@ class _Outcome:
     back: RollbackOutcome | None
     failure: str
     timings: dict[str, float]
+    # what made the run unprovable as the approved content (read watch, see readguard.py)
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _execute(
     project: Project,
     change: Change,
     runbook: Runbook,
+    decision: Decision,
     events: Events | None,
     interrupt: _Interrupt,
     skip_verify: bool,
     run_id: str,
     journal: Path,
 ) -> _Outcome:
-    """Run, verify, and roll back on failure; what happened, never an exception from the run."""
+    """Run, verify, and roll back on failure; what happened, never an exception from the run.
+
+    The run is watched (readguard.py): a run that read files outside the approved content, or
+    during which the content changed, is not the approved change and is treated as failed.
+    """
     timings: dict[str, float] = {}
     _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
     clock = time.monotonic()
-    try:
-        run: PlaybookRun | None = _run(project, change, runbook, events, interrupt, run_id, journal)
-    except OpsledgerError as err:  # ansible-playbook failed before reaching any host
-        timings["run_s"] = round(time.monotonic() - clock, 3)
-        return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
+    with watching_reads() as watch:
+        try:
+            run: PlaybookRun | None = _run(
+                project, change, runbook, events, interrupt, run_id, journal, watch.env()
+            )
+        except OpsledgerError as err:  # ansible-playbook failed before reaching any host
+            timings["run_s"] = round(time.monotonic() - clock, 3)
+            return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
+        opened = watch.files()
     assert run is not None
     timings["run_s"] = round(time.monotonic() - clock, 3)
     checked: VerifyResult | None = None
     back: RollbackOutcome | None = None
     failure = ""
+    unapproved = _unapproved_reads(project, change, runbook, decision, opened)
+    findings = [{"rule": "approved-content", "message": unapproved}] if unapproved else []
     if run.status not in ("successful", "canceled") and not interrupt.requested:
         failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
         failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+    elif unapproved and run.status == "successful":
+        failure = unapproved
     elif run.status == "successful" and not skip_verify and not interrupt.requested:
         clock = time.monotonic()
         try:
@@ -448,9 +517,9 @@ def _execute(
             failure = "verification failed: " + (", ".join(names) or "no test passed")
     if interrupt.requested or run.status == "canceled":
         # The operator stopped it: no rollback they did not ask for.
-        return _Outcome("canceled", run, checked, None, failure, timings)
+        return _Outcome("canceled", run, checked, None, failure, timings, findings)
     if not failure:
-        return _Outcome("success", run, checked, None, failure, timings)
+        return _Outcome("success", run, checked, None, failure, timings, findings)
     _phase(events, "failed", failure)
     clock = time.monotonic()
     try:
@@ -460,7 +529,7 @@ def _execute(
         back = RollbackOutcome(name, "", f"{failure}; {err}", None, None, False)
     timings["rollback_s"] = round(time.monotonic() - clock, 3)
     result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
-    return _Outcome(result, run, checked, back, failure, timings)
+    return _Outcome(result, run, checked, back, failure, timings, findings)
 
 
 def _journal(project: Project, run_id: str) -> Path:
@@ -478,6 +547,7 @@ def apply_change(
     again: bool = False,
     events: Events | None = None,
     origin: OriginRecords | None = None,
+    base: str | None = None,
 ) -> ApplyResult:
     """Decide, lock the targets, decide again, record ahead, run, verify, roll back, record.
 
@@ -488,24 +558,24 @@ def apply_change(
 
     Raises OpsledgerError with exit 3 when policy denies the change (before the locks or once
     they are held: a `wait` may outlast the window), exit 4 when another run holds a target's
-    lock, and exit 2 when earlier evidence or the write-ahead record cannot be committed; in
-    all these cases nothing has run. Otherwise the result says success, failed, rolled_back,
-    rollback_failed or canceled, and `committed` whether git has the record (when not,
-    `commit_problem` names the file and the fix, and the next command retries the commit).
+    lock, and exit 2 when earlier evidence or the write-ahead record cannot be committed, or
+    when `now` (a chosen clock, for the lab only) is given for another environment; in all
+    these cases nothing has run. `base` names the protected branch decide trusts. Otherwise
+    the result says success, failed, rolled_back, rollback_failed or canceled, and `committed`
+    whether git has the record (when not, `commit_problem` names the file and the fix, and the
+    next command retries the commit). A run that read files outside the approved content, or
+    during which the content changed, is not a success.
 
     Example:
         result = apply_change(find_project(), "CHG-0001")
         result.result, result.record_path, result.commit
     """
-    if not is_repo(project.root):
-        raise OpsledgerError(
-            Problem(
-                "not a git repository", str(project.root), "git", "apply runs from a git checkout"
-            )
-        )
+    require_history(project.root, "apply")
+    require_policies(project)  # fail closed before anything is touched, reconciling included
+    clock_override(project, change_id, now)  # a chosen clock: the lab only
     reconciled = reconcile_first(project, events)
     _phase(events, "decide", f"deciding {change_id}")
-    decision = decide(project, change_id, now=now)
+    decision = decide(project, change_id, now=now, base=base)
     if not decision.allowed:
         raise _refuse_denied(change_id, decision, project=project)
     _refuse_applied(project, change_id, again)
@@ -534,7 +604,7 @@ def apply_change(
             origin.pull()
             reconcile_first(project, events)  # runs pulled in that died here
             refuse_running(project, change_id)
-        decision = decide(project, change_id, now=again_at)
+        decision = decide(project, change_id, now=again_at, base=base)
         if not decision.allowed:
             raise _refuse_denied(
                 change_id, decision, f" after waiting {lock_wait:.0f} s", project=project
@@ -644,6 +714,7 @@ def _locked_run(
             project,
             change,
             runbook,
+            run.decision,
             _noting_runner(run.held, interrupt, log),
             interrupt,
             skip_verify,
@@ -685,6 +756,7 @@ def _locked_run(
                 outcome.checked, skip_verify, outcome.result, outcome.failure
             ),
             rollback=outcome.back.as_dict() if outcome.back else None,
+            findings=outcome.findings,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
             notifications=told.as_list(),
         )

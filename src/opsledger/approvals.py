@@ -1,44 +1,98 @@
-"""Approvals bound to content, and their validity read from git.
+"""Approvals: the statements about a change, read from git and judged against people.yml.
 
-`approve` writes `changes/<ID>/approvals/<person>.yml` — the decision and the sha256 of the
-change's content (see content.py) — and commits just that file as that person, signed with
-their SSH key when one is given. An approval counts only when git shows that:
+Every statement ever committed under `changes/<ID>/approvals/` counts, in the version it was
+added with: the history reachable from HEAD and from the protected base is read whole, merges
+included (`git log --full-history -c`), so deleting, editing or merging away a statement
+cannot hide it — an edited statement no longer verifies and the original still stands. A
+statement proves who made it by
 
-- it is committed (a file only in the working tree is nobody's approval);
-- every commit that touched it was authored by that person (nobody edited it for them);
-- the content it names is the change's content now (editing what runs voids it);
-- where policy requires signatures, its commit carries a good SSH signature made with that
-  person's key from people.yml — checked by git itself against an allowed-signers file
-  generated from people.yml.
+- its SSH signature, verified with the person's key from people.yml *of the protected base*
+  (so a pull request cannot bring its own keys), whatever commits carry it; or
+- where policy allows unsigned statements (the lab), the commit that added it, whose author
+  and committer must both be the person.
+
+Each person's newest valid statement is their standing: a rejection stands until its author
+says otherwise, an approval counts only for the content it names, and the requester's
+`requested` statement on the current content is what makes them the requester.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import tempfile
+import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths, git
-from opsledger.policy import Policies
+from opsledger.gitlog import Commit
+from opsledger.gitrepo import blob_contents, git
+from opsledger.policy import Person, Policies, Rule
 from opsledger.project import Project
-from opsledger.yamlio import load_yaml
+from opsledger.statements import NotAStatement, Statement, parse_statement, verify
 
-DECISIONS = ("approved", "rejected")
+_IN_APPROVALS = re.compile(r"^changes/[^/]+/approvals/")
+_FILE = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml$")
+
+
+@dataclass(frozen=True)
+class Introduction:
+    """A commit that brought a file's version into the history (not inherited from a parent)."""
+
+    sha: str
+    author: str  # email
+    committer: str  # email
+
+
+@dataclass
+class Found:
+    """One version of a file under approvals/ somewhere in the history."""
+
+    path: str
+    blob: str
+    mode: str
+    raw: bytes = b""
+    introduced_by: list[Introduction] = field(default_factory=list)
+
+
+@dataclass
+class Judged:
+    """One statement, judged: whose it provably is, or why it is not."""
+
+    path: str
+    person: str
+    statement: Statement | None
+    valid: bool
+    reasons: list[str]
+    proof: str = ""  # "signed" or "committed by <email>"
+    commit: str = ""  # the commit that brought it (first one found)
 
 
 @dataclass
 class ApprovalState:
+    """A person's standing on the change: their newest valid statement, and whether it counts."""
+
     person: str
     decision: str
-    valid: bool
+    valid: bool  # an approval of the current content (or a standing rejection)
     reasons: list[str] = field(default_factory=list)
     commit: str = ""
     signed_by: str = ""
+    at: str = ""
+
+
+@dataclass
+class Standing:
+    """Everything the statements say about a change's current content."""
+
+    states: list[ApprovalState]
+    judged: list[Judged]
+    requester: str
+    requester_proven: bool
+    requester_why: str
+    rejected_by: list[str]
+    approvers: list[str]  # people whose newest statement approves the current content
+    notes: list[str]
 
 
 def approvals_dir(project: Project, change_id: str) -> Path:
@@ -46,7 +100,7 @@ def approvals_dir(project: Project, change_id: str) -> Path:
 
 
 def allowed_signers(policies: Policies) -> str:
-    """git's allowed-signers format: one line per person with a key, principal = email."""
+    """git's allowed-signers format for commit signatures: principal = email."""
     lines = [
         f'{p.email} namespaces="git" {p.signing_key}'
         for p in policies.people.values()
@@ -55,189 +109,364 @@ def allowed_signers(policies: Policies) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class ApproveResult:
-    path: Path
-    commit: str
-    content_sha256: str
+def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
+    """Every version of every file under `prefix` in the history of `revs`.
 
-
-def approve(
-    project: Project,
-    *,
-    change_id: str,
-    person: str,
-    content: Content,
-    policies: Policies,
-    decision: str = "approved",
-    comment: str = "",
-    signing_key: Path | None = None,
-    now: dt.datetime | None = None,
-) -> ApproveResult:
-    """Record and commit one person's decision on a change's current content.
-
-    Example:
-        approve(project, change_id="CHG-0001", person="bob", content=content,
-                policies=policies, signing_key=Path("~/.ssh/id_ed25519").expanduser())
+    Each comes with the commits that introduced it; a merge counts for what it brought that
+    no parent had (an "evil merge"), never for what it inherited.
     """
-    if decision not in DECISIONS:
-        raise OpsledgerError(
-            Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
-        )
-    who = policies.people.get(person)
-    if who is None:
-        raise OpsledgerError(
-            Problem(
-                f"{person!r} is not in policies/people.yml",
-                "policies/people.yml",
-                "people",
-                "approve as a listed person (--as ID)",
-            )
-        )
-    if signing_key is not None and not Path(signing_key).is_file():
-        raise OpsledgerError(
-            Problem(
-                "signing key not found", str(signing_key), "--key", "point at your SSH private key"
-            )
-        )
-    moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    record = {
-        "change": change_id,
-        "person": person,
-        "decision": decision,
-        "content_sha256": content.sha256,
-        "at": moment.isoformat(),
-        "comment": comment,
-        "content_files": content.files,
-    }
-    folder = approvals_dir(project, change_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{person}.yml"
-    path.write_text("---\n" + yaml.safe_dump(record, sort_keys=False, width=100))
-    verb = "Approve" if decision == "approved" else "Reject"
-    sha = commit_paths(
-        project.root,
-        [path],
-        f"{verb} {change_id} ({content.sha256[:12]})",
-        name=who.name,
-        email=who.email,
-        signing_key=signing_key,
-    )
-    return ApproveResult(path, sha, content.sha256)
-
-
-def _history(project: Project, path: Path, signers: str) -> list[tuple[str, str, str, str]]:
-    """(sha, author email, signature status, signer) of every commit touching path."""
-    with tempfile.NamedTemporaryFile("w", suffix=".allowed_signers", delete=False) as handle:
-        handle.write(signers)
-        signers_file = handle.name
-    try:
-        relative = str(path.resolve().relative_to(project.root.resolve()))
-        out = git(
-            project.root,
-            "-c",
-            f"gpg.ssh.allowedSignersFile={signers_file}",
+    revs = [r for r in dict.fromkeys(revs) if r]
+    if not revs:
+        return []
+    log = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
             "log",
-            "--format=%H%x00%ae%x00%G?%x00%GS",
+            "--full-history",
+            "-c",
+            "--raw",
+            "--no-abbrev",
+            "--no-renames",
+            "-z",
+            "--format=%x1e%H%x1f%ae%x1f%ce",
+            *revs,
             "--",
-            relative,
-        ).stdout
-    finally:
-        Path(signers_file).unlink(missing_ok=True)
-    return [tuple(line.split("\0")) for line in out.splitlines() if line]  # type: ignore[misc]
+            prefix,
+        ],
+        capture_output=True,
+    )
+    if log.returncode != 0:
+        return []
+    versions: dict[tuple[str, str], Found] = {}
+    for record in log.stdout.decode(errors="replace").split("\x1e"):
+        header, _, rest = record.partition("\0")
+        if not header:
+            continue
+        sha, author, committer = header.split("\x1f")
+        tokens = rest.lstrip("\0\n").split("\0")
+        for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
+            if not meta.startswith(":"):
+                continue
+            parents = len(meta) - len(meta.lstrip(":"))
+            parts = meta.lstrip(":").split()
+            mode, blob, status = parts[parents], parts[2 * parents + 1], parts[-1]
+            if set(status) == {"D"} or set(blob) == {"0"}:
+                continue
+            entry = versions.setdefault((path, blob), Found(path, blob, mode))
+            entry.introduced_by.append(Introduction(sha, author, committer))
+    for rev in revs:  # what is in the tree now (normally already found above)
+        listing = git(project.root, "ls-tree", "-r", "-z", rev, "--", prefix, check=False)
+        for line in listing.stdout.split("\0"):
+            if line:
+                meta, _, path = line.partition("\t")
+                mode, _, blob = meta.split()
+                versions.setdefault((path, blob), Found(path, blob, mode))
+    contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
+    for found in versions.values():
+        found.raw = contents.get(found.blob, b"")
+    return sorted(versions.values(), key=lambda f: (f.path, f.blob))
 
 
-def approval_states(
+def statements_in(project: Project, commits: list[Commit]) -> dict[str, list[Found]]:
+    """Every statement file version in an already-read history, by change id.
+
+    For audits over many changes: one `git log` stream (gitlog.read_history, merges listing
+    what they brought) instead of one per change. The commits a version is listed under are
+    the ones that brought it; any of them may attribute it.
+    """
+    versions: dict[tuple[str, str], Found] = {}
+    for commit in commits:
+        for f in commit.files:
+            if f.status == "D" or not _IN_APPROVALS.match(f.path):
+                continue
+            entry = versions.setdefault((f.path, f.blob), Found(f.path, f.blob, f.mode))
+            entry.introduced_by.append(
+                Introduction(commit.sha, commit.author_email, commit.committer_email)
+            )
+    contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
+    found: dict[str, list[Found]] = {}
+    for entry in sorted(versions.values(), key=lambda f: (f.path, f.blob)):
+        entry.raw = contents.get(entry.blob, b"")
+        found.setdefault(entry.path.split("/")[1], []).append(entry)
+    return found
+
+
+def worktree_problems(project: Project, change_id: str) -> list[Problem]:
+    """Files under the change's approvals/ that cannot be statements: invalid input (exit 2).
+
+    A symlink, or a file outside the `<person>/<stamp>.yml` layout, is refused rather than
+    followed or skipped: it can only be a mistake or an attempt to confuse the judge.
+    """
+    folder = approvals_dir(project, change_id)
+    if folder.is_symlink():
+        return [
+            Problem(
+                "approvals/ is a symlink",
+                str(folder),
+                "symlink",
+                "replace it by a folder of statement files",
+            )
+        ]
+    problems = []
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        relative = path.relative_to(project.root).as_posix()
+        if path.is_symlink():
+            problems.append(
+                Problem(
+                    "a symlink where a statement belongs",
+                    relative,
+                    "symlink",
+                    "remove it: statements are plain files written by opsledger approve",
+                )
+            )
+        elif path.is_file() and not _FILE.match(relative):
+            problems.append(
+                Problem(
+                    "not a statement file (approvals/<person>/<UTC stamp>.yml)",
+                    relative,
+                    "path",
+                    "remove it and approve again with opsledger approve",
+                )
+            )
+    return problems
+
+
+_PARSED: dict[str, Statement | NotAStatement] = {}
+
+
+def _parsed(found: Found) -> Statement:
+    """A file version's statement, parsed once per process (audits judge it several times)."""
+    if found.blob not in _PARSED:
+        try:
+            _PARSED[found.blob] = parse_statement(found.raw)
+        except NotAStatement as exc:
+            _PARSED[found.blob] = exc
+    outcome = _PARSED[found.blob]
+    if isinstance(outcome, NotAStatement):
+        raise outcome
+    return outcome
+
+
+def judge(
+    found: Found,
+    change_id: str,
+    people: dict[str, Person],
+    *,
+    signatures_required: bool,
+    excluded: frozenset[str] = frozenset(),
+) -> Judged:
+    """Whose statement this version of a file provably is, or why it is nobody's."""
+    match = _FILE.match(found.path)
+    person = match.group(2) if match else ""
+    commit = found.introduced_by[0].sha if found.introduced_by else ""
+    judged = Judged(found.path, person, None, False, [], commit=commit)
+    if found.mode == "120000":
+        judged.reasons.append("is a symlink")
+        return judged
+    if not match or match.group(1) != change_id:
+        judged.reasons.append("not a statement file of this change")
+        return judged
+    try:
+        statement = _parsed(found)
+    except NotAStatement as exc:
+        judged.reasons.append(f"not a statement: {exc}")
+        return judged
+    judged.statement = statement
+    if statement.change != change_id or statement.person != person:
+        judged.reasons.append("names another person or change than its place")
+    who = people.get(person)
+    if who is None or person in excluded:
+        judged.reasons.append(f"{person} is not a person who may sign statements in people.yml")
+    elif statement.signature:
+        if verify(statement, who.signing_key or ""):
+            judged.proof = "signed"
+        else:
+            judged.reasons.append(
+                f"its signature is not {person}'s (key from people.yml of the protected base)"
+            )
+    elif signatures_required:
+        judged.reasons.append("not signed, and signatures are required here")
+    else:
+        mine = [i for i in found.introduced_by if i.author == who.email == i.committer]
+        if mine:
+            judged.proof = f"committed by {who.email}"
+            judged.commit = mine[0].sha
+        elif found.introduced_by:
+            others = {f"{i.author} (committed by {i.committer})" for i in found.introduced_by}
+            judged.reasons.append(
+                "unsigned, and not authored and committed by "
+                f"{who.email}: {', '.join(sorted(others))}"
+            )
+        else:
+            judged.reasons.append("not committed")
+    judged.valid = not judged.reasons
+    return judged
+
+
+def standing(
     project: Project,
     *,
     change_id: str,
+    requester: str,
     content: Content,
     policies: Policies,
     signatures_required: bool,
-) -> list[ApprovalState]:
-    """Every approval file of the change, judged from git history.
+    revs: list[str] | None = None,
+    found: list[Found] | None = None,
+) -> Standing:
+    """Judge every statement of a change (history of `revs`, or `found`) for a content.
 
     Example:
-        [(s.person, s.valid, s.reasons) for s in approval_states(...)]
+        s = standing(project, change_id="CHG-0001", requester="alice", content=content,
+                     policies=base.policies, signatures_required=False, revs=["HEAD", base.sha])
+        s.requester_proven, s.approvers, s.rejected_by
     """
-    folder = approvals_dir(project, change_id)
-    signers = allowed_signers(policies)
-    states = []
-    for path in sorted(folder.glob("*.yml")):
-        person = path.stem
-        data = load_yaml(path, what="approval")
-        state = ApprovalState(person, str(data.get("decision", "")), True)
-        who = policies.people.get(person)
-        if who is None:
-            state.reasons.append(f"{person} is not in people.yml")
-        if data.get("person") != person or data.get("change") != change_id:
-            state.reasons.append("the file names another person or change than its place")
-        if state.decision not in DECISIONS:
-            state.reasons.append(f"unknown decision {state.decision!r}")
-        status = git(
-            project.root, "status", "--porcelain", "--", str(path.relative_to(project.root))
-        ).stdout.strip()
-        history = _history(project, path, signers)
-        if status or not history:
-            state.reasons.append("not committed (or edited since its commit)")
-        if history and who is not None:
-            state.commit = history[0][0]
-            strangers = [(sha, email) for sha, email, _, _ in history if email != who.email]
-            for sha, email in strangers:
-                state.reasons.append(f"commit {sha[:10]} by {email} touched it")
-            if signatures_required:
-                _, _, verdict, signer = history[0]
-                if verdict != "G" or signer != who.email:
-                    state.reasons.append(
-                        f"not signed with {person}'s key from people.yml (git says "
-                        f"{verdict or 'N'}{' by ' + signer if signer else ''})"
-                    )
-                else:
-                    state.signed_by = signer
-        if data.get("content_sha256") != content.sha256:
-            changed = content.changed_since(data.get("content_files") or {})
-            state.reasons.append(
-                "the change's content changed since: "
-                + (", ".join(changed[:5]) or "unknown files")
-                + (" ..." if len(changed) > 5 else "")
-            )
-        state.valid = not state.reasons
-        states.append(state)
-    return states
-
-
-def approve_change(
-    project: Project,
-    change_id: str,
-    *,
-    person: str,
-    decision: str = "approved",
-    comment: str = "",
-    signing_key: Path | None = None,
-    now: dt.datetime | None = None,
-) -> ApproveResult:
-    """Approve (or reject) a valid change's current content as a person, and commit it.
-
-    Example:
-        approve_change(find_project(), "CHG-0001", person="bob")
-    """
-    from opsledger.changes import validate_change
-    from opsledger.content import change_content
-    from opsledger.policy import load_policies
-
-    result = validate_change(project, change_id)
-    if result.problems:
-        raise OpsledgerError(result.problems)
-    policies, _ = load_policies(project)
-    content = change_content(project, result.change, result.runbook, result.hosts)
-    return approve(
-        project,
-        change_id=change_id,
-        person=person,
-        content=content,
-        policies=policies,
-        decision=decision,
-        comment=comment,
-        signing_key=signing_key,
-        now=now,
+    excluded = frozenset({policies.records_by} if policies.records_by else ())
+    judged = [
+        judge(
+            f,
+            change_id,
+            policies.people,
+            signatures_required=signatures_required,
+            excluded=excluded,
+        )
+        for f in (
+            found
+            if found is not None
+            else collect(project, f"changes/{change_id}/approvals/", revs or [])
+        )
+    ]
+    notes = [f"{j.path} does not count: {'; '.join(j.reasons)}" for j in judged if not j.valid]
+    ordered = sorted(
+        (j for j in judged if j.valid and j.statement), key=lambda j: (j.statement.at, j.path)
     )
+    # A person's stance is their newest approval or rejection; the requester's request is
+    # their newest request or rejection (a rejection by the requester withdraws it).
+    stance = {j.person: j for j in ordered if j.statement.decision != "requested"}
+    request = None
+    for j in ordered:
+        if j.person == requester and j.statement.decision in ("requested", "rejected"):
+            request = j
+    states, approvers, rejected = [], [], []
+    for person, j in sorted(stance.items()):
+        s = j.statement
+        state = ApprovalState(
+            person,
+            s.decision,
+            False,
+            commit=j.commit,
+            signed_by=person if j.proof == "signed" else "",
+            at=s.at.isoformat(),
+        )
+        states.append(state)
+        if s.decision == "rejected":
+            state.valid = True
+            rejected.append(person)
+        elif s.content_sha256 != content.sha256:
+            state.reasons.append(_changed(content, s))
+        else:
+            state.valid = True
+            approvers.append(person)
+    proven, why = False, f"{requester} has not requested this content (opsledger change submit)"
+    if request is not None and request.statement.decision == "requested":
+        if request.statement.content_sha256 == content.sha256:
+            proven, why = True, f"{requester} requested this content ({request.proof})"
+        else:
+            why = (
+                f"{requester}'s request names other content: {_changed(content, request.statement)}"
+            )
+    elif request is None:
+        unproven = [j for j in judged if j.person == requester and not j.valid]
+        if unproven:
+            why = f"{requester}'s request does not count: " + "; ".join(unproven[-1].reasons)
+    return Standing(states, judged, requester, proven, why, rejected, approvers, notes)
+
+
+def _changed(content: Content, statement: Statement) -> str:
+    changed = content.changed_since(statement.content_files)
+    shown = ", ".join(changed[:5]) or "unknown files"
+    return "the content changed since: " + shown + (" ..." if len(changed) > 5 else "")
+
+
+def quorum(
+    standing: Standing,
+    rule: Rule,
+    policies: Policies,
+    owners: tuple[str, ...] = (),
+    owned: str = "",
+) -> tuple[bool, str, list[str]]:
+    """Whether the approvals meet a rule: count, teams, four eyes, owners; no rejection.
+
+    Returns (passed, why, counted approvers).
+    """
+    if standing.rejected_by:
+        who = ", ".join(standing.rejected_by)
+        return False, f"rejected by {who} (a rejection stands until its author approves)", []
+    notes, counted = [], []
+    for person in standing.approvers:
+        if policies.four_eyes and person == standing.requester:
+            notes.append(f"{person} requested the change and cannot approve it")
+            continue
+        teams = set(policies.people[person].teams)
+        if rule.any_of_teams and not teams & set(rule.any_of_teams):
+            notes.append(f"{person} is not in {' or '.join(rule.any_of_teams)}")
+            continue
+        counted.append(person)
+    for state in standing.states:
+        if state.decision == "approved" and not state.valid:
+            notes.append(f"{state.person}'s approval does not count: " + "; ".join(state.reasons))
+    notes += standing.notes
+    missing = []
+    if len(counted) < rule.approvals:
+        missing.append(f"{len(counted)} of {rule.approvals} approval(s)")
+    member_teams = {t for p in counted for t in policies.people[p].teams}
+    for team in rule.required_teams:
+        if team not in member_teams:
+            missing.append(f"no approver from {team}")
+    if rule.approvals and owners and not member_teams & set(owners):
+        missing.append(f"no approver from {' or '.join(owners)} (owners of {owned})")
+    if missing:
+        return False, "; ".join(missing + notes), counted
+    why = ", ".join(counted) if counted else "pre-approved"
+    if notes:
+        why += " (" + "; ".join(notes) + ")"
+    return True, why, counted
+
+
+def require_clean_worktree(project: Project, change_id: str) -> None:
+    """Raise (exit 2) when the approvals folder holds something that cannot be a statement."""
+    problems = worktree_problems(project, change_id)
+    if problems:
+        raise OpsledgerError(problems)
+
+
+def requested_contents(
+    project: Project,
+    *,
+    change_id: str,
+    requester: str,
+    policies: Policies,
+    signatures_required: bool,
+    revs: list[str] | None = None,
+    found: list[Found] | None = None,
+) -> set[str]:
+    """The content hashes the requester has provably requested for a change, ever."""
+    if found is None:
+        found = collect(project, f"changes/{change_id}/approvals/{requester}/", revs or [])
+    return {
+        j.statement.content_sha256
+        for f in found
+        if (
+            j := judge(
+                f,
+                change_id,
+                policies.people,
+                signatures_required=signatures_required,
+                excluded=frozenset({policies.records_by} if policies.records_by else ()),
+            )
+        ).valid
+        and j.statement is not None
+        and j.statement.decision == "requested"
+    }

@@ -1,9 +1,11 @@
 """The change log auditors read: one row per change, built from git history.
 
-Who requested a change, who approved it and whether git verifies their signatures, when it
-ran and by whom come from the commits (one `git log` stream, see gitlog.py); what was decided
-and what happened come from the run records those commits added. A file that says one thing
-while its history says another is exactly what `audit check` reports.
+Who requested a change comes from the commits (one `git log` stream, see gitlog.py); who
+approved or rejected it, and whether their statements are proven (signature good, or in the
+lab committed by the person), from every statement ever committed; when it ran, by whom and
+what happened from the run records that count as evidence (committed by CI on the branch,
+see evidence.py). A file that says one thing while its history says another is exactly what
+`audit check` reports.
 """
 
 from __future__ import annotations
@@ -14,20 +16,18 @@ import html
 import io
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from opsledger.approvals import allowed_signers
+from opsledger.approvals import allowed_signers, judge, statements_in
+from opsledger.base import resolve_base
 from opsledger.changes import change_ids, load_change
 from opsledger.errors import OpsledgerError
-from opsledger.gitlog import Commit, by_change, read_history
-from opsledger.policy import load_policies
+from opsledger.evidence import run_evidence
+from opsledger.gitlog import by_change, read_history
+from opsledger.gitrepo import require_history
 from opsledger.project import Project
-from opsledger.records import Record, change_runs
+from opsledger.records import Record
 from opsledger.reviews import load_review
-from opsledger.yamlio import load_yaml
-
-SIGNATURE_WORDS = {"G": "good", "U": "good (unknown trust)", "B": "bad", "N": "unsigned"}
 
 
 @dataclass
@@ -80,20 +80,6 @@ class AuditLog:
     until: dt.datetime | None
 
 
-def _decision(path: Path) -> str:
-    """The decision an approval file states now ('deleted' when it is gone)."""
-    if not path.exists():
-        return "deleted"
-    try:
-        return str(load_yaml(path, what="approval").get("decision", "?"))
-    except OpsledgerError:
-        return "unreadable"
-
-
-def _signature(commit: Commit) -> str:
-    return SIGNATURE_WORDS.get(commit.signature, f"cannot check ({commit.signature})")
-
-
 def audit_log(
     project: Project,
     *,
@@ -108,13 +94,16 @@ def audit_log(
         log = audit_log(find_project(), since=datetime(2026, 1, 1, tzinfo=UTC))
         [(r.change, r.result, [a.person for a in r.approvers]) for r in log.rows]
     """
-    policies, _ = load_policies(project, strict=False)
+    require_history(project.root, "audit log")
+    base = resolve_base(project, "HEAD")
+    policies = base.policies
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
     histories = by_change(commits)
+    statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
-    for record in change_runs(project):
-        if record.change:
-            runs.setdefault(record.change, []).append(record)
+    for evidence in run_evidence(project, base, statements=statements):
+        if evidence.trusted and evidence.record and evidence.record.change:
+            runs.setdefault(evidence.record.change, []).append(evidence.record)
     rows = []
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
@@ -138,22 +127,31 @@ def audit_log(
         last = change_runs_[-1] if change_runs_ else None
         counted = set((last.decision or {}).get("approvers", [])) if last else set()
         approvers = []
-        for commit in history:
-            for f in commit.files:
-                prefix = f"changes/{change_id}/approvals/"
-                if f.status == "A" and f.path.startswith(prefix) and f.path.endswith(".yml"):
-                    person = f.path[len(prefix) : -len(".yml")]
-                    approvers.append(
-                        Approver(
-                            person,
-                            _decision(project.root / f.path),
-                            commit.sha,
-                            commit.author_email,
-                            commit.authored_at.isoformat(),
-                            _signature(commit),
-                            person in counted,
-                        )
-                    )
+        signed = change.environment in policies.signature_environments
+        excluded = frozenset({policies.records_by} if policies.records_by else ())
+        for found in statements.get(change_id, []):
+            judged = judge(
+                found, change_id, policies.people, signatures_required=signed, excluded=excluded
+            )
+            statement = judged.statement
+            if statement is not None and statement.decision == "requested":
+                continue
+            first = found.introduced_by[0] if found.introduced_by else None
+            approvers.append(
+                Approver(
+                    judged.person or found.path,
+                    statement.decision if statement else "invalid",
+                    judged.commit,
+                    first.author if first else "",
+                    statement.at.isoformat() if statement else "",
+                    "good"
+                    if judged.proof == "signed"
+                    else "bad"
+                    if statement and statement.signature
+                    else "unsigned",
+                    judged.valid and judged.person in counted,
+                )
+            )
         review = load_review(project, change_id)
         if review is None:
             pir = "n/a" if change.type != "emergency" else ("missing" if last else "n/a")

@@ -9,6 +9,7 @@ that environment's inventory.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -18,15 +19,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
+from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem, shown
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema
-from opsledger.yamlio import load_yaml, parse_yaml
+from opsledger.yamlio import load_yaml, parse_yaml, plain
 
-_ID = re.compile(r"^CHG-(\d{4,})$")
+_ID = re.compile(r"CHG-(\d{4,9})")  # fullmatch: no trailing newline, no path
+MAX_PARAMS_BYTES = 16 * 1024  # params as JSON; the schema bounds each value
+# Years a window may name: far enough from datetime's limits that offsets never overflow.
+YEARS = (1970, 9000)
 RISKS = ("low", "medium", "high")
 
 
@@ -74,7 +78,19 @@ def changes_dir(project: Project) -> Path:
 
 def change_ids(project: Project) -> list[str]:
     found = [p.parent.name for p in changes_dir(project).glob("*/change.yml")]
-    return sorted(found, key=lambda i: int(_ID.match(i).group(1)) if _ID.match(i) else -1)
+    return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
+
+
+def check_change_id(change_id: str) -> None:
+    """Refuse an id that is not CHG-NNNN before it becomes a path (`../x`, 300 digits)."""
+    if not isinstance(change_id, str) or not _ID.fullmatch(change_id):
+        raise OpsledgerError(
+            Problem(
+                f"{shown(change_id, 40)} is not a change id",
+                field="change id",
+                fix="write CHG- and four to nine digits, e.g. CHG-0001",
+            )
+        )
 
 
 def _ids_in_history(project: Project) -> set[str]:
@@ -108,22 +124,8 @@ def next_change_id(project: Project) -> str:
     instead: `opsledger change withdraw`).
     """
     used = set(change_ids(project)) | _ids_in_history(project)
-    numbers = [int(m.group(1)) for i in used if (m := _ID.match(i))]
+    numbers = [int(m.group(1)) for i in used if (m := _ID.fullmatch(i))]
     return f"CHG-{(max(numbers, default=0) + 1):04d}"
-
-
-def _stringify_times(data: dict[str, Any]) -> dict[str, Any]:
-    """YAML turns unquoted timestamps into datetimes; the schema speaks ISO 8601 strings."""
-    window = data.get("window")
-    if isinstance(window, dict):
-        data = {
-            **data,
-            "window": {
-                k: v.isoformat() if isinstance(v, dt.datetime | dt.date) else v
-                for k, v in window.items()
-            },
-        }
-    return data
 
 
 def parse_window(
@@ -135,10 +137,10 @@ def parse_window(
     if window.get("timezone"):
         try:
             zone = ZoneInfo(window["timezone"])
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a folder
             problems.append(
                 Problem(
-                    f"unknown timezone {window['timezone']!r}",
+                    f"unknown timezone {shown(window['timezone'], 40)}",
                     file,
                     "window.timezone",
                     "use an IANA name like Europe/Berlin",
@@ -148,10 +150,13 @@ def parse_window(
     for key in ("start", "end"):
         try:
             value = dt.datetime.fromisoformat(str(window[key]))
+            if not YEARS[0] <= value.year <= YEARS[1]:
+                raise ValueError("year out of range")
         except ValueError:
             problems.append(
                 Problem(
-                    f"{window[key]!r} is not an ISO 8601 date-time",
+                    f"{shown(window[key], 40)} is not an ISO 8601 date-time "
+                    f"(years {YEARS[0]} to {YEARS[1]})",
                     file,
                     f"window.{key}",
                     "write e.g. 2026-11-21T20:00:00+01:00",
@@ -184,9 +189,25 @@ def parse_window(
     return start, end, problems
 
 
-def _load(project: Project, change_id: str) -> tuple[dict[str, Any], Path, list[Problem]]:
+def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
+    """The change file's data: a real file in a real folder (no symlink), safely parsed.
+
+    A symlinked change (to another change, or outside the repository) would let what is
+    approved and run differ from what git records, so it is refused.
+    """
+    check_change_id(change_id)
     folder = changes_dir(project) / change_id
     file = folder / "change.yml"
+    for path in (changes_dir(project), folder, file):
+        if path.is_symlink():
+            raise OpsledgerError(
+                Problem(
+                    "is a symlink",
+                    str(path),
+                    "path",
+                    "replace it by a real folder and file: git must record what is approved",
+                )
+            )
     if not file.is_file():
         known = ", ".join(change_ids(project)[-5:]) or "none yet"
         raise OpsledgerError(
@@ -196,28 +217,52 @@ def _load(project: Project, change_id: str) -> tuple[dict[str, Any], Path, list[
                 fix=f"create it with `opsledger change new` (latest: {known})",
             )
         )
-    data = _stringify_times(load_yaml(file, what="change request"))
+    return load_yaml(file, what="change request", root=project.root, dates=False), file
+
+
+def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:
+    data = plain(data)
     problems = schema_problems_of(data, schema("change"), str(file))
+    params = data.get("params")
+    if isinstance(params, dict) and len(json.dumps(params)) > MAX_PARAMS_BYTES:
+        problems.append(
+            Problem(
+                f"params take more than {MAX_PARAMS_BYTES} bytes as JSON",
+                str(file),
+                "params",
+                "pass less data: params name what to do, not the data itself",
+            )
+        )
     if data.get("id") not in (None, change_id):
         problems.append(
             Problem(
-                f"id {data.get('id')!r} differs from its folder {change_id}",
+                f"id {shown(data.get('id'), 40)} differs from its folder {change_id}",
                 str(file),
                 "id",
                 f"set id: {change_id}",
             )
         )
-    return data, file, problems
+    return problems
 
 
 def validate_change(project: Project, change_id: str) -> ValidationResult:
     """Check one change request completely; problems come back, nothing is raised for them.
 
+    An unreadable file (syntax, duplicate keys, symlink, size) raises OpsledgerError instead.
+
     Example:
         result = validate_change(find_project(), "CHG-0001")
         result.ok, [str(p) for p in result.problems]
     """
-    data, file, problems = _load(project, change_id)
+    data, file = _read(project, change_id)
+    return _validate(project, change_id, data, file)
+
+
+def _validate(
+    project: Project, change_id: str, data: dict[str, Any], file: Path
+) -> ValidationResult:
+    data = plain(data)
+    problems = _schema_problems(data, change_id, file)
     result = ValidationResult(change_id, None, None, [], problems)
     fields_ok = {p.field.split(".")[0].split("[")[0] for p in problems}
     start = end = None
@@ -279,12 +324,15 @@ def validate_change(project: Project, change_id: str) -> ValidationResult:
             )
         elif "targets" not in fields_ok and data.get("targets"):
             inv = load_inventory(inventory)
-            result.hosts = [h.name for h in inv.match(str(data["targets"]))]
-            if not result.hosts:
-                names = sorted({*inv.hosts, *(g for h in inv.hosts.values() for g in h.groups)})
+            try:
+                result.hosts = [h.name for h in inv.match(str(data["targets"]))]
+            except OpsledgerError as exc:
+                problems += [Problem(p.message, str(file), "targets", p.fix) for p in exc.problems]
+            if not result.hosts and not any(p.field == "targets" for p in problems):
+                names = sorted(inv.names - {"ungrouped"})
                 problems.append(
                     Problem(
-                        f"targets {data['targets']!r} match no host of {env}",
+                        f"targets {shown(data['targets'], 60)} match no host of {env}",
                         str(file),
                         "targets",
                         f"use a group or host of {env}: {', '.join(names)}",
@@ -327,7 +375,12 @@ def validate_all(project: Project) -> list[ValidationResult]:
 
 
 def _claim_folder(project: Project) -> tuple[str, Path]:
-    """The next id and its new folder; two `change new` at once get two ids."""
+    """The next id and its new, empty folder; two `change new` at once get two ids.
+
+    A folder of a higher id made by someone else meanwhile (its change.yml written, or still
+    empty while that command validates) is skipped; one that holds files but no change.yml is
+    refused: approvals or records waiting for an id that does not exist yet are nobody's.
+    """
     changes_dir(project).mkdir(parents=True, exist_ok=True)
     number = int(next_change_id(project).removeprefix("CHG-"))
     while True:
@@ -335,7 +388,16 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
         folder = changes_dir(project) / change_id
         try:
             folder.mkdir()
-        except FileExistsError:  # taken meanwhile, or a folder without a change.yml
+        except FileExistsError:
+            if not (folder / "change.yml").exists() and any(folder.iterdir()):
+                raise OpsledgerError(
+                    Problem(
+                        "the folder exists without a change.yml",
+                        str(folder),
+                        "id",
+                        "remove the folder (git status shows what is in it) and try again",
+                    )
+                ) from None
             number += 1
             continue
         return change_id, folder
@@ -392,12 +454,25 @@ def new_change(
     if risk:
         data["risk"] = risk
     file = folder / "change.yml"
-    file.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
-    result = validate_change(project, change_id)
-    if result.problems:
-        file.unlink()
-        folder.rmdir()
-        raise OpsledgerError(result.problems)
+    try:
+        try:
+            text = "---\n" + yaml.safe_dump(data, sort_keys=False, width=100)
+        except yaml.YAMLError:
+            raise OpsledgerError(
+                Problem(
+                    "params must be plain data", field="params", fix="pass text, numbers, lists"
+                )
+            ) from None
+        # Judge exactly what will be read back, before anything but the claimed id exists.
+        written = parse_yaml(text, source=str(file), dates=False)
+        result = _validate(project, change_id, written, file)
+        if result.problems:
+            raise OpsledgerError(result.problems)
+        file.write_text(text)
+    except BaseException:
+        file.unlink(missing_ok=True)
+        folder.rmdir()  # nothing half-written: the claimed id is free again
+        raise
     return NewChange(change_id, file)
 
 

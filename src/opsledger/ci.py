@@ -1,11 +1,13 @@
 """What the pipelines run, as use cases, so a laptop and any CI run the same steps.
 
-- `pr_check`: which changes a pull request touches; each validated, decided and (optionally)
-  planned; desired-state edits that no change of the PR covers; one markdown summary for the
-  PR. Exit 2 when something is invalid or uncovered, 3 while a change lacks valid approvals
-  (so a required status check blocks the merge), else 0.
-- `ci_apply`: after a merge and on a schedule, `apply --pending`; with a remote, the run
-  records on it decide who runs, and the records are pushed back.
+- `pr_check`: which changes (CHG-<n>) and policy changes (POL-<n>) a pull request touches;
+  each validated, decided under the *base's* policies and (optionally) planned; desired-state
+  and policy edits that no change of the PR covers; one markdown summary for the PR. Exit 2
+  when something is invalid or uncovered, 3 while a change lacks valid approvals (so a
+  required status check blocks the merge), else 0.
+- `ci_apply`: after a merge and on a schedule, `apply --pending` on the protected branch
+  itself (its policies decide); with a remote, the run records on it decide who runs, and the
+  records are pushed back.
 - `ci_push`: push other evidence (drift, inspections, drills) with the right identity.
 - `codeowners`: the forge's required reviewers generated from policies, so they match.
 """
@@ -23,11 +25,12 @@ from opsledger.compliance import is_desired_state
 from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, require_history
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan
-from opsledger.policy import load_policies
+from opsledger.policy import load_policies, policy_check
+from opsledger.policy_changes import is_policy_change, policy_content
 from opsledger.prcomment import plan_markdown
 from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project
@@ -63,6 +66,7 @@ class PrReport:
     scope: PrScope
     items: list[PrChange]
     uncovered: list[str]
+    policy_problems: list[str] = field(default_factory=list)
     commit: str = ""  # the commit the report (and its plans) was made from
 
     @property
@@ -72,7 +76,7 @@ class PrReport:
 
     @property
     def exit_code(self) -> int:
-        if self.uncovered or any(i.problems for i in self.items):
+        if self.uncovered or self.policy_problems or any(i.problems for i in self.items):
             return EXIT_INVALID
         if any(i.plan is not None and i.plan.errors for i in self.items):
             return EXIT_FAILED  # a plan that failed for real would fail the apply too
@@ -98,13 +102,18 @@ class PrReport:
             f"change request(s): {', '.join(self.scope.changes) or 'none'}.",
             "",
         ]
+        if self.policy_problems:
+            out += ["### Policies do not pass `opsledger policy check`", ""]
+            out += [f"- {p}" for p in self.policy_problems]
+            out.append("")
         if self.uncovered:
-            out += ["### Desired state changed without a change request covering it", ""]
+            out += ["### Desired state or policies changed without a change covering it", ""]
             out += [f"- `{path}`" for path in self.uncovered]
             out += [
                 "",
                 "Add a change request (`opsledger change new`) whose runbook, roles or targets' "
-                "inventory include these files.",
+                "inventory include these files; for `policies/`, a policy change "
+                "(`opsledger policy propose`).",
                 "",
             ]
         for item in self.items:
@@ -128,9 +137,15 @@ class PrReport:
 
 def pr_scope(project: Project, base: str) -> PrScope:
     """The files a branch changes since it left `base`, and the change requests among them."""
-    if git(
-        project.root, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
-    ).returncode:
+    require_history(project.root, "ci pr")
+    if (
+        not base
+        or base.startswith("-")
+        or not base.isprintable()
+        or git(
+            project.root, "rev-parse", "--verify", "-q", f"{base}^{{commit}}", check=False
+        ).returncode
+    ):
         raise OpsledgerError(
             Problem(
                 f"unknown base {base!r}",
@@ -140,9 +155,14 @@ def pr_scope(project: Project, base: str) -> PrScope:
             EXIT_INVALID,
         )
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
-    files = git(project.root, "diff", "--name-only", merge_base, "HEAD").stdout.split()
-    changes = sorted({p.split("/")[1] for p in files if p.startswith("changes/CHG-")})
-    desired = [p for p in files if is_desired_state(p)]
+    # -z: NUL-separated and never quoted, so `zé.yml` or a name with spaces is one path.
+    out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
+    files = [p for p in out.stdout.split("\0") if p]
+    changes = sorted(
+        {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
+    )
+    policy = [p for p in files if p.startswith("policies/") and not p.endswith(".md")]
+    desired = [p for p in files if is_desired_state(p)] + policy
     return PrScope(base, files, changes, desired)
 
 
@@ -183,13 +203,26 @@ def _pr_check(
     approved_only: bool,
 ) -> PrReport:
     scope = pr_scope(project, base)
+    policy_problems = [str(p) for p in policy_check(project).problems]
     items = []
     for change_id in scope.changes:
         item = PrChange(change_id)
         items.append(item)
-        if not (project.root / "changes" / change_id / "change.yml").exists():
+        if is_policy_change(change_id):
+            try:
+                item.decision = decide(project, change_id, now=now, base=base)
+                item.covers = set(policy_content(project, change_id).files)
+            except OpsledgerError as err:
+                item.problems = [str(p) for p in err.problems]
+            continue
+        file = project.root / "changes" / change_id / "change.yml"
+        if not (file.exists() or file.is_symlink()):
             continue  # removed by the PR
-        result = validate_change(project, change_id)
+        try:
+            result = validate_change(project, change_id)
+        except OpsledgerError as err:
+            item.problems = [str(p) for p in err.problems]
+            continue
         if result.problems:
             item.problems = [str(p) for p in result.problems]
             continue
@@ -198,7 +231,7 @@ def _pr_check(
             item.covers = set(
                 change_content(project, result.change, result.runbook, result.hosts).files
             )
-            item.decision = decide(project, change_id, now=now)
+            item.decision = decide(project, change_id, now=now, base=base)
             if plan_environments is not None and item.environment not in plan_environments:
                 item.deferred = (
                     f"{item.environment} is planned by the protected plan job once the "
@@ -207,14 +240,14 @@ def _pr_check(
             elif approved_only and not item.approved:
                 item.deferred = "the plan waits for the approvals"
             elif with_plan:
-                item.plan = plan(project, change_id, now=now)
+                item.plan = plan(project, change_id, now=now, base=base)
                 item.decision = item.plan.decision
         except OpsledgerError as err:
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
     uncovered = [p for p in scope.desired_state if p not in covered]
     commit = git(project.root, "rev-parse", "HEAD").stdout.strip()
-    return PrReport(scope, items, uncovered, commit)
+    return PrReport(scope, items, uncovered, policy_problems, commit)
 
 
 # What judges and runs changes — the tool, the pipelines, the verification suites, controller
@@ -244,11 +277,12 @@ def codeowners(project: Project) -> str:
     change, one on-call or CAB member for an emergency, two for production —, which the
     required `changes` check (`opsledger ci pr`) enforces from the signed approvals; a
     catch-all owner would make the CAB review every pull request. Code owners review what the
-    policy gives an owner: `policies/` and what judges and runs changes (the CAB), and each
-    runbook whose changes need an approver of its team (`runbook_teams`).
-    Emails identify people (GitHub and GitLab accept verified emails).
+    policy gives an owner: `policies/` (the policy owners, `policy_changes`), what judges and
+    runs changes (the CAB), and each runbook whose changes need an approver of its team
+    (`runbook_teams`). Emails identify people (GitHub and GitLab accept verified emails).
     """
     policies, _ = load_policies(project)
+    owners = policies.policy_changes.owners if policies.policy_changes else ("cab",)
 
     def members(teams) -> str:
         emails = sorted(p.email for p in policies.people.values() if set(p.teams) & set(teams))
@@ -259,7 +293,7 @@ def codeowners(project: Project) -> str:
         "# Generated by `opsledger ci codeowners` from policies/; do not edit by hand.",
         "# No catch-all owner: changes and desired state need the quorum of",
         "# policies/changes.yml, enforced by the required `changes` check (opsledger ci pr).",
-        f"/policies/ {cab}",
+        f"/policies/ {members(owners)}",
         *(f"{path} {cab}" for path in JUDGE_PATHS),
     ]
     for runbook, teams in sorted(policies.runbook_teams.items()):
@@ -293,17 +327,29 @@ def ci_apply(
     runs a change and the other lists it as `running` or `already run`. Whatever else was
     committed (records of earlier runs committed late or recorded as interrupted) is pushed at
     the end, rebasing as the evidence identity when the branch moved.
+    The protected branch itself is the base: its policies and evidence decide. A remote name
+    that git could read as an option is refused.
 
     Example:
         result = ci_apply(find_project(), remote="origin", environment="production")
         result.pending.ok, result.pushed
     """
+    if remote is not None and (not remote or remote.startswith("-") or not remote.isprintable()):
+        raise OpsledgerError(  # `--receive-pack=...` would be an option of git push
+            Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
+        )
     origin = OriginRecords.of(project, remote) if remote else None
     if origin is not None:
         origin.pull()
     before = git(project.root, "rev-parse", "HEAD").stdout.strip()
     outcome = apply_pending(
-        project, now=now, wait=wait, events=events, environment=environment, origin=origin
+        project,
+        now=now,
+        wait=wait,
+        events=events,
+        environment=environment,
+        origin=origin,
+        base="HEAD",  # the protected branch itself is the base after a merge
     )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False

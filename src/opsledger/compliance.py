@@ -1,27 +1,37 @@
 """Compliance findings: every way the history can betray the change process.
 
 Each finding names the rule, its severity, the change, the file and the commit(s), read from
-one `git log` stream plus the records and approvals those commits added:
+one `git log` stream of the checked-out branch (judged as the protected line: its first-parent
+commits and the policies in effect on it, see base.py) plus the statements and records those
+commits added:
 
-- `evidence-edited` — a run record or approval modified or deleted after its commit;
-- `approval-by-requester` / `approval-by-stranger` — approved by the requester, by someone not
-  in people.yml when they approved, or committed by someone other than the approver;
-- `unsigned` — an approval or run record commit without a good signature where policy
-  requires signatures for the change's environment;
-- `applied-without-quorum` — a run whose counted approvers did not approve the content that
-  ran, or approved only after it started, or fewer than the rule requires;
+- `evidence-edited` — a statement or run record modified or deleted after the commit that
+  added it, also inside a merge (adding a newer statement is not an edit);
+- `evidence-forged` — a run record that is no evidence: not committed (or not only) by the CI
+  identity, not on the branch's first-parent line, brought by a merge, unsigned where
+  signatures are required, for a change that does not exist or content nobody requested, or
+  a record file that is not committed at all;
+- `approval-by-requester` / `approval-by-stranger` / `unsigned` — a statement approving the
+  change by its requester; one whose identity is not proven (signature not the person's key
+  from people.yml, or, unsigned, not authored *and* committed by the person; not a person of
+  people.yml; not a statement file); an unsigned one where signatures are required;
+- `applied-without-quorum` — a run whose statements, as they stood before it was committed,
+  do not prove the request and the rule's quorum for the content that ran (or that ran
+  despite a standing rejection, or whose decision was a denial);
 - `applied-outside-window` / `applied-in-freeze` — the run started outside the change window
-  or a maintenance window, or in a freeze (emergency bypasses as policy allows);
+  or the maintenance windows, or in a freeze (emergency bypasses as policy allows);
+- `policy-change-unapproved` — a version of policies/ on the first-parent line that no
+  approved policy change covers (it never took effect);
 - `review-missing` / `review-late` — an emergency change's post-implementation review;
 - `waiver-expired` / `waiver-invalid` — the waiver register (expiry; approver = author);
 - `incident-*`, `problem-*` — SLA breaches and near breaches of incidents, and breaches of
   their append-only ledger (see faults/findings.py);
 - `unauthorized-change` — a commit on the branch's first-parent line (a direct commit, a squash
   or a merge with everything it brought) that changes desired state (inventories, roles,
-  runbooks, site.yml, ansible.cfg) without adding a change request alongside;
-  `change-not-applied` — it adds one, but that change never ran. History before
-  `audit.from` in policies/changes.yml (when the repository adopted opsledger) is the baseline,
-  as is the first commit.
+  runbooks, site.yml, ansible.cfg, the Ansible folders next to site.yml) without adding a
+  change request alongside; `change-not-applied` — it adds one, but that change never ran.
+  History before `audit.from` in policies/changes.yml (when the repository adopted
+  opsledger) is the baseline, as is the first commit.
 """
 
 from __future__ import annotations
@@ -29,25 +39,38 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from opsledger.approvals import allowed_signers
+from opsledger.approvals import Found, allowed_signers, judge, quorum, standing, statements_in
+from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_change
+from opsledger.content import PLAYBOOK_DIRS, Content
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
+from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import git
-from opsledger.policy import Policies, load_policies
+from opsledger.gitrepo import blob_contents, require_history
+from opsledger.policy import Policies
+from opsledger.policy_changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
-from opsledger.records import STARTED_SUFFIX, Record
+from opsledger.records import STARTED_SUFFIX
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
-from opsledger.yamlio import load_yaml, parse_yaml
 
 SEVERITIES = ("low", "medium", "high", "critical")
-DESIRED_STATE = ("inventories/", "roles/", "runbooks/", "site.yml", "ansible.cfg")
+# Paths whose edits change what Ansible runs (content.py: the root is site.yml's basedir, and
+# ansible.cfg points at plugins/).
+DESIRED_STATE = (
+    "inventories/",
+    "roles/",
+    "runbooks/",
+    "site.yml",
+    "ansible.cfg",
+    "plugins/",
+    *(f"{folder}/" for folder in PLAYBOOK_DIRS),
+)
 # Documentation beside desired state (role READMEs, generated from argument specs) changes
 # nothing on a host: editing it is not a desired-state change.
 DOCUMENTATION_SUFFIXES = (".md", ".rst")
@@ -58,7 +81,7 @@ def is_desired_state(path: str) -> bool:
     return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
 
 
-_REQUEST = re.compile(r"^changes/(CHG-[0-9]+)/change\.yml$")
+_REQUEST = re.compile(r"changes/(CHG-[0-9]+)/change\.yml")  # fullmatch: not "change.yml\n"
 
 
 @dataclass(frozen=True)
@@ -91,219 +114,286 @@ class ComplianceResult:
         return json.dumps([asdict(f) for f in self.findings], indent=2) + "\n"
 
 
-class _PeopleHistory:
-    """Who people.yml listed at any point of the history, from the commits that changed it.
+_STATEMENT = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/")
+_RECORD = re.compile(r"^changes/([A-Z]+-[0-9]+)/runs/[^/]+\.json$")
 
-    Only the versions of policies/people.yml are read (one `git show` per version, not per
-    approval); an approval is judged against the newest version committed before it.
+
+def _evidence_kind(path: str) -> str:
+    if _RECORD.match(path):
+        return "run record"
+    return "statement" if _STATEMENT.match(path) else ""
+
+
+def _edits(history: list[Commit]) -> list[Finding]:
+    """Statements and records are written once: changing or deleting one is a finding.
+
+    Merges count for what they brought; an identical copy (a merge bringing the same file)
+    is not an edit.
     """
-
-    def __init__(self, project: Project, commits: list[Commit]) -> None:
-        self.project = project
-        self.order = {c.sha: i for i, c in enumerate(commits)}
-        self.versions = [
-            (i, c.sha)
-            for i, c in enumerate(commits)
-            if any(f.path == "policies/people.yml" for f in c.files) and not c.merge
-        ]
-        self.loaded: dict[str, dict[str, str]] = {}
-
-    def before(self, sha: str) -> dict[str, str]:
-        """person id -> email as people.yml said just before commit `sha`."""
-        position = self.order.get(sha, len(self.order))
-        earlier = [v for i, v in self.versions if i < position]
-        if not earlier:
-            return {}
-        version = earlier[-1]
-        if version not in self.loaded:
-            shown = git(self.project.root, "show", f"{version}:policies/people.yml", check=False)
-            data = parse_yaml(shown.stdout) if shown.returncode == 0 else {}
-            self.loaded[version] = {
-                p.get("id"): p.get("email") for p in (data or {}).get("people", [])
-            }
-        return self.loaded[version]
-
-
-def _evidence(history: list[Commit], policies: Policies, project: Project) -> list[Finding]:
-    """Records and approvals are written once: any later commit touching one is a finding."""
-    findings = []
-    added: dict[str, str] = {}
+    findings, original, reported = [], {}, set()
     for commit in history:
-        if commit.merge:  # a merge repeats what its branch's commits did
+        for f in commit.files:
+            kind = _evidence_kind(f.path)
+            if not kind:
+                continue
+            first = original.get(f.path)
+            if first is None:
+                if f.status == "A":
+                    original[f.path] = (f.blob, commit.sha)
+                continue
+            if f.status != "D" and f.blob == first[0]:
+                continue
+            verb = "deleted" if f.status == "D" else "modified"
+            if (f.path, verb, f.blob) in reported:
+                continue
+            reported.add((f.path, verb, f.blob))
+            where = "in a merge, " if commit.merge else ""
+            findings.append(
+                Finding(
+                    "evidence-edited",
+                    "critical",
+                    f"{kind} {verb} {where}after its commit {first[1][:10]}, "
+                    f"by {commit.author_email}",
+                    f.path,
+                    f.path.split("/")[1],
+                    (commit.sha,),
+                )
+            )
+    return findings
+
+
+def _added_records(history: list[Commit]) -> list[tuple[Commit, str, str]]:
+    """(commit, path, blob) for each final record as first added (later versions are edits).
+
+    A write-ahead record (`runs/<stamp>.started.json`) is not judged: its final record is.
+    """
+    seen: dict[str, tuple[Commit, str, str]] = {}
+    for commit in history:
+        for f in commit.files:
+            if f.path.endswith(STARTED_SUFFIX):
+                continue
+            if f.status == "A" and _RECORD.match(f.path) and f.path not in seen:
+                seen[f.path] = (commit, f.path, f.blob)
+    return list(seen.values())
+
+
+def _records(
+    project: Project, base: Base, history: list[Commit], statements: dict[str, list[Found]]
+) -> list[Evidence]:
+    """Every committed run record, judged as evidence (see evidence.py)."""
+    added = _added_records(history)
+    contents = blob_contents(project.root, [blob for _, _, blob in added])
+    requests = changes_on(project, base, [path.split("/")[1] for _, path, _ in added])
+    judged = []
+    for commit, path, blob in added:
+        entry = Added(
+            path,
+            blob,
+            commit.sha,
+            len(commit.parents),
+            commit.author_email,
+            commit.committer_email,
+            commit.signature,
+            commit.signer,
+        )
+        change_id = path.split("/")[1]
+        known = statements.get(change_id, [])
+        request = requests.get(change_id, b"")
+        judged.append(judge_record(project, base, entry, contents.get(blob, b""), known, request))
+    return judged
+
+
+def _uncommitted_records(project: Project) -> list[Finding]:
+    """Record files in the working tree that no commit carries, or that differ from it."""
+    out = subprocess.run(
+        ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", "changes"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    findings = []
+    for entry in filter(None, out.split("\0")):
+        status, path = entry[:2], entry[3:]
+        match = _RECORD.match(path)
+        if not match:
             continue
-        for f in commit.files:
-            parts = f.path.split("/")
-            if len(parts) != 4 or parts[0] != "changes" or parts[2] not in ("runs", "approvals"):
-                continue
-            if f.status == "A" and f.path not in added:
-                added[f.path] = commit.sha
-            elif f.path in added:
-                verb = "deleted" if f.status == "D" else "modified"
-                findings.append(
-                    Finding(
-                        "evidence-edited",
-                        "critical",
-                        f"{parts[2][:-1]} {verb} after its commit {added[f.path][:10]} "
-                        f"by {commit.author_email}",
-                        f.path,
-                        parts[1],
-                        (commit.sha,),
-                    )
+        if status == "??":
+            findings.append(
+                Finding(
+                    "evidence-forged",
+                    "critical",
+                    "run record not committed: it is nobody's evidence (a record whose "
+                    "commit failed is committed by the next opsledger command)",
+                    path,
+                    match.group(1),
                 )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "evidence-edited",
+                    "critical",
+                    "run record changed in the working tree",
+                    path,
+                    match.group(1),
+                )
+            )
     return findings
 
 
-def _approvals(
-    project: Project,
-    change: Change,
-    history: list[Commit],
-    policies: Policies,
-    people_history: _PeopleHistory,
-) -> list[Finding]:
-    findings = []
-    prefix = f"changes/{change.id}/approvals/"
-    signed = change.environment in policies.signature_environments
+def _brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:
+    """For each file version, the first-parent commit that brought it into the branch."""
+    found: dict[tuple[str, str], str] = {}
     for commit in history:
-        for f in commit.files:
-            if f.status != "A" or not f.path.startswith(prefix) or not f.path.endswith(".yml"):
-                continue
-            person = f.path[len(prefix) : -len(".yml")]
-            people = people_history.before(commit.sha)
-            if person == change.requested_by:
-                findings.append(
-                    Finding(
-                        "approval-by-requester",
-                        "high",
-                        f"{person} requested the change and approved it",
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
+        if commit.sha in base.position:
+            for f in commit.files:
+                if f.status != "D":
+                    found.setdefault((f.path, f.blob), commit.sha)
+    return found
+
+
+def _statements(
+    found_versions: list[Found],
+    change_id: str,
+    requester: str,
+    signed: bool,
+    base: Base,
+    brought: dict[tuple[str, str], str],
+) -> list[Finding]:
+    """Each statement version ever committed, judged by the policies of when it arrived."""
+    findings = []
+    for found in found_versions:
+        policies = base.policies_at(brought.get((found.path, found.blob), base.sha))
+        excluded = frozenset({policies.records_by} if policies.records_by else ())
+        judged = judge(
+            found, change_id, policies.people, signatures_required=signed, excluded=excluded
+        )
+        commits = (judged.commit,) if judged.commit else ()
+        if not judged.valid:
+            unsigned = judged.reasons == ["not signed, and signatures are required here"]
+            if unsigned and judged.statement and judged.statement.decision == "requested":
+                continue  # an unsigned request only fails its own change (decide says so)
+            rule = "unsigned" if unsigned else "approval-by-stranger"
+            findings.append(
+                Finding(
+                    rule,
+                    "high",
+                    f"{judged.person or '?'}'s statement does not count: "
+                    + "; ".join(judged.reasons),
+                    found.path,
+                    change_id,
+                    commits,
                 )
-            if person not in people:
-                findings.append(
-                    Finding(
-                        "approval-by-stranger",
-                        "high",
-                        f"{person} was not in policies/people.yml when approving",
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
+            )
+        elif (
+            judged.statement
+            and judged.statement.decision == "approved"
+            and judged.person == requester
+        ):
+            findings.append(
+                Finding(
+                    "approval-by-requester",
+                    "high",
+                    f"{judged.person} requested the change and approved it",
+                    found.path,
+                    change_id,
+                    commits,
                 )
-            elif people[person] != commit.author_email:
-                findings.append(
-                    Finding(
-                        "approval-by-stranger",
-                        "high",
-                        f"{person}'s approval was committed by {commit.author_email}",
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
-                )
-            if signed and commit.signature != "G":
-                findings.append(
-                    Finding(
-                        "unsigned",
-                        "high",
-                        f"approval commit not signed with a key from people.yml "
-                        f"(git says {commit.signature}) in {change.environment}",
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
-                )
+            )
     return findings
-
-
-def _approval_data(path: Path) -> dict:
-    """An approval file's data; a missing or unreadable one (itself a finding) reads empty."""
-    try:
-        return load_yaml(path, what="approval") if path.exists() else {}
-    except OpsledgerError:
-        return {}
 
 
 def _runs(
-    project: Project, change: Change, history: list[Commit], policies: Policies
+    project: Project,
+    change: Change,
+    base: Base,
+    evidence: list[Evidence],
+    found_versions: list[Found],
+    brought: dict[tuple[str, str], str],
 ) -> list[Finding]:
+    """Each run that is evidence, replayed as decide saw it.
+
+    The statements as they stood before its commit, the rule of the policies in effect then,
+    the windows at its start.
+    """
     findings = []
-    order = {c.sha: i for i, c in enumerate(history)}
-    approvals: dict[str, tuple[Commit, dict]] = {}
-    prefix = f"changes/{change.id}/approvals/"
-    for commit in history:
-        for f in commit.files:
-            person = f.path[len(prefix) : -len(".yml")]
-            if f.status == "A" and f.path.startswith(prefix) and person not in approvals:
-                approvals[person] = (commit, _approval_data(project.root / f.path))
-    signed = change.environment in policies.signature_environments
-    for commit in history:
-        for f in commit.files:
-            if f.status != "A" or not f.path.startswith(f"changes/{change.id}/runs/"):
-                continue
-            if f.path.endswith(STARTED_SUFFIX):  # write-ahead: its final record is judged
-                continue
-            path = project.root / f.path
-            if not path.exists():
-                continue  # evidence-edited reports the deletion
-            try:
-                record = Record.from_dict(json.loads(path.read_text()))
-            except (ValueError, TypeError):
-                continue
-            if signed and commit.signature != "G":
-                findings.append(
-                    Finding(
-                        "unsigned",
-                        "high",
-                        f"run record commit not signed (git says {commit.signature})",
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
+    for item in evidence:
+        record = item.record
+        assert record is not None
+        if record.result == "canceled" and not record.changed_tasks:
+            continue
+        policies = base.policies_at(item.commit)
+        signed = change.environment in policies.signature_environments
+        ran_at = base.position[item.commit]
+        earlier = [
+            f
+            for f in found_versions
+            if base.position.get(brought.get((f.path, f.blob), ""), ran_at) < ran_at
+        ]
+        before = standing(
+            project,
+            change_id=change.id,
+            requester=change.requested_by,
+            content=Content(record.content_sha256, {}),
+            policies=policies,
+            signatures_required=signed,
+            found=earlier,
+        )
+        risk = (record.decision or {}).get("risk", "low")
+        rule = policies.rule_for(change.type, risk, change.environment)
+        problems = []
+        if not before.requester_proven:
+            problems.append(before.requester_why)
+        if rule is None:
+            problems.append(f"no approval rule covers {change.type}/{risk}")
+        else:
+            owners = policies.runbook_teams.get(change.runbook, ())
+            passed, why, _ = quorum(before, rule, policies, owners, change.runbook)
+            if not passed:
+                problems.append(why)
+        if not (record.decision or {}).get("allowed"):
+            problems.append("its decision was a denial")
+        if problems:
+            findings.append(
+                Finding(
+                    "applied-without-quorum",
+                    "critical",
+                    f"run at {record.started_at}: " + "; ".join(problems),
+                    item.path,
+                    change.id,
+                    (item.commit,),
                 )
-            if record.result == "canceled" and not record.changed_tasks:
-                continue
-            started = dt.datetime.fromisoformat(record.started_at)
-            counted = (record.decision or {}).get("approvers", [])
-            good = []
-            for person in counted:
-                entry = approvals.get(person)
-                if entry is None:
-                    continue
-                approved_in, data = entry
-                if (
-                    data.get("decision") == "approved"
-                    and data.get("content_sha256") == record.content_sha256
-                    and approved_in.committed_at <= started
-                    and order.get(approved_in.sha, 0) < order.get(commit.sha, 0)
-                ):
-                    good.append(person)
-            risk = (record.decision or {}).get("risk", "low")
-            rule = policies.rule_for(change.type, risk, change.environment)
-            needed = rule.approvals if rule else 1
-            if len(good) < needed or not (record.decision or {}).get("allowed"):
-                findings.append(
-                    Finding(
-                        "applied-without-quorum",
-                        "critical",
-                        f"run at {record.started_at}: {len(good)} of {needed} approval(s) of "
-                        "the content that ran, committed before it started"
-                        + ("" if (record.decision or {}).get("allowed") else "; decision denied"),
-                        f.path,
-                        change.id,
-                        (commit.sha,),
-                    )
-                )
-            for check in window_checks(change, policies, started):
-                if check.passed:
-                    continue
+            )
+        started = dt.datetime.fromisoformat(record.started_at)
+        for check in window_checks(change, policies, started):
+            if not check.passed:
                 rule_name = (
                     "applied-in-freeze" if check.rule == "freeze" else "applied-outside-window"
                 )
                 findings.append(
-                    Finding(rule_name, "high", check.why, f.path, change.id, (commit.sha,))
+                    Finding(rule_name, "high", check.why, item.path, change.id, (item.commit,))
                 )
+    return findings
+
+
+def _policy_versions(base: Base, history: list[Commit], start: dt.datetime | None) -> list[Finding]:
+    """Versions of policies/ that never took effect: edited without an approved policy change."""
+    when = {c.sha: c.committed_at for c in history}
+    findings = []
+    for version in base.versions:
+        if version.accepted_at:
+            continue
+        if start and when.get(version.commit) and when[version.commit] < start:
+            continue
+        findings.append(
+            Finding(
+                "policy-change-unapproved",
+                "critical",
+                f"policies/ edited without an approved policy change, so it has no effect: "
+                f"{version.why}",
+                "policies/",
+                commits=(version.commit,),
+            )
+        )
     return findings
 
 
@@ -379,7 +469,11 @@ def _unauthorized(
         if not touched:
             continue
         requests = sorted(
-            {m.group(1) for f in commit.files if f.status == "A" and (m := _REQUEST.match(f.path))}
+            {
+                m.group(1)
+                for f in commit.files
+                if f.status == "A" and (m := _REQUEST.fullmatch(f.path))
+            }
         )
         shown = ", ".join(touched[:3]) + (
             f" and {len(touched) - 3} more" if len(touched) > 3 else ""
@@ -419,13 +513,34 @@ def audit_check(
         result = audit_check(find_project())
         [str(f) for f in result.at_least("high")]
     """
+    require_history(project.root, "audit check")
     moment = now or dt.datetime.now(dt.UTC)
-    policies, _ = load_policies(project, strict=False)
+    base = resolve_base(project, "HEAD")  # the branch audited is the protected line
+    policies = base.policies
     commits = read_history(project, allowed_signers=allowed_signers(policies))
     result = ComplianceResult(commits_read=len(commits), baseline=policies.audit_from)
     histories = by_change(commits)
-    evidence = _evidence(commits, policies, project)
-    people_history = _PeopleHistory(project, commits)
+    edits = _edits(commits)
+    statements = statements_in(project, commits)
+    records = _records(project, base, commits, statements)
+    brought = _brought_at(base, commits)
+    result.findings += [
+        Finding(
+            "evidence-forged",
+            "critical",
+            "run record is no evidence: " + "; ".join(e.reasons),
+            e.path,
+            e.path.split("/")[1],
+            (e.commit,),
+        )
+        for e in records
+        if not e.trusted and not (since and _when(commits, e.commit) < since)
+    ]
+    result.findings += _uncommitted_records(project)
+    evidence: dict[str, list[Evidence]] = {}
+    for item in records:
+        if item.trusted and item.record and item.record.change:
+            evidence.setdefault(item.record.change, []).append(item)
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         if not history or (since and history[0].committed_at < since):
@@ -434,19 +549,44 @@ def audit_check(
             change = load_change(project, change_id)
         except OpsledgerError:
             continue
-        result.findings += [f for f in evidence if f.change == change_id]
-        result.findings += _approvals(project, change, history, policies, people_history)
-        result.findings += _runs(project, change, history, policies)
+        signed = change.environment in policies.signature_environments
+        result.findings += [f for f in edits if f.change == change_id]
+        found = statements.get(change_id, [])
+        result.findings += _statements(found, change_id, change.requested_by, signed, base, brought)
+        result.findings += _runs(project, change, base, evidence.get(change_id, []), found, brought)
         result.findings += _review(project, change, history, moment)
+    for change_id in policy_change_ids(project):
+        history = histories.get(change_id, [])
+        if not history or (since and history[0].committed_at < since):
+            continue
+        try:
+            request = load_policy_request(project, change_id)
+        except OpsledgerError:
+            continue
+        rule = policies.policy_changes
+        result.findings += [f for f in edits if f.change == change_id]
+        result.findings += _statements(
+            statements.get(change_id, []),
+            change_id,
+            request.requested_by,
+            bool(rule and rule.signed),
+            base,
+            brought,
+        )
+    start = max(filter(None, (policies.audit_from, since)), default=None)
+    result.findings += _policy_versions(base, commits, start)
     result.findings += _waivers(project, moment.date())
-    ran = {
-        change_id
-        for change_id, history in histories.items()
-        if any(f.status == "A" and "/runs/" in f.path for c in history for f in c.files)
-    }
+    ran = {e.record.change for e in records if e.trusted and e.record}
     result.findings += _unauthorized(first_parent_chain(commits), policies, ran, since)
     result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
         Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
         for f in fault_findings(project, since=since, now=moment)
     ]
     return result
+
+
+def _when(commits: list[Commit], sha: str) -> dt.datetime:
+    for commit in commits:
+        if commit.sha == sha:
+            return commit.committed_at
+    return dt.datetime.max.replace(tzinfo=dt.UTC)

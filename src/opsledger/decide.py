@@ -1,29 +1,34 @@
 """Deciding whether a change may run now: every rule evaluated, each with its reason.
 
-The decision depends only on the repository (change, runbook, roles, inventory, policies,
-approvals and their git history, run records) and the clock, which callers inject: the same
-commit and time give the same decision locally and in CI. It records the policy bundle hash and
-the change's content hash, so a run can be traced to exactly what was judged.
+The decision depends only on the repository (change, runbook, roles, inventory, statements
+and their git history, run records), the protected base it trusts (policies, people and keys,
+evidence: see base.py) and the clock, which callers inject: the same commits and time give the
+same decision locally and in CI. A change is judged by the policies in effect on the base,
+never by policy edits it brings itself. The decision records the policy bundle hash and the
+change's content hash, so a run can be traced to exactly what was judged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
-from opsledger.approvals import approval_states
+from opsledger.approvals import Standing, quorum, require_clean_worktree, standing
+from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
-from opsledger.policy import Policies, Window, load_policies
+from opsledger.evidence import run_evidence
+from opsledger.gitrepo import require_history
+from opsledger.policy import Policies, Rule, require_policies
+from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
+from opsledger.windows import covered
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 # Results that end a change's current content: it runs again only once amended (new approvals).
 FINAL_FAILURES = ("failed", "rolled_back", "rollback_failed")
-DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Decision:
     priority: str
     approvers: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    base: str = ""  # the protected base commit the decision trusted
+    content: Content | None = field(default=None, repr=False)  # the manifest that was judged
 
     def as_dict(self) -> dict:
         return {
@@ -57,33 +64,20 @@ class Decision:
             "hosts": self.hosts,
             "policy_sha256": self.policy_sha256,
             "content_sha256": self.content_sha256,
+            "base": self.base,
             "checks": [c.__dict__ for c in self.checks],
         }
 
 
-def _in_window(window: Window, start: dt.datetime, end: dt.datetime) -> bool:
-    """Whether [start, end] lies inside one occurrence of a recurring maintenance window."""
-    zone = ZoneInfo(window.timezone)
-    local_start, local_end = start.astimezone(zone), end.astimezone(zone)
-    day = local_start.date()
-    if DAY_NAMES[day.weekday()] not in window.days:
-        return False
-    open_at = dt.datetime.combine(day, dt.time.fromisoformat(window.start), zone)
-    if window.end == "24:00":
-        close_at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), zone)
-    else:
-        close_at = dt.datetime.combine(day, dt.time.fromisoformat(window.end), zone)
-    return open_at <= local_start and local_end <= close_at
+def _requester(requester: str, policies: Policies, judged: Standing) -> Check:
+    """The requester is a listed person who provably requested exactly this content."""
+    if requester not in policies.people or requester == policies.records_by:
+        return Check("requester", False, f"{requester} is not a person of people.yml")
+    return Check("requester", judged.requester_proven, judged.requester_why)
 
 
 def _approvals(
-    project: Project,
-    change: Change,
-    runbook: Runbook,
-    policies: Policies,
-    content_sha: str,
-    content,
-    risk: str,
+    change: Change, runbook: Runbook, policies: Policies, judged: Standing, risk: str, signed: bool
 ) -> tuple[Check, list[str]]:
     rule = policies.rule_for(change.type, risk, change.environment)
     if rule is None:
@@ -93,45 +87,25 @@ def _approvals(
             f"no approval rule covers a {change.type} change of "
             f"{risk} risk in {change.environment}",
         ), []
-    signed = change.environment in policies.signature_environments
-    states = approval_states(
-        project, change_id=change.id, content=content, policies=policies, signatures_required=signed
-    )
-    notes, counted = [], []
-    for state in states:
-        if not state.valid:
-            notes.append(
-                f"{state.person}'s {state.decision or 'approval'} does not count: "
-                + "; ".join(state.reasons)
-            )
-            continue
-        if state.decision == "rejected":
-            return Check("approvals", False, f"rejected by {state.person}"), []
-        if policies.four_eyes and state.person == change.requested_by:
-            notes.append(f"{state.person} requested the change and cannot approve it")
-            continue
-        teams = set(policies.people[state.person].teams)
-        if rule.any_of_teams and not teams & set(rule.any_of_teams):
-            notes.append(f"{state.person} is not in {' or '.join(rule.any_of_teams)}")
-            continue
-        counted.append(state.person)
-    missing = []
-    if len(counted) < rule.approvals:
-        missing.append(f"{len(counted)} of {rule.approvals} approval(s)")
-    member_teams = {t for p in counted for t in policies.people[p].teams}
-    for team in rule.required_teams:
-        if team not in member_teams:
-            missing.append(f"no approver from {team}")
     owners = policies.runbook_teams.get(runbook.name, ())
-    if rule.approvals and owners and not member_teams & set(owners):
-        missing.append(f"no approver from {' or '.join(owners)} (owners of {runbook.name})")
+    passed, why, counted = quorum(judged, rule, policies, owners, runbook.name)
     basis = f"rule '{rule.name}'" + (", signed" if signed else "")
-    if missing:
-        return Check("approvals", False, f"{basis}: " + "; ".join(missing + notes)), counted
-    why = f"{basis}: " + (", ".join(counted) if counted else "pre-approved")
-    if notes:
-        why += " (" + "; ".join(notes) + ")"
-    return Check("approvals", True, why), counted
+    return Check("approvals", passed, f"{basis}: {why}"), counted
+
+
+def _basis(base: Base) -> Check:
+    """Which policies judged the change: always passes; says so when base edits are ignored."""
+    version = base.policy_version
+    why = (
+        f"policies in effect on {base.ref} ({base.sha[:10]}): the version of "
+        f"{version.accepted_at[:10]}, {version.why}"
+    )
+    ignored = base.pending()
+    if ignored:
+        why += "; ignored, not approved: " + ", ".join(
+            f"policies/ of {v.commit[:10]} ({v.why})" for v in ignored
+        )
+    return Check("policies", True, why)
 
 
 def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[Check]:
@@ -142,12 +116,12 @@ def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[
         checks.append(Check("maintenance window", True, "emergency change: windows bypassed"))
     else:
         windows = policies.windows.get(change.environment, [])
-        fits = any(_in_window(w, change.window_start, change.window_end) for w in windows)
+        fits = covered(windows, change.window_start, change.window_end)
         checks.append(
             Check(
                 "maintenance window",
                 fits,
-                "the change window lies inside a maintenance window"
+                "the change window lies inside the maintenance windows"
                 if fits
                 else f"{change.window_start.isoformat()} - {change.window_end.isoformat()}"
                 f" is outside every maintenance window of {change.environment}",
@@ -189,31 +163,45 @@ def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[
 
 
 def _promotion(
-    project: Project, change: Change, runbook: Runbook, policies: Policies, now: dt.datetime
+    project: Project,
+    base: Base,
+    change: Change,
+    runbook: Runbook,
+    policies: Policies,
+    now: dt.datetime,
 ) -> Check:
     promotion = policies.promotion
     if not (runbook.promotion and promotion and change.environment == promotion.get("to")):
         return Check("promotion", True, "not required")
     since = now - dt.timedelta(days=int(promotion["within_days"]))
-    for record in reversed(change_runs(project)):
-        if (
+
+    def candidate(record) -> bool:
+        return (
             record.environment == promotion["from"]
             and record.result == "success"
             and record.runbook == runbook.name
             and record.params == change.params
             and record.finished >= since
-        ):
+        )
+
+    rejected = []
+    for evidence in reversed(run_evidence(project, base, only=candidate)):
+        record = evidence.record
+        assert record is not None
+        if evidence.trusted:
             return Check(
                 "promotion",
                 True,
                 f"{promotion['from']} ran it successfully in {record.change} at "
-                f"{record.finished_at}",
+                f"{record.finished_at} (committed by CI on {base.ref}, {evidence.commit[:10]})",
             )
+        rejected.append(f"{evidence.path} is no evidence: {'; '.join(evidence.reasons)}")
     return Check(
         "promotion",
         False,
         f"no successful {promotion['from']} run of {runbook.name} "
-        f"with the same params in the last {promotion['within_days']} days",
+        f"with the same params in the last {promotion['within_days']} days on {base.ref}"
+        + ("; " + "; ".join(rejected[:3]) if rejected else ""),
     )
 
 
@@ -232,7 +220,7 @@ def _still_runs(
     other: Change,
     runbook: Runbook,
     hosts: list[str],
-    policies: Policies,
+    trusted: Base,
     runs: list[Record],
     now: dt.datetime,
 ) -> str | None:
@@ -248,26 +236,49 @@ def _still_runs(
     ended = [r for r in mine if r.content_sha256 == content.sha256 and r.result in FINAL_FAILURES]
     if ended:
         return f"its run ended {ended[-1].result}"
+    policies = trusted.policies
     if other.type != "emergency" or not policies.emergency.get("bypass_windows"):
         windows = policies.windows.get(other.environment, [])
-        if not any(_in_window(w, other.window_start, other.window_end) for w in windows):
+        if not covered(windows, other.window_start, other.window_end):
             return "its window lies outside every maintenance window"
-    if not _approved(project, other, runbook, policies, content):
+    if not _approved(project, other, runbook, trusted, content):
         return "not approved"
     return None
 
 
-def _approved(
-    project: Project, change: Change, runbook: Runbook, policies: Policies, content: Content
-) -> bool:
-    """Whether a change's approvals hold now (the same judgement decide gives it)."""
+def _judge(
+    project: Project, change: Change, runbook: Runbook, trusted: Base, content: Content
+) -> tuple[list[Check], list[str], str]:
+    """The requester and approvals checks of a change (CHG) for a content, under the base.
+
+    Returns (checks, counted approvers, risk).
+    """
+    policies = trusted.policies
     risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
-    approval, _ = _approvals(project, change, runbook, policies, content.sha256, content, risk)
-    return approval.passed
+    signed = change.environment in policies.signature_environments
+    judged = standing(
+        project,
+        change_id=change.id,
+        requester=change.requested_by,
+        content=content,
+        policies=policies,
+        signatures_required=signed,
+        revs=["HEAD", trusted.sha],
+    )
+    approval, approvers = _approvals(change, runbook, policies, judged, risk, signed)
+    return [_requester(change.requested_by, policies, judged), approval], approvers, risk
+
+
+def _approved(
+    project: Project, change: Change, runbook: Runbook, trusted: Base, content: Content
+) -> bool:
+    """Whether a change's request and approvals hold now (the same judgement decide gives)."""
+    checks, _, _ = _judge(project, change, runbook, trusted, content)
+    return all(c.passed for c in checks)
 
 
 def _conflicts(
-    project: Project, change: Change, hosts: list[str], policies: Policies, now: dt.datetime
+    project: Project, change: Change, hosts: list[str], trusted: Base, now: dt.datetime
 ) -> Check:
     """Other changes that can still run, overlapping this one's hosts and window, and go first.
 
@@ -292,7 +303,7 @@ def _conflicts(
         ):
             continue
         assert other.runbook is not None
-        if _still_runs(project, other.change, other.runbook, other.hosts, policies, runs, now):
+        if _still_runs(project, other.change, other.runbook, other.hosts, trusted, runs, now):
             continue
         shown = f"{other_id} ({', '.join(sorted(overlap)[:3])})"
         if change.type == "emergency":
@@ -332,42 +343,45 @@ def _withdrawn(project: Project, change: Change) -> list[Check]:
     ]
 
 
-def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) -> Decision:
-    """Evaluate every rule for a change at a moment (default: now).
+def decide(
+    project: Project,
+    change_id: str,
+    *,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+) -> Decision:
+    """Evaluate every rule for a change (CHG-<n> or POL-<n>) at a moment (default: now).
 
-    Raises OpsledgerError (exit 2) when the change itself is invalid; a denial is a Decision
-    with allowed=False (the CLI exits 3).
+    `base` names the protected branch whose policies, keys and evidence are trusted (default
+    $OPSLEDGER_BASE or main). Raises OpsledgerError (exit 2) when the change itself is invalid,
+    there is no git history to read statements from, or the policies do not pass `policy
+    check` — the base's policies in effect, which decide, and the working tree's, which apply
+    and CI act under (locks, incidents); a denial is a Decision with allowed=False (the CLI
+    exits 3).
 
     Example:
-        decision = decide(find_project(), "CHG-0001", now=datetime.now(UTC))
+        decision = decide(find_project(), "CHG-0001", now=datetime.now(UTC), base="origin/main")
         decision.allowed, [(c.rule, c.passed, c.why) for c in decision.checks]
     """
     from opsledger.changes import load_change
     from opsledger.runbooks import load_runbook
 
+    require_history(project.root, "decide")
     moment = now or dt.datetime.now(dt.UTC)
+    if is_policy_change(change_id):
+        return _decide_policy_change(project, change_id, moment, base)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
-    policies, _ = load_policies(project)
+    require_clean_worktree(project, change_id)
+    trusted = _trusted_base(project, base)
+    policies = trusted.policies
     content = change_content(project, change, runbook, hosts)
-    risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
-    checks = [
-        Check(
-            "requester",
-            change.requested_by in policies.people,
-            f"{change.requested_by} is in people.yml"
-            if change.requested_by in policies.people
-            else f"{change.requested_by} is not in people.yml",
-        )
-    ]
-    approval, approvers = _approvals(
-        project, change, runbook, policies, content.sha256, content, risk
-    )
-    checks.append(approval)
+    judged, approvers, risk = _judge(project, change, runbook, trusted, content)
+    checks = [_basis(trusted), *judged]
     checks += window_checks(change, policies, moment)
-    checks.append(_promotion(project, change, runbook, policies, moment))
-    checks.append(_conflicts(project, change, hosts, policies, moment))
+    checks.append(_promotion(project, trusted, change, runbook, policies, moment))
+    checks.append(_conflicts(project, change, hosts, trusted, moment))
     checks += _withdrawn(project, change)
     if change.type == "emergency":
         hours = policies.emergency.get("review_within_hours")
@@ -389,4 +403,65 @@ def decide(project: Project, change_id: str, *, now: dt.datetime | None = None) 
         policies.priority(change.impact, change.urgency),
         approvers,
         hosts,
+        trusted.sha,
+        content,
     )
+
+
+def _decide_policy_change(
+    project: Project, change_id: str, moment: dt.datetime, base: str | None
+) -> Decision:
+    """A policy change: requested, then approved by the owners under the base's policies."""
+    request = load_policy_request(project, change_id)
+    require_clean_worktree(project, change_id)
+    trusted = _trusted_base(project, base)
+    policies = trusted.policies
+    content = policy_content(project, change_id)
+    rule = policies.policy_changes
+    judged = standing(
+        project,
+        change_id=change_id,
+        requester=request.requested_by,
+        content=content,
+        policies=policies,
+        signatures_required=bool(rule and rule.signed),
+        revs=["HEAD", trusted.sha],
+    )
+    checks = [_basis(trusted), _requester(request.requested_by, policies, judged)]
+    approvers: list[str] = []
+    if rule is None:
+        checks.append(
+            Check("approvals", True, "policy changes are not under change control on the base")
+        )
+    else:
+        passed, why, approvers = quorum(
+            judged, Rule("policy changes", (), (), None, rule.approvals, (), rule.owners), policies
+        )
+        basis = f"policy owners ({', '.join(rule.owners)})" + (", signed" if rule.signed else "")
+        checks.append(Check("approvals", passed, f"{basis}: {why}"))
+    return Decision(
+        change_id,
+        all(c.passed for c in checks),
+        checks,
+        moment,
+        policies.hash,
+        content.sha256,
+        "high",
+        "-",
+        approvers,
+        [],
+        trusted.sha,
+        content,
+    )
+
+
+def _trusted_base(project: Project, base: str | None) -> Base:
+    """The base whose policies decide, failing closed on every policy that does not check.
+
+    Nothing is decided on rules that do not pass `policy check`: neither the working tree's
+    (apply and CI act under its locks and incident policies, and a pull request must not bring
+    broken rules to the base) nor the base's version in effect, which decides (resolve_base
+    refuses it when it does not check).
+    """
+    require_policies(project)
+    return resolve_base(project, base)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from opsledger.errors import OpsledgerError
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
@@ -25,6 +26,7 @@ from opsledger.records import Record, stamp, write_record
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
 from opsledger.runner import run_playbook
+from opsledger.yamlio import load_yaml
 
 
 @dataclass
@@ -58,8 +60,8 @@ def _task_sources(role_dir: str) -> dict[str, str]:
     folder = Path(role_dir)
     for path in sorted([*folder.glob("tasks/*.yml"), *folder.glob("handlers/*.yml")]):
         try:
-            tasks = yaml.safe_load(path.read_text()) or []
-        except yaml.YAMLError:
+            tasks = load_yaml(path, expect=object, what="task file") or []
+        except OpsledgerError:
             continue
         stack = list(tasks) if isinstance(tasks, list) else []
         while stack:
@@ -86,7 +88,7 @@ def owners(project: Project, role: str, task: str) -> tuple[list[str], list[str]
     for template in re.findall(r"\bsrc: *['\"]?([\w./-]+\.j2)", source):  # what it renders
         path = role_dir / "templates" / template
         if path.is_file():
-            source += path.read_text()
+            source += path.read_text(errors="replace")
     names = re.compile(rf"\b({re.escape(role)}_[a-z0-9_]+)\b")
     found = set(names.findall(source))
     # role__name variables are the role's internals (vars/): follow them to the knobs an
@@ -109,8 +111,8 @@ def _internals(role_dir: str) -> dict[str, str]:
     text: dict[str, str] = {}
     for path in sorted(Path(role_dir).glob("vars/*.yml")):
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
+            data = load_yaml(path, expect=object, what="role vars") or {}
+        except OpsledgerError:
             continue
         if isinstance(data, dict):
             text.update({str(k): yaml.safe_dump(v) for k, v in data.items()})

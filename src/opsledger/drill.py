@@ -26,13 +26,13 @@ from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
+from opsledger.policyfiles import read_policy
 from opsledger.procs import RUN_MARKER, start_time
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
-from opsledger.yamlio import load_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -91,7 +91,7 @@ class DrillResult:
 
 def seconds(text: Any) -> float | None:
     """'90s', '15m', '4h', '90d' -> seconds; None when it is not such a duration."""
-    found = _DURATION.match(str(text))
+    found = _DURATION.fullmatch(str(text))
     return float(found.group(1)) * _UNIT[found.group(2)] if found else None
 
 
@@ -103,8 +103,9 @@ def load_services(project: Project) -> dict[str, Service]:
     """
     path = project.root / "policies" / "dr.yml"
     file = str(path)
-    data = load_yaml(path, what="DR policy")
-    problems: list[Problem] = []
+    data, problems = read_policy(project, "dr", "DR policy")
+    if data is None:
+        raise OpsledgerError(problems)
     services: dict[str, Service] = {}
     entries = data.get("services")
     if not isinstance(entries, dict) or not entries:

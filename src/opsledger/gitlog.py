@@ -4,8 +4,8 @@ Audit and reports ask many questions of the same history (who requested, who app
 it ran, what else changed). Asking git once per commit or per file is what makes audits slow
 on big repositories, so this module runs one `git log` process and parses its stream:
 commits oldest first, each with parents, author and committer, signature status, subject and
-the paths it added, modified or deleted (renames are reported as delete + add, so a file's
-life is never lost across a move).
+the paths it added, modified or deleted with their object ids (renames are reported as
+delete + add, so a file's life is never lost across a move).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ _FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
 class FileChange:
     status: str  # A added | M modified | D deleted | T type changed
     path: str
+    blob: str = ""  # the file's object id after the commit (zeros when deleted)
+    mode: str = ""  # its mode after the commit (120000: a symlink)
 
 
 @dataclass
@@ -69,10 +71,12 @@ def _commit(record: str, signed: bool) -> Commit:
     parts = header.split("\x1f")
     sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
     sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
-    tokens = rest.lstrip("\n").split("\0")
-    files = [
-        FileChange(tokens[i][:1], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2) if tokens[i]
-    ]
+    tokens = rest.lstrip("\0\n").split("\0")
+    files = []
+    for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
+        if meta.startswith(":"):  # ":old_mode new_mode old_blob new_blob status"
+            _, mode, _, blob, status = meta[1:].split()
+            files.append(FileChange(status[:1], path, blob, mode))
     return Commit(
         sha,
         tuple(parents.split()),
@@ -131,7 +135,8 @@ def read_history(
             "--no-renames",
             "--no-color",
             f"--format=%x1e{fmt}",
-            "--name-status",
+            "--raw",  # with object ids: a record rewritten with the same name is still seen
+            "--no-abbrev",
             "-z",
         ]
         if since:

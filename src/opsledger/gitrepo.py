@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.yamlio import outside_problem
 
 
 def git(
@@ -21,9 +22,13 @@ def git(
     )
     if check and proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        command = next(
+            (a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1 : i] != ["-c"]),
+            args[0],
+        )
         raise OpsledgerError(
             Problem(
-                f"git {args[0]} failed: {last[0]}",
+                f"git {command} failed: {last[0]}",
                 field="git",
                 fix="run the git command yourself to see more",
             ),
@@ -36,8 +41,74 @@ def is_repo(root: Path) -> bool:
     return git(root, "rev-parse", "--git-dir", check=False).returncode == 0
 
 
+def require_history(root: Path, command: str) -> None:
+    """The project is the top of a git work tree with at least one commit, else exit 2.
+
+    Approvals, runs and the audit trail are read from history: outside a repository (or in a
+    folder of another one, or before the first commit) there is none, and answering anyway
+    would deny, allow or report on nothing.
+    """
+    top = git(root, "rev-parse", "--show-toplevel", check=False)
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+        raise OpsledgerError(
+            Problem(
+                "not the top of a git repository",
+                str(root),
+                "git",
+                f"{command} reads approvals and records from git: run it in a clone of the "
+                "project (git init and commit it first)",
+            )
+        )
+    if git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).returncode != 0:
+        raise OpsledgerError(
+            Problem(
+                "the repository has no commits yet",
+                str(root),
+                "git",
+                f"commit the project before {command}",
+            )
+        )
+
+
 def head(root: Path) -> str:
     return git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def write_and_commit(
+    root: Path,
+    path: Path,
+    text: str,
+    message: str,
+    *,
+    name: str,
+    email: str,
+    signing_key: Path | None = None,
+) -> str:
+    """Write one file and commit it as this person, or leave the tree as it was.
+
+    A commit can fail after the write (a key git cannot sign with, a hook, a full disk): then
+    the file gets its old content back (or goes, with the folders made for it) and leaves the
+    index, so a failed approve or review leaves nothing half-done behind.
+    """
+    if refused := outside_problem(path, root):  # a symlinked folder would write elsewhere
+        raise OpsledgerError(refused)
+    old = path.read_bytes() if path.is_file() else None
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return commit_paths(root, [path], message, name=name, email=email, signing_key=signing_key)
+    except BaseException:
+        relative = str(path.resolve().relative_to(root.resolve()))
+        git(root, "reset", "-q", "--", relative, check=False)
+        if old is None:
+            path.unlink(missing_ok=True)
+            for folder in made:  # innermost first
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        else:
+            path.write_bytes(old)
+        raise
 
 
 def commit_paths(
@@ -67,3 +138,26 @@ def commit_paths(
         args.append("-S")
     git(root, *args, "--", *relative, env=identity)
     return head(root)
+
+
+def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
+    """Object contents by sha from one `git cat-file --batch` (missing objects are left out)."""
+    if not shas:
+        return {}
+    proc = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "--batch"],
+        input="".join(f"{s}\n" for s in shas).encode(),
+        capture_output=True,
+        check=True,
+    )
+    out, found, at = proc.stdout, {}, 0
+    for sha in shas:
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        at = end + 1
+        if len(header) < 3 or header[1] == b"missing":
+            continue
+        size = int(header[2])
+        found[sha] = out[at : at + size]
+        at += size + 1
+    return found

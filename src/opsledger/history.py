@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsledger.approvals import ApprovalState, approval_states
+from opsledger.approvals import ApprovalState, Judged, standing
+from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import change_content
-from opsledger.gitrepo import git
-from opsledger.policy import load_policies
+from opsledger.gitrepo import git, require_history
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
 from opsledger.records import Record, RunFile, read_runs
@@ -31,6 +31,8 @@ class ChangeHistory:
     change: Change
     content_sha256: str
     approvals: list[ApprovalState]
+    statements: list[Judged]
+    requester: str  # whether the requester's request is proven, and why
     runs: list[Record]
     review: Review | None
     commits: list[dict[str, str]]  # sha, date, author, subject — oldest first
@@ -53,6 +55,18 @@ class ChangeHistory:
             "requested_by": c.requested_by,
             "content_sha256": self.content_sha256,
             "approvals": [a.__dict__ for a in self.approvals],
+            "request": self.requester,
+            "statements": [
+                {
+                    "path": j.path,
+                    "person": j.person,
+                    "decision": j.statement.decision if j.statement else "",
+                    "valid": j.valid,
+                    "proof": j.proof,
+                    "reasons": j.reasons,
+                }
+                for j in self.statements
+            ],
             "runs": [
                 {
                     "finished_at": r.finished_at,
@@ -102,13 +116,25 @@ class ChangeHistory:
             f"  requested by {data['requested_by']}, window {data['window'][0]} - "
             f"{data['window'][1]}",
             f"  content {self.content_sha256[:12]}",
-            "approvals:",
+            f"  request: {self.requester}",
+            "approvals (each person's newest statement):",
         ]
         for a in self.approvals:
-            verdict = "valid" if a.valid else "VOID: " + "; ".join(a.reasons)
-            out.append(f"  {a.person}: {a.decision} ({verdict})")
+            verdict = (
+                "stands"
+                if a.valid and a.decision == "rejected"
+                else "valid"
+                if a.valid
+                else "VOID: " + "; ".join(a.reasons)
+            )
+            signed = ", signed" if a.signed_by else ""
+            out.append(f"  {a.person}: {a.decision} at {a.at} ({verdict}{signed})")
         if not self.approvals:
             out.append("  none")
+        void = [j for j in self.statements if not j.valid]
+        if void:
+            out.append("statements that do not count:")
+            out += [f"  {j.path}: {'; '.join(j.reasons)}" for j in void]
         out.append("runs:")
         for r in data["runs"]:
             extra = f", rollback {r['rollback']}" if r["rollback"] else ""
@@ -151,18 +177,22 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         history = change_history(find_project(), "CHG-0001")
         [(r.result, r.finished_at) for r in history.runs]
     """
+    require_history(project.root, "change show")
     change = load_change(project, change_id)
     done = reconcile_runs(project)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
-    policies, _ = load_policies(project)
+    base = resolve_base(project)
+    policies = base.policies
     content = change_content(project, change, runbook, hosts)
-    states = approval_states(
+    judged = standing(
         project,
         change_id=change_id,
+        requester=change.requested_by,
         content=content,
         policies=policies,
         signatures_required=change.environment in policies.signature_environments,
+        revs=["HEAD", base.sha],
     )
     log = git(
         project.root,
@@ -173,7 +203,7 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         f"changes/{change_id}",
     ).stdout
     commits = [
-        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f"), strict=True))
+        dict(zip(("sha", "date", "author", "subject"), line.split("\x1f", 3), strict=True))
         for line in log.splitlines()
         if line
     ]
@@ -181,7 +211,9 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
     return ChangeHistory(
         change,
         content.sha256,
-        states,
+        judged.states,
+        judged.judged,
+        judged.requester_why,
         [r for r in ledger.committed if r.change == change_id],
         load_review(project, change_id),
         commits,

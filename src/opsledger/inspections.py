@@ -27,10 +27,10 @@ from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.notify import notify_records
 from opsledger.policy import load_policies
+from opsledger.policyfiles import read_policy
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_record
 from opsledger.targets import Target, resolve_targets
-from opsledger.yamlio import load_yaml
 
 SEVERITIES = ("ok", "warning", "critical")
 PSEUDO_FS = {
@@ -344,9 +344,10 @@ CHECKS: dict[str, Check] = {
 def load_plan(project: Project) -> Plan:
     """Read and check policies/inspections.yml; every problem at once."""
     path = project.root / "policies" / "inspections.yml"
-    data = load_yaml(path, what="inspection plan")
+    data, problems = read_policy(project, "inspections", "inspection plan")
+    if data is None:
+        raise OpsledgerError(problems)
     file = str(path)
-    problems = []
     policies, _ = load_policies(project, strict=False)
     severities = data.get("severities") or {}
     for severity, priority in severities.items():
@@ -356,7 +357,8 @@ def load_plan(project: Project) -> Plan:
                     f"unknown severity {severity!r}", file, "severities", "use warning or critical"
                 )
             )
-        if priority not in policies.priorities:
+        # No priorities at all: sla.yml failed to load, and policy check lists that once.
+        if policies.priorities and priority not in policies.priorities:
             problems.append(
                 Problem(
                     f"unknown priority {priority!r}",

@@ -8,11 +8,13 @@ values the roles consume.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.hostpattern import pattern_problems
 from opsledger.yamlio import load_yaml
 
 
@@ -79,8 +81,22 @@ class Inventory:
     hosts: dict[str, InventoryHost]
     _manager: Any = field(repr=False, compare=False)
 
+    @property
+    def names(self) -> set[str]:
+        """Every host and group name (what a host pattern may name)."""
+        return {*self.hosts, *self._manager.groups}
+
     def match(self, pattern: str) -> list[InventoryHost]:
-        """Hosts an Ansible pattern (`db`, `all:!app`, `lab-db*`) selects, in inventory order."""
+        """Hosts a pattern (`db`, `all:!app`, `lab-db*`) selects, in inventory order.
+
+        Only names and the documented operators (hostpattern.py) are accepted: Ansible alone
+        would read `@file`, compile `~regex` and crash on `db[5]`.
+        """
+        problems = pattern_problems(pattern, self.names)
+        if problems:
+            raise OpsledgerError(
+                [Problem(message, str(self.source), "targets", fix) for message, fix in problems]
+            )
         names = {h.name for h in self._manager.get_hosts(pattern)}
         return [h for n, h in self.hosts.items() if n in names]
 
@@ -133,6 +149,29 @@ def _check_yaml(path: Path) -> None:
 _CACHE: dict[tuple, Inventory] = {}
 
 
+def _outside_links(folder: Path) -> list[Problem]:
+    """Symlinks in the inventory that lead out of the project (the folder with ansible.cfg).
+
+    Ansible would read them, and its errors quote what it read: an inventory must not be a way
+    to load, or print, a file from elsewhere on the controller.
+    """
+    resolved = folder.resolve()
+    root = next((p for p in (resolved, *resolved.parents) if (p / "ansible.cfg").is_file()), None)
+    root = root or resolved
+    problems = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and (not path.exists() or not path.resolve().is_relative_to(root)):
+            problems.append(
+                Problem(
+                    "is a symlink out of the repository (or to nothing)",
+                    str(path),
+                    "inventory",
+                    "copy what it needs into the repository (git must record it)",
+                )
+            )
+    return problems
+
+
 def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     """Load an inventory file or directory; raise OpsledgerError when it has no hosts.
 
@@ -145,6 +184,8 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
             Problem("inventory not found", str(source), fix="create it or choose another --env")
         )
     folder = source if source.is_dir() else source.parent
+    if problems := _outside_links(folder):
+        raise OpsledgerError(problems)
     stamp = tuple(
         sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in folder.rglob("*.y*ml"))
     )
@@ -232,6 +273,8 @@ def _load(source: Path, template: bool) -> Inventory:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
         init_plugin_loader()

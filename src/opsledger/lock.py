@@ -33,8 +33,8 @@ from typing import Any
 
 from opsledger import procs
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
+from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
-from opsledger.yamlio import load_yaml
 
 # An origin lock whose holder cannot be asked (another machine) is stale after this long:
 # longer than any runbook timeout we ship. A heartbeat can renew it later (issue #21).
@@ -97,33 +97,19 @@ class LockPolicy:
 
 
 def lock_policy(project: Project, environment: str) -> LockPolicy:
-    """The lock backends of an environment (`policies/locks.yml`; default: machine only)."""
-    file = project.root / "policies" / "locks.yml"
-    if not file.exists():
+    """The lock backends of an environment (`policies/locks.yml`; default: machine only).
+
+    The file is read with the project's loader and checked against its schema
+    (`opsledger policy schema locks`): a policy that does not check locks nothing.
+    """
+    if not policy_path(project, "locks").exists():
         return LockPolicy(("machine",))
-    data = load_yaml(file, what="lock policy")
-    problems = []
-    default = data.get("default", ["machine"])
-    envs = data.get("environments") or {}
-    entry = envs.get(environment) if isinstance(envs, dict) else None
-    if not isinstance(envs, dict):
-        problems.append(Problem("must be a mapping", str(file), "environments", "env: {...}"))
-    backends = default if entry is None else (entry or {}).get("backends", default)
-    remote = "origin" if entry is None else (entry or {}).get("remote", "origin")
-    where = "default" if entry is None else f"environments.{environment}.backends"
-    if not isinstance(backends, list) or any(b not in BACKENDS for b in backends):
-        problems.append(
-            Problem(
-                f"backends must be a list of {', '.join(BACKENDS)}, got {backends!r}",
-                str(file),
-                where,
-                "e.g. backends: [machine, origin]",
-            )
-        )
-    if not isinstance(remote, str) or not remote:
-        problems.append(Problem("remote must be a git remote name", str(file), where, "origin"))
-    if problems:
+    data, problems = read_policy(project, "locks", "lock policy")
+    if data is None:
         raise OpsledgerError(problems, EXIT_INVALID)
+    entry = (data.get("environments") or {}).get(environment)
+    backends = (entry or {}).get("backends", data.get("default", ["machine"]))
+    remote = (entry or {}).get("remote", "origin")
     # The machine lock is never optional: it is what makes a dead holder's lock vanish.
     return LockPolicy(("machine", *(b for b in backends if b != "machine")), remote)
 

@@ -22,14 +22,23 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from opsledger.apply import RETRYABLE, ApplyResult, Events, apply_change, reconcile_first
+from opsledger.apply import (
+    RETRYABLE,
+    ApplyResult,
+    Events,
+    apply_change,
+    clock_override,
+    reconcile_first,
+)
+from opsledger.base import resolve_base
 from opsledger.changes import Change, change_ids, load_change, load_withdrawal
 from opsledger.decide import Decision, decide, run_order
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError
+from opsledger.gitrepo import require_history
 from opsledger.origin_records import OriginRecords
-from opsledger.policy import load_policies
+from opsledger.policy import require_policies
 from opsledger.project import Project
-from opsledger.records import Record, read_runs
+from opsledger.records import Record, RunLedger, read_runs
 
 ACTIONS = (
     "applied",
@@ -68,7 +77,9 @@ class PendingResult:
         return all(r.ok for r in self.applied) and not self.stuck
 
 
-def _never(change: Change, decision: Decision, runs: list[Record], project: Project) -> str:
+def _never(
+    change: Change, decision: Decision, runs: list[Record], project: Project, base: str | None
+) -> str:
     """Why the change can never run as it stands, or "" when it still may."""
     failed_before = [
         r for r in runs if r.result not in RETRYABLE and r.content_sha256 == decision.content_sha256
@@ -82,7 +93,7 @@ def _never(change: Change, decision: Decision, runs: list[Record], project: Proj
     if "maintenance window" in failing:
         return failing["maintenance window"]
     if "freeze" in failing:
-        policies, _ = load_policies(project)
+        policies = resolve_base(project, base).policies  # the ones that decided
         for freeze in policies.freezes:
             if (
                 change.environment in freeze.environments
@@ -112,32 +123,33 @@ def apply_pending(
     events: Events | None = None,
     environment: str | None = None,
     origin: OriginRecords | None = None,
+    base: str | None = None,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
 
     Run order is decide's: emergencies, then the earlier window, then the older request. A
     change that can never run is reported as `cannot run` and makes `ok` false. `environment`
-    limits it to one environment (CI applies one environment at a time). With `origin`, the
-    run records on the origin decide who runs (see apply_change): a race another controller
-    won is listed as `running` or `already run`, not as a failure.
+    limits it to one environment (CI applies one environment at a time); `base` names the
+    protected branch decide trusts. A chosen clock (`now`) is refused (exit 2, nothing run)
+    when any pending change is outside the lab. With `origin`, the run records on the origin
+    decide who runs (see apply_change): a race another controller won is listed as `running`
+    or `already run`, not as a failure.
 
     Example:
         outcome = apply_pending(find_project())
         [(i.change_id, i.action, i.why) for i in outcome.items]
     """
+    require_history(project.root, "apply --pending")
+    require_policies(project)  # fail closed, even when nothing is pending
     if environment is not None:
         project.require_environment(environment)
+    if now is not None:  # refuse a chosen clock before anything is touched
+        for change, _ in _candidates(project, read_runs(project), environment):
+            if load_withdrawal(project, change.id) is None:
+                clock_override(project, change.id, now)
     reconcile_first(project, events)
     ledger = read_runs(project)
-    candidates = []
-    for change_id in change_ids(project):
-        runs = [r for r in ledger.committed if r.change == change_id]
-        if any(r.result == "success" for r in runs):
-            continue
-        change = load_change(project, change_id)
-        if environment is None or change.environment == environment:
-            candidates.append((change, runs))
-    candidates.sort(key=lambda item: run_order(item[0]))
+    candidates = _candidates(project, ledger, environment)
     running = {f.record.change for f in ledger.started}
     items = []
     for change, runs in candidates:
@@ -149,8 +161,8 @@ def apply_pending(
         if change.id in running:
             items.append(PendingItem(change.id, "running", "a run has started and not ended"))
             continue
-        decision = decide(project, change.id, now=now)
-        never = _never(change, decision, runs, project)
+        decision = decide(project, change.id, now=now, base=base)
+        never = _never(change, decision, runs, project, base)
         if never:
             fix = (
                 f"withdraw it (opsledger change withdraw {change.id} --reason ...) or amend it "
@@ -175,6 +187,7 @@ def apply_pending(
                 skip_verify=skip_verify,
                 events=events,
                 origin=origin,
+                base=base,
             )
         except OpsledgerError as err:
             lost = _lost_race(err)
@@ -184,3 +197,19 @@ def apply_pending(
             continue
         items.append(PendingItem(change.id, "applied", result.result, result))
     return PendingResult(items)
+
+
+def _candidates(
+    project: Project, ledger: RunLedger, environment: str | None
+) -> list[tuple[Change, list[Record]]]:
+    """Changes without a successful committed run (of `environment`), in run order."""
+    candidates = []
+    for change_id in change_ids(project):
+        runs = [r for r in ledger.committed if r.change == change_id]
+        if any(r.result == "success" for r in runs):
+            continue
+        change = load_change(project, change_id)
+        if environment is None or change.environment == environment:
+            candidates.append((change, runs))
+    candidates.sort(key=lambda item: run_order(item[0]))
+    return candidates

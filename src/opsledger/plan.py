@@ -69,14 +69,20 @@ class Plan:
         }
 
 
-def plan(project: Project, change_id: str, *, now: dt.datetime | None = None) -> Plan:
+def plan(
+    project: Project,
+    change_id: str,
+    *,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+) -> Plan:
     """Decide, then predict per host with check mode and diff.
 
     Example:
         p = plan(find_project(), "CHG-0001")
         [(h.host, h.status) for h in p.hosts]
     """
-    decision = decide(project, change_id, now=now)
+    decision = decide(project, change_id, now=now, base=base)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
 

@@ -13,15 +13,14 @@ import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.notify import load_notify_policy
+from opsledger.policyfiles import read_policy
 from opsledger.project import Project
 from opsledger.waivers import load_waivers
-from opsledger.yamlio import load_yaml
 
 CHANGE_TYPES = ("standard", "normal", "emergency")
 RISKS = ("low", "medium", "high")
@@ -29,7 +28,10 @@ LEVELS = ("low", "medium", "high")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 POLICY_FILES = ("people.yml", "changes.yml", "windows.yml", "sla.yml", "waivers.yml")
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
-_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh.com) \S+")
+_KEY = re.compile(
+    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
+    r"[A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ class Rule:
             and risk in self.risks
             and (self.environments is None or environment in self.environments)
         )
+
+
+@dataclass(frozen=True)
+class PolicyChangeRule:
+    """Who approves edits of policies/: owner teams, how many approvals, signed or not."""
+
+    owners: tuple[str, ...]
+    approvals: int
+    signed: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,9 @@ class Policies:
     hash: str = ""
     files: dict[str, str] = field(default_factory=dict)
     audit_from: dt.datetime | None = None  # history before this is the pre-adoption baseline
+    # None: policy edits are not under change control yet (see base.py, the policy chain)
+    policy_changes: PolicyChangeRule | None = None
+    records_by: str | None = None  # the person (CI) whose commits of run records are evidence
 
     def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
@@ -134,7 +148,7 @@ def _unknown(
 def _zone(name: Any, file: str, where: str, problems: list[Problem]) -> None:
     try:
         ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(
             Problem(
                 f"unknown timezone {name!r}",
@@ -166,13 +180,16 @@ def _aware(value: Any, file: str, where: str, problems: list[Problem]) -> dt.dat
 
 def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person], dict[str, str]]:
     file = str(project.root / "policies" / "people.yml")
-    data = load_yaml(Path(file), what="people file")
+    data, found = read_policy(project, "people", "people file")
+    problems += found
+    if data is None:
+        return {}, {}
     teams = {str(k): str(v) for k, v in (data.get("teams") or {}).items()}
     people: dict[str, Person] = {}
     for index, entry in enumerate(data.get("people") or []):
         where = f"people[{index}]"
         pid = str(entry.get("id", ""))
-        if not re.match(r"^[a-z][a-z0-9_.-]*$", pid):
+        if not re.fullmatch(r"[a-z][a-z0-9_.-]*", pid):
             problems.append(
                 Problem(
                     f"bad or missing id {pid!r}",
@@ -200,7 +217,7 @@ def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person
             )
         _unknown(problems, entry.get("teams"), teams, "team", file, f"{where}.teams")
         key = entry.get("signing_key")
-        if key and not _KEY.match(str(key)):
+        if key and not _KEY.fullmatch(str(key)):
             problems.append(
                 Problem(
                     "not an SSH public key",
@@ -223,7 +240,17 @@ def _rules(
     project: Project, teams: dict[str, str], envs: set[str], problems: list[Problem]
 ) -> dict[str, Any]:
     file = str(project.root / "policies" / "changes.yml")
-    data = load_yaml(Path(file), what="change rules")
+    data, found = read_policy(project, "changes", "change rules")
+    problems += found
+    if data is None:
+        return {
+            "audit_from": None,
+            "four_eyes": True,
+            "rules": [],
+            "runbook_teams": {},
+            "signature_environments": (),
+            "promotion": {},
+        }
     rules = []
     known_keys = {
         "name",
@@ -248,7 +275,8 @@ def _rules(
             problems, entry.get("environments"), envs, "environment", file, f"{where}.environments"
         )
         for key in ("required_teams", "any_of_teams"):
-            _unknown(problems, entry.get(key), teams, "team", file, f"{where}.{key}")
+            if teams:  # none: people.yml is broken, and says so itself
+                _unknown(problems, entry.get(key), teams, "team", file, f"{where}.{key}")
         approvals = entry.get("approvals")
         if not isinstance(approvals, int) or approvals < 0:
             problems.append(
@@ -315,7 +343,8 @@ def _rules(
         problems, data.get("runbook_teams"), sorted(runbooks), "runbook", file, "runbook_teams"
     )
     for runbook, owners in (data.get("runbook_teams") or {}).items():
-        _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
+        if teams:
+            _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
         runbook_teams[runbook] = tuple(owners)
     signature_envs = tuple((data.get("signatures") or {}).get("environments") or [])
     _unknown(problems, signature_envs, envs, "environment", file, "signatures.environments")
@@ -339,11 +368,44 @@ def _rules(
                 "e.g. within_days: 7",
             )
         )
+    policy_changes = None
+    spec = data.get("policy_changes")
+    if spec is not None:
+        where = "policy_changes"
+        if not isinstance(spec, dict):
+            spec = {}
+            problems.append(
+                Problem("must be a mapping", file, where, "owners, approvals and signed keys")
+            )
+        if teams:  # none: people.yml is broken, and says so itself
+            _unknown(problems, spec.get("owners"), teams, "team", file, f"{where}.owners")
+        count = spec.get("approvals")
+        if not spec.get("owners") or not isinstance(count, int) or count < 1:
+            problems.append(
+                Problem(
+                    "needs owners (teams) and approvals >= 1",
+                    file,
+                    where,
+                    "e.g. policy_changes: {owners: [cab], approvals: 1, signed: true}",
+                )
+            )
+        if not isinstance(spec.get("signed"), bool):
+            problems.append(
+                Problem("must be true or false", file, f"{where}.signed", "e.g. signed: true")
+            )
+        policy_changes = PolicyChangeRule(
+            tuple(spec.get("owners") or ()),
+            count if isinstance(count, int) else 1,
+            spec.get("signed") is not False,  # anything but an explicit false means signed
+        )
+    records_by = (data.get("records") or {}).get("committed_by")
     audit = data.get("audit") or {}
     _unknown(problems, sorted(audit), ["from"], "key", file, "audit")
     audit_from = _aware(audit["from"], file, "audit.from", problems) if audit.get("from") else None
     return {
         "audit_from": audit_from,
+        "policy_changes": policy_changes,
+        "records_by": str(records_by) if records_by else None,
         "four_eyes": bool(data.get("four_eyes", True)),
         "rules": rules,
         "runbook_teams": runbook_teams,
@@ -354,7 +416,10 @@ def _rules(
 
 def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[str, Any]:
     file = str(project.root / "policies" / "windows.yml")
-    data = load_yaml(Path(file), what="windows file")
+    data, found = read_policy(project, "windows", "windows file")
+    problems += found
+    if data is None:
+        return {"windows": {}, "freezes": [], "emergency": {}}
     windows: dict[str, list[Window]] = {}
     _unknown(problems, data.get("environments"), sorted(envs), "environment", file, "environments")
     for env, spec in (data.get("environments") or {}).items():
@@ -373,7 +438,7 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
                     )
                 )
             for key in ("start", "end"):
-                if not _TIME.match(str(entry.get(key, ""))):
+                if not _TIME.fullmatch(str(entry.get(key, ""))):
                     problems.append(
                         Problem(
                             f"{entry.get(key)!r} is not HH:MM",
@@ -382,13 +447,16 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
                             "write e.g. 20:00 (end may be 24:00)",
                         )
                     )
-            if str(entry.get("start", "")) >= str(entry.get("end", "")):
+            # end < start is an overnight window (it closes the next day); equal is empty
+            if str(entry.get("start", "")) == str(entry.get("end", "")) or (
+                str(entry.get("start")) == "24:00"
+            ):
                 problems.append(
                     Problem(
-                        "the window ends before it starts",
+                        "the window is empty",
                         file,
                         f"{where}.end",
-                        "make end later than start",
+                        "end differs from start (an end earlier than start closes the next day)",
                     )
                 )
             _zone(entry.get("timezone"), file, f"{where}.timezone", problems)
@@ -447,7 +515,10 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
 
 def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
     file = str(project.root / "policies" / "sla.yml")
-    data = load_yaml(Path(file), what="SLA file")
+    data, found = read_policy(project, "sla", "SLA file")
+    problems += found
+    if data is None:
+        return {"sla_matrix": {}, "priorities": {}}
     matrix = data.get("matrix") or {}
     priorities = data.get("priorities") or {}
     for impact, urgency in itertools.product(LEVELS, LEVELS):
@@ -484,6 +555,68 @@ def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
     return {"sla_matrix": matrix, "priorities": priorities}
 
 
+def _staffing(project: Project, policies: Policies, problems: list[Problem]) -> None:
+    """Rules nobody can satisfy: a quorum larger than who may approve, a team without members.
+
+    Such a rule blocks every change it covers, or (a required team of nobody) hides a typo in
+    people.yml; either way the rules do not say what their authors meant.
+    """
+    if not policies.people:
+        return  # people.yml itself is broken: its own problems say so
+    file = str(project.root / "policies" / "changes.yml")
+    # The CI identity (records.committed_by) signs no statements: it approves nothing.
+    approvers = [p for p in policies.people.values() if p.id != policies.records_by]
+    members = {t: [p for p in approvers if t in p.teams] for t in policies.teams}
+    for index, rule in enumerate(policies.rules):
+        where = f"rules[{index}]"
+        for key in ("required_teams", "any_of_teams"):
+            for team in getattr(rule, key):
+                if team in members and not members[team]:
+                    problems.append(
+                        Problem(
+                            f"team {team!r} has no members",
+                            file,
+                            f"{where}.{key}",
+                            "add people to it in people.yml, or name another team",
+                        )
+                    )
+        eligible = [
+            p for p in approvers if not rule.any_of_teams or set(p.teams) & set(rule.any_of_teams)
+        ]
+        if rule.approvals > len(eligible):
+            problems.append(
+                Problem(
+                    f"needs {rule.approvals} approvals but only {len(eligible)} people may approve",
+                    file,
+                    f"{where}.approvals",
+                    "lower the quorum or add people to the teams",
+                )
+            )
+    edits = policies.policy_changes
+    if edits is not None:
+        owning = [p for p in approvers if set(p.teams) & set(edits.owners)]
+        if edits.approvals > len(owning):
+            problems.append(
+                Problem(
+                    f"needs {edits.approvals} approvals but only {len(owning)} policy owners "
+                    "may approve",
+                    file,
+                    "policy_changes.approvals",
+                    "lower the quorum or add people to the owner teams",
+                )
+            )
+    for runbook, owners in policies.runbook_teams.items():
+        if not any(members.get(team) for team in owners):
+            problems.append(
+                Problem(
+                    f"no team owning {runbook} has members",
+                    file,
+                    f"runbook_teams.{runbook}",
+                    "add people to an owning team in people.yml",
+                )
+            )
+
+
 def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, list[Problem]]:
     """Every policy file, loaded and checked. strict: raise when there is any problem."""
     problems: list[Problem] = []
@@ -497,6 +630,16 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
         **_sla(project, problems),
         hash=policy_hash(project),
     )
+    if people and policies.records_by and policies.records_by not in people:
+        problems.append(
+            Problem(
+                f"{policies.records_by!r} is not in people.yml",
+                str(project.root / "policies" / "changes.yml"),
+                "records.committed_by",
+                "name the CI identity's person id",
+            )
+        )
+    _staffing(project, policies, problems)
     waivers_file = project.root / "policies" / "waivers.yml"
     try:
         waivers = load_waivers(waivers_file)
@@ -505,7 +648,7 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
     else:
         for waiver in waivers:
             for role in ("author", "approved_by"):
-                if getattr(waiver, role) not in people:
+                if people and getattr(waiver, role) not in people:
                     problems.append(
                         Problem(
                             f"{getattr(waiver, role)!r} is not in people.yml",
@@ -532,6 +675,7 @@ class PolicyCheck:
     problems: list[Problem]
     hash: str
     summary: dict[str, int]
+    policies: Policies | None = None
 
 
 def policy_check(project: Project) -> PolicyCheck:
@@ -545,7 +689,8 @@ def policy_check(project: Project) -> PolicyCheck:
     from opsledger.inspections import load_plan
 
     for name, load in (("inspections.yml", load_plan), ("dr.yml", load_services)):
-        if (project.root / "policies" / name).exists():
+        path = project.root / "policies" / name
+        if path.exists() or path.is_symlink():
             try:
                 load(project)
             except OpsledgerError as err:
@@ -554,6 +699,9 @@ def policy_check(project: Project) -> PolicyCheck:
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
     problems += load_notify_policy(project)[1]  # notifications.yml: schema, routes, URLs set here
+    problems += _lock_policy_problems(project)
+    # Two checks may find the same fault (a schema and a rule): list it once.
+    problems = list({(p.file, p.field, p.message): p for p in problems}.values())
     summary = {
         "people": len(policies.people),
         "teams": len(policies.teams),
@@ -561,4 +709,47 @@ def policy_check(project: Project) -> PolicyCheck:
         "freezes": len(policies.freezes),
         "environments with windows": len(policies.windows),
     }
-    return PolicyCheck(problems, policies.hash, summary)
+    return PolicyCheck(problems, policies.hash, summary, policies)
+
+
+def _lock_policy_problems(project: Project) -> list[Problem]:
+    """locks.yml against its schema, and naming only environments that exist."""
+    from opsledger.policyfiles import policy_path, read_policy
+
+    path = policy_path(project, "locks")
+    if not (path.exists() or path.is_symlink()):
+        return []
+    data, problems = read_policy(project, "locks", "lock policy")
+    if data is None:
+        return problems
+    known = sorted(p.parent.name for p in project.root.glob("inventories/*/hosts.yml"))
+    return [
+        Problem(
+            f"no inventory for environment {name!r}",
+            str(path),
+            f"environments.{name}",
+            f"use one of: {', '.join(known)}",
+        )
+        for name in data.get("environments") or {}
+        if name not in known
+    ]
+
+
+def require_policies(project: Project) -> Policies:
+    """Policies that pass `policy check`, else OpsledgerError (exit 2) naming each problem.
+
+    Nothing is decided on rules that do not check: decide, plan, apply and ci fail closed.
+
+    Example:
+        policies = require_policies(find_project())
+    """
+    checked = policy_check(project)
+    if checked.problems:
+        refusal = Problem(
+            "policy check fails: nothing is decided on these rules",
+            str(project.root / "policies"),
+            fix="fix the problems above (opsledger policy check)",
+        )
+        raise OpsledgerError([*checked.problems, refusal])
+    assert checked.policies is not None
+    return checked.policies

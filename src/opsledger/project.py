@@ -7,12 +7,14 @@ never reach git (lab keys, lab known_hosts, locks, fact cache) lives under `.ops
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, shown
 
 DEFAULT_ENVIRONMENT = "lab"
+_ENV = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # as change.schema.json says
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,17 @@ class Project:
         return self.inventory_dir(environment) / "hosts.yml"
 
     def require_environment(self, environment: str) -> Path:
-        """The environment's inventory file; a clear error (exit 2) when there is none."""
+        """The environment's inventory file; a clear error (exit 2) when there is none.
+
+        The name must be a folder name of inventories/ (`../x` would load another inventory).
+        """
         inventory = self.inventory_file(environment)
-        if not inventory.is_file():
+        named = isinstance(environment, str) and _ENV.fullmatch(environment)
+        if not named or not inventory.is_file():
             known = sorted(p.parent.name for p in self.root.glob("inventories/*/hosts.yml"))
             raise OpsledgerError(
                 Problem(
-                    f"no inventory for environment {environment!r}",
+                    f"no inventory for environment {shown(environment, 40)}",
                     str(inventory),
                     "env",
                     f"use one of: {', '.join(known)}",

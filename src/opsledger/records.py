@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from opsledger.errors import OpsledgerError
 from opsledger.project import Project
+from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
 RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
@@ -77,6 +79,71 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "change": (str, type(None)),
+    "runbook": (str, type(None)),
+    "params": (dict,),
+    "hosts": (list,),
+    "runner": (dict,),
+    "decision": (dict,),
+    "stats": (dict,),
+    "changed_tasks": (list,),
+    "verification": (dict,),
+    "rollback": (dict, type(None)),
+    "findings": (list,),
+    "measurements": (dict,),
+    "version": (int,),
+}
+
+
+def read_record(path: Path) -> Record | None:
+    """A record file as a Record, or None when it is not one (wrong shape, bad times, not JSON).
+
+    Records sort by time and feed decisions (promotion, "already applied"), so a hand-made
+    file with `finished_at: 5` must be ignored like any unreadable one, not crash them.
+    """
+    try:
+        data = load_json(path, what="record")
+    except OpsledgerError:
+        return None
+    return record_from_data(data)
+
+
+def record_from_data(data: Any) -> Record | None:
+    """Parsed JSON as a Record, or None when its shape is not a record's (see read_record).
+
+    A write-ahead record (`result: started`) has no finished_at yet; every other time must
+    carry its zone.
+    """
+    if not isinstance(data, dict):
+        return None
+    for name, kinds in _SHAPES.items():
+        if name in data and not isinstance(data[name], kinds):
+            return None
+    for name in ("findings", "changed_tasks"):  # read entry by entry with .get()
+        if not all(isinstance(entry, dict) for entry in data.get(name) or []):
+            return None
+    approvers = (data.get("decision") or {}).get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        return None
+    for key, value in (data.get("measurements") or {}).items():
+        if key.endswith("_s") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
+    try:
+        record = Record.from_dict(data)
+        texts = (record.kind, record.environment, record.result, record.targets)
+        if not all(isinstance(t, str) for t in texts):
+            return None
+        for moment in (record.started_at, record.finished_at):
+            if moment == "" and moment is record.finished_at and record.result == "started":
+                continue
+            if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
+                return None
+    except (ValueError, TypeError):
+        return None
+    return record
+
+
 def stamp(moment: dt.datetime) -> str:
     """File-name timestamp in UTC, sortable: 20261201T203000Z."""
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -119,6 +186,11 @@ class RunLedger:
     committed: list[Record]  # final records in HEAD, oldest first
     started: list[RunFile]  # write-ahead records in HEAD whose run has no final record in HEAD
     uncommitted: list[RunFile]  # record files in the working tree that HEAD does not have
+    committed_files: list[RunFile] = field(default_factory=list)  # `committed`, with paths
+
+    def committed_at(self, path: str) -> Record | None:
+        """The final record HEAD holds at `path` (relative to the project), if any."""
+        return next((f.record for f in self.committed_files if f.path == path), None)
 
 
 def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None:
@@ -128,11 +200,27 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
     return proc.stdout if proc.returncode == 0 else None
 
 
+def is_final_run_path(path: str) -> bool:
+    """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
+    match = _RUN_FILE.match(path)
+    return bool(match) and not match.group(3)
+
+
+def parse_record(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record).
+
+    The one parser of run record bytes, whether read from HEAD, the working tree or history.
+    """
+    return _parse(data)
+
+
 def _parse(data: bytes) -> Record | None:
+    """A record file's bytes as a Record: duplicate keys refused, shape checked (read_record)."""
     try:
-        return Record.from_dict(json.loads(data))
-    except (ValueError, TypeError):
+        parsed = json.loads(data, object_pairs_hook=unique_pairs)
+    except (ValueError, TypeError, RecursionError):
         return None
+    return record_from_data(parsed)
 
 
 def _committed_files(root: Path) -> dict[str, bytes]:
@@ -181,7 +269,7 @@ def read_runs(project: Project) -> RunLedger:
             if final_path_of(path) not in committed_files:
                 started.append(RunFile(path, record))
         else:
-            committed.append(record)
+            committed.append(RunFile(path, record))
     uncommitted = []
     for file in sorted((project.root / "changes").glob("*/runs/*.json")):
         path = file.relative_to(project.root).as_posix()
@@ -193,10 +281,12 @@ def read_runs(project: Project) -> RunLedger:
             continue
         if record is not None:
             uncommitted.append(RunFile(path, record))
+    committed.sort(key=lambda f: f.record.finished_at)
     return RunLedger(
-        sorted(committed, key=lambda r: r.finished_at),
+        [f.record for f in committed],
         sorted(started, key=lambda f: f.path),
         uncommitted,
+        committed,
     )
 
 
@@ -209,9 +299,8 @@ def load_records(project: Project, kind: str | None = None) -> list[Record]:
     """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
-        try:
-            record = Record.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError):
+        record = read_record(path)
+        if record is None:
             continue
         if kind is None or record.kind == kind:
             records.append(record)

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from opsledger.audit import AuditRow, audit_log
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.faults.kpis import IncidentKpis, incident_kpis
+from opsledger.gitrepo import require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import KINDS, Record, change_runs, load_records
@@ -84,21 +85,31 @@ class Kpis:
 
 
 def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter)."""
-    if m := re.fullmatch(r"(\d+)([dw])", text):
-        days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
-        return now - dt.timedelta(days=days), now
-    if m := re.fullmatch(r"(\d{4})-(\d{2})", text):
-        start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
-        end = (start + dt.timedelta(days=32)).replace(day=1)
-        return start, end
-    if m := re.fullmatch(r"(\d{4})-Q([1-4])", text):
-        start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
-        end = (start + dt.timedelta(days=95)).replace(day=1)
-        return start, end
+    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter).
+
+    At most ten years back, and only real months in years 1970 to 9000: anything else is
+    refused rather than overflowing a date.
+    """
+    try:
+        if m := re.fullmatch(r"([0-9]{1,4})([dw])", text):
+            days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+            if 0 < days <= 3660:
+                return now - dt.timedelta(days=days), now
+        elif m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-([0-9]{2})", text):
+            start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
+            end = (start + dt.timedelta(days=32)).replace(day=1)
+            return start, end
+        elif m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-Q([1-4])", text):
+            start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
+            end = (start + dt.timedelta(days=95)).replace(day=1)
+            return start, end
+    except (ValueError, OverflowError):
+        pass
     raise OpsledgerError(
         Problem(
-            f"{text!r} is not a period", field="--period", fix="write 30d, 12w, 2026-11 or 2026-Q4"
+            f"{shown(text, 40)} is not a period",
+            field="--period",
+            fix="write 30d, 12w, 2026-11 or 2026-Q4 (at most ten years back)",
         )
     )
 
@@ -154,6 +165,7 @@ def kpis(
                  environment="production")
         k.success_rate, k.lead_time_hours_median, k.incidents.mttr_hours
     """
+    require_history(project.root, "report")
     if environment is not None:
         project.require_environment(environment)
     policies, _ = load_policies(project, strict=False)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from opsledger.changes import Change, load_change
+from opsledger.changes import Change, check_change_id, load_change
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import require_history, write_and_commit
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -39,6 +39,7 @@ class Review:
 
 
 def review_path(project: Project, change_id: str) -> Path:
+    check_change_id(change_id)  # before it becomes a path
     return project.root / "changes" / change_id / "review.yml"
 
 
@@ -74,7 +75,7 @@ def load_review(project: Project, change_id: str) -> Review | None:
     path = review_path(project, change_id)
     if not path.exists():
         return None
-    data = load_yaml(path, what="review")
+    data = load_yaml(path, what="review", root=project.root)
     try:
         reviewed_at = data.get("reviewed_at")
         return Review(
@@ -113,6 +114,7 @@ def complete_review(
         complete_review(project, "CHG-0007", person="carol", summary="Restart fixed the leak",
                         cause="Connection leak in the reporting job", actions=["Fix the job"])
     """
+    require_history(project.root, "change review")
     review = load_review(project, change_id)
     file = str(review_path(project, change_id))
     if review is None:
@@ -155,10 +157,21 @@ def complete_review(
         )
     if len(cause.strip()) < 5:
         problems.append(Problem("cause is missing", file, "cause", "say why it was needed"))
+    for field, text, limit in (
+        ("summary", summary, 2000),
+        ("cause", cause, 2000),
+        *(("action", action, 500) for action in actions),
+    ):
+        if len(text) > limit:
+            problems.append(
+                Problem(f"{len(text)} characters; at most {limit}", file, field, "shorten it")
+            )
+    if len(actions) > 20:
+        problems.append(Problem("more than 20 actions", file, "actions", "group them"))
     if problems:
         raise OpsledgerError(problems)
     moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    data = load_yaml(review.path, what="review")
+    data = load_yaml(review.path, what="review", root=project.root)
     data.update(
         status="done",
         reviewed_by=person,
@@ -167,11 +180,11 @@ def complete_review(
         cause=cause.strip(),
         actions=list(actions),
     )
-    review.path.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, width=100))
     who = policies.people[person]
-    commit_paths(
+    write_and_commit(
         project.root,
-        [review.path],
+        review.path,
+        "---\n" + yaml.safe_dump(data, sort_keys=False, width=100),
         f"Review {change_id}",
         name=who.name,
         email=who.email,

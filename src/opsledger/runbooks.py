@@ -61,7 +61,7 @@ def load_runbook(project: Project, name: str) -> Runbook:
     Example:
         load_runbook(find_project(), "converge").verify_suites
     """
-    if not _NAME.match(name or ""):
+    if not isinstance(name, str) or len(name) > 64 or not _NAME.fullmatch(name):
         raise OpsledgerError(
             Problem(
                 f"{name!r} is not a runbook name",
@@ -101,7 +101,7 @@ def _load_runbook(project: Project, name: str, folder: Path, file: Path) -> Runb
         raise OpsledgerError(
             Problem(f"no runbook named {name!r}", str(file), "runbook", f"use one of: {known}")
         )
-    data = load_yaml(file, what="runbook")
+    data = load_yaml(file, what="runbook", root=project.root)
     problems = schema_problems_of(data, schema("runbook"), str(file))
     if problems:
         raise OpsledgerError(problems)

@@ -3,12 +3,19 @@
 One place builds the run (inventory, limit, tags, params as `opsledger_params`, check mode) and
 turns ansible-runner's events into per-host results: ok / changed / failed / unreachable
 counts, the tasks that changed with their diffs, and the failures with their messages.
+
+Params come from change files and the command line, so they reach Ansible as data it never
+templates: every text is written with Ansible's `!unsafe` tag into an extra-vars file. Passed
+as ordinary extra vars, `"{{ lookup('pipe', ...) }}"` in a param would run on the controller
+during `plan` (check mode does not stop lookups), before anyone approved anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
+from opsledger.hostpattern import pattern_problems
+from opsledger.inventory import load_inventory
 from opsledger.project import Project
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -94,6 +105,59 @@ def _diff_text(result: dict[str, Any]) -> str:
     return "\n".join(c for c in chunks if c.strip())
 
 
+class _Unsafe(dict):
+    """The params mapping, to be written with Ansible's `!unsafe` tag."""
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """YAML for Ansible's loader with the params mapping tagged `!unsafe`.
+
+    Ansible builds everything under an `!unsafe` node (keys, nested lists and mappings) as
+    untrusted, while each value keeps its own type: `"5"` stays text, `5` a number. Tagging
+    each string instead would re-resolve it, turning the text "true" into a boolean.
+    """
+
+
+_UnsafeDumper.add_representer(
+    _Unsafe, lambda dumper, data: dumper.represent_mapping("!unsafe", data)
+)
+
+
+def unsafe_extravars(params: dict[str, Any]) -> str:
+    """`opsledger_params` as an extra-vars YAML document Ansible reads but never templates.
+
+    Example:
+        unsafe_extravars({"word": "{{ 1 + 1 }}"})  # opsledger_params: !unsafe {word: ...}
+    """
+    return yaml.dump(
+        {"opsledger_params": _Unsafe(params)}, Dumper=_UnsafeDumper, width=10_000, sort_keys=False
+    )
+
+
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _run_problems(inventory: Path, limit: str, tags: Any) -> list[Problem]:
+    """The limit and tags as ansible-playbook will read them, checked before it starts."""
+    problems = [
+        Problem(message, str(inventory), "limit", fix)
+        for message, fix in pattern_problems(limit, load_inventory(inventory).names)
+    ]
+    if tags is not None and (
+        not isinstance(tags, list)
+        or not all(isinstance(t, str) and _TAG.fullmatch(t) for t in tags)
+    ):
+        problems.append(
+            Problem(
+                "tags must be a list of tag names",
+                str(inventory),
+                "params.tags",
+                "write e.g. tags: [postgresql]",
+            )
+        )
+    return problems
+
+
 def run_playbook(
     project: Project,
     *,
@@ -114,7 +178,7 @@ def run_playbook(
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
     it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
-    marker the guard looks for).
+    marker the guard looks for, apply's read watch).
 
     Example:
         run_playbook(project, playbook=rb.playbook, inventory=project.inventory_file("lab"),
@@ -122,6 +186,9 @@ def run_playbook(
     """
     import ansible_runner
 
+    problems = _run_problems(inventory, limit, tags)
+    if problems:
+        raise OpsledgerError(problems)
     tally = Tally()
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -142,6 +209,9 @@ def run_playbook(
         else:
             private_dir.mkdir(parents=True, exist_ok=True)
             private = str(private_dir)
+        # Params reach Ansible as data Ansible never templates (`!unsafe`), from a file.
+        extravars = Path(private) / "opsledger-params.yml"
+        extravars.write_text(unsafe_extravars(params))
         env = project.ansible_env()
         run = ansible_runner.run(
             private_data_dir=private,
@@ -150,8 +220,7 @@ def run_playbook(
             inventory=str(inventory.resolve()),
             limit=limit,
             tags=",".join(tags) if tags else None,
-            extravars={"opsledger_params": params},
-            cmdline=cmdline,
+            cmdline=f"{cmdline} -e @{shlex.quote(str(extravars))}",
             # ansible-runner would otherwise turn host key checking off (it sets
             # ANSIBLE_HOST_KEY_CHECKING=False when unset) and move the fact cache into its
             # per-run artifacts (every run regathering facts): keep ansible.cfg's choices.

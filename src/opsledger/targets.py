@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.inventory import InventoryHost, load_inventory
+from opsledger.yamlio import load_yaml
 
 PODMAN_CONNECTIONS = {"podman", "containers.podman.podman"}
 SSH_CONNECTIONS = {"ssh", "ansible.builtin.ssh", "smart", "paramiko", "ansible.builtin.paramiko"}
@@ -28,7 +27,7 @@ def role_defaults(roles_dir: Path) -> dict[str, Any]:
     """Every role's defaults/main.yml merged (role-prefixed names cannot collide)."""
     merged: dict[str, Any] = {}
     for path in sorted(roles_dir.glob("*/defaults/main.yml")):
-        merged.update(yaml.safe_load(path.read_text()) or {})
+        merged.update(load_yaml(path, what="role defaults"))
     return merged
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.inventory import load_inventory
 from opsledger.project import Project
 
 
@@ -96,7 +97,8 @@ def verify(
                 fix=f"use one of: {', '.join(known)}",
             )
         )
-    project.require_environment(environment)
+    inventory = project.require_environment(environment)
+    load_inventory(inventory).match(targets)  # refuse a bad pattern here, not inside pytest
     with tempfile.TemporaryDirectory(prefix="opsledger-verify-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [

@@ -8,13 +8,14 @@ longer applies, so the test fails again until someone renews or fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, shown
+from opsledger.policyfiles import data_problems
+from opsledger.yamlio import load_yaml
 
 REQUIRED = ("id", "controls", "environments", "hosts", "reason", "author", "approved_by", "expires")
 
@@ -43,10 +44,12 @@ class Waiver:
 
 def load_waivers(path: Path) -> list[Waiver]:
     """Read and check the register; every malformed entry is reported with its field."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    data = yaml.safe_load(path.read_text()) or {}
-    problems: list[Problem] = []
+    data = load_yaml(path, what="waiver register", root=path.parent.parent)
+    problems = data_problems(data, "waivers", str(path))
+    if problems:  # the checks below read only data of the schema's shape
+        raise OpsledgerError(problems)
     waivers = []
     for index, entry in enumerate(data.get("waivers") or []):
         where = f"waivers[{index}]"
@@ -56,10 +59,13 @@ def load_waivers(path: Path) -> list[Waiver]:
         if missing:
             continue
         expires = entry["expires"]
+        if isinstance(expires, str):  # quoted: the schema checked its shape, not the day
+            with contextlib.suppress(ValueError):
+                expires = dt.date.fromisoformat(expires)
         if not isinstance(expires, dt.date):
             problems.append(
                 Problem(
-                    f"{expires!r} is not a date",
+                    f"{shown(expires, 40)} is not a date",
                     str(path),
                     f"{where}.expires",
                     "write it as YYYY-MM-DD",

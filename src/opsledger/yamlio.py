@@ -1,44 +1,354 @@
-"""Reading the project's YAML files with errors a user can act on (file, line, fix)."""
+"""The one loader for every YAML (and JSON) file opsledger reads, hardened against hostile input.
+
+Change requests, approvals, policies, runbooks, reviews and inventories are written by people
+and reviewed in pull requests, so what a reviewer reads must be exactly what runs, and no file
+may crash, exhaust or trick the tool. Every file therefore goes through `load_yaml`, which:
+
+- refuses files larger than `MAX_BYTES` before reading them, and anything that is not UTF-8;
+- refuses duplicate keys (YAML would keep the last one silently: a reviewer sees
+  `targets: db` while `targets: all` runs), keys that are not text, tags other than the plain
+  data ones, impossible dates and numbers Python refuses to build;
+- bounds nesting (`MAX_DEPTH`) and what aliases may add (`MAX_ALIAS_NODES`), so a 1 KB
+  "billion laughs" file cannot exhaust memory, and refuses recursive aliases;
+- with `root`, refuses a path that leaves the repository or passes through a symlink there:
+  what is approved and run must be what git records, and no error may echo another file.
+
+Every refusal is an `OpsledgerError` with one line per problem naming file, line and field.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    ScalarEvent,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, one_line, shown
 
-# libyaml's safe loader when PyYAML has it (audits read thousands of files), else Python's.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
+MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
+MAX_ALIAS_NODES = 10_000  # nodes aliases may add in total; anchors reuse small blocks
+
+# libyaml when PyYAML has it (audits read thousands of files); the checks below are ours.
+_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TAG = "tag:yaml.org,2002:"
+DATA_TAGS = {f"{_TAG}{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
+_DATE_TAG = f"{_TAG}timestamp"
+_MERGE_TAG = f"{_TAG}merge"
 
 
-def parse_yaml(text: str) -> Any:
-    """YAML text to data with the project's safe loader (libyaml when available)."""
-    return yaml.load(text, Loader=_LOADER)  # a safe loader: plain data, no objects
+def _buildable(loader: Any, node: ScalarNode) -> str | None:
+    """Why a date or number cannot be built (day 30 of February, a 5000-digit int), if so.
+
+    The constructor is called directly, not through the loader's cache, so the value built
+    for the document later is unaffected.
+    """
+    try:
+        loader.yaml_constructors[node.tag](loader, node)
+    except (ValueError, OverflowError, yaml.YAMLError) as exc:
+        return f"cannot read {shown(node.value, 40)}: {one_line(str(exc), 60)}"
+    return None
 
 
-def load_yaml(path: Path, *, expect: type = dict, what: str = "file") -> Any:
-    """Parse a YAML file; syntax errors name the line, a wrong top-level type says what to write.
+class _Problems:
+    """Problems found while reading one file, each on its own line."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.found: list[Problem] = []
+
+    def add(self, message: str, mark: Any, path: str, fix: str) -> None:
+        where = f"line {mark.line + 1}" if mark is not None else "top level"
+        field = f"{where}: {path}" if path else where
+        self.found.append(Problem(message, self.source, field, fix))
+
+
+def _scan(loader: Any, problems: _Problems) -> None:
+    """Walk the events once: depth, recursive aliases and alias expansion, before building.
+
+    Building first would be too late: aliases share nodes, so the explosion happens when the
+    data is walked (schema validation, hashing), and libyaml composes deep nesting recursively.
+    """
+    sizes: dict[str, int] = {}  # anchor -> nodes it stands for, once complete
+    stack: list[list[Any]] = []  # open collections: [anchor, nodes so far]
+    added = 0
+    while loader.check_event():
+        event = loader.get_event()
+        if isinstance(event, CollectionStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_DEPTH:
+                problems.add(
+                    f"nested more than {MAX_DEPTH} levels deep",
+                    event.start_mark,
+                    "",
+                    "flatten the structure",
+                )
+                return
+        elif isinstance(event, CollectionEndEvent):
+            anchor, count = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+            if stack:
+                stack[-1][1] += count
+        elif isinstance(event, ScalarEvent):
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+            if stack:
+                stack[-1][1] += 1
+        elif isinstance(event, AliasEvent):
+            size = sizes.get(event.anchor)
+            if size is None:
+                problems.add(
+                    f"alias *{one_line(event.anchor, 40)} refers to an anchor that is not complete "
+                    "(recursive) or not defined",
+                    event.start_mark,
+                    "",
+                    "define the anchor before, outside what refers to it",
+                )
+                return
+            added += size
+            if added > MAX_ALIAS_NODES:
+                problems.add(
+                    f"aliases expand to more than {MAX_ALIAS_NODES} values",
+                    event.start_mark,
+                    "",
+                    "write the values out or use fewer aliases",
+                )
+                return
+            if stack:
+                stack[-1][1] += size
+
+
+def _check_nodes(node: Node, path: str, problems: _Problems, loader: Any) -> None:
+    """Every key text and unique, every tag a plain data one, every date and number buildable."""
+    if isinstance(node, MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                if not isinstance(value, MappingNode | SequenceNode):
+                    problems.add(
+                        "`<<` must merge a mapping", key.start_mark, path, "use <<: *anchor"
+                    )
+                else:
+                    _check_nodes(value, path, problems, loader)
+                continue
+            if not isinstance(key, ScalarNode) or key.tag != f"{_TAG}str":
+                what = (
+                    f"key {shown(key.value, 40)}" if isinstance(key, ScalarNode) else "a list key"
+                )
+                problems.add(
+                    f"{what} is not text",
+                    key.start_mark,
+                    path,
+                    "quote the key (YAML reads 1, true, null and dates as other types)",
+                )
+                continue
+            name = key.value
+            where = f"{path}.{name}" if path else name
+            if name in seen:
+                problems.add(
+                    f"duplicate key {shown(name, 40)} (first at line {seen[name]})",
+                    key.start_mark,
+                    where,
+                    "keep one: YAML would silently use the last",
+                )
+            else:
+                seen[name] = key.start_mark.line + 1
+            _check_nodes(value, where, problems, loader)
+    elif isinstance(node, SequenceNode):
+        if node.tag != f"{_TAG}seq":
+            _bad_tag(node, path, problems)
+        for index, item in enumerate(node.value):
+            _check_nodes(item, f"{path}[{index}]", problems, loader)
+    else:
+        if node.tag not in DATA_TAGS | {_DATE_TAG}:
+            _bad_tag(node, path, problems)
+        elif node.tag in (_DATE_TAG, f"{_TAG}int", f"{_TAG}float") and (
+            why := _buildable(loader, node)
+        ):
+            problems.add(
+                why,
+                node.start_mark,
+                path,
+                "write a real date (YYYY-MM-DD) or number, or quote it as text",
+            )
+    if isinstance(node, MappingNode) and node.tag != f"{_TAG}map":
+        _bad_tag(node, path, problems)
+
+
+def _bad_tag(node: Node, path: str, problems: _Problems) -> None:
+    problems.add(
+        f"unsupported tag {one_line(node.tag.replace(_TAG, '!!'), 40)}",
+        node.start_mark,
+        path,
+        "remove the tag: only plain text, numbers, booleans, dates, lists and mappings",
+    )
+
+
+def _syntax_problem(exc: yaml.YAMLError, source: str) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        return Problem(
+            f"unacceptable character #x{code:04x} at character {exc.position}",
+            source,
+            "text",
+            "remove control characters; save the file as UTF-8 text",
+        )
+    reason = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    return Problem(
+        f"invalid YAML: {one_line(str(reason), 120)}",
+        source,
+        f"line {mark.line + 1}" if mark is not None else "YAML",
+        "fix the syntax (yamllint shows details)",
+    )
+
+
+def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:
+    """YAML text to plain data (dict, list, str, int, float, bool, None, date), or one error.
+
+    `dates=False` keeps timestamps as the text written (change files speak ISO 8601 strings).
 
     Example:
-        load_yaml(Path("changes/CHG-0001/change.yml"))
+        parse_yaml("tags: [postgresql]", source="--param")  # {'tags': ['postgresql']}
     """
-    if not path.is_file():
-        raise OpsledgerError(Problem(f"{what} not found", str(path), fix="check the path"))
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise OpsledgerError(
+            Problem(f"larger than {MAX_BYTES} bytes", source, "size", "keep files small")
+        )
+    problems = _Problems(source)
+    scanner = _BASE(text)
     try:
-        data = parse_yaml(path.read_text())
+        _scan(scanner, problems)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise OpsledgerError(_syntax_problem(exc, source)) from None
+    finally:
+        scanner.dispose()
+    if problems.found:
+        raise OpsledgerError(problems.found)
+    loader = _BASE(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, "", problems, loader)
+        if problems.found:
+            raise OpsledgerError(problems.found)
+        if not dates:
+            _untime(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise OpsledgerError(_syntax_problem(exc, source)) from None
+    except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+        raise OpsledgerError(
+            Problem(f"unreadable value: {shown(str(exc), 80)}", source, "YAML", "simplify it")
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _untime(node: Node) -> None:
+    """Turn implicit timestamps into text before building (`dates=False`)."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MappingNode):
+            stack += [n for pair in current.value for n in pair]
+        elif isinstance(current, SequenceNode):
+            stack += current.value
+        elif current.tag == _DATE_TAG:
+            current.tag = f"{_TAG}str"
+
+
+def outside_problem(path: Path, root: Path) -> Problem | None:
+    """Refuse a path outside root or through a symlink below it (checked without following)."""
+    absolute = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(root))
+    try:
+        relative = absolute.relative_to(base)
+    except ValueError:
+        return Problem("outside the repository", str(path), "path", "name a file of the project")
+    current = base
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return Problem(
+                "is a symlink",
+                str(current),
+                "path",
+                "replace the symlink by the real file: git must record what is approved and run",
+            )
+    return None
+
+
+def read_text(path: Path, *, what: str = "file", root: Path | None = None) -> str:
+    """A project file's text: bounded, UTF-8, inside `root` and not through a symlink."""
+    if root is not None and (refused := outside_problem(path, root)):
+        raise OpsledgerError(refused)
+    try:
+        if not path.is_file():
+            raise OpsledgerError(Problem(f"{what} not found", str(path), fix="check the path"))
+        if path.stat().st_size > MAX_BYTES:
+            raise OpsledgerError(
+                Problem(
+                    f"the {what} is larger than {MAX_BYTES} bytes",
+                    str(path),
+                    "size",
+                    "keep it small: split it or remove what is not needed",
+                )
+            )
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot read the {what}: {exc.strerror}", str(path), fix="check the path")
+        ) from None
+    if len(raw) > MAX_BYTES:
         raise OpsledgerError(
             Problem(
-                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                f"the {what} is larger than {MAX_BYTES} bytes", str(path), "size", "keep it small"
+            )
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OpsledgerError(
+            Problem(
+                f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
                 str(path),
-                where,
-                "fix the syntax (yamllint shows details)",
+                "encoding",
+                "save the file as UTF-8",
             )
         ) from None
+
+
+def load_yaml(
+    path: Path,
+    *,
+    expect: type = dict,
+    what: str = "file",
+    root: Path | None = None,
+    dates: bool = True,
+) -> Any:
+    """Read a YAML file with every check above; a wrong top-level type says what to write.
+
+    Example:
+        load_yaml(Path("changes/CHG-0001/change.yml"), what="change request", root=project.root)
+    """
+    data = parse_yaml(read_text(path, what=what, root=root), source=str(path), dates=dates)
     if data is None and expect is dict:
         data = {}
     if not isinstance(data, expect):
@@ -51,3 +361,39 @@ def load_yaml(path: Path, *, expect: type = dict, what: str = "file") -> Any:
             )
         )
     return data
+
+
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {shown(key, 40)}")
+        data[key] = value
+    return data
+
+
+def load_json(path: Path, *, what: str = "record", root: Path | None = None) -> Any:
+    """Read a JSON file (run and inspection records) with the same bounds and duplicate check."""
+    text = read_text(path, what=what, root=root)
+    try:
+        return json.loads(text, object_pairs_hook=unique_pairs)
+    except (ValueError, RecursionError) as exc:
+        raise OpsledgerError(
+            Problem(
+                f"invalid JSON: {one_line(str(exc), 80)}",
+                str(path),
+                "JSON",
+                "restore the file from git",
+            )
+        ) from None
+
+
+def plain(value: Any) -> Any:
+    """Dates turned into ISO 8601 text, recursively: data a JSON Schema can judge."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value

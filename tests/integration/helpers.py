@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths
 from opsledger.lab.ssh import ANSIBLE_CONTROL_DIR
 from opsledger.project import Project
+from opsledger.signoff import request_change as request
 
 BIN = Path(sys.executable).parent
 
@@ -44,12 +44,14 @@ def opsledger(
     )
 
 
-def request_change(project: Project, files=(), **fields) -> str:
-    """alice requests a change open from five minutes ago for two hours, committed together
-    with the desired-state files it changes; returns its id."""
+def request_change(project: Project, files=(), *, signing_key=None, **fields) -> str:
+    """alice requests a change open from five minutes ago for two hours: the change and her
+    request statement (signed with `signing_key` when given), committed by her together with
+    the desired-state files it changes; returns its id."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request(
         project,
+        signing_key=signing_key,
         requested_by="alice",
         window_start=now - dt.timedelta(minutes=5),
         window_end=now + dt.timedelta(hours=2),
@@ -57,7 +59,7 @@ def request_change(project: Project, files=(), **fields) -> str:
     )
     commit_paths(
         project.root,
-        [*files, change.file],
+        [*files, change.file.parent],
         f"Request {change.id}",
         name="Alice Arnold",
         email="alice@example.org",

@@ -119,7 +119,7 @@ def test_down_leaves_nothing_behind_and_up_restores(lab, tmp_path):
     shutil.copytree(lab.root / "inventories", other.root / "inventories")
     shutil.copy(lab.ansible_cfg, other.ansible_cfg)
     assert {h.action for h in lab_up(other).hosts} == {"created"}
-    with pytest.raises(OpsledgerError, match="running for another checkout"):
+    with pytest.raises(OpsledgerError, match="another checkout"):
         lab_up(lab)
 
     # Once that checkout is deleted, nobody can `lab down` it: our lab takes its network, volumes

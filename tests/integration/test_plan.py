@@ -6,10 +6,9 @@ import datetime as dt
 
 import pytest
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths
 from opsledger.plan import plan, render
+from opsledger.signoff import approve_change, request_change
 
 from .conftest import ALICE
 
@@ -21,7 +20,7 @@ def test_plan_shows_the_postgresql_parameter_diff(converged_lab, workflow_repo):
     params_file = project.root / "inventories/lab/group_vars/db/postgresql.yml"
     params_file.write_text(params_file.read_text().replace("work_mem: 8MB", "work_mem: 16MB"))
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Raise work_mem on the database hosts",
         runbook="converge",
@@ -34,7 +33,7 @@ def test_plan_shows_the_postgresql_parameter_diff(converged_lab, workflow_repo):
     )
     commit_paths(
         project.root,
-        [params_file, change.file],
+        [params_file, change.file.parent],
         f"Request {change.id}",
         name=ALICE["GIT_AUTHOR_NAME"],
         email=ALICE["GIT_AUTHOR_EMAIL"],
@@ -56,7 +55,7 @@ def test_plan_shows_the_postgresql_parameter_diff(converged_lab, workflow_repo):
 def test_unchanged_desired_state_plans_no_change(converged_lab, workflow_repo):
     project = workflow_repo
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Re-apply the network state",
         runbook="converge",

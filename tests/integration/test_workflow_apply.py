@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opsledger.approvals import approve_change
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
 from opsledger.project import Project
 from opsledger.records import Record
+from opsledger.signoff import approve_change
 
 from .helpers import opsledger, request_change
 

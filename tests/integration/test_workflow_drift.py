@@ -8,9 +8,9 @@ import json
 import pytest
 
 from opsledger.apply import apply_change
-from opsledger.approvals import approve_change
 from opsledger.drift import drift
 from opsledger.lab.service import run_on_host
+from opsledger.signoff import approve_change
 
 from .helpers import opsledger, request_change
 

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from opsledger.approvals import approve_change
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
+from opsledger.signoff import approve_change
 
 from .helpers import opsledger, request_change
 

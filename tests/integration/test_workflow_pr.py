@@ -1,6 +1,8 @@
-"""The whole GitOps flow with local git: a bare origin, an engineer's branch, two approvers
-signing with their own SSH keys, a merge, the CI apply step on the lab, then a clean audit.
-Variants with a missing, stale or self-made approval are refused and apply nothing."""
+"""The whole GitOps flow with local git: a bare origin whose people.yml gets the team's keys
+through an approved policy change, an engineer's branch with her signed request, two approvers
+signing statements with their own SSH keys, a merge (or a squash merge, which signed
+statements survive), the CI apply step on the lab, then a clean audit. Variants with a
+missing, stale or self-made approval are refused and apply nothing."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import subprocess
 import pytest
 import yaml
 
-from opsledger.approvals import approve_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
 from opsledger.project import Project
+from opsledger.signoff import approve_change, propose_policy_change
 
 from .conftest import ALICE
 from .helpers import opsledger, request_change
@@ -56,30 +58,38 @@ def _opsledger(project, *args):
 
 @pytest.fixture
 def origin(workflow_repo, tmp_path):
-    """A bare origin seeded with the project, people.yml carrying bob's and carol's keys."""
+    """A bare origin seeded with the project; alice's, bob's and carol's keys are registered in
+    people.yml by a policy change alice requests and carol (the CAB) approves."""
     (tmp_path / "keys").mkdir()
-    keys = {name: _keypair(tmp_path / "keys", name) for name in ("bob", "carol")}
+    keys = {name: _keypair(tmp_path / "keys", name) for name in ("alice", "bob", "carol")}
     people = workflow_repo.root / "policies" / "people.yml"
     data = yaml.safe_load(people.read_text())
     for person in data["people"]:
         if person["id"] in keys:
             person["signing_key"] = keys[person["id"]].with_suffix(".pub").read_text().strip()
     people.write_text("---\n" + yaml.safe_dump(data, sort_keys=False))
+    proposal, _ = propose_policy_change(
+        workflow_repo,
+        title="Register the team's signing keys",
+        requested_by="alice",
+        reason="Statements are signed from now on",
+    )
     commit_paths(
         workflow_repo.root,
-        [people],
-        "Register signing keys",
-        name="Carol Chen",
-        email="carol@example.org",
+        [people, proposal.file.parent],
+        f"Propose {proposal.id}",
+        name="Alice Arnold",
+        email="alice@example.org",
     )
+    approve_change(workflow_repo, proposal.id, person="carol")
     bare = tmp_path / "origin.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
     git(workflow_repo.root, "push", "-q", str(bare), "main")
     return bare, keys, workflow_repo.lab_state_dir
 
 
-def _propose(origin, tmp_path, lab_state, work_mem: str) -> tuple[Project, str]:
-    """alice's branch: the desired-state edit and its change request, pushed."""
+def _propose(origin, tmp_path, lab_state, work_mem: str, key=None) -> tuple[Project, str]:
+    """alice's branch: the desired-state edit and her change request (signed with `key`)."""
     engineer = _clone(origin, tmp_path / "alice", lab_state)
     git(engineer.root, "checkout", "-q", "-b", "raise-work-mem")
     params = engineer.root / "inventories/lab/group_vars/db/postgresql.yml"
@@ -92,6 +102,7 @@ def _propose(origin, tmp_path, lab_state, work_mem: str) -> tuple[Project, str]:
         targets="db",
         params={"tags": ["postgresql"]},
         reason="Sorts of the nightly report spill to disk",
+        signing_key=key,
     )
     git(engineer.root, "push", "-q", "origin", "raise-work-mem")
     return engineer, change_id
@@ -103,22 +114,26 @@ def _approve(origin, tmp_path, lab_state, person, change_id, key=None) -> None:
     git(clone.root, "push", "-q", "origin", "raise-work-mem")
 
 
-def _merge(origin, tmp_path, lab_state) -> None:
+def _merge(origin, tmp_path, lab_state, how="merge") -> None:
+    """carol merges the branch into main: a merge commit, or a squash (one new commit by her,
+    so only signed statements keep proving who made them)."""
     maintainer = _clone(origin, tmp_path / "maintainer", lab_state)
     git(maintainer.root, "fetch", "-q", "origin", "raise-work-mem")
-    git(
-        maintainer.root,
-        "-c",
-        "user.name=Carol Chen",
-        "-c",
-        "user.email=carol@example.org",
-        "merge",
-        "-q",
-        "--no-ff",
-        "-m",
-        "Merge raise-work-mem",
-        "FETCH_HEAD",
-    )
+    carol = ["-c", "user.name=Carol Chen", "-c", "user.email=carol@example.org"]
+    if how == "squash":
+        git(maintainer.root, *carol, "merge", "-q", "--squash", "FETCH_HEAD")
+        git(maintainer.root, *carol, "commit", "-q", "-m", "Raise work_mem (#1)")
+    else:
+        git(
+            maintainer.root,
+            *carol,
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            "Merge raise-work-mem",
+            "FETCH_HEAD",
+        )
     git(maintainer.root, "push", "-q", "origin", "main")
 
 
@@ -129,11 +144,12 @@ def _work_mem(project) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("how", ["merge", "squash"])
 def test_pull_request_to_applied_change_with_a_clean_audit(
-    converged_lab, origin, tmp_path, restore_db
+    converged_lab, origin, tmp_path, restore_db, how
 ):
     bare, keys, lab_state = origin
-    engineer, change_id = _propose(bare, tmp_path, lab_state, "32MB")
+    engineer, change_id = _propose(bare, tmp_path, lab_state, "32MB", key=keys["alice"])
     waiting = _opsledger(engineer, "ci", "pr", "--base", "origin/main", "--no-plan")
     assert waiting.returncode == 3, waiting.stdout + waiting.stderr
     assert "needs approvals" in waiting.stdout
@@ -145,7 +161,7 @@ def test_pull_request_to_applied_change_with_a_clean_audit(
     assert ready.returncode == 0, ready.stdout + ready.stderr
     assert "ready to merge" in ready.stdout and "+work_mem = 32MB" in ready.stdout
 
-    _merge(bare, tmp_path, lab_state)
+    _merge(bare, tmp_path, lab_state, how)
     runner = _clone(bare, tmp_path / "ci", lab_state)
     applied = _opsledger(runner, "ci", "apply", "--env", "lab", "--push", "origin")
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-2000:]

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger.apply import apply_change, checkout_of, rollback_base
-from opsledger.approvals import approve_change
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.signoff import approve_change
 
 from .conftest import START
 
@@ -156,3 +156,145 @@ def test_checkout_of_an_earlier_commit_is_removed_afterwards(repo):
         tree = before.root
     assert not tree.exists()
     assert "tree" not in git(project.root, "worktree", "list").stdout
+
+
+PROBE_RUNBOOK = """\
+---
+description: Read a settings file and print it (a test runbook for apply's read watch).
+playbook: playbook.yml
+parameters: {type: object, additionalProperties: false, properties: {}}
+change_types: [standard]
+standard: true
+risk: low
+check_mode: false
+roles: []
+verification: {suites: [os_baseline]}
+rollback: null
+serial: 1
+max_fail_percentage: 0
+timeout: 300
+promotion: false
+"""
+
+PROBE_PLAYBOOK = """\
+---
+- name: Read settings chosen at run time
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Load the settings file
+      ansible.builtin.include_vars:
+        file: "{{ playbook_dir }}/{{ probe_settings }}"
+    - name: Show the setting
+      ansible.builtin.debug:
+        msg: "{{ probe_value }}"
+"""
+
+
+def _probe(repo, settings: str):
+    """A standard change running a playbook on a local-connection host that loads a settings
+    file whose path is only known at run time (`probe_settings`, set in the inventory)."""
+    import sys
+
+    from opsledger.signoff import request_change
+
+    project, _, _ = repo
+    root = project.root
+    (root / ".gitignore").write_text(".opsledger/\n__pycache__/\n")
+    folder = root / "runbooks" / "probe"
+    folder.mkdir()
+    (folder / "runbook.yml").write_text(PROBE_RUNBOOK)
+    (folder / "playbook.yml").write_text(PROBE_PLAYBOOK)
+    (folder / "settings.yml").write_text("---\nprobe_value: approved\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "settings.yml").write_text("---\nprobe_value: not approved\n")
+    hosts = root / "inventories/lab/hosts.yml"
+    hosts.write_text(
+        hosts.read_text()
+        + "    local:\n      hosts:\n        lab-local:\n"
+        + "          ansible_connection: local\n"
+        + f"          ansible_python_interpreter: {sys.executable}\n"
+        + f"          probe_settings: {settings}\n"
+    )
+    git(root, "add", "-A")
+    git(
+        root,
+        "-c",
+        "user.name=Carol Chen",
+        "-c",
+        "user.email=carol@example.org",
+        "commit",
+        "-qm",
+        "Probe",
+    )
+    change, _ = request_change(
+        project,
+        title="Probe the settings",
+        runbook="probe",
+        change_type="standard",
+        requested_by="alice",
+        reason="Show which settings a run reads",
+        targets="lab-local",
+        window_start=START,
+        window_end=START + dt.timedelta(hours=2),
+    )
+    commit_paths(
+        root, [change.file.parent], "Request", name="Alice Arnold", email="alice@example.org"
+    )
+    return project, change.id
+
+
+def test_a_run_reading_only_the_approved_content_succeeds(repo):
+    project, change_id = _probe(repo, "settings.yml")
+    result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
+    assert result.result == "success", result.record.verification
+
+
+def test_a_run_that_reads_outside_the_approved_content_is_not_a_success(repo):
+    """The path is computed at run time, so no static reading can hash it: the read watch
+    sees ansible-playbook open docs/settings.yml and the run is recorded as failed."""
+    project, change_id = _probe(repo, "../../docs/settings.yml")
+    result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
+    assert result.run is not None and result.run.status == "successful"
+    assert result.result == "failed"
+    (finding,) = result.record.findings
+    assert finding["message"] == (
+        "Ansible read files outside the approved content: docs/settings.yml"
+    )
+    assert git(project.root, "status", "--porcelain").stdout == ""  # the record is committed
+
+
+def test_apply_pending_at_a_chosen_time_is_refused_when_a_change_is_outside_the_lab(repo):
+    from opsledger.signoff import request_change
+
+    project, _, keys = repo
+    at = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
+    change, _ = request_change(
+        project,
+        signing_key=keys["alice"],
+        title="Tune staging",
+        runbook="converge",
+        requested_by="alice",
+        reason="Needed for the quarterly baseline",
+        environment="staging",
+        targets="all",
+        params={"tags": ["os_baseline"]},
+        window_start=at,
+        window_end=at + dt.timedelta(hours=1),
+    )
+    commit_paths(
+        project.root,
+        [change.file.parent],
+        "Request",
+        name="Alice Arnold",
+        email="alice@example.org",
+    )
+    approve_change(project, change.id, person="bob", signing_key=keys["bob"])
+    before = _commits(project)
+    for args in (["apply", "--pending"], ["ci", "apply"]):
+        result = CliRunner().invoke(
+            cli, [*args, "--at", at.isoformat()], env={"OPSLEDGER_PROJECT": str(project.root)}
+        )
+        assert result.exit_code == EXIT_INVALID, result.output
+        assert "--at" in result.output and "not in staging" in result.output
+    _nothing_ran(project, change.id, before)

@@ -18,12 +18,12 @@ import pytest
 
 from opsledger import procs
 from opsledger.apply import apply_change
-from opsledger.approvals import approve_change
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
 from opsledger.lock import acquire, release
 from opsledger.project import Project
 from opsledger.records import read_runs
+from opsledger.signoff import approve_change
 
 from .conftest import START
 

@@ -7,12 +7,15 @@ import json
 
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
+from opsledger.approvals import allowed_signers
 from opsledger.audit import audit_log, parse_csv, render_log
+from opsledger.changes import load_change
 from opsledger.cli import cli
 from opsledger.gitlog import read_history
-from opsledger.gitrepo import commit_paths, head
+from opsledger.gitrepo import commit_paths, git, head
+from opsledger.policy import load_policies
 from opsledger.records import Record, run_record_path, write_record
+from opsledger.signoff import approve_change, subject
 
 from .conftest import START
 
@@ -28,6 +31,8 @@ def _record(project, change_id, result="success", approvers=("carol",)):
         finished_at=(started + dt.timedelta(minutes=3)).isoformat(),
         change=change_id,
         runbook="converge",
+        params=load_change(project, change_id).params,
+        content_sha256=subject(project, change_id)[1].sha256,
         runner={"person": "ci"},
         git_commit=head(project.root),
         decision={"allowed": True, "approvers": list(approvers)},
@@ -36,31 +41,39 @@ def _record(project, change_id, result="success", approvers=("carol",)):
     path = write_record(run_record_path(project, change_id, started), record)
     commit_paths(
         project.root, [path], f"Run {change_id}: {result}", name="CI", email="ci@example.org"
-    )
+    )  # as CI: only CI's records are evidence
 
 
 def test_history_is_read_in_one_stream_with_files_and_signatures(repo):
     project, change_id, keys = repo
     approve_change(project, change_id, person="carol", signing_key=keys["carol"], now=START)
-    approve_change(project, change_id, person="bob", now=START)
-    from opsledger.approvals import allowed_signers
-    from opsledger.policy import load_policies
-
+    bob = approve_change(project, change_id, person="bob", now=START)
     policies, _ = load_policies(project)
+    (project.root / "notes.md").write_text("signed by carol\n")
+    signed = commit_paths(
+        project.root,
+        [project.root / "notes.md"],
+        "Note",
+        name="Carol Chen",
+        email="carol@example.org",
+        signing_key=keys["carol"],
+    )
     commits = read_history(project, allowed_signers=allowed_signers(policies))
     assert [c.subject.split(" ")[0] for c in commits] == [
         "Initial",
         "Request",
         "Approve",
         "Approve",
+        "Note",
     ]
     assert commits[0].parents == () and commits[1].parents == (commits[0].sha,)
-    carol, bob = commits[2], commits[3]
-    assert carol.signature == "G" and carol.signer == "carol@example.org"
-    assert bob.signature == "N"
-    assert [(f.status, f.path) for f in bob.files] == [
-        ("A", f"changes/{change_id}/approvals/bob.yml")
-    ]
+    note, unsigned = commits[4], commits[3]
+    assert note.sha == signed and note.signature == "G" and note.signer == "carol@example.org"
+    assert unsigned.signature == "N"
+    relative = str(bob.path.relative_to(project.root))
+    ((status, path, blob),) = [(f.status, f.path, f.blob) for f in unsigned.files]
+    assert (status, path) == ("A", relative)
+    assert blob == git(project.root, "rev-parse", f"HEAD:{relative}").stdout.strip()
     assert read_history(project, paths=("policies/",))[0].sha == commits[0].sha
 
 

@@ -123,7 +123,9 @@ def test_empty_and_unmatched_targets(project):
     write(project, "CHG-0007", VALID.replace("targets: app", "targets: ''"))
     assert any(f == "targets" for f, _ in problems(project, "CHG-0007"))
     write(project, "CHG-0007", VALID.replace("targets: app", "targets: web"))
-    assert ("targets", "targets 'web' match no host of lab") in problems(project, "CHG-0007")
+    assert ("targets", "unknown host or group 'web'") in problems(project, "CHG-0007")
+    write(project, "CHG-0007", VALID.replace("targets: app", "targets: 'app,&db'"))
+    assert ("targets", "targets 'app,&db' match no host of lab") in problems(project, "CHG-0007")
 
 
 def test_params_type_and_window_are_checked(project):

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.ci import codeowners, pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID
 from opsledger.gitrepo import commit_paths, git
+from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
 from .conftest import START
@@ -37,7 +36,7 @@ def _edit_work_mem(project):
 
 
 def _request(project, files=()):
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Raise work_mem",
         runbook="converge",
@@ -48,7 +47,7 @@ def _request(project, files=()):
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
     )
-    commit_paths(project.root, [*files, change.file], f"Request {change.id}", **ALICE)
+    commit_paths(project.root, [*files, change.file.parent], f"Request {change.id}", **ALICE)
     return change.id
 
 
@@ -74,17 +73,40 @@ def test_desired_state_edit_without_a_change_is_invalid(repo):
     report = pr_check(project, base="main", with_plan=False)
     assert report.uncovered == ["inventories/lab/group_vars/db/postgresql.yml"]
     assert report.exit_code == EXIT_INVALID
-    assert "without a change request covering it" in report.markdown()
+    assert "without a change covering it" in report.markdown()
+
+
+def test_desired_state_files_git_would_quote_are_not_missed(repo):
+    """#14.8: `git diff --name-only` quotes non-ASCII names and spaces split on whitespace, so
+    these uncovered edits once passed as "ready to merge"."""
+    project, _, _ = repo
+    _branch(project)
+    folder = project.root / "inventories/production/group_vars/all"
+    names = ["zé.yml", "with space.yml", 'quote"d.yml', "tab\tname.yml"]
+    for name in names:
+        (folder / name).write_text("---\nowner: nobody\n")
+    git(project.root, "add", "-A")
+    commit_paths(project.root, [folder / n for n in names], "Sneak in", **ALICE)
+    report = pr_check(project, base="main", with_plan=False)
+    assert sorted(report.uncovered) == sorted(
+        f"inventories/production/group_vars/all/{n}" for n in names
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["ci", "pr", "--base", "main", "--no-plan"],
+        env={"OPSLEDGER_PROJECT": str(project.root)},
+    )
+    assert result.exit_code == EXIT_INVALID and "zé.yml" in result.stdout
 
 
 def test_edit_outside_the_changes_content_is_uncovered(repo):
     project, _, _ = repo
     _branch(project)
-    other = project.root / "inventories/lab/group_vars/app/main.yml"
-    other.write_text(other.read_text() + "# app hosts are not this change's targets\n")
+    other = project.root / "inventories/production/group_vars/app/main.yml"
+    other.write_text(other.read_text() + "# another environment: not this change's content\n")
     _request(project, [_edit_work_mem(project), other])
     report = pr_check(project, base="main", now=INSIDE, with_plan=False)
-    assert report.uncovered == ["inventories/lab/group_vars/app/main.yml"]
+    assert report.uncovered == ["inventories/production/group_vars/app/main.yml"]
 
 
 def test_invalid_change_in_a_pr_exits_2_via_the_cli(repo, tmp_path):
@@ -235,3 +257,51 @@ def test_bad_input_exits_2_naming_what_to_fix(repo, args, message):
     assert message in result.output and "—" in result.output  # the problem, then the fix
     assert git(project.root, "rev-parse", "HEAD").stdout == before  # nothing committed
     assert not (project.root / "records").exists()
+
+
+def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, monkeypatch):
+    """CI's push is rejected because main moved: the rebase re-commits the record, and it must
+    do so as the CI identity, or the record stops being evidence."""
+    from opsledger.base import resolve_base
+    from opsledger.evidence import run_evidence
+    from opsledger.identity import commit_evidence
+    from opsledger.origin_records import OriginRecords
+    from opsledger.records import Record, run_record_path, write_record
+    from opsledger.signoff import subject
+
+    project, change_id, _ = repo
+    root = project.root
+    approve_change(project, change_id, person="bob", now=START)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(root, "push", "-q", str(origin), "main")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(origin), str(other))
+    (other / "notes.md").write_text("meanwhile\n")
+    commit_paths(other, [other / "notes.md"], "Meanwhile", **ALICE)
+    git(other, "push", "-q", "origin", "main")
+
+    git(root, "config", "user.name", "Runner Host")  # the machine's git identity is not CI's
+    git(root, "config", "user.email", "runner@example.org")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_NAME", "opsledger CI")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_EMAIL", "ci@example.org")
+    record = Record(
+        kind="run",
+        environment="lab",
+        result="success",
+        started_at=INSIDE.isoformat(),
+        finished_at=INSIDE.isoformat(),
+        change=change_id,
+        runbook="converge",
+        params={"tags": ["postgresql"]},
+        content_sha256=subject(project, change_id)[1].sha256,
+    )
+    path = write_record(run_record_path(project, change_id, INSIDE), record)
+    commit_evidence(project, [path], f"Run {change_id}: success")
+
+    git(root, "remote", "add", "ci-origin", str(origin))
+    assert OriginRecords.of(project, "ci-origin").publish()
+    who = git(root, "log", "-1", "--format=%ae %ce").stdout.split()
+    assert who == ["ci@example.org", "ci@example.org"]
+    (evidence,) = run_evidence(project, resolve_base(project, "HEAD"))
+    assert evidence.trusted, evidence.reasons

@@ -9,23 +9,31 @@ import json
 import yaml
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
-from opsledger.changes import load_change, new_change
+from opsledger.changes import load_change
 from opsledger.cli import cli
 from opsledger.compliance import audit_check
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.reviews import open_review
+from opsledger.signoff import (
+    approve_change,
+    propose_policy_change,
+    request_change,
+    sign_off,
+    subject,
+    submit_change,
+)
 
 from .conftest import START
 
 LATER = START + dt.timedelta(days=1)
+ALICE = {"name": "Alice Arnold", "email": "alice@example.org"}
+CI = {"name": "opsledger CI", "email": "ci@example.org"}
 
 
 def _run(project, change_id, *, started=START + dt.timedelta(minutes=10), approvers=("bob",)):
-    """A run record as apply writes it, bound to the content the approvals name."""
-    approval = project.root / "changes" / change_id / "approvals" / f"{approvers[0]}.yml"
-    content = yaml.safe_load(approval.read_text())["content_sha256"] if approval.exists() else ""
+    """A run record of the change's current content as CI's apply writes and commits it."""
+    content = subject(project, change_id)[1].sha256
     record = Record(
         kind="run",
         environment="lab",
@@ -34,12 +42,13 @@ def _run(project, change_id, *, started=START + dt.timedelta(minutes=10), approv
         finished_at=(started + dt.timedelta(minutes=3)).isoformat(),
         change=change_id,
         runbook="converge",
+        params=load_change(project, change_id).params,
         git_commit=head(project.root),
         content_sha256=content,
         decision={"allowed": True, "approvers": list(approvers), "risk": "medium"},
     )
     path = write_record(run_record_path(project, change_id, started), record)
-    sha = commit_paths(project.root, [path], f"Run {change_id}", name="CI", email="ci@example.org")
+    sha = commit_paths(project.root, [path], f"Run {change_id}", **CI)
     return path, sha
 
 
@@ -65,31 +74,33 @@ def test_edited_run_record_is_found_with_the_editing_commit(repo):
     assert finding.file.endswith(".json") and "m@example.org" in finding.message
 
 
-def test_deleted_approval_is_found(repo):
+def test_deleted_statement_is_found(repo):
     project, change_id, _ = repo
-    approve_change(project, change_id, person="bob", now=START)
-    git(project.root, "rm", "-q", f"changes/{change_id}/approvals/bob.yml")
+    result = approve_change(project, change_id, person="bob", now=START)
+    git(project.root, "rm", "-q", str(result.path.relative_to(project.root)))
     git(project.root, "-c", "user.name=X", "-c", "user.email=x@example.org", "commit", "-qm", "rm")
     sha = head(project.root)
     rules = _rules(audit_check(project, now=LATER))
     assert ("evidence-edited", sha[:10]) in rules
 
 
-def test_self_approval_and_stranger_approvals_are_found(repo):
+def test_self_approval_and_stranger_statements_are_found(repo):
     project, change_id, _ = repo
-    approve_change(project, change_id, person="alice", now=START)
-    alice_sha = head(project.root)
-    folder = project.root / "changes" / change_id / "approvals"
-    for person, author in (("carol", "bob@example.org"), ("mallory", "mallory@example.org")):
-        (folder / f"{person}.yml").write_text(
-            yaml.safe_dump({"change": change_id, "person": person, "decision": "approved"})
-        )
-        commit_paths(project.root, [folder / f"{person}.yml"], "Approve", name=person, email=author)
+    alice = approve_change(project, change_id, person="alice", now=START)
+    # carol's statement, but committed by bob; a statement of someone not in people.yml
+    carol = sign_off(project, change_id, person="carol", commit=False)
+    commit_paths(project.root, [carol.path], "Approve", name="Bob", email="bob@example.org")
+    mallory = carol.path.parent.parent / "mallory" / carol.path.name
+    mallory.parent.mkdir()
+    mallory.write_text(carol.path.read_text().replace("person: carol", "person: mallory"))
+    commit_paths(project.root, [mallory], "Approve", name="M", email="mallory@example.org")
     result = audit_check(project, now=LATER)
     messages = {f.rule + ": " + f.message for f in result.findings}
-    assert ("approval-by-requester", alice_sha[:10]) in _rules(result)
-    assert "approval-by-stranger: carol's approval was committed by bob@example.org" in messages
-    assert any("mallory was not in policies/people.yml" in m for m in messages)
+    assert ("approval-by-requester", alice.commit[:10]) in _rules(result)
+    assert any(
+        m.startswith("approval-by-stranger: carol's") and "bob@example.org" in m for m in messages
+    )
+    assert any(m.startswith("approval-by-stranger: mallory's") for m in messages)
 
 
 def test_run_without_quorum_and_outside_its_window(repo):
@@ -117,8 +128,9 @@ def test_run_with_approval_of_other_content_has_no_quorum(repo):
     second = write_record(
         run_record_path(project, change_id, START + dt.timedelta(minutes=30)), record
     )
-    sha2 = commit_paths(project.root, [second], "Run again", name="CI", email="ci@example.org")
-    assert _rules(audit_check(project, now=LATER)) == [("applied-without-quorum", sha2[:10])]
+    sha2 = commit_paths(project.root, [second], "Run again", **CI)
+    # CI never runs content its requester did not request: such a record is no evidence
+    assert _rules(audit_check(project, now=LATER)) == [("evidence-forged", sha2[:10])]
 
 
 def test_emergency_review_missing_then_late(repo):
@@ -126,6 +138,7 @@ def test_emergency_review_missing_then_late(repo):
     file = project.root / "changes" / change_id / "change.yml"
     file.write_text(file.read_text().replace("type: normal", "type: emergency"))
     commit_paths(project.root, [file], "Emergency", name="Alice Arnold", email="alice@example.org")
+    submit_change(project, change_id, person="alice")  # the request names the content
     approve_change(project, change_id, person="dave", now=START)
     _, sha = _run(project, change_id, approvers=("dave",))
     assert ("review-missing", sha[:10]) in _rules(audit_check(project, now=LATER))
@@ -197,7 +210,7 @@ def test_desired_state_commit_without_a_change_is_unauthorized(repo):
 def test_desired_state_edit_with_its_change_is_covered_once_applied(repo):
     project, _, _ = repo
     path = _edit_role(project)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Tune PostgreSQL defaults",
         runbook="converge",
@@ -207,9 +220,7 @@ def test_desired_state_edit_with_its_change_is_covered_once_applied(repo):
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
     )
-    sha = commit_paths(
-        project.root, [path, change.file], "Request", name="Alice Arnold", email="alice@example.org"
-    )
+    sha = commit_paths(project.root, [path, change.file.parent], "Request", **ALICE)
     rules = _rules(audit_check(project, now=LATER))
     assert rules == [("change-not-applied", sha[:10])]
     approve_change(project, change.id, person="bob", now=START)
@@ -251,7 +262,19 @@ def test_history_before_adoption_is_the_baseline(repo):
     rules = project.root / "policies" / "changes.yml"
     adopted = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     rules.write_text(rules.read_text() + f"audit:\n  from: {adopted.isoformat()}\n")
+    # an edit of policies/ takes effect only as an approved policy change
+    assert [f.rule for f in audit_check(project, now=LATER).findings] == ["unauthorized-change"]
+    proposal, _ = propose_policy_change(
+        project, title="Adopt opsledger", requested_by="alice", reason="Audit from now on"
+    )
+    commit_paths(project.root, [rules, proposal.file.parent], "Adopt", **ALICE)
+    assert "policy-change-unapproved" in _rules_only(audit_check(project, now=LATER))
+    approve_change(project, proposal.id, person="carol")
     assert audit_check(project, now=LATER).findings == []
+
+
+def _rules_only(result):
+    return {f.rule for f in result.findings}
 
 
 def test_role_documentation_is_not_desired_state(repo):
@@ -277,5 +300,11 @@ def test_without_a_baseline_the_check_says_how_to_set_one(repo):
     rules = project.root / "policies" / "changes.yml"
     adopted = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     rules.write_text(rules.read_text() + f"audit:\n  from: {adopted.isoformat()}\n")
+    # setting the baseline is a policy change: in effect once its owners approve it
+    proposal, _ = propose_policy_change(
+        project, title="Adopt opsledger", requested_by="alice", reason="Audit from now on"
+    )
+    commit_paths(project.root, [rules, proposal.file.parent], "Adopt", **ALICE)
+    approve_change(project, proposal.id, person="carol")
     clean = CliRunner().invoke(cli, ["audit", "check"], env=env)
     assert clean.exit_code == 0 and "hint:" not in clean.output

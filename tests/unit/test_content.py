@@ -52,7 +52,11 @@ def append(project, path):
         "inventories/lab/group_vars/all/network.yml",
         "inventories/lab/group_vars/db/postgresql.yml",
         "inventories/lab/host_vars/lab-db2.yml",
+        # another group's and host's vars: templates can read them through hostvars
+        "inventories/lab/group_vars/app/main.yml",
+        "inventories/lab/host_vars/lab-db1.yml",
         "ansible.cfg",
+        "vault-passwords/lab",  # ansible.cfg's vault_identity_list
     ],
 )
 def test_edits_that_decide_what_runs_change_the_content(project, path):
@@ -71,7 +75,6 @@ def test_edits_that_decide_what_runs_change_the_content(project, path):
         "policies/sla.yml",
         "runbooks/os-patch/runbook.yml",
         "inventories/production/hosts.yml",
-        "inventories/lab/group_vars/app/main.yml",  # targets are db hosts only
         "tests/infra/test_network.py",
     ],
 )
@@ -82,11 +85,48 @@ def test_unrelated_edits_leave_the_content_alone(project, path):
     assert content().sha256 == before.sha256
 
 
-def test_only_the_runbooks_roles_and_target_hosts_count(project):
+def test_only_the_roles_the_run_can_reach_count(project):
     content = content_of(project, targets="lab-db1", runbook="pg-backup", params={})
     files = content().files
     assert "roles/postgresql/tasks/main.yml" in files
     assert not any(f.startswith("roles/network/") for f in files)
-    assert "inventories/lab/host_vars/lab-db1.yml" in files
-    assert "inventories/lab/host_vars/lab-db2.yml" not in files
+    assert "inventories/lab/host_vars/lab-db2.yml" in files  # the whole inventory
     assert "site.yml" not in files
+
+
+def test_a_role_name_known_only_at_run_time_brings_in_every_role(project):
+    tasks = project.root / "roles/postgresql/tasks/main.yml"
+    tasks.write_text(
+        tasks.read_text()
+        + "\n- name: Include a role chosen at run time\n  ansible.builtin.include_role:\n"
+        '    name: "{{ postgresql_extra_role }}"\n'
+    )
+    files = content_of(project, targets="lab-db1", runbook="pg-backup", params={})().files
+    assert "roles/network/tasks/main.yml" in files
+
+
+def test_files_git_ignores_are_machine_local_not_content(project):
+    from opsledger.gitrepo import git
+
+    git(project.root, "init", "-q")
+    (project.root / ".gitignore").write_text("__pycache__/\n.opsledger/\n")
+    cache = project.root / "roles/hardware/library/__pycache__/hw.cpython-311.pyc"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"bytecode")
+    files = content_of(project)().files
+    assert "roles/hardware/library/hardware_record.py" in files
+    assert not any("__pycache__" in f for f in files)
+
+
+def test_a_symlink_to_a_file_git_ignores_is_refused(project):
+    from opsledger.errors import OpsledgerError
+    from opsledger.gitrepo import git
+
+    git(project.root, "init", "-q")
+    (project.root / ".gitignore").write_text(".opsledger/\n")
+    secret = project.root / ".opsledger/facts/lab-db1"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("{}")
+    (project.root / "roles/postgresql/vars/extra.yml").symlink_to(secret)
+    with pytest.raises(OpsledgerError, match="git ignores"):
+        content_of(project)()

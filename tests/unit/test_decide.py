@@ -7,11 +7,12 @@ import json
 
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change, withdraw_change
+from opsledger.changes import withdraw_change
 from opsledger.cli import cli
 from opsledger.decide import decide
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import commit_paths, git
+from opsledger.records import Record, run_record_path, write_record
+from opsledger.signoff import approve_change, request_change, subject
 
 from .conftest import START, record_run
 
@@ -22,7 +23,12 @@ def failed(decision):
     return {c.rule: c.why for c in decision.checks if not c.passed}
 
 
-def request(project, **overrides):
+PEOPLE = {"alice": "Alice Arnold", "bob": "Bob Brandt"}
+
+
+def request(project, key=None, **overrides):
+    """A change as `change new` writes it (with the request statement), committed by its
+    requester; signed with `key` where signatures are required."""
     args = dict(
         title="Patch or tune something",
         runbook="converge",
@@ -35,13 +41,14 @@ def request(project, **overrides):
     )
     args.update(overrides)
     change_type = args.pop("type", "normal")
-    change = new_change(project, change_type=change_type, **args)
+    change, _ = request_change(project, change_type=change_type, signing_key=key, **args)
+    person = args["requested_by"]
     commit_paths(
         project.root,
-        [change.file],
+        [change.file.parent],
         f"Request {change.id}",
-        name="Alice Arnold",
-        email="alice@example.org",
+        name=PEOPLE[person],
+        email=f"{person}@example.org",
     )
     return change.id
 
@@ -133,6 +140,7 @@ def test_in_a_freeze(repo):
     frozen = dt.datetime(2026, 12, 22, 19, 30, tzinfo=dt.UTC)  # Tuesday 20:30 Berlin
     change_id = request(
         project,
+        keys["alice"],
         environment="production",
         targets="all",
         runbook="pg-backup",
@@ -151,6 +159,7 @@ def test_unsigned_approval_where_signatures_are_required(repo):
     at = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)  # staging: weekdays 07-19 Berlin
     change_id = request(
         project,
+        keys["alice"],
         environment="staging",
         targets="all",
         window_start=at,
@@ -158,27 +167,52 @@ def test_unsigned_approval_where_signatures_are_required(repo):
     )
     approve_change(project, change_id, person="bob")
     why = failed(decide(project, change_id, now=at))["approvals"]
-    assert "not signed with bob's key" in why
+    assert "0 of 1" in why and "not signed, and signatures are required here" in why
     approve_change(project, change_id, person="carol", signing_key=keys["carol"])
     assert decide(project, change_id, now=at).allowed
 
 
-def test_production_needs_a_recent_staging_run(repo):
+def test_production_needs_a_recent_staging_run_recorded_by_ci(repo):
     project, _, keys = repo
     at = START + dt.timedelta(minutes=10)
-    change_id = request(project, environment="production", targets="all")
+    staged = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
+    staging = request(
+        project,
+        keys["alice"],
+        environment="staging",
+        targets="all",
+        window_start=staged,
+        window_end=staged + dt.timedelta(hours=1),
+    )
+    change_id = request(project, keys["alice"], environment="production", targets="all")
     for person in ("bob", "carol"):
         approve_change(project, change_id, person=person, signing_key=keys[person])
     assert "no successful staging run" in failed(decide(project, change_id, now=at))["promotion"]
-    staged = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
-    record_run(
-        project,
-        "CHG-0001",
-        staged,
-        environment="staging",
-        params={"tags": ["os_baseline"]},
+    path = write_record(
+        run_record_path(project, staging, staged),
+        Record(
+            kind="run",
+            change=staging,
+            environment="staging",
+            runbook="converge",
+            params={"tags": ["os_baseline"]},
+            result="success",
+            started_at=staged.isoformat(),
+            finished_at=(staged + dt.timedelta(minutes=5)).isoformat(),
+            content_sha256=subject(project, staging)[1].sha256,
+        ),
     )
-    assert decide(project, change_id, now=at).allowed
+    ci = {"name": "opsledger CI", "email": "ci@example.org"}
+    commit_paths(project.root, [path], "Run", **ci)  # staging wants signed records
+    assert (
+        "not signed with the CI identity's key"
+        in failed(decide(project, change_id, now=at))["promotion"]
+    )
+    git(project.root, "reset", "-q", "--soft", "HEAD~1")
+    commit_paths(project.root, [path], "Run", **ci, signing_key=keys["ci"])
+    decision = decide(project, change_id, now=at)
+    assert decision.allowed, failed(decision)
+    assert staging in {c.rule: c.why for c in decision.checks}["promotion"]
 
 
 def test_emergency_needs_one_oncall_or_cab_approval_and_bypasses_windows(repo):

@@ -110,16 +110,24 @@ def _policy(project, **service):
 
 def test_bad_policy_names_each_field_and_fix(tmp_path):
     project = copy_project(tmp_path / "p")
-    _policy(project, rto="soon", runbook="converge", direct_environments=["moon"], color="red")
+    _policy(project, runbook="converge", direct_environments=["moon"])
     with pytest.raises(OpsledgerError) as err:
         load_services(project)
     text = str(err.value)
     assert err.value.exit_code == 2
     for expected in (
-        "services.postgres.rto: rto must be a duration, got 'soon'",
         "services.postgres.runbook: runbook 'converge' does not drill 'postgres'",
         "services.postgres.direct_environments",
-        "services.postgres.color: unknown key 'color'",
+    ):
+        assert expected in text
+    # The file's JSON Schema is checked first (opsledger policy schema dr).
+    _policy(project, rto="soon", color="red")
+    with pytest.raises(OpsledgerError) as err:
+        load_services(project)
+    text = str(err.value)
+    for expected in (
+        "services.postgres.rto: 'soon' does not match",
+        "services.postgres: unknown field(s) color",
     ):
         assert expected in text
 

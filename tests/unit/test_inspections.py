@@ -55,22 +55,22 @@ def test_plan_problems_are_listed_with_file_and_field(tmp_path):
     data = yaml.safe_load(path.read_text())
     data["checks"]["teleport"] = {"groups": ["all"]}
     data["schedules"]["daily"]["checks"].append("ghost")
-    data["schedules"]["weekly"]["every_hours"] = -1
     data["severities"]["warning"] = "P9"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(OpsledgerError) as err:
         load_plan(project)
     fields = sorted(p.field for p in err.value.problems)
-    assert fields == [
-        "checks.teleport",
-        "schedules.daily.checks",
-        "schedules.weekly.every_hours",
-        "severities.warning",
-    ]
+    assert fields == ["checks.teleport", "schedules.daily.checks", "severities.warning"]
     assert all(p.file.endswith("inspections.yml") for p in err.value.problems)
     # policy check lints the plan too, and incidents.yml says the new check has no fault class
     linted = policy_check(project).problems
-    assert len(linted) == 5 and "'teleport' has no fault class" in str(linted[-1])
+    assert len(linted) == 4 and "'teleport' has no fault class" in str(linted[-1])
+    # The schema (opsledger policy schema inspections) is checked before the rest.
+    data["schedules"]["weekly"]["every_hours"] = -1
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(OpsledgerError) as err:
+        load_plan(project)
+    assert [p.field for p in err.value.problems] == ["schedules.weekly.every_hours"]
 
 
 def test_due_and_missed_periods(tmp_path):

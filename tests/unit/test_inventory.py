@@ -40,7 +40,10 @@ def test_patterns_resolve_like_ansible(make_project):
     assert [h.name for h in inv.match("db")] == ["db1", "db2"]
     assert [h.name for h in inv.match("all:!db")] == ["app1"]
     assert [h.name for h in inv.match("db*")] == ["db1", "db2"]
-    assert inv.match("nosuchgroup") == []
+    assert [h.name for h in inv.match("all:&db")] == ["db1", "db2"]
+    assert [h.name for h in inv.match("db,&app")] == []
+    with pytest.raises(OpsledgerError, match="unknown host or group 'nosuchgroup'"):
+        inv.match("nosuchgroup")
 
 
 def test_repo_inventories_share_the_group_structure(repo_project):

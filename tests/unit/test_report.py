@@ -10,11 +10,11 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from opsledger.changes import new_change
 from opsledger.cli import cli
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.report import kpis, parse_period, render
+from opsledger.signoff import request_change, subject
 
 from .conftest import copy_project
 
@@ -40,7 +40,7 @@ def _change(
 ):
     requested = NOW - dt.timedelta(days=days_ago)
     _at(monkeypatch, requested)
-    change = new_change(
+    change, _ = request_change(
         project,
         title=f"A {kind} change from {days_ago} days ago",
         runbook="converge" if kind != "standard" else "pg-backup",
@@ -54,8 +54,13 @@ def _change(
         window_end=requested + dt.timedelta(days=30),
     )
     commit_paths(
-        project.root, [change.file], f"Request {change.id}", name="A", email="alice@example.org"
+        project.root,
+        [change.file.parent],
+        f"Request {change.id}",
+        name="A",
+        email="alice@example.org",
     )
+    content = subject(project, change.id)[1].sha256
     for result, after_h, took_h in runs:
         started = requested + dt.timedelta(hours=after_h)
         record = Record(
@@ -65,6 +70,8 @@ def _change(
             started_at=started.isoformat(),
             finished_at=(started + dt.timedelta(hours=took_h)).isoformat(),
             change=change.id,
+            runbook="converge" if kind != "standard" else "pg-backup",
+            content_sha256=content,
             hosts=list(hosts),
         )
         _at(monkeypatch, started + dt.timedelta(hours=took_h))

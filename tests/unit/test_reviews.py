@@ -93,7 +93,7 @@ def test_the_requester_cannot_review_and_every_problem_is_listed(repo):
 
 
 def test_change_show_lists_approvals_and_commits(repo):
-    from opsledger.approvals import approve_change
+    from opsledger.signoff import approve_change
 
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob", now=START)
@@ -101,6 +101,9 @@ def test_change_show_lists_approvals_and_commits(repo):
         cli, ["change", "show", change_id], env={"OPSLEDGER_PROJECT": str(project.root)}
     )
     assert result.exit_code == 0, result.output
-    assert "bob: approved (valid)" in result.output
+    assert f"bob: approved at {START.isoformat()} (valid)" in result.output
+    assert "request: alice requested this content (committed by alice@example.org)" in (
+        result.output
+    )
     assert f"Request {change_id}" in result.output and f"Approve {change_id}" in result.output
     assert "runs:\n  none" in result.output

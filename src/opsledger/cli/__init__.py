@@ -29,11 +29,15 @@ from opsledger.cli.report import report
 from opsledger.cli.roles import roles
 from opsledger.cli.runbook import runbook
 from opsledger.cli.verify import verify
-from opsledger.errors import OpsledgerError
+from opsledger.errors import OpsledgerError, one_line
 
 
 class _Group(click.Group):
-    """A group that turns OpsledgerError into one line per problem and the right exit code."""
+    """A group that turns OpsledgerError into one line per problem and the right exit code.
+
+    Click's own usage errors (a missing option, a value out of range) become one `error:` line
+    with exit 2 too, instead of a usage block: pipelines read errors line by line.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -42,6 +46,20 @@ class _Group(click.Group):
             for problem in exc.problems:
                 click.secho(f"error: {problem}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            click.secho(f"error: {one_line(exc.format_message(), 300)}{hint}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

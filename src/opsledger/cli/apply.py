@@ -7,7 +7,7 @@ import json
 
 import click
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, base_option, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -55,13 +55,16 @@ def _summary(result) -> str:
 @click.argument("change_id", required=False)
 @click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
 @click.option("--env", "environment", help="With --pending: only changes of this environment.")
-@click.option("--wait", "wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option(
+    "--wait", "wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
 @click.option(
     "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
 )
 @click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (tests, replays).")
+@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (the lab only).")
+@base_option
 def apply(
     change_id: str | None,
     pending: bool,
@@ -71,14 +74,16 @@ def apply(
     skip_verify: bool,
     again: bool,
     at: str | None,
+    base: str | None,
 ) -> None:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
 
     Exit codes: 0 success; 1 failed, rolled back, or its record could not be committed (the
-    path and the fix are printed; the next apply commits it); 2 invalid input (nothing run);
-    3 denied by policy, now or once the locks are held (nothing run); 4 a target is locked by
-    another run (nothing run); 130 canceled (Ctrl-C or SIGTERM). With --pending, 1 also when a
-    pending change can never run as it stands (window closed, failed content, freeze).
+    path and the fix are printed; the next apply commits it); 2 invalid input (nothing run;
+    e.g. --at outside the lab); 3 denied by policy, now or once the locks are held (nothing
+    run); 4 a target is locked by another run (nothing run); 130 canceled (Ctrl-C or SIGTERM).
+    With --pending, 1 also when a pending change can never run as it stands (window closed,
+    failed content, freeze). A run that reads files outside the approved content fails.
 
     \b
     Example:
@@ -111,6 +116,7 @@ def apply(
                 skip_verify=skip_verify,
                 again=again,
                 events=progress,
+                base=base,
             )
         if as_json:
             click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
@@ -127,6 +133,7 @@ def apply(
             skip_verify=skip_verify,
             events=progress,
             environment=environment,
+            base=base,
         )
     for item in outcome.items:
         if as_json:

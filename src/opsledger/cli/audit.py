@@ -110,8 +110,8 @@ def check(since: str | None, fail_on: str, as_json: bool) -> None:
             click.echo(
                 "hint: no audit baseline is set, so the whole history is judged, including what "
                 "was done before this repository adopted opsledger: set `audit: {from: <ISO "
-                "time>}` in policies/changes.yml (e.g. the time of adoption) to judge only what "
-                "came after",
+                "time>}` in policies/changes.yml (e.g. the time of adoption; a policy change: "
+                "opsledger policy propose) to judge only what came after",
                 err=True,
             )
     if result.at_least(fail_on):

@@ -9,38 +9,57 @@ from importlib import resources
 from pathlib import Path
 
 import click
-import yaml
 
 from opsledger.cli.options import aware_time, person_option, signing_key_option
-from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, shown
 from opsledger.project import find_project
+from opsledger.yamlio import parse_yaml
+
+MAX_WINDOW = dt.timedelta(days=31)  # a change window is hours; a month is already generous
 
 
 def _duration(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"(\d+)([mhd])", text)
-    if not match:
+    match = re.fullmatch(r"([0-9]{1,6})([mhd])", text)
+    length = None
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        length = dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    if length is None or not dt.timedelta(0) < length <= MAX_WINDOW:
         raise OpsledgerError(
             Problem(
-                f"{text!r} is not a duration", field="--duration", fix="write e.g. 90m, 2h or 1d"
+                f"{shown(text, 40)} is not a duration of 1 minute to {MAX_WINDOW.days} days",
+                field="--duration",
+                fix="write e.g. 90m, 2h or 1d",
             )
         )
-    amount, unit = int(match.group(1)), match.group(2)
-    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    return length
 
 
 def _params(pairs: tuple[str, ...]) -> dict:
-    params = {}
+    """--param key=value pairs; values read as YAML with the project's one safe loader."""
+    params: dict = {}
+    problems = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise OpsledgerError(
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+            problems.append(
                 Problem(
-                    f"{pair!r} is not key=value",
+                    f"{shown(pair, 40)} is not name=value",
                     field="--param",
-                    fix="write e.g. --param tags='[postgresql]'",
+                    fix="write e.g. --param tags='[postgresql]' (names: letters, digits, _)",
                 )
             )
-        params[key] = yaml.safe_load(value)
+        elif key in params:
+            problems.append(
+                Problem(f"{key} is given twice", field="--param", fix="give each param once")
+            )
+        else:
+            try:
+                params[key] = parse_yaml(value, source=f"--param {key}", dates=False)
+            except OpsledgerError as exc:
+                problems += exc.problems
+    if problems:
+        raise OpsledgerError(problems)
     return params
 
 
@@ -88,6 +107,7 @@ def change() -> None:
     type=click.Choice(["low", "medium", "high"]),
     help="Raise the runbook's risk for this change (high needs the CAB).",
 )
+@signing_key_option
 def new(
     title,
     runbook,
@@ -103,8 +123,14 @@ def new(
     reason,
     rollback,
     risk,
+    signing_key,
 ) -> None:
-    """Write changes/<next id>/change.yml; nothing is written when it would be invalid.
+    """Write changes/<next id>/change.yml and your request statement; commit both yourself.
+
+    The request statement (changes/<ID>/approvals/<you>/<time>.yml) says you request the
+    change's content as it is now, signed with --key; commit it with the change and the
+    desired-state edits. After amending the change, `opsledger change submit` it again.
+    Nothing is written when the change would be invalid.
 
     \b
     Example:
@@ -112,12 +138,14 @@ def new(
           --targets db --param tags='[postgresql]' --requested-by alice \\
           --reason "Sorts spill to disk during the nightly report"
     """
-    from opsledger.changes import new_change
+    from opsledger.signoff import request_change
 
     begin = aware_time(start, "--start") or dt.datetime.now(dt.UTC)
     begin = begin.replace(microsecond=0)
-    result = new_change(
+    length, values = _duration(duration), _params(params)
+    result, statement = request_change(
         find_project(),
+        signing_key=signing_key,
         title=title,
         runbook=runbook,
         requested_by=requested_by,
@@ -125,15 +153,16 @@ def new(
         change_type=change_type,
         environment=environment,
         targets=targets,
-        params=_params(params),
+        params=values,
         impact=impact,
         urgency=urgency,
         window_start=begin,
-        window_end=begin + _duration(duration),
+        window_end=begin + length,
         rollback=rollback,
         risk=risk,
     )
-    click.echo(f"{result.id}: wrote {result.file}")
+    signed = "signed" if statement.signed else "unsigned"
+    click.echo(f"{result.id}: wrote {result.file} and {statement.path} ({signed})")
 
 
 @change.command()
@@ -177,6 +206,30 @@ def validate(ids: tuple[str, ...], all_: bool) -> None:
             )
     if invalid:
         raise SystemExit(EXIT_INVALID)
+
+
+@change.command()
+@click.argument("change_id")
+@person_option
+@signing_key_option
+def submit(change_id: str, person: str, signing_key: Path | None) -> None:
+    """State, as the requester, that you request the change's current content; commit it.
+
+    Needed after any edit of the change's content (the change, its runbook, roles, inventory):
+    approvals name the content they approve, and so does the request.
+
+    \b
+    Example:
+        opsledger change submit CHG-0001 --as alice --key ~/.ssh/id_ed25519
+    """
+    from opsledger.signoff import submit_change
+
+    result = submit_change(find_project(), change_id, person=person, signing_key=signing_key)
+    signed = "signed" if result.signed else "unsigned"
+    click.echo(
+        f"{change_id} requested by {person} ({signed}): content {result.content_sha256[:12]}, "
+        f"commit {result.commit[:10]}"
+    )
 
 
 @change.command("schema")

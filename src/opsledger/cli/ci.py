@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import aware_time, output_folder, wait_seconds, write_output
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import find_project
 
 
@@ -89,6 +90,8 @@ def pr(
     from opsledger.ci import pr_check
     from opsledger.prcomment import comment_parts
 
+    output_folder(summary, "--summary")
+    output_folder(outputs, "--outputs")
     report = pr_check(
         find_project(),
         base=base,
@@ -101,8 +104,7 @@ def pr(
     text = report.markdown()
     click.echo(text, nl=False)
     if summary:
-        with summary.open("a") as handle:
-            handle.write(text)
+        write_output(summary, text, "--summary", append=True)
     if comment_dir:
         comment_dir.mkdir(parents=True, exist_ok=True)
         for old in comment_dir.glob("comment-*.md"):
@@ -112,15 +114,15 @@ def pr(
         ):
             (comment_dir / f"comment-{index}.md").write_text(part)
     if outputs:
-        with outputs.open("a") as handle:
-            handle.write(f"protected={json.dumps(report.protected_plans)}\n")
+        line = f"protected={json.dumps(report.protected_plans)}\n"
+        write_output(outputs, line, "--outputs", append=True)
     raise SystemExit(report.exit_code)
 
 
 @ci.command("apply")
 @click.option("--env", "environment", help="Only changes of this environment.")
 @click.option("--push", "remote", help="Push the run records to this remote (e.g. origin).")
-@click.option("--wait", default=0.0, type=float, help="Seconds to wait for held locks.")
+@click.option("--wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks.")
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
 def apply_(environment: str | None, remote: str | None, wait: float, at: str | None) -> None:
     """After a merge: apply every pending change, then push the records back.
@@ -192,11 +194,20 @@ def codeowners(check: bool, output: Path) -> None:
     path = output if output.is_absolute() else project.root / output
     text = generate(project)
     if check:
-        if not path.exists() or path.read_text() != text:
+        try:
+            current = path.read_text() if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
             click.echo(f"{output} is stale: run opsledger ci codeowners", err=True)
             raise SystemExit(1)
         click.echo(f"{output} matches the policies")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot make its folder: {exc.strerror}", str(path), "--output", "pick a file")
+        ) from None
+    write_output(path, text, "--output")
     click.echo(f"wrote {output}")

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from opsledger.cli.options import aware_time, person_option, signing_key_option
+from opsledger.cli.options import aware_time, base_option, person_option, signing_key_option
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED
 from opsledger.project import find_project
 
@@ -23,16 +23,18 @@ from opsledger.project import find_project
 def approve(
     change_id: str, reject: bool, comment: str, person: str, signing_key: Path | None
 ) -> None:
-    """Approve a change's current content and commit it as you (signed with --key).
+    """Approve (or reject) a change's current content and commit it as you, signed with --key.
 
-    Writes changes/<ID>/approvals/<person>.yml with the sha256 of everything that decides
-    what the change runs; editing any of it later voids the approval.
+    Writes changes/<ID>/approvals/<person>/<time>.yml: a statement naming the sha256 of
+    everything the change can load, signed with your SSH key (ssh-keygen -Y sign). Editing any
+    of it later voids the approval; a rejection stands until you approve again. Works for
+    policy changes (POL-<n>) too.
 
     \b
     Example:
         opsledger approve CHG-0001 --as bob --key ~/.ssh/id_ed25519
     """
-    from opsledger.approvals import approve_change
+    from opsledger.signoff import approve_change
 
     result = approve_change(
         find_project(),
@@ -53,11 +55,13 @@ def approve(
 @click.argument("change_id")
 @click.option("--at", "at", help="Judge at this ISO 8601 time instead of now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def decide(change_id: str, at: str | None, as_json: bool) -> None:
+@base_option
+def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> None:
     """Evaluate every rule for a change; exit 0 when allowed, 3 when denied.
 
     Rules: requester, approvals (quorum, four eyes, teams, content, signatures), maintenance
-    window, change window (judged now), freeze, promotion from staging, conflicts.
+    window, change window (judged now), freeze, promotion from staging, conflicts. Policies,
+    keys and run records come from the protected branch (--base), never from your branch.
 
     \b
     Example:
@@ -65,7 +69,7 @@ def decide(change_id: str, at: str | None, as_json: bool) -> None:
     """
     from opsledger.decide import decide as run_decide
 
-    decision = run_decide(find_project(), change_id, now=aware_time(at, "--at"))
+    decision = run_decide(find_project(), change_id, now=aware_time(at, "--at"), base=base)
     if as_json:
         click.echo(json.dumps(decision.as_dict(), indent=2))
     else:
@@ -100,7 +104,8 @@ def decide(change_id: str, at: str | None, as_json: bool) -> None:
     help="md is meant for a pull-request comment.",
 )
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time instead of now.")
-def plan(change_id: str, fmt: str, at: str | None) -> None:
+@base_option
+def plan(change_id: str, fmt: str, at: str | None, base: str | None) -> None:
     """Decide, then show per host what the change would do (check mode with diff).
 
     Exits 0 when the change is allowed, 3 when denied (the prediction is shown either way),
@@ -114,7 +119,7 @@ def plan(change_id: str, fmt: str, at: str | None) -> None:
     from opsledger.plan import plan as run_plan
     from opsledger.plan import render
 
-    result = run_plan(find_project(), change_id, now=aware_time(at, "--at"))
+    result = run_plan(find_project(), change_id, now=aware_time(at, "--at"), base=base)
     click.echo(render(result, fmt), nl=False)
     for host in result.errors:
         click.secho(f"error: {host.host}: {host.note}", fg="red", err=True)

@@ -8,7 +8,7 @@ import json
 import click
 
 from opsledger.cli.change import _params
-from opsledger.cli.options import one_or_due
+from opsledger.cli.options import one_or_due, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.drill import DrillResult
 from opsledger.project import find_project
@@ -19,7 +19,9 @@ from opsledger.project import find_project
 @click.option("--env", "environment", default=None, help="Environment (default lab).")
 @click.option("--due", is_flag=True, help="Drill every service whose drill is overdue.")
 @click.option("--param", "params", multiple=True, help="Runbook parameter, key=value (YAML).")
-@click.option("--wait", type=float, default=0, help="Seconds to wait for busy targets' locks.")
+@click.option(
+    "--wait", type=wait_seconds, default=0, help="Seconds to wait for busy targets' locks."
+)
 @click.option("--json", "as_json", is_flag=True, help="Events as JSON lines, then the result.")
 def drill(
     service: str | None,

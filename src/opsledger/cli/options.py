@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import click
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.changes import YEARS
+from opsledger.errors import OpsledgerError, Problem, shown
 
 
 def aware_time(text: str | None, option: str) -> dt.datetime | None:
@@ -20,10 +22,12 @@ def aware_time(text: str | None, option: str) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text)
+        if not YEARS[0] <= moment.year <= YEARS[1]:
+            raise ValueError("year out of range")
     except ValueError:
         raise OpsledgerError(
             Problem(
-                f"{text!r} is not an ISO 8601 date-time",
+                f"{shown(text, 40)} is not an ISO 8601 date-time (years {YEARS[0]} to {YEARS[1]})",
                 field=option,
                 fix="write e.g. 2026-12-01T20:30:00+01:00",
             )
@@ -50,6 +54,55 @@ signing_key_option = click.option(
     type=click.Path(path_type=Path),
     help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
 )
+
+
+# Which branch is trusted: policies, people and keys, and run records come from it.
+base_option = click.option(
+    "--base",
+    "base",
+    envvar="OPSLEDGER_BASE",
+    help="The protected branch to trust (or $OPSLEDGER_BASE; default main).",
+)
+
+
+def output_folder(path: Path | None, option: str) -> None:
+    """Refuse an output file whose folder does not exist, before any work is done."""
+    if path is None:
+        return
+    try:
+        exists = path.parent.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise OpsledgerError(
+            Problem(f"unusable path: {exc.strerror}", str(path), option, "pick another file")
+        ) from None
+    if not exists:
+        raise OpsledgerError(
+            Problem("no such folder", str(path.parent), option, "create it first or pick a file")
+        )
+
+
+def write_output(path: Path, text: str, option: str, *, append: bool = False) -> None:
+    """Write (or append) an output file; an unwritable one is exit 2, not a traceback."""
+    try:
+        with path.open("a" if append else "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise OpsledgerError(
+            Problem(f"cannot write: {exc.strerror}", str(path), option, "choose another file")
+        ) from None
+
+
+class _WaitSeconds(click.FloatRange):
+    """Seconds to wait for another run's locks: 0 to a day, and a real number (not nan)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+wait_seconds = _WaitSeconds(0, 86400)
 
 
 def one_or_due(named: object, due: bool, what: str, example: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from opsledger.cli.options import output_folder, write_output
 from opsledger.project import find_project
 
 
@@ -58,12 +59,14 @@ def report(
     from opsledger.report import kpis, parse_period, render
     from opsledger.views.service_report import render_service
 
+    output_folder(output, "--output")
     now = dt.datetime.now(dt.UTC)
-    start, end = parse_period(period or (_last_month(now) if service else "90d"), now)
+    default = _last_month(now) if service else "90d"
+    start, end = parse_period(default if period is None else period, now)
     k = kpis(find_project(), start=start, end=end, environment=environment)
     text = render_service(k, fmt) if service and fmt != "json" else render(k, fmt)
     if output:
-        output.write_text(text)
+        write_output(output, text, "--output")
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)

@@ -245,7 +245,7 @@ def _incidents(
     path = project.root / "policies" / "incidents.yml"
     file = str(path)
     data = load_yaml(path, what="incident policy")
-    found = schema_problems(data, schema("incidents-policy"), file)
+    found = schema_problems(data, schema("policy-incidents"), file)
     problems += found
     if found:  # the semantic checks below assume the shape the schema promises
         raise OpsledgerError(problems)
@@ -261,7 +261,7 @@ def _incidents(
                     f"unknown class {klass!r}", file, f"{where}.class", f"use: {', '.join(classes)}"
                 )
             )
-        if (matrix.get(entry["impact"]) or {}).get(entry["urgency"]) is None:
+        if matrix and (matrix.get(entry["impact"]) or {}).get(entry["urgency"]) is None:
             problems.append(
                 Problem(
                     "sla.yml gives no priority for this impact and urgency",
@@ -306,7 +306,8 @@ def _incidents(
             )
         critical = (inspections.get("severities") or {}).get("critical")
         rule = sources.get("inspection")
-        if rule and critical and (matrix.get(rule.impact) or {}).get(rule.urgency) != critical:
+        opened = (matrix.get(rule.impact) or {}).get(rule.urgency) if rule else None
+        if matrix and rule and critical and opened != critical:
             problems.append(
                 Problem(
                     f"a critical finding is {critical} in inspections.yml but its incident would "
@@ -397,7 +398,8 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
                     f"use some of: {', '.join(sla['terms'])}",
                 )
             )
-    for impact, urgency in itertools.product(LEVELS, LEVELS):
+    # An empty matrix means sla.yml itself failed to load: that problem is already listed.
+    for impact, urgency in itertools.product(LEVELS, LEVELS) if matrix else ():
         if (matrix.get(impact) or {}).get(urgency) not in sla["terms"]:
             problems.append(
                 Problem(

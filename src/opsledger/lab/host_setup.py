@@ -128,18 +128,19 @@ def plan_backend_switch(containers: list[dict], project_label: str) -> BackendSw
     A lab of a checkout that still exists is somebody else's running work, like any other
     container: it counts as "others" (only a deleted checkout's lab may be taken over).
     """
-    labs, others = [], []
+    labs, others, other_labs = [], [], []
     for info in containers:
         name = (info.get("Names") or [info.get("Id", "?")])[0]
         labels = info.get("Labels") or {}
         owner = labels.get(f"{LABEL}.project")
-        if labels.get(f"{LABEL}.lab") == "1" and (
-            owner == project_label or not (Path(owner or "/nonexistent") / "inventories").is_dir()
-        ):
+        if labels.get(f"{LABEL}.lab") != "1":
+            others.append(name)
+        elif owner == project_label or not (Path(owner or "/nonexistent") / "inventories").is_dir():
             labs.append(name)
         else:
-            others.append(name)
-    return BackendSwitch(tuple(labs), tuple(others))
+            other_labs.append(name)
+    # containers no lab owns first: they are the ones their owners will not expect to lose
+    return BackendSwitch(tuple(labs), tuple(others + other_labs))
 
 
 def _conf_files_setting_backend() -> list[str]:
@@ -167,12 +168,13 @@ def _switch_to_netavark(project_label: str, current: str) -> list[str]:
     )
     plan = plan_backend_switch(json.loads(listing.stdout or "[]"), project_label)
     if plan.others:
-        shown = ", ".join(plan.others[:5]) + (" ..." if len(plan.others) > 5 else "")
+        # every name (the Problem bounds the line): the user must find each one to remove it
         raise OpsledgerError(
             Problem(
                 f"podman here uses the {current or 'unknown'} network backend, which gives lab "
                 f"networks no DNS, and moving it to netavark would cut {len(plan.others)} "
-                f"container(s) that are not this lab's off their networks ({shown})",
+                f"container(s) that are not this lab's off their networks: "
+                f"{', '.join(plan.others)}",
                 str(CONTAINERS_CONF_PATH),
                 "network_backend",
                 "remove those containers (or recreate them after the switch), then run "

@@ -171,6 +171,21 @@ def _ensure_network(spec: LabSpec, progress: Progress) -> None:
             progress(f"{kind} {name} belonged to {owner}, now deleted; replacing it")
             podman(kind, "rm", "--force", name)
     if network_exists(spec.network):
+        owner = _owner("network", spec.network)
+        if owner and owner != spec.project_label:
+            # Another checkout's lab (its hosts, ports and addresses): sharing it would let
+            # one checkout's `lab down` pull the network from under the other's runs.
+            raise OpsledgerError(
+                Problem(
+                    f"podman network {spec.network} belongs to the lab of another checkout "
+                    f"({owner})",
+                    str(spec.project.inventory_file("lab")),
+                    "lab_network",
+                    "run `opsledger lab down` in that checkout, or give this one its own "
+                    "lab_network, lab_container_prefix and ports in "
+                    "inventories/lab/group_vars/all/lab.yml",
+                )
+            )
         info = _network_info(spec.network)
         reason = ""
         if spec.subnet and spec.subnet not in _network_subnets(spec.network):

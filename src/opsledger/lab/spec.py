@@ -142,7 +142,7 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
     """Problems with one host's lab settings, each naming the variable and the fix."""
     problems: list[Problem] = []
     where = f"{host.name}"
-    if not _HOSTNAME.match(host.name):
+    if not _HOSTNAME.fullmatch(host.name):
         problems.append(
             Problem(
                 "not a valid host name for a lab host",
@@ -195,7 +195,7 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
         )
     caps = host.get("lab_capabilities", [])
     if not isinstance(caps, list) or not all(
-        isinstance(c, str) and _CAPABILITY.match(c) for c in caps
+        isinstance(c, str) and _CAPABILITY.fullmatch(c) for c in caps
     ):
         problems.append(
             Problem(
@@ -207,7 +207,7 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
         )
     volumes = host.get("lab_volumes", [])
     if not isinstance(volumes, list) or not all(
-        isinstance(v, str) and _VOLUME.match(v) for v in volumes
+        isinstance(v, str) and _VOLUME.fullmatch(v) for v in volumes
     ):
         problems.append(
             Problem(

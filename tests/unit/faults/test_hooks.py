@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from opsledger.apply import apply_change
-from opsledger.changes import new_change
 from opsledger.faults.store import incident_ids, load_incident
 from opsledger.gitrepo import commit_paths
 from opsledger.inspections import inspect
+from opsledger.signoff import request_change, submit_change
 
 from .conftest import point_lab_at_sshd
 
@@ -118,7 +118,7 @@ def test_apply_opens_an_incident_on_failed_verification_and_a_verified_rerun_res
         email="alice@example.org",
     )
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Write the probe marker",
         runbook="probe",
@@ -130,7 +130,9 @@ def test_apply_opens_an_incident_on_failed_verification_and_a_verified_rerun_res
         window_start=now - dt.timedelta(minutes=5),
         window_end=now + dt.timedelta(hours=2),
     )
-    commit_paths(project.root, [change.file], "Request", name="Alice", email="alice@example.org")
+    commit_paths(
+        project.root, [change.file.parent], "Request", name="Alice", email="alice@example.org"
+    )
 
     failed = apply_change(project, change.id)
     assert failed.result == "failed" and failed.record.verification["status"] == "failed"
@@ -140,11 +142,13 @@ def test_apply_opens_an_incident_on_failed_verification_and_a_verified_rerun_res
     assert incident.data["fingerprints"] == ["verification:lab:lab-db1:test_marker_says_healthy"]
     assert incident.data["evidence"] == [str(failed.record_path.relative_to(project.root))]
 
-    # amend the change (a standard change needs no new approval) and run it again
+    # amend the change (a standard change needs no new approval, only alice's new request)
+    # and run it again
     data = yaml.safe_load(change.file.read_text())
     data["params"]["content"] = "healthy"
     change.file.write_text(yaml.safe_dump(data, sort_keys=False))
     commit_paths(project.root, [change.file], "Amend", name="Alice", email="alice@example.org")
+    submit_change(project, change.id, person="alice")
     clock.advance(minutes=20)
     fixed = apply_change(project, change.id)
     assert fixed.result == "success" and marker.read_text() == "healthy\n"

@@ -34,9 +34,9 @@ def new_p2(*extra):
 
 def request_fix(project, clock):
     """alice's emergency change CHG-0001 restarting PostgreSQL on lab-db1, committed."""
-    from opsledger.changes import new_change
+    from opsledger.signoff import request_change
 
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Restart PostgreSQL on lab-db1",
         runbook="service-restart",
@@ -48,8 +48,12 @@ def request_fix(project, clock):
         window_start=clock.now,
         window_end=clock.now + dt.timedelta(hours=2),
     )
-    commit_paths(
-        project.root, [change.file], "Request CHG-0001", name="Alice", email="alice@example.org"
+    commit_paths(  # the change and alice's request statement
+        project.root,
+        [change.file.parent],
+        "Request CHG-0001",
+        name="Alice",
+        email="alice@example.org",
     )
     return change.id
 

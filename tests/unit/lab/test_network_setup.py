@@ -28,7 +28,7 @@ def test_backend_switch_recreates_this_labs_and_deleted_labs_only(tmp_path):
     ]
     plan = host_setup.plan_backend_switch(containers, ours)
     assert plan.labs == ("opsledger-lab-db1", "old-lab-app1")
-    assert plan.others == ("their-lab-db1", "webapp", "fake")
+    assert plan.others == ("webapp", "fake", "their-lab-db1")  # labs nobody owns here first
 
 
 def test_backend_switch_with_nothing_else_has_no_others():

@@ -1,0 +1,316 @@
+"""The protected base: the branch whose history and policies every decision trusts.
+
+A pull request cannot be judged by rules, keys or evidence it brings itself, so decide reads
+them from the protected branch (`--base REF`, `$OPSLEDGER_BASE`, default `main`; CI passes
+`origin/main` for a pull request and judges the branch itself after a merge):
+
+- **policies** — the policies in effect at the base: not simply its `policies/` folder, but the
+  newest version of it that was *approved* (its Markdown docs are not policy). Walking the
+  base's first-parent line from its first commit, each new version of `policies/` takes effect
+  only when a policy change (POL-<n>) in that commit's tree requests exactly that content and
+  is approved under the version in effect before it (`policy_changes` in changes.yml: owner
+  teams, quorum, signatures). An unapproved edit — even one pushed straight to the branch —
+  has no effect, and audit check reports it. Before `policy_changes` is first in effect,
+  versions are taken as they come (history from before this control existed).
+- **people and keys** — from those policies;
+- **evidence** — run records committed on the base's first-parent line (see evidence.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsledger.approvals import quorum, standing
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import blob_contents, git
+from opsledger.policy import Policies, Rule, load_policies
+from opsledger.policy_changes import POLICY_DOCS, is_policy_change, policy_content_at
+from opsledger.project import Project
+from opsledger.yamlio import parse_yaml
+
+DEFAULT_BASE = "main"
+
+
+@dataclass
+class PolicyVersion:
+    """One version of policies/ on the base's first-parent line."""
+
+    commit: str  # the first-parent commit that brought this version
+    tree: str
+    accepted_at: str = ""  # the commit from which it is in effect ("" = never)
+    change: str = ""  # the policy change that approved it
+    why: str = ""  # why it is (not) in effect
+
+
+@dataclass
+class Base:
+    ref: str
+    sha: str
+    first_parent: list[str]  # the base's own line, oldest first
+    versions: list[PolicyVersion]
+    _effective: list[tuple[int, PolicyVersion, Policies]] = field(repr=False)
+    position: dict[str, int] = field(default_factory=dict, repr=False)  # sha -> index
+
+    def __post_init__(self) -> None:
+        self.position = {sha: i for i, sha in enumerate(self.first_parent)}
+
+    @property
+    def policies(self) -> Policies:
+        """The policies in effect at the tip of the base."""
+        return self._effective[-1][2]
+
+    @property
+    def policy_version(self) -> PolicyVersion:
+        return self._effective[-1][1]
+
+    def policies_at(self, commit: str) -> Policies:
+        """The policies in effect at a first-parent commit (the tip's for any other commit)."""
+        at = self.position.get(commit)
+        if at is None:
+            return self.policies
+        chosen = self._effective[0][2]
+        for start, _, policies in self._effective:
+            if start <= at:
+                chosen = policies
+        return chosen
+
+    def pending(self) -> list[PolicyVersion]:
+        """Versions after the one in effect that are not approved (they have no effect)."""
+        current = self.policy_version
+        later = self.versions[self.versions.index(current) + 1 :]
+        return [v for v in later if not v.accepted_at]
+
+
+def _rev(project: Project, ref: str) -> str:
+    proc = git(project.root, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+    if proc.returncode != 0:
+        raise OpsledgerError(
+            Problem(
+                f"the protected branch {ref!r} is not in this repository",
+                str(project.root),
+                "--base",
+                "fetch it (git fetch origin), or name it with --base or $OPSLEDGER_BASE",
+            ),
+            EXIT_INVALID,
+        )
+    return proc.stdout.strip()
+
+
+_POLICIES: dict[tuple[str, str], tuple[Policies | None, list[Problem]]] = {}
+
+
+def policies_at(project: Project, commit: str) -> tuple[Policies | None, list[Problem]]:
+    """The policy files as committed in `commit`, loaded and checked as on disk.
+
+    The files are written to a scratch folder (plain files only: a symlink is a problem), with
+    the environment and runbook names of that commit, and loaded with the usual loader.
+    """
+    listing = git(
+        project.root, "ls-tree", "-r", "-z", commit, "--", "policies", "inventories", "runbooks"
+    ).stdout
+    entries = []
+    for line in listing.split("\0"):
+        if line:
+            meta, _, path = line.partition("\t")
+            mode, kind, blob = meta.split()
+            entries.append((path, mode, kind, blob))
+    key = (str(project.root), "\n".join(f"{p} {b}" for p, _, _, b in entries))
+    if key in _POLICIES:
+        return _POLICIES[key]
+    problems = []
+    policy_files = [(p, b) for p, m, k, b in entries if p.startswith("policies/") and k == "blob"]
+    for path, mode, _, _ in entries:
+        if path.startswith("policies/") and mode == "120000":
+            problems.append(
+                Problem("a symlink in policies/", f"{commit[:10]}:{path}", "symlink", "")
+            )
+    contents = blob_contents(project.root, [b for _, b in policy_files])
+    with tempfile.TemporaryDirectory(prefix="opsledger-policies-") as tmp:
+        root = Path(tmp)
+        for path, mode, _, blob in entries:
+            target = root / path
+            if path.startswith("policies/") and mode != "120000":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(contents.get(blob, b""))
+            elif path.endswith(("/hosts.yml", "/runbook.yml")) and path.count("/") == 2:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text("")  # only the names matter to the policy checks
+        try:
+            policies, found = load_policies(Project(root), strict=False)
+        except OpsledgerError as err:  # e.g. no people.yml: nothing to judge by
+            policies, found = None, err.problems
+    for problem in found:
+        where = (problem.file or "").replace(str(root) + "/", f"{commit[:10]}:")
+        problems.append(Problem(problem.message, where, problem.field, problem.fix))
+    _POLICIES[key] = (policies, problems)
+    return policies, problems
+
+
+def _approval_of(
+    project: Project, commit: str, candidates: list[str], accepted: Policies
+) -> tuple[str, str]:
+    """The policy change in `commit` that approves its policies/ version: (id, "") or ("", why)."""
+    rule = accepted.policy_changes
+    assert rule is not None
+    reasons = []
+    for change_id in candidates:
+        content = policy_content_at(project, commit, change_id)
+        if content is None:
+            continue
+        shown = git(project.root, "show", f"{commit}:changes/{change_id}/policy.yml", check=False)
+        try:
+            request = parse_yaml(shown.stdout)
+        except OpsledgerError:  # unreadable: nobody provably requested it
+            request = None
+        requester = str(request.get("requested_by", "")) if isinstance(request, dict) else ""
+        judged = standing(
+            project,
+            change_id=change_id,
+            requester=requester,
+            content=content,
+            policies=accepted,
+            signatures_required=rule.signed,
+            revs=[commit],
+        )
+        if not judged.requester_proven:
+            reasons.append(f"{change_id}: {judged.requester_why}")
+            continue
+        passed, why, _ = quorum(
+            judged,
+            Rule("policy changes", (), (), None, rule.approvals, (), rule.owners),
+            accepted,
+        )
+        if passed:
+            return change_id, ""
+        reasons.append(f"{change_id}: {why}")
+    if not reasons:
+        reasons.append(f"no policy change (POL-<n>) requests policies/ as of {commit[:10]}")
+    return "", "; ".join(reasons)
+
+
+_BASES: dict[tuple[str, str], Base] = {}
+
+
+def resolve_base(project: Project, ref: str | None = None) -> Base:
+    """The protected base and the policies in effect on it (see the module docstring).
+
+    Raises OpsledgerError (exit 2) when the base is missing or its policies cannot be read.
+
+    Example:
+        base = resolve_base(find_project(), "origin/main")
+        base.policies.rule_for("normal", "high", "production"), base.pending()
+    """
+    name = ref or os.environ.get("OPSLEDGER_BASE") or DEFAULT_BASE
+    sha = _rev(project, name)
+    if (str(project.root), sha) in _BASES:
+        cached = _BASES[(str(project.root), sha)]
+        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+    line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
+    position = {c: i for i, c in enumerate(line)}
+    # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
+    folders = git(project.root, "ls-tree", "--name-only", sha, "changes/").stdout.split()
+    requests = [f for f in folders if is_policy_change(f.rsplit("/", 1)[-1])]
+    log = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(project.root),
+            "log",
+            "--first-parent",
+            "--reverse",
+            "--name-only",
+            "--format=%x1e%H",
+            sha,
+            "--",
+            "policies",
+            *POLICY_DOCS,
+            *requests,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    touched = []
+    for record in log.split("\x1e"):
+        lines = [x for x in record.splitlines() if x.strip()]
+        if lines:
+            touched.append((lines[0], lines[1:]))
+    trees = _trees(project, [c for c, _ in touched])
+    versions: list[PolicyVersion] = []
+    effective: list[tuple[int, PolicyVersion, Policies]] = []
+    candidates: list[str] = []  # policy changes touched since the version in effect
+    broken: list[Problem] = []  # problems of the version in effect
+    for commit, paths in touched:
+        candidates += [p.split("/")[1] for p in paths if p.startswith("changes/POL-")]
+        tree = trees.get(commit)
+        if tree is None:
+            continue
+        current = effective[-1][1] if effective else None
+        if current is not None and tree == current.tree:
+            continue
+        version = versions[-1] if versions and versions[-1].tree == tree else None
+        if version is None:
+            version = PolicyVersion(commit, tree)
+            versions.append(version)
+        policies, problems = policies_at(project, commit)
+        accepted = effective[-1][2] if effective else None
+        if policies is None:
+            version.why = "unreadable: " + "; ".join(str(p) for p in problems[:3])
+            continue
+        if accepted is None or accepted.policy_changes is None:
+            # Before policy changes were under change control, versions count as they come
+            # (a broken one too: it fails below only if it is the one in effect at the tip).
+            version.accepted_at = commit
+            version.why = (
+                "the first policies of the branch"
+                if accepted is None
+                else "policy changes were not under change control yet"
+            )
+        elif problems:
+            version.why = "invalid: " + "; ".join(str(p) for p in problems[:3])
+            continue
+        else:
+            wanted = sorted({c for c in candidates if is_policy_change(c)})
+            version.change, version.why = _approval_of(project, commit, wanted, accepted)
+            if not version.change:
+                continue
+            version.accepted_at = commit
+            version.why = f"approved in {version.change}"
+        broken = problems
+        effective.append((position[commit], version, policies))
+        candidates = []
+    if not effective:
+        raise OpsledgerError(
+            Problem(
+                f"no policies on {name}",
+                "policies/",
+                "--base",
+                "name the branch that holds the project's policies",
+            )
+        )
+    if broken:  # fail closed: nothing is decided on rules that do not check
+        refusal = Problem(
+            f"policy check fails on {name} ({sha[:10]}): nothing is decided on these rules",
+            "policies/",
+            fix=f"fix the problems above on {name} (opsledger policy check there)",
+        )
+        raise OpsledgerError([*broken, refusal])
+    base = Base(name, sha, line, versions, effective)
+    _BASES[(str(project.root), sha)] = base
+    return base
+
+
+def _trees(project: Project, commits: list[str]) -> dict[str, str]:
+    """An id of each commit's policy files (docs left out); commits without any are left out."""
+    found = {}
+    for commit in commits:
+        listing = git(project.root, "ls-tree", "-r", commit, "--", "policies").stdout
+        rules = [line for line in listing.splitlines() if not line.endswith(".md")]
+        if rules:
+            found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()
+    return found

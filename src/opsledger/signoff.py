@@ -1,0 +1,299 @@
+"""Signing off on a change as a person: request it, approve it or reject it.
+
+Each use case writes one new statement file (statements.py) about the change's current
+content — signed with the person's SSH key when one is given — and, for approvals and
+rejections, commits just that file as the person (author and committer). Nothing is ever
+rewritten: a second thought is a newer statement.
+
+A change's request statement is written by `change new` (and `policy propose`) next to the
+request and committed with it by its requester; `change submit` writes a fresh one after the
+requester amends the change (any edit of the content needs a new request and new approvals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opsledger.approvals import require_clean_worktree
+from opsledger.base import resolve_base
+from opsledger.changes import NewChange, new_change, validate_change
+from opsledger.content import Content, change_content
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import require_history, write_and_commit
+from opsledger.policy import Policies, load_policies
+from opsledger.policy_changes import (
+    PolicyRequest,
+    is_policy_change,
+    load_policy_request,
+    new_policy_request,
+    policy_content,
+)
+from opsledger.project import Project
+from opsledger.statements import Statement, sign, statement_path
+from opsledger.yamlio import outside_problem
+
+VERBS = {"requested": "Request", "approved": "Approve", "rejected": "Reject"}
+MAX_COMMENT = 2000  # characters: a statement says why, the discussion lives in the PR
+
+
+@dataclass
+class SignOff:
+    change_id: str
+    person: str
+    decision: str
+    path: Path
+    commit: str  # "" when the statement is left for the requester to commit
+    content_sha256: str
+    signed: bool
+
+
+def subject(project: Project, change_id: str) -> tuple[str, Content]:
+    """A valid change's (CHG or POL) requester and current content; exit 2 when invalid."""
+    if is_policy_change(change_id):
+        request = load_policy_request(project, change_id)
+        return request.requested_by, policy_content(project, change_id)
+    result = validate_change(project, change_id)
+    if result.problems:
+        raise OpsledgerError(result.problems)
+    assert result.change is not None and result.runbook is not None
+    content = change_content(project, result.change, result.runbook, result.hosts)
+    return result.change.requested_by, content
+
+
+def _policies(project: Project, base: str | None) -> Policies:
+    """The base's policies; the working tree's when there is no base yet (a new repository).
+
+    Only who may sign and the policy hash the statement names come from here: whether the
+    statement counts is judged later, always against the base.
+    """
+    try:
+        return resolve_base(project, base).policies
+    except OpsledgerError:
+        if base:
+            raise
+        return load_policies(project)[0]
+
+
+def sign_off(
+    project: Project,
+    change_id: str,
+    *,
+    person: str,
+    decision: str = "approved",
+    comment: str = "",
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+    commit: bool = True,
+) -> SignOff:
+    """Write (and commit) one person's statement on a change's current content.
+
+    Example:
+        sign_off(find_project(), "CHG-0001", person="bob",
+                 signing_key=Path("~/.ssh/id_ed25519").expanduser())
+    """
+    if decision not in VERBS:
+        raise OpsledgerError(
+            Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
+        )
+    if len(comment) > MAX_COMMENT:
+        raise OpsledgerError(
+            Problem(
+                f"the comment has {len(comment)} characters; at most {MAX_COMMENT}",
+                field="--comment",
+                fix="keep it short and link to the details",
+            )
+        )
+    if commit:  # statements are read from history: there must be one to commit to
+        require_history(project.root, VERBS[decision].lower())
+    policies = _policies(project, base)
+    who = policies.people.get(person)
+    if who is None or person == policies.records_by:
+        raise OpsledgerError(
+            Problem(
+                f"{person!r} is not a person who may sign statements in policies/people.yml",
+                "policies/people.yml",
+                "people",
+                "sign as a listed person (--as ID)",
+            )
+        )
+    if signing_key is not None and not Path(signing_key).is_file():
+        raise OpsledgerError(
+            Problem(
+                "signing key not found", str(signing_key), "--key", "point at your SSH private key"
+            )
+        )
+    requester, content = subject(project, change_id)
+    if decision == "requested" and person != requester:
+        raise OpsledgerError(
+            Problem(
+                f"only the requester ({requester}) submits the change",
+                f"changes/{change_id}",
+                "--as",
+                f"submit as {requester}, or approve it instead",
+            )
+        )
+    require_clean_worktree(project, change_id)
+    moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    folder = statement_path(project.root / "changes", change_id, person, moment).parent
+    while statement_path(project.root / "changes", change_id, person, moment).exists():
+        moment += dt.timedelta(seconds=1)  # one statement per person and second: the next one
+    statement = Statement(
+        change_id,
+        person,
+        decision,
+        content.sha256,
+        policies.hash,
+        moment,
+        comment,
+        content_files=content.files,
+    )
+    if signing_key is not None:
+        statement = dataclasses.replace(statement, signature=sign(statement.text(), signing_key))
+    path = statement_path(project.root / "changes", change_id, person, moment)
+    if refused := outside_problem(path, project.root):  # a symlinked folder writes elsewhere
+        raise OpsledgerError(refused)
+    sha = ""
+    if commit:
+        # Written and committed as the person, or nothing is left behind (write_and_commit).
+        sha = write_and_commit(
+            project.root,
+            path,
+            statement.to_yaml(),
+            f"{VERBS[decision]} {change_id} ({content.sha256[:12]})",
+            name=who.name,
+            email=who.email,
+        )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "x") as handle:  # written once, never overwritten
+            handle.write(statement.to_yaml())
+    return SignOff(change_id, person, decision, path, sha, content.sha256, bool(signing_key))
+
+
+def approve_change(
+    project: Project,
+    change_id: str,
+    *,
+    person: str,
+    decision: str = "approved",
+    comment: str = "",
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+) -> SignOff:
+    """Approve (or reject) a change's current content as a person, and commit it.
+
+    Example:
+        approve_change(find_project(), "CHG-0001", person="bob", decision="rejected")
+    """
+    if decision not in ("approved", "rejected"):
+        raise OpsledgerError(
+            Problem(f"unknown decision {decision!r}", field="decision", fix="approved or rejected")
+        )
+    return sign_off(
+        project,
+        change_id,
+        person=person,
+        decision=decision,
+        comment=comment,
+        signing_key=signing_key,
+        now=now,
+        base=base,
+    )
+
+
+def submit_change(
+    project: Project,
+    change_id: str,
+    *,
+    person: str,
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+    commit: bool = True,
+) -> SignOff:
+    """The requester states they request the change's current content (after amending it).
+
+    Example:
+        submit_change(find_project(), "CHG-0001", person="alice")
+    """
+    return sign_off(
+        project,
+        change_id,
+        person=person,
+        decision="requested",
+        signing_key=signing_key,
+        now=now,
+        base=base,
+        commit=commit,
+    )
+
+
+def request_change(
+    project: Project,
+    *,
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+    **fields: Any,
+) -> tuple[NewChange, SignOff]:
+    """Write a new change request and its requester's statement, not committed.
+
+    The requester commits both together with the desired-state edits the change covers;
+    nothing is written when the change is invalid.
+
+    Example:
+        change, statement = request_change(project, title="Raise work_mem", runbook="converge",
+            requested_by="alice", reason="Sorts spill to disk", targets="db",
+            params={"tags": ["postgresql"]}, window_start=start, window_end=end)
+    """
+    change = new_change(project, **fields)
+    try:
+        statement = submit_change(
+            project,
+            change.id,
+            person=fields["requested_by"],
+            signing_key=signing_key,
+            now=now,
+            commit=False,
+        )
+    except OpsledgerError:
+        shutil.rmtree(change.file.parent)
+        raise
+    return change, statement
+
+
+def propose_policy_change(
+    project: Project,
+    *,
+    title: str,
+    requested_by: str,
+    reason: str,
+    signing_key: Path | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[PolicyRequest, SignOff]:
+    """Request a change of policies/ as it is on disk now (commit both with the edit).
+
+    Example:
+        request, statement = propose_policy_change(project, title="Two approvals in staging",
+            requested_by="alice", reason="Staging now carries customer data")
+    """
+    request = new_policy_request(project, title=title, requested_by=requested_by, reason=reason)
+    try:
+        statement = submit_change(
+            project,
+            request.id,
+            person=requested_by,
+            signing_key=signing_key,
+            now=now,
+            commit=False,
+        )
+    except OpsledgerError:
+        shutil.rmtree(request.file.parent)
+        raise
+    return request, statement

@@ -1,0 +1,71 @@
+"""Recurring maintenance windows as concrete intervals, so a change may cross midnight.
+
+Operations work at night: a window may run past midnight (`start: "22:00", end: "02:00"` opens
+on each listed day and closes the next morning), and two windows that touch (Fri 22:00-24:00,
+Sat 00:00-02:00) cover a change running across both without a gap. A change window therefore
+fits when it lies inside the union of the windows' occurrences, not inside one calendar day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from zoneinfo import ZoneInfo
+
+from opsledger.policy import Window
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def overnight(window: Window) -> bool:
+    """Whether the window closes on the day after it opens (end earlier than start)."""
+    return window.end != "24:00" and window.end < window.start
+
+
+def occurrences(window: Window, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """Every (open, close) of the window that can touch [start, end], as aware datetimes.
+
+    Days are counted in the window's own timezone, from the day before `start` (an overnight
+    window opened then may still be open) to the day of `end`.
+    """
+    zone = ZoneInfo(window.timezone)
+    first = start.astimezone(zone).date() - dt.timedelta(days=1)
+    last = end.astimezone(zone).date()
+    found = []
+    day = first
+    while day <= last:
+        if DAY_NAMES[day.weekday()] in window.days:
+            open_at = dt.datetime.combine(day, dt.time.fromisoformat(window.start), zone)
+            if window.end == "24:00":
+                close_day, close_time = day + dt.timedelta(days=1), dt.time(0)
+            else:
+                close_day = day + dt.timedelta(days=1) if overnight(window) else day
+                close_time = dt.time.fromisoformat(window.end)
+            found.append((open_at, dt.datetime.combine(close_day, close_time, zone)))
+        day += dt.timedelta(days=1)
+    return found
+
+
+def covered(windows: Iterable[Window], start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether [start, end] lies inside the union of the windows' occurrences, gaps excluded.
+
+    Example:
+        covered(policies.windows["production"], change.window_start, change.window_end)
+    """
+    # In UTC: Python compares datetimes sharing a tzinfo by wall clock, wrong across DST.
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    spans = [
+        (o.astimezone(dt.UTC), c.astimezone(dt.UTC))
+        for w in windows
+        for o, c in occurrences(w, start, end)
+    ]
+    reached = start  # everything from start up to here is inside some window
+    for open_at, close_at in sorted(spans):
+        if close_at <= reached:
+            continue
+        if open_at > reached:
+            return False  # spans come by opening time: nothing later closes this gap
+        reached = close_at
+        if reached >= end:
+            return True
+    return False
