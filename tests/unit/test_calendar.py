@@ -9,7 +9,7 @@ import json
 
 from click.testing import CliRunner
 
-from opsledger.approvals import approve_change
+from opsledger.signoff import approve_change
 from opsledger.calendar import Kind, change_calendar, render_calendar
 from opsledger.cli import cli
 

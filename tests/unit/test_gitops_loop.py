@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
+from opsledger.signoff import approve_change, request_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 
@@ -119,7 +118,7 @@ def request_later(project: Project, opens_in: float, **params) -> tuple[str, dt.
     if end - start < dt.timedelta(minutes=3):
         pytest.skip("too close to midnight UTC for a window inside the lab's daily window")
     git(project.root, "checkout", "-q", "-b", "chg")
-    change = new_change(
+    change, _ = request_change(
         project,
         title="Steps once the window opens",
         runbook="local-steps",
@@ -131,7 +130,7 @@ def request_later(project: Project, opens_in: float, **params) -> tuple[str, dt.
         window_end=end,
     )
     commit_paths(
-        project.root, [change.file], f"Request {change.id}", name="Alice Arnold",
+        project.root, [change.file.parent], f"Request {change.id}", name="Alice Arnold",
         email="alice@example.org",
     )  # fmt: skip
     approve_change(project, change.id, person="bob")

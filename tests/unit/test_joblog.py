@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from opsledger.approvals import approve_change
+from opsledger.signoff import approve_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import read_runs
 

@@ -9,8 +9,7 @@ import os
 import subprocess
 import sys
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
+from opsledger.signoff import approve_change, request_change
 from opsledger.gitrepo import commit_paths
 from opsledger.plan import plan
 
@@ -78,7 +77,7 @@ def _runbook(project):
 
 def _request(project, case):
     start, end = open_window()
-    change = new_change(
+    change, _ = request_change(
         project,
         title=f"Plan {case}",
         runbook="local-plan",
@@ -89,7 +88,7 @@ def _request(project, case):
         window_start=start,
         window_end=end,
     )
-    commit_paths(project.root, [change.file], f"Request {change.id}", name="Alice Arnold",
+    commit_paths(project.root, [change.file.parent], f"Request {change.id}", name="Alice Arnold",
                  email="alice@example.org")  # fmt: skip
     approve_change(project, change.id, person="bob")
     return change.id
