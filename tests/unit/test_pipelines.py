@@ -18,13 +18,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from opsledger.changes import new_change
 from opsledger.ci import pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
 from opsledger.prcomment import GITHUB_LIMIT, comment_parts, diff_section, grouped_diffs
 from opsledger.prjob import isolated_connections, secrets_in_reach
+from opsledger.signoff import request_change
 
 from ..conftest import REPO_ROOT
 from .conftest import START
@@ -181,10 +181,12 @@ def item_of(report, change_id):
     return next(i for i in report.items if i.change_id == change_id)
 
 
-def _pr_with_production_change(project):
+def _pr_with_production_change(project, key):
+    """Alice's production change on a branch, her request signed (production asks for it)."""
     git(project.root, "checkout", "-q", "-b", "feature")
-    change = new_change(
+    change, _ = request_change(
         project,
+        signing_key=key,
         title="Tune production",
         runbook="converge",
         requested_by="alice",
@@ -195,14 +197,14 @@ def _pr_with_production_change(project):
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
     )
-    commit_paths(project.root, [change.file], "Request", name="Alice Arnold",
+    commit_paths(project.root, [change.file.parent], "Request", name="Alice Arnold",
                  email="alice@example.org")  # fmt: skip
     return change.id
 
 
 def test_a_pr_job_refuses_to_run_while_it_holds_a_secret(repo, monkeypatch):
-    project, _, _ = repo
-    _pr_with_production_change(project)
+    project, _, keys = repo
+    _pr_with_production_change(project, keys["alice"])
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     for name in [n for n in os.environ if n.startswith(("OPSLEDGER_VAULT", "OPSLEDGER_NOTIFY"))]:
         monkeypatch.delenv(name)
@@ -221,8 +223,8 @@ def test_a_pr_job_refuses_to_run_while_it_holds_a_secret(repo, monkeypatch):
 
 
 def test_a_pr_job_plans_only_the_lab_and_defers_production_to_the_protected_job(repo, tmp_path):
-    project, _, _ = repo
-    change_id = _pr_with_production_change(project)
+    project, _, keys = repo
+    change_id = _pr_with_production_change(project, keys["alice"])
     assert item_of(pr_check(project, base="main", with_plan=False), change_id)
     report = pr_check(project, base="main", now=START, untrusted=True, plan_environments={"lab"})
     (item,) = report.items
