@@ -14,11 +14,10 @@ import time
 
 import pytest
 
-from opsledger.approvals import approve_change
-from opsledger.changes import new_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
 from opsledger.project import Project
+from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
 
@@ -71,7 +70,7 @@ def test_the_scheduled_apply_runs_a_change_once_its_window_opens(
     params = engineer.root / "inventories/lab/group_vars/db/postgresql.yml"
     params.write_text(params.read_text().replace("work_mem: 8MB", "work_mem: 24MB"))
     opens = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=90)
-    change = new_change(
+    change, _ = request_change(
         engineer,
         title="Raise work_mem when the window opens",
         runbook="converge",
@@ -82,7 +81,7 @@ def test_the_scheduled_apply_runs_a_change_once_its_window_opens(
         window_start=opens,
         window_end=opens + dt.timedelta(hours=1),
     )
-    commit_paths(engineer.root, [params, change.file], f"Request {change.id}",
+    commit_paths(engineer.root, [params, change.file.parent], f"Request {change.id}",
                  name="Alice Arnold", email="alice@example.org")  # fmt: skip
     approve_change(engineer, change.id, person="bob")
     git(engineer.root, "push", "-q", "origin", "work-mem")
