@@ -9,9 +9,9 @@ import json
 
 from click.testing import CliRunner
 
-from opsledger.signoff import approve_change
 from opsledger.calendar import Kind, change_calendar, render_calendar
 from opsledger.cli import cli
+from opsledger.signoff import approve_change
 
 from .conftest import START, record_run
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from opsledger.signoff import approve_change, request_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
+from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
 

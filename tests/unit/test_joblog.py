@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 
-from opsledger.signoff import approve_change
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import read_runs
+from opsledger.signoff import approve_change
 
 
 def _cli(project, *args):

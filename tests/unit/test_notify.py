@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from opsledger.signoff import approve_change
 from opsledger.gitrepo import commit_paths
 from opsledger.notify import load_notify_policy, notify_records
 from opsledger.records import read_runs
+from opsledger.signoff import approve_change
 
 POLICY = """\
 ---

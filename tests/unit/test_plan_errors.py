@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
-from opsledger.signoff import approve_change, request_change
 from opsledger.gitrepo import commit_paths
 from opsledger.plan import plan
+from opsledger.signoff import approve_change, request_change
 
 from .conftest import open_window
 
