@@ -27,11 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import Problem
+from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
-from opsledger.schema import problems as schema_problems
-from opsledger.schema import schema
-from opsledger.yamlio import load_yaml
 
 EVENTS = (
     "apply_succeeded",
@@ -50,7 +48,6 @@ SCHEMES = {
     "email": ("mailto://", "mailtos://"),
     "webhook": ("json://", "jsons://", "form://", "forms://", "xml://", "xmls://"),
 }
-POLICY = "notifications.yml"
 
 
 class Severity(enum.StrEnum):
@@ -174,16 +171,13 @@ def load_notify_policy(project: Project) -> tuple[NotifyPolicy, list[Problem]]:
     Example:
         policy, problems = load_notify_policy(find_project())
     """
-    path = project.root / "policies" / POLICY
-    if not path.exists():
+    path = policy_path(project, "notifications")
+    if not path.exists() and not path.is_symlink():
         return NotifyPolicy(), []
     file = str(path)
-    try:
-        data = load_yaml(path, what="notifications policy")
-    except OpsledgerError as err:
-        return NotifyPolicy(), err.problems
-    found = schema_problems(data, schema("policy-notifications"), file)
-    if found:
+    # The one loader of policy files: inside the project, not through a symlink, its schema.
+    data, found = read_policy(project, "notifications", "notifications policy")
+    if data is None:
         return NotifyPolicy(), found
     channels = {
         name: Channel(name, spec["kind"], spec.get("url"), spec.get("url_env"))

@@ -205,3 +205,18 @@ def test_critical_findings_are_told_and_a_bad_policy_is_named(notified, webhook)
     ]
     check = _cli(project, "policy", "check")
     assert check.returncode == 2 and "unknown channel 'pager'" in check.stderr
+
+
+def test_a_symlinked_notifications_policy_is_refused_not_followed(local_repo, tmp_path):
+    """Read by the one loader of policy files: a symlink would send notifications wherever a
+    file outside the repository says, which git never recorded or reviewed."""
+    project, _ = local_repo
+    elsewhere = tmp_path / "elsewhere.yml"
+    elsewhere.write_text(POLICY)
+    path = project.root / "policies" / "notifications.yml"
+    path.unlink()
+    path.symlink_to(elsewhere)
+    policy, problems = load_notify_policy(project)
+    assert policy.channels == {} and [p.message for p in problems] == ["is a symlink"]
+    check = _cli(project, "policy", "check")
+    assert check.returncode == 2 and "is a symlink" in check.stderr, check.stderr
