@@ -184,8 +184,14 @@ class OriginRecords:
             except OpsledgerError:
                 self._drop(ours)
                 raise
-            known = set(_runs_of(root, change_id, "HEAD"))
-            other = sorted(set(_runs_of(root, change_id, upstream)) - known)
+            # Compared by blob, not by name: two controllers that start in the same second
+            # write the same file name, and the origin's is then another run's record.
+            known = _runs_of(root, change_id, "HEAD")
+            other = sorted(
+                path
+                for path, blob in _runs_of(root, change_id, upstream).items()
+                if known.get(path) != blob
+            )
             if other:
                 self._drop(ours)
                 raise OpsledgerError(
@@ -225,13 +231,17 @@ class OriginRecords:
         (root / started).unlink(missing_ok=True)
 
 
-def _runs_of(root: Path, change_id: str, commit: str) -> list[str]:
-    """Run record files (started or final) of the change in `commit`."""
+def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, str]:
+    """Run record files (started or final) of the change in `commit`: path -> blob id."""
     listing = git(
-        root, "ls-tree", "-r", "--name-only", commit, "--", f"changes/{change_id}/runs/",
-        check=False,
-    ).stdout.split()  # fmt: skip
-    return sorted(p for p in listing if p.endswith(".json") and _is_run_file(p))
+        root, "ls-tree", "-r", "-z", commit, "--", f"changes/{change_id}/runs/", check=False
+    ).stdout.split("\0")
+    runs = {}
+    for entry in filter(None, listing):
+        meta, _, path = entry.partition("\t")
+        if path.endswith(".json") and _is_run_file(path):
+            runs[path] = meta.split()[-1]
+    return runs
 
 
 def _is_run_file(path: str) -> bool:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from opsledger.errors import EXIT_LOCKED, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.signoff import approve_change, request_change
 
@@ -241,6 +243,35 @@ def test_controllers_without_a_shared_lock_still_run_a_change_once(loop, tmp_pat
         p for p in tmp_path.glob("machine-*/steps/lab-db1-step-*") if p.is_file()
     ]  # fmt: skip
     assert len(steps) == 3, steps  # one run's three steps, on one machine
+
+
+def test_a_claim_lost_to_a_run_started_in_the_same_second_is_lost_not_a_conflict(loop, tmp_path):
+    """Write-ahead records are named by the second a run starts: two controllers starting in
+    the same second write the same file name. The loser took the origin's record for its own,
+    rebased onto it, hit an add/add conflict and failed its pipeline (exit 1)."""
+    _, origin = loop
+    started = "changes/CHG-0001/runs/20261201T200000Z.started.json"
+    clones = []
+    for machine in ("machine-a", "machine-b"):
+        work = tmp_path / machine
+        git(tmp_path, "clone", "-q", str(origin), str(work))
+        path = work / started
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"kind": "run", "result": "started", "machine": machine}))
+        commit_paths(work, [path], "Run CHG-0001: started", name="opsledger CI",
+                     email="ci@example.org")  # fmt: skip
+        clones.append(Project(work))
+    first, second = clones
+    OriginRecords.of(first, "origin").claim("CHG-0001", first.root / started)
+    before = git(second.root, "rev-parse", "HEAD~1").stdout
+    with pytest.raises(OpsledgerError) as lost:
+        OriginRecords.of(second, "origin").claim("CHG-0001", second.root / started)
+    assert lost.value.exit_code == EXIT_LOCKED, lost.value
+    assert "another controller claimed this run first" in str(lost.value)
+    assert git(second.root, "rev-parse", "HEAD").stdout == before  # its claim dropped
+    assert not (second.root / started).exists()
+    shown = json.loads(git(origin, "show", f"main:{started}").stdout)
+    assert shown["machine"] == "machine-a"
 
 
 def test_records_reach_the_protected_main_from_a_fresh_runner_and_nothing_else_does(loop, tmp_path):
