@@ -40,8 +40,11 @@ from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
+from opsledger.joblog import JobLog, log_path_of
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
+from opsledger.notify import denied_notice, notify, run_notice
+from opsledger.origin_records import OriginRecords, refuse_running
 from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
@@ -285,9 +288,14 @@ def _noting_runner(held: HeldLocks, interrupt: _Interrupt, events: Events | None
     return handle
 
 
-def _already_applied(project: Project, change_id: str) -> Record | None:
+def _already_applied(project: Project, change_id: str, content: str = "") -> Record | None:
+    """The change's successful run; with `content`, also a run of it that ended for good."""
     for record in reversed(change_runs(project)):
-        if record.change == change_id and record.result == "success":
+        if record.change != change_id:
+            continue
+        if record.result == "success":
+            return record
+        if content and record.content_sha256 == content and record.result not in RETRYABLE:
             return record
     return None
 
@@ -403,12 +411,14 @@ def _rollback(
     return RollbackOutcome(name, base, reason, run, checked, ok)
 
 
-def _refuse_applied(project: Project, change_id: str, again: bool) -> None:
-    previous = _already_applied(project, change_id)
+def _refuse_applied(project: Project, change_id: str, again: bool, content: str = "") -> None:
+    previous = _already_applied(project, change_id, content)
     if previous and not again:
         raise OpsledgerError(
             Problem(
-                f"already applied successfully at {previous.finished_at}",
+                f"already applied successfully at {previous.finished_at}"
+                if previous.result == "success"
+                else f"already run: its run at {previous.finished_at} ended {previous.result}",
                 f"changes/{change_id}/runs",
                 "result",
                 "pass --again to run it once more (recorded as another run)",
@@ -417,15 +427,24 @@ def _refuse_applied(project: Project, change_id: str, again: bool) -> None:
         )
 
 
-def _refuse_denied(change_id: str, decision: Decision, when: str = "") -> OpsledgerError:
-    return OpsledgerError(
-        [
-            Problem(f"denied by rule {c.rule}{when}: {c.why}", f"changes/{change_id}", c.rule)
-            for c in decision.checks
-            if not c.passed
-        ],
-        EXIT_DENIED,
-    )
+def _refuse_denied(
+    change_id: str, decision: Decision, when: str = "", *, project: Project | None = None
+) -> OpsledgerError:
+    """The denial; one denied while its change window is open is also notified."""
+    problems = [
+        Problem(f"denied by rule {c.rule}{when}: {c.why}", f"changes/{change_id}", c.rule)
+        for c in decision.checks
+        if not c.passed
+    ]
+    if project is not None:
+        change = load_change(project, change_id)
+        if change.window_start <= decision.at <= change.window_end:
+            reasons = [p.message for p in problems]
+            for line in notify(
+                project, denied_notice(change_id, change.environment, reasons)
+            ).lines():
+                problems.append(Problem(line, "policies/notifications.yml", "channels"))
+    return OpsledgerError(problems, EXIT_DENIED)
 
 
 def reconcile_first(project: Project, events: Events | None) -> Reconciled:
@@ -530,9 +549,15 @@ def apply_change(
     skip_verify: bool = False,
     again: bool = False,
     events: Events | None = None,
+    origin: OriginRecords | None = None,
     base: str | None = None,
 ) -> ApplyResult:
     """Decide, lock the targets, decide again, record ahead, run, verify, roll back, record.
+
+    With `origin` (CI: `ci apply --push`), the run records on the origin decide who runs
+    (origin_records.py): pulled once the hosts are locked, the run claimed by pushing its
+    write-ahead record (exit 4 when another controller's claim came first), the final record
+    published before the locks are released.
 
     Raises OpsledgerError with exit 3 when policy denies the change (before the locks or once
     they are held: a `wait` may outlast the window), exit 4 when another run holds a target's
@@ -555,11 +580,12 @@ def apply_change(
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now, base=base)
     if not decision.allowed:
-        raise _refuse_denied(change_id, decision)
+        raise _refuse_denied(change_id, decision, project=project)
     _refuse_applied(project, change_id, again)
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     require_truthful(runbook)  # its plays batch as runbook.yml says, or nothing runs
+    skip_verify = skip_verify or not runbook.verify_suites  # the schema's "[] = none"
     identity = runner_identity()
     _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
     lock_started = time.monotonic()
@@ -578,13 +604,31 @@ def apply_change(
         # Decide again now that the hosts are ours: a wait may have outlasted the window, or
         # another change may have run meanwhile.
         again_at = now + dt.timedelta(seconds=lock_wait) if now else None
+        if origin is not None:  # what other controllers ran meanwhile is on the origin
+            origin.pull()
+            reconcile_first(project, events)  # runs pulled in that died here
+            refuse_running(project, change_id)
         decision = decide(project, change_id, now=again_at, base=base)
         if not decision.allowed:
-            raise _refuse_denied(change_id, decision, f" after waiting {lock_wait:.0f} s")
-        _refuse_applied(project, change_id, again)  # by the run we waited for
+            raise _refuse_denied(
+                change_id, decision, f" after waiting {lock_wait:.0f} s", project=project
+            )
+        # by the run we waited for; in CI (origin) also one that ended for good: pending would
+        # not have chosen this change had it known (its content "cannot run" again)
+        _refuse_applied(project, change_id, again, decision.content_sha256 if origin else "")
         with _Interrupt() as interrupt:
             result = _locked_run(
-                _Run(project, change, runbook, decision, held, identity, lock_wait, reconciled),
+                _Run(
+                    project,
+                    change,
+                    runbook,
+                    decision,
+                    held,
+                    identity,
+                    lock_wait,
+                    reconciled,
+                    origin,
+                ),
                 interrupt,
                 events,
                 skip_verify,
@@ -608,6 +652,7 @@ class _Run:
     identity: dict[str, Any]
     lock_wait: float
     reconciled: Reconciled
+    origin: OriginRecords | None = None
 
 
 def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Record:
@@ -660,17 +705,21 @@ def _locked_run(
         run.held.note(run=run_id, guard_pid=guard.pid, guard_start=procs.start_time(guard.pid))
         ahead = _ahead(run, started, guard, journal)
         try:
-            _write_ahead(project, change.id, started, ahead)
+            ahead_path = _write_ahead(project, change.id, started, ahead)
+            if run.origin is not None:  # the origin's branch is where a run is claimed
+                with commit_lock(project):
+                    run.origin.claim(change.id, ahead_path)
         except OpsledgerError:
             shutil.rmtree(journal, ignore_errors=True)
             raise
         _phase(events, "record", f"run {run_id} recorded as started")
+        log = JobLog(then=events)  # every task result, kept with the record (joblog.py)
         outcome = _execute(
             project,
             change,
             runbook,
             run.decision,
-            _noting_runner(run.held, interrupt, events),
+            _noting_runner(run.held, interrupt, log),
             interrupt,
             skip_verify,
             run_id,
@@ -678,6 +727,22 @@ def _locked_run(
         )
         finished = dt.datetime.now(dt.UTC)
         played = outcome.run
+        final = run_record_path(project, change.id, started)
+        told = notify(
+            project,
+            run_notice(
+                change.id,
+                change.title,
+                change.environment,
+                change.targets,
+                runbook.name,
+                outcome.result,
+                outcome.failure,
+                final.relative_to(project.root).as_posix(),
+            ),
+        )
+        for line in told.lines():
+            _phase(events, "notify", line)
         record = replace(
             ahead,
             result=outcome.result,
@@ -698,11 +763,14 @@ def _locked_run(
             findings=outcome.findings,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
             maintenance=maintenance_of(played.data) if played else {},
+            notifications=told.as_list(),
         )
         # Written and committed under one hold of the checkout's commit lock: another command
         # settling evidence never sees this record between the two.
         with commit_lock(project):
-            path = write_record(run_record_path(project, change.id, started), record)
+            kept = log_path_of(final)
+            record = replace(record, log=log.write(kept))
+            path = write_record(final, record)
             review = open_review(project, change, finished)
             drilled, drill_path = ("", None)
             if played:
@@ -711,7 +779,7 @@ def _locked_run(
                 )
             sha, problem = commit_or_journal(
                 project,
-                [path] + ([review] if review else []) + ([drill_path] if drill_path else []),
+                [path, kept] + ([review] if review else []) + ([drill_path] if drill_path else []),
                 f"Run {change.id}: {outcome.result} ({runbook.name} on "
                 f"{change.environment}:{change.targets})",
                 outcome.result,
@@ -720,6 +788,11 @@ def _locked_run(
             _phase(events, "drill", drilled)
         if problem is None:  # incidents follow committed evidence only
             record_detection(project, [path] + ([drill_path] if drill_path else []))
+            if run.origin is not None:  # before the locks go: the next holder must see it
+                try:
+                    run.origin.publish()
+                except OpsledgerError as err:  # ci apply publishes again, and fails loudly
+                    _phase(events, "record", f"not yet on the origin: {err}")
         shutil.rmtree(journal, ignore_errors=True)
     finally:
         guard.done()
@@ -744,7 +817,7 @@ def _locked_run(
     )
 
 
-def _write_ahead(project: Project, change_id: str, started: dt.datetime, ahead: Record) -> None:
+def _write_ahead(project: Project, change_id: str, started: dt.datetime, ahead: Record) -> Path:
     """Commit the started record before the first task, or run nothing (exit 2)."""
     with commit_lock(project):
         path = write_record(started_record_path(project, change_id, started), ahead)
@@ -766,6 +839,7 @@ def _write_ahead(project: Project, change_id: str, started: dt.datetime, ahead: 
                 ],
                 EXIT_INVALID,
             ) from None
+    return path
 
 
 def _drill_record(

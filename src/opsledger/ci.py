@@ -5,14 +5,18 @@
   and policy edits that no change of the PR covers; one markdown summary for the PR. Exit 2
   when something is invalid or uncovered, 3 while a change lacks valid approvals (so a
   required status check blocks the merge), else 0.
-- `ci_apply`: after a merge, `apply --pending` on the protected branch itself, then push the
-  run records back.
+- `ci_apply`: after a merge and on a schedule, `apply --pending` on the protected branch
+  itself (its policies decide); with a remote, the run records on it decide who runs, and the
+  records are pushed back.
+- `ci_push`: push other evidence (drift, inspections, drills) with the right identity.
 - `codeowners`: the forge's required reviewers generated from policies, so they match.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import enum
 from dataclasses import dataclass, field
 
 from opsledger.apply import Events
@@ -22,11 +26,13 @@ from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git, require_history
-from opsledger.identity import committer, signing_key
+from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
-from opsledger.plan import Plan, plan, render
+from opsledger.plan import Plan, plan
 from opsledger.policy import load_policies, policy_check
 from opsledger.policy_changes import is_policy_change, policy_content
+from opsledger.prcomment import plan_markdown
+from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project
 
 
@@ -45,6 +51,14 @@ class PrChange:
     decision: Decision | None = None
     plan: Plan | None = None
     covers: set[str] = field(default_factory=set)
+    environment: str = ""
+    deferred: str = ""  # why it is not planned in this job
+
+    @property
+    def approved(self) -> bool:
+        return self.decision is not None and all(
+            c.passed for c in self.decision.checks if c.rule in ("approvals", "requester")
+        )
 
 
 @dataclass
@@ -53,11 +67,19 @@ class PrReport:
     items: list[PrChange]
     uncovered: list[str]
     policy_problems: list[str] = field(default_factory=list)
+    commit: str = ""  # the commit the report (and its plans) was made from
+
+    @property
+    def protected_plans(self) -> list[str]:
+        """Environments of deferred changes whose approvals are in: the protected job's plans."""
+        return sorted({i.environment for i in self.items if i.deferred and i.approved})
 
     @property
     def exit_code(self) -> int:
         if self.uncovered or self.policy_problems or any(i.problems for i in self.items):
             return EXIT_INVALID
+        if any(i.plan is not None and i.plan.errors for i in self.items):
+            return EXIT_FAILED  # a plan that failed for real would fail the apply too
         for item in self.items:
             if item.decision and any(
                 c.rule in ("approvals", "requester") and not c.passed for c in item.decision.checks
@@ -66,10 +88,16 @@ class PrReport:
         return 0
 
     def markdown(self) -> str:
-        verdict = {0: "ready to merge", EXIT_INVALID: "invalid", EXIT_DENIED: "needs approvals"}
+        verdict = {
+            0: "ready to merge",
+            EXIT_FAILED: "plan failed",
+            EXIT_INVALID: "invalid",
+            EXIT_DENIED: "needs approvals",
+        }
         out = [
             f"## opsledger: {verdict[self.exit_code]}",
             "",
+            f"Made from commit `{self.commit}`. "
             f"{len(self.scope.files)} file(s) changed against `{self.scope.base}`; "
             f"change request(s): {', '.join(self.scope.changes) or 'none'}.",
             "",
@@ -94,13 +122,15 @@ class PrReport:
                 out += [f"- {p}" for p in item.problems]
                 out.append("")
             elif item.plan is not None:
-                out.append(render(item.plan, "md"))
+                out.append(plan_markdown(item.plan))
             elif item.decision is not None:
                 out += [f"### {item.change_id}", "", "| rule | result | why |", "|---|---|---|"]
                 out += [
                     f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
                     for c in item.decision.checks
                 ]
+                if item.deferred:
+                    out += ["", f"Plan: not made here — {item.deferred}."]
                 out.append("")
         return "\n".join(out) + "\n"
 
@@ -137,14 +167,41 @@ def pr_scope(project: Project, base: str) -> PrScope:
 
 
 def pr_check(
-    project: Project, *, base: str, now: dt.datetime | None = None, with_plan: bool = True
+    project: Project,
+    *,
+    base: str,
+    now: dt.datetime | None = None,
+    with_plan: bool = True,
+    plan_environments: set[str] | None = None,
+    approved_only: bool = False,
+    untrusted: bool = False,
 ) -> PrReport:
     """Validate, decide and plan every change a pull request touches; find uncovered edits.
+
+    `plan_environments` limits the check-mode plans to those environments (the PR job plans
+    the unprotected ones; the others are deferred to the protected plan job); `approved_only`
+    plans only changes whose approvals are in (the protected plan job). `untrusted` is the PR
+    job: it refuses to run while it holds a secret (prjob.py) and plans with SSH connections
+    of its own that end with it.
 
     Example:
         report = pr_check(find_project(), base="origin/main", with_plan=False)
         print(report.markdown()); raise SystemExit(report.exit_code)
     """
+    if untrusted:
+        refuse_secrets(project)
+    with isolated_connections() if untrusted else contextlib.nullcontext():
+        return _pr_check(project, base, now, with_plan, plan_environments, approved_only)
+
+
+def _pr_check(
+    project: Project,
+    base: str,
+    now: dt.datetime | None,
+    with_plan: bool,
+    plan_environments: set[str] | None,
+    approved_only: bool,
+) -> PrReport:
     scope = pr_scope(project, base)
     policy_problems = [str(p) for p in policy_check(project).problems]
     items = []
@@ -169,27 +226,60 @@ def pr_check(
         if result.problems:
             item.problems = [str(p) for p in result.problems]
             continue
+        item.environment = result.change.environment
         try:
             item.covers = set(
                 change_content(project, result.change, result.runbook, result.hosts).files
             )
-            item.plan = plan(project, change_id, now=now, base=base) if with_plan else None
-            item.decision = (
-                item.plan.decision if item.plan else decide(project, change_id, now=now, base=base)
-            )
+            item.decision = decide(project, change_id, now=now, base=base)
+            if plan_environments is not None and item.environment not in plan_environments:
+                item.deferred = (
+                    f"{item.environment} is planned by the protected plan job once the "
+                    "approvals are in"
+                )
+            elif approved_only and not item.approved:
+                item.deferred = "the plan waits for the approvals"
+            elif with_plan:
+                item.plan = plan(project, change_id, now=now, base=base)
+                item.decision = item.plan.decision
         except OpsledgerError as err:
             item.problems = [str(p) for p in err.problems]
     covered = set().union(*(i.covers for i in items)) if items else set()
     uncovered = [p for p in scope.desired_state if p not in covered]
-    return PrReport(scope, items, uncovered, policy_problems)
+    commit = git(project.root, "rev-parse", "HEAD").stdout.strip()
+    return PrReport(scope, items, uncovered, policy_problems, commit)
+
+
+# What judges and runs changes — the tool, the pipelines, the verification suites, controller
+# settings — is reviewed by the CAB: a pull request changing the judge cannot pass as a change.
+JUDGE_PATHS = (
+    "/src/",
+    "/scripts/",
+    "/plugins/",
+    "/tests/infra/",
+    "/.github/",
+    "/.gitlab/",
+    "/.gitlab-ci.yml",
+    "/.ci/",
+    "/pyproject.toml",
+    "/requirements.lock",
+    "/ansible.cfg",
+    "/.pre-commit-config.yaml",
+    "/.secrets.baseline",
+)
 
 
 def codeowners(project: Project) -> str:
-    """CODEOWNERS generated from policies, so the forge's required reviewers match them.
+    """CODEOWNERS generated from policies, so the forge asks exactly whom the policy needs.
 
-    The CAB owns everything by default; the policy owners (`policy_changes`) own policies/;
-    each runbook's owning teams own its folder. Emails identify people (GitHub and GitLab
-    accept verified emails).
+    No catch-all owner: change requests, desired state (roles, inventories, site.yml) and
+    evidence need the quorum `policies/changes.yml` sets per change — none for a standard
+    change, one on-call or CAB member for an emergency, two for production —, which the
+    required `changes` check (`opsledger ci pr`) enforces from the signed approvals; a
+    catch-all owner would make the CAB review every pull request. Code owners review what the
+    policy gives an owner: `policies/` (the policy owners, `policy_changes`), what judges and
+    runs changes (the CAB), and each runbook whose changes need an approver of its team
+    (`runbook_teams`). Emails identify people (GitHub and GitLab accept verified emails).
     """
     policies, _ = load_policies(project)
     owners = policies.policy_changes.owners if policies.policy_changes else ("cab",)
@@ -198,42 +288,17 @@ def codeowners(project: Project) -> str:
         emails = sorted(p.email for p in policies.people.values() if set(p.teams) & set(teams))
         return " ".join(emails)
 
+    cab = members(["cab"])
     lines = [
         "# Generated by `opsledger ci codeowners` from policies/; do not edit by hand.",
-        f"* {members(['cab'])}",
+        "# No catch-all owner: changes and desired state need the quorum of",
+        "# policies/changes.yml, enforced by the required `changes` check (opsledger ci pr).",
         f"/policies/ {members(owners)}",
+        *(f"{path} {cab}" for path in JUDGE_PATHS),
     ]
     for runbook, teams in sorted(policies.runbook_teams.items()):
         lines.append(f"/runbooks/{runbook}/ {members(teams)}")
     return "\n".join(lines) + "\n"
-
-
-def push_records(project: Project, remote: str, branch: str) -> bool:
-    """Push the branch; when it moved meanwhile, rebase the records onto it and retry.
-
-    The rebase re-commits the records, so it commits them as the CI identity again (and signs
-    them with its key when one is set): a record committed by anyone else is no evidence.
-    """
-    key = signing_key()
-    sign = (
-        ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"]
-        if key
-        else []
-    )
-    name, email = committer(project)
-    identity = {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
-    for _ in range(3):
-        if git(project.root, "push", "-q", remote, f"HEAD:{branch}", check=False).returncode == 0:
-            return True
-        git(project.root, *sign, "pull", "-q", "--rebase", remote, branch, env=identity)
-    raise OpsledgerError(
-        Problem(
-            f"could not push the run records to {remote}/{branch}",
-            field="git push",
-            fix="push them by hand: the records are committed locally",
-        ),
-        EXIT_FAILED,
-    )
 
 
 @dataclass
@@ -252,28 +317,78 @@ def ci_apply(
     events: Events | None = None,
     environment: str | None = None,
 ) -> CiApplyResult:
-    """After a merge: apply every pending change, then push the run records to `remote`.
+    """Apply every pending change; with `remote`, the records on it decide who runs.
 
-    A push rejected because the branch moved meanwhile is retried after a rebase (records are
-    new files, so they never conflict), committed again as the CI identity and, with
-    $OPSLEDGER_SIGNING_KEY, signed again.
+    The push-triggered apply after a merge and the scheduled apply (every few minutes, for
+    changes whose window opened since) run this same step, possibly at once from different
+    clones. With `remote`: the branch is first brought up to the origin (its merges and
+    records); each run is claimed by pushing its write-ahead record and its final record is
+    pushed before its hosts are unlocked (origin_records.py), so of two pipelines exactly one
+    runs a change and the other lists it as `running` or `already run`. Whatever else was
+    committed (records of earlier runs committed late or recorded as interrupted) is pushed at
+    the end, rebasing as the evidence identity when the branch moved.
+    The protected branch itself is the base: its policies and evidence decide. A remote name
+    that git could read as an option is refused.
 
     Example:
-        result = ci_apply(find_project(), remote="origin")
+        result = ci_apply(find_project(), remote="origin", environment="production")
         result.pending.ok, result.pushed
     """
     if remote is not None and (not remote or remote.startswith("-") or not remote.isprintable()):
         raise OpsledgerError(  # `--receive-pack=...` would be an option of git push
             Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
         )
+    origin = OriginRecords.of(project, remote) if remote else None
+    if origin is not None:
+        origin.pull()
     before = git(project.root, "rev-parse", "HEAD").stdout.strip()
-    # This runs on the protected branch after a merge: the branch itself is the base.
     outcome = apply_pending(
-        project, now=now, wait=wait, events=events, environment=environment, base="HEAD"
+        project,
+        now=now,
+        wait=wait,
+        events=events,
+        environment=environment,
+        origin=origin,
+        base="HEAD",  # the protected branch itself is the base after a merge
     )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-    # Push whatever was committed: run records, and records of earlier runs committed late or
-    # recorded as interrupted while settling the evidence.
-    moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
-    pushed = bool(remote and moved) and push_records(project, remote or "", branch)
+    pushed = False
+    if origin is not None:
+        unpublished = git(
+            project.root, "rev-list", "--count", f"{origin.fetch()}..HEAD"
+        ).stdout.strip()
+        moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
+        pushed = origin.publish() if unpublished != "0" else moved
     return CiApplyResult(outcome, pushed, branch)
+
+
+class PushStatus(enum.StrEnum):
+    PUSHED = "pushed"
+    NOTHING = "nothing to push"
+
+
+@dataclass
+class CiPushResult:
+    status: PushStatus
+    remote: str
+    branch: str
+    commits: int
+
+
+def ci_push(project: Project, *, remote: str = "origin") -> CiPushResult:
+    """Push the evidence this clone committed (drift, inspections, drills, incidents).
+
+    Rebases onto the origin when the branch moved, committing as the evidence identity
+    ($OPSLEDGER_COMMITTER_NAME/EMAIL) — a fresh runner has no git identity of its own — and
+    signing with $OPSLEDGER_SIGNING_KEY when set. Exit 1 when the push keeps being refused.
+
+    Example:
+        ci_push(find_project(), remote="origin").status
+    """
+    origin = OriginRecords.of(project, remote)
+    origin.pull()
+    count = int(git(project.root, "rev-list", "--count", f"{origin.fetch()}..HEAD").stdout)
+    if count == 0:
+        return CiPushResult(PushStatus.NOTHING, remote, origin.branch, 0)
+    origin.publish()
+    return CiPushResult(PushStatus.PUSHED, remote, origin.branch, count)

@@ -25,6 +25,7 @@ from opsledger.guard import Guard
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
+from opsledger.notify import notify_records
 from opsledger.policyfiles import read_policy
 from opsledger.procs import RUN_MARKER, start_time
 from opsledger.project import Project
@@ -371,6 +372,7 @@ def drill_record(
                 project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
             )
             record_detection(project, [path])  # a failed drill opens an incident
+            notify_records(project, [path])  # policies/notifications.yml; never raises
     return result
 
 

@@ -25,6 +25,7 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
+from opsledger.notify import notify_records
 from opsledger.policy import load_policies
 from opsledger.policyfiles import read_policy
 from opsledger.project import Project
@@ -602,6 +603,7 @@ def inspect(
             project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )
         record_detection(project, [path])  # critical findings open incidents; clean ones resolve
+        notify_records(project, [path])  # policies/notifications.yml; never raises
     return result
 
 

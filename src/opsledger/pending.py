@@ -6,7 +6,10 @@ What CI runs after a merge. Each change without a successful (committed) run is 
 - `waiting` — it can still run later: its window has not opened, a freeze ends before its window
   does, an earlier change that can still run holds its hosts, or promotion is missing;
 - `not approved` — approvals missing while its window is still open;
-- `running` — a run of it has started (write-ahead record) and has not ended;
+- `running` — a run of it has started (write-ahead record) and has not ended, here or (pulled
+  from the origin) on another controller, or another controller claimed it first;
+- `already run` — another run ran it while this one waited for its hosts (the run it
+  waited for, or another controller's, found on the origin once the hosts were locked);
 - `withdrawn` — listed, never run;
 - `cannot run` — it never will as it stands: its window has closed, its window lies outside
   every maintenance window or overlaps a freeze, or its current content already ended failed,
@@ -30,12 +33,22 @@ from opsledger.apply import (
 from opsledger.base import resolve_base
 from opsledger.changes import Change, change_ids, load_change, load_withdrawal
 from opsledger.decide import Decision, decide, run_order
+from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError
 from opsledger.gitrepo import require_history
+from opsledger.origin_records import OriginRecords
 from opsledger.policy import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, read_runs
 
-ACTIONS = ("applied", "waiting", "not approved", "running", "withdrawn", "cannot run")
+ACTIONS = (
+    "applied",
+    "waiting",
+    "not approved",
+    "running",
+    "already run",
+    "withdrawn",
+    "cannot run",
+)
 
 
 @dataclass
@@ -91,6 +104,16 @@ def _never(
     return ""
 
 
+def _lost_race(err: OpsledgerError) -> str | None:
+    """The pending action of an apply another run got to first, or None for a real error."""
+    field = err.problems[0].field if err.problems else None
+    if err.exit_code == EXIT_LOCKED and field == "runs":
+        return "running"
+    if err.exit_code == EXIT_INVALID and field == "result":
+        return "already run"
+    return None
+
+
 def apply_pending(
     project: Project,
     *,
@@ -99,6 +122,7 @@ def apply_pending(
     skip_verify: bool = False,
     events: Events | None = None,
     environment: str | None = None,
+    origin: OriginRecords | None = None,
     base: str | None = None,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
@@ -107,7 +131,9 @@ def apply_pending(
     change that can never run is reported as `cannot run` and makes `ok` false. `environment`
     limits it to one environment (CI applies one environment at a time); `base` names the
     protected branch decide trusts. A chosen clock (`now`) is refused (exit 2, nothing run)
-    when any pending change is outside the lab.
+    when any pending change is outside the lab. With `origin`, the run records on the origin
+    decide who runs (see apply_change): a race another controller won is listed as `running`
+    or `already run`, not as a failure.
 
     Example:
         outcome = apply_pending(find_project())
@@ -152,15 +178,23 @@ def apply_pending(
         if failing:
             items.append(PendingItem(change.id, "waiting", why))
             continue
-        result = apply_change(
-            project,
-            change.id,
-            now=now,
-            wait=wait,
-            skip_verify=skip_verify,
-            events=events,
-            base=base,
-        )
+        try:
+            result = apply_change(
+                project,
+                change.id,
+                now=now,
+                wait=wait,
+                skip_verify=skip_verify,
+                events=events,
+                origin=origin,
+                base=base,
+            )
+        except OpsledgerError as err:
+            lost = _lost_race(err)
+            if lost is None:
+                raise
+            items.append(PendingItem(change.id, lost, str(err.problems[0])))
+            continue
         items.append(PendingItem(change.id, "applied", result.result, result))
     return PendingResult(items)
 

@@ -1,10 +1,14 @@
 """What a change would do: the decision, then a check-mode run with diffs on its targets.
 
 Per host: `would change` (with each changing task and its diff), `unchanged`, `unreachable`,
-or `cannot predict` — check mode cannot see past a change it does not make (a package not yet
-installed, a service not yet created), so a host whose check run fails is reported as such,
-with the reason, not as a failure of the plan. Runbooks whose metadata says check mode does not
-predict them are reported as not predictable without running anything.
+`cannot predict` or `error`. Check mode cannot see past a change it does not make (a package
+not yet installed, a service not yet created): a host whose check run fails *after* a task that
+would have changed something is `cannot predict`, with the reason. A failure with nothing
+skipped before it saw the real state, and a failure on the controller (a file or template the
+playbook names is missing, a lookup or a variable that fails) is no prediction problem: it is
+an `error`, and the plan fails (exit 1) naming it — it would fail the apply the same way.
+Runbooks whose metadata says check mode does not predict them are reported as not predictable
+without running anything.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from opsledger.runner import TaskChange, run_playbook
 @dataclass
 class HostPlan:
     host: str
-    status: str  # would change | unchanged | unreachable | cannot predict
+    status: str  # would change | unchanged | unreachable | cannot predict | error
     changes: list[TaskChange] = field(default_factory=list)
     note: str = ""
 
@@ -39,6 +43,11 @@ class Plan:
     decision: Decision
     hosts: list[HostPlan]
     predicted: bool
+
+    @property
+    def errors(self) -> list[HostPlan]:
+        """Hosts whose check run failed for a reason check mode does not explain."""
+        return [h for h in self.hosts if h.status == "error"]
 
     def as_dict(self) -> dict:
         return {
@@ -119,6 +128,8 @@ def plan(
             hosts.append(HostPlan(name, "unchanged", note="no task applies to this host"))
         elif result.unreachable:
             hosts.append(HostPlan(name, "unreachable", note=result.failures[-1]))
+        elif result.failed and _real_error(result.failures[0], result.changed_before_failure):
+            hosts.append(HostPlan(name, "error", result.changes, result.failures[0]))
         elif result.failed:
             note = (
                 "check mode cannot see past changes it does not make (e.g. a package not "
@@ -130,6 +141,29 @@ def plan(
         else:
             hosts.append(HostPlan(name, "unchanged"))
     return made(hosts, predicted=True)
+
+
+# Failures that happen on the controller, whatever check mode skipped on the host: the playbook
+# names a file, template, lookup or variable that is not there. Ansible's own wording.
+CONTROLLER_ERRORS = (
+    "could not find or access",
+    "could not locate file in lookup",
+    "an unhandled exception occurred while running the lookup plugin",
+    "an unhandled exception occurred while templating",
+    "is undefined",
+    "template error while templating string",
+    "unable to look up a name or access an attribute in template string",
+    "the conditional check",
+    "error while resolving value for",
+)
+
+
+def _real_error(failure: str, changed_before: int | None) -> bool:
+    """Whether a check-mode failure is an error rather than a limit of check mode."""
+    text = failure.lower()
+    if any(marker in text for marker in CONTROLLER_ERRORS):
+        return True
+    return not changed_before  # nothing was skipped before it: check mode saw the real state
 
 
 def render(p: Plan, fmt: str = "text") -> str:
@@ -175,6 +209,9 @@ def render(p: Plan, fmt: str = "text") -> str:
             out.append("```" if md else "")
         if md:
             out.append("</details>")
+    if p.errors:
+        out.append("")
+        out += [f"ERROR on {h.host}: {h.note}" for h in p.errors]
     out.append("")
     out.append(f"policy {p.decision.policy_sha256[:12]} · content {p.decision.content_sha256[:12]}")
     return "\n".join(out) + "\n"

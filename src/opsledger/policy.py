@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.notify import load_notify_policy
 from opsledger.policyfiles import read_policy
 from opsledger.project import Project
 from opsledger.waivers import load_waivers
@@ -720,6 +721,7 @@ def policy_check(project: Project) -> PolicyCheck:
     from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
+    problems += load_notify_policy(project)[1]  # notifications.yml: schema, routes, URLs set here
     problems += _lock_policy_problems(project)
     # Two checks may find the same fault (a schema and a rule): list it once.
     problems = list({(p.file, p.field, p.message): p for p in problems}.values())

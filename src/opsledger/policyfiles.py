@@ -28,6 +28,7 @@ POLICY_FILES = {
     "dr": "dr.yml",
     "incidents": "incidents.yml",
     "locks": "locks.yml",
+    "notifications": "notifications.yml",
 }
 
 

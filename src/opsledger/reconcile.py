@@ -31,6 +31,7 @@ from opsledger import procs
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
+from opsledger.joblog import journal_log, log_path_of
 from opsledger.lock import STALE_AFTER
 from opsledger.project import Project
 from opsledger.records import STARTED_SUFFIX, Record, RunFile, final_path_of, read_runs
@@ -242,10 +243,18 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
             if final.exists():
                 continue  # uncommitted: reported above
             record = _interrupted(project, started, why, moment)
+            final_rel = final_path_of(started.path)
+            paths = [final_rel]
+            journal_dir = started.record.runner.get("journal")
+            log = journal_log(project.root / journal_dir) if journal_dir else None
+            if log is not None:  # what the journal showed ran, kept like any run's log
+                kept = log_path_of(final)
+                kept.unlink(missing_ok=True)  # an earlier attempt's, never committed
+                record = replace(record, log=log.write(kept))
+                paths.append(kept.relative_to(project.root).as_posix())
             final.write_text(record.to_json())
             message = f"Run {record.change}: interrupted ({why})"
-            final_rel = final_path_of(started.path)
-            if _retry(project, [final_rel], message, "interrupted", done) is not None:
+            if _retry(project, paths, message, "interrupted", done) is not None:
                 done.interrupted.append(final_rel)
                 journal = started.record.runner.get("journal")
                 if journal:

@@ -63,6 +63,10 @@ class Record:
     lock: dict[str, Any] = field(default_factory=dict)
     # interrupted runs: how it was found (by whom, when, why) and what its journal showed.
     interruption: dict[str, Any] | None = None
+    # the run's job log next to it (joblog.py): file, sha256, tasks, hosts
+    log: dict[str, Any] | None = None
+    # who was told (notify.py): one entry per channel, sent / failed (why) / skipped
+    notifications: list[dict[str, Any]] = field(default_factory=list)
     version: int = FORMAT_VERSION
 
     @property

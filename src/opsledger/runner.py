@@ -50,6 +50,8 @@ class HostRun:
     skipped: int = 0
     changes: list[TaskChange] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # how many tasks had changed (or, in check mode, would have) when the first failure came
+    changed_before_failure: int | None = None
 
 
 @dataclass
@@ -279,6 +281,8 @@ class Tally:
                     entry.changed += 1
                     entry.changes.append(TaskChange(task, data.get("role", ""), _diff_text(result)))
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                if entry.changed_before_failure is None:
+                    entry.changed_before_failure = entry.changed
                 entry.failed += 1
                 entry.failures.append(
                     f"{task}: {result.get('msg', '') or result.get('stderr', '')}".strip()

@@ -136,6 +136,10 @@ def test_kill_9_of_apply_ends_its_playbook_and_the_next_command_records_it(local
         "no process of the run is left" in line for line in interrupted.interruption["guard"]
     )
     assert interrupted.stats["lab-db1"]["ok"] >= 2  # what the journal showed had run
+    # ... and its job log, from the same journal, committed with the record.
+    assert interrupted.log["hosts"] == ["lab-db1"] and interrupted.log["tasks"] >= 2
+    shown = _cli(project, "change", "show", killed, "--log")
+    assert "Mark the start" in shown.stdout and "sha256 matches" in shown.stdout
     assert interrupted.decision["allowed"] and interrupted.started_at == ahead.record.started_at
     assert any(
         f"lock of {killed} (ci, pid {apply.pid}" in note and "its process is gone" in note

@@ -131,13 +131,51 @@ def test_codeowners_follow_the_policies_and_are_committed_current(repo):
     project, _, _ = repo
     text = codeowners(project)
     assert "/runbooks/pg-backup/ bob@example.org carol@example.org" in text
-    assert text.splitlines()[1] == "* carol@example.org"
+    assert "/policies/ carol@example.org" in text and "/src/ carol@example.org" in text
     assert (REPO_ROOT / ".github" / "CODEOWNERS").read_text() == codeowners(
         type(project)(REPO_ROOT)
     )
     assert (REPO_ROOT / ".gitlab" / "CODEOWNERS").read_text() == codeowners(
         type(project)(REPO_ROOT)
     )
+
+
+def _owners(text: str, path: str) -> set[str]:
+    """Who CODEOWNERS asks to review `path` (last matching line wins; directory prefixes)."""
+    owners: set[str] = set()
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        pattern, *who = line.split()
+        prefix = pattern.lstrip("/")
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            owners = set(who)
+    return owners
+
+
+def test_codeowners_ask_exactly_whom_the_policy_needs(repo):
+    """`* carol` made the CAB (one person) review every PR, standard changes (0 approvals) and
+    emergencies (one on-call) included."""
+    project, _, _ = repo
+    text = codeowners(project)
+    assert not any(line.startswith("* ") for line in text.splitlines())
+    # A standard change (0 approvals), an emergency (one on-call or CAB), desired state.
+    for path in (
+        "changes/CHG-0042/change.yml",
+        "changes/CHG-0042/approvals/dave.yml",
+        "roles/postgresql/defaults/main.yml",
+        "inventories/production/group_vars/db/postgresql.yml",
+        "site.yml",
+        "runbooks/converge/runbook.yml",
+    ):
+        assert _owners(text, path) == set(), path
+    assert _owners(text, "runbooks/pg-backup/playbook.yml") == {
+        "bob@example.org",
+        "carol@example.org",
+    }
+    for judge in ("policies/changes.yml", "src/opsledger/decide.py", ".github/workflows/apply.yml",
+                  "tests/infra/test_postgresql.py", "ansible.cfg", ".gitlab-ci.yml"):  # fmt: skip
+        assert _owners(text, judge) == {"carol@example.org"}, judge
 
 
 @pytest.mark.parametrize(
@@ -225,9 +263,9 @@ def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, m
     """CI's push is rejected because main moved: the rebase re-commits the record, and it must
     do so as the CI identity, or the record stops being evidence."""
     from opsledger.base import resolve_base
-    from opsledger.ci import push_records
     from opsledger.evidence import run_evidence
     from opsledger.identity import commit_evidence
+    from opsledger.origin_records import OriginRecords
     from opsledger.records import Record, run_record_path, write_record
     from opsledger.signoff import subject
 
@@ -261,7 +299,8 @@ def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, m
     path = write_record(run_record_path(project, change_id, INSIDE), record)
     commit_evidence(project, [path], f"Run {change_id}: success")
 
-    assert push_records(project, str(origin), "main")
+    git(root, "remote", "add", "ci-origin", str(origin))
+    assert OriginRecords.of(project, "ci-origin").publish()
     who = git(root, "log", "-1", "--format=%ae %ce").stdout.split()
     assert who == ["ci@example.org", "ci@example.org"]
     (evidence,) = run_evidence(project, resolve_base(project, "HEAD"))

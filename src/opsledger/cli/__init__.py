@@ -13,6 +13,7 @@ import click
 from opsledger import __version__
 from opsledger.cli.apply import apply
 from opsledger.cli.audit import audit
+from opsledger.cli.calendar import calendar
 from opsledger.cli.change import change
 from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
@@ -22,6 +23,7 @@ from opsledger.cli.host import host
 from opsledger.cli.incident import incident
 from opsledger.cli.inspect import inspect
 from opsledger.cli.lab import lab
+from opsledger.cli.notify import notify
 from opsledger.cli.policy import policy
 from opsledger.cli.problem import problem
 from opsledger.cli.report import report
@@ -74,6 +76,7 @@ def cli() -> None:
 
 cli.add_command(apply)
 cli.add_command(audit)
+cli.add_command(calendar)
 cli.add_command(approve)
 cli.add_command(change)
 cli.add_command(ci)
@@ -84,6 +87,7 @@ cli.add_command(host)
 cli.add_command(incident)
 cli.add_command(inspect)
 cli.add_command(lab)
+cli.add_command(notify)
 cli.add_command(plan)
 cli.add_command(policy)
 cli.add_command(problem)

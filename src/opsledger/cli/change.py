@@ -313,15 +313,40 @@ change.add_command(withdraw, "cancel")
 @change.command()
 @click.argument("change_id")
 @click.option("--json", "as_json", is_flag=True, help="The change and its runs as JSON.")
-def show(change_id: str, as_json: bool) -> None:
-    """Show a change, its approvals, its run records and its review.
+@click.option(
+    "--log",
+    "with_log",
+    is_flag=True,
+    help="Every task of every run on every host, from the job logs kept with the records.",
+)
+@click.option("--run", "run", help="With --log: only the run that started at this stamp.")
+def show(change_id: str, as_json: bool, with_log: bool, run: str | None) -> None:
+    """Show a change, its approvals, its run records and its review; --log: what ran where.
 
     \b
     Example:
-        opsledger change show CHG-0001
+        opsledger change show CHG-0001 --log
     """
     from opsledger.history import change_history
 
+    if with_log:
+        from opsledger.joblog import read_job_log, render_log
+
+        logs = read_job_log(find_project(), change_id, run)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [
+                        {"record": g.record, "log": g.log, "verified": g.verified,
+                         "entries": g.entries}
+                        for g in logs
+                    ],
+                    indent=2,
+                )
+            )  # fmt: skip
+        else:
+            click.echo(render_log(logs), nl=False)
+        return
     history = change_history(find_project(), change_id)
     if as_json:
         click.echo(json.dumps(history.as_dict(), indent=2, default=str))

