@@ -93,8 +93,11 @@ def check_change_id(change_id: str) -> None:
         )
 
 
-def _ids_in_history(project: Project) -> set[str]:
-    """Every change id any branch of this clone has ever added, deleted folders included."""
+def ids_in_history(project: Project, request_file: str = "change.yml") -> set[str]:
+    """Every id whose `changes/<ID>/<request_file>` any branch of this clone ever added.
+
+    Deleted folders included: an id once used is never handed out again.
+    """
     proc = subprocess.run(
         [
             "git",
@@ -107,7 +110,7 @@ def _ids_in_history(project: Project) -> set[str]:
             "--name-only",
             "--format=",
             "--",
-            ":(glob)changes/*/change.yml",
+            f":(glob)changes/*/{request_file}",
         ],
         capture_output=True,
         text=True,
@@ -123,7 +126,7 @@ def next_change_id(project: Project) -> str:
     it is never handed out twice, not even after its folder was deleted (withdraw a change
     instead: `opsledger change withdraw`).
     """
-    used = set(change_ids(project)) | _ids_in_history(project)
+    used = set(change_ids(project)) | ids_in_history(project)
     numbers = [int(m.group(1)) for i in used if (m := _ID.fullmatch(i))]
     return f"CHG-{(max(numbers, default=0) + 1):04d}"
 

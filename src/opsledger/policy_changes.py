@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from opsledger.changes import ids_in_history
 from opsledger.content import Content, ignored_paths, manifest
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents
@@ -90,7 +91,7 @@ def new_policy_request(
     Like change ids, policy change ids are never reused: the next is one more than the highest
     in the tree or in any branch's history, and its folder is claimed before it is written.
     """
-    used = set(policy_change_ids(project)) | _ids_in_history(project)
+    used = set(policy_change_ids(project)) | ids_in_history(project, "policy.yml")
     number = max((int(i[4:]) for i in used if is_policy_change(i)), default=0) + 1
     (project.root / "changes").mkdir(exist_ok=True)
     while True:
@@ -110,29 +111,6 @@ def new_policy_request(
         file.unlink()
         file.parent.rmdir()
         raise
-
-
-def _ids_in_history(project: Project) -> set[str]:
-    """Every policy change id any branch of this clone has ever added."""
-    proc = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(project.root),
-            "log",
-            "--all",
-            "--diff-filter=A",
-            "--no-renames",
-            "--name-only",
-            "--format=",
-            "--",
-            ":(glob)changes/POL-*/policy.yml",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return {line.split("/")[1] for line in proc.stdout.splitlines() if line.count("/") == 2}
 
 
 def policy_content(project: Project, change_id: str) -> Content:
