@@ -22,7 +22,7 @@ from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.project import Project
-from opsledger.records import Record, stamp, write_record
+from opsledger.records import Record, write_evidence
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
 from opsledger.runner import run_playbook
@@ -189,8 +189,8 @@ def drift(
                 if state in ("unreachable", "cannot check")
             ],
         )
-        path = project.root / "records" / "drift" / f"{stamp(started)}-{environment}.json"
-        result.record_path = write_record(path, entry)
+        path = write_evidence(project.root / "records" / "drift", started, environment, entry)
+        result.record_path = path
         verdict = "drift found" if result.drifted else "in sync"
         result.commit = commit_evidence(project, [path], f"Drift {environment}: {verdict}")
         record_detection(project, [path])  # a drifted host opens an incident; in sync resolves

@@ -29,7 +29,7 @@ from opsledger.notify import notify_records
 from opsledger.policyfiles import read_policy
 from opsledger.procs import RUN_MARKER, start_time
 from opsledger.project import Project
-from opsledger.records import Record, load_records, stamp, write_record
+from opsledger.records import Record, load_records, stamp, write_evidence
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -353,13 +353,9 @@ def drill_record(
         record,
     )
     if is_repo(project.root):
-        path = (
-            project.root
-            / "records"
-            / "drills"
-            / (f"{stamp(started)}-{service.name}-{environment}.json")
-        )
-        result.record_path = write_record(path, record)
+        folder = project.root / "records" / "drills"
+        path = write_evidence(folder, started, f"{service.name}-{environment}", record)
+        result.record_path = path
         if commit:
             verdict = "passed" if result.passed else "FAILED"
             numbers = ""

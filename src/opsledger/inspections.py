@@ -29,7 +29,7 @@ from opsledger.notify import notify_records
 from opsledger.policy import load_policies
 from opsledger.policyfiles import read_policy
 from opsledger.project import Project
-from opsledger.records import Record, load_records, stamp, write_record
+from opsledger.records import Record, load_records, write_evidence
 from opsledger.targets import Target, resolve_targets
 
 SEVERITIES = ("ok", "warning", "critical")
@@ -592,13 +592,9 @@ def inspect(
                 ),
             },
         )
-        path = (
-            project.root
-            / "records"
-            / "inspections"
-            / f"{stamp(started)}-{schedule}-{environment}.json"
-        )
-        result.record_path = write_record(path, entry)
+        folder = project.root / "records" / "inspections"
+        path = write_evidence(folder, started, f"{schedule}-{environment}", entry)
+        result.record_path = path
         result.commit = commit_evidence(
             project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )

@@ -175,6 +175,21 @@ def write_record(path: Path, record: Record) -> Path:
     return path
 
 
+def write_evidence(folder: Path, started: dt.datetime, name: str, record: Record) -> Path:
+    """Write an evidence record named `<stamp>-<name>.json` under `folder`, never overwriting.
+
+    Names are sortable seconds; two records of one kind in the same second (two inspections
+    run back to back, two CI runners) take the next free second rather than fail.
+    """
+    for offset in range(60):
+        moment = started + dt.timedelta(seconds=offset)
+        try:
+            return write_record(folder / f"{stamp(moment)}-{name}.json", record)
+        except FileExistsError:
+            continue
+    return write_record(folder / f"{stamp(started)}-{name}.json", record)  # names the clash
+
+
 @dataclass
 class RunFile:
     """A run record file (path relative to the project root) and its content."""

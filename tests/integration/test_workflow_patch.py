@@ -109,7 +109,7 @@ def install(project, host: str, spec: str) -> None:
 
 
 def version_on(project, host: str, package: str) -> str:
-    return _sh(project, host, f"dpkg-query -W -f '${{Version}}' {package}").strip()
+    return _sh(project, host, f"dpkg-query -W {package} | cut -f2").strip()  # no $ to quote
 
 
 def _records(project, change_id) -> list[Record]:

@@ -98,3 +98,23 @@ def test_a_write_ahead_record_is_open_until_its_final_record_is_committed(projec
     _commit(project, final)
     ledger = read_runs(project)
     assert ledger.started == [] and ledger.committed == [record()]
+
+
+def test_two_evidence_records_in_one_second_both_stay(tmp_path):
+    """Two inspections (or two CI runners) in the same second: the second takes the next free
+    second instead of failing with FileExistsError or overwriting the first."""
+    import datetime as dt
+
+    from opsledger.records import Record, write_evidence
+
+    at = dt.datetime(2026, 11, 30, 19, 0, 50, tzinfo=dt.UTC)
+    when = {"started_at": at.isoformat(), "finished_at": at.isoformat()}
+    first = Record(kind="inspection", environment="lab", result="ok", **when)
+    second = Record(kind="inspection", environment="lab", result="critical", **when)
+    a = write_evidence(tmp_path, at, "probe-lab", first)
+    b = write_evidence(tmp_path, at, "probe-lab", second)
+    assert (a.name, b.name) == (
+        "20261130T190050Z-probe-lab.json",
+        "20261130T190051Z-probe-lab.json",
+    )
+    assert '"critical"' in b.read_text() and '"ok"' in a.read_text()
