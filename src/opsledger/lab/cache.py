@@ -113,9 +113,26 @@ def _stop_daemon() -> None:
         time.sleep(0.1)
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete apt-cacher-ng's leftover `<file>.<unix time>` temp copies of index files.
+
+    A daemon stopped mid-refresh leaves them; the next refresh of that index in the same second
+    then fails ("Failure to move file ... out of the way ... File exists") and a lab host's apt
+    was seen waiting on it for 14 minutes. Only a stopped daemon's folder is cleaned.
+    """
+    removed = []
+    for path in folder.rglob("*"):
+        stem, _, suffix = path.name.rpartition(".")
+        if stem and len(suffix) == 10 and suffix.isdigit() and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _start_daemon() -> None:
     """Start apt-cacher-ng in the background (this machine may have no systemd to do it)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(CACHE_DIR)
     shutil.chown(CACHE_DIR, "apt-cacher-ng", "apt-cacher-ng")
     run_dir = Path("/run/apt-cacher-ng")
     run_dir.mkdir(parents=True, exist_ok=True)

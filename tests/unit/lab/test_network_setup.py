@@ -107,3 +107,19 @@ def test_cache_address_is_outside_podman_pools_and_the_lab_subnet():
     address = ipaddress.ip_address(cache.CACHE_ADDRESS)
     assert address not in ipaddress.ip_network("10.88.0.0/16")  # podman's default network
     assert address not in ipaddress.ip_network("10.89.70.0/24")  # the lab's subnet
+
+
+def test_stale_cache_temp_files_are_removed_and_cached_files_kept(tmp_path):
+    from opsledger.lab.cache import remove_stale_temp_files
+
+    dists = tmp_path / "secdeb" / "dists" / "bookworm-security"
+    dists.mkdir(parents=True)
+    for name in ("InRelease", "InRelease.head", "InRelease.1796063679", "Release.1796057456"):
+        (dists / name).write_text("x")
+    pool = tmp_path / "debrep" / "pool"
+    pool.mkdir(parents=True)
+    (pool / "tmux_3.3a-3_amd64.deb").write_text("x")
+    removed = remove_stale_temp_files(tmp_path)
+    assert sorted(p.name for p in removed) == ["InRelease.1796063679", "Release.1796057456"]
+    assert sorted(p.name for p in dists.iterdir()) == ["InRelease", "InRelease.head"]
+    assert (pool / "tmux_3.3a-3_amd64.deb").exists()
