@@ -180,15 +180,7 @@ def render(p: Plan, fmt: str = "text") -> str:
     out.append(f"### {head}" if md else head)
     out.append("")
     if md:
-        out += ["| rule | result | why |", "|---|---|---|"]
-        out += [
-            f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
-            for c in p.decision.checks
-        ]
-        out += ["", "| host | plan | tasks that would change |", "|---|---|---|"]
-        for h in p.hosts:
-            tasks = "<br>".join(c.task for c in h.changes) or h.note or "-"
-            out.append(f"| {h.host} | {h.status} | {tasks.replace('|', '/')} |")
+        out += markdown_tables(p)
     else:
         for c in p.decision.checks:
             out.append(f"  {'pass' if c.passed else 'FAIL'}  {c.rule}: {c.why}")
@@ -215,3 +207,17 @@ def render(p: Plan, fmt: str = "text") -> str:
     out.append("")
     out.append(f"policy {p.decision.policy_sha256[:12]} · content {p.decision.content_sha256[:12]}")
     return "\n".join(out) + "\n"
+
+
+def markdown_tables(p: Plan) -> list[str]:
+    """The decision's rules and the per-host plan as markdown tables (plan and PR comment)."""
+    out = ["| rule | result | why |", "|---|---|---|"]
+    out += [
+        f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
+        for c in p.decision.checks
+    ]
+    out += ["", "| host | plan | tasks that would change |", "|---|---|---|"]
+    for h in p.hosts:
+        tasks = "<br>".join(c.task for c in h.changes) or h.note or "-"
+        out.append(f"| {h.host} | {h.status} | {tasks.replace('|', '/')} |")
+    return out

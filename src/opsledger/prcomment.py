@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from opsledger.plan import markdown_tables
+
 GITHUB_LIMIT = 65_536
 LIMIT = 60_000  # room below GitHub's limit for the markers and the artifact line
 MAX_PARTS = 5
@@ -109,17 +111,8 @@ def plan_markdown(p: Any) -> str:
         f"### {p.change_id}: {p.title} — {p.runbook} on {p.environment}:{p.targets} "
         f"({p.decision.priority}, {p.decision.risk} risk) — {verdict}",
         "",
-        "| rule | result | why |",
-        "|---|---|---|",
+        *markdown_tables(p),
     ]
-    out += [
-        f"| {c.rule} | {'✅' if c.passed else '❌'} | {c.why.replace('|', '/')} |"
-        for c in p.decision.checks
-    ]
-    out += ["", "| host | plan | tasks that would change |", "|---|---|---|"]
-    for h in p.hosts:
-        tasks = "<br>".join(c.task for c in h.changes) or h.note or "-"
-        out.append(f"| {h.host} | {h.status} | {tasks.replace('|', '/')} |")
     out += [f"\n**Error on {h.host}:** `{h.note[:500]}`" for h in p.errors]
     out += diff_section(p.hosts)
     out += [
