@@ -59,6 +59,63 @@ def test_main_is_a_table_of_contents(role):
         assert toggle in defaults, f"{toggle} has no default"
 
 
+def _tasks(node):
+    """Every task in a tasks file or playbook, inside blocks, rescues, always and plays."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        if any(k in node for k in ("block", "tasks", "pre_tasks", "post_tasks", "handlers")):
+            for key in (
+                "block",
+                "rescue",
+                "always",
+                "tasks",
+                "pre_tasks",
+                "post_tasks",
+                "handlers",
+            ):
+                yield from _tasks(node.get(key) or [])
+        else:
+            yield node
+
+
+PACKAGE_MODULES = (
+    "ansible.builtin.apt",
+    "ansible.builtin.apt_repository",
+    "ansible.builtin.get_url",
+)
+
+
+def _waits_on_packages(task: dict) -> bool:
+    if any(module in task for module in PACKAGE_MODULES):
+        return True
+    command = str(task.get("ansible.builtin.command", "")) + str(
+        task.get("ansible.builtin.shell", "")
+    )
+    return any(word in command for word in ("apt-get", "unattended-upgrade", "apt "))
+
+
+def test_every_task_that_waits_on_a_package_source_has_its_own_time_bound():
+    """A mirror or cache that stops answering fails the task, naming host and task (#11).
+
+    ansible.cfg's task_timeout bounds everything; package tasks get a tighter, stated bound.
+    """
+    files = [
+        *(REPO_ROOT / "roles").glob("*/tasks/*.yml"),
+        *(REPO_ROOT / "runbooks").glob("*/*.yml"),
+    ]
+    found, unbounded = 0, []
+    for path in files:
+        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+            if _waits_on_packages(task):
+                found += 1
+                if not task.get("timeout"):
+                    unbounded.append(f"{path.relative_to(REPO_ROOT)}: {task.get('name')}")
+    assert found >= 15  # the walk really reaches the package tasks
+    assert unbounded == []
+
+
 def test_role_readmes_are_generated_and_current():
     result = roles_docs(REPO_ROOT / "roles", TESTS, check=True)
     assert result.stale == [], "run `opsledger roles docs`"
