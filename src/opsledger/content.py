@@ -13,7 +13,11 @@ An approval signs this hash; editing any of these files after the approval voids
   (`collections_path`, `library`, `module_utils`, `filter_plugins`, `lookup_plugins`,
   `callback_plugins`, `vars_plugins`, ...), and its vault password files;
 - the environment's whole inventory folder: every group's and host's variables, including
-  groups that only exist at run time (`group_by`).
+  groups that only exist at run time (`group_by`);
+- every file those name literally, wherever it lies in the repository: `vars_files`,
+  `include_vars`, `include_tasks`/`import_tasks`, a module's `src:` or script, and
+  `lookup`/`query` of files (`file`, `template`, `fileglob`, `first_found`, `ini`, `csvfile`,
+  `unvault`). A literal one outside the repository cannot be covered by an approval: exit 2.
 
 Files git ignores (machine-local state: fact caches, `__pycache__`) are not content: a change
 cannot carry them. A symlink inside the content is followed when it stays inside the
@@ -412,6 +416,133 @@ def _roles(
     return list(dict.fromkeys(d for d in every if d.is_dir())) if dynamic else list(found)
 
 
+_FILE_LOOKUP = re.compile(
+    r"""\b(?:lookup|query|q)\(\s*['"](?:ansible\.builtin\.)?"""
+    r"""(file|template|fileglob|first_found|ini|csvfile|unvault)['"]\s*,\s*['"]([^'"]+)['"]"""
+)
+_PATH_KEYS = {"vars_files"}
+_PATH_MODULES = {
+    f"{prefix}{name}": arg
+    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+    for name, arg in {
+        "include_vars": ("file", "dir", "_raw_params"),
+        "include_tasks": ("file", "_raw_params"),
+        "import_tasks": ("file", "_raw_params"),
+        "template": ("src",),
+        "copy": ("src",),
+        "assemble": ("src",),
+        "unarchive": ("src",),
+        "script": ("cmd", "_raw_params"),
+    }.items()
+}
+
+
+def _module_args(value: Any) -> dict[str, Any]:
+    """A module's arguments, dict or free form (`include_vars: x.yml`, `copy: src=a dest=b`)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value.split():
+        return {}
+    if "=" not in value.split()[0]:
+        return {"_raw_params": value.split()[0]}
+    from ansible.parsing.splitter import parse_kv
+
+    try:
+        return parse_kv(value)
+    except Exception:  # unparseable: Ansible cannot load it either
+        return {}
+
+
+# Modules whose `src` is on the managed host when remote_src is set (assemble: by default).
+_REMOTE_SRC_DEFAULT = {"copy": False, "unarchive": False, "assemble": True}
+
+
+def _path_strings(data: Any) -> Iterator[str]:
+    """Every literal file path a YAML document makes Ansible load (see the module docstring)."""
+    if isinstance(data, list):
+        for item in data:
+            yield from _path_strings(item)
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            if key in _PATH_KEYS:
+                for entry in value if isinstance(value, list) else [value]:
+                    for path in entry if isinstance(entry, list) else [entry]:
+                        if isinstance(path, str):
+                            yield path
+            elif key in _PATH_MODULES:
+                args = _module_args(value)
+                short = key.rsplit(".", 1)[-1]
+                remote = args.get("remote_src", _REMOTE_SRC_DEFAULT.get(short, False))
+                if str(remote).lower() not in ("true", "yes", "1", "on"):
+                    for name in _PATH_MODULES[key]:
+                        if isinstance(args.get(name), str) and "://" not in args[name]:
+                            yield args[name].split()[0] if name != "src" else args[name]
+            yield from _path_strings(value)
+    elif isinstance(data, str) and ("lookup(" in data or "query(" in data or "q(" in data):
+        yield from (match.group(2) for match in _FILE_LOOKUP.finditer(data))
+
+
+def _add_referenced_files(collector: _Collector, basedirs: list[Path]) -> None:
+    """Hash what the content's YAML names literally, wherever it lies in the repository.
+
+    Ansible resolves a relative path from the file's folder, its role's `files/`, `templates/`,
+    `vars/`, `tasks/` and the role itself, then the playbook's folder: every candidate that
+    exists counts. A path only known at run time is left to the read watch (readguard.py).
+    """
+    done: set[str] = set()
+    pending = [r for r in collector.files if r.endswith((".yml", ".yaml"))]
+    while pending:
+        relative = pending.pop()
+        if relative in done:
+            continue
+        done.add(relative)
+        file = collector.files.get(relative)
+        if file is None:
+            continue
+        try:
+            data = yaml.load(file.read_text(errors="replace"), Loader=_AnyTagLoader)
+        except yaml.YAMLError:
+            continue  # Ansible cannot load it either; its own bytes are hashed
+        for target in set(_path_strings(data)):
+            if "{{" in target or "{%" in target or not target.strip():
+                continue
+            candidates = _candidates(collector.real_root / relative, target, basedirs)
+            if any(char in target for char in "*?[") and not Path(target).is_absolute():
+                candidates = [m for c in candidates for m in sorted(c.parent.glob(c.name))]
+            for candidate in candidates:
+                lexical = os.path.relpath(os.path.abspath(candidate), collector.lexical_root)
+                if lexical == ".." or lexical.startswith("../"):
+                    if candidate.exists() or Path(target).is_absolute():
+                        raise OpsledgerError(
+                            Problem(
+                                f"loads {target}, which lies outside the repository",
+                                relative,
+                                "path",
+                                "keep what a run loads in the repository, where an approval "
+                                "covers it",
+                            )
+                        )
+                    continue
+                if candidate.exists() or candidate.is_symlink():
+                    before = set(collector.files)
+                    collector.add(candidate)
+                    pending += [r for r in collector.files if r not in before]
+
+
+def _candidates(file: Path, target: str, basedirs: list[Path]) -> list[Path]:
+    if Path(target).is_absolute():
+        return [Path(target)]
+    folder = file.parent
+    role = (
+        folder.parent if folder.name in ("tasks", "handlers", "vars", "defaults", "meta") else None
+    )
+    bases = [folder]
+    if role is not None:
+        bases += [role / part for part in ("files", "templates", "vars", "tasks")] + [role]
+    bases += basedirs + [b / part for b in basedirs for part in ("files", "templates", "vars")]
+    return [base / target for base in dict.fromkeys(bases)]
+
+
 def change_content(project: Project, change: Change, runbook: Runbook, hosts: list[str]) -> Content:
     """Hash everything Ansible can load when the change runs (see the module docstring).
 
@@ -443,6 +574,7 @@ def change_content(project: Project, change: Change, runbook: Runbook, hosts: li
         *_roles(runbook.roles, naming, search, basedirs),
     ]:
         collector.add(path)
+    _add_referenced_files(collector, basedirs)
     ignored = ignored_paths(project, sorted(collector.files))
     for link, target in collector.links.items():
         if target in ignored or link in ignored:

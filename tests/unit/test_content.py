@@ -131,3 +131,74 @@ def test_a_symlink_to_a_file_git_ignores_is_refused(project):
     (project.root / "roles/postgresql/vars/extra.yml").symlink_to(secret)
     with pytest.raises(OpsledgerError, match="git ignores"):
         content_of(project)()
+
+
+TASK_INCLUDE_VARS = (
+    "\n- name: Load extra settings\n  ansible.builtin.include_vars: ../../../notes/extra.yml\n"
+)
+TASK_LOOKUP = (
+    "\n- name: Show a note\n  ansible.builtin.debug:\n"
+    "    msg: \"{{ lookup('ansible.builtin.file', 'notes/extra.txt') }}\"\n"
+)
+TASK_TEMPLATE = (
+    "\n- name: Write a note\n  ansible.builtin.template:\n"
+    "    src: ../../../notes/extra.j2\n    dest: /tmp/extra\n    mode: '0644'\n"
+)
+TASK_COPY_FREE_FORM = (
+    "\n- name: Copy a note\n  ansible.builtin.copy: src=../../notes/extra.txt dest=/tmp/x\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("edit", "referenced"),
+    [
+        (("site.yml", "", "  vars_files: [notes/extra.yml]\n"), "notes/extra.yml"),
+        (("roles/postgresql/tasks/main.yml", TASK_INCLUDE_VARS, ""), "notes/extra.yml"),
+        (("roles/postgresql/tasks/main.yml", TASK_LOOKUP, ""), "notes/extra.txt"),
+        (("roles/postgresql/tasks/main.yml", TASK_TEMPLATE, ""), "notes/extra.j2"),
+        (("roles/postgresql/tasks/main.yml", TASK_COPY_FREE_FORM, ""), "notes/extra.txt"),
+    ],
+)
+def test_a_file_the_content_names_literally_is_content_wherever_it_lies(project, edit, referenced):
+    """vars_files, include_vars, lookups and src: outside the usual folders still bind (#12)."""
+    path, appended, after_first_play = edit
+    notes = project.root / "notes"
+    notes.mkdir()
+    for name in ("extra.yml", "extra.txt", "extra.j2"):
+        (notes / name).write_text("note: 1\n")
+    target = project.root / path
+    text = target.read_text() + appended
+    if after_first_play:
+        text = text.replace("  hosts: all\n", "  hosts: all\n" + after_first_play, 1)
+    target.write_text(text)
+    content = content_of(project)
+    before = content()
+    assert referenced in before.files
+    append(project, referenced)
+    assert content().changed_since(before.files) == [referenced]
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "  ansible.builtin.include_vars: /etc/hostname\n",
+        "  ansible.builtin.include_vars:\n    file: ../../../../../../../../../etc/hostname\n",
+        "  ansible.builtin.debug:\n    msg: \"{{ lookup('file', '/etc/hostname') }}\"\n",
+    ],
+)
+def test_a_file_named_outside_the_repository_is_refused(project, task):
+    from opsledger.errors import OpsledgerError
+
+    tasks = project.root / "roles/postgresql/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Load from outside\n" + task)
+    with pytest.raises(OpsledgerError, match="outside the repository"):
+        content_of(project)()
+
+
+def test_a_path_only_known_at_run_time_is_left_to_the_read_watch(project):
+    tasks = project.root / "roles/postgresql/tasks/main.yml"
+    tasks.write_text(
+        tasks.read_text()
+        + '\n- name: Load per site\n  ansible.builtin.include_vars: "{{ site_vars_file }}"\n'
+    )
+    assert "roles/postgresql/tasks/main.yml" in content_of(project)().files
