@@ -52,16 +52,27 @@ def workflow_repo(lab, tmp_path):
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 
 
+# Past ansible.cfg's task_timeout (1800 s): a stuck task is failed by Ansible itself, naming
+# the host and the task, before this bound kills the whole run.
+CONVERGE_TIMEOUT = 2700
+
+
 def converge(project, *args: str) -> dict[str, dict[str, int]]:
-    proc = subprocess.run(
-        [PLAYBOOK, "site.yml", *args],
-        cwd=project.root,
-        env=project.ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    try:
+        proc = subprocess.run(
+            [PLAYBOOK, "site.yml", *args],
+            cwd=project.root,
+            env=project.ansible_env(),
+            capture_output=True,
+            text=True,
+            timeout=CONVERGE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        # The heartbeat callback's "still running" lines at the end name the stuck task and hosts.
+        tail = (exc.stdout or b"")[-6000:]
+        text = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        pytest.fail(f"site.yml did not finish in {CONVERGE_TIMEOUT} s; its last output:\n{text}")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     recap = {}
     for host, stats in re.findall(r"^(\S+)\s+: (ok=.*)$", proc.stdout, re.M):
         recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stats)}

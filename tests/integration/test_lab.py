@@ -87,6 +87,46 @@ def test_cli_ssh_runs_a_command(lab):
     assert (proc.returncode, proc.stdout.strip()) == (0, "active")
 
 
+def test_the_package_cache_answers_concurrent_index_refreshes_whole(lab):
+    """Many hosts asking for a suite's InRelease in the same second all get all of it.
+
+    apt-cacher-ng used to store these and collide on refresh (truncated 200s, 503s; a lab
+    host's apt then hung a converge for 30 minutes). 24 requests at a barrier, 5 rounds,
+    `Cache-Control: max-age=0` as apt sends for index files.
+    """
+    import threading
+    import urllib.request
+
+    from opsledger.lab import cache
+
+    assert cache.answers(), "lab up starts the package cache"
+    url = "http://deb.debian.org/debian/dists/bookworm/InRelease"
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{cache.CACHE_PORT}"})
+    )
+    results: list[tuple[int, int] | str] = []
+    for _ in range(5):
+        barrier = threading.Barrier(24)
+
+        def fetch(barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            request = urllib.request.Request(url, headers={"Cache-Control": "max-age=0"})
+            try:
+                with opener.open(request, timeout=60) as response:
+                    results.append((response.status, len(response.read())))
+            except Exception as exc:  # every failure is a finding here
+                results.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=fetch) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    whole = max(r[1] for r in results if isinstance(r, tuple))
+    assert whole > 10_000
+    assert [r for r in results if r != (200, whole)] == []
+
+
 def test_facts_gather_on_every_host(lab):
     # Converging site.yml is test_site.py's job; here: Ansible gathers facts over SSH.
     proc = ansible(

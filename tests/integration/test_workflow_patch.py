@@ -224,7 +224,6 @@ def test_a_failed_verification_rolls_the_package_back_to_its_previous_version(
 # Issue 19 is open: this test's first lab run (2026-11-30) failed in its own helper (a `${…}`
 # the remote shell expanded, fixed since) before it reached the runbook, and there was no lab
 # time left to run it again. It runs every time; it must pass before #19 is resolved.
-@pytest.mark.xfail(reason="#19 open: not yet run on the lab past its fixed helper", strict=False)
 def test_pg_minor_upgrade_goes_standby_first_with_a_backup_and_leaves_the_pin(
     converged_lab, workflow_repo
 ):

@@ -41,11 +41,27 @@ DAEMON = "/usr/sbin/apt-cacher-ng"
 START_TIMEOUT = 10.0
 
 
+# Index files whose content changes under the same name (a suite's InRelease, and the plain
+# Packages/Sources/Translation/Contents files of a repository without by-hash). Extended regular
+# expression, as apt-cacher-ng reads it; by-hash files (named by their SHA256) never match.
+VOLATILE_INDEX_PATTERN = (
+    r"/dists/.*/((In)?Release(\.gpg)?|Index"
+    r"|(Packages|Sources|Translation-[^/]+|Contents-[^/]+|Components-[^/]+)(\.[a-z0-9]+)?)$"
+)
+
+
 def render_config(mirror: str, security_mirror: str) -> str:
     """Our additions to apt-cacher-ng's settings.
 
     Debian's package sends every Debian request to ftp.debian.org, which may not be reachable
     where this machine's own apt works; the cache fetches from this machine's mirrors instead.
+
+    Volatile index files are passed through, never stored: apt-cacher-ng 3.7.4 refreshes a
+    stored one by moving it aside to `<file>.<unix second>`, and when several hosts ask in the
+    same second the refreshes collide. Measured with 24 concurrent requests for InRelease,
+    5 rounds: 6 truncated `200` answers and 4 `503`s out of 120 when stored, none when passed
+    through; in CI the lab's first converge then hung in apt for 30 minutes. The large files
+    apt fetches next (by-hash indexes, .debs) never change under their name and stay cached.
     """
     return (
         "# Written by `opsledger lab up`: the lab's package cache listens on loopback and on the\n"
@@ -57,6 +73,9 @@ def render_config(mirror: str, security_mirror: str) -> str:
         "Remap-secdeb: security.debian.org security.debian.org/debian-security "
         "deb.debian.org/debian-security /debian-security ; "
         f"{security_mirror.rstrip('/')}/\n"
+        "# Volatile index files go straight through: concurrent refreshes of a stored one\n"
+        "# collide in the same second (truncated answers, 503s, a hung apt).\n"
+        f"DontCacheRequested: {VOLATILE_INDEX_PATTERN}\n"
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+
+import pytest
 
 from opsledger.lab import cache, host_setup, netcheck
 
@@ -98,7 +101,32 @@ def test_cache_config_listens_on_loopback_only_and_uses_this_machines_mirrors():
     assert f"BindAddress: 127.0.0.1 {cache.CACHE_ADDRESS}\n" in config
     assert "0.0.0.0" not in config
     assert "Remap-debrep: file:deb_mirror*.gz /debian ; http://mirror.example/debian/" in config
-    assert config.rstrip().endswith("; http://sec.example/ds/")
+    assert "Remap-secdeb: " in config and "; http://sec.example/ds/\n" in config
+
+
+@pytest.mark.parametrize(
+    ("path", "volatile"),
+    [
+        ("debrep/dists/bookworm/InRelease", True),
+        ("secdeb/dists/bookworm-security/Release.gpg", True),
+        ("debrep/dists/bookworm/Release", True),
+        ("debrep/dists/bookworm/main/binary-amd64/Packages.xz", True),
+        ("debrep/dists/bookworm/main/i18n/Translation-en.bz2", True),
+        ("debrep/dists/bookworm/main/binary-amd64/Packages.diff/Index", True),
+        (
+            "debrep/dists/bookworm/main/binary-amd64/by-hash/SHA256/" + "9e0b" * 16,
+            False,
+        ),
+        ("debrep/pool/main/c/curl/curl_7.88.1-10+deb12u15_amd64.deb", False),
+        ("debrep/pool/main/r/release-notes/Release_1.0_all.deb", False),
+    ],
+)
+def test_only_volatile_index_files_bypass_the_cache(path, volatile):
+    """The pattern apt-cacher-ng gets passes volatile indexes through and keeps the rest."""
+    config = cache.render_config("http://mirror.example/debian", "http://sec.example/ds/")
+    pattern = re.search(r"^DontCacheRequested: (.*)$", config, re.M).group(1)
+    assert pattern == cache.VOLATILE_INDEX_PATTERN
+    assert bool(re.search(pattern, f"http://deb.debian.org/{path}")) is volatile
 
 
 def test_cache_address_is_outside_podman_pools_and_the_lab_subnet():
