@@ -326,14 +326,21 @@ def _role_name(value: Any) -> Any:
     if isinstance(value, dict):
         return value.get("role", value.get("name"))
     if isinstance(value, str) and "=" in value:
-        from ansible.parsing.splitter import parse_kv
-
-        try:
-            args = parse_kv(value)
-        except Exception:  # unparseable: keep the text, it resolves to nothing
+        args = _parse_kv(value)
+        if args is None:  # unparseable: keep the text, it resolves to nothing
             return value
         return args.get("name", args.get("role", value))
     return value
+
+
+def _parse_kv(value: str) -> dict[str, Any] | None:
+    """Ansible's own reading of free-form `k=v` arguments; None when it cannot read them."""
+    from ansible.parsing.splitter import parse_kv
+
+    try:
+        return parse_kv(value)
+    except Exception:  # unparseable: Ansible cannot load it either
+        return None
 
 
 def _names_in(data: Any) -> Iterator[str]:
@@ -445,12 +452,7 @@ def _module_args(value: Any) -> dict[str, Any]:
         return {}
     if "=" not in value.split()[0]:
         return {"_raw_params": value.split()[0]}
-    from ansible.parsing.splitter import parse_kv
-
-    try:
-        return parse_kv(value)
-    except Exception:  # unparseable: Ansible cannot load it either
-        return {}
+    return _parse_kv(value) or {}
 
 
 # Modules whose `src` is on the managed host when remote_src is set (assemble: by default).
