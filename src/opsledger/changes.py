@@ -410,6 +410,7 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
 class NewChange:
     id: str
     file: Path
+    note: str = ""  # e.g. which maintenance window was chosen for it
 
 
 def new_change(

@@ -69,3 +69,38 @@ def covered(windows: Iterable[Window], start: dt.datetime, end: dt.datetime) -> 
         if reached >= end:
             return True
     return False
+
+
+def next_fit(
+    windows: Iterable[Window], after: dt.datetime, length: dt.timedelta, days: int = 62
+) -> dt.datetime | None:
+    """The earliest start at or after `after` where a window of `length` is covered, or None.
+
+    A fitting start is `after` itself or the opening of some occurrence (nothing in between
+    can fit where neither does): the fix `change new` offers and the "next window" hint.
+
+    Example:
+        next_fit(policies.windows["production"], now, timedelta(hours=2))
+    """
+    windows = list(windows)
+    after = after.astimezone(dt.UTC).replace(microsecond=0)
+    if covered(windows, after, after + length):
+        return after
+    horizon = after + dt.timedelta(days=days)
+    openings = sorted(
+        o.astimezone(dt.UTC) for w in windows for o, _ in occurrences(w, after, horizon)
+    )
+    for opening in openings:
+        if opening >= after and covered(windows, opening, opening + length):
+            return opening
+    return None
+
+
+def shown_opening(windows: Iterable[Window], moment: dt.datetime) -> str:
+    """A window opening as people say it: "Tue 20:00 Europe/Berlin" (in the window's zone)."""
+    for window in windows:
+        zone = ZoneInfo(window.timezone)
+        local = moment.astimezone(zone)
+        if local.strftime("%H:%M") == window.start and DAY_NAMES[local.weekday()] in window.days:
+            return f"{local.strftime('%a %H:%M')} {window.timezone}"
+    return moment.isoformat()

@@ -36,19 +36,25 @@ def approve(
     """
     from opsledger.signoff import approve_change
 
+    project = find_project()
     result = approve_change(
-        find_project(),
+        project,
         change_id,
         person=person,
         decision="rejected" if reject else "approved",
         comment=comment,
         signing_key=signing_key,
     )
+    from opsledger.nextsteps import after_approval
+
     verb = "rejected" if reject else "approved"
     click.echo(
         f"{change_id} {verb} by {person}: content {result.content_sha256[:12]}, "
         f"commit {result.commit[:10]}"
     )
+    if not reject:
+        for step in after_approval(project, change_id):
+            click.echo(f"next: {step}")
 
 
 @click.command()
@@ -68,8 +74,10 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
         opsledger decide CHG-0001 --at 2026-12-01T20:30:00+01:00
     """
     from opsledger.decide import decide as run_decide
+    from opsledger.nextsteps import after_denial
 
-    decision = run_decide(find_project(), change_id, now=aware_time(at, "--at"), base=base)
+    project = find_project()
+    decision = run_decide(project, change_id, now=aware_time(at, "--at"), base=base)
     if as_json:
         click.echo(json.dumps(decision.as_dict(), indent=2))
     else:
@@ -89,6 +97,9 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
             f"{'ALLOWED' if decision.allowed else 'DENIED'}; policy "
             f"{decision.policy_sha256[:12]}, content {decision.content_sha256[:12]}"
         )
+        if not decision.allowed:
+            for step in after_denial(project, decision):
+                click.echo(f"next: {step}")
     if not decision.allowed:
         raise SystemExit(EXIT_DENIED)
 

@@ -45,7 +45,8 @@ person_option = click.option(
     "person",
     envvar="OPSLEDGER_PERSON",
     required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+    show_envvar=True,
+    help="Your person id in policies/people.yml; set OPSLEDGER_PERSON to stop typing it.",
 )
 signing_key_option = click.option(
     "--key",
