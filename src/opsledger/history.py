@@ -58,10 +58,13 @@ class ChangeHistory:
             "requested_by": c.requested_by,
             "content_sha256": self.content_sha256,
             "approvals": [
-                {**a.__dict__, "counts": a.valid and a.person not in self.uncounted,
-                 "not_counted": self.uncounted.get(a.person, "")}
+                {
+                    **a.__dict__,
+                    "counts": a.valid and a.person not in self.uncounted,
+                    "not_counted": self.uncounted.get(a.person, ""),
+                }
                 for a in self.approvals
-            ],  # fmt: skip
+            ],
             "request": self.requester,
             "statements": [
                 {
@@ -209,7 +212,8 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         if state.decision == "approved":
             why = not_counted(state.person, change.requested_by, rule, policies)
         else:
-            why = f"{state.person} approves nothing" if policies.approves_nothing(state.person) else ""
+            nothing = policies.approves_nothing(state.person)
+            why = f"{state.person} approves nothing" if nothing else ""
         if why:
             uncounted[state.person] = why
     log = git(

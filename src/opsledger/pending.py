@@ -124,6 +124,7 @@ def apply_pending(
     environment: str | None = None,
     origin: OriginRecords | None = None,
     base: str | None = None,
+    verbosity: int = 0,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
 
@@ -188,6 +189,7 @@ def apply_pending(
                 events=events,
                 origin=origin,
                 base=base,
+                verbosity=verbosity,
             )
         except OpsledgerError as err:
             lost = _lost_race(err)

@@ -49,7 +49,8 @@ def test_unapproved_change_is_denied_with_exit_3_and_nothing_runs(repo):
 
 def test_self_approved_change_is_denied(repo):
     project, change_id, _ = repo
-    sign_off(project, change_id, person="alice", now=START)  # approve refuses it; a statement made by hand must not count either
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, change_id, person="alice", now=START)
     before = _commits(project)
     with pytest.raises(OpsledgerError) as err:
         apply_change(project, change_id, now=INSIDE)

@@ -86,7 +86,8 @@ def test_deleted_statement_is_found(repo):
 
 def test_self_approval_and_stranger_statements_are_found(repo):
     project, change_id, _ = repo
-    alice = sign_off(project, change_id, person="alice", now=START)  # approve refuses it; a statement made by hand must not count either
+    # approve refuses it; a statement made by hand must not count either
+    alice = sign_off(project, change_id, person="alice", now=START)
     # carol's statement, but committed by bob; a statement of someone not in people.yml
     carol = sign_off(project, change_id, person="carol", commit=False)
     commit_paths(project.root, [carol.path], "Approve", name="Bob", email="bob@example.org")

@@ -69,7 +69,8 @@ def test_no_approvals(repo):
 
 def test_self_approval_does_not_count(repo):
     project, change_id, _ = repo
-    sign_off(project, change_id, person="alice")  # approve refuses it; a statement made by hand must not count either
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, change_id, person="alice")
     why = failed(decide(project, change_id, now=INSIDE))["approvals"]
     assert "alice requested the change and cannot approve it" in why
 

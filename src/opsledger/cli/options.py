@@ -57,6 +57,16 @@ signing_key_option = click.option(
 )
 
 
+# -v/-vv/...: ansible-playbook's verbosity for commands that run it (plan, apply).
+verbosity_option = click.option(
+    "-v",
+    "--verbose",
+    "verbosity",
+    count=True,
+    help="Pass -v (repeat: -vv, up to -vvvv) to ansible-playbook; its output goes to stderr.",
+)
+
+
 # Which branch is trusted: policies, people and keys, and run records come from it.
 base_option = click.option(
     "--base",
