@@ -22,7 +22,8 @@ def console(*, minimum: int = 0, stderr: bool = False) -> Console:
         console(minimum=120).print(table)
     """
     probe = Console(stderr=stderr)
-    no_color = bool(os.environ.get("NO_COLOR"))
+    # NO_COLOR: no escape codes at all (rich's no_color keeps bold and italics)
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
     if not probe.is_terminal:
-        return Console(stderr=stderr, width=WIDE, no_color=no_color, soft_wrap=False)
-    return Console(stderr=stderr, width=max(probe.width, minimum), no_color=no_color)
+        return Console(stderr=stderr, width=WIDE, soft_wrap=False, **plain)
+    return Console(stderr=stderr, width=max(probe.width, minimum), **plain)
