@@ -204,4 +204,4 @@ def test_as_help_names_the_environment_variable():
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
-    assert "OPSLEDGER_PERSON" in done.stdout and "--as" in done.stdout
+    assert "env var: OPSLEDGER_PERSON" in done.stdout and "--as" in done.stdout
