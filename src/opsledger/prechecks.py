@@ -50,7 +50,9 @@ def request_problems(
         )
     if change_type == "emergency" and policies.emergency.get("bypass_windows"):
         return problems
-    windows = policies.windows.get(environment, [])
+    if environment not in policies.windows:  # an unknown environment: validation names it
+        return problems
+    windows = policies.windows[environment]
     if not covered(windows, window_start, window_end):
         length = window_end - window_start
         fit = next_fit(windows, window_start, length) if windows else None
