@@ -20,7 +20,7 @@ from opsledger.policy import Policies, load_policies
 from opsledger.policy_changes import is_policy_change
 from opsledger.project import Project
 from opsledger.runbooks import load_runbook
-from opsledger.windows import next_fit, shown_opening
+from opsledger.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
 
 
 def policies_for(project: Project) -> Policies:
@@ -65,17 +65,36 @@ def _approval_hint(project: Project, change_id: str, policies: Policies, counted
     return "needs " + "; ".join(gaps.needs) + f" (opsledger approve {change_id} --as PERSON)"
 
 
+def _next_start(policies: Policies, change, after: dt.datetime) -> dt.datetime | None:
+    """The next start the change's environment allows for its window's length.
+
+    Maintenance windows and freezes, as decide judges them; None when none fits.
+    """
+    windows = policies.windows.get(change.environment, [])
+    if not windows:
+        return None
+    emergency = change.type == "emergency"
+    return next_allowed(
+        windows,
+        policies.freezes,
+        change.environment,
+        after,
+        change.window_end - change.window_start,
+        bypass_windows=emergency and bool(policies.emergency.get("bypass_windows")),
+        bypass_freezes=emergency and bool(policies.emergency.get("bypass_freezes")),
+    )
+
+
 def _window_hint(change_id: str, policies: Policies, project: Project, now: dt.datetime) -> str:
     change = load_change(project, change_id)
+    windows = policies.windows.get(change.environment, [])
     if now < change.window_start:
-        return f"the change window opens at {change.window_start.isoformat()}"
+        return f"the change window opens at {shown_time(windows, change.window_start)}"
     if now > change.window_end:
-        windows = policies.windows.get(change.environment, [])
-        length = change.window_end - change.window_start
-        fit = next_fit(windows, now, length) if windows else None
+        fit = _next_start(policies, change, now)
         when = f"next window opens {shown_opening(windows, fit)}; " if fit else ""
         return (
-            f"the change window closed at {change.window_end.isoformat()}: {when}"
+            f"the change window closed at {shown_time(windows, change.window_end)}: {when}"
             f"{change.requested_by} moves window in changes/{change_id}/change.yml and runs "
             f"opsledger change submit {change_id}"
         )
@@ -142,11 +161,11 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
     change = load_change(project, change_id)
     windows = policies.windows.get(change.environment, [])
     if "maintenance window" in failed:
-        length = change.window_end - change.window_start
-        fit = next_fit(windows, max(decision.at, change.window_start), length) if windows else None
+        fit = _next_start(policies, change, max(decision.at, change.window_start))
         if fit is not None:
             steps.append(
-                f"next window opens {shown_opening(windows, fit)} ({fit.isoformat()}): "
+                f"next window opens {shown_opening(windows, fit)} "
+                f"({fit.astimezone(zone_of(windows)).isoformat()}): "
                 f"move the change window there in changes/{change_id}/change.yml, then "
                 f"opsledger change submit {change_id}"
             )
@@ -155,7 +174,22 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
         if hint:
             steps.append(hint)
     if "freeze" in failed:
-        steps.append("wait for the freeze to end, or make it an emergency change")
+        frozen = freezes_over(
+            policies.freezes, change.environment, change.window_start, change.window_end
+        ) or freezes_over(policies.freezes, change.environment, decision.at, decision.at)
+        if frozen:
+            last = max(frozen, key=lambda f: f.end)
+            fit = _next_start(policies, change, last.end)
+            after = ""
+            if fit is not None:
+                after = f"; the next window after it opens {shown_opening(windows, fit)}"
+            steps.append(
+                f"the freeze '{last.name}' ends {shown_time(windows, last.end)}{after}: move "
+                f"the change window there in changes/{change_id}/change.yml, or make it an "
+                "emergency change"
+            )
+        else:
+            steps.append("wait for the freeze to end, or make it an emergency change")
     if "conflicts" in failed:
         steps.append("it runs once the changes it waits for have run or are withdrawn")
     if "promotion" in failed:

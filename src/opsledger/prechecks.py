@@ -9,13 +9,19 @@ people.yml, or the next start that fits the environment's maintenance windows.
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from opsledger.changes import ValidationResult
 from opsledger.errors import Problem
 from opsledger.policy import Policies
 from opsledger.project import Project
-from opsledger.windows import covered, next_fit, shown_opening
+from opsledger.windows import (
+    covered,
+    freezes_over,
+    next_allowed,
+    shown_opening,
+    shown_time,
+    zone_of,
+)
 
 
 def request_problems(
@@ -48,26 +54,58 @@ def request_problems(
                 f"request as one of: {people} (or add yourself to people.yml)",
             )
         )
-    if change_type == "emergency" and policies.emergency.get("bypass_windows"):
-        return problems
     if environment not in policies.windows:  # an unknown environment: validation names it
         return problems
+    emergency = change_type == "emergency"
+    bypass_windows = emergency and bool(policies.emergency.get("bypass_windows"))
+    bypass_freezes = emergency and bool(policies.emergency.get("bypass_freezes"))
     windows = policies.windows[environment]
-    if not covered(windows, window_start, window_end):
-        length = window_end - window_start
-        fit = next_fit(windows, window_start, length) if windows else None
+    length = window_end - window_start
+
+    def fix_at(after: dt.datetime, what: str) -> str:
+        fit = next_allowed(
+            windows,
+            policies.freezes,
+            environment,
+            after,
+            length,
+            bypass_windows=bypass_windows,
+            bypass_freezes=bypass_freezes,
+        )
         if fit is None:
-            fix = f"no maintenance window of {environment} fits {length}; shorten --duration"
-        else:
-            zone = ZoneInfo(windows[0].timezone) if windows else dt.UTC
-            fix = (
-                f"next window opens {shown_opening(windows, fit)}: "
-                f"--start {fit.astimezone(zone).isoformat()}"
-            )
+            return f"no maintenance window of {environment} fits {length}; shorten --duration"
+        local = fit.astimezone(zone_of(windows)).isoformat()
+        return f"{what} {shown_opening(windows, fit)}: --start {local}"
+
+    if not bypass_windows and not covered(windows, window_start, window_end):
         problems.append(
             Problem(
-                f"the window {window_start.isoformat()} - {window_end.isoformat()} is outside "
-                f"every maintenance window of {environment} (decide would deny it)",
+                f"the window {shown_time(windows, window_start)} - "
+                f"{shown_time(windows, window_end)} is outside every maintenance window of "
+                f"{environment} (decide would deny it)",
+                file,
+                "--start" if cli else "window",
+                fix_at(window_start, "next window opens"),
+            )
+        )
+    frozen = (
+        []
+        if bypass_freezes
+        else freezes_over(policies.freezes, environment, window_start, window_end)
+    )
+    if frozen:
+        last = max(frozen, key=lambda f: f.end)
+        names = ", ".join(repr(f.name) for f in frozen)
+        fix = fix_at(last.end, "the first window after it opens")
+        if emergency:
+            fix += " (emergencies do not bypass freezes here)"
+        else:
+            fix += ", or --type emergency if it cannot wait"
+        problems.append(
+            Problem(
+                f"the window overlaps the freeze {names} of {environment} "
+                f"({shown_time(windows, last.start)} - {shown_time(windows, last.end)}): "
+                "decide would deny it",
                 file,
                 "--start" if cli else "window",
                 fix,

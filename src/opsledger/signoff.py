@@ -288,9 +288,10 @@ def request_change(
 
     The requester commits both together with the desired-state edits the change covers;
     nothing is written when the change is invalid. `check_policy` (what `change new` asks for)
-    also refuses what decide would deny whatever anyone approves (an unknown requester, a window
-    outside every maintenance window), and without a window_start takes the next start that
-    fits the environment's maintenance windows (now when it does).
+    also refuses what decide would deny whatever anyone approves: an unknown requester (exit 2,
+    with any schema problem), a window outside every maintenance window or overlapping a freeze
+    (exit 3, a policy denial); without a window_start it takes the next start that fits the
+    environment's maintenance windows outside its freezes (now when it does).
 
     Example:
         change, statement = request_change(project, title="Raise work_mem", runbook="converge",
@@ -298,9 +299,11 @@ def request_change(
             params={"tags": ["postgresql"]}, window_start=start, window_end=end)
     """
     note = ""
+    invalid: list[Problem] = []
+    denials: list[Problem] = []
     if check_policy:
         from opsledger.prechecks import request_problems
-        from opsledger.windows import next_fit, shown_opening
+        from opsledger.windows import next_allowed, shown_opening
 
         policies = _policies(project, None)
         environment = fields.get("environment", "lab")
@@ -308,13 +311,25 @@ def request_change(
         if fields.get("window_start") is None:
             begin = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
             windows = policies.windows.get(environment, [])
-            bypass = change_type == "emergency" and policies.emergency.get("bypass_windows")
-            fit = None if bypass or not windows else next_fit(windows, begin, window_length)
+            emergency = change_type == "emergency"
+            fit = (
+                next_allowed(
+                    windows,
+                    policies.freezes,
+                    environment,
+                    begin,
+                    window_length,
+                    bypass_windows=emergency and bool(policies.emergency.get("bypass_windows")),
+                    bypass_freezes=emergency and bool(policies.emergency.get("bypass_freezes")),
+                )
+                if windows
+                else None
+            )
             if fit is not None and fit != begin:
                 note = f"window: the next maintenance window, {shown_opening(windows, fit)}"
                 begin = fit
             fields["window_start"], fields["window_end"] = begin, begin + window_length
-        problems = request_problems(
+        for problem in request_problems(
             policies,
             requested_by=fields["requested_by"],
             change_type=change_type,
@@ -322,10 +337,9 @@ def request_change(
             window_start=fields["window_start"],
             window_end=fields["window_end"],
             cli=True,
-        )
-        if problems:
-            raise OpsledgerError(problems)
-    change = new_change(project, **fields)
+        ):
+            (denials if problem.field == "--start" else invalid).append(problem)
+    change = new_change(project, also_invalid=invalid, denials=denials, **fields)
     change.note = note
     try:
         statement = submit_change(

@@ -142,7 +142,7 @@ def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the
         "--requested-by", "alice", "--reason", "Sorts spill to disk nightly",
     ]  # fmt: skip
     done = _cli(project, *args, "--start", "2027-02-03T10:00:00+01:00")  # a Wednesday morning
-    assert done.returncode == 2
+    assert done.returncode == 3  # a policy denial, as decide's
     (line,) = _errors(done)
     assert "outside every maintenance window of production" in line
     assert "next window opens Thu 20:00 Europe/Berlin: --start 2027-02-04T20:00:00+01:00" in line
@@ -205,3 +205,98 @@ def test_as_help_names_the_environment_variable():
         env={**os.environ, "COLUMNS": "200"},
     )
     assert "env var: OPSLEDGER_PERSON" in done.stdout and "--as" in done.stdout
+
+
+PRODUCTION = [
+    "change", "new", "--title", "Tune the db hosts", "--runbook", "converge",
+    "--env", "production", "--targets", "db", "--param", "tags=[postgresql]",
+    "--requested-by", "alice", "--reason", "Sorts spill to disk nightly",
+]  # fmt: skip
+
+
+def test_a_window_inside_a_freeze_is_refused_by_new_with_the_first_window_after_it(repo):
+    """Tue 22 Dec 2026 20:00 Berlin is a production window, inside the year-end freeze."""
+    project, _, _ = repo
+    before = _commits(project)
+    done = _cli(project, *PRODUCTION, "--start", "2026-12-22T20:00:00+01:00")
+    assert done.returncode == 3, done.stdout + done.stderr  # a policy denial, nothing invalid
+    (line,) = _errors(done)
+    assert "--start" in line and "overlaps the freeze 'year-end freeze' of production" in line
+    assert "2027-01-04T08:00:00+01:00 (Mon 08:00 Europe/Berlin)" in line  # when it ends, local
+    assert "the first window after it opens Tue 20:00 Europe/Berlin" in line
+    assert "--start 2027-01-05T20:00:00+01:00, or --type emergency" in line
+    assert not (project.root / "changes" / "CHG-0002").exists() and _commits(project) == before
+    assert git(project.root, "status", "--porcelain").stdout == ""  # nothing written
+    # invalid input and a freeze together: every problem, one line each, exit 2 (invalid)
+    both = _cli(project, *PRODUCTION[:-4], "--requested-by", "zed", "--reason", "Sorts spill",
+                "--start", "2026-12-22T20:00:00+01:00")  # fmt: skip
+    assert both.returncode == 2
+    lines = _errors(both)
+    assert len(lines) == 2 and "'zed' is not a person" in lines[0] and "freeze" in lines[1]
+    # an emergency bypasses freezes (policies/windows.yml): written
+    urgent = _cli(project, *PRODUCTION, "--type", "emergency",
+                  "--start", "2026-12-22T20:00:00+01:00")  # fmt: skip
+    assert urgent.returncode == 0, urgent.stderr
+
+
+def test_without_start_new_takes_the_first_window_after_a_freeze(repo):
+    import datetime as dt
+
+    from opsledger.signoff import request_change
+
+    project, _, _ = repo
+    change, _ = request_change(
+        project,
+        title="Tune the db hosts",
+        runbook="converge",
+        requested_by="alice",
+        reason="Sorts spill to disk nightly",
+        environment="production",
+        targets="db",
+        params={"tags": ["postgresql"]},
+        window_start=None,
+        window_end=None,
+        check_policy=True,
+        now=dt.datetime(2026, 12, 20, 12, 0, tzinfo=dt.UTC),  # a Sunday, the freeze is next
+    )
+    written = yaml.safe_load(change.file.read_text())["window"]
+    assert dt.datetime.fromisoformat(written["start"]) == dt.datetime(
+        2027, 1, 5, 19, 0, tzinfo=dt.UTC
+    )  # Tue 5 Jan 20:00 Berlin, not Tue 22 Dec (frozen)
+    assert change.note == "window: the next maintenance window, Tue 20:00 Europe/Berlin"
+
+
+def test_window_hints_are_said_in_the_environments_own_zone(repo):
+    """A production change's hints in Europe/Berlin time, not UTC only: a closed window, the
+    next one, and a freeze with when it ends."""
+    import datetime as dt
+
+    from opsledger.gitrepo import commit_paths
+    from opsledger.signoff import request_change
+
+    project, _, _ = repo
+
+    def production(start):
+        change, _ = request_change(
+            project, title="Tune production", runbook="converge", requested_by="alice",
+            reason="Sorts spill to disk", environment="production", targets="db",
+            params={"tags": ["postgresql"]}, window_start=start,
+            window_end=start + dt.timedelta(hours=2),
+        )  # fmt: skip
+        commit_paths(project.root, [change.file.parent], "Request", name="Alice Arnold",
+                     email="alice@example.org")  # fmt: skip
+        return change.id
+
+    closed = production(dt.datetime(2026, 12, 1, 19, 0, tzinfo=dt.UTC))  # Tue 20:00 Berlin
+    late = _cli(project, "decide", closed, "--at", "2026-12-02T09:00:00+00:00")
+    assert late.returncode == 3
+    assert "closed at 2026-12-01T22:00:00+01:00 (Tue 22:00 Europe/Berlin)" in late.stdout
+    assert "next window opens Thu 20:00 Europe/Berlin" in late.stdout
+    frozen = production(dt.datetime(2026, 12, 22, 19, 0, tzinfo=dt.UTC))  # in the freeze
+    denied = _cli(project, "decide", frozen, "--at", "2026-12-22T19:30:00+00:00")
+    assert denied.returncode == 3
+    assert (
+        "next: the freeze 'year-end freeze' ends 2027-01-04T08:00:00+01:00 (Mon 08:00 "
+        "Europe/Berlin); the next window after it opens Tue 20:00 Europe/Berlin" in denied.stdout
+    )
+    assert "+00:00" not in "".join(x for x in denied.stdout.splitlines() if "next:" in x)
