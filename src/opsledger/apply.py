@@ -309,6 +309,7 @@ def _run(
     run_id: str,
     journal: Path | None = None,
     env: dict[str, str] | None = None,
+    verbosity: int = 0,
 ) -> PlaybookRun:
     return run_playbook(
         project,
@@ -324,6 +325,7 @@ def _run(
         # The guard finds the run's processes by the marker; `env` adds the read watch.
         extra_env={**(env or {}), RUN_MARKER: run_id},
         extravars=run_vars(project, change.environment),  # backup-first hosts (dr.yml)
+        verbosity=verbosity,
     )
 
 
@@ -478,6 +480,7 @@ def _execute(
     skip_verify: bool,
     run_id: str,
     journal: Path,
+    verbosity: int = 0,
 ) -> _Outcome:
     """Run, verify, and roll back on failure; what happened, never an exception from the run.
 
@@ -490,7 +493,15 @@ def _execute(
     with watching_reads() as watch:
         try:
             run: PlaybookRun | None = _run(
-                project, change, runbook, events, interrupt, run_id, journal, watch.env()
+                project,
+                change,
+                runbook,
+                events,
+                interrupt,
+                run_id,
+                journal,
+                watch.env(),
+                verbosity,
             )
         except OpsledgerError as err:  # ansible-playbook failed before reaching any host
             timings["run_s"] = round(time.monotonic() - clock, 3)
@@ -551,6 +562,7 @@ def apply_change(
     events: Events | None = None,
     origin: OriginRecords | None = None,
     base: str | None = None,
+    verbosity: int = 0,
 ) -> ApplyResult:
     """Decide, lock the targets, decide again, record ahead, run, verify, roll back, record.
 
@@ -628,6 +640,7 @@ def apply_change(
                     lock_wait,
                     reconciled,
                     origin,
+                    verbosity,
                 ),
                 interrupt,
                 events,
@@ -653,6 +666,7 @@ class _Run:
     lock_wait: float
     reconciled: Reconciled
     origin: OriginRecords | None = None
+    verbosity: int = 0  # -v/-vv: passed to ansible-playbook, its output shown on stderr
 
 
 def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Record:
@@ -724,6 +738,7 @@ def _locked_run(
             skip_verify,
             run_id,
             journal,
+            run.verbosity,
         )
         finished = dt.datetime.now(dt.UTC)
         played = outcome.run

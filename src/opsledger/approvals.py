@@ -390,6 +390,27 @@ def _changed(content: Content, statement: Statement) -> str:
     return "the content changed since: " + shown + (" ..." if len(changed) > 5 else "")
 
 
+def not_counted(person: str, requester: str, rule: Rule | None, policies: Policies) -> str:
+    """Why a person's approval would not count under a rule; "" when it would.
+
+    One wording for the three places that judge it: `approve` refuses at the moment of the
+    mistake, `decide` does not count it, and `change show` labels it.
+    """
+    if person == policies.records_by or person not in policies.people:
+        return f"{person} is not a person who may sign statements in people.yml"
+    if policies.four_eyes and person == requester:
+        return f"{person} requested the change and cannot approve it (four eyes)"
+    teams = policies.people[person].teams
+    if policies.approves_nothing(person):
+        return (
+            f"{person} is only in {', '.join(teams)}, which approves nothing "
+            "(observers in policies/changes.yml)"
+        )
+    if rule is not None and rule.any_of_teams and not set(teams) & set(rule.any_of_teams):
+        return f"{person} is not in {' or '.join(rule.any_of_teams)}"
+    return ""
+
+
 def quorum(
     standing: Standing,
     rule: Rule,
@@ -401,17 +422,20 @@ def quorum(
 
     Returns (passed, why, counted approvers).
     """
-    if standing.rejected_by:
-        who = ", ".join(standing.rejected_by)
-        return False, f"rejected by {who} (a rejection stands until its author approves)", []
     notes, counted = [], []
+    rejecters = []
+    for person in standing.rejected_by:
+        if policies.approves_nothing(person):  # an observer's "no" is an opinion, not a veto
+            notes.append(f"{person}'s rejection does not count: {person} approves nothing")
+        else:
+            rejecters.append(person)
+    if rejecters:
+        who = ", ".join(rejecters)
+        return False, f"rejected by {who} (a rejection stands until its author approves)", []
     for person in standing.approvers:
-        if policies.four_eyes and person == standing.requester:
-            notes.append(f"{person} requested the change and cannot approve it")
-            continue
-        teams = set(policies.people[person].teams)
-        if rule.any_of_teams and not teams & set(rule.any_of_teams):
-            notes.append(f"{person} is not in {' or '.join(rule.any_of_teams)}")
+        why = not_counted(person, standing.requester, rule, policies)
+        if why:
+            notes.append(why)
             continue
         counted.append(person)
     for state in standing.states:

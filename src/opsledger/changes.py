@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem, shown
+from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -410,6 +410,7 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
 class NewChange:
     id: str
     file: Path
+    note: str = ""  # e.g. which maintenance window was chosen for it
 
 
 def new_change(
@@ -429,8 +430,14 @@ def new_change(
     window_end: dt.datetime,
     rollback: str | None = None,
     risk: str | None = None,
+    also_invalid: list[Problem] | tuple = (),
+    denials: list[Problem] | tuple = (),
 ) -> NewChange:
     """Write a new change request with the next free id; nothing is written if it is invalid.
+
+    `also_invalid` and `denials` are the caller's own findings (policy facts: an unknown
+    requester; a window decide would deny), refused together with the schema's in one error:
+    exit 2 when anything is invalid, else 3 (policy denial).
 
     Example:
         new_change(project, title="Raise work_mem", runbook="converge", requested_by="alice",
@@ -469,8 +476,11 @@ def new_change(
         # Judge exactly what will be read back, before anything but the claimed id exists.
         written = parse_yaml(text, source=str(file), dates=False)
         result = _validate(project, change_id, written, file)
-        if result.problems:
-            raise OpsledgerError(result.problems)
+        invalid = [*result.problems, *also_invalid]
+        if invalid or denials:
+            raise OpsledgerError(
+                [*invalid, *denials], exit_code=EXIT_INVALID if invalid else EXIT_DENIED
+            )
         file.write_text(text)
     except BaseException:
         file.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from opsledger.policy_changes import is_policy_change, load_policy_request, poli
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
-from opsledger.windows import covered
+from opsledger.windows import covered, freezes_over
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 # Results that end a change's current content: it runs again only once amended (new approvals).
@@ -141,14 +141,13 @@ def window_checks(change: Change, policies: Policies, now: dt.datetime) -> list[
     if emergency and policies.emergency.get("bypass_freezes"):
         checks.append(Check("freeze", True, "emergency change: freezes bypassed"))
     else:
+        over = freezes_over(
+            policies.freezes, change.environment, change.window_start, change.window_end
+        )
         hit = [
             f
             for f in policies.freezes
-            if change.environment in f.environments
-            and (
-                f.start <= now <= f.end
-                or (change.window_start < f.end and f.start < change.window_end)
-            )
+            if f in over or (change.environment in f.environments and f.start <= now <= f.end)
         ]
         checks.append(
             Check(

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsledger.approvals import ApprovalState, Judged, standing
+from opsledger.approval_rules import approval_rule
+from opsledger.approvals import ApprovalState, Judged, not_counted, standing
 from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import change_content
@@ -40,6 +41,8 @@ class ChangeHistory:
     running: list[RunFile] = field(default_factory=list)  # started, not ended
     withdrawal: Withdrawal | None = None
     notes: list[str] = field(default_factory=list)  # what reconciling earlier runs did or needs
+    # person -> why their (valid) statement does not count under the change's rule
+    uncounted: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         c = self.change
@@ -54,7 +57,14 @@ class ChangeHistory:
             "window": [c.window_start.isoformat(), c.window_end.isoformat()],
             "requested_by": c.requested_by,
             "content_sha256": self.content_sha256,
-            "approvals": [a.__dict__ for a in self.approvals],
+            "approvals": [
+                {
+                    **a.__dict__,
+                    "counts": a.valid and a.person not in self.uncounted,
+                    "not_counted": self.uncounted.get(a.person, ""),
+                }
+                for a in self.approvals
+            ],
             "request": self.requester,
             "statements": [
                 {
@@ -121,7 +131,9 @@ class ChangeHistory:
         ]
         for a in self.approvals:
             verdict = (
-                "stands"
+                f"DOES NOT COUNT: {self.uncounted[a.person]}"
+                if a.valid and a.person in self.uncounted
+                else "stands"
                 if a.valid and a.decision == "rejected"
                 else "valid"
                 if a.valid
@@ -194,6 +206,16 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         signatures_required=change.environment in policies.signature_environments,
         revs=["HEAD", base.sha],
     )
+    rule = approval_rule(project, change_id, policies).rule
+    uncounted = {}
+    for state in judged.states:
+        if state.decision == "approved":
+            why = not_counted(state.person, change.requested_by, rule, policies)
+        else:
+            nothing = policies.approves_nothing(state.person)
+            why = f"{state.person} approves nothing" if nothing else ""
+        if why:
+            uncounted[state.person] = why
     log = git(
         project.root,
         "log",
@@ -221,4 +243,5 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         [f for f in ledger.started if f.record.change == change_id],
         load_withdrawal(project, change_id),
         done.notes + [f"{p}" for p in done.problems],
+        uncounted,
     )

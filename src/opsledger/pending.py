@@ -39,6 +39,7 @@ from opsledger.origin_records import OriginRecords
 from opsledger.policy import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, read_runs
+from opsledger.windows import freezes_over
 
 ACTIONS = (
     "applied",
@@ -94,13 +95,10 @@ def _never(
         return failing["maintenance window"]
     if "freeze" in failing:
         policies = resolve_base(project, base).policies  # the ones that decided
-        for freeze in policies.freezes:
-            if (
-                change.environment in freeze.environments
-                and change.window_start < freeze.end
-                and freeze.start < change.window_end
-            ):
-                return f"its window overlaps the freeze '{freeze.name}'"
+        for freeze in freezes_over(
+            policies.freezes, change.environment, change.window_start, change.window_end
+        ):
+            return f"its window overlaps the freeze '{freeze.name}'"
     return ""
 
 
@@ -124,6 +122,7 @@ def apply_pending(
     environment: str | None = None,
     origin: OriginRecords | None = None,
     base: str | None = None,
+    verbosity: int = 0,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
 
@@ -188,6 +187,7 @@ def apply_pending(
                 events=events,
                 origin=origin,
                 base=base,
+                verbosity=verbosity,
             )
         except OpsledgerError as err:
             lost = _lost_race(err)

@@ -76,6 +76,7 @@ def plan(
     *,
     now: dt.datetime | None = None,
     base: str | None = None,
+    verbosity: int = 0,
 ) -> Plan:
     """Decide, then predict per host with check mode and diff.
 
@@ -120,6 +121,7 @@ def plan(
         check=True,
         timeout=runbook.timeout,
         extravars=run_vars(project, change.environment),  # as apply passes them
+        verbosity=verbosity,
     )
     hosts = []
     for name in decision.hosts:
@@ -164,6 +166,36 @@ def _real_error(failure: str, changed_before: int | None) -> bool:
     if any(marker in text for marker in CONTROLLER_ERRORS):
         return True
     return not changed_before  # nothing was skipped before it: check mode saw the real state
+
+
+# `plan --detailed-exitcode`, like `terraform plan -detailed-exitcode`: a pipeline tells "nothing
+# to do" from "hosts would change" by the exit code alone. Terraform's 2 is taken here (invalid
+# input), so hosts that would change exit 5; 1, 2, 3 and 4 keep their meaning across commands.
+EXIT_WOULD_CHANGE = 5
+# Statuses that mean a host may change: `cannot predict` counts, since nothing proves it won't.
+CHANGING = ("would change", "cannot predict")
+
+
+def exit_code(p: Plan, *, detailed: bool = False) -> int:
+    """The plan's exit code: 1 a real error, 3 denied, 5 changes (`detailed` only), else 0.
+
+    With `detailed`, 0 means no host would change and 5 that some would (or may).
+
+    An error outranks a denial, and a denial outranks changes: a pipeline that treats 5 as
+    "apply needed" must never see it for a change that may not run.
+
+    Example:
+        exit_code(plan(project, "CHG-0001"), detailed=True)  # 0 nothing to do, 5 changes
+    """
+    from opsledger.errors import EXIT_DENIED, EXIT_FAILED
+
+    if p.errors:
+        return EXIT_FAILED
+    if not p.decision.allowed:
+        return EXIT_DENIED
+    if detailed and any(h.status in CHANGING for h in p.hosts):
+        return EXIT_WOULD_CHANGE
+    return 0
 
 
 def render(p: Plan, fmt: str = "text") -> str:

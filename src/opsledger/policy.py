@@ -92,6 +92,7 @@ class Policies:
     teams: dict[str, str]
     four_eyes: bool
     rules: list[Rule]
+    observers: tuple[str, ...]
     runbook_teams: dict[str, tuple[str, ...]]
     signature_environments: tuple[str, ...]
     promotion: dict[str, Any]
@@ -109,6 +110,14 @@ class Policies:
 
     def rule_for(self, change_type: str, risk: str, environment: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(change_type, risk, environment)), None)
+
+    def approves_nothing(self, person: str) -> bool:
+        """Whether every team of a person is an observer team (e.g. the auditors).
+
+        They read the change log; their approval or rejection must neither count nor veto.
+        """
+        teams = self.people[person].teams if person in self.people else ()
+        return bool(teams) and set(teams) <= set(self.observers)
 
     def priority(self, impact: str, urgency: str) -> str:
         return self.sla_matrix[impact][urgency]
@@ -270,6 +279,7 @@ def _rules(
             "audit_from": None,
             "four_eyes": True,
             "rules": [],
+            "observers": (),
             "runbook_teams": {},
             "signature_environments": (),
             "promotion": {},
@@ -369,6 +379,9 @@ def _rules(
         if teams:
             _unknown(problems, owners, teams, "team", file, f"runbook_teams.{runbook}")
         runbook_teams[runbook] = tuple(owners)
+    observers = tuple(data.get("observers") or ())
+    if teams:
+        _unknown(problems, observers, teams, "team", file, "observers")
     signature_envs = tuple((data.get("signatures") or {}).get("environments") or [])
     _unknown(problems, signature_envs, envs, "environment", file, "signatures.environments")
     promotion = data.get("promotion") or {}
@@ -431,6 +444,7 @@ def _rules(
         "records_by": str(records_by) if records_by else None,
         "four_eyes": bool(data.get("four_eyes", True)),
         "rules": rules,
+        "observers": observers,
         "runbook_teams": runbook_teams,
         "signature_environments": signature_envs,
         "promotion": promotion,

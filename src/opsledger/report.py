@@ -49,6 +49,88 @@ PALETTE = {
     "drifted": "#e15759",
 }
 PRIORITY_COLORS = {"P1": "#b3202a", "P2": "#e15759", "P3": "#f28e2b", "P4": "#4e79a7"}
+SEVERITY_COLORS = {"critical": "#e15759", "warning": "#f28e2b", "drifted": "#b07aa1"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The target behind a card's colour: green at `good` or better, red past `bad`."""
+
+    good: float
+    bad: float
+    higher_is_better: bool = True
+
+    def tone(self, value: float | None) -> str:
+        if value is None:
+            return ""
+        v, good, bad = (value, self.good, self.bad)
+        if not self.higher_is_better:
+            v, good, bad = -v, -good, -bad
+        return "good" if v >= good else "bad" if v < bad else "warn"
+
+    def text(self) -> str:
+        good, bad = f"{100 * self.good:.0f}%", f"{100 * self.bad:.0f}%"
+        if self.higher_is_better:
+            return f"target ≥ {good} (green); red below {bad}, amber between"
+        return f"target ≤ {good} (green); red above {bad}, amber between"
+
+
+# What each KPI counts (the card's small print and the JSON's `definitions`), and its target.
+DEFINITIONS: dict[str, tuple[str, str, Target | None]] = {
+    "changes": ("changes requested", "change requests committed in the period", None),
+    "success_rate": (
+        "change success rate",
+        "of the applied changes, those whose final result is success",
+        Target(0.95, 0.85),
+    ),
+    "failure_rate": (
+        "failed at least once",
+        "of the applied changes, those with a failed, rolled-back or rollback-failed run — "
+        "even when a later run succeeded (so it overlaps the success rate)",
+        Target(0.05, 0.15, higher_is_better=False),
+    ),
+    "lead_time_hours_median": (
+        "median lead time",
+        "hours from the request to its first successful run (p90 beside it)",
+        None,
+    ),
+    "emergency_ratio": (
+        "emergency ratio",
+        "of the changes requested, the emergency ones",
+        Target(0.10, 0.25, higher_is_better=False),
+    ),
+    "sla_compliance": (
+        "change SLA compliance",
+        "of the changes that ran successfully, those within their priority's resolution time",
+        Target(0.95, 0.85),
+    ),
+    "mttr_hours": (
+        "MTTR after a failure",
+        "mean hours from a failed run to its verified rollback or the next success on its hosts",
+        None,
+    ),
+}
+INCIDENT_DEFINITIONS: dict[str, tuple[str, str, Target | None]] = {
+    "opened": ("incidents opened", "incidents opened in the period", None),
+    "mtta_minutes": ("MTTA", "mean minutes from opened to acknowledged", None),
+    "mttr_hours": ("MTTR", "mean hours from opened to resolved", None),
+    "response_compliance": (
+        "incident response SLA",
+        "of the incidents, those acknowledged within their priority's response time",
+        Target(0.95, 0.85),
+    ),
+    "resolution_compliance": (
+        "incident resolution SLA",
+        "of the incidents, those resolved within their priority's resolution time",
+        Target(0.95, 0.85),
+    ),
+    "repeats": (
+        "repeat incidents",
+        "incidents whose fingerprint an earlier incident had; red when any",
+        None,
+    ),
+    "open_problems": ("open problems", "problems not yet resolved; amber when any", None),
+}
 
 
 @dataclass
@@ -82,6 +164,11 @@ class Kpis:
     status: list[dict[str, Any]] = field(default_factory=list)  # per environment, at period end
     inspections_missed: list[str] = field(default_factory=list)
     review_actions: list[str] = field(default_factory=list)  # from emergency change reviews
+    # week -> severity -> findings, every week of the period (empty weeks included)
+    findings_weekly: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_environment: list[dict[str, Any]] = field(default_factory=list)  # production first
+    empty: bool = False  # nothing at all in the period: the page says how to get data
+    how_to_get_data: list[str] = field(default_factory=list)
 
 
 def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -112,6 +199,25 @@ def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]
             fix="write 30d, 12w, 2026-11 or 2026-Q4 (at most ten years back)",
         )
     )
+
+
+def env_order(environments) -> list[str]:
+    """Environments as a manager reads them: production first, then the others by name."""
+    return sorted(set(environments), key=lambda env: (env != "production", env))
+
+
+def _week(moment: dt.datetime) -> str:
+    year, week, _ = moment.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def weeks(start: dt.datetime, end: dt.datetime) -> list[str]:
+    """Every ISO week that overlaps [start, end), oldest first: a chart covers the period."""
+    day, found = start - dt.timedelta(days=start.weekday()), []
+    while day < end:
+        found.append(_week(day))
+        day += dt.timedelta(days=7)
+    return found
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -192,22 +298,21 @@ def kpis(
             within += 1
         else:
             breaches.append(f"{row.change} ({row.priority}): {took:.1f} h > {limit} h")
-    weekly: dict[str, dict[str, int]] = {}
-    if rows:  # every week from the first change to the period's end, empty weeks included
-        day = min(dt.datetime.fromisoformat(r.requested_at) for r in rows)
-        while day < end:
-            year, week, _ = day.isocalendar()
-            weekly.setdefault(f"{year}-W{week:02d}", Counter())
-            day += dt.timedelta(days=7)
+    # every week of the period, empty weeks included: the chart covers the whole period
+    weekly: dict[str, dict[str, int]] = {w: Counter() for w in weeks(start, end)}
     for row in rows:
-        year, week, _ = dt.datetime.fromisoformat(row.requested_at).isocalendar()
-        weekly.setdefault(f"{year}-W{week:02d}", Counter())[row.type] += 1
+        weekly.setdefault(_week(dt.datetime.fromisoformat(row.requested_at)), Counter())[
+            row.type
+        ] += 1
     requested = {row.change for row in rows}
     period_runs = [r for r in runs if r.change in requested]
     restored, open_ = _mttr(period_runs)
     now = min(end, dt.datetime.now(dt.UTC))
     operations: dict[str, dict[str, int]] = {}
     drills, findings = [], []
+    findings_weekly: dict[str, dict[str, int]] = {
+        w: dict.fromkeys(SEVERITY_COLORS, 0) for w in weeks(start, end)
+    }
     records = [r for r in load_records(project) if environment in (None, r.environment)]
     for record in records:
         moment = dt.datetime.fromisoformat(record.finished_at)
@@ -238,6 +343,9 @@ def kpis(
                     "drifted": severities.get("drifted", 0),
                 }
             )
+            bucket = findings_weekly.setdefault(_week(moment), dict.fromkeys(SEVERITY_COLORS, 0))
+            for severity in SEVERITY_COLORS:
+                bucket[severity] += severities.get(severity, 0)
     k = Kpis(
         period_start=start.isoformat(),
         period_end=end.isoformat(),
@@ -285,17 +393,63 @@ def kpis(
             for r in applied
         ],
         review_actions=_review_actions(project, [r.change for r in rows]),
+        findings_weekly=findings_weekly,
+        by_environment=[]
+        if environment
+        else [
+            _environment_row(env, [r for r in rows if r.environment == env], ever_failed)
+            for env in env_order(r.environment for r in rows)
+        ],
     )
+    k.empty = not (rows or k.operations or k.incidents.opened or k.incidents.open_problems)
+    if k.empty:
+        k.how_to_get_data = _how_to_get_data(project, environment, start)
     k.status = _status(records, k.incidents, now, environment)
     k.inspections_missed = _missed(project, [s["environment"] for s in k.status], now)
     return k
+
+
+def _environment_row(env: str, rows: list[AuditRow], ever_failed: set[str]) -> dict[str, Any]:
+    applied = [r for r in rows if r.result != "not applied"]
+    return {
+        "environment": env,
+        "changes": len(rows),
+        "applied": len(applied),
+        "success_rate": _ratio(sum(r.result == "success" for r in applied), len(applied)),
+        "failure_rate": _ratio(sum(r.change in ever_failed for r in applied), len(applied)),
+        "emergency_ratio": _ratio(sum(r.type == "emergency" for r in rows), len(rows)),
+    }
+
+
+def _how_to_get_data(project: Project, environment: str | None, start: dt.datetime) -> list[str]:
+    """What to do when the period holds nothing: the commands that make the numbers."""
+    env = environment or "lab"
+    steps = []
+    earlier = audit_log(project, until=start, environment=environment).rows
+    if earlier:
+        newest = max(r.requested_at for r in earlier)[:10]
+        steps.append(
+            f"the newest change before this period was requested on {newest}: "
+            "widen it, e.g. --period 365d"
+        )
+    steps += [
+        f"request a change: opsledger change new --title ... --runbook converge --env {env} "
+        "--targets all --reason ... --requested-by YOU",
+        "have it approved and run: opsledger approve CHG-0001 --as APPROVER, then "
+        "opsledger apply CHG-0001 (or let CI's apply job run it)",
+        f"inspections and drift: opsledger inspect --due --env {env}; opsledger drift --env {env}",
+        "DR drills: opsledger drill --due",
+        f"incidents: opsledger incident new --title ... --class software --impact low "
+        f"--urgency low --env {env} --as YOU",
+    ]
+    return steps
 
 
 def _status(
     records: list[Record], incidents: IncidentKpis, now: dt.datetime, environment: str | None
 ) -> list[dict[str, Any]]:
     """Per environment at the period's end: open incidents, last inspection, drift and drill."""
-    envs = sorted(
+    envs = env_order(
         {environment}
         if environment
         else {r.environment for r in records} | {o["environment"] for o in incidents.open_now}
@@ -427,9 +581,17 @@ def _bars(title: str, data: dict[str, int], colors: dict[str, str] | None = None
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
 
 
-def _stacked_weeks(title: str, weekly: dict[str, dict[str, int]]) -> str:
+def _stacked_weeks(
+    title: str,
+    weekly: dict[str, dict[str, int]],
+    colors: dict[str, str] | None = None,
+    empty: str = "no changes in this period",
+) -> str:
+    """One stacked bar per week of the period, bottom to top in `colors`' order."""
+    colors = colors or {k: PALETTE[k] for k in ("standard", "normal", "emergency")}
     width, height, pad = 560, 220, 30
     weeks = list(weekly)
+    every = max(1, -(-len(weeks) // 14))  # at most ~14 week labels, however long the period
     top = max((sum(v.values()) for v in weekly.values()), default=0) or 1
     slot = (width - 2 * pad) / max(1, len(weeks))
     parts = [
@@ -439,7 +601,7 @@ def _stacked_weeks(title: str, weekly: dict[str, dict[str, int]]) -> str:
     for i, week in enumerate(weeks):
         x = pad + i * slot + slot * 0.15
         y = height
-        for kind in ("standard", "normal", "emergency"):
+        for kind, color in colors.items():
             n = weekly[week].get(kind, 0)
             if not n:
                 continue
@@ -447,7 +609,7 @@ def _stacked_weeks(title: str, weekly: dict[str, dict[str, int]]) -> str:
             y -= h
             parts.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
-                f'fill="{PALETTE[kind]}"><title>{week} {kind}: {n}</title></rect>'
+                f'fill="{color}"><title>{week} {kind}: {n}</title></rect>'
             )
         total = sum(weekly[week].values())
         if total:
@@ -455,16 +617,16 @@ def _stacked_weeks(title: str, weekly: dict[str, dict[str, int]]) -> str:
                 f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" '
                 f'text-anchor="middle">{total}</text>'
             )
-        parts.append(
-            f'<text x="{x + slot * 0.35:.1f}" y="{height + 16}" text-anchor="middle" '
-            f'font-size="10">{week[5:]}</text>'
-        )
-    if not weeks:
-        parts.append('<text x="40" y="40" fill="#888">no changes in this period</text>')
+        if i % every == 0:
+            parts.append(
+                f'<text x="{x + slot * 0.35:.1f}" y="{height + 16}" text-anchor="middle" '
+                f'font-size="10">{week[5:]}</text>'
+            )
+    if not any(sum(v.values()) for v in weekly.values()):
+        parts.append(f'<text x="40" y="40" fill="#888">{html.escape(empty)}</text>')
     parts.append("</svg>")
     legend = " ".join(
-        f'<span class="key" style="background:{PALETTE[k]}"></span>{k}'
-        for k in ("standard", "normal", "emergency")
+        f'<span class="key" style="background:{color}"></span>{k}' for k, color in colors.items()
     )
     return (
         f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}"
@@ -532,16 +694,9 @@ def _trend(title: str, points: list[tuple[str, float | None]], objective: float 
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
 
 
-def _findings_chart(title: str, rows: list[dict[str, Any]]) -> str:
-    """Warnings, criticals and drifted tasks per day and kind of record, oldest first."""
-    weekly: dict[str, dict[str, int]] = {}
-    for row in rows:
-        key = f"{row['finished_at'][5:10]} {row['kind']}"  # per day and kind
-        bucket = weekly.setdefault(key, Counter())
-        for name in ("warning", "critical", "drifted"):
-            bucket[name] += row[name]
-    bars = {k: sum(v.values()) for k, v in weekly.items()}
-    return _bars(title, dict(list(bars.items())[-12:]))
+def _findings_chart(title: str, weekly: dict[str, dict[str, int]]) -> str:
+    """Findings of inspections and drift per week of the whole period, stacked by severity."""
+    return _stacked_weeks(title, weekly, SEVERITY_COLORS, "no findings in this period")
 
 
 def _drill_charts(k: Kpis) -> str:
@@ -560,9 +715,10 @@ def _drill_charts(k: Kpis) -> str:
 CSS = """
 body{font:14px/1.4 'DejaVu Sans',system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin:0 0 4px}.sub{color:#666;margin-bottom:18px}
-.cards{display:grid;grid-template-columns:repeat(7,1fr);gap:10px;margin-bottom:22px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;margin-bottom:22px}
 .card{border:1px solid #ddd;border-radius:8px;padding:10px 12px}
 .card .v{font-size:26px;font-weight:bold}.card .k{color:#555;font-size:12px}
+.card .c,.card .t{color:#777;font-size:11px;margin-top:4px}.card .t{font-style:italic}
 .good{color:#2e7d32}.bad{color:#c62828}.warn{color:#e67e22}
 .charts{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 figure{margin:0;border:1px solid #eee;border-radius:8px;padding:10px}
@@ -575,45 +731,61 @@ h2{font-size:17px;margin:22px 0 8px}
 """
 
 
-def _card(label: str, value: str, tone: str = "") -> str:
+def _card(label: str, value: str, tone: str = "", counts: str = "", target: str = "") -> str:
+    """A KPI card: the value, its name, what it counts and the target behind its colour."""
+    small = "".join(
+        f'<div class="{cls}">{html.escape(text)}</div>'
+        for cls, text in (("c", counts), ("t", target))
+        if text
+    )
     return (
-        f'<div class="card"><div class="v {tone}">{value}</div><div class="k">{label}</div></div>'
+        f'<div class="card"><div class="v {tone}">{value}</div><div class="k">{label}</div>'
+        f"{small}</div>"
     )
 
 
-def _tone(value: float | None, good: float, bad: float, higher_is_better: bool = True) -> str:
-    if value is None:
-        return ""
-    if not higher_is_better:
-        value, good, bad = -value, -good, -bad
-    return "good" if value >= good else "bad" if value < bad else "warn"
+def _defined_card(
+    definitions: dict[str, tuple[str, str, Target | None]],
+    key: str,
+    value: float | None,
+    shown_value: str,
+    tone: str = "",
+) -> str:
+    label, counts, target = definitions[key]
+    return _card(
+        label,
+        shown_value,
+        target.tone(value) if target else tone,
+        counts,
+        target.text() if target else "",
+    )
+
+
+def definitions() -> dict[str, dict[str, str | None]]:
+    """What every KPI counts and its target, for the JSON report and the markdown table."""
+    return {
+        key: {"label": label, "counts": counts, "target": target.text() if target else None}
+        for group, table in (("", DEFINITIONS), ("incidents.", INCIDENT_DEFINITIONS))
+        for key, (label, counts, target) in ((group + k, v) for k, v in table.items())
+    }
 
 
 def render_html(k: Kpis, title: str = "") -> str:
     title = title or "opsledger — change and operations report" + (
         f" ({k.environment})" if k.environment else ""
     )
+    if k.empty:
+        return _empty_html(k, title)
+    d = DEFINITIONS
     cards = "".join(
         [
-            _card("changes requested", str(k.changes)),
-            _card("change success rate", _pct(k.success_rate), _tone(k.success_rate, 0.95, 0.85)),
-            _card(
-                "change failure rate",
-                _pct(k.failure_rate),
-                _tone(k.failure_rate, 0.05, 0.15, higher_is_better=False),
-            ),
-            _card("median lead time", _num(k.lead_time_hours_median, "h")),
-            _card(
-                "emergency ratio",
-                _pct(k.emergency_ratio),
-                _tone(k.emergency_ratio, 0.1, 0.25, higher_is_better=False),
-            ),
-            _card(
-                "change SLA compliance",
-                _pct(k.sla_compliance),
-                _tone(k.sla_compliance, 0.95, 0.85),
-            ),
-            _card("MTTR after a failure", _num(k.mttr_hours, "h")),
+            _defined_card(d, "changes", None, str(k.changes)),
+            _defined_card(d, "success_rate", k.success_rate, _pct(k.success_rate)),
+            _defined_card(d, "failure_rate", k.failure_rate, _pct(k.failure_rate)),
+            _defined_card(d, "lead_time_hours_median", None, _num(k.lead_time_hours_median, "h")),
+            _defined_card(d, "emergency_ratio", k.emergency_ratio, _pct(k.emergency_ratio)),
+            _defined_card(d, "sla_compliance", k.sla_compliance, _pct(k.sla_compliance)),
+            _defined_card(d, "mttr_hours", None, _num(k.mttr_hours, "h")),
         ]
     )
     charts = "".join(
@@ -645,22 +817,64 @@ def render_html(k: Kpis, title: str = "") -> str:
             "<p style='color:#888'>No records in this period.</p></figure>"
         )
     breaches = "".join(f"<li>{html.escape(b)}</li>" for b in k.sla_breaches) or "<li>none</li>"
-    ops += _findings_chart("Findings over time (inspections, drift)", k.findings_over_time)
+    ops += _findings_chart(
+        "Findings over time: per week of the period, by severity (inspections, drift)",
+        k.findings_weekly,
+    )
     ops += _drill_charts(k)
     overdue = "".join(f"<li>{html.escape(o)}</li>" for o in k.drills_overdue) or "<li>none</li>"
     return (
         f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style><body><h1>{html.escape(title)}</h1>"
-        f"<div class='sub'>Changes requested {k.period_start[:10]} to {k.period_end[:10]} · "
+        f"<div class='sub'>{_scope(k)} · "
+        f"changes requested {k.period_start[:10]} to {k.period_end[:10]} · "
         f"{k.applied} applied · lead time p90 {_num(k.lead_time_hours_p90, 'h')}"
         f"{f' · {k.not_restored} failed change(s) not restored' if k.not_restored else ''}</div>"
-        f"<div class='cards'>{cards}</div><div class='charts'>{charts}</div>"
+        f"<div class='cards'>{cards}</div>{_environments_html(k)}"
+        f"<div class='charts'>{charts}</div>"
         f"<h2>Failed changes</h2>{failed_table}"
         f"<h2>SLA breaches</h2><ul>{breaches}</ul>"
         f"<h2>Operations: inspections, drift, DR drills</h2><div class='charts'>{ops}</div>"
         f"<h2>DR drills overdue</h2><ul>{overdue}</ul>"
         f"{incidents_html(k.incidents)}"
         "</body></html>\n"
+    )
+
+
+def _scope(k: Kpis) -> str:
+    if k.environment:
+        return f"environment {k.environment} only"
+    return "all environments together (--env production for production alone)"
+
+
+def _environments_html(k: Kpis) -> str:
+    """Per environment, production first: lab numbers visibly apart from production's."""
+    if not k.by_environment:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(e['environment'])}</td><td>{e['changes']}</td>"
+        f"<td>{e['applied']}</td><td>{_pct(e['success_rate'])}</td>"
+        f"<td>{_pct(e['failure_rate'])}</td><td>{_pct(e['emergency_ratio'])}</td></tr>"
+        for e in k.by_environment
+    )
+    return (
+        "<h2>By environment</h2><table><tr><th>environment</th><th>changes requested</th>"
+        "<th>applied</th><th>change success rate</th><th>failed at least once</th>"
+        f"<th>emergency ratio</th></tr>{body}</table>"
+        "<p class='sub'>One environment alone: opsledger report --env production</p>"
+    )
+
+
+def _empty_html(k: Kpis, title: str) -> str:
+    steps = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in k.how_to_get_data)
+    return (
+        f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style><body><h1>{html.escape(title)}</h1>"
+        f"<div class='sub'>{_scope(k)} · {k.period_start[:10]} to {k.period_end[:10]}</div>"
+        "<h2>No data in this period yet</h2>"
+        "<p>No change was requested, no inspection, drift or drill recorded and no incident "
+        "opened in this period, so there is nothing to count. The numbers come from:</p>"
+        f"<ol>{steps}</ol></body></html>\n"
     )
 
 
@@ -682,23 +896,26 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], empty: str) -> 
 
 def incidents_html(i: IncidentKpis) -> str:
     """Incidents and problems: cards, charts by class and priority, breaches, open problems."""
+    d = INCIDENT_DEFINITIONS
     cards = "".join(
         [
-            _card("incidents opened", str(i.opened)),
-            _card("MTTA", _num(None if i.mtta_minutes is None else i.mtta_minutes, "min")),
-            _card("MTTR", _num(i.mttr_hours, "h")),
-            _card(
-                "incident response SLA",
-                _pct(i.response_compliance),
-                _tone(i.response_compliance, 0.95, 0.85),
+            _defined_card(d, "opened", None, str(i.opened)),
+            _defined_card(d, "mtta_minutes", None, _num(i.mtta_minutes, "min")),
+            _defined_card(d, "mttr_hours", None, _num(i.mttr_hours, "h")),
+            _defined_card(
+                d, "response_compliance", i.response_compliance, _pct(i.response_compliance)
             ),
-            _card(
-                "incident resolution SLA",
-                _pct(i.resolution_compliance),
-                _tone(i.resolution_compliance, 0.95, 0.85),
+            _defined_card(
+                d, "resolution_compliance", i.resolution_compliance, _pct(i.resolution_compliance)
             ),
-            _card("repeat incidents", str(i.repeats), "bad" if i.repeats else ""),
-            _card("open problems", str(len(i.open_problems)), "warn" if i.open_problems else ""),
+            _defined_card(d, "repeats", None, str(i.repeats), "bad" if i.repeats else ""),
+            _defined_card(
+                d,
+                "open_problems",
+                None,
+                str(len(i.open_problems)),
+                "warn" if i.open_problems else "",
+            ),
         ]
     )
     charts = _bars("Incidents by class", i.by_class) + _bars(
@@ -785,29 +1002,75 @@ def incidents_md(i: IncidentKpis) -> list[str]:
 def render(k: Kpis, fmt: str) -> str:
     """The report as html (self-contained), md or json."""
     if fmt == "json":
-        return json.dumps(asdict(k), indent=2) + "\n"
+        return json.dumps({**asdict(k), "definitions": definitions()}, indent=2) + "\n"
     if fmt == "html":
         return render_html(k)
+    heading = f"## Change report {k.period_start[:10]} to {k.period_end[:10]}" + (
+        f" ({k.environment})" if k.environment else ""
+    )
+    if k.empty:
+        return (
+            "\n".join(
+                [
+                    heading,
+                    "",
+                    f"{_scope(k)}. No data in this period yet: no change requested, no inspection, "
+                    "drift or drill recorded, no incident opened. The numbers come from:",
+                    "",
+                    *(f"{n}. `{step}`" for n, step in enumerate(k.how_to_get_data, 1)),
+                ]
+            )
+            + "\n"
+        )
+
+    def row(key: str, value: str) -> str:
+        label, counts, target = DEFINITIONS[key]
+        return f"| {label} | {value} | {counts} | {target.text() if target else ''} |"
+
     lines = [
-        f"## Change report {k.period_start[:10]} to {k.period_end[:10]}"
-        + (f" ({k.environment})" if k.environment else ""),
+        heading,
         "",
-        "| KPI | value |",
-        "|---|---|",
-        f"| changes requested | {k.changes} |",
-        f"| applied | {k.applied} |",
-        f"| change success rate | {_pct(k.success_rate)} |",
-        f"| change failure rate | {_pct(k.failure_rate)} |",
-        f"| lead time median / p90 | {_num(k.lead_time_hours_median, 'h')} / "
-        f"{_num(k.lead_time_hours_p90, 'h')} |",
-        f"| emergency ratio | {_pct(k.emergency_ratio)} |",
-        f"| MTTR after a failed change | {_num(k.mttr_hours, 'h')} |",
-        f"| change SLA compliance (applied within the resolution time) | "
-        f"{_pct(k.sla_compliance)} |",
+        f"{_scope(k)}.",
+        "",
+        "| KPI | value | what it counts | target |",
+        "|---|---|---|---|",
+        row("changes", str(k.changes)),
+        f"| applied | {k.applied} | requested changes that ran at least once | |",
+        row("success_rate", _pct(k.success_rate)),
+        row("failure_rate", _pct(k.failure_rate)),
+        row(
+            "lead_time_hours_median",
+            f"{_num(k.lead_time_hours_median, 'h')} (p90 {_num(k.lead_time_hours_p90, 'h')})",
+        ),
+        row("emergency_ratio", _pct(k.emergency_ratio)),
+        row("mttr_hours", _num(k.mttr_hours, "h")),
+        row("sla_compliance", _pct(k.sla_compliance)),
         "",
         "By type: " + ", ".join(f"{t} {n}" for t, n in k.by_type.items()),
         "By priority: " + ", ".join(f"{p} {n}" for p, n in k.by_priority.items()),
     ]
+    if k.by_environment:
+        lines += [
+            "",
+            "| environment | changes requested | applied | change success rate "
+            "| failed at least once | emergency ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['environment']} | {e['changes']} | {e['applied']} | "
+            f"{_pct(e['success_rate'])} | {_pct(e['failure_rate'])} | "
+            f"{_pct(e['emergency_ratio'])} |"
+            for e in k.by_environment
+        ]
+    if any(sum(v.values()) for v in k.findings_weekly.values()):
+        lines += [
+            "",
+            "Findings per week (critical / warning / drifted): "
+            + ", ".join(
+                f"{w[5:]} {v['critical']}/{v['warning']}/{v['drifted']}"
+                for w, v in k.findings_weekly.items()
+            ),
+        ]
     if k.findings_over_time:
         lines += [
             "",

@@ -174,8 +174,12 @@ def run_playbook(
     private_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
     extravars: dict[str, Any] | None = None,
+    verbosity: int = 0,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
+
+    `verbosity` (-v, -vv, ...) reaches ansible-playbook, and its output is copied to stderr
+    as it comes, so stdout stays the plan or the result a pipeline parses.
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
     it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
@@ -195,11 +199,13 @@ def run_playbook(
 
     def on_event(event: dict[str, Any]) -> bool:
         tally.add(event)
+        if verbosity and event.get("stdout"):
+            print(event["stdout"], file=sys.stderr, flush=True)
         if event_handler:
             event_handler(event)
         return True
 
-    cmdline = "--diff" + (" --check" if check else "")
+    cmdline = "--diff" + (" --check" if check else "") + ansible_verbosity(verbosity)
     # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
     # ansible-runner finds it through this process's PATH.
     venv_bin = str(Path(sys.executable).parent)
@@ -255,6 +261,12 @@ def run_playbook(
                 EXIT_FAILED,
             )
         return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), tally.handed_back)
+
+
+def ansible_verbosity(level: int) -> str:
+    """ansible-playbook's flag for a verbosity level: 0 none, 1 " -v", 2 " -vv" (at most 4)."""
+    level = max(0, min(level, 4))
+    return f" -{'v' * level}" if level else ""
 
 
 class Tally:

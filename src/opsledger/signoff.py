@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsledger.approvals import require_clean_worktree
+from opsledger.approvals import not_counted, require_clean_worktree
 from opsledger.base import resolve_base
 from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
@@ -90,8 +90,14 @@ def sign_off(
     now: dt.datetime | None = None,
     base: str | None = None,
     commit: bool = True,
+    must_count: bool = False,
 ) -> SignOff:
     """Write (and commit) one person's statement on a change's current content.
+
+    `must_count` (what `approve` asks for) refuses a statement that could never count: an
+    approval by the requester, by someone outside the rule's teams, or by an observer (who may
+    not reject either). Refused now, with who *can* approve, instead of committed silently and
+    ignored by `decide` later.
 
     Example:
         sign_off(find_project(), "CHG-0001", person="bob",
@@ -129,6 +135,8 @@ def sign_off(
             )
         )
     requester, content = subject(project, change_id)
+    if must_count:
+        _refuse_uncounted(project, change_id, person, decision, policies)
     if decision == "requested" and person != requester:
         raise OpsledgerError(
             Problem(
@@ -176,6 +184,37 @@ def sign_off(
     return SignOff(change_id, person, decision, path, sha, content.sha256, bool(signing_key))
 
 
+def _refuse_uncounted(
+    project: Project, change_id: str, person: str, decision: str, policies: Policies
+) -> None:
+    from opsledger.approval_rules import approval_rule, eligible
+
+    governing = approval_rule(project, change_id, policies)
+    if decision == "rejected":
+        if policies.approves_nothing(person):
+            raise OpsledgerError(
+                Problem(
+                    f"{person} approves nothing (observers in policies/changes.yml), so "
+                    "cannot reject either",
+                    f"changes/{change_id}",
+                    "--as",
+                    "say why in the pull request; an approver can reject it",
+                )
+            )
+        return
+    why = not_counted(person, governing.requester, governing.rule, policies)
+    if why:
+        who = ", ".join(eligible(governing, policies)) or "nobody in people.yml"
+        raise OpsledgerError(
+            Problem(
+                f"{why}: the approval would not count",
+                f"changes/{change_id}",
+                "--as",
+                f"ask someone whose approval counts: {who}",
+            )
+        )
+
+
 def approve_change(
     project: Project,
     change_id: str,
@@ -205,6 +244,7 @@ def approve_change(
         signing_key=signing_key,
         now=now,
         base=base,
+        must_count=True,
     )
 
 
@@ -240,19 +280,67 @@ def request_change(
     *,
     signing_key: Path | None = None,
     now: dt.datetime | None = None,
+    check_policy: bool = False,
+    window_length: dt.timedelta = dt.timedelta(hours=2),
     **fields: Any,
 ) -> tuple[NewChange, SignOff]:
     """Write a new change request and its requester's statement, not committed.
 
     The requester commits both together with the desired-state edits the change covers;
-    nothing is written when the change is invalid.
+    nothing is written when the change is invalid. `check_policy` (what `change new` asks for)
+    also refuses what decide would deny whatever anyone approves: an unknown requester (exit 2,
+    with any schema problem), a window outside every maintenance window or overlapping a freeze
+    (exit 3, a policy denial); without a window_start it takes the next start that fits the
+    environment's maintenance windows outside its freezes (now when it does).
 
     Example:
         change, statement = request_change(project, title="Raise work_mem", runbook="converge",
             requested_by="alice", reason="Sorts spill to disk", targets="db",
             params={"tags": ["postgresql"]}, window_start=start, window_end=end)
     """
-    change = new_change(project, **fields)
+    note = ""
+    invalid: list[Problem] = []
+    denials: list[Problem] = []
+    if check_policy:
+        from opsledger.prechecks import request_problems
+        from opsledger.windows import next_allowed, shown_opening
+
+        policies = _policies(project, None)
+        environment = fields.get("environment", "lab")
+        change_type = fields.get("change_type", "normal")
+        if fields.get("window_start") is None:
+            begin = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+            windows = policies.windows.get(environment, [])
+            emergency = change_type == "emergency"
+            fit = (
+                next_allowed(
+                    windows,
+                    policies.freezes,
+                    environment,
+                    begin,
+                    window_length,
+                    bypass_windows=emergency and bool(policies.emergency.get("bypass_windows")),
+                    bypass_freezes=emergency and bool(policies.emergency.get("bypass_freezes")),
+                )
+                if windows
+                else None
+            )
+            if fit is not None and fit != begin:
+                note = f"window: the next maintenance window, {shown_opening(windows, fit)}"
+                begin = fit
+            fields["window_start"], fields["window_end"] = begin, begin + window_length
+        for problem in request_problems(
+            policies,
+            requested_by=fields["requested_by"],
+            change_type=change_type,
+            environment=environment,
+            window_start=fields["window_start"],
+            window_end=fields["window_end"],
+            cli=True,
+        ):
+            (denials if problem.field == "--start" else invalid).append(problem)
+    change = new_change(project, also_invalid=invalid, denials=denials, **fields)
+    change.note = note
     try:
         statement = submit_change(
             project,

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
-from opsledger.policy import Window
+from opsledger.policy import Freeze, Window
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -69,3 +69,112 @@ def covered(windows: Iterable[Window], start: dt.datetime, end: dt.datetime) -> 
         if reached >= end:
             return True
     return False
+
+
+def next_fit(
+    windows: Iterable[Window], after: dt.datetime, length: dt.timedelta, days: int = 62
+) -> dt.datetime | None:
+    """The earliest start at or after `after` where a window of `length` is covered, or None.
+
+    A fitting start is `after` itself or the opening of some occurrence (nothing in between
+    can fit where neither does): the fix `change new` offers and the "next window" hint.
+
+    Example:
+        next_fit(policies.windows["production"], now, timedelta(hours=2))
+    """
+    windows = list(windows)
+    after = after.astimezone(dt.UTC).replace(microsecond=0)
+    if covered(windows, after, after + length):
+        return after
+    horizon = after + dt.timedelta(days=days)
+    openings = sorted(
+        o.astimezone(dt.UTC) for w in windows for o, _ in occurrences(w, after, horizon)
+    )
+    for opening in openings:
+        if opening >= after and covered(windows, opening, opening + length):
+            return opening
+    return None
+
+
+def shown_opening(windows: Iterable[Window], moment: dt.datetime) -> str:
+    """A window opening as people say it: "Tue 20:00 Europe/Berlin" (in the window's zone).
+
+    A moment that opens no window (a start inside one) is said the same way, in the zone of
+    the environment's windows: never in UTC alone.
+    """
+    windows = list(windows)
+    for window in windows:
+        zone = ZoneInfo(window.timezone)
+        local = moment.astimezone(zone)
+        if local.strftime("%H:%M") == window.start and DAY_NAMES[local.weekday()] in window.days:
+            return f"{local.strftime('%a %H:%M')} {window.timezone}"
+    local = moment.astimezone(zone_of(windows))
+    return f"{local:%a %Y-%m-%d %H:%M} {zone_name(windows)}"
+
+
+def zone_name(windows: Iterable[Window]) -> str:
+    """The timezone an environment's windows are written in ("UTC" when it has none)."""
+    return next((w.timezone for w in windows), "UTC")
+
+
+def zone_of(windows: Iterable[Window]) -> dt.tzinfo:
+    """The zone an environment's people read times in: that of its maintenance windows."""
+    name = zone_name(windows)
+    return dt.UTC if name == "UTC" else ZoneInfo(name)
+
+
+def shown_time(windows: Iterable[Window], moment: dt.datetime) -> str:
+    """A moment in the environment's own zone, ISO and as people say it.
+
+    Example:
+        shown_time(policies.windows["production"], change.window_end)
+        # '2026-12-01T23:00:00+01:00 (Tue 23:00 Europe/Berlin)'
+    """
+    windows = list(windows)
+    local = moment.astimezone(zone_of(windows))
+    return f"{local.isoformat()} ({local:%a %H:%M} {zone_name(windows)})"
+
+
+def freezes_over(
+    freezes: Iterable[Freeze], environment: str, start: dt.datetime, end: dt.datetime
+) -> list[Freeze]:
+    """The freezes of `environment` that overlap [start, end]: the one freeze rule.
+
+    `decide` (at apply time), `apply --pending` (a change that can never run) and `change new`
+    (refused where it is typed) all ask this, so they cannot disagree.
+
+    Example:
+        freezes_over(policies.freezes, "production", change.window_start, change.window_end)
+    """
+    return [f for f in freezes if environment in f.environments and start < f.end and f.start < end]
+
+
+def next_allowed(
+    windows: Iterable[Window],
+    freezes: Iterable[Freeze],
+    environment: str,
+    after: dt.datetime,
+    length: dt.timedelta,
+    *,
+    bypass_windows: bool = False,
+    bypass_freezes: bool = False,
+) -> dt.datetime | None:
+    """The earliest start at or after `after` inside the windows and outside every freeze.
+
+    Example:
+        next_allowed(policies.windows["production"], policies.freezes, "production", now,
+                     timedelta(hours=2))
+    """
+    windows, freezes = list(windows), list(freezes)
+    moment: dt.datetime | None = after.astimezone(dt.UTC).replace(microsecond=0)
+    for _ in range(len(freezes) + 1):
+        assert moment is not None
+        if not bypass_windows:
+            moment = next_fit(windows, moment, length) if windows else None
+            if moment is None:
+                return None
+        hit = [] if bypass_freezes else freezes_over(freezes, environment, moment, moment + length)
+        if not hit:
+            return moment
+        moment = max(f.end for f in hit).astimezone(dt.UTC)
+    return None

@@ -14,7 +14,7 @@ from opsledger.apply import apply_change, checkout_of, rollback_base
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git, head
-from opsledger.signoff import approve_change
+from opsledger.signoff import approve_change, sign_off
 
 from .conftest import START
 
@@ -49,7 +49,8 @@ def test_unapproved_change_is_denied_with_exit_3_and_nothing_runs(repo):
 
 def test_self_approved_change_is_denied(repo):
     project, change_id, _ = repo
-    approve_change(project, change_id, person="alice", now=START)
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, change_id, person="alice", now=START)
     before = _commits(project)
     with pytest.raises(OpsledgerError) as err:
         apply_change(project, change_id, now=INSIDE)

@@ -12,7 +12,7 @@ from opsledger.cli import cli
 from opsledger.decide import decide
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import Record, run_record_path, write_record
-from opsledger.signoff import approve_change, request_change, subject
+from opsledger.signoff import approve_change, request_change, sign_off, subject
 
 from .conftest import START, record_run
 
@@ -69,7 +69,8 @@ def test_no_approvals(repo):
 
 def test_self_approval_does_not_count(repo):
     project, change_id, _ = repo
-    approve_change(project, change_id, person="alice")
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, change_id, person="alice")
     why = failed(decide(project, change_id, now=INSIDE))["approvals"]
     assert "alice requested the change and cannot approve it" in why
 
@@ -224,9 +225,9 @@ def test_emergency_needs_one_oncall_or_cab_approval_and_bypasses_windows(repo):
         params={"service": "ssh"},
         requested_by="bob",
     )
-    approve_change(project, change_id, person="erin")  # an auditor approves nothing
+    sign_off(project, change_id, person="erin")  # an auditor approves nothing
     why = failed(decide(project, change_id, now=INSIDE))["approvals"]
-    assert "erin is not in oncall or cab" in why
+    assert "erin is only in auditor, which approves nothing" in why
     approve_change(project, change_id, person="alice")  # on call
     decision = decide(project, change_id, now=INSIDE)
     assert decision.allowed, failed(decision)

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -300,3 +302,83 @@ def test_a_long_plan_is_split_below_githubs_limit_with_the_artifact_link():
     assert short == ["<!-- opsledger-plan-production:1 -->\n## small"]
     many = comment_parts(body * 4, artifact_url="https://ci.example.org/runs/7", max_parts=2)
     assert len(many) == 2 and "more part(s) left out" in many[-1]
+
+
+# -- pipelines as a runner meets them (issue 23, point 6) ----------------------------------------
+
+ACTION = REPO_ROOT / ".github" / "actions" / "bootstrap" / "action.yml"
+CALLS_GH = re.compile(r"(^|[\s$(;|&])gh\s")
+
+
+def _jobs():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            yield f"{path.name}:{name}", job["steps"]
+
+
+def _installs_gh(step: dict) -> bool:
+    if step.get("uses", "").endswith(".github/actions/bootstrap"):
+        return (step.get("with") or {}).get("with") == "gh"
+    run = step.get("run", "")
+    return "apt-get install" in run and re.search(r"\bgh\b", run.split("apt-get install")[1])
+
+
+def test_every_job_that_calls_gh_installs_it_first():
+    """Self-hosted runners do not come with the GitHub CLI: the comment steps used to fail
+    with `gh: command not found` on them."""
+    callers = 0
+    for name, steps in _jobs():
+        for index, step in enumerate(steps):
+            if CALLS_GH.search(step.get("run", "")) and "apt-get install" not in step["run"]:
+                callers += 1
+                assert any(_installs_gh(s) for s in steps[:index]), name
+                break
+    assert callers == 2  # the PR comment and the protected plan's comment
+
+
+def test_every_job_restores_its_venv_cached_by_the_lock_file():
+    """actions/checkout cleans the work tree (`.venv` too): every job bootstraps through the
+    action that restores the venv from a cache keyed by the lock file, after its checkout."""
+    bootstrapping = 0
+    for name, steps in _jobs():
+        assert not any("scripts/bootstrap" in s.get("run", "") for s in steps), name
+        for index, step in enumerate(steps):
+            if step.get("uses", "").endswith(".github/actions/bootstrap"):
+                bootstrapping += 1
+                root = (step.get("with") or {}).get("root", ".")
+                assert (
+                    step["uses"]
+                    == f"./{'' if root == '.' else root + '/'}.github/actions/bootstrap"
+                )
+                assert any(s.get("uses", "").startswith("actions/checkout") for s in steps[:index])
+    assert bootstrapping == 10
+    action = yaml.safe_load(ACTION.read_text())
+    steps = action["runs"]["steps"]
+    (cache,) = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]
+    assert cache["with"]["path"] == "${{ inputs.root }}/.venv"
+    key = " ".join(cache["with"]["key"].split())
+    assert "requirements.lock" in key and "pyproject.toml" in key and "hashFiles(" in key
+    assert "runner.os" in key and "steps.python.outputs.version" in key
+    assert steps.index(cache) < next(
+        i for i, s in enumerate(steps) if "bootstrap" in s.get("run", "")
+    )
+
+
+def test_the_bootstrap_action_matches_its_schema():
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema",
+         "vendor.github-actions", str(ACTION)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bootstrap_refuses_an_unknown_extra_before_touching_anything(tmp_path):
+    for args, says in ((["--with", "nope"], "known: gh"), (["--bogus"], "[--with gh]")):
+        proc = subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "bootstrap"), *args],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2 and proc.stdout == ""
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("bootstrap: ") and says in line

@@ -15,7 +15,7 @@ from opsledger.decide import decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
 from opsledger.policy_changes import policy_content
-from opsledger.signoff import approve_change, propose_policy_change
+from opsledger.signoff import approve_change, propose_policy_change, sign_off
 
 from .conftest import START
 
@@ -91,7 +91,8 @@ def test_a_policy_change_is_judged_by_the_people_before_it(repo):
                 person["teams"].append("cab")
 
     policy = propose(project, [("people.yml", dave_joins_the_cab), ("changes.yml", two_approvals)])
-    approve_change(project, policy, person="dave")
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, policy, person="dave")
     assert "dave is not in cab" in failed(decide(project, policy))["approvals"]
     assert resolve_base(project).policies.people["dave"].teams == ("netops", "oncall")
     approve_change(project, change_id, person="bob", now=START)
@@ -103,7 +104,8 @@ def test_a_policy_change_is_judged_by_the_people_before_it(repo):
 def test_the_requester_of_a_policy_change_cannot_approve_it(repo):
     project, _, _ = repo
     policy = propose(project, [("changes.yml", two_approvals)], person="carol")
-    approve_change(project, policy, person="carol")
+    # approve refuses it; a statement made by hand must not count either
+    sign_off(project, policy, person="carol")
     why = failed(decide(project, policy))["approvals"]
     assert "carol requested the change and cannot approve it" in why
     assert resolve_base(project).pending()

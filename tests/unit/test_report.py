@@ -341,3 +341,104 @@ def test_findings_over_time_count_each_records_findings(history):
         }
     ]
     assert "Findings over time" in render(k, "html")
+
+
+# -- numbers a manager can trust (issue 23, point 3) ---------------------------------------------
+
+
+def test_every_card_says_what_it_counts_and_the_target_behind_its_colour(history):
+    """60% success next to 40% "failure" read as a contradiction: the second counts changes
+    that failed at least once (one of them later succeeded), and now says so."""
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    page = render(k, "html")
+    cards = page.count('<div class="card">')
+    assert cards >= 14 and page.count('<div class="c">') == cards  # each says what it counts
+    assert "change failure rate" not in page
+    assert "failed at least once" in page and "even when a later run succeeded" in page
+    assert "of the applied changes, those whose final result is success" in page
+    assert "target ≥ 95% (green); red below 85%, amber between" in page  # success, SLA
+    assert "target ≤ 5% (green); red above 15%, amber between" in page  # failed at least once
+    markdown = render(k, "md")
+    assert "| failed at least once | 40% | of the applied changes, those with a failed" in markdown
+    definitions = json.loads(render(k, "json"))["definitions"]
+    assert definitions["success_rate"]["target"].startswith("target ≥ 95%")
+    assert definitions["incidents.response_compliance"]["counts"].startswith("of the incidents")
+    assert definitions["mttr_hours"]["target"] is None  # no colour, no target claimed
+
+
+def _inspection(project, days_ago, critical=0, warning=0):
+    moment = NOW - dt.timedelta(days=days_ago)
+    write_record(
+        project.root / "records" / "inspections" / f"{moment:%Y%m%dT%H%M%SZ}-daily-lab.json",
+        Record(
+            kind="inspection",
+            environment="lab",
+            result="failed",
+            started_at=moment.isoformat(),
+            finished_at=moment.isoformat(),
+            findings=[{"severity": "critical"}] * critical + [{"severity": "warning"}] * warning,
+            measurements={"worst": "critical" if critical else "warning"},
+        ),
+    )
+    return moment
+
+
+def test_findings_over_time_cover_the_whole_period_weekly_by_severity(history):
+    """Fourteen daily records across 90 days: the chart used to keep the last 12 days."""
+    from opsledger.report import weeks
+
+    oldest = _inspection(history, 85, critical=1)
+    for day in range(1, 14):
+        _inspection(history, day, warning=1)
+    start, end = NOW - dt.timedelta(days=90), NOW
+    k = kpis(history, start=start, end=end)
+    assert list(k.findings_weekly) == weeks(start, end) and len(k.findings_weekly) >= 13
+    year, week, _ = oldest.isocalendar()
+    assert k.findings_weekly[f"{year}-W{week:02d}"]["critical"] == 1
+    assert sum(w["warning"] for w in k.findings_weekly.values()) == 13
+    page = render(k, "html")
+    assert f"<title>{year}-W{week:02d} critical: 1</title>" in page  # drawn, stacked red
+    assert "per week of the period, by severity" in page
+
+
+def test_env_filters_and_production_comes_first(history, monkeypatch):
+    _at(monkeypatch, NOW - dt.timedelta(days=2))
+    change, _ = request_change(
+        history, title="Tune production", runbook="converge", requested_by="alice",
+        reason="Sorts spill", environment="production", targets="db",
+        window_start=NOW, window_end=NOW + dt.timedelta(hours=2),
+    )  # fmt: skip
+    commit_paths(history.root, [change.file.parent], "Request", name="A", email="alice@example.org")
+    monkeypatch.delenv("GIT_AUTHOR_DATE")
+    monkeypatch.delenv("GIT_COMMITTER_DATE")
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    assert [e["environment"] for e in k.by_environment] == ["production", "lab"]
+    assert k.by_environment[1]["success_rate"] == 0.6
+    assert render(k, "md").index("| production | 1 |") < render(k, "md").index("| lab | 6 |")
+    env = {"OPSLEDGER_PROJECT": str(history.root)}
+    only = CliRunner().invoke(cli, ["report", "--env", "production", "--format", "json"], env=env)
+    assert only.exit_code == 0, only.output
+    data = json.loads(only.output)
+    assert data["changes"] == 1 and data["by_environment"] == []
+    bad = CliRunner().invoke(cli, ["report", "--env", "prod"], env=env)
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and "prod" in bad.output
+
+
+def test_an_empty_report_says_how_to_get_data(tmp_path, history):
+    project = copy_project(tmp_path / "new")
+    git(project.root, "init", "-q", "-b", "main")
+    git(project.root, "add", "-A")
+    git(project.root, "-c", "user.name=A", "-c", "user.email=a@example.org", "commit", "-qm", "I")
+    env = {"OPSLEDGER_PROJECT": str(project.root)}
+    for fmt in ("md", "html"):
+        out = CliRunner().invoke(cli, ["report", "--format", fmt], env=env)
+        assert out.exit_code == 0, out.output
+        assert "No data in this period yet" in out.output and "n/a" not in out.output
+        assert "opsledger change new" in out.output and "opsledger inspect --due" in out.output
+    data = json.loads(CliRunner().invoke(cli, ["report", "--format", "json"], env=env).output)
+    assert data["empty"] is True and data["how_to_get_data"]
+    # a period after every change of a repository that has some: widen it
+    k = kpis(history, start=NOW + dt.timedelta(hours=1), end=NOW + dt.timedelta(days=2))
+    assert k.empty and "widen it, e.g. --period 365d" in k.how_to_get_data[0]
+    assert not kpis(history, start=NOW - dt.timedelta(days=90), end=NOW).empty

@@ -6,6 +6,7 @@ User errors (OpsledgerError) print one line per problem to stderr and exit with 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -65,13 +66,24 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="opsledger")
-def cli() -> None:
+@click.option(
+    "--no-color",
+    is_flag=True,
+    help="No colour in opsledger's or Ansible's output (or set NO_COLOR).",
+)
+@click.pass_context
+def cli(ctx: click.Context, no_color: bool) -> None:
     """GitOps for IT operations: desired state, changes, approvals and audit in plain git.
 
     \b
     Example:
         opsledger lab up
     """
+    if no_color or os.environ.get("NO_COLOR"):  # any value, as no-color.org says
+        ctx.color = False
+        # rich reads NO_COLOR; ansible-playbook (and what it starts) reads ANSIBLE_NOCOLOR.
+        os.environ["NO_COLOR"] = "1"
+        os.environ["ANSIBLE_NOCOLOR"] = "1"
 
 
 cli.add_command(apply)

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from opsledger.cli.options import aware_time, base_option, wait_seconds
+from opsledger.cli.options import aware_time, base_option, verbosity_option, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -64,6 +64,7 @@ def _summary(result) -> str:
 )
 @click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time (the lab only).")
+@verbosity_option
 @base_option
 def apply(
     change_id: str | None,
@@ -74,6 +75,7 @@ def apply(
     skip_verify: bool,
     again: bool,
     at: str | None,
+    verbosity: int,
     base: str | None,
 ) -> None:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
@@ -117,6 +119,7 @@ def apply(
                 again=again,
                 events=progress,
                 base=base,
+                verbosity=verbosity,
             )
         if as_json:
             click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
@@ -134,6 +137,7 @@ def apply(
             events=progress,
             environment=environment,
             base=base,
+            verbosity=verbosity,
         )
     for item in outcome.items:
         if as_json:

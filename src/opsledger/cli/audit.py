@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from opsledger.cli.options import aware_time
+from opsledger.cli.output import console
 from opsledger.project import find_project
 
 
@@ -73,7 +73,7 @@ def log(
     for row in result.rows:
         flat = row.flat()
         table.add_row(*(escape(str(flat[c])) for c in shown))
-    Console(width=max(Console().width, 140)).print(table)
+    console(minimum=140).print(table)
 
 
 @audit.command("check")

@@ -92,13 +92,18 @@ def change() -> None:
 @click.option(
     "--urgency", default="low", show_default=True, type=click.Choice(["low", "medium", "high"])
 )
-@click.option("--start", help="Window start, ISO 8601 with offset (default: now, UTC).")
+@click.option(
+    "--start",
+    help="Window start, ISO 8601 with offset (default: now, or the next maintenance window "
+    "of --env when now is outside them).",
+)
 @click.option("--duration", default="2h", show_default=True, help="Window length: 90m, 2h, 1d.")
 @click.option(
     "--requested-by",
     envvar="OPSLEDGER_PERSON",
     required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+    show_envvar=True,
+    help="Your person id in policies/people.yml; set OPSLEDGER_PERSON to stop typing it.",
 )
 @click.option("--reason", required=True, help="Why the change is needed.")
 @click.option("--rollback", help="Rollback runbook (default: the runbook's own).")
@@ -138,13 +143,15 @@ def new(
           --targets db --param tags='[postgresql]' --requested-by alice \\
           --reason "Sorts spill to disk during the nightly report"
     """
+    from opsledger.nextsteps import after_request
     from opsledger.signoff import request_change
 
-    begin = aware_time(start, "--start") or dt.datetime.now(dt.UTC)
-    begin = begin.replace(microsecond=0)
+    begin = aware_time(start, "--start")
+    begin = begin.replace(microsecond=0) if begin else None
     length, values = _duration(duration), _params(params)
+    project = find_project()
     result, statement = request_change(
-        find_project(),
+        project,
         signing_key=signing_key,
         title=title,
         runbook=runbook,
@@ -157,12 +164,18 @@ def new(
         impact=impact,
         urgency=urgency,
         window_start=begin,
-        window_end=begin + length,
+        window_end=begin + length if begin else None,
+        window_length=length,
+        check_policy=True,
         rollback=rollback,
         risk=risk,
     )
     signed = "signed" if statement.signed else "unsigned"
     click.echo(f"{result.id}: wrote {result.file} and {statement.path} ({signed})")
+    if result.note:
+        click.echo(result.note)
+    for step in after_request(project, result.id):
+        click.echo(f"next: {step}")
 
 
 @change.command()
@@ -178,6 +191,7 @@ def validate(ids: tuple[str, ...], all_: bool) -> None:
         opsledger change validate CHG-0001
     """
     from opsledger.changes import change_ids, validate_change
+    from opsledger.prechecks import change_problems
 
     project = find_project()
     if all_ == bool(ids):
@@ -194,7 +208,7 @@ def validate(ids: tuple[str, ...], all_: bool) -> None:
         except OpsledgerError as exc:
             problems = exc.problems
         else:
-            problems = result.problems
+            problems = result.problems or change_problems(project, result)
         if problems:
             invalid += 1
             for problem in problems:

@@ -6,11 +6,17 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from opsledger.cli.options import aware_time, base_option, person_option, signing_key_option
-from opsledger.errors import EXIT_DENIED, EXIT_FAILED
+from opsledger.cli.options import (
+    aware_time,
+    base_option,
+    person_option,
+    signing_key_option,
+    verbosity_option,
+)
+from opsledger.cli.output import console
+from opsledger.errors import EXIT_DENIED
 from opsledger.project import find_project
 
 
@@ -36,19 +42,25 @@ def approve(
     """
     from opsledger.signoff import approve_change
 
+    project = find_project()
     result = approve_change(
-        find_project(),
+        project,
         change_id,
         person=person,
         decision="rejected" if reject else "approved",
         comment=comment,
         signing_key=signing_key,
     )
+    from opsledger.nextsteps import after_approval
+
     verb = "rejected" if reject else "approved"
     click.echo(
         f"{change_id} {verb} by {person}: content {result.content_sha256[:12]}, "
         f"commit {result.commit[:10]}"
     )
+    if not reject:
+        for step in after_approval(project, change_id):
+            click.echo(f"next: {step}")
 
 
 @click.command()
@@ -68,8 +80,10 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
         opsledger decide CHG-0001 --at 2026-12-01T20:30:00+01:00
     """
     from opsledger.decide import decide as run_decide
+    from opsledger.nextsteps import after_denial
 
-    decision = run_decide(find_project(), change_id, now=aware_time(at, "--at"), base=base)
+    project = find_project()
+    decision = run_decide(project, change_id, now=aware_time(at, "--at"), base=base)
     if as_json:
         click.echo(json.dumps(decision.as_dict(), indent=2))
     else:
@@ -84,11 +98,14 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
             table.add_row(
                 check.rule, "[green]pass[/green]" if check.passed else "[red]FAIL[/red]", check.why
             )
-        Console(width=max(Console().width, 120)).print(table)
+        console(minimum=120).print(table)
         click.echo(
             f"{'ALLOWED' if decision.allowed else 'DENIED'}; policy "
             f"{decision.policy_sha256[:12]}, content {decision.content_sha256[:12]}"
         )
+        if not decision.allowed:
+            for step in after_denial(project, decision):
+                click.echo(f"next: {step}")
     if not decision.allowed:
         raise SystemExit(EXIT_DENIED)
 
@@ -104,26 +121,37 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
     help="md is meant for a pull-request comment.",
 )
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time instead of now.")
+@click.option(
+    "--detailed-exitcode",
+    "detailed",
+    is_flag=True,
+    help="Exit 0 only when no host would change, 5 when some would (or cannot be predicted).",
+)
+@verbosity_option
 @base_option
-def plan(change_id: str, fmt: str, at: str | None, base: str | None) -> None:
+def plan(
+    change_id: str, fmt: str, at: str | None, detailed: bool, verbosity: int, base: str | None
+) -> None:
     """Decide, then show per host what the change would do (check mode with diff).
 
     Exits 0 when the change is allowed, 3 when denied (the prediction is shown either way),
     1 when the check run failed on a host for a real error (a missing file, a failing lookup:
-    it would fail the apply too), named per host.
+    it would fail the apply too), named per host. With --detailed-exitcode (as Terraform's),
+    an allowed plan exits 0 when no host would change and 5 when some would. -v/-vv pass on
+    to ansible-playbook; its output goes to stderr.
 
     \b
     Example:
         opsledger plan CHG-0001 --format md > plan.md
+        opsledger plan CHG-0001 --detailed-exitcode -v   # in CI: 0 nothing to do, 5 changes
     """
+    from opsledger.plan import exit_code, render
     from opsledger.plan import plan as run_plan
-    from opsledger.plan import render
 
-    result = run_plan(find_project(), change_id, now=aware_time(at, "--at"), base=base)
+    result = run_plan(
+        find_project(), change_id, now=aware_time(at, "--at"), base=base, verbosity=verbosity
+    )
     click.echo(render(result, fmt), nl=False)
     for host in result.errors:
         click.secho(f"error: {host.host}: {host.note}", fg="red", err=True)
-    if result.errors:
-        raise SystemExit(EXIT_FAILED)
-    if not result.decision.allowed:
-        raise SystemExit(EXIT_DENIED)
+    raise SystemExit(exit_code(result, detailed=detailed))

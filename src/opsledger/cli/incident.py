@@ -8,11 +8,11 @@ import re
 from importlib import resources
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from opsledger.cli.options import aware_time, person_option, signing_key_option
+from opsledger.cli.output import console
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
 from opsledger.project import find_project
 
@@ -409,7 +409,7 @@ def list_(environment, status, breaching, due, as_json) -> None:
         table = Table(*columns, title=f"{len(rows)} incident(s)")
         for row in rows:
             table.add_row(*(escape(row[c]) for c in columns))
-        Console(width=max(Console().width, 140)).print(table)
+        console(minimum=140).print(table)
     if breaching and rows:
         raise SystemExit(EXIT_FAILED)
 

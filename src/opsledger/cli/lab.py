@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from opsledger.cli.output import console as table_console
 from opsledger.errors import EXIT_FAILED
 from opsledger.project import find_project
 
@@ -49,7 +50,7 @@ def up() -> None:
         table.add_row(
             host.name, host.container, f"127.0.0.1:{host.port}", host.action, host.system_state
         )
-    Console().print(table)
+    table_console().print(table)
     for name in result.removed:
         click.echo(f"removed {name} (no longer in the inventory)")
     click.echo("lab is up; nothing changed" if not result.changed else "lab is up")
@@ -112,7 +113,7 @@ def status(as_json: bool) -> None:
                 h.state,
                 "[green]answers[/green]" if h.ssh else "[red]no[/red]",
             )
-        Console().print(table)
+        table_console().print(table)
         click.echo(
             f"package cache: {result.cache_url}"
             if result.cache_url

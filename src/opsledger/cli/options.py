@@ -45,7 +45,8 @@ person_option = click.option(
     "person",
     envvar="OPSLEDGER_PERSON",
     required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+    show_envvar=True,
+    help="Your person id in policies/people.yml; set OPSLEDGER_PERSON to stop typing it.",
 )
 signing_key_option = click.option(
     "--key",
@@ -53,6 +54,16 @@ signing_key_option = click.option(
     envvar="OPSLEDGER_SIGNING_KEY",
     type=click.Path(path_type=Path),
     help="SSH private key that signs the commit (or $OPSLEDGER_SIGNING_KEY).",
+)
+
+
+# -v/-vv/...: ansible-playbook's verbosity for commands that run it (plan, apply).
+verbosity_option = click.option(
+    "-v",
+    "--verbose",
+    "verbosity",
+    count=True,
+    help="Pass -v (repeat: -vv, up to -vvvv) to ansible-playbook; its output goes to stderr.",
 )
 
 

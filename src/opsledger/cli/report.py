@@ -23,7 +23,12 @@ def _last_month(now: dt.datetime) -> str:
     help="30d, 12w (ending now), a month 2026-11 or a quarter 2026-Q4. Default: 90d, or the "
     "last whole month with --service.",
 )
-@click.option("--env", "environment", help="Only this environment (default: all of them).")
+@click.option(
+    "--env",
+    "environment",
+    help="Only this environment, e.g. production (default: all of them, with a table per "
+    "environment, production first).",
+)
 @click.option("--service", is_flag=True, help="The monthly service report for the business.")
 @click.option(
     "--format",
@@ -43,9 +48,12 @@ def report(
 ) -> None:
     """KPIs of changes, operations and incidents, as one page.
 
-    Changes by type and priority, success and failure rates, lead time, emergency ratio, MTTR,
-    change SLA compliance; inspection, drift and drill results; incidents by class and
-    priority, MTTA, MTTR, incident SLA compliance, repeat incidents, open problems. --service
+    Changes by type and priority, change success rate (final result success) and changes that
+    failed at least once, lead time, emergency ratio, MTTR, change SLA compliance; inspection,
+    drift and drill results, findings per week of the whole period by severity; incidents by
+    class and priority, MTTA, MTTR, incident SLA compliance, repeat incidents, open problems.
+    Every card says what it counts and the target behind its colour. A period with no data
+    says which commands produce it. --service
     lays them out as the service report (system status, faults and their handling, changes,
     drills, inspections, improvement actions).
 
@@ -54,6 +62,7 @@ def report(
     \b
     Example:
         opsledger report --period 2026-Q4 -o report.html
+        opsledger report --env production --format md
         opsledger report --service --period 2026-11 --env production --format md
     """
     from opsledger.report import kpis, parse_period, render

@@ -6,9 +6,9 @@ import json
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from opsledger.cli.output import console
 from opsledger.project import find_project
 
 
@@ -52,7 +52,7 @@ def list_() -> None:
             ", ".join(rb.verify_suites) or "-",
             rb.rollback or "-",
         )
-    Console().print(table)
+    console().print(table)
 
 
 @runbook.command()

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from opsledger.cli.output import console
 from opsledger.errors import EXIT_FAILED
 from opsledger.project import find_project
 
@@ -55,7 +55,7 @@ def verify(environment: str, targets: str, suites: tuple[str, ...], as_json: boo
                 str(sum(o.status in ("failed", "error") for o in mine)),
                 str(sum(o.status == "skipped" for o in mine)),
             )
-        Console().print(table)
+        console().print(table)
         for failure in result.failures:
             click.secho(f"FAILED {failure.host}: {failure.test}: {failure.message}", fg="red")
         click.echo(

@@ -14,16 +14,18 @@ from typing import Any
 
 from opsledger.report import (
     CSS,
+    DEFINITIONS,
+    INCIDENT_DEFINITIONS,
     PALETTE,
     PRIORITY_COLORS,
     Kpis,
     _bars,
     _card,
+    _defined_card,
     _drill_charts,
     _num,
     _pct,
     _table,
-    _tone,
 )
 
 STATUS_TONE = {"normal": "good", "attention": "warn", "degraded": "bad"}
@@ -187,26 +189,31 @@ def service_html(k: Kpis) -> str:
             f"{s['environment']}: {s['open_incidents']} open incident(s)",
             s["status"],
             STATUS_TONE.get(s["status"], ""),
+            "open incidents, the newest inspection, drift and drill at the period's end",
+            "red: a P1/P2 open or a critical finding; amber: anything open, a warning, drift "
+            "or a failed drill",
         )
         for s in k.status
     ) or _card("no records yet", "-")
+    di, dk = INCIDENT_DEFINITIONS, DEFINITIONS
     kpi_cards = "".join(
         [
-            _card("incidents", str(i.opened)),
-            _card("MTTA", _num(i.mtta_minutes, "min")),
-            _card("MTTR", _num(i.mttr_hours, "h")),
-            _card(
-                "response SLA",
-                _pct(i.response_compliance),
-                _tone(i.response_compliance, 0.95, 0.85),
+            _defined_card(di, "opened", None, str(i.opened)),
+            _defined_card(di, "mtta_minutes", None, _num(i.mtta_minutes, "min")),
+            _defined_card(di, "mttr_hours", None, _num(i.mttr_hours, "h")),
+            _defined_card(
+                di, "response_compliance", i.response_compliance, _pct(i.response_compliance)
             ),
-            _card(
-                "resolution SLA",
+            _defined_card(
+                di,
+                "resolution_compliance",
+                i.resolution_compliance,
                 _pct(i.resolution_compliance),
-                _tone(i.resolution_compliance, 0.95, 0.85),
             ),
-            _card("changes applied", str(k.applied)),
-            _card("change success", _pct(k.success_rate), _tone(k.success_rate, 0.95, 0.85)),
+            _card(
+                "changes applied", str(k.applied), "", "requested changes that ran at least once"
+            ),
+            _defined_card(dk, "success_rate", k.success_rate, _pct(k.success_rate)),
         ]
     )
     charts = "".join(
