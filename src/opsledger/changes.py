@@ -568,7 +568,7 @@ def withdraw_change(
         withdraw_change(find_project(), "CHG-0004", person="alice",
                         reason="Superseded by CHG-0006")
     """
-    from opsledger.gitrepo import commit_paths
+    from opsledger.gitrepo import write_and_commit
     from opsledger.policy import load_policies
     from opsledger.records import read_runs
 
@@ -631,13 +631,11 @@ def withdraw_change(
         "withdrawn_at": moment.isoformat(),
         "reason": reason.strip(),
     }
-    path.write_text(
-        "---\n# This change was withdrawn: it never runs again; its id is never reused.\n"
-        + yaml.safe_dump(data, sort_keys=False, width=100)
-    )
-    commit_paths(
+    write_and_commit(  # a failed commit leaves no withdrawn.yml that git never recorded
         project.root,
-        [path],
+        path,
+        "---\n# This change was withdrawn: it never runs again; its id is never reused.\n"
+        + yaml.safe_dump(data, sort_keys=False, width=100),
         f"Withdraw {change_id}: {reason.strip()}",
         name=who.name,
         email=who.email,

@@ -309,6 +309,23 @@ def test_a_failed_approval_commit_leaves_nothing_behind(shared_repo, tmp_path):
     assert git(project.root, "status", "--porcelain").stdout == ""
 
 
+def test_a_withdrawal_git_refuses_leaves_no_withdrawn_yml(shared_repo):
+    """withdrawn.yml left behind by a failed commit made the change read as withdrawn though
+    git never recorded it (changes.withdraw_change wrote, then committed separately)."""
+    project, change_id = shared_repo
+    before = tree_state(project.root)
+    lock = project.root / ".git" / "index.lock"
+    lock.touch()
+    try:
+        args = ["change", "withdraw", change_id, "--as", "alice", "--reason", "superseded"]
+        result = run(project.root, args)
+    finally:
+        lock.unlink()
+    assert_refused(result, code=1, expect="index.lock': File exists")
+    assert tree_state(project.root) == before
+    assert git(project.root, "status", "--porcelain").stdout == ""
+
+
 def test_files_in_runs_that_are_not_records_are_ignored_not_fatal(shared_repo):
     """Run records feed decisions (already applied, promotion) and reports; a hand-made file
     there must not crash them (audit check reports evidence nobody committed through apply)."""

@@ -20,7 +20,7 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import MAX_BYTES, load_yaml
 
 INCIDENT_ID = re.compile(r"^INC-(\d{4,})$")
 PROBLEM_ID = re.compile(r"^PRB-(\d{4,})$")
@@ -257,14 +257,37 @@ def load_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
     return incidents, problems
 
 
-def write_incident(incident: Incident) -> Path:
-    """Validate and write; an invalid incident raises (exit 2) and nothing is written."""
+def incident_text(incident: Incident) -> str:
+    """The file text of a valid incident; an invalid or oversized one raises (exit 2).
+
+    Steps write through `ledger.record_step`, which writes and commits or restores, so a step
+    refused here or by git leaves the file as it was.
+    """
     found = incident_problems(incident.data, str(incident.path), incident.id)
     if found:
         raise OpsledgerError(found)
-    incident.path.parent.mkdir(parents=True, exist_ok=True)
-    incident.path.write_text(dump(incident.data, INCIDENT_ORDER))
-    return incident.path
+    return _bounded(dump(incident.data, INCIDENT_ORDER), incident.path, "incident")
+
+
+def _bounded(text: str, path: Path, what: str) -> str:
+    """Refuse a file the loader could not read back (MAX_BYTES): it would drop out of lists.
+
+    Each text field has a schema limit, but a timeline grows with every step; past the loader's
+    limit the file becomes unreadable and every list and report would have to skip it.
+    """
+    size = len(text.encode("utf-8"))
+    if size > MAX_BYTES:
+        raise OpsledgerError(
+            Problem(
+                f"the {what} would grow to {size} bytes, past the {MAX_BYTES}-byte limit "
+                "of a readable file",
+                str(path),
+                "timeline",
+                "keep the text short: attach long output with opsledger incident collect, "
+                "or record the rest in a problem",
+            )
+        )
+    return text
 
 
 def load_problem(project: Project, problem_id: str) -> ProblemRecord:
@@ -292,10 +315,9 @@ def load_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]
     return found, problems
 
 
-def write_problem(record: ProblemRecord) -> Path:
+def problem_text(record: ProblemRecord) -> str:
+    """The file text of a valid problem; an invalid or oversized one raises (exit 2)."""
     found = schema_problems(record.data, schema("problem"), str(record.path))
     if found:
         raise OpsledgerError(found)
-    record.path.parent.mkdir(parents=True, exist_ok=True)
-    record.path.write_text(dump(record.data, PROBLEM_ORDER))
-    return record.path
+    return _bounded(dump(record.data, PROBLEM_ORDER), record.path, "problem")
