@@ -9,7 +9,6 @@ import contextlib
 from click.testing import CliRunner
 
 from opsledger.cli import cli
-from opsledger.yamlio import MAX_BYTES
 
 from ..badinput import assert_refused, tree_state
 
