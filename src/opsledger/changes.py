@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem, shown
+from opsledger.gitrepo import log_paths
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -108,7 +109,8 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
             "--diff-filter=A",
             "--no-renames",
             "--name-only",
-            "--format=",
+            "-z",
+            "--format=%x1e",
             "--",
             f":(glob)changes/*/{request_file}",
         ],
@@ -116,7 +118,8 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
         text=True,
         check=False,
     )
-    return {line.split("/")[1] for line in proc.stdout.splitlines() if line.count("/") == 2}
+    paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
+    return {p.split("/")[1] for p in paths if p.count("/") == 2}
 
 
 def next_change_id(project: Project) -> str:
