@@ -70,3 +70,30 @@ def test_a_problem_step_git_refuses_leaves_problem_and_incidents_as_they_were(fa
         result = run("problem", "link", "PRB-0001", "INC-0002", "--as", "bob")
     assert_refused(result, code=1, expect="index.lock")
     assert tree_state(project.root) == before
+
+
+def test_detection_reads_records_through_the_one_json_loader(fault_repo, tmp_path):
+    """faults/detect.py read records with bare json.loads: a duplicate key silently kept the
+    last value and a record linked out of the repository was read."""
+    import json
+    from dataclasses import asdict
+
+    from opsledger.faults.detect import _Reader
+
+    from .conftest import T0, inspection
+
+    project = fault_repo
+    folder = project.root / "records" / "inspections"
+    folder.mkdir(parents=True, exist_ok=True)
+    good = json.dumps(asdict(inspection(T0, [])))
+    (folder / "good.json").write_text(good)
+    twice = good.replace('"result": "success"', '"result": "failed", "result": "success"')
+    assert twice != good
+    (folder / "twice.json").write_text(twice)
+    outside = tmp_path / "outside.json"
+    outside.write_text(good)
+    (folder / "linked.json").symlink_to(outside)
+    reader = _Reader(project)
+    assert reader.record("records/inspections/good.json") is not None
+    assert reader.record("records/inspections/twice.json") is None
+    assert reader.record("records/inspections/linked.json") is None
