@@ -40,8 +40,8 @@ from opsledger.faults.store import (
     Incident,
     incident_file,
     incident_text,
-    load_incidents,
     next_id,
+    scan_incidents,
 )
 from opsledger.gitrepo import is_repo
 from opsledger.project import Project
@@ -425,7 +425,7 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
     if not policy.detection_enabled:
         return DetectionResult(DetectionStatus.DISABLED)
     result = DetectionResult(DetectionStatus.QUIET)
-    incidents, broken = load_incidents(project)
+    incidents, broken = scan_incidents(project)
     result.problems += broken
     reader = _Reader(project)
     touched: dict[str, Incident] = {}

@@ -29,8 +29,8 @@ from opsledger.faults.store import (
     incident_file,
     incident_text,
     load_incident,
-    load_incidents,
     next_id,
+    scan_incidents,
 )
 from opsledger.project import Project
 
@@ -233,7 +233,7 @@ def open_incident(
     problems += host_problems(project, environment, list(hosts), file)
     if problems:
         raise OpsledgerError(problems)
-    incidents, _ = load_incidents(project)
+    incidents, _ = scan_incidents(project)  # a broken file must not stop recording a fault
     if fingerprint:
         same = [i for i in incidents if i.active and fingerprint in i.fingerprints]
         if same:

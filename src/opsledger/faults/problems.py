@@ -409,7 +409,7 @@ def suggest_problems(
     """
     policy = load_fault_policy(project)
     when = moment(now)
-    incidents, _ = load_incidents(project)
+    incidents = load_incidents(project)
     if environment:
         incidents = [i for i in incidents if i.environment == environment]
     found = histories(project, incidents)
@@ -457,10 +457,10 @@ def problem_views(
         [(v.problem.id, v.problem.status, round(v.age_days)) for v in problem_views(find_project())]
     """
     when = moment(now)
-    records = [load_problem(project, problem_id)] if problem_id else load_problems(project)[0]
+    records = [load_problem(project, problem_id)] if problem_id else load_problems(project)
     current = {str(r.path.relative_to(project.root)): r.timeline for r in records}
     found = timeline_history(project, "problems/", current)
-    incidents = {i.id: i for i in load_incidents(project)[0]}
+    incidents = {i.id: i for i in load_incidents(project)}
     views = []
     for record in records:
         history = found.get(str(record.path.relative_to(project.root)))

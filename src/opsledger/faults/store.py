@@ -246,8 +246,24 @@ def load_incident(project: Project, incident_id: str) -> Incident:
     return Incident(incident_id, path, data)
 
 
-def load_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
-    """Every incident that reads and validates, and the problems of those that do not."""
+def load_incidents(project: Project) -> list[Incident]:
+    """Every incident, or OpsledgerError (exit 2) naming each one that does not read.
+
+    Counts, clocks and suggestions built on a subset would be wrong without saying so (a
+    report undercounting, a breach not told), so whatever sums incidents reads them all or
+    refuses; `scan_incidents` is for the few callers that show what they could not read.
+    """
+    incidents, problems = scan_incidents(project)
+    if problems:
+        raise OpsledgerError(problems)
+    return incidents
+
+
+def scan_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
+    """Every incident that reads and validates, and the problems of those that do not.
+
+    The caller must show the problems (incident list, audit findings, detection).
+    """
     incidents, problems = [], []
     for incident_id in incident_ids(project):
         try:
@@ -305,7 +321,16 @@ def load_problem(project: Project, problem_id: str) -> ProblemRecord:
     return ProblemRecord(problem_id, path, data)
 
 
-def load_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]:
+def load_problems(project: Project) -> list[ProblemRecord]:
+    """Every problem, or OpsledgerError (exit 2) naming each one that does not read."""
+    found, problems = scan_problems(project)
+    if problems:
+        raise OpsledgerError(problems)
+    return found
+
+
+def scan_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]:
+    """Every problem that reads and validates, and the problems of those that do not."""
     found, problems = [], []
     for problem_id in problem_ids(project):
         try:
