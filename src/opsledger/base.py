@@ -27,7 +27,7 @@ from pathlib import Path
 
 from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import blob_contents, git
+from opsledger.gitrepo import blob_contents, git, log_paths, nul_paths
 from opsledger.policy import Policies, Rule, load_policies
 from opsledger.policy_changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
@@ -213,7 +213,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
     line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
     position = {c: i for i, c in enumerate(line)}
     # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
-    folders = git(project.root, "ls-tree", "--name-only", sha, "changes/").stdout.split()
+    folders = nul_paths(git(project.root, "ls-tree", "--name-only", "-z", sha, "changes/").stdout)
     requests = [f for f in folders if is_policy_change(f.rsplit("/", 1)[-1])]
     log = subprocess.run(
         [
@@ -224,6 +224,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             "--first-parent",
             "--reverse",
             "--name-only",
+            "-z",
             "--format=%x1e%H",
             sha,
             "--",
@@ -235,11 +236,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
         text=True,
         check=True,
     ).stdout
-    touched = []
-    for record in log.split("\x1e"):
-        lines = [x for x in record.splitlines() if x.strip()]
-        if lines:
-            touched.append((lines[0], lines[1:]))
+    touched = log_paths(log)
     trees = _trees(project, [c for c, _ in touched])
     versions: list[PolicyVersion] = []
     effective: list[tuple[int, PolicyVersion, Policies]] = []
@@ -309,8 +306,8 @@ def _trees(project: Project, commits: list[str]) -> dict[str, str]:
     """An id of each commit's policy files (docs left out); commits without any are left out."""
     found = {}
     for commit in commits:
-        listing = git(project.root, "ls-tree", "-r", commit, "--", "policies").stdout
-        rules = [line for line in listing.splitlines() if not line.endswith(".md")]
+        listing = git(project.root, "ls-tree", "-r", "-z", commit, "--", "policies").stdout
+        rules = [entry for entry in nul_paths(listing) if not entry.endswith(".md")]
         if rules:
             found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()
     return found

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
+from opsledger.gitrepo import log_paths
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -108,7 +109,8 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
             "--diff-filter=A",
             "--no-renames",
             "--name-only",
-            "--format=",
+            "-z",
+            "--format=%x1e",
             "--",
             f":(glob)changes/*/{request_file}",
         ],
@@ -116,7 +118,8 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
         text=True,
         check=False,
     )
-    return {line.split("/")[1] for line in proc.stdout.splitlines() if line.count("/") == 2}
+    paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
+    return {p.split("/")[1] for p in paths if p.count("/") == 2}
 
 
 def next_change_id(project: Project) -> str:
@@ -578,7 +581,7 @@ def withdraw_change(
         withdraw_change(find_project(), "CHG-0004", person="alice",
                         reason="Superseded by CHG-0006")
     """
-    from opsledger.gitrepo import commit_paths
+    from opsledger.gitrepo import write_and_commit
     from opsledger.policy import load_policies
     from opsledger.records import read_runs
 
@@ -641,13 +644,11 @@ def withdraw_change(
         "withdrawn_at": moment.isoformat(),
         "reason": reason.strip(),
     }
-    path.write_text(
-        "---\n# This change was withdrawn: it never runs again; its id is never reused.\n"
-        + yaml.safe_dump(data, sort_keys=False, width=100)
-    )
-    commit_paths(
+    write_and_commit(  # a failed commit leaves no withdrawn.yml that git never recorded
         project.root,
-        [path],
+        path,
+        "---\n# This change was withdrawn: it never runs again; its id is never reused.\n"
+        + yaml.safe_dump(data, sort_keys=False, width=100),
         f"Withdraw {change_id}: {reason.strip()}",
         name=who.name,
         email=who.email,

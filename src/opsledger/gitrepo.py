@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
@@ -21,7 +22,11 @@ def git(
         env={**os.environ, **(env or {})},
     )
     if check and proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        # git's own verdict (`fatal: Unable to create '.git/index.lock': File exists.`), not
+        # the advice it may print after it
+        last = [line for line in said if line.startswith(("fatal:", "error:"))][:1] or said[-1:]
+        last = last or ["(no output)"]
         command = next(
             (a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1 : i] != ["-c"]),
             args[0],
@@ -84,31 +89,75 @@ def write_and_commit(
     email: str,
     signing_key: Path | None = None,
 ) -> str:
-    """Write one file and commit it as this person, or leave the tree as it was.
+    """Write one file and commit it as this person, or leave the tree as it was."""
+    return write_files_and_commit(
+        root,
+        {path: text},
+        lambda paths: commit_paths(
+            root, paths, message, name=name, email=email, signing_key=signing_key
+        ),
+    )
 
-    A commit can fail after the write (a key git cannot sign with, a hook, a full disk): then
-    the file gets its old content back (or goes, with the folders made for it) and leaves the
-    index, so a failed approve or review leaves nothing half-done behind.
+
+def write_files_and_commit(
+    root: Path, files: Mapping[Path, str], commit: Callable[[list[Path]], str]
+) -> str:
+    """Write these files and `commit(paths)` them, or leave the tree exactly as it was.
+
+    The one path for every step that records itself as a commit (approvals, reviews,
+    withdrawals, incident and problem steps). A commit can fail after the write (a key git
+    cannot sign with, a hook, a held `.git/index.lock`, no repository at all): then every file
+    gets its old content back (or goes, with the folders made for it) and leaves the index, so
+    a failed step leaves nothing behind that a later command would read as done.
     """
-    if refused := outside_problem(path, root):  # a symlinked folder would write elsewhere
-        raise OpsledgerError(refused)
-    old = path.read_bytes() if path.is_file() else None
-    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for path in files:
+        if refused := outside_problem(path, root):  # a symlinked folder would write elsewhere
+            raise OpsledgerError(refused)
+    old = {path: path.read_bytes() if path.is_file() else None for path in files}
+    made: list[Path] = []
+    for path in files:
+        made += [p for p in (path.parent, *path.parent.parents) if not p.exists() and p not in made]
+    made.sort(key=lambda p: len(p.parts), reverse=True)  # innermost first
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return commit_paths(root, [path], message, name=name, email=email, signing_key=signing_key)
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return commit([*files])
     except BaseException:
-        relative = str(path.resolve().relative_to(root.resolve()))
-        git(root, "reset", "-q", "--", relative, check=False)
-        if old is None:
-            path.unlink(missing_ok=True)
-            for folder in made:  # innermost first
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-        else:
-            path.write_bytes(old)
+        _restore(root, old, made)
         raise
+
+
+def _restore(root: Path, old: Mapping[Path, bytes | None], made: list[Path]) -> None:
+    """Undo `write_files_and_commit`'s writes: old contents back, new files and folders gone."""
+    relative = [str(p.resolve().relative_to(root.resolve())) for p in old]
+    git(root, "reset", "-q", "--", *relative, check=False)
+    for path, content in old.items():
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(content)
+    for folder in made:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def nul_paths(out: str) -> list[str]:
+    r"""Paths from git's `-z` output (ls-files, ls-tree --name-only, diff --name-only).
+
+    Without -z git quotes unusual names (`"z\303\251.yml"` for zé.yml) and a split on
+    whitespace cuts a name with a space in two: a path read that way is not the file git means.
+    """
+    return [p for p in out.split("\0") if p]
+
+
+def log_paths(out: str) -> list[tuple[str, list[str]]]:
+    """(header, paths) per commit of `git log -z --name-only --format=%x1e<header>`."""
+    found = []
+    for record in out.split("\x1e")[1:]:
+        header, _, rest = record.partition("\0")
+        found.append((header, nul_paths(rest[1:] if rest.startswith("\n") else rest)))
+    return found
 
 
 def commit_paths(

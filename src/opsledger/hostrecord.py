@@ -118,7 +118,7 @@ def _ledger(project: Project) -> _Ledger:
         schedules = {n: s.checks for n, s in load_plan(project).schedules.items()}
     except OpsledgerError:  # a broken plan: judge each record by the checks it reported
         schedules = {}
-    incidents, _ = load_incidents(project)
+    incidents = load_incidents(project)
     try:
         waivers = load_waivers(project.root / "policies" / "waivers.yml")
     except OpsledgerError:

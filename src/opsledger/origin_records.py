@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, nul_paths
 from opsledger.identity import committer, signing_key
 from opsledger.project import Project
 from opsledger.records import STARTED_SUFFIX, read_runs
@@ -225,7 +225,7 @@ class OriginRecords:
     def _drop(self, started: str) -> None:
         """Remove the unpublished write-ahead commit at HEAD (and its file)."""
         root = self.project.root
-        touched = git(root, "show", "--name-only", "--format=", "HEAD").stdout.split()
+        touched = nul_paths(git(root, "show", "--name-only", "-z", "--format=", "HEAD").stdout)
         if touched == [started]:
             git(root, "reset", "-q", "--hard", "HEAD~1")
         (root / started).unlink(missing_ok=True)

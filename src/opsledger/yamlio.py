@@ -7,7 +7,8 @@ may crash, exhaust or trick the tool. Every file therefore goes through `load_ya
 - refuses files larger than `MAX_BYTES` before reading them, and anything that is not UTF-8;
 - refuses duplicate keys (YAML would keep the last one silently: a reviewer sees
   `targets: db` while `targets: all` runs), keys that are not text, tags other than the plain
-  data ones, impossible dates and numbers Python refuses to build;
+  data ones, merge keys (`<<`, which hide which value wins just as a duplicate does),
+  impossible dates and numbers Python refuses to build;
 - bounds nesting (`MAX_DEPTH`) and what aliases may add (`MAX_ALIAS_NODES`), so a 1 KB
   "billion laughs" file cannot exhaust memory, and refuses recursive aliases;
 - with `root`, refuses a path that leaves the repository or passes through a symlink there:
@@ -134,13 +135,14 @@ def _check_nodes(node: Node, path: str, problems: _Problems, loader: Any) -> Non
     if isinstance(node, MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
-            if key.tag == _MERGE_TAG:
-                if not isinstance(value, MappingNode | SequenceNode):
-                    problems.add(
-                        "`<<` must merge a mapping", key.start_mark, path, "use <<: *anchor"
-                    )
-                else:
-                    _check_nodes(value, path, problems, loader)
+            if key.tag == _MERGE_TAG:  # keys merged in hide which value wins, like a duplicate
+                problems.add(
+                    "merge key `<<` is not supported: a key given both here and in the merged "
+                    "mapping silently keeps one value",
+                    key.start_mark,
+                    path,
+                    "write the keys out (anchors and aliases of whole values are fine)",
+                )
                 continue
             if not isinstance(key, ScalarNode) or key.tag != f"{_TAG}str":
                 what = (

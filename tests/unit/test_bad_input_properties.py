@@ -303,3 +303,68 @@ def test_generated_bad_arguments_exit_2(repo_once, args):
     before = tree_state(project.root)
     assert_refused(run(project.root, args))
     assert tree_state(project.root) == before
+
+
+# --- incidents (#17): free text is bounded, and what is written reads back as it was ---------
+
+INCIDENT = {
+    "id": "INC-0001",
+    "title": "PostgreSQL down on lab-db1",
+    "detected_at": "2026-11-30T08:00:00+00:00",
+    "source": "user_report",
+    "environment": "lab",
+    "hosts": ["lab-db1"],
+    "services": ["postgresql"],
+    "class": "software",
+    "impact": "high",
+    "urgency": "medium",
+    "priority": "P2",
+    "assignee": None,
+    "status": "open",
+    "timeline": [{"at": "2026-11-30T08:00:00+00:00", "by": "alice", "action": "opened"}],
+}
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _written(tmp_path_factory, data: dict) -> tuple[str | None, list[str]]:
+    """incident_text of `data`: (the text, []) or (None, the problem lines)."""
+    from opsledger.errors import OpsledgerError
+    from opsledger.faults.store import Incident, incident_text
+
+    path = tmp_path_factory.getbasetemp() / "incidents" / "INC-0001" / "incident.yml"
+    try:
+        return incident_text(Incident("INC-0001", path, data)), []
+    except OpsledgerError as exc:
+        return None, [str(p) for p in exc.problems]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(max_size=4100) | st.text(alphabet="ab \n", min_size=3990, max_size=4010),
+    field=st.sampled_from(["note", "text", "reason", "summary", "cause", "root_cause"]),
+)
+def test_timeline_text_is_refused_past_its_limit_or_reads_back_unchanged(
+    tmp_path_factory, text, field
+):
+    from opsledger.yamlio import MAX_BYTES, parse_yaml
+
+    step = {"at": "2026-11-30T09:00:00+00:00", "by": "bob", "action": "note", field: text}
+    data = {**INCIDENT, "timeline": [*INCIDENT["timeline"], step]}
+    written, problems = _written(tmp_path_factory, data)
+    if len(text) > 4000:
+        assert written is None and len(problems) == 1, problems
+        assert f"timeline[1].{field}: {len(text)} characters; at most 4000" in problems[0]
+    else:
+        assert written is not None, problems
+        assert len(written.encode()) <= MAX_BYTES
+        assert parse_yaml(written, source="incident.yml") == data
+    assert all("\n" not in p for p in problems)
+
+
+@settings(max_examples=150, deadline=None)
+@given(title=st.text(max_size=200))
+def test_an_incident_title_is_one_line_of_5_to_160_characters(tmp_path_factory, title):
+    written, problems = _written(tmp_path_factory, {**INCIDENT, "title": title})
+    fits = 5 <= len(title) <= 160 and not CONTROL.search(title)
+    assert (written is not None) == fits, (title, problems)
+    assert all(p.count("\n") == 0 and "title" in p for p in problems)

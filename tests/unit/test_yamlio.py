@@ -77,6 +77,25 @@ def test_nested_duplicates_and_non_text_keys_name_their_field(project):
         assert "line 13" in lines[0] and "is not text" in lines[0], lines
 
 
+def test_a_merge_key_is_refused_not_silently_merged(project):
+    """`targets: app` plus `<<: {targets: all}` validated, and one of the two values was
+    silently dropped: a merge key hides which value wins just as a duplicate key does."""
+    lines = validate(project, VALID + "<<: {targets: all}\n")
+    assert lines == [
+        f"error: {project.root}/changes/CHG-0007/change.yml: line 13: merge key `<<` is not "
+        "supported: a key given both here and in the merged mapping silently keeps one value "
+        "— write the keys out (anchors and aliases of whole values are fine)"
+    ]
+    nested = VALID.replace("params: {service: chrony}", "params: {<<: {service: ssh}}")
+    assert "line 7: params: merge key `<<`" in validate(project, nested)[0]
+    aliased = VALID.replace("params: {service: chrony}", "params: {service: chrony}\nx: &a {b: 1}")
+    assert "merge key" in validate(project, aliased + "y: {<<: *a}\n")[0]
+    listed = "x: &a {b: 1}\ny: &c {d: 1}\nz: {<<: [*a, *c]}\n"
+    with pytest.raises(OpsledgerError, match="line 3: z: merge key"):
+        parse_yaml(listed, source="m.yml")
+    assert parse_yaml("'<<': text\n", source="m.yml") == {"<<": "text"}  # a quoted key is text
+
+
 def test_billion_laughs_is_refused_fast_with_little_memory(project):
     laughs = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     for name, prev in zip("bcdefghij", "abcdefghi", strict=True):
@@ -177,3 +196,19 @@ def test_any_text_is_plain_data_or_one_line_problems(text):
         assert exc.problems and all("\n" not in str(p) for p in exc.problems)
     else:
         assert _plain(data)
+
+
+@given(
+    keys=st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=1, max_size=5),
+    at=st.integers(min_value=0, max_value=5),
+    depth=st.integers(min_value=0, max_value=3),
+)
+def test_a_merge_key_anywhere_is_refused(keys, at, depth):
+    """Property: a plain `<<` key at any position and depth is refused, never merged."""
+    pairs = [f"{k}: 1" for k in dict.fromkeys(keys)]
+    pairs.insert(min(at, len(pairs)), "<<: {a: 2}")
+    text = "{" + ", ".join(pairs) + "}"
+    for n in range(depth):
+        text = f"{{k{n}: {text}}}"
+    with pytest.raises(OpsledgerError, match="merge key `<<` is not supported"):
+        parse_yaml(text, source="m.yml")

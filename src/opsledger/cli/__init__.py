@@ -20,6 +20,7 @@ from opsledger.cli.ci import ci
 from opsledger.cli.decide import approve, decide, plan
 from opsledger.cli.drift import drift
 from opsledger.cli.drill import drill
+from opsledger.cli.history import check_history
 from opsledger.cli.host import host
 from opsledger.cli.incident import incident
 from opsledger.cli.inspect import inspect
@@ -107,6 +108,7 @@ cli.add_command(report)
 cli.add_command(roles)
 cli.add_command(runbook)
 cli.add_command(verify)
+check_history(cli)  # every command that reads git refuses to run without it (cli/history.py)
 
 
 def main() -> None:

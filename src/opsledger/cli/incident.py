@@ -13,7 +13,7 @@ from rich.table import Table
 
 from opsledger.cli.options import aware_time, person_option, signing_key_option
 from opsledger.cli.output import console
-from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
+from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.project import find_project
 
 LEVELS = click.Choice(["low", "medium", "high"])
@@ -373,6 +373,11 @@ def show(incident_id, as_json) -> None:
 def list_(environment, status, breaching, due, as_json) -> None:
     """Incidents with priority, status and SLA state; newest first, or by deadline with --due.
 
+    An incident file that does not read is never skipped in silence: the others are listed
+    (during an outage the on-call still needs them), each unreadable file gets an `error:` line
+    naming it and the fix, and the exit code is 2 — its clock cannot be judged, so neither "no
+    breach" nor a complete list may be claimed.
+
     \b
     Example:
         opsledger incident list --due 4h --env production
@@ -386,7 +391,7 @@ def list_(environment, status, breaching, due, as_json) -> None:
         environment=environment,
         status=status,
         breaching=breaching,
-        due_within=_within(due) if due else None,
+        due_within=_within(due) if due is not None else None,
         now=now,
     )
     for problem in found.problems:
@@ -410,6 +415,8 @@ def list_(environment, status, breaching, due, as_json) -> None:
         for row in rows:
             table.add_row(*(escape(row[c]) for c in columns))
         console(minimum=140).print(table)
+    if found.problems:
+        raise SystemExit(EXIT_INVALID)
     if breaching and rows:
         raise SystemExit(EXIT_FAILED)
 

@@ -16,10 +16,20 @@ def aware_time(text: str | None, option: str) -> dt.datetime | None:
     """An ISO 8601 date-time with a timezone, or None when the option was not given.
 
     Times without an offset are refused: a change window or a decision must mean the same
-    instant on a laptop and in CI.
+    instant on a laptop and in CI. An empty value (`--start ''`, often an unset shell
+    variable) is refused too, not read as "not given": the default (now) is not what was meant.
     """
-    if not text:
+    if text is None:
         return None
+    if not text.strip():
+        raise OpsledgerError(
+            Problem(
+                "empty value",
+                field=option,
+                fix=f"give a date-time, e.g. {option} 2026-12-01T20:30:00+01:00, or leave "
+                "the option out",
+            )
+        )
     try:
         moment = dt.datetime.fromisoformat(text)
         if not YEARS[0] <= moment.year <= YEARS[1]:

@@ -23,7 +23,6 @@ OPSLEDGER_NO_INCIDENTS=1 or `detection.enabled: false` in policies/incidents.yml
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -34,20 +33,20 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.incidents import entry, moment, new_incident_data, repeat_of
-from opsledger.faults.ledger import commit_step
+from opsledger.faults.ledger import record_step
 from opsledger.faults.policy import FaultPolicy, load_fault_policy
 from opsledger.faults.store import (
     AUTOMATION,
     Incident,
     incident_file,
-    load_incidents,
+    incident_text,
     next_id,
-    write_incident,
+    scan_incidents,
 )
 from opsledger.gitrepo import is_repo
 from opsledger.project import Project
 from opsledger.records import Record
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import load_json, load_yaml
 
 log = logging.getLogger("opsledger.faults")
 DISABLE = "OPSLEDGER_NO_INCIDENTS"
@@ -121,9 +120,9 @@ class _Reader:
     def record(self, relative: str) -> Record | None:
         if relative not in self._records:
             try:
-                data = json.loads((self.project.root / relative).read_text())
+                data = load_json(self.project.root / relative, root=self.project.root)
                 self._records[relative] = Record.from_dict(data)
-            except (OSError, ValueError, TypeError):
+            except (OpsledgerError, ValueError, TypeError):
                 self._records[relative] = None
         return self._records[relative]
 
@@ -426,7 +425,7 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
     if not policy.detection_enabled:
         return DetectionResult(DetectionStatus.DISABLED)
     result = DetectionResult(DetectionStatus.QUIET)
-    incidents, broken = load_incidents(project)
+    incidents, broken = scan_incidents(project)
     result.problems += broken
     reader = _Reader(project)
     touched: dict[str, Incident] = {}
@@ -458,7 +457,7 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
                 result.resolved.append(incident.id)
     if not touched:
         return result
-    written = [write_incident(i) for i in touched.values()]
+    written = {i.path: incident_text(i) for i in touched.values()}
     parts = [
         f"{verb} {', '.join(ids)}"
         for verb, ids in (
@@ -469,7 +468,7 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
         if ids
     ]
     names = ", ".join(str(Path(p).name) for p in paths)
-    result.commit = commit_step(
+    result.commit = record_step(
         project,
         written,
         f"Incidents: {'; '.join(parts) or 'signals cleared'} ({names})",

@@ -296,12 +296,11 @@ def collect(
             pool.map(lambda name: _collect_host(inventory.hosts[name], plans[name], policy), plans)
         )
     folder = diagnostics_dir(project, incident_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for found in gathered:
-        path = folder / f"{stamp(started)}-{found.host}.json"
-        path.write_text(json.dumps(asdict(found), indent=2) + "\n")
-        files.append(path)
+    outputs = {  # written with the step's commit, or not at all (take_step)
+        folder / f"{stamp(started)}-{found.host}.json": json.dumps(asdict(found), indent=2) + "\n"
+        for found in gathered
+    }
+    files = list(outputs)
     reached = [h for h in gathered if not h.error]
     timed_out = any(c.error for h in gathered for c in h.commands)
     status = (
@@ -332,6 +331,6 @@ def collect(
         now=now,
         signing_key=signing_key,
         policy=policy,
-        extra_paths=tuple(files),
+        extra_files=outputs,
     )
     return CollectResult(status, step.incident, gathered, files, step.commit)

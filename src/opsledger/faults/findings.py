@@ -21,7 +21,7 @@ from opsledger.faults.incidents import moment
 from opsledger.faults.ledger import timeline_history
 from opsledger.faults.policy import load_fault_policy
 from opsledger.faults.sla import incident_clocks
-from opsledger.faults.store import AUTOMATION, load_incidents, load_problems
+from opsledger.faults.store import AUTOMATION, scan_incidents, scan_problems
 from opsledger.project import Project
 
 
@@ -46,7 +46,7 @@ def fault_findings(
     if not (project.root / "policies" / "incidents.yml").is_file():
         return []
     when = moment(now)
-    incidents, broken = load_incidents(project)
+    incidents, broken = scan_incidents(project)
     findings = [
         FaultFinding("incident-unreadable", "high", p.message, p.file or "incidents/")
         for p in broken
@@ -148,7 +148,7 @@ def fault_findings(
                         incident.id,
                     )
                 )
-    records, broken_problems = load_problems(project)
+    records, broken_problems = scan_problems(project)
     findings += [
         FaultFinding("problem-unreadable", "high", p.message, p.file or "problems/")
         for p in broken_problems

@@ -13,24 +13,24 @@ nothing is written when a step is invalid (exit 2) or not allowed (exit 3).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
-from opsledger.faults.ledger import commit_step
+from opsledger.faults.ledger import record_step
 from opsledger.faults.policy import FaultPolicy, load_fault_policy, person_problem
 from opsledger.faults.store import (
     ACTIVE,
     SOURCES,
     Incident,
     incident_file,
+    incident_text,
     load_incident,
-    load_incidents,
     next_id,
-    write_incident,
+    scan_incidents,
 )
 from opsledger.project import Project
 
@@ -233,7 +233,7 @@ def open_incident(
     problems += host_problems(project, environment, list(hosts), file)
     if problems:
         raise OpsledgerError(problems)
-    incidents, _ = load_incidents(project)
+    incidents, _ = scan_incidents(project)  # a broken file must not stop recording a fault
     if fingerprint:
         same = [i for i in incidents if i.active and fingerprint in i.fingerprints]
         if same:
@@ -241,10 +241,9 @@ def open_incident(
             incident.timeline.append(
                 entry("detected", person, when, fingerprint=fingerprint, note=note.strip())
             )
-            path = write_incident(incident)
-            sha = commit_step(
+            sha = record_step(
                 project,
-                [path],
+                {incident.path: incident_text(incident)},
                 f"Incident {incident.id}: {fingerprint} again (reported by {person})",
                 person=policy.people[person],
                 key=signing_key,
@@ -270,10 +269,9 @@ def open_incident(
         note=note,
     )
     incident = Incident(new_id, incident_file(project, new_id), data)
-    path = write_incident(incident)
-    sha = commit_step(
+    sha = record_step(
         project,
-        [path],
+        {incident.path: incident_text(incident)},
         f"Incident {new_id} opened ({data['priority']}, {klass}): {data['title']}",
         person=policy.people[person],
         key=signing_key,
@@ -299,9 +297,13 @@ def take_step(
     now: dt.datetime | None,
     signing_key: Path | None,
     policy: FaultPolicy | None = None,
-    extra_paths: tuple[Path, ...] = (),
+    extra_files: Mapping[Path, str] | None = None,
 ) -> StepResult:
-    """Check the person and the status, apply the step, write, commit as that person."""
+    """Check the person and the status, apply the step, write and commit as that person.
+
+    `extra_files` (diagnostics output) are written and committed with the step, or not at all.
+    """
+    extra_files = extra_files or {}
     policy = policy or load_fault_policy(project)
     incident = load_incident(project, incident_id)
     file = str(incident.path)
@@ -322,10 +324,9 @@ def take_step(
     if found:
         raise OpsledgerError(found)
     incident.timeline.append(entry(str(added.pop("action")), person, when, **added))
-    path = write_incident(incident)
-    sha = commit_step(
+    sha = record_step(
         project,
-        [path, *extra_paths],
+        {incident.path: incident_text(incident), **extra_files},
         f"Incident {incident_id} {message}",
         person=policy.people[person],
         key=signing_key,

@@ -15,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsledger.faults.store import stringify
 from opsledger.gitlog import read_history
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import commit_paths, write_files_and_commit
 from opsledger.identity import commit_evidence, signing_key
 from opsledger.policy import Person
 from opsledger.project import Project
@@ -46,6 +47,28 @@ def commit_step(
         name=person.name,
         email=person.email,
         signing_key=key or signing_key(),
+    )
+
+
+def record_step(
+    project: Project,
+    files: Mapping[Path, str],
+    message: str,
+    *,
+    person: Person | None,
+    key: Path | None = None,
+) -> str:
+    """Write a step's files and commit them (`commit_step`), or leave the tree as it was.
+
+    Every incident and problem step goes through here: a commit git refuses (a held index
+    lock, no repository, a key it cannot sign with) must not leave a file that says the step
+    happened — the next command would read it as done (already acknowledged) though git, the
+    ledger, has no such step.
+    """
+    return write_files_and_commit(
+        project.root,
+        files,
+        lambda paths: commit_step(project, paths, message, person=person, key=key),
     )
 
 

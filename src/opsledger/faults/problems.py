@@ -19,20 +19,20 @@ from typing import Any
 
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.faults.incidents import entry, moment
-from opsledger.faults.ledger import FileHistory, commit_step, timeline_history
+from opsledger.faults.ledger import FileHistory, record_step, timeline_history
 from opsledger.faults.policy import FaultPolicy, load_fault_policy, person_problem
 from opsledger.faults.queries import histories
 from opsledger.faults.store import (
     Incident,
     ProblemRecord,
+    incident_text,
     load_incident,
     load_incidents,
     load_problem,
     load_problems,
     next_id,
     problem_file,
-    write_incident,
-    write_problem,
+    problem_text,
 )
 from opsledger.project import Project
 from opsledger.records import change_runs
@@ -52,10 +52,11 @@ class ProblemResult:
     commit: str
 
 
-def _link(incident: Incident, problem_id: str, person: str, when: dt.datetime) -> Path:
+def _link(incident: Incident, problem_id: str, person: str, when: dt.datetime) -> dict[Path, str]:
+    """The incident's file with its link to the problem, for the problem step's commit."""
     incident.data["problem"] = problem_id
     incident.timeline.append(entry("linked", person, when, problem=problem_id))
-    return write_incident(incident)
+    return {incident.path: incident_text(incident)}
 
 
 def _incidents_for(
@@ -130,10 +131,12 @@ def open_problem(
             "timeline": [entry("opened", person, when, incidents=[i.id for i in linked])],
         },
     )
-    paths = [write_problem(record)] + [_link(i, problem_id, person, when) for i in linked]
-    sha = commit_step(
+    files = {record.path: problem_text(record)}
+    for incident in linked:
+        files |= _link(incident, problem_id, person, when)
+    sha = record_step(
         project,
-        paths,
+        files,
         f"Problem {problem_id} opened ({len(linked)} incident(s)): {record.data['title']}",
         person=policy.people[person],
         key=signing_key,
@@ -154,7 +157,7 @@ def _problem_step(
     message: str,
     now: dt.datetime | None,
     signing_key: Path | None,
-    extra: Callable[[dt.datetime], list[Path]] | None = None,
+    extra: Callable[[dt.datetime], dict[Path, str]] | None = None,
 ) -> ProblemResult:
     policy = load_fault_policy(project)
     record = load_problem(project, problem_id)
@@ -176,10 +179,10 @@ def _problem_step(
     if found:
         raise OpsledgerError(found)
     record.timeline.append(entry(str(added.pop("action")), person, when, **added))
-    paths = [write_problem(record), *(extra(when) if extra else [])]
-    sha = commit_step(
+    files = {record.path: problem_text(record), **(extra(when) if extra else {})}
+    sha = record_step(
         project,
-        paths,
+        files,
         f"Problem {problem_id} {message}",
         person=policy.people[person],
         key=signing_key,
@@ -225,7 +228,9 @@ def link_incidents(
         message=f"linked {', '.join(incidents)} ({person})",
         now=now,
         signing_key=signing_key,
-        extra=lambda when: [_link(i, problem_id, person, when) for i in pending],
+        extra=lambda when: {
+            p: t for i in pending for p, t in _link(i, problem_id, person, when).items()
+        },
     )
 
 
@@ -404,7 +409,7 @@ def suggest_problems(
     """
     policy = load_fault_policy(project)
     when = moment(now)
-    incidents, _ = load_incidents(project)
+    incidents = load_incidents(project)
     if environment:
         incidents = [i for i in incidents if i.environment == environment]
     found = histories(project, incidents)
@@ -452,10 +457,10 @@ def problem_views(
         [(v.problem.id, v.problem.status, round(v.age_days)) for v in problem_views(find_project())]
     """
     when = moment(now)
-    records = [load_problem(project, problem_id)] if problem_id else load_problems(project)[0]
+    records = [load_problem(project, problem_id)] if problem_id else load_problems(project)
     current = {str(r.path.relative_to(project.root)): r.timeline for r in records}
     found = timeline_history(project, "problems/", current)
-    incidents = {i.id: i for i in load_incidents(project)[0]}
+    incidents = {i.id: i for i in load_incidents(project)}
     views = []
     for record in records:
         history = found.get(str(record.path.relative_to(project.root)))

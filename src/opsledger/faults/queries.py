@@ -14,7 +14,7 @@ from opsledger.faults.incidents import moment
 from opsledger.faults.ledger import FileHistory, Stamp, timeline_history
 from opsledger.faults.policy import load_fault_policy
 from opsledger.faults.sla import IncidentClocks, SlaState, incident_clocks
-from opsledger.faults.store import Incident, diagnostics_dir, load_incident, load_incidents
+from opsledger.faults.store import Incident, diagnostics_dir, load_incident, scan_incidents
 from opsledger.project import Project
 
 
@@ -87,7 +87,7 @@ def list_incidents(
     """
     when = moment(now)
     policy = load_fault_policy(project)
-    incidents, problems = load_incidents(project)
+    incidents, problems = scan_incidents(project)
     chosen = [
         i
         for i in incidents

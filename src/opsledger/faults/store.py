@@ -20,7 +20,7 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import MAX_BYTES, load_yaml
 
 INCIDENT_ID = re.compile(r"^INC-(\d{4,})$")
 PROBLEM_ID = re.compile(r"^PRB-(\d{4,})$")
@@ -246,8 +246,24 @@ def load_incident(project: Project, incident_id: str) -> Incident:
     return Incident(incident_id, path, data)
 
 
-def load_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
-    """Every incident that reads and validates, and the problems of those that do not."""
+def load_incidents(project: Project) -> list[Incident]:
+    """Every incident, or OpsledgerError (exit 2) naming each one that does not read.
+
+    Counts, clocks and suggestions built on a subset would be wrong without saying so (a
+    report undercounting, a breach not told), so whatever sums incidents reads them all or
+    refuses; `scan_incidents` is for the few callers that show what they could not read.
+    """
+    incidents, problems = scan_incidents(project)
+    if problems:
+        raise OpsledgerError(problems)
+    return incidents
+
+
+def scan_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
+    """Every incident that reads and validates, and the problems of those that do not.
+
+    The caller must show the problems (incident list, audit findings, detection).
+    """
     incidents, problems = [], []
     for incident_id in incident_ids(project):
         try:
@@ -257,14 +273,37 @@ def load_incidents(project: Project) -> tuple[list[Incident], list[Problem]]:
     return incidents, problems
 
 
-def write_incident(incident: Incident) -> Path:
-    """Validate and write; an invalid incident raises (exit 2) and nothing is written."""
+def incident_text(incident: Incident) -> str:
+    """The file text of a valid incident; an invalid or oversized one raises (exit 2).
+
+    Steps write through `ledger.record_step`, which writes and commits or restores, so a step
+    refused here or by git leaves the file as it was.
+    """
     found = incident_problems(incident.data, str(incident.path), incident.id)
     if found:
         raise OpsledgerError(found)
-    incident.path.parent.mkdir(parents=True, exist_ok=True)
-    incident.path.write_text(dump(incident.data, INCIDENT_ORDER))
-    return incident.path
+    return _bounded(dump(incident.data, INCIDENT_ORDER), incident.path, "incident")
+
+
+def _bounded(text: str, path: Path, what: str) -> str:
+    """Refuse a file the loader could not read back (MAX_BYTES): it would drop out of lists.
+
+    Each text field has a schema limit, but a timeline grows with every step; past the loader's
+    limit the file becomes unreadable and every list and report would have to skip it.
+    """
+    size = len(text.encode("utf-8"))
+    if size > MAX_BYTES:
+        raise OpsledgerError(
+            Problem(
+                f"the {what} would grow to {size} bytes, past the {MAX_BYTES}-byte limit "
+                "of a readable file",
+                str(path),
+                "timeline",
+                "keep the text short: attach long output with opsledger incident collect, "
+                "or record the rest in a problem",
+            )
+        )
+    return text
 
 
 def load_problem(project: Project, problem_id: str) -> ProblemRecord:
@@ -282,7 +321,16 @@ def load_problem(project: Project, problem_id: str) -> ProblemRecord:
     return ProblemRecord(problem_id, path, data)
 
 
-def load_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]:
+def load_problems(project: Project) -> list[ProblemRecord]:
+    """Every problem, or OpsledgerError (exit 2) naming each one that does not read."""
+    found, problems = scan_problems(project)
+    if problems:
+        raise OpsledgerError(problems)
+    return found
+
+
+def scan_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]:
+    """Every problem that reads and validates, and the problems of those that do not."""
     found, problems = [], []
     for problem_id in problem_ids(project):
         try:
@@ -292,10 +340,9 @@ def load_problems(project: Project) -> tuple[list[ProblemRecord], list[Problem]]
     return found, problems
 
 
-def write_problem(record: ProblemRecord) -> Path:
+def problem_text(record: ProblemRecord) -> str:
+    """The file text of a valid problem; an invalid or oversized one raises (exit 2)."""
     found = schema_problems(record.data, schema("problem"), str(record.path))
     if found:
         raise OpsledgerError(found)
-    record.path.parent.mkdir(parents=True, exist_ok=True)
-    record.path.write_text(dump(record.data, PROBLEM_ORDER))
-    return record.path
+    return _bounded(dump(record.data, PROBLEM_ORDER), record.path, "problem")
