@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.errors import Problem
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
+from opsledger.yamlio import load_json
 
 EVENTS = (
     "apply_succeeded",
@@ -381,22 +382,54 @@ def notice_of_record(record: Any, path: str) -> Notice | None:
 def notify_records(project: Project, paths: list[Path]) -> list[NotifyResult]:
     """Notify what committed inspection and drill records call for; never raises.
 
+    Records are read by the project's one JSON loader (inside the repository, not through a
+    symlink, bounded, no duplicate keys): a record is evidence, and what it tells the team
+    must be what git holds. A record that does not read sends nothing; its result carries the
+    problem (file, field, fix) and the journal keeps it.
+
     Example:
         notify_records(find_project(), [Path("records/inspections/20261201T050000Z.json")])
     """
-    from opsledger.records import Record
-
     results = []
     for path in paths:
-        try:
-            record = Record.from_dict(json.loads(Path(path).read_text()))
-            relative = Path(path).resolve().relative_to(project.root.resolve()).as_posix()
-        except (OSError, ValueError, TypeError):
+        record, relative, problem = _read_record(project, Path(path))
+        if record is None:
+            unread = Notice((), "", f"record {relative} not read", "", Severity.WARNING, relative)
+            result = NotifyResult(unread, [], [problem] if problem else [])
+            _journal(project, result)
+            results.append(result)
             continue
         notice = notice_of_record(record, relative)
         if notice is not None:
             results.append(notify(project, notice))
     return results
+
+
+def _read_record(project: Project, path: Path) -> tuple[Any, str, Problem | None]:
+    """(the record, its path in the repository, None) or (None, the path, why not)."""
+    from opsledger.records import record_from_data
+
+    absolute = path if path.is_absolute() else project.root / path
+    try:
+        relative = absolute.relative_to(project.root).as_posix()
+    except ValueError:
+        relative = str(path)
+    try:
+        record = record_from_data(load_json(absolute, what="record", root=project.root))
+    except OpsledgerError as err:
+        return None, relative, err.problems[0]
+    if record is None:
+        return (
+            None,
+            relative,
+            Problem(
+                "not a record (a field has the wrong type)",
+                relative,
+                "kind",
+                "restore the record from git",
+            ),
+        )
+    return record, relative, None
 
 
 @dataclass

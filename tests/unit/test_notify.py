@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from opsledger.gitrepo import commit_paths
 from opsledger.notify import load_notify_policy, notify_records
@@ -39,55 +35,6 @@ routes:
     environments: [production]
     channels: [mail]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def webhook():
-    """An HTTP server on 127.0.0.1 keeping what is POSTed to it; /broken answers 500."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.path.startswith("/broken"):
-                self.send_response(500)
-                self.end_headers()
-                return
-            received.append({"path": self.path, **json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], received
-    server.shutdown()
-
-
-@pytest.fixture
-def smtp_sink():
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 keeping every message."""
-    messages: list[str] = []
-
-    class Sink:
-        async def handle_DATA(self, server, session, envelope):
-            messages.append(envelope.content.decode())
-            return "250 OK"
-
-    port = _free_port()
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, messages
-    controller.stop()
 
 
 @pytest.fixture
@@ -220,3 +167,60 @@ def test_a_symlinked_notifications_policy_is_refused_not_followed(local_repo, tm
     assert policy.channels == {} and [p.message for p in problems] == ["is a symlink"]
     check = _cli(project, "policy", "check")
     assert check.returncode == 2 and "is a symlink" in check.stderr, check.stderr
+
+
+def _critical_record(path, text=None):
+    """An inspection record with one critical finding on lab-db1 (text: written as given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        text
+        or json.dumps(
+            {
+                "kind": "inspection",
+                "environment": "lab",
+                "result": "failed",
+                "started_at": "2026-12-01T05:00:00+00:00",
+                "finished_at": "2026-12-01T05:01:00+00:00",
+                "findings": [
+                    {"host": "lab-db1", "check": "disk", "severity": "critical", "message": "97%"}
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_a_record_that_does_not_read_as_evidence_is_not_told_and_says_why(
+    notified, webhook, tmp_path
+):
+    """Records go through the project's one JSON loader: a duplicate key (which json.loads
+    would settle silently, last one wins), a symlink to a file git never recorded, or a file
+    past the size bound tells nobody anything; each says file, field and fix, one line."""
+    project, _ = notified
+    _, received = webhook
+    folder = project.root / "records" / "inspections"
+    good = _critical_record(folder / "20261201T050000Z-daily-lab.json")
+    twice = good.read_text().replace('"result": "failed"', '"result": "success", "result": "x"')
+    duplicate = _critical_record(folder / "20261201T060000Z-daily-lab.json", twice)
+    linked = folder / "20261201T070000Z-daily-lab.json"
+    linked.symlink_to(_critical_record(tmp_path / "elsewhere.json"))
+    huge = _critical_record(folder / "20261201T080000Z-daily-lab.json", " " * (1024 * 1024 + 1))
+    results = notify_records(project, [duplicate, linked, huge])
+    assert received == [] and [r.deliveries for r in results] == [[], [], []]
+    lines = [line for r in results for line in r.lines()]
+    rel = "records/inspections/20261201T0"
+    assert len(lines) == 3 and all(line.count("\n") == 0 for line in lines)
+    assert f"{rel}60000Z-daily-lab.json" in lines[0] and "duplicate key 'result'" in lines[0]
+    assert lines[1].endswith(
+        f"{rel}70000Z-daily-lab.json: path: is a symlink — replace the symlink by the real "
+        "file: git must record what is approved and run"
+    )
+    assert "larger than" in lines[2] and "size" in lines[2]
+    journal = (project.state_dir / "notifications.jsonl").read_text().splitlines()
+    assert [json.loads(e)["subject"] for e in journal][-3:] == [
+        f"{rel}60000Z-daily-lab.json",
+        f"{rel}70000Z-daily-lab.json",
+        f"{rel}80000Z-daily-lab.json",
+    ]
+    (told,) = notify_records(project, [good])  # the same finding, read as evidence, is told
+    assert [d.status for d in told.deliveries] == ["sent"] and len(received) == 1
