@@ -309,8 +309,15 @@ def run_notice(
     result: str,
     failure: str,
     record: str,
+    hosts: list[str] | tuple[str, ...] = (),
+    rollback: str = "",
 ) -> Notice:
-    """The notice of a change run's result."""
+    """The notice of a change run's result, naming the hosts it ran on.
+
+    `targets` is the pattern the change asked for (a group); the hosts are what it matched,
+    which is what the person reading a rollback notice needs to look at. `rollback` says how
+    the rollback ended (a rollback_failed leaves the hosts in an unknown state).
+    """
     events: tuple[str, ...]
     if result == "success":
         events, severity = ("apply_succeeded",), Severity.SUCCESS
@@ -322,8 +329,12 @@ def run_notice(
         f"{change_id} ({title}): {result}",
         f"{runbook} on {environment}:{targets}",
     ]
+    if hosts:
+        body.append(f"hosts: {', '.join(hosts)}")
     if failure:
         body.append(failure[:1000])
+    if rollback:
+        body.append(rollback[:1000])
     body.append(f"record: {record}")
     return Notice(
         events,

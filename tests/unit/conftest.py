@@ -241,7 +241,7 @@ def local_repo(tmp_path):
         change, _ = request_change(
             project,
             title=kw.pop("title", "Local steps on the controller"),
-            runbook="local-steps",
+            runbook=kw.pop("runbook", "local-steps"),
             requested_by="alice",
             reason="Exercise apply on real processes",
             change_type=change_type,
