@@ -8,8 +8,9 @@ variable (`url_env`: a CI secret), never from git.
 
 Events: `apply_succeeded`, `apply_failed` (failed, canceled, interrupted), `rollback`
 (rolled_back, rollback_failed), `apply_denied` (an apply refused by policy while its change
-window is open), `critical_finding` (an inspection), `drill_failed`, `sla_breach` (an incident
-clock passing its target).
+window is open), `critical_finding` (an inspection), `drill_failed` (a drill, by itself or run as
+a change), `sla_breach` (an incident clock passing its target), `sla_near_breach` (one reaching
+sla.yml's near-breach share of it).
 
 A failed delivery never fails the operation: each delivery's outcome (sent, failed with the
 error, skipped when the channel's variable is unset) comes back as data — apply writes it into
@@ -25,12 +26,16 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
 from opsledger.yamlio import load_json
+
+if TYPE_CHECKING:
+    from opsledger.faults.clock import Clock
+    from opsledger.faults.store import Incident
 
 EVENTS = (
     "apply_succeeded",
@@ -40,6 +45,7 @@ EVENTS = (
     "critical_finding",
     "drill_failed",
     "sla_breach",
+    "sla_near_breach",
 )
 # Apprise URL schemes each kind accepts, so a Slack channel cannot silently post elsewhere.
 SCHEMES = {
@@ -445,10 +451,32 @@ def _read_record(project: Project, path: Path) -> tuple[Any, str, Problem | None
 
 @dataclass
 class BreachReport:
-    """SLA clocks that passed their target within the period, and what telling them did."""
+    """Incident clocks past their target or near it within the period, and what telling did."""
 
     breaches: list[tuple[str, str, dt.datetime]]  # (incident, clock, due)
     results: list[NotifyResult]
+    near: list[tuple[str, str, dt.datetime]] = field(default_factory=list)  # (.., .., due)
+    near_results: list[NotifyResult] = field(default_factory=list)
+
+
+def _clock_notice(incident: Incident, clock: Clock, event: str) -> Notice:
+    """The notice of one incident clock: breached (`sla_breach`) or near it (`sla_near_breach`)."""
+    due = clock.due.isoformat(timespec="minutes") if clock.due else "-"
+    title = incident.data.get("title", "")
+    if event == "sla_breach":
+        headline, said, severity = f"breached its {clock.name} SLA", "was due", Severity.FAILURE
+    else:
+        headline = f"nears its {clock.name} SLA (due {due})"
+        said, severity = "is due", Severity.WARNING
+    return Notice(
+        (event,),
+        incident.environment,
+        f"[{incident.environment}] {incident.id} ({incident.priority}) {headline}",
+        f"{incident.id}: {title}\n{clock.name} {said} at {due} "
+        f"(target {clock.target}); status {incident.status}",
+        severity,
+        incident.id,
+    )
 
 
 def notify_breaches(
@@ -458,11 +486,17 @@ def notify_breaches(
     within: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> BreachReport:
-    """Notify every incident clock whose target passed in the last `within` (`sla_breach`).
+    """Notify incident clocks that passed their target, or came near it, in the last `within`.
+
+    `sla_breach`: the target passed; `sla_near_breach`: the clock reached sla.yml's
+    near_breach_percent of its target.
 
     Stateless and idempotent per period: run it every `within` (the scheduled pipelines run it
-    every 15 minutes with --within 15m) and each breach is told once, at the run after its
-    deadline. A clock met before its deadline is no breach.
+    every 15 minutes with --within 15m) and each deadline is told once, at the run after it —
+    the breach after the clock's due time, the near breach after the instant it used the
+    near-breach share, while the clock is still in the near_breach state (a clock met, paused
+    or already breached by then is not warned of). A clock met before its deadline is no
+    breach.
 
     Example:
         notify_breaches(find_project(), environment="production", within=timedelta(minutes=15))
@@ -471,26 +505,23 @@ def notify_breaches(
 
     when = now or dt.datetime.now(dt.UTC)
     listing = list_incidents(project, environment=environment, now=when)
-    breaches: list[tuple[str, str, dt.datetime]] = []
-    results = []
+    report = BreachReport([], [])
     for incident, clocks in listing.items:
         for clock in (clocks.response, clocks.resolution):
             if clock is None or clock.due is None:
                 continue
             passed = clock.stopped is None or clock.stopped > clock.due
             if passed and when - within < clock.due <= when:
-                breaches.append((incident.id, clock.name, clock.due))
-                title = incident.data.get("title", "")
-                notice = Notice(
-                    ("sla_breach",),
-                    incident.environment,
-                    f"[{incident.environment}] {incident.id} ({incident.priority}) breached its "
-                    f"{clock.name} SLA",
-                    f"{incident.id}: {title}\n{clock.name} was due at "
-                    f"{clock.due.isoformat(timespec='minutes')} "
-                    f"(target {clock.target}); status {incident.status}",
-                    Severity.FAILURE,
-                    incident.id,
+                report.breaches.append((incident.id, clock.name, clock.due))
+                report.results.append(notify(project, _clock_notice(incident, clock, "sla_breach")))
+            near = clock.near_due
+            if (
+                near is not None
+                and clock.state(clocks.near) == "near_breach"
+                and when - within < near <= when
+            ):
+                report.near.append((incident.id, clock.name, clock.due))
+                report.near_results.append(
+                    notify(project, _clock_notice(incident, clock, "sla_near_breach"))
                 )
-                results.append(notify(project, notice))
-    return BreachReport(breaches, results)
+    return report
