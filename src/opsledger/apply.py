@@ -43,7 +43,7 @@ from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import JobLog, log_path_of
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
-from opsledger.notify import denied_notice, notify, run_notice
+from opsledger.notify import denied_notice, notify, notify_records, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
 from opsledger.policy import require_policies
 from opsledger.procs import RUN_MARKER
@@ -89,6 +89,25 @@ class RollbackOutcome:
             "verification": _verification(self.verification),
             "maintenance": maintenance_of(self.run.data) if self.run else {},
         }
+
+    def summary(self) -> str:
+        """One line for the run's notice: the rollback run, how it ended, its first failure."""
+        status = self.run.status if self.run else "not run"
+        failures = [
+            f"{host}: {run.failures[0]}"
+            for host, run in sorted((self.run.hosts if self.run else {}).items())
+            if run.failures
+        ]
+        if self.verification is not None and not self.verification.ok:
+            failures += [
+                f"verification failed: {o.test}[{o.host}]" for o in self.verification.failures[:1]
+            ]
+        ended = "succeeded" if self.ok else "FAILED"
+        return (
+            f"rollback {self.runbook}: {ended} (run {status}"
+            + "".join(f"; {f}" for f in failures[:2])
+            + ")"
+        )
 
 
 @dataclass
@@ -754,6 +773,8 @@ def _locked_run(
                 outcome.result,
                 outcome.failure,
                 final.relative_to(project.root).as_posix(),
+                hosts=run.decision.hosts,
+                rollback=outcome.back.summary() if outcome.back else "",
             ),
         )
         for line in told.lines():
@@ -808,6 +829,10 @@ def _locked_run(
                     run.origin.publish()
                 except OpsledgerError as err:  # ci apply publishes again, and fails loudly
                     _phase(events, "record", f"not yet on the origin: {err}")
+            if drill_path:  # a failed drill run as a change is told like `opsledger drill`'s
+                for drill_told in notify_records(project, [drill_path]):
+                    for line in drill_told.lines():
+                        _phase(events, "notify", line)
         shutil.rmtree(journal, ignore_errors=True)
     finally:
         guard.done()

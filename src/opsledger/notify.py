@@ -8,8 +8,9 @@ variable (`url_env`: a CI secret), never from git.
 
 Events: `apply_succeeded`, `apply_failed` (failed, canceled, interrupted), `rollback`
 (rolled_back, rollback_failed), `apply_denied` (an apply refused by policy while its change
-window is open), `critical_finding` (an inspection), `drill_failed`, `sla_breach` (an incident
-clock passing its target).
+window is open), `critical_finding` (an inspection), `drill_failed` (a drill, by itself or run as
+a change), `sla_breach` (an incident clock passing its target), `sla_near_breach` (one reaching
+sla.yml's near-breach share of it).
 
 A failed delivery never fails the operation: each delivery's outcome (sent, failed with the
 error, skipped when the channel's variable is unset) comes back as data — apply writes it into
@@ -25,11 +26,16 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsledger.errors import Problem
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
+from opsledger.yamlio import load_json
+
+if TYPE_CHECKING:
+    from opsledger.faults.clock import Clock
+    from opsledger.faults.store import Incident
 
 EVENTS = (
     "apply_succeeded",
@@ -39,6 +45,7 @@ EVENTS = (
     "critical_finding",
     "drill_failed",
     "sla_breach",
+    "sla_near_breach",
 )
 # Apprise URL schemes each kind accepts, so a Slack channel cannot silently post elsewhere.
 SCHEMES = {
@@ -308,8 +315,15 @@ def run_notice(
     result: str,
     failure: str,
     record: str,
+    hosts: list[str] | tuple[str, ...] = (),
+    rollback: str = "",
 ) -> Notice:
-    """The notice of a change run's result."""
+    """The notice of a change run's result, naming the hosts it ran on.
+
+    `targets` is the pattern the change asked for (a group); the hosts are what it matched,
+    which is what the person reading a rollback notice needs to look at. `rollback` says how
+    the rollback ended (a rollback_failed leaves the hosts in an unknown state).
+    """
     events: tuple[str, ...]
     if result == "success":
         events, severity = ("apply_succeeded",), Severity.SUCCESS
@@ -321,8 +335,12 @@ def run_notice(
         f"{change_id} ({title}): {result}",
         f"{runbook} on {environment}:{targets}",
     ]
+    if hosts:
+        body.append(f"hosts: {', '.join(hosts)}")
     if failure:
         body.append(failure[:1000])
+    if rollback:
+        body.append(rollback[:1000])
     body.append(f"record: {record}")
     return Notice(
         events,
@@ -381,17 +399,22 @@ def notice_of_record(record: Any, path: str) -> Notice | None:
 def notify_records(project: Project, paths: list[Path]) -> list[NotifyResult]:
     """Notify what committed inspection and drill records call for; never raises.
 
+    Records are read by the project's one JSON loader (inside the repository, not through a
+    symlink, bounded, no duplicate keys): a record is evidence, and what it tells the team
+    must be what git holds. A record that does not read sends nothing; its result carries the
+    problem (file, field, fix) and the journal keeps it.
+
     Example:
         notify_records(find_project(), [Path("records/inspections/20261201T050000Z.json")])
     """
-    from opsledger.records import Record
-
     results = []
     for path in paths:
-        try:
-            record = Record.from_dict(json.loads(Path(path).read_text()))
-            relative = Path(path).resolve().relative_to(project.root.resolve()).as_posix()
-        except (OSError, ValueError, TypeError):
+        record, relative, problem = _read_record(project, Path(path))
+        if record is None:
+            unread = Notice((), "", f"record {relative} not read", "", Severity.WARNING, relative)
+            result = NotifyResult(unread, [], [problem] if problem else [])
+            _journal(project, result)
+            results.append(result)
             continue
         notice = notice_of_record(record, relative)
         if notice is not None:
@@ -399,12 +422,61 @@ def notify_records(project: Project, paths: list[Path]) -> list[NotifyResult]:
     return results
 
 
+def _read_record(project: Project, path: Path) -> tuple[Any, str, Problem | None]:
+    """(the record, its path in the repository, None) or (None, the path, why not)."""
+    from opsledger.records import record_from_data
+
+    absolute = path if path.is_absolute() else project.root / path
+    try:
+        relative = absolute.relative_to(project.root).as_posix()
+    except ValueError:
+        relative = str(path)
+    try:
+        record = record_from_data(load_json(absolute, what="record", root=project.root))
+    except OpsledgerError as err:
+        return None, relative, err.problems[0]
+    if record is None:
+        return (
+            None,
+            relative,
+            Problem(
+                "not a record (a field has the wrong type)",
+                relative,
+                "kind",
+                "restore the record from git",
+            ),
+        )
+    return record, relative, None
+
+
 @dataclass
 class BreachReport:
-    """SLA clocks that passed their target within the period, and what telling them did."""
+    """Incident clocks past their target or near it within the period, and what telling did."""
 
     breaches: list[tuple[str, str, dt.datetime]]  # (incident, clock, due)
     results: list[NotifyResult]
+    near: list[tuple[str, str, dt.datetime]] = field(default_factory=list)  # (.., .., due)
+    near_results: list[NotifyResult] = field(default_factory=list)
+
+
+def _clock_notice(incident: Incident, clock: Clock, event: str) -> Notice:
+    """The notice of one incident clock: breached (`sla_breach`) or near it (`sla_near_breach`)."""
+    due = clock.due.isoformat(timespec="minutes") if clock.due else "-"
+    title = incident.data.get("title", "")
+    if event == "sla_breach":
+        headline, said, severity = f"breached its {clock.name} SLA", "was due", Severity.FAILURE
+    else:
+        headline = f"nears its {clock.name} SLA (due {due})"
+        said, severity = "is due", Severity.WARNING
+    return Notice(
+        (event,),
+        incident.environment,
+        f"[{incident.environment}] {incident.id} ({incident.priority}) {headline}",
+        f"{incident.id}: {title}\n{clock.name} {said} at {due} "
+        f"(target {clock.target}); status {incident.status}",
+        severity,
+        incident.id,
+    )
 
 
 def notify_breaches(
@@ -414,11 +486,17 @@ def notify_breaches(
     within: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> BreachReport:
-    """Notify every incident clock whose target passed in the last `within` (`sla_breach`).
+    """Notify incident clocks that passed their target, or came near it, in the last `within`.
+
+    `sla_breach`: the target passed; `sla_near_breach`: the clock reached sla.yml's
+    near_breach_percent of its target.
 
     Stateless and idempotent per period: run it every `within` (the scheduled pipelines run it
-    every 15 minutes with --within 15m) and each breach is told once, at the run after its
-    deadline. A clock met before its deadline is no breach.
+    every 15 minutes with --within 15m) and each deadline is told once, at the run after it —
+    the breach after the clock's due time, the near breach after the instant it used the
+    near-breach share, while the clock is still in the near_breach state (a clock met, paused
+    or already breached by then is not warned of). A clock met before its deadline is no
+    breach.
 
     Example:
         notify_breaches(find_project(), environment="production", within=timedelta(minutes=15))
@@ -427,26 +505,23 @@ def notify_breaches(
 
     when = now or dt.datetime.now(dt.UTC)
     listing = list_incidents(project, environment=environment, now=when)
-    breaches: list[tuple[str, str, dt.datetime]] = []
-    results = []
+    report = BreachReport([], [])
     for incident, clocks in listing.items:
         for clock in (clocks.response, clocks.resolution):
             if clock is None or clock.due is None:
                 continue
             passed = clock.stopped is None or clock.stopped > clock.due
             if passed and when - within < clock.due <= when:
-                breaches.append((incident.id, clock.name, clock.due))
-                title = incident.data.get("title", "")
-                notice = Notice(
-                    ("sla_breach",),
-                    incident.environment,
-                    f"[{incident.environment}] {incident.id} ({incident.priority}) breached its "
-                    f"{clock.name} SLA",
-                    f"{incident.id}: {title}\n{clock.name} was due at "
-                    f"{clock.due.isoformat(timespec='minutes')} "
-                    f"(target {clock.target}); status {incident.status}",
-                    Severity.FAILURE,
-                    incident.id,
+                report.breaches.append((incident.id, clock.name, clock.due))
+                report.results.append(notify(project, _clock_notice(incident, clock, "sla_breach")))
+            near = clock.near_due
+            if (
+                near is not None
+                and clock.state(clocks.near) == "near_breach"
+                and when - within < near <= when
+            ):
+                report.near.append((incident.id, clock.name, clock.due))
+                report.near_results.append(
+                    notify(project, _clock_notice(incident, clock, "sla_near_breach"))
                 )
-                results.append(notify(project, notice))
-    return BreachReport(breaches, results)
+    return report

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, settings
 
 from opsledger.gitrepo import commit_paths, git
@@ -236,7 +241,7 @@ def local_repo(tmp_path):
         change, _ = request_change(
             project,
             title=kw.pop("title", "Local steps on the controller"),
-            runbook="local-steps",
+            runbook=kw.pop("runbook", "local-steps"),
             requested_by="alice",
             reason="Exercise apply on real processes",
             change_type=change_type,
@@ -337,3 +342,55 @@ ALICE_ENV = {
     "GIT_COMMITTER_NAME": "Alice Arnold",
     "GIT_COMMITTER_EMAIL": "alice@example.org",
 }
+
+
+# --- real notification receivers on 127.0.0.1 (notify.py sends to them through Apprise) --------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def webhook():
+    """An HTTP server on 127.0.0.1 keeping what is POSTed to it; /broken answers 500."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.startswith("/broken"):
+                self.send_response(500)
+                self.end_headers()
+                return
+            received.append({"path": self.path, **json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], received
+    server.shutdown()
+
+
+@pytest.fixture
+def smtp_sink():
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 keeping every message."""
+    messages: list[str] = []
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            messages.append(envelope.content.decode())
+            return "250 OK"
+
+    port = _free_port()
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, messages
+    controller.stop()

@@ -1,4 +1,4 @@
-"""`opsledger notify ...`: try the channels, tell SLA breaches (policies/notifications.yml)."""
+"""`opsledger notify ...`: try the channels, tell SLA (near) breaches (notifications.yml)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,10 @@ def test_(environment: str, event: str) -> None:
 @click.option("--env", "environment", help="Only incidents of this environment.")
 @click.option("--within", default="15m", show_default=True, help="How far back: run this often.")
 def breaches(environment: str | None, within: str) -> None:
-    """Tell the channels of every incident SLA clock that passed its target within the period.
+    """Tell the channels of incident SLA clocks that passed, or came near, their target.
+
+    Within the period: a clock past its target (sla_breach), or past the near-breach share of
+    it (sla.yml near_breach_percent: sla_near_breach).
 
     Run it on a schedule as often as --within (a failed delivery is reported, never exit 1:
     the breach itself is in `opsledger incident list --breaching` and `audit check`).
@@ -89,9 +92,16 @@ def breaches(environment: str | None, within: str) -> None:
     from opsledger.notify import notify_breaches
 
     report = notify_breaches(find_project(), environment=environment, within=_period(within))
-    for (incident, clock, due), result in zip(report.breaches, report.results, strict=True):
-        click.echo(f"{incident}: {clock} SLA breached at {due.isoformat(timespec='minutes')}")
+    told = [
+        *((b, r, "breached at") for b, r in zip(report.breaches, report.results, strict=True)),
+        *(
+            (b, r, "near breach, due")
+            for b, r in zip(report.near, report.near_results, strict=True)
+        ),
+    ]
+    for (incident, clock, due), result, what in told:
+        click.echo(f"{incident}: {clock} SLA {what} {due.isoformat(timespec='minutes')}")
         for line in result.lines():
             click.echo(f"  {line}", err=True)
-    if not report.breaches:
-        click.echo(f"no SLA breach in the last {within}")
+    if not told:
+        click.echo(f"no SLA breach or near breach in the last {within}")

@@ -147,6 +147,9 @@ class Clock:
     stopped: dt.datetime | None  # when it was met (acknowledged / resolved), or None
     used: dt.timedelta  # counted time so far (until stopped, or now)
     paused: bool
+    # when it reaches the near-breach share of its target (None: paused first, or not asked):
+    # the one instant a near-breach warning belongs to, so a scheduled run tells it once
+    near_due: dt.datetime | None = None
 
     @property
     def share(self) -> float:
@@ -177,10 +180,18 @@ def measure(
     now: dt.datetime,
     calendar: Calendar | None,
     pauses: list[Interval],
+    near: float | None = None,
 ) -> Clock:
-    """A clock's state at `now` (or at the moment it stopped)."""
+    """A clock's state at `now` (or at the moment it stopped).
+
+    `near` (a share of the target, sla.yml's near_breach_percent) also gives the instant the
+    clock reaches it, counted like the deadline (business hours, pauses).
+    """
     until = stopped if stopped is not None else now
     open_pause = any(end is None for _, end in pauses)
+    near_due = None
+    if near is not None:
+        near_due = deadline(started, near * target, calendar=calendar, pauses=pauses)
     return Clock(
         name,
         target,
@@ -189,4 +200,5 @@ def measure(
         _utc(stopped) if stopped else None,
         elapsed(started, until, calendar=calendar, pauses=pauses),
         open_pause and stopped is None,
+        near_due,
     )

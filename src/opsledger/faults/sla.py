@@ -137,6 +137,7 @@ def incident_clocks(
         now=now,
         calendar=calendar,
         pauses=[],
+        near=policy.near_breach,
     )
     result.resolution = measure(
         "resolution",
@@ -146,6 +147,7 @@ def incident_clocks(
         now=now,
         calendar=calendar,
         pauses=stopped_by,
+        near=policy.near_breach,
     )
     states = [SlaState(c.state(policy.near_breach)) for c in (result.response, result.resolution)]
     result.state = max(states, key=_WORST.index)

@@ -13,6 +13,7 @@ from opsledger.cli import cli
 from opsledger.faults.detect import record_detection
 from opsledger.faults.incidents import acknowledge, open_incident
 from opsledger.faults.kpis import incident_kpis
+from opsledger.faults.problems import open_problem
 from opsledger.records import Record
 from opsledger.report import kpis, render
 from opsledger.views.service_report import render_service
@@ -141,3 +142,49 @@ def test_the_service_report_renders_its_charts_in_chromium(handled, tmp_path):
     )  # fmt: skip
     colors = _png_colors(shot.read_bytes())
     assert (0xB3, 0x20, 0x2A) in colors and (0xE1, 0x57, 0x59) in colors  # P1 and P2 bars drawn
+
+
+@pytest.fixture
+def recurring(handled, clock):
+    """`handled` plus, three days after T0, PostgreSQL down on lab-db1 again: INC-0004, a repeat
+    of INC-0001's fingerprint; an hour later bob opens PRB-0001 behind both (its timeline dated
+    by the machine's clock, its age by the commit's git time)."""
+    project = handled
+    clock.set(T0 + dt.timedelta(days=3))
+    down = [("lab-db1", "postgres_up", "critical", "PostgreSQL does not answer")]
+    record_detection(project, [commit_record(project, inspection(clock.now, down), "again.json")])
+    clock.advance(hours=1)
+    open_problem(
+        project,
+        title="PostgreSQL on lab-db1 stops",
+        incidents=("INC-0001", "INC-0004"),
+        person="bob",
+    )
+    return project
+
+
+def test_repeat_incidents_and_open_problem_age_have_the_known_answers(recurring):
+    now = T0 + dt.timedelta(days=5, hours=13)  # the problem was opened 2.5 days before
+    lab = incident_kpis(recurring, start=START, end=END, environment="lab", now=now)
+    assert lab.opened == 3 and lab.repeats == 1  # INC-0004; INC-0002 is another fingerprint
+    assert [r["incident"] for r in lab.rows if r["problem"]] == ["INC-0001", "INC-0004"]
+    assert lab.open_problems == [
+        {
+            "problem": "PRB-0001",
+            "title": "PostgreSQL on lab-db1 stops",
+            "status": "open",
+            "incidents": 2,
+            "age_days": 2.5,
+            "workaround": None,
+            "runbook": None,
+            "fix_change": None,
+        }
+    ]
+    week = incident_kpis(recurring, start=START, end=END, now=T0 + dt.timedelta(days=10, hours=1))
+    assert week.repeats == 1 and [p["age_days"] for p in week.open_problems] == [7.0]
+    production = incident_kpis(recurring, start=START, end=END, environment="production", now=now)
+    assert production.repeats == 0 and production.open_problems == []  # lab's problem only
+    before = incident_kpis(  # a period before the repeat: INC-0001 is no repeat of itself
+        recurring, start=START, end=T0 + dt.timedelta(days=3), environment="lab", now=now
+    )
+    assert before.opened == 2 and before.repeats == 0
