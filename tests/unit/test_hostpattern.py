@@ -98,8 +98,10 @@ def test_the_runner_refuses_a_limit_before_ansible_starts(tmp_path):
     assert err.value.exit_code == 2
 
 
-def test_drift_refuses_a_file_limit(tmp_path):
-    project = copy_project(tmp_path / "p")
+def test_drift_refuses_a_file_limit(repo):
+    """drift reads and records against git history, so it runs in a repository (cli/history.py
+    refuses it elsewhere before looking at its arguments)."""
+    project, _, _ = repo
     result = run(project.root, ["drift", "--targets", "@/etc/hostname", "--no-record"])
     assert_refused(result, expect="'@/etc/hostname' is not a host or group name")
 
