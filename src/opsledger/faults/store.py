@@ -182,9 +182,27 @@ def _ordered(data: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+# Unicode line breaks YAML would fold or normalise when written raw (NEL, LINE and PARAGRAPH
+# SEPARATOR): PyYAML writes them unescaped in plain and single-quoted scalars when it may emit
+# Unicode, and a note "a\x85b" read back as "a b". Text holding one is double-quoted (escaped).
+_UNICODE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper whose strings read back exactly, whatever Unicode they hold."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = '"' if any(b in text for b in _UNICODE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump(data: dict[str, Any], order: tuple[str, ...]) -> str:
-    return "---\n" + yaml.safe_dump(
-        _ordered(data, order), sort_keys=False, width=100, allow_unicode=True
+    return "---\n" + yaml.dump(
+        _ordered(data, order), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True
     )
 
 
