@@ -79,6 +79,9 @@ FAIL_OPEN = [
         "people[1].id: 'bob\\n' does not match",
     ),
     ("sla.yml", lambda d: d.update(extra={}), "unknown field(s) extra"),
+    # a wrong shape under sla.yml once ended `policy check` in a TypeError (hypothesis found it)
+    ("sla.yml", lambda d: d.update(priorities=1), "priorities: must be a mapping"),
+    ("sla.yml", lambda d: d["priorities"].update(P1=3), "priorities.P1: must be a mapping"),
     (
         "locks.yml",
         lambda d: d["environments"]["lab"].update(backends=["machne"]),

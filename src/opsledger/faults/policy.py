@@ -166,10 +166,25 @@ def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
     path = project.root / "policies" / "sla.yml"
     file = str(path)
     data = load_yaml(path, what="SLA file")
+    if not isinstance(data, dict):
+        problems.append(Problem("must be a mapping", file, "(top level)", "see policy schema sla"))
+        return {"terms": {}, "calendar": None, "near_breach": 0.8}
     calendar = _calendar(data.get("business_hours"), file, problems)
     pauses = data.get("pauses") or {}
     pausable = pauses.get("priorities") or [] if isinstance(pauses, dict) else []
+    if not isinstance(pausable, list):
+        pausable = []  # the schema check names it; clocks pause nothing meanwhile
     priorities = data.get("priorities") or {}
+    if not isinstance(priorities, dict):
+        problems.append(
+            Problem(
+                f"must be a mapping of priority names, got {type(priorities).__name__}",
+                file,
+                "priorities",
+                "write priorities: {P1: {response_minutes: 15, resolution_hours: 4}, ...}",
+            )
+        )
+        priorities = {}
     for name in pausable:
         if name not in priorities:
             problems.append(
@@ -183,6 +198,16 @@ def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
     terms = {}
     for name, entry in priorities.items():
         entry = entry or {}
+        if not isinstance(entry, dict):
+            problems.append(
+                Problem(
+                    f"must be a mapping, got {type(entry).__name__}",
+                    file,
+                    f"priorities.{name}",
+                    "write response_minutes, resolution_hours and hours under it",
+                )
+            )
+            continue
         hours = entry.get("hours", "24x7")
         if hours not in ("24x7", "business"):
             problems.append(
