@@ -457,6 +457,9 @@ class BreachReport:
     results: list[NotifyResult]
     near: list[tuple[str, str, dt.datetime]] = field(default_factory=list)  # (.., .., due)
     near_results: list[NotifyResult] = field(default_factory=list)
+    # Incidents whose file does not read: their clocks cannot be judged, so they are named
+    # (and the command exits 2) rather than silently counted as "no breach".
+    unreadable: list[Problem] = field(default_factory=list)
 
 
 def _clock_notice(incident: Incident, clock: Clock, event: str) -> Notice:
@@ -505,7 +508,7 @@ def notify_breaches(
 
     when = now or dt.datetime.now(dt.UTC)
     listing = list_incidents(project, environment=environment, now=when)
-    report = BreachReport([], [])
+    report = BreachReport([], [], unreadable=list(listing.problems))
     for incident, clocks in listing.items:
         for clock in (clocks.response, clocks.resolution):
             if clock is None or clock.due is None:

@@ -103,5 +103,7 @@ def breaches(environment: str | None, within: str) -> None:
         click.echo(f"{incident}: {clock} SLA {what} {due.isoformat(timespec='minutes')}")
         for line in result.lines():
             click.echo(f"  {line}", err=True)
-    if not told:
+    if not told and not report.unreadable:
         click.echo(f"no SLA breach or near breach in the last {within}")
+    if report.unreadable:  # the readable ones were told; these could not be judged
+        raise OpsledgerError(report.unreadable)

@@ -179,6 +179,10 @@ def test_lists_and_reports_never_skip_an_unreadable_incident(fault_repo):
     assert len(lines) == 1 and "larger than" in lines[0]
     assert "INC-0001" in listed.stdout  # the readable ones are still shown
     assert_refused(run("incident", "list", "--breaching"), expect="INC-0002/incident.yml")
+    # the breach notices: the readable incidents are judged, the unreadable one named, exit 2
+    assert_refused(
+        run("notify", "breaches", "--within", "15m"), expect="INC-0002/incident.yml", progress=True
+    )
     for args in (
         ["report", "--format", "json", "--period", "2026-11"],
         ["problem", "suggest"],
