@@ -83,7 +83,8 @@ def breaches(environment: str | None, within: str) -> None:
     it (sla.yml near_breach_percent: sla_near_breach).
 
     Run it on a schedule as often as --within (a failed delivery is reported, never exit 1:
-    the breach itself is in `opsledger incident list --breaching` and `audit check`).
+    the breach itself is in `opsledger incident list --breaching` and `audit check`). An
+    incident file that does not read is named and the command exits 2 after telling the others.
 
     \b
     Example:
