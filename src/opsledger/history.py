@@ -18,8 +18,9 @@ from opsledger.approval_rules import approval_rule
 from opsledger.approvals import ApprovalState, Judged, not_counted, standing
 from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
-from opsledger.content import change_content
+from opsledger.content import Content, change_content
 from opsledger.gitrepo import git, require_history
+from opsledger.policy import Policies, Rule
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
 from opsledger.records import Record, RunFile, read_runs
@@ -182,6 +183,29 @@ class ChangeHistory:
         return "\n".join(out) + "\n"
 
 
+def judge_approvals(
+    project: Project, change: Change, policies: Policies, revs: list[str]
+) -> tuple[Content, Judged, Rule]:
+    """The change's content now, every statement on it judged against it, and the rule to meet.
+
+    One judgement for `change show` and the next-step hints, so neither can say a different
+    thing from what decide will.
+    """
+    runbook = load_runbook(project, change.runbook)
+    hosts = validate_change(project, change.id).hosts
+    content = change_content(project, change, runbook, hosts)
+    judged = standing(
+        project,
+        change_id=change.id,
+        requester=change.requested_by,
+        content=content,
+        policies=policies,
+        signatures_required=change.environment in policies.signature_environments,
+        revs=revs,
+    )
+    return content, judged, approval_rule(project, change.id, policies).rule
+
+
 def change_history(project: Project, change_id: str) -> ChangeHistory:
     """Everything the repository knows about one change.
 
@@ -192,21 +216,9 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
     require_history(project.root, "change show")
     change = load_change(project, change_id)
     done = reconcile_runs(project)
-    runbook = load_runbook(project, change.runbook)
-    hosts = validate_change(project, change_id).hosts
     base = resolve_base(project)
     policies = base.policies
-    content = change_content(project, change, runbook, hosts)
-    judged = standing(
-        project,
-        change_id=change_id,
-        requester=change.requested_by,
-        content=content,
-        policies=policies,
-        signatures_required=change.environment in policies.signature_environments,
-        revs=["HEAD", base.sha],
-    )
-    rule = approval_rule(project, change_id, policies).rule
+    content, judged, rule = judge_approvals(project, change, policies, ["HEAD", base.sha])
     uncounted = {}
     for state in judged.states:
         if state.decision == "approved":

@@ -10,16 +10,13 @@ from __future__ import annotations
 import datetime as dt
 
 from opsledger.approval_rules import approval_rule, missing
-from opsledger.approvals import standing
 from opsledger.base import resolve_base
 from opsledger.changes import load_change
-from opsledger.content import change_content
 from opsledger.decide import Decision
 from opsledger.errors import OpsledgerError
 from opsledger.policy import Policies, load_policies
 from opsledger.policy_changes import is_policy_change
 from opsledger.project import Project
-from opsledger.runbooks import load_runbook
 from opsledger.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
 
 
@@ -34,27 +31,14 @@ def policies_for(project: Project) -> Policies:
 def _counted(project: Project, change_id: str, policies: Policies) -> list[str]:
     """Who counts toward the change's approvals now (the same judgement as decide)."""
     from opsledger.approvals import not_counted
+    from opsledger.history import judge_approvals
 
     change = load_change(project, change_id)
-    runbook = load_runbook(project, change.runbook)
-    from opsledger.changes import validate_change
-
-    hosts = validate_change(project, change_id).hosts
-    content = change_content(project, change, runbook, hosts)
     try:
         revs = ["HEAD", resolve_base(project).sha]
     except OpsledgerError:
         revs = ["HEAD"]
-    judged = standing(
-        project,
-        change_id=change_id,
-        requester=change.requested_by,
-        content=content,
-        policies=policies,
-        signatures_required=change.environment in policies.signature_environments,
-        revs=revs,
-    )
-    rule = approval_rule(project, change_id, policies).rule
+    _, judged, rule = judge_approvals(project, change, policies, revs)
     return [p for p in judged.approvers if not not_counted(p, change.requested_by, rule, policies)]
 
 
