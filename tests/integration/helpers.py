@@ -17,12 +17,14 @@ from opsledger.signoff import request_change as request
 BIN = Path(sys.executable).parent
 
 
-def ansible(project: Project, *args: str, env: str = "lab") -> subprocess.CompletedProcess:
+def ansible(
+    project: Project, *args: str, env: str = "lab", extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`ansible -i inventories/<env> ...` from the project root with its ansible.cfg."""
     return subprocess.run(
         [str(BIN / "ansible"), "-i", f"inventories/{env}", *args],
         cwd=project.root,
-        env=project.ansible_env(),
+        env={**project.ansible_env(), **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=300,

@@ -141,7 +141,8 @@ def test_facts_gather_on_every_host(lab):
 
 def test_down_leaves_nothing_behind_and_up_restores(lab, tmp_path):
     spec = load_spec(lab)
-    ansible(lab, "all", "-m", "ansible.builtin.ping")  # leaves ControlPersist masters behind
+    # Plain SSH (not Mitogen) leaves ControlPersist masters behind: `down` must close them
+    ansible(lab, "all", "-m", "ansible.builtin.ping", extra_env={"ANSIBLE_STRATEGY": "linear"})
     assert any(control_master_alive(h.port, h.user) for h in spec.hosts)
 
     result = lab_down(lab)

@@ -182,3 +182,29 @@ def test_hardware_module_flags_breached_thresholds(tmp_path):
     assert checks[("HW-MEM-01", "memory size")]["status"] == "critical"
     assert checks[("HW-CPU-01", "CPU count")]["status"] == "critical"
     assert record["health"]["status"] == "critical"
+
+
+MITOGEN_UNSAFE = ("ansible.builtin.script", "script")
+
+
+def test_no_task_uses_a_module_mitogen_cannot_run():
+    """Plays run under Mitogen (ansible.cfg strategy = mitogen_linear).
+
+    `script` with a templated command failed there ("cannot unpickle _AnsibleTaggedStr"), so a
+    task copies its file and runs it with `command`, which works under Mitogen and plain SSH.
+    """
+    files = [
+        *(REPO_ROOT / "roles").glob("*/tasks/*.yml"),
+        *(REPO_ROOT / "roles").glob("*/handlers/*.yml"),
+        *(REPO_ROOT / "runbooks").glob("*/*.yml"),
+        *(REPO_ROOT / "playbooks").glob("*.yml"),
+        REPO_ROOT / "site.yml",
+    ]
+    walked, unsafe = 0, []
+    for path in (p for p in files if p.is_file()):
+        for task in _tasks(yaml.safe_load(path.read_text()) or []):
+            walked += 1
+            if any(module in task for module in MITOGEN_UNSAFE):
+                unsafe.append(f"{path.relative_to(REPO_ROOT)}: {task.get('name')}")
+    assert walked >= 100
+    assert unsafe == []
