@@ -9,9 +9,11 @@ How hosts reach it: apt-cacher-ng listens on 127.0.0.1 and on one service addres
 loopback interface (`CACHE_ADDRESS`). A container's packets to that address leave through its
 network's gateway — this machine — and are delivered locally, so the lab's hosts and every
 Molecule scenario (each on a network of its own) reach the same cache, while the address is
-never on a physical interface and so never offered to the LAN. The base image asks for the
-cache before each apt run (`Proxy-Auto-Detect`) and goes straight to the mirror when it does not
-answer, logging that once per boot: a cache that is down slows hosts down, never stops them.
+never on a physical interface and so never offered to the LAN. The base image lists the
+cache as the first mirror for package files only (apt's mirror+file method, `type:deb`) and
+the Debian mirror after it: index files always come from the mirror, and when the cache does
+not answer apt takes the mirror for packages too, which the image logs once per boot: a cache
+that is down slows hosts down, never stops them.
 
 It is kept between runs (`lab down`) and removed with the base image (`lab down --purge`).
 """
@@ -41,27 +43,21 @@ DAEMON = "/usr/sbin/apt-cacher-ng"
 START_TIMEOUT = 10.0
 
 
-# Index files whose content changes under the same name (a suite's InRelease, and the plain
-# Packages/Sources/Translation/Contents files of a repository without by-hash). Extended regular
-# expression, as apt-cacher-ng reads it; by-hash files (named by their SHA256) never match.
-VOLATILE_INDEX_PATTERN = (
-    r"/dists/.*/((In)?Release(\.gpg)?|Index"
-    r"|(Packages|Sources|Translation-[^/]+|Contents-[^/]+|Components-[^/]+)(\.[a-z0-9]+)?)$"
-)
-
-
 def render_config(mirror: str, security_mirror: str) -> str:
     """Our additions to apt-cacher-ng's settings.
 
     Debian's package sends every Debian request to ftp.debian.org, which may not be reachable
     where this machine's own apt works; the cache fetches from this machine's mirrors instead.
 
-    Volatile index files are passed through, never stored: apt-cacher-ng 3.7.4 refreshes a
-    stored one by moving it aside to `<file>.<unix second>`, and when several hosts ask in the
-    same second the refreshes collide. Measured with 24 concurrent requests for InRelease,
-    5 rounds: 6 truncated `200` answers and 4 `503`s out of 120 when stored, none when passed
-    through; in CI the lab's first converge then hung in apt for 30 minutes. The large files
-    apt fetches next (by-hash indexes, .debs) never change under their name and stay cached.
+    Lab hosts ask the cache for package files only (see the module docstring): apt-cacher-ng
+    3.7.4 cannot serve index files that change under one name to many hosts at once. Stored, it
+    refreshes one by moving it aside to `<file>.<unix second>` and concurrent refreshes collide:
+    24 concurrent InRelease requests x 5 rounds gave 49 `503`s and 9 truncated answers out of
+    120 (a mirror without Last-Modified makes every request a refresh); in CI a lab host's apt
+    once hung a converge for 30 minutes. Passed through (`DontCacheRequested`), it repeats the
+    client's Host header and a strict mirror or proxy answers `400 Bad Request` — which stopped
+    the image build on a fresh machine. Only the image build (one debootstrap at a time) still
+    fetches index files through the cache.
     """
     return (
         "# Written by `opsledger lab up`: the lab's package cache listens on loopback and on the\n"
@@ -73,9 +69,6 @@ def render_config(mirror: str, security_mirror: str) -> str:
         "Remap-secdeb: security.debian.org security.debian.org/debian-security "
         "deb.debian.org/debian-security /debian-security ; "
         f"{security_mirror.rstrip('/')}/\n"
-        "# Volatile index files go straight through: concurrent refreshes of a stored one\n"
-        "# collide in the same second (truncated answers, 503s, a hung apt).\n"
-        f"DontCacheRequested: {VOLATILE_INDEX_PATTERN}\n"
     )
 
 

@@ -8,39 +8,51 @@ mirror="$1"
 security="$2"
 cache="$3"
 
+# apt reaches the mirror through a mirror list (apt-transport-mirror): package files (type:deb)
+# come from the lab's package cache first and from the mirror when the cache does not answer;
+# index files (InRelease, Packages, ...) always come straight from the mirror. Index files change
+# under the same name, and neither way of sending them through apt-cacher-ng 3.7.4 holds: stored,
+# concurrent refreshes collide (503s, truncated answers, a hung apt); passed through, it repeats
+# the client's Host header and a strict mirror or proxy answers 400.
+mkdir -p /etc/apt/mirrors
+printf '%s/debian/\tpriority:1 type:deb\n%s/\tpriority:2\n' "$cache" "$mirror" \
+  > /etc/apt/mirrors/debian.list
+printf '%s/debian-security/\tpriority:1 type:deb\n%s/\tpriority:2\n' "$cache" "$security" \
+  > /etc/apt/mirrors/debian-security.list
 cat > /etc/apt/sources.list <<SOURCES
-deb $mirror bookworm main
-deb $mirror bookworm-updates main
-deb $security bookworm-security main
+deb mirror+file:/etc/apt/mirrors/debian.list bookworm main
+deb mirror+file:/etc/apt/mirrors/debian.list bookworm-updates main
+deb mirror+file:/etc/apt/mirrors/debian-security.list bookworm-security main
 SOURCES
 
-# apt asks for the lab's package cache before each run and goes straight to the mirror when it
-# does not answer (said once per boot in the journal): a cache that is down never stops a host.
+# When the cache does not answer, apt takes the next mirror on its own; this watcher (apt runs
+# it before it first contacts a host) says so once per boot in the journal. It never names a
+# proxy (always DIRECT) and must never fail: apt stops when a proxy detector exits non-zero.
 cache_hostport=${cache#http://}
 mkdir -p /usr/local/lib/opsledger
 # apt runs the detector as its sandbox user (_apt): the once-per-boot marker lives in a folder
 # anyone may write, made at boot by systemd-tmpfiles.
 echo 'd /run/opsledger-apt 1777 root root -' > /usr/lib/tmpfiles.d/opsledger-apt.conf
-cat > /usr/local/lib/opsledger/apt-proxy <<DETECT
+cat > /usr/local/lib/opsledger/apt-cache-watch <<DETECT
 #!/bin/sh
-# Written into the lab image: print the package cache when it answers, else DIRECT.
-# It must never fail: apt stops when a proxy detector exits non-zero.
-if timeout 2 bash -c 'exec 3<>/dev/tcp/${cache_hostport%:*}/${cache_hostport#*:}' 2>/dev/null; then
-  echo "$cache"
-  exit 0
-fi
-marker=/run/opsledger-apt/direct
-if [ ! -e "\$marker" ] && touch "\$marker" 2>/dev/null; then
-  logger -t opsledger-apt "package cache $cache does not answer: using the Debian mirror directly" 2>/dev/null || true
-fi
+# Written into the lab image. \$1 is the URI apt is about to fetch.
+case "\$1" in
+  $cache/*)
+    if ! timeout 2 bash -c 'exec 3<>/dev/tcp/${cache_hostport%:*}/${cache_hostport#*:}' 2>/dev/null; then
+      marker=/run/opsledger-apt/direct
+      if [ ! -e "\$marker" ] && touch "\$marker" 2>/dev/null; then
+        logger -t opsledger-apt "package cache $cache does not answer: using the Debian mirror directly" 2>/dev/null || true
+      fi
+    fi ;;
+esac
 echo DIRECT
 exit 0
 DETECT
-chmod 0755 /usr/local/lib/opsledger/apt-proxy
+chmod 0755 /usr/local/lib/opsledger/apt-cache-watch
 # Network waits are bounded: a dead mirror or resolver fails an apt run instead of hanging it.
 cat > /etc/apt/apt.conf.d/01opsledger-lab <<'APTCONF'
 // Written into the lab image by opsledger (lab/files/image-setup.sh).
-Acquire::http::Proxy-Auto-Detect "/usr/local/lib/opsledger/apt-proxy";
+Acquire::http::Proxy-Auto-Detect "/usr/local/lib/opsledger/apt-cache-watch";
 Acquire::http::Timeout "30";
 Acquire::https::Timeout "30";
 Acquire::Retries "2";
