@@ -9,6 +9,9 @@ Measured side by side in one run on the lab (it must be up and converged: `scrip
     is timed on its own.
 (b) the same raw converge with the repo's tuned ansible.cfg against Ansible's stock settings
     (only what correctness needs is kept: inventory, vault id, force_handlers). Target >= 2x.
+(c) what Mitogen alone buys: the tuned ansible.cfg (strategy mitogen_linear) against the same
+    file with ANSIBLE_STRATEGY=linear. Each run proves which strategy it ran: ansible-core
+    warns about a third-party strategy plugin under Mitogen and only there.
 
 Lanes alternate within each round and every timed run starts without SSH control masters
 (as a fresh CI runner would), so drift in the machine's load hits both lanes alike. Each lane
@@ -106,7 +109,12 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
     return project, change.id
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+# ansible-core's warning when a play runs a strategy plugin from outside ansible.builtin.
+THIRD_PARTY_STRATEGY = "Use of strategy plugins not included in ansible.builtin"
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str], mitogen: bool | None = None) -> float:
+    """Seconds one successful run took; `mitogen` (when given) must match the strategy it ran."""
     close_masters(Path(env["ANSIBLE_SSH_CONTROL_PATH_DIR"]))
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
@@ -117,6 +125,8 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
             + proc.stdout[-2000:]
             + proc.stderr[-2000:]
         )
+    if mitogen is not None and (THIRD_PARTY_STRATEGY in proc.stdout + proc.stderr) != mitogen:
+        sys.exit(f"benchmark: expected mitogen={mitogen} but the run says otherwise")
     return elapsed
 
 
@@ -125,7 +135,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--targets", default="all")
     parser.add_argument("--tags", default="", help="comma-separated role tags (default: all roles)")
-    parser.add_argument("--skip-stock", action="store_true", help="only measure (a)")
+    parser.add_argument("--skip-stock", action="store_true", help="skip (b)")
+    parser.add_argument("--skip-mitogen", action="store_true", help="skip (c)")
     args = parser.parse_args()
     if not lab_status(Project(ROOT)).healthy:
         sys.exit("benchmark: the lab is not up and healthy — run scripts/demo first")
@@ -147,6 +158,7 @@ def main() -> None:
             )
         )
         stock_env = lane_env({**base, "ANSIBLE_CONFIG": str(stock_cfg)}, lanes_dir / "stock")
+        linear_env = lane_env({**base, "ANSIBLE_STRATEGY": "linear"}, lanes_dir / "linear")
         playbook = [
             str(BIN / "ansible-playbook"),
             "runbooks/converge/playbook.yml",
@@ -169,6 +181,7 @@ def main() -> None:
 
         lanes: dict[str, list[float]] = {"ansible-playbook": [], "opsledger apply": []}
         stock: dict[str, list[float]] = {"tuned ansible.cfg": [], "stock settings": []}
+        strategy: dict[str, list[float]] = {"mitogen_linear": [], "linear": []}
         for n in range(args.rounds):
             order = [("ansible-playbook", playbook, env), ("opsledger apply", apply, apply_env)]
             for name, argv, lane in order if n % 2 == 0 else order[::-1]:
@@ -177,6 +190,10 @@ def main() -> None:
                 pair = [("tuned ansible.cfg", env), ("stock settings", stock_env)]
                 for name, lane in pair if n % 2 == 0 else pair[::-1]:
                     stock[name].append(timed(playbook, project.root, lane))
+            if not args.skip_mitogen:
+                pair = [("mitogen_linear", env, True), ("linear", linear_env, False)]
+                for name, lane, mitogen in pair if n % 2 == 0 else pair[::-1]:
+                    strategy[name].append(timed(playbook, project.root, lane, mitogen))
             print(f"round {n + 1}/{args.rounds} done", flush=True)
         verify_s = timed(
             [str(BIN / "opsledger"), "verify", "--env", "lab", "--targets", args.targets],
@@ -204,6 +221,14 @@ def main() -> None:
             )
         ratio_b = smed["stock settings"] / smed["tuned ansible.cfg"]
         print(f"    speed-up stock / tuned = {ratio_b:.2f}x  (target >= 2x)")
+    if not args.skip_mitogen:
+        gmed = {k: statistics.median(v) for k, v in strategy.items()}
+        print(f"(c) Mitogen vs linear strategy, same ansible.cfg, median of {args.rounds}:")
+        for name, values in strategy.items():
+            print(
+                f"    {name:20} {gmed[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}"
+            )
+        print(f"    speed-up linear / mitogen = {gmed['linear'] / gmed['mitogen_linear']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -87,44 +87,38 @@ def test_cli_ssh_runs_a_command(lab):
     assert (proc.returncode, proc.stdout.strip()) == (0, "active")
 
 
-def test_the_package_cache_answers_concurrent_index_refreshes_whole(lab):
-    """Many hosts asking for a suite's InRelease in the same second all get all of it.
+def test_hosts_take_index_files_from_the_mirror_and_packages_from_the_cache(lab):
+    """Every host refreshing its indexes at once (as a converge does) and fetching a package.
 
-    apt-cacher-ng used to store these and collide on refresh (truncated 200s, 503s; a lab
-    host's apt then hung a converge for 30 minutes). 24 requests at a barrier, 5 rounds,
-    `Cache-Control: max-age=0` as apt sends for index files.
+    apt-cacher-ng 3.7.4 cannot serve index files that change under one name to many hosts at
+    once: stored, concurrent refreshes collide (503s, truncated answers; a lab host's apt once
+    hung a converge for 30 minutes); passed through, it repeats the client's Host header and a
+    strict mirror answers 400 (the image build failed on a fresh machine). Hosts list the cache
+    as a mirror for package files only: no index request reaches it, every .deb goes through it.
     """
-    import threading
-    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
 
     from opsledger.lab import cache
 
     assert cache.answers(), "lab up starts the package cache"
-    url = "http://deb.debian.org/debian/dists/bookworm/InRelease"
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{cache.CACHE_PORT}"})
-    )
-    results: list[tuple[int, int] | str] = []
-    for _ in range(5):
-        barrier = threading.Barrier(24)
-
-        def fetch(barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
-            request = urllib.request.Request(url, headers={"Cache-Control": "max-age=0"})
-            try:
-                with opener.open(request, timeout=60) as response:
-                    results.append((response.status, len(response.read())))
-            except Exception as exc:  # every failure is a finding here
-                results.append(f"{type(exc).__name__}: {exc}")
-
-        threads = [threading.Thread(target=fetch) for _ in range(24)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    whole = max(r[1] for r in results if isinstance(r, tuple))
-    assert whole > 10_000
-    assert [r for r in results if r != (200, whole)] == []
+    log = Path("/var/log/apt-cacher-ng/apt-cacher.log")
+    start = log.stat().st_size if log.exists() else 0
+    hosts = [h.name for h in load_spec(lab).hosts]
+    command = "sudo apt-get update -q && cd /tmp && apt-get download -q hello && rm -f hello_*.deb"
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        results = list(pool.map(lambda name: run_on_host(lab, name, command), hosts))
+    failed = {
+        h: r.stdout[-800:] + r.stderr[-800:]
+        for h, r in zip(hosts, results, strict=True)
+        if r.returncode
+    }
+    assert failed == {}
+    with log.open() as lines:
+        lines.seek(start)
+        served = [line.split("|")[-1].strip() for line in lines if "|O|" in line]
+    assert [path for path in served if "/dists/" in path] == []
+    assert len([path for path in served if "/hello_" in path]) >= len(hosts)
 
 
 def test_facts_gather_on_every_host(lab):

@@ -106,9 +106,9 @@ def test_a_network_without_dns_is_recreated_and_hosts_resolve_and_install(other)
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Hello, world!" in proc.stdout
-    assert run_on_host(other, "nt-app2", "/usr/local/lib/opsledger/apt-proxy").stdout.strip() == (
-        cache.CACHE_URL if cache.answers() else "DIRECT"
-    )
+    # the cache is a mirror for packages (mirror+file), never a proxy: the watcher says DIRECT
+    watch = f"/usr/local/lib/opsledger/apt-cache-watch {cache.CACHE_URL}/debian/pool/x.deb"
+    assert run_on_host(other, "nt-app2", watch).stdout.strip() == "DIRECT"
 
 
 def test_a_network_that_is_not_ours_and_has_no_dns_is_refused(other):
