@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -104,19 +103,37 @@ def test_cache_config_listens_on_loopback_only_and_uses_this_machines_mirrors():
     assert "Remap-secdeb: " in config and "; http://sec.example/ds/\n" in config
 
 
-def test_the_cache_passes_nothing_through():
+def test_the_cache_passes_nothing_through(tmp_path):
     """apt-cacher-ng's pass-through repeats the client's Host header: a strict mirror answers 400.
 
     Index files stay off the cache instead: lab hosts list it as a mirror for packages only.
     """
     config = cache.render_config("http://mirror.example/debian", "http://sec.example/ds/")
     assert "DontCache" not in config
-    setup = (REPO_ROOT / "src/opsledger/lab/files/image-setup.sh").read_text()
-    lists = re.findall(r"^printf '%s/(debian(?:-security)?)/\\t(.*)\\n%s/\\t(.*)\\n'", setup, re.M)
-    assert lists == [
-        ("debian", "priority:1 type:deb", "priority:2"),
-        ("debian-security", "priority:1 type:deb", "priority:2"),
-    ]
+    setup = REPO_ROOT / "src/opsledger/lab/files/image-setup.sh"
+    # the script's mirror-list loop, run on its own into a scratch folder
+    text = setup.read_text()
+    loop = text[text.index("for list in") : text.index("done\n", text.index("for list in")) + 5]
+    loop = loop.replace("/etc/apt/mirrors", str(tmp_path))
+    subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"mirror=http://m.example/debian security=http://s.example/ds cache=http://c:1\n{loop}",
+        ],
+        check=True,
+    )
+    assert (tmp_path / "debian.list").read_text() == (
+        "http://m.example/debian/\tpriority:1 type:index\n"
+        "http://c:1/debian/\tpriority:2 type:deb\n"
+        "http://m.example/debian/\tpriority:3 type:deb\n"
+    )
+    assert (
+        (tmp_path / "debian-security.list")
+        .read_text()
+        .startswith("http://s.example/ds/\tpriority:1 type:index\nhttp://c:1/debian-security/\t")
+    )
+    setup = text
     assert "mirror+file:/etc/apt/mirrors/debian.list bookworm main" in setup
 
 

@@ -14,11 +14,16 @@ cache="$3"
 # under the same name, and neither way of sending them through apt-cacher-ng 3.7.4 holds: stored,
 # concurrent refreshes collide (503s, truncated answers, a hung apt); passed through, it repeats
 # the client's Host header and a strict mirror or proxy answers 400.
+# A mirror tagged type:deb alone was still asked for a suite's InRelease (measured: apt-get update
+# with Debug::Acquire::http), so the mirror comes first for index files, then the cache, then the
+# mirror again for packages when the cache does not answer.
 mkdir -p /etc/apt/mirrors
-printf '%s/debian/\tpriority:1 type:deb\n%s/\tpriority:2\n' "$cache" "$mirror" \
-  > /etc/apt/mirrors/debian.list
-printf '%s/debian-security/\tpriority:1 type:deb\n%s/\tpriority:2\n' "$cache" "$security" \
-  > /etc/apt/mirrors/debian-security.list
+for list in "debian $mirror" "debian-security $security"; do
+  name=${list%% *}
+  upstream=${list#* }
+  printf '%s/\tpriority:1 type:index\n%s/%s/\tpriority:2 type:deb\n%s/\tpriority:3 type:deb\n' \
+    "$upstream" "$cache" "$name" "$upstream" > "/etc/apt/mirrors/$name.list"
+done
 cat > /etc/apt/sources.list <<SOURCES
 deb mirror+file:/etc/apt/mirrors/debian.list bookworm main
 deb mirror+file:/etc/apt/mirrors/debian.list bookworm-updates main
