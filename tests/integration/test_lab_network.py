@@ -227,8 +227,13 @@ def test_hosts_fall_back_to_the_mirror_when_the_cache_is_down_and_say_so_once(ot
     cache._stop_daemon()
     try:
         assert not cache.answers()
-        for _ in range(2):
-            proc = run_on_host(other, "nt-app1", "sudo apt-get update -q")
+        for _ in range(2):  # index files never touch the cache; packages fall back to the mirror
+            proc = run_on_host(
+                other,
+                "nt-app1",
+                "sudo apt-get update -q && cd /tmp && apt-get download -q hello && ls hello_*.deb"
+                " && rm hello_*.deb",
+            )
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         said = run_on_host(
             other, "nt-app1", "sudo journalctl -t opsledger-apt --no-pager -o cat"
