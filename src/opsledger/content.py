@@ -247,12 +247,12 @@ def _symlink_problem(link: str, why: str) -> OpsledgerError:
     )
 
 
-def _holds_bookkeeping(folder: str) -> bool:
-    """True for a folder that is or contains bookkeeping (the root, `changes/`, `records/`)."""
-    if folder == ".":
+def _holds_bookkeeping(folder: str, change_id: str) -> bool:
+    """True for a folder that is, lies in or contains bookkeeping (`.`, `changes/`, `records/`)."""
+    if folder == "." or not is_content(folder + "/", change_id):
         return True
-    prefix = folder + "/"
-    return any(root.startswith(prefix) for root in (*BOOKKEEPING_ROOTS, "changes/"))
+    own = [f"changes/{change_id}/{name}" for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES]
+    return any(root.startswith(folder + "/") for root in (*BOOKKEEPING_ROOTS, "changes/", *own))
 
 
 def _ignored_inside(project: Project, folder: str) -> str:
@@ -289,7 +289,7 @@ def _refuse_symlinks(project: Project, links: list[str], change_id: str) -> None
             raise _symlink_problem(link, f"points at {absent}, which does not exist")
         target = real.relative_to(real_root).as_posix()
         folder = real.is_dir()
-        if (folder and _holds_bookkeeping(target)) or (
+        if (folder and _holds_bookkeeping(target, change_id)) or (
             not folder and not is_content(target, change_id)
         ):
             raise _symlink_problem(link, f"points at {target}, which is bookkeeping, not content")
