@@ -24,12 +24,12 @@ What is not content — bookkeeping, which must be writable without voiding appr
 - `records/` (inspections, drift, drills), `incidents/`, `problems/`: operational records;
 - `.opsledger/` (machine-local state) and whatever git ignores (never tracked).
 
-The one rule for a working tree that differs from git: the content is the tree `git commit -a`
-would record now — tracked files as they are on disk (a modified file is hashed by
-`git hash-object`, so with git's filters; a deleted one is absent), untracked files left out —
-plus the change's own `change.yml` while it is still untracked (`change new` writes it for the
-requester to commit with the request statement). So plan, decide and approve read a dirty
-tree, and an edit shows at once; apply refuses to run unless git holds exactly that content
+The one rule for a working tree that differs from git: the content is the tree `git commit -a` would
+record now — tracked files as they are on disk (a modified file is hashed by `git hash-object`, so
+with git's filters; a deleted one is absent), untracked files left out — plus the change's own
+`change.yml` while it is still untracked (`change new` writes it for the requester to commit with
+the request statement; outside a repository it is all there is). So plan, decide and approve read a
+dirty tree, and an edit shows at once; apply refuses to run unless git holds exactly that content
 (`require_committed`): nothing untracked, modified or staged may sit in the content area.
 
 Still refused (exit 2) because they are real risks: git tracking machine-local state that
@@ -119,17 +119,10 @@ def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _require_repository(project: Project) -> None:
+def _is_repository(project: Project) -> bool:
+    """True when the project is the top of a git work tree (its files can be tracked)."""
     top = git(project.root, "rev-parse", "--show-toplevel", check=False)
-    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != project.root.resolve():
-        raise OpsledgerError(
-            Problem(
-                "not the top of a git repository",
-                str(project.root),
-                "git",
-                "the content of a change is what git tracks: run it in a clone of the project",
-            )
-        )
+    return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project.root.resolve()
 
 
 def _index(project: Project) -> dict[str, str]:
@@ -176,20 +169,32 @@ def _worktree_changes(project: Project) -> tuple[list[str], list[str]]:
 
 def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
     """Each working-tree file's "mode blob", as `git add` would record it."""
-    links = [p for p in paths if (project.root / p).is_symlink()]
-    files = [p for p in paths if p not in links and (project.root / p).is_file()]
-    found = {p: f"{SYMLINK_MODE} {_blob_id(os.readlink(project.root / p).encode())}" for p in links}
-    if files:
+    root = project.root
+    links = [p for p in paths if (root / p).is_symlink()]
+    files = [p for p in paths if p not in links and (root / p).is_file()]
+    found = {p: f"{SYMLINK_MODE} {_blob_id(os.fsencode(os.readlink(root / p)))}" for p in links}
+    blobs = {p: _blob_id((root / p).read_bytes()) for p in files if "\n" in p}  # stdin can't
+    listed = [p for p in files if p not in blobs]
+    if listed:  # git's own hashing applies its filters (eol, clean), as `git add` would
         proc = subprocess.run(
-            ["git", "-C", str(project.root), "hash-object", "--stdin-paths"],
-            input="".join(f"{p}\n" for p in files),
+            ["git", "-C", str(root), "hash-object", "--stdin-paths"],
+            input="".join(f"{p}\n" for p in listed),
             capture_output=True,
             text=True,
-            check=True,
         )
-        for path, blob in zip(files, proc.stdout.split(), strict=True):
-            executable = (project.root / path).stat().st_mode & 0o100  # git's core.fileMode
-            found[path] = f"{'100755' if executable else '100644'} {blob}"
+        if proc.returncode != 0 or len(proc.stdout.split()) != len(listed):
+            raise OpsledgerError(
+                Problem(
+                    f"git hash-object failed: {proc.stderr.strip()[:200]}",
+                    listed[0],
+                    "git",
+                    "run `git hash-object` on the file yourself to see more",
+                )
+            )
+        blobs |= dict(zip(listed, proc.stdout.split(), strict=True))
+    for path, blob in blobs.items():
+        executable = (root / path).stat().st_mode & 0o100  # git's core.fileMode
+        found[path] = f"{'100755' if executable else '100644'} {blob}"
     return found
 
 
@@ -306,22 +311,27 @@ def _refuse_symlinks(project: Project, links: list[str], change_id: str) -> None
 
 
 def repository_content(project: Project, change_id: str) -> Content:
-    """The content bound by approvals of `change_id` (see the module docstring)."""
-    _require_repository(project)
-    index = _index(project)
+    """The content bound by approvals of `change_id` (see the module docstring).
+
+    Outside a git repository (or below its top) nothing is tracked: the content is the request
+    file alone. `change new` may run there; decide, approve and apply need history and refuse.
+    """
+    tracked = _is_repository(project)
+    index = _index(project) if tracked else {}
     _refuse_tracked_state(project, list(index))
-    modified, deleted = _worktree_changes(project)
+    modified, deleted = _worktree_changes(project) if tracked else ([], [])
     files = {p: d for p, d in index.items() if is_content(p, change_id)}
     for path in deleted:
         files.pop(path, None)
     request = f"changes/{change_id}/change.yml"
     pending = [p for p in modified if p in files]
-    if request not in index and (project.root / request).is_file():
-        pending.append(request)
     on_disk = _on_disk(project, pending)
     for path in pending:  # neither a file nor a symlink any more (a folder): not a blob
         files.pop(path, None)
     files |= on_disk
+    file = project.root / request
+    if request not in index and file.is_file() and not file.is_symlink():
+        files[request] = f"100644 {_blob_id(file.read_bytes())}"  # as `change new` wrote it
     links = [p for p, d in files.items() if d.startswith(SYMLINK_MODE + " ")]
     if links:
         _refuse_symlinks(project, links, change_id)
@@ -331,8 +341,8 @@ def repository_content(project: Project, change_id: str) -> Content:
 def change_content(project: Project, change: Change, runbook: Runbook, hosts: list[str]) -> Content:
     """The content an approval of `change` binds: the whole repository but bookkeeping.
 
-    Raises OpsledgerError (exit 2) outside a git repository, for tracked machine-local state
-    and for a symlink that leads out of the content. `runbook` and `hosts` do not narrow it:
+    Raises OpsledgerError (exit 2) for tracked machine-local state and for a symlink that
+    leads out of the content. `runbook` and `hosts` do not narrow it:
     any file of the repository can be reached at run time.
 
     Example:
