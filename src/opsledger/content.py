@@ -35,7 +35,9 @@ dirty tree, and an edit shows at once; apply refuses to run unless git holds exa
 Still refused (exit 2) because they are real risks: git tracking machine-local state that
 Ansible or ansible-runner loads (`.opsledger/`, the fact cache ansible.cfg names), and a tracked
 symlink that leads outside the repository, dangles, or points at what is not content (an
-ignored file, bookkeeping) — through it a run would load files no approval covers.
+ignored file, bookkeeping) — through it a run would load files no approval covers. A play that
+reads bookkeeping through a path computed at run time is caught by apply's read watch
+(readguard.py): the run fails.
 
 The hash is sha256 over the sorted `path NUL mode blob` lines, so the manifest also says *which*
 file changed when an approval is void. It is built from git's own blob ids: one `git ls-files`
