@@ -1,6 +1,7 @@
 """Applying a change: decide now, lock, run, verify, roll back on failure, record in git.
 
-The order is the safety argument. Earlier runs' evidence is settled first (reconcile.py). The
+The order is the safety argument. Earlier runs' evidence is settled first (reconcile.py), and
+nothing runs unless git holds the content exactly (content.require_committed). The
 decision is taken at apply time (approvals, windows and freezes are judged at the moment the
 run starts), so a plan approved yesterday cannot run in tonight's freeze; and taken again once
 the target hosts are locked (lock.py), because waiting for a lock may outlast the window. A
@@ -33,7 +34,7 @@ from typing import Any
 
 from opsledger import procs
 from opsledger.changes import Change, load_change
-from opsledger.content import change_content
+from opsledger.content import change_content, require_committed
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
@@ -590,14 +591,15 @@ def apply_change(
     write-ahead record (exit 4 when another controller's claim came first), the final record
     published before the locks are released.
 
-    Raises OpsledgerError with exit 3 when policy denies the change (before the locks or once
-    they are held: a `wait` may outlast the window), exit 4 when another run holds a target's
-    lock, and exit 2 when earlier evidence or the write-ahead record cannot be committed, or
-    when `now` (a chosen clock, for the lab only) is given for another environment; in all
-    these cases nothing has run. `base` names the protected branch decide trusts. Otherwise
-    the result says success, failed, rolled_back, rollback_failed or canceled, and `committed`
-    whether git has the record (when not, `commit_problem` names the file and the fix, and the
-    next command retries the commit). A run that read files outside the approved content, or
+    Raises OpsledgerError with exit 3 when policy denies the change (before the locks or once they
+    are held: a `wait` may outlast the window), exit 4 when another run holds a target's lock, and
+    exit 2 when earlier evidence or the write-ahead record cannot be committed, or when `now` (a
+    chosen clock, for the lab only) is given for another environment; in all these cases nothing has
+    run. It exits 2 too when the content is not committed (a tracked file modified or staged, or an
+    untracked one outside bookkeeping: content.py). `base` names the protected branch decide trusts.
+    Otherwise the result says success, failed, rolled_back, rollback_failed or canceled, and
+    `committed` whether git has the record (when not, `commit_problem` names the file and the fix,
+    and the next command retries the commit). A run that read files outside the approved content, or
     during which the content changed, is not a success.
 
     Example:
@@ -608,6 +610,7 @@ def apply_change(
     require_policies(project)  # fail closed before anything is touched, reconciling included
     clock_override(project, change_id, now)  # a chosen clock: the lab only
     reconciled = reconcile_first(project, events)
+    require_committed(project, change_id)  # what runs is what git holds, and approvals bind
     _phase(events, "decide", f"deciding {change_id}")
     decision = decide(project, change_id, now=now, base=base)
     if not decision.allowed:
@@ -639,6 +642,7 @@ def apply_change(
             origin.pull()
             reconcile_first(project, events)  # runs pulled in that died here
             refuse_running(project, change_id)
+        require_committed(project, change_id)  # nothing slipped in while we waited
         decision = decide(project, change_id, now=again_at, base=base)
         if not decision.allowed:
             raise _refuse_denied(

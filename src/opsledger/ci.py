@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from opsledger.apply import Events
 from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
-from opsledger.content import change_content
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git, require_history
@@ -34,6 +33,7 @@ from opsledger.policy_changes import is_policy_change, policy_content
 from opsledger.prcomment import plan_markdown
 from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project
+from opsledger.reach import reached_files
 
 
 @dataclass
@@ -228,9 +228,9 @@ def _pr_check(
             continue
         item.environment = result.change.environment
         try:
-            item.covers = set(
-                change_content(project, result.change, result.runbook, result.hosts).files
-            )
+            # what the change is seen to reach, not what its approvals bind (the whole
+            # repository): a PR's edit of a role no change runs is still shown as uncovered
+            item.covers = set(reached_files(project, result.change, result.runbook).files)
             item.decision = decide(project, change_id, now=now, base=base)
             if plan_environments is not None and item.environment not in plan_environments:
                 item.deferred = (

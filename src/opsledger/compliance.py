@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from opsledger.approvals import Found, allowed_signers, judge, quorum, standing, statements_in
 from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_change
-from opsledger.content import PLAYBOOK_DIRS, Content
+from opsledger.content import Content
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
@@ -55,12 +55,13 @@ from opsledger.gitrepo import blob_contents, require_history
 from opsledger.policy import Policies
 from opsledger.policy_changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
+from opsledger.reach import PLAYBOOK_DIRS
 from opsledger.records import STARTED_SUFFIX
 from opsledger.reviews import load_review
 from opsledger.waivers import load_waivers
 
 SEVERITIES = ("low", "medium", "high", "critical")
-# Paths whose edits change what Ansible runs (content.py: the root is site.yml's basedir, and
+# Paths whose edits change what Ansible runs (reach.py: the root is site.yml's basedir, and
 # ansible.cfg points at plugins/).
 DESIRED_STATE = (
     "inventories/",

@@ -1,32 +1,47 @@
-"""The content of a change: everything Ansible can load when the change runs, and its hash.
+"""The content of a change: every file git tracks in the repository but bookkeeping, and its hash.
 
-An approval signs this hash; editing any of these files after the approval voids it:
+An approval signs this hash; editing, adding or removing any content file afterwards voids it.
 
-- `changes/<ID>/change.yml`;
-- every file of the runbook's folder, the playbooks it imports (e.g. site.yml), and next to
-  each of those playbooks the folders Ansible looks in (`group_vars/`, `host_vars/`,
-  `library/`, `module_utils/`, `collections/`, `*_plugins/`, `templates/`, `files/`, ...);
-- the roles the runbook declares and every role they or the playbooks name (`roles:`,
-  `include_role`, `import_role`, meta `dependencies`), followed to the end; a role name that is
-  only known at run time (a template) brings in every role;
-- `ansible.cfg` and every folder it points Ansible at that lies in the repository
-  (`collections_path`, `library`, `module_utils`, `filter_plugins`, `lookup_plugins`,
-  `callback_plugins`, `vars_plugins`, ...), and its vault password files;
-- the environment's whole inventory folder: every group's and host's variables, including
-  groups that only exist at run time (`group_by`);
-- every file those name literally, wherever it lies in the repository: `vars_files`,
-  `include_vars`, `include_tasks`/`import_tasks`, a module's `src:` or script, and
-  `lookup`/`query` of files (`file`, `template`, `fileglob`, `first_found`, `ini`, `csvfile`,
-  `unvault`). A literal one outside the repository cannot be covered by an approval: exit 2.
+Why the whole repository: an earlier version hashed what static reading guessed Ansible would
+load (the runbook, its roles, the inventory, literally named files). A hostile review found
+some 25 ways to make Ansible load a file that guess missed — a role named by a computed
+string, a lookup of a templated path, a vars plugin, a group created by `group_by`, a symlinked
+folder, `include_*` with variables, a module on a collections path. Any file in the repository
+can be reached somehow, so every file is bound. The guess survives in reach.py, only to show
+reviewers what a change reaches.
 
-Files git ignores (machine-local state: fact caches, `__pycache__`) are not content: a change
-cannot carry them. A symlink inside the content is followed when it stays inside the
-repository — the link itself and everything it reaches are hashed — and refused (exit 2) when
-it leaves it. What static reading cannot see (a path computed at run time) is caught by apply,
-which records every file Ansible actually read (see readguard.py).
+What is content: every path git tracks (`git ls-files -s`), with its mode and git blob id — a
+symlink is bound as git stores it (mode 120000, its target as the blob). Including `policies/`
+(a policy edit merged to main voids pending approvals: the requester re-submits with
+`opsledger change submit`), the tool itself, tests, CI files and documentation.
 
-The hash is sha256 over the sorted (path, sha256 of bytes) list, so the manifest can also say
-*which* file changed when an approval is void.
+What is not content — bookkeeping, which must be writable without voiding approvals:
+
+- other changes' folders `changes/<OTHER-ID>/` (CHG and POL alike);
+- this change's own bookkeeping: `changes/<ID>/approvals/` (statements), `runs/` (run
+  records), `review.yml` (post-implementation review) and `withdrawn.yml`; its own
+  `changes/<ID>/change.yml` *is* content;
+- `records/` (inspections, drift, drills), `incidents/`, `problems/`: operational records;
+- `.opsledger/` (machine-local state) and whatever git ignores (never tracked).
+
+The one rule for a working tree that differs from git: the content is the tree `git commit -a` would
+record now — tracked files as they are on disk (a modified file is hashed by `git hash-object`, so
+with git's filters; a deleted one is absent), untracked files left out — plus the change's own
+`change.yml` while it is still untracked (`change new` writes it for the requester to commit with
+the request statement; outside a repository it is all there is). So plan, decide and approve read a
+dirty tree, and an edit shows at once; apply refuses to run unless git holds exactly that content
+(`require_committed`): nothing untracked, modified or staged may sit in the content area.
+
+Still refused (exit 2) because they are real risks: git tracking machine-local state that
+Ansible or ansible-runner loads (`.opsledger/`, the fact cache ansible.cfg names), and a tracked
+symlink that leads outside the repository, dangles, or points at what is not content (an
+ignored file, bookkeeping) — through it a run would load files no approval covers. A play that
+reads bookkeeping through a path computed at run time is caught by apply's read watch
+(readguard.py): the run fails.
+
+The hash is sha256 over the sorted `path NUL mode blob` lines, so the manifest also says *which*
+file changed when an approval is void. It is built from git's own blob ids: one `git ls-files`
+and one `git diff` per call; only files modified since the index are hashed again.
 """
 
 from __future__ import annotations
@@ -34,72 +49,30 @@ from __future__ import annotations
 import configparser
 import hashlib
 import os
-import re
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
-from opsledger.yamlio import parse_yaml
 
-_IMPORT = re.compile(r"import_playbook:\s*['\"]?([^'\"\s]+)")
-# [defaults] settings that name folders Ansible loads code or data from.
-CONFIG_PATHS = (
-    "roles_path",
-    "collections_path",
-    "collections_paths",
-    "library",
-    "module_utils",
-    "action_plugins",
-    "become_plugins",
-    "cache_plugins",
-    "callback_plugins",
-    "cliconf_plugins",
-    "connection_plugins",
-    "doc_fragment_plugins",
-    "filter_plugins",
-    "httpapi_plugins",
-    "inventory_plugins",
-    "lookup_plugins",
-    "netconf_plugins",
-    "strategy_plugins",
-    "terminal_plugins",
-    "test_plugins",
-    "vars_plugins",
-)
-# Folders Ansible searches next to a playbook (its "basedir").
-PLAYBOOK_DIRS = (
-    "group_vars",
-    "host_vars",
-    "library",
-    "module_utils",
-    "collections",
-    "templates",
-    "files",
-    "tasks",
-    "vars",
-    "handlers",
-    *(p for p in CONFIG_PATHS if p.endswith("_plugins")),
-)
-_ROLE_MODULES = {
-    f"{prefix}{verb}_role"
-    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
-    for verb in ("include", "import")
-}
+# Operational records and machine-local state: never content (see the module docstring).
+BOOKKEEPING_ROOTS = ("records/", "incidents/", "problems/", ".opsledger/")
+# A change's own bookkeeping under changes/<ID>/.
+OWN_BOOKKEEPING_DIRS = ("approvals/", "runs/")
+OWN_BOOKKEEPING_FILES = ("review.yml", "withdrawn.yml")
+SYMLINK_MODE = "120000"
+# Read-only git commands must not take the index lock: a concurrent git may hold it.
+_NO_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
 @dataclass(frozen=True)
 class Content:
     sha256: str
-    files: dict[str, str]  # project-relative path -> sha256 of its bytes (or of a link target)
+    files: dict[str, str]  # project-relative path -> "mode blob-id" (git's, see the docstring)
 
     def changed_since(self, other: dict[str, str]) -> list[str]:
         """Paths added, removed or edited compared with an earlier manifest."""
@@ -108,72 +81,24 @@ class Content:
 
 
 def manifest(files: dict[str, str]) -> Content:
-    """The content of a manifest: sha256 over the sorted (path, sha256) lines."""
+    """The content of a manifest: sha256 over the sorted (path, digest) lines."""
     digest = hashlib.sha256()
     for relative in sorted(files):
         digest.update(f"{relative}\0{files[relative]}\n".encode())
     return Content(digest.hexdigest(), dict(sorted(files.items())))
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Collector:
-    """Walks paths without trusting symlinks.
-
-    Each link is hashed as a link, then followed only when it stays inside the repository.
-    """
-
-    def __init__(self, project: Project) -> None:
-        self.lexical_root = Path(os.path.abspath(project.root))
-        self.real_root = Path(os.path.realpath(project.root))
-        self.files: dict[str, Path] = {}  # relative path -> real path to read
-        self.links: dict[str, str] = {}  # relative link path -> relative target
-        self.seen: set[Path] = set()
-
-    def _relative(self, path: Path) -> tuple[str, str]:
-        lexical = os.path.relpath(os.path.abspath(path), self.lexical_root)
-        real = os.path.relpath(os.path.realpath(path), self.real_root)
-        return Path(lexical).as_posix(), Path(real).as_posix()
-
-    def add(self, path: Path) -> None:
-        if not path.exists() and not path.is_symlink():
-            return
-        lexical, real = self._relative(path)
-        if lexical.startswith("../"):
-            return  # outside the project by its own path (e.g. ~/.ansible): machine config
-        if not Path(os.path.realpath(path)).exists():
-            raise OpsledgerError(
-                Problem(
-                    f"a symlink points at {real}, which does not exist",
-                    lexical,
-                    "symlink",
-                    "remove the symlink or create what it points at",
-                )
-            )
-        if real == ".." or real.startswith("../"):
-            raise OpsledgerError(
-                Problem(
-                    f"a symlink leads outside the repository (to {os.path.realpath(path)})",
-                    lexical,
-                    "symlink",
-                    "replace the symlink by the files themselves, or point it inside the "
-                    "repository",
-                )
-            )
-        if lexical != real:
-            self.links[lexical] = real
-            path = self.real_root / real
-        resolved = Path(os.path.realpath(path))
-        if resolved in self.seen:
-            return
-        self.seen.add(resolved)
-        if resolved.is_dir():
-            for child in sorted(path.iterdir()):
-                self.add(child)
-        elif resolved.is_file():
-            self.files[real] = resolved
+def is_content(path: str, change_id: str) -> bool:
+    """True when `path` (relative, as git names it) is bound by an approval of `change_id`."""
+    if path.startswith(BOOKKEEPING_ROOTS):
+        return False
+    parts = path.split("/", 2)
+    if parts[0] != "changes" or len(parts) < 3:
+        return True  # outside changes/, or a file right under it (changes/README.md)
+    if parts[1] != change_id:
+        return False  # another change's folder: its own bookkeeping
+    rest = parts[2]
+    return not (rest.startswith(OWN_BOOKKEEPING_DIRS) or rest in OWN_BOOKKEEPING_FILES)
 
 
 def ignored_paths(project: Project, paths: list[str]) -> set[str]:
@@ -191,20 +116,92 @@ def ignored_paths(project: Project, paths: list[str]) -> set[str]:
     return {p for p in proc.stdout.split("\0") if p}
 
 
-@dataclass(frozen=True)
-class _Config:
-    """What ansible.cfg points Ansible at.
-
-    Paths outside the repository are the machine's, not the change's: they are not hashed.
-    """
-
-    roles_paths: list[Path]
-    folders: list[Path]  # collections, modules, module_utils, plugins: hashed whole
-    secrets: list[Path]  # vault password files
-    fact_cache: Path | None = None  # jsonfile/yaml fact cache folder: machine-local state
+def _blob_id(data: bytes) -> str:
+    """git's object id of a blob (`git hash-object` without filters), in-process."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _config(project: Project) -> _Config:
+def _is_repository(project: Project) -> bool:
+    """True when the project is the top of a git work tree (its files can be tracked)."""
+    top = git(project.root, "rev-parse", "--show-toplevel", check=False)
+    return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project.root.resolve()
+
+
+def _index(project: Project) -> dict[str, str]:
+    """Every tracked path -> "mode blob" as the index has it; an unmerged path: exit 2."""
+    out = git(project.root, "ls-files", "-s", "-z", env=_NO_LOCKS).stdout
+    files: dict[str, str] = {}
+    for entry in out.split("\0"):
+        if not entry:
+            continue
+        info, _, path = entry.partition("\t")
+        mode, blob, stage = info.split()
+        if stage != "0":
+            raise OpsledgerError(
+                Problem(
+                    "git has an unresolved merge conflict here",
+                    path,
+                    "git",
+                    "resolve the conflict and commit (or `git merge --abort`)",
+                )
+            )
+        files[path] = f"{mode} {blob}"
+    return files
+
+
+def _worktree_changes(project: Project) -> tuple[list[str], list[str]]:
+    """Tracked paths whose working-tree file differs from the index: (modified, deleted)."""
+    out = git(
+        project.root,
+        "-c",
+        "core.quotepath=off",
+        "diff",
+        "--no-ext-diff",
+        "--no-renames",
+        "--ignore-submodules=all",
+        "--name-status",
+        "-z",
+        env=_NO_LOCKS,
+    ).stdout.split("\0")
+    modified, deleted = [], []
+    for status, path in zip(out[0::2], out[1::2], strict=False):
+        (deleted if status.startswith("D") else modified).append(path)
+    return modified, deleted
+
+
+def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
+    """Each working-tree file's "mode blob", as `git add` would record it."""
+    root = project.root
+    links = [p for p in paths if (root / p).is_symlink()]
+    files = [p for p in paths if p not in links and (root / p).is_file()]
+    found = {p: f"{SYMLINK_MODE} {_blob_id(os.fsencode(os.readlink(root / p)))}" for p in links}
+    blobs = {p: _blob_id((root / p).read_bytes()) for p in files if "\n" in p}  # stdin can't
+    listed = [p for p in files if p not in blobs]
+    if listed:  # git's own hashing applies its filters (eol, clean), as `git add` would
+        proc = subprocess.run(
+            ["git", "-C", str(root), "hash-object", "--stdin-paths"],
+            input="".join(f"{p}\n" for p in listed),
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0 or len(proc.stdout.split()) != len(listed):
+            raise OpsledgerError(
+                Problem(
+                    f"git hash-object failed: {proc.stderr.strip()[:200]}",
+                    listed[0],
+                    "git",
+                    "run `git hash-object` on the file yourself to see more",
+                )
+            )
+        blobs |= dict(zip(listed, proc.stdout.split(), strict=True))
+    for path, blob in blobs.items():
+        executable = (root / path).stat().st_mode & 0o100  # git's core.fileMode
+        found[path] = f"{'100755' if executable else '100644'} {blob}"
+    return found
+
+
+def _fact_cache(project: Project) -> Path | None:
+    """The jsonfile/yaml fact cache folder ansible.cfg names (machine-local state), if any."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(project.ansible_cfg)
@@ -212,25 +209,13 @@ def _config(project: Project) -> _Config:
         raise OpsledgerError(
             Problem(f"unreadable: {exc}", str(project.ansible_cfg), fix="fix its syntax")
         ) from None
-    base = project.ansible_cfg.parent
-
-    def paths(key: str) -> list[Path]:
-        value = parser.get("defaults", key, fallback="")
-        return [base / os.path.expanduser(e.strip()) for e in value.split(os.pathsep) if e.strip()]
-
-    secrets = []
-    listed = parser.get("defaults", "vault_identity_list", fallback="").split(",")
-    for entry in [*listed, parser.get("defaults", "vault_password_file", fallback="")]:
-        file = entry.strip().rpartition("@")[2]
-        if file and not file.startswith("prompt"):
-            secrets.append(base / os.path.expanduser(file))
-    folders = [p for key in CONFIG_PATHS if key != "roles_path" for p in paths(key)]
     cache = parser.get("defaults", "fact_caching_connection", fallback="").strip()
-    fact_cache = base / os.path.expanduser(cache) if cache and "://" not in cache else None
-    return _Config(paths("roles_path"), folders, secrets, fact_cache)
+    if not cache or "://" in cache:
+        return None
+    return project.ansible_cfg.parent / os.path.expanduser(cache)
 
 
-def _refuse_tracked_state(project: Project, config: _Config) -> None:
+def _refuse_tracked_state(project: Project, tracked: list[str]) -> None:
     """Machine-local state in git is invalid (exit 2): Ansible and ansible-runner read it.
 
     `.opsledger/` holds each run's ansible-runner folder (whose env/ files set variables,
@@ -239,14 +224,12 @@ def _refuse_tracked_state(project: Project, config: _Config) -> None:
     brings them to the machine that runs the change, outside any approved content.
     """
     folders = [project.state_dir]
-    if config.fact_cache is not None:
-        folders.append(config.fact_cache)
+    cache = _fact_cache(project)
+    if cache is not None:
+        folders.append(cache)
     inside = [os.path.relpath(os.path.abspath(f), os.path.abspath(project.root)) for f in folders]
-    inside = [p for p in inside if p != "." and not p.startswith("..")]
-    if not inside:
-        return
-    tracked = git(project.root, "ls-files", "-z", "--", *inside, check=False).stdout
-    files = [p for p in tracked.split("\0") if p]
+    prefixes = tuple(Path(p).as_posix() + "/" for p in inside if p != "." and ".." not in p)
+    files = [p for p in tracked if prefixes and p.startswith(prefixes)]
     if files:
         raise OpsledgerError(
             Problem(
@@ -259,343 +242,155 @@ def _refuse_tracked_state(project: Project, config: _Config) -> None:
         )
 
 
-_IMPORT_KEYS = {
-    f"{prefix}import_playbook" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
-}
-
-
-class _AnyTagLoader(yaml.SafeLoader):
-    """YAML as Ansible reads it (anchors, `!unsafe`, `!vault`): tags read as plain values."""
-
-
-_AnyTagLoader.add_multi_constructor(
-    "!",
-    lambda loader, _tag, node: (
-        loader.construct_scalar(node)
-        if isinstance(node, yaml.ScalarNode)
-        else loader.construct_sequence(node)
-        if isinstance(node, yaml.SequenceNode)
-        else loader.construct_mapping(node)
-    ),
-)
-
-
-def _import_targets(playbook: Path) -> list[str]:
-    """What a playbook imports, read the way Ansible reads it (any YAML scalar style).
-
-    A target only known at run time cannot be bound to an approval: exit 2.
-    """
-    text = playbook.read_text(errors="replace")  # not UTF-8: Ansible cannot load it either
-    targets = _IMPORT.findall(text)
-    try:
-        plays = yaml.load(text, Loader=_AnyTagLoader)  # a SafeLoader subclass
-    except yaml.YAMLError:
-        plays = None
-    for play in plays if isinstance(plays, list) else []:
-        if not isinstance(play, dict):
-            continue
-        for key, value in play.items():
-            if key not in _IMPORT_KEYS:
-                continue
-            if not isinstance(value, str) or "{{" in value or "{%" in value:
-                raise OpsledgerError(
-                    Problem(
-                        f"imports a playbook only known at run time ({str(value)[:60]!r})",
-                        str(playbook),
-                        "import_playbook",
-                        "name the imported playbook literally: an approval must cover it",
-                    )
-                )
-            targets.append(value.strip())
-    return targets
-
-
-def _imported_playbooks(playbook: Path, seen: set[Path]) -> list[Path]:
-    """Playbooks pulled in by import_playbook, followed recursively."""
-    found = []
-    for target in _import_targets(playbook):
-        path = (playbook.parent / target).resolve()
-        if path.is_file() and path not in seen:
-            seen.add(path)
-            found += [path, *_imported_playbooks(path, seen)]
-    return found
-
-
-def _role_name(value: Any) -> Any:
-    """The role a role entry or include/import_role names; free-form `name=x` included."""
-    if isinstance(value, dict):
-        return value.get("role", value.get("name"))
-    if isinstance(value, str) and "=" in value:
-        args = _parse_kv(value)
-        if args is None:  # unparseable: keep the text, it resolves to nothing
-            return value
-        return args.get("name", args.get("role", value))
-    return value
-
-
-def _parse_kv(value: str) -> dict[str, Any] | None:
-    """Ansible's own reading of free-form `k=v` arguments; None when it cannot read them."""
-    from ansible.parsing.splitter import parse_kv
-
-    try:
-        return parse_kv(value)
-    except Exception:  # unparseable: Ansible cannot load it either
-        return None
-
-
-def _names_in(data: Any) -> Iterator[str]:
-    """Role names a playbook, task file or role meta file refers to."""
-    if isinstance(data, list):
-        for item in data:
-            yield from _names_in(item)
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            if key in _ROLE_MODULES:
-                name = _role_name(value)
-                if name is not None:
-                    yield str(name)
-            elif key in ("roles", "dependencies") and isinstance(value, list):
-                for entry in value:
-                    name = _role_name(entry)
-                    if isinstance(name, str):
-                        yield name
-            yield from _names_in(value)
-
-
-def _yaml_files(folder: Path) -> list[Path]:
-    if folder.is_file():
-        return [folder]
-    return sorted(p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
-
-
-def _referenced(files: list[Path]) -> tuple[set[str], bool]:
-    """Role names the files name, and whether one of them is only known at run time."""
-    names: set[str] = set()
-    dynamic = False
-    for file in files:
-        try:
-            data = parse_yaml(file.read_text())
-        except (OpsledgerError, yaml.YAMLError, UnicodeDecodeError, OSError):
-            dynamic = True  # cannot read it: assume it may name any role
-            continue
-        for name in _names_in(data):
-            if "{{" in name or "{%" in name:
-                dynamic = True
-            names.add(name)
-    return names, dynamic
-
-
-def _role_like(folder: Path) -> bool:
-    return any((folder / part).is_dir() for part in ("tasks", "meta", "handlers", "vars"))
-
-
-def _roles(
-    declared: tuple[str, ...], playbooks: list[Path], search: list[Path], basedirs: list[Path]
-) -> list[Path]:
-    """The role folders the run can load: declared and named ones, followed to the end.
-
-    Names resolve as Ansible resolves them: in the roles folders, then in the playbooks' own
-    folders. A name that resolves nowhere in the repository (other than a collection's
-    `ns.coll.role`) may still be found by Ansible somewhere static reading does not know, so
-    like a name only known at run time it brings in every role.
-    """
-    every = sorted({d for folder in search if folder.is_dir() for d in folder.iterdir()})
-    every += sorted(
-        {d for b in basedirs if b.is_dir() for d in b.iterdir() if d.is_dir() and _role_like(d)}
+def _symlink_problem(link: str, why: str) -> OpsledgerError:
+    return OpsledgerError(
+        Problem(
+            f"a symlink {why}",
+            link,
+            "symlink",
+            "replace the symlink by the files themselves, or point it at files the repository "
+            "carries",
+        )
     )
-    found: dict[Path, None] = {}
-    names, dynamic = _referenced(playbooks)
-    pending = set(declared) | names
-    while pending and not dynamic:
-        name = pending.pop()
-        for folder in [*search, *basedirs]:
-            role = folder / name
-            if role.is_dir() and (folder in search or _role_like(role)):
-                if role not in found:
-                    found[role] = None
-                    more, dyn = _referenced(_yaml_files(role))
-                    pending |= more - {p.name for p in found}
-                    dynamic = dynamic or dyn
-                break
-        else:
-            if "." not in name.strip("./"):
-                dynamic = True
-    return list(dict.fromkeys(d for d in every if d.is_dir())) if dynamic else list(found)
 
 
-_FILE_LOOKUP = re.compile(
-    r"""\b(?:lookup|query|q)\(\s*['"](?:ansible\.builtin\.)?"""
-    r"""(file|template|fileglob|first_found|ini|csvfile|unvault)['"]\s*,\s*['"]([^'"]+)['"]"""
-)
-_PATH_KEYS = {"vars_files"}
-_PATH_MODULES = {
-    f"{prefix}{name}": arg
-    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
-    for name, arg in {
-        "include_vars": ("file", "dir", "_raw_params"),
-        "include_tasks": ("file", "_raw_params"),
-        "import_tasks": ("file", "_raw_params"),
-        "template": ("src",),
-        "copy": ("src",),
-        "assemble": ("src",),
-        "unarchive": ("src",),
-        "script": ("cmd", "_raw_params"),
-    }.items()
-}
+def _holds_bookkeeping(folder: str, change_id: str) -> bool:
+    """True for a folder that is, lies in or contains bookkeeping (`.`, `changes/`, `records/`)."""
+    if folder == "." or not is_content(folder + "/", change_id):
+        return True
+    own = [f"changes/{change_id}/{name}" for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES]
+    return any(root.startswith(folder + "/") for root in (*BOOKKEEPING_ROOTS, "changes/", *own))
 
 
-def _module_args(value: Any) -> dict[str, Any]:
-    """A module's arguments, dict or free form (`include_vars: x.yml`, `copy: src=a dest=b`)."""
-    if isinstance(value, dict):
-        return value
-    if not isinstance(value, str) or not value.split():
-        return {}
-    if "=" not in value.split()[0]:
-        return {"_raw_params": value.split()[0]}
-    return _parse_kv(value) or {}
+def _ignored_inside(project: Project, folder: str) -> str:
+    """The first file git ignores under `folder` (Python's caches aside), or ""."""
+    out = git(
+        project.root,
+        "ls-files",
+        "-z",
+        "-o",
+        "-i",
+        "--exclude-standard",
+        "--",
+        folder,
+        env=_NO_LOCKS,
+        check=False,
+    ).stdout
+    found = (p for p in out.split("\0") if p and "__pycache__" not in p.split("/"))
+    return next(found, "")
 
 
-# Modules whose `src` is on the managed host when remote_src is set (assemble: by default).
-_REMOTE_SRC_DEFAULT = {"copy": False, "unarchive": False, "assemble": True}
+def _refuse_symlinks(project: Project, links: list[str], change_id: str) -> None:
+    """A content symlink must lead to content: inside the repository, existing, not ignored.
 
-
-def _path_strings(data: Any) -> Iterator[str]:
-    """Every literal file path a YAML document makes Ansible load (see the module docstring)."""
-    if isinstance(data, list):
-        for item in data:
-            yield from _path_strings(item)
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            if key in _PATH_KEYS:
-                for entry in value if isinstance(value, list) else [value]:
-                    for path in entry if isinstance(entry, list) else [entry]:
-                        if isinstance(path, str):
-                            yield path
-            elif key in _PATH_MODULES:
-                args = _module_args(value)
-                short = key.rsplit(".", 1)[-1]
-                remote = args.get("remote_src", _REMOTE_SRC_DEFAULT.get(short, False))
-                if str(remote).lower() not in ("true", "yes", "1", "on"):
-                    for name in _PATH_MODULES[key]:
-                        if isinstance(args.get(name), str) and "://" not in args[name]:
-                            yield args[name].split()[0] if name != "src" else args[name]
-            yield from _path_strings(value)
-    elif isinstance(data, str) and ("lookup(" in data or "query(" in data or "q(" in data):
-        yield from (match.group(2) for match in _FILE_LOOKUP.finditer(data))
-
-
-def _add_referenced_files(collector: _Collector, basedirs: list[Path]) -> None:
-    """Hash what the content's YAML names literally, wherever it lies in the repository.
-
-    Ansible resolves a relative path from the file's folder, its role's `files/`, `templates/`,
-    `vars/`, `tasks/` and the role itself, then the playbook's folder: every candidate that
-    exists counts. A path only known at run time is left to the read watch (readguard.py).
+    Otherwise a run loads, through the bound link, bytes no approval covers (exit 2).
     """
-    done: set[str] = set()
-    pending = [r for r in collector.files if r.endswith((".yml", ".yaml"))]
-    while pending:
-        relative = pending.pop()
-        if relative in done:
-            continue
-        done.add(relative)
-        file = collector.files.get(relative)
-        if file is None:
-            continue
-        try:
-            data = yaml.load(file.read_text(errors="replace"), Loader=_AnyTagLoader)
-        except yaml.YAMLError:
-            continue  # Ansible cannot load it either; its own bytes are hashed
-        for target in set(_path_strings(data)):
-            if "{{" in target or "{%" in target or not target.strip():
-                continue
-            candidates = _candidates(collector.real_root / relative, target, basedirs)
-            if any(char in target for char in "*?[") and not Path(target).is_absolute():
-                candidates = [m for c in candidates for m in sorted(c.parent.glob(c.name))]
-            for candidate in candidates:
-                lexical = os.path.relpath(os.path.abspath(candidate), collector.lexical_root)
-                if lexical == ".." or lexical.startswith("../"):
-                    if candidate.exists() or Path(target).is_absolute():
-                        raise OpsledgerError(
-                            Problem(
-                                f"loads {target}, which lies outside the repository",
-                                relative,
-                                "path",
-                                "keep what a run loads in the repository, where an approval "
-                                "covers it",
-                            )
-                        )
-                    continue
-                if candidate.exists() or candidate.is_symlink():
-                    before = set(collector.files)
-                    collector.add(candidate)
-                    pending += [r for r in collector.files if r not in before]
+    real_root = Path(os.path.realpath(project.root))
+    targets: dict[str, str] = {}
+    for link in links:
+        real = Path(os.path.realpath(project.root / link))
+        if not real.is_relative_to(real_root):
+            raise _symlink_problem(link, f"leads outside the repository (to {real})")
+        if not real.exists():
+            absent = real.relative_to(real_root).as_posix()
+            raise _symlink_problem(link, f"points at {absent}, which does not exist")
+        target = real.relative_to(real_root).as_posix()
+        folder = real.is_dir()
+        if (folder and _holds_bookkeeping(target, change_id)) or (
+            not folder and not is_content(target, change_id)
+        ):
+            raise _symlink_problem(link, f"points at {target}, which is bookkeeping, not content")
+        targets[link] = target
+    ignored = ignored_paths(project, sorted(set(targets.values())))
+    for link, target in targets.items():
+        if target in ignored:
+            raise _symlink_problem(link, f"points at {target}, which git ignores (machine-local)")
+        inside = _ignored_inside(project, target) if (real_root / target).is_dir() else ""
+        if inside:
+            raise _symlink_problem(
+                link, f"points at {target}, which holds {inside}, a file git ignores"
+            )
 
 
-def _candidates(file: Path, target: str, basedirs: list[Path]) -> list[Path]:
-    if Path(target).is_absolute():
-        return [Path(target)]
-    folder = file.parent
-    role = (
-        folder.parent if folder.name in ("tasks", "handlers", "vars", "defaults", "meta") else None
-    )
-    bases = [folder]
-    if role is not None:
-        bases += [role / part for part in ("files", "templates", "vars", "tasks")] + [role]
-    bases += basedirs + [b / part for b in basedirs for part in ("files", "templates", "vars")]
-    return [base / target for base in dict.fromkeys(bases)]
+def repository_content(project: Project, change_id: str) -> Content:
+    """The content bound by approvals of `change_id` (see the module docstring).
+
+    Outside a git repository (or below its top) nothing is tracked: the content is the request
+    file alone. `change new` may run there; decide, approve and apply need history and refuse.
+    """
+    tracked = _is_repository(project)
+    index = _index(project) if tracked else {}
+    _refuse_tracked_state(project, list(index))
+    modified, deleted = _worktree_changes(project) if tracked else ([], [])
+    files = {p: d for p, d in index.items() if is_content(p, change_id)}
+    for path in deleted:
+        files.pop(path, None)
+    request = f"changes/{change_id}/change.yml"
+    pending = [p for p in modified if p in files]
+    on_disk = _on_disk(project, pending)
+    for path in pending:  # neither a file nor a symlink any more (a folder): not a blob
+        files.pop(path, None)
+    files |= on_disk
+    file = project.root / request
+    if request not in index and file.is_file() and not file.is_symlink():
+        files[request] = f"100644 {_blob_id(file.read_bytes())}"  # as `change new` wrote it
+    links = [p for p, d in files.items() if d.startswith(SYMLINK_MODE + " ")]
+    if links:
+        _refuse_symlinks(project, links, change_id)
+    return manifest(files)
 
 
 def change_content(project: Project, change: Change, runbook: Runbook, hosts: list[str]) -> Content:
-    """Hash everything Ansible can load when the change runs (see the module docstring).
+    """The content an approval of `change` binds: the whole repository but bookkeeping.
 
-    Raises OpsledgerError (exit 2) for a symlink leading out of the repository.
+    Raises OpsledgerError (exit 2) for tracked machine-local state and for a symlink that
+    leads out of the content. `runbook` and `hosts` do not narrow it:
+    any file of the repository can be reached at run time.
 
     Example:
         result = validate_change(project, "CHG-0001")
         change_content(project, result.change, result.runbook, result.hosts).sha256
     """
-    del hosts  # the whole inventory of the environment counts, whichever hosts run
-    config = _config(project)
-    _refuse_tracked_state(project, config)
-    playbooks = [runbook.playbook, *_imported_playbooks(runbook.playbook, set())]
-    basedirs = sorted({p.parent for p in playbooks})
-    adjacent = [d / name for d in basedirs for name in PLAYBOOK_DIRS]
-    naming = [*_yaml_files(runbook.path), *playbooks]
-    naming += [f for d in adjacent if d.name in ("tasks", "handlers") for f in _yaml_files(d)]
-    search = _unique([*(d / "roles" for d in basedirs), *config.roles_paths])
-    collector = _Collector(project)
-    for path in [
-        change.file,
-        runbook.path,
-        *playbooks,
-        *adjacent,
-        project.ansible_cfg,
-        *config.folders,
-        *config.secrets,
-        project.inventory_dir(change.environment),
-        *_roles(runbook.roles, naming, search, basedirs),
-    ]:
-        collector.add(path)
-    _add_referenced_files(collector, basedirs)
-    ignored = ignored_paths(project, sorted(collector.files))
-    for link, target in collector.links.items():
-        if target in ignored or link in ignored:
-            raise OpsledgerError(
-                Problem(
-                    f"a symlink points at {target}, which git ignores (machine-local)",
-                    link,
-                    "symlink",
-                    "point it at files the repository carries",
-                )
+    del runbook, hosts
+    return repository_content(project, change.id)
+
+
+def _status_entries(project: Project) -> list[tuple[str, str]]:
+    """(XY status, path) of every path git status names, untracked ones each on its own."""
+    out = git(
+        project.root,
+        "-c",
+        "core.quotepath=off",
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--no-renames",
+        "--ignore-submodules=none",
+        env=_NO_LOCKS,
+    ).stdout
+    return [(e[:2], e[3:]) for e in out.split("\0") if len(e) > 3]
+
+
+def require_committed(project: Project, change_id: str) -> None:
+    """Exit 2 unless git holds the content exactly: nothing untracked, modified or staged.
+
+    Apply runs what is on disk, but approvals and the run record name what git holds; a file
+    outside git would run unbound. Bookkeeping (this change's statements and run records,
+    other changes, records/) may be dirty: it is not content.
+    """
+    for status, path in _status_entries(project):
+        if not is_content(path, change_id):
+            continue
+        what = {"??": "untracked"}.get(status, "modified" if status[0] == " " else "staged")
+        if "D" in status:
+            what = "deleted"
+        raise OpsledgerError(
+            Problem(
+                f"{what}, not committed: apply runs only what git holds",
+                path,
+                "git",
+                "`git commit` it (then `opsledger change submit` if it changes the content), or "
+                "`git stash -u` it",
             )
-    files = {
-        relative: _sha(path.read_bytes())
-        for relative, path in collector.files.items()
-        if relative not in ignored
-    }
-    files |= {link: _sha(f"symlink:{target}".encode()) for link, target in collector.links.items()}
-    return manifest(files)
-
-
-def _unique(paths: list[Path]) -> list[Path]:
-    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+        )

@@ -1,12 +1,13 @@
 """Proof at run time that Ansible read only the approved content.
 
-The content hash (content.py) is what static reading can see; a path computed while the play
-runs (`include_vars: "{{ x }}.yml"`, a lookup, `../../` out of a role) it cannot. So apply
-watches: ansible-playbook starts with a `sitecustomize` module on its PYTHONPATH that installs
-a Python audit hook (PEP 578) recording every file the controller process and its forked
-workers open. Afterwards, every file read inside the repository that git tracks must be in the
-approved manifest; otherwise the run is not a success — it is recorded as failed (and rolled
-back) naming the files.
+The content hash (content.py) binds every tracked file but bookkeeping (other changes' folders,
+statements, run records, records/, incidents/): a play that reads bookkeeping — a path computed
+while it runs (`include_vars: "{{ x }}.yml"`, a lookup, `../../` out of a role) — would load bytes
+no approval covers. So apply watches: ansible-playbook starts with a `sitecustomize` module on its
+PYTHONPATH that installs a Python audit hook (PEP 578) recording every file the controller process
+and its forked workers open. Afterwards, every file read inside the repository that git tracks must
+be in the approved manifest; otherwise the run is not a success — it is recorded as failed (and
+rolled back) naming the files.
 """
 
 from __future__ import annotations

@@ -209,8 +209,8 @@ def _probe(repo, settings: str):
     (folder / "runbook.yml").write_text(PROBE_RUNBOOK)
     (folder / "playbook.yml").write_text(PROBE_PLAYBOOK)
     (folder / "settings.yml").write_text("---\nprobe_value: approved\n")
-    (root / "docs").mkdir()
-    (root / "docs" / "settings.yml").write_text("---\nprobe_value: not approved\n")
+    (root / "records").mkdir()  # bookkeeping: tracked, yet no approval binds it
+    (root / "records" / "settings.yml").write_text("---\nprobe_value: not approved\n")
     hosts = root / "inventories/lab/hosts.yml"
     hosts.write_text(
         hosts.read_text()
@@ -254,15 +254,17 @@ def test_a_run_reading_only_the_approved_content_succeeds(repo):
 
 
 def test_a_run_that_reads_outside_the_approved_content_is_not_a_success(repo):
-    """The path is computed at run time, so no static reading can hash it: the read watch
-    sees ansible-playbook open docs/settings.yml and the run is recorded as failed."""
-    project, change_id = _probe(repo, "../../docs/settings.yml")
+    """The path is computed at run time and leads into bookkeeping (records/), which git tracks
+    but no approval binds: the read watch sees ansible-playbook open it and the run is recorded
+    as failed. (It read docs/settings.yml before approvals bound every tracked file; docs/ is
+    content now, so only bookkeeping is left outside it.)"""
+    project, change_id = _probe(repo, "../../records/settings.yml")
     result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
     assert result.run is not None and result.run.status == "successful"
     assert result.result == "failed"
     (finding,) = result.record.findings
     assert finding["message"] == (
-        "Ansible read files outside the approved content: docs/settings.yml"
+        "Ansible read files outside the approved content: records/settings.yml"
     )
     assert git(project.root, "status", "--porcelain").stdout == ""  # the record is committed
 

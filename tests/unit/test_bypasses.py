@@ -140,9 +140,13 @@ def _symlink_dir_into(project, link, target):
 
 
 def test_a_symlinked_directory_leaving_the_repository_is_refused(repo, tmp_path):
+    """The link is committed, as a branch would bring it: content is what git tracks (an
+    untracked link is not content; apply refuses to run beside it, see test_content.py)."""
     project, change_id, _ = repo
     approve(project, change_id, "bob")
-    _symlink_dir_into(project, project.root / "roles/monitoring/vars", tmp_path / "elsewhere")
+    link = project.root / "roles/monitoring/vars"
+    _symlink_dir_into(project, link, tmp_path / "elsewhere")
+    commit_as(project, [link], "Share the vars", "alice")
     with pytest.raises(OpsledgerError) as err:
         decide(project, change_id, now=INSIDE)
     assert err.value.exit_code == EXIT_INVALID
@@ -151,9 +155,11 @@ def test_a_symlinked_directory_leaving_the_repository_is_refused(repo, tmp_path)
 
 @pytest.mark.parametrize("link", ["roles/monitoring/vars", "inventories/lab/group_vars/db/extra"])
 def test_a_symlinked_directory_inside_the_repository_is_hashed(repo, link):
+    """Committed, as a branch would bring them: content is what git tracks (test_content.py)."""
     project, change_id, _ = repo
     approve(project, change_id, "bob")
     _symlink_dir_into(project, project.root / link, project.root / "docs" / "tuning")
+    commit_as(project, [project.root / link, project.root / "docs"], "Share the tuning", "alice")
     assert "content changed" in failed(decide(project, change_id, now=INSIDE))["approvals"]
 
 
@@ -173,11 +179,14 @@ def test_a_symlinked_directory_inside_the_repository_is_hashed(repo, link):
     ],
 )
 def test_files_ansible_loads_after_the_approval_void_it(repo, path):
+    """The file is committed, as a branch would bring it: content is what git tracks (an
+    untracked file is not content; apply refuses to run beside it, see test_content.py)."""
     project, change_id, _ = repo
     approve(project, change_id, "bob")
     file = project.root / path
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text("---\n# loaded by Ansible, added after the approval\n")
+    commit_as(project, [file], "Add a file", "alice")
     assert "content changed" in failed(decide(project, change_id, now=INSIDE))["approvals"]
 
 

@@ -148,7 +148,10 @@ def test_a_role_named_any_way_ansible_resolves_is_content(repo, where, task):
     assert "approvals" in failed(decide(project, change_id, now=later))
 
 
-def test_a_playbook_imported_by_a_name_known_only_at_run_time_is_invalid(repo):
+def test_a_playbook_imported_by_a_name_known_only_at_run_time_is_bound_like_any_file(repo):
+    """Once refused (exit 2) because static reading could not bind what it imports; now the
+    approval binds every file of the repository, so whichever playbook it imports is covered
+    and editing one voids the approval."""
     project, _, _ = repo
     root = project.root
     folder = root / "runbooks" / "extra"
@@ -160,9 +163,12 @@ def test_a_playbook_imported_by_a_name_known_only_at_run_time_is_invalid(repo):
     )
     (folder / "playbook.yml").write_text('---\n- import_playbook: "../../{{ which }}.yml"\n')
     _commit_all(project, "Add the extra runbook", "carol")
-    with pytest.raises(OpsledgerError) as err:
-        request(project, runbook="extra", targets="db", params={})
-    assert err.value.exit_code == EXIT_INVALID and "run time" in str(err.value)
+    change_id = request(project, runbook="extra", targets="db", params={})
+    approve(project, change_id, "bob")
+    assert "approvals" not in failed(decide(project, change_id, now=INSIDE))
+    (root / "site.yml").write_text((root / "site.yml").read_text() + "\n# unapproved\n")
+    commit_as(project, [root / "site.yml"], "Edit", "alice")
+    assert "content changed" in failed(decide(project, change_id, now=INSIDE))["approvals"]
 
 
 # --- Machine-local state is never content, and never carried by git -----------------------

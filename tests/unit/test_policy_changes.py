@@ -15,7 +15,7 @@ from opsledger.decide import decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
 from opsledger.policy_changes import policy_content
-from opsledger.signoff import approve_change, propose_policy_change, sign_off
+from opsledger.signoff import approve_change, propose_policy_change, sign_off, submit_change
 
 from .conftest import START
 
@@ -66,9 +66,19 @@ def failed(decision):
 
 
 def test_a_policy_edit_takes_effect_once_its_owners_approve_it(repo):
+    """policies/ is part of every change's content, so the proposed edit voids CHG-0001's
+    request and approval (they named the policies before it): alice re-submits and bob
+    approves again. (This test once expected the approval to survive the edit; approvals now
+    bind every tracked file but bookkeeping, content.py.) One approval is still enough until
+    the owners approve the policy change; then two are needed."""
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob", now=START)
     policy = propose(project, [("changes.yml", two_approvals)])
+    why = failed(decide(project, change_id, now=INSIDE))["approvals"]
+    assert "content changed since: policies/changes.yml" in why
+    later = START + dt.timedelta(minutes=1)
+    submit_change(project, change_id, person="alice", now=later)
+    approve_change(project, change_id, person="bob", now=later)
     assert decide(project, change_id, now=INSIDE).allowed  # the edit is not in effect yet
     proposal = decide(project, policy)
     assert failed(proposal) == {"approvals": "policy owners (cab): 0 of 1 approval(s)"}
@@ -82,7 +92,8 @@ def test_a_policy_edit_takes_effect_once_its_owners_approve_it(repo):
 
 def test_a_policy_change_is_judged_by_the_people_before_it(repo):
     """dave puts himself into the CAB in the same change, then approves it: not under the old
-    people.yml, so nothing takes effect and audit reports the commit."""
+    people.yml, so nothing takes effect and audit reports the commit. (CHG-0001 is re-submitted
+    after the proposal: policies/ is part of its content, content.py.)"""
     project, change_id, _ = repo
 
     def dave_joins_the_cab(data):
@@ -95,6 +106,7 @@ def test_a_policy_change_is_judged_by_the_people_before_it(repo):
     sign_off(project, policy, person="dave")
     assert "dave is not in cab" in failed(decide(project, policy))["approvals"]
     assert resolve_base(project).policies.people["dave"].teams == ("netops", "oncall")
+    submit_change(project, change_id, person="alice", now=START)
     approve_change(project, change_id, person="bob", now=START)
     assert decide(project, change_id, now=INSIDE).allowed  # one approval is still enough
     (finding,) = [f for f in audit_check(project, now=INSIDE).findings]
