@@ -127,7 +127,7 @@ def _is_repository(project: Project) -> bool:
     return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project.root.resolve()
 
 
-def _index(project: Project) -> dict[str, str]:
+def _index(project: Project, change_id: str) -> dict[str, str]:
     """Every tracked path -> "mode blob" as the index has it; an unmerged path: exit 2."""
     out = git(project.root, "ls-files", "-s", "-z", env=_NO_LOCKS).stdout
     files: dict[str, str] = {}
@@ -145,8 +145,49 @@ def _index(project: Project) -> dict[str, str]:
                     "resolve the conflict and commit (or `git merge --abort`)",
                 )
             )
+        if not _utf8(path):
+            if is_content(path, change_id):
+                raise OpsledgerError(
+                    Problem(
+                        "a tracked file name is not UTF-8: an approval cannot name it",
+                        path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                        "path",
+                        "rename it (git mv) to a UTF-8 name",
+                    )
+                )
+            continue  # bookkeeping: not content, whatever its name
         files[path] = f"{mode} {blob}"
+    _refuse_hidden_edits(project, change_id, files)
     return files
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes kept as surrogates by gitrepo.git
+        return False
+    return True
+
+
+def _refuse_hidden_edits(project: Project, change_id: str, files: dict[str, str]) -> None:
+    """Exit 2 when git is told not to look at a content file (assume-unchanged, skip-worktree).
+
+    `git diff` and `git status` then hide any edit of it, so decide and apply would run bytes
+    no approval names.
+    """
+    out = git(project.root, "ls-files", "-v", "-z", env=_NO_LOCKS).stdout
+    for entry in out.split("\0"):
+        tag, _, path = entry.partition(" ")
+        if path in files and is_content(path, change_id) and (tag.islower() or tag == "S"):
+            raise OpsledgerError(
+                Problem(
+                    "git is told to ignore edits of this file (assume-unchanged or "
+                    "skip-worktree), so an edit would run unseen",
+                    path,
+                    "git",
+                    f"git update-index --no-assume-unchanged --no-skip-worktree -- {path}",
+                )
+            )
 
 
 def _worktree_changes(project: Project) -> tuple[list[str], list[str]]:
@@ -319,7 +360,7 @@ def repository_content(project: Project, change_id: str) -> Content:
     file alone. `change new` may run there; decide, approve and apply need history and refuse.
     """
     tracked = _is_repository(project)
-    index = _index(project) if tracked else {}
+    index = _index(project, change_id) if tracked else {}
     _refuse_tracked_state(project, list(index))
     modified, deleted = _worktree_changes(project) if tracked else ([], [])
     files = {p: d for p, d in index.items() if is_content(p, change_id)}

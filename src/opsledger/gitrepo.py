@@ -18,8 +18,12 @@ def git(
     proc = subprocess.run(
         ["git", "-C", str(root), *args],
         capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
+        # A path git prints may be any bytes: kept (surrogateescape), never a decoding crash;
+        # content.py refuses such a name where it would matter.
+        encoding="utf-8",
+        errors="surrogateescape",
+        # History is evidence: `git replace` objects must not rewrite what is read.
+        env={**os.environ, **(env or {}), "GIT_NO_REPLACE_OBJECTS": "1"},
     )
     if check and proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -311,3 +312,61 @@ def decide_now(project, change_id):
     from opsledger.decide import decide
 
     return decide(project, change_id, now=INSIDE)
+
+
+def _cli(project, *args):
+    return CliRunner().invoke(
+        cli, list(args), env={"OPSLEDGER_PROJECT": str(project.root)}, catch_exceptions=True
+    )
+
+
+def test_a_file_name_that_is_not_utf8_is_ignored_in_bookkeeping_and_refused_in_content(repo):
+    """Anyone may commit bookkeeping: a bad name there must not stop every change."""
+    project, change_id, _ = repo
+    approve(project, change_id, "bob")
+    records = os.fsencode(project.root / "records")
+    os.makedirs(records, exist_ok=True)
+    with open(os.path.join(records, b"\xff\xfe.yml"), "w") as handle:
+        handle.write("x: 1\n")
+    commit_all(project, "A record with a Latin-1 name")
+    assert not failed(decide_now(project, change_id)).get("approvals")
+    shown = _cli(project, "change", "show", change_id)
+    assert shown.exit_code == 0 and shown.exception is None, shown.output
+    with open(os.path.join(os.fsencode(project.root / "roles"), b"caf\xe9.yml"), "w") as handle:
+        handle.write("x: 1\n")
+    commit_all(project, "A role file with a Latin-1 name")
+    with pytest.raises(OpsledgerError) as err:
+        content(project, change_id)
+    assert err.value.exit_code == EXIT_INVALID and "not UTF-8" in str(err.value)
+    assert "roles/caf\\xe9.yml" in str(err.value)
+    denied = _cli(project, "decide", change_id)
+    assert denied.exit_code == EXIT_INVALID and "Traceback" not in denied.output
+
+
+@pytest.mark.parametrize("bit", ["--assume-unchanged", "--skip-worktree"])
+def test_an_edit_git_is_told_not_to_see_is_refused(repo, bit):
+    """`git diff` and `git status` honour these index bits: an edit would run unseen."""
+    project, change_id, _ = repo
+    approve(project, change_id, "bob")
+    git(project.root, "update-index", bit, "site.yml")
+    append(project, "site.yml")
+    with pytest.raises(OpsledgerError) as err:
+        content(project, change_id)
+    assert err.value.exit_code == EXIT_INVALID and "site.yml" in str(err.value)
+    assert "--no-skip-worktree" in str(err.value)
+    with pytest.raises(OpsledgerError):
+        require_committed(project, change_id) or content(project, change_id)
+
+
+def test_replace_objects_do_not_change_what_is_read(repo):
+    """`git replace` swaps a blob's bytes in every read; history and content must ignore it."""
+    project, change_id, _ = repo
+    approve(project, change_id, "bob")
+    good = git(project.root, "rev-parse", "HEAD:site.yml").stdout.strip()
+    evil = git(project.root, "hash-object", "-w", "--", "README.md").stdout.strip()
+    git(project.root, "replace", good, evil)
+    (project.root / "site.yml").unlink()
+    # plain git (not opsledger's) honours the replacement and checks out the other bytes
+    subprocess.run(["git", "-C", str(project.root), "checkout", "--", "site.yml"], check=True)
+    assert (project.root / "site.yml").read_bytes() == (project.root / "README.md").read_bytes()
+    assert "site.yml" in failed(decide_now(project, change_id))["approvals"]
