@@ -130,7 +130,8 @@ def test_stopped_postgresql_is_an_incident_fixed_by_an_emergency_change(
         incidents = report["incidents"]
         row = next(r for r in incidents["rows"] if r["incident"] == incident_id)
         assert row["sla"] == "met" and row["resolved_by"] == change_id and row["root_cause"]
-        assert 0 < row["hours_to_resolve"] < 8
+        # hours to 2 decimals: a fault the lab fixes in under 18 s rounds to 0.0
+        assert row["hours_to_resolve"] is not None and 0 <= row["hours_to_resolve"] < 8
         assert incidents["mttr_hours"] is not None and incidents["mttr_hours"] < 8
         assert incidents["response_compliance"] == 1.0
         assert incidents["resolution_compliance"] == 1.0
