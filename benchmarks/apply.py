@@ -204,31 +204,32 @@ def main() -> None:
             close_masters(lane)
         shutil.rmtree(project.root / ".opsledger", ignore_errors=True)
 
-    med = {k: statistics.median(v) for k, v in lanes.items()}
     print()
-    print(f"(a) overhead of apply, {args.targets} {tags or 'all roles'}, median of {args.rounds}:")
-    for name, values in lanes.items():
-        print(f"    {name:20} {med[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}")
+    med = print_lanes(
+        f"(a) overhead of apply, {args.targets} {tags or 'all roles'}", lanes, args.rounds
+    )
     ratio_a = med["opsledger apply"] / med["ansible-playbook"]
     print(f"    ratio apply / ansible-playbook = {ratio_a:.3f}  (target <= 1.05)")
     print(f"    verification on its own: {verify_s:.1f} s")
     if not args.skip_stock:
-        smed = {k: statistics.median(v) for k, v in stock.items()}
-        print(f"(b) tuned vs stock Ansible settings, median of {args.rounds}:")
-        for name, values in stock.items():
-            print(
-                f"    {name:20} {smed[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}"
-            )
+        smed = print_lanes("(b) tuned vs stock Ansible settings", stock, args.rounds)
         ratio_b = smed["stock settings"] / smed["tuned ansible.cfg"]
         print(f"    speed-up stock / tuned = {ratio_b:.2f}x  (target >= 2x)")
     if not args.skip_mitogen:
-        gmed = {k: statistics.median(v) for k, v in strategy.items()}
-        print(f"(c) Mitogen vs linear strategy, same ansible.cfg, median of {args.rounds}:")
-        for name, values in strategy.items():
-            print(
-                f"    {name:20} {gmed[name]:7.1f} s   runs: {', '.join(f'{v:.1f}' for v in values)}"
-            )
+        gmed = print_lanes(
+            "(c) Mitogen vs linear strategy, same ansible.cfg", strategy, args.rounds
+        )
         print(f"    speed-up linear / mitogen = {gmed['linear'] / gmed['mitogen_linear']:.2f}x")
+
+
+def print_lanes(title: str, lanes: dict[str, list[float]], rounds: int) -> dict[str, float]:
+    """Print each lane's median and runs under a title; return the medians."""
+    medians = {name: statistics.median(values) for name, values in lanes.items()}
+    print(f"{title}, median of {rounds}:")
+    for name, values in lanes.items():
+        runs = ", ".join(f"{v:.1f}" for v in values)
+        print(f"    {name:20} {medians[name]:7.1f} s   runs: {runs}")
+    return medians
 
 
 if __name__ == "__main__":

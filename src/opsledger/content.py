@@ -241,8 +241,8 @@ def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
     return found
 
 
-def _fact_cache(project: Project) -> Path | None:
-    """The jsonfile/yaml fact cache folder ansible.cfg names (machine-local state), if any."""
+def read_ansible_cfg(project: Project) -> configparser.ConfigParser:
+    """The project's ansible.cfg as Ansible reads it (no interpolation); unreadable: exit 2."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(project.ansible_cfg)
@@ -250,6 +250,12 @@ def _fact_cache(project: Project) -> Path | None:
         raise OpsledgerError(
             Problem(f"unreadable: {exc}", str(project.ansible_cfg), fix="fix its syntax")
         ) from None
+    return parser
+
+
+def _fact_cache(project: Project) -> Path | None:
+    """The jsonfile/yaml fact cache folder ansible.cfg names (machine-local state), if any."""
+    parser = read_ansible_cfg(project)
     cache = parser.get("defaults", "fact_caching_connection", fallback="").strip()
     if not cache or "://" in cache:
         return None

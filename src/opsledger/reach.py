@@ -32,7 +32,6 @@ The result is a manifest (path -> sha256 of bytes), like content.py's, so it can
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import os
 import re
@@ -44,7 +43,7 @@ from typing import Any
 import yaml
 
 from opsledger.changes import Change
-from opsledger.content import Content, ignored_paths, manifest
+from opsledger.content import Content, ignored_paths, manifest, read_ansible_cfg
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
@@ -170,13 +169,7 @@ class _Config:
 
 
 def _config(project: Project) -> _Config:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(project.ansible_cfg)
-    except configparser.Error as exc:
-        raise OpsledgerError(
-            Problem(f"unreadable: {exc}", str(project.ansible_cfg), fix="fix its syntax")
-        ) from None
+    parser = read_ansible_cfg(project)
     base = project.ansible_cfg.parent
 
     def paths(key: str) -> list[Path]:
