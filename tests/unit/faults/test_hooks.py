@@ -44,7 +44,7 @@ def test_inspect_opens_an_incident_and_the_next_clean_inspection_resolves_it(
     clock.advance(hours=1)
     _thresholds(project, critical=101)  # nothing can be over 100 %: the same check is clean
     second = inspect(project, schedule="probe", targets="lab-db1")
-    assert second.worst() == "ok"
+    assert second.worst() == "ok", [f.message for f in second.findings]
     incident = load_incident(project, "INC-0001")
     assert incident.status == "resolved" and incident.data["resolution"]["how"] == "evidence"
     assert incident.data["resolution"]["evidence"] == str(
