@@ -7,6 +7,7 @@ lab-db2 and are recorded — run directly, and once as a standard change through
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -177,11 +178,16 @@ def test_an_archiving_gap_is_seen_before_the_disaster(converged_lab, workflow_re
         _primary_untouched(project)
         record = json.loads(_drill_records(project)[-1].read_text())
         assert record["result"] == "failed" and "rto_s" not in record["measurements"]
-        # the daily inspection sees the same gap without a drill
-        proc = opsledger(
-            project, "inspect", "--schedule", "daily", "--targets", "lab-db1", "--format", "json"
-        )
-        found = {(f["host"], f["check"]): f for f in json.loads(proc.stdout)["findings"]}
+        # the daily inspection sees the same gap without a drill, once it is older than the
+        # inspection's own bound (archive_timeout 20 s + margin 30 s; the drill allows 10 s):
+        # with archiving broken the gap only grows, so look again for up to 90 s
+        for _ in range(7):
+            daily = ("inspect", "--schedule", "daily", "--targets", "lab-db1", "--format", "json")
+            proc = opsledger(project, *daily)
+            found = {(f["host"], f["check"]): f for f in json.loads(proc.stdout)["findings"]}
+            if ("lab-db1", "wal_archiving") in found:
+                break
+            time.sleep(15)
         gap = found[("lab-db1", "wal_archiving")]
         assert gap["severity"] == "critical" and "not yet archived" in gap["message"]
     finally:
