@@ -22,6 +22,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
@@ -30,6 +31,9 @@ from opsledger.gitrepo import blob_contents, git
 from opsledger.policy import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
+
+if TYPE_CHECKING:
+    from opsledger.changes import Change
 
 _IN_APPROVALS = re.compile(r"^changes/[^/]+/approvals/")
 _FILE = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml$")
@@ -303,6 +307,24 @@ def judge(
             judged.reasons.append("not committed")
     judged.valid = not judged.reasons
     return judged
+
+
+def change_standing(
+    project: Project, change: Change, content: Content, policies: Policies, revs: list[str]
+) -> Standing:
+    """`standing` of a change's statements, its requester and signature rule taken from it.
+
+    The one call decide, `change show` and the next-step hints share.
+    """
+    return standing(
+        project,
+        change_id=change.id,
+        requester=change.requested_by,
+        content=content,
+        policies=policies,
+        signatures_required=change.environment in policies.signature_environments,
+        revs=revs,
+    )
 
 
 def standing(

@@ -13,7 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from opsledger.approvals import Standing, quorum, require_clean_worktree, standing
+from opsledger.approvals import (
+    Standing,
+    change_standing,
+    quorum,
+    require_clean_worktree,
+    standing,
+)
 from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
@@ -257,15 +263,7 @@ def _judge(
     policies = trusted.policies
     risk = max(runbook.risk, change.risk or "low", key=RISK_ORDER.__getitem__)
     signed = change.environment in policies.signature_environments
-    judged = standing(
-        project,
-        change_id=change.id,
-        requester=change.requested_by,
-        content=content,
-        policies=policies,
-        signatures_required=signed,
-        revs=["HEAD", trusted.sha],
-    )
+    judged = change_standing(project, change, content, policies, ["HEAD", trusted.sha])
     approval, approvers = _approvals(change, runbook, policies, judged, risk, signed)
     return [_requester(change.requested_by, policies, judged), approval], approvers, risk
 

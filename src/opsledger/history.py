@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opsledger.approval_rules import approval_rule
-from opsledger.approvals import ApprovalState, Judged, not_counted, standing
+from opsledger.approvals import ApprovalState, Judged, change_standing, not_counted
 from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
@@ -194,15 +194,7 @@ def judge_approvals(
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change.id).hosts
     content = change_content(project, change, runbook, hosts)
-    judged = standing(
-        project,
-        change_id=change.id,
-        requester=change.requested_by,
-        content=content,
-        policies=policies,
-        signatures_required=change.environment in policies.signature_environments,
-        revs=revs,
-    )
+    judged = change_standing(project, change, content, policies, revs)
     return content, judged, approval_rule(project, change.id, policies).rule
 
 
