@@ -2,7 +2,8 @@
 restores. A drill against a broken or missing backup, or with WAL archiving behind, is refused
 before the disaster (the primary keeps running); six drills in a row, each after a restart, a
 converge, another drill or a switchover and back, restore lab-db1 within policies/dr.yml,
-verify the data, re-seed lab-db2 and are recorded — run directly, and once as a standard change through apply."""
+verify the data, re-seed lab-db2 and are recorded — run directly, and once as a standard
+change through apply."""
 
 from __future__ import annotations
 
