@@ -224,6 +224,37 @@ def test_a_pr_job_refuses_to_run_while_it_holds_a_secret(repo, monkeypatch):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+def test_a_pr_job_refuses_the_deploy_key_and_credentials_its_checkout_kept(repo, monkeypatch):
+    """The deploy key (the one credential the protected branch lets push) and the token or key
+    a checkout persists in `.git/config` were not among the secrets `--untrusted` looked for:
+    a misconfigured PR job held them and still ran the PR's code."""
+    project, _, keys = repo
+    _pr_with_production_change(project, keys["alice"])
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    for name in [n for n in os.environ if n.startswith(("OPSLEDGER_", "GH_", "GITHUB_"))]:
+        monkeypatch.delenv(name)
+    # What a clean PR checkout has: no credential, and git config that carries none.
+    git(project.root, "config", "http.https://github.com/.extraheader", "")
+    git(project.root, "config", "core.sshCommand", "ssh -o BatchMode=yes")
+    assert secrets_in_reach(project) == []
+    monkeypatch.setenv("OPSLEDGER_DEPLOY_KEY", "/builds/tmp/OPSLEDGER_DEPLOY_KEY")
+    monkeypatch.setenv("GH_TOKEN", "ghs_0123456789")
+    # actions/checkout without `persist-credentials: false`, with a token and with `ssh-key`.
+    git(project.root, "config", "http.https://github.com/.extraheader",
+        "AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46Z2hzXzAxMjM=")  # fmt: skip
+    git(project.root, "config", "core.sshCommand",
+        "ssh -i /runner/_temp/abc -o StrictHostKeyChecking=yes")  # fmt: skip
+    said = [str(p) for p in secrets_in_reach(project)]
+    assert any("$OPSLEDGER_DEPLOY_KEY" in p for p in said), said
+    assert any("$GH_TOKEN" in p for p in said), said
+    assert any("a token in git config http.https://github.com/.extraheader" in p for p in said)
+    assert any("an SSH key in git config core.sshcommand" in p for p in said), said
+    assert not any("eC1hY2Nlc3M" in p or "ghs_" in p for p in said)  # never the secret itself
+    with pytest.raises(OpsledgerError) as caught:
+        pr_check(project, base="main", untrusted=True, with_plan=False)
+    assert caught.value.exit_code == EXIT_INVALID
+
+
 def test_a_pr_job_plans_only_the_lab_and_defers_production_to_the_protected_job(repo, tmp_path):
     project, _, keys = repo
     change_id = _pr_with_production_change(project, keys["alice"])
