@@ -524,3 +524,33 @@ def test_the_sticky_comment_is_updated_in_place_and_loses_its_stale_parts(
         f"{marker(1, key)}\nplan of commit C, part 1",
         f"{marker(2, key)}\nplan of commit C, part 2",
     ]
+
+
+def test_the_protected_plan_writes_the_vault_password_through_no_symlink_of_the_pr(tmp_path):
+    """The PR's files are data, and a PR can make `vault-passwords/production` (or the folder)
+    a symlink: `printf > file` followed it and left production's password wherever it pointed
+    on the persistent runner."""
+    steps = _workflow("protected-plan.yml")["jobs"]["plan"]["steps"]
+    step = next(s for s in steps if "vault-passwords" in s.get("run", "") and "VAULT" in s["env"])
+    script = step["run"].replace("${{ matrix.environment }}", "production")
+    env = {**os.environ, "VAULT": "s3cret-production"}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bait = outside / "collected"
+    bait.write_text("")
+    folder = tmp_path / "work" / "pr" / "vault-passwords"
+    folder.mkdir(parents=True)
+    (folder / "production").symlink_to(bait)
+
+    def run():
+        return subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path / "work", env=env,
+                              capture_output=True, text=True)  # fmt: skip
+
+    assert run().returncode == 0
+    written = folder / "production"
+    assert not written.is_symlink() and written.read_text() == "s3cret-production\n"
+    assert oct(written.stat().st_mode & 0o777) == "0o600" and bait.read_text() == ""
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)  # the whole folder
+    assert run().returncode != 0
+    assert sorted(p.name for p in outside.iterdir()) == ["collected"] and bait.read_text() == ""
