@@ -243,6 +243,6 @@ def test_a_standby_schedules_no_backups_pg_br_04(host, expect):
     """A former primary (after a switchover) keeps its timer files; they must not run there."""
     if expect["postgresql_replication_role"] != "standby":
         pytest.skip("the primary schedules the backups")
-    for timer in ("pgbackrest-full.timer", "pgbackrest-diff.timer"):
-        unit = host.service(timer)
-        assert not unit.is_running and not unit.is_enabled, timer
+    for timer in ("pgbackrest-full.timer", "pgbackrest-diff.timer"):  # often not there at all
+        assert host.run(f"systemctl is-active {timer}").stdout.strip() != "active", timer
+        assert host.run(f"systemctl is-enabled {timer}").stdout.strip() != "enabled", timer
