@@ -175,10 +175,28 @@ def commit_paths(
 ) -> str:
     """Commit exactly these paths as this person (author and committer); returns the sha.
 
-    With a key the commit is SSH-signed, so git itself can later verify who approved.
+    With a key the commit is SSH-signed, so git itself can later verify who approved. A commit
+    that fails after `git add` (a key git cannot sign with, a full disk) takes the paths out of
+    the index again: a record left staged would be committed by the next plain `git commit`,
+    and a write-ahead record committed that way is a run that never started.
     """
     relative = [str(p.resolve().relative_to(root.resolve())) for p in paths]
     git(root, "add", "--", *relative)
+    try:
+        return _commit_staged(root, relative, message, name, email, signing_key)
+    except OpsledgerError:
+        git(root, "reset", "-q", "--", *relative, check=False)
+        raise
+
+
+def _commit_staged(
+    root: Path,
+    relative: list[str],
+    message: str,
+    name: str,
+    email: str,
+    signing_key: Path | None,
+) -> str:
     identity = {
         "GIT_AUTHOR_NAME": name,
         "GIT_AUTHOR_EMAIL": email,

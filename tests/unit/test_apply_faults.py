@@ -292,3 +292,26 @@ def test_a_pending_change_that_can_never_run_fails_the_pipeline(local_repo):
     result = _cli(project, "apply", "--pending", "--at", later)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{missed}: withdrawn — by alice at" in result.stdout
+
+
+def test_a_write_ahead_record_whose_commit_fails_after_git_add_leaves_nothing_staged(
+    local_repo, machine_locks
+):
+    """`git add` took the started record, then `git commit` failed (here: signing demanded by
+    the repository's config with a key that is not there): the file was removed but stayed
+    staged, so the next plain `git commit` recorded a run that never started."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    for key, value in (
+        ("commit.gpgsign", "true"),
+        ("gpg.format", "ssh"),
+        ("user.signingkey", str(project.root / "no-such-key")),
+    ):
+        git(project.root, "config", key, value)
+    refused = _cli(project, "apply", change_id, "--skip-verify")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cannot commit the run's write-ahead record" in refused.stderr
+    assert _steps(project) == []
+    assert git(project.root, "diff", "--cached", "--name-only").stdout == ""
+    assert git(project.root, "status", "--porcelain").stdout == ""
