@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
-from opsledger.gitrepo import log_paths
+from opsledger.gitrepo import git_env, log_paths
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -117,6 +117,7 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
     return {p.split("/")[1] for p in paths if p.count("/") == 2}
@@ -538,6 +539,7 @@ def load_withdrawal(
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     added = log.stdout.split() if log.returncode == 0 else []
     if not added:
@@ -547,6 +549,7 @@ def load_withdrawal(
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     try:
         data = parse_yaml(shown.stdout) if shown.returncode == 0 else None

@@ -11,6 +11,15 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.yamlio import outside_problem
 
 
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git process opsledger starts.
+
+    History is evidence: `git replace` objects must not rewrite what is read (a local
+    replacement would turn a failed run's record into a success for every reader).
+    """
+    return {**os.environ, **(extra or {}), "GIT_NO_REPLACE_OBJECTS": "1"}
+
+
 def git(
     root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -22,8 +31,7 @@ def git(
         # content.py refuses such a name where it would matter.
         encoding="utf-8",
         errors="surrogateescape",
-        # History is evidence: `git replace` objects must not rewrite what is read.
-        env={**os.environ, **(env or {}), "GIT_NO_REPLACE_OBJECTS": "1"},
+        env=git_env(env),
     )
     if check and proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()
@@ -220,6 +228,7 @@ def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
         input="".join(f"{s}\n" for s in shas).encode(),
         capture_output=True,
         check=True,
+        env=git_env(),
     )
     out, found, at = proc.stdout, {}, 0
     for sha in shas:

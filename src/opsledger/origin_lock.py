@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import git_env
 from opsledger.lock import Holder
 from opsledger.project import Project
 
@@ -47,14 +48,12 @@ def lock_ref(environment: str, host: str) -> str:
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    import os
-
     return subprocess.run(
         ["git", "-C", str(root), *args],
         capture_output=True,
         text=True,
         input=stdin,
-        env={**os.environ, **(env or {})},
+        env=git_env(env),
         check=False,
     )
 
