@@ -586,6 +586,7 @@ def withdraw_change(
     """
     from opsledger.gitrepo import write_and_commit
     from opsledger.policy import load_policies
+    from opsledger.reconcile import reconcile_runs
     from opsledger.records import read_runs
 
     file = changes_dir(project) / change_id / "change.yml"
@@ -617,6 +618,10 @@ def withdraw_change(
                 fix="nothing to do",
             )
         )
+    # Settle earlier runs first, like apply: a run whose record git refused may have succeeded
+    # (withdrawing it would leave a change both withdrawn and applied once the record lands),
+    # and a dead run is recorded as interrupted rather than blocking the withdrawal.
+    reconcile_runs(project).raise_problems()
     ledger = read_runs(project)
     applied = [r for r in ledger.committed if r.change == change_id and r.result == "success"]
     if applied:

@@ -395,3 +395,19 @@ def test_a_run_that_died_while_we_waited_for_its_hosts_is_recorded_before_ours(l
     subjects = _committed_subjects(project)
     interrupted_at = next(i for i, s in enumerate(subjects) if s.startswith(f"Run {dead}: inter"))
     assert interrupted_at > subjects.index(f"Run {fix}: started"), subjects  # newest first
+
+
+def test_a_change_whose_success_is_not_yet_committed_cannot_be_withdrawn(local_repo):
+    """Withdraw judged committed records only: a run whose record git had refused was withdrawn,
+    and the next command then committed its success: a change both withdrawn and applied."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1, "lock_git": True})
+    approve_change(project, change_id, person="bob")
+    first = _cli(project, "apply", change_id, "--skip-verify")
+    assert first.returncode == 1, first.stdout + first.stderr
+    (project.root / ".git" / "index.lock").unlink()  # git works again
+    withdrawn = _cli(project, "change", "withdraw", change_id, "--as", "alice", "--reason", "Oops")
+    assert withdrawn.returncode == 2, withdrawn.stdout + withdrawn.stderr
+    assert "cannot be withdrawn" in withdrawn.stderr and "Traceback" not in withdrawn.stderr
+    assert not (project.root / "changes" / change_id / "withdrawn.yml").exists()
+    assert [r.result for r in read_runs(project).committed] == ["success"]  # committed now
