@@ -58,7 +58,7 @@ from opsledger.errors import OpsledgerError
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import blob_contents, require_history
+from opsledger.gitrepo import blob_contents, git_env, require_history
 from opsledger.policy import Policies
 from opsledger.policy_changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
@@ -217,6 +217,7 @@ def _uncommitted_records(project: Project) -> list[Finding]:
         ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", "changes"],
         capture_output=True,
         text=True,
+        env=git_env(),
     ).stdout
     findings = []
     for entry in filter(None, out.split("\0")):
