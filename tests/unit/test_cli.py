@@ -2,9 +2,11 @@
 
 import importlib
 import json
+import os
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -141,7 +143,8 @@ def test_the_root_help_imports_no_command_module_and_no_heavy_library():
         "    assert exc.code in (0, None), exc.code\n"
         "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(opsledger.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "change    Create and validate change requests." in proc.stdout
     loaded = json.loads(proc.stderr.strip().splitlines()[-1])
