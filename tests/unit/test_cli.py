@@ -157,3 +157,33 @@ def test_the_root_help_imports_no_command_module_and_no_heavy_library():
         "opsledger.cli.history",
         "opsledger.errors",
     ]
+
+
+def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
+    """`change validate` of a real change loads the lab's inventory (with its vault secrets)
+    through Ansible's inventory classes, but not ansible.cli: that import alone was a tenth of
+    the command's start-up. Checked in a fresh interpreter, on the command's real path."""
+    project, change_id, _ = repo
+    code = (
+        "import json, sys\n"
+        "from opsledger.cli import main\n"
+        f"sys.argv = ['opsledger', 'change', 'validate', '{change_id}']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
+        "OPSLEDGER_PROJECT": str(project.root),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{change_id}: valid (converge on 2 host(s) of lab)" in proc.stdout
+    loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
+    assert "ansible.inventory.manager" in loaded  # the inventory was really read
+    assert "ansible.parsing.vault" in loaded
+    assert "ansible.cli" not in loaded
+    assert not {m for m in loaded if m.startswith(("rich", "opsledger.cli.drill"))}
