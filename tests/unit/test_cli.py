@@ -126,6 +126,14 @@ def test_the_root_help_reads_as_click_prints_it_from_the_loaded_commands(width):
     assert not lazy.commands
 
 
+def test_a_mistyped_command_gets_a_suggestion_from_every_command():
+    """click suggests close names from the loaded commands; none are loaded before one runs."""
+    lazy = _Group(name="opsledger", params=cli.params, help=cli.help, callback=cli.callback)
+    result = CliRunner().invoke(lazy, ["chnge"], prog_name="opsledger")
+    assert result.exit_code == 2
+    assert "No such command 'chnge'. Did you mean 'change'?" in result.output
+
+
 HEAVY = ("jsonschema", "rich", "ansible", "yaml", "jinja2")
 LIGHT = ["opsledger.errors"]  # what cli/__init__.py itself needs
 
