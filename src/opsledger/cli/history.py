@@ -42,7 +42,10 @@ def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tu
     group loads its commands on first use (cli/__init__.py), and this loads them all.
     """
     ctx = click.Context(group)
-    for name in group.list_commands(ctx):
+    # The group's own order first: an alias (`change cancel`) comes after the command it names,
+    # so a command is checked, and named in errors, under its own name.
+    names = [*group.commands, *(n for n in group.list_commands(ctx) if n not in group.commands)]
+    for name in names:
         command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from leaf_commands(command, (*path, name))
