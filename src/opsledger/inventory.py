@@ -276,16 +276,35 @@ def _listed_vault_ids(source: Path) -> list[str]:
 
 
 def _use_vault(loader: Any, source: Path) -> None:
-    """Give Ansible the vault secrets this inventory may need (no prompting)."""
-    from ansible.cli import CLI
-    from ansible.parsing.vault import VaultSecretsContext
+    """Give Ansible the vault secrets this inventory may need (no prompting).
 
-    secrets = CLI.setup_vault_secrets(
-        loader,
-        vault_ids=[i for i in vault_ids(source) if "@prompt" not in i],
-        auto_prompt=False,
-        initialize_context=False,
-    )
+    What `CLI.setup_vault_secrets` does for ansible-playbook, with ansible.parsing.vault
+    directly: importing `ansible.cli` for it (argument parsers, the CLI classes) cost every
+    command that reads an inventory more than the secrets themselves.
+    """
+    from ansible import constants as C
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import VaultSecretsContext, get_file_vault_secret
+    from ansible.utils.display import Display
+
+    ids = [i for i in vault_ids(source) if "@prompt" not in i]
+    if C.DEFAULT_VAULT_PASSWORD_FILE:  # vault_password_file of the ansible.cfg Ansible read
+        ids.append(f"{C.DEFAULT_VAULT_IDENTITY}@{C.DEFAULT_VAULT_PASSWORD_FILE}")
+    secrets: list[tuple[str, Any]] = []
+    failure: AnsibleError | None = None
+    for entry in ids:
+        label, path = entry.split("@", 1)
+        try:
+            secret = get_file_vault_secret(filename=path, vault_id=label, loader=loader)
+            secret.load()
+        except AnsibleError as exc:  # as ansible-playbook: warn, try the next password
+            Display().warning(f"Error getting vault password file ({label}): {exc}")
+            failure = exc
+            continue
+        secrets.append((label or C.DEFAULT_VAULT_IDENTITY, secret))
+        loader.set_vault_secrets(secrets)  # a later password file may itself be vaulted
+    if failure is not None and not secrets:
+        raise failure
     loader.set_vault_secrets(secrets)
     # The context is process-wide and can be set once: extend it for later projects.
     current = VaultSecretsContext.current(optional=True)
