@@ -2,7 +2,8 @@
 
 A person resolves an incident with the change that fixed it — its run must have succeeded and
 its verification passed, on the incident's environment and hosts, after the fault was detected
-(the emergency path for P1/P2) — or with a recovery test: `opsledger verify` on the affected
+(the emergency path for P1/P2), and its record must be evidence (committed by the CI identity:
+a record anyone typed proves nothing) — or with a recovery test: `opsledger verify` on the affected
 hosts, run through `recovery_test` and recorded in the timeline, passing after the fault was
 last seen. Without that proof the step is denied (exit 3) and nothing is written. Closing needs
 the cause and the fault class confirmed (or corrected) by a person, and for the priorities
@@ -20,7 +21,7 @@ from opsledger.faults.incidents import ACTIVE, Step, StepResult, take_step
 from opsledger.faults.policy import FaultPolicy
 from opsledger.faults.store import Incident, incident_file, load_incident
 from opsledger.project import Project
-from opsledger.records import Record, change_runs, run_record_path
+from opsledger.records import Record, run_record_path
 
 
 def last_seen_index(incident: Incident) -> int:
@@ -103,13 +104,40 @@ def recovery_test(
     return result
 
 
+def evidenced_runs(project: Project, change_id: str) -> tuple[list[Record], list[str]]:
+    """The change's run records that count as evidence, and why each other one does not.
+
+    A run record is a JSON file anyone can write and commit; only what the CI identity
+    committed on the protected branch, for the change as requested, is evidence
+    (`evidence.run_evidence`, as promotion and audit judge it). Without this a person could
+    resolve an incident, or mark a problem fixed, with a record they typed themselves.
+    """
+    from opsledger.base import resolve_base
+    from opsledger.evidence import run_evidence
+
+    trusted, why_not = [], []
+    judged = run_evidence(project, resolve_base(project), only=lambda r: r.change == change_id)
+    for evidence in judged:
+        if evidence.record is None:
+            continue
+        if evidence.trusted:
+            trusted.append(evidence.record)
+        else:
+            why_not.append(
+                f"run of {evidence.record.finished_at[:19]}: no evidence "
+                f"({'; '.join(evidence.reasons)})"
+            )
+    return trusted, why_not
+
+
 def qualifying_run(
     project: Project, incident: Incident, change_id: str
 ) -> tuple[Record | None, list[str]]:
     """The change's newest successful, verified run that can have fixed this incident.
 
-    It must have finished after the fault was seen: detected_at, or the commit that opened the
-    incident when that is earlier (git time is the authority, the file only a claim).
+    Only runs that count as evidence (`evidenced_runs`). It must have finished after the fault
+    was seen: detected_at, or the commit that opened the incident when that is earlier (git
+    time is the authority, the file only a claim).
     Returns the run (or None) and, for each run that does not count, why not.
     """
     from opsledger.faults.queries import histories
@@ -118,10 +146,9 @@ def qualifying_run(
     first = histories(project, [incident])[incident.id].stamps[:1]
     if first and first[0] is not None:
         detected = min(detected, first[0].at)
-    why_not, best = [], None
-    for run in change_runs(project):
-        if run.change != change_id:
-            continue
+    runs, why_not = evidenced_runs(project, change_id)
+    best = None
+    for run in runs:
         verified = (run.verification or {}).get("status")
         reasons = []
         if run.result != "success":

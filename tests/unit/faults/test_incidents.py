@@ -58,7 +58,12 @@ def request_fix(project, clock):
     return change.id
 
 
-def run_record(change_id, started, *, result="success", verification="passed", hosts=("lab-db1",)):
+def run_record(
+    project, change_id, started, *, result="success", verification="passed", hosts=("lab-db1",)
+):
+    """A run of request_fix's change as apply records it: its params and requested content."""
+    from opsledger.signoff import subject
+
     return Record(
         kind="run",
         environment="lab",
@@ -67,6 +72,8 @@ def run_record(change_id, started, *, result="success", verification="passed", h
         finished_at=(started + dt.timedelta(minutes=2)).isoformat(),
         change=change_id,
         runbook="service-restart",
+        params={"service": "postgresql@15-main"},
+        content_sha256=subject(project, change_id)[1].sha256,
         targets="lab-db1",
         hosts=list(hosts),
         verification={"status": verification, "targets": "lab-db1", "suites": ["postgresql"]},
@@ -101,14 +108,14 @@ def test_the_life_of_an_incident_is_a_series_of_commits_by_the_people_who_did_it
     assert "no successful, verified run" in denied.output and head(project) == before
     # a run without verification does not count either
     clock.advance(minutes=10)
-    commit_record(project, run_record(change_id, clock.now, verification="skipped"))
+    commit_record(project, run_record(project, change_id, clock.now, verification="skipped"))
     denied = run(
         "incident", "resolve", "INC-0001", "--change", change_id,
         "--summary", "restarted by the emergency change", "--as", "carol",
     )  # fmt: skip
     assert denied.exit_code == 3 and "verification skipped" in denied.output
     clock.advance(minutes=5)
-    commit_record(project, run_record(change_id, clock.now))
+    commit_record(project, run_record(project, change_id, clock.now))
     clock.advance(minutes=5)
     resolved = run(
         "incident", "resolve", "INC-0001", "--change", change_id,
@@ -321,3 +328,39 @@ def test_an_invalid_incident_file_is_named_not_a_traceback(fault_repo):
         ": priority: " in line for line in lines
     )
     git(project.root, "checkout", "--", str(path))
+
+
+def test_a_run_record_a_person_committed_proves_no_fix(fault_repo, clock):
+    """A run record is a file anyone can write: only what the CI identity committed counts, for
+    resolving an incident and for a problem's permanent fix alike (as promotion and audit)."""
+    from opsledger.records import run_record_path, write_record
+
+    project = fault_repo
+    assert new_p2().exit_code == 0
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    forged = run_record(project, change_id, clock.now)
+    path = write_record(run_record_path(project, change_id, clock.now), forged)
+    commit_paths(project.root, [path], "Run", name="Carol Chen", email="carol@example.org")
+    clock.advance(minutes=5)
+    before = head(project)
+    resolve = (
+        "incident", "resolve", "INC-0001", "--change", change_id,
+        "--summary", "restarted by the emergency change", "--as", "carol",
+    )  # fmt: skip
+    denied = run(*resolve)
+    assert denied.exit_code == 3, denied.output
+    assert "not the CI identity ci@example.org" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1 and head(project) == before
+    opened = run("problem", "new", "--title", "PostgreSQL stops", "--incident", "INC-0001",
+                 "--as", "bob")  # fmt: skip
+    assert opened.exit_code == 0, opened.output
+    before = head(project)
+    fix = run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob")
+    assert fix.exit_code == 3 and "not the CI identity" in fix.stderr
+    assert head(project) == before
+    # the same run committed by CI is evidence: both steps pass
+    clock.advance(minutes=5)
+    commit_record(project, run_record(project, change_id, clock.now))
+    assert run(*resolve).exit_code == 0
+    assert run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob").exit_code == 0
