@@ -224,6 +224,15 @@ def open_incident(
         problems.append(
             Problem(f"unknown source {source!r}", file, "source", f"use: {', '.join(SOURCES)}")
         )
+    if fingerprint is not None and not fingerprint.strip():
+        problems.append(
+            Problem(
+                "the fingerprint is empty",
+                file,
+                "--fingerprint",
+                "give the alert's identity, or leave the option out",
+            )
+        )
     if detected.tzinfo is None:
         problems.append(Problem("no time zone", file, "detected_at", "add an offset, e.g. +01:00"))
     elif detected > when:

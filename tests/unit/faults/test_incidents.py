@@ -184,6 +184,24 @@ def test_bad_input_exits_2_one_line_per_problem_and_writes_nothing(fault_repo):
         "incident", "close", "INC-0001", "--class", "software", "--cause", "x" * 20, "--as", "bob"
     )
     assert closed_too_soon.exit_code == 2 and "is open" in closed_too_soon.stderr
+    # what is not an id never becomes a path: one line, nothing written
+    (project.root / "incidents" / "INC-0002").mkdir()
+    before = head(project)
+    for given in ("INC-0002/../INC-0001", "../../policies", "INC-1", "inc-0001"):
+        for args in (("incident", "ack", given), ("problem", "new", "--title", "Odd id here",
+                                                  "--incident", given)):  # fmt: skip
+            odd = run(*args, "--as", "bob")
+            assert odd.exit_code == 2, (args, odd.output)
+            assert odd.stderr.strip().splitlines() == [
+                f"error: INCIDENT_ID: {given!r} is not an incident id — write it as INC-0001 "
+                "(see opsledger incident list)"
+            ]
+    odd = run("problem", "show", "PRB-0001/..")
+    assert odd.exit_code == 2 and "is not a problem id" in odd.stderr
+    # an empty alert fingerprint is refused, not read as "no fingerprint"
+    empty = new_p2("--fingerprint", " ")
+    assert empty.exit_code == 2 and "--fingerprint: the fingerprint is empty" in empty.stderr
+    assert head(project) == before
 
 
 def test_clocks_run_on_git_time_not_on_what_the_file_says(fault_repo, clock):
