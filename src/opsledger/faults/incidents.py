@@ -55,6 +55,7 @@ class Step(StrEnum):
     TESTED = "tested"
     COLLECTED = "collected"
     RESOLVED = "resolved"
+    REOPENED = "reopened"
     CLOSED = "closed"
 
 

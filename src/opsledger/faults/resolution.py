@@ -23,11 +23,13 @@ from opsledger.faults.store import Incident, incident_file, load_incident
 from opsledger.project import Project
 from opsledger.records import Record, run_record_path
 
+SIGHTINGS = ("opened", "detected", "reopened")  # timeline steps that saw the fault
+
 
 def last_seen_index(incident: Incident) -> int:
-    """Index of the newest timeline entry that saw the fault (opened or detected again)."""
+    """Index of the newest timeline entry that saw the fault (opened, detected, reopened)."""
     return max(
-        (i for i, e in enumerate(incident.timeline) if e.get("action") in ("opened", "detected")),
+        (i for i, e in enumerate(incident.timeline) if e.get("action") in SIGHTINGS),
         default=0,
     )
 
@@ -143,9 +145,14 @@ def qualifying_run(
     from opsledger.faults.queries import histories
 
     detected = dt.datetime.fromisoformat(incident.data["detected_at"])
-    first = histories(project, [incident])[incident.id].stamps[:1]
-    if first and first[0] is not None:
-        detected = min(detected, first[0].at)
+    stamps = histories(project, [incident])[incident.id].stamps
+    if stamps and stamps[0] is not None:
+        detected = min(detected, stamps[0].at)
+    reopened = [
+        stamp.at
+        for entry, stamp in zip(incident.timeline, stamps, strict=False)
+        if entry.get("action") == "reopened" and stamp is not None
+    ]
     runs, why_not = evidenced_runs(project, change_id)
     best = None
     for run in runs:
@@ -159,8 +166,11 @@ def qualifying_run(
             reasons.append(f"ran on {run.environment}")
         if incident.hosts and not set(run.hosts) & set(incident.hosts):
             reasons.append(f"touched {', '.join(run.hosts) or 'no host'}, not the affected hosts")
-        if dt.datetime.fromisoformat(run.finished_at) < detected:
+        finished = dt.datetime.fromisoformat(run.finished_at)
+        if finished < detected:
             reasons.append("finished before the fault was detected")
+        elif reopened and finished < reopened[-1]:
+            reasons.append("finished before the incident was reopened (it did not fix it)")
         if reasons:
             why_not.append(f"run of {run.finished_at[:19]}: {'; '.join(reasons)}")
         else:
@@ -335,6 +345,62 @@ def close(
         allowed=("resolved",),
         mutate=mutate,
         message=f"closed by {person}",
+        now=now,
+        signing_key=signing_key,
+    )
+
+
+def reopen(
+    project: Project,
+    incident_id: str,
+    *,
+    person: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> StepResult:
+    """Reopen a resolved incident whose fault is still there (the user says it is not fixed).
+
+    The resolution is withdrawn (it stays in the timeline) and the incident is active again:
+    acknowledged when someone had acknowledged it, else open. Resolving it again needs new
+    proof: a recovery test after the reopening, or a fix whose run finished after it. The
+    resolution clock resumes where the resolution stopped it (the time the service was
+    believed restored is not counted). A closed incident stays closed: a fault that returns
+    after closing is a new incident (`repeat_of`), counted as a repeat.
+
+    Example:
+        reopen(find_project(), "INC-0001", person="alice",
+               reason="Orders still time out for EU customers")
+    """
+
+    def mutate(incident: Incident, policy: FaultPolicy, when: dt.datetime):
+        if len(reason.strip()) < 10:
+            return {}, [
+                Problem(
+                    "say why it is not fixed",
+                    str(incident.path),
+                    "--reason",
+                    "what still fails, and who says so",
+                )
+            ]
+        was = incident.data.get("resolution") or {}
+        answered = any(e.get("action") == "acknowledged" for e in incident.timeline)
+        incident.data["status"] = "acknowledged" if answered else "open"
+        incident.data["resolution"] = None
+        return {
+            "action": "reopened",
+            "reason": reason.strip(),
+            "resolution_was": was.get("change") or was.get("how"),
+        }, []
+
+    return take_step(
+        project,
+        incident_id,
+        person=person,
+        step=Step.REOPENED,
+        allowed=("resolved",),
+        mutate=mutate,
+        message=f"reopened by {person}: {reason.strip()}"[:200],
         now=now,
         signing_key=signing_key,
     )

@@ -382,3 +382,59 @@ def test_a_run_record_a_person_committed_proves_no_fix(fault_repo, clock):
     commit_record(project, run_record(project, change_id, clock.now))
     assert run(*resolve).exit_code == 0
     assert run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob").exit_code == 0
+
+
+def test_a_resolved_incident_reopens_and_needs_new_proof(fault_repo, clock):
+    """Reopening withdraws the resolution: the fix that ran before it proves nothing more, the
+    resolution clock resumes (the time it stood resolved is not counted), closed stays closed."""
+    project = fault_repo
+    assert new_p2().exit_code == 0
+    clock.advance(minutes=10)
+    assert run("incident", "ack", "INC-0001", "--as", "bob").exit_code == 0
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    resolve = (
+        "incident", "resolve", "INC-0001", "--change", change_id,
+        "--summary", "restarted by the emergency change", "--as", "carol",
+    )  # fmt: skip
+    assert run(*resolve).exit_code == 0  # T0 + 30 min
+    clock.advance(minutes=60)
+    before = head(project)
+    for incident_id, reason, person, why in (
+        ("INC-0001", "no", "alice", "--reason: say why it is not fixed"),
+        ("INC-0001", "the reports still fail", "mallory", "'mallory'"),
+        ("INC-0009", "the reports still fail", "alice", "no incident INC-0009"),
+    ):
+        bad = run("incident", "reopen", incident_id, "--reason", reason, "--as", person)
+        assert bad.exit_code == 2 and why in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert head(project) == before
+    reopened = run(
+        "incident", "reopen", "INC-0001", "--reason", "users say the reports still fail",
+        "--as", "alice",
+    )  # fmt: skip
+    assert reopened.exit_code == 0, reopened.output  # T0 + 90 min
+    incident = load_incident(project, "INC-0001")
+    assert incident.status == "acknowledged" and incident.data["resolution"] is None
+    assert incident.timeline[-1]["action"] == "reopened"
+    assert authors(project, incident.path)[-1] == "alice@example.org"
+    # the run before the reopening did not fix it
+    again = run(*resolve)
+    assert again.exit_code == 3 and "before the incident was reopened" in again.stderr
+    clock.advance(minutes=20)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    assert run(*resolve).exit_code == 0  # T0 + 120 min
+    shown = json.loads(run("incident", "show", "INC-0001", "--json").output)
+    assert shown["sla"]["resolved_at"] == (T0 + dt.timedelta(minutes=120)).isoformat()
+    assert shown["sla"]["resolution"]["used_minutes"] == 60.0  # 30 + 30: not the 60 resolved
+    clock.advance(minutes=10)
+    closed = run(
+        "incident", "close", "INC-0001", "--class", "software", "--cause", "PostgreSQL was down",
+        "--root-cause", "The unit was masked by hand; the baseline now unmasks it", "--as", "bob",
+    )  # fmt: skip
+    assert closed.exit_code == 0, closed.output
+    final = run("incident", "reopen", "INC-0001", "--reason", "it failed again", "--as", "alice")
+    assert final.exit_code == 2 and "INC-0001 is closed" in final.stderr
