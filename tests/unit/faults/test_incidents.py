@@ -252,6 +252,13 @@ def test_list_breaching_and_due_soonest_first(fault_repo, clock):
     assert [
         i.id for i, _ in list_incidents(project, due_within=dt.timedelta(hours=1), now=now).items
     ] == ["INC-0001"]
+    from opsledger.views.faults import list_rows
+
+    left = {r["incident"]: r["left"] for r in list_rows(list_incidents(project, now=now), now)}
+    assert left == {"INC-0001": "45 min overdue", "INC-0002": "3.0 h left"}
+    later = now + dt.timedelta(hours=4)
+    left = {r["incident"]: r["left"] for r in list_rows(list_incidents(project, now=later), later)}
+    assert left == {"INC-0001": "4.8 h overdue", "INC-0002": "60 min overdue"}
     cli_breaching = run("incident", "list", "--breaching")
     assert cli_breaching.exit_code == 1 and "INC-0001" in cli_breaching.output
 
