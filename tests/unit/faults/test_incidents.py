@@ -201,6 +201,17 @@ def test_bad_input_exits_2_one_line_per_problem_and_writes_nothing(fault_repo):
     # an empty alert fingerprint is refused, not read as "no fingerprint"
     empty = new_p2("--fingerprint", " ")
     assert empty.exit_code == 2 and "--fingerprint: the fingerprint is empty" in empty.stderr
+    # an empty text is one problem, said once (not as too short *and* not matching a pattern)
+    for args, where in (
+        (("incident", "new", "--title", "", "--class", "software", "--impact", "low",
+          "--urgency", "low"), "title: 0 characters"),
+        (("incident", "new", "--title", "Shop is slow", "--class", "software", "--impact",
+          "low", "--urgency", "low", "--service", ""), "services[0]: 0 characters"),
+        (("problem", "new", "--title", "", "--incident", "INC-0001"), "title: 0 characters"),
+    ):  # fmt: skip
+        said = run(*args, "--as", "bob")
+        assert said.exit_code == 2 and where in said.stderr, said.output
+        assert len(said.stderr.strip().splitlines()) == 1, said.stderr
     assert head(project) == before
 
 
