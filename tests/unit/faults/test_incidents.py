@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -456,3 +457,64 @@ def test_a_resolved_incident_reopens_and_needs_new_proof(fault_repo, clock):
     assert closed.exit_code == 0, closed.output
     final = run("incident", "reopen", "INC-0001", "--reason", "it failed again", "--as", "alice")
     assert final.exit_code == 2 and "INC-0001 is closed" in final.stderr
+
+
+PROBE_SUITE = '''"""probe: the marker says healthy."""
+
+SUITE = "probe"
+APPLIES_TO = "all"
+
+
+def test_marker_says_healthy(host):
+    assert host.file({path!r}).content_string.strip() == "healthy"
+'''
+
+
+@pytest.mark.slow  # real Testinfra runs on this machine (local connection)
+def test_a_passing_recovery_test_resolves_until_the_fault_is_seen_again(
+    local_env_repo, monkeypatch, tmp_path
+):
+    """The recovery test really runs `verify` on the affected host: a failing one is recorded
+    and proves nothing, a passing one resolves; a sighting or a reopening after it voids it."""
+    project = local_env_repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    marker = tmp_path / "marker"
+    marker.write_text("broken\n")
+    suite = project.root / "tests" / "infra" / "test_probe.py"
+    suite.write_text(PROBE_SUITE.format(path=str(marker)))
+    commit_paths(project.root, [suite], "Probe suite", name="Alice", email="alice@example.org")
+    alert = (
+        "incident", "new", "--title", "Orders fail on here", "--class", "software",
+        "--impact", "medium", "--urgency", "low", "--env", "local", "--host", "here",
+        "--fingerprint", "alert:orders", "--as", "alice",
+    )  # fmt: skip
+    assert run(*alert).exit_code == 0
+    verify = ("incident", "verify", "INC-0001", "--suite", "probe", "--as", "bob")
+    resolve = (
+        "incident", "resolve", "INC-0001", "--recovery-test",
+        "--summary", "the marker is healthy again", "--as", "bob",
+    )  # fmt: skip
+    failed = run(*verify)
+    assert failed.exit_code == 1 and "test_marker_says_healthy" in failed.output
+    assert run(*resolve).exit_code == 3
+    marker.write_text("healthy\n")
+    assert run(*verify).exit_code == 0
+    assert run(*alert).exit_code == 0  # the alert fires again after the test: it proves nothing
+    seen_again = run(*resolve)
+    assert seen_again.exit_code == 3 and "since the fault was last seen" in seen_again.stderr
+    assert run(*verify).exit_code == 0
+    assert run(*resolve).exit_code == 0
+    assert load_incident(project, "INC-0001").data["resolution"]["how"] == "recovery_test"
+    reopened = run(
+        "incident", "reopen", "INC-0001", "--reason", "customers still see failed orders",
+        "--as", "alice",
+    )  # fmt: skip
+    assert reopened.exit_code == 0 and load_incident(project, "INC-0001").status == "open"
+    assert run(*resolve).exit_code == 3  # the test before the reopening does not count
+    assert run(*verify).exit_code == 0
+    assert run(*resolve).exit_code == 0
+    actions = [e["action"] for e in load_incident(project, "INC-0001").timeline]
+    assert actions == [
+        "opened", "recovery_test", "recovery_test", "detected", "recovery_test", "resolved",
+        "reopened", "recovery_test", "resolved",
+    ]  # fmt: skip
