@@ -518,3 +518,34 @@ def test_a_passing_recovery_test_resolves_until_the_fault_is_seen_again(
         "opened", "recovery_test", "recovery_test", "detected", "recovery_test", "resolved",
         "reopened", "recovery_test", "resolved",
     ]  # fmt: skip
+
+
+def test_a_pause_ends_at_resolution_so_a_reopened_clock_runs(fault_repo, clock):
+    """Paused while waiting on the customer, then resolved: reopened, the clock runs again."""
+    project = fault_repo
+    opened = run(
+        "incident", "new", "--title", "Nightly export slow", "--class", "software",
+        "--impact", "medium", "--urgency", "medium", "--host", "lab-db1", "--as", "alice",
+    )  # fmt: skip
+    assert opened.exit_code == 0 and "P3" in opened.output
+    clock.advance(minutes=10)
+    assert run("incident", "ack", "INC-0001", "--as", "bob").exit_code == 0
+    clock.advance(minutes=10)
+    paused = run("incident", "pause", "INC-0001", "--reason", "waiting on the customer",
+                 "--as", "bob")  # fmt: skip
+    assert paused.exit_code == 0, paused.output
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    resolved = run("incident", "resolve", "INC-0001", "--change", change_id, "--summary",
+                   "restarted by the change", "--as", "bob")  # fmt: skip
+    assert resolved.exit_code == 0, resolved.output
+    clock.advance(minutes=10)
+    assert run("incident", "reopen", "INC-0001", "--reason", "the export is still slow",
+               "--as", "alice").exit_code == 0  # fmt: skip
+    clocks = show_incident(project, "INC-0001", now=clock.now + dt.timedelta(minutes=5)).clocks
+    assert clocks.state.value == "running" and clocks.resolution.due is not None
+    # 20 min until the pause and 5 since the reopening: the pause, and the time it stood
+    # resolved, do not count
+    assert clocks.resolution.used == dt.timedelta(minutes=25)
