@@ -409,6 +409,8 @@ def suggest_problems(
     Example:
         [(s.fingerprint, s.incidents) for s in suggest_problems(find_project())]
     """
+    if environment is not None:  # a typo must not read as "no recurring fault" (exit 2)
+        project.require_environment(environment)
     policy = load_fault_policy(project)
     when = moment(now)
     incidents = load_incidents(project)

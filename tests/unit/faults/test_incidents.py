@@ -549,3 +549,20 @@ def test_a_pause_ends_at_resolution_so_a_reopened_clock_runs(fault_repo, clock):
     # 20 min until the pause and 5 since the reopening: the pause, and the time it stood
     # resolved, do not count
     assert clocks.resolution.used == dt.timedelta(minutes=25)
+
+
+def test_an_unknown_environment_is_refused_not_read_as_nothing_to_tell(fault_repo):
+    """`--env prodution` in a scheduled job would otherwise never tell a breach (exit 0)."""
+    assert new_p2().exit_code == 0
+    for args in (
+        ("incident", "list", "--env", "prodution"),
+        ("incident", "list", "--breaching", "--env", "prodution"),
+        ("notify", "breaches", "--env", "prodution"),
+        ("problem", "suggest", "--env", "prodution"),
+        ("incident", "list", "--env", "../lab"),
+    ):
+        said = run(*args)
+        assert said.exit_code == 2, (args, said.output)
+        lines = said.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no inventory for environment" in lines[0], lines
+    assert run("incident", "list", "--env", "lab").exit_code == 0
