@@ -836,7 +836,9 @@ def _locked_run(
         if drilled:
             _phase(events, "drill", drilled)
         if problem is None:  # incidents follow committed evidence only
-            record_detection(project, [path] + ([drill_path] if drill_path else []))
+            detected = record_detection(project, [path] + ([drill_path] if drill_path else []))
+            if detected.summary():
+                _phase(events, "incidents", detected.summary())
             if run.origin is not None:  # before the locks go: the next holder must see it
                 try:
                     run.origin.publish()
