@@ -164,14 +164,57 @@ def _verification_entry(
     return {"status": "not run", "why": why}
 
 
-def rollback_base(project: Project, change_id: str) -> str:
-    """The commit holding the desired state before the change.
+def rollback_base(project: Project, change_id: str, environment: str | None = None) -> str:
+    """The commit holding the desired state a rollback of the change returns to.
 
-    It is the first parent of the commit that brought `changes/<ID>/change.yml` into this
-    branch, following first parents: after a merge, the target branch as it was before the
-    merge; after a squash or a direct commit, the commit before it. Desired-state edits
-    therefore belong in the change's commit or branch.
+    With `environment`: the state that environment last ran and verified before the change came
+    in — the commit of the newest successful run record that is evidence (committed by CI on the
+    protected base, see evidence.py) and an ancestor of the change's arrival. That state was
+    approved and applied. Only without such a run (a new environment): the first parent of the
+    commit that brought `changes/<ID>/change.yml` into this branch, following first parents —
+    after a merge, the target branch as it was before the merge; after a squash or a direct
+    commit, the commit before it. After a fast-forward or rebase merge that parent is the
+    requester's own commit, which nobody approved (hostile review F1), hence evidence first.
     """
+    arrival = _before_arrival(project, change_id)
+    if environment:
+        verified = last_verified_state(project, environment, before=arrival, other_than=change_id)
+        if verified:
+            return verified
+    return arrival
+
+
+def last_verified_state(
+    project: Project, environment: str, *, before: str, other_than: str = ""
+) -> str | None:
+    """The commit of the newest successful, evidenced run in `environment` that `before` holds."""
+    from opsledger.base import resolve_base
+    from opsledger.evidence import run_evidence
+
+    def wanted(record: Record) -> bool:
+        return (
+            record.environment == environment
+            and record.result == "success"
+            and record.change != other_than
+            and bool(record.git_commit)
+        )
+
+    try:
+        base = resolve_base(project)
+    except OpsledgerError:  # no protected base here: no evidence either
+        return None
+    for evidence in reversed(run_evidence(project, base, only=wanted)):
+        commit = evidence.record.git_commit if evidence.record else ""
+        if not evidence.trusted or not commit:
+            continue
+        held = git(project.root, "merge-base", "--is-ancestor", commit, before, check=False)
+        if held.returncode == 0:
+            return commit
+    return None
+
+
+def _before_arrival(project: Project, change_id: str) -> str:
+    """The first parent of the commit that brought the change's change.yml into the branch."""
     rel = f"changes/{change_id}/change.yml"
     added = git(
         project.root,
@@ -421,7 +464,7 @@ def _rollback(
     if not name:
         _phase(events, "rollback", f"{runbook.name} declares no rollback runbook: none run")
         return None
-    base = rollback_base(project, change.id)
+    base = rollback_base(project, change.id, change.environment)
     _phase(events, "rollback", f"rolling back with {name} to {base[:10]} ({reason})")
     with checkout_of(project, base) as before:
         back = load_runbook(before, name)

@@ -14,9 +14,9 @@ from opsledger.apply import apply_change, checkout_of, rollback_base
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git, head
-from opsledger.signoff import approve_change, sign_off
+from opsledger.signoff import approve_change, request_change, sign_off, subject
 
-from .conftest import START
+from .conftest import START, record_run
 
 INSIDE = START + dt.timedelta(minutes=30)
 
@@ -135,6 +135,51 @@ def test_rollback_base_after_a_merge_is_the_branch_before_the_merge(repo):
     main_before = head(root)
     git(root, "merge", "-q", "--no-ff", "-m", "Merge feature", "feature")
     assert rollback_base(project, "CHG-0002") == main_before
+
+
+def test_rollback_returns_to_the_last_verified_state_not_the_requesters_own_commit(repo):
+    """Hostile review F1: after a fast-forward merge the commit before the change's is the
+    requester's own — here one that plants an edit and a later commit that reverts it while
+    adding the change, so reviewers saw a clean tree. The rollback base is the state the
+    environment last ran and verified (an evidence record), never that planted commit."""
+    project, change_id, _ = repo
+    root = project.root
+    approve_change(project, change_id, person="bob", now=START)
+    verified = head(root)
+    record_run(  # CI ran CHG-0001 from `verified` and verified it
+        project,
+        change_id,
+        START,
+        params={"tags": ["postgresql"]},
+        targets="db",
+        git_commit=verified,
+        content_sha256=subject(project, change_id)[1].sha256,
+    )
+    params = root / "inventories/lab/group_vars/db/postgresql.yml"
+    clean = params.read_text()
+    alice = {"name": "Alice Arnold", "email": "alice@example.org"}
+    params.write_text(clean.replace("work_mem: 8MB", "work_mem: 999MB"))
+    commit_paths(root, [params], "Tune work_mem", **alice)
+    planted = head(root)
+    params.write_text(clean)
+    change, _ = request_change(
+        project,
+        title="Restart nothing much",
+        runbook="converge",
+        requested_by="alice",
+        reason="Reviewers see a clean tree",
+        targets="db",
+        params={"tags": ["postgresql"]},
+        window_start=START,
+        window_end=START + dt.timedelta(hours=2),
+    )
+    commit_paths(root, [params, change.file.parent], f"Request {change.id}", **alice)
+    assert rollback_base(project, change.id) == planted  # the old answer: unapproved state
+    assert rollback_base(project, change.id, "lab") == verified
+    # a record that is no evidence (not the content CHG-0001 requested) names no state
+    record_run(project, change_id, START + dt.timedelta(hours=1), git_commit=planted)
+    assert rollback_base(project, change.id, "lab") == verified
+    assert rollback_base(project, change.id, "staging") == planted  # no run there yet
 
 
 def test_uncommitted_change_has_no_rollback_base(repo):
