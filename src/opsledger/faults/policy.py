@@ -411,8 +411,8 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
     sla = _sla(project, problems)
     try:
         incidents = _incidents(project, matrix, problems)
-    except OpsledgerError:
-        raise OpsledgerError(problems) from None
+    except OpsledgerError as exc:  # incidents.yml did not read, or broke its schema
+        raise OpsledgerError(problems + [p for p in exc.problems if p not in problems]) from None
     for name in incidents["root_cause_priorities"]:
         if name not in sla["terms"]:
             problems.append(
