@@ -8,7 +8,8 @@ fail-open or a corrupt commit before its fix.
   `!!null 3` silently became null;
 - an incidents.yml that does not read made `policy check` pass and `incident list` exit 2
   without a word;
-- a committed change.yml that does not read vanished from `audit check` without a finding.
+- a committed change.yml that does not read vanished from `audit check` without a finding;
+- `change withdraw` with an overlong id crashed (file name too long) before checking it.
 """
 
 from __future__ import annotations
@@ -166,3 +167,17 @@ def test_audit_check_reports_a_committed_change_that_does_not_read(tmp_path):
     assert '"rule": "change-unreadable"' in result.stdout
     assert f"changes/{change_id}/change.yml" in result.stdout
     assert "duplicate key 'targets'" in result.stdout
+
+
+# --- change withdraw/cancel and its id -------------------------------------------------------
+
+
+@pytest.mark.parametrize("change_id", ["x" * 300, "../../etc", "CHG-0001/../CHG-0001"])
+@pytest.mark.parametrize("verb", ["withdraw", "cancel"])
+def test_withdraw_checks_the_id_before_it_becomes_a_path(shared, verb, change_id):
+    """An id of 300 characters was an OSError traceback (file name too long)."""
+    project, _ = shared
+    before = tree_state(project.root)
+    args = ["change", verb, change_id, "--as", "alice", "--reason", "superseded"]
+    assert_refused(run(project.root, args), expect="is not a change id")
+    assert tree_state(project.root) == before
