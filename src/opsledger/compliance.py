@@ -120,7 +120,7 @@ _RECORD = re.compile(r"^changes/([A-Z]+-[0-9]+)/runs/[^/]+\.json$")
 
 
 def _evidence_kind(path: str) -> str:
-    if _RECORD.match(path):
+    if _RECORD.fullmatch(path):
         return "run record"
     return "statement" if _STATEMENT.match(path) else ""
 
@@ -173,7 +173,7 @@ def _added_records(history: list[Commit]) -> list[tuple[Commit, str, str]]:
         for f in commit.files:
             if f.path.endswith(STARTED_SUFFIX):
                 continue
-            if f.status == "A" and _RECORD.match(f.path) and f.path not in seen:
+            if f.status == "A" and _RECORD.fullmatch(f.path) and f.path not in seen:
                 seen[f.path] = (commit, f.path, f.blob)
     return list(seen.values())
 
@@ -214,7 +214,7 @@ def _uncommitted_records(project: Project) -> list[Finding]:
     findings = []
     for entry in filter(None, out.split("\0")):
         status, path = entry[:2], entry[3:]
-        match = _RECORD.match(path)
+        match = _RECORD.fullmatch(path)
         if not match:
             continue
         if status == "??":

@@ -181,3 +181,48 @@ def test_withdraw_checks_the_id_before_it_becomes_a_path(shared, verb, change_id
     args = ["change", verb, change_id, "--as", "alice", "--reason", "superseded"]
     assert_refused(run(project.root, args), expect="is not a change id")
     assert tree_state(project.root) == before
+
+
+# --- incident and problem ids ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["x" * 300, "INC-" + "1" * 300, "../../etc", "INC-0001\n", "INC-١٢٣٤"]
+)
+@pytest.mark.parametrize("command", [["incident", "show"], ["problem", "show"]])
+def test_an_incident_or_problem_id_is_checked_before_it_becomes_a_path(shared, command, bad):
+    """An id of 300 characters was an OSError traceback (file name too long); `\\d` took other
+    scripts' digits and `$` a final newline."""
+    project, _ = shared
+    before = tree_state(project.root)
+    assert_refused(run(project.root, [*command, bad]), expect="is not an id like")
+    assert tree_state(project.root) == before
+
+
+# --- an inventory Ansible only half reads ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "skipped"),
+    [
+        ("all: 1000\n", "Skipping 'all'"),
+        (
+            "all:\n  children:\n    db:\n      hosts: {lab-db1: {}, lab-db2: {}}\n    app: 5\n",
+            "Skipping 'app'",
+        ),
+    ],
+)
+def test_an_inventory_ansible_skips_part_of_is_refused_in_error_lines_only(shared, hosts, skipped):
+    """Ansible's own `[WARNING]` lines reached stderr, and a group it skipped silently left
+    the inventory (its hosts no longer targets)."""
+    project, change_id = shared
+    path = project.root / "inventories" / "lab" / "hosts.yml"
+    original = path.read_text()
+    path.write_text(hosts)
+    try:
+        before = tree_state(project.root)
+        lines = assert_refused(run(project.root, ["change", "validate", change_id]))
+        assert any(skipped in line for line in lines), lines
+        assert tree_state(project.root) == before
+    finally:
+        path.write_text(original)

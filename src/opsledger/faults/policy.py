@@ -127,7 +127,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
     times = {}
     for key in ("start", "end"):
         value = str(data.get(key, ""))
-        if not _HHMM.match(value):
+        if not _HHMM.fullmatch(value):
             problems.append(
                 Problem(f"{value!r} is not HH:MM", file, f"{where}.{key}", "e.g. 08:00 (end 24:00)")
             )
