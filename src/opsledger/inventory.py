@@ -301,8 +301,17 @@ def _load(source: Path, template: bool) -> Inventory:
         _plugins_ready = True
     loader = DataLoader()
     _use_vault(loader, source)
-    with _warnings_kept() as warned:
+    with _warnings_kept() as warned:  # vars files warn too (a file that is not UTF-8)
         manager = InventoryManager(loader=loader, sources=[str(source)])
+        variables = VariableManager(loader=loader, inventory=manager)
+        hosts: dict[str, InventoryHost] = {}
+        for host in manager.get_hosts("all"):
+            raw = variables.get_vars(host=host)
+            templar = Templar(loader=loader, variables=raw)
+            groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
+            entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
+            entry.source = str(source)
+            hosts[host.name] = entry
     if warned:  # a part Ansible skipped: the hosts a reviewer reads are not those that run
         raise OpsledgerError(
             [
@@ -315,15 +324,6 @@ def _load(source: Path, template: bool) -> Inventory:
                 for text in dict.fromkeys(warned)
             ]
         )
-    variables = VariableManager(loader=loader, inventory=manager)
-    hosts: dict[str, InventoryHost] = {}
-    for host in manager.get_hosts("all"):
-        raw = variables.get_vars(host=host)
-        templar = Templar(loader=loader, variables=raw)
-        groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
-        entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
-        entry.source = str(source)
-        hosts[host.name] = entry
     if not hosts:
         raise OpsledgerError(
             Problem(

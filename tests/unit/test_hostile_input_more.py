@@ -226,3 +226,18 @@ def test_an_inventory_ansible_skips_part_of_is_refused_in_error_lines_only(share
         assert tree_state(project.root) == before
     finally:
         path.write_text(original)
+
+
+def test_host_vars_that_are_not_utf8_give_error_lines_only(shared):
+    """Ansible's deprecation notice about the encoding reached stderr beside the error."""
+    project, change_id = shared
+    path = project.root / "inventories" / "lab" / "host_vars" / "lab-db1.yml"
+    original = path.read_bytes()
+    path.write_bytes(b"\x85" + original)
+    try:
+        before = tree_state(project.root)
+        for args in (["change", "validate", change_id], ["host", "show", "lab-db1"]):
+            assert_refused(run(project.root, args), expect="Ansible cannot load it")
+        assert tree_state(project.root) == before
+    finally:
+        path.write_bytes(original)
