@@ -241,3 +241,37 @@ def test_host_vars_that_are_not_utf8_give_error_lines_only(shared):
         assert tree_state(project.root) == before
     finally:
         path.write_bytes(original)
+
+
+# --- runbook names that become paths ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("verification", {"suites": ["é" * 200]}, "verification.suites[0]"),
+        ("roles", ["r" * 300], "roles[0]"),
+        ("roles", ["../runbooks"], "roles[0]"),
+        ("rollback", "x" * 300, "rollback"),
+        ("playbook", "../../../../../tmp/elsewhere.yml", "playbook"),
+        ("playbook", "p" * 300 + ".yml", "playbook"),
+    ],
+)
+def test_names_in_a_runbook_are_checked_before_they_become_paths(shared, field, value, message):
+    """A suite of 200 characters was an OSError traceback (file name too long) in every
+    command that lists runbooks; a playbook could name a file outside the repository."""
+    import yaml
+
+    project, _ = shared
+    path = project.root / "runbooks" / "service-restart" / "runbook.yml"
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    data[field] = value
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        before = tree_state(project.root)
+        for args in (["runbook", "list"], ["runbook", "show", "service-restart"], NEW):
+            assert_refused(run(project.root, args), expect=message)
+        assert tree_state(project.root) == before
+    finally:
+        path.write_text(original)
