@@ -9,7 +9,9 @@ fail-open or a corrupt commit before its fix.
 - an incidents.yml that does not read made `policy check` pass and `incident list` exit 2
   without a word;
 - a committed change.yml that does not read vanished from `audit check` without a finding;
-- `change withdraw` with an overlong id crashed (file name too long) before checking it.
+- names too long for a file (a change, incident or problem id, `--key`, a timezone, a
+  runbook's suite) were OSError tracebacks; an inventory Ansible half read printed its own
+  `[WARNING]` lines.
 """
 
 from __future__ import annotations
@@ -273,5 +275,35 @@ def test_names_in_a_runbook_are_checked_before_they_become_paths(shared, field, 
         for args in (["runbook", "list"], ["runbook", "show", "service-restart"], NEW):
             assert_refused(run(project.root, args), expect=message)
         assert tree_state(project.root) == before
+    finally:
+        path.write_text(original)
+
+
+# --- names too long for the file system ------------------------------------------------------
+
+
+def test_a_signing_key_path_too_long_for_a_file_is_not_found(shared):
+    """`--key` with a 300-character name was an OSError traceback before anything was said."""
+    project, change_id = shared
+    before = tree_state(project.root)
+    args = ["approve", change_id, "--as", "bob", "--key", "é" * 300]
+    assert_refused(run(project.root, args), expect="signing key not found")
+    assert tree_state(project.root) == before
+
+
+def test_a_business_hours_timezone_too_long_for_a_file_is_unknown(shared):
+    """An IANA name is a file name under zoneinfo: 300 characters were an OSError traceback."""
+    import yaml
+
+    project, change_id = shared
+    path = project.root / "policies" / "sla.yml"
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    data["business_hours"]["timezone"] = "x" * 300
+    path.write_text(yaml.safe_dump(data))
+    try:
+        assert_refused(run(project.root, ["policy", "check"]), expect="unknown timezone")
+        decided = assert_refused(run(project.root, ["decide", change_id, "--at", INSIDE]))
+        assert "policy check fails" in decided[-1]
     finally:
         path.write_text(original)

@@ -108,7 +108,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
         problems.append(Problem(f"unknown field {key!r}", file, f"{where}.{key}", "remove it"))
     try:
         zone = ZoneInfo(str(data.get("timezone")))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         problems.append(
             Problem(
                 f"unknown timezone {data.get('timezone')!r}",
