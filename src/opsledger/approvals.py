@@ -226,7 +226,7 @@ def worktree_problems(project: Project, change_id: str) -> list[Problem]:
                     "remove it: statements are plain files written by opsledger approve",
                 )
             )
-        elif path.is_file() and not _FILE.match(relative):
+        elif path.is_file() and not _FILE.fullmatch(relative):
             problems.append(
                 Problem(
                     "not a statement file (approvals/<person>/<UTC stamp>.yml)",
@@ -263,7 +263,7 @@ def judge(
     excluded: frozenset[str] = frozenset(),
 ) -> Judged:
     """Whose statement this version of a file provably is, or why it is nobody's."""
-    match = _FILE.match(found.path)
+    match = _FILE.fullmatch(found.path)
     person = match.group(2) if match else ""
     commit = found.introduced_by[0].sha if found.introduced_by else ""
     judged = Judged(found.path, person, None, False, [], commit=commit)

@@ -589,6 +589,7 @@ def withdraw_change(
     from opsledger.reconcile import reconcile_runs
     from opsledger.records import read_runs
 
+    check_change_id(change_id)  # before it becomes a path: no `..`, no overlong file name
     file = changes_dir(project) / change_id / "change.yml"
     problems = []
     if not file.is_file():

@@ -54,7 +54,7 @@ from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_change
 from opsledger.content import Content
 from opsledger.decide import window_checks
-from opsledger.errors import OpsledgerError
+from opsledger.errors import OpsledgerError, one_line
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
@@ -127,7 +127,7 @@ _RECORD = re.compile(r"^changes/([A-Z]+-[0-9]+)/runs/[^/]+\.json$")
 
 
 def _evidence_kind(path: str) -> str:
-    if _RECORD.match(path):
+    if _RECORD.fullmatch(path):
         return "run record"
     return "statement" if _STATEMENT.match(path) else ""
 
@@ -180,7 +180,7 @@ def _added_records(history: list[Commit]) -> list[tuple[Commit, str, str]]:
         for f in commit.files:
             if f.path.endswith(STARTED_SUFFIX):
                 continue
-            if f.status == "A" and _RECORD.match(f.path) and f.path not in seen:
+            if f.status == "A" and _RECORD.fullmatch(f.path) and f.path not in seen:
                 seen[f.path] = (commit, f.path, f.blob)
     return list(seen.values())
 
@@ -222,7 +222,7 @@ def _uncommitted_records(project: Project) -> list[Finding]:
     findings = []
     for entry in filter(None, out.split("\0")):
         status, path = entry[:2], entry[3:]
-        match = _RECORD.match(path)
+        match = _RECORD.fullmatch(path)
         if not match:
             continue
         if status == "??":
@@ -607,7 +607,8 @@ def audit_check(
             continue
         try:
             change = load_change(project, change_id)
-        except OpsledgerError:
+        except OpsledgerError as err:
+            result.findings.append(_unreadable(change_id, "change.yml", err, history))
             continue
         signed = change.environment in policies.signature_environments
         result.findings += [f for f in edits if f.change == change_id]
@@ -621,7 +622,8 @@ def audit_check(
             continue
         try:
             request = load_policy_request(project, change_id)
-        except OpsledgerError:
+        except OpsledgerError as err:
+            result.findings.append(_unreadable(change_id, "policy.yml", err, history))
             continue
         rule = policies.policy_changes
         result.findings += [f for f in edits if f.change == change_id]
@@ -645,6 +647,22 @@ def audit_check(
         for f in fault_findings(project, since=since, now=moment)
     ]
     return result
+
+
+def _unreadable(change_id: str, name: str, err: OpsledgerError, history: list[Commit]) -> Finding:
+    """A committed request that does not read (a duplicate key, a symlink, bad YAML).
+
+    Skipping it would hide the change from the audit, with its statements and runs unjudged.
+    """
+    return Finding(
+        "change-unreadable",
+        "high",
+        "the request does not read, so its approvals and runs cannot be judged: "
+        + one_line(str(err.problems[0]), 200),
+        f"changes/{change_id}/{name}",
+        change_id,
+        (history[-1].sha,) if history else (),
+    )
 
 
 def _when(commits: list[Commit], sha: str) -> dt.datetime:

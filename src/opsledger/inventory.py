@@ -8,12 +8,14 @@ values the roles consume.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, one_line
 from opsledger.hostpattern import pattern_problems
 from opsledger.yamlio import load_yaml
 
@@ -314,6 +316,24 @@ def _use_vault(loader: Any, source: Path) -> None:
         current.secrets.extend(s for s in secrets if s not in current.secrets)
 
 
+@contextlib.contextmanager
+def _warnings_kept() -> Iterator[list[str]]:
+    """Ansible's warnings while reading an inventory, kept instead of printed to stderr.
+
+    A half-parsed inventory ("Skipping 'all' as this is not a valid group definition") is an
+    input problem like any other: one `error:` line each, never Ansible's own lines.
+    """
+    kept: list[str] = []
+    try:
+        from ansible._internal._display_utils import DeferredWarningContext
+    except ImportError:  # another Ansible: its warnings print as they did
+        yield kept
+        return
+    with DeferredWarningContext(variables={}) as context:
+        yield kept
+    kept += [w.event.msg for w in context.get_warnings()]
+
+
 def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
@@ -330,16 +350,29 @@ def _load(source: Path, template: bool) -> Inventory:
         _plugins_ready = True
     loader = DataLoader()
     _use_vault(loader, source)
-    manager = InventoryManager(loader=loader, sources=[str(source)])
-    variables = VariableManager(loader=loader, inventory=manager)
-    hosts: dict[str, InventoryHost] = {}
-    for host in manager.get_hosts("all"):
-        raw = variables.get_vars(host=host)
-        templar = Templar(loader=loader, variables=raw)
-        groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
-        entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
-        entry.source = str(source)
-        hosts[host.name] = entry
+    with _warnings_kept() as warned:  # vars files warn too (a file that is not UTF-8)
+        manager = InventoryManager(loader=loader, sources=[str(source)])
+        variables = VariableManager(loader=loader, inventory=manager)
+        hosts: dict[str, InventoryHost] = {}
+        for host in manager.get_hosts("all"):
+            raw = variables.get_vars(host=host)
+            templar = Templar(loader=loader, variables=raw)
+            groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
+            entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
+            entry.source = str(source)
+            hosts[host.name] = entry
+    if warned:  # a part Ansible skipped: the hosts a reviewer reads are not those that run
+        raise OpsledgerError(
+            [
+                Problem(
+                    f"Ansible cannot read it: {one_line(text, 200)}",
+                    str(source),
+                    "inventory",
+                    "fix the inventory (ansible-inventory --list -i FILE shows it)",
+                )
+                for text in dict.fromkeys(warned)
+            ]
+        )
     if not hosts:
         raise OpsledgerError(
             Problem(

@@ -226,7 +226,7 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
 
 def is_final_run_path(path: str) -> bool:
     """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
-    match = _RUN_FILE.match(path)
+    match = _RUN_FILE.fullmatch(path)
     return bool(match) and not match.group(3)
 
 
@@ -276,7 +276,7 @@ def _committed_files(root: Path) -> dict[str, bytes]:
     wanted = []
     for entry in listing.split(b"\0"):
         meta, _, path = entry.decode().partition("\t")
-        if path and _RUN_FILE.match(path) and meta.split()[1] == "blob":
+        if path and _RUN_FILE.fullmatch(path) and meta.split()[1] == "blob":
             wanted.append((path, meta.split()[2]))
     if not wanted:
         return {}
@@ -321,7 +321,7 @@ def read_runs(project: Project) -> RunLedger:
     uncommitted = []
     for file in sorted((project.root / "changes").glob("*/runs/*.json")):
         path = file.relative_to(project.root).as_posix()
-        if path in committed_files or not _RUN_FILE.match(path):
+        if path in committed_files or not _RUN_FILE.fullmatch(path):
             continue
         try:
             record = _parse(file.read_bytes())

@@ -128,7 +128,7 @@ def sign_off(
                 "sign as a listed person (--as ID)",
             )
         )
-    if signing_key is not None and not Path(signing_key).is_file():
+    if signing_key is not None and not _is_file(Path(signing_key)):
         raise OpsledgerError(
             Problem(
                 "signing key not found", str(signing_key), "--key", "point at your SSH private key"
@@ -385,3 +385,14 @@ def propose_policy_change(
         shutil.rmtree(request.file.parent)
         raise
     return request, statement
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, and False where the name cannot be a file.
+
+    A name longer than the system allows makes Python raise instead of answering.
+    """
+    try:
+        return path.is_file()
+    except OSError:
+        return False

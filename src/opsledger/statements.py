@@ -97,9 +97,9 @@ def parse_statement(raw: bytes) -> Statement:
     if data["decision"] not in DECISIONS:
         raise NotAStatement(f"unknown decision {data['decision']!r}")
     for key in ("content_sha256", "policy_sha256"):
-        if not _HEX.match(data[key]):
+        if not _HEX.fullmatch(data[key]):
             raise NotAStatement(f"{key} is not a sha256")
-    if not _PERSON.match(data["person"]):
+    if not _PERSON.fullmatch(data["person"]):
         raise NotAStatement(f"{data['person']!r} is not a person id")
     try:
         at = dt.datetime.fromisoformat(data["at"])

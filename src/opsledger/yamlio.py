@@ -49,14 +49,18 @@ _MERGE_TAG = f"{_TAG}merge"
 
 
 def _buildable(loader: Any, node: ScalarNode) -> str | None:
-    """Why a date or number cannot be built (day 30 of February, a 5000-digit int), if so.
+    """Why a date, number, boolean or null cannot be built (`!!bool maybe`, 2026-02-30), if so.
 
-    The constructor is called directly, not through the loader's cache, so the value built
-    for the document later is unaffected.
+    A 5000-digit int would not build either. The constructor is called directly, not through
+    the loader's cache, so the value built for the document later is unaffected.
     """
+    implicit = loader.resolve(ScalarNode, node.value, (True, False))
+    fits = {implicit} | ({f"{_TAG}float"} if implicit == f"{_TAG}int" else set())
+    if node.tag not in fits:  # `!!bool maybe`, `!!null 3`: a tag the value does not fit
+        return f"{shown(node.value, 40)} does not fit its tag {node.tag.replace(_TAG, '!!')}"
     try:
         loader.yaml_constructors[node.tag](loader, node)
-    except (ValueError, OverflowError, yaml.YAMLError) as exc:
+    except (ValueError, OverflowError, KeyError, TypeError, yaml.YAMLError) as exc:
         return f"cannot read {shown(node.value, 40)}: {one_line(str(exc), 60)}"
     return None
 
@@ -175,14 +179,12 @@ def _check_nodes(node: Node, path: str, problems: _Problems, loader: Any) -> Non
     else:
         if node.tag not in DATA_TAGS | {_DATE_TAG}:
             _bad_tag(node, path, problems)
-        elif node.tag in (_DATE_TAG, f"{_TAG}int", f"{_TAG}float") and (
-            why := _buildable(loader, node)
-        ):
+        elif node.tag != f"{_TAG}str" and (why := _buildable(loader, node)):
             problems.add(
                 why,
                 node.start_mark,
                 path,
-                "write a real date (YYYY-MM-DD) or number, or quote it as text",
+                "write a real date (YYYY-MM-DD), number, true/false or null, or quote it as text",
             )
     if isinstance(node, MappingNode) and node.tag != f"{_TAG}map":
         _bad_tag(node, path, problems)
@@ -216,6 +218,18 @@ def _syntax_problem(exc: yaml.YAMLError, source: str) -> Problem:
     )
 
 
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates, i.e. bytes that were not UTF-8.
+
+    Python decodes such bytes (an argument, git's output) as surrogates no encoder accepts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:
     """YAML text to plain data (dict, list, str, int, float, bool, None, date), or one error.
 
@@ -227,6 +241,10 @@ def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> A
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise OpsledgerError(
             Problem(f"larger than {MAX_BYTES} bytes", source, "size", "keep files small")
+        )
+    if not is_utf8(text):
+        raise OpsledgerError(
+            Problem("not UTF-8 text", source, "encoding", "save it (or pass the value) as UTF-8")
         )
     problems = _Problems(source)
     scanner = _BASE(text)

@@ -17,6 +17,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opsledger.policyfiles import POLICY_FILES
+
 from .badinput import assert_refused, run, tree_state
 from .conftest import START, build_repo
 
@@ -181,7 +183,7 @@ def test_mangled_change_text_exits_2(repo_once, noise, bad):
 
 # --- policies --------------------------------------------------------------------------------
 
-POLICIES = ["people", "changes", "windows", "sla", "waivers", "inspections", "dr"]
+POLICIES = sorted(POLICY_FILES)  # all ten policy files (incidents, locks, notifications too)
 
 
 def _paths(node, prefix=()):

@@ -14,7 +14,34 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.history import check_history
-from opsledger.errors import OpsledgerError, one_line
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, one_line, shown
+
+# Variables click (or the project finder) reads as option values.
+_ENV_OPTIONS = ("OPSLEDGER_PERSON", "OPSLEDGER_SIGNING_KEY", "OPSLEDGER_BASE", "OPSLEDGER_PROJECT")
+
+
+def not_utf8_problems(args: list[str]) -> list[Problem]:
+    """One problem per argument (or option variable) whose bytes are not UTF-8.
+
+    Python hands such bytes over as lone surrogates: written into a change, a statement or an
+    incident they become YAML no loader accepts back, so an approval would be committed that
+    never counts and an incident that can no longer be read. Refused before anything runs.
+    """
+    from opsledger.yamlio import is_utf8  # yaml is not needed for --help
+
+    named = [(f"argument {index}", arg) for index, arg in enumerate(args, 1)]
+    named += [(f"${name}", os.environ[name]) for name in _ENV_OPTIONS if name in os.environ]
+    return [
+        Problem(
+            f"{shown(value, 60)} is not UTF-8 text",
+            None,
+            where,
+            "pass UTF-8 text (check the terminal's or the script's encoding)",
+        )
+        for where, value in named
+        if not is_utf8(value)
+    ]
+
 
 # Every command of the root group: name -> (module under opsledger.cli, its first help paragraph).
 # A command's module is imported only when that command runs (or its own --help is asked for):
@@ -139,13 +166,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OpsledgerError as exc:
-            for problem in exc.problems:
+            # A refusal always says why: an empty list would be an exit code with no reason.
+            for problem in exc.problems or [Problem("refused without a reason (a bug: report it)")]:
                 click.secho(f"error: {problem}", fg="red", err=True)
             ctx.exit(exc.exit_code)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        if problems := not_utf8_problems(sys.argv[1:] if args is None else list(args)):
+            for problem in problems:
+                click.secho(f"error: {problem}", fg="red", err=True)
+            sys.exit(EXIT_INVALID)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.ClickException as exc:

@@ -108,7 +108,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
         problems.append(Problem(f"unknown field {key!r}", file, f"{where}.{key}", "remove it"))
     try:
         zone = ZoneInfo(str(data.get("timezone")))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         problems.append(
             Problem(
                 f"unknown timezone {data.get('timezone')!r}",
@@ -127,7 +127,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
     times = {}
     for key in ("start", "end"):
         value = str(data.get(key, ""))
-        if not _HHMM.match(value):
+        if not _HHMM.fullmatch(value):
             problems.append(
                 Problem(f"{value!r} is not HH:MM", file, f"{where}.{key}", "e.g. 08:00 (end 24:00)")
             )
@@ -411,8 +411,8 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
     sla = _sla(project, problems)
     try:
         incidents = _incidents(project, matrix, problems)
-    except OpsledgerError:
-        raise OpsledgerError(problems) from None
+    except OpsledgerError as exc:  # incidents.yml did not read, or broke its schema
+        raise OpsledgerError(problems + [p for p in exc.problems if p not in problems]) from None
     for name in incidents["root_cause_priorities"]:
         if name not in sla["terms"]:
             problems.append(

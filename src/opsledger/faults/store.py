@@ -16,14 +16,14 @@ from typing import Any
 
 import yaml
 
-from opsledger.errors import OpsledgerError, Problem
+from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
 from opsledger.yamlio import MAX_BYTES, load_yaml
 
-INCIDENT_ID = re.compile(r"^INC-(\d{4,})$")
-PROBLEM_ID = re.compile(r"^PRB-(\d{4,})$")
+INCIDENT_ID = re.compile(r"INC-([0-9]{4,9})")  # fullmatch: not "INC-0001\n", no other digits
+PROBLEM_ID = re.compile(r"PRB-([0-9]{4,9})")
 STATUSES = ("open", "acknowledged", "resolved", "closed")
 ACTIVE = ("open", "acknowledged")  # the fault is not fixed yet
 SOURCES = ("user_report", "inspection", "drift", "verification", "rollback", "drill", "alert")
@@ -140,21 +140,41 @@ PROBLEM_ORDER = (
 )
 
 
+def checked_id(value: str, pattern: re.Pattern[str], example: str) -> str:
+    """The id, or exit 2 before it becomes a path when it is not one.
+
+    `../x`, an id of 300 characters (the file system's "name too long" was a traceback) and
+    an id with a final newline are refused alike.
+    """
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise OpsledgerError(
+            Problem(
+                f"{shown(value, 40)} is not an id like {example}",
+                field="id",
+                fix=f"write {example[:4]} and four to nine digits, e.g. {example}",
+            )
+        )
+    return value
+
+
 def incident_file(project: Project, incident_id: str) -> Path:
+    incident_id = checked_id(incident_id, INCIDENT_ID, "INC-0001")
     return project.root / "incidents" / incident_id / "incident.yml"
 
 
 def diagnostics_dir(project: Project, incident_id: str) -> Path:
+    incident_id = checked_id(incident_id, INCIDENT_ID, "INC-0001")
     return project.root / "incidents" / incident_id / "diagnostics"
 
 
 def problem_file(project: Project, problem_id: str) -> Path:
+    problem_id = checked_id(problem_id, PROBLEM_ID, "PRB-0001")
     return project.root / "problems" / problem_id / "problem.yml"
 
 
 def _ids(folder: Path, name: str, pattern: re.Pattern[str]) -> list[str]:
-    found = [p.parent.name for p in folder.glob(f"*/{name}") if pattern.match(p.parent.name)]
-    return sorted(found, key=lambda i: int(pattern.match(i).group(1)))  # type: ignore[union-attr]
+    found = [p.parent.name for p in folder.glob(f"*/{name}") if pattern.fullmatch(p.parent.name)]
+    return sorted(found, key=lambda i: int(pattern.fullmatch(i).group(1)))  # type: ignore[union-attr]
 
 
 def incident_ids(project: Project) -> list[str]:
@@ -172,7 +192,7 @@ def next_id(project: Project, kind: str, taken: set[str] | None = None) -> str:
         if kind == "incident"
         else ("PRB", PROBLEM_ID, problem_ids(project))
     )
-    numbers = [int(m.group(1)) for i in [*ids, *(taken or ())] if (m := pattern.match(i))]
+    numbers = [int(m.group(1)) for i in [*ids, *(taken or ())] if (m := pattern.fullmatch(i))]
     return f"{prefix}-{(max(numbers, default=0) + 1):04d}"
 
 
