@@ -197,7 +197,7 @@ def test_an_incident_or_problem_id_is_checked_before_it_becomes_a_path(shared, c
     scripts' digits and `$` a final newline."""
     project, _ = shared
     before = tree_state(project.root)
-    assert_refused(run(project.root, [*command, bad]), expect="is not an id like")
+    assert_refused(run(project.root, [*command, bad]), expect="is not a")
     assert tree_state(project.root) == before
 
 

@@ -143,15 +143,16 @@ PROBLEM_ORDER = (
 def checked_id(value: str, pattern: re.Pattern[str], example: str) -> str:
     """The id, or exit 2 before it becomes a path when it is not one.
 
-    `../x`, an id of 300 characters (the file system's "name too long" was a traceback) and
-    an id with a final newline are refused alike.
+    `../x`, `INC-0001/../INC-0002`, an id of 300 characters (the file system's "name too long"
+    was a traceback), other scripts' digits and an id with a final newline are refused alike.
     """
+    what = {"INC": "incident", "PRB": "problem"}.get(example[:3], "record")
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise OpsledgerError(
             Problem(
-                f"{shown(value, 40)} is not an id like {example}",
-                field="id",
-                fix=f"write {example[:4]} and four to nine digits, e.g. {example}",
+                f"{shown(value, 40)} is not {'an' if what[0] in 'aeiou' else 'a'} {what} id",
+                field=f"{what.upper()}_ID",
+                fix=f"write it as {example} (see opsledger {what} list)",
             )
         )
     return value
@@ -265,21 +266,9 @@ def incident_problems(data: Any, file: str, incident_id: str | None = None) -> l
     return found
 
 
-def _id_problem(given: str, pattern: re.Pattern[str], what: str, example: str) -> None:
-    """Refuse what is not an id before it becomes a path (`INC-0001/../INC-0002`, `../x`)."""
-    if not pattern.match(given):
-        raise OpsledgerError(
-            Problem(
-                f"{given!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} id",
-                field=f"{what.upper()}_ID",
-                fix=f"write it as {example} (see opsledger {what} list)",
-            )
-        )
-
-
 def load_incident(project: Project, incident_id: str) -> Incident:
     """A valid incident, or OpsledgerError (exit 2) naming every problem."""
-    _id_problem(incident_id, INCIDENT_ID, "incident", "INC-0001")
+    checked_id(incident_id, INCIDENT_ID, "INC-0001")
     path = incident_file(project, incident_id)
     if not path.is_file():
         known = ", ".join(incident_ids(project)[-5:]) or "none yet"
@@ -359,7 +348,7 @@ def _bounded(text: str, path: Path, what: str) -> str:
 
 def load_problem(project: Project, problem_id: str) -> ProblemRecord:
     """A valid problem, or OpsledgerError (exit 2) naming every problem."""
-    _id_problem(problem_id, PROBLEM_ID, "problem", "PRB-0001")
+    checked_id(problem_id, PROBLEM_ID, "PRB-0001")
     path = problem_file(project, problem_id)
     if not path.is_file():
         raise OpsledgerError(
