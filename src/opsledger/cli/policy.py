@@ -51,7 +51,8 @@ def check() -> None:
     "--requested-by",
     envvar="OPSLEDGER_PERSON",
     required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+    show_envvar=True,
+    help="Your person id in policies/people.yml; set OPSLEDGER_PERSON to stop typing it.",
 )
 @click.option("--reason", required=True, help="Why the policies must change.")
 @signing_key_option
@@ -64,7 +65,7 @@ def propose(title: str, requested_by: str, reason: str, signing_key: Path | None
 
     \b
     Example:
-        opsledger policy propose --title "Two approvals for staging" --requested-by alice \
+        opsledger policy propose --title "Two approvals for staging" --requested-by alice \\
           --reason "Staging now holds customer data"
     """
     from opsledger.signoff import propose_policy_change
