@@ -1,5 +1,6 @@
 """The CLI contract: every command documented with an example; errors are lines, not tracebacks."""
 
+import re
 import shlex
 
 import click
@@ -7,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger.cli import cli
+
+from ..conftest import REPO_ROOT
 
 
 def all_commands(group: click.Group, prefix=()):
@@ -136,3 +139,35 @@ def test_every_example_is_a_command_the_cli_accepts(path, monkeypatch):
                 pytest.fail(f"{where}: {exc.format_message()}")
         typed = example.split(" #")[0].rstrip()  # a trailing comment may be aligned
         assert "  " not in typed, f"`{example}`: a line continuation was lost"
+
+
+# Set by opsledger for its own children, never by a person.
+INTERNAL_VARIABLES = {"OPSLEDGER_RUN", "OPSLEDGER_READ_LOG"}
+
+
+def test_every_variable_opsledger_reads_is_named_in_the_top_level_help():
+    """A variable read in silence changes what a command does with nothing on screen to say why
+    (OPSLEDGER_BASE picks the policies approve and change show follow): --help names them all."""
+    source = REPO_ROOT / "src" / "opsledger"
+    read = set()
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        read |= set(re.findall(r"environ(?:\.get)?[(\[]\"(OPSLEDGER_[A-Z_]+)\"", text))
+        read |= set(re.findall(r"envvar=\"(OPSLEDGER_[A-Z_]+)\"", text))
+        read |= set(re.findall(r"^[A-Z_]+ = \"(OPSLEDGER_[A-Z_]+)\"", text, re.M))
+    read -= INTERNAL_VARIABLES
+    assert {"OPSLEDGER_PROJECT", "OPSLEDGER_BASE", "OPSLEDGER_LOCK_DIR"} <= read
+    help_text = CliRunner().invoke(cli, ["--help"], terminal_width=100).output
+    assert "NO_COLOR" in help_text
+    assert not [v for v in sorted(read) if v not in help_text], help_text
+
+
+@pytest.mark.parametrize("path", COMMANDS)
+def test_an_option_set_by_a_variable_says_so_in_its_help(path):
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    help_text = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200).output
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            assert param.envvar in help_text, f"{param.opts[0]} of {' '.join(path)}"
