@@ -300,3 +300,34 @@ def test_window_hints_are_said_in_the_environments_own_zone(repo):
         "Europe/Berlin); the next window after it opens Tue 20:00 Europe/Berlin" in denied.stdout
     )
     assert "+00:00" not in "".join(x for x in denied.stdout.splitlines() if "next:" in x)
+
+
+def test_policies_that_do_not_decide_are_said_where_a_person_reads_them(repo):
+    """policies/ edited without a policy change has no effect: the files say one thing and
+    approve does another. policy check, change new and approve say so, and how to fix it."""
+    project, change_id, _ = repo
+    quiet = _cli(project, "policy", "check")
+    assert quiet.returncode == 0 and "note:" not in quiet.stdout  # the files are what decides
+    rules = project.root / "policies" / "changes.yml"
+    rules.write_text(
+        rules.read_text().replace("observers: [auditor]", "observers: [auditor, netops]")
+    )
+    git(project.root, "-c", "user.name=Alice Arnold", "-c", "user.email=alice@example.org",
+        "commit", "-qam", "netops approve nothing")  # fmt: skip
+    checked = _cli(project, "policy", "check")
+    assert checked.returncode == 0, checked.stderr
+    note = checked.stdout.split("note: ", 1)[1]
+    assert note.startswith("policies/ here is not what decides: changes.yml differ")
+    assert "1 later edit(s) of policies/ on main were never approved" in note
+    assert "opsledger policy propose" in note and "1 of cab (carol) approve it" in note
+    # dave (netops, oncall) approves nothing by the files, but by the rules in effect he may:
+    approved = _cli(project, "approve", change_id, person="dave")
+    assert approved.returncode == 0, approved.stderr
+    assert "note: policies/ here is not what decides: changes.yml" in approved.stdout
+    new = _cli(
+        project, "change", "new", "--title", "Tune the db hosts", "--runbook", "converge",
+        "--targets", "db", "--start", "2026-12-01T20:00:00+00:00",
+        "--reason", "Sorts spill to disk nightly", person="alice",
+    )  # fmt: skip
+    assert new.returncode == 0, new.stderr
+    assert "note: policies/ here is not what decides" in new.stdout
