@@ -202,12 +202,12 @@ def signatures_needed(project: Project, change_id: str, policies: Policies) -> s
     """
     if is_policy_change(change_id):
         rule = policies.policy_changes
-        return "policy changes (policy_changes.signed)" if rule and rule.signed else ""
+        return "for policy changes (policy_changes.signed)" if rule and rule.signed else ""
     from opsledger.changes import load_change
 
     environment = load_change(project, change_id).environment
     if environment in policies.signature_environments:
-        return f"{environment} (signatures in policies/changes.yml)"
+        return f"in {environment} (signatures in policies/changes.yml)"
     return ""
 
 
@@ -227,7 +227,7 @@ def unsigned_problem(
     who = policies.people.get(person)
     if who is not None and not who.signing_key:
         return Problem(
-            f"{what} must be signed in {where}, and {person} has no signing_key in "
+            f"{what} must be signed {where}, and {person} has no signing_key in "
             "policies/people.yml of the protected branch, so it could never count",
             "policies/people.yml",
             f"people.{person}.signing_key",
@@ -235,7 +235,7 @@ def unsigned_problem(
         )
     if signing_key is None:
         return Problem(
-            f"{what} must be signed in {where}: unsigned, it would never count",
+            f"{what} must be signed {where}: unsigned, it would never count",
             file,
             "--key",
             "sign it: --key ~/.ssh/id_ed25519 (or set OPSLEDGER_SIGNING_KEY), the key whose "
@@ -416,7 +416,7 @@ def request_change(
             (denials if problem.field == "--start" else invalid).append(problem)
         if environment in policies.signature_environments:
             unsigned = unsigned_problem(
-                f"{environment} (signatures in policies/changes.yml)",
+                f"in {environment} (signatures in policies/changes.yml)",
                 fields["requested_by"],
                 signing_key,
                 policies,

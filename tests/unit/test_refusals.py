@@ -378,7 +378,7 @@ def test_a_statement_that_must_be_signed_is_refused_unsigned_where_it_is_typed(r
 
     policies = load_policies(project)[0]
     assert policies.people["erin"].signing_key is None
-    problem = unsigned_problem("production", "erin", keys["bob"], policies, "an approval", "")
+    problem = unsigned_problem("in production", "erin", keys["bob"], policies, "an approval", "")
     assert problem is not None and problem.field == "people.erin.signing_key"
     assert "register your SSH public key there" in problem.fix
     assert unsigned_problem("", "erin", None, policies, "an approval", "") is None  # the lab
