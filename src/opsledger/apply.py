@@ -584,7 +584,7 @@ def apply_change(
     base: str | None = None,
     verbosity: int = 0,
 ) -> ApplyResult:
-    """Decide, lock the targets, decide again, record ahead, run, verify, roll back, record.
+    """Decide, lock, settle and decide again, record ahead, run, verify, roll back, record.
 
     With `origin` (CI: `ci apply --push`), the run records on the origin decide who runs
     (origin_records.py): pulled once the hosts are locked, the run claimed by pushing its
@@ -640,7 +640,16 @@ def apply_change(
         again_at = now + dt.timedelta(seconds=lock_wait) if now else None
         if origin is not None:  # what other controllers ran meanwhile is on the origin
             origin.pull()
-            reconcile_first(project, events)  # runs pulled in that died here
+        # Settle again: the run whose hosts we waited for may have died meanwhile (its guard
+        # held them until its playbook ended); its `interrupted` record goes before ours.
+        settled = reconcile_first(project, events)
+        reconciled = Reconciled(
+            reconciled.committed + settled.committed,
+            reconciled.interrupted + settled.interrupted,
+            settled.running,
+            reconciled.removed + settled.removed,
+        )
+        if origin is not None:
             refuse_running(project, change_id)
         require_committed(project, change_id)  # nothing slipped in while we waited
         decision = decide(project, change_id, now=again_at, base=base)
@@ -827,7 +836,9 @@ def _locked_run(
         if drilled:
             _phase(events, "drill", drilled)
         if problem is None:  # incidents follow committed evidence only
-            record_detection(project, [path] + ([drill_path] if drill_path else []))
+            detected = record_detection(project, [path] + ([drill_path] if drill_path else []))
+            if detected.summary():
+                _phase(events, "incidents", detected.summary())
             if run.origin is not None:  # before the locks go: the next holder must see it
                 try:
                     run.origin.publish()

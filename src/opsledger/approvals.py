@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitlog import Commit
-from opsledger.gitrepo import blob_contents, git
+from opsledger.gitrepo import blob_contents, git, git_env
 from opsledger.policy import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
@@ -140,6 +140,7 @@ def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
             prefix,
         ],
         capture_output=True,
+        env=git_env(),
     )
     if log.returncode != 0:
         return []

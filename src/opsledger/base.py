@@ -27,7 +27,7 @@ from pathlib import Path
 
 from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import blob_contents, git, log_paths, nul_paths
+from opsledger.gitrepo import blob_contents, git, git_env, log_paths, nul_paths
 from opsledger.policy import Policies, Rule, load_policies
 from opsledger.policy_changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
@@ -235,6 +235,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
         capture_output=True,
         text=True,
         check=True,
+        env=git_env(),
     ).stdout
     touched = log_paths(log)
     trees = _trees(project, [c for c, _ in touched])

@@ -195,8 +195,19 @@ def _ics_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+# RFC 5545 TEXT holds no control character but HTAB; a line break is the escape `\n`.
+_CONTROLS = {c: None for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+
+
 def _ics_text(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\n", "\\n")
+    """Text as an iCalendar TEXT value: escaped, line breaks escaped, no control characters.
+
+    A title or a freeze name may hold a carriage return or a control character (YAML lets it);
+    written raw, it is outside the grammar and strict clients drop the event or the feed.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
+    return text.replace("\n", "\\n").translate(_CONTROLS)
 
 
 def _fold(line: str) -> list[str]:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
-from opsledger.gitrepo import log_paths
+from opsledger.gitrepo import git_env, log_paths
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -117,6 +117,7 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
     return {p.split("/")[1] for p in paths if p.count("/") == 2}
@@ -538,6 +539,7 @@ def load_withdrawal(
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     added = log.stdout.split() if log.returncode == 0 else []
     if not added:
@@ -547,6 +549,7 @@ def load_withdrawal(
         capture_output=True,
         text=True,
         check=False,
+        env=git_env(),
     )
     try:
         data = parse_yaml(shown.stdout) if shown.returncode == 0 else None
@@ -583,6 +586,7 @@ def withdraw_change(
     """
     from opsledger.gitrepo import write_and_commit
     from opsledger.policy import load_policies
+    from opsledger.reconcile import reconcile_runs
     from opsledger.records import read_runs
 
     file = changes_dir(project) / change_id / "change.yml"
@@ -614,6 +618,10 @@ def withdraw_change(
                 fix="nothing to do",
             )
         )
+    # Settle earlier runs first, like apply: a run whose record git refused may have succeeded
+    # (withdrawing it would leave a change both withdrawn and applied once the record lands),
+    # and a dead run is recorded as interrupted rather than blocking the withdrawal.
+    reconcile_runs(project).raise_problems()
     ledger = read_runs(project)
     applied = [r for r in ledger.committed if r.change == change_id and r.result == "success"]
     if applied:

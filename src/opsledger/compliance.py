@@ -32,6 +32,13 @@ commits added:
   change request alongside; `change-not-applied` — it adds one, but that change never ran.
   History before `audit.from` in policies/changes.yml (when the repository adopted
   opsledger) is the baseline, as is the first commit.
+- `ci-commit-beyond-evidence` — a commit of the CI identity (`records.committed_by`) on the
+  first-parent line that does more than add evidence (run records, job logs, reviews,
+  `records/`) or add and update incidents: the only commits that reach the protected branch
+  without review are the CI's, so one that edits the pipelines, the tool, a policy or desired
+  state is the deploy key misused. The forge's hook (scripts/forge/protect-main) refuses such
+  a push where it can run; on github.com only this audit, run from a trusted checkout, sees it
+  (the pushed commit could have changed the workflow that checks pushes).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from opsledger.errors import OpsledgerError
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import blob_contents, require_history
+from opsledger.gitrepo import blob_contents, git_env, require_history
 from opsledger.policy import Policies
 from opsledger.policy_changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
@@ -210,6 +217,7 @@ def _uncommitted_records(project: Project) -> list[Finding]:
         ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", "changes"],
         capture_output=True,
         text=True,
+        env=git_env(),
     ).stdout
     findings = []
     for entry in filter(None, out.split("\0")):
@@ -458,6 +466,57 @@ def _waivers(project: Project, today: dt.date) -> list[Finding]:
     return findings
 
 
+# What the CI identity may commit past review: the same rules as scripts/forge/protect-main.
+CI_MAY_ADD = (
+    re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+(\.started)?\.json"),
+    re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+\.log\.jsonl\.gz"),
+    re.compile(r"changes/[A-Z]+-[0-9]+/review\.yml"),
+    re.compile(r"records/[a-z-]+/[^/]+\.json"),
+)
+CI_MAY_UPDATE = (re.compile(r"incidents/INC-[0-9]+/.+"),)
+
+
+def _beyond_evidence(commit: Commit) -> tuple[str, str]:
+    """What a CI commit does that is not evidence and the file (the first such), or ("", "")."""
+    if commit.merge:
+        return "made a merge", next((f.path for f in commit.files), "")
+    for change in commit.files:
+        if change.status == "A" and any(p.fullmatch(change.path) for p in CI_MAY_ADD):
+            continue
+        if change.status in ("A", "M") and any(p.fullmatch(change.path) for p in CI_MAY_UPDATE):
+            continue
+        verb = {"A": "added", "M": "modified", "D": "deleted"}.get(change.status, "changed")
+        return f"{verb} {change.path}", change.path
+    return "", ""
+
+
+def _ci_beyond_evidence(
+    chain: list[Commit], policies: Policies, since: dt.datetime | None
+) -> list[Finding]:
+    ci = policies.people.get(policies.records_by or "")
+    if ci is None:
+        return []
+    start = max(filter(None, (policies.audit_from, since)), default=None)
+    findings = []
+    for commit in chain[1:]:  # the first commit is the baseline
+        if commit.committer_email != ci.email or (start and commit.committed_at < start):
+            continue
+        what, path = _beyond_evidence(commit)
+        if what:
+            findings.append(
+                Finding(
+                    "ci-commit-beyond-evidence",
+                    "high",
+                    f"the CI identity {ci.email} committed past review and {what}, which is "
+                    "not evidence: only run records, job logs, reviews, records/ and incidents "
+                    "may reach the branch that way",
+                    path,
+                    commits=(commit.sha,),
+                )
+            )
+    return findings
+
+
 def _unauthorized(
     chain: list[Commit], policies: Policies, ran: set[str], since: dt.datetime | None
 ) -> list[Finding]:
@@ -578,7 +637,9 @@ def audit_check(
     result.findings += _policy_versions(base, commits, start)
     result.findings += _waivers(project, moment.date())
     ran = {e.record.change for e in records if e.trusted and e.record}
-    result.findings += _unauthorized(first_parent_chain(commits), policies, ran, since)
+    chain = first_parent_chain(commits)
+    result.findings += _unauthorized(chain, policies, ran, since)
+    result.findings += _ci_beyond_evidence(chain, policies, since)
     result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
         Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
         for f in fault_findings(project, since=since, now=moment)

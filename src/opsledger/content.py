@@ -55,7 +55,7 @@ from pathlib import Path
 
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import git
+from opsledger.gitrepo import git, git_env
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
 
@@ -110,6 +110,7 @@ def ignored_paths(project: Project, paths: list[str]) -> set[str]:
         input="\0".join(paths) + "\0",
         capture_output=True,
         text=True,
+        env=git_env(),
     )
     if proc.returncode > 1:  # not a git repository: only Python's caches are machine-local
         return {p for p in paths if "__pycache__" in p.split("/") or p.endswith(".pyc")}
@@ -224,6 +225,7 @@ def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
             input="".join(f"{p}\n" for p in listed),
             capture_output=True,
             text=True,
+            env=git_env(),
         )
         if proc.returncode != 0 or len(proc.stdout.split()) != len(listed):
             raise OpsledgerError(

@@ -47,6 +47,7 @@ class DriftResult:
     items: list[DriftItem] = field(default_factory=list)
     record_path: Path | None = None
     commit: str | None = None
+    incidents: str = ""  # what the record did to incidents (faults.detect), for the operator
 
     @property
     def drifted(self) -> bool:
@@ -193,5 +194,6 @@ def drift(
         result.record_path = path
         verdict = "drift found" if result.drifted else "in sync"
         result.commit = commit_evidence(project, [path], f"Drift {environment}: {verdict}")
-        record_detection(project, [path])  # a drifted host opens an incident; in sync resolves
+        # a drifted host opens an incident; in sync resolves
+        result.incidents = record_detection(project, [path]).summary()
     return result

@@ -90,6 +90,7 @@ class DrillResult:
     record: Record | None = None
     record_path: Path | None = None
     commit: str | None = None
+    incidents: str = ""  # what the record did to incidents (faults.detect), for the operator
 
 
 def seconds(text: Any) -> float | None:
@@ -367,7 +368,8 @@ def drill_record(
             result.commit = commit_evidence(
                 project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
             )
-            record_detection(project, [path])  # a failed drill opens an incident
+            # a failed drill opens an incident
+            result.incidents = record_detection(project, [path]).summary()
             notify_records(project, [path])  # policies/notifications.yml; never raises
     return result
 

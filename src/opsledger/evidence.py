@@ -32,7 +32,7 @@ from pathlib import Path
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
 from opsledger.errors import OpsledgerError
-from opsledger.gitrepo import blob_contents
+from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
 from opsledger.yamlio import parse_yaml
@@ -90,6 +90,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
             capture_output=True,
             text=True,
             check=True,
+            env=git_env(),
         ).stdout
     found = []
     for record in out.split("\x1e"):

@@ -11,6 +11,15 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.yamlio import outside_problem
 
 
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git process opsledger starts.
+
+    History is evidence: `git replace` objects must not rewrite what is read (a local
+    replacement would turn a failed run's record into a success for every reader).
+    """
+    return {**os.environ, **(extra or {}), "GIT_NO_REPLACE_OBJECTS": "1"}
+
+
 def git(
     root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -22,8 +31,7 @@ def git(
         # content.py refuses such a name where it would matter.
         encoding="utf-8",
         errors="surrogateescape",
-        # History is evidence: `git replace` objects must not rewrite what is read.
-        env={**os.environ, **(env or {}), "GIT_NO_REPLACE_OBJECTS": "1"},
+        env=git_env(env),
     )
     if check and proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()
@@ -175,10 +183,28 @@ def commit_paths(
 ) -> str:
     """Commit exactly these paths as this person (author and committer); returns the sha.
 
-    With a key the commit is SSH-signed, so git itself can later verify who approved.
+    With a key the commit is SSH-signed, so git itself can later verify who approved. A commit
+    that fails after `git add` (a key git cannot sign with, a full disk) takes the paths out of
+    the index again: a record left staged would be committed by the next plain `git commit`,
+    and a write-ahead record committed that way is a run that never started.
     """
     relative = [str(p.resolve().relative_to(root.resolve())) for p in paths]
     git(root, "add", "--", *relative)
+    try:
+        return _commit_staged(root, relative, message, name, email, signing_key)
+    except OpsledgerError:
+        git(root, "reset", "-q", "--", *relative, check=False)
+        raise
+
+
+def _commit_staged(
+    root: Path,
+    relative: list[str],
+    message: str,
+    name: str,
+    email: str,
+    signing_key: Path | None,
+) -> str:
     identity = {
         "GIT_AUTHOR_NAME": name,
         "GIT_AUTHOR_EMAIL": email,
@@ -202,6 +228,7 @@ def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
         input="".join(f"{s}\n" for s in shas).encode(),
         capture_output=True,
         check=True,
+        env=git_env(),
     )
     out, found, at = proc.stdout, {}, 0
     for sha in shas:

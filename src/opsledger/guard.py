@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from opsledger import procs
+from opsledger.gitrepo import git_env
 
 GRACE = 3.0  # seconds between SIGTERM and SIGKILL: ansible-playbook stops its workers on TERM
 PATIENCE = 600.0  # how long to wait for processes stuck in uninterruptible sleep
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> int:
                 capture_output=True,
                 text=True,
                 check=False,
+                env=git_env(),
             )
             _log(log, f"freed {ref}" if proc.returncode == 0 else f"{ref}: {proc.stderr.strip()}")
     return 0

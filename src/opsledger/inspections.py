@@ -85,6 +85,7 @@ class InspectionResult:
     checks_run: int = 0
     record_path: Path | None = None
     commit: str | None = None
+    incidents: str = ""  # what the record did to incidents (faults.detect), for the operator
 
     def worst(self) -> str:
         return max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
@@ -598,7 +599,8 @@ def inspect(
         result.commit = commit_evidence(
             project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
         )
-        record_detection(project, [path])  # critical findings open incidents; clean ones resolve
+        # critical findings open incidents; clean ones resolve
+        result.incidents = record_detection(project, [path]).summary()
         notify_records(project, [path])  # policies/notifications.yml; never raises
     return result
 

@@ -213,12 +213,42 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
         ) from None
 
 
+def environment_vault_id(inventory: Path) -> str | None:
+    """The vault id of the inventory's environment that CI wrote, unless already listed.
+
+    For `inventories/<env>/...`: `<env>@<project>/vault-passwords/<env>` when that file exists
+    and neither ansible.cfg nor the environment names an `<env>` id already. ansible.cfg
+    names only the lab's (committed) password; the pipelines write staging's and production's
+    to `vault-passwords/<env>` from their secret store (README, "Secrets"), and nothing handed
+    that file to Ansible — the first encrypted staging or production variable stopped every
+    run with "no vault secrets found". A symlink is not a password file.
+    """
+    inventory = inventory.resolve()
+    folder = next((f for f in (inventory, *inventory.parents) if f.parent.name == "inventories"),
+                  None)  # fmt: skip
+    if folder is None:
+        return None
+    password = folder.parent.parent / "vault-passwords" / folder.name
+    if not password.is_file() or password.is_symlink():
+        return None
+    if any(i.split("@", 1)[0] == folder.name for i in _listed_vault_ids(inventory)):
+        return None
+    return f"{folder.name}@{password}"
+
+
 def vault_ids(source: Path) -> list[str]:
-    """Vault ids ("id@password-file") from the project's ansible.cfg and the environment.
+    """Vault ids ("id@password-file"): ansible.cfg's, the environment's, the inventory's own.
 
     Relative password files are resolved against ansible.cfg's folder, so inventories load the
-    same from any working directory.
+    same from any working directory; the inventory's environment adds its password file CI
+    wrote (`environment_vault_id`).
     """
+    extra = environment_vault_id(source)
+    return _listed_vault_ids(source) + ([extra] if extra else [])
+
+
+def _listed_vault_ids(source: Path) -> list[str]:
+    """The vault ids ansible.cfg and the environment name, their files resolved."""
     import configparser
     import os
 
@@ -246,16 +276,35 @@ def vault_ids(source: Path) -> list[str]:
 
 
 def _use_vault(loader: Any, source: Path) -> None:
-    """Give Ansible the vault secrets this inventory may need (no prompting)."""
-    from ansible.cli import CLI
-    from ansible.parsing.vault import VaultSecretsContext
+    """Give Ansible the vault secrets this inventory may need (no prompting).
 
-    secrets = CLI.setup_vault_secrets(
-        loader,
-        vault_ids=[i for i in vault_ids(source) if "@prompt" not in i],
-        auto_prompt=False,
-        initialize_context=False,
-    )
+    What `CLI.setup_vault_secrets` does for ansible-playbook, with ansible.parsing.vault
+    directly: importing `ansible.cli` for it (argument parsers, the CLI classes) cost every
+    command that reads an inventory more than the secrets themselves.
+    """
+    from ansible import constants as C
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import VaultSecretsContext, get_file_vault_secret
+    from ansible.utils.display import Display
+
+    ids = [i for i in vault_ids(source) if "@prompt" not in i]
+    if C.DEFAULT_VAULT_PASSWORD_FILE:  # vault_password_file of the ansible.cfg Ansible read
+        ids.append(f"{C.DEFAULT_VAULT_IDENTITY}@{C.DEFAULT_VAULT_PASSWORD_FILE}")
+    secrets: list[tuple[str, Any]] = []
+    failure: AnsibleError | None = None
+    for entry in ids:
+        label, path = entry.split("@", 1)
+        try:
+            secret = get_file_vault_secret(filename=path, vault_id=label, loader=loader)
+            secret.load()
+        except AnsibleError as exc:  # as ansible-playbook: warn, try the next password
+            Display().warning(f"Error getting vault password file ({label}): {exc}")
+            failure = exc
+            continue
+        secrets.append((label or C.DEFAULT_VAULT_IDENTITY, secret))
+        loader.set_vault_secrets(secrets)  # a later password file may itself be vaulted
+    if failure is not None and not secrets:
+        raise failure
     loader.set_vault_secrets(secrets)
     # The context is process-wide and can be set once: extend it for later projects.
     current = VaultSecretsContext.current(optional=True)

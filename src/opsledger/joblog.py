@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import git_env
 from opsledger.project import Project
 
 LOG_SUFFIX = ".log.jsonl.gz"
@@ -185,6 +186,7 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
             ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{log}"],
             capture_output=True,
             check=False,
+            env=git_env(),
         )
         if blob.returncode:
             continue

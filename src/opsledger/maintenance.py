@@ -19,7 +19,7 @@ from opsledger.inventory import load_inventory
 from opsledger.project import Project
 
 # What a playbook may hand back under opsledger_maintenance, and the record keeps.
-SECTIONS = ("backup", "packages", "restored", "upgrade", "hardware")
+SECTIONS = ("backup", "packages", "restored", "upgrade", "hardware", "switchover")
 _MAX_BYTES = 512 * 1024  # a record is evidence, not a package database dump
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import git_env
 from opsledger.lock import Holder
 from opsledger.project import Project
 
@@ -47,14 +48,12 @@ def lock_ref(environment: str, host: str) -> str:
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    import os
-
     return subprocess.run(
         ["git", "-C", str(root), *args],
         capture_output=True,
         text=True,
         input=stdin,
-        env={**os.environ, **(env or {})},
+        env=git_env(env),
         check=False,
     )
 
@@ -143,10 +142,49 @@ def _rejected(proc: subprocess.CompletedProcess) -> bool:
     return any(line.startswith("!") for line in lines) or "atomic push failed" in proc.stderr
 
 
+def _refusals(proc: subprocess.CompletedProcess) -> list[str]:
+    """Why the remote refused the refs outright (a hook, a rule), not for a lost race.
+
+    A lost compare-and-swap reads `[rejected] (stale info)`, or `[remote rejected] (failed to
+    update ref | failed to lock | atomic ...)` when the race was lost on the server; a hook
+    or a server rule that will refuse these refs every time reads otherwise.
+    """
+    raced = ("stale info", "failed to update ref", "failed to lock", "atomic", "fetch first")
+    why = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("!") and "[remote rejected]" in line:
+            reason = line.split("[remote rejected]", 1)[1].strip()
+            if not any(word in reason for word in raced):
+                why.append(reason)
+    said = [
+        line.removeprefix("remote:").strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("remote:") and line.removeprefix("remote:").strip()
+    ]
+    return [f"{reason}: {said[-1]}" if said else reason for reason in why]
+
+
+def _refused(remote: str, why: str) -> OpsledgerError:
+    return OpsledgerError(
+        Problem(
+            f"the lock remote {remote!r} refused the lock refs ({why}); nothing was run",
+            "policies/locks.yml",
+            "remote",
+            f"allow pushes to {LOCK_REFS}/* on that remote (hooks, protected-ref rules), or "
+            "use another remote",
+        ),
+        EXIT_INVALID,
+    )
+
+
 def take_origin(
     project: Project, *, remote: str, holder: Holder, hosts: list[str], now: dt.datetime
 ) -> tuple[OriginLease | None, list[Holder], list[str]]:
-    """(lease, [], notes taken over) or (None, holders in the way, [])."""
+    """(lease, [], notes taken over) or (None, holders in the way (never none), []).
+
+    Raises OpsledgerError (exit 2) when the remote cannot be reached or refuses lock refs: a
+    run never goes ahead without the lock its policy asks for.
+    """
     root = project.root
     environment = holder.environment
     for _ in range(ATTEMPTS):
@@ -173,10 +211,16 @@ def take_origin(
             return OriginLease(root, remote, {r: new for r, (new, _) in updates.items()}), [], notes
         if not _rejected(pushed):
             raise _unreachable(remote, pushed)
+        if refusals := _refusals(pushed):
+            raise _refused(remote, refusals[0])
     present = _remote_refs(root, remote, environment)
     wanted = [lock_ref(environment, h) for h in hosts]
     holders = _holders(root, remote, {r: o for r, o in present.items() if r in wanted})
-    return None, [h for h in holders.values() if h is not None], []
+    found = [h for h in holders.values() if h is not None]
+    if not found:  # every round lost, yet nobody holds them: never run without the lock
+        last = (pushed.stdout + pushed.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise _refused(remote, f"{ATTEMPTS} pushes refused, no holder found; last: {last[0]}")
+    return None, found, []
 
 
 def release_origin(lease: OriginLease) -> list[str]:

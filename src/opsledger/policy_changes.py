@@ -21,7 +21,7 @@ import yaml
 from opsledger.changes import ids_in_history
 from opsledger.content import Content, ignored_paths, manifest
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.gitrepo import blob_contents
+from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
@@ -162,6 +162,7 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
         ],
         capture_output=True,
         text=True,
+        env=git_env(),
     )
     entries = []
     for line in listing.stdout.split("\0"):

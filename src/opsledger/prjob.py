@@ -10,7 +10,9 @@ promise, so a misconfigured pipeline fails loudly instead of leaking:
 - `refuse_secrets`: exit 2, nothing run, while the job can see a vault password of an
   environment that is not committed (a file under `vault-passwords/` git does not track),
   a variable that carries one (`OPSLEDGER_VAULT_*`, `ANSIBLE_VAULT_PASSWORD_FILE`), the CI
-  signing key, a push token, or an SSH agent;
+  signing key, the deploy key that may push to the protected branch, a push or forge token, an
+  SSH agent, or push credentials a checkout left in the repository's git config (a token in
+  `http.<url>.extraheader`, a key in `core.sshCommand`: `persist-credentials` not false);
 - `isolated_connections`: plans open SSH masters in a folder of their own
   (`ANSIBLE_SSH_CONTROL_PATH_DIR`), closed and removed when the plan ends, so a PR job neither
   reuses another job's live connection nor leaves one behind for the next job.
@@ -37,6 +39,12 @@ SECRET_VARIABLES = (
     "OPSLEDGER_CI_SIGNING_KEY",
     "OPSLEDGER_SIGNING_KEY",
     "OPSLEDGER_PUSH_TOKEN",
+    # The key the protected branch lets push (GitLab: a file variable; GitHub: checkout's
+    # `ssh-key`): a PR holding it could push anything the hook lets CI push, and rewrite
+    # history where no hook runs.
+    "OPSLEDGER_DEPLOY_KEY",
+    "GH_TOKEN",  # the GitHub CLI's token, and the workflow token when a job passes it
+    "GITHUB_TOKEN",
     "OPSLEDGER_NOTIFY_",  # prefix: channel URLs carry tokens
     "SSH_AUTH_SOCK",
 )
@@ -74,6 +82,36 @@ def secrets_in_reach(project: Project, environ: dict[str, str] | None = None) ->
                     "plan job writes the others",
                 )
             )
+    return found + _persisted_credentials(project)
+
+
+# Git config keys through which a checkout hands its credentials to every later git command.
+_CREDENTIAL_KEYS = r"^(http\..*\.?extraheader|core\.sshcommand)$"
+
+
+def _persisted_credentials(project: Project) -> list[Problem]:
+    """Push credentials the job's checkout left in git config.
+
+    actions/checkout without `persist-credentials: false` writes its token as an extraheader,
+    or its `ssh-key` as core.sshCommand: the PR's code reads `.git/config` like any variable.
+    """
+    listed = git(project.root, "config", "-z", "--get-regexp", _CREDENTIAL_KEYS, check=False)
+    found = []
+    for item in listed.stdout.split("\0"):
+        key, _, value = item.partition("\n")
+        if key.endswith("extraheader") and "authorization" in value.lower():
+            what = f"a token in git config {key}"
+        elif key == "core.sshcommand" and " -i" in f" {value}":
+            what = f"an SSH key in git config {key}"
+        else:
+            continue
+        found.append(
+            Problem(
+                f"the PR job holds push credentials: {what}",
+                field="git config",
+                fix="check the PR's code out with `persist-credentials: false` and no `ssh-key`",
+            )
+        )
     return found
 
 

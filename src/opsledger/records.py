@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from opsledger.errors import OpsledgerError
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
+from opsledger.gitrepo import git_env
 from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
 
@@ -214,7 +215,11 @@ class RunLedger:
 
 def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None:
     proc = subprocess.run(
-        ["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False
+        ["git", "-C", str(root), *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        env=git_env(),
     )
     return proc.stdout if proc.returncode == 0 else None
 
@@ -242,9 +247,30 @@ def _parse(data: bytes) -> Record | None:
     return record_from_data(parsed)
 
 
+def _unreadable(root: Path, why: str) -> OpsledgerError:
+    return OpsledgerError(
+        Problem(
+            f"cannot read the committed run records ({why})",
+            str(root),
+            "git",
+            "the repository is damaged: `git fsck` names what is missing; fetch it again from "
+            "the origin (or re-clone) before applying anything",
+        ),
+        EXIT_INVALID,
+    )
+
+
 def _committed_files(root: Path) -> dict[str, bytes]:
-    """Every run record file of HEAD with its bytes: one ls-tree and one cat-file process."""
+    """Every run record file of HEAD with its bytes: one ls-tree and one cat-file process.
+
+    Fails closed (exit 2) when HEAD exists but git cannot list or read its records: counting
+    no runs there would make an applied change pending again.
+    """
     listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", "changes")
+    if listing is None:
+        if _git_out(root, "rev-parse", "--verify", "-q", "HEAD^{commit}") is None:
+            return {}  # no repository, or no commit yet: no runs
+        raise _unreadable(root, "git ls-tree HEAD failed")
     if not listing:
         return {}
     wanted = []
@@ -256,12 +282,15 @@ def _committed_files(root: Path) -> dict[str, bytes]:
         return {}
     out = _git_out(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for _, o in wanted).encode())
     if out is None:
-        return {}
+        raise _unreadable(root, "git cat-file failed")
     files: dict[str, bytes] = {}
     position = 0
-    for path, _ in wanted:
-        header_end = out.index(b"\n", position)
-        size = int(out[position:header_end].split()[2])
+    for path, oid in wanted:
+        header_end = out.find(b"\n", position)
+        header = out[position:header_end].split() if header_end >= 0 else []
+        if len(header) != 3 or header[0].decode() != oid or header[1] != b"blob":
+            raise _unreadable(root, f"{path}: object {oid} is missing")
+        size = int(header[2])
         files[path] = out[header_end + 1 : header_end + 1 + size]
         position = header_end + 1 + size + 1
     return files

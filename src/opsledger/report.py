@@ -549,6 +549,16 @@ def _overdue(project: Project, now: dt.datetime) -> list[str]:
 # --- rendering -------------------------------------------------------------------------------
 
 
+def md_text(value: Any) -> str:
+    """Free text (titles, causes, root causes) as one markdown line that keeps its table.
+
+    People write causes over several lines and titles may hold `|`; either, written raw,
+    ends a table row or the list item it sits in, and the rest of the report shifts.
+    """
+    text = " ".join(str(value).split())
+    return text.replace("|", "\\|")
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
@@ -985,7 +995,8 @@ def incidents_md(i: IncidentKpis) -> list[str]:
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['incident']} | {r['priority']} | {r['class']} | {r['title']} | {r['status']} "
+            f"| {r['incident']} | {r['priority']} | {r['class']} | {md_text(r['title'])} "
+            f"| {r['status']} "
             f"| {r['hours_to_resolve'] if r['hours_to_resolve'] is not None else '-'} "
             f"| {r['sla']} | {r['resolved_by'] or '-'} |"
             for r in i.rows
@@ -999,7 +1010,7 @@ def incidents_md(i: IncidentKpis) -> list[str]:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {p['problem']} | {p['title']} | {p['status']} | {p['incidents']} | "
+            f"| {p['problem']} | {md_text(p['title'])} | {p['status']} | {p['incidents']} | "
             f"{p['age_days']} |"
             for p in i.open_problems
         ]

@@ -27,7 +27,7 @@ import yaml
 
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
 from opsledger.hostpattern import pattern_problems
-from opsledger.inventory import load_inventory
+from opsledger.inventory import environment_vault_id, load_inventory
 from opsledger.project import Project
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -206,6 +206,10 @@ def run_playbook(
         return True
 
     cmdline = "--diff" + (" --check" if check else "") + ansible_verbosity(verbosity)
+    # The environment's vault password CI wrote (ansible.cfg names only the lab's).
+    vault_id = environment_vault_id(inventory)
+    if vault_id:
+        cmdline += f" --vault-id {shlex.quote(vault_id)}"
     # ansible-playbook lives next to this interpreter (the venv), which may not be on PATH;
     # ansible-runner finds it through this process's PATH.
     venv_bin = str(Path(sys.executable).parent)

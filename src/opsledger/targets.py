@@ -9,6 +9,7 @@ Ansible reaches them (same user, key, known_hosts, SSH master), or through podma
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,19 @@ from opsledger.yamlio import load_yaml
 
 PODMAN_CONNECTIONS = {"podman", "containers.podman.podman"}
 SSH_CONNECTIONS = {"ssh", "ansible.builtin.ssh", "smart", "paramiko", "ansible.builtin.paramiko"}
-CONTROL_PATH = "~/.ansible/cp/%C"  # the same sockets ansible.cfg's control_path makes
+
+
+def control_path() -> str:
+    """Where Testinfra's SSH masters live, the folder made first.
+
+    The same sockets ansible.cfg's control_path makes (`~/.ansible/cp/%C`, or under
+    ANSIBLE_SSH_CONTROL_PATH_DIR as a PR job sets it). Ansible's ssh plugin makes the folder,
+    but plays run over Mitogen never do, and ssh will not bind a master in a missing folder:
+    every verification on a fresh machine failed so.
+    """
+    folder = Path(os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR") or "~/.ansible/cp").expanduser()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return f"{folder}/%C"
 
 
 @functools.cache
@@ -99,7 +112,7 @@ def _connection(host: InventoryHost) -> tuple[str, dict[str, Any]]:
     extra = " ".join(
         str(host.get(k, "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args")
     ).strip()
-    extra += f" -o ControlMaster=auto -o ControlPersist=300s -o ControlPath={CONTROL_PATH}"
+    extra += f" -o ControlMaster=auto -o ControlPersist=300s -o ControlPath={control_path()}"
     kwargs: dict[str, Any] = {"ssh_extra_args": extra, "sudo": bool(host.get("ansible_become"))}
     if host.get("ansible_ssh_private_key_file"):
         kwargs["ssh_identity_file"] = str(host.get("ansible_ssh_private_key_file"))

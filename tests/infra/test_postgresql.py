@@ -237,3 +237,12 @@ def test_a_full_backup_exists_pg_br_03(host, expect):
 def test_backup_timer_scheduled_pg_br_04(host, timer):
     unit = host.service(timer)
     assert unit.is_enabled and unit.is_running
+
+
+def test_a_standby_schedules_no_backups_pg_br_04(host, expect):
+    """A former primary (after a switchover) keeps its timer files; they must not run there."""
+    if expect["postgresql_replication_role"] != "standby":
+        pytest.skip("the primary schedules the backups")
+    for timer in ("pgbackrest-full.timer", "pgbackrest-diff.timer"):  # often not there at all
+        assert host.run(f"systemctl is-active {timer}").stdout.strip() != "active", timer
+        assert host.run(f"systemctl is-enabled {timer}").stdout.strip() != "enabled", timer

@@ -1,8 +1,9 @@
 """PostgreSQL DR drills on the lab: real kills, real data-directory loss, real pgBackRest
 restores. A drill against a broken or missing backup, or with WAL archiving behind, is refused
-before the disaster (the primary keeps running); five drills in a row, each after a restart, a
-converge or another drill, restore lab-db1 within policies/dr.yml, verify the data, re-seed
-lab-db2 and are recorded — run directly, and once as a standard change through apply."""
+before the disaster (the primary keeps running); six drills in a row, each after a restart, a
+converge, another drill or a switchover and back, restore lab-db1 within policies/dr.yml,
+verify the data, re-seed lab-db2 and are recorded — run directly, and once as a standard
+change through apply."""
 
 from __future__ import annotations
 
@@ -94,6 +95,20 @@ def _timeline(project) -> int:
     )
 
 
+def _switch_over_and_back(project):
+    """A planned switchover to lab-db2 and back (pg-switchover, as its changes would run it),
+    with the postgresql suite verifying each topology from the inventory: two timelines more,
+    archived by two different primaries, for the drill to replay."""
+    from .test_workflow_switchover import SWAPPED, run_switchover, set_topology, who_is_primary
+
+    for topology, primary in ((SWAPPED, "lab-db2"), ({}, "lab-db1")):
+        set_topology(project, topology)
+        run_switchover(project)
+        assert who_is_primary(project) == primary
+        checked = verify(project, environment="lab", targets="db", suites=("postgresql",))
+        assert checked.ok, [f"{o.test}[{o.host}] {o.message}" for o in checked.failures]
+
+
 def _stop_and_converge(project):
     from .conftest import converge
 
@@ -104,8 +119,9 @@ def _stop_and_converge(project):
 # Each drill follows a disturbance that once made a drill lose every marker, or could: a
 # PostgreSQL restart on the primary (after it, PostgreSQL 15 left archive_timeout dormant for a
 # whole checkpoint_timeout), a stop followed by a converge that starts it again (the sequence
-# of issue 22), a drill right after a drill (the restored primary, a re-seeded standby), and a
-# restarted standby.
+# of issue 22), a drill right after a drill (the restored primary, a re-seeded standby), a
+# restarted standby, and a planned switchover to the standby and back (failovers between
+# drills: the restore replays WAL of timelines two other primaries archived).
 DISTURBANCES = {
     "after the converge": lambda project: None,
     "right after a restart of the primary": lambda project: _sh(
@@ -116,6 +132,7 @@ DISTURBANCES = {
     "after a restart of the standby": lambda project: _sh(
         project, "lab-db2", "systemctl restart postgresql@15-main"
     ),
+    "after a switchover to the standby and back": _switch_over_and_back,
 }
 
 

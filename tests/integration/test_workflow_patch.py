@@ -285,3 +285,47 @@ def test_pg_minor_upgrade_goes_standby_first_with_a_backup_and_leaves_the_pin(
         )
     shown = json.loads(opsledger(project, "host", "show", "lab-db2", "--format", "json").stdout)
     assert shown["last_patch"]["change"] == change_id
+
+
+def test_a_converge_installs_the_security_updates_the_inventory_asks_for(
+    converged_lab, workflow_repo
+):
+    """OS-UPD-02 (the lab's inventory turns it on): a package put back on its release version,
+    of which the security suite serves a newer one, is patched again by the next converge."""
+    from .conftest import converge
+
+    project = workflow_repo
+    host = "lab-app2"
+    _sh(project, host, "apt-get update -q")
+    listing = _sh(project, host, "dpkg-query -W -f '${Package} ${Version}\\n'")
+    installed = dict(line.split(" ", 1) for line in listing.splitlines() if " " in line)
+    names = sorted(n for n in installed if not _KEEP.match(n))
+    madison = _sh(project, host, "apt-cache madison " + " ".join(names))
+    from_security = {
+        parts[0]
+        for parts in ([p.strip() for p in line.split("|")] for line in madison.splitlines())
+        if len(parts) == 3 and "security" in parts[2] and installed.get(parts[0]) == parts[1]
+    }
+    offered = _offered(project, host, sorted(from_security))
+    for name in sorted(from_security):
+        old = _older(project, host, installed[name], offered.get(name, []))
+        if old is None:
+            continue
+        simulated = _sh(
+            project,
+            host,
+            f"apt-get -s -o Debug::NoLocking=1 install --allow-downgrades '{name}={old}'",
+        )
+        if re.findall(r"^(Inst|Remv) ", simulated, re.M) == ["Inst"]:
+            break
+    else:
+        pytest.skip(f"no package on {host} from the security suite can go back on its own")
+    install(project, host, f"{name}={old}")
+    pending = _sh(project, host, "LC_ALL=C apt-get -s -o Debug::NoLocking=1 upgrade")
+    assert re.search(rf"^Inst {re.escape(name)} .*[Ss]ecurity", pending, re.M), pending[-2000:]
+
+    recap = converge(project, "--tags", "os_baseline_updates", "--limit", host)
+    assert any(t.startswith("os_baseline : Install them now") for t in recap["_changed_tasks"])
+    assert version_on(project, host, name) == installed[name]
+    again = converge(project, "--tags", "os_baseline_updates", "--limit", host)
+    assert again[host]["changed"] == 0, again["_changed_tasks"]

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +293,121 @@ def test_a_pending_change_that_can_never_run_fails_the_pipeline(local_repo):
     result = _cli(project, "apply", "--pending", "--at", later)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{missed}: withdrawn — by alice at" in result.stdout
+
+
+def test_a_write_ahead_record_whose_commit_fails_after_git_add_leaves_nothing_staged(
+    local_repo, machine_locks
+):
+    """`git add` took the started record, then `git commit` failed (here: signing demanded by
+    the repository's config with a key that is not there): the file was removed but stayed
+    staged, so the next plain `git commit` recorded a run that never started."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1})
+    approve_change(project, change_id, person="bob")
+    for key, value in (
+        ("commit.gpgsign", "true"),
+        ("gpg.format", "ssh"),
+        ("user.signingkey", str(project.root / "no-such-key")),
+    ):
+        git(project.root, "config", key, value)
+    refused = _cli(project, "apply", change_id, "--skip-verify")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cannot commit the run's write-ahead record" in refused.stderr
+    assert _steps(project) == []
+    assert git(project.root, "diff", "--cached", "--name-only").stdout == ""
+    assert git(project.root, "status", "--porcelain").stdout == ""
+
+
+def _hold_as_run(root: str, run: str, ready) -> None:
+    held = acquire(
+        Project(Path(root)), environment="lab", hosts=["lab-db1"], change="CHG-0001", owner="ci"
+    )
+    held.note(run=run)
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_run_that_died_while_we_waited_for_its_hosts_is_recorded_before_ours(local_repo):
+    """apply --wait settled earlier runs before waiting only: the run whose hosts it waited for
+    (alive then, dead by the time the lock was free) stayed `started` while ours ran, and our
+    record did not say it had been reconciled."""
+    from opsledger.gitrepo import commit_paths
+    from opsledger.records import Record, started_record_path, write_record
+
+    project, request = local_repo
+    dead = request(params={"steps": 1})
+    approve_change(project, dead, person="bob")
+    fix = request(change_type="emergency", params={"steps": 1}, title="Fix forward")
+    approve_change(project, fix, person="carol")
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = f"{dead}/{started.strftime('%Y%m%dT%H%M%SZ')}"
+    playbook = subprocess.Popen(  # the dead apply's playbook, still running for a while
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={**os.environ, "OPSLEDGER_RUN": run_id},
+    )
+    ready = FORK.Event()
+    holder = FORK.Process(target=_hold_as_run, args=(str(project.root), run_id, ready))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        runner = {
+            "person": "ci",
+            "machine": procs.machine(),
+            "machine_key": procs.machine_key(),
+            "pid": holder.pid,
+            "pid_start": procs.start_time(holder.pid),
+            "run": run_id,
+        }
+        ahead = write_record(
+            started_record_path(project, dead, started),
+            Record(
+                kind="run",
+                environment="lab",
+                result="started",
+                started_at=started.isoformat(),
+                finished_at="",
+                change=dead,
+                runbook="local-steps",
+                targets="lab-db1",
+                hosts=["lab-db1"],
+                runner=runner,
+            ),
+        )
+        commit_paths(project.root, [ahead], f"Run {dead}: started", name="CI", email="ci@x.org")
+        waiting = _start(project, "apply", fix, "--skip-verify", "--wait", "90")
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(waiting.stderr), daemon=True)
+        reader.start()
+        _wait_for(lambda: any("locking lab-db1" in line for line in said), what="the wait")
+        time.sleep(1)  # settled (the run still lived) and now waiting for lab-db1
+        assert waiting.poll() is None and _steps(project) == []
+    finally:
+        playbook.kill()
+        playbook.wait()
+        holder.kill()
+        holder.join(10)
+    waiting.wait(180)
+    reader.join(10)
+    assert waiting.returncode == 0, "".join(said)
+    runs = {r.change: r for r in read_runs(project).committed}
+    assert runs[dead].result == "interrupted"
+    assert any("as interrupted" in note for note in runs[fix].lock["reconciled"]), runs[fix].lock
+    subjects = _committed_subjects(project)
+    interrupted_at = next(i for i, s in enumerate(subjects) if s.startswith(f"Run {dead}: inter"))
+    assert interrupted_at > subjects.index(f"Run {fix}: started"), subjects  # newest first
+
+
+def test_a_change_whose_success_is_not_yet_committed_cannot_be_withdrawn(local_repo):
+    """Withdraw judged committed records only: a run whose record git had refused was withdrawn,
+    and the next command then committed its success: a change both withdrawn and applied."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1, "lock_git": True})
+    approve_change(project, change_id, person="bob")
+    first = _cli(project, "apply", change_id, "--skip-verify")
+    assert first.returncode == 1, first.stdout + first.stderr
+    (project.root / ".git" / "index.lock").unlink()  # git works again
+    withdrawn = _cli(project, "change", "withdraw", change_id, "--as", "alice", "--reason", "Oops")
+    assert withdrawn.returncode == 2, withdrawn.stdout + withdrawn.stderr
+    assert "cannot be withdrawn" in withdrawn.stderr and "Traceback" not in withdrawn.stderr
+    assert not (project.root / "changes" / change_id / "withdrawn.yml").exists()
+    assert [r.result for r in read_runs(project).committed] == ["success"]  # committed now

@@ -296,6 +296,16 @@ def test_outside_a_git_repository_is_exit_2(no_git, args):
     assert tree_state(no_git.root) == before
 
 
+def test_an_alias_is_refused_under_the_name_of_the_command_it_names(no_git):
+    """`change cancel` is `change withdraw` under another name: the history check wraps that
+    command once, as `change withdraw` (the group's own order, not the alphabet)."""
+    for name in ("withdraw", "cancel"):
+        args = ["change", name, "CHG-0001", "--as", "alice", "--reason", "no longer needed"]
+        result = run(no_git.root, args)
+        assert result.exit_code == 2
+        assert "change withdraw reads approvals and records from git" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def no_commits(no_git, tmp_path_factory):
     """That project in a repository without commits (the cases below write nothing)."""

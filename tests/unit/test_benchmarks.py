@@ -12,6 +12,7 @@ import importlib.util
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -143,3 +144,26 @@ def test_closing_a_lanes_masters_spares_every_other_ssh_master(tmp_path, short_d
         for folder in (Path(apply), short_dir / "home" / ".ansible" / "cp"):
             bench.close_masters(folder)
     assert not _alive(other_lane) and not _alive(users)
+
+
+def _startup_bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_startup", REPO_ROOT / "benchmarks/startup.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_startup_benchmark_stops_on_a_run_that_did_not_do_the_real_work(tmp_path):
+    """A timed run counts only when it exits 0 printing what the command prints on success: an
+    error path (a missing change, a broken import) stops the benchmark instead of being timed."""
+    bench = _startup_bench()
+    wall, cpu = bench.timed([sys.executable, "-c", "print('CHG-0001: valid')"], tmp_path, "valid")
+    assert wall > 0 and cpu >= 0
+    with pytest.raises(SystemExit, match="without 'valid'"):
+        bench.timed([sys.executable, "-c", "print('error: no change')"], tmp_path, "valid")
+    with pytest.raises(SystemExit, match="exited 3"):
+        bench.timed(
+            [sys.executable, "-c", "print('valid'); raise SystemExit(3)"], tmp_path, "valid"
+        )

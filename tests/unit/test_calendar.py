@@ -7,9 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
 from click.testing import CliRunner
 
-from opsledger.calendar import Kind, change_calendar, render_calendar
+from opsledger.calendar import Calendar, Entry, Kind, change_calendar, render_calendar
 from opsledger.cli import cli
 from opsledger.signoff import approve_change
 
@@ -80,3 +81,47 @@ def test_text_json_and_icalendar(repo, tmp_path, monkeypatch):
     # Stable: the same calendar twice is the same file (subscribers see no churn).
     CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "again.ics"), "--at", MONDAY.isoformat()])
     assert (tmp_path / "again.ics").read_bytes() == raw
+
+
+def _icalendar():
+    try:
+        import icalendar
+    except ImportError:  # pragma: no cover - the dev extras hold it
+        pytest.fail("icalendar is not installed: scripts/bootstrap installs requirements.lock")
+    return icalendar
+
+
+def test_a_real_icalendar_parser_reads_back_every_entry(repo, tmp_path, monkeypatch):
+    """What a subscribed client sees: the file read by a real RFC 5545 parser (icalendar), every
+    event matching its entry, and text that held a carriage return or a control character (a
+    title, a freeze name: YAML lets them in) still inside the grammar, its line break kept."""
+    icalendar = _icalendar()
+    project, _, _ = repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    out = tmp_path / "changes.ics"
+    result = CliRunner().invoke(
+        cli, ["calendar", "--days", "10", "--format", "ics", "-o", str(out),
+              "--at", MONDAY.isoformat()],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    parsed = icalendar.Calendar.from_ical(out.read_bytes())
+    events = list(parsed.walk("VEVENT"))
+    cal = change_calendar(project, days=10, now=MONDAY)
+    assert len(events) == len(cal.entries) > 0
+    for event, entry in zip(events, cal.entries, strict=True):
+        assert str(event["SUMMARY"]) == entry.title
+        assert event.decoded("DTSTART") == entry.start
+        assert event.decoded("DTEND") == (entry.end or entry.start + dt.timedelta(minutes=30))
+        assert [str(c) for c in event["CATEGORIES"].cats] == [str(entry.kind), entry.environment]
+        assert str(event.get("DESCRIPTION", "")) == entry.detail
+
+    title = "CHG-0009: a; b, c \\ d\r\nsecond line\rthird\x07 — ünïcödé " + "€" * 40
+    hostile = Entry(Kind.FREEZE, "production", MONDAY, MONDAY + dt.timedelta(hours=2), title,
+                    "tab\there\x1b[31m red")  # fmt: skip
+    raw = render_calendar(Calendar(MONDAY, MONDAY, [hostile]), "ics").encode()
+    controls = [b for b in raw.replace(b"\r\n", b"") if (b < 0x20 and b != 0x09) or b == 0x7F]
+    assert controls == [], controls
+    (event,) = icalendar.Calendar.from_ical(raw).walk("VEVENT")
+    expected = "CHG-0009: a; b, c \\ d\nsecond line\nthird — ünïcödé " + "€" * 40
+    assert str(event["SUMMARY"]) == expected
+    assert str(event["DESCRIPTION"]) == "tab\there[31m red"

@@ -1,19 +1,31 @@
 """The CLI contract: every command documented with an example; errors are lines, not tracebacks."""
 
+import importlib
+import json
+import os
+import pkgutil
 import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from opsledger.cli import cli
+import opsledger.cli
+from opsledger.cli import COMMANDS as ROOT_TABLE
+from opsledger.cli import _Group, cli
 
 from ..conftest import REPO_ROOT
 
 
 def all_commands(group: click.Group, prefix=()):
-    for name, command in group.commands.items():
+    """Every command and group under `group`, loaded (the root group loads on first use)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield (*prefix, name), command
         if isinstance(command, click.Group):
             yield from all_commands(command, (*prefix, name))
@@ -25,7 +37,9 @@ COMMANDS = [pytest.param(path, id=" ".join(path)) for path, _ in all_commands(cl
 def test_top_level_help_lists_every_command_with_a_description():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name, command in cli.commands.items():
+    for (name, *rest), command in all_commands(cli):
+        if rest:
+            continue
         assert name in result.output
         assert command.get_short_help_str().strip(), name
 
@@ -166,8 +180,128 @@ def test_every_variable_opsledger_reads_is_named_in_the_top_level_help():
 def test_an_option_set_by_a_variable_says_so_in_its_help(path):
     command = cli
     for name in path:
-        command = command.commands[name]
+        command = command.get_command(click.Context(command), name)
     help_text = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200).output
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:
             assert param.envvar in help_text, f"{param.opts[0]} of {' '.join(path)}"
+
+
+def _top_level_commands() -> dict[str, click.Command]:
+    """Every command object of the opsledger.cli modules that no group there holds: the
+    root's commands, found from the code rather than from COMMANDS."""
+    found: list[click.Command] = []
+    held: set[int] = set()
+    for info in pkgutil.iter_modules(opsledger.cli.__path__):
+        module = importlib.import_module(f"opsledger.cli.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, click.Command) and value.callback.__module__ == module.__name__:
+                found.append(value)
+            if isinstance(value, click.Group):
+                held |= {id(c) for c in value.commands.values()}
+    top = [c for c in found if id(c) not in held]
+    assert len({c.name for c in top}) == len(top), "two top-level commands share a name"
+    return {c.name: c for c in top}
+
+
+def test_the_root_table_names_every_command_its_module_and_its_help():
+    """cli.COMMANDS is what the root's --help prints without loading a module: a new command, a
+    moved one or an edited first help paragraph must show up here, not as a stale help line."""
+    commands = _top_level_commands()
+    assert sorted(ROOT_TABLE) == sorted(commands)
+    for name, (module, summary) in ROOT_TABLE.items():
+        command = commands[name]
+        assert command.callback.__module__ == f"opsledger.cli.{module}"
+        assert getattr(importlib.import_module(f"opsledger.cli.{module}"), name) is command
+        assert summary == " ".join(command.help.partition("\n\n")[0].split()), name
+        assert not (command.short_help or command.hidden or command.deprecated), name
+
+
+@pytest.mark.parametrize("width", [40, 80, 120, 200])
+def test_the_root_help_reads_as_click_prints_it_from_the_loaded_commands(width):
+    """The lazy root's command list, before any module loads, is line for line what click
+    prints from the real commands at any terminal width (truncation included)."""
+    lazy = _Group(name="opsledger", params=cli.params, help=cli.help)
+    assert not lazy.commands
+    all(True for _ in all_commands(cli))  # load every command of the real root
+
+    def rendered(group, format_commands):
+        ctx = click.Context(group, info_name="opsledger", terminal_width=width)
+        formatter = ctx.make_formatter()
+        format_commands(group, ctx, formatter)
+        return formatter.getvalue()
+
+    assert "Commands:" in rendered(lazy, _Group.format_commands)
+    assert rendered(lazy, _Group.format_commands) == rendered(cli, click.Group.format_commands)
+    assert not lazy.commands
+
+
+def test_a_mistyped_command_gets_a_suggestion_from_every_command():
+    """click suggests close names from the loaded commands; none are loaded before one runs."""
+    lazy = _Group(name="opsledger", params=cli.params, help=cli.help, callback=cli.callback)
+    result = CliRunner().invoke(lazy, ["chnge"], prog_name="opsledger")
+    assert result.exit_code == 2
+    assert "No such command 'chnge'. Did you mean 'change'?" in result.output
+
+
+HEAVY = ("jsonschema", "rich", "ansible", "yaml", "jinja2")
+LIGHT = ["opsledger.errors"]  # what cli/__init__.py itself needs
+
+
+def test_the_root_help_imports_no_command_module_and_no_heavy_library():
+    """`opsledger --help` in a fresh interpreter: the help is printed and exit is 0, and no
+    command module, no jsonschema, rich, Ansible, YAML or Jinja was imported to print it."""
+    code = (
+        "import json, sys\n"
+        "from opsledger.cli import main\n"
+        "sys.argv = ['opsledger', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(opsledger.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "change    Create and validate change requests." in proc.stdout
+    loaded = json.loads(proc.stderr.strip().splitlines()[-1])
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY]
+    assert not heavy, heavy
+    ours = [m for m in loaded if m.startswith("opsledger")]
+    assert sorted(ours) == [
+        "opsledger",
+        "opsledger.cli",
+        "opsledger.cli.history",
+        "opsledger.errors",
+    ]
+
+
+def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
+    """`change validate` of a real change loads the lab's inventory (with its vault secrets)
+    through Ansible's inventory classes, but not ansible.cli: that import alone was a tenth of
+    the command's start-up. Checked in a fresh interpreter, on the command's real path."""
+    project, change_id, _ = repo
+    code = (
+        "import json, sys\n"
+        "from opsledger.cli import main\n"
+        f"sys.argv = ['opsledger', 'change', 'validate', '{change_id}']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
+        "OPSLEDGER_PROJECT": str(project.root),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{change_id}: valid (converge on 2 host(s) of lab)" in proc.stdout
+    loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
+    assert "ansible.inventory.manager" in loaded  # the inventory was really read
+    assert "ansible.parsing.vault" in loaded
+    assert "ansible.cli" not in loaded
+    assert not {m for m in loaded if m.startswith(("rich", "opsledger.cli.drill"))}

@@ -309,3 +309,31 @@ def test_without_a_baseline_the_check_says_how_to_set_one(repo):
     approve_change(project, proposal.id, person="carol")
     clean = CliRunner().invoke(cli, ["audit", "check"], env=env)
     assert clean.exit_code == 0 and "hint:" not in clean.output
+
+
+def test_a_ci_commit_that_is_more_than_evidence_is_found(repo):
+    """The CI's commits reach the branch without review (the deploy key bypasses protection):
+    one that edits the pipelines or the tool changed what judges changes, and no finding said
+    so (`unauthorized-change` sees desired state only; on github.com the pushed workflow may
+    have dropped its own records-only check)."""
+    project, change_id, _ = repo
+    approve_change(project, change_id, person="bob", now=START)
+    record, _ = _run(project, change_id)
+    assert audit_check(project, now=LATER).findings == []  # evidence: nothing to say
+    workflow = project.root / ".github" / "workflows" / "apply.yml"
+    workflow.parent.mkdir(parents=True, exist_ok=True)
+    workflow.write_text("name: apply\n")
+    edit = commit_paths(project.root, [workflow], "Run records", **CI)
+    git(project.root, "rm", "-q", str(record))
+    as_ci = {f"GIT_{who}_{key}": CI[key.lower()] for who in ("AUTHOR", "COMMITTER")
+             for key in ("NAME", "EMAIL")}  # fmt: skip
+    git(project.root, "commit", "-q", "--no-gpg-sign", "-m", "Tidy", env=as_ci)
+    gone = head(project.root)
+    found = [f for f in audit_check(project, now=LATER).findings
+             if f.rule == "ci-commit-beyond-evidence"]  # fmt: skip
+    assert [(f.commits, f.file, f.severity) for f in found] == [
+        ((edit,), ".github/workflows/apply.yml", "high"),
+        ((gone,), str(record.relative_to(project.root)), "high"),
+    ]
+    assert "added .github/workflows/apply.yml" in found[0].message
+    assert "ci@example.org" in found[0].message and "deleted" in found[1].message

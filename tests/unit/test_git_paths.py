@@ -78,3 +78,65 @@ def test_a_policy_document_with_an_odd_name_is_not_a_policy_version(tmp_path, na
     second = git(root, "rev-parse", "HEAD").stdout.strip()
     trees = _trees(project, [first, second])
     assert trees[first] == trees[second]
+
+
+def _raw_git_calls() -> list[tuple[str, int, bool]]:
+    """Every subprocess call in src/ whose command list starts with "git": (file, line, whether
+    it passes env=git_env(...))."""
+    found = []
+    for path in sorted((REPO_ROOT / "src" / "opsledger").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            first = node.args[0]
+            if not (
+                isinstance(first, ast.List)
+                and first.elts
+                and isinstance(first.elts[0], ast.Constant)
+                and first.elts[0].value == "git"
+            ):
+                continue
+            env = next((k.value for k in node.keywords if k.arg == "env"), None)
+            ok = (
+                isinstance(env, ast.Call)
+                and isinstance(env.func, ast.Name)
+                and env.func.id == "git_env"
+            )
+            found.append((str(path.relative_to(REPO_ROOT)), node.lineno, ok))
+    return found
+
+
+def test_every_git_process_ignores_replace_objects():
+    """`git replace` swaps an object's bytes for every reader that does not opt out: the run
+    records' reader (cat-file) honoured it, so a local replacement turned a failed run into a
+    success. Every git process opsledger starts gets GIT_NO_REPLACE_OBJECTS (git_env)."""
+    calls = _raw_git_calls()
+    assert len(calls) >= 8  # the scan sees them
+    missing = [f"{file}:{line}" for file, line, ok in calls if not ok]
+    assert not missing, f"git runs without git_env() at {missing}"
+
+
+def test_a_replaced_run_record_reads_as_committed(tmp_path):
+    import datetime as dt
+
+    from opsledger.gitrepo import commit_paths
+    from opsledger.project import Project
+    from opsledger.records import Record, read_runs, run_record_path, write_record
+
+    root = tmp_path / "r"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    project = Project(root)
+    started = dt.datetime(2026, 12, 1, 20, 0, tzinfo=dt.UTC)
+    fields = dict(kind="run", environment="lab", change="CHG-0001", runbook="converge")
+    times = dict(started_at=started.isoformat(), finished_at=started.isoformat())
+    path = write_record(
+        run_record_path(project, "CHG-0001", started), Record(result="failed", **fields, **times)
+    )
+    commit_paths(root, [path], "Run", name="CI", email="ci@example.org")
+    failed = git(root, "rev-parse", f"HEAD:{path.relative_to(root)}").stdout.strip()
+    forged = root / "forged.json"
+    forged.write_text(Record(result="success", **fields, **times).to_json())
+    success = git(root, "hash-object", "-w", str(forged)).stdout.strip()
+    git(root, "replace", failed, success)
+    assert [r.result for r in read_runs(project).committed] == ["failed"]

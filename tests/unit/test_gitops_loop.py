@@ -340,3 +340,55 @@ def test_records_reach_the_protected_main_from_a_fresh_runner_and_nothing_else_d
     direct = git(project.root, "push", "-q", "origin", "HEAD:main", check=False)
     assert direct.returncode != 0 and "open a pull request" in direct.stderr
     assert git(origin, "rev-parse", "main").stdout == before
+
+
+def test_with_the_pusher_known_the_ci_adds_records_only_and_nobody_else_adds_them(loop, tmp_path):
+    """A committer e-mail is whatever the committer typed: the deploy key could push a commit
+    committed as the forge's merge identity and so change desired state, and an engineer could
+    push a run record committed as the CI identity. With the forge's pusher variable set
+    (GitLab's GL_ID and the like, simulated here), the push says who it is."""
+    _, origin = loop
+    git(origin, "config", "opsledger.pusherVariable", "GL_ID")
+    git(origin, "config", "opsledger.ciPusher", "key-7")
+
+    def commit_and_push(work: Path, path: str, who: dict[str, str], pusher: str | None):
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(target.read_text() + "# x\n" if target.exists() else "{}\n")
+        git(work, "add", path)
+        git(work, "commit", "-q", "-m", f"Add {path}", env=who)
+        env = {"GL_ID": pusher} if pusher is not None else {}
+        # git passes its environment to the hook of a local origin, as a forge passes GL_ID
+        pushed = git(work, "push", "-q", "origin", "HEAD:main", env=env, check=False)
+        if pushed.returncode:
+            git(work, "reset", "-q", "--hard", "HEAD~1")
+        return pushed
+
+    as_ci = {f"GIT_{p}_{k}": v for p in ("AUTHOR", "COMMITTER")
+             for k, v in (("NAME", "opsledger CI"), ("EMAIL", "ci@example.org"))}  # fmt: skip
+    work = tmp_path / "pushes"
+    git(tmp_path, "clone", "-q", str(origin), str(work))
+    record = "records/drift/20261201T051700Z-lab.json"
+    before = git(origin, "rev-parse", "main").stdout
+
+    # The deploy key's commit dressed as the forge's merge: refused.
+    role = "roles/os_baseline/defaults/main.yml"
+    forged = commit_and_push(work, role, FORGE, "key-7")
+    assert forged.returncode != 0
+    assert "pushed by the CI (key-7): modifies roles/os_baseline" in forged.stderr
+    # An engineer's forged run record: refused.
+    fake = commit_and_push(work, "changes/CHG-0001/runs/20261201T200000Z.json", as_ci, "user-3")
+    assert fake.returncode != 0
+    assert "carries the CI identity ci@example.org but user-3 pushed it" in fake.stderr
+    # A push whose pusher the forge does not tell: refused.
+    unknown = commit_and_push(work, record, as_ci, None)
+    assert unknown.returncode != 0 and "did not say who pushes ($GL_ID is unset)" in unknown.stderr
+    assert git(origin, "rev-parse", "main").stdout == before
+
+    # The CI adding a record, and a reviewed merge pushed by whoever pressed the button: taken.
+    assert commit_and_push(work, record, as_ci, "key-7").returncode == 0
+    assert commit_and_push(work, "docs.md", FORGE, "user-3").returncode == 0
+    assert git(origin, "log", "-2", "--format=%ce", "main").stdout.split() == [
+        "forge@example.org",
+        "ci@example.org",
+    ]

@@ -1,7 +1,13 @@
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import opsledger
 from opsledger.errors import OpsledgerError
 from opsledger.inventory import load_inventory
 
@@ -87,3 +93,54 @@ def test_inventory_folders_hold_nothing_ansible_would_take_for_hosts(repo_projec
         folder = load_inventory(repo_project.inventory_dir(env))
         hosts_file = load_inventory(repo_project.inventory_file(env))
         assert list(folder.hosts) == list(hosts_file.hosts), env
+
+
+def test_lab_vault_values_decrypt_without_importing_ansibles_cli(repo_project, tmp_path):
+    """The lab's vaulted values, read through opsledger in a fresh interpreter with the
+    committed password (vault-passwords/lab), equal what Ansible's own `ansible` command
+    decrypts; and opsledger read the secrets without importing ansible.cli (its argument
+    parsers and CLI classes cost every inventory read ~10% of a command's start-up)."""
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from opsledger.inventory import load_inventory\n"
+        "host = load_inventory(Path(sys.argv[1])).hosts['lab-db1']\n"
+        "values = [host.get(n) for n in ('vault_postgresql_app_password',"
+        " 'vault_postgresql_replication_password')]\n"
+        "print(json.dumps({'values': values, 'cli': 'ansible.cli' in sys.modules}))\n"
+    )
+    inventory = str(repo_project.inventory_file("lab"))
+    ours = subprocess.run(
+        [sys.executable, "-c", code, inventory],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # any folder: the password file resolves against the project's ansible.cfg
+        env={**os.environ, "PYTHONPATH": str(Path(opsledger.__file__).parents[1])},
+    )
+    assert ours.returncode == 0, ours.stderr
+    read = json.loads(ours.stdout.strip().splitlines()[-1])
+    assert read["cli"] is False
+    theirs = []
+    for name in ("vault_postgresql_app_password", "vault_postgresql_replication_password"):
+        adhoc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ansible"),
+                "lab-db1",
+                "-i",
+                inventory,
+                "-c",
+                "local",
+                "-m",
+                "debug",
+                "-a",
+                f"var={name}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=repo_project.root,
+            env={**os.environ, "ANSIBLE_STRATEGY": "linear", "ANSIBLE_NOCOLOR": "1"},
+        )
+        assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
+        theirs.append(re.search(rf"{name}: (\S+)", adhoc.stdout).group(1))
+    assert read["values"] == theirs
+    assert all(v and not v.startswith("$ANSIBLE_VAULT") for v in theirs)

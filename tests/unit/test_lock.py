@@ -326,3 +326,21 @@ def test_an_invalid_lock_policy_exits_2_naming_the_field(project):
     assert err.value.exit_code == 2
     (problem,) = err.value.problems
     assert problem.field.startswith("environments.lab.backends") and "nfs" in problem.message
+
+
+def test_an_origin_that_refuses_lock_refs_locks_nothing_and_runs_nothing(origin, tmp_path):
+    """A server that rejects refs outside branches and tags (a hook, a hosting rule) made every
+    compare-and-swap fail as if lost to a race; with nobody found holding the host afterwards,
+    acquire returned without any origin lock and the run went ahead unlocked."""
+    bare, clone = origin
+    hook = bare / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refs outside refs/heads are not allowed' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    ci = clone("ci")
+    with pytest.raises(OpsledgerError) as err:
+        _take(ci, "CHG-0001")
+    assert err.value.exit_code == 2, err.value
+    (problem,) = err.value.problems
+    assert "refused" in problem.message and "refs outside refs/heads" in problem.message
+    assert problem.field == "remote"
+    release(_take(Project(tmp_path / "other"), "CHG-0002"))  # the machine lock was released

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,13 @@ from opsledger.ci import pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
-from opsledger.prcomment import GITHUB_LIMIT, comment_parts, diff_section, grouped_diffs
+from opsledger.prcomment import (
+    GITHUB_LIMIT,
+    comment_parts,
+    diff_section,
+    grouped_diffs,
+    marker,
+)
 from opsledger.prjob import isolated_connections, secrets_in_reach
 from opsledger.signoff import request_change
 
@@ -224,6 +231,63 @@ def test_a_pr_job_refuses_to_run_while_it_holds_a_secret(repo, monkeypatch):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+def test_a_pr_job_refuses_the_deploy_key_and_credentials_its_checkout_kept(repo, monkeypatch):
+    """The deploy key (the one credential the protected branch lets push) and the token or key
+    a checkout persists in `.git/config` were not among the secrets `--untrusted` looked for:
+    a misconfigured PR job held them and still ran the PR's code."""
+    project, _, keys = repo
+    _pr_with_production_change(project, keys["alice"])
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    for name in [n for n in os.environ if n.startswith(("OPSLEDGER_", "GH_", "GITHUB_"))]:
+        monkeypatch.delenv(name)
+    # What a clean PR checkout has: no credential, and git config that carries none.
+    git(project.root, "config", "http.https://github.com/.extraheader", "")
+    git(project.root, "config", "core.sshCommand", "ssh -o BatchMode=yes")
+    assert secrets_in_reach(project) == []
+    monkeypatch.setenv("OPSLEDGER_DEPLOY_KEY", "/builds/tmp/OPSLEDGER_DEPLOY_KEY")
+    monkeypatch.setenv("GH_TOKEN", "ghs_0123456789")
+    # actions/checkout without `persist-credentials: false`, with a token and with `ssh-key`.
+    git(project.root, "config", "http.https://github.com/.extraheader",
+        "AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46Z2hzXzAxMjM=")  # fmt: skip
+    git(project.root, "config", "core.sshCommand",
+        "ssh -i /runner/_temp/abc -o StrictHostKeyChecking=yes")  # fmt: skip
+    said = [str(p) for p in secrets_in_reach(project)]
+    assert any("$OPSLEDGER_DEPLOY_KEY" in p for p in said), said
+    assert any("$GH_TOKEN" in p for p in said), said
+    assert any("a token in git config http.https://github.com/.extraheader" in p for p in said)
+    assert any("an SSH key in git config core.sshcommand" in p for p in said), said
+    assert not any("eC1hY2Nlc3M" in p or "ghs_" in p for p in said)  # never the secret itself
+    with pytest.raises(OpsledgerError) as caught:
+        pr_check(project, base="main", untrusted=True, with_plan=False)
+    assert caught.value.exit_code == EXIT_INVALID
+
+
+def test_a_pr_job_that_cannot_check_replaces_the_sticky_comment_with_why(repo, tmp_path):
+    """The comment parts were written only by a check that ran: a job that refused (a secret
+    in reach, an unknown base) left the last commit's comment — "ready to merge" — in place."""
+    project, _, keys = repo
+    _pr_with_production_change(project, keys["alice"])
+    comments = tmp_path / "c"
+    comments.mkdir()
+    (comments / "comment-1.md").write_text("<!-- opsledger-plan:1 -->\n## opsledger: ready")
+    (comments / "comment-2.md").write_text("<!-- opsledger-plan:2 -->\nthe rest")
+    (project.root / "vault-passwords" / "staging").write_text("s3cret\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSLEDGER_", "SSH_AUTH"))}
+    result = CliRunner().invoke(
+        cli,
+        ["ci", "pr", "--base", "main", "--untrusted", "--no-plan", "--comment-dir",
+         str(comments)],
+        env={**env, "OPSLEDGER_PROJECT": str(project.root)},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    (part,) = sorted(comments.glob("comment-*.md"))
+    text = part.read_text()
+    head = git(project.root, "rev-parse", "HEAD").stdout.strip()
+    assert text.startswith("<!-- opsledger-plan:1 -->\n## opsledger: not checked\n")
+    assert f"Made from commit `{head}`" in text
+    assert "vault password of 'staging'" in text and "s3cret" not in text
+
+
 def test_a_pr_job_plans_only_the_lab_and_defers_production_to_the_protected_job(repo, tmp_path):
     project, _, keys = repo
     change_id = _pr_with_production_change(project, keys["alice"])
@@ -382,3 +446,111 @@ def test_bootstrap_refuses_an_unknown_extra_before_touching_anything(tmp_path):
         assert proc.returncode == 2 and proc.stdout == ""
         (line,) = proc.stderr.splitlines()
         assert line.startswith("bootstrap: ") and says in line
+
+
+# -- the sticky comment steps, run by bash against a stand-in for GitHub's comments API ----------
+
+GH_STANDIN = r'''#!/usr/bin/env python3
+"""The four `gh api` calls the comment steps make, on a JSON file of comments; --jq runs the
+real jq (gh applies the same expression to each page)."""
+import json, os, subprocess, sys
+store = os.environ["GH_STORE"]
+comments = json.load(open(store))
+args = sys.argv[2:]
+method = args[args.index("-X") + 1] if "-X" in args else "GET"
+url = next(a for a in args if a.startswith("repos/"))
+body = next((open(a[6:]).read() for a in args if a.startswith("body=@")), None)
+if method == "GET":
+    out = subprocess.run(["jq", "-r", args[args.index("--jq") + 1]], input=json.dumps(comments),
+                         capture_output=True, text=True, check=True)
+    sys.stdout.write(out.stdout)
+elif method == "POST":
+    comments.append({"id": max([c["id"] for c in comments] + [0]) + 1, "body": body})
+elif method == "PATCH":
+    next(c for c in comments if c["id"] == int(url.rsplit("/", 1)[1]))["body"] = body
+elif method == "DELETE":
+    comments = [c for c in comments if c["id"] != int(url.rsplit("/", 1)[1])]
+json.dump(comments, open(store, "w"))
+'''
+
+
+def _sticky_step(workflow: str, job: str) -> str:
+    steps = _workflow(workflow)["jobs"][job]["steps"]
+    return next(s["run"] for s in steps if "gh api" in s.get("run", "") and "PATCH" in s["run"])
+
+
+@pytest.mark.parametrize(
+    ("workflow", "job", "folder", "key"),
+    [("pull-request.yml", "comment", "plan", "plan"),
+     ("protected-plan.yml", "plan", "plan-production", "plan-production")],
+)  # fmt: skip
+def test_the_sticky_comment_is_updated_in_place_and_loses_its_stale_parts(
+    tmp_path, workflow, job, folder, key
+):
+    """A plan that had two parts and now has one left part 2 of the old plan standing under
+    the new one, as if current."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text(GH_STANDIN)
+    (bin_dir / "gh").chmod(0o755)
+    store = tmp_path / "comments.json"
+    others = [
+        {"id": 1, "body": "LGTM, but see the plan"},
+        {"id": 2, "body": "<!-- opsledger-plan-staging:2 -->\nanother job's part"},
+    ]
+    store.write_text(json.dumps(others))
+    work = tmp_path / "work"
+    script = _sticky_step(workflow, job)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GH_STORE": str(store),
+           "GH_TOKEN": "t", "PR": "7", "REPO": "acme/ops", "ENV_NAME": "production"}  # fmt: skip
+
+    def post(*bodies: str) -> list[dict]:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / folder).mkdir(parents=True)
+        for index, text in enumerate(bodies, start=1):
+            (work / folder / f"comment-{index}.md").write_text(f"{marker(index, key)}\n{text}")
+        proc = subprocess.run(["bash", "-e", "-c", script], cwd=work, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(store.read_text())
+
+    first = post("plan of commit A, part 1", "plan of commit A, part 2")
+    assert [c["id"] for c in first] == [1, 2, 3, 4]
+    second = post("plan of commit B")
+    assert second[:2] == others
+    assert second[2:] == [{"id": 3, "body": f"{marker(1, key)}\nplan of commit B"}]
+    third = post("plan of commit C, part 1", "plan of commit C, part 2")
+    assert third[2]["id"] == 3 and [c["body"] for c in third[2:]] == [
+        f"{marker(1, key)}\nplan of commit C, part 1",
+        f"{marker(2, key)}\nplan of commit C, part 2",
+    ]
+
+
+def test_the_protected_plan_writes_the_vault_password_through_no_symlink_of_the_pr(tmp_path):
+    """The PR's files are data, and a PR can make `vault-passwords/production` (or the folder)
+    a symlink: `printf > file` followed it and left production's password wherever it pointed
+    on the persistent runner."""
+    steps = _workflow("protected-plan.yml")["jobs"]["plan"]["steps"]
+    step = next(s for s in steps if "vault-passwords" in s.get("run", "") and "VAULT" in s["env"])
+    script = step["run"].replace("${{ matrix.environment }}", "production")
+    env = {**os.environ, "VAULT": "s3cret-production"}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bait = outside / "collected"
+    bait.write_text("")
+    folder = tmp_path / "work" / "pr" / "vault-passwords"
+    folder.mkdir(parents=True)
+    (folder / "production").symlink_to(bait)
+
+    def run():
+        return subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path / "work", env=env,
+                              capture_output=True, text=True)  # fmt: skip
+
+    assert run().returncode == 0
+    written = folder / "production"
+    assert not written.is_symlink() and written.read_text() == "s3cret-production\n"
+    assert oct(written.stat().st_mode & 0o777) == "0o600" and bait.read_text() == ""
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)  # the whole folder
+    assert run().returncode != 0
+    assert sorted(p.name for p in outside.iterdir()) == ["collected"] and bait.read_text() == ""

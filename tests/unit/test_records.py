@@ -118,3 +118,30 @@ def test_two_evidence_records_in_one_second_both_stay(tmp_path):
         "20261130T190051Z-probe-lab.json",
     )
     assert '"critical"' in b.read_text() and '"ok"' in a.read_text()
+
+
+def test_committed_records_git_cannot_read_stop_the_command_not_vanish(project):
+    """A run record whose object is gone (a damaged clone) made read_runs crash (IndexError) or,
+    when cat-file failed, count no run at all: a change applied successfully became pending
+    again and would have run twice."""
+    from opsledger.errors import OpsledgerError
+
+    path = write_record(run_record_path(project, "CHG-0001", STARTED), record())
+    commit_paths(project.root, [path], "Run", name="CI", email="ci@example.org")
+    assert [r.result for r in change_runs(project)] == ["success"]
+    blob = git(project.root, "rev-parse", f"HEAD:{path.relative_to(project.root)}").stdout.strip()
+    (project.root / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    with pytest.raises(OpsledgerError) as err:
+        read_runs(project)
+    assert err.value.exit_code == 2
+    (problem,) = err.value.problems
+    assert "cannot read the committed run records" in problem.message
+    assert blob in problem.message and "git fsck" in problem.fix
+
+
+def test_a_project_without_history_has_no_runs(tmp_path):
+    root = tmp_path / "none"
+    root.mkdir()
+    assert read_runs(Project(root)).committed == []
+    git(root, "init", "-q", "-b", "main")
+    assert read_runs(Project(root)).committed == []  # a repository without commits

@@ -69,3 +69,47 @@ def test_set_stats_data_is_handed_back(tmp_path):
     )
     assert run.data == {"opsledger_drill": {"down_at": 12.5, "restored": [[1, 2]]}}
     assert "opsledger_drill" not in stats[0]["event_data"]
+
+
+def test_the_vault_password_ci_writes_for_an_environment_reaches_ansible(tmp_path):
+    """CI writes staging's and production's vault passwords to `vault-passwords/<env>`, but
+    ansible.cfg names only the lab's: nothing handed the file to Ansible, and the first
+    encrypted staging variable stopped the run with "no vault secrets found"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from opsledger.inventory import vault_ids
+
+    from .conftest import LOCAL_CONNECTION
+
+    project = copy_project(tmp_path / "p")
+    staging = project.root / "inventories" / "staging"
+    (staging / "group_vars" / "all" / "connection.yml").write_text(LOCAL_CONNECTION)
+    password = project.root / "vault-passwords" / "staging"
+    password.write_text("s3cret-staging\n")
+    vault = Path(sys.executable).parent / "ansible-vault"
+    encrypted = subprocess.run(
+        [str(vault), "encrypt_string", "--vault-id", f"staging@{password}",
+         "--encrypt-vault-id", "staging",
+         "the-db-password", "--name", "db_password"],
+        capture_output=True, text=True, check=True, cwd=project.root,
+    ).stdout  # fmt: skip
+    (staging / "group_vars" / "all" / "secret.yml").write_text("---\n" + encrypted)
+    playbook = tmp_path / "secret.yml"
+    playbook.write_text(
+        "---\n- name: Use the staging secret\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: The secret decrypts\n      ansible.builtin.assert:\n"
+        "        that: db_password == 'the-db-password'\n"
+    )
+    host = "stg-db1.example.invalid"
+    assert vault_ids(staging / "hosts.yml")[-1] == f"staging@{password}"
+    run = run_playbook(
+        project, playbook=playbook, inventory=staging / "hosts.yml", limit=host, params={}
+    )
+    assert run.status == "successful" and run.hosts[host].ok == 1, run.host_stats()
+    # A symlink is not a password file: never followed to wherever it points.
+    password.unlink()
+    password.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("s3cret-staging\n")
+    assert not any(i.startswith("staging@") for i in vault_ids(staging / "hosts.yml"))

@@ -6,33 +6,92 @@ User errors (OpsledgerError) print one line per problem to stderr and exit with 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
 from opsledger import __version__
-from opsledger.cli.apply import apply
-from opsledger.cli.audit import audit
-from opsledger.cli.calendar import calendar
-from opsledger.cli.change import change
-from opsledger.cli.ci import ci
-from opsledger.cli.decide import approve, decide, plan
-from opsledger.cli.drift import drift
-from opsledger.cli.drill import drill
 from opsledger.cli.history import check_history
-from opsledger.cli.host import host
-from opsledger.cli.incident import incident
-from opsledger.cli.inspect import inspect
-from opsledger.cli.lab import lab
-from opsledger.cli.notify import notify
-from opsledger.cli.policy import policy
-from opsledger.cli.problem import problem
-from opsledger.cli.report import report
-from opsledger.cli.roles import roles
-from opsledger.cli.runbook import runbook
-from opsledger.cli.verify import verify
 from opsledger.errors import OpsledgerError, one_line
+
+# Every command of the root group: name -> (module under opsledger.cli, its first help paragraph).
+# A command's module is imported only when that command runs (or its own --help is asked for):
+# the modules pull in jsonschema, rich, Ansible and most of the library, which `opsledger
+# --help` and most single commands never need. The root --help prints these texts as click
+# would from the commands themselves; tests/unit/test_cli.py checks them against the commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "apply": (
+        "apply",
+        "Decide now, lock the targets, run, verify, roll back on failure, commit the run record.",
+    ),
+    "approve": (
+        "decide",
+        "Approve (or reject) a change's current content and commit it as you, signed with --key.",
+    ),
+    "audit": ("audit", "Read git history as the change log."),
+    "calendar": (
+        "calendar",
+        "The change calendar: maintenance windows, freezes, scheduled changes, due drills.",
+    ),
+    "change": ("change", "Create and validate change requests."),
+    "ci": (
+        "ci",
+        "Pipeline steps: check a pull request, apply after a merge, generate CODEOWNERS.",
+    ),
+    "decide": (
+        "decide",
+        "Evaluate every rule for a change; exit 0 when allowed, 3 when denied.",
+    ),
+    "drift": (
+        "drift",
+        "Compare hosts with the desired state in git (converge in check mode with diff).",
+    ),
+    "drill": (
+        "drill",
+        "Drill a service's disaster recovery (policies/dr.yml) and measure RTO and RPO.",
+    ),
+    "host": (
+        "host",
+        "Each host's record from git: changes, patches, findings, drills, incidents, waivers.",
+    ),
+    "incident": (
+        "incident",
+        "Record, handle and close incidents; SLA clocks run on git time.",
+    ),
+    "inspect": (
+        "inspect",
+        "Run an inspection schedule's checks on every host in parallel (read-only).",
+    ),
+    "lab": (
+        "lab",
+        "Run the local lab: the hosts of inventories/lab as podman systemd containers.",
+    ),
+    "notify": (
+        "notify",
+        "Notifications to the team's channels (Slack, Teams, Matrix, e-mail, webhooks).",
+    ),
+    "plan": (
+        "decide",
+        "Decide, then show per host what the change would do (check mode with diff).",
+    ),
+    "policy": (
+        "policy",
+        "Check, propose and print the schemas of the policies (people, rules, windows, SLA, ...).",
+    ),
+    "problem": (
+        "problem",
+        "Problems: the cause behind recurring incidents, the known error, the permanent fix.",
+    ),
+    "report": ("report", "KPIs of changes, operations and incidents, as one page."),
+    "roles": ("roles", "Role documentation and consistency checks."),
+    "runbook": ("runbook", "List and describe runbooks (runbooks/<name>/runbook.yml)."),
+    "verify": (
+        "verify",
+        "Verify hosts against the inventory with the Testinfra suites in tests/infra.",
+    ),
+}
 
 
 class _Group(click.Group):
@@ -40,7 +99,41 @@ class _Group(click.Group):
 
     Click's own usage errors (a missing option, a value out of range) become one `error:` line
     with exit 2 too, instead of a usage block: pipelines read errors line by line.
+
+    Its commands (COMMANDS) load on first use, each wrapped by the history check as it loads
+    (cli/history.py): start-up pays only for the command that runs.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"opsledger.cli.{COMMANDS[cmd_name][0]}")
+            command = getattr(module, cmd_name)
+            check_history(command, (cmd_name,))
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:  # click suggests from the loaded ones only
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands' one-line help from COMMANDS, without loading a command's module."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -102,30 +195,6 @@ def cli(ctx: click.Context, no_color: bool) -> None:
         # rich reads NO_COLOR; ansible-playbook (and what it starts) reads ANSIBLE_NOCOLOR.
         os.environ["NO_COLOR"] = "1"
         os.environ["ANSIBLE_NOCOLOR"] = "1"
-
-
-cli.add_command(apply)
-cli.add_command(audit)
-cli.add_command(calendar)
-cli.add_command(approve)
-cli.add_command(change)
-cli.add_command(ci)
-cli.add_command(decide)
-cli.add_command(drift)
-cli.add_command(drill)
-cli.add_command(host)
-cli.add_command(incident)
-cli.add_command(inspect)
-cli.add_command(lab)
-cli.add_command(notify)
-cli.add_command(plan)
-cli.add_command(policy)
-cli.add_command(problem)
-cli.add_command(report)
-cli.add_command(roles)
-cli.add_command(runbook)
-cli.add_command(verify)
-check_history(cli)  # every command that reads git refuses to run without it (cli/history.py)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import click
 
 from opsledger.cli.options import aware_time, output_folder, wait_seconds, write_output
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.project import find_project
+from opsledger.project import Project, find_project
 
 
 @click.group()
@@ -92,20 +92,11 @@ def pr(
 
     output_folder(summary, "--summary")
     output_folder(outputs, "--outputs")
-    report = pr_check(
-        find_project(),
-        base=base,
-        now=aware_time(at, "--at"),
-        with_plan=not no_plan,
-        plan_environments=set(plan_envs) if plan_envs else None,
-        approved_only=approved_only,
-        untrusted=untrusted,
-    )
-    text = report.markdown()
-    click.echo(text, nl=False)
-    if summary:
-        write_output(summary, text, "--summary", append=True)
-    if comment_dir:
+    project = find_project()
+
+    def write_comment(text: str) -> None:
+        if not comment_dir:
+            return
         comment_dir.mkdir(parents=True, exist_ok=True)
         for old in comment_dir.glob("comment-*.md"):
             old.unlink()
@@ -113,10 +104,41 @@ def pr(
             comment_parts(text, artifact_url=artifact_url, key=comment_key), start=1
         ):
             (comment_dir / f"comment-{index}.md").write_text(part)
+
+    try:
+        report = pr_check(
+            project,
+            base=base,
+            now=aware_time(at, "--at"),
+            with_plan=not no_plan,
+            plan_environments=set(plan_envs) if plan_envs else None,
+            approved_only=approved_only,
+            untrusted=untrusted,
+        )
+    except OpsledgerError as err:
+        # The sticky comment still showed the last commit's verdict ("ready to merge") when
+        # this one could not be checked at all: it now says so, and why.
+        write_comment(_refusal_comment(project, err))
+        raise
+    text = report.markdown()
+    click.echo(text, nl=False)
+    if summary:
+        write_output(summary, text, "--summary", append=True)
+    write_comment(text)
     if outputs:
         line = f"protected={json.dumps(report.protected_plans)}\n"
         write_output(outputs, line, "--outputs", append=True)
     raise SystemExit(report.exit_code)
+
+
+def _refusal_comment(project: Project, err: OpsledgerError) -> str:
+    """The PR comment of a check that could not run: the commit and each problem."""
+    from opsledger.gitrepo import git
+
+    commit = git(project.root, "rev-parse", "HEAD", check=False).stdout.strip() or "unknown"
+    lines = ["## opsledger: not checked", "", f"Made from commit `{commit}`.", ""]
+    lines += [f"- {p}" for p in err.problems]
+    return "\n".join(lines) + "\n"
 
 
 @ci.command("apply")

@@ -33,7 +33,12 @@ def drift(environment: str, targets: str, no_record: bool, as_json: bool) -> Non
     if as_json:
         click.echo(
             json.dumps(
-                {"hosts": result.hosts, "items": [i.__dict__ for i in result.items]}, indent=2
+                {
+                    "hosts": result.hosts,
+                    "items": [i.__dict__ for i in result.items],
+                    "incidents": result.incidents,
+                },
+                indent=2,
             )
         )
     else:
@@ -44,4 +49,6 @@ def drift(environment: str, targets: str, no_record: bool, as_json: bool) -> Non
                 click.echo(f"  ~ {item.role}: {item.task} (set by {owner})")
         if result.record_path:
             click.echo(f"recorded {result.record_path.name} in {result.commit[:10]}")
+        if result.incidents:
+            click.echo(result.incidents)
     raise SystemExit(1 if result.drifted else 0)

@@ -94,6 +94,7 @@ def _show(result: DrillResult, as_json: bool) -> None:
                     "measurements": result.record.measurements if result.record else {},
                     "record": str(result.record_path or ""),
                     "commit": result.commit,
+                    "incidents": result.incidents,
                 }
             )
         )
@@ -113,3 +114,5 @@ def _show(result: DrillResult, as_json: bool) -> None:
         click.echo(f"drill {service} on {environment}: {'passed' if result.passed else 'FAILED'}")
         if result.record_path:
             click.echo(f"recorded {result.record_path.name} in {(result.commit or '')[:10]}")
+        if result.incidents:
+            click.echo(result.incidents)

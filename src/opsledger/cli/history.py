@@ -17,9 +17,6 @@ from typing import Any
 
 import click
 
-from opsledger.gitrepo import require_history
-from opsledger.project import find_project
-
 WITHOUT_HISTORY: dict[str, str] = {
     "change new": "writes a change file (ids used in history are skipped when there is one)",
     "change validate": "checks change files against the schema, runbooks and inventories",
@@ -39,11 +36,20 @@ _CHECKED = "__opsledger_history_checked__"
 
 
 def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
-    """(`change withdraw`, its command) for every command under `group`, groups opened."""
-    for name, command in group.commands.items():
+    """(`change withdraw`, its command) for every command under `group`, groups opened.
+
+    Asks the group (list_commands, get_command) rather than reading its `commands`: the root
+    group loads its commands on first use (cli/__init__.py), and this loads them all.
+    """
+    ctx = click.Context(group)
+    # The group's own order first: an alias (`change cancel`) comes after the command it names,
+    # so a command is checked, and named in errors, under its own name.
+    names = [*group.commands, *(n for n in group.list_commands(ctx) if n not in group.commands)]
+    for name in names:
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from leaf_commands(command, (*path, name))
-        else:
+        elif command is not None:
             yield " ".join((*path, name)), command
 
 
@@ -53,17 +59,28 @@ def needs_history(name: str) -> bool:
     return not any(" ".join(words[:n]) in WITHOUT_HISTORY for n in range(1, len(words) + 1))
 
 
-def check_history(group: click.Group) -> None:
-    """Make every command under `group` that needs history refuse to run without it."""
-    for name, command in leaf_commands(group):
-        callback = command.callback
+def check_history(command: click.Command, path: tuple[str, ...] = ()) -> None:
+    """Make `command` (named `path`) and each command under it that needs history refuse without.
+
+    The root group calls it for each of its commands as it loads, e.g. path ("change",).
+    """
+    if isinstance(command, click.Group):
+        leaves = list(leaf_commands(command, path))
+    else:
+        leaves = [(" ".join(path), command)]
+    for name, leaf in leaves:
+        callback = leaf.callback
         if needs_history(name) and callback is not None and not hasattr(callback, _CHECKED):
-            command.callback = _checked(callback, name)
+            leaf.callback = _checked(callback, name)
 
 
 def _checked(callback: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(callback)
     def run(*args: Any, **kwargs: Any) -> Any:
+        # Imported when a command runs: the root group imports this module for --help too.
+        from opsledger.gitrepo import require_history
+        from opsledger.project import find_project
+
         require_history(find_project().root, name)
         return callback(*args, **kwargs)
 

@@ -310,6 +310,29 @@ def resolve(incident_id, change, recovery_test, summary, person, signing_key) ->
 
 @incident.command()
 @click.argument("incident_id")
+@click.option("--reason", required=True, help="What still fails, and who says so.")
+@person_option
+@signing_key_option
+def reopen(incident_id, reason, person, signing_key) -> None:
+    """Reopen a resolved incident that is not fixed; resolving again needs new proof.
+
+    The resolution clock resumes (the time it stood resolved is not counted). A closed
+    incident is not reopened: a fault that returns is a new incident, marked as a repeat.
+
+    \b
+    Example:
+        opsledger incident reopen INC-0001 --reason "Orders still time out for EU users" --as alice
+    """
+    from opsledger.faults.resolution import reopen as reopen_incident
+
+    result = reopen_incident(
+        find_project(), incident_id, person=person, reason=reason, signing_key=signing_key
+    )
+    _done(result, f"reopened by {person}")
+
+
+@incident.command()
+@click.argument("incident_id")
 @click.option("--cause", required=True, help="What caused it.")
 @click.option("--class", "klass", required=True, help="The fault class, confirmed or corrected.")
 @click.option("--root-cause", default="", help="Root-cause summary (required for P1/P2).")

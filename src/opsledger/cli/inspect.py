@@ -71,5 +71,7 @@ def inspect(
             project, schedule=name, environment=environment, targets=targets, record=not no_record
         )
         click.echo(render(result, fmt), nl=False)
+        if result.incidents:  # on stderr when stdout is a document (json, md, html)
+            click.echo(result.incidents, err=fmt != "text")
         failed |= SEVERITIES.index(result.worst()) >= SEVERITIES.index(fail_on)
     raise SystemExit(1 if failed else 0)

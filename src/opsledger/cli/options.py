@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from opsledger.changes import YEARS
 from opsledger.errors import OpsledgerError, Problem, shown
 
 
@@ -21,6 +20,9 @@ def aware_time(text: str | None, option: str) -> dt.datetime | None:
     """
     if text is None:
         return None
+    # Imported here: opsledger.changes pulls in jsonschema, and most commands load this module.
+    from opsledger.changes import YEARS
+
     if not text.strip():
         raise OpsledgerError(
             Problem(

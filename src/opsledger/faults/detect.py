@@ -85,6 +85,25 @@ class DetectionResult:
     commit: str | None = None
     problems: list[Problem] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line for the operator who ran the check: a P2 clock started is news.
+
+        Empty when nothing was opened, updated or resolved (a failure is already logged).
+        """
+        parts = [
+            f"{verb} {', '.join(ids)}"
+            for verb, ids in (
+                ("opened", self.opened),
+                ("updated", self.updated),
+                ("resolved by evidence", self.resolved),
+            )
+            if ids
+        ]
+        if not parts:
+            return ""
+        first = (self.opened or self.updated or self.resolved)[0]
+        return f"incidents: {'; '.join(parts)} (opsledger incident show {first})"
+
 
 class _Reader:
     """What clearing a fingerprint needs to know beyond the record: schedules, inventories."""

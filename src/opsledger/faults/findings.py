@@ -7,7 +7,7 @@
   after its commit (the timeline is append-only; git dates each entry);
 - `incident-step-by-stranger` — a step written in a person's name, committed by someone else;
 - `incident-state-unproven` — a resolved or closed incident whose timeline has no resolving
-  (or closing) step: the state was typed, not earned;
+  (or closing) step, or none since it was reopened: the state was typed, not earned;
 - `incident-unreadable` — an incident file that does not validate.
 """
 
@@ -97,12 +97,16 @@ def fault_findings(
                     )
                 )
         actions = {e.get("action") for e in incident.timeline}
-        if incident.status in ("resolved", "closed") and "resolved" not in actions:
+        # the resolution that stands: a reopening withdraws the resolutions before it
+        standing = [e.get("action") for e in incident.timeline if e.get("action") in
+                    ("resolved", "reopened")]  # fmt: skip
+        if incident.status in ("resolved", "closed") and standing[-1:] != ["resolved"]:
             findings.append(
                 FaultFinding(
                     "incident-state-unproven",
                     "high",
-                    f"{incident.status} without a resolving step",
+                    f"{incident.status} without a resolving step"
+                    + (" since it was reopened" if standing else ""),
                     file,
                     incident.id,
                 )

@@ -55,6 +55,7 @@ class Step(StrEnum):
     TESTED = "tested"
     COLLECTED = "collected"
     RESOLVED = "resolved"
+    REOPENED = "reopened"
     CLOSED = "closed"
 
 
@@ -223,6 +224,15 @@ def open_incident(
     if source not in SOURCES:
         problems.append(
             Problem(f"unknown source {source!r}", file, "source", f"use: {', '.join(SOURCES)}")
+        )
+    if fingerprint is not None and not fingerprint.strip():
+        problems.append(
+            Problem(
+                "the fingerprint is empty",
+                file,
+                "--fingerprint",
+                "give the alert's identity, or leave the option out",
+            )
         )
     if detected.tzinfo is None:
         problems.append(Problem("no time zone", file, "detected_at", "add an offset, e.g. +01:00"))

@@ -22,7 +22,7 @@ from typing import Any
 
 from opsledger.faults.store import stringify
 from opsledger.gitlog import read_history
-from opsledger.gitrepo import commit_paths, write_files_and_commit
+from opsledger.gitrepo import commit_paths, git_env, write_files_and_commit
 from opsledger.identity import commit_evidence, signing_key
 from opsledger.policy import Person
 from opsledger.project import Project
@@ -104,6 +104,7 @@ def _blobs(project: Project, specs: list[str]) -> dict[str, str]:
         input="".join(f"{s}\n" for s in specs).encode(),
         capture_output=True,
         check=True,
+        env=git_env(),
     )
     out, texts, pos = proc.stdout, {}, 0
     for spec in specs:

@@ -22,6 +22,7 @@ from opsledger.faults.incidents import entry, moment
 from opsledger.faults.ledger import FileHistory, record_step, timeline_history
 from opsledger.faults.policy import FaultPolicy, load_fault_policy, person_problem
 from opsledger.faults.queries import histories
+from opsledger.faults.resolution import evidenced_runs
 from opsledger.faults.store import (
     Incident,
     ProblemRecord,
@@ -35,7 +36,6 @@ from opsledger.faults.store import (
     problem_text,
 )
 from opsledger.project import Project
-from opsledger.records import change_runs
 
 
 class ProblemStatus(StrEnum):
@@ -301,6 +301,8 @@ def record_fix(
 ) -> ProblemResult:
     """Link the permanent fix: a change whose run succeeded and verified (exit 3 otherwise).
 
+    Only runs that are evidence count (`resolution.evidenced_runs`), as for resolving.
+
     Example:
         record_fix(find_project(), "PRB-0001", person="bob", change="CHG-0012")
     """
@@ -308,17 +310,17 @@ def record_fix(
 
     def mutate(record: ProblemRecord, policy: FaultPolicy, when: dt.datetime):
         load_change(project, change)
+        evidenced, why_not = evidenced_runs(project, change)
         runs = [
             r
-            for r in change_runs(project)
-            if r.change == change
-            and r.result == "success"
-            and (r.verification or {}).get("status") == "passed"
+            for r in evidenced
+            if r.result == "success" and (r.verification or {}).get("status") == "passed"
         ]
         if not runs:
             raise OpsledgerError(
                 Problem(
-                    f"{change} has no successful, verified run",
+                    f"{change} has no successful, verified run"
+                    + (f" ({'; '.join(why_not)})" if why_not else ""),
                     str(record.path),
                     "fix_change",
                     f"apply it first (opsledger apply {change})",
@@ -407,6 +409,8 @@ def suggest_problems(
     Example:
         [(s.fingerprint, s.incidents) for s in suggest_problems(find_project())]
     """
+    if environment is not None:  # a typo must not read as "no recurring fault" (exit 2)
+        project.require_environment(environment)
     policy = load_fault_policy(project)
     when = moment(now)
     incidents = load_incidents(project)

@@ -86,6 +86,8 @@ def list_incidents(
         list_incidents(find_project(), due_within=timedelta(hours=4))
     """
     when = moment(now)
+    if environment is not None:  # a typo must not read as "no incident, no breach" (exit 2)
+        project.require_environment(environment)
     policy = load_fault_policy(project)
     incidents, problems = scan_incidents(project)
     chosen = [

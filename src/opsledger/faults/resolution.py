@@ -2,7 +2,8 @@
 
 A person resolves an incident with the change that fixed it — its run must have succeeded and
 its verification passed, on the incident's environment and hosts, after the fault was detected
-(the emergency path for P1/P2) — or with a recovery test: `opsledger verify` on the affected
+(the emergency path for P1/P2), and its record must be evidence (committed by the CI identity:
+a record anyone typed proves nothing) — or with a recovery test: `opsledger verify` on the affected
 hosts, run through `recovery_test` and recorded in the timeline, passing after the fault was
 last seen. Without that proof the step is denied (exit 3) and nothing is written. Closing needs
 the cause and the fault class confirmed (or corrected) by a person, and for the priorities
@@ -20,13 +21,15 @@ from opsledger.faults.incidents import ACTIVE, Step, StepResult, take_step
 from opsledger.faults.policy import FaultPolicy
 from opsledger.faults.store import Incident, incident_file, load_incident
 from opsledger.project import Project
-from opsledger.records import Record, change_runs, run_record_path
+from opsledger.records import Record, run_record_path
+
+SIGHTINGS = ("opened", "detected", "reopened")  # timeline steps that saw the fault
 
 
 def last_seen_index(incident: Incident) -> int:
-    """Index of the newest timeline entry that saw the fault (opened or detected again)."""
+    """Index of the newest timeline entry that saw the fault (opened, detected, reopened)."""
     return max(
-        (i for i, e in enumerate(incident.timeline) if e.get("action") in ("opened", "detected")),
+        (i for i, e in enumerate(incident.timeline) if e.get("action") in SIGHTINGS),
         default=0,
     )
 
@@ -103,25 +106,56 @@ def recovery_test(
     return result
 
 
+def evidenced_runs(project: Project, change_id: str) -> tuple[list[Record], list[str]]:
+    """The change's run records that count as evidence, and why each other one does not.
+
+    A run record is a JSON file anyone can write and commit; only what the CI identity
+    committed on the protected branch, for the change as requested, is evidence
+    (`evidence.run_evidence`, as promotion and audit judge it). Without this a person could
+    resolve an incident, or mark a problem fixed, with a record they typed themselves.
+    """
+    from opsledger.base import resolve_base
+    from opsledger.evidence import run_evidence
+
+    trusted, why_not = [], []
+    judged = run_evidence(project, resolve_base(project), only=lambda r: r.change == change_id)
+    for evidence in judged:
+        if evidence.record is None:
+            continue
+        if evidence.trusted:
+            trusted.append(evidence.record)
+        else:
+            why_not.append(
+                f"run of {evidence.record.finished_at[:19]}: no evidence "
+                f"({'; '.join(evidence.reasons)})"
+            )
+    return trusted, why_not
+
+
 def qualifying_run(
     project: Project, incident: Incident, change_id: str
 ) -> tuple[Record | None, list[str]]:
     """The change's newest successful, verified run that can have fixed this incident.
 
-    It must have finished after the fault was seen: detected_at, or the commit that opened the
-    incident when that is earlier (git time is the authority, the file only a claim).
+    Only runs that count as evidence (`evidenced_runs`). It must have finished after the fault
+    was seen: detected_at, or the commit that opened the incident when that is earlier (git
+    time is the authority, the file only a claim).
     Returns the run (or None) and, for each run that does not count, why not.
     """
     from opsledger.faults.queries import histories
 
     detected = dt.datetime.fromisoformat(incident.data["detected_at"])
-    first = histories(project, [incident])[incident.id].stamps[:1]
-    if first and first[0] is not None:
-        detected = min(detected, first[0].at)
-    why_not, best = [], None
-    for run in change_runs(project):
-        if run.change != change_id:
-            continue
+    stamps = histories(project, [incident])[incident.id].stamps
+    if stamps and stamps[0] is not None:
+        detected = min(detected, stamps[0].at)
+    reopened = [
+        stamp.at
+        for entry, stamp in zip(incident.timeline, stamps, strict=False)
+        if entry.get("action") == "reopened" and stamp is not None
+    ]
+    runs, why_not = evidenced_runs(project, change_id)
+    best = None
+    for run in runs:
         verified = (run.verification or {}).get("status")
         reasons = []
         if run.result != "success":
@@ -132,8 +166,11 @@ def qualifying_run(
             reasons.append(f"ran on {run.environment}")
         if incident.hosts and not set(run.hosts) & set(incident.hosts):
             reasons.append(f"touched {', '.join(run.hosts) or 'no host'}, not the affected hosts")
-        if dt.datetime.fromisoformat(run.finished_at) < detected:
+        finished = dt.datetime.fromisoformat(run.finished_at)
+        if finished < detected:
             reasons.append("finished before the fault was detected")
+        elif reopened and finished < reopened[-1]:
+            reasons.append("finished before the incident was reopened (it did not fix it)")
         if reasons:
             why_not.append(f"run of {run.finished_at[:19]}: {'; '.join(reasons)}")
         else:
@@ -308,6 +345,62 @@ def close(
         allowed=("resolved",),
         mutate=mutate,
         message=f"closed by {person}",
+        now=now,
+        signing_key=signing_key,
+    )
+
+
+def reopen(
+    project: Project,
+    incident_id: str,
+    *,
+    person: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    signing_key: Path | None = None,
+) -> StepResult:
+    """Reopen a resolved incident whose fault is still there (the user says it is not fixed).
+
+    The resolution is withdrawn (it stays in the timeline) and the incident is active again:
+    acknowledged when someone had acknowledged it, else open. Resolving it again needs new
+    proof: a recovery test after the reopening, or a fix whose run finished after it. The
+    resolution clock resumes where the resolution stopped it (the time the service was
+    believed restored is not counted). A closed incident stays closed: a fault that returns
+    after closing is a new incident (`repeat_of`), counted as a repeat.
+
+    Example:
+        reopen(find_project(), "INC-0001", person="alice",
+               reason="Orders still time out for EU customers")
+    """
+
+    def mutate(incident: Incident, policy: FaultPolicy, when: dt.datetime):
+        if len(reason.strip()) < 10:
+            return {}, [
+                Problem(
+                    "say why it is not fixed",
+                    str(incident.path),
+                    "--reason",
+                    "what still fails, and who says so",
+                )
+            ]
+        was = incident.data.get("resolution") or {}
+        answered = any(e.get("action") == "acknowledged" for e in incident.timeline)
+        incident.data["status"] = "acknowledged" if answered else "open"
+        incident.data["resolution"] = None
+        return {
+            "action": "reopened",
+            "reason": reason.strip(),
+            "resolution_was": was.get("change") or was.get("how"),
+        }, []
+
+    return take_step(
+        project,
+        incident_id,
+        person=person,
+        step=Step.REOPENED,
+        allowed=("resolved",),
+        mutate=mutate,
+        message=f"reopened by {person}: {reason.strip()}"[:200],
         now=now,
         signing_key=signing_key,
     )

@@ -3,7 +3,9 @@
 Response runs from the commit that opened the incident to the first commit that acknowledged it
 (resolving or closing it unacknowledged also answers it). Resolution runs from the same start
 to the commit that resolved it, minus the intervals it was paused waiting on the customer where
-sla.yml lets that priority pause. Each clock counts every hour (24x7) or only business hours,
+sla.yml lets that priority pause; a reopened incident's resolution clock resumes at the
+reopening and stops at the resolution that stands (the time between a withdrawn resolution and
+its reopening is not counted). Each clock counts every hour (24x7) or only business hours,
 as sla.yml says for the priority. `detected_at` may be earlier than the opening commit (when the
 evidence says the fault was found) and is reported, but the clocks start when the incident was
 recorded: that is the moment git can vouch for.
@@ -86,6 +88,26 @@ def _first(incident: Incident, stamps: list[Stamp | None], *actions: str) -> dt.
     return None
 
 
+def resolutions(
+    incident: Incident, stamps: list[Stamp | None]
+) -> tuple[dt.datetime | None, list[Interval]]:
+    """When the resolution that stands was made (None: reopened since, or never resolved).
+
+    Also the (resolved, reopened) intervals: the service was believed back, nobody worked it.
+    """
+    resolved: dt.datetime | None = None
+    gaps: list[Interval] = []
+    for entry, stamp in zip(incident.timeline, stamps, strict=False):
+        if stamp is None:
+            continue
+        if entry.get("action") == "resolved" and resolved is None:
+            resolved = stamp.at
+        elif entry.get("action") == "reopened" and resolved is not None:
+            gaps.append((resolved, stamp.at))
+            resolved = None
+    return resolved, gaps
+
+
 def pauses(incident: Incident, stamps: list[Stamp | None]) -> list[Interval]:
     """(paused, resumed) intervals as git dated them; an unresumed pause has no end."""
     found: list[Interval] = []
@@ -94,7 +116,11 @@ def pauses(incident: Incident, stamps: list[Stamp | None]) -> list[Interval]:
             continue
         if entry.get("action") == "paused" and (not found or found[-1][1] is not None):
             found.append((stamp.at, None))
-        elif entry.get("action") == "resumed" and found and found[-1][1] is None:
+        elif (
+            entry.get("action") in ("resumed", "resolved", "closed")
+            and found
+            and found[-1][1] is None
+        ):  # resolving ends a pause, as `incidents.paused` reads it: a reopening runs again
             found[-1] = (found[-1][0], stamp.at)
     return found
 
@@ -111,7 +137,7 @@ def incident_clocks(
     terms = policy.terms.get(incident.priority)
     opened = _first(incident, stamps, "opened")
     acknowledged = _first(incident, stamps, "acknowledged", "resolved", "closed")
-    resolved = _first(incident, stamps, "resolved")
+    resolved, reopenings = resolutions(incident, stamps)
     closed = _first(incident, stamps, "closed")
     result = IncidentClocks(
         incident.id,
@@ -128,7 +154,9 @@ def incident_clocks(
     if terms is None or opened is None:
         return result
     calendar = policy.calendar if terms.business_hours else None
-    stopped_by = pauses(incident, stamps) if terms.pausable else []
+    # waiting on the customer (where sla.yml allows it), and the time between a resolution
+    # and its reopening: the resolution clock resumes where the withdrawn resolution stopped it
+    stopped_by = (pauses(incident, stamps) if terms.pausable else []) + reopenings
     result.response = measure(
         "response",
         target=terms.response,

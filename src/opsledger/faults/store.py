@@ -245,8 +245,21 @@ def incident_problems(data: Any, file: str, incident_id: str | None = None) -> l
     return found
 
 
+def _id_problem(given: str, pattern: re.Pattern[str], what: str, example: str) -> None:
+    """Refuse what is not an id before it becomes a path (`INC-0001/../INC-0002`, `../x`)."""
+    if not pattern.match(given):
+        raise OpsledgerError(
+            Problem(
+                f"{given!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} id",
+                field=f"{what.upper()}_ID",
+                fix=f"write it as {example} (see opsledger {what} list)",
+            )
+        )
+
+
 def load_incident(project: Project, incident_id: str) -> Incident:
     """A valid incident, or OpsledgerError (exit 2) naming every problem."""
+    _id_problem(incident_id, INCIDENT_ID, "incident", "INC-0001")
     path = incident_file(project, incident_id)
     if not path.is_file():
         known = ", ".join(incident_ids(project)[-5:]) or "none yet"
@@ -325,6 +338,8 @@ def _bounded(text: str, path: Path, what: str) -> str:
 
 
 def load_problem(project: Project, problem_id: str) -> ProblemRecord:
+    """A valid problem, or OpsledgerError (exit 2) naming every problem."""
+    _id_problem(problem_id, PROBLEM_ID, "problem", "PRB-0001")
     path = problem_file(project, problem_id)
     if not path.is_file():
         raise OpsledgerError(

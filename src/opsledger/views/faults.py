@@ -21,9 +21,9 @@ def _left(clocks: IncidentClocks, now: dt.datetime) -> str:
     if due is None:
         return "paused" if clocks.state.value == "paused" else "-"
     minutes = (due - now).total_seconds() / 60
-    if minutes < 0:
-        return f"{-minutes / 60:.1f} h overdue"
-    return f"{minutes / 60:.1f} h left" if minutes >= 90 else f"{minutes:.0f} min left"
+    word = "overdue" if minutes < 0 else "left"
+    minutes = abs(minutes)  # a P1 answered 5 min late is "5 min overdue", not "0.1 h"
+    return f"{minutes / 60:.1f} h {word}" if minutes >= 90 else f"{minutes:.0f} min {word}"
 
 
 def _step_line(item: dict[str, Any], stamp: Stamp | None) -> str:

@@ -26,6 +26,7 @@ from opsledger.report import (
     _num,
     _pct,
     _table,
+    md_text,
 )
 
 STATUS_TONE = {"normal": "good", "attention": "warn", "degraded": "bad"}
@@ -63,8 +64,8 @@ def _md_table(rows: list[dict[str, Any]], columns: tuple[str, ...], empty: str) 
         return [empty]
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [str(row.get(c) if row.get(c) is not None else "-") for c in columns]
-        out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        cells = [md_text(row.get(c) if row.get(c) is not None else "-") for c in columns]
+        out.append("| " + " | ".join(cells) + " |")
     return out
 
 
@@ -176,7 +177,7 @@ def service_markdown(k: Kpis) -> str:
         "",
     ]
     actions = improvement_actions(k)
-    lines += [f"- {a}" for a in actions] or ["- none"]
+    lines += [f"- {md_text(a)}" for a in actions] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import pytest
 import yaml
 
 from opsledger.faults.detect import DetectionStatus, record_detection
@@ -33,6 +34,7 @@ def test_critical_findings_open_one_incident_per_host_and_class(fault_repo, cloc
     path = commit_record(project, inspection(T0, DOWN))
     result = detect(project, path)
     assert result.status == DetectionStatus.RECORDED and result.opened == ["INC-0001"]
+    assert result.summary() == "incidents: opened INC-0001 (opsledger incident show INC-0001)"
     incident = load_incident(project, "INC-0001")
     data = incident.data
     assert data["source"] == "inspection" and data["class"] == "software"
@@ -71,7 +73,7 @@ def test_a_clean_run_of_the_same_checks_resolves_by_evidence(fault_repo, clock):
     clock.advance(hours=2)
     weekly = commit_record(project, inspection(clock.now, [], schedule="weekly"), "weekly.json")
     partly = detect(project, weekly)
-    assert partly.resolved == []
+    assert partly.resolved == [] and partly.summary() == ""  # a signal cleared is no news
     incident = load_incident(project, "INC-0001")
     assert incident.status == "open"
     assert incident.data["signals"] == {
@@ -86,6 +88,9 @@ def test_a_clean_run_of_the_same_checks_resolves_by_evidence(fault_repo, clock):
     daily = commit_record(project, inspection(clock.now, []), "daily-clean.json")
     result = detect(project, daily)
     assert result.resolved == ["INC-0001"]
+    assert result.summary() == (
+        "incidents: resolved by evidence INC-0001 (opsledger incident show INC-0001)"
+    )
     incident = load_incident(project, "INC-0001")
     assert incident.status == "resolved"
     assert incident.data["resolution"] == {
@@ -263,3 +268,36 @@ def test_detection_can_be_switched_off_and_never_raises(fault_repo, clock, monke
     assert result.status == DetectionStatus.FAILED
     assert "detection.enabled" in caplog.text and head(project) == before
     assert not (project.root / "incidents").exists()
+
+
+@pytest.mark.slow  # two real inspections (ansible, local connection)
+def test_the_operator_who_ran_the_check_is_told_which_incident_it_opened_and_resolved(
+    local_env_repo, monkeypatch
+):
+    """`opsledger inspect` says the incident it opened (a P2 clock started) and resolved."""
+    from click.testing import CliRunner
+
+    from opsledger.cli import cli
+    from opsledger.gitrepo import commit_paths
+
+    project = local_env_repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_NAME", "opsledger CI")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_EMAIL", "ci@example.org")
+    monkeypatch.delenv("OPSLEDGER_NO_INCIDENTS", raising=False)
+    plan = project.root / "policies" / "inspections.yml"
+
+    def probe(critical):
+        data = yaml.safe_load(plan.read_text())
+        data["checks"]["disk"] = {"groups": ["all"], "critical": critical}
+        data["schedules"]["probe"] = {"checks": ["disk"]}
+        plan.write_text(yaml.safe_dump(data, sort_keys=False))
+        commit_paths(project.root, [plan], "Probe", name="Alice", email="alice@example.org")
+        return CliRunner().invoke(cli, ["inspect", "--schedule", "probe", "--env", "local"])
+
+    full = probe(critical=0)  # every file system counts as full
+    assert full.exit_code == 1, full.output
+    assert "incidents: opened INC-0001 (opsledger incident show INC-0001)" in full.output
+    clean = probe(critical=101)
+    assert clean.exit_code == 0, clean.output
+    assert "incidents: resolved by evidence INC-0001" in clean.output

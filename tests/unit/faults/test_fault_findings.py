@@ -88,3 +88,31 @@ def test_a_state_typed_by_hand_is_unproven(fault_repo, clock):
         "closed without a resolving step",
         "closed without a closing step",
     ]
+
+
+def test_a_resolution_typed_back_after_a_reopening_is_unproven(fault_repo, clock):
+    """A reopening withdraws the resolution: writing `resolved` back by hand is not earned."""
+    from opsledger.faults.detect import record_detection
+    from opsledger.faults.resolution import reopen
+
+    from .conftest import commit_record, inspection
+
+    project = fault_repo
+    down = [("lab-db1", "postgres_up", "critical", "PostgreSQL does not answer")]
+    record_detection(project, [commit_record(project, inspection(T0, down))])
+    clock.advance(minutes=30)
+    record_detection(project, [commit_record(project, inspection(clock.now, []), "ok.json")])
+    clock.advance(minutes=30)
+    reopen(project, "INC-0001", person="alice", reason="users still cannot log in")
+    assert not [f for f in rules(project, clock.now) if f[0] == "incident-state-unproven"]
+    path = incident_file(project, "INC-0001")
+    data = yaml.safe_load(path.read_text())
+    data["status"] = "resolved"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    clock.advance(minutes=1)
+    commit_paths(project.root, [path], "fixed", name="Alice", email="alice@example.org")
+    unproven = [
+        f.message for f in audit_check(project, now=clock.now).findings
+        if f.rule == "incident-state-unproven"
+    ]  # fmt: skip
+    assert unproven == ["resolved without a resolving step since it was reopened"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -58,7 +59,12 @@ def request_fix(project, clock):
     return change.id
 
 
-def run_record(change_id, started, *, result="success", verification="passed", hosts=("lab-db1",)):
+def run_record(
+    project, change_id, started, *, result="success", verification="passed", hosts=("lab-db1",)
+):
+    """A run of request_fix's change as apply records it: its params and requested content."""
+    from opsledger.signoff import subject
+
     return Record(
         kind="run",
         environment="lab",
@@ -67,6 +73,8 @@ def run_record(change_id, started, *, result="success", verification="passed", h
         finished_at=(started + dt.timedelta(minutes=2)).isoformat(),
         change=change_id,
         runbook="service-restart",
+        params={"service": "postgresql@15-main"},
+        content_sha256=subject(project, change_id)[1].sha256,
         targets="lab-db1",
         hosts=list(hosts),
         verification={"status": verification, "targets": "lab-db1", "suites": ["postgresql"]},
@@ -101,14 +109,14 @@ def test_the_life_of_an_incident_is_a_series_of_commits_by_the_people_who_did_it
     assert "no successful, verified run" in denied.output and head(project) == before
     # a run without verification does not count either
     clock.advance(minutes=10)
-    commit_record(project, run_record(change_id, clock.now, verification="skipped"))
+    commit_record(project, run_record(project, change_id, clock.now, verification="skipped"))
     denied = run(
         "incident", "resolve", "INC-0001", "--change", change_id,
         "--summary", "restarted by the emergency change", "--as", "carol",
     )  # fmt: skip
     assert denied.exit_code == 3 and "verification skipped" in denied.output
     clock.advance(minutes=5)
-    commit_record(project, run_record(change_id, clock.now))
+    commit_record(project, run_record(project, change_id, clock.now))
     clock.advance(minutes=5)
     resolved = run(
         "incident", "resolve", "INC-0001", "--change", change_id,
@@ -177,6 +185,35 @@ def test_bad_input_exits_2_one_line_per_problem_and_writes_nothing(fault_repo):
         "incident", "close", "INC-0001", "--class", "software", "--cause", "x" * 20, "--as", "bob"
     )
     assert closed_too_soon.exit_code == 2 and "is open" in closed_too_soon.stderr
+    # what is not an id never becomes a path: one line, nothing written
+    (project.root / "incidents" / "INC-0002").mkdir()
+    before = head(project)
+    for given in ("INC-0002/../INC-0001", "../../policies", "INC-1", "inc-0001"):
+        for args in (("incident", "ack", given), ("problem", "new", "--title", "Odd id here",
+                                                  "--incident", given)):  # fmt: skip
+            odd = run(*args, "--as", "bob")
+            assert odd.exit_code == 2, (args, odd.output)
+            assert odd.stderr.strip().splitlines() == [
+                f"error: INCIDENT_ID: {given!r} is not an incident id — write it as INC-0001 "
+                "(see opsledger incident list)"
+            ]
+    odd = run("problem", "show", "PRB-0001/..")
+    assert odd.exit_code == 2 and "is not a problem id" in odd.stderr
+    # an empty alert fingerprint is refused, not read as "no fingerprint"
+    empty = new_p2("--fingerprint", " ")
+    assert empty.exit_code == 2 and "--fingerprint: the fingerprint is empty" in empty.stderr
+    # an empty text is one problem, said once (not as too short *and* not matching a pattern)
+    for args, where in (
+        (("incident", "new", "--title", "", "--class", "software", "--impact", "low",
+          "--urgency", "low"), "title: 0 characters"),
+        (("incident", "new", "--title", "Shop is slow", "--class", "software", "--impact",
+          "low", "--urgency", "low", "--service", ""), "services[0]: 0 characters"),
+        (("problem", "new", "--title", "", "--incident", "INC-0001"), "title: 0 characters"),
+    ):  # fmt: skip
+        said = run(*args, "--as", "bob")
+        assert said.exit_code == 2 and where in said.stderr, said.output
+        assert len(said.stderr.strip().splitlines()) == 1, said.stderr
+    assert head(project) == before
 
 
 def test_clocks_run_on_git_time_not_on_what_the_file_says(fault_repo, clock):
@@ -227,6 +264,13 @@ def test_list_breaching_and_due_soonest_first(fault_repo, clock):
     assert [
         i.id for i, _ in list_incidents(project, due_within=dt.timedelta(hours=1), now=now).items
     ] == ["INC-0001"]
+    from opsledger.views.faults import list_rows
+
+    left = {r["incident"]: r["left"] for r in list_rows(list_incidents(project, now=now), now)}
+    assert left == {"INC-0001": "45 min overdue", "INC-0002": "3.0 h left"}
+    later = now + dt.timedelta(hours=4)
+    left = {r["incident"]: r["left"] for r in list_rows(list_incidents(project, now=later), later)}
+    assert left == {"INC-0001": "4.8 h overdue", "INC-0002": "60 min overdue"}
     cli_breaching = run("incident", "list", "--breaching")
     assert cli_breaching.exit_code == 1 and "INC-0001" in cli_breaching.output
 
@@ -321,3 +365,204 @@ def test_an_invalid_incident_file_is_named_not_a_traceback(fault_repo):
         ": priority: " in line for line in lines
     )
     git(project.root, "checkout", "--", str(path))
+
+
+def test_a_run_record_a_person_committed_proves_no_fix(fault_repo, clock):
+    """A run record is a file anyone can write: only what the CI identity committed counts, for
+    resolving an incident and for a problem's permanent fix alike (as promotion and audit)."""
+    from opsledger.records import run_record_path, write_record
+
+    project = fault_repo
+    assert new_p2().exit_code == 0
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    forged = run_record(project, change_id, clock.now)
+    path = write_record(run_record_path(project, change_id, clock.now), forged)
+    commit_paths(project.root, [path], "Run", name="Carol Chen", email="carol@example.org")
+    clock.advance(minutes=5)
+    before = head(project)
+    resolve = (
+        "incident", "resolve", "INC-0001", "--change", change_id,
+        "--summary", "restarted by the emergency change", "--as", "carol",
+    )  # fmt: skip
+    denied = run(*resolve)
+    assert denied.exit_code == 3, denied.output
+    assert "not the CI identity ci@example.org" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1 and head(project) == before
+    opened = run("problem", "new", "--title", "PostgreSQL stops", "--incident", "INC-0001",
+                 "--as", "bob")  # fmt: skip
+    assert opened.exit_code == 0, opened.output
+    before = head(project)
+    fix = run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob")
+    assert fix.exit_code == 3 and "not the CI identity" in fix.stderr
+    assert head(project) == before
+    # the same run committed by CI is evidence: both steps pass
+    clock.advance(minutes=5)
+    commit_record(project, run_record(project, change_id, clock.now))
+    assert run(*resolve).exit_code == 0
+    assert run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob").exit_code == 0
+
+
+def test_a_resolved_incident_reopens_and_needs_new_proof(fault_repo, clock):
+    """Reopening withdraws the resolution: the fix that ran before it proves nothing more, the
+    resolution clock resumes (the time it stood resolved is not counted), closed stays closed."""
+    project = fault_repo
+    assert new_p2().exit_code == 0
+    clock.advance(minutes=10)
+    assert run("incident", "ack", "INC-0001", "--as", "bob").exit_code == 0
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    resolve = (
+        "incident", "resolve", "INC-0001", "--change", change_id,
+        "--summary", "restarted by the emergency change", "--as", "carol",
+    )  # fmt: skip
+    assert run(*resolve).exit_code == 0  # T0 + 30 min
+    clock.advance(minutes=60)
+    before = head(project)
+    for incident_id, reason, person, why in (
+        ("INC-0001", "no", "alice", "--reason: say why it is not fixed"),
+        ("INC-0001", "the reports still fail", "mallory", "'mallory'"),
+        ("INC-0009", "the reports still fail", "alice", "no incident INC-0009"),
+    ):
+        bad = run("incident", "reopen", incident_id, "--reason", reason, "--as", person)
+        assert bad.exit_code == 2 and why in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert head(project) == before
+    reopened = run(
+        "incident", "reopen", "INC-0001", "--reason", "users say the reports still fail",
+        "--as", "alice",
+    )  # fmt: skip
+    assert reopened.exit_code == 0, reopened.output  # T0 + 90 min
+    incident = load_incident(project, "INC-0001")
+    assert incident.status == "acknowledged" and incident.data["resolution"] is None
+    assert incident.timeline[-1]["action"] == "reopened"
+    assert authors(project, incident.path)[-1] == "alice@example.org"
+    # the run before the reopening did not fix it
+    again = run(*resolve)
+    assert again.exit_code == 3 and "before the incident was reopened" in again.stderr
+    clock.advance(minutes=20)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    assert run(*resolve).exit_code == 0  # T0 + 120 min
+    shown = json.loads(run("incident", "show", "INC-0001", "--json").output)
+    assert shown["sla"]["resolved_at"] == (T0 + dt.timedelta(minutes=120)).isoformat()
+    assert shown["sla"]["resolution"]["used_minutes"] == 60.0  # 30 + 30: not the 60 resolved
+    clock.advance(minutes=10)
+    closed = run(
+        "incident", "close", "INC-0001", "--class", "software", "--cause", "PostgreSQL was down",
+        "--root-cause", "The unit was masked by hand; the baseline now unmasks it", "--as", "bob",
+    )  # fmt: skip
+    assert closed.exit_code == 0, closed.output
+    final = run("incident", "reopen", "INC-0001", "--reason", "it failed again", "--as", "alice")
+    assert final.exit_code == 2 and "INC-0001 is closed" in final.stderr
+
+
+PROBE_SUITE = '''"""probe: the marker says healthy."""
+
+SUITE = "probe"
+APPLIES_TO = "all"
+
+
+def test_marker_says_healthy(host):
+    assert host.file({path!r}).content_string.strip() == "healthy"
+'''
+
+
+@pytest.mark.slow  # real Testinfra runs on this machine (local connection)
+def test_a_passing_recovery_test_resolves_until_the_fault_is_seen_again(
+    local_env_repo, monkeypatch, tmp_path
+):
+    """The recovery test really runs `verify` on the affected host: a failing one is recorded
+    and proves nothing, a passing one resolves; a sighting or a reopening after it voids it."""
+    project = local_env_repo
+    monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
+    marker = tmp_path / "marker"
+    marker.write_text("broken\n")
+    suite = project.root / "tests" / "infra" / "test_probe.py"
+    suite.write_text(PROBE_SUITE.format(path=str(marker)))
+    commit_paths(project.root, [suite], "Probe suite", name="Alice", email="alice@example.org")
+    alert = (
+        "incident", "new", "--title", "Orders fail on here", "--class", "software",
+        "--impact", "medium", "--urgency", "low", "--env", "local", "--host", "here",
+        "--fingerprint", "alert:orders", "--as", "alice",
+    )  # fmt: skip
+    assert run(*alert).exit_code == 0
+    verify = ("incident", "verify", "INC-0001", "--suite", "probe", "--as", "bob")
+    resolve = (
+        "incident", "resolve", "INC-0001", "--recovery-test",
+        "--summary", "the marker is healthy again", "--as", "bob",
+    )  # fmt: skip
+    failed = run(*verify)
+    assert failed.exit_code == 1 and "test_marker_says_healthy" in failed.output
+    assert run(*resolve).exit_code == 3
+    marker.write_text("healthy\n")
+    assert run(*verify).exit_code == 0
+    assert run(*alert).exit_code == 0  # the alert fires again after the test: it proves nothing
+    seen_again = run(*resolve)
+    assert seen_again.exit_code == 3 and "since the fault was last seen" in seen_again.stderr
+    assert run(*verify).exit_code == 0
+    assert run(*resolve).exit_code == 0
+    assert load_incident(project, "INC-0001").data["resolution"]["how"] == "recovery_test"
+    reopened = run(
+        "incident", "reopen", "INC-0001", "--reason", "customers still see failed orders",
+        "--as", "alice",
+    )  # fmt: skip
+    assert reopened.exit_code == 0 and load_incident(project, "INC-0001").status == "open"
+    assert run(*resolve).exit_code == 3  # the test before the reopening does not count
+    assert run(*verify).exit_code == 0
+    assert run(*resolve).exit_code == 0
+    actions = [e["action"] for e in load_incident(project, "INC-0001").timeline]
+    assert actions == [
+        "opened", "recovery_test", "recovery_test", "detected", "recovery_test", "resolved",
+        "reopened", "recovery_test", "resolved",
+    ]  # fmt: skip
+
+
+def test_a_pause_ends_at_resolution_so_a_reopened_clock_runs(fault_repo, clock):
+    """Paused while waiting on the customer, then resolved: reopened, the clock runs again."""
+    project = fault_repo
+    opened = run(
+        "incident", "new", "--title", "Nightly export slow", "--class", "software",
+        "--impact", "medium", "--urgency", "medium", "--host", "lab-db1", "--as", "alice",
+    )  # fmt: skip
+    assert opened.exit_code == 0 and "P3" in opened.output
+    clock.advance(minutes=10)
+    assert run("incident", "ack", "INC-0001", "--as", "bob").exit_code == 0
+    clock.advance(minutes=10)
+    paused = run("incident", "pause", "INC-0001", "--reason", "waiting on the customer",
+                 "--as", "bob")  # fmt: skip
+    assert paused.exit_code == 0, paused.output
+    change_id = request_fix(project, clock)
+    clock.advance(minutes=10)
+    commit_record(project, run_record(project, change_id, clock.now))
+    clock.advance(minutes=10)
+    resolved = run("incident", "resolve", "INC-0001", "--change", change_id, "--summary",
+                   "restarted by the change", "--as", "bob")  # fmt: skip
+    assert resolved.exit_code == 0, resolved.output
+    clock.advance(minutes=10)
+    assert run("incident", "reopen", "INC-0001", "--reason", "the export is still slow",
+               "--as", "alice").exit_code == 0  # fmt: skip
+    clocks = show_incident(project, "INC-0001", now=clock.now + dt.timedelta(minutes=5)).clocks
+    assert clocks.state.value == "running" and clocks.resolution.due is not None
+    # 20 min until the pause and 5 since the reopening: the pause, and the time it stood
+    # resolved, do not count
+    assert clocks.resolution.used == dt.timedelta(minutes=25)
+
+
+def test_an_unknown_environment_is_refused_not_read_as_nothing_to_tell(fault_repo):
+    """`--env prodution` in a scheduled job would otherwise never tell a breach (exit 0)."""
+    assert new_p2().exit_code == 0
+    for args in (
+        ("incident", "list", "--env", "prodution"),
+        ("incident", "list", "--breaching", "--env", "prodution"),
+        ("notify", "breaches", "--env", "prodution"),
+        ("problem", "suggest", "--env", "prodution"),
+        ("incident", "list", "--env", "../lab"),
+    ):
+        said = run(*args)
+        assert said.exit_code == 2, (args, said.output)
+        lines = said.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no inventory for environment" in lines[0], lines
+    assert run("incident", "list", "--env", "lab").exit_code == 0

@@ -188,3 +188,33 @@ def test_repeat_incidents_and_open_problem_age_have_the_known_answers(recurring)
         recurring, start=START, end=T0 + dt.timedelta(days=3), environment="lab", now=now
     )
     assert before.opened == 2 and before.repeats == 0
+
+
+def test_free_text_keeps_the_markdown_tables_whole(fault_repo, clock):
+    """A title with `|` and a root cause written over several lines stay in their cell."""
+    import re
+
+    from opsledger.faults.resolution import close
+
+    project = fault_repo
+    odd = [("lab-db1", "disk", "critical", "/srv | /var 95% used (critical at 90)")]
+    record_detection(project, [commit_record(project, inspection(T0, odd))])
+    clock.advance(hours=1)
+    record_detection(project, [commit_record(project, inspection(clock.now, []), "clean.json")])
+    clock.advance(hours=1)
+    close(
+        project, "INC-0001", person="bob", klass="hardware", cause="Old WAL filled the disk",
+        root_cause="A dead replication slot kept WAL.\nWe now alert on slot lag\r\nand drop it.",
+    )  # fmt: skip
+    k = kpis(project, start=START, end=END, environment="lab")
+    for text in (render(k, "md"), render_service(k, "md")):
+        lines = text.splitlines()
+        header = next(line for line in lines if line.startswith("| incident |"))
+        row = next(line for line in lines if line.startswith("| INC-0001 |"))
+        cells = len(re.findall(r"(?<!\\)\|", header))
+        assert len(re.findall(r"(?<!\\)\|", row)) == cells, row
+        assert "/srv \\| /var" in row
+    service = render_service(k, "md")
+    assert "A dead replication slot kept WAL. We now alert on slot lag and drop it." in service
+    assert not any(line.startswith("We now") or line.startswith("and drop") for line in
+                   service.splitlines())  # fmt: skip

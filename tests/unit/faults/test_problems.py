@@ -89,7 +89,7 @@ def test_a_problem_links_its_incidents_and_moves_to_known_error_fixed_closed(fau
     denied = run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob")
     assert denied.exit_code == 3 and head(project) == before
     clock.advance(minutes=10)
-    commit_record(project, run_record(change_id, clock.now))
+    commit_record(project, run_record(project, change_id, clock.now))
     assert run("problem", "fix", "PRB-0001", "--change", change_id, "--as", "bob").exit_code == 0
     closed = run("problem", "close", "PRB-0001", "--summary", "No recurrence in 30 days", "--as",
                  "carol")  # fmt: skip
