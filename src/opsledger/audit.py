@@ -38,10 +38,12 @@ class Approver:
     author: str
     at: str
     signature: str
-    counted: bool  # counted in the decision of the change's last run
+    # counted in the decision of the change's last run; None before any run (nothing decided
+    # yet: "not counted" would read as a verdict on an approval no run has weighed)
+    counted: bool | None
 
     def label(self) -> str:
-        mark = "" if self.counted else " (not counted)"
+        mark = " (not counted)" if self.counted is False else ""
         return f"{self.person} [{self.signature}]{mark}"
 
 
@@ -149,7 +151,7 @@ def audit_log(
                     else "bad"
                     if statement and statement.signature
                     else "unsigned",
-                    judged.valid and judged.person in counted,
+                    (judged.valid and judged.person in counted) if last else None,
                 )
             )
         review = load_review(project, change_id)

@@ -963,23 +963,30 @@ def incidents_html(i: IncidentKpis) -> str:
 
 def incidents_md(i: IncidentKpis) -> list[str]:
     """Incidents and problems as markdown tables."""
+
+    def row(key: str, value: str) -> str:
+        label, counts, target = INCIDENT_DEFINITIONS[key]
+        return f"| {label} | {value} | {counts} | {target.text() if target else ''} |"
+
     lines = [
         "",
         "### Incidents and problems",
         "",
-        "| KPI | value |",
-        "|---|---|",
-        f"| incidents opened | {i.opened} |",
+        "| KPI | value | what it counts | target |",
+        "|---|---|---|---|",
+        row("opened", str(i.opened)),
         "| by priority | "
         + (", ".join(f"{p} {n}" for p, n in i.by_priority.items()) or "-")
-        + " |",
-        "| by class | " + (", ".join(f"{c} {n}" for c, n in i.by_class.items()) or "-") + " |",
-        f"| MTTA | {_num(i.mtta_minutes, 'min')} |",
-        f"| MTTR | {_num(i.mttr_hours, 'h')} |",
-        f"| incident response SLA compliance | {_pct(i.response_compliance)} |",
-        f"| incident resolution SLA compliance | {_pct(i.resolution_compliance)} |",
-        f"| repeat incidents | {i.repeats} |",
-        f"| open problems | {len(i.open_problems)} |",
+        + " | the incidents opened, by priority | |",
+        "| by class | "
+        + (", ".join(f"{c} {n}" for c, n in i.by_class.items()) or "-")
+        + " | the incidents opened, by fault class | |",
+        row("mtta_minutes", _num(i.mtta_minutes, "min")),
+        row("mttr_hours", _num(i.mttr_hours, "h")),
+        row("response_compliance", _pct(i.response_compliance)),
+        row("resolution_compliance", _pct(i.resolution_compliance)),
+        row("repeats", str(i.repeats)),
+        row("open_problems", str(len(i.open_problems))),
     ]
     if i.rows:
         lines += [
@@ -1046,7 +1053,7 @@ def render(k: Kpis, fmt: str) -> str:
         "| KPI | value | what it counts | target |",
         "|---|---|---|---|",
         row("changes", str(k.changes)),
-        f"| applied | {k.applied} | requested changes that ran at least once | |",
+        f"| applied | {k.applied} | of the changes requested, those that ran at least once | |",
         row("success_rate", _pct(k.success_rate)),
         row("failure_rate", _pct(k.failure_rate)),
         row(
@@ -1059,6 +1066,26 @@ def render(k: Kpis, fmt: str) -> str:
         "",
         "By type: " + ", ".join(f"{t} {n}" for t, n in k.by_type.items()),
         "By priority: " + ", ".join(f"{p} {n}" for p, n in k.by_priority.items()),
+    ]
+    if k.failed_changes:
+        lines += ["", "| failed change | title | result | rollback |", "|---|---|---|---|"]
+        lines += [
+            f"| {f['change']} | {f['title']} | {f['result']} | {f['rollback'] or 'none'} |"
+            for f in k.failed_changes
+        ]
+    if k.not_restored:
+        lines += ["", f"Failed changes not restored: {k.not_restored}"]
+    lines += ["", "Change SLA breaches: " + ("; ".join(k.sla_breaches) or "none")]
+    lines += [
+        "",
+        "Operations (records of the period by outcome): "
+        + "; ".join(
+            f"{kind} "
+            + (", ".join(f"{n} {what}" for what, n in k.operations[kind].items()) or "none")
+            if k.operations.get(kind)
+            else f"{kind} none recorded"
+            for kind in KINDS[1:]
+        ),
     ]
     if k.by_environment:
         lines += [

@@ -137,6 +137,16 @@ def sign_off(
     requester, content = subject(project, change_id)
     if must_count:
         _refuse_uncounted(project, change_id, person, decision, policies)
+        unsigned = unsigned_problem(
+            signatures_needed(project, change_id, policies),
+            person,
+            signing_key,
+            policies,
+            "an approval" if decision == "approved" else "a rejection",
+            f"changes/{change_id}",
+        )
+        if unsigned:
+            raise OpsledgerError(unsigned)
     if decision == "requested" and person != requester:
         raise OpsledgerError(
             Problem(
@@ -182,6 +192,56 @@ def sign_off(
         with open(path, "x") as handle:  # written once, never overwritten
             handle.write(statement.to_yaml())
     return SignOff(change_id, person, decision, path, sha, content.sha256, bool(signing_key))
+
+
+def signatures_needed(project: Project, change_id: str, policies: Policies) -> str:
+    """Where a statement on this change must be signed to count: the reason, or "".
+
+    A change's environment listed under `signatures:` in changes.yml, or a policy change
+    while `policy_changes.signed` is on.
+    """
+    if is_policy_change(change_id):
+        rule = policies.policy_changes
+        return "for policy changes (policy_changes.signed)" if rule and rule.signed else ""
+    from opsledger.changes import load_change
+
+    environment = load_change(project, change_id).environment
+    if environment in policies.signature_environments:
+        return f"in {environment} (signatures in policies/changes.yml)"
+    return ""
+
+
+def unsigned_problem(
+    where: str, person: str, signing_key: Path | None, policies: Policies, what: str, file: str
+) -> Problem | None:
+    """Why a statement made now could never count for want of a signature; None when it can.
+
+    An unsigned statement where signatures are required, or one by a person without a
+    signing_key in people.yml (nothing to verify it with), was committed and then ignored:
+    `decide` denied later, and the next-step hint kept naming the approver who had just
+    approved. `approve` and `change new` refuse it where it is typed instead. `where`: what
+    signatures_needed says ("" = nothing to refuse).
+    """
+    if not where:
+        return None
+    who = policies.people.get(person)
+    if who is not None and not who.signing_key:
+        return Problem(
+            f"{what} must be signed {where}, and {person} has no signing_key in "
+            "policies/people.yml of the protected branch, so it could never count",
+            "policies/people.yml",
+            f"people.{person}.signing_key",
+            "register your SSH public key there (a policy change), then sign with --key",
+        )
+    if signing_key is None:
+        return Problem(
+            f"{what} must be signed {where}: unsigned, it would never count",
+            file,
+            "--key",
+            "sign it: --key ~/.ssh/id_ed25519 (or set OPSLEDGER_SIGNING_KEY), the key whose "
+            f"public half is {person}'s signing_key in policies/people.yml",
+        )
+    return None
 
 
 def _refuse_uncounted(
@@ -260,9 +320,24 @@ def submit_change(
 ) -> SignOff:
     """The requester states they request the change's current content (after amending it).
 
+    Committed (`change submit`), an unsigned request where statements must be signed is
+    refused: it could never count. (`change new` checks its uncommitted one itself.)
+
     Example:
         submit_change(find_project(), "CHG-0001", person="alice")
     """
+    if commit:
+        policies = _policies(project, base)
+        unsigned = unsigned_problem(
+            signatures_needed(project, change_id, policies),
+            person,
+            signing_key,
+            policies,
+            "the request",
+            f"changes/{change_id}",
+        )
+        if unsigned:
+            raise OpsledgerError(unsigned)
     return sign_off(
         project,
         change_id,
@@ -339,6 +414,16 @@ def request_change(
             cli=True,
         ):
             (denials if problem.field == "--start" else invalid).append(problem)
+        if environment in policies.signature_environments:
+            unsigned = unsigned_problem(
+                f"in {environment} (signatures in policies/changes.yml)",
+                fields["requested_by"],
+                signing_key,
+                policies,
+                "the request",
+                "",
+            )
+            invalid += [unsigned] if unsigned else []
     change = new_change(project, also_invalid=invalid, denials=denials, **fields)
     change.note = note
     try:

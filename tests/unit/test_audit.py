@@ -122,3 +122,16 @@ def test_audit_log_cli(repo):
         cli, ["audit", "log", "--since", "yesterday"], env={"OPSLEDGER_PROJECT": str(project.root)}
     )
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_an_approval_no_run_has_weighed_is_not_called_not_counted(repo):
+    """Before the change runs nothing has counted or discounted an approval: the log must not
+    say "(not counted)" of a valid approval a manager is about to rely on."""
+    project, change_id, keys = repo
+    approve_change(project, change_id, person="carol", signing_key=keys["carol"], now=START)
+    (row,) = audit_log(project).rows
+    (approver,) = row.approvers
+    assert approver.counted is None and approver.label() == "carol [good]"
+    _record(project, change_id)
+    (row,) = audit_log(project).rows
+    assert row.approvers[0].counted is True

@@ -4,6 +4,8 @@ import importlib
 import json
 import os
 import pkgutil
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ from click.testing import CliRunner
 import opsledger.cli
 from opsledger.cli import COMMANDS as ROOT_TABLE
 from opsledger.cli import _Group, cli
+
+from ..conftest import REPO_ROOT
 
 
 def all_commands(group: click.Group, prefix=()):
@@ -75,6 +79,112 @@ def test_unknown_lab_host_for_ssh(make_project, monkeypatch):
     result = CliRunner().invoke(cli, ["lab", "ssh", "nope"])
     assert result.exit_code == 2
     assert "no lab host named 'nope'" in result.stderr
+
+
+def _example_commands(help_text: str) -> list[str]:
+    """The `opsledger ...` commands of a help page's Example block, continuation lines joined."""
+    block = help_text.split("Example:", 1)[1]
+    lines, joined = [], ""
+    for line in block.splitlines():
+        if not line.strip():
+            if lines or joined:
+                break
+            continue
+        if not line.startswith("      "):  # the example block ends where its indent does
+            break
+        joined += line.strip()
+        if joined.endswith("\\"):
+            joined = joined[:-1].rstrip() + " "
+            continue
+        lines.append(joined)
+        joined = ""
+    return lines
+
+
+def _shell_commands(line: str) -> list[list[str]]:
+    """The commands of one shell line (split at ; && |), each cut at a redirection."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|>")
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    commands, words = [], []
+    for token in [*lexer, ";"]:
+        if token in (";", "&&", "|", "||"):
+            if words:
+                commands.append(words)
+            words = []
+        elif words and words[-1] in (">", ">>", "2>"):
+            continue
+        else:
+            words.append(token)
+    return [[w for w in c if w not in (">", ">>", "2>")] for c in commands]
+
+
+def _parse(args: list[str]) -> None:
+    """Parse args as the CLI would (options, arguments, required ones) without running anything."""
+    command: click.Command = cli
+    ctx = None
+    while True:
+        if isinstance(command, click.Group):
+            name, rest = args[0], args[1:]
+            sub = command.get_command(click.Context(command), name)
+            assert sub is not None, f"no command {name!r}"
+            command, args = sub, rest
+            continue
+        ctx = command.make_context(command.name or "", list(args), parent=ctx)
+        return
+
+
+@pytest.mark.parametrize("path", COMMANDS)
+def test_every_example_is_a_command_the_cli_accepts(path, monkeypatch):
+    """A person copies the example first: it must parse as typed (options that exist, every
+    required one given, one command per line) — no variable from the environment helps."""
+    monkeypatch.delenv("OPSLEDGER_PERSON", raising=False)
+    help_text = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200).output
+    examples = _example_commands(help_text)
+    assert examples, help_text
+    for example in examples:
+        for words in _shell_commands(example):
+            if words[0] != "opsledger":
+                continue
+            try:
+                _parse(words[1:])
+            except click.ClickException as exc:
+                where = f"`{example}` in `opsledger {' '.join(path)} --help`"
+                pytest.fail(f"{where}: {exc.format_message()}")
+        typed = example.split(" #")[0].rstrip()  # a trailing comment may be aligned
+        assert "  " not in typed, f"`{example}`: a line continuation was lost"
+
+
+# Set by opsledger for its own children, never by a person.
+INTERNAL_VARIABLES = {"OPSLEDGER_RUN", "OPSLEDGER_READ_LOG"}
+
+
+def test_every_variable_opsledger_reads_is_named_in_the_top_level_help():
+    """A variable read in silence changes what a command does with nothing on screen to say why
+    (OPSLEDGER_BASE picks the policies approve and change show follow): --help names them all."""
+    source = REPO_ROOT / "src" / "opsledger"
+    read = set()
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        read |= set(re.findall(r"environ(?:\.get)?[(\[]\"(OPSLEDGER_[A-Z_]+)\"", text))
+        read |= set(re.findall(r"envvar=\"(OPSLEDGER_[A-Z_]+)\"", text))
+        read |= set(re.findall(r"^[A-Z_]+ = \"(OPSLEDGER_[A-Z_]+)\"", text, re.M))
+    read -= INTERNAL_VARIABLES
+    assert {"OPSLEDGER_PROJECT", "OPSLEDGER_BASE", "OPSLEDGER_LOCK_DIR"} <= read
+    help_text = CliRunner().invoke(cli, ["--help"], terminal_width=100).output
+    assert "NO_COLOR" in help_text
+    assert not [v for v in sorted(read) if v not in help_text], help_text
+
+
+@pytest.mark.parametrize("path", COMMANDS)
+def test_an_option_set_by_a_variable_says_so_in_its_help(path):
+    command = cli
+    for name in path:
+        command = command.get_command(click.Context(command), name)
+    help_text = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200).output
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            assert param.envvar in help_text, f"{param.opts[0]} of {' '.join(path)}"
 
 
 def _top_level_commands() -> dict[str, click.Command]:

@@ -154,7 +154,7 @@ def test_unsigned_approval_where_signatures_are_required(repo):
     file = project.root / "changes" / change_id / "change.yml"
     file.write_text(file.read_text().replace("environment: lab", "environment: staging"))
     commit_paths(project.root, [file], "Staging", name="Alice Arnold", email="alice@example.org")
-    approve_change(project, change_id, person="bob", now=START)
+    sign_off(project, change_id, person="bob", now=START)  # past approve, which refuses it
     unsigned = head(project.root)
     approve_change(project, change_id, person="carol", signing_key=keys["carol"], now=START)
     rules = _rules(audit_check(project, now=LATER))

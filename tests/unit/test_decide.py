@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from opsledger.changes import withdraw_change
 from opsledger.cli import cli
 from opsledger.decide import decide
+from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import commit_paths, git
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, sign_off, subject
@@ -166,7 +168,9 @@ def test_unsigned_approval_where_signatures_are_required(repo):
         window_start=at,
         window_end=at + dt.timedelta(hours=1),
     )
-    approve_change(project, change_id, person="bob")
+    with pytest.raises(OpsledgerError, match="must be signed in staging"):
+        approve_change(project, change_id, person="bob")  # refused where it is typed
+    sign_off(project, change_id, person="bob")  # written past approve, as by hand
     why = failed(decide(project, change_id, now=at))["approvals"]
     assert "0 of 1" in why and "not signed, and signatures are required here" in why
     approve_change(project, change_id, person="carol", signing_key=keys["carol"])

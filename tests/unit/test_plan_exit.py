@@ -121,6 +121,8 @@ def test_tables_are_not_cut_off_a_terminal(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "…" not in done.stdout
     assert "pg-minor-upgrade" in done.stdout and "service-restart" in done.stdout
+    # the title starts its line, not hundreds of columns in (centred over a 4000-column console)
+    assert done.stdout.splitlines()[0].rstrip() == "runbooks"
 
 
 def test_no_color_strips_colour_even_when_colour_is_forced(tmp_path):

@@ -155,7 +155,9 @@ def test_signed_policy_changes_need_the_owners_signatures(repo):
     approve_change(project, first, person="carol")  # unsigned is still enough for this one
     assert resolve_base(project).policies.policy_changes.signed
     second = propose(project, [("changes.yml", two_approvals)], key=keys["alice"])
-    approve_change(project, second, person="carol")
+    with pytest.raises(OpsledgerError, match="must be signed for policy changes"):
+        approve_change(project, second, person="carol")  # refused where it is typed
+    sign_off(project, second, person="carol")  # written past approve, as by hand
     assert "signatures are required" in failed(decide(project, second))["approvals"]
     assert resolve_base(project).policy_version.change == first
     approve_change(project, second, person="carol", signing_key=keys["carol"])

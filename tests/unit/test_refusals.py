@@ -135,11 +135,12 @@ def test_an_unknown_requester_is_refused_by_new_and_flagged_by_validate(repo):
 
 
 def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the_next(repo):
-    project, _, _ = repo
+    project, _, keys = repo
     args = [
         "change", "new", "--title", "Tune the db hosts", "--runbook", "converge",
         "--env", "production", "--targets", "db", "--param", "tags=[postgresql]",
         "--requested-by", "alice", "--reason", "Sorts spill to disk nightly",
+        "--key", str(keys["alice"]),  # production: signed statements only
     ]  # fmt: skip
     done = _cli(project, *args, "--start", "2027-02-03T10:00:00+01:00")  # a Wednesday morning
     assert done.returncode == 3  # a policy denial, as decide's
@@ -216,9 +217,10 @@ PRODUCTION = [
 
 def test_a_window_inside_a_freeze_is_refused_by_new_with_the_first_window_after_it(repo):
     """Tue 22 Dec 2026 20:00 Berlin is a production window, inside the year-end freeze."""
-    project, _, _ = repo
+    project, _, keys = repo
+    key = ["--key", str(keys["alice"])]  # production: signed statements only
     before = _commits(project)
-    done = _cli(project, *PRODUCTION, "--start", "2026-12-22T20:00:00+01:00")
+    done = _cli(project, *PRODUCTION, *key, "--start", "2026-12-22T20:00:00+01:00")
     assert done.returncode == 3, done.stdout + done.stderr  # a policy denial, nothing invalid
     (line,) = _errors(done)
     assert "--start" in line and "overlaps the freeze 'year-end freeze' of production" in line
@@ -229,12 +231,12 @@ def test_a_window_inside_a_freeze_is_refused_by_new_with_the_first_window_after_
     assert git(project.root, "status", "--porcelain").stdout == ""  # nothing written
     # invalid input and a freeze together: every problem, one line each, exit 2 (invalid)
     both = _cli(project, *PRODUCTION[:-4], "--requested-by", "zed", "--reason", "Sorts spill",
-                "--start", "2026-12-22T20:00:00+01:00")  # fmt: skip
+                *key, "--start", "2026-12-22T20:00:00+01:00")  # fmt: skip
     assert both.returncode == 2
     lines = _errors(both)
     assert len(lines) == 2 and "'zed' is not a person" in lines[0] and "freeze" in lines[1]
     # an emergency bypasses freezes (policies/windows.yml): written
-    urgent = _cli(project, *PRODUCTION, "--type", "emergency",
+    urgent = _cli(project, *PRODUCTION, *key, "--type", "emergency",
                   "--start", "2026-12-22T20:00:00+01:00")  # fmt: skip
     assert urgent.returncode == 0, urgent.stderr
 
@@ -244,9 +246,10 @@ def test_without_start_new_takes_the_first_window_after_a_freeze(repo):
 
     from opsledger.signoff import request_change
 
-    project, _, _ = repo
+    project, _, keys = repo
     change, _ = request_change(
         project,
+        signing_key=keys["alice"],  # production: signed statements only
         title="Tune the db hosts",
         runbook="converge",
         requested_by="alice",
@@ -300,3 +303,82 @@ def test_window_hints_are_said_in_the_environments_own_zone(repo):
         "Europe/Berlin); the next window after it opens Tue 20:00 Europe/Berlin" in denied.stdout
     )
     assert "+00:00" not in "".join(x for x in denied.stdout.splitlines() if "next:" in x)
+
+
+def test_policies_that_do_not_decide_are_said_where_a_person_reads_them(repo):
+    """policies/ edited without a policy change has no effect: the files say one thing and
+    approve does another. policy check, change new and approve say so, and how to fix it."""
+    project, change_id, _ = repo
+    quiet = _cli(project, "policy", "check")
+    assert quiet.returncode == 0 and "note:" not in quiet.stdout  # the files are what decides
+    rules = project.root / "policies" / "changes.yml"
+    rules.write_text(
+        rules.read_text().replace("observers: [auditor]", "observers: [auditor, netops]")
+    )
+    git(project.root, "-c", "user.name=Alice Arnold", "-c", "user.email=alice@example.org",
+        "commit", "-qam", "netops approve nothing")  # fmt: skip
+    checked = _cli(project, "policy", "check")
+    assert checked.returncode == 0, checked.stderr
+    note = checked.stdout.split("note: ", 1)[1]
+    assert note.startswith("policies/ here is not what decides: changes.yml differ")
+    assert "1 later edit(s) of policies/ on main were never approved" in note
+    assert "opsledger policy propose" in note and "1 of cab (carol) approve it" in note
+    # dave (netops, oncall) approves nothing by the files, but by the rules in effect he may:
+    approved = _cli(project, "approve", change_id, person="dave")
+    assert approved.returncode == 0, approved.stderr
+    assert "note: policies/ here is not what decides: changes.yml" in approved.stdout
+    new = _cli(
+        project, "change", "new", "--title", "Tune the db hosts", "--runbook", "converge",
+        "--targets", "db", "--start", "2026-12-01T20:00:00+00:00",
+        "--reason", "Sorts spill to disk nightly", person="alice",
+    )  # fmt: skip
+    assert new.returncode == 0, new.stderr
+    assert "note: policies/ here is not what decides" in new.stdout
+
+
+def test_a_statement_that_must_be_signed_is_refused_unsigned_where_it_is_typed(repo):
+    """Production counts signed statements only: an unsigned approval was committed, then
+    ignored by decide, and the next step went on naming the approver who had just approved.
+    approve and change new refuse it (exit 2, nothing written) and say how to sign."""
+    project, _, keys = repo
+    args = [
+        "change", "new", "--title", "Tune the db hosts", "--runbook", "converge",
+        "--env", "production", "--targets", "db", "--start", "2026-12-01T20:00:00+01:00",
+        "--reason", "Sorts spill to disk nightly",
+    ]  # fmt: skip
+    before = _commits(project)
+    unsigned = _cli(project, *args, person="alice")
+    assert unsigned.returncode == 2, unsigned.stdout + unsigned.stderr
+    (line,) = _errors(unsigned)
+    assert "--key: the request must be signed in production" in line
+    assert "sign it: --key ~/.ssh/id_ed25519 (or set OPSLEDGER_SIGNING_KEY)" in line
+    assert git(project.root, "status", "--porcelain").stdout == ""  # nothing written
+    signed = _cli(project, *args, "--key", str(keys["alice"]), person="alice")
+    assert signed.returncode == 0, signed.stderr
+    git(project.root, "add", "-A")
+    git(project.root, "-c", "user.name=Alice Arnold", "-c", "user.email=alice@example.org",
+        "commit", "-qm", "Request")  # fmt: skip
+    before = _commits(project)
+    bob = _cli(project, "approve", "CHG-0002", person="bob")
+    assert bob.returncode == 2
+    (line,) = _errors(bob)
+    assert "--key: an approval must be signed in production" in line and "bob's signing_key" in line
+    assert _commits(project) == before
+    assert (
+        _cli(project, "approve", "CHG-0002", "--key", str(keys["bob"]), person="bob").returncode
+        == 0
+    )
+    before = _commits(project)
+    resubmit = _cli(project, "change", "submit", "CHG-0002", person="alice")
+    assert resubmit.returncode == 2 and "--key: the request must be signed" in resubmit.stderr
+    assert _commits(project) == before
+    # erin has no signing_key in people.yml: no key of hers could verify; she is told so
+    from opsledger.policy import load_policies
+    from opsledger.signoff import unsigned_problem
+
+    policies = load_policies(project)[0]
+    assert policies.people["erin"].signing_key is None
+    problem = unsigned_problem("in production", "erin", keys["bob"], policies, "an approval", "")
+    assert problem is not None and problem.field == "people.erin.signing_key"
+    assert "register your SSH public key there" in problem.fix
+    assert unsigned_problem("", "erin", None, policies, "an approval", "") is None  # the lab

@@ -442,3 +442,25 @@ def test_an_empty_report_says_how_to_get_data(tmp_path, history):
     k = kpis(history, start=NOW + dt.timedelta(hours=1), end=NOW + dt.timedelta(days=2))
     assert k.empty and "widen it, e.g. --period 365d" in k.how_to_get_data[0]
     assert not kpis(history, start=NOW - dt.timedelta(days=90), end=NOW).empty
+
+
+def test_markdown_carries_what_the_html_says(history):
+    """The markdown report (for a wiki or a PR) is read without the HTML beside it: every
+    incident KPI says what it counts and its target, and the failed changes, the change SLA
+    breaches and the operations results the page shows are there too."""
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    markdown = render(k, "md")
+    incidents = markdown.split("### Incidents and problems", 1)[1]
+    assert "| KPI | value | what it counts | target |" in incidents
+    assert "| MTTA | n/a | mean minutes from opened to acknowledged |" in incidents
+    assert (
+        "| incident response SLA | n/a | of the incidents, those acknowledged within their "
+        "priority's response time | target ≥ 95% (green)" in incidents
+    )
+    assert "| CHG-0002 | A emergency change from 28 days ago | rolled_back |" in markdown
+    assert "| CHG-0004 | A normal change from 14 days ago | failed |" in markdown
+    assert "Change SLA breaches: CHG-0003 (P1): 31.0 h > 4 h" in markdown
+    assert "Operations (records of the period by outcome): inspection none recorded" in markdown
+    _inspection(history, 2, critical=1)
+    k = kpis(history, start=NOW - dt.timedelta(days=90), end=NOW + dt.timedelta(days=1))
+    assert "inspection 1 worst critical" in render(k, "md")

@@ -204,6 +204,23 @@ def cli(ctx: click.Context, no_color: bool) -> None:
     \b
     Example:
         opsledger lab up
+
+    \b
+    Environment (each stands for an option or a default):
+      OPSLEDGER_PROJECT        the project root, when not run from inside it
+      OPSLEDGER_PERSON         your person id: --as, --requested-by
+      OPSLEDGER_SIGNING_KEY    the SSH key that signs your statements (--key) and evidence
+      OPSLEDGER_BASE           the protected branch (default main) whose policies decide:
+                               --base of decide, plan and apply; approve, change new,
+                               change show and their next steps follow it too
+      OPSLEDGER_COMMITTER_NAME, OPSLEDGER_COMMITTER_EMAIL
+                               who commits run records and evidence (CI's identity;
+                               default git's user)
+      OPSLEDGER_LOCK_DIR       the machine's lock folder (default /run/lock/opsledger)
+      OPSLEDGER_NO_INCIDENTS   1: inspections, drift, apply and drills open no incidents
+      OPSLEDGER_DEBIAN_MIRROR, OPSLEDGER_DEBIAN_SECURITY_MIRROR
+                               the Debian mirrors lab image and lab up build from
+      NO_COLOR                 any value: --no-color
     """
     if no_color or os.environ.get("NO_COLOR"):  # any value, as no-color.org says
         ctx.color = False

@@ -176,6 +176,11 @@ def new(
         click.echo(result.note)
     for step in after_request(project, result.id):
         click.echo(f"next: {step}")
+    from opsledger.policy_effect import policy_gap
+
+    gap = policy_gap(project)
+    if gap:
+        click.echo(f"note: {gap}")
 
 
 @change.command()

@@ -61,6 +61,11 @@ def approve(
     if not reject:
         for step in after_approval(project, change_id):
             click.echo(f"next: {step}")
+    from opsledger.policy_effect import policy_gap
+
+    gap = policy_gap(project)
+    if gap:
+        click.echo(f"note: {gap}")
 
 
 @click.command()

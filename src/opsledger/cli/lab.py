@@ -36,7 +36,8 @@ def up() -> None:
     """Create or update the lab to match inventories/lab (idempotent; needs root).
 
     Installs and configures podman when missing, builds the base image once, starts each host
-    with sshd on its 127.0.0.1 port and an admin user, and waits until SSH answers.
+    with sshd on its 127.0.0.1 port and an admin user, and waits until SSH answers. The image
+    comes from $OPSLEDGER_DEBIAN_MIRROR and $OPSLEDGER_DEBIAN_SECURITY_MIRROR when set.
 
     \b
     Example:
@@ -59,6 +60,9 @@ def up() -> None:
 @lab.command()
 def image() -> None:
     """Build the lab's Debian 12 base image once (cached; also tagged latest for Molecule).
+
+    Debootstrap reads $OPSLEDGER_DEBIAN_MIRROR and $OPSLEDGER_DEBIAN_SECURITY_MIRROR when set
+    (default: the mirrors this machine's apt uses, else deb.debian.org).
 
     \b
     Example:

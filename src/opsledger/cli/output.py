@@ -11,8 +11,23 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
+from rich.table import Table
 
 WIDE = 4000  # columns off a terminal: no table in opsledger comes near it
+
+
+class _LogConsole(Console):
+    """Off a terminal: a table's title starts the line instead of being centred over it.
+
+    A wide table's centred title began hundreds of spaces in (a CI log's viewer wraps, so the
+    title of a decision sat a screen away from its rows, or past the right edge).
+    """
+
+    def print(self, *objects, **kwargs):  # type: ignore[no-untyped-def]
+        for item in objects:
+            if isinstance(item, Table):
+                item.title_justify = "left"
+        super().print(*objects, **kwargs)
 
 
 def console(*, minimum: int = 0, stderr: bool = False) -> Console:
@@ -25,5 +40,5 @@ def console(*, minimum: int = 0, stderr: bool = False) -> Console:
     # NO_COLOR: no escape codes at all (rich's no_color keeps bold and italics)
     plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
     if not probe.is_terminal:
-        return Console(stderr=stderr, width=WIDE, soft_wrap=False, **plain)
+        return _LogConsole(stderr=stderr, width=WIDE, soft_wrap=False, **plain)
     return Console(stderr=stderr, width=max(probe.width, minimum), **plain)

@@ -31,18 +31,25 @@ def check() -> None:
     for unknown teams, people or environments, bad timezones and times, approval rules that
     never apply, quorums nobody can meet, teams without members, cases no rule covers, and an
     incomplete SLA matrix. decide, plan, apply and ci refuse to decide while this fails.
+    A note says when policies/ here differs from the policies in effect on the protected
+    branch ($OPSLEDGER_BASE, default main): edits count once a policy change approves them.
 
     \b
     Example:
         opsledger policy check
     """
     from opsledger.policy import policy_check
+    from opsledger.policy_effect import policy_gap
 
-    result = policy_check(find_project())
+    project = find_project()
+    result = policy_check(project)
     if result.problems:
         raise OpsledgerError(result.problems)
     counts = ", ".join(f"{n} {what}" for what, n in result.summary.items())
     click.echo(f"policies are consistent ({counts}); bundle sha256 {result.hash[:16]}")
+    gap = policy_gap(project)
+    if gap:
+        click.echo(f"note: {gap}")
 
 
 @policy.command()
@@ -51,7 +58,8 @@ def check() -> None:
     "--requested-by",
     envvar="OPSLEDGER_PERSON",
     required=True,
-    help="Your person id in policies/people.yml (or $OPSLEDGER_PERSON).",
+    show_envvar=True,
+    help="Your person id in policies/people.yml; set OPSLEDGER_PERSON to stop typing it.",
 )
 @click.option("--reason", required=True, help="Why the policies must change.")
 @signing_key_option
@@ -64,7 +72,7 @@ def propose(title: str, requested_by: str, reason: str, signing_key: Path | None
 
     \b
     Example:
-        opsledger policy propose --title "Two approvals for staging" --requested-by alice \
+        opsledger policy propose --title "Two approvals for staging" --requested-by alice \\
           --reason "Staging now holds customer data"
     """
     from opsledger.signoff import propose_policy_change
