@@ -297,8 +297,13 @@ def test_a_converge_installs_the_security_updates_the_inventory_asks_for(
     project = workflow_repo
     host = "lab-app2"
     _sh(project, host, "apt-get update -q")
-    listing = _sh(project, host, "dpkg-query -W -f '${Package} ${Version}\\n'")
-    installed = dict(line.split(" ", 1) for line in listing.splitlines() if " " in line)
+    # `apt list`, not a dpkg-query format: the remote shell would expand its ${...}
+    listing = _sh(project, host, "apt list --installed 2>/dev/null")
+    installed = {
+        line.split("/", 1)[0]: line.split()[1]
+        for line in listing.splitlines()
+        if "/" in line and len(line.split()) > 2
+    }
     names = sorted(n for n in installed if not _KEEP.match(n))
     madison = _sh(project, host, "apt-cache madison " + " ".join(names))
     from_security = {
