@@ -76,3 +76,15 @@ class OpsledgerError(Exception):
         self.problems: list[Problem] = list(problems)
         self.exit_code = exit_code
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates, i.e. bytes that were not UTF-8.
+
+    Python decodes such bytes (an argument, git's output) as surrogates no encoder accepts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -34,7 +34,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from opsledger.errors import OpsledgerError, Problem, one_line, shown
+from opsledger.errors import OpsledgerError, Problem, is_utf8, one_line, shown
 
 MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
 MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
@@ -216,18 +216,6 @@ def _syntax_problem(exc: yaml.YAMLError, source: str) -> Problem:
         f"line {mark.line + 1}" if mark is not None else "YAML",
         "fix the syntax (yamllint shows details)",
     )
-
-
-def is_utf8(text: str) -> bool:
-    """False for text holding lone surrogates, i.e. bytes that were not UTF-8.
-
-    Python decodes such bytes (an argument, git's output) as surrogates no encoder accepts.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:

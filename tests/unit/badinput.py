@@ -19,6 +19,8 @@ def tree_state(root: Path) -> dict[str, str]:
     for path in sorted(root.rglob("*")):
         if ".git" in path.relative_to(root).parts:
             continue
+        if path.parent == root / ".opsledger" and path.suffix == ".lock":
+            continue  # an empty flock target (the commit lock), not data anyone reads
         if path.is_symlink():
             state[str(path.relative_to(root))] = f"-> {os.readlink(path)}"
         elif path.is_file():

@@ -100,7 +100,7 @@ def test_the_vault_password_ci_writes_for_an_environment_reaches_ansible(tmp_pat
     playbook.write_text(
         "---\n- name: Use the staging secret\n  hosts: all\n  gather_facts: false\n  tasks:\n"
         "    - name: The secret decrypts\n      ansible.builtin.assert:\n"
-        "        that: db_password == 'the-db-password'\n"
+        "        that: db_password == 'the-db-password'\n"  # pragma: allowlist secret
     )
     host = "stg-db1.example.invalid"
     assert vault_ids(staging / "hosts.yml")[-1] == f"staging@{password}"

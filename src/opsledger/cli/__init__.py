@@ -14,7 +14,7 @@ import click
 
 from opsledger import __version__
 from opsledger.cli.history import check_history
-from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, one_line, shown
+from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, is_utf8, one_line, shown
 
 # Variables click (or the project finder) reads as option values.
 _ENV_OPTIONS = ("OPSLEDGER_PERSON", "OPSLEDGER_SIGNING_KEY", "OPSLEDGER_BASE", "OPSLEDGER_PROJECT")
@@ -27,8 +27,6 @@ def not_utf8_problems(args: list[str]) -> list[Problem]:
     incident they become YAML no loader accepts back, so an approval would be committed that
     never counts and an incident that can no longer be read. Refused before anything runs.
     """
-    from opsledger.yamlio import is_utf8  # yaml is not needed for --help
-
     named = [(f"argument {index}", arg) for index, arg in enumerate(args, 1)]
     named += [(f"${name}", os.environ[name]) for name in _ENV_OPTIONS if name in os.environ]
     return [

@@ -98,9 +98,7 @@ def test_report_and_service_report_show_incidents_per_environment(handled):
     assert k.environment == "lab" and k.incidents.opened == 2
     markdown = render(k, "md")
     assert "## Change report 2026-11-29 to 2026-12-30 (lab)" in markdown
-    assert (
-        "| MTTR | 2.5 h |" in markdown and "| incident response SLA compliance | 50% |" in markdown
-    )
+    assert "| MTTR | 2.5 h |" in markdown and "| incident response SLA | 50% |" in markdown
     service = render_service(k, "md")
     sections = [line for line in service.splitlines() if line.startswith("## ")]
     assert sections == [
