@@ -80,6 +80,9 @@ class AuditLog:
     rows: list[AuditRow]
     since: dt.datetime | None
     until: dt.datetime | None
+    # Committed changes the log could not read, each "changes/<ID>: why": a log that leaves a
+    # change out must say so (the command exits 1), never read as complete.
+    unreadable: list[str] = field(default_factory=list)
 
 
 def audit_log(
@@ -106,7 +109,7 @@ def audit_log(
     for evidence in run_evidence(project, base, statements=statements):
         if evidence.trusted and evidence.record and evidence.record.change:
             runs.setdefault(evidence.record.change, []).append(evidence.record)
-    rows = []
+    rows, unreadable = [], []
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         request = next(
@@ -119,8 +122,10 @@ def audit_log(
             continue
         try:
             change = load_change(project, change_id)
-        except OpsledgerError:
-            continue  # an invalid change file: audit check reports it
+        except OpsledgerError as err:  # audit check reports it too (change-unreadable)
+            why = err.problems[0].message if err.problems else "cannot be read"
+            unreadable.append(f"changes/{change_id}: {why}")
+            continue
         if environment and change.environment != environment:
             continue
         if change_type and change.type != change_type:
@@ -181,7 +186,7 @@ def audit_log(
                 commits=[c.sha for c in history],
             )
         )
-    return AuditLog(rows, since, until)
+    return AuditLog(rows, since, until, unreadable)
 
 
 COLUMNS = (

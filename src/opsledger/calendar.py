@@ -19,7 +19,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
 
 from opsledger.changes import change_ids, load_change, load_withdrawal
@@ -63,6 +63,9 @@ class Calendar:
     start: dt.datetime
     end: dt.datetime
     entries: list[Entry]
+    # Changes left off because they cannot be read or judged, "changes/<ID>: why": a calendar
+    # that leaves a change out says so (the command exits 1).
+    unreadable: list[str] = field(default_factory=list)
 
 
 def _windows(project: Project, envs: list[str], start: dt.datetime, end: dt.datetime):
@@ -95,7 +98,9 @@ def _windows(project: Project, envs: list[str], start: dt.datetime, end: dt.date
                 yield Entry(Kind.FREEZE, env, freeze.start, freeze.end, f"{env}: {freeze.name}")
 
 
-def _changes(project: Project, envs: list[str], start: dt.datetime, end: dt.datetime):
+def _changes(
+    project: Project, envs: list[str], start: dt.datetime, end: dt.datetime, unreadable: list[str]
+):
     done = {r.change for r in read_runs(project).committed if r.result == "success"}
     for change_id in change_ids(project):
         if change_id in done or load_withdrawal(project, change_id) is not None:
@@ -103,8 +108,10 @@ def _changes(project: Project, envs: list[str], start: dt.datetime, end: dt.date
         try:
             change = load_change(project, change_id)
             decision = decide(project, change_id, now=max(start, change.window_start))
-        except OpsledgerError:
-            continue  # `change validate` names what is wrong with it
+        except OpsledgerError as err:  # `change validate` names what is wrong with it
+            why = err.problems[0].message if err.problems else "cannot be read"
+            unreadable.append(f"changes/{change_id}: {why}")
+            continue
         if change.environment not in envs:
             continue
         if change.window_end <= start or change.window_start >= end:
@@ -182,13 +189,14 @@ def change_calendar(
         if environment
         else sorted(p.parent.name for p in project.root.glob("inventories/*/hosts.yml"))
     )
+    unreadable: list[str] = []
     entries = [
         *_windows(project, envs, start, end),
-        *_changes(project, envs, start, end),
+        *_changes(project, envs, start, end, unreadable),
         *_due(project, envs, start, end),
     ]
     entries.sort(key=lambda e: (e.start, e.environment, str(e.kind), e.title))
-    return Calendar(start, end, entries)
+    return Calendar(start, end, entries, unreadable)
 
 
 def _ics_time(moment: dt.datetime) -> str:

@@ -171,6 +171,28 @@ def test_audit_check_reports_a_committed_change_that_does_not_read(tmp_path):
     assert "duplicate key 'targets'" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["audit", "log"],
+        ["audit", "log", "--format", "json"],
+        ["calendar", "--at", "2026-12-01T19:00:00+00:00", "--days", "2"],
+    ],
+)
+def test_a_log_or_calendar_that_leaves_a_change_out_says_so(tmp_path, args):
+    """audit log and calendar skipped a committed change that does not read and exited 0: an
+    auditor read an incomplete change log as complete."""
+    project, change_id, _ = build_repo(tmp_path)
+    file = project.root / "changes" / change_id / "change.yml"
+    file.write_text(file.read_text() + "targets: all\n")  # a duplicate key
+    git(project.root, "commit", "-q", "-am", "Widen the targets", env=ALICE_ENV)
+    result = run(project.root, args)
+    assert result.exit_code == 1, result.output
+    assert f"warning: not in this {'log' if args[0] == 'audit' else 'calendar'}: " in result.stderr
+    assert f"changes/{change_id}: " in result.stderr and "duplicate key" in result.stderr
+    assert "Traceback" not in result.output
+
+
 # --- change withdraw/cancel and its id -------------------------------------------------------
 
 

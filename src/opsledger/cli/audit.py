@@ -41,6 +41,8 @@ def log(
     """One row per change: request, approvers and their signatures, run, result, review, commits.
 
     Built from git history (who committed what, when) and the run records those commits added.
+    A committed change that cannot be read is named on stderr and the command exits 1: the log
+    is then incomplete.
 
     \b
     Example:
@@ -57,7 +59,19 @@ def log(
     )
     if fmt != "table":
         click.echo(render_log(result, fmt), nl=False)
-        return
+    else:
+        _log_table(result)
+    for line in result.unreadable:
+        click.secho(
+            f"warning: not in this log: {line} (opsledger change validate names the fix)",
+            fg="yellow",
+            err=True,
+        )
+    if result.unreadable:
+        raise SystemExit(1)
+
+
+def _log_table(result) -> None:
     shown = (
         "change",
         "type",

@@ -45,3 +45,11 @@ def calendar(
         click.echo(f"wrote {output} ({len(cal.entries)} entries)")
     else:
         click.echo(text, nl=False)
+    for line in cal.unreadable:
+        click.secho(
+            f"warning: not in this calendar: {line} (opsledger change validate names the fix)",
+            fg="yellow",
+            err=True,
+        )
+    if cal.unreadable:
+        raise SystemExit(1)
