@@ -662,6 +662,7 @@ def apply_change(
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     require_truthful(runbook)  # its plays batch as runbook.yml says, or nothing runs
+    run_vars(project, change.environment)  # dr.yml's backup-first hosts resolve, or nothing runs
     skip_verify = skip_verify or not runbook.verify_suites  # the schema's "[] = none"
     identity = runner_identity()
     _phase(events, "lock", f"locking {', '.join(decision.hosts)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from opsledger.errors import OpsledgerError
+from opsledger.errors import OpsledgerError, Problem
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 
@@ -38,14 +38,37 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
             continue
         try:
             hosts = inventory.match(service.targets)
-        except OpsledgerError:  # names no group or host of this environment: none here
-            hosts = []
+        except OpsledgerError as err:
+            if _selects_somewhere(project, service.targets):
+                hosts = []  # the service has no hosts in this environment: none to back up
+            else:  # a misspelt group would skip every backup: fail closed
+                why = err.problems[0].message if err.problems else "does not resolve"
+                raise OpsledgerError(
+                    Problem(
+                        f"{service.targets!r} selects no host in any environment ({why}): which "
+                        "hosts need a backup before an upgrade cannot be known",
+                        "policies/dr.yml",
+                        f"services.{service.name}.targets",
+                        "name the group of the service's hosts (opsledger policy check)",
+                    )
+                ) from err
         for host in hosts:
             # plain str: Ansible's tagged host names are not data a YAML dumper knows
             found.setdefault(
                 str(host.name), {"service": str(service.name), "type": str(service.upgrade_backup)}
             )
     return found
+
+
+def _selects_somewhere(project: Project, targets: str) -> bool:
+    """Whether some environment's inventory has hosts for `targets`."""
+    for hosts_file in sorted(project.root.glob("inventories/*/hosts.yml")):
+        try:
+            if load_inventory(hosts_file, template=False).match(targets):
+                return True
+        except OpsledgerError:
+            continue
+    return False
 
 
 def run_vars(project: Project, environment: str) -> dict[str, Any]:

@@ -729,9 +729,12 @@ def policy_check(project: Project) -> PolicyCheck:
         path = project.root / "policies" / name
         if path.exists() or path.is_symlink():
             try:
-                load(project)
+                loaded = load(project)
             except OpsledgerError as err:
                 problems += err.problems
+            else:
+                if name == "dr.yml":
+                    problems += _dr_target_problems(project, loaded)
     from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
 
     problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
@@ -747,6 +750,26 @@ def policy_check(project: Project) -> PolicyCheck:
         "environments with windows": len(policies.windows),
     }
     return PolicyCheck(problems, policies.hash, summary, policies)
+
+
+def _dr_target_problems(project: Project, services: dict) -> list[Problem]:
+    """Each DR service's targets must select hosts in some environment's inventory.
+
+    A misspelt group selected no host, silently: no backup before an upgrade (upgrade_backup)
+    and no primary to drill. An environment without the service's hosts is fine.
+    """
+    from opsledger.maintenance import _selects_somewhere  # Ansible's inventory: when checked
+
+    return [
+        Problem(
+            f"{service.targets!r} selects no host in any environment's inventory",
+            str(project.root / "policies" / "dr.yml"),
+            f"services.{name}.targets",
+            "name the group of the service's hosts (e.g. db)",
+        )
+        for name, service in services.items()
+        if not _selects_somewhere(project, service.targets)
+    ]
 
 
 def _lock_policy_problems(project: Project) -> list[Problem]:

@@ -193,6 +193,22 @@ def test_a_log_or_calendar_that_leaves_a_change_out_says_so(tmp_path, args):
     assert "Traceback" not in result.output
 
 
+def test_a_dr_service_whose_targets_select_nothing_fails_closed(tmp_path):
+    """A misspelt group in dr.yml passed policy check and selected no host: os-patch then ran
+    on the db hosts with no backup first (upgrade_backup), and no drill found a primary."""
+    from opsledger.maintenance import upgrade_backups
+
+    project, _, _ = build_repo(tmp_path)
+    dr = project.root / "policies" / "dr.yml"
+    dr.write_text(dr.read_text().replace("targets: db\n", "targets: dbs\n"))
+    result = run(project.root, ["policy", "check"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if "services.postgres.targets" in line]
+    assert len(lines) == 1 and "'dbs' selects no host in any environment" in lines[0], lines
+    with pytest.raises(OpsledgerError, match="cannot be known"):
+        upgrade_backups(project, "lab")
+
+
 # --- change withdraw/cancel and its id -------------------------------------------------------
 
 
