@@ -22,7 +22,7 @@ from opsledger.playbooks import batch_size, fail_limit, plays_of
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema, schema_problems
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import load_yaml, outside_problem
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -113,7 +113,16 @@ def _load_runbook(project: Project, name: str, folder: Path, file: Path) -> Runb
         raise OpsledgerError(problems)
     problems += schema_problems(data["parameters"], str(file), "parameters")
     playbook = folder / data["playbook"]
-    if not playbook.is_file():
+    if refused := outside_problem(playbook, project.root):  # what runs is what git records
+        problems.append(
+            Problem(
+                f"playbook {data['playbook']} {refused.message}",
+                str(file),
+                "playbook",
+                refused.fix,
+            )
+        )
+    elif not playbook.is_file():
         problems.append(
             Problem(
                 f"playbook {data['playbook']} not found",

@@ -209,6 +209,24 @@ def test_a_dr_service_whose_targets_select_nothing_fails_closed(tmp_path):
         upgrade_backups(project, "lab")
 
 
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_a_runbook_whose_playbook_is_a_symlink_is_refused(tmp_path, where):
+    """runbook check read a playbook symlinked out of the repository without a word, and
+    change validate called a change running it valid (only decide refused it)."""
+    project, change_id, _ = build_repo(tmp_path)
+    playbook = project.root / "runbooks" / "converge" / "playbook.yml"
+    target = tmp_path / "elsewhere.yml" if where == "outside" else project.root / "site.yml"
+    if where == "outside":
+        target.write_text(playbook.read_text())
+    playbook.unlink()
+    playbook.symlink_to(target)
+    for args in (["runbook", "check"], ["change", "validate", change_id]):
+        result = run(project.root, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "playbook playbook.yml is a symlink" in result.stderr, result.stderr
+        assert "Traceback" not in result.output
+
+
 # --- change withdraw/cancel and its id -------------------------------------------------------
 
 
