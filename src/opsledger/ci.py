@@ -87,6 +87,15 @@ class PrReport:
                 return EXIT_DENIED
         return 0
 
+    def problem_lines(self) -> list[str]:
+        """One line per input problem, as every command says them on stderr (exit 2)."""
+        lines = [
+            f"{path}: a desired-state edit no change in this PR covers" for path in self.uncovered
+        ]
+        lines += list(self.policy_problems)
+        lines += [f"changes/{i.change_id}: {p}" for i in self.items for p in i.problems]
+        return lines
+
     def markdown(self) -> str:
         verdict = {
             0: "ready to merge",

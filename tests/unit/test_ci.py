@@ -97,6 +97,12 @@ def test_desired_state_files_git_would_quote_are_not_missed(repo):
         env={"OPSLEDGER_PROJECT": str(project.root)},
     )
     assert result.exit_code == EXIT_INVALID and "zé.yml" in result.stdout
+    # and on stderr, one error line per problem, as every command says bad input
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(names), result.stderr
+    assert "error: inventories/production/group_vars/all/zé.yml: a desired-state edit" in (
+        result.stderr
+    )
 
 
 def test_edit_outside_the_changes_content_is_uncovered(repo):

@@ -128,6 +128,8 @@ def pr(
     if outputs:
         line = f"protected={json.dumps(report.protected_plans)}\n"
         write_output(outputs, line, "--outputs", append=True)
+    for problem in report.problem_lines():  # the summary above says them too, in the table
+        click.secho(f"error: {problem}", fg="red", err=True)
     raise SystemExit(report.exit_code)
 
 
