@@ -227,6 +227,19 @@ def test_a_runbook_whose_playbook_is_a_symlink_is_refused(tmp_path, where):
         assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args", [["calendar", "--days", "1"], ["policy", "check"]])
+def test_a_symlinked_policies_folder_is_said_once(tmp_path, args):
+    """Every policy loader met the same symlink and calendar printed the same line 5 times."""
+    project, _, _ = build_repo(tmp_path)
+    policies = project.root / "policies"
+    policies.rename(tmp_path / "real-policies")
+    policies.symlink_to(tmp_path / "real-policies")
+    result = run(project.root, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(set(errors)) and any("is a symlink" in e for e in errors), errors
+
+
 # --- change withdraw/cancel and its id -------------------------------------------------------
 
 

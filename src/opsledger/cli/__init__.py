@@ -165,8 +165,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except OpsledgerError as exc:
             # A refusal always says why: an empty list would be an exit code with no reason.
-            for problem in exc.problems or [Problem("refused without a reason (a bug: report it)")]:
-                click.secho(f"error: {problem}", fg="red", err=True)
+            problems = exc.problems or [Problem("refused without a reason (a bug: report it)")]
+            # One line per problem: loaders that meet the same fault (each policy file through
+            # one symlinked policies/) say it once.
+            for line in dict.fromkeys(str(problem) for problem in problems):
+                click.secho(f"error: {line}", fg="red", err=True)
             ctx.exit(exc.exit_code)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
