@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
-from opsledger.gitrepo import git_env, log_paths
+from opsledger.gitrepo import git, git_env, log_paths
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
@@ -119,6 +119,21 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
         check=False,
         env=git_env(),
     )
+    if proc.returncode != 0:
+        refs = git(project.root, "for-each-ref", "--count=1", check=False).stdout.strip()
+        if refs:  # history exists but git cannot read it: an id could be handed out twice
+            fatal = next(
+                (line for line in proc.stderr.splitlines() if line.startswith("fatal:")),
+                proc.stderr.strip()[-200:],
+            )
+            raise OpsledgerError(
+                Problem(
+                    f"cannot read which ids the history used ({fatal})",
+                    str(project.root),
+                    "git",
+                    "repair the repository (git fsck) before requesting a change",
+                )
+            )
     paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
     return {p.split("/")[1] for p in paths if p.count("/") == 2}
 

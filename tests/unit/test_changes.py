@@ -191,6 +191,19 @@ def test_ids_are_never_reused_even_after_a_deletion(repo):
     assert make(project, title="The next one").id == "CHG-0003"
 
 
+def test_a_history_git_cannot_read_hands_out_no_id(repo):
+    """A failing `git log` read as "no id used yet": on a damaged repository the next change
+    could take an id its history already gave out."""
+    project, change_id, _ = repo
+    root = project.root
+    git(root, "rm", "-q", "-r", f"changes/{change_id}")
+    git(root, "commit", "-q", "-m", f"Drop {change_id}", env=ALICE)
+    tree = git(root, "rev-parse", "HEAD~1^{tree}").stdout.strip()  # the tree holding CHG-0001
+    (root / ".git" / "objects" / tree[:2] / tree[2:]).unlink()
+    with pytest.raises(OpsledgerError, match="cannot read which ids the history used"):
+        make(project, title="Would have been CHG-0001 again")
+
+
 def test_withdraw_is_recorded_keeps_the_folder_and_nothing_runs_it(repo, monkeypatch):
     project, change_id, _ = repo
     monkeypatch.setenv("OPSLEDGER_PROJECT", str(project.root))
