@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from opsledger.cli.options import aware_time
-from opsledger.cli.output import console
+from opsledger.cli.output import console, left_out
 from opsledger.project import find_project
 
 
@@ -61,14 +61,7 @@ def log(
         click.echo(render_log(result, fmt), nl=False)
     else:
         _log_table(result)
-    for line in result.unreadable:
-        click.secho(
-            f"warning: not in this log: {line} (opsledger change validate names the fix)",
-            fg="yellow",
-            err=True,
-        )
-    if result.unreadable:
-        raise SystemExit(1)
+    left_out(result.unreadable, "log")
 
 
 def _log_table(result) -> None:

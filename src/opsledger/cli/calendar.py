@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from opsledger.cli.options import aware_time
+from opsledger.cli.output import left_out
 from opsledger.project import find_project
 
 
@@ -45,11 +46,4 @@ def calendar(
         click.echo(f"wrote {output} ({len(cal.entries)} entries)")
     else:
         click.echo(text, nl=False)
-    for line in cal.unreadable:
-        click.secho(
-            f"warning: not in this calendar: {line} (opsledger change validate names the fix)",
-            fg="yellow",
-            err=True,
-        )
-    if cal.unreadable:
-        raise SystemExit(1)
+    left_out(cal.unreadable, "calendar")

@@ -42,3 +42,17 @@ def console(*, minimum: int = 0, stderr: bool = False) -> Console:
     if not probe.is_terminal:
         return _LogConsole(stderr=stderr, width=WIDE, soft_wrap=False, **plain)
     return Console(stderr=stderr, width=max(probe.width, minimum), **plain)
+
+
+def left_out(lines: list[str], what: str) -> None:
+    """Name each change a log or calendar left out, then exit 1: incomplete never reads as whole."""
+    import click
+
+    for line in lines:
+        click.secho(
+            f"warning: not in this {what}: {line} (opsledger change validate names the fix)",
+            fg="yellow",
+            err=True,
+        )
+    if lines:
+        raise SystemExit(1)
