@@ -70,7 +70,11 @@ def find_downgradable(project, host: str) -> tuple[str, str, str]:
     """(package, older version, installed version): an installed, optional package whose
     older version the mirror serves and whose downgrade changes nothing else."""
     _sh(project, host, "apt-get update -q")
-    listing = _sh(project, host, "dpkg-query -W -f '${Package} ${Version} ${Priority}\\n'")
+    # Not through _sh: its double quotes let the remote shell expand ${Package} to nothing,
+    # and every os-patch test skipped as if the mirror served one version of everything.
+    listed = run_on_host(project, host, "dpkg-query -W -f '${Package} ${Version} ${Priority}\\n'")
+    assert listed.returncode == 0, listed.stderr
+    listing = listed.stdout
     installed = {}
     for line in listing.splitlines():
         name, version, priority = [*line.split(), "", "", ""][:3]
