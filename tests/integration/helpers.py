@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from opsledger.gitrepo import commit_paths
+from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.ssh import ANSIBLE_CONTROL_DIR
 from opsledger.project import Project
 from opsledger.signoff import request_change as request
@@ -51,6 +51,8 @@ def request_change(project: Project, files=(), *, signing_key=None, **fields) ->
     request statement (signed with `signing_key` when given), committed by her together with
     the desired-state files it changes; returns its id."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    if files:  # the request binds what `git commit -a` would record: new files are added first
+        git(project.root, "add", "--", *(str(f) for f in files))
     change, _ = request(
         project,
         signing_key=signing_key,
