@@ -66,6 +66,26 @@ def _offered(project, host: str, names: list[str]) -> dict[str, list[str]]:
     return offered
 
 
+def _first_lone_downgrade(
+    project, host: str, names: list[str], installed: dict[str, str], offered: dict[str, list[str]]
+) -> tuple[str, str, str] | None:
+    """(package, older version, installed version) of the first of `names` whose older offered
+    version apt would install alone, changing nothing else."""
+    for name in names:
+        old = _older(project, host, installed[name], offered.get(name, []))
+        if old is None:
+            continue
+        simulated = run_on_host(  # apt refuses some downgrades outright (exit 100): next one
+            project,
+            host,
+            f"sudo apt-get -s -o Debug::NoLocking=1 install --allow-downgrades '{name}={old}'",
+        )
+        lines = re.findall(r"^(Inst|Remv) ", simulated.stdout, re.M)
+        if simulated.returncode == 0 and lines == ["Inst"]:
+            return name, old, installed[name]
+    return None
+
+
 def find_downgradable(project, host: str) -> tuple[str, str, str]:
     """(package, older version, installed version): an installed, optional package whose
     older version the mirror serves and whose downgrade changes nothing else."""
@@ -81,19 +101,9 @@ def find_downgradable(project, host: str) -> tuple[str, str, str]:
         if priority in ("optional", "extra") and not _KEEP.match(name):
             installed[name] = version
     offered = _offered(project, host, sorted(installed))
-    for name in sorted(n for n, v in offered.items() if len(v) > 1):
-        old = _older(project, host, installed[name], offered[name])
-        if old is None:
-            continue
-        simulated = run_on_host(  # apt refuses some downgrades outright (exit 100): next one
-            project,
-            host,
-            f"sudo apt-get -s -o Debug::NoLocking=1 install --allow-downgrades '{name}={old}'",
-        )
-        if simulated.returncode == 0 and re.findall(r"^(Inst|Remv) ", simulated.stdout, re.M) == [
-            "Inst"
-        ]:
-            return name, old, installed[name]
+    names = sorted(n for n, v in offered.items() if len(v) > 1)
+    if found := _first_lone_downgrade(project, host, names, installed, offered):
+        return found
     pytest.skip(
         f"the lab's mirror serves one version of every optional package installed on {host}: "
         "no real older version to patch from"
@@ -318,21 +328,10 @@ def test_a_converge_installs_the_security_updates_the_inventory_asks_for(
         if len(parts) == 3 and "security" in parts[2] and installed.get(parts[0]) == parts[1]
     }
     offered = _offered(project, host, sorted(from_security))
-    for name in sorted(from_security):
-        old = _older(project, host, installed[name], offered.get(name, []))
-        if old is None:
-            continue
-        simulated = run_on_host(  # apt refuses some downgrades outright (exit 100): next one
-            project,
-            host,
-            f"sudo apt-get -s -o Debug::NoLocking=1 install --allow-downgrades '{name}={old}'",
-        )
-        if simulated.returncode == 0 and re.findall(r"^(Inst|Remv) ", simulated.stdout, re.M) == [
-            "Inst"
-        ]:
-            break
-    else:
+    found = _first_lone_downgrade(project, host, sorted(from_security), installed, offered)
+    if found is None:
         pytest.skip(f"no package on {host} from the security suite can go back on its own")
+    name, old, _ = found
     install(project, host, f"{name}={old}")
     pending = _sh(project, host, "LC_ALL=C apt-get -s -o Debug::NoLocking=1 upgrade")
     assert re.search(rf"^Inst {re.escape(name)} .*[Ss]ecurity", pending, re.M), pending[-2000:]
