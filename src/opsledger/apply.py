@@ -7,15 +7,17 @@ run starts), so a plan approved yesterday cannot run in tonight's freeze; and ta
 the target hosts are locked (lock.py), because waiting for a lock may outlast the window. A
 write-ahead record (result `started`) is committed before the first task and a guard process
 (guard.py) ends the playbook if this process dies, so a killed apply is found and recorded as
-`interrupted` by the next command instead of vanishing. The runbook runs through
-ansible-runner, watched (readguard.py): a run that reads a tracked file outside the approved
-content is not the approved change and fails; then the Testinfra suites the runbook names
-prove the result. A chosen clock (`now`) is for the lab only. A failed run or a
-failed verification runs the rollback runbook against the desired state as it was *before* the
-change (a git worktree of that commit) and verifies again, so "rolled back" means "proven
-back", not "attempted". A Ctrl-C cancels the run and is recorded as such. Whatever happened,
-the final record is written and committed: it is the evidence auditors read; when git refuses
-the commit, the result says so and names the file, and the next command commits it.
+`interrupted` by the next command instead of vanishing. The runbook runs through ansible-runner
+from an export of exactly the approved content (export.py: no bookkeeping, nothing untracked,
+whatever a play computes) and watched (readguard.py): a run that reads a tracked file outside
+the approved content, or rewrites its export, is not the approved change and fails; then the
+Testinfra suites the runbook names prove the result. A chosen clock (`now`) is for the lab
+only. A failed run or a failed verification runs the rollback runbook against the desired state
+as it was *before* the change (an export of that commit's content) and verifies again, so
+"rolled back" means "proven back", not "attempted". A Ctrl-C cancels the run and is recorded as
+such. Whatever happened, the final record is written and committed: it is the evidence auditors
+read; when git refuses the commit, the result says so and names the file, and the next command
+commits it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import datetime as dt
 import os
 import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from opsledger.changes import Change, load_change
 from opsledger.content import change_content, require_committed
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.export import altered, commit_content, exported
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
@@ -249,39 +251,6 @@ def _before_arrival(project: Project, change_id: str) -> str:
     return parent.stdout.strip()
 
 
-@contextlib.contextmanager
-def checkout_of(project: Project, commit: str) -> Iterator[Project]:
-    """A temporary git worktree of `commit` that reaches the same hosts.
-
-    Machine-local files git ignores (lab keys and known_hosts under .opsledger/, vault password
-    files, the venv) are linked in from the project.
-    """
-    with tempfile.TemporaryDirectory(prefix="opsledger-rollback-") as tmp:
-        tree = Path(tmp) / "tree"
-        git(project.root, "worktree", "add", "--detach", "--quiet", str(tree), commit)
-        try:
-            ignored = git(
-                project.root,
-                "ls-files",
-                "--others",
-                "--ignored",
-                "--exclude-standard",
-                "--directory",
-                "-z",  # unquoted, NUL-separated: names with spaces or non-ASCII stay whole
-            ).stdout.split("\0")
-            for line in filter(None, ignored):
-                parts = Path(line.rstrip("/")).parts
-                for depth in range(1, len(parts) + 1):  # link the first missing level
-                    target = tree.joinpath(*parts[:depth])
-                    if not target.exists() and not target.is_symlink():
-                        target.symlink_to(project.root.joinpath(*parts[:depth]))
-                        break
-            yield Project(tree)
-        finally:
-            git(project.root, "worktree", "remove", "--force", str(tree), check=False)
-            git(project.root, "worktree", "prune", check=False)
-
-
 class _Interrupt:
     """Turns Ctrl-C (SIGINT) and SIGTERM into a cancel request the runner polls.
 
@@ -416,11 +385,19 @@ def clock_override(project: Project, change_id: str, now: dt.datetime | None) ->
 
 
 def _unapproved_reads(
-    project: Project, change: Change, runbook: Runbook, decision: Decision, opened: set[str]
+    project: Project,
+    tree: Project,
+    change: Change,
+    runbook: Runbook,
+    decision: Decision,
+    opened: set[str],
 ) -> str:
     """Why the run cannot count as the approved content, or "" when it can."""
     if decision.content is None:
         return "no approved content to compare the run with"
+    rewritten = altered(project, tree, decision.content.files)
+    if rewritten:  # e.g. a task on localhost planted vars or a suite before verification
+        return "the run changed the approved content it ran from: " + ", ".join(rewritten[:5])
     try:
         after = change_content(project, change, runbook, decision.hosts)
     except OpsledgerError as err:  # e.g. a symlink out of the repository appeared
@@ -466,7 +443,8 @@ def _rollback(
         return None
     base = rollback_base(project, change.id, change.environment)
     _phase(events, "rollback", f"rolling back with {name} to {base[:10]} ({reason})")
-    with checkout_of(project, base) as before:
+    # The desired state as it was, exported like the run's own content (export.py).
+    with exported(project, commit_content(project, base, change.id)) as before:
         back = load_runbook(before, name)
         run = _run(before, change, back, events, interrupt, run_id)
         checked = None
@@ -551,12 +529,47 @@ def _execute(
     during which the content changed, is not the approved change and is treated as failed.
     """
     timings: dict[str, float] = {}
+    if decision.content is None:  # never run what no approval covers
+        return _Outcome("failed", None, None, None, "no approved content to run", timings)
+    # Run and verify from an export of exactly the approved content (export.py): bookkeeping,
+    # untracked files and submodules are not there for a play, a lookup or a suite to read.
+    with exported(project, decision.content.files) as tree:
+        return _run_and_verify(
+            project,
+            tree,
+            change,
+            load_runbook(tree, runbook.name),
+            decision,
+            events,
+            interrupt,
+            skip_verify,
+            run_id,
+            journal,
+            verbosity,
+            timings,
+        )
+
+
+def _run_and_verify(
+    project: Project,
+    tree: Project,
+    change: Change,
+    runbook: Runbook,
+    decision: Decision,
+    events: Events | None,
+    interrupt: _Interrupt,
+    skip_verify: bool,
+    run_id: str,
+    journal: Path,
+    verbosity: int,
+    timings: dict[str, float],
+) -> _Outcome:
     _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
     clock = time.monotonic()
     with watching_reads() as watch:
         try:
             run: PlaybookRun | None = _run(
-                project,
+                tree,
                 change,
                 runbook,
                 events,
@@ -575,7 +588,7 @@ def _execute(
     checked: VerifyResult | None = None
     back: RollbackOutcome | None = None
     failure = ""
-    unapproved = _unapproved_reads(project, change, runbook, decision, opened)
+    unapproved = _unapproved_reads(project, tree, change, runbook, decision, opened)
     findings = [{"rule": "approved-content", "message": unapproved}] if unapproved else []
     if run.status not in ("successful", "canceled") and not interrupt.requested:
         failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
@@ -585,7 +598,7 @@ def _execute(
     elif run.status == "successful" and not skip_verify and not interrupt.requested:
         clock = time.monotonic()
         try:
-            checked = _verify(project, change, runbook, events)
+            checked = _verify(tree, change, runbook, events)
         except OpsledgerError as err:  # the suites could not run: the change is unproven
             failure = f"verification could not run: {err}"
         timings["verify_s"] = round(time.monotonic() - clock, 3)

@@ -117,7 +117,7 @@ def ignored_paths(project: Project, paths: list[str]) -> set[str]:
     return {p for p in proc.stdout.split("\0") if p}
 
 
-def _blob_id(data: bytes) -> str:
+def blob_id(data: bytes) -> str:
     """git's object id of a blob (`git hash-object` without filters), in-process."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
@@ -216,8 +216,8 @@ def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
     root = project.root
     links = [p for p in paths if (root / p).is_symlink()]
     files = [p for p in paths if p not in links and (root / p).is_file()]
-    found = {p: f"{SYMLINK_MODE} {_blob_id(os.fsencode(os.readlink(root / p)))}" for p in links}
-    blobs = {p: _blob_id((root / p).read_bytes()) for p in files if "\n" in p}  # stdin can't
+    found = {p: f"{SYMLINK_MODE} {blob_id(os.fsencode(os.readlink(root / p)))}" for p in links}
+    blobs = {p: blob_id((root / p).read_bytes()) for p in files if "\n" in p}  # stdin can't
     listed = [p for p in files if p not in blobs]
     if listed:  # git's own hashing applies its filters (eol, clean), as `git add` would
         proc = subprocess.run(
@@ -382,7 +382,7 @@ def repository_content(project: Project, change_id: str) -> Content:
     files |= on_disk
     file = project.root / request
     if request not in index and file.is_file() and not file.is_symlink():
-        files[request] = f"100644 {_blob_id(file.read_bytes())}"  # as `change new` wrote it
+        files[request] = f"100644 {blob_id(file.read_bytes())}"  # as `change new` wrote it
     links = [p for p, d in files.items() if d.startswith(SYMLINK_MODE + " ")]
     if links:
         _refuse_symlinks(project, links, change_id)

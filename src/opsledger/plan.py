@@ -8,7 +8,8 @@ skipped before it saw the real state, and a failure on the controller (a file or
 playbook names is missing, a lookup or a variable that fails) is no prediction problem: it is
 an `error`, and the plan fails (exit 1) naming it — it would fail the apply the same way.
 Runbooks whose metadata says check mode does not predict them are reported as not predictable
-without running anything.
+without running anything. The check run starts from an export of the decided content, as apply's
+run does (export.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from opsledger.changes import load_change
 from opsledger.decide import Decision, decide
+from opsledger.export import exported
 from opsledger.maintenance import run_vars
 from opsledger.project import Project
 from opsledger.runbooks import load_runbook
@@ -111,18 +113,22 @@ def plan(
             for h in decision.hosts
         ]
         return made(hosts, predicted=False)
-    run = run_playbook(
-        project,
-        playbook=runbook.playbook,
-        inventory=project.inventory_file(change.environment),
-        limit=change.targets,
-        params=change.params,
-        tags=change.params.get("tags"),
-        check=True,
-        timeout=runbook.timeout,
-        extravars=run_vars(project, change.environment),  # as apply passes them
-        verbosity=verbosity,
-    )
+    # From an export of the content that was decided, as apply runs it (export.py): what a
+    # reviewer sees predicted is what that content does, never bookkeeping read on the way.
+    files = decision.content.files if decision.content is not None else {}
+    with exported(project, files) as tree:
+        run = run_playbook(
+            tree,
+            playbook=load_runbook(tree, runbook.name).playbook,
+            inventory=tree.inventory_file(change.environment),
+            limit=change.targets,
+            params=change.params,
+            tags=change.params.get("tags"),
+            check=True,
+            timeout=runbook.timeout,
+            extravars=run_vars(tree, change.environment),  # as apply passes them
+            verbosity=verbosity,
+        )
     hosts = []
     for name in decision.hosts:
         result = run.hosts.get(name)

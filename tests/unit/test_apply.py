@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from opsledger.apply import apply_change, checkout_of, rollback_base
+from opsledger.apply import apply_change, rollback_base
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
+from opsledger.export import commit_content, exported
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.signoff import approve_change, request_change, sign_off, subject
 
@@ -188,20 +189,20 @@ def test_uncommitted_change_has_no_rollback_base(repo):
         rollback_base(project, "CHG-0099")
 
 
-def test_checkout_of_an_earlier_commit_is_removed_afterwards(repo):
+def test_the_export_of_an_earlier_commit_is_removed_afterwards(repo):
     project, change_id, _ = repo
     base = rollback_base(project, change_id)
     (project.state_dir / "lab").mkdir(parents=True)
     (project.state_dir / "lab" / "id_ed25519").write_text("key")
-    git(project.root, "check-ignore", "-q", ".opsledger", check=False)
     (project.root / ".gitignore").write_text(".opsledger/\n")
-    with checkout_of(project, base) as before:
-        assert head(before.root) == base
+    with exported(project, commit_content(project, base, change_id)) as before:
+        assert (before.root / "site.yml").read_bytes() == git(
+            project.root, "show", f"{base}:site.yml"
+        ).stdout.encode()
         assert not (before.root / "changes" / change_id).exists()
         assert (before.root / ".opsledger/lab/id_ed25519").read_text() == "key"
         tree = before.root
     assert not tree.exists()
-    assert "tree" not in git(project.root, "worktree", "list").stdout
 
 
 PROBE_RUNBOOK = """\
@@ -239,7 +240,7 @@ PROBE_PLAYBOOK = """\
 """
 
 
-def _probe(repo, settings: str):
+def _probe(repo, settings: str, tasks: str = ""):
     """A standard change running a playbook on a local-connection host that loads a settings
     file whose path is only known at run time (`probe_settings`, set in the inventory)."""
     import sys
@@ -252,7 +253,7 @@ def _probe(repo, settings: str):
     folder = root / "runbooks" / "probe"
     folder.mkdir()
     (folder / "runbook.yml").write_text(PROBE_RUNBOOK)
-    (folder / "playbook.yml").write_text(PROBE_PLAYBOOK)
+    (folder / "playbook.yml").write_text(PROBE_PLAYBOOK + tasks)
     (folder / "settings.yml").write_text("---\nprobe_value: approved\n")
     (root / "records").mkdir()  # bookkeeping: tracked, yet no approval binds it
     (root / "records" / "settings.yml").write_text("---\nprobe_value: not approved\n")
@@ -300,18 +301,79 @@ def test_a_run_reading_only_the_approved_content_succeeds(repo):
 
 def test_a_run_that_reads_outside_the_approved_content_is_not_a_success(repo):
     """The path is computed at run time and leads into bookkeeping (records/), which git tracks
-    but no approval binds: the read watch sees ansible-playbook open it and the run is recorded
-    as failed. (It read docs/settings.yml before approvals bound every tracked file; docs/ is
-    content now, so only bookkeeping is left outside it.)"""
+    but no approval binds. The run starts from an export of the approved content (export.py), in
+    which bookkeeping does not exist: Ansible cannot load it, and the run fails."""
     project, change_id = _probe(repo, "../../records/settings.yml")
+    result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
+    assert result.result == "failed"
+    (failure,) = result.run.hosts["lab-local"].failures
+    assert failure.startswith("Load the settings file: "), failure
+    assert git(project.root, "status", "--porcelain").stdout == ""  # the record is committed
+
+
+# Reads no Python `open` in Ansible sees (the read watch's blind spots before the export):
+# a pipe lookup, a command on the controller, a shell started from a lookup with cwd tricks.
+BLIND_READS = {
+    "pipe-lookup": """\
+    - name: Read bookkeeping through a pipe lookup
+      ansible.builtin.debug:
+        msg: "{{ lookup('ansible.builtin.pipe', 'cat ' ~ playbook_dir ~ '/' ~ probe_bookkeeping) }}"
+      vars: {probe_bookkeeping: ../../records/settings.yml}
+""",
+    "controller-command": """\
+    - name: Read bookkeeping with a command on the controller
+      ansible.builtin.command:
+        cmd: cat ../../records/settings.yml
+        chdir: "{{ playbook_dir }}"
+      vars: {ansible_become: false}  # the lab's group_vars become root; no sudo here
+      changed_when: false
+""",
+    "other-change": """\
+    - name: Read another change's folder with a shell on the controller
+      ansible.builtin.shell:
+        cmd: cat ../../changes/CHG-0001/change.yml ../../changes/CHG-0001/approvals/*/*
+        chdir: "{{ playbook_dir }}"
+      vars: {ansible_become: false}  # the lab's group_vars become root; no sudo here
+      changed_when: false
+""",
+}
+
+
+@pytest.mark.parametrize("how", sorted(BLIND_READS))
+def test_bookkeeping_is_not_there_for_a_run_to_read_however_it_reads(repo, how):
+    """Before runs started from an export, each of these read bookkeeping unseen and the run
+    was recorded a success."""
+    project, change_id = _probe(repo, "settings.yml", BLIND_READS[how])
+    result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
+    assert result.result == "failed"
+    assert result.run is not None and result.run.status == "failed"
+    (failure,) = result.run.hosts["lab-local"].failures
+    assert failure.startswith("Read "), failure  # the read itself failed: nothing to read
+    assert "sudo" not in failure
+    assert failure.endswith(("returned 1", "non-zero return code")), failure
+
+
+def test_a_run_that_rewrites_the_content_it_runs_from_is_not_a_success(repo):
+    """A task on the controller could plant vars or rewrite a suite in its own export before
+    verification reads it: the export is compared with the approved manifest after the run."""
+    planted = """\
+    - name: Rewrite the approved settings in the export
+      ansible.builtin.copy:
+        dest: "{{ playbook_dir }}/settings.yml"
+        content: "---\\nprobe_value: planted\\n"
+        mode: "0644"
+      vars: {ansible_become: false}  # the lab's group_vars become root; no sudo here
+"""
+    project, change_id = _probe(repo, "settings.yml", planted)
     result = apply_change(project, change_id, now=INSIDE, skip_verify=True)
     assert result.run is not None and result.run.status == "successful"
     assert result.result == "failed"
     (finding,) = result.record.findings
     assert finding["message"] == (
-        "Ansible read files outside the approved content: records/settings.yml"
+        "the run changed the approved content it ran from: runbooks/probe/settings.yml"
     )
-    assert git(project.root, "status", "--porcelain").stdout == ""  # the record is committed
+    # the repository's own file is untouched
+    assert "approved" in (project.root / "runbooks/probe/settings.yml").read_text()
 
 
 def test_apply_pending_at_a_chosen_time_is_refused_when_a_change_is_outside_the_lab(repo):
