@@ -176,12 +176,27 @@ def exported(project: Project, files: dict[str, str]) -> Iterator[Project]:
         yield Project(tree)
 
 
+def _ignored(project: Project, paths: list[str]) -> set[str]:
+    """The paths the project's ignore rules make machine-local (a run's retry file, a cache)."""
+    if not paths:
+        return set()
+    proc = subprocess.run(
+        ["git", "-C", str(project.root), "check-ignore", "--no-index", "-z", "--stdin"],
+        input="\0".join(paths).encode("utf-8", "surrogateescape"),
+        capture_output=True,
+        env=git_env(),
+        check=False,
+    )
+    return {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
+
+
 def altered(project: Project, tree: Project, files: dict[str, str]) -> list[str]:
     """Paths of the export that a run added, removed or rewrote, sorted.
 
     A play can write on the controller (a task delegated to localhost): into its own export it
     could plant a group_vars file or rewrite a suite before verification reads it. The machine's
-    own links (`link_machine_local`) are not content and are passed over.
+    own links (`link_machine_local`) and new files the project's ignore rules cover are
+    machine-local, as in the working tree, and passed over.
 
     Example:
         altered(project, tree, decision.content.files)  # ['inventories/lab/group_vars/x.yml']
@@ -200,7 +215,8 @@ def altered(project: Project, tree: Project, files: dict[str, str]) -> list[str]
             elif rel in files and files[rel].startswith(SUBMODULE):
                 found[rel] = "folder"
     changed = sorted(set(files) - set(found))
-    changed += [p for p, kind in found.items() if kind != "folder" and p not in files]
+    added = [p for p, kind in found.items() if kind != "folder" and p not in files]
+    changed += sorted(set(added) - _ignored(project, added))
     for path, kind in found.items():
         if path not in files or kind == "folder":
             continue

@@ -169,7 +169,9 @@ LOCAL_PLAYBOOK = """\
   hosts: all
   gather_facts: false
   vars:
-    steps_dir: "{{ playbook_dir }}/../../steps"
+    # The repository's own folder, by absolute path: the run itself starts from an export of
+    # the approved content (export.py), and these are this machine's side effects.
+    steps_dir: "{{ opsledger_test_root }}/steps"
   tasks:
     - name: Make the steps folder
       ansible.builtin.file: {path: "{{ steps_dir }}", state: directory, mode: "0755"}
@@ -186,7 +188,7 @@ LOCAL_PLAYBOOK = """\
       changed_when: true
     - name: Hold git's index lock, as a concurrent git would
       ansible.builtin.file:
-        path: "{{ playbook_dir }}/../../.git/index.lock"
+        path: "{{ opsledger_test_root }}/.git/index.lock"
         state: touch
         mode: "0644"
       when: opsledger_params.lock_git | default(false)
@@ -222,7 +224,9 @@ def local_repo(tmp_path):
     folder.mkdir()
     (folder / "runbook.yml").write_text(LOCAL_RUNBOOK)
     (folder / "playbook.yml").write_text(LOCAL_PLAYBOOK)
-    (root / "inventories/lab/group_vars/all/connection.yml").write_text(LOCAL_CONNECTION)
+    (root / "inventories/lab/group_vars/all/connection.yml").write_text(
+        LOCAL_CONNECTION + f"opsledger_test_root: {json.dumps(str(root))}\n"
+    )
     (root / ".gitignore").write_text(".opsledger/\nsteps/\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")

@@ -151,7 +151,7 @@ def test_content_git_does_not_hold_is_refused_before_anything_is_written(project
     content = repository_content(project, "CHG-0001")
     files = {**content.files, "site.yml": "100644 " + "0" * 40}
     with (
-        pytest.raises(OpsledgerError, match="site.yml is no longer the content that was decided"),
+        pytest.raises(OpsledgerError, match=r"site\.yml is no longer the content that was decided"),
         exported(project, files),
     ):
         pass
@@ -170,3 +170,11 @@ def test_a_decided_but_uncommitted_edit_is_exported_as_decided(project):
         exported(project, content.files),
     ):
         pass
+
+
+def test_new_files_the_ignore_rules_cover_are_machine_local_in_an_export_too(project):
+    content = repository_content(project, "CHG-0001")
+    with exported(project, content.files) as tree:
+        _write(tree.root, {"roles/r/__pycache__/m.pyc": "x", "vault-passwords/new": "y"})
+        _write(tree.root, {"roles/r/defaults/main.yml": "planted: true\n"})
+        assert altered(project, tree, content.files) == ["roles/r/defaults/main.yml"]
