@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import yaml
@@ -169,9 +170,9 @@ LOCAL_PLAYBOOK = """\
   hosts: all
   gather_facts: false
   vars:
-    # The repository's own folder, by absolute path: the run itself starts from an export of
-    # the approved content (export.py), and these are this machine's side effects.
-    steps_dir: "{{ opsledger_test_root }}/steps"
+    # steps/ is git-ignored, machine-local: the export a run starts from links it in from the
+    # checkout (export.py), so the steps land in the checkout that ran them.
+    steps_dir: "{{ playbook_dir }}/../../steps"
   tasks:
     - name: Make the steps folder
       ansible.builtin.file: {path: "{{ steps_dir }}", state: directory, mode: "0755"}
@@ -197,6 +198,12 @@ LOCAL_PLAYBOOK = """\
       ansible.builtin.fail: {msg: asked to fail}
       when: opsledger_params.fail | default(false)
 """
+def make_steps_folder(checkout: Path) -> None:
+    """The machine's own steps/ folder (ignored by git), which a run's export links in."""
+    (checkout / "steps").mkdir(exist_ok=True)
+    (checkout / "steps" / ".machine").touch()
+
+
 LOCAL_CONNECTION = """\
 ---
 ansible_connection: local
@@ -228,6 +235,7 @@ def local_repo(tmp_path):
         LOCAL_CONNECTION + f"opsledger_test_root: {json.dumps(str(root))}\n"
     )
     (root / ".gitignore").write_text(".opsledger/\nsteps/\n")
+    make_steps_folder(root)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     env = {

@@ -64,7 +64,7 @@ def _wait_for(predicate, timeout=60.0, what="condition"):
 
 def _steps(project) -> list[str]:
     folder = project.root / "steps"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.glob("lab-*")) if folder.exists() else []
 
 
 def _committed_subjects(project) -> list[str]:

@@ -24,6 +24,7 @@ from opsledger.project import Project
 from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
+from .conftest import make_steps_folder
 
 HOOK = REPO_ROOT / "scripts" / "forge" / "protect-main"
 ALICE = {
@@ -88,6 +89,7 @@ def ci_clone(origin: Path, folder: Path, name: str) -> tuple[Path, dict[str, str
     runner = folder / name
     env = fresh_runner(folder / f"{name}-home")
     subprocess.run(["git", "clone", "-q", str(origin), str(runner)], env=env, check=True)
+    make_steps_folder(runner)  # the runner's own, git-ignored
     return runner, {**env, **CI, "OPSLEDGER_PROJECT": str(runner)}
 
 
