@@ -1,0 +1,376 @@
+"""Alerts become incidents: what Alertmanager lists, recorded as evidence and handed to detection.
+
+`sync_alerts` reads every alert an environment's Alertmanager holds (API v2: active, silenced
+and inhibited alike — a silence mutes notifications, it does not fix anything), writes what it
+saw as an `alerts` record under `records/alerts/`, commits it, and lets `faults.detect` open an
+incident per alert fingerprint (class, priority, hosts and runbook from the alert's labels and
+annotations) or update the one already open.
+
+Resolution follows the evidence rule every detection follows: an incident is resolved only by a
+committed record that shows its fault gone. For an alert that is a later snapshot in which
+Alertmanager no longer lists it *and* the Watchdog alert fires: the Watchdog proves Prometheus
+is evaluating its rules and reaching Alertmanager, so the rule was evaluated and found clean.
+Without the Watchdog every alert expires on its own when Prometheus stops, and nothing is
+resolved by that silence.
+
+Where the Alertmanager is: the inventory variable `opsledger_alertmanager_url` of the
+environment's monitoring host (the URL as this machine reaches it), never a constant here.
+A snapshot equal to the last one recorded (same alerts, same Watchdog) writes nothing: a sync
+every few minutes does not commit every few minutes. Unreachable Alertmanager, an answer that
+is not Alertmanager's, or labels the policy does not know: one line each, exit 2, nothing
+written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from opsledger.errors import OpsledgerError, Problem, shown
+from opsledger.faults.detect import DetectionResult, record_detection
+from opsledger.faults.policy import FaultPolicy, load_fault_policy
+from opsledger.gitrepo import head, is_repo
+from opsledger.identity import commit_evidence, runner_identity
+from opsledger.inventory import Inventory, load_inventory
+from opsledger.project import Project
+from opsledger.records import Record, load_records, write_evidence
+
+URL_VARIABLE = "opsledger_alertmanager_url"
+WATCHDOG = "Watchdog"
+TIMEOUT_S = 10.0
+MAX_BYTES = 8 * 1024 * 1024  # an Alertmanager with thousands of alerts stays far below
+_FINGERPRINT = re.compile(r"^[0-9a-f]{1,32}$")
+_ALERTNAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]{0,127}$")
+
+
+class SyncStatus(StrEnum):
+    RECORDED = "recorded"  # a new snapshot was written and committed
+    UNCHANGED = "unchanged"  # Alertmanager lists what the last record says: nothing written
+    NOT_RECORDED = "not_recorded"  # not a git repository: read, nothing written
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert as Alertmanager lists it, with what an incident needs from its labels."""
+
+    name: str
+    fingerprint: str  # ours: alert:<env>:<name>:<Alertmanager's fingerprint>
+    severity: str
+    priority: str  # from the severity through incidents.yml and sla.yml ("" when none)
+    klass: str
+    hosts: tuple[str, ...]
+    summary: str
+    runbook: str
+    starts_at: str
+    state: str  # active, suppressed (silenced or inhibited)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def finding(self) -> dict[str, Any]:
+        return {
+            "alert": self.name,
+            "fingerprint": self.fingerprint,
+            "severity": self.severity,
+            "priority": self.priority,
+            "class": self.klass,
+            "hosts": list(self.hosts),
+            "summary": self.summary,
+            "runbook": self.runbook,
+            "starts_at": self.starts_at,
+            "state": self.state,
+            "labels": self.labels,
+        }
+
+
+@dataclass
+class SyncResult:
+    status: SyncStatus
+    environment: str
+    url: str
+    alerts: list[Alert]
+    watchdog: bool
+    record_path: Path | None = None
+    commit: str | None = None
+    detection: DetectionResult | None = None
+
+    @property
+    def incidents(self) -> str:
+        return self.detection.summary() if self.detection else ""
+
+
+def alertmanager_url(project: Project, environment: str) -> str:
+    """The Alertmanager URL the environment's inventory names (one, on its monitoring host).
+
+    Example:
+        alertmanager_url(find_project(), "lab")  # 'http://127.0.0.1:19093'
+    """
+    inventory = load_inventory(project.require_environment(environment))
+    return _url_from(inventory, environment)
+
+
+def _url_from(inventory: Inventory, environment: str) -> str:
+    source = str(inventory.source)
+    urls = {str(h.get(URL_VARIABLE)) for h in inventory.hosts.values() if h.get(URL_VARIABLE)}
+    if not urls:
+        raise OpsledgerError(
+            Problem(
+                f"no host of {environment} names its Alertmanager",
+                source,
+                URL_VARIABLE,
+                f"set {URL_VARIABLE}: http://HOST:PORT on the monitoring host "
+                f"(inventories/{environment}/host_vars/<host>.yml)",
+            )
+        )
+    if len(urls) > 1:
+        raise OpsledgerError(
+            Problem(
+                f"hosts of {environment} name different Alertmanagers: {', '.join(sorted(urls))}",
+                source,
+                URL_VARIABLE,
+                "set it on the monitoring host only",
+            )
+        )
+    url = urls.pop()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise OpsledgerError(
+            Problem(
+                f"{shown(url)} is not an http(s) URL of an Alertmanager",
+                source,
+                URL_VARIABLE,
+                "e.g. http://127.0.0.1:19093",
+            )
+        )
+    return url.rstrip("/")
+
+
+def fetch_alerts(url: str, *, timeout: float = TIMEOUT_S) -> list[Any]:
+    """Every alert Alertmanager holds (API v2; resolved alerts are no longer listed).
+
+    Example:
+        fetch_alerts("http://127.0.0.1:19093")  # [{"labels": {...}, "fingerprint": ...}, ...]
+    """
+    endpoint = f"{url}/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true"
+    where = f"{url}/api/v2/alerts"
+    try:
+        with urllib.request.urlopen(endpoint, timeout=timeout) as answer:
+            body = answer.read(MAX_BYTES + 1)
+    except urllib.error.HTTPError as err:
+        raise OpsledgerError(
+            Problem(
+                f"Alertmanager answered HTTP {err.code}",
+                where,
+                fix="check the URL (is it Alertmanager's API v2?) and Alertmanager's log",
+            )
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise OpsledgerError(
+            Problem(
+                f"Alertmanager does not answer ({reason})",
+                where,
+                fix="is it running (opsledger lab status) and is the URL in the inventory right?",
+            )
+        ) from None
+    if len(body) > MAX_BYTES:
+        raise OpsledgerError(
+            Problem(
+                f"the answer is larger than {MAX_BYTES} bytes", where, fix="is it Alertmanager?"
+            )
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise OpsledgerError(
+            Problem("the answer is not JSON", where, fix="point the URL at Alertmanager")
+        ) from None
+    if not isinstance(data, list):
+        raise OpsledgerError(
+            Problem(
+                "the answer is not a list of alerts", where, fix="point the URL at Alertmanager"
+            )
+        )
+    return data
+
+
+def _text_map(value: Any) -> dict[str, str] | None:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None
+    return value
+
+
+def parse_alerts(
+    data: list[Any], *, environment: str, hosts: set[str], policy: FaultPolicy, where: str
+) -> tuple[list[Alert], bool]:
+    """Alertmanager's alerts of this environment as Alerts, and whether the Watchdog fires.
+
+    Every problem at once, one line each: an alert that is not shaped like Alertmanager's, or
+    whose severity or class the policy does not know (fix the rule, not the incident).
+    """
+    problems: list[Problem] = []
+    alerts: list[Alert] = []
+    watchdog = False
+    for index, item in enumerate(data):
+        at = f"[{index}]"
+        labels = _text_map(item.get("labels")) if isinstance(item, dict) else None
+        annotations = _text_map(item.get("annotations") or {}) if isinstance(item, dict) else None
+        if labels is None or annotations is None:
+            problems.append(
+                Problem(
+                    "not an alert (labels and annotations must map text to text)",
+                    where,
+                    at,
+                    "point the URL at Alertmanager",
+                )
+            )
+            continue
+        name = labels.get("alertname", "")
+        at = f"[{index}] {shown(name, 60)}"
+        fingerprint = item.get("fingerprint")
+        status = item.get("status") if isinstance(item.get("status"), dict) else {}
+        starts = item.get("startsAt")
+        if not _ALERTNAME.fullmatch(name):
+            problems.append(
+                Problem("no valid alertname label", where, at, "every rule names its alert")
+            )
+            continue
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            problems.append(
+                Problem(f"fingerprint {shown(fingerprint)} is not Alertmanager's", where, at)
+            )
+            continue
+        if not isinstance(starts, str):
+            problems.append(Problem("no startsAt", where, at, "point the URL at Alertmanager"))
+            continue
+        env = labels.get("environment")
+        if env is not None and env != environment:
+            continue  # another environment's alert in a shared Alertmanager
+        if name == WATCHDOG:
+            watchdog = True
+            continue
+        severity = labels.get("severity", "")
+        if severity not in policy.alert_severities and severity != "none":
+            problems.append(
+                Problem(
+                    f"severity {shown(severity)} is not in the policy",
+                    where,
+                    f"{at}.labels.severity",
+                    f"label the rule with one of: {', '.join(policy.alert_severities)}, none "
+                    "(policies/incidents.yml detection.alert_severities)",
+                )
+            )
+            continue
+        klass = labels.get("class", "")
+        if klass not in policy.classes:
+            problems.append(
+                Problem(
+                    f"class {shown(klass)} is not a fault class",
+                    where,
+                    f"{at}.labels.class",
+                    f"label the rule with one of: {', '.join(policy.classes)}",
+                )
+            )
+            continue
+        rule = policy.alert_severities.get(severity)
+        priority = policy.matrix.get(rule.impact, {}).get(rule.urgency, "") if rule else ""
+        instance = labels.get("instance", "").rpartition(":")[0] or labels.get("instance", "")
+        suppressed = status.get("state") == "suppressed"
+        alerts.append(
+            Alert(
+                name=name,
+                fingerprint=f"alert:{environment}:{name}:{fingerprint}",
+                severity=severity,
+                priority=priority,
+                klass=klass,
+                hosts=(instance,) if instance in hosts else (),
+                summary=(annotations.get("summary") or annotations.get("description") or name)[
+                    :300
+                ],
+                runbook=annotations.get("runbook_url", "")[:256],
+                starts_at=starts,
+                state="suppressed" if suppressed else "active",
+                labels=dict(sorted(labels.items())),
+            )
+        )
+    if problems:
+        raise OpsledgerError(problems)
+    return sorted(alerts, key=lambda a: a.fingerprint), watchdog
+
+
+def _same_as_last(project: Project, environment: str, alerts: list[Alert], watchdog: bool) -> bool:
+    earlier = [r for r in load_records(project, "alerts") if r.environment == environment]
+    if not earlier:
+        return False
+    last = earlier[-1]
+    return bool(last.measurements.get("watchdog")) == watchdog and sorted(
+        (str(f.get("fingerprint")), str(f.get("state"))) for f in last.findings
+    ) == [(a.fingerprint, a.state) for a in alerts]
+
+
+def sync_alerts(
+    project: Project, *, environment: str, now: dt.datetime | None = None
+) -> SyncResult:
+    """Record what the environment's Alertmanager lists; open, update or resolve incidents.
+
+    Example:
+        result = sync_alerts(find_project(), environment="lab")
+        result.status, [a.name for a in result.alerts], result.incidents
+    """
+    inventory = load_inventory(project.require_environment(environment))
+    url = _url_from(inventory, environment)
+    policy = load_fault_policy(project)
+    started = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    data = fetch_alerts(url)
+    alerts, watchdog = parse_alerts(
+        data,
+        environment=environment,
+        hosts=set(inventory.hosts),
+        policy=policy,
+        where=f"{url}/api/v2/alerts",
+    )
+    result = SyncResult(SyncStatus.NOT_RECORDED, environment, url, alerts, watchdog)
+    if not is_repo(project.root):
+        return result
+    if _same_as_last(project, environment, alerts, watchdog):
+        result.status = SyncStatus.UNCHANGED
+        return result
+    finished = dt.datetime.now(dt.UTC) if now is None else started
+    record = Record(
+        kind="alerts",
+        environment=environment,
+        result="failed" if alerts else "success",
+        started_at=started.isoformat(),
+        finished_at=max(started, finished).isoformat(),
+        targets="all",
+        hosts=sorted({h for a in alerts for h in a.hosts}),
+        runner=runner_identity(),
+        git_commit=head(project.root),
+        findings=[a.finding() for a in alerts],
+        measurements={
+            "alertmanager": url,
+            "watchdog": watchdog,
+            "alerts": len(alerts),
+            "suppressed": sum(a.state == "suppressed" for a in alerts),
+        },
+    )
+    path = write_evidence(project.root / "records" / "alerts", started, environment, record)
+    result.record_path = path
+    names = ", ".join(sorted({a.name for a in alerts})) or "none"
+    result.commit = commit_evidence(
+        project,
+        [path],
+        f"Alerts {environment}: {len(alerts)} firing ({names})"
+        + ("" if watchdog else "; Watchdog missing"),
+    )
+    result.detection = record_detection(project, [path], now=now)
+    result.status = SyncStatus.RECORDED
+    return result
