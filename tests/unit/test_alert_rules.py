@@ -204,8 +204,9 @@ def test_the_role_renders_the_lab_configuration_promtool_and_amtool_accept(tmp_p
     assert config["global"]["external_labels"] == {"environment": "lab"}
 
     lab_for = yaml.safe_load(
-        (REPO_ROOT / "inventories" / "lab" / "group_vars" / "monitoring" / "monitoring.yml")
-        .read_text()
+        (
+            REPO_ROOT / "inventories" / "lab" / "group_vars" / "monitoring" / "monitoring.yml"
+        ).read_text()
     )["monitoring_prometheus_alert_for"]
     rendered = {
         r["alert"]: r

@@ -281,7 +281,7 @@ def test_other_environments_alerts_are_left_alone(synced):
 
 
 def test_the_cli_lists_alerts_with_their_priority_and_exits_1_while_they_fire(synced):
-    project, url = synced
+    _, url = synced
     watchdog(url)
     pg_down(url)
     _listed(url, "PostgreSQLDown", True)
@@ -341,7 +341,7 @@ def test_a_url_that_is_not_http_is_exit_2(fault_repo, bad):
 )
 def test_an_answer_that_is_not_alertmanagers_is_exit_2(fault_repo, body, fragment):
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)
