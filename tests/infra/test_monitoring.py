@@ -121,7 +121,9 @@ def test_prometheus_running_and_bound_mon_prom_01(host, expect):
     assert host.socket(_socket(address)).is_listening
     flags = json.loads(_fetch(host, _api(address) + "/api/v1/status/flags"))["data"]
     assert flags["storage.tsdb.retention.time"] == expect["monitoring_prometheus_retention_time"]
-    assert flags["storage.tsdb.retention.size"] == expect["monitoring_prometheus_retention_size"]
+    # Prometheus prints sizes in binary units: 1GB is shown as 1GiB
+    size = flags["storage.tsdb.retention.size"].replace("iB", "B")
+    assert size == expect["monitoring_prometheus_retention_size"]
 
 
 def test_prometheus_scrapes_inventory_target_mon_prom_02(host, expect, scrape):

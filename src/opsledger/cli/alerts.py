@@ -29,7 +29,8 @@ def sync(environment: str, as_json: bool) -> None:
     monitoring host). Each alert (active, silenced or inhibited) opens an incident per
     fingerprint, with the class, hosts and runbook of its labels and the priority its severity
     has in policies/incidents.yml, or updates the open one. An alert that is gone while the
-    Watchdog fires resolves its incident by that evidence; a person still closes it. The
+    Watchdog fires, with Prometheus (the Watchdog) and Alertmanager running since the alert was
+    last seen, resolves its incident by that evidence; a person still closes it. The
     snapshot is committed under records/alerts/ unless it equals the last one. Exit 0 when
     nothing fires, 1 when alerts fire, 2 when Alertmanager cannot be read (nothing written).
 
@@ -47,6 +48,8 @@ def sync(environment: str, as_json: bool) -> None:
                     "status": result.status.value,
                     "alertmanager": result.url,
                     "watchdog": result.watchdog,
+                    "resolved": result.resolved,
+                    "unproven": result.unproven,
                     "alerts": [a.finding() for a in result.alerts],
                     "record": str(result.record_path) if result.record_path else None,
                     "incidents": result.incidents,
@@ -63,6 +66,8 @@ def sync(environment: str, as_json: bool) -> None:
             click.echo(
                 "Watchdog missing: Prometheus may not be evaluating rules; nothing is resolved"
             )
+        for fingerprint, why in result.unproven.items():
+            click.echo(f"gone, not proven resolved: {fingerprint}: {why}")
         if result.record_path:
             click.echo(f"recorded {result.record_path.name} in {result.commit[:10]}")
         else:

@@ -8,10 +8,14 @@ annotations) or update the one already open.
 
 Resolution follows the evidence rule every detection follows: an incident is resolved only by a
 committed record that shows its fault gone. For an alert that is a later snapshot in which
-Alertmanager no longer lists it *and* the Watchdog alert fires: the Watchdog proves Prometheus
-is evaluating its rules and reaching Alertmanager, so the rule was evaluated and found clean.
-Without the Watchdog every alert expires on its own when Prometheus stops, and nothing is
-resolved by that silence.
+Alertmanager no longer lists it, while the Watchdog alert fires *and has fired since before the
+last snapshot that saw the alert* and Alertmanager has run since then too: the same Prometheus
+run that fired the alert has evaluated its rule clean and told the same Alertmanager so. Other
+ways an alert disappears prove nothing and resolve nothing: a stopped Prometheus lets every
+alert expire (no Watchdog); a restarted one fires the Watchdog at once but holds restored alerts
+pending for its grace period (a Watchdog newer than the sighting); a restarted Alertmanager
+has forgotten alerts until Prometheus sends them again (started after the sighting). Such an
+incident waits for the next sighting, or for a person's recovery test.
 
 Where the Alertmanager is: the inventory variable `opsledger_alertmanager_url` of the
 environment's monitoring host (the URL as this machine reaches it), never a constant here.
@@ -96,6 +100,9 @@ class SyncResult:
     url: str
     alerts: list[Alert]
     watchdog: bool
+    # alert fingerprints of active incidents that are gone: proven resolved, or why not
+    resolved: list[str] = field(default_factory=list)
+    unproven: dict[str, str] = field(default_factory=dict)
     record_path: Path | None = None
     commit: str | None = None
     detection: DetectionResult | None = None
@@ -157,10 +164,24 @@ def fetch_alerts(url: str, *, timeout: float = TIMEOUT_S) -> list[Any]:
     Example:
         fetch_alerts("http://127.0.0.1:19093")  # [{"labels": {...}, "fingerprint": ...}, ...]
     """
-    endpoint = f"{url}/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true"
-    where = f"{url}/api/v2/alerts"
+    data = _get_json(
+        url, "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true", timeout
+    )
+    if not isinstance(data, list):
+        raise OpsledgerError(
+            Problem(
+                "the answer is not a list of alerts",
+                f"{url}/api/v2/alerts",
+                fix="point the URL at Alertmanager",
+            )
+        )
+    return data
+
+
+def _get_json(url: str, path: str, timeout: float) -> Any:
+    where = f"{url}{path.split('?')[0]}"
     try:
-        with urllib.request.urlopen(endpoint, timeout=timeout) as answer:
+        with urllib.request.urlopen(f"{url}{path}", timeout=timeout) as answer:
             body = answer.read(MAX_BYTES + 1)
     except urllib.error.HTTPError as err:
         raise OpsledgerError(
@@ -186,18 +207,42 @@ def fetch_alerts(url: str, *, timeout: float = TIMEOUT_S) -> list[Any]:
             )
         )
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):
         raise OpsledgerError(
             Problem("the answer is not JSON", where, fix="point the URL at Alertmanager")
         ) from None
-    if not isinstance(data, list):
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    """An RFC 3339 time of Alertmanager's (Go writes 9 fractional digits and Z) as UTC."""
+    if not isinstance(value, str):
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip()).replace("Z", "+00:00")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.astimezone(dt.UTC) if moment.tzinfo else None
+
+
+def alertmanager_started(url: str, *, timeout: float = TIMEOUT_S) -> dt.datetime:
+    """When the Alertmanager process started (API v2 status `uptime`): it forgets alerts then.
+
+    Example:
+        alertmanager_started("http://127.0.0.1:19093")  # datetime(2026, 12, 1, 14, 2, ...)
+    """
+    data = _get_json(url, "/api/v2/status", timeout)
+    started = _moment(data.get("uptime")) if isinstance(data, dict) else None
+    if started is None:
         raise OpsledgerError(
             Problem(
-                "the answer is not a list of alerts", where, fix="point the URL at Alertmanager"
+                "the status has no uptime",
+                f"{url}/api/v2/status",
+                fix="point the URL at Alertmanager",
             )
         )
-    return data
+    return started
 
 
 def _text_map(value: Any) -> dict[str, str] | None:
@@ -210,15 +255,15 @@ def _text_map(value: Any) -> dict[str, str] | None:
 
 def parse_alerts(
     data: list[Any], *, environment: str, hosts: set[str], policy: FaultPolicy, where: str
-) -> tuple[list[Alert], bool]:
-    """Alertmanager's alerts of this environment as Alerts, and whether the Watchdog fires.
+) -> tuple[list[Alert], dt.datetime | None]:
+    """Alertmanager's alerts of this environment as Alerts, and since when the Watchdog fires.
 
     Every problem at once, one line each: an alert that is not shaped like Alertmanager's, or
     whose severity or class the policy does not know (fix the rule, not the incident).
     """
     problems: list[Problem] = []
     alerts: list[Alert] = []
-    watchdog = False
+    watchdog: dt.datetime | None = None
     for index, item in enumerate(data):
         at = f"[{index}]"
         labels = _text_map(item.get("labels")) if isinstance(item, dict) else None
@@ -248,14 +293,22 @@ def parse_alerts(
                 Problem(f"fingerprint {shown(fingerprint)} is not Alertmanager's", where, at)
             )
             continue
-        if not isinstance(starts, str):
-            problems.append(Problem("no startsAt", where, at, "point the URL at Alertmanager"))
+        started = _moment(starts)
+        if started is None:
+            problems.append(
+                Problem(
+                    f"startsAt {shown(starts)} is not a time",
+                    where,
+                    at,
+                    "point the URL at Alertmanager",
+                )
+            )
             continue
         env = labels.get("environment")
         if env is not None and env != environment:
             continue  # another environment's alert in a shared Alertmanager
         if name == WATCHDOG:
-            watchdog = True
+            watchdog = started if watchdog is None else min(watchdog, started)
             continue
         severity = labels.get("severity", "")
         if severity not in policy.alert_severities and severity != "none":
@@ -296,7 +349,7 @@ def parse_alerts(
                     :300
                 ],
                 runbook=annotations.get("runbook_url", "")[:256],
-                starts_at=starts,
+                starts_at=started.isoformat(),
                 state="suppressed" if suppressed else "active",
                 labels=dict(sorted(labels.items())),
             )
@@ -306,14 +359,69 @@ def parse_alerts(
     return sorted(alerts, key=lambda a: a.fingerprint), watchdog
 
 
-def _same_as_last(project: Project, environment: str, alerts: list[Alert], watchdog: bool) -> bool:
-    earlier = [r for r in load_records(project, "alerts") if r.environment == environment]
+def _same_as_last(earlier: list[Record], alerts: list[Alert], watchdog: bool) -> bool:
+    """Nothing new: the last snapshot listed the same alerts in the same states, Watchdog alike.
+
+    Nothing it could resolve either: a proof needs a continuity that only weakens with time.
+    """
     if not earlier:
         return False
     last = earlier[-1]
     return bool(last.measurements.get("watchdog")) == watchdog and sorted(
         (str(f.get("fingerprint")), str(f.get("state"))) for f in last.findings
     ) == [(a.fingerprint, a.state) for a in alerts]
+
+
+def _last_sighting(earlier: list[Record], fingerprint: str) -> dt.datetime | None:
+    """When the newest earlier snapshot that listed the alert was taken."""
+    for record in reversed(earlier):
+        if any(f.get("fingerprint") == fingerprint for f in record.findings):
+            return dt.datetime.fromisoformat(record.started_at)
+    return None
+
+
+def _proofs(
+    project: Project,
+    environment: str,
+    earlier: list[Record],
+    alerts: list[Alert],
+    watchdog: dt.datetime | None,
+    started: dt.datetime,
+) -> tuple[list[str], dict[str, str]]:
+    """Which alerts of active incidents this snapshot proves resolved, and why the others not.
+
+    Proven: gone from Alertmanager while the Watchdog fires, the Watchdog firing and
+    Alertmanager running since before the last snapshot that saw the alert.
+    """
+    from opsledger.faults.store import scan_incidents
+
+    incidents, _ = scan_incidents(project)
+    now = {a.fingerprint for a in alerts}
+    proven, unproven = [], {}
+    for incident in incidents:
+        if not incident.active or incident.environment != environment:
+            continue
+        for fingerprint in incident.fingerprints:
+            if not fingerprint.startswith(f"alert:{environment}:") or fingerprint in now:
+                continue
+            seen = _last_sighting(earlier, fingerprint)
+            if watchdog is None:
+                unproven[fingerprint] = "the Watchdog does not fire: Prometheus may be down"
+            elif seen is None:
+                unproven[fingerprint] = "no earlier snapshot saw the alert"
+            elif watchdog > seen:
+                unproven[fingerprint] = (
+                    f"the Watchdog fires only since {watchdog.isoformat()}, after the alert was "
+                    f"last seen ({seen.isoformat()}): Prometheus restarted"
+                )
+            elif started > seen:
+                unproven[fingerprint] = (
+                    f"Alertmanager runs only since {started.isoformat()}, after the alert was "
+                    f"last seen ({seen.isoformat()}): it restarted and forgot its alerts"
+                )
+            else:
+                proven.append(fingerprint)
+    return sorted(set(proven)), dict(sorted(unproven.items()))
 
 
 def sync_alerts(
@@ -329,18 +437,24 @@ def sync_alerts(
     url = _url_from(inventory, environment)
     policy = load_fault_policy(project)
     started = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    alertmanager_since = alertmanager_started(url)
     data = fetch_alerts(url)
-    alerts, watchdog = parse_alerts(
+    alerts, watchdog_since = parse_alerts(
         data,
         environment=environment,
         hosts=set(inventory.hosts),
         policy=policy,
         where=f"{url}/api/v2/alerts",
     )
+    watchdog = watchdog_since is not None
     result = SyncResult(SyncStatus.NOT_RECORDED, environment, url, alerts, watchdog)
     if not is_repo(project.root):
         return result
-    if _same_as_last(project, environment, alerts, watchdog):
+    earlier = [r for r in load_records(project, "alerts") if r.environment == environment]
+    result.resolved, result.unproven = _proofs(
+        project, environment, earlier, alerts, watchdog_since, alertmanager_since
+    )
+    if _same_as_last(earlier, alerts, watchdog) and not result.resolved:
         result.status = SyncStatus.UNCHANGED
         return result
     finished = dt.datetime.now(dt.UTC) if now is None else started
@@ -357,7 +471,12 @@ def sync_alerts(
         findings=[a.finding() for a in alerts],
         measurements={
             "alertmanager": url,
+            "alertmanager_since": alertmanager_since.isoformat(),
             "watchdog": watchdog,
+            "watchdog_since": watchdog_since.isoformat() if watchdog_since else None,
+            # alerts of active incidents this snapshot proves resolved, and why others not
+            "resolved": result.resolved,
+            "unproven": result.unproven,
             "alerts": len(alerts),
             "suppressed": sum(a.state == "suppressed" for a in alerts),
         },

@@ -340,10 +340,13 @@ def clears(record: Record, fingerprint: str, incident: Incident, reader: _Reader
     if kind == "drill" and record.kind == "drill":
         return record.result == "success" and record.measurements.get("service") == rest
     if kind == "alert" and record.kind == "alerts":
-        # Gone from Alertmanager counts only while the Watchdog fires: Prometheus evaluated the
-        # rule and found it clean. A stopped Prometheus lets every alert expire: not evidence.
-        return bool(record.measurements.get("watchdog")) and not any(
-            f.get("fingerprint") == fingerprint for f in record.findings
+        # The snapshot proves it (faults.alerts): gone while the Watchdog fires, the same
+        # Prometheus and Alertmanager running since the alert was last seen. Gone alone is not
+        # evidence: a stopped or restarted Prometheus, a restarted Alertmanager lose alerts too.
+        return (
+            bool(record.measurements.get("watchdog"))
+            and fingerprint in (record.measurements.get("resolved") or [])
+            and not any(f.get("fingerprint") == fingerprint for f in record.findings)
         )
     if record.kind != "run":
         return False

@@ -39,38 +39,63 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def alertmanager(tmp_path):
-    """A real Alertmanager on 127.0.0.1:<free port>, single node, its data in tmp_path."""
-    port = _free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text("route:\n  receiver: opsledger\nreceivers:\n  - name: opsledger\n")
-    proc = subprocess.Popen(
-        [
-            BINARY,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Alertmanager:
+    """A real Alertmanager on 127.0.0.1:<free port>, single node, its data in a tmp folder."""
+
+    def __init__(self, folder: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = folder / "alertmanager.yml"
+        self.config.write_text("route:\n  receiver: opsledger\nreceivers:\n  - name: opsledger\n")
+        self.data = folder / "am-data"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                BINARY,
+                f"--config.file={self.config}",
+                f"--storage.path={self.data}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(100):
             try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as answer:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
                     if answer.status == 200:
-                        break
+                        return
             except OSError:
                 time.sleep(0.1)
-        else:
-            pytest.fail("Alertmanager did not become ready")
-        yield url
+        pytest.fail("Alertmanager did not become ready")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        time.sleep(1.1)  # its uptime is in seconds: the new start must be later than any sync
+        self.start()
+
+
+@pytest.fixture
+def am(tmp_path):
+    server = Alertmanager(tmp_path)
+    server.start()
+    try:
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def alertmanager(am):
+    return am.url
 
 
 def _post(url: str, path: str, payload) -> dict | list | None:
@@ -89,8 +114,11 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def fire(url: str, name: str, *, resolved: bool = False, **labels: str) -> None:
-    """Post one alert as Prometheus does: firing, or resolved (endsAt in the past)."""
+def fire(
+    url: str, name: str, *, resolved: bool = False, since: dt.datetime | None = None, **labels: str
+) -> None:
+    """Post one alert as Prometheus does: firing since `since` (default 2 minutes ago), or
+    resolved (endsAt in the past)."""
     now = dt.datetime.now(dt.UTC)
     alert = {
         "labels": {"alertname": name, **labels},
@@ -98,15 +126,22 @@ def fire(url: str, name: str, *, resolved: bool = False, **labels: str) -> None:
             "summary": f"{name} on {labels.get('instance', '?')}",
             "runbook_url": f"roles/monitoring/RUNBOOK.md#{name.lower()}",
         },
-        "startsAt": _iso(now - dt.timedelta(minutes=2)),
+        "startsAt": _iso(since or now - dt.timedelta(minutes=2)),
     }
     if resolved:
         alert["endsAt"] = _iso(now - dt.timedelta(seconds=1))
     _post(url, "/api/v2/alerts", [alert])
 
 
-def watchdog(url: str) -> None:
-    fire(url, "Watchdog", severity="none", **{"class": "software", "environment": "lab"})
+def watchdog(url: str, *, resolved: bool = False, since: dt.datetime | None = None) -> None:
+    fire(
+        url,
+        "Watchdog",
+        resolved=resolved,
+        since=since,
+        severity="none",
+        **{"class": "software", "environment": "lab"},
+    )
 
 
 def pg_down(url: str, *, resolved: bool = False) -> None:
@@ -221,6 +256,8 @@ def test_the_alert_resolving_resolves_the_incident_by_that_evidence(synced, cloc
     assert "Watchdog" in incident.data["resolution"]["summary"]
     assert [e["action"] for e in incident.timeline] == ["opened", "cleared", "resolved"]
     assert incident.data["evidence"][-1] == evidence
+    record = json.loads(result.record_path.read_text())
+    assert record["measurements"]["resolved"] == incident.fingerprints
 
 
 def test_without_the_watchdog_a_gone_alert_resolves_nothing(synced, clock):
@@ -239,6 +276,56 @@ def test_without_the_watchdog_a_gone_alert_resolves_nothing(synced, clock):
     runner = CliRunner()
     out = runner.invoke(cli, ["alerts", "sync", "--env", "lab"])
     assert "Watchdog missing" in out.output
+
+
+def test_an_alert_gone_after_prometheus_restarted_proves_nothing(synced, clock):
+    """A restarted Prometheus fires the Watchdog at once but holds restored alerts pending for
+    its grace period: the alert is missing though its fault is not fixed."""
+    project, url = synced
+    watchdog(url)
+    pg_down(url)
+    _listed(url, "PostgreSQLDown", True)
+    sync_alerts(project, environment="lab")
+    # Prometheus restarts: its alerts expire in Alertmanager, the Watchdog fires anew
+    watchdog(url, resolved=True)
+    pg_down(url, resolved=True)
+    _listed(url, "PostgreSQLDown", False)
+    _listed(url, "Watchdog", False)
+    watchdog(url, since=dt.datetime.now(dt.UTC))
+    _listed(url, "Watchdog", True)
+    clock.advance(minutes=5)
+    result = sync_alerts(project, environment="lab")
+    assert result.watchdog and result.resolved == [] and result.detection.resolved == []
+    (why,) = result.unproven.values()
+    assert "Prometheus restarted" in why
+    assert load_incident(project, "INC-0001").status == "open"
+    # the alert fires again in the new run and then resolves: that run proves it
+    pg_down(url)
+    _listed(url, "PostgreSQLDown", True)
+    sync_alerts(project, environment="lab")
+    pg_down(url, resolved=True)
+    _listed(url, "PostgreSQLDown", False)
+    clock.advance(minutes=5)
+    assert sync_alerts(project, environment="lab").detection.resolved == ["INC-0001"]
+
+
+def test_an_alert_gone_after_alertmanager_restarted_proves_nothing(synced, am, clock):
+    """A restarted Alertmanager has forgotten alerts until Prometheus sends them again."""
+    project, url = synced
+    watchdog(url)
+    pg_down(url)
+    _listed(url, "PostgreSQLDown", True)
+    sync_alerts(project, environment="lab")
+    am.restart()
+    watchdog(url)  # Prometheus re-sends the Watchdog first (same startsAt), not yet the alert
+    _listed(url, "Watchdog", True)
+    clock.advance(minutes=5)
+    result = sync_alerts(project, environment="lab")
+    assert result.detection.resolved == []
+    assert "Alertmanager runs only since" in next(iter(result.unproven.values()))
+    assert load_incident(project, "INC-0001").status == "open"
+    out = CliRunner().invoke(cli, ["alerts", "sync", "--env", "lab"])
+    assert "gone, not proven resolved: alert:lab:PostgreSQLDown:" in out.output
 
 
 def test_a_silenced_alert_still_fires_and_keeps_its_incident_open(synced, clock):
@@ -330,21 +417,34 @@ def test_a_url_that_is_not_http_is_exit_2(fault_repo, bad):
     _fails_cleanly(fault_repo, "is not an http(s) URL")
 
 
+STATUS = b'{"uptime": "2026-12-01T00:00:00.123456789Z"}'
+
+
 @pytest.mark.parametrize(
-    ("body", "fragment"),
+    ("status", "body", "fragment"),
     [
-        (b"<html>not here</html>", "not JSON"),
-        (b'{"status": "success"}', "not a list of alerts"),
-        (b'[{"labels": {"alertname": 5}}]', "labels and annotations must map text to text"),
-        (b'[{"labels": {"alertname": "X"}, "fingerprint": "../x", "startsAt": "t"}]', "fingerpr"),
+        (b"<html>not here</html>", b"[]", "not JSON"),
+        (b'{"cluster": {}}', b"[]", "the status has no uptime"),
+        (STATUS, b'{"status": "success"}', "not a list of alerts"),
+        (STATUS, b'[{"labels": {"alertname": 5}}]', "labels and annotations must map text to text"),
+        (
+            STATUS,
+            b'[{"labels": {"alertname": "X"}, "fingerprint": "../x", "startsAt": "t"}]',
+            "fingerprint '../x' is not Alertmanager's",
+        ),
+        (
+            STATUS,
+            b'[{"labels": {"alertname": "X"}, "fingerprint": "ab12", "startsAt": "soon"}]',
+            "startsAt 'soon' is not a time",
+        ),
     ],
 )
-def test_an_answer_that_is_not_alertmanagers_is_exit_2(fault_repo, body, fragment):
+def test_an_answer_that_is_not_alertmanagers_is_exit_2(fault_repo, status, body, fragment):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(status if self.path.startswith("/api/v2/status") else body)
 
         def log_message(self, *args):
             pass
