@@ -41,6 +41,7 @@ from typing import Any
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.faults.detect import DetectionResult, record_detection
 from opsledger.faults.policy import FaultPolicy, load_fault_policy
+from opsledger.faults.store import scan_incidents
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import Inventory, load_inventory
@@ -393,8 +394,6 @@ def _proofs(
     Proven: gone from Alertmanager while the Watchdog fires, the Watchdog firing and
     Alertmanager running since before the last snapshot that saw the alert.
     """
-    from opsledger.faults.store import scan_incidents
-
     incidents, _ = scan_incidents(project)
     now = {a.fingerprint for a in alerts}
     proven, unproven = [], {}
