@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 import yaml
 
-from opsledger.faults.alerts import alertmanager_url, fetch_alerts
+from opsledger.faults.alertmanager import fetch_alerts
+from opsledger.faults.alerts import alertmanager_url
 from opsledger.lab.service import lab_status, run_on_host
 
 from .helpers import opsledger

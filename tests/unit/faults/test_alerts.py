@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger.cli import cli
-from opsledger.faults.alerts import SyncStatus, fetch_alerts, sync_alerts
+from opsledger.faults.alertmanager import fetch_alerts
+from opsledger.faults.alerts import SyncStatus, sync_alerts
 from opsledger.faults.store import incident_ids, load_incident
 from opsledger.gitrepo import git
 
@@ -111,7 +112,9 @@ def _post(url: str, path: str, payload) -> dict | list | None:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    """RFC 3339 with milliseconds, as Prometheus sends times (a restart a moment after a sync
+    must not read as the same second)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def fire(
