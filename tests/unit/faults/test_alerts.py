@@ -28,9 +28,6 @@ from opsledger.gitrepo import git
 from .conftest import head
 
 BINARY = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
-pytestmark = pytest.mark.skipif(
-    not Path(BINARY).exists(), reason="prometheus-alertmanager missing: run scripts/test"
-)
 RUNBOOK = "roles/monitoring/RUNBOOK.md#postgresqldown"
 
 
@@ -52,6 +49,11 @@ class Alertmanager:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        if not Path(BINARY).exists():
+            pytest.fail(
+                "prometheus-alertmanager is needed (apt-get install prometheus-alertmanager); "
+                "scripts/test installs it"
+            )
         self.proc = subprocess.Popen(
             [
                 BINARY,
