@@ -151,10 +151,78 @@ def check_swap(target: Target, spec: dict[str, Any]) -> list:
     return _grade(used, spec, f"swap {used:.0f}% used")
 
 
+# Read on the host in one round trip. A container shares the kernel, so /proc/loadavg there is
+# the whole machine's load: every container of a busy machine was "critical" though idle. In a
+# container the host's own load is what the load average counts, for its tasks only: threads
+# running or waiting to run (R) or in uninterruptible sleep (D), sampled 10 times over a second
+# (the probe itself left out). CPUs are what the host may use: its affinity, capped by a cgroup
+# CPU quota (v2 cpu.max, v1 cfs_quota_us / cfs_period_us).
+LOAD_PROBE = r"""
+import glob, json, os, time
+def quota():
+    for path in ("/sys/fs/cgroup/cpu.max",):
+        try:
+            limit, period = open(path).read().split()[:2]
+            return None if limit == "max" else int(limit) / int(period)
+        except (OSError, ValueError):
+            pass
+    for base in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"):
+        try:
+            limit = int(open(base + "/cpu.cfs_quota_us").read())
+            period = int(open(base + "/cpu.cfs_period_us").read())
+            return None if limit <= 0 else limit / period
+        except (OSError, ValueError):
+            pass
+    return None
+def runnable():
+    me, count = str(os.getpid()), 0
+    for path in glob.glob("/proc/[0-9]*/task/[0-9]*/stat"):
+        if path.split("/")[2] == me:
+            continue
+        try:
+            state = open(path).read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state in ("R", "D")
+    return count
+container = any(os.path.exists(p) for p in ("/run/.containerenv", "/.dockerenv",
+                                               "/run/systemd/container"))
+samples = []
+for _ in range(10):
+    samples.append(runnable())
+    time.sleep(0.1)
+cpus = len(os.sched_getaffinity(0))
+limit = quota()
+print(json.dumps({"container": container, "load5": float(open("/proc/loadavg").read().split()[1]),
+                  "runnable": sum(samples) / len(samples),
+                  "cpus": min(cpus, limit) if limit else cpus}))
+"""
+
+
+def grade_load(measured: dict[str, Any], spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """Load per CPU of the host measured: its own load over the CPUs it may use.
+
+    A container's own load is its runnable tasks, not the machine's load average it can read.
+    """
+    cpus = max(float(measured["cpus"]), 0.01)
+    shown = f"{cpus:g} CPU(s)"
+    if measured["container"]:
+        own = float(measured["runnable"])
+        return _grade(
+            own / cpus,
+            spec,
+            f"load {own:.2f} per {shown} of this container (its own runnable tasks; the "
+            f"machine's load average {float(measured['load5']):.2f} is not its own)",
+        )
+    load5 = float(measured["load5"])
+    return _grade(load5 / cpus, spec, f"load {load5:.2f} on {shown}")
+
+
 def check_load(target: Target, spec: dict[str, Any]) -> list:
-    load5 = float(_run(target, "cat /proc/loadavg").split()[1])
-    cpus = int(_run(target, "nproc").strip() or 1)
-    return _grade(load5 / cpus, spec, f"load {load5:.2f} on {cpus} CPU(s)")
+    out = target.host.run("python3 -c %s", LOAD_PROBE)
+    if out.rc != 0:
+        return [("critical", f"load could not be read: {out.stderr.strip()[:200]}")]
+    return grade_load(json.loads(out.stdout), spec)
 
 
 def check_failed_units(target: Target, spec: dict[str, Any]) -> list:

@@ -82,6 +82,9 @@ class Target:
     expect: Expectations = field(repr=False)
     hostspec: str
     host_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The inventory the host came from: a suite that checks what a host knows of its peers
+    # (Prometheus' scrape targets) reads them there.
+    inventory: Path | None = None
 
     @functools.cached_property
     def host(self) -> Any:
@@ -135,7 +138,9 @@ def resolve_targets(
     for host in inv.match(pattern):
         spec, kwargs = _connection(host)
         targets.append(
-            Target(host.name, host.groups, env, Expectations(host, defaults), spec, kwargs)
+            Target(
+                host.name, host.groups, env, Expectations(host, defaults), spec, kwargs, inventory
+            )
         )
     if not targets:
         raise OpsledgerError(

@@ -236,3 +236,65 @@ ALICE = {
     "GIT_COMMITTER_NAME": "Alice Arnold",
     "GIT_COMMITTER_EMAIL": "alice@example.org",
 }
+
+
+LOAD_SPEC = {"groups": ["all"], "warning": 2.0, "critical": 4.0}
+
+
+def test_a_container_is_judged_by_its_own_load_not_the_machines():
+    """A container reads the machine's load average (shared kernel): 10 on 2 CPUs made every
+    idle lab container critical. Its own runnable tasks per CPU are what counts."""
+    from opsledger.inspections import grade_load
+
+    idle = {"container": True, "load5": 10.0, "runnable": 0.3, "cpus": 2}
+    assert grade_load(idle, LOAD_SPEC) == []
+    busy = {"container": True, "load5": 0.5, "runnable": 9.0, "cpus": 2}
+    ((severity, message),) = grade_load(busy, LOAD_SPEC)
+    assert severity == "critical"
+    assert "load 9.00 per 2 CPU(s) of this container" in message
+
+
+def test_a_machine_is_judged_by_its_load_average_per_cpu():
+    from opsledger.inspections import grade_load
+
+    four = {"container": False, "load5": 6.0, "runnable": 50.0, "cpus": 4}
+    assert grade_load(four, LOAD_SPEC) == []  # 1.5 per CPU
+    one = {"container": False, "load5": 3.0, "runnable": 0.0, "cpus": 1}
+    assert grade_load(one, LOAD_SPEC) == [("warning", "load 3.00 on 1 CPU(s) (warning at 2.0)")]
+    # a CPU quota of half a CPU doubles the load per CPU
+    half = {"container": False, "load5": 1.5, "runnable": 0.0, "cpus": 0.5}
+    assert grade_load(half, LOAD_SPEC)[0][0] == "warning"
+
+
+def test_the_load_check_measures_this_machine_for_real(tmp_path):
+    """The probe the check runs on each host, run here through a real inspection
+    (ansible_connection=local): a threshold of 0 makes the measured value a finding."""
+    import os
+    import sys
+
+    from opsledger.inspections import inspect
+
+    project = copy_project(tmp_path / "p")
+    inventory = project.root / "inventories" / "local"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(
+        "all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+    )
+    plan = project.root / "policies" / "inspections.yml"
+    data = yaml.safe_load(plan.read_text())
+    data["checks"]["load"] = {"groups": ["all"], "critical": 0}
+    data["schedules"]["probe"] = {"checks": ["load"]}
+    plan.write_text(yaml.safe_dump(data))
+    result = inspect(project, schedule="probe", environment="local", record=False)
+    ((finding,),) = [result.findings]
+    assert finding.check == "load" and finding.severity == "critical"
+    cpus = len(os.sched_getaffinity(0))
+    in_container = any(
+        os.path.exists(p) for p in ("/run/.containerenv", "/.dockerenv", "/run/systemd/container")
+    )
+    if in_container:
+        assert f"per {cpus:g} CPU(s) of this container" in finding.message
+        assert "the machine's load average" in finding.message
+    else:
+        assert f"on {cpus:g} CPU(s)" in finding.message

@@ -183,6 +183,30 @@ def test_gitlab_applies_on_schedule_drifts_every_environment_and_mr_jobs_hold_no
     assert "--untrusted --plan-env lab" in " ".join(" ".join(pipeline["plan"]["script"]).split())
 
 
+def test_both_forges_sync_alerts_of_every_environment_with_an_alertmanager_every_15_minutes():
+    from opsledger.inventory import load_inventory
+
+    with_alertmanager = sorted(
+        path.parent.name
+        for path in (REPO_ROOT / "inventories").glob("*/hosts.yml")
+        if any(h.get("opsledger_alertmanager_url") for h in load_inventory(path).hosts.values())
+    )
+    assert with_alertmanager == ["lab"]
+    github = _workflow("scheduled.yml")["jobs"]["alerts-sync"]
+    assert github["if"] == "github.event.schedule == '*/15 * * * *'"
+    assert github["strategy"]["matrix"]["environment"] == with_alertmanager
+    assert not github["concurrency"]["group"].startswith(("apply-", "drift-"))
+    steps = " ".join(str(step.get("run", "")) for step in github["steps"])
+    assert 'opsledger alerts sync --env "$ENV_NAME"' in steps and "opsledger ci push" in steps
+    gitlab = _gitlab()["alerts-sync"]
+    assert gitlab["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "schedule" && $OPSLEDGER_SCHEDULE == "breaches"'}
+    ]
+    assert gitlab["parallel"]["matrix"] == [{"OPSLEDGER_ENV": with_alertmanager}]
+    assert gitlab["extends"] == ".ci-identity"
+    assert any("opsledger alerts sync" in line for line in gitlab["script"])
+
+
 # -- the PR job itself, on a local repository ---------------------------------------------------
 
 
@@ -415,7 +439,7 @@ def test_every_job_restores_its_venv_cached_by_the_lock_file():
                     == f"./{'' if root == '.' else root + '/'}.github/actions/bootstrap"
                 )
                 assert any(s.get("uses", "").startswith("actions/checkout") for s in steps[:index])
-    assert bootstrapping == 10
+    assert bootstrapping == 11  # alerts-sync (scheduled.yml) is the eleventh
     action = yaml.safe_load(ACTION.read_text())
     steps = action["runs"]["steps"]
     (cache,) = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]

@@ -47,6 +47,10 @@ def not_utf8_problems(args: list[str]) -> list[Problem]:
 # --help` and most single commands never need. The root --help prints these texts as click
 # would from the commands themselves; tests/unit/test_cli.py checks them against the commands.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "alerts": (
+        "alerts",
+        "Alerts from Prometheus and Alertmanager become incidents (and are resolved by evidence).",
+    ),
     "apply": (
         "apply",
         "Decide now, lock the targets, run, verify, roll back on failure, commit the run record.",

@@ -95,7 +95,9 @@ def down(purge: bool) -> None:
 def status(as_json: bool) -> None:
     """Show each lab host, its SSH port, container state and whether SSH answers.
 
-    Exits 1 when a host is missing or does not answer.
+    Services a host publishes on this machine's loopback (`lab_published_ports`: Prometheus
+    and Alertmanager of lab-mon1) are listed with their URLs. Exits 1 when a host is missing
+    or does not answer.
 
     \b
     Example:
@@ -118,6 +120,9 @@ def status(as_json: bool) -> None:
                 "[green]answers[/green]" if h.ssh else "[red]no[/red]",
             )
         table_console().print(table)
+        for h in result.hosts:
+            for name, url in h.urls.items():
+                click.echo(f"{name} ({h.name}): {url}")
         click.echo(
             f"package cache: {result.cache_url}"
             if result.cache_url

@@ -6,7 +6,9 @@
   clocks (response, resolution) of an incident;
 - `incidents`: open, acknowledge, assign, note, pause, resume; `resolution`: recovery test,
   resolve (with a verified run or a recovery test), close; `queries`: show and list;
-- `detect`: incidents opened and resolved by inspections, drift, change runs and drills;
+- `detect`: incidents opened and resolved by inspections, drift, change runs, drills and alerts;
+- `alertmanager`, `alerts`: Alertmanager's API read and checked; `alerts sync` records what it
+  lists and proves resolutions;
 - `diagnostics`, `readonly`: read-only diagnostic commands over SSH (Fabric), kept as evidence;
 - `problems`: recurring incidents grouped under a root cause, known error and permanent fix;
 - `kpis`, `findings`: numbers for the service report; SLA and ledger findings for audit check.

@@ -3,13 +3,15 @@
 Inspections, drift checks, change runs (verification, rollback) and DR drills each commit a
 record. Right after, they hand its path to `record_detection`, which reads it like an auditor:
 
-- a critical inspection finding, a drifted host, a failed verification test, a failed rollback
-  or a failed drill is a *signal* with a fingerprint (`inspection:lab:lab-db1:postgres_up`,
-  `drift:lab:lab-app1`, `verification:lab:lab-db1:test_...`, `rollback:lab:lab-db1`,
-  `drill:lab:postgres`);
+- a critical inspection finding, a drifted host, a failed verification test, a failed rollback,
+  a failed drill or an alert Alertmanager lists (`opsledger alerts sync`) is a *signal* with a
+  fingerprint (`inspection:lab:lab-db1:postgres_up`, `drift:lab:lab-app1`,
+  `verification:lab:lab-db1:test_...`, `rollback:lab:lab-db1`, `drill:lab:postgres`,
+  `alert:lab:PostgreSQLDown:<Alertmanager's fingerprint>`);
 - signals of one host and fault class from one record become one incident (a stopped
   PostgreSQL fails `services` and `postgres_up`: one fault, one incident), or update the active
-  incident that already carries one of those fingerprints — never a duplicate;
+  incident that already carries one of those fingerprints — never a duplicate; each alert is
+  an incident of its own (its fingerprint is its identity);
 - a record that ran the same check again and found it clean marks that fingerprint clean; when
   all of an incident's fingerprints are clean, the incident is resolved by that evidence. A
   person still closes it (cause, class, and the root cause for P1/P2).
@@ -74,6 +76,12 @@ class Signal:
     message: str
     services: tuple[str, ...] = ()
     change: str | None = None
+    # alerts: impact and urgency from the severity label (else the source's), runbook links,
+    # and the key that keeps each alert an incident of its own
+    impact: str | None = None
+    urgency: str | None = None
+    runbooks: tuple[str, ...] = ()
+    key: str = ""
 
 
 @dataclass
@@ -236,6 +244,8 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
                         change=record.change,
                     )
                 )
+    elif record.kind == "alerts" and "alert" in policy.sources:
+        found += _alert_signals(record, policy)
     elif record.kind == "drill" and record.result == "failed" and "drill" in policy.sources:
         service = str(record.measurements.get("service", "?"))
         reasons = "; ".join(str(f.get("reason", "")) for f in record.findings) or "failed"
@@ -250,6 +260,35 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
                 reasons[:300],
                 (service,),
                 record.change,
+            )
+        )
+    return found
+
+
+def _alert_signals(record: Record, policy: FaultPolicy) -> list[Signal]:
+    """One signal per alert of a severity the policy prices (the Watchdog's `none` is not)."""
+    found = []
+    for finding in record.findings:
+        rule = policy.alert_severities.get(str(finding.get("severity")))
+        if rule is None:
+            continue
+        hosts = tuple(str(h) for h in finding.get("hosts") or [])
+        name = str(finding.get("alert"))
+        runbook = str(finding.get("runbook") or "")
+        found.append(
+            Signal(
+                str(finding.get("fingerprint")),
+                "alert",
+                record.environment,
+                f"{name} on {', '.join(hosts)}" if hosts else name,
+                hosts,
+                str(finding.get("class") or _klass(policy, "alert", "software")),
+                str(finding.get("summary") or name)[:300],
+                tuple(str(s) for s in finding.get("services") or []),
+                impact=rule.impact,
+                urgency=rule.urgency,
+                runbooks=(runbook,) if runbook else (),
+                key=str(finding.get("fingerprint")),
             )
         )
     return found
@@ -300,6 +339,15 @@ def clears(record: Record, fingerprint: str, incident: Incident, reader: _Reader
         return host in record.hosts and not any(f.get("host") == host for f in record.findings)
     if kind == "drill" and record.kind == "drill":
         return record.result == "success" and record.measurements.get("service") == rest
+    if kind == "alert" and record.kind == "alerts":
+        # The snapshot proves it (faults.alerts): gone while the Watchdog fires, the same
+        # Prometheus and Alertmanager running since the alert was last seen. Gone alone is not
+        # evidence: a stopped or restarted Prometheus, a restarted Alertmanager lose alerts too.
+        return (
+            bool(record.measurements.get("watchdog"))
+            and fingerprint in (record.measurements.get("resolved") or [])
+            and not any(f.get("fingerprint") == fingerprint for f in record.findings)
+        )
     if record.kind != "run":
         return False
     if kind == "verification":
@@ -336,6 +384,8 @@ def _title(source: str, group: list[Signal]) -> str:
         text = f"{first.subject}: verification failed after {first.change}: {first.message}{more}"
     elif source == "rollback":
         text = f"{first.subject}: rollback of {first.change} failed, state unproven"
+    elif source == "alert":
+        text = f"{first.subject}: {first.message}"
     else:
         text = f"DR drill {first.subject} failed on {first.environment}: {first.message}"
     return text if len(text) <= 160 else text[:157] + "..."
@@ -354,11 +404,15 @@ def _open_or_update(
     prints = [s.fingerprint for s in group]
     hosts = sorted({h for s in group for h in s.hosts})
     services = sorted({v for s in group for v in s.services})
+    runbooks = sorted({r for s in group for r in s.runbooks})
     same = [i for i in incidents if i.active and set(i.fingerprints) & set(prints)]
     if same:
         incident = same[0]
         if evidence in (incident.data.get("evidence") or []):
             return None  # this record was read before: nothing new
+        firing = incident.data.get("signals") or {}
+        if group[0].source == "alert" and all(firing.get(p) == "firing" for p in prints):
+            return None  # the alert still fires, as the incident already says: nothing new
         new = [p for p in prints if p not in incident.fingerprints]
         incident.data["fingerprints"] = incident.fingerprints + new
         incident.data["signals"] = {
@@ -368,6 +422,10 @@ def _open_or_update(
         incident.data["evidence"] = [*incident.data.get("evidence", []), evidence]
         incident.data["hosts"] = list(dict.fromkeys([*incident.hosts, *hosts]))
         incident.data["services"] = list(dict.fromkeys([*incident.data["services"], *services]))
+        if runbooks:
+            incident.data["runbooks"] = list(
+                dict.fromkeys([*(incident.data.get("runbooks") or []), *runbooks])
+            )
         incident.timeline.append(
             entry(
                 "detected",
@@ -392,8 +450,8 @@ def _open_or_update(
         hosts=hosts,
         services=services,
         klass=group[0].klass,
-        impact=rule.impact,
-        urgency=rule.urgency,
+        impact=group[0].impact or rule.impact,
+        urgency=group[0].urgency or rule.urgency,
         detected_at=min(detected, when),
         by=AUTOMATION,
         when=when,
@@ -402,6 +460,8 @@ def _open_or_update(
         repeat_of=repeat_of(incidents, prints),
         note="; ".join(s.message for s in group)[:500],
     )
+    if runbooks:
+        data["runbooks"] = runbooks
     incident = Incident(new_id, incident_file(project, new_id), data)
     incidents.append(incident)
     result.opened.append(new_id)
@@ -428,10 +488,14 @@ def _clear(
     )
     if any(state == "firing" for state in signals_now.values()):
         return True, False
+    alerts_only = all(fp.startswith("alert:") for fp in signals_now)
     resolution = {
         "how": "evidence",
         "evidence": evidence,
-        "summary": "the next run of the same check(s) was clean",
+        "summary": "Alertmanager no longer lists the alert while the Watchdog fires: Prometheus "
+        "evaluated its rule clean"
+        if alerts_only
+        else "the next run of the same check(s) was clean",
     }
     incident.data["status"] = "resolved"
     incident.data["resolution"] = resolution
@@ -456,9 +520,9 @@ def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> Det
             result.problems.append(Problem("not a readable record", evidence, fix="check the file"))
             continue
         detected = dt.datetime.fromisoformat(record.finished_at).replace(microsecond=0)
-        groups: dict[tuple[str, str, str, str], list[Signal]] = {}
+        groups: dict[tuple[str, str, str, str, str], list[Signal]] = {}
         for signal in signals(record, policy):
-            key = (signal.source, signal.environment, signal.subject, signal.klass)
+            key = (signal.source, signal.environment, signal.subject, signal.klass, signal.key)
             groups.setdefault(key, []).append(signal)
         for group in groups.values():
             incident = _open_or_update(

@@ -27,7 +27,7 @@ from opsledger.schema import schema
 from opsledger.yamlio import load_yaml
 
 CLASSES = ("hardware", "software", "network", "configuration", "security")
-DETECTING_SOURCES = ("inspection", "drift", "verification", "rollback", "drill")
+DETECTING_SOURCES = ("inspection", "drift", "verification", "rollback", "drill", "alert")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -85,6 +85,8 @@ class FaultPolicy:
     root_cause_priorities: tuple[str, ...]
     root_cause_min_chars: int
     problems: list[Problem] = field(default_factory=list)
+    # alert severity label -> impact and urgency (`opsledger alerts sync`); klass unused
+    alert_severities: dict[str, SourceRule] = field(default_factory=dict)
 
     def priority(self, impact: str, urgency: str) -> str:
         return self.matrix[impact][urgency]
@@ -296,6 +298,18 @@ def _incidents(
                 )
             )
         sources[name] = SourceRule(entry["impact"], entry["urgency"], klass)
+    alert_severities = {}
+    for severity, entry in (detection.get("alert_severities") or {}).items():
+        if matrix and (matrix.get(entry["impact"]) or {}).get(entry["urgency"]) is None:
+            problems.append(
+                Problem(
+                    "sla.yml gives no priority for this impact and urgency",
+                    file,
+                    f"detection.alert_severities.{severity}",
+                    "complete the matrix of sla.yml",
+                )
+            )
+        alert_severities[str(severity)] = SourceRule(entry["impact"], entry["urgency"], None)
     inspection_classes = dict(detection.get("inspection_classes") or {})
     for check, klass in inspection_classes.items():
         if klass not in classes:
@@ -387,6 +401,7 @@ def _incidents(
         "classes": classes,
         "detection_enabled": bool(detection["enabled"]),
         "sources": sources,
+        "alert_severities": alert_severities,
         "inspection_classes": inspection_classes,
         "diagnostics": commands,
         "diagnostics_timeout_s": int(diagnostics.get("timeout_seconds", 30)),

@@ -110,6 +110,7 @@ INCIDENT_ORDER = (
     "environment",
     "hosts",
     "services",
+    "runbooks",
     "class",
     "class_confirmed",
     "impact",

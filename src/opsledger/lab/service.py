@@ -96,6 +96,8 @@ class HostStatus:
     state: str  # podman state, or "absent"
     ssh: bool
     in_inventory: bool = True
+    # service name -> URL on this machine's loopback (lab_published_ports), e.g. Prometheus
+    urls: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -305,6 +307,18 @@ def _check_ports(spec: LabSpec) -> None:
                 )
             )
             taken.append(next_free_port(taken))
+        for published in host.published:
+            if not ours and port_in_use(published.host_port):
+                problems.append(
+                    Problem(
+                        f"port 127.0.0.1:{published.host_port} is already in use by another "
+                        "program",
+                        str(spec.project.inventory_file("lab")),
+                        f"{host.name}.lab_published_ports.{published.name}.host_port",
+                        f"stop that program or use a free port, e.g. "
+                        f"{next_free_port(taken, published.host_port)}",
+                    )
+                )
     if problems:
         raise OpsledgerError(problems)
 
@@ -653,7 +667,17 @@ def lab_status(project: Project) -> StatusResult:
         state = info["State"]["Status"] if info else "absent"
         if state == "running":
             running.append(host)
-        rows.append(HostStatus(host.name, host.groups, host.container, host.port, state, False))
+        rows.append(
+            HostStatus(
+                host.name,
+                host.groups,
+                host.container,
+                host.port,
+                state,
+                False,
+                urls={p.name: p.url for p in host.published},
+            )
+        )
     answers = ssh.ssh_answers_all(running)
     for row in rows:
         row.ssh = answers.get(row.name, False)

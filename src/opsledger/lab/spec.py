@@ -64,6 +64,23 @@ def render_sysctl_conf() -> str:
 
 
 @dataclass(frozen=True)
+class PublishedPort:
+    """A service port of a lab host published on this machine's loopback (`lab_published_ports`).
+
+    Only loopback: the lab's services (Prometheus, Alertmanager) are reached from this machine,
+    never offered to the network it sits on.
+    """
+
+    name: str
+    host_port: int
+    container_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.host_port}"
+
+
+@dataclass(frozen=True)
 class LabHost:
     """One lab host as the lab will run it."""
 
@@ -76,6 +93,7 @@ class LabHost:
     capabilities: tuple[str, ...]
     container: str
     volumes: tuple[str, ...] = ()  # "volume-name:/mount/path", shared by hosts naming it
+    published: tuple[PublishedPort, ...] = ()
 
     @property
     def address(self) -> str:
@@ -220,6 +238,70 @@ def _host_problems(host: InventoryHost, source: str) -> list[Problem]:
     return problems
 
 
+def _published(host: InventoryHost, source: str) -> tuple[list[PublishedPort], list[Problem]]:
+    """A host's `lab_published_ports`, each {name, host_port, container_port}, checked."""
+    value = host.get("lab_published_ports", [])
+    where = f"{host.name}.lab_published_ports"
+    example = "e.g. [{name: prometheus, host_port: 19090, container_port: 9090}]"
+    if not isinstance(value, list):
+        return [], [Problem(f"must be a list, got {value!r}"[:200], source, where, example)]
+    ports, problems = [], []
+    for index, entry in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "host_port", "container_port"}:
+            problems.append(
+                Problem(
+                    "each entry has exactly name, host_port and container_port",
+                    source,
+                    at,
+                    example,
+                )
+            )
+            continue
+        name, outer, inner = entry["name"], entry["host_port"], entry["container_port"]
+        if not isinstance(name, str) or not _HOSTNAME.fullmatch(name):
+            problems.append(
+                Problem(f"name {name!r} is not a short name", source, f"{at}.name", "e.g. grafana")
+            )
+            continue
+        if (
+            isinstance(outer, bool)
+            or not isinstance(outer, int)
+            or not PORT_MIN <= outer <= PORT_MAX
+        ):
+            problems.append(
+                Problem(
+                    f"host_port {outer!r} is not a port in {PORT_MIN}-{PORT_MAX}",
+                    source,
+                    f"{at}.host_port",
+                    "pick an unprivileged port of this machine, e.g. 19090",
+                )
+            )
+            continue
+        if isinstance(inner, bool) or not isinstance(inner, int) or not 1 <= inner <= PORT_MAX:
+            problems.append(
+                Problem(
+                    f"container_port {inner!r} is not a port",
+                    source,
+                    f"{at}.container_port",
+                    "the port the service listens on inside the host, e.g. 9090",
+                )
+            )
+            continue
+        if inner == 22:
+            problems.append(
+                Problem(
+                    "sshd is already published at ansible_port",
+                    source,
+                    f"{at}.container_port",
+                    "publish another service",
+                )
+            )
+            continue
+        ports.append(PublishedPort(name, outer, inner))
+    return ports, problems
+
+
 def build_spec(project: Project, inventory: Inventory) -> LabSpec:
     """Validate the lab inventory and turn it into a LabSpec; report every problem at once.
 
@@ -230,8 +312,11 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
     problems: list[Problem] = []
     ports: dict[int, str] = {}
     raw_ports: dict[str, int | None] = {}
+    published: dict[str, list[PublishedPort]] = {}
     for host in inventory.hosts.values():
         problems += _host_problems(host, source)
+        published[host.name], found = _published(host, source)
+        problems += found
         value = host.get("ansible_port")
         try:
             port = int(value) if value is not None else None
@@ -278,6 +363,21 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
                     f"set ansible_port: {next_free_port(ports)}",
                 )
             )
+    # A published port is a loopback port like any host's sshd: unique across the lab.
+    for name, entries in published.items():
+        for entry in entries:
+            where = f"{name}.lab_published_ports.{entry.name}.host_port"
+            if entry.host_port in ports:
+                problems.append(
+                    Problem(
+                        f"host_port {entry.host_port} is also used by {ports[entry.host_port]}",
+                        source,
+                        where,
+                        f"use a free one, e.g. {next_free_port(ports, entry.host_port)}",
+                    )
+                )
+            else:
+                ports[entry.host_port] = f"{name} ({entry.name})"
     if problems:
         raise OpsledgerError(problems)
 
@@ -314,6 +414,7 @@ def build_spec(project: Project, inventory: Inventory) -> LabSpec:
                 ),
                 container=f"{prefix}{host.name}",
                 volumes=tuple(host.get("lab_volumes", [])),
+                published=tuple(published[host.name]),
             )
         )
     return LabSpec(project=project, hosts=tuple(hosts), network=network, subnet=subnet)
@@ -342,6 +443,10 @@ def create_args(spec: LabSpec, host: LabHost, image: str) -> list[str]:
         "none",
         "--no-hosts",
     ]
+    # Service ports (lab_published_ports) on loopback only; a host without any keeps exactly
+    # the arguments (and so the spec hash) it had before they existed.
+    for port in host.published:
+        args += ["--publish", f"127.0.0.1:{port.host_port}:{port.container_port}"]
     for cap in host.capabilities:
         args += ["--cap-add", cap]
     for volume in host.volumes:

@@ -70,6 +70,8 @@ def incident_text(view: IncidentView) -> str:
         lines.append(
             f"  problem {data.get('problem') or '-'}, repeat of {data.get('repeat_of') or '-'}"
         )
+    if data.get("runbooks"):
+        lines.append("  runbook: " + ", ".join(data["runbooks"]))
     if data.get("evidence"):
         lines.append("  evidence: " + ", ".join(data["evidence"]))
     lines.append("timeline (dated by the commit that added each step):")

@@ -168,3 +168,79 @@ def test_unknown_lab_host_lists_the_known_ones(make_project):
     spec = spec_of(make_project(HOSTS))
     with pytest.raises(OpsledgerError, match="use one of: db1, app1"):
         spec.host("db9")
+
+
+MONITORED = """\
+all:
+  children:
+    db:
+      hosts:
+        db1: {ansible_port: 2301}
+    monitoring:
+      hosts:
+        mon1:
+          ansible_port: 2321
+          lab_published_ports:
+            - {name: prometheus, host_port: 19090, container_port: 9090}
+            - {name: alertmanager, host_port: 19093, container_port: 9093}
+"""
+
+
+def test_published_service_ports_go_to_loopback_and_status_urls(make_project):
+    spec = spec_of(make_project(MONITORED))
+    db1, mon1 = spec.hosts
+    assert [(p.name, p.host_port, p.container_port, p.url) for p in mon1.published] == [
+        ("prometheus", 19090, 9090, "http://127.0.0.1:19090"),
+        ("alertmanager", 19093, 9093, "http://127.0.0.1:19093"),
+    ]
+    args = create_args(spec, mon1, "img:1")
+    published = [args[i + 1] for i, a in enumerate(args) if a == "--publish"]
+    assert published == ["127.0.0.1:2321:22", "127.0.0.1:19090:9090", "127.0.0.1:19093:9093"]
+    # a host without published ports keeps the very arguments (and spec hash) it had: adding
+    # the monitoring host never replaces the other lab containers
+    db_args = create_args(spec, db1, "img:1")
+    assert [a for a in db_args if a.startswith("127.0.0.1:")] == ["127.0.0.1:2301:22"]
+    assert db1.published == ()
+
+
+def test_the_lab_inventory_publishes_prometheus_and_alertmanager_of_lab_mon1():
+    from opsledger.project import Project
+
+    from ..conftest import REPO_ROOT
+
+    project = Project(REPO_ROOT)
+    spec = build_spec(project, load_inventory(project.inventory_file("lab")))
+    mon1 = spec.host("lab-mon1")
+    assert set(mon1.groups) >= {"monitoring", "logging"} and mon1.port == 2221
+    urls = {p.name: p for p in mon1.published}
+    assert (urls["prometheus"].container_port, urls["alertmanager"].container_port) == (9090, 9093)
+    # `alerts sync` reads the Alertmanager the lab publishes
+    inventory = load_inventory(project.inventory_file("lab"))
+    assert inventory.hosts["lab-mon1"].get("opsledger_alertmanager_url") == urls["alertmanager"].url
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "fragment"),
+    [
+        ("{name: p, host_port: 80, container_port: 9090}", "[0].host_port", "not a port in"),
+        ("{name: p, host_port: 2301, container_port: 9090}", "p.host_port", "also used by db1"),
+        ("{name: p, host_port: 19090, container_port: 22}", "[0].container_port", "sshd"),
+        ("{name: p, host_port: 19090}", "[0]", "exactly name, host_port and container_port"),
+        ("{name: 'a b', host_port: 19090, container_port: 1}", "[0].name", "not a short name"),
+        ("{name: p, host_port: '19090', container_port: 9090}", "[0].host_port", "not a port"),
+    ],
+)
+def test_bad_published_ports_are_refused_naming_the_field(make_project, entry, field, fragment):
+    text = MONITORED.replace(
+        """            - {name: prometheus, host_port: 19090, container_port: 9090}
+            - {name: alertmanager, host_port: 19093, container_port: 9093}
+""",
+        f"            - {entry}\n",
+    )
+    problems = problems_of(make_project(text))
+    assert len(problems) == 1, problems
+    assert (
+        problems[0].field
+        == f"mon1.lab_published_ports{'' if field.startswith('[') else '.'}{field}"
+    )
+    assert fragment in problems[0].message
