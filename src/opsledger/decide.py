@@ -24,7 +24,7 @@ from opsledger.base import Base, resolve_base
 from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
-from opsledger.gitrepo import require_history
+from opsledger.gitrepo import git, require_history
 from opsledger.policy import Policies, Rule, require_policies
 from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
 from opsledger.project import Project
@@ -58,6 +58,7 @@ class Decision:
     hosts: list[str] = field(default_factory=list)
     base: str = ""  # the protected base commit the decision trusted
     content: Content | None = field(default=None, repr=False)  # the manifest that was judged
+    head: str = ""  # HEAD when it was decided: statements, runs and withdrawals as of then
 
     def as_dict(self) -> dict:
         return {
@@ -368,8 +369,11 @@ def decide(
 
     require_history(project.root, "decide")
     moment = now or dt.datetime.now(dt.UTC)
+    head = _head(project)
     if is_policy_change(change_id):
-        return _decide_policy_change(project, change_id, moment, base)
+        decided = _decide_policy_change(project, change_id, moment, base)
+        decided.head = head
+        return decided
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
@@ -405,6 +409,77 @@ def decide(
         hosts,
         trusted.sha,
         content,
+        head,
+    )
+
+
+def _head(project: Project) -> str:
+    proc = git(project.root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def decide_again(
+    project: Project,
+    change_id: str,
+    previous: Decision | None,
+    *,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+) -> Decision:
+    """`decide`, reusing an earlier decision of the same change when nothing it read moved.
+
+    `apply --pending` decides each change once and hands the decision to apply, which judges
+    again before and after taking the locks: deciding from scratch each time made a pending
+    queue quadratic. The earlier decision stands only for the same change, HEAD (statements,
+    run records, withdrawals and the request are read from git), protected base and content
+    (hashed again here); then only what the clock changes is judged again at `now` — the
+    windows, freezes and promotion's age limit (conflicts only ease with time: another
+    change's window closes). Anything else, a denial, or no earlier decision is a full
+    `decide`.
+
+    Example:
+        decision = decide_again(project, "CHG-0001", pending_decision, base="origin/main")
+    """
+    if (
+        previous is None
+        or not previous.allowed  # time only closes windows: a denial is judged afresh
+        or previous.change_id != change_id
+        or is_policy_change(change_id)
+    ):
+        return decide(project, change_id, now=now, base=base)
+    require_history(project.root, "decide")
+    trusted = _trusted_base(project, base)
+    head = _head(project)
+    if not (head and previous.head == head and previous.base == trusted.sha):
+        return decide(project, change_id, now=now, base=base)
+    from opsledger.changes import load_change
+    from opsledger.runbooks import load_runbook
+
+    change = load_change(project, change_id)
+    runbook = load_runbook(project, change.runbook)
+    require_clean_worktree(project, change_id)
+    content = change_content(project, change, runbook, previous.hosts)
+    if content.sha256 != previous.content_sha256:
+        return decide(project, change_id, now=now, base=base)
+    moment = now or dt.datetime.now(dt.UTC)
+    policies = trusted.policies
+    timed = {c.rule: c for c in window_checks(change, policies, moment)}
+    timed["promotion"] = _promotion(project, trusted, change, runbook, policies, moment)
+    checks = [timed.get(c.rule, c) for c in previous.checks]
+    return Decision(
+        change_id,
+        all(c.passed for c in checks),
+        checks,
+        moment,
+        previous.policy_sha256,
+        content.sha256,
+        previous.risk,
+        previous.priority,
+        previous.approvers,
+        previous.hosts,
+        trusted.sha,
+        content,
+        head,
     )
 
 
