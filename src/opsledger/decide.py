@@ -21,15 +21,17 @@ from opsledger.approvals import (
     standing,
 )
 from opsledger.base import Base, resolve_base
-from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
+from opsledger.changes import Change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import git, require_history
+from opsledger.localcache import ensure_commit_graph
 from opsledger.policy import Policies, Rule, require_policies
 from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
+from opsledger.slots import candidates
 from opsledger.windows import covered, freezes_over
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
@@ -233,13 +235,13 @@ def _still_runs(
     """Why another change no longer holds its hosts; None while it can still run."""
     # Another change holds its hosts until the *base* says it is withdrawn: a withdrawal a
     # branch brings for someone else's change releases nothing before it is merged.
-    if load_withdrawal(project, other.id, [trusted.sha]) is not None:
-        return "withdrawn"
     mine = [r for r in runs if r.change == other.id]
     if any(r.result == "success" for r in mine):
         return "applied"
     if now > other.window_end:
         return "its window has closed"
+    if load_withdrawal(project, other.id, [trusted.sha]) is not None:
+        return "withdrawn"
     content = change_content(project, other, runbook, hosts)
     ended = [r for r in mine if r.content_sha256 == content.sha256 and r.result in FINAL_FAILURES]
     if ended:
@@ -289,9 +291,12 @@ def _conflicts(
     """
     runs = change_runs(project)
     first, after, bypassed = [], [], []
-    for other_id in change_ids(project):
-        if other_id == change.id:
-            continue
+    # Only changes whose request names this environment and an overlapping window can
+    # conflict: those (and any that do not read plainly) are validated in full (slots.py).
+    overlapping = candidates(
+        project, change.id, change.environment, change.window_start, change.window_end
+    )
+    for other_id in overlapping:
         other = validate_change(project, other_id)
         if other.change is None or other.change.environment != change.environment:
             continue
@@ -368,6 +373,7 @@ def decide(
     from opsledger.runbooks import load_runbook
 
     require_history(project.root, "decide")
+    ensure_commit_graph(project.root)  # history walks by path prune with changed-path filters
     moment = now or dt.datetime.now(dt.UTC)
     head = _head(project)
     if is_policy_change(change_id):
