@@ -10,7 +10,9 @@ A cache must never change an answer, and `.opsledger/` is only as trusted as the
 therefore authenticated: an HMAC-SHA256 over its entries with a random key kept in the git
 directory (`opsledger-cache.key`, 0600), which no cache restore, pull request or commit can
 write. A file that does not verify — edited, copied from another clone, truncated — is
-ignored and rebuilt from git; a missing or unwritable cache only costs time.
+ignored and rebuilt from git; a missing or unwritable cache only costs time. The folder
+ignores itself (a `.gitignore` of `*`): git never tracks a cache, even in a project whose
+.gitignore does not name `.opsledger/`.
 
 `ensure_commit_graph` writes git's commit-graph with changed-path (Bloom) filters when the
 clone has none: a `git log -- <path>` walk then skips commits that do not touch the path
@@ -106,6 +108,9 @@ def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
     path = cache_file(project, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = path.parent / ".gitignore"
+        if not ignore.exists():  # never tracked, even where .opsledger/ is not ignored
+            ignore.write_text("*\n")
         body = json.dumps({"mac": _mac(key, name, entries), "entries": entries}, sort_keys=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
             out.write(body)

@@ -73,6 +73,7 @@ def candidates(
     cached = load_cache(project, CACHE)
     seen: dict[str, list[str] | None] = {}
     found = []
+    refused = False  # a request validation will refuse (exit 2): then nothing is written
     folder = changes_dir(project)
     for other_id in change_ids(project):
         if other_id == change_id:
@@ -80,11 +81,13 @@ def candidates(
         file = folder / other_id / "change.yml"
         if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
             found.append(other_id)
+            refused = True
             continue
         try:
             blob = _blob_id(file.read_bytes())
         except OSError:
             found.append(other_id)
+            refused = True
             continue
         slot = cached[blob] if blob in cached else seen.get(blob, False)
         if slot is False:
@@ -92,12 +95,13 @@ def candidates(
                 slot = _derive(project, other_id)
             except OpsledgerError:
                 found.append(other_id)  # validation says why, as it always did
+                refused = True
                 continue
         seen[blob] = slot
         read = _slot(slot)
         if read is None or read.overlaps(environment, start, end):
             found.append(other_id)
-    if seen.keys() - cached.keys() or len(seen) < len(cached):
+    if not refused and (seen.keys() - cached.keys() or len(seen) < len(cached)):
         save_cache(project, CACHE, seen)  # what the tree holds now: no stale entries kept
     return found
 
