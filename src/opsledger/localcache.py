@@ -7,12 +7,12 @@ the bytes it was derived from.
 
 A cache must never change an answer, and `.opsledger/` is only as trusted as the machine
 (a CI cache restored into it could come from a pull request's job). Every cache file is
-therefore authenticated: an HMAC-SHA256 over its entries with a random key kept in the git
-directory (`opsledger-cache.key`, 0600), which no cache restore, pull request or commit can
-write. A file that does not verify — edited, copied from another clone, truncated — is
-ignored and rebuilt from git; a missing or unwritable cache only costs time. The folder
-ignores itself (a `.gitignore` of `*`): git never tracks a cache, even in a project whose
-.gitignore does not name `.opsledger/`.
+therefore authenticated: its first line is an HMAC-SHA256 of the JSON below it, with a
+random key kept in the git directory (`opsledger-cache.key`, 0600), which no cache restore,
+pull request or commit can write. A file that does not verify — edited, copied from another
+clone, truncated — is ignored and rebuilt from git; a missing or unwritable cache only costs
+time. The folder ignores itself (a `.gitignore` of `*`): git never tracks a cache, even in a
+project whose .gitignore does not name `.opsledger/`.
 
 `ensure_commit_graph` writes git's commit-graph with changed-path (Bloom) filters when the
 clone has none: a `git log -- <path>` walk then skips commits that do not touch the path
@@ -66,9 +66,9 @@ def _key(project: Project) -> bytes | None:
     return _KEYS[where]
 
 
-def _mac(key: bytes, name: str, entries: dict[str, Any]) -> str:
-    body = json.dumps([name, entries], sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(key, body, hashlib.sha256).hexdigest()
+def _mac(key: bytes, name: str, body: bytes) -> str:
+    """The authentication of a cache file's body (its JSON bytes, as written) under `name`."""
+    return hmac.new(key, name.encode() + b"\0" + body, hashlib.sha256).hexdigest()
 
 
 def cache_file(project: Project, name: str) -> Path:
@@ -85,15 +85,16 @@ def load_cache(project: Project, name: str) -> dict[str, Any]:
     if key is None:
         return {}
     try:
-        data = json.loads(cache_file(project, name).read_bytes())
-    except (OSError, ValueError, RecursionError):
+        mac, _, body = cache_file(project, name).read_bytes().partition(b"\n")
+    except OSError:
         return {}
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        return {}
-    entries = data["entries"]
-    if not hmac.compare_digest(str(data.get("mac", "")), _mac(key, name, entries)):
+    if not hmac.compare_digest(mac, _mac(key, name, body).encode()):
         return {}  # edited, or another clone's: rebuilt from git
-    return entries
+    try:
+        entries = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
@@ -111,9 +112,9 @@ def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
         ignore = path.parent / ".gitignore"
         if not ignore.exists():  # never tracked, even where .opsledger/ is not ignored
             ignore.write_text("*\n")
-        body = json.dumps({"mac": _mac(key, name, entries), "entries": entries}, sort_keys=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
-            out.write(body)
+        body = json.dumps(entries, separators=(",", ":")).encode()
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
+            out.write(_mac(key, name, body).encode() + b"\n" + body)
         os.replace(out.name, path)
     except OSError:
         pass

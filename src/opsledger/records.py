@@ -79,9 +79,13 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = {f.name for f in fields(cls)}
+        known = _FIELDS.get(cls)
+        if known is None:
+            known = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+_FIELDS: dict[type, frozenset[str]] = {}  # a record class's field names, computed once
 
 _SHAPES: dict[str, tuple[type, ...]] = {
     "change": (str, type(None)),

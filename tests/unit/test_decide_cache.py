@@ -39,9 +39,10 @@ def _conflicts(decision) -> tuple[bool, str]:
 def _edit(project, name, change) -> None:
     """Edit the cache file's entries in place, its authentication left as it was."""
     path = cache_file(project, name)
-    data = json.loads(path.read_text())
-    change(data["entries"])
-    path.write_text(json.dumps(data))
+    mac, _, body = path.read_bytes().partition(b"\n")
+    entries = json.loads(body)
+    change(entries)
+    path.write_bytes(mac + b"\n" + json.dumps(entries).encode())
 
 
 def test_an_edited_slot_cannot_release_a_conflicting_change(local_repo):
@@ -73,12 +74,13 @@ def test_a_cache_from_another_clone_is_not_believed(local_repo):
         approve_change(project, change_id, person="bob")
     before = _conflicts(decide(project, second, now=INSIDE))
     path = cache_file(project, SLOTS)
-    entries = json.loads(path.read_text())["entries"]
+    entries = json.loads(path.read_bytes().partition(b"\n")[2])
     for entry in entries.values():
         if entry:
             entry[0] = "staging"
     other_key = secrets.token_bytes(32)  # authenticated, but under another clone's key
-    path.write_text(json.dumps({"mac": _mac(other_key, SLOTS, entries), "entries": entries}))
+    body = json.dumps(entries).encode()
+    path.write_bytes(_mac(other_key, SLOTS, body).encode() + b"\n" + body)
     assert (project.root / ".git" / KEY_FILE).read_bytes() != other_key
     assert _conflicts(decide(project, second, now=INSIDE)) == before
 
