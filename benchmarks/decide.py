@@ -169,12 +169,22 @@ def main() -> None:
     parser.add_argument("--pending", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to compare")
+    parser.add_argument(
+        "--history",
+        type=Path,
+        help="a copy of a history this builder made with --changes (built once: minutes)",
+    )
     args = parser.parse_args()
     python = [sys.executable, "-m", "opsledger"]
     with tempfile.TemporaryDirectory(prefix="opsledger-decide-bench-") as tmp:
         repo = Path(tmp) / "repo"
         started = time.monotonic()
-        audit.build(repo, 3 * args.changes + 2, args.changes)
+        if args.history:
+            subprocess.run(
+                ["git", "clone", "-q", "--no-local", str(args.history), str(repo)], check=True
+            )
+        else:
+            audit.build(repo, 3 * args.changes + 2, args.changes)
         pending = add_pending(repo, args.changes + 1, args.pending)
         print(
             f"built {args.changes} applied and {len(pending)} pending changes in "
