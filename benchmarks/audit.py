@@ -11,7 +11,16 @@ ordinary edits of notes), then times, side by side in this run:
 
 and prints each audit's time as a ratio to git's. Nothing here needs the lab.
 
+A lane that measures an error path is refused by construction: before anything is timed,
+`audit log` must list every synthetic change once, run once with result `success` (its
+request, approval and run record were judged valid), and `audit check` must find nothing on
+this clean history; otherwise the benchmark stops (exit 1) and says what it saw.
+
+`--real-use` adds a second repository shaped like real use: every commit belongs to a change
+(request, approval, run), `--real-use` changes of them (10,000 by default when given).
+
 Usage: .venv/bin/python benchmarks/audit.py [--commits 100000] [--changes 5000] [--rounds 3]
+                                            [--real-use 10000]
 """
 
 from __future__ import annotations
@@ -205,6 +214,40 @@ def build(repo: Path, commits: int, changes: int) -> None:
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-f", "main"], check=True)
 
 
+def prove_valid(repo: Path, changes: int) -> None:
+    """Stop (exit 1) unless audit judges every synthetic change valid and finds nothing.
+
+    A benchmark of an error path (no change loads, nothing judged) measures nothing.
+    """
+    log = subprocess.run(
+        [str(BIN / "opsledger"), "audit", "log", "--format", "json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    rows = json.loads(log.stdout or "[]") if log.returncode == 0 else []
+    ids = [row["change"] for row in rows]
+    good = [row for row in rows if row["result"] == "success" and row["approvers"]]
+    if log.returncode != 0 or len(ids) != changes or len(set(ids)) != changes:
+        sys.exit(
+            f"benchmark: audit log listed {len(ids)} rows ({len(set(ids))} changes) for "
+            f"{changes} changes (exit {log.returncode}): {log.stderr[-1000:]}"
+        )
+    if len(good) != changes:
+        bad = next(row for row in rows if row not in good)
+        sys.exit(f"benchmark: {bad['change']} did not run validly: {json.dumps(bad)[:800]}")
+    check = subprocess.run(
+        [str(BIN / "opsledger"), "audit", "check", "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    findings = json.loads(check.stdout or "[]") if check.returncode in (0, 1) else None
+    if findings is None or findings:
+        shown = findings[:3] if findings else check.stderr[-1000:]
+        sys.exit(f"benchmark: audit check on a clean history (exit {check.returncode}): {shown}")
+
+
 def timed(argv: list[str], cwd: Path) -> float:
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -219,27 +262,35 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--real-use", type=int, default=0, metavar="CHANGES")
     args = parser.parse_args()
+    measure(args.commits, args.changes, args.rounds)
+    if args.real_use:
+        print(f"real use: every commit part of a change ({args.real_use} changes)")
+        measure(3 * args.real_use + 2, args.real_use, args.rounds)
+
+
+def measure(commits: int, changes: int, rounds: int) -> None:
+    """Build one synthetic history, prove it valid, time the lanes, print the ratios."""
     with tempfile.TemporaryDirectory(prefix="opsledger-audit-bench-") as tmp:
         repo = Path(tmp) / "repo"
         started = time.monotonic()
-        build(repo, args.commits, args.changes)
+        build(repo, commits, changes)
         count = subprocess.run(
             ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        print(
-            f"built {count} commits, {args.changes} changes in {time.monotonic() - started:.1f} s"
-        )
+        print(f"built {count} commits, {changes} changes in {time.monotonic() - started:.1f} s")
+        prove_valid(repo, changes)
         lanes = {
             "git log --name-status": ["git", "log", "--name-status"],
             "opsledger audit log": [str(BIN / "opsledger"), "audit", "log", "--format", "json"],
             "opsledger audit check": [str(BIN / "opsledger"), "audit", "check", "--json"],
         }
         times: dict[str, list[float]] = {name: [] for name in lanes}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name, argv in lanes.items():
                 times[name].append(timed(argv, repo))
         check = subprocess.run(
@@ -247,7 +298,7 @@ def main() -> None:
         )
         findings = json.loads(check.stdout or "[]")
     base = statistics.median(times["git log --name-status"])
-    print(f"median of {args.rounds} rounds:")
+    print(f"median of {rounds} rounds:")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:6.1f}x")

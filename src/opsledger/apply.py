@@ -36,7 +36,7 @@ from typing import Any
 from opsledger import procs
 from opsledger.changes import Change, load_change
 from opsledger.content import change_content, require_committed
-from opsledger.decide import Decision, decide
+from opsledger.decide import Decision, decide_again
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.export import altered, commit_content, exported
 from opsledger.faults.detect import record_detection
@@ -639,6 +639,7 @@ def apply_change(
     origin: OriginRecords | None = None,
     base: str | None = None,
     verbosity: int = 0,
+    decided: Decision | None = None,
 ) -> ApplyResult:
     """Decide, lock, settle and decide again, record ahead, run, verify, roll back, record.
 
@@ -652,7 +653,9 @@ def apply_change(
     exit 2 when earlier evidence or the write-ahead record cannot be committed, or when `now` (a
     chosen clock, for the lab only) is given for another environment; in all these cases nothing has
     run. It exits 2 too when the content is not committed (a tracked file modified or staged, or an
-    untracked one outside bookkeeping: content.py). `base` names the protected branch decide trusts.
+    untracked one outside bookkeeping: content.py). `base` names the protected branch decide trusts;
+    `decided` is a decision of this change already made (apply --pending), reused while HEAD,
+    base and content are the same (decide_again), so a queue is decided once per change.
     Otherwise the result says success, failed, rolled_back, rollback_failed or canceled, and
     `committed` whether git has the record (when not, `commit_problem` names the file and the fix,
     and the next command retries the commit). A run that read files outside the approved content, or
@@ -668,7 +671,7 @@ def apply_change(
     reconciled = reconcile_first(project, events)
     require_committed(project, change_id)  # what runs is what git holds, and approvals bind
     _phase(events, "decide", f"deciding {change_id}")
-    decision = decide(project, change_id, now=now, base=base)
+    decision = decide_again(project, change_id, decided, now=now, base=base)
     if not decision.allowed:
         raise _refuse_denied(change_id, decision, project=project)
     _refuse_applied(project, change_id, again)
@@ -709,7 +712,7 @@ def apply_change(
         if origin is not None:
             refuse_running(project, change_id)
         require_committed(project, change_id)  # nothing slipped in while we waited
-        decision = decide(project, change_id, now=again_at, base=base)
+        decision = decide_again(project, change_id, decision, now=again_at, base=base)
         if not decision.allowed:
             raise _refuse_denied(
                 change_id, decision, f" after waiting {lock_wait:.0f} s", project=project

@@ -21,15 +21,17 @@ from opsledger.approvals import (
     standing,
 )
 from opsledger.base import Base, resolve_base
-from opsledger.changes import Change, change_ids, load_withdrawal, validate_change
+from opsledger.changes import Change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
-from opsledger.gitrepo import require_history
+from opsledger.gitrepo import git, require_history
+from opsledger.localcache import ensure_commit_graph
 from opsledger.policy import Policies, Rule, require_policies
 from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
+from opsledger.slots import candidates
 from opsledger.windows import covered, freezes_over
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
@@ -58,6 +60,7 @@ class Decision:
     hosts: list[str] = field(default_factory=list)
     base: str = ""  # the protected base commit the decision trusted
     content: Content | None = field(default=None, repr=False)  # the manifest that was judged
+    head: str = ""  # HEAD when it was decided: statements, runs and withdrawals as of then
 
     def as_dict(self) -> dict:
         return {
@@ -232,13 +235,13 @@ def _still_runs(
     """Why another change no longer holds its hosts; None while it can still run."""
     # Another change holds its hosts until the *base* says it is withdrawn: a withdrawal a
     # branch brings for someone else's change releases nothing before it is merged.
-    if load_withdrawal(project, other.id, [trusted.sha]) is not None:
-        return "withdrawn"
     mine = [r for r in runs if r.change == other.id]
     if any(r.result == "success" for r in mine):
         return "applied"
     if now > other.window_end:
         return "its window has closed"
+    if load_withdrawal(project, other.id, [trusted.sha]) is not None:
+        return "withdrawn"
     content = change_content(project, other, runbook, hosts)
     ended = [r for r in mine if r.content_sha256 == content.sha256 and r.result in FINAL_FAILURES]
     if ended:
@@ -288,9 +291,12 @@ def _conflicts(
     """
     runs = change_runs(project)
     first, after, bypassed = [], [], []
-    for other_id in change_ids(project):
-        if other_id == change.id:
-            continue
+    # Only changes whose request names this environment and an overlapping window can
+    # conflict: those (and any that do not read plainly) are validated in full (slots.py).
+    overlapping = candidates(
+        project, change.id, change.environment, change.window_start, change.window_end
+    )
+    for other_id in overlapping:
         other = validate_change(project, other_id)
         if other.change is None or other.change.environment != change.environment:
             continue
@@ -367,9 +373,13 @@ def decide(
     from opsledger.runbooks import load_runbook
 
     require_history(project.root, "decide")
+    ensure_commit_graph(project.root)  # history walks by path prune with changed-path filters
     moment = now or dt.datetime.now(dt.UTC)
+    head = _head(project)
     if is_policy_change(change_id):
-        return _decide_policy_change(project, change_id, moment, base)
+        decided = _decide_policy_change(project, change_id, moment, base)
+        decided.head = head
+        return decided
     change = load_change(project, change_id)
     runbook = load_runbook(project, change.runbook)
     hosts = validate_change(project, change_id).hosts
@@ -405,6 +415,77 @@ def decide(
         hosts,
         trusted.sha,
         content,
+        head,
+    )
+
+
+def _head(project: Project) -> str:
+    proc = git(project.root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def decide_again(
+    project: Project,
+    change_id: str,
+    previous: Decision | None,
+    *,
+    now: dt.datetime | None = None,
+    base: str | None = None,
+) -> Decision:
+    """`decide`, reusing an earlier decision of the same change when nothing it read moved.
+
+    `apply --pending` decides each change once and hands the decision to apply, which judges
+    again before and after taking the locks: deciding from scratch each time made a pending
+    queue quadratic. The earlier decision stands only for the same change, HEAD (statements,
+    run records, withdrawals and the request are read from git), protected base and content
+    (hashed again here); then only what the clock changes is judged again at `now` — the
+    windows, freezes and promotion's age limit (conflicts only ease with time: another
+    change's window closes). Anything else, a denial, or no earlier decision is a full
+    `decide`.
+
+    Example:
+        decision = decide_again(project, "CHG-0001", pending_decision, base="origin/main")
+    """
+    if (
+        previous is None
+        or not previous.allowed  # time only closes windows: a denial is judged afresh
+        or previous.change_id != change_id
+        or is_policy_change(change_id)
+    ):
+        return decide(project, change_id, now=now, base=base)
+    require_history(project.root, "decide")
+    trusted = _trusted_base(project, base)
+    head = _head(project)
+    if not (head and previous.head == head and previous.base == trusted.sha):
+        return decide(project, change_id, now=now, base=base)
+    from opsledger.changes import load_change
+    from opsledger.runbooks import load_runbook
+
+    change = load_change(project, change_id)
+    runbook = load_runbook(project, change.runbook)
+    require_clean_worktree(project, change_id)
+    content = change_content(project, change, runbook, previous.hosts)
+    if content.sha256 != previous.content_sha256:
+        return decide(project, change_id, now=now, base=base)
+    moment = now or dt.datetime.now(dt.UTC)
+    policies = trusted.policies
+    timed = {c.rule: c for c in window_checks(change, policies, moment)}
+    timed["promotion"] = _promotion(project, trusted, change, runbook, policies, moment)
+    checks = [timed.get(c.rule, c) for c in previous.checks]
+    return Decision(
+        change_id,
+        all(c.passed for c in checks),
+        checks,
+        moment,
+        previous.policy_sha256,
+        content.sha256,
+        previous.risk,
+        previous.priority,
+        previous.approvers,
+        previous.hosts,
+        trusted.sha,
+        content,
+        head,
     )
 
 

@@ -188,6 +188,7 @@ def apply_pending(
                 origin=origin,
                 base=base,
                 verbosity=verbosity,
+                decided=decision,
             )
         except OpsledgerError as err:
             lost = _lost_race(err)

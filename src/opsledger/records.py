@@ -79,9 +79,13 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = {f.name for f in fields(cls)}
+        known = _FIELDS.get(cls)
+        if known is None:
+            known = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+_FIELDS: dict[type, frozenset[str]] = {}  # a record class's field names, computed once
 
 _SHAPES: dict[str, tuple[type, ...]] = {
     "change": (str, type(None)),
@@ -260,24 +264,85 @@ def _unreadable(root: Path, why: str) -> OpsledgerError:
     )
 
 
-def _committed_files(root: Path) -> dict[str, bytes]:
-    """Every run record file of HEAD with its bytes: one ls-tree and one cat-file process.
+_PARSED: dict[str, Any] = {}  # blob id -> its JSON, parsed once per process
+_NOT_JSON = object()
+RUNS_CACHE = "runs-v1"
+
+
+def _json_of(data: bytes) -> Any:
+    try:
+        return json.loads(data, object_pairs_hook=unique_pairs)
+    except (ValueError, TypeError, RecursionError):
+        return _NOT_JSON
+
+
+def _committed_records(project: Project) -> dict[str, Record | None]:
+    """Every run record file of HEAD, parsed (None: not a record).
 
     Fails closed (exit 2) when HEAD exists but git cannot list or read its records: counting
     no runs there would make an applied change pending again.
+
+    A record's JSON depends only on its blob, so it is parsed once and kept by blob id
+    (localcache.py: in an authenticated cache file; an edited one is ignored): a decision reads
+    git's listing of HEAD and only the records it has not seen before.
     """
+    from opsledger.localcache import load_cache, save_cache
+
+    wanted = _record_blobs(project.root)
+    if not wanted:
+        return {}
+    _require_objects(project.root, wanted)  # a damaged clone stops here, cached or not
+    cached = load_cache(project, RUNS_CACHE)
+    missing = [(p, o) for p, o in wanted if o not in _PARSED and o not in cached]
+    blob_of = dict(missing)
+    for path, data in _read_blobs(project.root, missing).items():
+        _PARSED[blob_of[path]] = _json_of(data)
+    found: dict[str, Record | None] = {}
+    kept: dict[str, Any] = {}
+    for path, oid in wanted:
+        entry = cached.get(oid)
+        parsed = (
+            _PARSED[oid]
+            if oid in _PARSED
+            else (entry.get("json", _NOT_JSON) if isinstance(entry, dict) else _NOT_JSON)
+        )
+        kept[oid] = {} if parsed is _NOT_JSON else {"json": parsed}
+        found[path] = None if parsed is _NOT_JSON else record_from_data(parsed)
+    if kept.keys() != cached.keys():
+        save_cache(project, RUNS_CACHE, kept)
+    return found
+
+
+def _record_blobs(root: Path) -> list[tuple[str, str]]:
+    """(path, blob id) of every run record file of HEAD: one ls-tree process."""
     listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", "changes")
     if listing is None:
         if _git_out(root, "rev-parse", "--verify", "-q", "HEAD^{commit}") is None:
-            return {}  # no repository, or no commit yet: no runs
+            return []  # no repository, or no commit yet: no runs
         raise _unreadable(root, "git ls-tree HEAD failed")
-    if not listing:
-        return {}
     wanted = []
     for entry in listing.split(b"\0"):
         meta, _, path = entry.decode().partition("\t")
         if path and _RUN_FILE.fullmatch(path) and meta.split()[1] == "blob":
             wanted.append((path, meta.split()[2]))
+    return wanted
+
+
+def _require_objects(root: Path, wanted: list[tuple[str, str]]) -> None:
+    """Exit 2 unless git has every listed blob (one cat-file --batch-check process)."""
+    out = _git_out(
+        root, "cat-file", "--batch-check", stdin="".join(f"{o}\n" for _, o in wanted).encode()
+    )
+    if out is None:
+        raise _unreadable(root, "git cat-file failed")
+    lines = out.decode(errors="replace").splitlines()
+    for (path, oid), line in zip(wanted, lines + [""] * len(wanted), strict=False):
+        if line.split()[:2] != [oid, "blob"]:
+            raise _unreadable(root, f"{path}: object {oid} is missing")
+
+
+def _read_blobs(root: Path, wanted: list[tuple[str, str]]) -> dict[str, bytes]:
+    """The bytes of (path, blob id) pairs through one cat-file process; missing: exit 2."""
     if not wanted:
         return {}
     out = _git_out(root, "cat-file", "--batch", stdin="".join(f"{o}\n" for _, o in wanted).encode())
@@ -307,10 +372,9 @@ def read_runs(project: Project) -> RunLedger:
         ledger = read_runs(find_project())
         [r.result for r in ledger.committed], [f.path for f in ledger.uncommitted]
     """
-    committed_files = _committed_files(project.root)
+    committed_files = _committed_records(project)
     committed, started = [], []
-    for path, data in committed_files.items():
-        record = _parse(data)
+    for path, record in committed_files.items():
         if record is None:
             continue
         if path.endswith(STARTED_SUFFIX):

@@ -167,3 +167,24 @@ def test_the_startup_benchmark_stops_on_a_run_that_did_not_do_the_real_work(tmp_
         bench.timed(
             [sys.executable, "-c", "print('valid'); raise SystemExit(3)"], tmp_path, "valid"
         )
+
+
+def _audit_bench():
+    spec = importlib.util.spec_from_file_location("bench_audit", REPO_ROOT / "benchmarks/audit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_audit_benchmark_refuses_a_history_whose_changes_do_not_load(tmp_path, monkeypatch):
+    """It once timed an error path: without tests/infra no change loaded, `audit log` listed
+    nothing and `audit check` judged nothing. Its proof now passes on the history it builds and
+    stops the benchmark on one whose changes do not load."""
+    bench = _audit_bench()
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT / "src"))
+    bench.build(tmp_path / "good", 12, 3)
+    bench.prove_valid(tmp_path / "good", 3)
+    monkeypatch.setattr(bench, "PARTS", tuple(p for p in bench.PARTS if p != "tests/infra"))
+    bench.build(tmp_path / "broken", 12, 3)
+    with pytest.raises(SystemExit, match="listed 0 rows"):
+        bench.prove_valid(tmp_path / "broken", 3)

@@ -1,0 +1,175 @@
+"""Machine-local caches of what opsledger derives from git objects, and git's own commit-graph.
+
+Deciding one change used to read every other request in full (conflicts), so its cost grew
+with the history. What a request's bytes say about where and when it runs never changes for
+those bytes, so it is kept under `.opsledger/cache/<name>.json`, keyed by the git blob id of
+the bytes it was derived from.
+
+A cache must never change an answer, and `.opsledger/` is only as trusted as the machine
+(a CI cache restored into it could come from a pull request's job). Every cache file is
+therefore authenticated: its first line is an HMAC-SHA256 of the JSON below it, with a
+random key kept in the git directory (`opsledger-cache.key`, 0600), which no cache restore,
+pull request or commit can write. A file that does not verify — edited, copied from another
+clone, truncated — is ignored and rebuilt from git; a missing or unwritable cache only costs
+time. The folder ignores itself (a `.gitignore` of `*`): git never tracks a cache, even in a
+project whose .gitignore does not name `.opsledger/`.
+
+`ensure_commit_graph` writes git's commit-graph with changed-path (Bloom) filters when the
+clone has none: a `git log -- <path>` walk then skips commits that do not touch the path
+(2.2 s to 0.02 s at 29,000 commits). Only where it is safe: a full local clone whose object
+folder is writable; any failure is ignored (git works the same without it, only slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from opsledger.gitrepo import git, git_env
+from opsledger.project import Project
+
+KEY_FILE = "opsledger-cache.key"
+_KEYS: dict[str, bytes | None] = {}
+_GRAPHS: set[str] = set()
+
+
+def _git_common_dir(root: Path) -> Path | None:
+    proc = git(root, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+    return Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def _key(project: Project) -> bytes | None:
+    """The clone's cache key (made on first use), or None: then nothing is cached."""
+    where = str(project.root)
+    if where not in _KEYS:
+        _KEYS[where] = None
+        common = _git_common_dir(project.root)
+        if common is not None:
+            path = common / KEY_FILE
+            try:
+                if not path.exists():
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(secrets.token_bytes(32))
+                key = path.read_bytes()
+                _KEYS[where] = key if len(key) == 32 else None
+            except OSError:
+                pass
+    return _KEYS[where]
+
+
+def _mac(key: bytes, name: str, body: bytes) -> str:
+    """The authentication of a cache file's body (its JSON bytes, as written) under `name`."""
+    return hmac.new(key, name.encode() + b"\0" + body, hashlib.sha256).hexdigest()
+
+
+def cache_file(project: Project, name: str) -> Path:
+    return project.state_dir / "cache" / f"{name}.json"
+
+
+def load_cache(project: Project, name: str) -> dict[str, Any]:
+    """The entries of cache `name` when the file verifies under this clone's key, else {}.
+
+    Example:
+        slots = load_cache(project, "slots")  # {blob id: what it says}
+    """
+    key = _key(project)
+    if key is None:
+        return {}
+    try:
+        mac, _, body = cache_file(project, name).read_bytes().partition(b"\n")
+    except OSError:
+        return {}
+    if not hmac.compare_digest(mac, _mac(key, name, body).encode()):
+        return {}  # edited, or another clone's: rebuilt from git
+    try:
+        entries = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
+    """Write cache `name` authenticated (atomically); never fails, it only costs time.
+
+    Example:
+        save_cache(project, "slots", slots)
+    """
+    key = _key(project)
+    if key is None:
+        return
+    path = cache_file(project, name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = path.parent / ".gitignore"
+        if not ignore.exists():  # never tracked, even where .opsledger/ is not ignored
+            ignore.write_text("*\n")
+        body = json.dumps(entries, separators=(",", ":")).encode()
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
+            out.write(_mac(key, name, body).encode() + b"\n" + body)
+        os.replace(out.name, path)
+    except OSError:
+        pass
+
+
+def _has_changed_paths(common: Path) -> bool:
+    """Whether a commit-graph with changed-path filters (a BIDX chunk) is there."""
+    info = common / "objects" / "info"
+    files = [info / "commit-graph"]
+    chain = info / "commit-graphs" / "commit-graph-chain"
+    try:
+        if chain.is_file():
+            files = [info / "commit-graphs" / f"graph-{h}.graph" for h in chain.read_text().split()]
+        for file in files:
+            with file.open("rb") as graph:
+                head = graph.read(8)
+                if len(head) < 8 or head[:4] != b"CGPH":
+                    return False
+                table = graph.read(12 * (head[6] + 1))
+                ids = {table[i : i + 4] for i in range(0, len(table), 12)}
+                if b"BIDX" not in ids:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def ensure_commit_graph(root: Path) -> None:
+    """Write the commit-graph with changed-path filters when this clone has none (see above).
+
+    Skipped for a shallow clone, a repository whose objects live elsewhere (alternates) or an
+    unwritable object folder; never raises. Once per repository and process.
+
+    Example:
+        ensure_commit_graph(project.root)  # then `git log -- changes/CHG-0001/` prunes fast
+    """
+    if str(root) in _GRAPHS:
+        return
+    _GRAPHS.add(str(root))
+    common = _git_common_dir(root)
+    if common is None or _has_changed_paths(common):
+        return
+    objects = common / "objects"
+    shallow = git(root, "rev-parse", "--is-shallow-repository", check=False).stdout.strip()
+    if (
+        shallow != "false"
+        or (objects / "info" / "alternates").exists()
+        or not os.access(objects, os.W_OK)
+    ):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["git", "-C", str(root), "commit-graph", "write", "--reachable", "--changed-paths"],
+            capture_output=True,
+            check=False,
+            env=git_env(),
+            timeout=600,
+        )
