@@ -9,9 +9,15 @@ to the same origin — CI runners, laptops, the demo's clone — sees the same r
   (must still be that one). receive-pack checks the expected old value under its ref lock, so
   of several controllers racing for a host exactly one wins; the others are told "stale info",
   read the new holder and report it (exit 4). All hosts or none, thanks to `--atomic`.
-- *stale*: expired (`expires`, STALE_AFTER after it was taken), or held by a process of this
-  machine that is gone (with its guard and its playbook). A heartbeat that renews `expires` and
-  a queue of waiters can be added on the same refs (issue #21).
+- *stale*: expired (`expires`: `lease_s` of policies/locks.yml after it was taken or last
+  renewed), or held by a process of this machine that is gone (with its guard and its
+  playbook).
+- *heartbeat*: while the run lives, a thread of its process (`Heartbeat`) pushes a new lock
+  commit with a later `expires` every third of `lease_s`, by CAS on the commit it pushed last;
+  a killed runner stops beating and its hosts are free `lease_s` later. A renewal that loses
+  the CAS means someone took the hosts over (they judged us dead): the lease is marked lost
+  and the run is told (`lost`).
+- *queue*: waiters line up in origin_queue.py; only the first in line takes the hosts.
 - *release*: pushing the deletion with `--force-with-lease=<ref>:<our commit>`, so a lock that
   someone took over meanwhile is not freed by mistake.
 """
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +45,15 @@ class OriginLease:
     root: Path
     remote: str
     refs: dict[str, str]  # ref -> the commit we pushed (what release expects to find)
+    holder: Holder | None = None
+    lease_s: int = 600
+    renewals: int = 0
+    lost: list[str] = field(default_factory=list)  # refs someone took over from us
+    guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_spec(self) -> dict[str, Any]:
-        return {"root": str(self.root), "remote": self.remote, "refs": self.refs}
+        with self.guard:
+            return {"root": str(self.root), "remote": self.remote, "refs": dict(self.refs)}
 
 
 def lock_ref(environment: str, host: str) -> str:
@@ -208,7 +221,8 @@ def take_origin(
             return None, blocked, []
         pushed = _push(root, remote, updates, atomic=True)
         if pushed.returncode == 0:
-            return OriginLease(root, remote, {r: new for r, (new, _) in updates.items()}), [], notes
+            refs = {r: new for r, (new, _) in updates.items()}
+            return OriginLease(root, remote, refs, holder), [], notes
         if not _rejected(pushed):
             raise _unreachable(remote, pushed)
         if refusals := _refusals(pushed):
@@ -223,17 +237,96 @@ def take_origin(
     return None, found, []
 
 
+def renew_origin(lease: OriginLease, now: dt.datetime | None = None) -> bool | None:
+    """Push a later `expires` on every lock ref still ours, by CAS on the commit we pushed last.
+
+    True when renewed; False when the CAS lost (someone took the hosts over: `lease.lost`
+    names the refs, and we stop renewing them); None when the origin could not be reached
+    (the next beat tries again, the lease still runs until `expires`).
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    with lease.guard:
+        if lease.holder is None or not lease.refs:
+            return None
+        expires = (moment + dt.timedelta(seconds=lease.lease_s)).isoformat()
+        updates = {}
+        for ref, ours in lease.refs.items():
+            host = ref.rsplit("/", 1)[1]
+            mine = Holder(
+                **{**asdict(lease.holder), "host": host, "expires": expires,
+                   "renewed": moment.isoformat()}
+            )  # fmt: skip
+            updates[ref] = (_lock_commit(lease.root, mine), ours)
+        pushed = _push(lease.root, lease.remote, updates, atomic=True)
+        if pushed.returncode == 0:
+            lease.refs = {ref: new for ref, (new, _) in updates.items()}
+            lease.holder = Holder(**{**asdict(lease.holder), "expires": expires})
+            lease.renewals += 1
+            return True
+        if not _rejected(pushed):
+            return None
+        # Atomic: nothing was renewed. Keep renewing the refs that are still ours.
+        present = _remote_refs(lease.root, lease.remote, lease.holder.environment)
+        taken = [ref for ref, ours in lease.refs.items() if present.get(ref) != ours]
+        lease.lost += taken
+        lease.refs = {ref: ours for ref, ours in lease.refs.items() if ref not in taken}
+        return False
+
+
+class Heartbeat:
+    """Renews a lease every `every` seconds while the run lives; stopped before release.
+
+    A thread of the apply process itself, on purpose: when the process dies (kill -9, OOM, a
+    runner torn down) the beats stop with it and the lease expires `lease_s` later.
+
+    Example:
+        beat = Heartbeat(lease, every=lease.lease_s / 3); ...; beat.stop()
+    """
+
+    def __init__(self, lease: OriginLease, every: float) -> None:
+        self.lease = lease
+        self.every = every
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="opsledger-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if renew_origin(self.lease) is False and not self.lease.refs:
+                    return  # every host taken over: nothing left to renew
+            except OpsledgerError:
+                continue  # the origin is unreachable now; the lease runs until it expires
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=60)
+
+
 def release_origin(lease: OriginLease) -> list[str]:
     """Delete our lock refs (only where they are still ours); warnings for the rest."""
-    updates = {ref: ("", ours) for ref, ours in lease.refs.items()}
+    with lease.guard:
+        refs = dict(lease.refs)
+    warnings = [
+        f"origin lock {ref} was taken over while the run held it (a renewal lost its "
+        "compare-and-swap): another run may have touched those hosts"
+        for ref in lease.lost
+    ]
+    if not refs:
+        return warnings
+    updates = {ref: ("", ours) for ref, ours in refs.items()}
     pushed = _push(lease.root, lease.remote, updates, atomic=False)
     if pushed.returncode == 0:
-        return []
-    refs = ", ".join(lease.refs)
+        return warnings
+    names = ", ".join(refs)
     if _rejected(pushed):
-        return [f"origin lock(s) {refs} were taken over by another run meanwhile: left as they are"]
+        return [
+            *warnings,
+            f"origin lock(s) {names} were taken over by another run meanwhile: left as they are",
+        ]
     last = (pushed.stderr or pushed.stdout).strip().splitlines()[-1:] or ["no output"]
     return [
-        f"could not free origin lock(s) {refs} on {lease.remote}: {last[0]}; they expire by "
-        f"themselves, or delete them: git push {lease.remote} --delete {' '.join(lease.refs)}"
+        *warnings,
+        f"could not free origin lock(s) {names} on {lease.remote}: {last[0]}; they expire by "
+        f"themselves, or delete them: git push {lease.remote} --delete {' '.join(refs)}",
     ]
