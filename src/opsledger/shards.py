@@ -210,6 +210,35 @@ def shard_count(project: Project, environment: str) -> int:
     return max(1, min(int(rules.get("max", MAX_SHARDS)), math.ceil(hosts / int(per))))
 
 
+def gitlab_parallel_problems(pipeline: Path, counts: dict[str, int]) -> list[Problem]:
+    """Where the GitLab pipeline's `apply:<env>` jobs are not sized as the policy says.
+
+    GitLab's `parallel:` must be a number written in the file (a generated child pipeline
+    would hide the jobs from the environment's page), so the file is checked instead:
+    `opsledger ci shards --check-gitlab .gitlab-ci.yml` in the lint job.
+    """
+    from opsledger.yamlio import load_yaml
+
+    data = load_yaml(pipeline, what="GitLab pipeline")
+    problems = []
+    for name, count in counts.items():
+        job = data.get(f"apply:{name}") if isinstance(data, dict) else None
+        if not isinstance(job, dict):
+            continue
+        written = job.get("parallel", 1)
+        if written != count:
+            problems.append(
+                Problem(
+                    f"apply:{name} runs {written} shard job(s), policies/locks.yml sizes "
+                    f"{name} at {count}",
+                    str(pipeline),
+                    f"apply:{name}.parallel",
+                    f"set `parallel: {count}`" if count > 1 else "remove `parallel:`",
+                )
+            )
+    return problems
+
+
 # -- shard records ------------------------------------------------------------------------------
 
 
@@ -515,6 +544,7 @@ __all__ = [
     "reports_of",
     "shard_count",
     "shard_ran",
+    "gitlab_parallel_problems",
     "split_hosts",
     "worst",
 ]
