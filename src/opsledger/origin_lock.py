@@ -100,10 +100,20 @@ def _holders(root: Path, remote: str, refs: dict[str, str]) -> dict[str, Holder 
     if not refs:
         return {}
     fetched = _git(root, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, *refs)
+    gone: set[str] = set()
     if fetched.returncode != 0:
-        raise _unreachable(remote, fetched)
+        # A ref listed a moment ago may be gone now (released, or a waiter left the line):
+        # fetch one by one and leave out the ones the remote no longer has.
+        for ref in refs:
+            one = _git(root, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, ref)
+            if one.returncode != 0:
+                if "couldn't find remote ref" not in one.stderr:
+                    raise _unreachable(remote, one)
+                gone.add(ref)
     found: dict[str, Holder | None] = {}
     for ref, oid in refs.items():
+        if ref in gone:
+            continue
         body = _git(root, "log", "-1", "--format=%B", oid)
         found[ref] = Holder.parse(body.stdout) if body.returncode == 0 else None
     return found

@@ -86,7 +86,11 @@ def entries(root: Path, remote: str, environment: str, hosts: list[str]) -> list
             found[ref] = (host, int(number), oid)
     holders = _holders(root, remote, {ref: oid for ref, (_, _, oid) in found.items()})
     return sorted(
-        (Entry(h, n, ref, oid, holders.get(ref)) for ref, (h, n, oid) in found.items()),
+        (
+            Entry(h, n, ref, oid, holders[ref])
+            for ref, (h, n, oid) in found.items()
+            if ref in holders  # not gone since it was listed
+        ),
         key=lambda e: (e.ticket, e.host),
     )
 

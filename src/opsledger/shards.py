@@ -535,6 +535,7 @@ __all__ = [
     "Shard",
     "ShardPlan",
     "ShardRun",
+    "gitlab_parallel_problems",
     "latest_attempt",
     "merge_records",
     "merged_already",
@@ -544,7 +545,6 @@ __all__ = [
     "reports_of",
     "shard_count",
     "shard_ran",
-    "gitlab_parallel_problems",
     "split_hosts",
     "worst",
 ]
