@@ -184,6 +184,7 @@ def merge_shards(
         else dt.datetime.now(dt.UTC)
     )
     path = run_record_path(project, change_id, started)
+    record = _told(project, change, record, path, events)
     with commit_lock(project):
         write_record(path, record)
         sha = commit_evidence(
@@ -196,6 +197,37 @@ def merge_shards(
     return MergeResult(
         change_id, attempt, count, record.result, record, path, sha, others_rolled_back=others
     )
+
+
+def _told(
+    project: Project, change: Change, record: Record, path: Path, events: Events | None
+) -> Record:
+    """Notify the merged run as apply notifies a run (its shards told nobody)."""
+    from opsledger.notify import notify, run_notice
+
+    failure = "; ".join(
+        f"shard {s['shard']}: {s['result']}" for s in record.runner.get("shards", [])
+        if s["result"] != "success"
+    )  # fmt: skip
+    told = notify(
+        project,
+        run_notice(
+            change.id,
+            change.title,
+            change.environment,
+            change.targets,
+            record.runbook or "",
+            record.result,
+            failure,
+            path.relative_to(project.root).as_posix(),
+            hosts=record.hosts,
+            rollback="",
+        ),
+    )
+    for line in told.lines():
+        if events:
+            events({"event": "opsledger_phase", "phase": "notify", "message": line})
+    return dataclasses.replace(record, notifications=told.as_list())
 
 
 def _roll_back_others(

@@ -243,7 +243,7 @@ def merge(environment: str | None, remote: str | None, final: bool) -> None:
     type=click.Choice(["text", "github"]),
     default="text",
     show_default=True,
-    help="github: a matrix include list (JSON) for fromJSON().",
+    help="github: `ENV=[1, 2, ...]` lines for $GITHUB_OUTPUT (the apply matrix).",
 )
 @click.option(
     "--check-gitlab",
@@ -273,8 +273,9 @@ def shards(environments: tuple[str, ...], fmt: str, check_gitlab: Path | None) -
         for problem in problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1 if problems else 0)
-    if fmt == "github":
-        click.echo(json.dumps({name: list(range(1, n + 1)) for name, n in counts.items()}))
+    if fmt == "github":  # step outputs: one `name=<JSON list of shard indexes>` per line
+        for name, count in counts.items():
+            click.echo(f"{name}={json.dumps(list(range(1, count + 1)))}")
         return
     for name, count in counts.items():
         click.echo(f"{name}: {count}")
