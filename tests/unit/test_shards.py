@@ -82,9 +82,7 @@ def test_the_lab_splits_its_db_cluster_standby_first_and_unsplittable_runbooks_r
     whole = plan_shards(project, environment="lab", runbook=switchover, hosts=LAB, count=3)
     assert not whole.split and whole.shards == [LAB, [], []]
     restart = load_runbook(project, "service-restart")  # serial 1, no say: not split
-    assert not plan_shards(
-        project, environment="lab", runbook=restart, hosts=LAB, count=2
-    ).split
+    assert not plan_shards(project, environment="lab", runbook=restart, hosts=LAB, count=2).split
 
 
 def test_shard_counts_come_from_the_environments_host_count_in_policy(repo):
@@ -275,7 +273,8 @@ def _local_change(repo, failing: str = ""):
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
     )
-    commit_paths(root, [change.file.parent], "Request", name="Alice Arnold", email="alice@ex.org")
+    commit_paths(root, [change.file.parent], "Request", name="Alice Arnold",
+                 email="alice@example.org")  # fmt: skip
     return project, change.id
 
 
