@@ -6,6 +6,7 @@ the policy says."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -137,12 +138,13 @@ def _shard_record(index: int, result: str, hosts: list[str], **extra) -> Record:
     )
 
 
+@dataclasses.dataclass
 class _Change:
-    id = "CHG-0001"
-    environment = "lab"
-    runbook = "converge"
-    params: dict = {}
-    targets = "all"
+    id: str = "CHG-0001"
+    environment: str = "lab"
+    runbook: str = "converge"
+    params: dict = dataclasses.field(default_factory=dict)
+    targets: str = "all"
 
 
 def _file(index, record, started=False):
@@ -163,7 +165,7 @@ def test_the_merged_record_is_the_union_of_its_shards_with_the_worst_result():
         2: _file(2, failed),
         3: _file(3, _shard_record(3, "success", ["lab-app2"])),
     }
-    merged = merge_records(_Change, 3, 1, reports)
+    merged = merge_records(_Change(), 3, 1, reports)
     assert merged.result == "rolled_back"
     assert merged.hosts == LAB and merged.targets == "all"
     assert merged.started_at == "2026-12-01T20:01:00+00:00"
@@ -174,7 +176,7 @@ def test_the_merged_record_is_the_union_of_its_shards_with_the_worst_result():
     assert [s["result"] for s in merged.runner["shards"]] == ["success", "rolled_back", "success"]
     assert set(merged.stats) == set(LAB) and merged.content_sha256 == "c" * 64
     # the same shards give the same bytes (two merges racing write one record)
-    assert merge_records(_Change, 3, 1, reports).to_json() == merged.to_json()
+    assert merge_records(_Change(), 3, 1, reports).to_json() == merged.to_json()
 
 
 def test_a_shard_that_never_reported_or_died_makes_the_run_interrupted():
@@ -183,7 +185,7 @@ def test_a_shard_that_never_reported_or_died_makes_the_run_interrupted():
         2: _file(2, _shard_record(2, "started", ["lab-db1"]), started=True),
         3: None,
     }
-    merged = merge_records(_Change, 3, 1, reports)
+    merged = merge_records(_Change(), 3, 1, reports)
     assert merged.result == "interrupted"
     whys = {s["shard"]: s.get("why") for s in merged.runner["shards"]}
     assert whys == {
@@ -199,7 +201,7 @@ def test_shards_that_ran_different_content_fail_the_merge():
     other = _shard_record(2, "success", ["lab-app2"])
     other.content_sha256 = "d" * 64
     reports = {1: _file(1, _shard_record(1, "success", ["lab-app1"])), 2: _file(2, other)}
-    merged = merge_records(_Change, 2, 1, reports)
+    merged = merge_records(_Change(), 2, 1, reports)
     assert merged.result == "failed" and merged.findings[0]["rule"] == "one-content"
 
 
