@@ -19,8 +19,8 @@ What is not content — bookkeeping, which must be writable without voiding appr
 
 - other changes' folders `changes/<OTHER-ID>/` (CHG and POL alike);
 - this change's own bookkeeping: `changes/<ID>/approvals/` (statements), `runs/` (run
-  records), `shards/` (a sharded apply's shard records), `review.yml` (post-implementation review) and `withdrawn.yml`; its own
-  `changes/<ID>/change.yml` *is* content;
+  records), `shards/` (a sharded apply's shard records), `review.yml` (post-implementation
+  review) and `withdrawn.yml`; its own `changes/<ID>/change.yml` *is* content;
 - `records/` (inspections, drift, drills), `incidents/`, `problems/`: operational records;
 - `.opsledger/` (machine-local state) and whatever git ignores (never tracked).
 

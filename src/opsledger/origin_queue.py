@@ -29,7 +29,7 @@ from opsledger.lock import Holder
 from opsledger.origin_lock import (
     _git,
     _holders,
-    _lock_commit,
+    _lock_commits,
     _push,
     _refusals,
     _refused,
@@ -178,9 +178,12 @@ def line_up(
         old, number = _counter(root, remote, environment)
         ticket = number + 1
         updates = {counter_ref: (_counter_commit(root, ticket), old)}
-        for host in hosts:
-            entry = Holder(**{**asdict(holder), "host": host, "expires": expires, "ticket": ticket})
-            updates[queue_ref(environment, host, ticket)] = (_lock_commit(root, entry), "")
+        entries = [
+            Holder(**{**asdict(holder), "host": host, "expires": expires, "ticket": ticket})
+            for host in hosts
+        ]
+        for host, oid in zip(hosts, _lock_commits(root, entries), strict=True):
+            updates[queue_ref(environment, host, ticket)] = (oid, "")
         pushed = _push(root, remote, updates, atomic=True)
         if pushed.returncode == 0:
             refs = {ref: new for ref, (new, _) in updates.items() if ref != counter_ref}
@@ -199,13 +202,19 @@ def stay(root: Path, remote: str, holder: Holder, place: Place, lease_s: int, no
     ticket: the ticket, not the entry's age, is our place.
     """
     expires = (now + dt.timedelta(seconds=lease_s)).isoformat()
-    updates = {}
-    for ref, ours in place.refs.items():
-        host = ref.rsplit("/", 2)[-2]
-        entry = Holder(
-            **{**asdict(holder), "host": host, "expires": expires, "ticket": place.ticket}
+    entries = [
+        Holder(
+            **{
+                **asdict(holder),
+                "host": ref.rsplit("/", 2)[-2],
+                "expires": expires,
+                "ticket": place.ticket,
+            }
         )
-        updates[ref] = (_lock_commit(root, entry), ours)
+        for ref in place.refs
+    ]
+    made = _lock_commits(root, entries)
+    updates = {ref: (oid, ours) for (ref, ours), oid in zip(place.refs.items(), made, strict=True)}
     pushed = _push(root, remote, updates, atomic=False)
     if pushed.returncode == 0:
         place.refs = {ref: new for ref, (new, _) in updates.items()}
