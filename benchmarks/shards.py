@@ -126,10 +126,17 @@ def lane_plan(project: Project, hosts: list[str], shards: int):
 
 
 def lane_one(project: Project, bare: Path, hosts: list[str], lock_dir: Path) -> float:
-    os.environ["OPSLEDGER_LOCK_DIR"] = str(lock_dir)
-    started = time.perf_counter()
-    held = acquire(project, environment=ENV, hosts=hosts, change="CHG-0001", owner="bench")
-    took = time.perf_counter() - started
+    before = os.environ.get("OPSLEDGER_LOCK_DIR")
+    os.environ["OPSLEDGER_LOCK_DIR"] = str(lock_dir)  # this lane's machine locks
+    try:
+        started = time.perf_counter()
+        held = acquire(project, environment=ENV, hosts=hosts, change="CHG-0001", owner="bench")
+        took = time.perf_counter() - started
+    finally:
+        if before is None:
+            os.environ.pop("OPSLEDGER_LOCK_DIR", None)
+        else:
+            os.environ["OPSLEDGER_LOCK_DIR"] = before
     refs = lock_refs(bare)
     if len(refs) != len(hosts) or set(refs.values()) != {"CHG-0001"}:
         fail(f"one controller: {len(refs)} lock refs on the origin, {len(hosts)} hosts locked")
