@@ -25,9 +25,11 @@ to the same origin — CI runners, laptops, the demo's clone — sees the same r
 from __future__ import annotations
 
 import datetime as dt
+import random
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +240,7 @@ def take_origin(
     """
     root = project.root
     environment = holder.environment
-    for _ in range(ATTEMPTS):
+    for attempt in range(ATTEMPTS):
         present = _remote_refs(root, remote, environment)
         wanted = {lock_ref(environment, h): h for h in hosts}
         holders = _holders(root, remote, {r: o for r, o in present.items() if r in wanted})
@@ -269,6 +271,7 @@ def take_origin(
             raise _unreachable(remote, pushed)
         if refusals := _refusals(pushed):
             raise _refused(remote, refusals[0])
+        time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # jittered backoff
     present = _remote_refs(root, remote, environment)
     wanted = [lock_ref(environment, h) for h in hosts]
     holders = _holders(root, remote, {r: o for r, o in present.items() if r in wanted})
@@ -363,16 +366,28 @@ def release_origin(lease: OriginLease) -> list[str]:
     ]
     if not refs:
         return warnings
-    updates = {ref: ("", ours) for ref, ours in refs.items()}
-    pushed = _push(lease.root, lease.remote, updates, atomic=False)
-    if pushed.returncode == 0:
-        return warnings
+    for attempt in range(ATTEMPTS):
+        updates = {ref: ("", ours) for ref, ours in refs.items()}
+        pushed = _push(lease.root, lease.remote, updates, atomic=False)
+        if pushed.returncode == 0:
+            return warnings
+        if not _rejected(pushed):
+            break
+        # Rejected: lost to a takeover, or only the origin's ref lock was busy (many runners
+        # releasing at once). Retry what is still ours; what is not was taken over.
+        environment = lease.holder.environment if lease.holder else ""
+        present = _remote_refs(lease.root, lease.remote, environment) if environment else {}
+        others = [ref for ref, ours in refs.items() if ref in present and present[ref] != ours]
+        if others:
+            warnings.append(
+                f"origin lock(s) {', '.join(others)} were taken over by another run meanwhile: "
+                "left as they are"
+            )
+        refs = {ref: ours for ref, ours in refs.items() if present.get(ref) == ours}
+        if not refs:
+            return warnings
+        time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # jittered backoff
     names = ", ".join(refs)
-    if _rejected(pushed):
-        return [
-            *warnings,
-            f"origin lock(s) {names} were taken over by another run meanwhile: left as they are",
-        ]
     last = (pushed.stderr or pushed.stdout).strip().splitlines()[-1:] or ["no output"]
     return [
         *warnings,
