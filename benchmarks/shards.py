@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from opsledger import inventory, runbooks  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lock import Holder, acquire, release  # noqa: E402
 from opsledger.origin_lock import LOCK_REFS, renew_origin  # noqa: E402
@@ -108,8 +109,10 @@ def lock_refs(bare: Path) -> dict[str, str]:
 
 
 def lane_plan(project: Project, hosts: list[str], shards: int):
-    runbook = load_runbook(project, "os-patch")  # splittable, db clusters together, standby first
+    inventory._CACHE.clear()  # cold, as a runner computes it: the inventory read and parsed
+    runbooks._CACHE.clear()
     started = time.perf_counter()
+    runbook = load_runbook(project, "os-patch")  # splittable, db clusters together, standby first
     plan = plan_shards(project, environment=ENV, runbook=runbook, hosts=hosts, count=shards)
     took = time.perf_counter() - started
     flat = [h for s in plan.shards for h in s]

@@ -16,12 +16,14 @@ from typing import Any
 from opsledger.apply import ApplyResult, Events, apply_change, roll_back_hosts
 from opsledger.changes import Change, load_change
 from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
+from opsledger.faults.detect import record_detection
 from opsledger.identity import commit_evidence
 from opsledger.lock import lock_policy
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.reconcile import commit_lock
 from opsledger.records import Record, run_record_path, write_record
+from opsledger.reviews import open_review
 from opsledger.runbooks import load_runbook
 from opsledger.shards import (
     Shard,
@@ -194,6 +196,15 @@ def merge_shards(
         )
         if origin is not None:
             origin.claim(change_id, path)  # exit 4 when another merge came first
+        # What apply does after a run: an emergency change's review falls due, in its own
+        # commit (a lost claim drops exactly the record's commit).
+        finished = record.finished_at or started.isoformat()
+        review = open_review(project, change, dt.datetime.fromisoformat(finished))
+        if review is not None:
+            commit_evidence(project, [review], f"Review of {change_id} due")
+    detected = record_detection(project, [path])  # incidents follow committed evidence
+    if events and detected.summary():
+        events({"event": "opsledger_phase", "phase": "incidents", "message": detected.summary()})
     return MergeResult(
         change_id, attempt, count, record.result, record, path, sha, others_rolled_back=others
     )
