@@ -221,3 +221,33 @@ def test_a_dead_waiters_place_expires_and_blocks_nobody(origin, monkeypatch):
     release(_take(late, "CHG-0002", wait=LEASE_S * 4, poll=0.2))  # once its place expired
     assert time.monotonic() - started <= LEASE_S + 3
     assert git(bare, "for-each-ref", QUEUE_REFS).stdout == ""  # deleted by whoever saw it
+
+
+def test_the_guard_of_a_dead_run_frees_its_renewed_locks_and_no_one_elses(origin, monkeypatch):
+    """The guard is told the lock commits when the run starts; the heartbeat replaces them.
+    Freeing by the old commit failed (stale info) and left a dead run's hosts locked until
+    they expired: the guard now frees the refs whose holder names its run."""
+    from opsledger.guard import _free
+
+    bare, clone = origin
+    (ci, ci_locks) = clone("ci")
+    monkeypatch.setenv("OPSLEDGER_LOCK_DIR", ci_locks)
+    held = _take(ci, "CHG-0001", hosts=("lab-db1", "lab-db2"))
+    told = held.origin.as_spec()["refs"]  # what the guard was told
+    held.note(run="CHG-0001/20261201T200000Z")
+    deadline = time.monotonic() + 30
+    while held.origin.renewals < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    held.heartbeat.stop()  # the run died: no more beats
+    db1, db2 = lock_ref("lab", "lab-db1"), lock_ref("lab", "lab-db2")
+    assert git(bare, "rev-parse", db1).stdout.strip() != told[db1]  # renewed since
+    assert _free(ci.root, "origin", db1, told[db1], "CHG-0001/20261201T200000Z") == (
+        f"freed {db1}"
+    )
+    assert "left alone" in _free(ci.root, "origin", db2, told[db2], "CHG-0002/20261201T210000Z")
+    assert git(bare, "for-each-ref", "--format=%(refname)", LOCKS_PREFIX).stdout.split() == [db2]
+    held.origin.refs.pop(db1)
+    release(held)
+
+
+LOCKS_PREFIX = "refs/opsledger/locks"
