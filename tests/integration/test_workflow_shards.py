@@ -96,10 +96,14 @@ def _runner(project: Project, bare: Path, tmp_path: Path, name: str) -> tuple[Pr
     return Project(root), env
 
 
-def _start(runner: Project, env: dict, *args: str) -> subprocess.Popen:
+def _start(runner: Project, env: dict, *args: str, elsewhere: bool = False) -> subprocess.Popen:
+    """The CLI in the background; `elsewhere`: in a pid namespace of its own, which is another
+    machine as far as locks can tell (its processes cannot be looked at from here), and which
+    the kernel tears down whole — apply, guard and playbook — when its first process dies."""
     log = open(runner.root.parent / f"{runner.root.name}.log", "w")  # noqa: SIM115 - kept by proc
+    machine = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]
     return subprocess.Popen(
-        [sys.executable, "-m", "opsledger", *args],
+        [*(machine if elsewhere else []), sys.executable, "-m", "opsledger", *args],
         cwd=runner.root,
         env={**runner.ansible_env(), "OPSLEDGER_PROJECT": str(runner.root), **env},
         stdout=log,
@@ -136,6 +140,7 @@ def test_three_runners_apply_one_change_in_shards_and_merge_one_run_record(
     project, bare = origin
     change_id = _change(project, bare, "all")
     runners = [_runner(project, bare, tmp_path, f"r{i}") for i in range(1, 4)]
+    other, other_env = _runner(project, bare, tmp_path, "r4")  # cloned before: quick to start
     procs = [
         _start(r, env, *SHARD_ARGS, "--wait", "900", "--shard", f"{i}/3")
         for i, (r, env) in enumerate(runners, start=1)
@@ -149,11 +154,10 @@ def test_three_runners_apply_one_change_in_shards_and_merge_one_run_record(
         shards = {h["runner"] for h in holders.values()}
         seen_together = max(seen_together, len(shards))
         if contended is None and any("shard 2/3" in s for s in shards):
-            other, env = _runner(project, bare, tmp_path, "r4")
             contended = subprocess.run(
                 [sys.executable, "-m", "opsledger", "apply", change_id, "--shard", "2/3"],
                 cwd=other.root,
-                env={**other.ansible_env(), "OPSLEDGER_PROJECT": str(other.root), **env},
+                env={**other.ansible_env(), "OPSLEDGER_PROJECT": str(other.root), **other_env},
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -183,45 +187,42 @@ def test_three_runners_apply_one_change_in_shards_and_merge_one_run_record(
     assert db.record.hosts == ["lab-db2", "lab-db1"]  # one shard, in the converge's order
 
 
-def _started_record(runner: Project, change_id: str, timeout: float = 600) -> dict:
-    folder = runner.root / "changes" / change_id / "shards"
+def _claimed(bare: Path, runner: Project, change_id: str, timeout: float = 600) -> None:
+    """Wait until shard 1's write-ahead record is on the origin (the shard claimed its run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(folder.glob("*-1of2.started.json")) if folder.exists() else []
-        if found:
-            return json.loads(found[0].read_text())
+        listed = git(bare, "ls-tree", "-r", "--name-only", "main", f"changes/{change_id}/shards/",
+                     check=False).stdout  # fmt: skip
+        if "-1of2.started.json" in listed:
+            return
         time.sleep(0.5)
-    raise AssertionError("shard 1 never wrote its write-ahead record:\n" + _output(runner))
+    raise AssertionError("shard 1 never claimed its run on the origin:\n" + _output(runner))
 
 
 def test_a_torn_down_runners_shard_lock_is_taken_over_after_expiry_and_the_run_is_interrupted(
     converged_lab, origin, tmp_path
 ):
-    from opsledger import procs
-
     project, bare = origin
     change_id = _change(project, bare, "app")
     (one, one_env), (two, two_env) = (
         _runner(project, bare, tmp_path, "k1"),
         _runner(project, bare, tmp_path, "k2"),
     )
-    doomed = _start(one, one_env, "ci", "apply", "--env", "lab", "--push", "origin", "--shard",
-                    "1/2")  # fmt: skip
-    ahead = _started_record(one, change_id)
+    doomed = _start(one, one_env, *SHARD_ARGS, "--shard", "1/2", elsewhere=True)
+    _claimed(bare, one, change_id)
     holders = _holders(bare)
     assert holders["lab-app1"]["runner"] == "runner-k1 shard 1/2"
-    # The runner is torn down: apply, its guard and its playbook, all at once.
-    os.killpg(doomed.pid, signal.SIGKILL)
-    os.kill(ahead["runner"]["guard_pid"], signal.SIGKILL)
-    procs.end_run_processes(ahead["runner"]["run"], grace=1, patience=60)
+    # The runner is torn down: its pid namespace dies whole (apply, guard, playbook) and
+    # nobody frees its lock.
+    os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(60)
+    time.sleep(2)
     killed_at = dt.datetime.now(dt.UTC)
     left = _holders(bare)["lab-app1"]  # nobody freed it: it expires by itself
     expires = dt.datetime.fromisoformat(left["expires"])
     assert expires <= killed_at + dt.timedelta(seconds=LEASE_S + 5)
 
-    other = _start(two, two_env, "ci", "apply", "--env", "lab", "--push", "origin", "--wait",
-                   "300", "--shard", "1/2")  # fmt: skip
+    other = _start(two, two_env, *SHARD_ARGS, "--wait", "300", "--shard", "1/2")
     other.wait(900)
     out = _output(two)
     assert dt.datetime.now(dt.UTC) >= expires  # it waited for the lease to run out
@@ -229,8 +230,7 @@ def test_a_torn_down_runners_shard_lock_is_taken_over_after_expiry_and_the_run_i
     assert "already ran (started)" in out, out[-4000:]  # the dead shard is not run twice
     assert _holders(bare) == {}
 
-    second = _start(two, two_env, "ci", "apply", "--env", "lab", "--push", "origin", "--shard",
-                    "2/2")  # fmt: skip
+    second = _start(two, two_env, *SHARD_ARGS, "--shard", "2/2")
     assert second.wait(1800) == 0, _output(two)[-4000:]
     merge = subprocess.run(
         [sys.executable, "-m", "opsledger", "ci", "merge", "--env", "lab", "--push", "origin",
