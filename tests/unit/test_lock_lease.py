@@ -241,9 +241,7 @@ def test_the_guard_of_a_dead_run_frees_its_renewed_locks_and_no_one_elses(origin
     held.heartbeat.stop()  # the run died: no more beats
     db1, db2 = lock_ref("lab", "lab-db1"), lock_ref("lab", "lab-db2")
     assert git(bare, "rev-parse", db1).stdout.strip() != told[db1]  # renewed since
-    assert _free(ci.root, "origin", db1, told[db1], "CHG-0001/20261201T200000Z") == (
-        f"freed {db1}"
-    )
+    assert _free(ci.root, "origin", db1, told[db1], "CHG-0001/20261201T200000Z") == (f"freed {db1}")
     assert "left alone" in _free(ci.root, "origin", db2, told[db2], "CHG-0002/20261201T210000Z")
     assert git(bare, "for-each-ref", "--format=%(refname)", LOCKS_PREFIX).stdout.split() == [db2]
     held.origin.refs.pop(db1)
