@@ -9,17 +9,20 @@ each round (lanes alternate, so the machine's load hits them alike):
 (a) plan: the split of every host over `--shards` shards, as each runner computes it
     (shards.plan_shards: the inventory loaded, the runbook's together/order rules applied);
 (b) lock, one controller: every host in one acquire (one atomic push of N refs), then release;
-(c) lock, sharded: `--shards` processes at once, each acquiring only its shard's hosts on the
-    same origin, then releasing: the wall time until every shard held its hosts;
-(d) heartbeat: one renewal of a shard's leases by compare-and-swap;
-(e) merge: `--shards` shard records merged into the one run record (shards.merge_records),
+(c) lock, one shard alone: shard 1's hosts acquired, renewed once and released by one process —
+    what each runner pays when the runners are separate machines;
+(d) lock, sharded: `--shards` processes at once on THIS machine, each acquiring only its
+    shard's hosts on the same origin, then releasing: the wall time until every shard held its
+    hosts (here they share the cores and the one bare repository);
+(e) heartbeat: one renewal of a shard's leases by compare-and-swap, alone and at once;
+(f) merge: `--shards` shard records merged into the one run record (shards.merge_records),
     written and committed to git, next to writing and committing one shard record.
 
-and prints each figure with the ratios (c)/(b) and (e)/(one record). It stops (exit 1) unless it
-measured the real path: every lock ref was on the origin with the holder of its own shard and
-none is left after release; the shards cover every host once and keep each db cluster together;
-the merged record names every host, has the worst shard result and is committed. Nothing
-here needs the lab.
+and prints each figure with the ratios (c)/(b), (d)/(b) and (f)/(one record). It stops
+(exit 1) unless it measured the real path: every lock ref was on the origin with the holder of
+its own shard and none is left after release; the shards cover every host once and keep each
+db cluster together; the merged record names every host, has the worst shard result and is
+committed. Nothing here needs the lab.
 
 Usage: .venv/bin/python benchmarks/shards.py [--hosts 1000] [--shards 10] [--rounds 3]
 """
@@ -149,6 +152,32 @@ def lane_one(project: Project, bare: Path, hosts: list[str], lock_dir: Path) -> 
     return took
 
 
+def lane_alone(project: Project, bare: Path, plan, lock_dir: Path) -> tuple[float, float]:
+    """Shard 1's hosts, locked, renewed once and released by one process with no other."""
+    before = os.environ.get("OPSLEDGER_LOCK_DIR")
+    os.environ["OPSLEDGER_LOCK_DIR"] = str(lock_dir)
+    try:
+        hosts = plan.hosts_of(1)
+        started = time.perf_counter()
+        held = acquire(project, environment=ENV, hosts=hosts, change="SHARD-1", owner="bench")
+        took = time.perf_counter() - started
+        if set(lock_refs(bare).values()) != {"SHARD-1"} or len(lock_refs(bare)) != len(hosts):
+            fail("one shard alone: its locks are not on the origin")
+        beat = time.perf_counter()
+        if not renew_origin(held.origin):
+            fail("one shard alone: the heartbeat renewal did not go through")
+        beat = time.perf_counter() - beat
+        release(held)
+    finally:
+        if before is None:
+            os.environ.pop("OPSLEDGER_LOCK_DIR", None)
+        else:
+            os.environ["OPSLEDGER_LOCK_DIR"] = before
+    if lock_refs(bare):
+        fail("one shard alone: lock refs left after release")
+    return took, beat
+
+
 def _shard(root: str, lock_dir: str, index: int, hosts: list[str], gate, held_q, done) -> None:
     os.environ["OPSLEDGER_LOCK_DIR"] = lock_dir  # each shard a machine of its own
     project = Project(Path(root))
@@ -270,7 +299,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.hosts < 10 * args.shards // 3 or not 1 < args.shards <= 256:
         raise SystemExit("need 1 < --shards <= 256 and enough hosts for every shard")
-    lanes = ("plan", "one", "sharded", "acquire", "beat", "merge", "single")
+    lanes = ("plan", "one", "alone", "alone_beat", "sharded", "acquire", "beat", "merge", "single")
     figures: dict[str, list[float]] = {k: [] for k in lanes}
     with tempfile.TemporaryDirectory(prefix="opsledger-bench-shards-") as tmp:
         root = Path(tmp)
@@ -278,12 +307,16 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             took, plan = lane_plan(project, hosts, args.shards)
             figures["plan"].append(took)
-            lanes = [("one", None), ("sharded", None)]
+            order = ["one", "alone", "sharded"]
             if round_no % 2 == 0:
-                lanes.reverse()
-            for lane, _ in lanes:
+                order.reverse()
+            for lane in order:
                 if lane == "one":
                     figures["one"].append(lane_one(project, bare, hosts, root / "locks-one"))
+                elif lane == "alone":
+                    took, beat = lane_alone(project, bare, plan, root / "locks-alone")
+                    figures["alone"].append(took)
+                    figures["alone_beat"].append(beat)
                 else:
                     wall, acquire_s, beat = lane_sharded(project, bare, plan, root)
                     figures["sharded"].append(wall)
@@ -302,10 +335,13 @@ def main() -> None:
     print(f"median of {args.rounds} rounds, {args.hosts} hosts over {args.shards} shards:")
     print(f"  plan (each runner, inventory loaded)      {med['plan']:8.3f} s")
     print(f"  lock all hosts, one controller            {med['one']:8.3f} s")
-    print(f"  lock, {args.shards} shards at once (wall)           {med['sharded']:8.3f} s   "
+    print(f"  lock one shard's hosts, alone             {med['alone']:8.3f} s   "
+          f"ratio to one controller: {med['alone'] / med['one']:5.2f}x")  # fmt: skip
+    print(f"  lock, {args.shards} shards at once here (wall)      {med['sharded']:8.3f} s   "
           f"ratio to one controller: {med['sharded'] / med['one']:5.2f}x")  # fmt: skip
-    print(f"  lock, one shard's own acquire (median)    {med['acquire']:8.3f} s")
-    print(f"  heartbeat renewal of a shard's leases     {med['beat']:8.3f} s")
+    print(f"  lock, one shard's acquire among them      {med['acquire']:8.3f} s")
+    print(f"  heartbeat of a shard's leases, alone      {med['alone_beat']:8.3f} s")
+    print(f"  heartbeat of a shard's leases, at once    {med['beat']:8.3f} s")
     print(f"  merge {args.shards} shard records + commit          {med['merge']:8.3f} s   "
           f"ratio to one record + commit: {med['merge'] / med['single']:5.2f}x")  # fmt: skip
 

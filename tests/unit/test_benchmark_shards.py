@@ -25,6 +25,8 @@ def test_the_shards_benchmark_measures_locks_on_the_origin_and_a_real_merge(tmp_
     took, plan = bench.lane_plan(project, hosts, 3)
     assert took > 0 and sum(len(s) for s in plan.shards) == 40
     assert bench.lane_one(project, bare, hosts, tmp_path / "locks") > 0
+    alone, beat = bench.lane_alone(project, bare, plan, tmp_path / "alone")
+    assert alone > 0 and beat > 0
     wall, acquire_s, beat = bench.lane_sharded(project, bare, plan, tmp_path)
     assert wall > 0 and acquire_s > 0 and beat > 0
     merged, single = bench.lane_merge(project, plan, 1)
