@@ -198,10 +198,11 @@ def _dead_waiter(root, lock_dir, ready) -> None:
 
 def test_a_dead_waiters_place_expires_and_blocks_nobody(origin, monkeypatch):
     bare, clone = origin
+    lease = 10  # its place must still be seen live right after it died, on a loaded machine
     (ci, ci_locks), (dead, dead_locks), (late, late_locks) = (
-        clone("ci"),
-        clone("dead"),
-        clone("late"),
+        clone("ci", lease),
+        clone("dead", lease),
+        clone("late", lease),
     )
     monkeypatch.setenv("OPSLEDGER_LOCK_DIR", ci_locks)
     held = _take(ci, "CHG-0001")
@@ -220,8 +221,8 @@ def test_a_dead_waiters_place_expires_and_blocks_nobody(origin, monkeypatch):
         _take(late, "CHG-0002")
     assert "waited for on the origin by CHG-0500" in str(err.value)
     started = time.monotonic()
-    release(_take(late, "CHG-0002", wait=LEASE_S * 4, poll=0.2))  # once its place expired
-    assert time.monotonic() - started <= LEASE_S + 10
+    release(_take(late, "CHG-0002", wait=lease * 4, poll=0.2))  # once its place expired
+    assert time.monotonic() - started <= lease + 10
     assert git(bare, "for-each-ref", QUEUE_REFS).stdout == ""  # deleted by whoever saw it
 
 
