@@ -1,7 +1,8 @@
 """Verification runs hosts side by side: the existing suite path, in up to `workers` pytest
 processes at once (the CPU count by default), with the outcomes of every host merged. Real
 pytest processes and real Testinfra hosts (local connection); each test notes when it ran, so
-the proof is that hosts were verified at the same time, not a timing ratio on a busy machine."""
+the proof is that hosts were verified at the same time (each test waits at a barrier until all
+four are running), not a timing ratio on a busy machine."""
 
 from __future__ import annotations
 
@@ -26,11 +27,19 @@ APPLIES_TO = "all"
 
 
 def test_the_host_answers(target, host):
+    log = os.environ["PROBE_LOG"]
     started = time.time()
     assert host.run("true").rc == 0
-    time.sleep(1.5)
-    with open(os.path.join(os.environ["PROBE_LOG"], target.name), "w") as log:
-        json.dump({"start": started, "end": time.time(), "pid": os.getpid()}, log)
+    open(os.path.join(log, target.name + ".started"), "w").close()
+    # A barrier: with PROBE_TOGETHER=n this test goes on only once n hosts are being verified
+    # at this very moment, which only processes running side by side can do.
+    together = int(os.environ.get("PROBE_TOGETHER", "0"))
+    deadline = time.time() + 300
+    while sum(1 for name in os.listdir(log) if name.endswith(".started")) < together:
+        assert time.time() < deadline, "the other hosts were not verified at the same time"
+        time.sleep(0.1)
+    with open(os.path.join(log, target.name + ".json"), "w") as out:
+        json.dump({"start": started, "end": time.time(), "pid": os.getpid()}, out)
     assert target.name != os.environ.get("PROBE_FAIL")
 """
 
@@ -61,7 +70,7 @@ def _project(tmp_path) -> Project:
 
 
 def _spans(log_dir):
-    return {p.name: json.loads(p.read_text()) for p in log_dir.iterdir()}
+    return {p.stem: json.loads(p.read_text()) for p in log_dir.glob("*.json")}
 
 
 def test_hosts_are_verified_at_the_same_time_and_their_outcomes_merged(tmp_path, monkeypatch):
@@ -70,15 +79,14 @@ def test_hosts_are_verified_at_the_same_time_and_their_outcomes_merged(tmp_path,
     log_dir.mkdir()
     monkeypatch.setenv("PROBE_LOG", str(log_dir))
     monkeypatch.setenv("PROBE_FAIL", "vh3")
+    monkeypatch.setenv("PROBE_TOGETHER", "4")  # each waits until all four are being verified
     result = verify(project, environment="lab", targets="web", workers=4)
     assert result.workers == 4
     assert sorted(o.host for o in result.outcomes) == HOSTS  # every host, once
     assert [o.host for o in result.failures] == ["vh3"] and not result.ok
     spans = _spans(log_dir)
     assert len({s["pid"] for s in spans.values()}) == 4  # four pytest processes
-    latest_start = max(s["start"] for s in spans.values())
-    earliest_end = min(s["end"] for s in spans.values())
-    assert latest_start < earliest_end, spans  # all four were verifying at one moment
+    assert sorted(spans) == HOSTS  # each passed the barrier: all four ran at one moment
 
 
 def test_one_worker_is_the_one_process_path_and_the_worker_count_is_bounded(tmp_path, monkeypatch):
