@@ -65,6 +65,7 @@ from opsledger.records import (
 from opsledger.reviews import open_review
 from opsledger.runbooks import Runbook, load_runbook, require_truthful
 from opsledger.runner import PlaybookRun, run_playbook
+from opsledger.shards import ShardRun, refuse_shard_ran
 from opsledger.verify import VerifyResult, verify
 
 Events = Callable[[dict[str, Any]], None]
@@ -454,6 +455,52 @@ def _rollback(
     return RollbackOutcome(name, base, reason, run, checked, ok)
 
 
+def roll_back_hosts(
+    project: Project,
+    change: Change,
+    hosts: list[str],
+    *,
+    reason: str,
+    events: Events | None = None,
+    wait: float = 600,
+) -> dict[str, Any] | None:
+    """Roll back some hosts of a change, locked, and verify them; None without a rollback.
+
+    For a sharded run whose policy rolls every shard back when one fails (shards.py,
+    `on_failure: all`): the shards that succeeded released their hosts, so they are locked
+    again here (waiting up to `wait` s) and rolled back to the same base a failed shard uses.
+
+    Example:
+        roll_back_hosts(project, load_change(project, "CHG-0001"), ["lab-app1"], reason="x")
+    """
+    runbook = load_runbook(project, change.runbook)
+    limited = replace(change, targets=",".join(hosts))
+    started = dt.datetime.now(dt.UTC)
+    held = acquire(
+        project,
+        environment=change.environment,
+        hosts=hosts,
+        change=change.id,
+        owner=runner_identity()["person"],
+        wait=wait,
+    )
+    try:
+        with _Interrupt() as interrupt:
+            back = _rollback(
+                project,
+                limited,
+                runbook,
+                reason,
+                events,
+                interrupt,
+                not runbook.verify_suites,
+                f"{change.id}/{stamp(started)}-others",
+            )
+    finally:
+        release(held)
+    return None if back is None else {**back.as_dict(), "hosts": hosts}
+
+
 def _refuse_applied(project: Project, change_id: str, again: bool, content: str = "") -> None:
     previous = _already_applied(project, change_id, content)
     if previous and not again:
@@ -640,8 +687,13 @@ def apply_change(
     base: str | None = None,
     verbosity: int = 0,
     decided: Decision | None = None,
+    shard: ShardRun | None = None,
 ) -> ApplyResult:
     """Decide, lock, settle and decide again, record ahead, run, verify, roll back, record.
+
+    With `shard` (shards.py: `apply --shard I/N`), only the shard's hosts are locked, run,
+    verified and rolled back, and the records are the shard's (`changes/<ID>/shards/`), never
+    a run record: the change's run record is the merge of its shards (shards.merge_shards).
 
     With `origin` (CI: `ci apply --push`), the run records on the origin decide who runs
     (origin_records.py): pulled once the hosts are locked, the run claimed by pushing its
@@ -681,15 +733,17 @@ def apply_change(
     run_vars(project, change.environment)  # dr.yml's backup-first hosts resolve, or nothing runs
     skip_verify = skip_verify or not runbook.verify_suites  # the schema's "[] = none"
     identity = runner_identity()
-    _phase(events, "lock", f"locking {', '.join(decision.hosts)}")
+    hosts = list(shard.hosts) if shard else decision.hosts
+    _phase(events, "lock", f"locking {', '.join(hosts)}")
     lock_started = time.monotonic()
     held = acquire(
         project,
         environment=change.environment,
-        hosts=decision.hosts,
+        hosts=hosts,
         change=change_id,
         owner=identity["person"],
         wait=wait,
+        runner=" ".join(filter(None, (procs.ci_job(), f"shard {shard.shard}" if shard else ""))),
     )
     try:
         lock_wait = time.monotonic() - lock_started
@@ -711,6 +765,8 @@ def apply_change(
         )
         if origin is not None:
             refuse_running(project, change_id)
+        if shard is not None:
+            refuse_shard_ran(project, change_id, shard)  # another job ran this shard
         require_committed(project, change_id)  # nothing slipped in while we waited
         decision = decide_again(project, change_id, decision, now=again_at, base=base)
         if not decision.allowed:
@@ -733,6 +789,7 @@ def apply_change(
                     reconciled,
                     origin,
                     verbosity,
+                    shard,
                 ),
                 interrupt,
                 events,
@@ -759,6 +816,25 @@ class _Run:
     reconciled: Reconciled
     origin: OriginRecords | None = None
     verbosity: int = 0  # -v/-vv: passed to ansible-playbook, its output shown on stderr
+    shard: ShardRun | None = None  # one shard of the change (shards.py): its hosts only
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:  # the shard's hosts are what runs, verifies, rolls back
+            self.change = replace(self.change, targets=",".join(self.shard.hosts))
+            self.runbook = replace(self.runbook, verify_targets=None)
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.shard.hosts) if self.shard else self.decision.hosts
+
+    def record_paths(self, started: dt.datetime) -> tuple[Path, Path]:
+        """(write-ahead, final): the run's under runs/, or the shard's under shards/."""
+        if self.shard is not None:
+            return self.shard.paths(self.project, self.change.id)
+        return (
+            started_record_path(self.project, self.change.id, started),
+            run_record_path(self.project, self.change.id, started),
+        )
 
 
 def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Record:
@@ -774,7 +850,7 @@ def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Reco
         runbook=run.runbook.name,
         params=change.params,
         targets=change.targets,
-        hosts=run.decision.hosts,
+        hosts=run.hosts,
         runner={
             **run.identity,
             "machine_key": procs.machine_key(),
@@ -783,6 +859,7 @@ def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Reco
             "guard_start": procs.start_time(guard.pid),
             "run": run.held.holder.run,
             "journal": journal.relative_to(project.root).as_posix(),
+            **({"shard": run.shard.as_dict()} if run.shard else {}),
         },
         git_commit=head(project.root),
         content_sha256=run.decision.content_sha256,
@@ -810,8 +887,9 @@ def _locked_run(
     try:
         run.held.note(run=run_id, guard_pid=guard.pid, guard_start=procs.start_time(guard.pid))
         ahead = _ahead(run, started, guard, journal)
+        ahead_path, final = run.record_paths(started)
         try:
-            ahead_path = _write_ahead(project, change.id, started, ahead)
+            ahead_path = _write_ahead(project, change.id, ahead_path, ahead)
             if run.origin is not None:  # the origin's branch is where a run is claimed
                 with commit_lock(project):
                     run.origin.claim(change.id, ahead_path)
@@ -834,29 +912,35 @@ def _locked_run(
         )
         finished = dt.datetime.now(dt.UTC)
         played = outcome.run
-        final = run_record_path(project, change.id, started)
-        told = notify(
-            project,
-            run_notice(
-                change.id,
-                change.title,
-                change.environment,
-                change.targets,
-                runbook.name,
-                outcome.result,
-                outcome.failure,
-                final.relative_to(project.root).as_posix(),
-                hosts=run.decision.hosts,
-                rollback=outcome.back.summary() if outcome.back else "",
-            ),
+        notice = run_notice(
+            change.id,
+            change.title,
+            change.environment,
+            change.targets,
+            runbook.name,
+            outcome.result,
+            outcome.failure,
+            final.relative_to(project.root).as_posix(),
+            hosts=run.hosts,
+            rollback=outcome.back.summary() if outcome.back else "",
         )
-        for line in told.lines():
+        # A shard tells nobody: the change's run is the merge of its shards (shards.py).
+        told = None if run.shard else notify(project, notice)
+        for line in told.lines() if told else []:
             _phase(events, "notify", line)
         record = replace(
             ahead,
             result=outcome.result,
             finished_at=finished.isoformat(),
-            runner={**run.identity, "run": run_id},
+            runner={
+                **run.identity,
+                "run": run_id,
+                **(
+                    {"shard": run.shard.as_dict(), "lock_runner": run.held.holder.runner}
+                    if run.shard
+                    else {}
+                ),
+            },
             stats=played.host_stats() if played else {},
             changed_tasks=[
                 {"host": name, "task": c.task, "role": c.role}
@@ -872,7 +956,7 @@ def _locked_run(
             findings=outcome.findings,
             measurements={"lock_wait_s": round(run.lock_wait, 3), **outcome.timings},
             maintenance=maintenance_of(played.data) if played else {},
-            notifications=told.as_list(),
+            notifications=told.as_list() if told else [],
         )
         # Written and committed under one hold of the checkout's commit lock: another command
         # settling evidence never sees this record between the two.
@@ -880,9 +964,9 @@ def _locked_run(
             kept = log_path_of(final)
             record = replace(record, log=log.write(kept))
             path = write_record(final, record)
-            review = open_review(project, change, finished)
+            review = None if run.shard else open_review(project, change, finished)
             drilled, drill_path = ("", None)
-            if played:
+            if played and not run.shard:
                 drilled, drill_path = _drill_record(
                     project, change, runbook, started, played, outcome.checked, record.hosts
                 )
@@ -895,19 +979,19 @@ def _locked_run(
             )
         if drilled:
             _phase(events, "drill", drilled)
-        if problem is None:  # incidents follow committed evidence only
+        if problem is None and run.shard is None:  # incidents follow committed evidence only
             detected = record_detection(project, [path] + ([drill_path] if drill_path else []))
             if detected.summary():
                 _phase(events, "incidents", detected.summary())
-            if run.origin is not None:  # before the locks go: the next holder must see it
-                try:
-                    run.origin.publish()
-                except OpsledgerError as err:  # ci apply publishes again, and fails loudly
-                    _phase(events, "record", f"not yet on the origin: {err}")
-            if drill_path:  # a failed drill run as a change is told like `opsledger drill`'s
-                for drill_told in notify_records(project, [drill_path]):
-                    for line in drill_told.lines():
-                        _phase(events, "notify", line)
+        if problem is None and run.origin is not None:
+            try:  # before the locks go: the next holder must see it
+                run.origin.publish()
+            except OpsledgerError as err:  # ci apply publishes again, and fails loudly
+                _phase(events, "record", f"not yet on the origin: {err}")
+        if problem is None and drill_path:  # a failed drill run is told like `drill`'s
+            for drill_told in notify_records(project, [drill_path]):
+                for line in drill_told.lines():
+                    _phase(events, "notify", line)
         shutil.rmtree(journal, ignore_errors=True)
     finally:
         guard.done()
@@ -932,10 +1016,10 @@ def _locked_run(
     )
 
 
-def _write_ahead(project: Project, change_id: str, started: dt.datetime, ahead: Record) -> Path:
+def _write_ahead(project: Project, change_id: str, path: Path, ahead: Record) -> Path:
     """Commit the started record before the first task, or run nothing (exit 2)."""
     with commit_lock(project):
-        path = write_record(started_record_path(project, change_id, started), ahead)
+        path = write_record(path, ahead)
         try:
             commit_evidence(project, [path], f"Run {change_id}: started")
         except OpsledgerError as err:

@@ -19,7 +19,7 @@ import datetime as dt
 import enum
 from dataclasses import dataclass, field
 
-from opsledger.apply import Events
+from opsledger.apply import Events, apply_change
 from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.decide import Decision, decide
@@ -34,6 +34,8 @@ from opsledger.prcomment import plan_markdown
 from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project
 from opsledger.reach import reached_files
+from opsledger.sharded import shard_runner
+from opsledger.shards import Shard
 
 
 @dataclass
@@ -325,8 +327,12 @@ def ci_apply(
     wait: float = 0,
     events: Events | None = None,
     environment: str | None = None,
+    shard: Shard | None = None,
 ) -> CiApplyResult:
     """Apply every pending change; with `remote`, the records on it decide who runs.
+
+    With `shard` (`--shard I/N`, one job of the pipeline's matrix), only that shard of each
+    change runs (sharded.py); the last shard to report merges them into the run record.
 
     The push-triggered apply after a merge and the scheduled apply (every few minutes, for
     changes whose window opened since) run this same step, possibly at once from different
@@ -343,11 +349,7 @@ def ci_apply(
         result = ci_apply(find_project(), remote="origin", environment="production")
         result.pending.ok, result.pushed
     """
-    if remote is not None and (not remote or remote.startswith("-") or not remote.isprintable()):
-        raise OpsledgerError(  # `--receive-pack=...` would be an option of git push
-            Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
-        )
-    origin = OriginRecords.of(project, remote) if remote else None
+    origin = origin_of(project, remote)
     if origin is not None:
         origin.pull()
     before = git(project.root, "rev-parse", "HEAD").stdout.strip()
@@ -359,6 +361,7 @@ def ci_apply(
         environment=environment,
         origin=origin,
         base="HEAD",  # the protected branch itself is the base after a merge
+        run_change=apply_change if shard is None else shard_runner(shard),
     )
     branch = git(project.root, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     pushed = False
@@ -369,6 +372,19 @@ def ci_apply(
         moved = git(project.root, "rev-parse", "HEAD").stdout.strip() != before
         pushed = origin.publish() if unpublished != "0" else moved
     return CiApplyResult(outcome, pushed, branch)
+
+
+def origin_of(project: Project, remote: str | None) -> OriginRecords | None:
+    """The origin whose records decide (`--push REMOTE`), or None; exit 2 for a bad name.
+
+    Example:
+        origin_of(find_project(), "origin")
+    """
+    if remote is not None and (not remote or remote.startswith("-") or not remote.isprintable()):
+        raise OpsledgerError(  # `--receive-pack=...` would be an option of git push
+            Problem(f"{remote!r} is not a remote name", field="--push", fix="e.g. origin")
+        )
+    return OriginRecords.of(project, remote) if remote else None
 
 
 class PushStatus(enum.StrEnum):

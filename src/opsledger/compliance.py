@@ -470,6 +470,9 @@ def _waivers(project: Project, today: dt.date) -> list[Finding]:
 CI_MAY_ADD = (
     re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+(\.started)?\.json"),
     re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+\.log\.jsonl\.gz"),
+    # a sharded apply's shard records (shards.py): working papers, never evidence themselves
+    re.compile(r"changes/[A-Z]+-[0-9]+/shards/[0-9]{3}-[0-9]+of[0-9]+(\.started)?\.json"),
+    re.compile(r"changes/[A-Z]+-[0-9]+/shards/[0-9]{3}-[0-9]+of[0-9]+\.log\.jsonl\.gz"),
     re.compile(r"changes/[A-Z]+-[0-9]+/review\.yml"),
     re.compile(r"records/[a-z-]+/[^/]+\.json"),
 )

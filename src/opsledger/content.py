@@ -19,8 +19,8 @@ What is not content — bookkeeping, which must be writable without voiding appr
 
 - other changes' folders `changes/<OTHER-ID>/` (CHG and POL alike);
 - this change's own bookkeeping: `changes/<ID>/approvals/` (statements), `runs/` (run
-  records), `review.yml` (post-implementation review) and `withdrawn.yml`; its own
-  `changes/<ID>/change.yml` *is* content;
+  records), `shards/` (a sharded apply's shard records), `review.yml` (post-implementation
+  review) and `withdrawn.yml`; its own `changes/<ID>/change.yml` *is* content;
 - `records/` (inspections, drift, drills), `incidents/`, `problems/`: operational records;
 - `.opsledger/` (machine-local state) and whatever git ignores (never tracked).
 
@@ -62,7 +62,7 @@ from opsledger.runbooks import Runbook
 # Operational records and machine-local state: never content (see the module docstring).
 BOOKKEEPING_ROOTS = ("records/", "incidents/", "problems/", ".opsledger/")
 # A change's own bookkeeping under changes/<ID>/.
-OWN_BOOKKEEPING_DIRS = ("approvals/", "runs/")
+OWN_BOOKKEEPING_DIRS = ("approvals/", "runs/", "shards/")
 OWN_BOOKKEEPING_FILES = ("review.yml", "withdrawn.yml")
 SYMLINK_MODE = "120000"
 # Read-only git commands must not take the index lock: a concurrent git may hold it.

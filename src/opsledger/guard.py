@@ -42,6 +42,35 @@ def _log(handle: IO[str] | None, message: str) -> None:
         handle.flush()
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=False, env=git_env()
+    )
+
+
+def _free(root: Path, remote: str, ref: str, ours: str, run: str) -> str:
+    """Delete one origin lock ref of the dead run, by CAS; what happened, for the log.
+
+    The heartbeat renewed the lock since the guard was told its commit, so the ref's commit now
+    is checked for the run it names: ours (this run) is freed, anyone else's is left alone.
+    """
+    current = _git(root, "ls-remote", remote, ref).stdout.split("\t", 1)[0].strip()
+    if not current:
+        return f"{ref}: already gone"
+    if current != ours:
+        _git(root, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, ref)
+        body = _git(root, "log", "-1", "--format=%B", current).stdout
+        try:
+            named = json.loads(body).get("run")
+        except (ValueError, AttributeError):
+            named = None
+        if named != run:
+            return f"{ref}: held by another run now, left alone"
+    proc = _git(root, "push", "-q", "--no-verify", remote, f"--force-with-lease={ref}:{current}",
+                f":{ref}")  # fmt: skip
+    return f"freed {ref}" if proc.returncode == 0 else f"{ref}: {proc.stderr.strip()}"
+
+
 def main(argv: list[str]) -> int:
     run = argv[1]
     log = open(argv[2], "a") if len(argv) > 2 else None  # noqa: SIM115 - open for the whole life
@@ -59,26 +88,8 @@ def main(argv: list[str]) -> int:
             time.sleep(5)
     _log(log, "no process of the run is left")
     if origin:
-        root = Path(origin["root"])
         for ref, ours in origin["refs"].items():
-            proc = subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(root),
-                    "push",
-                    "-q",
-                    "--no-verify",
-                    origin["remote"],
-                    f"--force-with-lease={ref}:{ours}",
-                    f":{ref}",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-                env=git_env(),
-            )
-            _log(log, f"freed {ref}" if proc.returncode == 0 else f"{ref}: {proc.stderr.strip()}")
+            _log(log, _free(Path(origin["root"]), origin["remote"], ref, ours, run))
     return 0
 
 

@@ -12,7 +12,11 @@ One interface (`acquire` / `release` / `locked`), two backends, chosen per envir
   is what lets two processes lock two different inodes). Next to it `<host>.json` says who
   holds it; a holder that dies leaves it behind, which the next holder reports as taken over.
 - **origin** (cross-controller): refs `refs/opsledger/locks/<env>/<host>` on a git remote,
-  created, taken over and deleted by compare-and-swap pushes (`origin_lock.py`).
+  created, taken over and deleted by compare-and-swap pushes (`origin_lock.py`). The holder
+  renews its `expires` by CAS while it lives (a heartbeat every third of `lease_s`), so a
+  holder on a runner that vanished is stale `lease_s` after its last beat, not hours later.
+  Waiters line up in a fair queue on the same origin (`origin_queue.py`): a monotonic ticket
+  each, and only the first in line (of live entries) may take the hosts.
 
 Contention raises OpsledgerError with exit 4 naming the holder (or waits with `wait`).
 """
@@ -36,8 +40,11 @@ from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.policyfiles import policy_path, read_policy
 from opsledger.project import Project
 
-# An origin lock whose holder cannot be asked (another machine) is stale after this long:
-# longer than any runbook timeout we ship. A heartbeat can renew it later (issue #21).
+# An origin lock whose holder cannot be asked (another machine) is stale this long after its
+# holder last renewed it (policies/locks.yml `lease_s`; the heartbeat renews it every third).
+DEFAULT_LEASE_S = 600
+# A run on another machine whose write-ahead record has no final record after this long is
+# taken for dead (reconcile.py): longer than any runbook timeout we ship.
 STALE_AFTER = dt.timedelta(hours=6)
 BACKENDS = ("machine", "origin")
 DEFAULT_LOCK_DIR = Path("/run/lock/opsledger")
@@ -59,8 +66,11 @@ class Holder:
     guard_pid: int | None = None  # the run's guard, which outlives a killed apply (guard.py)
     guard_start: int | None = None
     runner_pid: int | None = None  # ansible-playbook, once it started
-    expires: str = ""  # origin locks only
+    expires: str = ""  # origin locks only: renewed by the holder's heartbeat
     machine_key: str = ""  # procs.machine_key(): where its pids can be looked at
+    runner: str = ""  # the CI job holding it (procs.ci_runner()): which runner to look at
+    renewed: str = ""  # the heartbeat that last pushed `expires`
+    ticket: int | None = None  # a waiter's place in the origin queue (origin_queue.py)
 
     @classmethod
     def parse(cls, text: str | bytes) -> Holder | None:
@@ -75,7 +85,11 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True)
 
     def describe(self) -> str:
-        return f"{self.change} ({self.owner}, pid {self.pid} on {self.machine} since {self.since})"
+        runner = f", runner {self.runner}" if self.runner else ""
+        return (
+            f"{self.change} ({self.owner}, pid {self.pid} on {self.machine}{runner} "
+            f"since {self.since})"
+        )
 
     def gone(self) -> str | None:
         """Why this holder's run is over, when this machine can tell; None if it may run on."""
@@ -94,6 +108,8 @@ class Holder:
 class LockPolicy:
     backends: tuple[str, ...]
     remote: str = "origin"
+    lease_s: int = DEFAULT_LEASE_S
+    shards: dict[str, Any] = field(default_factory=dict)  # shards.py reads it
 
 
 def lock_policy(project: Project, environment: str) -> LockPolicy:
@@ -107,11 +123,16 @@ def lock_policy(project: Project, environment: str) -> LockPolicy:
     data, problems = read_policy(project, "locks", "lock policy")
     if data is None:
         raise OpsledgerError(problems, EXIT_INVALID)
-    entry = (data.get("environments") or {}).get(environment)
-    backends = (entry or {}).get("backends", data.get("default", ["machine"]))
-    remote = (entry or {}).get("remote", "origin")
+    entry = (data.get("environments") or {}).get(environment) or {}
+    backends = entry.get("backends", data.get("default", ["machine"]))
+    remote = entry.get("remote", "origin")
     # The machine lock is never optional: it is what makes a dead holder's lock vanish.
-    return LockPolicy(("machine", *(b for b in backends if b != "machine")), remote)
+    return LockPolicy(
+        ("machine", *(b for b in backends if b != "machine")),
+        remote,
+        int(entry.get("lease_s", DEFAULT_LEASE_S)),
+        dict(entry.get("shards") or {}),
+    )
 
 
 def lock_dir() -> Path:
@@ -193,6 +214,7 @@ class HeldLocks:
     taken_over: list[str]  # descriptions of dead holders replaced
     machine: list[MachineLock] = field(default_factory=list)
     origin: Any = None  # origin_lock.OriginLease when the environment uses the origin backend
+    heartbeat: Any = None  # origin_lock.Heartbeat renewing `origin` while the run lives
     released: bool = False
 
     @property
@@ -203,6 +225,9 @@ class HeldLocks:
     def note(self, **changes: Any) -> None:
         """Add what is learnt later (the guard's pid, the ansible-playbook pid) to the holder."""
         self.holder = Holder(**{**asdict(self.holder), **changes})
+        if self.origin is not None and self.origin.holder is not None:
+            with self.origin.guard:  # the next heartbeat pushes it to the origin too
+                self.origin.holder = Holder(**{**asdict(self.origin.holder), **changes})
         for lock in self.machine:
             _write_info(lock.info, Holder(**{**asdict(self.holder), "host": lock.host}))
 
@@ -223,6 +248,19 @@ def _refusal(environment: str, blocked: list[tuple[str, Holder]]) -> OpsledgerEr
     for backend, b in blocked:
         where = "" if backend == "machine" else " on the origin"
         here = b.machine_key == procs.machine_key()
+        if backend == "queue":
+            problems.append(
+                Problem(
+                    f"{b.host} is waited for on the origin by {b.describe()}, ticket "
+                    f"{b.ticket}, first in line",
+                    field=f"{environment}:{b.host}",
+                    fix=(
+                        "wait your turn (apply --wait); if that waiter died, its place expires "
+                        f"at {b.expires}"
+                    ),
+                )
+            )
+            continue
         if b.guard_pid and here and not procs.alive(b.pid, b.pid_start):
             fix = (
                 "its apply died; its guard is ending the playbook and then frees the host: "
@@ -262,64 +300,109 @@ def acquire(
     poll: float = 1.0,
     now: dt.datetime | None = None,
     run: str = "",
+    runner: str | None = None,
 ) -> HeldLocks:
     """Lock every host or none, with every backend of the environment; exit 4 when held.
+
+    With the origin backend, a run that waits lines up in the origin's fair queue
+    (origin_queue.py) and takes the hosts only when first in line; once held, a heartbeat
+    renews the origin locks' expiry until `release`. `runner` names the CI job holding them
+    (default: procs.ci_job()).
 
     Example:
         held = acquire(project, environment="lab", hosts=["lab-db1"], change="CHG-0001",
                        owner="ci")
         release(held)
     """
-    from opsledger.origin_lock import take_origin
+    from opsledger import origin_queue
+    from opsledger.origin_lock import Heartbeat, take_origin
 
     policy = lock_policy(project, environment)
     folder = _shared_dir(lock_dir() / environment)
     deadline = time.monotonic() + wait
     pid = os.getpid()
-    while True:
-        moment = now or dt.datetime.now(dt.UTC)
-        holder = Holder(
-            host="",
-            change=change,
-            owner=owner,
-            pid=pid,
-            machine=procs.machine(),
-            since=moment.isoformat(),
-            environment=environment,
-            run=run,
-            pid_start=procs.start_time(pid),
-            expires=(moment + STALE_AFTER).isoformat(),
-            machine_key=procs.machine_key(),
-        )
-        held = HeldLocks(environment, sorted(set(hosts)), policy.backends, holder, [])
-        blocked: list[tuple[str, Holder]] = []
-        for host in held.hosts:  # a fixed order: two applies never wait on each other in a ring
-            lock, other, note = _take_machine(folder, Holder(**{**asdict(holder), "host": host}))
-            if lock is None:
-                blocked.append(("machine", other))
-                break
-            held.machine.append(lock)
-            if note:
-                held.taken_over.append(note)
-        if not blocked and "origin" in policy.backends:
-            try:
-                lease, refused, notes = take_origin(
-                    project, remote=policy.remote, holder=holder, hosts=held.hosts, now=moment
+    lease = dt.timedelta(seconds=policy.lease_s)
+    place: origin_queue.Place | None = None
+    stayed = 0.0  # when our queue entries were last renewed (monotonic)
+    try:
+        while True:
+            moment = now or dt.datetime.now(dt.UTC)
+            holder = Holder(
+                host="",
+                change=change,
+                owner=owner,
+                pid=pid,
+                machine=procs.machine(),
+                since=moment.isoformat(),
+                environment=environment,
+                run=run,
+                pid_start=procs.start_time(pid),
+                expires=(moment + lease).isoformat(),
+                machine_key=procs.machine_key(),
+                runner=procs.ci_job() if runner is None else runner,
+            )
+            held = HeldLocks(environment, sorted(set(hosts)), policy.backends, holder, [])
+            blocked: list[tuple[str, Holder]] = []
+            for host in held.hosts:  # a fixed order: two applies never wait in a ring
+                lock, other, note = _take_machine(
+                    folder, Holder(**{**asdict(holder), "host": host})
                 )
-            except OpsledgerError:
-                release(held)  # the origin is unreachable: hold nothing
-                raise
-            if lease is None:
-                blocked += [("origin", h) for h in refused]
-            else:
-                held.origin = lease
-                held.taken_over += notes
-        if not blocked:
-            return held
-        release(held)
-        if time.monotonic() >= deadline:
-            raise _refusal(environment, blocked)
-        time.sleep(poll)
+                if lock is None:
+                    blocked.append(("machine", other))
+                    break
+                held.machine.append(lock)
+                if note:
+                    held.taken_over.append(note)
+            if not blocked and "origin" in policy.backends:
+                try:
+                    ahead = origin_queue.ahead_of(
+                        project.root, policy.remote, environment, held.hosts, place, moment
+                    )
+                    if ahead:  # others wait longer: no jumping the line
+                        blocked += [("queue", h) for h in ahead]
+                    else:
+                        taken, refused, notes = take_origin(
+                            project,
+                            remote=policy.remote,
+                            holder=holder,
+                            hosts=held.hosts,
+                            now=moment,
+                        )
+                        if taken is None:
+                            blocked += [("origin", h) for h in refused]
+                        else:
+                            taken.lease_s = policy.lease_s
+                            held.origin = taken
+                            held.taken_over += notes
+                except OpsledgerError:
+                    release(held)  # the origin is unreachable: hold nothing
+                    raise
+            if not blocked:
+                if held.origin is not None:
+                    origin_queue.leave(project.root, policy.remote, place)
+                    place = None
+                    held.heartbeat = Heartbeat(held.origin, every=policy.lease_s / 3)
+                return held
+            release(held)
+            if time.monotonic() >= deadline:
+                raise _refusal(environment, blocked)
+            if "origin" in policy.backends:
+                clock = time.monotonic()
+                if place is None:
+                    place = origin_queue.line_up(
+                        project.root, policy.remote, holder, held.hosts, policy.lease_s, moment
+                    )
+                    stayed = clock
+                elif clock - stayed > policy.lease_s / 3:
+                    origin_queue.stay(
+                        project.root, policy.remote, holder, place, policy.lease_s, moment
+                    )
+                    stayed = clock
+            time.sleep(poll)
+    except BaseException:
+        if place is not None:  # giving up (or refused): leave the line
+            origin_queue.leave(project.root, policy.remote, place)
+        raise
 
 
 def release(held: HeldLocks) -> list[str]:
@@ -328,6 +411,8 @@ def release(held: HeldLocks) -> list[str]:
         return []
     held.released = True
     warnings = []
+    if held.heartbeat is not None:
+        held.heartbeat.stop()  # before the refs go: a late beat must not re-create them
     if held.origin is not None:
         from opsledger.origin_lock import release_origin
 

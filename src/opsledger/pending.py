@@ -11,6 +11,7 @@ What CI runs after a merge. Each change without a successful (committed) run is 
 - `already run` — another run ran it while this one waited for its hosts (the run it
   waited for, or another controller's, found on the origin once the hosts were locked);
 - `withdrawn` — listed, never run;
+- `other shards` — a sharded apply (`ci apply --shard I/N`) whose shard holds none of its hosts;
 - `cannot run` — it never will as it stands: its window has closed, its window lies outside
   every maintenance window or overlaps a freeze, or its current content already ended failed,
   rolled back or rollback failed. These fail the command (exit 1), so CI says so loudly: withdraw
@@ -20,6 +21,7 @@ What CI runs after a merge. Each change without a successful (committed) run is 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from opsledger.apply import (
@@ -49,6 +51,7 @@ ACTIONS = (
     "already run",
     "withdrawn",
     "cannot run",
+    "other shards",
 )
 
 
@@ -105,8 +108,10 @@ def _never(
 def _lost_race(err: OpsledgerError) -> str | None:
     """The pending action of an apply another run got to first, or None for a real error."""
     field = err.problems[0].field if err.problems else None
-    if err.exit_code == EXIT_LOCKED and field == "runs":
+    if err.exit_code == EXIT_LOCKED and field in ("runs", "shards"):
         return "running"
+    if err.exit_code == EXIT_LOCKED and field == "shard":
+        return "other shards"
     if err.exit_code == EXIT_INVALID and field == "result":
         return "already run"
     return None
@@ -123,6 +128,7 @@ def apply_pending(
     origin: OriginRecords | None = None,
     base: str | None = None,
     verbosity: int = 0,
+    run_change: Callable[..., ApplyResult] = apply_change,
 ) -> PendingResult:
     """Apply, in run order, every change of this branch that can run now; classify the rest.
 
@@ -132,7 +138,8 @@ def apply_pending(
     protected branch decide trusts. A chosen clock (`now`) is refused (exit 2, nothing run)
     when any pending change is outside the lab. With `origin`, the run records on the origin
     decide who runs (see apply_change): a race another controller won is listed as `running`
-    or `already run`, not as a failure.
+    or `already run`, not as a failure. `run_change` runs one change (default apply_change;
+    sharded.shard_runner runs one shard of it).
 
     Example:
         outcome = apply_pending(find_project())
@@ -178,7 +185,7 @@ def apply_pending(
             items.append(PendingItem(change.id, "waiting", why))
             continue
         try:
-            result = apply_change(
+            result = run_change(
                 project,
                 change.id,
                 now=now,

@@ -141,3 +141,23 @@ def end_run_processes(run_id: str, *, grace: float = 3.0, patience: float = 60.0
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def ci_job() -> str:
+    """The CI job this process runs in, for a lock's `runner` (empty outside CI).
+
+    Host names say nothing on CI runners (containers are all "localhost"); the runner and the
+    job tell an operator which job holds a host and where to look for it.
+    """
+    env = os.environ
+    if env.get("OPSLEDGER_RUNNER"):
+        return env["OPSLEDGER_RUNNER"]
+    if env.get("GITHUB_ACTIONS"):
+        return (
+            f"github:{env.get('RUNNER_NAME', '?')} run {env.get('GITHUB_RUN_ID', '?')} "
+            f"job {env.get('GITHUB_JOB', '?')}"
+        )
+    if env.get("GITLAB_CI"):
+        runner = env.get("CI_RUNNER_DESCRIPTION") or env.get("CI_RUNNER_ID", "?")
+        return f"gitlab:{runner} job {env.get('CI_JOB_ID', '?')}"
+    return ""

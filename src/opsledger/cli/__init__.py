@@ -222,6 +222,10 @@ def cli(ctx: click.Context, no_color: bool) -> None:
                                who commits run records and evidence (CI's identity;
                                default git's user)
       OPSLEDGER_LOCK_DIR       the machine's lock folder (default /run/lock/opsledger)
+      OPSLEDGER_RUNNER         the CI job an origin lock names (default from the
+                               GitHub/GitLab job variables)
+      OPSLEDGER_VERIFY_WORKERS pytest processes verifying hosts at once (default the
+                               CPU count)
       OPSLEDGER_NO_INCIDENTS   1: inspections, drift, apply and drills open no incidents
       OPSLEDGER_DEBIAN_MIRROR, OPSLEDGER_DEBIAN_SECURITY_MIRROR
                                the Debian mirrors lab image and lab up build from

@@ -9,7 +9,7 @@ import click
 
 from opsledger.cli.options import aware_time, base_option, verbosity_option, wait_seconds
 from opsledger.cli.progress import JsonEvents, LiveProgress
-from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.project import find_project
 
 EXIT_CANCELED = 130  # like a shell's Ctrl-C
@@ -64,6 +64,13 @@ def _summary(result) -> str:
 )
 @click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time (the lab only).")
+@click.option(
+    "--shard",
+    "shard_spec",
+    metavar="I/N",
+    help="Run only shard I of N of each change (README, Scaling out); the last shard to "
+    "report merges them into the change's run record.",
+)
 @verbosity_option
 @base_option
 def apply(
@@ -77,6 +84,7 @@ def apply(
     at: str | None,
     verbosity: int,
     base: str | None,
+    shard_spec: str | None,
 ) -> None:
     """Decide now, lock the targets, run, verify, roll back on failure, commit the run record.
 
@@ -91,9 +99,12 @@ def apply(
     Example:
         opsledger apply CHG-0001
         opsledger apply --pending --wait 600 --json     # in CI after a merge
+        opsledger apply CHG-0001 --shard 2/3            # one of three runners
     """
     from opsledger.apply import apply_change
     from opsledger.pending import apply_pending
+    from opsledger.sharded import shard_runner
+    from opsledger.shards import Shard
 
     if bool(change_id) == pending:
         raise OpsledgerError(
@@ -104,23 +115,31 @@ def apply(
             ),
             EXIT_INVALID,
         )
+    shard = Shard.parse(shard_spec) if shard_spec is not None else None
     project = find_project()
     now = aware_time(at, "--at")
     progress = JsonEvents() if as_json else LiveProgress()
     view = contextlib.nullcontext() if as_json else progress
     if change_id:
         with view:
-            result = apply_change(
-                project,
-                change_id,
-                now=now,
-                wait=wait,
-                skip_verify=skip_verify,
-                again=again,
-                events=progress,
-                base=base,
-                verbosity=verbosity,
-            )
+            run = apply_change if shard is None else shard_runner(shard)
+            try:
+                result = run(
+                    project,
+                    change_id,
+                    now=now,
+                    wait=wait,
+                    skip_verify=skip_verify,
+                    again=again,
+                    events=progress,
+                    base=base,
+                    verbosity=verbosity,
+                )
+            except OpsledgerError as err:
+                if err.exit_code != EXIT_LOCKED or err.problems[0].field != "shard":
+                    raise
+                click.echo(f"{change_id}: {err.problems[0].message}: nothing to do here")
+                raise SystemExit(0) from None
         if as_json:
             click.echo(json.dumps({"event": "result", **_describe(result)}, default=str))
         else:
@@ -138,6 +157,7 @@ def apply(
             environment=environment,
             base=base,
             verbosity=verbosity,
+            run_change=apply_change if shard is None else shard_runner(shard),
         )
     for item in outcome.items:
         if as_json:

@@ -148,19 +148,31 @@ def _refusal_comment(project: Project, err: OpsledgerError) -> str:
 @click.option("--push", "remote", help="Push the run records to this remote (e.g. origin).")
 @click.option("--wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks.")
 @click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
-def apply_(environment: str | None, remote: str | None, wait: float, at: str | None) -> None:
+@click.option(
+    "--shard",
+    "shard_spec",
+    metavar="I/N",
+    help="Run only shard I of N of each change: one job of the pipeline's shard matrix.",
+)
+def apply_(
+    environment: str | None, remote: str | None, wait: float, at: str | None, shard_spec: str | None
+) -> None:
     """After a merge: apply every pending change, then push the records back.
 
     Exit 0 when every applied change succeeded (or nothing was pending), 1 when one did not,
     or when a pending change can never run as it stands ("cannot run": withdraw or amend it).
+    With --shard I/N each change's hosts are split over N jobs (README, Scaling out).
 
     \b
     Example:
         opsledger ci apply --push origin --wait 900
+        opsledger ci apply --env production --push origin --shard "$CI_NODE_INDEX/$CI_NODE_TOTAL"
     """
     from opsledger.ci import ci_apply
     from opsledger.cli.progress import JsonEvents
+    from opsledger.shards import Shard
 
+    shard = Shard.parse(shard_spec) if shard_spec is not None else None
     result = ci_apply(
         find_project(),
         remote=remote,
@@ -168,6 +180,7 @@ def apply_(environment: str | None, remote: str | None, wait: float, at: str | N
         wait=wait,
         events=JsonEvents(),
         environment=environment,
+        shard=shard,
     )
     for item in result.pending.items:
         click.echo(f"{item.change_id}: {item.action} — {item.why}")
@@ -176,6 +189,96 @@ def apply_(environment: str | None, remote: str | None, wait: float, at: str | N
     if result.pushed:
         click.echo(f"run records pushed to {remote}/{result.branch}")
     raise SystemExit(0 if result.pending.ok else 1)
+
+
+@ci.command("merge")
+@click.option("--env", "environment", help="Only changes of this environment.")
+@click.option("--push", "remote", help="Pull from and push the merged records to this remote.")
+@click.option(
+    "--final",
+    is_flag=True,
+    help="Every shard job has ended: a shard without a final record counts as interrupted.",
+)
+def merge(environment: str | None, remote: str | None, final: bool) -> None:
+    """Merge the shard records of sharded applies into each change's one run record.
+
+    The pipeline's last job, after every `ci apply --shard` job ended (--final). Exit 0 when
+    every merged run succeeded (or nothing was left to merge), 1 otherwise.
+
+    \b
+    Example:
+        opsledger ci merge --env production --push origin --final
+    """
+    from opsledger.ci import origin_of
+    from opsledger.cli.progress import JsonEvents
+    from opsledger.sharded import merge_all
+
+    project = find_project()
+    if environment is not None:
+        project.require_environment(environment)
+    result = merge_all(
+        project,
+        environment=environment,
+        final=final,
+        origin=origin_of(project, remote),
+        events=JsonEvents(),
+    )
+    for item in result.merges:
+        if item.merged:
+            click.echo(f"{item.change_id}: set {item.attempt} of {item.count} shards merged: "
+                       f"{item.result} ({item.record_path.relative_to(project.root)})")  # fmt: skip
+        else:
+            click.echo(f"{item.change_id}: set {item.attempt} waits for shard(s) "
+                       f"{', '.join(item.waiting)}")  # fmt: skip
+    if not result.merges:
+        click.echo("nothing to merge")
+    raise SystemExit(0 if result.ok else 1)
+
+
+@ci.command("shards")
+@click.option("--env", "environments", multiple=True, help="Environment (repeat); default all.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "github"]),
+    default="text",
+    show_default=True,
+    help="github: `ENV=[1, 2, ...]` lines for $GITHUB_OUTPUT (the apply matrix).",
+)
+@click.option(
+    "--check-gitlab",
+    "check_gitlab",
+    type=click.Path(path_type=Path),
+    help="Exit 1 when this .gitlab-ci.yml's apply jobs' `parallel:` differ from the policy.",
+)
+def shards(environments: tuple[str, ...], fmt: str, check_gitlab: Path | None) -> None:
+    """How many shards each environment's apply gets (policies/locks.yml, from its host count).
+
+    \b
+    Example:
+        opsledger ci shards --format github      # the apply workflow's matrix
+        opsledger ci shards --check-gitlab .gitlab-ci.yml
+    """
+    import json
+
+    from opsledger.shards import gitlab_parallel_problems, shard_count
+
+    project = find_project()
+    names = list(environments) or sorted(
+        p.parent.name for p in project.root.glob("inventories/*/hosts.yml")
+    )
+    counts = {name: shard_count(project, name) for name in names}
+    if check_gitlab is not None:
+        problems = gitlab_parallel_problems(check_gitlab, counts)
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(1 if problems else 0)
+    if fmt == "github":  # step outputs: one `name=<JSON list of shard indexes>` per line
+        for name, count in counts.items():
+            click.echo(f"{name}={json.dumps(list(range(1, count + 1)))}")
+        return
+    for name, count in counts.items():
+        click.echo(f"{name}: {count}")
 
 
 @ci.command("push")
