@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -54,3 +55,32 @@ def test_postgres_exporter_reaches_postgresql_mon_pg_01(host, expect):
             break
         time.sleep(1)
     assert "pg_up 1" in metrics
+
+
+def _sandboxed(t) -> list[str]:
+    if not t.expect["monitoring_sandbox_enabled"]:
+        return []
+    return [
+        unit
+        for unit, toggle in (
+            ("prometheus-node-exporter", "monitoring_node_exporter_enabled"),
+            ("prometheus-postgres-exporter", "monitoring_postgres_exporter_enabled"),
+        )
+        if t.expect[toggle]
+    ]
+
+
+PARAMS = {"sandboxed_unit": _sandboxed}
+
+
+def test_exporter_sandboxed_mon_sbx_01(host, expect, sandboxed_unit):
+    """`systemd-analyze security` grades the unit no worse than the inventory allows."""
+    assert host.service(sandboxed_unit).is_running
+    out = host.check_output(f"systemd-analyze security --no-pager {sandboxed_unit}.service")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= float(expect["monitoring_systemd_security_max_exposure"]), out
+    props = host.check_output(
+        f"systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp {sandboxed_unit}"
+    ).splitlines()
+    assert {"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"} <= set(props)
