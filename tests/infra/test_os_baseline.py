@@ -472,3 +472,10 @@ def test_aide_checks_daily_os_aide_02(host):
     assert host.service("opsledger-aide-check.timer").is_enabled
     assert host.service("opsledger-aide-check.timer").is_running
     assert host.file("/var/lib/aide/opsledger-check.rc").content_string.strip() == "0"
+
+
+def test_aide_check_unit_sandboxed_os_aide_02(host, expect):
+    out = host.check_output("systemd-analyze security --no-pager opsledger-aide-check.service")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= float(expect["os_baseline_systemd_security_max_exposure"]), out
