@@ -482,6 +482,50 @@ def check_journal_errors(target: Target, spec: dict[str, Any]) -> list:
     return _grade(count, spec, f"{count} error line(s) in the journal in {hours} h")
 
 
+# os_baseline's daily AIDE check (OS-AIDE-02) leaves its exit code and report here.
+AIDE_RC = "/var/lib/aide/opsledger-check.rc"
+AIDE_REPORT = "/var/log/aide/opsledger-check.log"
+_AIDE_COUNT = re.compile(r"^\s*(Added|Removed|Changed) entries:\s*(\d+)", re.M)
+_AIDE_ENTRY = re.compile(r"^[a-z!?][^:\n]{8,}: (/\S.*)$", re.M)
+
+
+def grade_file_integrity(
+    code: int, age_hours: float, report: str, spec: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """Grade the last AIDE check: its age, then what it found against the converge baseline.
+
+    AIDE's exit code is a bit mask (1 added, 2 removed, 4 changed entries); 14 and up mean
+    the check itself failed.
+    """
+    found: list[tuple[str, str]] = []
+    limit = spec.get("hours", 48)
+    if age_hours > limit:
+        found.append(("warning", f"last AIDE check {age_hours:.0f} h ago (older than {limit} h)"))
+    if code == 0:
+        return found
+    if not 1 <= code <= 7:
+        first = next((line.strip() for line in report.splitlines() if line.strip()), "")
+        return [*found, ("critical", f"AIDE check failed (exit {code}): {first[:160]}")]
+    counts = ", ".join(f"{n} {kind.lower()}" for kind, n in _AIDE_COUNT.findall(report))
+    paths = list(dict.fromkeys(_AIDE_ENTRY.findall(report)))
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    message = f"AIDE: {counts or 'entries differ'} since the converge baseline"
+    return [*found, ("critical", f"{message}: {shown}" if shown else message)]
+
+
+def check_file_integrity(target: Target, spec: dict[str, Any]) -> list:
+    """The daily AIDE check's result: files changed since the last converge's baseline."""
+    if not target.expect.get("os_baseline_aide_enabled", True):
+        return []
+    result = target.host.run(f"stat -c %Y {AIDE_RC} && cat {AIDE_RC} && date +%s")
+    fields = result.stdout.split()
+    if result.rc != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields):
+        return [("warning", "no AIDE check has run yet (opsledger-aide-check.timer)")]
+    written, code, now = (int(f) for f in fields)
+    report = _run(target, f"cat {AIDE_REPORT}") if code else ""
+    return grade_file_integrity(code, (now - written) / 3600, report, spec)
+
+
 CHECKS: dict[str, Check] = {
     name.removeprefix("check_"): fn
     for name, fn in dict(globals()).items()

@@ -4,6 +4,7 @@ Prometheus scrapes every target its inventory names, with the rules of git; Aler
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -193,3 +194,32 @@ def test_pgbackrest_backup_time_reported_mon_pgbr_01(host, expect):
         time.sleep(2)
     stanza = expect["monitoring_pgbackrest_metrics_stanza"]
     assert f'pgbackrest_backup_info_ok{{stanza="{stanza}"}} 1' in host.file(path).content_string
+
+
+def _sandboxed(t) -> list[str]:
+    if not t.expect["monitoring_sandbox_enabled"]:
+        return []
+    return [
+        unit
+        for unit, toggle in (
+            ("prometheus-node-exporter", "monitoring_node_exporter_enabled"),
+            ("prometheus-postgres-exporter", "monitoring_postgres_exporter_enabled"),
+        )
+        if t.expect[toggle]
+    ]
+
+
+PARAMS = {"sandboxed_unit": _sandboxed}
+
+
+def test_exporter_sandboxed_mon_sbx_01(host, expect, sandboxed_unit):
+    """`systemd-analyze security` grades the unit no worse than the inventory allows."""
+    assert host.service(sandboxed_unit).is_running
+    out = host.check_output(f"systemd-analyze security --no-pager {sandboxed_unit}.service")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= float(expect["monitoring_systemd_security_max_exposure"]), out
+    props = host.check_output(
+        f"systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp {sandboxed_unit}"
+    ).splitlines()
+    assert {"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"} <= set(props)

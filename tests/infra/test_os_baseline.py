@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 SUITE = "os_baseline"
@@ -37,7 +40,37 @@ PARAMS = {
     ],
     "ntp_server": lambda t: t.expect["os_baseline_ntp_servers"],
     "sensitive_file": lambda t: t.expect["os_baseline_file_permissions"],
+    "login_def": lambda t: [
+        ("PASS_MAX_DAYS", str(t.expect["os_baseline_pass_max_days"])),
+        ("PASS_MIN_DAYS", str(t.expect["os_baseline_pass_min_days"])),
+        ("PASS_WARN_AGE", str(t.expect["os_baseline_pass_warn_age"])),
+        ("ENCRYPT_METHOD", "SHA512"),
+        ("SHA_CRYPT_MIN_ROUNDS", str(t.expect["os_baseline_sha_crypt_rounds"])),
+        ("SHA_CRYPT_MAX_ROUNDS", str(t.expect["os_baseline_sha_crypt_rounds"])),
+    ],
+    "blacklisted_module": lambda t: t.expect["os_baseline_blacklisted_modules"],
+    # A log host expects every other host of the inventory to send to it: inventories set
+    # os_baseline_syslog_servers once for all hosts (from the logging group).
+    "log_client": lambda t: (
+        [h for h in t.expect["groups"]["all"] if h not in t.expect["os_baseline_syslog_servers"]]
+        if t.expect["os_baseline_logserver_enabled"]
+        and t.name in t.expect["os_baseline_syslog_servers"]
+        else []
+    ),
 }
+
+
+_NOLOGIN = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
+
+
+def _accounts(host) -> list[tuple[str, int, str, str]]:
+    """(name, uid, home, shell) of every account in /etc/passwd."""
+    rows = []
+    for line in host.file("/etc/passwd").content_string.splitlines():
+        fields = line.split(":")
+        if len(fields) == 7:
+            rows.append((fields[0], int(fields[2]), fields[5], fields[6]))
+    return rows
 
 
 @pytest.fixture
@@ -222,3 +255,239 @@ def test_auditd_running_with_rules_os_aud_01(host, expect, skip_if_waived):
     loaded = host.check_output("auditctl -l")
     for rule in expect["os_baseline_auditd_rules"]:
         assert rule.split(" -k ")[-1] in loaded
+
+
+def test_banner_names_no_os_or_kernel_os_ban_01(host):
+    for path in ("/etc/issue.net", "/etc/issue"):
+        content = host.file(path).content_string
+        assert not any(f"\\{escape}" in content for escape in "mrsv"), path
+
+
+def test_sshd_session_limits_os_ssh_05(sshd, expect):
+    assert sshd["maxsessions"] == str(expect["os_baseline_sshd_max_sessions"])
+    assert sshd["maxstartups"] == expect["os_baseline_sshd_max_startups"]
+    assert sshd["logingracetime"] == str(expect["os_baseline_sshd_login_grace_time"])
+    assert sshd["clientaliveinterval"] == str(expect["os_baseline_sshd_client_alive_interval"])
+    assert sshd["clientalivecountmax"] == str(expect["os_baseline_sshd_client_alive_count_max"])
+    assert sshd["loglevel"] == "VERBOSE"
+    assert sshd["compression"] == "no"
+    assert sshd["permituserenvironment"] == "no"
+    assert sshd["disableforwarding"] == "yes"
+    assert sshd["allowstreamlocalforwarding"] == "no"
+
+
+def test_login_defs_password_ageing_and_hashing_os_acc_01(host, login_def):
+    key, value = login_def
+    settings = [
+        line.split()
+        for line in host.file("/etc/login.defs").content_string.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert [v for k, *v in settings if k == key] == [[value]]
+
+
+def test_default_umask_os_acc_02(host, expect):
+    lines = host.file("/etc/login.defs").content_string.splitlines()
+    assert f"UMASK\t{expect['os_baseline_umask']}" in lines
+    assert "pam_umask.so" in host.file("/etc/pam.d/common-session").content_string
+
+
+def test_admin_user_password_never_expires_os_acc_01(host, admin):
+    # Key-only admins: an expired password would make PAM refuse even a key login.
+    fields = host.check_output(f"getent shadow {admin['name']}").split(":")
+    assert fields[4] in ("", "99999")
+
+
+def test_system_accounts_have_no_login_shell_os_acc_03(host, expect):
+    exempt = set(expect["os_baseline_system_accounts_exempt"])
+    with_shell = [
+        name
+        for name, uid, _home, shell in _accounts(host)
+        if (uid < expect["os_baseline_uid_min"] or uid == 65534)
+        and name not in exempt
+        and shell not in _NOLOGIN
+    ]
+    assert with_shell == []
+
+
+def test_system_accounts_are_locked_os_acc_03(host, expect):
+    exempt = set(expect["os_baseline_system_accounts_exempt"])
+    system = {
+        name
+        for name, uid, _home, _shell in _accounts(host)
+        if (uid < expect["os_baseline_uid_min"] or uid == 65534) and name not in exempt
+    }
+    shadow = dict(line.split(":")[:2] for line in host.check_output("getent shadow").splitlines())
+    assert [n for n in sorted(system) if n in shadow and not shadow[n].startswith(("!", "*"))] == []
+
+
+def test_interactive_homes_closed_to_others_os_acc_04(host, expect):
+    loose = []
+    for name, uid, home, _shell in _accounts(host):
+        if uid < expect["os_baseline_uid_min"] or uid == 65534 or not home.startswith("/"):
+            continue
+        folder = host.file(home)
+        if folder.is_directory and not folder.is_symlink and folder.mode & 0o027:
+            loose.append(f"{name}:{home}:{oct(folder.mode)}")
+    assert loose == []
+
+
+def test_pwquality_in_password_stack_os_pam_01(host):
+    assert host.package("libpam-pwquality").is_installed
+    assert "pam_pwquality.so" in host.file("/etc/pam.d/common-password").content_string
+
+
+def test_password_quality_rules_os_pam_01(host, expect):
+    lines = [
+        line.replace(" ", "")
+        for line in host.file("/etc/security/pwquality.conf").content_string.splitlines()
+    ]
+    for key in ("minlen", "minclass", "difok", "maxrepeat", "maxsequence"):
+        assert f"{key}={expect[f'os_baseline_pwquality_{key}']}" in lines
+    assert "enforce_for_root" in lines
+
+
+def test_faillock_in_auth_stack_os_pam_02(host, expect):
+    auth = host.file("/etc/pam.d/common-auth").content_string
+    assert "pam_faillock.so preauth" in auth and "pam_faillock.so authfail" in auth
+    assert "pam_faillock.so" in host.file("/etc/pam.d/common-account").content_string
+    lines = [
+        line.replace(" ", "")
+        for line in host.file("/etc/security/faillock.conf").content_string.splitlines()
+    ]
+    assert f"deny={expect['os_baseline_faillock_deny']}" in lines
+    assert f"unlock_time={expect['os_baseline_faillock_unlock_time']}" in lines
+
+
+def test_per_user_tmp_os_pam_03(host):
+    assert host.package("libpam-tmpdir").is_installed
+    assert "pam_tmpdir.so" in host.file("/etc/pam.d/common-session").content_string
+
+
+def test_core_dumps_off_os_krn_01(host):
+    limits = host.file("/etc/security/limits.d/90-opsledger-coredump.conf").content_string
+    assert ["*", "hard", "core", "0"] in [line.split() for line in limits.splitlines()]
+    out = host.check_output("systemd-analyze cat-config systemd/coredump.conf")
+    effective = dict(
+        line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert effective["Storage"] == "none"
+    assert effective["ProcessSizeMax"] == "0"
+
+
+def test_module_cannot_load_os_krn_02(host, blacklisted_module):
+    lines = host.file("/etc/modprobe.d/90-opsledger-blacklist.conf").content_string.splitlines()
+    assert f"install {blacklisted_module} /bin/false" in lines
+    assert f"blacklist {blacklisted_module}" in lines
+
+
+def test_module_not_loaded_os_krn_03(host, blacklisted_module, skip_if_waived):
+    skip_if_waived("OS-KRN-03")
+    loaded = {line.split()[0] for line in host.file("/proc/modules").content_string.splitlines()}
+    assert blacklisted_module.replace("-", "_") not in loaded
+
+
+def test_rsyslog_forwards_to_log_hosts_over_tcp_os_log_03(host, target, expect):
+    assert host.service("rsyslog").is_running
+    assert host.run("rsyslogd -N1").rc == 0
+    wanted = [s for s in expect["os_baseline_syslog_servers"] if s != target.name]
+    forward = host.file("/etc/rsyslog.d/90-opsledger-forward.conf")
+    if not wanted:
+        assert not forward.exists
+        return
+    config = forward.content_string
+    assert f'global(localHostname="{target.name}")' in config
+    forwards = re.findall(r'target="([^"]+)" port="(\d+)" protocol="tcp"', config)
+    assert forwards == [(s, str(expect["os_baseline_syslog_port"])) for s in wanted]
+
+
+def test_log_host_listens_on_tcp_os_log_04(host, expect):
+    if not expect["os_baseline_logserver_enabled"]:
+        pytest.skip("not a central log host")
+    assert host.socket(f"tcp://0.0.0.0:{expect['os_baseline_syslog_port']}").is_listening
+
+
+def test_log_host_receives_the_host_logs_os_log_04(host, expect, log_client):
+    """Each sender's messages arrive in its own folder (they may need a retry interval)."""
+    folder = f"{expect['os_baseline_logserver_dir']}/{log_client}"
+    deadline = time.monotonic() + 3 * expect["os_baseline_syslog_retry_seconds"] + 30
+    while host.run(f"ls {folder}/*.log").rc != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert host.run(f"ls {folder}/*.log").rc == 0, f"nothing received from {log_client}"
+
+
+def test_log_host_keeps_logs_for_retention_os_log_05(host, expect):
+    if not expect["os_baseline_logserver_enabled"]:
+        pytest.skip("not a central log host")
+    rotate = host.file("/etc/logrotate.d/opsledger-remote").content_string.split()
+    days = str(expect["os_baseline_logserver_retention_days"])
+    assert f"{expect['os_baseline_logserver_dir']}/*/*.log" in rotate
+    assert rotate[rotate.index("rotate") + 1] == days and "daily" in rotate
+    assert host.run("logrotate --debug /etc/logrotate.d/opsledger-remote").rc == 0
+
+
+def test_process_accounting_enabled_os_act_01(host):
+    assert host.package("acct").is_installed
+    assert host.service("acct").is_enabled
+
+
+def test_process_accounting_running_os_act_02(host, skip_if_waived):
+    skip_if_waived("OS-ACT-02")
+    assert host.service("acct").is_running
+
+
+def test_sysstat_collecting_os_act_03(host):
+    assert 'ENABLED="true"' in host.file("/etc/default/sysstat").content_string.splitlines()
+    assert host.service("sysstat-collect.timer").is_enabled
+    assert host.service("sysstat-collect.timer").is_running
+
+
+def test_integrity_tools_installed_os_int_01(host):
+    for package in ("debsums", "needrestart", "apt-show-versions"):
+        assert host.package(package).is_installed, package
+    # Every packaged file that is not configuration still matches its package's checksum.
+    # Documentation a minimal image leaves out (dpkg path-exclude) is "missing", not changed.
+    check = host.run("debsums --silent")
+    problems = [
+        line
+        for line in (check.stdout + check.stderr).splitlines()
+        if line.strip() and "missing file /usr/share/" not in line
+    ]
+    assert problems == []
+
+
+def test_needrestart_only_lists_os_int_02(host):
+    assert host.run("needrestart -b -r l").rc == 0
+    conf = host.file("/etc/needrestart/conf.d/90-opsledger.conf").content_string
+    assert "$nrconf{restart} = 'l';" in conf
+
+
+def test_fail2ban_guards_sshd_os_ips_01(host, expect):
+    assert host.service("fail2ban").is_running
+    status = host.check_output("fail2ban-client status sshd")
+    assert "Currently banned" in status
+    ignored = host.check_output("fail2ban-client get sshd ignoreip")
+    for address in expect["os_baseline_fail2ban_ignoreip"]:
+        assert address in ignored
+
+
+def test_aide_baseline_matches_the_files_os_aide_01(host, expect):
+    assert host.file("/var/lib/aide/opsledger.db").exists
+    config = host.file("/etc/aide/opsledger.conf").content_string.splitlines()
+    for path in expect["os_baseline_aide_paths"]:
+        assert f"{path} OpsledgerRule" in config
+    check = host.run("aide --config /etc/aide/opsledger.conf --check")
+    assert check.rc == 0, check.stdout[-2000:]
+
+
+def test_aide_checks_daily_os_aide_02(host):
+    assert host.service("opsledger-aide-check.timer").is_enabled
+    assert host.service("opsledger-aide-check.timer").is_running
+    assert host.file("/var/lib/aide/opsledger-check.rc").content_string.strip() == "0"
+
+
+def test_aide_check_unit_sandboxed_os_aide_02(host, expect):
+    out = host.check_output("systemd-analyze security --no-pager opsledger-aide-check.service")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= float(expect["os_baseline_systemd_security_max_exposure"]), out

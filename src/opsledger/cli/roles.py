@@ -45,3 +45,67 @@ def docs(check: bool) -> None:
         raise SystemExit(EXIT_FAILED)
     if not result.written and not result.stale:
         click.echo("role READMEs are up to date")
+
+
+@roles.command()
+@click.option(
+    "--benchmark",
+    required=True,
+    help="Benchmark named in roles/*/meta/controls.yml (cis, devsec).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="text for a terminal, markdown for a report, json for tools.",
+)
+def controls(benchmark: str, fmt: str) -> None:
+    """Compliance table: control id -> benchmark reference -> task -> test -> waiver.
+
+    References are data next to each control (roles/<role>/meta/controls.yml); tasks and
+    tests come from the roles themselves, waivers from policies/waivers.yml. A control with
+    no reference in the benchmark shows "—". Exits 2 naming file and field when a controls
+    file is malformed or names a control no task implements.
+
+    \b
+    Example:
+        opsledger roles controls --benchmark cis --format markdown
+    """
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from opsledger.cli.output import console
+    from opsledger.rolecontrols import control_table, render_markdown
+
+    project = find_project()
+    table = control_table(
+        roles_dir=project.root / "roles",
+        tests_dir=project.root / "tests" / "infra",
+        waivers_path=project.root / "policies" / "waivers.yml",
+        benchmark=benchmark,
+    )
+    if fmt == "json":
+        rows = [dataclasses.asdict(r) for r in table.rows]
+        click.echo(json.dumps({"benchmark": table.benchmark, "title": table.title, "rows": rows}))
+        return
+    if fmt == "markdown":
+        click.echo(render_markdown(table), nl=False)
+        return
+    view = Table(
+        title=f"{table.title}: {len(table.rows)} controls, {len(table.unmapped())} unmapped"
+    )
+    for column in ("control", benchmark, "task", "test", "waiver"):
+        view.add_column(column)
+    for row in table.rows:
+        view.add_row(
+            row.control,
+            ", ".join(row.references) or "—",
+            "; ".join(row.tasks),
+            ", ".join(row.tests),
+            "; ".join(w.split(":", 1)[0] for w in row.waivers) or "—",
+        )
+    console().print(view)
