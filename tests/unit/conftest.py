@@ -198,6 +198,8 @@ LOCAL_PLAYBOOK = """\
       ansible.builtin.fail: {msg: asked to fail}
       when: opsledger_params.fail | default(false)
 """
+
+
 def make_steps_folder(checkout: Path) -> None:
     """The machine's own steps/ folder (ignored by git), which a run's export links in."""
     (checkout / "steps").mkdir(exist_ok=True)
