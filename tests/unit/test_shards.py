@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import random
 import sys
 
@@ -331,3 +332,69 @@ def test_ci_apply_shard_on_the_cli_runs_one_shard_and_a_final_merge_records_a_mi
     assert "merged: interrupted" in final.output
     (run,) = read_runs(project).committed
     assert run.result == "interrupted" and run.runner["set"] == 1
+
+
+def test_two_ci_runners_sharing_only_a_bare_origin_apply_one_change_in_shards(repo, tmp_path):
+    """`ci apply --shard I/2` in two clones at once (each its own machine-lock folder), the
+    locks and records on a bare origin: each runs its own hosts, pushes its shard record
+    (rebasing onto the other's), and the last one merges them into the one run record."""
+    import subprocess
+
+    project, _, _ = repo
+    (project.root / "policies" / "locks.yml").write_text(
+        "---\ndefault: [machine]\nenvironments:\n"
+        "  lab: {backends: [machine, origin], remote: origin, lease_s: 60,\n"
+        "        shards: {hosts_per_shard: 2, max: 3, on_failure: own}}\n"
+    )
+    project, change_id = _local_change(repo)
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(project.root, "push", "-q", str(bare), "main")
+    runners = []
+    for index in (1, 2):
+        root = tmp_path / f"runner{index}"
+        git(tmp_path, "clone", "-q", str(bare), str(root))
+        env = {
+            **os.environ,
+            "OPSLEDGER_PROJECT": str(root),
+            "OPSLEDGER_PERSON": "ci",
+            "OPSLEDGER_COMMITTER_NAME": "opsledger CI",
+            "OPSLEDGER_COMMITTER_EMAIL": "ci@example.org",
+            "OPSLEDGER_LOCK_DIR": str(tmp_path / f"locks{index}"),
+            "OPSLEDGER_RUNNER": f"runner-{index}",
+            "PYTHONPATH": str(REPO_ROOT / "src"),  # this checkout's opsledger, from any cwd
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "opsledger",
+            "ci",
+            "apply",
+            "--env",
+            "lab",
+            "--push",
+            "origin",
+            "--wait",
+            "300",
+            "--at",
+            INSIDE.isoformat(),
+            "--shard",
+            f"{index}/2",
+        ]
+        out = subprocess.PIPE
+        runners.append(subprocess.Popen(argv, cwd=root, env=env, text=True, stdout=out, stderr=out))
+    outputs = ["".join(proc.communicate(timeout=900)) for proc in runners]
+    for proc, out in zip(runners, outputs, strict=True):
+        assert proc.returncode == 0, out[-4000:]
+    auditor = tmp_path / "auditor"
+    git(tmp_path, "clone", "-q", str(bare), str(auditor))
+    audit = Project(auditor)
+    (run,) = [r for r in read_runs(audit).committed if r.change == change_id]
+    assert run.result == "success" and run.hosts == ["lab-l1", "lab-l2", "lab-l3", "lab-l4"]
+    finals = [f for f in committed_shard_files(audit, change_id) if not f.started]
+    assert sorted(h for f in finals for h in f.record.stats) == run.hosts  # none ran twice
+    assert {f.record.runner["lock_runner"] for f in finals} == {
+        "runner-1 shard 1/2",
+        "runner-2 shard 2/2",
+    }
+    assert git(bare, "for-each-ref", "refs/opsledger/locks").stdout == ""  # all released
