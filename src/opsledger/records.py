@@ -292,7 +292,8 @@ def _committed_records(project: Project) -> dict[str, Record | None]:
     if not wanted:
         return {}
     _require_objects(project.root, wanted)  # a damaged clone stops here, cached or not
-    cached = load_cache(project, RUNS_CACHE)
+    unseen = any(o not in _PARSED for _, o in wanted)  # else this process has them all
+    cached = load_cache(project, RUNS_CACHE) if unseen else {}
     missing = [(p, o) for p, o in wanted if o not in _PARSED and o not in cached]
     blob_of = dict(missing)
     for path, data in _read_blobs(project.root, missing).items():
@@ -308,7 +309,7 @@ def _committed_records(project: Project) -> dict[str, Record | None]:
         )
         kept[oid] = {} if parsed is _NOT_JSON else {"json": parsed}
         found[path] = None if parsed is _NOT_JSON else record_from_data(parsed)
-    if kept.keys() != cached.keys():
+    if unseen and kept.keys() != cached.keys():
         save_cache(project, RUNS_CACHE, kept)
     return found
 

@@ -22,6 +22,7 @@ from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
 CACHE = "slots-v1"
+_SEEN: dict[str, dict[str, list[str] | None]] = {}  # root -> blob id -> slot, per process
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def candidates(
         for other_id in candidates(project, change.id, change.environment,
                                    change.window_start, change.window_end): ...
     """
-    cached = load_cache(project, CACHE)
+    known = _SEEN.setdefault(str(project.root), {})  # this process's reads (apply --pending)
+    cached: dict = {}
+    loaded = False  # the cache file is read once, when a request is new to this process
     seen: dict[str, list[str] | None] = {}
     found = []
     refused = False  # a request validation will refuse (exit 2): then nothing is written
@@ -89,7 +92,9 @@ def candidates(
             found.append(other_id)
             refused = True
             continue
-        slot = cached[blob] if blob in cached else seen.get(blob, False)
+        if blob not in known and not loaded:
+            cached, loaded = load_cache(project, CACHE), True
+        slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
         if slot is False:
             try:
                 slot = _derive(project, other_id)
@@ -101,7 +106,8 @@ def candidates(
         read = _slot(slot)
         if read is None or read.overlaps(environment, start, end):
             found.append(other_id)
-    if not refused and (seen.keys() - cached.keys() or len(seen) < len(cached)):
+    known.update(seen)
+    if loaded and not refused and (seen.keys() - cached.keys() or len(seen) < len(cached)):
         save_cache(project, CACHE, seen)  # what the tree holds now: no stale entries kept
     return found
 

@@ -13,6 +13,7 @@ import json
 import secrets
 
 import opsledger.records as records
+import opsledger.slots as slots
 from opsledger.decide import decide
 from opsledger.localcache import (
     KEY_FILE,
@@ -45,7 +46,7 @@ def _edit(project, name, change) -> None:
     path.write_bytes(mac + b"\n" + json.dumps(entries).encode())
 
 
-def test_an_edited_slot_cannot_release_a_conflicting_change(local_repo):
+def test_an_edited_slot_cannot_release_a_conflicting_change(local_repo, monkeypatch):
     project, request = local_repo
     first = request(targets="db", params={"steps": 1}, window=WINDOW)
     second = request(targets="lab-db1", params={"steps": 1}, window=WINDOW)
@@ -62,11 +63,12 @@ def test_an_edited_slot_cannot_release_a_conflicting_change(local_repo):
 
     _edit(project, SLOTS, elsewhere)
     assert load_cache(project, SLOTS) == {}  # does not verify: ignored
+    monkeypatch.setattr(slots, "_SEEN", {})  # a new command: only the file could say it
     assert _conflicts(decide(project, second, now=INSIDE)) == before
     assert load_cache(project, SLOTS)  # rebuilt from the requests
 
 
-def test_a_cache_from_another_clone_is_not_believed(local_repo):
+def test_a_cache_from_another_clone_is_not_believed(local_repo, monkeypatch):
     project, request = local_repo
     first = request(targets="db", params={"steps": 1}, window=WINDOW)
     second = request(targets="lab-db1", params={"steps": 1}, window=WINDOW)
@@ -82,6 +84,7 @@ def test_a_cache_from_another_clone_is_not_believed(local_repo):
     body = json.dumps(entries).encode()
     path.write_bytes(_mac(other_key, SLOTS, body).encode() + b"\n" + body)
     assert (project.root / ".git" / KEY_FILE).read_bytes() != other_key
+    monkeypatch.setattr(slots, "_SEEN", {})  # a new command
     assert _conflicts(decide(project, second, now=INSIDE)) == before
 
 
