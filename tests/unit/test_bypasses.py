@@ -144,16 +144,16 @@ def test_a_symlinked_directory_leaving_the_repository_is_refused(repo, tmp_path)
     untracked link is not content; apply refuses to run beside it, see test_content.py)."""
     project, change_id, _ = repo
     approve(project, change_id, "bob")
-    link = project.root / "roles/monitoring/vars"
+    link = project.root / "roles/hardware/vars"
     _symlink_dir_into(project, link, tmp_path / "elsewhere")
     commit_as(project, [link], "Share the vars", "alice")
     with pytest.raises(OpsledgerError) as err:
         decide(project, change_id, now=INSIDE)
     assert err.value.exit_code == EXIT_INVALID
-    assert "roles/monitoring/vars" in str(err.value) and "symlink" in str(err.value)
+    assert "roles/hardware/vars" in str(err.value) and "symlink" in str(err.value)
 
 
-@pytest.mark.parametrize("link", ["roles/monitoring/vars", "inventories/lab/group_vars/db/extra"])
+@pytest.mark.parametrize("link", ["roles/hardware/vars", "inventories/lab/group_vars/db/extra"])
 def test_a_symlinked_directory_inside_the_repository_is_hashed(repo, link):
     """Committed, as a branch would bring them: content is what git tracks (test_content.py)."""
     project, change_id, _ = repo
