@@ -95,6 +95,11 @@ def pytest_generate_tests(metafunc):
         return
     (name,) = extra
     rows = [(t, item) for t in targets for item in params[name](t)]
+    if not rows:  # none of these hosts has one (a worker's share, a subset): nothing to check
+        why = f"no {name} on {', '.join(t.name for t in targets) or 'these hosts'}"
+        rows = [pytest.param(None, None, marks=pytest.mark.skip(reason=why))]
+        metafunc.parametrize(("target", name), rows, ids=["none"])
+        return
     metafunc.parametrize(("target", name), rows, ids=[f"{t.name}:{_id(item)}" for t, item in rows])
 
 

@@ -209,7 +209,7 @@ def _sandboxed(t) -> list[str]:
     ]
 
 
-PARAMS = {"sandboxed_unit": _sandboxed}
+PARAMS["sandboxed_unit"] = _sandboxed  # one PARAMS per suite (conftest.py reads it once)
 
 
 def test_exporter_sandboxed_mon_sbx_01(host, expect, sandboxed_unit):
