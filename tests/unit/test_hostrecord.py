@@ -160,7 +160,8 @@ def test_a_hosts_record_gathers_everything_the_ledger_knows_about_it(ledger):
     assert record.drills[0]["rto_s"] == 41.5
     (incident,) = record.incidents
     assert incident["status"] == "open" and incident["title"] == "Disk nearly full on lab-db1"
-    assert {w["id"] for w in record.waivers} == {"W-0001", "W-0002"}  # W-0003: molecule only
+    # W-0003: molecule only
+    assert {w["id"] for w in record.waivers} == {"W-0001", "W-0002", "W-0004", "W-0005"}
 
 
 def test_a_newer_inspection_that_ran_the_check_closes_its_finding(ledger):
@@ -193,7 +194,7 @@ def test_a_quiet_host_is_clean(ledger):
 def test_the_estate_lists_every_host_with_its_last_change_patch_and_findings(ledger):
     result = estate(ledger, environment="lab")
     rows = {r.host: r for r in result.rows}
-    assert list(rows) == ["lab-db1", "lab-db2", "lab-app1", "lab-app2"]
+    assert list(rows) == ["lab-db1", "lab-db2", "lab-app1", "lab-app2", "lab-mon1"]
     db1 = rows["lab-db1"]
     assert db1.os.startswith("Debian 12.8") and db1.groups == ["db"]
     assert db1.last_change == {

@@ -89,7 +89,7 @@ def test_the_lab_splits_its_db_cluster_standby_first_and_unsplittable_runbooks_r
 
 def test_shard_counts_come_from_the_environments_host_count_in_policy(repo):
     project, _, _ = repo
-    assert shard_count(project, "lab") == 2  # 4 hosts, 2 per shard
+    assert shard_count(project, "lab") == 3  # 5 hosts, 2 per shard
     assert shard_count(project, "production") == 1
     counts = {name: shard_count(Project(REPO_ROOT), name) for name in ("lab", "staging")}
     assert gitlab_parallel_problems(REPO_ROOT / ".gitlab-ci.yml", counts) == []
