@@ -581,92 +581,65 @@ def _execute(
     # Run and verify from an export of exactly the approved content (export.py): bookkeeping,
     # untracked files and submodules are not there for a play, a lookup or a suite to read.
     with exported(project, decision.content.files) as tree:
-        return _run_and_verify(
-            project,
-            tree,
-            change,
-            load_runbook(tree, runbook.name),
-            decision,
-            events,
-            interrupt,
-            skip_verify,
-            run_id,
-            journal,
-            verbosity,
-            timings,
-        )
-
-
-def _run_and_verify(
-    project: Project,
-    tree: Project,
-    change: Change,
-    runbook: Runbook,
-    decision: Decision,
-    events: Events | None,
-    interrupt: _Interrupt,
-    skip_verify: bool,
-    run_id: str,
-    journal: Path,
-    verbosity: int,
-    timings: dict[str, float],
-) -> _Outcome:
-    _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
-    clock = time.monotonic()
-    with watching_reads() as watch:
-        try:
-            run: PlaybookRun | None = _run(
-                tree,
-                change,
-                runbook,
-                events,
-                interrupt,
-                run_id,
-                journal,
-                watch.env(),
-                verbosity,
-            )
-        except OpsledgerError as err:  # ansible-playbook failed before reaching any host
-            timings["run_s"] = round(time.monotonic() - clock, 3)
-            return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
-        opened = watch.files()
-    assert run is not None
-    timings["run_s"] = round(time.monotonic() - clock, 3)
-    checked: VerifyResult | None = None
-    back: RollbackOutcome | None = None
-    failure = ""
-    unapproved = _unapproved_reads(project, tree, change, runbook, decision, opened)
-    findings = [{"rule": "approved-content", "message": unapproved}] if unapproved else []
-    if run.status not in ("successful", "canceled") and not interrupt.requested:
-        failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
-        failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
-    elif unapproved and run.status == "successful":
-        failure = unapproved
-    elif run.status == "successful" and not skip_verify and not interrupt.requested:
+        runbook = load_runbook(tree, runbook.name)
+        _phase(events, "run", f"running {runbook.name} on {change.environment}:{change.targets}")
+        clock = time.monotonic()
+        with watching_reads() as watch:
+            try:
+                run: PlaybookRun | None = _run(
+                    tree,
+                    change,
+                    runbook,
+                    events,
+                    interrupt,
+                    run_id,
+                    journal,
+                    watch.env(),
+                    verbosity,
+                )
+            except OpsledgerError as err:  # ansible-playbook failed before reaching any host
+                timings["run_s"] = round(time.monotonic() - clock, 3)
+                return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
+            opened = watch.files()
+        assert run is not None
+        timings["run_s"] = round(time.monotonic() - clock, 3)
+        checked: VerifyResult | None = None
+        back: RollbackOutcome | None = None
+        failure = ""
+        unapproved = _unapproved_reads(project, tree, change, runbook, decision, opened)
+        findings = [{"rule": "approved-content", "message": unapproved}] if unapproved else []
+        if run.status not in ("successful", "canceled") and not interrupt.requested:
+            failed = [f"{h}: {r.failures[0]}" for h, r in run.hosts.items() if r.failures]
+            failure = f"run {run.status}: " + ("; ".join(failed) or f"rc={run.rc}")
+        elif unapproved and run.status == "successful":
+            failure = unapproved
+        elif run.status == "successful" and not skip_verify and not interrupt.requested:
+            clock = time.monotonic()
+            try:
+                checked = _verify(tree, change, runbook, events)
+            except OpsledgerError as err:  # the suites could not run: the change is unproven
+                failure = f"verification could not run: {err}"
+            timings["verify_s"] = round(time.monotonic() - clock, 3)
+            if checked is not None and not checked.ok:
+                names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
+                failure = "verification failed: " + (", ".join(names) or "no test passed")
+        if interrupt.requested or run.status == "canceled":
+            # The operator stopped it: no rollback they did not ask for.
+            return _Outcome("canceled", run, checked, None, failure, timings, findings)
+        if not failure:
+            return _Outcome("success", run, checked, None, failure, timings, findings)
+        _phase(events, "failed", failure)
         clock = time.monotonic()
         try:
-            checked = _verify(tree, change, runbook, events)
-        except OpsledgerError as err:  # the suites could not run: the change is unproven
-            failure = f"verification could not run: {err}"
-        timings["verify_s"] = round(time.monotonic() - clock, 3)
-        if checked is not None and not checked.ok:
-            names = [f"{o.test}[{o.host}]" for o in checked.failures[:5]]
-            failure = "verification failed: " + (", ".join(names) or "no test passed")
-    if interrupt.requested or run.status == "canceled":
-        # The operator stopped it: no rollback they did not ask for.
-        return _Outcome("canceled", run, checked, None, failure, timings, findings)
-    if not failure:
-        return _Outcome("success", run, checked, None, failure, timings, findings)
-    _phase(events, "failed", failure)
-    clock = time.monotonic()
-    try:
-        back = _rollback(project, change, runbook, failure, events, interrupt, skip_verify, run_id)
-    except OpsledgerError as err:
-        name = change.rollback or runbook.rollback or ""
-        back = RollbackOutcome(name, "", f"{failure}; {err}", None, None, False)
-    timings["rollback_s"] = round(time.monotonic() - clock, 3)
-    result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
-    return _Outcome(result, run, checked, back, failure, timings, findings)
+            back = _rollback(
+                project, change, runbook, failure, events, interrupt, skip_verify, run_id
+            )
+        except OpsledgerError as err:
+            name = change.rollback or runbook.rollback or ""
+            back = RollbackOutcome(name, "", f"{failure}; {err}", None, None, False)
+        timings["rollback_s"] = round(time.monotonic() - clock, 3)
+        result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+        return _Outcome(result, run, checked, back, failure, timings, findings)
 
 
 def _journal(project: Project, run_id: str) -> Path:
