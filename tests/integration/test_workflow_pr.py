@@ -144,9 +144,11 @@ def _work_mem(project) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("how", ["merge", "squash"])
+# A squash merge on the lab: one new commit by the maintainer, so only the signed statements
+# prove who approved. Merge commits (tests/unit/test_gitops_loop.py) and squash and rebase
+# merges (tests/unit/test_bypasses.py) run through the same loop on real git without hosts.
 def test_pull_request_to_applied_change_with_a_clean_audit(
-    converged_lab, origin, tmp_path, restore_db, how
+    converged_lab, origin, tmp_path, restore_db
 ):
     bare, keys, lab_state = origin
     engineer, change_id = _propose(bare, tmp_path, lab_state, "32MB", key=keys["alice"])
@@ -161,7 +163,7 @@ def test_pull_request_to_applied_change_with_a_clean_audit(
     assert ready.returncode == 0, ready.stdout + ready.stderr
     assert "ready to merge" in ready.stdout and "+work_mem = 32MB" in ready.stdout
 
-    _merge(bare, tmp_path, lab_state, how)
+    _merge(bare, tmp_path, lab_state, "squash")
     runner = _clone(bare, tmp_path / "ci", lab_state)
     applied = _opsledger(runner, "ci", "apply", "--env", "lab", "--push", "origin")
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-2000:]
