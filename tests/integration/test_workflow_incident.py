@@ -41,7 +41,7 @@ def test_stopped_postgresql_is_an_incident_fixed_by_an_emergency_change(
         assert inspected.returncode == 1, inspected.stdout[-2000:] + inspected.stderr[-2000:]
         listed = _json(opsledger(project, "incident", "list", "--json"))
         ours = [r for r in listed if "postgres" in r["title"] or "postgresql" in r["title"]]
-        assert len(ours) == 1, listed
+        assert len(ours) == 1, (listed, inspected.stdout[-2000:], inspected.stderr[-2000:])
         incident_id = ours[0]["incident"]
         assert (ours[0]["priority"], ours[0]["class"], ours[0]["status"]) == (
             "P2",

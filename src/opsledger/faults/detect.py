@@ -83,6 +83,21 @@ class Signal:
     runbooks: tuple[str, ...] = ()
     key: str = ""
 
+    def __post_init__(self) -> None:
+        # What a check or a test printed may span lines or carry control characters (a
+        # warning before the error, a terminal escape); an incident's title is one line, so
+        # every signal is one line from the start, whatever produced it.
+        object.__setattr__(self, "message", one_line(self.message))
+        object.__setattr__(self, "subject", one_line(self.subject))
+
+
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x1f\x7f\s]+")
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: runs of whitespace and control characters become one space."""
+    return _CONTROL_OR_SPACE.sub(" ", text).strip()
+
 
 @dataclass
 class DetectionResult:

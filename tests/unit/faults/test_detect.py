@@ -9,8 +9,10 @@ import logging
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from opsledger.faults.detect import DetectionStatus, record_detection
+from opsledger.faults.detect import DetectionStatus, Signal, _title, record_detection
 from opsledger.faults.store import incident_ids, load_incident
 from opsledger.records import Record
 
@@ -301,3 +303,35 @@ def test_the_operator_who_ran_the_check_is_told_which_incident_it_opened_and_res
     clean = probe(critical=101)
     assert clean.exit_code == 0, clean.output
     assert "incidents: resolved by evidence INC-0001" in clean.output
+
+
+# What a check printed is not one line: a warning before the error (sudo's "could not change
+# directory" once made every title invalid, so the lab's stopped PostgreSQL opened no incident),
+# a carriage return, a terminal escape, a NUL, a Unicode line separator.
+@pytest.mark.parametrize(
+    "message",
+    [
+        'could not change directory to "/home/opsadmin": Permission denied\npsql: error',
+        "first line\r\nsecond line",
+        "\x1b[31mred\x1b[0m and \x00 nul \x7f del",
+        "tab\tand\u2028separator\u0085next",
+        "x" * 400 + "\nend",
+    ],
+)
+def test_a_multi_line_finding_still_opens_an_incident_with_a_one_line_title(
+    fault_repo, clock, message
+):
+    project = fault_repo
+    path = commit_record(project, inspection(T0, [("lab-db1", "postgres_up", "critical", message)]))
+    result = detect(project, path)
+    assert result.status == DetectionStatus.RECORDED and result.opened == ["INC-0001"], result
+    title = load_incident(project, "INC-0001").data["title"]
+    assert 5 <= len(title) <= 160 and title.isprintable(), repr(title)
+
+
+@given(st.text(max_size=300))
+def test_any_message_makes_a_title_the_incident_schema_accepts(message):
+    signal = Signal("f", "inspection", "lab", "lab-db1", ("lab-db1",), "software", message)
+    title = _title("inspection", [signal])
+    assert 5 <= len(title) <= 160
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in title), repr(title)
