@@ -56,13 +56,22 @@ def _older(project, host: str, version: str, offered: list[str]) -> str | None:
     return None
 
 
-def _offered(project, host: str, names: list[str]) -> dict[str, list[str]]:
+def _madison(project, host: str, names: list[str]) -> list[tuple[str, str, str]]:
+    """(package, version, where the mirror serves it) for every version offered, newest first."""
     out = _sh(project, host, "apt-cache madison " + " ".join(names))
-    offered: dict[str, list[str]] = {}
+    rows = []
     for line in out.splitlines():
         parts = [p.strip() for p in line.split("|")]
-        if len(parts) == 3 and parts[1] not in offered.get(parts[0], []):
-            offered.setdefault(parts[0], []).append(parts[1])
+        if len(parts) == 3:
+            rows.append((parts[0], parts[1], parts[2]))
+    return rows
+
+
+def _offered(project, host: str, names: list[str], rows=None) -> dict[str, list[str]]:
+    offered: dict[str, list[str]] = {}
+    for name, version, _ in rows if rows is not None else _madison(project, host, names):
+        if version not in offered.get(name, []):
+            offered.setdefault(name, []).append(version)
     return offered
 
 
@@ -100,8 +109,14 @@ def find_downgradable(project, host: str) -> tuple[str, str, str]:
         name, version, priority = [*line.split(), "", "", ""][:3]
         if priority in ("optional", "extra") and not _KEEP.match(name):
             installed[name] = version
-    offered = _offered(project, host, sorted(installed))
-    names = sorted(n for n, v in offered.items() if len(v) > 1)
+    rows = _madison(project, host, sorted(installed))
+    offered = _offered(project, host, sorted(installed), rows)
+    # Not a package whose installed version is a security update: its older version would leave
+    # that update pending, which the OS baseline (OS-UPD-02) rightly fails, so the state before
+    # the change, to which a rollback returns, would not verify.
+    security = {name for name, version, source in rows
+                if "security" in source and version == installed[name]}  # fmt: skip
+    names = sorted(n for n, v in offered.items() if len(v) > 1 and n not in security)
     if found := _first_lone_downgrade(project, host, names, installed, offered):
         return found
     pytest.skip(
