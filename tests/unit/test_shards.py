@@ -243,14 +243,40 @@ PROBE_PLAYBOOK = """\
 """
 
 
-def _local_change(repo, failing: str = ""):
-    """A standard change on four local-connection hosts (group `local`), one failing."""
+UNDO_PLAYBOOK = """\
+---
+- name: Undo the probe on each host, leaving a mark of it
+  hosts: all
+  gather_facts: false
+  serial: "100%"
+  tasks:
+    - name: Mark the host as rolled back
+      ansible.builtin.copy:
+        content: "rolled back\\n"
+        dest: "{{ probe_marks }}/{{ inventory_hostname }}"
+        mode: "0644"
+"""
+
+
+def _local_change(repo, failing: str = "", marks=None):
+    """A standard change on four local-connection hosts (group `local`), one failing. With
+    `marks` (a folder) its runbook rolls back with shardprobe-undo, which marks each host
+    it rolled back there."""
     project, _, _ = repo
     root = project.root
     (root / ".gitignore").write_text(".opsledger/\n__pycache__/\n")
     folder = root / "runbooks" / "shardprobe"
     folder.mkdir()
-    (folder / "runbook.yml").write_text(PROBE_RUNBOOK)
+    runbook = PROBE_RUNBOOK
+    if marks is not None:
+        runbook = runbook.replace("rollback: null", "rollback: shardprobe-undo")
+        undo = root / "runbooks" / "shardprobe-undo"
+        undo.mkdir()
+        (undo / "runbook.yml").write_text(
+            PROBE_RUNBOOK.replace("Touch every target, failing", "Undo the probe, marking")
+        )
+        (undo / "playbook.yml").write_text(UNDO_PLAYBOOK)
+    (folder / "runbook.yml").write_text(runbook)
     (folder / "playbook.yml").write_text(PROBE_PLAYBOOK)
     hosts = root / "inventories/lab/hosts.yml"
     lines = "    local:\n      hosts:\n"
@@ -259,6 +285,8 @@ def _local_change(repo, failing: str = ""):
             f"        lab-l{i}:\n          ansible_connection: local\n"
             f"          ansible_python_interpreter: {sys.executable}\n"
         )
+        if marks is not None:  # a file written on this machine, as this user
+            lines += f"          probe_marks: {marks}\n          ansible_become: false\n"
         if f"lab-l{i}" == failing:
             lines += "          probe_fail: true\n"
     hosts.write_text(hosts.read_text() + lines)
@@ -312,6 +340,42 @@ def test_two_shards_run_their_own_hosts_and_merge_into_one_run_with_the_worst_re
     assert item.action == "cannot run" and "ended failed" in item.why
     again = merge_shards(project, change_id, count=2, final=True)
     assert again.already and again.result == "failed"  # merged once
+
+
+@pytest.mark.parametrize("on_failure", ["own", "all"])
+def test_a_failed_shard_rolls_back_its_own_hosts_and_the_policy_says_whether_others_do(
+    repo, tmp_path, on_failure
+):
+    """policies/locks.yml `shards.on_failure`: `own` rolls back the failed shard's hosts only;
+    `all` also rolls back, at the merge, the hosts of the shards that succeeded."""
+    project, _, _ = repo
+    (project.root / "policies" / "locks.yml").write_text(
+        "---\ndefault: [machine]\nenvironments:\n  lab:\n    backends: [machine]\n"
+        f"    shards: {{hosts_per_shard: 2, on_failure: {on_failure}}}\n"
+    )
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    project, change_id = _local_change(repo, failing="lab-l3", marks=marks)
+    one = shard_of(project, change_id, Shard(1, 2))
+    two = shard_of(project, change_id, Shard(2, 2))
+    failed, other = (two, one) if "lab-l3" in two.hosts else (one, two)
+    results = {
+        i: apply_shard(project, change_id, Shard(i, 2), now=INSIDE, skip_verify=True)
+        for i in (other.shard.index, failed.shard.index)  # the failing shard last: it merges
+    }
+    assert results[other.shard.index].result == "success"
+    assert results[failed.shard.index].result in ("rolled_back", "rollback_failed", "failed")
+    (run,) = read_runs(project).committed
+    assert run.result != "success"
+    rolled = sorted(p.name for p in marks.iterdir())
+    if on_failure == "own":
+        assert rolled == sorted(failed.hosts)  # the failed shard's hosts, no others
+        assert "others" not in (run.rollback or {})
+    else:
+        assert rolled == ["lab-l1", "lab-l2", "lab-l3", "lab-l4"]  # every shard's hosts
+        others = run.rollback["others"]
+        assert others["result"] == "success", others
+        assert "on_failure: all" in others["reason"]
 
 
 def test_ci_apply_shard_on_the_cli_runs_one_shard_and_a_final_merge_records_a_missing_one(repo):
