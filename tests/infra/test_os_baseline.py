@@ -132,7 +132,8 @@ def test_removed_user_is_absent_os_usr_03(host, removed_user):
 def test_admin_group_sudo_rule_os_sudo_01(host, expect):
     rule = host.file("/etc/sudoers.d/50-opsledger-admins")
     assert rule.mode == 0o440 and rule.user == "root"
-    nopasswd = "NOPASSWD: " if expect["os_baseline_sudo_nopasswd"] else ""  # pragma: allowlist secret
+    no_password = expect["os_baseline_sudo_nopasswd"]
+    nopasswd = "NOPASSWD: " if no_password else ""  # pragma: allowlist secret
     assert (
         f"%{expect['os_baseline_admin_group']} ALL=(ALL:ALL) {nopasswd}ALL" in rule.content_string
     )
