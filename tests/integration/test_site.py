@@ -4,6 +4,8 @@ keeps SSH working after hardening, and every hand-made drift is caught, then rep
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from opsledger.verify import verify
 from .conftest import converge
 
 pytestmark = pytest.mark.lab
+
+BIN = Path(sys.executable).parent
 
 
 def test_second_converge_changes_nothing(converged_lab):
@@ -68,6 +72,24 @@ def test_ssh_keyscan_and_login_still_work_after_hardening(converged_lab):
         assert scan.stdout.split()[2] == known[f"[127.0.0.1]:{host.port}"]
         login = run_on_host(converged, host.name, "sudo -n sshd -T | grep -i '^permitrootlogin'")
         assert login.stdout.strip() == "permitrootlogin no"
+
+
+def test_ssh_audit_finds_no_failure_on_any_host(converged_lab):
+    """The SSH hardening (OS-SSH controls) as an outside auditor sees it: ssh-audit against
+    every host's sshd names no failing algorithm or setting. Its warnings (key exchanges
+    without post-quantum protection, kept for the controller's and Fabric's clients) stay
+    warnings: exit 2, never 3 (a failure) or 1 (no connection)."""
+    for host in load_spec(converged_lab).hosts:
+        audit = subprocess.run(
+            [str(BIN / "ssh-audit"), "--skip-rate-test", "--no-colors", "-p", str(host.port),
+             "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        failing = [line for line in audit.stdout.splitlines() if "[fail]" in line]
+        said = f"{host.name}: exit {audit.returncode}\n{audit.stdout[-3000:]}{audit.stderr}"
+        assert audit.returncode in (0, 2) and failing == [], said
 
 
 DRIFTS = {
