@@ -472,13 +472,15 @@ def test_fail2ban_guards_sshd_os_ips_01(host, expect):
         assert address in ignored
 
 
-def test_aide_baseline_matches_the_files_os_aide_01(host, expect):
+def test_aide_baseline_taken_over_the_listed_paths_os_aide_01(host, expect):
+    """The baseline and its rules are in place. Comparing the files with it is the daily
+    check's and the file_integrity inspection's job, not a change's verification: a hand edit
+    since the last baseline (even one undone) is a security finding of its own, and must not
+    fail, and so roll back, an unrelated change."""
     assert host.file("/var/lib/aide/opsledger.db").exists
     config = host.file("/etc/aide/opsledger.conf").content_string.splitlines()
     for path in expect["os_baseline_aide_paths"]:
         assert f"{path} OpsledgerRule" in config
-    check = host.run("aide --config /etc/aide/opsledger.conf --check")
-    assert check.rc == 0, check.stdout[-2000:]
 
 
 def test_aide_checks_daily_os_aide_02(host):

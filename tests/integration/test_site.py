@@ -24,6 +24,11 @@ def test_second_converge_changes_nothing(converged_lab):
     recap = converge(converged)
     assert recap.pop("_changed_tasks") == []
     assert {host: stats["changed"] for host, stats in recap.items()} == dict.fromkeys(recap, 0)
+    # and what the converge left is its file integrity baseline (OS-AIDE-01, site.yml's last
+    # play): AIDE finds no difference on any host
+    for host in recap:
+        check = run_on_host(converged, host, "sudo aide --config /etc/aide/opsledger.conf --check")
+        assert check.returncode == 0, f"{host}: {check.stdout[-2000:]}"
 
 
 def test_suites_pass_on_every_host(converged_lab):
