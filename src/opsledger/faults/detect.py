@@ -87,15 +87,19 @@ class Signal:
         # What a check or a test printed may span lines or carry control characters (a
         # warning before the error, a terminal escape); an incident's title is one line, so
         # every signal is one line from the start, whatever produced it.
-        object.__setattr__(self, "message", one_line(self.message))
-        object.__setattr__(self, "subject", one_line(self.subject))
+        object.__setattr__(self, "message", _flat(self.message))
+        object.__setattr__(self, "subject", _flat(self.subject))
 
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x1f\x7f\s]+")
 
 
-def one_line(text: str) -> str:
-    """`text` on one line: runs of whitespace and control characters become one space."""
+def _flat(text: str) -> str:
+    """`text` on one line: runs of whitespace and control characters become one space.
+
+    Not errors.one_line, which escapes them (a newline as backslash-n) and cuts error lines at
+    200 characters: a title reads better with a space, and titles and notes have their own cuts.
+    """
     return _CONTROL_OR_SPACE.sub(" ", text).strip()
 
 
