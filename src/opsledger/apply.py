@@ -49,7 +49,6 @@ from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
 from opsledger.policy import require_policies
-from opsledger.procs import RUN_MARKER
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
 from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
@@ -339,7 +338,7 @@ def _run(
     runbook: Runbook,
     events: Events | None,
     interrupt: _Interrupt,
-    run_id: str,
+    marker: str,
     journal: Path | None = None,
     env: dict[str, str] | None = None,
     verbosity: int = 0,
@@ -356,7 +355,7 @@ def _run(
         cancel=interrupt,
         private_dir=journal,
         # The guard finds the run's processes by the marker; `env` adds the read watch.
-        extra_env={**(env or {}), RUN_MARKER: run_id},
+        extra_env={**(env or {}), **procs.run_env(marker)},
         extravars=run_vars(project, change.environment),  # backup-first hosts (dr.yml)
         verbosity=verbosity,
     )
@@ -436,7 +435,7 @@ def _rollback(
     events: Events | None,
     interrupt: _Interrupt,
     skip_verify: bool,
-    run_id: str,
+    marker: str,
 ) -> RollbackOutcome | None:
     name = change.rollback or runbook.rollback
     if not name:
@@ -447,7 +446,7 @@ def _rollback(
     # The desired state as it was, exported like the run's own content (export.py).
     with exported(project, commit_content(project, base, change.id)) as before:
         back = load_runbook(before, name)
-        run = _run(before, change, back, events, interrupt, run_id)
+        run = _run(before, change, back, events, interrupt, marker)
         checked = None
         if run.status == "successful" and not skip_verify:
             checked = _verify(before, change, back, events)
@@ -566,7 +565,7 @@ def _execute(
     events: Events | None,
     interrupt: _Interrupt,
     skip_verify: bool,
-    run_id: str,
+    marker: str,
     journal: Path,
     verbosity: int = 0,
 ) -> _Outcome:
@@ -592,7 +591,7 @@ def _execute(
                     runbook,
                     events,
                     interrupt,
-                    run_id,
+                    marker,
                     journal,
                     watch.env(),
                     verbosity,
@@ -632,7 +631,7 @@ def _execute(
         clock = time.monotonic()
         try:
             back = _rollback(
-                project, change, runbook, failure, events, interrupt, skip_verify, run_id
+                project, change, runbook, failure, events, interrupt, skip_verify, marker
             )
         except OpsledgerError as err:
             name = change.rollback or runbook.rollback or ""
@@ -853,12 +852,13 @@ def _locked_run(
     project, change, runbook = run.project, run.change, run.runbook
     started = dt.datetime.now(dt.UTC)
     run_id = f"{change.id}/{stamp(started)}"
+    marker = procs.new_marker(run_id)  # its processes, told apart from any other checkout's
     journal = _journal(project, run_id)
     journal.mkdir(parents=True, exist_ok=True)
     origin = run.held.origin.as_spec() if run.held.origin is not None else None
-    guard = Guard(run_id, run.held.fds, origin, journal / "guard.log")
+    guard = Guard(marker, run.held.fds, origin, journal / "guard.log")
     try:
-        run.held.note(run=run_id, guard_pid=guard.pid, guard_start=procs.start_time(guard.pid))
+        run.held.note(run=marker, guard_pid=guard.pid, guard_start=procs.start_time(guard.pid))
         ahead = _ahead(run, started, guard, journal)
         ahead_path, final = run.record_paths(started)
         try:
@@ -879,7 +879,7 @@ def _locked_run(
             _noting_runner(run.held, interrupt, log),
             interrupt,
             skip_verify,
-            run_id,
+            marker,
             journal,
             run.verbosity,
         )

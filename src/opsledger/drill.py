@@ -27,7 +27,7 @@ from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
 from opsledger.policyfiles import read_policy
-from opsledger.procs import RUN_MARKER, start_time
+from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_evidence
 from opsledger.runbooks import load_runbook
@@ -444,10 +444,10 @@ def drill(
             events({"event": "opsledger_phase", "phase": "run", "message": f"drilling {hosts}"})
         # Like an apply's: if this process dies, the guard ends the drill's playbook before the
         # hosts are free again (a drill kills and restores PostgreSQL).
-        run_id = f"drill:{service.name}/{stamp(started)}"
+        marker = new_marker(f"drill:{service.name}/{stamp(started)}")
         origin = held.origin.as_spec() if held.origin is not None else None
-        guard = Guard(run_id, held.fds, origin, None)
-        held.note(run=run_id, guard_pid=guard.pid, guard_start=start_time(guard.pid))
+        guard = Guard(marker, held.fds, origin, None)
+        held.note(run=marker, guard_pid=guard.pid, guard_start=start_time(guard.pid))
         try:
             run = run_playbook(
                 project,
@@ -457,7 +457,7 @@ def drill(
                 params=params,
                 timeout=runbook.timeout,
                 event_handler=events,
-                extra_env={RUN_MARKER: run_id},
+                extra_env=run_env(marker),
             )
         finally:
             guard.done()

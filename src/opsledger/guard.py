@@ -8,12 +8,13 @@ starts this guard in a session of its own:
 - it inherits the apply's flock'd lock files, so the machine lock is held while either lives;
 - it reads a pipe from the apply; "done" means the apply ended normally and it just exits;
 - end of file without "done" means the apply died: it ends every process carrying the run's
-  marker (`OPSLEDGER_RUN=<run>`: ansible-playbook, its workers, their ssh clients) with
+  marker (`OPSLEDGER_RUN_MARKER=<run>#<token>`: ansible-playbook, its workers, their ssh
+  clients; never another checkout's run of the same change in the same second) with
   SIGTERM, then SIGKILL after a grace period, waits until none is left, frees the run's origin
   locks, and exits — only then does the kernel drop the flock and can another run take the
   hosts. The interrupted run's record is written by the next command (reconcile.py).
 
-Run as `python -m opsledger.guard RUN_ID` with the origin lease (JSON or `null`) on the first
+Run as `python -m opsledger.guard MARKER` with the origin lease (JSON or `null`) on the first
 line of stdin.
 """
 
@@ -106,7 +107,9 @@ class Guard:
             pass_fds=fds,
             start_new_session=True,  # a terminal's Ctrl-C or a killed process group spares it
             text=True,
-            env={k: v for k, v in os.environ.items() if k != procs.RUN_MARKER},
+            env={
+                k: v for k, v in os.environ.items() if k not in (procs.RUN_MARKER, procs.RUN_NAME)
+            },
         )
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(origin) + "\n")

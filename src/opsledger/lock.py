@@ -61,7 +61,7 @@ class Holder:
     machine: str
     since: str
     environment: str = ""
-    run: str = ""  # <change>/<stamp>: the OPSLEDGER_RUN marker of its processes
+    run: str = ""  # <change>/<stamp>#<token>: the OPSLEDGER_RUN_MARKER of its processes
     pid_start: int | None = None
     guard_pid: int | None = None  # the run's guard, which outlives a killed apply (guard.py)
     guard_start: int | None = None

@@ -4,21 +4,27 @@ A pid alone is not an identity: after a crash the number is reused by an unrelat
 lock or a write-ahead record judged "alive" by it would block forever (or, worse, a kill would hit
 a stranger). So a process is named by (pid, start time in clock ticks since boot, from
 /proc/<pid>/stat). The processes of one run — ansible-playbook, its forked workers and their
-ssh clients — carry `OPSLEDGER_RUN=<run id>` in their environment, which every descendant
-inherits, so a run's processes can be found even after their parent died and they were
-re-parented.
+ssh clients — carry `OPSLEDGER_RUN_MARKER=<run id>#<random token>` in their environment, which
+every descendant inherits, so a run's processes can be found even after their parent died and
+they were re-parented. The run id alone (`CHG-0001/<second>`) is not enough: two checkouts on one
+machine (two CI jobs, a test suite beside the lab) can start CHG-0001 in the same second, and a
+guard ending one of them killed the other's playbook. `OPSLEDGER_RUN=<run id>` is set too: it
+is the run's name for playbooks (package snapshots are named after it), never used to find
+processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import time
 from pathlib import Path
 
-RUN_MARKER = "OPSLEDGER_RUN"
+RUN_NAME = "OPSLEDGER_RUN"  # the run's name, for playbooks
+RUN_MARKER = "OPSLEDGER_RUN_MARKER"  # the run's processes, unique on the machine
 PROC = Path("/proc")
 
 
@@ -93,9 +99,24 @@ def run_gone(
     return f"process {pid} on {machine_name} is gone"
 
 
-def run_processes(run_id: str) -> list[int]:
-    """Live processes (zombies excluded) whose environment carries OPSLEDGER_RUN=<run_id>."""
-    needle = f"{RUN_MARKER}={run_id}".encode()
+def new_marker(run_id: str) -> str:
+    """A marker for one run's processes that no other run on any checkout shares."""
+    return f"{run_id}#{secrets.token_hex(8)}"
+
+
+def run_name(marker: str) -> str:
+    """The run id a marker was made from (`CHG-0001/20261201T200000Z`)."""
+    return marker.split("#", 1)[0]
+
+
+def run_env(marker: str) -> dict[str, str]:
+    """What a run's ansible-playbook carries in its environment (inherited by every child)."""
+    return {RUN_MARKER: marker, RUN_NAME: run_name(marker)}
+
+
+def run_processes(marker: str) -> list[int]:
+    """Live processes (zombies excluded) whose environment carries OPSLEDGER_RUN_MARKER=<marker>."""
+    needle = f"{RUN_MARKER}={marker}".encode()
     found = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit():

@@ -111,6 +111,10 @@ def build_repo(tmp_path):
         params={"tags": ["postgresql"]},
         window_start=START,
         window_end=START + dt.timedelta(hours=2),
+        # Statements are ordered by the moment they name: the request must come before the
+        # re-submissions and approvals tests make at START (not at the machine's clock, which
+        # passed START on 2026-12-01 and made every later re-submission look older).
+        now=START - dt.timedelta(hours=1),
     )
     commit_paths(
         root,

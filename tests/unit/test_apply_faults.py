@@ -106,20 +106,32 @@ def test_kill_9_of_apply_ends_its_playbook_and_the_next_command_records_it(local
     _wait_for(lambda: "lab-db1-step-2" in _steps(project), what="the playbook's steps")
     # Written ahead: the started record is committed before the first task ran.
     (ahead,) = read_runs(project).started
-    run_id = ahead.record.runner["run"]
-    assert ahead.record.result == "started" and run_id.startswith(f"{killed}/")
-    assert procs.run_processes(run_id), "the playbook should be running"
-
-    os.kill(apply.pid, signal.SIGKILL)
-    apply.wait(10)
-    # The playbook dies with its apply (its guard ends it), and stays dead.
-    _wait_for(lambda: not procs.run_processes(run_id), timeout=20, what="the playbook to end")
-    taken = len(_steps(project))
-    time.sleep(1.5)
-    assert len(_steps(project)) == taken, "steps were taken after the apply died"
-    assert taken < 60 + 1
-    guard = ahead.record.runner["guard_pid"]
-    _wait_for(lambda: not procs.alive(guard, ahead.record.runner["guard_start"]), what="guard")
+    marker = ahead.record.runner["run"]
+    assert ahead.record.result == "started" and marker.startswith(f"{killed}/")
+    assert procs.run_processes(marker), "the playbook should be running"
+    # Another checkout's run of the same change started in the same second (two CI jobs, the
+    # unit suite beside the lab): the same run id, so the same OPSLEDGER_RUN. This guard once
+    # ended it too, killing the lab's playbook mid-converge.
+    same_id = procs.run_env(procs.new_marker(procs.run_name(marker)))
+    assert same_id["OPSLEDGER_RUN"] == procs.run_name(marker)
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, **same_id}
+    )
+    try:
+        os.kill(apply.pid, signal.SIGKILL)
+        apply.wait(10)
+        # The playbook dies with its apply (its guard ends it), and stays dead.
+        _wait_for(lambda: not procs.run_processes(marker), timeout=20, what="the playbook to end")
+        taken = len(_steps(project))
+        time.sleep(1.5)
+        assert len(_steps(project)) == taken, "steps were taken after the apply died"
+        assert taken < 60 + 1
+        guard = ahead.record.runner["guard_pid"]
+        _wait_for(lambda: not procs.alive(guard, ahead.record.runner["guard_start"]), what="guard")
+        assert bystander.poll() is None, "the guard ended another run with the same run id"
+    finally:
+        bystander.kill()
+        bystander.wait(10)
 
     # The next command (an emergency fix-forward on the same host) records the dead run as
     # interrupted and writes its takeover of the host's lock into its own record.
@@ -343,7 +355,7 @@ def test_a_run_that_died_while_we_waited_for_its_hosts_is_recorded_before_ours(l
     run_id = f"{dead}/{started.strftime('%Y%m%dT%H%M%SZ')}"
     playbook = subprocess.Popen(  # the dead apply's playbook, still running for a while
         [sys.executable, "-c", "import time; time.sleep(120)"],
-        env={**os.environ, "OPSLEDGER_RUN": run_id},
+        env={**os.environ, **procs.run_env(run_id)},
     )
     ready = FORK.Event()
     holder = FORK.Process(target=_hold_as_run, args=(str(project.root), run_id, ready))

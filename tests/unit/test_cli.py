@@ -156,7 +156,7 @@ def test_every_example_is_a_command_the_cli_accepts(path, monkeypatch):
 
 
 # Set by opsledger for its own children, never by a person.
-INTERNAL_VARIABLES = {"OPSLEDGER_RUN", "OPSLEDGER_READ_LOG"}
+INTERNAL_VARIABLES = {"OPSLEDGER_RUN", "OPSLEDGER_RUN_MARKER", "OPSLEDGER_READ_LOG"}
 
 
 def test_every_variable_opsledger_reads_is_named_in_the_top_level_help():

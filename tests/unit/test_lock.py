@@ -119,7 +119,7 @@ def test_a_playbook_left_running_by_a_dead_apply_still_holds_the_host(project):
     info.write_text(json.dumps(data))
     orphan = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)"],
-        env={**os.environ, "OPSLEDGER_RUN": "CHG-0001/20261201T200000Z"},
+        env={**os.environ, "OPSLEDGER_RUN_MARKER": "CHG-0001/20261201T200000Z"},
     )
     try:
         os.kill(victim.pid, signal.SIGKILL)
