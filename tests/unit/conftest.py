@@ -73,19 +73,35 @@ def keypair(folder, name):
     return key
 
 
+KEY_NAMES = ("alice", "bob", "carol", "dave", "ci")
+
+
+@pytest.fixture(scope="session")
+def _repo_template(tmp_path_factory):
+    """The `repo` fixture's tree, built once per session: ~170 tests use it, and building it
+    (five key pairs, git init, a signed request) costs three times copying it."""
+    base = tmp_path_factory.mktemp("repo-template")
+    _, change_id, _ = build_repo(base)
+    return base, change_id
+
+
 @pytest.fixture
-def repo(tmp_path):
+def repo(tmp_path, _repo_template):
     """A git repo of the project with signing keys for alice, bob, carol, dave and ci, and
     CHG-0001 (alice's converge of db in the lab, 2026-12-01 20:00-22:00 UTC) requested by
-    alice: its change.yml and her request statement, committed by her."""
-    return build_repo(tmp_path)
+    alice: its change.yml and her request statement, committed by her.
+
+    Each test gets its own copy (repository, keys); nothing in it names the template's path."""
+    base, change_id = _repo_template
+    shutil.copytree(base, tmp_path, symlinks=True, dirs_exist_ok=True)
+    return Project(tmp_path / "p"), change_id, {name: tmp_path / name for name in KEY_NAMES}
 
 
 def build_repo(tmp_path):
     """What the `repo` fixture returns, built under tmp_path (for wider-scoped fixtures)."""
     project = copy_project(tmp_path / "p")
     root = project.root
-    keys = {name: keypair(tmp_path, name) for name in ("alice", "bob", "carol", "dave", "ci")}
+    keys = {name: keypair(tmp_path, name) for name in KEY_NAMES}
     people = root / "policies" / "people.yml"
     data = yaml.safe_load(people.read_text())
     for person in data["people"]:
