@@ -147,6 +147,7 @@ def build_image(recipe: ImageRecipe, *, workdir: Path | None = None) -> str:
             ],
             capture_output=True,
             text=True,
+            env=env,
         )
         if proc.returncode != 0:
             raise OpsledgerError(

@@ -8,6 +8,19 @@ mirror="$1"
 security="$2"
 cache="$3"
 
+# The image starts patched: debootstrap installs the point release only, so the updates and the
+# security suite are applied here, once, instead of by every lab host's first converge
+# (os_baseline OS-UPD-02) and every Molecule instance's. Through the lab's package cache when it
+# answers (image.py passes http_proxy, as for debootstrap).
+cat > /etc/apt/sources.list <<SOURCES
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb $security bookworm-security main
+SOURCES
+DEBIAN_FRONTEND=noninteractive apt-get -q -o Acquire::Retries=2 update
+DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Acquire::Retries=2 \
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade
+
 # apt reaches the mirror through a mirror list (apt-transport-mirror): package files (type:deb)
 # come from the lab's package cache first and from the mirror when the cache does not answer;
 # index files (InRelease, Packages, ...) always come straight from the mirror. Index files change
