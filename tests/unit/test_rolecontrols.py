@@ -27,7 +27,7 @@ def _table(root, benchmark="cis"):
 def test_the_shipped_table_joins_reference_task_test_and_waiver():
     rows = {r.control: r for r in _table(REPO_ROOT).rows}
     ssh = rows["OS-SSH-05"]
-    assert "5.1.17 MaxSessions" in ssh.references
+    assert "5.1.17 sshd MaxSessions is configured" in ssh.references
     assert ssh.tasks == ("Write sshd_config, validated with sshd -t",)
     assert ssh.tests == ("test_sshd_session_limits_os_ssh_05",)
     assert ssh.waivers == ()
@@ -42,6 +42,15 @@ def test_the_shipped_table_joins_reference_task_test_and_waiver():
 def test_devsec_is_a_benchmark_of_its_own():
     rows = {r.control: r for r in _table(REPO_ROOT, "devsec").rows}
     assert rows["OS-KRN-02"].references == ("os_hardening: os_unused_filesystems",)
+
+
+def test_lynis_test_ids_are_a_benchmark_of_their_own():
+    """Lynis ids are CISOfy's, not dev-sec's: their own column, not in devsec's."""
+    lynis = {r.control: r for r in _table(REPO_ROOT, "lynis").rows}
+    assert lynis["MON-SBX-01"].references == ("BOOT-5264 Run systemd-analyze security",)
+    devsec = {r.control: r for r in _table(REPO_ROOT, "devsec").rows}
+    assert devsec["MON-SBX-01"].references == ()
+    assert not any("Lynis" in ref for row in devsec.values() for ref in row.references)
 
 
 def _copy_project(tmp_path):
@@ -69,20 +78,20 @@ def test_cli_unknown_benchmark_exits_2_naming_the_choices(monkeypatch):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {REPO_ROOT}/roles/*/meta/controls.yml: benchmarks: unknown benchmark 'nist' "
-        "— use one of: cis, devsec"
+        "— use one of: cis, devsec, lynis"
     ]
 
 
 def test_cli_bad_reference_list_exits_2_one_line_per_problem(tmp_path, monkeypatch):
     root = _copy_project(tmp_path)
     path = root / "roles" / "monitoring" / "meta" / "controls.yml"
-    path.write_text(path.read_text().replace('devsec: ["Lynis', 'devsec: {"x": ["Lynis') + "\n")
-    path.write_text(path.read_text().replace('exposure"]', 'exposure"]}'))
+    path.write_text(path.read_text().replace('lynis: ["BOOT', 'lynis: {"x": ["BOOT') + "\n")
+    path.write_text(path.read_text().replace('security"]', 'security"]}'))
     monkeypatch.setenv("OPSLEDGER_PROJECT", str(root))
-    result = CliRunner().invoke(cli, ["roles", "controls", "--benchmark", "devsec"])
+    result = CliRunner().invoke(cli, ["roles", "controls", "--benchmark", "lynis"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "controls.MON-SBX-01.devsec" in lines[0], lines
+    assert len(lines) == 1 and "controls.MON-SBX-01.lynis" in lines[0], lines
     assert "Traceback" not in result.output
 
 
@@ -93,7 +102,7 @@ def test_cli_markdown_and_json(monkeypatch):
     )
     assert md.exit_code == 0, md.output
     assert md.output.startswith("Benchmark: CIS Debian Linux 12 Benchmark")
-    assert "| OS-ACC-03 | 5.4.2.7 system accounts without a valid login shell" in md.output
+    assert "| OS-ACC-03 | 5.4.2.7 system accounts do not have a valid login shell" in md.output
     data = json.loads(
         CliRunner()
         .invoke(cli, ["roles", "controls", "--benchmark", "cis", "--format", "json"])
