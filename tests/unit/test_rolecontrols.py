@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 from opsledger.cli import cli
 from opsledger.errors import OpsledgerError
 from opsledger.rolecontrols import control_table, render_markdown
+from opsledger.yamlio import load_yaml
 
 from ..conftest import REPO_ROOT
 
@@ -111,3 +114,78 @@ def test_cli_markdown_and_json(monkeypatch):
     assert data["benchmark"] == "cis"
     assert any(r["control"] == "OS-AIDE-01" and r["tests"] for r in data["rows"])
     assert render_markdown(_table(REPO_ROOT)) == md.output
+
+
+# --- the references themselves: numbers and titles the benchmark has -----------------------------
+
+CIS_ITEMS = Path(__file__).parent / "data" / "cis_debian12_items.txt"
+CIS_REF = re.compile(r"(?P<number>\d+(?:\.\d+)+) (?P<title>.+?)(?: \((?P<note>[^()]+)\))?")
+DEVSEC_REF = re.compile(r"(os_hardening|ssh_hardening): [a-z][a-z0-9_]*(, [a-z][a-z0-9_]*)*")
+LYNIS_REF = re.compile(r"[A-Z]{3,5}-\d{4} \S.*")
+
+
+def _cis_items() -> dict[str, tuple[str, str]]:
+    """number -> (Server profile L1/L2, title without "Ensure "), from the vendored list."""
+    items = {}
+    for line in CIS_ITEMS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            number, profile, title = line.split("\t")
+            assert profile in ("L1", "L2") and title.startswith("Ensure "), line
+            items[number] = (profile, title.removeprefix("Ensure "))
+    return items
+
+
+def _references(benchmark: str) -> list[tuple[str, str]]:
+    """(role/control, reference) for every reference to `benchmark` in every controls file."""
+    refs = []
+    for path in sorted((REPO_ROOT / "roles").glob("*/meta/controls.yml")):
+        for control, entry in (load_yaml(path, what="controls file")["controls"] or {}).items():
+            for ref in entry.get(benchmark, []):
+                refs.append((f"{path.parts[-3]}/{control}", ref))
+    return refs
+
+
+def test_every_cis_reference_is_a_benchmark_item_with_its_title_and_profile():
+    """A CIS reference is "<number> <title>[ (note)]" as the benchmark has them (v1.1.0, from
+    tests/unit/data/cis_debian12_items.txt), a Level 2 - Server item noted "(Level 2...)":
+    the numbers written from memory (another version's, a section heading for an item) were
+    the references an auditor would have found wrong."""
+    items = _cis_items()
+    wrong = []
+    for where, ref in _references("cis"):
+        match = CIS_REF.fullmatch(ref)
+        if not match:
+            wrong.append(f"{where}: {ref!r} is not '<number> <title>[ (note)]'")
+            continue
+        number, title, note = match["number"], match["title"], match["note"] or ""
+        if number not in items:
+            wrong.append(f"{where}: {ref!r}: no item {number} in {CIS_ITEMS.name}")
+            continue
+        profile, expected = items[number]
+        if title != expected:
+            wrong.append(f"{where}: {ref!r}: item {number} is {expected!r}")
+        if (profile == "L2") != note.startswith("Level 2"):
+            wrong.append(f"{where}: {ref!r}: item {number} is {profile} - Server, note {note!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_vendored_cis_items_are_those_referenced_and_name_the_version():
+    """The list stays small and honest: only items some control references, and the version
+    the controls files name is the one the list was taken for."""
+    referenced = {ref.split(" ", 1)[0] for _, ref in _references("cis")}
+    assert set(_cis_items()) == referenced
+    header = CIS_ITEMS.read_text().splitlines()[0]
+    titles = {
+        load_yaml(p, what="controls file")["benchmarks"].get("cis")
+        for p in (REPO_ROOT / "roles").glob("*/meta/controls.yml")
+    } - {None}
+    (version,) = re.findall(r"v\d+\.\d+\.\d+", header)
+    assert titles and all(version in t for t in titles), (version, titles)
+
+
+def test_devsec_references_name_role_variables_and_lynis_references_test_ids():
+    """devsec: "<os_hardening|ssh_hardening>: <variable>, ..." only; prose or another tool's ids
+    (Lynis's) belong elsewhere."""
+    wrong = [f"{w}: {r!r}" for w, r in _references("devsec") if not DEVSEC_REF.fullmatch(r)]
+    wrong += [f"{w}: {r!r}" for w, r in _references("lynis") if not LYNIS_REF.fullmatch(r)]
+    assert not wrong, "\n".join(wrong)
