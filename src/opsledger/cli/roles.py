@@ -51,7 +51,7 @@ def docs(check: bool) -> None:
 @click.option(
     "--benchmark",
     required=True,
-    help="Benchmark named in roles/*/meta/controls.yml (cis, devsec).",
+    help="Benchmark named in roles/*/meta/controls.yml (cis, devsec, lynis).",
 )
 @click.option(
     "--format",
