@@ -181,6 +181,21 @@ def test_standby_streams_from_its_primary_pg_rep_01(sql, expect):
     assert f"host={expect['postgresql_replication_primary_host']}" in rows[0][1]
 
 
+def test_lock_folder_shared_by_every_command_pg_br_01(host, expect):
+    """Outside /tmp, which the sandboxed backup unit sees privately; made again at every boot."""
+    path = expect["postgresql_backup_lock_path"]
+    folder = host.file(path)
+    assert folder.is_directory and folder.user == "postgres" and folder.mode == 0o750
+    # What pgBackRest itself resolves from its configuration, for any command run as postgres.
+    help_ = host.check_output(
+        f"runuser -u postgres -- pgbackrest --stanza={expect['postgresql_backup_stanza']} "
+        "help backup lock-path"
+    )
+    assert f"current: {path}" in help_, help_
+    tmpfiles = host.check_output("systemd-tmpfiles --cat-config")
+    assert f"d {path} 0750 postgres postgres -" in tmpfiles.splitlines()
+
+
 def test_backup_repository_healthy_pg_br_01(host, expect):
     stanza = expect["postgresql_backup_stanza"]
     info = json.loads(
