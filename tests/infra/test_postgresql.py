@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 
 import pytest
 
 SUITE = "postgresql"
 APPLIES_TO = "db"
+# pgBackRest's log folder (the role's postgresql__backup_log_path, not an option).
+BACKUP_LOG_PATH = "/var/log/pgbackrest"
 
 
 def _params(t) -> list[tuple[str, object]]:
@@ -181,6 +184,28 @@ def test_standby_streams_from_its_primary_pg_rep_01(sql, expect):
     assert f"host={expect['postgresql_replication_primary_host']}" in rows[0][1]
 
 
+def _backup_labels(host, stanza: str) -> set[str]:
+    info = json.loads(
+        host.check_output(f"runuser -u postgres -- pgbackrest --stanza={stanza} --output=json info")
+    )
+    return {b["label"] for b in info[0]["backup"]}
+
+
+def test_lock_folder_shared_by_every_command_pg_br_01(host, expect):
+    """Outside /tmp, which the sandboxed backup unit sees privately; made again at every boot."""
+    path = expect["postgresql_backup_lock_path"]
+    folder = host.file(path)
+    assert folder.is_directory and folder.user == "postgres" and folder.mode == 0o750
+    # What pgBackRest itself resolves from its configuration, for any command run as postgres.
+    help_ = host.check_output(
+        f"runuser -u postgres -- pgbackrest --stanza={expect['postgresql_backup_stanza']} "
+        "help backup lock-path"
+    )
+    assert f"current: {path}" in help_, help_
+    tmpfiles = host.check_output("systemd-tmpfiles --cat-config")
+    assert f"d {path} 0750 postgres postgres -" in tmpfiles.splitlines()
+
+
 def test_backup_repository_healthy_pg_br_01(host, expect):
     stanza = expect["postgresql_backup_stanza"]
     info = json.loads(
@@ -246,3 +271,43 @@ def test_a_standby_schedules_no_backups_pg_br_04(host, expect):
     for timer in ("pgbackrest-full.timer", "pgbackrest-diff.timer"):  # often not there at all
         assert host.run(f"systemctl is-active {timer}").stdout.strip() != "active", timer
         assert host.run(f"systemctl is-enabled {timer}").stdout.strip() != "enabled", timer
+
+
+def test_backup_unit_sandboxed_pg_br_04(host, expect):
+    """`systemd-analyze security` grades the backup unit no worse than the inventory allows."""
+    if expect["postgresql_replication_role"] != "primary":
+        pytest.skip("the backup unit runs on the primary")
+    out = host.check_output("systemd-analyze security --no-pager pgbackrest-backup@full.service")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= float(expect["postgresql_systemd_security_max_exposure"]), out
+    props = host.check_output(
+        "systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp "
+        "pgbackrest-backup@full.service"
+    ).splitlines()
+    assert {"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"} <= set(props)
+
+
+def test_sandboxed_backup_unit_takes_a_backup_pg_br_04(host, expect, target):
+    """The sandbox lets a real backup through: the repository, log and lock folder writable.
+
+    Takes one differential backup (a full one if the repository has none), as the diff timer
+    would; a `pgbackrest stop` in force fails it, as it would the scheduled backup. Only on
+    Molecule's throwaway instances (whose primary has CAP_SYS_ADMIN, so systemd enforces the
+    mount sandbox): verifying a real environment after every change must not take backups,
+    push scheduled ones out of retention, or load the primary.
+    """
+    if target.environment != "molecule":
+        pytest.skip("takes a backup: runs on Molecule's throwaway instances only")
+    if expect["postgresql_replication_role"] != "primary":
+        pytest.skip("backups run on the primary")
+    stanza = expect["postgresql_backup_stanza"]
+    before = _backup_labels(host, stanza)
+    started = host.run("systemctl start pgbackrest-backup@diff.service")
+    journal = host.run("journalctl -u pgbackrest-backup@diff.service -n 30 --no-pager").stdout
+    assert started.rc == 0, started.stderr + journal
+    new = _backup_labels(host, stanza) - before
+    assert new, f"no new backup in the repository\n{journal}"
+    # pgBackRest carries on without its log file when it cannot write it: check it wrote it.
+    log = host.file(f"{BACKUP_LOG_PATH}/{stanza}-backup.log").content_string
+    assert any(f"new backup label = {label}" in log for label in new), journal
