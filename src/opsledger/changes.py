@@ -392,10 +392,6 @@ def load_change(project: Project, change_id: str) -> Change:
     return result.change
 
 
-def validate_all(project: Project) -> list[ValidationResult]:
-    return [validate_change(project, change_id) for change_id in change_ids(project)]
-
-
 def _claim_folder(project: Project) -> tuple[str, Path]:
     """The next id and its new, empty folder; two `change new` at once get two ids.
 

@@ -59,7 +59,6 @@ class PlaybookRun:
     status: str  # successful | failed | timeout | canceled
     rc: int
     hosts: dict[str, HostRun]
-    artifacts: str = ""
     data: dict[str, Any] = field(default_factory=dict)  # what the playbook handed back (set_stats)
 
     def host_stats(self) -> dict[str, dict[str, int]]:
@@ -264,7 +263,7 @@ def run_playbook(
                 ),
                 EXIT_FAILED,
             )
-        return PlaybookRun(run.status, run.rc, hosts, str(artifact_dir or ""), tally.handed_back)
+        return PlaybookRun(run.status, run.rc, hosts, tally.handed_back)
 
 
 def ansible_verbosity(level: int) -> str:
