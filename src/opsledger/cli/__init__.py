@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Decide now, lock the targets, run, verify, roll back on failure, commit the run record.",
     ),
     "approve": (
-        "decide",
+        "approve",
         "Approve (or reject) a change's current content and commit it as you, signed with --key.",
     ),
     "audit": ("audit", "Read git history as the change log."),
@@ -102,7 +102,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Notifications to the team's channels (Slack, Teams, Matrix, e-mail, webhooks).",
     ),
     "plan": (
-        "decide",
+        "plan",
         "Decide, then show per host what the change would do (check mode with diff).",
     ),
     "policy": (
