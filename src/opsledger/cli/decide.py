@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import click
 from rich.table import Table
 
-from opsledger.cli.options import aware_time, base_option
+from opsledger.cli.options import TIME, base_option, output_option
 from opsledger.cli.output import console
 from opsledger.errors import EXIT_DENIED
 from opsledger.project import find_project
@@ -15,10 +16,10 @@ from opsledger.project import find_project
 
 @click.command()
 @click.argument("change_id")
-@click.option("--at", "at", help="Judge at this ISO 8601 time instead of now.")
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--at", "at", type=TIME, help="Judge at this time instead of now.")
+@output_option("text", "json", help="json: the decision, every rule with its result.")
 @base_option
-def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> None:
+def decide(change_id: str, at: dt.datetime | None, fmt: str, base: str | None) -> None:
     """Evaluate every rule for a change; exit 0 when allowed, 3 when denied.
 
     Rules: requester, approvals (quorum, four eyes, teams, content, signatures), maintenance
@@ -27,14 +28,15 @@ def decide(change_id: str, at: str | None, as_json: bool, base: str | None) -> N
 
     \b
     Example:
-        opsledger decide CHG-0001 --at 2026-12-01T20:30:00+01:00
+        opsledger decide CHG-0001 --at 2026-12-01T20:30+01:00
+        opsledger decide CHG-0001 --at +2h --json
     """
     from opsledger.decide import decide as run_decide
     from opsledger.nextsteps import after_denial
 
     project = find_project()
-    decision = run_decide(project, change_id, now=aware_time(at, "--at"), base=base)
-    if as_json:
+    decision = run_decide(project, change_id, now=at, base=base)
+    if fmt == "json":
         click.echo(json.dumps(decision.as_dict(), indent=2))
     else:
         table = Table(

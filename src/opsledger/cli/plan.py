@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
-from opsledger.cli.options import aware_time, base_option, verbosity_option
+from opsledger.cli.options import TIME, base_option, output_option, verbosity_option
 from opsledger.project import find_project
 
 
 @click.command()
 @click.argument("change_id")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "md", "json"]),
-    default="text",
-    show_default=True,
-    help="md is meant for a pull-request comment.",
-)
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time instead of now.")
+@output_option("text", "md", "json", help="md is meant for a pull-request comment.")
+@click.option("--at", "at", type=TIME, help="Judge the rules at this time instead of now.")
 @click.option(
     "--detailed-exitcode",
     "detailed",
@@ -28,7 +23,12 @@ from opsledger.project import find_project
 @verbosity_option
 @base_option
 def plan(
-    change_id: str, fmt: str, at: str | None, detailed: bool, verbosity: int, base: str | None
+    change_id: str,
+    fmt: str,
+    at: dt.datetime | None,
+    detailed: bool,
+    verbosity: int,
+    base: str | None,
 ) -> None:
     """Decide, then show per host what the change would do (check mode with diff).
 
@@ -46,9 +46,7 @@ def plan(
     from opsledger.plan import exit_code, render
     from opsledger.plan import plan as run_plan
 
-    result = run_plan(
-        find_project(), change_id, now=aware_time(at, "--at"), base=base, verbosity=verbosity
-    )
+    result = run_plan(find_project(), change_id, now=at, base=base, verbosity=verbosity)
     click.echo(render(result, fmt), nl=False)
     for host in result.errors:
         click.secho(f"error: {host.host}: {host.note}", fg="red", err=True)

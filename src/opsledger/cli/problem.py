@@ -7,7 +7,7 @@ from importlib import resources
 
 import click
 
-from opsledger.cli.options import person_option, signing_key_option
+from opsledger.cli.options import output_option, person_option, signing_key_option
 from opsledger.project import find_project
 
 
@@ -78,8 +78,8 @@ def link(problem_id, incidents, person, signing_key) -> None:
 
 @problem.command()
 @click.option("--env", "environment", help="Only incidents of this environment.")
-@click.option("--json", "as_json", is_flag=True)
-def suggest(environment, as_json) -> None:
+@output_option("text", "json")
+def suggest(environment, fmt) -> None:
     """Recurring faults: the same fingerprint in N incidents within M days (policy thresholds).
 
     Prints the `problem new` (or `problem link`) command for each; writes nothing.
@@ -94,7 +94,7 @@ def suggest(environment, as_json) -> None:
 
     project = find_project()
     found = suggest_problems(project, environment=environment)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps([s.__dict__ for s in found], indent=2))
         return
     policy = load_fault_policy(project)

@@ -8,6 +8,7 @@ import click
 import yaml
 from rich.table import Table
 
+from opsledger.cli.options import output_option
 from opsledger.cli.output import console
 from opsledger.project import find_project
 
@@ -57,8 +58,8 @@ def list_() -> None:
 
 @runbook.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
-def show(name: str, as_json: bool) -> None:
+@output_option("text", "json", help="json: the metadata.")
+def show(name: str, fmt: str) -> None:
     """Show one runbook: description, parameters, risk, verification, rollback, execution.
 
     \b
@@ -68,7 +69,7 @@ def show(name: str, as_json: bool) -> None:
     from opsledger.runbooks import load_runbook
 
     rb = load_runbook(find_project(), name)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps({"name": rb.name, **rb.raw}, indent=2, default=str))
         return
     click.echo(f"{rb.name}: {rb.description}\n")
