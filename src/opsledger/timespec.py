@@ -29,6 +29,7 @@ _ISO = re.compile(
     r"P(?:(?P<w>[0-9]{1,9})W)?(?:(?P<d>[0-9]{1,9})D)?"
     r"(?:T(?=[0-9])(?:(?P<h>[0-9]{1,9})H)?(?:(?P<m>[0-9]{1,9})M)?(?:(?P<s>[0-9]{1,9})S)?)?"
 )
+_LONGEST = (YEARS[1] - YEARS[0]) * 366 * 86400  # seconds: no duration outlasts the years
 _RELATIVE = re.compile(r"(?:now)?(?P<sign>[+-])(?P<span>.+)|now")
 DURATION_EXAMPLES = "90s, 15m, 2h, 1d, 1h30m or PT1H30M"
 TIME_EXAMPLES = "2026-12-24T18:00+01:00, 2026-12-24T17:00Z, now, +2h or -30m"
@@ -56,6 +57,14 @@ def parse_duration(text: str, option: str) -> dt.timedelta:
             )
         )
     seconds = sum(int(match.group(unit) or 0) * size for unit, size in _UNITS)
+    if seconds > _LONGEST:
+        raise OpsledgerError(
+            Problem(
+                f"{shown(text, 40)} is longer than {YEARS[1] - YEARS[0]} years",
+                field=option,
+                fix=f"write e.g. {DURATION_EXAMPLES}",
+            )
+        )
     return dt.timedelta(seconds=seconds)
 
 
@@ -118,21 +127,27 @@ def parse_time(text: str, option: str, now: dt.datetime | None = None) -> dt.dat
     try:
         # `Z` is read by Python 3.11; a date alone has no zone and is refused below.
         moment = dt.datetime.fromisoformat(text)
-        if not YEARS[0] <= moment.year <= YEARS[1]:
-            raise ValueError("year out of range")
     except ValueError:
         raise OpsledgerError(
             Problem(
-                f"{shown(text, 40)} is not an ISO 8601 date-time (years {YEARS[0]} to "
-                f"{YEARS[1]}), now, or +/- a duration",
+                f"{shown(text, 40)} is not a time",
                 field=option,
-                fix=f"write e.g. {TIME_EXAMPLES}",
+                fix=f"write ISO 8601 with a zone (years {YEARS[0]} to {YEARS[1]}), now or "
+                f"+/- a duration: e.g. {TIME_EXAMPLES}",
             )
         ) from None
+    if not YEARS[0] <= moment.year <= YEARS[1]:
+        raise OpsledgerError(
+            Problem(
+                f"{shown(text, 40)} is outside the years {YEARS[0]} to {YEARS[1]}",
+                field=option,
+                fix="check the year",
+            )
+        )
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise OpsledgerError(
             Problem(
-                f"{option} has no timezone",
+                f"{shown(text, 40)} has no timezone",
                 field=option,
                 fix=f"add one, e.g. {moment.isoformat(timespec='minutes')}+01:00 or "
                 f"{moment.isoformat(timespec='minutes')}Z",
