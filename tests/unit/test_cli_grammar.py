@@ -81,6 +81,8 @@ def test_decide_prints_the_same_json_for_both_spellings(shared_repo):
         ["calendar", "--at", AT, "--days", "7"],
         ["incident", "list"],
         ["runbook", "show", "service-restart"],
+        ["runbook", "list"],
+        ["problem", "list"],
         ["ci", "shards"],
         ["host", "list"],
         ["problem", "suggest"],

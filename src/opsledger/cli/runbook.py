@@ -24,7 +24,8 @@ def runbook() -> None:
 
 
 @runbook.command("list")
-def list_() -> None:
+@output_option("text", "json", help="json: each runbook's metadata, as runbook show prints it.")
+def list_(fmt: str) -> None:
     """List every runbook with its risk, change types and verification.
 
     \b
@@ -33,6 +34,10 @@ def list_() -> None:
     """
     from opsledger.runbooks import list_runbooks
 
+    found = list_runbooks(find_project())
+    if fmt == "json":
+        click.echo(json.dumps([{"name": rb.name, **rb.raw} for rb in found], indent=2, default=str))
+        return
     table = Table(
         "runbook",
         "risk",
@@ -43,7 +48,7 @@ def list_() -> None:
         "rollback",
         title="runbooks",
     )
-    for rb in list_runbooks(find_project()):
+    for rb in found:
         table.add_row(
             rb.name,
             rb.risk,
