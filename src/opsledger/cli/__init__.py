@@ -211,6 +211,12 @@ def cli(ctx: click.Context, no_color: bool) -> None:
         opsledger lab up
 
     \b
+    One grammar on every command (README, Conventions):
+      --format text|json|...   what a command prints; --json is --format json
+      a time                   2026-12-24T18:00+01:00 (or ...Z), now, +2h, -30m
+      a duration               90s, 15m, 2h, 1d, 1h30m, PT1H30M
+
+    \b
     Environment (each stands for an option or a default):
       OPSLEDGER_PROJECT        the project root, when not run from inside it
       OPSLEDGER_PERSON         your person id: --as, --requested-by
