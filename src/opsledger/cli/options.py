@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from opsledger.errors import OpsledgerError, Problem, shown
+from opsledger.timespec import DURATION_EXAMPLES, format_duration, parse_duration, parse_time
 
 
 class TimeType(click.ParamType):
@@ -26,8 +27,6 @@ class TimeType(click.ParamType):
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         if isinstance(value, dt.datetime):
             return value
-        from opsledger.timespec import parse_time
-
         return parse_time(value, _option_name(param))
 
 
@@ -49,8 +48,6 @@ class DurationType(click.ParamType):
         self.minimum, self.maximum, self.bare_seconds = minimum, maximum, bare_seconds
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        from opsledger.timespec import format_duration, parse_duration
-
         if isinstance(value, dt.timedelta):
             length = value
         elif isinstance(value, int | float) or (
@@ -65,7 +62,7 @@ class DurationType(click.ParamType):
                 Problem(
                     f"{shown(str(value), 40)} is not a duration of {low} to {high}",
                     field=_option_name(param),
-                    fix="write e.g. 90s, 15m, 2h, 1d or 1h30m",
+                    fix=f"write e.g. {DURATION_EXAMPLES}",
                 )
             )
         return length
