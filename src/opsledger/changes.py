@@ -26,12 +26,11 @@ from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema
+from opsledger.timespec import YEARS
 from opsledger.yamlio import load_yaml, parse_yaml, plain
 
 _ID = re.compile(r"CHG-(\d{4,9})")  # fullmatch: no trailing newline, no path
 MAX_PARAMS_BYTES = 16 * 1024  # params as JSON; the schema bounds each value
-# Years a window may name: far enough from datetime's limits that offsets never overflow.
-YEARS = (1970, 9000)
 RISKS = ("low", "medium", "high")
 
 

@@ -28,6 +28,7 @@ from opsledger.gitrepo import require_history
 from opsledger.policy import load_policies
 from opsledger.project import Project
 from opsledger.records import KINDS, Record, change_runs, load_records
+from opsledger.timespec import parse_duration
 
 FAILED = ("failed", "rolled_back", "rollback_failed")
 PALETTE = {
@@ -172,17 +173,14 @@ class Kpis:
 
 
 def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """`30d` / `12w` (ending now), `2026-11` (a month) or `2026-Q4` (a quarter).
+    """A duration ending now (`30d`, `12w`, `36h`), `2026-11` (a month) or `2026-Q4` (a quarter).
 
-    At most ten years back, and only real months in years 1970 to 9000: anything else is
-    refused rather than overflowing a date.
+    The duration is the one syntax of every option (opsledger.timespec). At most ten years
+    back, and only real months in years 1970 to 9000: anything else is refused rather than
+    overflowing a date.
     """
     try:
-        if m := re.fullmatch(r"([0-9]{1,4})([dw])", text):
-            days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
-            if 0 < days <= 3660:
-                return now - dt.timedelta(days=days), now
-        elif m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-([0-9]{2})", text):
+        if m := re.fullmatch(r"(19[7-9][0-9]|[2-8][0-9]{3}|9000)-([0-9]{2})", text):
             start = dt.datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=dt.UTC)
             end = (start + dt.timedelta(days=32)).replace(day=1)
             return start, end
@@ -190,13 +188,18 @@ def parse_period(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]
             start = dt.datetime(int(m.group(1)), 3 * int(m.group(2)) - 2, 1, tzinfo=dt.UTC)
             end = (start + dt.timedelta(days=95)).replace(day=1)
             return start, end
-    except (ValueError, OverflowError):
+        else:
+            length = parse_duration(text, "--period")
+            if dt.timedelta(0) < length <= dt.timedelta(days=3660):
+                return now - length, now
+    except (ValueError, OverflowError, OpsledgerError):
         pass
     raise OpsledgerError(
         Problem(
             f"{shown(text, 40)} is not a period",
             field="--period",
-            fix="write 30d, 12w, 2026-11 or 2026-Q4 (at most ten years back)",
+            fix="write a duration (30d, 12w), a month (2026-11) or a quarter (2026-Q4); at most "
+            "ten years back",
         )
     )
 

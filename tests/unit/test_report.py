@@ -169,7 +169,8 @@ def test_periods_parse_and_bad_ones_say_how():
     assert parse_period("2026-02", NOW)[1] == dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
     assert parse_period("2w", NOW) == (NOW - dt.timedelta(days=14), NOW)
     result = CliRunner().invoke(cli, ["report", "--period", "last year"])
-    assert result.exit_code == 2 and "30d, 12w, 2026-11 or 2026-Q4" in result.output
+    assert result.exit_code == 2 and "a duration (30d, 12w), a month (2026-11)" in result.output
+    assert parse_period("PT36H", NOW) == (NOW - dt.timedelta(hours=36), NOW)  # the one syntax
 
 
 def test_json_and_markdown(history):

@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Decide now, lock the targets, run, verify, roll back on failure, commit the run record.",
     ),
     "approve": (
-        "decide",
+        "approve",
         "Approve (or reject) a change's current content and commit it as you, signed with --key.",
     ),
     "audit": ("audit", "Read git history as the change log."),
@@ -102,7 +102,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Notifications to the team's channels (Slack, Teams, Matrix, e-mail, webhooks).",
     ),
     "plan": (
-        "decide",
+        "plan",
         "Decide, then show per host what the change would do (check mode with diff).",
     ),
     "policy": (
@@ -209,6 +209,12 @@ def cli(ctx: click.Context, no_color: bool) -> None:
     \b
     Example:
         opsledger lab up
+
+    \b
+    One grammar on every command (README, Conventions):
+      --format text|json|...   what a command prints; --json is --format json
+      a time                   2026-12-24T18:00+01:00 (or ...Z), now, +2h, -30m
+      a duration               90s, 15m, 2h, 1d, 1h30m, PT1H30M
 
     \b
     Environment (each stands for an option or a default):

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from opsledger.cli.options import output_option
 from opsledger.project import find_project
 
 
@@ -21,8 +22,8 @@ def alerts() -> None:
 
 @alerts.command()
 @click.option("--env", "environment", default="lab", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="What Alertmanager listed, as JSON.")
-def sync(environment: str, as_json: bool) -> None:
+@output_option("text", "json", help="json: what Alertmanager listed.")
+def sync(environment: str, fmt: str) -> None:
     """Read the environment's Alertmanager; record its alerts; open, update, resolve incidents.
 
     The Alertmanager is the one the inventory names (`opsledger_alertmanager_url` on the
@@ -41,7 +42,7 @@ def sync(environment: str, as_json: bool) -> None:
     from opsledger.faults.alerts import sync_alerts
 
     result = sync_alerts(find_project(), environment=environment)
-    if as_json:
+    if fmt == "json":
         click.echo(
             json.dumps(
                 {

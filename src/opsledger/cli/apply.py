@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 
 import click
 
-from opsledger.cli.options import aware_time, base_option, verbosity_option, wait_seconds
+from opsledger.cli.options import TIME, base_option, output_option, verbosity_option, wait_duration
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.project import find_project
@@ -56,14 +57,18 @@ def _summary(result) -> str:
 @click.option("--pending", is_flag=True, help="Apply every approved change not yet applied.")
 @click.option("--env", "environment", help="With --pending: only changes of this environment.")
 @click.option(
-    "--wait", "wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks."
+    "--wait",
+    "wait",
+    default="0s",
+    type=wait_duration,
+    help="How long to wait for held locks: a duration (10m) or seconds.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the result.")
+@output_option("text", "json", help="json: one JSON object per event, then the result.")
 @click.option(
     "--skip-verify", is_flag=True, help="Do not run the verification suites (recorded as skipped)."
 )
 @click.option("--again", is_flag=True, help="Run a change that already succeeded once more.")
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time (the lab only).")
+@click.option("--at", "at", type=TIME, help="Judge the rules at this time (the lab only).")
 @click.option(
     "--shard",
     "shard_spec",
@@ -77,11 +82,11 @@ def apply(
     change_id: str | None,
     pending: bool,
     environment: str | None,
-    wait: float,
-    as_json: bool,
+    wait: dt.timedelta,
+    fmt: str,
     skip_verify: bool,
     again: bool,
-    at: str | None,
+    at: dt.datetime | None,
     verbosity: int,
     base: str | None,
     shard_spec: str | None,
@@ -98,7 +103,7 @@ def apply(
     \b
     Example:
         opsledger apply CHG-0001
-        opsledger apply --pending --wait 600 --json     # in CI after a merge
+        opsledger apply --pending --wait 10m --json     # in CI after a merge
         opsledger apply CHG-0001 --shard 2/3            # one of three runners
     """
     from opsledger.apply import apply_change
@@ -117,7 +122,7 @@ def apply(
         )
     shard = Shard.parse(shard_spec) if shard_spec is not None else None
     project = find_project()
-    now = aware_time(at, "--at")
+    now, as_json = at, fmt == "json"
     progress = JsonEvents() if as_json else LiveProgress()
     view = contextlib.nullcontext() if as_json else progress
     if change_id:
@@ -128,7 +133,7 @@ def apply(
                     project,
                     change_id,
                     now=now,
-                    wait=wait,
+                    wait=wait.total_seconds(),
                     skip_verify=skip_verify,
                     again=again,
                     events=progress,
@@ -151,7 +156,7 @@ def apply(
         outcome = apply_pending(
             project,
             now=now,
-            wait=wait,
+            wait=wait.total_seconds(),
             skip_verify=skip_verify,
             events=progress,
             environment=environment,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from opsledger.cli.options import aware_time
+from opsledger.cli.options import TIME, output_option
 from opsledger.cli.output import console, left_out
 from opsledger.project import find_project
 
@@ -17,26 +19,24 @@ def audit() -> None:
 
     \b
     Example:
-        opsledger audit log --since 2026-01-01T00:00:00+00:00 --format csv > changes.csv
+        opsledger audit log --since 2026-01-01T00:00Z --format csv > changes.csv
     """
 
 
 @audit.command("log")
-@click.option("--since", help="Changes requested at or after this ISO 8601 time.")
-@click.option("--until", help="Changes requested at or before this ISO 8601 time.")
+@click.option("--since", type=TIME, help="Changes requested at or after this time.")
+@click.option("--until", type=TIME, help="Changes requested at or before this time.")
 @click.option("--env", "environment", help="Only this environment.")
 @click.option(
     "--type", "change_type", type=click.Choice(["standard", "normal", "emergency"]), default=None
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "md", "json", "csv", "html"]),
-    default="table",
-    show_default=True,
-)
+@output_option("text", "md", "json", "csv", "html", aliases={"table": "text"})
 def log(
-    since: str | None, until: str | None, environment: str | None, change_type: str | None, fmt: str
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    environment: str | None,
+    change_type: str | None,
+    fmt: str,
 ) -> None:
     """One row per change: request, approvers and their signatures, run, result, review, commits.
 
@@ -52,12 +52,12 @@ def log(
 
     result = audit_log(
         find_project(),
-        since=aware_time(since, "--since"),
-        until=aware_time(until, "--until"),
+        since=since,
+        until=until,
         environment=environment,
         change_type=change_type,
     )
-    if fmt != "table":
+    if fmt != "text":
         click.echo(render_log(result, fmt), nl=False)
     else:
         _log_table(result)
@@ -84,7 +84,7 @@ def _log_table(result) -> None:
 
 
 @audit.command("check")
-@click.option("--since", help="Only changes requested at or after this ISO 8601 time.")
+@click.option("--since", type=TIME, help="Only changes requested at or after this time.")
 @click.option(
     "--fail-on",
     type=click.Choice(["low", "medium", "high", "critical"]),
@@ -92,8 +92,8 @@ def _log_table(result) -> None:
     show_default=True,
     help="Exit 1 when a finding reaches this severity.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
-def check(since: str | None, fail_on: str, as_json: bool) -> None:
+@output_option("text", "json", help="json: the findings.")
+def check(since: dt.datetime | None, fail_on: str, fmt: str) -> None:
     """Compliance findings from git history, each with its rule, file and commit(s).
 
     Edited or deleted records and approvals, self- or stranger approvals, unsigned commits
@@ -106,8 +106,8 @@ def check(since: str | None, fail_on: str, as_json: bool) -> None:
     """
     from opsledger.compliance import audit_check
 
-    result = audit_check(find_project(), since=aware_time(since, "--since"))
-    if as_json:
+    result = audit_check(find_project(), since=since)
+    if fmt == "json":
         click.echo(result.as_json(), nl=False)
     else:
         for finding in result.findings:

@@ -10,29 +10,19 @@ from pathlib import Path
 
 import click
 
-from opsledger.cli.options import aware_time, person_option, signing_key_option
+from opsledger.cli.options import (
+    TIME,
+    DurationType,
+    output_option,
+    person_option,
+    signing_key_option,
+)
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, shown
 from opsledger.project import find_project
 from opsledger.yamlio import parse_yaml
 
-MAX_WINDOW = dt.timedelta(days=31)  # a change window is hours; a month is already generous
-
-
-def _duration(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"([0-9]{1,6})([mhd])", text)
-    length = None
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        length = dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
-    if length is None or not dt.timedelta(0) < length <= MAX_WINDOW:
-        raise OpsledgerError(
-            Problem(
-                f"{shown(text, 40)} is not a duration of 1 minute to {MAX_WINDOW.days} days",
-                field="--duration",
-                fix="write e.g. 90m, 2h or 1d",
-            )
-        )
-    return length
+# A change window is hours; a month is already generous.
+WINDOW = DurationType(dt.timedelta(minutes=1), dt.timedelta(days=31))
 
 
 def _params(pairs: tuple[str, ...]) -> dict:
@@ -94,10 +84,17 @@ def change() -> None:
 )
 @click.option(
     "--start",
-    help="Window start, ISO 8601 with offset (default: now, or the next maintenance window "
-    "of --env when now is outside them).",
+    type=TIME,
+    help="Window start, a time such as 2026-12-24T18:00+01:00 or +2h (default: now, or the "
+    "next maintenance window of --env when now is outside them).",
 )
-@click.option("--duration", default="2h", show_default=True, help="Window length: 90m, 2h, 1d.")
+@click.option(
+    "--duration",
+    default="2h",
+    show_default=True,
+    type=WINDOW,
+    help="Window length: 90m, 2h, 1h30m.",
+)
 @click.option(
     "--requested-by",
     envvar="OPSLEDGER_PERSON",
@@ -146,9 +143,8 @@ def new(
     from opsledger.nextsteps import after_request
     from opsledger.signoff import request_change
 
-    begin = aware_time(start, "--start")
-    begin = begin.replace(microsecond=0) if begin else None
-    length, values = _duration(duration), _params(params)
+    begin = start.replace(microsecond=0) if start else None
+    length, values = duration, _params(params)
     project = find_project()
     result, statement = request_change(
         project,
@@ -331,7 +327,7 @@ change.add_command(withdraw, "cancel")
 
 @change.command()
 @click.argument("change_id")
-@click.option("--json", "as_json", is_flag=True, help="The change and its runs as JSON.")
+@output_option("text", "json", help="json: the change and its runs (with --log: the log).")
 @click.option(
     "--log",
     "with_log",
@@ -339,7 +335,7 @@ change.add_command(withdraw, "cancel")
     help="Every task of every run on every host, from the job logs kept with the records.",
 )
 @click.option("--run", "run", help="With --log: only the run that started at this stamp.")
-def show(change_id: str, as_json: bool, with_log: bool, run: str | None) -> None:
+def show(change_id: str, fmt: str, with_log: bool, run: str | None) -> None:
     """Show a change, its approvals, its run records and its review; --log: what ran where.
 
     \b
@@ -347,6 +343,8 @@ def show(change_id: str, as_json: bool, with_log: bool, run: str | None) -> None
         opsledger change show CHG-0001 --log
     """
     from opsledger.history import change_history
+
+    as_json = fmt == "json"
 
     if with_log:
         from opsledger.joblog import read_job_log, render_log

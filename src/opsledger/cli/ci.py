@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import click
 
-from opsledger.cli.options import aware_time, output_folder, wait_seconds, write_output
+from opsledger.cli.options import TIME, output_folder, output_option, wait_duration, write_output
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import Project, find_project
 
@@ -61,7 +62,7 @@ def ci() -> None:
     help="Append protected=<JSON list of environments the protected plan job must plan> "
     "(e.g. $GITHUB_OUTPUT).",
 )
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
+@click.option("--at", "at", type=TIME, help="Judge the rules at this time.")
 def pr(
     base: str,
     no_plan: bool,
@@ -73,7 +74,7 @@ def pr(
     artifact_url: str,
     comment_key: str,
     outputs: Path | None,
-    at: str | None,
+    at: dt.datetime | None,
 ) -> None:
     """Validate, decide and plan the changes a pull request touches; print markdown.
 
@@ -109,7 +110,7 @@ def pr(
         report = pr_check(
             project,
             base=base,
-            now=aware_time(at, "--at"),
+            now=at,
             with_plan=not no_plan,
             plan_environments=set(plan_envs) if plan_envs else None,
             approved_only=approved_only,
@@ -146,8 +147,13 @@ def _refusal_comment(project: Project, err: OpsledgerError) -> str:
 @ci.command("apply")
 @click.option("--env", "environment", help="Only changes of this environment.")
 @click.option("--push", "remote", help="Push the run records to this remote (e.g. origin).")
-@click.option("--wait", default=0.0, type=wait_seconds, help="Seconds to wait for held locks.")
-@click.option("--at", "at", help="Judge the rules at this ISO 8601 time.")
+@click.option(
+    "--wait",
+    default="0s",
+    type=wait_duration,
+    help="How long to wait for held locks: a duration (30m) or seconds.",
+)
+@click.option("--at", "at", type=TIME, help="Judge the rules at this time.")
 @click.option(
     "--shard",
     "shard_spec",
@@ -155,7 +161,11 @@ def _refusal_comment(project: Project, err: OpsledgerError) -> str:
     help="Run only shard I of N of each change: one job of the pipeline's shard matrix.",
 )
 def apply_(
-    environment: str | None, remote: str | None, wait: float, at: str | None, shard_spec: str | None
+    environment: str | None,
+    remote: str | None,
+    wait: dt.timedelta,
+    at: dt.datetime | None,
+    shard_spec: str | None,
 ) -> None:
     """After a merge: apply every pending change, then push the records back.
 
@@ -165,7 +175,7 @@ def apply_(
 
     \b
     Example:
-        opsledger ci apply --push origin --wait 900
+        opsledger ci apply --push origin --wait 15m
         opsledger ci apply --env production --push origin --shard "$CI_NODE_INDEX/$CI_NODE_TOTAL"
     """
     from opsledger.ci import ci_apply
@@ -176,8 +186,8 @@ def apply_(
     result = ci_apply(
         find_project(),
         remote=remote,
-        now=aware_time(at, "--at"),
-        wait=wait,
+        now=at,
+        wait=wait.total_seconds(),
         events=JsonEvents(),
         environment=environment,
         shard=shard,
@@ -237,13 +247,12 @@ def merge(environment: str | None, remote: str | None, final: bool) -> None:
 
 @ci.command("shards")
 @click.option("--env", "environments", multiple=True, help="Environment (repeat); default all.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "github"]),
-    default="text",
-    show_default=True,
-    help="github: `ENV=[1, 2, ...]` lines for $GITHUB_OUTPUT (the apply matrix).",
+@output_option(
+    "text",
+    "json",
+    "github",
+    help="github: `ENV=[1, 2, ...]` lines for $GITHUB_OUTPUT (the apply matrix); json: "
+    "{ENV: count}.",
 )
 @click.option(
     "--check-gitlab",
@@ -273,6 +282,9 @@ def shards(environments: tuple[str, ...], fmt: str, check_gitlab: Path | None) -
         for problem in problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1 if problems else 0)
+    if fmt == "json":
+        click.echo(json.dumps(counts, indent=2))
+        return
     if fmt == "github":  # step outputs: one `name=<JSON list of shard indexes>` per line
         for name, count in counts.items():
             click.echo(f"{name}={json.dumps(list(range(1, count + 1)))}")

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from opsledger.cli.options import output_option
 from opsledger.project import find_project
 
 
@@ -13,8 +14,8 @@ from opsledger.project import find_project
 @click.option("--env", "environment", default="lab", show_default=True)
 @click.option("--targets", default="all", show_default=True, help="Ansible host pattern.")
 @click.option("--no-record", is_flag=True, help="Do not write and commit a drift record.")
-@click.option("--json", "as_json", is_flag=True, help="Every drifted task as JSON.")
-def drift(environment: str, targets: str, no_record: bool, as_json: bool) -> None:
+@output_option("text", "json", help="json: every drifted task.")
+def drift(environment: str, targets: str, no_record: bool, fmt: str) -> None:
     """Compare hosts with the desired state in git (converge in check mode with diff).
 
     Each drifted task is named with its host, role, controls and the role variables behind
@@ -30,7 +31,7 @@ def drift(environment: str, targets: str, no_record: bool, as_json: bool) -> Non
     result = run_drift(
         find_project(), environment=environment, targets=targets, record=not no_record
     )
-    if as_json:
+    if fmt == "json":
         click.echo(
             json.dumps(
                 {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 
 import click
 
 from opsledger.cli.change import _params
-from opsledger.cli.options import one_or_due, wait_seconds
+from opsledger.cli.options import one_or_due, output_option, wait_duration
 from opsledger.cli.progress import JsonEvents, LiveProgress
 from opsledger.drill import DrillResult
 from opsledger.project import find_project
@@ -20,16 +21,19 @@ from opsledger.project import find_project
 @click.option("--due", is_flag=True, help="Drill every service whose drill is overdue.")
 @click.option("--param", "params", multiple=True, help="Runbook parameter, key=value (YAML).")
 @click.option(
-    "--wait", type=wait_seconds, default=0, help="Seconds to wait for busy targets' locks."
+    "--wait",
+    type=wait_duration,
+    default="0s",
+    help="How long to wait for busy targets' locks: a duration (10m) or seconds.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Events as JSON lines, then the result.")
+@output_option("text", "json", help="json: events as JSON lines, then the result.")
 def drill(
     service: str | None,
     environment: str | None,
     due: bool,
     params: tuple[str, ...],
-    wait: float,
-    as_json: bool,
+    wait: dt.timedelta,
+    fmt: str,
 ) -> None:
     """Drill a service's disaster recovery (policies/dr.yml) and measure RTO and RPO.
 
@@ -51,6 +55,7 @@ def drill(
     from opsledger.drill import run_due_drills
 
     one_or_due(service, due, "SERVICE", "opsledger drill postgres --env lab")
+    as_json = fmt == "json"
     progress = JsonEvents() if as_json else LiveProgress()
     view = contextlib.nullcontext() if as_json else progress
     if due:
@@ -72,7 +77,7 @@ def drill(
             service,
             environment=environment or "lab",
             params=_params(params),
-            wait=wait,
+            wait=wait.total_seconds(),
             events=progress,
         )
     _show(result, as_json)

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import click
 
-from opsledger.cli.options import output_folder, write_output
+from opsledger.cli.options import output_folder, output_option, write_output
 from opsledger.project import find_project
 
-_FORMAT = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "html"]),
-    default="text",
-    show_default=True,
-)
+_FORMAT = output_option("text", "json", "html")
 _OUTPUT = click.option(
     "--output",
     "-o",

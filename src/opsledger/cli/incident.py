@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from importlib import resources
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from opsledger.cli.options import aware_time, person_option, signing_key_option
+from opsledger.cli.options import (
+    TIME,
+    DurationType,
+    output_option,
+    person_option,
+    signing_key_option,
+)
 from opsledger.cli.output import console
-from opsledger.errors import EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.errors import EXIT_FAILED, EXIT_INVALID
 from opsledger.project import find_project
 
 LEVELS = click.Choice(["low", "medium", "high"])
-
-
-def _within(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"(\d+)([mhd])", text)
-    if not match:
-        raise OpsledgerError(
-            Problem(f"{text!r} is not a duration", field="--due", fix="write e.g. 30m, 4h or 2d")
-        )
-    amount, unit = int(match.group(1)), match.group(2)
-    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
 
 
 def _done(result, what: str) -> None:
@@ -54,7 +49,7 @@ def incident() -> None:
 @click.option("--host", "hosts", multiple=True, help="Affected host (repeatable).")
 @click.option("--service", "services", multiple=True, help="Affected service (repeatable).")
 @click.option("--source", default="user_report", show_default=True, help="user_report, alert...")
-@click.option("--detected-at", help="When it was found, ISO 8601 with offset (default: now).")
+@click.option("--detected-at", type=TIME, help="When it was found, e.g. -30m (default: now).")
 @click.option("--assignee", help="A person of policies/people.yml.")
 @click.option("--fingerprint", help="An alert's identity: repeats update the open incident.")
 @click.option("--note", default="", help="What was reported.")
@@ -100,7 +95,7 @@ def new(
         hosts=hosts,
         services=services,
         source=source,
-        detected_at=aware_time(detected_at, "--detected-at"),
+        detected_at=detected_at,
         assignee=assignee,
         fingerprint=fingerprint,
         note=note,
@@ -362,8 +357,8 @@ def close(incident_id, cause, klass, root_cause, person, signing_key) -> None:
 
 @incident.command()
 @click.argument("incident_id")
-@click.option("--json", "as_json", is_flag=True, help="The incident, its clocks and steps as JSON.")
-def show(incident_id, as_json) -> None:
+@output_option("text", "json", help="json: the incident, its clocks and steps.")
+def show(incident_id, fmt) -> None:
     """Show an incident: priority, clocks (due, used, met), every step dated by git.
 
     \b
@@ -374,7 +369,7 @@ def show(incident_id, as_json) -> None:
     from opsledger.views.faults import incident_json, incident_text
 
     view = show_incident(find_project(), incident_id)
-    click.echo(incident_json(view) if as_json else incident_text(view), nl=False)
+    click.echo(incident_json(view) if fmt == "json" else incident_text(view), nl=False)
 
 
 @incident.command("list")
@@ -390,10 +385,11 @@ def show(incident_id, as_json) -> None:
     is_flag=False,
     flag_value="24h",
     default=None,
+    type=DurationType(),
     help="Only active incidents due within this time (default 24h), soonest first.",
 )
-@click.option("--json", "as_json", is_flag=True)
-def list_(environment, status, breaching, due, as_json) -> None:
+@output_option("text", "json")
+def list_(environment, status, breaching, due, fmt) -> None:
     """Incidents with priority, status and SLA state; newest first, or by deadline with --due.
 
     An incident file that does not read is never skipped in silence: the others are listed
@@ -414,13 +410,13 @@ def list_(environment, status, breaching, due, as_json) -> None:
         environment=environment,
         status=status,
         breaching=breaching,
-        due_within=_within(due) if due is not None else None,
+        due_within=due,
         now=now,
     )
     for problem in found.problems:
         click.secho(f"error: {problem}", fg="red", err=True)
     rows = list_rows(found, now)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     else:
         columns = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from opsledger.cli.options import one_or_due
+from opsledger.cli.options import one_or_due, output_option
 from opsledger.project import find_project
 
 
@@ -13,13 +13,7 @@ from opsledger.project import find_project
 @click.option("--due", is_flag=True, help="Run every schedule that is due; report missed periods.")
 @click.option("--env", "environment", default="lab", show_default=True)
 @click.option("--targets", default="all", show_default=True, help="Ansible host pattern.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "md", "json", "html"]),
-    default="text",
-    show_default=True,
-)
+@output_option("text", "md", "json", "html")
 @click.option(
     "--fail-on",
     type=click.Choice(["warning", "critical"]),

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from opsledger.cli.options import output_option
 from opsledger.cli.output import console as table_console
 from opsledger.errors import EXIT_FAILED
 from opsledger.project import find_project
@@ -91,8 +92,8 @@ def down(purge: bool) -> None:
 
 
 @lab.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def status(as_json: bool) -> None:
+@output_option("text", "json")
+def status(fmt: str) -> None:
     """Show each lab host, its SSH port, container state and whether SSH answers.
 
     Services a host publishes on this machine's loopback (`lab_published_ports`: Prometheus
@@ -106,7 +107,7 @@ def status(as_json: bool) -> None:
     from opsledger.lab.service import lab_status
 
     result = lab_status(find_project())
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps([asdict(h) for h in result.hosts], indent=2))
     else:
         table = Table("host", "groups", "container", "ssh port", "state", "ssh", title="lab")

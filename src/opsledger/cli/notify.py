@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import click
 
+from opsledger.cli.options import DurationType
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.project import find_project
-
-
-def _period(text: str) -> dt.timedelta:
-    match = re.fullmatch(r"(\d+)([mhd])", text)
-    if not match:
-        raise OpsledgerError(
-            Problem(f"{text!r} is not a duration", field="--within", fix="write e.g. 15m or 1h")
-        )
-    amount, unit = int(match.group(1)), match.group(2)
-    return dt.timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
 
 
 @click.group()
@@ -75,8 +65,14 @@ def test_(environment: str, event: str) -> None:
 
 @notify.command("breaches")
 @click.option("--env", "environment", help="Only incidents of this environment.")
-@click.option("--within", default="15m", show_default=True, help="How far back: run this often.")
-def breaches(environment: str | None, within: str) -> None:
+@click.option(
+    "--within",
+    default="15m",
+    show_default=True,
+    type=DurationType(dt.timedelta(minutes=1), dt.timedelta(days=31)),
+    help="How far back: run this often.",
+)
+def breaches(environment: str | None, within: dt.timedelta) -> None:
     """Tell the channels of incident SLA clocks that passed, or came near, their target.
 
     Within the period: a clock past its target (sla_breach), or past the near-breach share of
@@ -91,8 +87,9 @@ def breaches(environment: str | None, within: str) -> None:
         opsledger notify breaches --env production --within 15m
     """
     from opsledger.notify import notify_breaches
+    from opsledger.timespec import format_duration
 
-    report = notify_breaches(find_project(), environment=environment, within=_period(within))
+    report = notify_breaches(find_project(), environment=environment, within=within)
     told = [
         *((b, r, "breached at") for b, r in zip(report.breaches, report.results, strict=True)),
         *(
@@ -105,6 +102,6 @@ def breaches(environment: str | None, within: str) -> None:
         for line in result.lines():
             click.echo(f"  {line}", err=True)
     if not told and not report.unreadable:
-        click.echo(f"no SLA breach or near breach in the last {within}")
+        click.echo(f"no SLA breach or near breach in the last {format_duration(within)}")
     if report.unreadable:  # the readable ones were told; these could not be judged
         raise OpsledgerError(report.unreadable)

@@ -3,52 +3,81 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
+import functools
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from opsledger.errors import OpsledgerError, Problem, shown
+from opsledger.timespec import DURATION_EXAMPLES, format_duration, parse_duration, parse_time
 
 
-def aware_time(text: str | None, option: str) -> dt.datetime | None:
-    """An ISO 8601 date-time with a timezone, or None when the option was not given.
+class TimeType(click.ParamType):
+    """An option's time in the one syntax (opsledger.timespec): ISO 8601 with a zone, now, +2h.
 
-    Times without an offset are refused: a change window or a decision must mean the same
-    instant on a laptop and in CI. An empty value (`--start ''`, often an unset shell
-    variable) is refused too, not read as "not given": the default (now) is not what was meant.
+    A bad value is an OpsledgerError naming the option and the fix: one `error:` line, exit 2.
     """
-    if text is None:
-        return None
-    # Imported here: opsledger.changes pulls in jsonschema, and most commands load this module.
-    from opsledger.changes import YEARS
 
-    if not text.strip():
-        raise OpsledgerError(
-            Problem(
-                "empty value",
-                field=option,
-                fix=f"give a date-time, e.g. {option} 2026-12-01T20:30:00+01:00, or leave "
-                "the option out",
+    name = "time"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, dt.datetime):
+            return value
+        return parse_time(value, _option_name(param))
+
+
+class DurationType(click.ParamType):
+    """An option's duration in the one syntax (opsledger.timespec), within the option's bounds.
+
+    `bare_seconds`: a plain number still means seconds (`--wait 900` in existing pipelines).
+    """
+
+    name = "duration"
+
+    def __init__(
+        self,
+        minimum: dt.timedelta = dt.timedelta(0),
+        maximum: dt.timedelta = dt.timedelta(days=3660),
+        *,
+        bare_seconds: bool = False,
+    ) -> None:
+        self.minimum, self.maximum, self.bare_seconds = minimum, maximum, bare_seconds
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, dt.timedelta):
+            length = value
+        elif isinstance(value, int | float) or (
+            self.bare_seconds and isinstance(value, str) and _SECONDS.fullmatch(value)
+        ):
+            length = dt.timedelta(seconds=float(value))
+        else:
+            length = parse_duration(value, _option_name(param))
+        if not self.minimum <= length <= self.maximum:
+            low, high = format_duration(self.minimum), format_duration(self.maximum)
+            raise OpsledgerError(
+                Problem(
+                    f"{shown(str(value), 40)} is not a duration of {low} to {high}",
+                    field=_option_name(param),
+                    fix=f"write e.g. {DURATION_EXAMPLES}",
+                )
             )
-        )
-    try:
-        moment = dt.datetime.fromisoformat(text)
-        if not YEARS[0] <= moment.year <= YEARS[1]:
-            raise ValueError("year out of range")
-    except ValueError:
-        raise OpsledgerError(
-            Problem(
-                f"{shown(text, 40)} is not an ISO 8601 date-time (years {YEARS[0]} to {YEARS[1]})",
-                field=option,
-                fix="write e.g. 2026-12-01T20:30:00+01:00",
-            )
-        ) from None
-    if moment.tzinfo is None:
-        raise OpsledgerError(
-            Problem(f"{option} has no timezone", field=option, fix="add an offset, e.g. +01:00")
-        )
-    return moment
+        return length
+
+
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
+
+
+def _option_name(param: click.Parameter | None) -> str:
+    if param is None:
+        return "value"
+    return max(param.opts, key=len) if param.opts else (param.name or "value").upper()
+
+
+TIME = TimeType()
 
 
 # Who signs what: commands that commit as a person (approve, change review) take these two.
@@ -115,20 +144,66 @@ def write_output(path: Path, text: str, option: str, *, append: bool = False) ->
         ) from None
 
 
-class _WaitSeconds(click.FloatRange):
-    """Seconds to wait for another run's locks: 0 to a day, and a real number (not nan)."""
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
-
-
-wait_seconds = _WaitSeconds(0, 86400)
+# Seconds to wait for another run's locks: up to a day.
+wait_duration = DurationType(dt.timedelta(0), dt.timedelta(days=1), bare_seconds=True)
 
 
 def one_or_due(named: object, due: bool, what: str, example: str) -> None:
     """Commands that run one named thing or everything due take exactly one of the two."""
     if bool(named) == due:
         raise OpsledgerError(Problem(f"give {what} or --due", field=what, fix=f"e.g. {example}"))
+
+
+class _Formats(click.Choice):
+    """The formats a command renders; old names (`table`, `markdown`) still read as new ones."""
+
+    def __init__(self, formats: tuple[str, ...], aliases: dict[str, str]) -> None:
+        super().__init__(formats)
+        self.aliases = aliases
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        return super().convert(self.aliases.get(value, value), param, ctx)
+
+
+def output_option(
+    *formats: str, default: str = "text", aliases: dict[str, str] | None = None, help: str = ""
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--format` with the formats this command renders, and `--json` meaning `--format json`.
+
+    One output grammar on every command that prints a result (README, Conventions): text for
+    people, json for pipelines, md and html where a renderer exists. The command receives
+    `fmt`; `--json` with another `--format` is refused rather than one silently winning.
+
+    Example:
+        @output_option("text", "md", "json")
+        def plan(change_id: str, fmt: str) -> None: ...
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def run(*args: Any, fmt: str, as_json: bool = False, **kwargs: Any) -> Any:
+            given = click.get_current_context().get_parameter_source("fmt")
+            if as_json and fmt != "json" and given is not ParameterSource.DEFAULT:
+                raise OpsledgerError(
+                    Problem(
+                        f"--json and --format {fmt} ask for two formats",
+                        field="--format",
+                        fix="give one of them (--json is --format json)",
+                    )
+                )
+            return command(*args, fmt="json" if as_json else fmt, **kwargs)
+
+        if "json" in formats:
+            run = click.option(
+                "--json", "as_json", is_flag=True, help="The same as --format json."
+            )(run)
+        return click.option(
+            "--format",
+            "fmt",
+            type=_Formats(formats, aliases or {}),
+            default=default,
+            show_default=True,
+            help=help or None,
+        )(run)
+
+    return decorate

@@ -7,7 +7,7 @@ from importlib import resources
 
 import click
 
-from opsledger.cli.options import person_option, signing_key_option
+from opsledger.cli.options import output_option, person_option, signing_key_option
 from opsledger.project import find_project
 
 
@@ -78,8 +78,8 @@ def link(problem_id, incidents, person, signing_key) -> None:
 
 @problem.command()
 @click.option("--env", "environment", help="Only incidents of this environment.")
-@click.option("--json", "as_json", is_flag=True)
-def suggest(environment, as_json) -> None:
+@output_option("text", "json")
+def suggest(environment, fmt) -> None:
     """Recurring faults: the same fingerprint in N incidents within M days (policy thresholds).
 
     Prints the `problem new` (or `problem link`) command for each; writes nothing.
@@ -94,7 +94,7 @@ def suggest(environment, as_json) -> None:
 
     project = find_project()
     found = suggest_problems(project, environment=environment)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps([s.__dict__ for s in found], indent=2))
         return
     policy = load_fault_policy(project)
@@ -172,7 +172,8 @@ def close(problem_id, summary, person, signing_key) -> None:
 
 @problem.command()
 @click.argument("problem_id")
-def show(problem_id) -> None:
+@output_option("text", "json", help="json: the problem's file, when it was opened, its age.")
+def show(problem_id, fmt) -> None:
     """Show a problem: incidents, root cause, workaround, fix, timeline.
 
     \b
@@ -180,13 +181,15 @@ def show(problem_id) -> None:
         opsledger problem show PRB-0001
     """
     from opsledger.faults.problems import problem_views
-    from opsledger.views.faults import problem_text
+    from opsledger.views.faults import problem_json, problem_text
 
-    click.echo(problem_text(problem_views(find_project(), problem_id=problem_id)[0]), nl=False)
+    views = problem_views(find_project(), problem_id=problem_id)
+    click.echo(problem_json(views[0]) if fmt == "json" else problem_text(views[0]), nl=False)
 
 
 @problem.command("list")
-def list_() -> None:
+@output_option("text", "json")
+def list_(fmt) -> None:
     """Every problem with its status, incident count and age.
 
     \b
@@ -194,9 +197,10 @@ def list_() -> None:
         opsledger problem list
     """
     from opsledger.faults.problems import problem_views
-    from opsledger.views.faults import problems_text
+    from opsledger.views.faults import problems_json, problems_text
 
-    click.echo(problems_text(problem_views(find_project())), nl=False)
+    views = problem_views(find_project())
+    click.echo(problems_json(views) if fmt == "json" else problems_text(views), nl=False)
 
 
 @problem.command("schema")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from opsledger.cli.options import output_folder, write_output
+from opsledger.cli.options import output_folder, output_option, write_output
 from opsledger.project import find_project
 
 
@@ -20,8 +20,8 @@ def _last_month(now: dt.datetime) -> str:
 @click.option(
     "--period",
     default=None,
-    help="30d, 12w (ending now), a month 2026-11 or a quarter 2026-Q4. Default: 90d, or the "
-    "last whole month with --service.",
+    help="A duration ending now (30d, 12w), a month 2026-11 or a quarter 2026-Q4. Default: "
+    "90d, or the last whole month with --service.",
 )
 @click.option(
     "--env",
@@ -30,13 +30,7 @@ def _last_month(now: dt.datetime) -> str:
     "environment, production first).",
 )
 @click.option("--service", is_flag=True, help="The monthly service report for the business.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["html", "md", "json"]),
-    default="html",
-    show_default=True,
-)
+@output_option("html", "md", "json", default="html")
 @click.option(
     "--output",
     "-o",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from opsledger.cli.options import output_option
 from opsledger.errors import EXIT_FAILED, OpsledgerError
 from opsledger.project import find_project
 
@@ -53,13 +54,12 @@ def docs(check: bool) -> None:
     required=True,
     help="Benchmark named in roles/*/meta/controls.yml (cis, devsec, lynis).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "markdown", "json"]),
-    default="text",
-    show_default=True,
-    help="text for a terminal, markdown for a report, json for tools.",
+@output_option(
+    "text",
+    "md",
+    "json",
+    aliases={"markdown": "md"},
+    help="text for a terminal, md for a report, json for tools.",
 )
 def controls(benchmark: str, fmt: str) -> None:
     """Compliance table: control id -> benchmark reference -> task -> test -> waiver.
@@ -71,7 +71,7 @@ def controls(benchmark: str, fmt: str) -> None:
 
     \b
     Example:
-        opsledger roles controls --benchmark cis --format markdown
+        opsledger roles controls --benchmark cis --format md
     """
     import dataclasses
     import json
@@ -92,7 +92,7 @@ def controls(benchmark: str, fmt: str) -> None:
         rows = [dataclasses.asdict(r) for r in table.rows]
         click.echo(json.dumps({"benchmark": table.benchmark, "title": table.title, "rows": rows}))
         return
-    if fmt == "markdown":
+    if fmt == "md":
         click.echo(render_markdown(table), nl=False)
         return
     view = Table(

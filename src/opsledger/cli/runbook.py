@@ -8,6 +8,7 @@ import click
 import yaml
 from rich.table import Table
 
+from opsledger.cli.options import output_option
 from opsledger.cli.output import console
 from opsledger.project import find_project
 
@@ -23,7 +24,8 @@ def runbook() -> None:
 
 
 @runbook.command("list")
-def list_() -> None:
+@output_option("text", "json", help="json: each runbook's metadata, as runbook show prints it.")
+def list_(fmt: str) -> None:
     """List every runbook with its risk, change types and verification.
 
     \b
@@ -32,6 +34,10 @@ def list_() -> None:
     """
     from opsledger.runbooks import list_runbooks
 
+    found = list_runbooks(find_project())
+    if fmt == "json":
+        click.echo(json.dumps([{"name": rb.name, **rb.raw} for rb in found], indent=2, default=str))
+        return
     table = Table(
         "runbook",
         "risk",
@@ -42,7 +48,7 @@ def list_() -> None:
         "rollback",
         title="runbooks",
     )
-    for rb in list_runbooks(find_project()):
+    for rb in found:
         table.add_row(
             rb.name,
             rb.risk,
@@ -57,8 +63,8 @@ def list_() -> None:
 
 @runbook.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
-def show(name: str, as_json: bool) -> None:
+@output_option("text", "json", help="json: the metadata.")
+def show(name: str, fmt: str) -> None:
     """Show one runbook: description, parameters, risk, verification, rollback, execution.
 
     \b
@@ -68,7 +74,7 @@ def show(name: str, as_json: bool) -> None:
     from opsledger.runbooks import load_runbook
 
     rb = load_runbook(find_project(), name)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps({"name": rb.name, **rb.raw}, indent=2, default=str))
         return
     click.echo(f"{rb.name}: {rb.description}\n")

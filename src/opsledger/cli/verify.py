@@ -8,6 +8,7 @@ from dataclasses import asdict
 import click
 from rich.table import Table
 
+from opsledger.cli.options import output_option
 from opsledger.cli.output import console
 from opsledger.errors import EXIT_FAILED
 from opsledger.project import find_project
@@ -23,8 +24,8 @@ from opsledger.project import find_project
 )
 @click.option("--targets", default="all", show_default=True, help="Ansible host pattern.")
 @click.option("--suite", "suites", multiple=True, help="Suite (role) to run; repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print every outcome as JSON.")
-def verify(environment: str, targets: str, suites: tuple[str, ...], as_json: bool) -> None:
+@output_option("text", "json", help="json: every outcome.")
+def verify(environment: str, targets: str, suites: tuple[str, ...], fmt: str) -> None:
     """Verify hosts against the inventory with the Testinfra suites in tests/infra.
 
     Exits 0 when every test passed (skips are waived controls), 1 otherwise.
@@ -36,7 +37,7 @@ def verify(environment: str, targets: str, suites: tuple[str, ...], as_json: boo
     from opsledger.verify import verify as run_verify
 
     result = run_verify(find_project(), environment=environment, targets=targets, suites=suites)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps({**asdict(result), "output": None, "ok": result.ok}, indent=2))
     else:
         hosts = sorted({o.host for o in result.outcomes})

@@ -122,6 +122,20 @@ def list_rows(found: IncidentList, now: dt.datetime) -> list[dict[str, str]]:
     ]
 
 
+def _problem_dict(view: ProblemView) -> dict[str, Any]:
+    """The problem's file as it is, with when it was opened (git time) and its age in days."""
+    opened = _when(view.opened_at) if view.opened_at else None
+    return {**view.problem.data, "opened_at": opened, "age_days": view.age_days}
+
+
+def problem_json(view: ProblemView) -> str:
+    return json.dumps(_problem_dict(view), indent=2, default=str) + "\n"
+
+
+def problems_json(views: list[ProblemView]) -> str:
+    return json.dumps([_problem_dict(v) for v in views], indent=2, default=str) + "\n"
+
+
 def problems_text(views: list[ProblemView]) -> str:
     lines = []
     for v in views:
