@@ -4,9 +4,10 @@
 yearly, or an on-demand one like pre-holiday) runs, on which host groups, with which warning
 and critical thresholds, and which SLA priority each severity gets. `inspect` runs a schedule
 on every host in parallel over the same connections verification uses (Testinfra hosts, only
-read commands), writes a record under `records/inspections/` and commits it; `inspect_due`
-runs every schedule whose period has passed and counts the periods that have no record
-(missed inspections).
+read commands), writes a record under `records/inspections/` and commits it, then opens or
+resolves incidents from its findings and notifies. `due_states` says which periodic schedule's
+period has passed and counts the periods that have no record (missed inspections), for
+`inspect --due`, the calendar and reports.
 """
 
 from __future__ import annotations

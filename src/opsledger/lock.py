@@ -46,7 +46,6 @@ DEFAULT_LEASE_S = 600
 # A run on another machine whose write-ahead record has no final record after this long is
 # taken for dead (reconcile.py): longer than any runbook timeout we ship.
 STALE_AFTER = dt.timedelta(hours=6)
-BACKENDS = ("machine", "origin")
 DEFAULT_LOCK_DIR = Path("/run/lock/opsledger")
 
 

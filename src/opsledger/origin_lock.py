@@ -180,10 +180,6 @@ def _lock_commits(root: Path, holders: list[Holder]) -> list[str]:
     return oids
 
 
-def _lock_commit(root: Path, holder: Holder) -> str:
-    return _lock_commits(root, [holder])[0]
-
-
 def _push(root: Path, remote: str, updates: dict[str, tuple[str, str]], atomic: bool):
     """updates: ref -> (new commit or "" to delete, expected current value or "" for none)."""
     args = ["push", "--porcelain", "--no-verify"] + (["--atomic"] if atomic else [])

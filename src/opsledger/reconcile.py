@@ -77,7 +77,7 @@ def _dirty(project: Project, paths: list[str]) -> list[str]:
     return sorted({entry[3:] for entry in status.split("\0") if len(entry) > 3})
 
 
-def _uncommitted_problem(project: Project, paths: list[str], result: str, why: str) -> Problem:
+def _uncommitted_problem(paths: list[str], result: str, why: str) -> Problem:
     shown = " ".join(paths)
     return Problem(
         f"the record of a run that ended {result} is not committed ({why})",
@@ -107,7 +107,7 @@ def commit_or_journal(
         name = relative[0].replace("/", "_")
         (outbox / name).write_text(json.dumps(entry))
         why = err.problems[0].message if err.problems else str(err)
-        return "", _uncommitted_problem(project, relative, result, why)
+        return "", _uncommitted_problem(relative, result, why)
 
 
 def _retry(
@@ -121,7 +121,7 @@ def _retry(
         commit_evidence(project, [project.root / p for p in dirty], message)
     except OpsledgerError as err:
         why = err.problems[0].message if err.problems else str(err)
-        done.problems.append(_uncommitted_problem(project, dirty, result, why))
+        done.problems.append(_uncommitted_problem(dirty, result, why))
         return None
     return dirty
 

@@ -1,8 +1,8 @@
 """The one record format: what happened, when, by whom, judged by what, with what result.
 
-Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`) use it now; inspections, drift
-checks and DR drills will write the same model under `records/`, so audit and reports read them
-all alike. Records are JSON (stable key order), written once and committed; audit treats any
+Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
+drills and alert intakes (`records/<folder>/`) all write this one model, so audit and reports
+read them alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
 
 A change run is written ahead: `runs/<stamp>.started.json` (result `started`) is committed
@@ -409,7 +409,7 @@ def change_runs(project: Project) -> list[Record]:
 
 
 def load_records(project: Project, kind: str | None = None) -> list[Record]:
-    """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
+    """Inspection, drift, drill and alert records (`records/<folder>/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
         record = read_record(path)

@@ -26,8 +26,6 @@ from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
 from opsledger.yamlio import load_yaml
 
-CLASSES = ("hardware", "software", "network", "configuration", "security")
-DETECTING_SOURCES = ("inspection", "drift", "verification", "rollback", "drill", "alert")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
