@@ -48,7 +48,7 @@ from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
-from opsledger.policy import require_policies
+from opsledger.policycheck import require_policies
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
 from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs

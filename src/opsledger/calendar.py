@@ -27,7 +27,7 @@ from opsledger.decide import decide
 from opsledger.drill import drills_due
 from opsledger.errors import OpsledgerError
 from opsledger.inspections import due_states, load_plan
-from opsledger.policy import DAYS, load_policies
+from opsledger.policy.bundle import DAYS, load_policies
 from opsledger.project import Project
 from opsledger.records import read_runs
 

@@ -28,8 +28,9 @@ from opsledger.gitrepo import git, require_history
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan
-from opsledger.policy import load_policies, policy_check
-from opsledger.policy_changes import is_policy_change, policy_content
+from opsledger.policy.bundle import load_policies
+from opsledger.policy.changes import is_policy_change, policy_content
+from opsledger.policycheck import policy_check
 from opsledger.prcomment import plan_markdown
 from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project

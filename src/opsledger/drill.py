@@ -26,7 +26,7 @@ from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
-from opsledger.policyfiles import read_policy
+from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
 from opsledger.records import Record, load_records, stamp, write_evidence

@@ -19,9 +19,9 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.inventory import Inventory, load_inventory
+from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
 from opsledger.records import Record, load_records, read_runs
-from opsledger.waivers import load_waivers
 from opsledger.yamlio import load_yaml
 
 # Variables worth seeing on a host's record when set (the rest: its own host_vars).

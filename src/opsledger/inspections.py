@@ -27,8 +27,8 @@ from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.notify import notify_records
-from opsledger.policy import load_policies
-from opsledger.policyfiles import read_policy
+from opsledger.policy.bundle import load_policies
+from opsledger.policy.files import read_policy
 from opsledger.project import Project
 from opsledger.records import Record, load_records, write_evidence
 from opsledger.targets import Target, resolve_targets

@@ -35,7 +35,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
-from opsledger.lock import Holder
+from opsledger.lockholder import Holder
 from opsledger.project import Project
 
 LOCK_REFS = "refs/opsledger/locks"

@@ -38,10 +38,10 @@ from opsledger.decide import Decision, decide, run_order
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError
 from opsledger.gitrepo import require_history
 from opsledger.origin_records import OriginRecords
-from opsledger.policy import require_policies
+from opsledger.policy.windows import freezes_over
+from opsledger.policycheck import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, read_runs
-from opsledger.windows import freezes_over
 
 ACTIONS = (
     "applied",

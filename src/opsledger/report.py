@@ -25,7 +25,7 @@ from opsledger.audit import AuditRow, audit_log
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.faults.kpis import IncidentKpis, incident_kpis
 from opsledger.gitrepo import require_history
-from opsledger.policy import load_policies
+from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
 from opsledger.records import KINDS, Record, change_runs, load_records
 

@@ -16,7 +16,7 @@ from opsledger.inspections import (
     load_plan,
     render,
 )
-from opsledger.policy import policy_check
+from opsledger.policycheck import policy_check
 from opsledger.records import Record, write_record
 
 from .conftest import copy_project

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.readonly import NotReadOnly, check_command
-from opsledger.policy import DAYS, LEVELS, Person, load_policies
+from opsledger.policy.bundle import DAYS, LEVELS, Person, load_policies
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
