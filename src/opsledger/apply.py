@@ -53,8 +53,8 @@ from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
 from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
 from opsledger.records import (
-    STARTED,
     Record,
+    RunResult,
     change_runs,
     run_record_path,
     stamp,
@@ -69,7 +69,7 @@ from opsledger.verify import VerifyResult, verify
 
 Events = Callable[[dict[str, Any]], None]
 # Results after which the same content may run again by itself: nobody judged it a failure.
-RETRYABLE = ("canceled", "interrupted")
+RETRYABLE = (RunResult.CANCELED, RunResult.INTERRUPTED)
 
 
 @dataclass
@@ -116,7 +116,7 @@ class RollbackOutcome:
 @dataclass
 class ApplyResult:
     change_id: str
-    result: str  # one of records.RESULTS
+    result: RunResult
     decision: Decision
     record: Record
     record_path: Path
@@ -130,7 +130,7 @@ class ApplyResult:
 
     @property
     def ok(self) -> bool:
-        return self.result == "success" and self.committed
+        return self.result == RunResult.SUCCESS and self.committed
 
     @property
     def committed(self) -> bool:
@@ -162,7 +162,7 @@ def _verification_entry(
         return _verification(checked)
     if failure.startswith("verification could not run"):
         return {"status": "error", "why": failure}
-    why = "the run was canceled" if result == "canceled" else "the run did not succeed"
+    why = "the run was canceled" if result == RunResult.CANCELED else "the run did not succeed"
     return {"status": "not run", "why": why}
 
 
@@ -196,7 +196,7 @@ def last_verified_state(
     def wanted(record: Record) -> bool:
         return (
             record.environment == environment
-            and record.result == "success"
+            and record.result == RunResult.SUCCESS
             and record.change != other_than
             and bool(record.git_commit)
         )
@@ -325,7 +325,7 @@ def _already_applied(project: Project, change_id: str, content: str = "") -> Rec
     for record in reversed(change_runs(project)):
         if record.change != change_id:
             continue
-        if record.result == "success":
+        if record.result == RunResult.SUCCESS:
             return record
         if content and record.content_sha256 == content and record.result not in RETRYABLE:
             return record
@@ -506,7 +506,7 @@ def _refuse_applied(project: Project, change_id: str, again: bool, content: str 
         raise OpsledgerError(
             Problem(
                 f"already applied successfully at {previous.finished_at}"
-                if previous.result == "success"
+                if previous.result == RunResult.SUCCESS
                 else f"already run: its run at {previous.finished_at} ended {previous.result}",
                 f"changes/{change_id}/runs",
                 "result",
@@ -547,7 +547,7 @@ def reconcile_first(project: Project, events: Events | None) -> Reconciled:
 
 @dataclass
 class _Outcome:
-    result: str
+    result: RunResult
     run: PlaybookRun | None
     checked: VerifyResult | None
     back: RollbackOutcome | None
@@ -576,7 +576,7 @@ def _execute(
     """
     timings: dict[str, float] = {}
     if decision.content is None:  # never run what no approval covers
-        return _Outcome("failed", None, None, None, "no approved content to run", timings)
+        return _Outcome(RunResult.FAILED, None, None, None, "no approved content to run", timings)
     # Run and verify from an export of exactly the approved content (export.py): bookkeeping,
     # untracked files and submodules are not there for a play, a lookup or a suite to read.
     with exported(project, decision.content.files) as tree:
@@ -598,7 +598,7 @@ def _execute(
                 )
             except OpsledgerError as err:  # ansible-playbook failed before reaching any host
                 timings["run_s"] = round(time.monotonic() - clock, 3)
-                return _Outcome("failed", None, None, None, f"run failed: {err}", timings)
+                return _Outcome(RunResult.FAILED, None, None, None, f"run failed: {err}", timings)
             opened = watch.files()
         assert run is not None
         timings["run_s"] = round(time.monotonic() - clock, 3)
@@ -624,9 +624,9 @@ def _execute(
                 failure = "verification failed: " + (", ".join(names) or "no test passed")
         if interrupt.requested or run.status == "canceled":
             # The operator stopped it: no rollback they did not ask for.
-            return _Outcome("canceled", run, checked, None, failure, timings, findings)
+            return _Outcome(RunResult.CANCELED, run, checked, None, failure, timings, findings)
         if not failure:
-            return _Outcome("success", run, checked, None, failure, timings, findings)
+            return _Outcome(RunResult.SUCCESS, run, checked, None, failure, timings, findings)
         _phase(events, "failed", failure)
         clock = time.monotonic()
         try:
@@ -637,7 +637,13 @@ def _execute(
             name = change.rollback or runbook.rollback or ""
             back = RollbackOutcome(name, "", f"{failure}; {err}", None, None, False)
         timings["rollback_s"] = round(time.monotonic() - clock, 3)
-        result = "failed" if back is None else "rolled_back" if back.ok else "rollback_failed"
+        result = (
+            RunResult.FAILED
+            if back is None
+            else RunResult.ROLLED_BACK
+            if back.ok
+            else RunResult.ROLLBACK_FAILED
+        )
         return _Outcome(result, run, checked, back, failure, timings, findings)
 
 
@@ -815,7 +821,7 @@ def _ahead(run: _Run, started: dt.datetime, guard: Guard, journal: Path) -> Reco
     return Record(
         kind="run",
         environment=change.environment,
-        result=STARTED,
+        result=RunResult.STARTED,
         started_at=started.isoformat(),
         finished_at="",
         change=change.id,

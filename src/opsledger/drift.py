@@ -22,7 +22,7 @@ from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.project import Project
-from opsledger.records import Record, write_evidence
+from opsledger.records import Record, RunResult, write_evidence
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
 from opsledger.runner import run_playbook
@@ -163,7 +163,7 @@ def drift(
         entry = Record(
             kind="drift",
             environment=environment,
-            result="failed" if result.drifted else "success",
+            result=RunResult.FAILED if result.drifted else RunResult.SUCCESS,
             started_at=started.isoformat(),
             finished_at=finished.isoformat(),
             targets=targets,

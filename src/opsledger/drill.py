@@ -29,7 +29,7 @@ from opsledger.notify import notify_records
 from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
-from opsledger.records import Record, load_records, stamp, write_evidence
+from opsledger.records import Record, RunResult, load_records, stamp, write_evidence
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -316,7 +316,7 @@ def drill_record(
     record = Record(
         kind="drill",
         environment=environment,
-        result="failed" if reasons else "success",
+        result=RunResult.FAILED if reasons else RunResult.SUCCESS,
         started_at=started.isoformat(),
         finished_at=finished.isoformat(),
         change=change,
@@ -511,7 +511,7 @@ def drills_due(project: Project, *, now: dt.datetime | None = None) -> list[Dril
         mine = [r for r in records if r.measurements.get("service") == service.name]
         envs = sorted({r.environment for r in mine} | set(service.direct_environments))
         for env in envs:
-            passed = [r for r in mine if r.environment == env and r.result == "success"]
+            passed = [r for r in mine if r.environment == env and r.result == RunResult.SUCCESS]
             last = passed[-1] if passed else None
             days = (now - last.finished).total_seconds() / 86400 if last else None
             overdue = last is None or days * 86400 > service.drill_every_s  # type: ignore[operator]

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,19 @@ from opsledger.notify import notify_records
 from opsledger.policy.bundle import load_policies
 from opsledger.policy.files import read_policy
 from opsledger.project import Project
-from opsledger.records import Record, load_records, write_evidence
+from opsledger.records import Record, RunResult, load_records, write_evidence
 from opsledger.targets import Target, resolve_targets
 
-SEVERITIES = ("ok", "warning", "critical")
+
+class Severity(StrEnum):
+    """How bad an inspection finding is; members are their strings, as records store them."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+SEVERITIES = tuple(Severity)  # in rising order: worst() and --fail-on compare by position
 PSEUDO_FS = {
     "proc",
     "sysfs",
@@ -58,7 +68,7 @@ PSEUDO_FS = {
 class Finding:
     host: str
     check: str
-    severity: str  # warning | critical
+    severity: Severity  # WARNING or CRITICAL
     message: str
     priority: str = ""
 
@@ -88,8 +98,10 @@ class InspectionResult:
     commit: str | None = None
     incidents: str = ""  # what the record did to incidents (faults.detect), for the operator
 
-    def worst(self) -> str:
-        return max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
+    def worst(self) -> Severity:
+        return Severity(
+            max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
+        )
 
 
 # --- the checks: each reads a host and returns (severity, message) pairs -------------------
@@ -689,7 +701,7 @@ def inspect(
         entry = Record(
             kind="inspection",
             environment=environment,
-            result="failed" if result.findings else "success",
+            result=RunResult.FAILED if result.findings else RunResult.SUCCESS,
             started_at=started.isoformat(),
             finished_at=finished.isoformat(),
             targets=targets,

@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,24 @@ from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
-RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
-STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+
+
+class RunResult(StrEnum):
+    """How a recorded run (change, inspection, drift check, drill, alert intake) ended.
+
+    A StrEnum: a member is its string, so record files stay byte-identical and a result read
+    back from a file (a plain str) compares equal to the member.
+    """
+
+    STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"
+
+
 STARTED_SUFFIX = ".started.json"
 _RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
 FORMAT_VERSION = 1
@@ -38,7 +55,7 @@ FORMAT_VERSION = 1
 class Record:
     kind: str
     environment: str
-    result: str
+    result: str  # a RunResult; read back from a file, its plain string
     started_at: str
     finished_at: str
     change: str | None = None
@@ -144,7 +161,7 @@ def record_from_data(data: Any) -> Record | None:
         if not all(isinstance(t, str) for t in texts):
             return None
         for moment in (record.started_at, record.finished_at):
-            if moment == "" and moment is record.finished_at and record.result == "started":
+            if moment == "" and moment is record.finished_at and record.result == RunResult.STARTED:
                 continue
             if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
                 return None

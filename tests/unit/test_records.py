@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import pytest
 
@@ -6,6 +7,7 @@ from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 from opsledger.records import (
     Record,
+    RunResult,
     change_runs,
     read_runs,
     run_record_path,
@@ -52,6 +54,17 @@ def test_records_round_trip_and_are_written_once(project):
     assert change_runs(project) == [record()]
     with pytest.raises(FileExistsError):
         write_record(path, record(result="failed"))
+
+
+@pytest.mark.parametrize("result", list(RunResult))
+def test_a_typed_result_writes_the_bytes_its_string_wrote(result, tmp_path):
+    """Audit replays record files: typing the result must not change one byte of them."""
+    typed, plain = record(result=result), record(result=str(result.value))
+    assert type(plain.result) is str
+    assert typed.to_json() == plain.to_json()
+    assert f'"result": "{result.value}"' in typed.to_json()
+    write_record(tmp_path / "run.json", typed)
+    assert Record.from_dict(json.loads((tmp_path / "run.json").read_text())).result == result
 
 
 def test_unknown_fields_from_newer_versions_are_ignored():

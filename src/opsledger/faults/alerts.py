@@ -42,7 +42,7 @@ from opsledger.gitrepo import head, is_repo
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.inventory import Inventory, load_inventory
 from opsledger.project import Project
-from opsledger.records import Record, load_records, write_evidence
+from opsledger.records import Record, RunResult, load_records, write_evidence
 
 URL_VARIABLE = "opsledger_alertmanager_url"
 
@@ -218,7 +218,7 @@ def sync_alerts(
     record = Record(
         kind="alerts",
         environment=environment,
-        result="failed" if alerts else "success",
+        result=RunResult.FAILED if alerts else RunResult.SUCCESS,
         started_at=started.isoformat(),
         finished_at=max(started, finished).isoformat(),
         targets="all",
