@@ -42,7 +42,7 @@ from opsledger.export import altered, commit_content, exported
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import git, head, require_history
 from opsledger.guard import Guard
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.joblog import JobLog, log_path_of
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
@@ -57,6 +57,7 @@ from opsledger.records import (
     RunResult,
     change_runs,
     run_record_path,
+    save_record,
     stamp,
     started_record_path,
     write_record,
@@ -998,9 +999,8 @@ def _locked_run(
 def _write_ahead(project: Project, change_id: str, path: Path, ahead: Record) -> Path:
     """Commit the started record before the first task, or run nothing (exit 2)."""
     with commit_lock(project):
-        path = write_record(path, ahead)
         try:
-            commit_evidence(project, [path], f"Run {change_id}: started")
+            save_record(project, path, ahead, f"Run {change_id}: started")
         except OpsledgerError as err:
             path.unlink(missing_ok=True)
             raise OpsledgerError(

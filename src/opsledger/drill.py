@@ -22,14 +22,14 @@ from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.guard import Guard
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
 from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, load_records, stamp, write_evidence
+from opsledger.records import Record, RunResult, load_records, save_evidence, stamp
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -354,20 +354,24 @@ def drill_record(
         record,
     )
     if is_repo(project.root):
-        folder = project.root / "records" / "drills"
-        path = write_evidence(folder, started, f"{service.name}-{environment}", record)
-        result.record_path = path
-        if commit:
-            verdict = "passed" if result.passed else "FAILED"
-            numbers = ""
-            if measurement and measurement.rto_s is not None and measurement.rpo_s is not None:
-                numbers = (
-                    f" (RTO {measurement.rto_s:.0f}s/{service.rto_s:.0f}s, "
-                    f"RPO {measurement.rpo_s:.0f}s/{service.rpo_s:.0f}s)"
-                )
-            result.commit = commit_evidence(
-                project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
+        verdict = "passed" if result.passed else "FAILED"
+        numbers = ""
+        if measurement and measurement.rto_s is not None and measurement.rpo_s is not None:
+            numbers = (
+                f" (RTO {measurement.rto_s:.0f}s/{service.rto_s:.0f}s, "
+                f"RPO {measurement.rpo_s:.0f}s/{service.rpo_s:.0f}s)"
             )
+        saved = save_evidence(
+            project,
+            record,
+            started=started,
+            name=f"{service.name}-{environment}",
+            message=f"DR drill {service.name} {environment}: {verdict}{numbers}",
+            commit=commit,
+        )
+        path = result.record_path = saved.path
+        if commit:
+            result.commit = saved.commit
             # a failed drill opens an incident
             result.incidents = record_detection(project, [path]).summary()
             notify_records(project, [path])  # policies/notifications.yml; never raises

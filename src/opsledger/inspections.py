@@ -26,12 +26,12 @@ from typing import Any
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.notify import notify_records
 from opsledger.policy.bundle import load_policies
 from opsledger.policy.files import read_policy
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, load_records, write_evidence
+from opsledger.records import Record, RunResult, load_records, save_evidence
 from opsledger.targets import Target, resolve_targets
 
 
@@ -720,12 +720,15 @@ def inspect(
                 ),
             },
         )
-        folder = project.root / "records" / "inspections"
-        path = write_evidence(folder, started, f"{schedule}-{environment}", entry)
-        result.record_path = path
-        result.commit = commit_evidence(
-            project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
+        saved = save_evidence(
+            project,
+            entry,
+            started=started,
+            name=f"{schedule}-{environment}",
+            message=f"Inspection {schedule} {environment}: {result.worst()}",
         )
+        path = result.record_path = saved.path
+        result.commit = saved.commit
         # critical findings open incidents; clean ones resolve
         result.incidents = record_detection(project, [path]).summary()
         notify_records(project, [path])  # policies/notifications.yml; never raises

@@ -24,10 +24,18 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
+from opsledger.identity import commit_evidence
 from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
+# Where each kind of evidence record lives under `records/`: the one place that knows it.
+EVIDENCE_FOLDERS = {
+    "inspection": "inspections",
+    "drift": "drift",
+    "drill": "drills",
+    "alerts": "alerts",
+}
 
 
 class RunResult(StrEnum):
@@ -210,6 +218,52 @@ def write_evidence(folder: Path, started: dt.datetime, name: str, record: Record
         except FileExistsError:
             continue
     return write_record(folder / f"{stamp(started)}-{name}.json", record)  # names the clash
+
+
+def save_record(project: Project, path: Path, record: Record, message: str) -> str:
+    """Write a record once at `path` and commit it as the committer identity; the commit.
+
+    The one way a record becomes evidence: written (never over another) and committed alone,
+    signed when a key is configured. A commit git refuses raises OpsledgerError and leaves the
+    file for the caller to deal with (apply removes a write-ahead record it could not commit).
+    """
+    write_record(path, record)
+    return commit_evidence(project, [path], message)
+
+
+def evidence_folder(project: Project, kind: str) -> Path:
+    """`records/<folder>/` of an evidence kind (inspection, drift, drill, alerts)."""
+    return project.root / "records" / EVIDENCE_FOLDERS[kind]
+
+
+@dataclass
+class SavedEvidence:
+    path: Path
+    commit: str  # "" when not committed (commit=False: the caller commits it with its own)
+
+
+def save_evidence(
+    project: Project,
+    record: Record,
+    *,
+    started: dt.datetime,
+    name: str,
+    message: str,
+    commit: bool = True,
+) -> SavedEvidence:
+    """Write an evidence record where its kind lives, `<stamp>-<name>.json`, and commit it.
+
+    Inspections, drift checks, drills and alert intakes all save through here, so where a
+    record lives and how it is committed is decided once. commit=False only writes it: apply
+    commits a drill record together with the run that drilled.
+
+    Example:
+        saved = save_evidence(project, record, started=started, name="daily-lab",
+                              message="Inspection daily lab: ok")
+        saved.path, saved.commit
+    """
+    path = write_evidence(evidence_folder(project, record.kind), started, name, record)
+    return SavedEvidence(path, commit_evidence(project, [path], message) if commit else "")
 
 
 @dataclass
