@@ -18,6 +18,9 @@ as it was *before* the change (an export of that commit's content) and verifies 
 such. Whatever happened, the final record is written and committed: it is the evidence auditors
 read; when git refuses the commit, the result says so and names the file, and the next command
 commits it.
+
+This module is the use case; running a runbook is execution.py, rolling back rollback.py, and
+what a runbook declares to follow its run (a DR drill's record) afterrun.py.
 """
 
 from __future__ import annotations

@@ -112,10 +112,10 @@ class _Ledger:
 
 def _ledger(project: Project) -> _Ledger:
     from opsledger.faults.store import load_incidents
-    from opsledger.inspections import load_plan
+    from opsledger.inspections import load_inspection_plan
 
     try:
-        schedules = {n: s.checks for n, s in load_plan(project).schedules.items()}
+        schedules = {n: s.checks for n, s in load_inspection_plan(project).schedules.items()}
     except OpsledgerError:  # a broken plan: judge each record by the checks it reported
         schedules = {}
     incidents = load_incidents(project)

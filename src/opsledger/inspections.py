@@ -32,7 +32,7 @@ from opsledger.policy.bundle import load_policies
 from opsledger.policy.files import read_policy
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, load_records, save_evidence
-from opsledger.targets import Target, resolve_targets
+from opsledger.testinfra_hosts import Target, resolve_targets
 
 
 class Severity(StrEnum):
@@ -81,7 +81,9 @@ class Schedule:
 
 
 @dataclass
-class Plan:
+class InspectionPlan:
+    """policies/inspections.yml, loaded: what each schedule checks (not a change's plan.Plan)."""
+
     severities: dict[str, str]
     schedules: dict[str, Schedule]
     checks: dict[str, dict[str, Any]]
@@ -551,7 +553,7 @@ CHECKS: dict[str, Check] = {
 # --- plan, running, records ------------------------------------------------------------------
 
 
-def load_plan(project: Project) -> Plan:
+def load_inspection_plan(project: Project) -> InspectionPlan:
     """Read and check policies/inspections.yml; every problem at once."""
     path = project.root / "policies" / "inspections.yml"
     data, problems = read_policy(project, "inspections", "inspection plan")
@@ -613,7 +615,7 @@ def load_plan(project: Project) -> Plan:
         schedules[name] = Schedule(name, every, list(entry.get("checks", [])))
     if problems:
         raise OpsledgerError(problems)
-    return Plan(severities, schedules, checks)
+    return InspectionPlan(severities, schedules, checks)
 
 
 @dataclass
@@ -633,7 +635,7 @@ def _security_updates(target: Target, spec: dict[str, Any], history: _History) -
 
 
 def _inspect_host(
-    target: Target, schedule: Schedule, plan: Plan, history: _History
+    target: Target, schedule: Schedule, plan: InspectionPlan, history: _History
 ) -> tuple[list[Finding], int]:
     findings, ran = [], 0
     for name in schedule.checks:
@@ -670,7 +672,7 @@ def inspect(
         result = inspect(find_project(), schedule="daily", environment="lab")
         result.worst(), [(f.host, f.check, f.priority) for f in result.findings]
     """
-    plan = load_plan(project)
+    plan = load_inspection_plan(project)
     if schedule not in plan.schedules:
         raise OpsledgerError(
             Problem(
@@ -752,7 +754,7 @@ def due_states(
     (between two records, or since the last one) is missed. Due means a period has passed.
     """
     moment = now or dt.datetime.now(dt.UTC)
-    plan = load_plan(project)
+    plan = load_inspection_plan(project)
     records = [r for r in load_records(project, "inspection") if r.environment == environment]
     states = []
     for schedule in plan.schedules.values():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from opsledger.drill import load_services
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.policy import fault_policy_problems
-from opsledger.inspections import load_plan
+from opsledger.inspections import load_inspection_plan
 from opsledger.maintenance import selects_somewhere
 from opsledger.notify import load_notify_policy
 from opsledger.policy.bundle import Policies, load_policies
@@ -36,7 +36,7 @@ def policy_check(project: Project) -> PolicyCheck:
         policy_check(find_project()).problems  # []
     """
     policies, problems = load_policies(project, strict=False)
-    for name, load in (("inspections.yml", load_plan), ("dr.yml", load_services)):
+    for name, load in (("inspections.yml", load_inspection_plan), ("dr.yml", load_services)):
         path = project.root / "policies" / name
         if path.exists() or path.is_symlink():
             try:
