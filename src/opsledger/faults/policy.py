@@ -162,7 +162,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
 
 
 def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
-    """The parts of sla.yml incident clocks need (policy.py checks the matrix itself)."""
+    """The parts of sla.yml incident clocks need (policy.bundle checks the matrix itself)."""
     path = project.root / "policies" / "sla.yml"
     file = str(path)
     data = load_yaml(path, what="SLA file")
