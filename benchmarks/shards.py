@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from opsledger import inventory, runbooks  # noqa: E402
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
-from opsledger.lock import Holder, acquire, release  # noqa: E402
+from opsledger.lock import acquire, release  # noqa: E402
+from opsledger.lockholder import Holder  # noqa: E402
 from opsledger.origin_lock import LOCK_REFS, renew_origin  # noqa: E402
 from opsledger.project import Project  # noqa: E402
 from opsledger.records import Record, write_record  # noqa: E402

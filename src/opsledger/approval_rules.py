@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from opsledger.approvals import not_counted
-from opsledger.policy import Policies, Rule
+from opsledger.policy.bundle import Policies, Rule
 from opsledger.project import Project
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
@@ -46,7 +46,7 @@ def approval_rule(project: Project, change_id: str, policies: Policies) -> Appro
         approval_rule(find_project(), "CHG-0001", base.policies).rule.name
     """
     from opsledger.changes import load_change
-    from opsledger.policy_changes import is_policy_change, load_policy_request
+    from opsledger.policy.changes import is_policy_change, load_policy_request
     from opsledger.runbooks import load_runbook
 
     if is_policy_change(change_id):

@@ -28,7 +28,7 @@ from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git, git_env
-from opsledger.policy import Person, Policies, Rule
+from opsledger.policy.bundle import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
 

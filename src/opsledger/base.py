@@ -28,8 +28,8 @@ from pathlib import Path
 from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git, git_env, log_paths, nul_paths
-from opsledger.policy import Policies, Rule, load_policies
-from opsledger.policy_changes import POLICY_DOCS, is_policy_change, policy_content_at
+from opsledger.policy.bundle import Policies, Rule, load_policies
+from opsledger.policy.changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
 from opsledger.yamlio import parse_yaml
 

@@ -26,8 +26,8 @@ from opsledger.changes import change_ids, load_change, load_withdrawal
 from opsledger.decide import decide
 from opsledger.drill import drills_due
 from opsledger.errors import OpsledgerError
-from opsledger.inspections import due_states, load_plan
-from opsledger.policy import DAYS, load_policies
+from opsledger.inspections import due_states, load_inspection_plan
+from opsledger.policy.bundle import DAYS, load_policies
 from opsledger.project import Project
 from opsledger.records import read_runs
 
@@ -131,7 +131,7 @@ def _changes(
 
 def _due(project: Project, envs: list[str], start: dt.datetime, end: dt.datetime):
     if (project.root / "policies" / "inspections.yml").exists():
-        plan = load_plan(project)
+        plan = load_inspection_plan(project)
         for env in envs:
             for state in due_states(project, environment=env, now=start):
                 every = plan.schedules[state.schedule].every_hours or 0

@@ -595,7 +595,7 @@ def withdraw_change(
                         reason="Superseded by CHG-0006")
     """
     from opsledger.gitrepo import write_and_commit
-    from opsledger.policy import load_policies
+    from opsledger.policy.bundle import load_policies
     from opsledger.reconcile import reconcile_runs
     from opsledger.records import read_runs
 

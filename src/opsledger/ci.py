@@ -19,17 +19,19 @@ import datetime as dt
 import enum
 from dataclasses import dataclass, field
 
-from opsledger.apply import Events, apply_change
+from opsledger.apply import apply_change
 from opsledger.changes import validate_change
 from opsledger.compliance import is_desired_state
 from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
+from opsledger.execution import Events
 from opsledger.gitrepo import git, require_history
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan
-from opsledger.policy import load_policies, policy_check
-from opsledger.policy_changes import is_policy_change, policy_content
+from opsledger.policy.bundle import load_policies
+from opsledger.policy.changes import is_policy_change, policy_content
+from opsledger.policycheck import policy_check
 from opsledger.prcomment import plan_markdown
 from opsledger.prjob import isolated_connections, refuse_secrets
 from opsledger.project import Project

@@ -59,13 +59,13 @@ from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
 from opsledger.gitrepo import blob_contents, git_env, require_history
-from opsledger.policy import Policies
-from opsledger.policy_changes import load_policy_request, policy_change_ids
+from opsledger.policy.bundle import Policies
+from opsledger.policy.changes import load_policy_request, policy_change_ids
+from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
 from opsledger.reach import PLAYBOOK_DIRS
 from opsledger.records import STARTED_SUFFIX
 from opsledger.reviews import load_review
-from opsledger.waivers import load_waivers
 
 SEVERITIES = ("low", "medium", "high", "critical")
 # Paths whose edits change what Ansible runs (reach.py: the root is site.yml's basedir, and

@@ -26,13 +26,14 @@ from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import git, require_history
 from opsledger.localcache import ensure_commit_graph
-from opsledger.policy import Policies, Rule, require_policies
-from opsledger.policy_changes import is_policy_change, load_policy_request, policy_content
+from opsledger.policy.bundle import Policies, Rule
+from opsledger.policy.changes import is_policy_change, load_policy_request, policy_content
+from opsledger.policy.windows import covered, freezes_over
+from opsledger.policycheck import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, change_runs
 from opsledger.runbooks import Runbook
 from opsledger.slots import candidates
-from opsledger.windows import covered, freezes_over
 
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 # Results that end a change's current content: it runs again only once amended (new approvals).

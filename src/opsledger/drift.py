@@ -20,9 +20,9 @@ import yaml
 from opsledger.errors import OpsledgerError
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.project import Project
-from opsledger.records import Record, write_evidence
+from opsledger.records import Record, RunResult, save_evidence
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
 from opsledger.runner import run_playbook
@@ -163,7 +163,7 @@ def drift(
         entry = Record(
             kind="drift",
             environment=environment,
-            result="failed" if result.drifted else "success",
+            result=RunResult.FAILED if result.drifted else RunResult.SUCCESS,
             started_at=started.isoformat(),
             finished_at=finished.isoformat(),
             targets=targets,
@@ -190,10 +190,16 @@ def drift(
                 if state in ("unreachable", "cannot check")
             ],
         )
-        path = write_evidence(project.root / "records" / "drift", started, environment, entry)
-        result.record_path = path
         verdict = "drift found" if result.drifted else "in sync"
-        result.commit = commit_evidence(project, [path], f"Drift {environment}: {verdict}")
+        saved = save_evidence(
+            project,
+            entry,
+            started=started,
+            name=environment,
+            message=f"Drift {environment}: {verdict}",
+        )
+        path = result.record_path = saved.path
+        result.commit = saved.commit
         # a drifted host opens an incident; in sync resolves
         result.incidents = record_detection(project, [path]).summary()
     return result

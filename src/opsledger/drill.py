@@ -22,14 +22,14 @@ from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.guard import Guard
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
-from opsledger.policyfiles import read_policy
+from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
-from opsledger.records import Record, load_records, stamp, write_evidence
+from opsledger.records import Record, RunResult, load_records, save_evidence, stamp
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -316,7 +316,7 @@ def drill_record(
     record = Record(
         kind="drill",
         environment=environment,
-        result="failed" if reasons else "success",
+        result=RunResult.FAILED if reasons else RunResult.SUCCESS,
         started_at=started.isoformat(),
         finished_at=finished.isoformat(),
         change=change,
@@ -354,20 +354,24 @@ def drill_record(
         record,
     )
     if is_repo(project.root):
-        folder = project.root / "records" / "drills"
-        path = write_evidence(folder, started, f"{service.name}-{environment}", record)
-        result.record_path = path
-        if commit:
-            verdict = "passed" if result.passed else "FAILED"
-            numbers = ""
-            if measurement and measurement.rto_s is not None and measurement.rpo_s is not None:
-                numbers = (
-                    f" (RTO {measurement.rto_s:.0f}s/{service.rto_s:.0f}s, "
-                    f"RPO {measurement.rpo_s:.0f}s/{service.rpo_s:.0f}s)"
-                )
-            result.commit = commit_evidence(
-                project, [path], f"DR drill {service.name} {environment}: {verdict}{numbers}"
+        verdict = "passed" if result.passed else "FAILED"
+        numbers = ""
+        if measurement and measurement.rto_s is not None and measurement.rpo_s is not None:
+            numbers = (
+                f" (RTO {measurement.rto_s:.0f}s/{service.rto_s:.0f}s, "
+                f"RPO {measurement.rpo_s:.0f}s/{service.rpo_s:.0f}s)"
             )
+        saved = save_evidence(
+            project,
+            record,
+            started=started,
+            name=f"{service.name}-{environment}",
+            message=f"DR drill {service.name} {environment}: {verdict}{numbers}",
+            commit=commit,
+        )
+        path = result.record_path = saved.path
+        if commit:
+            result.commit = saved.commit
             # a failed drill opens an incident
             result.incidents = record_detection(project, [path]).summary()
             notify_records(project, [path])  # policies/notifications.yml; never raises
@@ -511,7 +515,7 @@ def drills_due(project: Project, *, now: dt.datetime | None = None) -> list[Dril
         mine = [r for r in records if r.measurements.get("service") == service.name]
         envs = sorted({r.environment for r in mine} | set(service.direct_environments))
         for env in envs:
-            passed = [r for r in mine if r.environment == env and r.result == "success"]
+            passed = [r for r in mine if r.environment == env and r.result == RunResult.SUCCESS]
             last = passed[-1] if passed else None
             days = (now - last.finished).total_seconds() / 86400 if last else None
             overdue = last is None or days * 86400 > service.drill_every_s  # type: ignore[operator]

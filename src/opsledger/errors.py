@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 # Exit codes are part of the CLI contract: CI pipelines branch on them.
-EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and did not succeed (e.g. a host failed)
 EXIT_INVALID = 2  # invalid input or environment; nothing was run
 EXIT_DENIED = 3  # a policy denied the operation; nothing was run

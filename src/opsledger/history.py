@@ -20,7 +20,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.gitrepo import git, require_history
-from opsledger.policy import Policies, Rule
+from opsledger.policy.bundle import Policies, Rule
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
 from opsledger.records import Record, RunFile, read_runs

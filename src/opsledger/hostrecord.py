@@ -19,9 +19,9 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.inventory import Inventory, load_inventory
+from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
 from opsledger.records import Record, load_records, read_runs
-from opsledger.waivers import load_waivers
 from opsledger.yamlio import load_yaml
 
 # Variables worth seeing on a host's record when set (the rest: its own host_vars).
@@ -112,10 +112,10 @@ class _Ledger:
 
 def _ledger(project: Project) -> _Ledger:
     from opsledger.faults.store import load_incidents
-    from opsledger.inspections import load_plan
+    from opsledger.inspections import load_inspection_plan
 
     try:
-        schedules = {n: s.checks for n, s in load_plan(project).schedules.items()}
+        schedules = {n: s.checks for n, s in load_inspection_plan(project).schedules.items()}
     except OpsledgerError:  # a broken plan: judge each record by the checks it reported
         schedules = {}
     incidents = load_incidents(project)

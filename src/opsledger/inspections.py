@@ -4,9 +4,10 @@
 yearly, or an on-demand one like pre-holiday) runs, on which host groups, with which warning
 and critical thresholds, and which SLA priority each severity gets. `inspect` runs a schedule
 on every host in parallel over the same connections verification uses (Testinfra hosts, only
-read commands), writes a record under `records/inspections/` and commits it; `inspect_due`
-runs every schedule whose period has passed and counts the periods that have no record
-(missed inspections).
+read commands), writes a record under `records/inspections/` and commits it, then opens or
+resolves incidents from its findings and notifies. `due_states` says which periodic schedule's
+period has passed and counts the periods that have no record (missed inspections), for
+`inspect --due`, the calendar and reports.
 """
 
 from __future__ import annotations
@@ -18,21 +19,31 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.notify import notify_records
-from opsledger.policy import load_policies
-from opsledger.policyfiles import read_policy
+from opsledger.policy.bundle import load_policies
+from opsledger.policy.files import read_policy
 from opsledger.project import Project
-from opsledger.records import Record, load_records, write_evidence
-from opsledger.targets import Target, resolve_targets
+from opsledger.records import Record, RunResult, load_records, save_evidence
+from opsledger.testinfra_hosts import Target, resolve_targets
 
-SEVERITIES = ("ok", "warning", "critical")
+
+class Severity(StrEnum):
+    """How bad an inspection finding is; members are their strings, as records store them."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+SEVERITIES = tuple(Severity)  # in rising order: worst() and --fail-on compare by position
 PSEUDO_FS = {
     "proc",
     "sysfs",
@@ -57,7 +68,7 @@ PSEUDO_FS = {
 class Finding:
     host: str
     check: str
-    severity: str  # warning | critical
+    severity: Severity  # WARNING or CRITICAL
     message: str
     priority: str = ""
 
@@ -70,7 +81,9 @@ class Schedule:
 
 
 @dataclass
-class Plan:
+class InspectionPlan:
+    """policies/inspections.yml, loaded: what each schedule checks (not a change's plan.Plan)."""
+
     severities: dict[str, str]
     schedules: dict[str, Schedule]
     checks: dict[str, dict[str, Any]]
@@ -87,8 +100,10 @@ class InspectionResult:
     commit: str | None = None
     incidents: str = ""  # what the record did to incidents (faults.detect), for the operator
 
-    def worst(self) -> str:
-        return max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
+    def worst(self) -> Severity:
+        return Severity(
+            max((f.severity for f in self.findings), key=SEVERITIES.index, default="ok")
+        )
 
 
 # --- the checks: each reads a host and returns (severity, message) pairs -------------------
@@ -538,7 +553,7 @@ CHECKS: dict[str, Check] = {
 # --- plan, running, records ------------------------------------------------------------------
 
 
-def load_plan(project: Project) -> Plan:
+def load_inspection_plan(project: Project) -> InspectionPlan:
     """Read and check policies/inspections.yml; every problem at once."""
     path = project.root / "policies" / "inspections.yml"
     data, problems = read_policy(project, "inspections", "inspection plan")
@@ -600,7 +615,7 @@ def load_plan(project: Project) -> Plan:
         schedules[name] = Schedule(name, every, list(entry.get("checks", [])))
     if problems:
         raise OpsledgerError(problems)
-    return Plan(severities, schedules, checks)
+    return InspectionPlan(severities, schedules, checks)
 
 
 @dataclass
@@ -620,7 +635,7 @@ def _security_updates(target: Target, spec: dict[str, Any], history: _History) -
 
 
 def _inspect_host(
-    target: Target, schedule: Schedule, plan: Plan, history: _History
+    target: Target, schedule: Schedule, plan: InspectionPlan, history: _History
 ) -> tuple[list[Finding], int]:
     findings, ran = [], 0
     for name in schedule.checks:
@@ -657,7 +672,7 @@ def inspect(
         result = inspect(find_project(), schedule="daily", environment="lab")
         result.worst(), [(f.host, f.check, f.priority) for f in result.findings]
     """
-    plan = load_plan(project)
+    plan = load_inspection_plan(project)
     if schedule not in plan.schedules:
         raise OpsledgerError(
             Problem(
@@ -688,7 +703,7 @@ def inspect(
         entry = Record(
             kind="inspection",
             environment=environment,
-            result="failed" if result.findings else "success",
+            result=RunResult.FAILED if result.findings else RunResult.SUCCESS,
             started_at=started.isoformat(),
             finished_at=finished.isoformat(),
             targets=targets,
@@ -707,12 +722,15 @@ def inspect(
                 ),
             },
         )
-        folder = project.root / "records" / "inspections"
-        path = write_evidence(folder, started, f"{schedule}-{environment}", entry)
-        result.record_path = path
-        result.commit = commit_evidence(
-            project, [path], f"Inspection {schedule} {environment}: {result.worst()}"
+        saved = save_evidence(
+            project,
+            entry,
+            started=started,
+            name=f"{schedule}-{environment}",
+            message=f"Inspection {schedule} {environment}: {result.worst()}",
         )
+        path = result.record_path = saved.path
+        result.commit = saved.commit
         # critical findings open incidents; clean ones resolve
         result.incidents = record_detection(project, [path]).summary()
         notify_records(project, [path])  # policies/notifications.yml; never raises
@@ -736,7 +754,7 @@ def due_states(
     (between two records, or since the last one) is missed. Due means a period has passed.
     """
     moment = now or dt.datetime.now(dt.UTC)
-    plan = load_plan(project)
+    plan = load_inspection_plan(project)
     records = [r for r in load_records(project, "inspection") if r.environment == environment]
     states = []
     for schedule in plan.schedules.values():

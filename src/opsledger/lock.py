@@ -27,17 +27,18 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
-import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger import procs
+from opsledger import origin_queue, procs
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
-from opsledger.policyfiles import policy_path, read_policy
+from opsledger.lockholder import Holder
+from opsledger.origin_lock import Heartbeat, release_origin, take_origin
+from opsledger.policy.files import policy_path, read_policy
 from opsledger.project import Project
 
 # An origin lock whose holder cannot be asked (another machine) is stale this long after its
@@ -46,62 +47,7 @@ DEFAULT_LEASE_S = 600
 # A run on another machine whose write-ahead record has no final record after this long is
 # taken for dead (reconcile.py): longer than any runbook timeout we ship.
 STALE_AFTER = dt.timedelta(hours=6)
-BACKENDS = ("machine", "origin")
 DEFAULT_LOCK_DIR = Path("/run/lock/opsledger")
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a host: written by the holder, read by whoever is refused."""
-
-    host: str
-    change: str
-    owner: str
-    pid: int
-    machine: str
-    since: str
-    environment: str = ""
-    run: str = ""  # <change>/<stamp>#<token>: the OPSLEDGER_RUN_MARKER of its processes
-    pid_start: int | None = None
-    guard_pid: int | None = None  # the run's guard, which outlives a killed apply (guard.py)
-    guard_start: int | None = None
-    runner_pid: int | None = None  # ansible-playbook, once it started
-    expires: str = ""  # origin locks only: renewed by the holder's heartbeat
-    machine_key: str = ""  # procs.machine_key(): where its pids can be looked at
-    runner: str = ""  # the CI job holding it (procs.ci_runner()): which runner to look at
-    renewed: str = ""  # the heartbeat that last pushed `expires`
-    ticket: int | None = None  # a waiter's place in the origin queue (origin_queue.py)
-
-    @classmethod
-    def parse(cls, text: str | bytes) -> Holder | None:
-        try:
-            data = json.loads(text)
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
-            return None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def describe(self) -> str:
-        runner = f", runner {self.runner}" if self.runner else ""
-        return (
-            f"{self.change} ({self.owner}, pid {self.pid} on {self.machine}{runner} "
-            f"since {self.since})"
-        )
-
-    def gone(self) -> str | None:
-        """Why this holder's run is over, when this machine can tell; None if it may run on."""
-        return procs.run_gone(
-            machine_name=self.machine,
-            key=self.machine_key,
-            pid=self.pid,
-            pid_start=self.pid_start,
-            guard_pid=self.guard_pid,
-            guard_start=self.guard_start,
-            run=self.run,
-        )
 
 
 @dataclass
@@ -314,9 +260,6 @@ def acquire(
                        owner="ci")
         release(held)
     """
-    from opsledger import origin_queue
-    from opsledger.origin_lock import Heartbeat, take_origin
-
     policy = lock_policy(project, environment)
     folder = _shared_dir(lock_dir() / environment)
     deadline = time.monotonic() + wait
@@ -414,8 +357,6 @@ def release(held: HeldLocks) -> list[str]:
     if held.heartbeat is not None:
         held.heartbeat.stop()  # before the refs go: a late beat must not re-create them
     if held.origin is not None:
-        from opsledger.origin_lock import release_origin
-
         warnings = release_origin(held.origin)
     for lock in reversed(held.machine):
         lock.info.unlink(missing_ok=True)  # while still holding it: the next holder sees none

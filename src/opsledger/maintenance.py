@@ -39,7 +39,7 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
         try:
             hosts = inventory.match(service.targets)
         except OpsledgerError as err:
-            if _selects_somewhere(project, service.targets):
+            if selects_somewhere(project, service.targets):
                 hosts = []  # the service has no hosts in this environment: none to back up
             else:  # a misspelt group would skip every backup: fail closed
                 why = err.problems[0].message if err.problems else "does not resolve"
@@ -60,7 +60,7 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
     return found
 
 
-def _selects_somewhere(project: Project, targets: str) -> bool:
+def selects_somewhere(project: Project, targets: str) -> bool:
     """Whether some environment's inventory has hosts for `targets`."""
     for hosts_file in sorted(project.root.glob("inventories/*/hosts.yml")):
         try:

@@ -14,10 +14,10 @@ from opsledger.base import resolve_base
 from opsledger.changes import load_change
 from opsledger.decide import Decision
 from opsledger.errors import OpsledgerError
-from opsledger.policy import Policies, load_policies
-from opsledger.policy_changes import is_policy_change
+from opsledger.policy.bundle import Policies, load_policies
+from opsledger.policy.changes import is_policy_change
+from opsledger.policy.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
 from opsledger.project import Project
-from opsledger.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
 
 
 def policies_for(project: Project) -> Policies:

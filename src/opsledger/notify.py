@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.policyfiles import policy_path, read_policy
+from opsledger.policy.files import policy_path, read_policy
 from opsledger.project import Project
 from opsledger.yamlio import load_json
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
-from opsledger.lock import Holder
+from opsledger.lockholder import Holder
 from opsledger.project import Project
 
 LOCK_REFS = "refs/opsledger/locks"
@@ -178,10 +178,6 @@ def _lock_commits(root: Path, holders: list[Holder]) -> list[str]:
             EXIT_INVALID,
         )
     return oids
-
-
-def _lock_commit(root: Path, holder: Holder) -> str:
-    return _lock_commits(root, [holder])[0]
 
 
 def _push(root: Path, remote: str, updates: dict[str, tuple[str, str]], atomic: bool):

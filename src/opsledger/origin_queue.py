@@ -25,7 +25,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from opsledger.lock import Holder
+from opsledger.lockholder import Holder
 from opsledger.origin_lock import (
     _git,
     _holders,

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from opsledger.apply import (
     RETRYABLE,
     ApplyResult,
-    Events,
     apply_change,
     clock_override,
     reconcile_first,
@@ -36,12 +35,13 @@ from opsledger.base import resolve_base
 from opsledger.changes import Change, change_ids, load_change, load_withdrawal
 from opsledger.decide import Decision, decide, run_order
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError
+from opsledger.execution import Events
 from opsledger.gitrepo import require_history
 from opsledger.origin_records import OriginRecords
-from opsledger.policy import require_policies
+from opsledger.policy.windows import freezes_over
+from opsledger.policycheck import require_policies
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, read_runs
-from opsledger.windows import freezes_over
 
 ACTIONS = (
     "applied",

@@ -12,9 +12,8 @@ import datetime as dt
 
 from opsledger.changes import ValidationResult
 from opsledger.errors import Problem
-from opsledger.policy import Policies
-from opsledger.project import Project
-from opsledger.windows import (
+from opsledger.policy.bundle import Policies
+from opsledger.policy.windows import (
     covered,
     freezes_over,
     next_allowed,
@@ -22,6 +21,7 @@ from opsledger.windows import (
     shown_time,
     zone_of,
 )
+from opsledger.project import Project
 
 
 def request_problems(

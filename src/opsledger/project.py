@@ -1,4 +1,4 @@
-"""Where a project's parts live on disk, so no module hard-codes a path.
+"""Where a project's top-level parts live on disk (inventories, roles, playbooks, policies).
 
 A project is a directory with `ansible.cfg` and `inventories/`. Machine-local state that must
 never reach git (lab keys, lab known_hosts, locks, fact cache) lives under `.opsledger/`.

@@ -34,7 +34,14 @@ from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import journal_log, log_path_of
 from opsledger.lock import STALE_AFTER
 from opsledger.project import Project
-from opsledger.records import STARTED_SUFFIX, Record, RunFile, final_path_of, read_runs
+from opsledger.records import (
+    STARTED_SUFFIX,
+    Record,
+    RunFile,
+    RunResult,
+    final_path_of,
+    read_runs,
+)
 from opsledger.runner import replay_journal
 
 
@@ -77,7 +84,7 @@ def _dirty(project: Project, paths: list[str]) -> list[str]:
     return sorted({entry[3:] for entry in status.split("\0") if len(entry) > 3})
 
 
-def _uncommitted_problem(project: Project, paths: list[str], result: str, why: str) -> Problem:
+def _uncommitted_problem(paths: list[str], result: str, why: str) -> Problem:
     shown = " ".join(paths)
     return Problem(
         f"the record of a run that ended {result} is not committed ({why})",
@@ -107,7 +114,7 @@ def commit_or_journal(
         name = relative[0].replace("/", "_")
         (outbox / name).write_text(json.dumps(entry))
         why = err.problems[0].message if err.problems else str(err)
-        return "", _uncommitted_problem(project, relative, result, why)
+        return "", _uncommitted_problem(relative, result, why)
 
 
 def _retry(
@@ -121,7 +128,7 @@ def _retry(
         commit_evidence(project, [project.root / p for p in dirty], message)
     except OpsledgerError as err:
         why = err.problems[0].message if err.problems else str(err)
-        done.problems.append(_uncommitted_problem(project, dirty, result, why))
+        done.problems.append(_uncommitted_problem(dirty, result, why))
         return None
     return dirty
 
@@ -163,7 +170,7 @@ def _interrupted(project: Project, started: RunFile, why: str, now: dt.datetime)
             interruption["guard"] = guard_log.read_text().splitlines()[-10:]
     return replace(
         record,
-        result="interrupted",
+        result=RunResult.INTERRUPTED,
         finished_at=now.isoformat(),
         stats=stats,
         changed_tasks=changed,
@@ -254,7 +261,7 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
                 paths.append(kept.relative_to(project.root).as_posix())
             final.write_text(record.to_json())
             message = f"Run {record.change}: interrupted ({why})"
-            if _retry(project, paths, message, "interrupted", done) is not None:
+            if _retry(project, paths, message, RunResult.INTERRUPTED, done) is not None:
                 done.interrupted.append(final_rel)
                 journal = started.record.runner.get("journal")
                 if journal:

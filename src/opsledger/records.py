@@ -1,8 +1,8 @@
 """The one record format: what happened, when, by whom, judged by what, with what result.
 
-Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`) use it now; inspections, drift
-checks and DR drills will write the same model under `records/`, so audit and reports read them
-all alike. Records are JSON (stable key order), written once and committed; audit treats any
+Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
+drills and alert intakes (`records/<folder>/`) all write this one model, so audit and reports
+read them alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
 
 A change run is written ahead: `runs/<stamp>.started.json` (result `started`) is committed
@@ -18,17 +18,42 @@ import json
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
+from opsledger.identity import commit_evidence
 from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
 
 KINDS = ("run", "inspection", "drift", "drill")
-RESULTS = ("success", "failed", "rolled_back", "rollback_failed", "canceled", "interrupted")
-STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+# Where each kind of evidence record lives under `records/`: the one place that knows it.
+EVIDENCE_FOLDERS = {
+    "inspection": "inspections",
+    "drift": "drift",
+    "drill": "drills",
+    "alerts": "alerts",
+}
+
+
+class RunResult(StrEnum):
+    """How a recorded run (change, inspection, drift check, drill, alert intake) ended.
+
+    A StrEnum: a member is its string, so record files stay byte-identical and a result read
+    back from a file (a plain str) compares equal to the member.
+    """
+
+    STARTED = "started"  # the write-ahead record's result: the run began and has not ended yet
+    SUCCESS = "success"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"
+
+
 STARTED_SUFFIX = ".started.json"
 _RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
 FORMAT_VERSION = 1
@@ -38,7 +63,7 @@ FORMAT_VERSION = 1
 class Record:
     kind: str
     environment: str
-    result: str
+    result: str  # a RunResult; read back from a file, its plain string
     started_at: str
     finished_at: str
     change: str | None = None
@@ -144,7 +169,7 @@ def record_from_data(data: Any) -> Record | None:
         if not all(isinstance(t, str) for t in texts):
             return None
         for moment in (record.started_at, record.finished_at):
-            if moment == "" and moment is record.finished_at and record.result == "started":
+            if moment == "" and moment is record.finished_at and record.result == RunResult.STARTED:
                 continue
             if not isinstance(moment, str) or dt.datetime.fromisoformat(moment).tzinfo is None:
                 return None
@@ -193,6 +218,52 @@ def write_evidence(folder: Path, started: dt.datetime, name: str, record: Record
         except FileExistsError:
             continue
     return write_record(folder / f"{stamp(started)}-{name}.json", record)  # names the clash
+
+
+def save_record(project: Project, path: Path, record: Record, message: str) -> str:
+    """Write a record once at `path` and commit it as the committer identity; the commit.
+
+    The one way a record becomes evidence: written (never over another) and committed alone,
+    signed when a key is configured. A commit git refuses raises OpsledgerError and leaves the
+    file for the caller to deal with (apply removes a write-ahead record it could not commit).
+    """
+    write_record(path, record)
+    return commit_evidence(project, [path], message)
+
+
+def evidence_folder(project: Project, kind: str) -> Path:
+    """`records/<folder>/` of an evidence kind (inspection, drift, drill, alerts)."""
+    return project.root / "records" / EVIDENCE_FOLDERS[kind]
+
+
+@dataclass
+class SavedEvidence:
+    path: Path
+    commit: str  # "" when not committed (commit=False: the caller commits it with its own)
+
+
+def save_evidence(
+    project: Project,
+    record: Record,
+    *,
+    started: dt.datetime,
+    name: str,
+    message: str,
+    commit: bool = True,
+) -> SavedEvidence:
+    """Write an evidence record where its kind lives, `<stamp>-<name>.json`, and commit it.
+
+    Inspections, drift checks, drills and alert intakes all save through here, so where a
+    record lives and how it is committed is decided once. commit=False only writes it: apply
+    commits a drill record together with the run that drilled.
+
+    Example:
+        saved = save_evidence(project, record, started=started, name="daily-lab",
+                              message="Inspection daily lab: ok")
+        saved.path, saved.commit
+    """
+    path = write_evidence(evidence_folder(project, record.kind), started, name, record)
+    return SavedEvidence(path, commit_evidence(project, [path], message) if commit else "")
 
 
 @dataclass
@@ -409,7 +480,7 @@ def change_runs(project: Project) -> list[Record]:
 
 
 def load_records(project: Project, kind: str | None = None) -> list[Record]:
-    """Inspection, drift and drill records (`records/<kind>s/*.json`), oldest first."""
+    """Inspection, drift, drill and alert records (`records/<folder>/*.json`), oldest first."""
     records = []
     for path in (project.root / "records").glob("*/*.json"):
         record = read_record(path)

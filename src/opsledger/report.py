@@ -25,12 +25,12 @@ from opsledger.audit import AuditRow, audit_log
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.faults.kpis import IncidentKpis, incident_kpis
 from opsledger.gitrepo import require_history
-from opsledger.policy import load_policies
+from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
-from opsledger.records import KINDS, Record, change_runs, load_records
+from opsledger.records import KINDS, Record, RunResult, change_runs, load_records
 from opsledger.timespec import parse_duration
 
-FAILED = ("failed", "rolled_back", "rollback_failed")
+FAILED = (RunResult.FAILED, RunResult.ROLLED_BACK, RunResult.ROLLBACK_FAILED)
 PALETTE = {
     "standard": "#4e79a7",
     "normal": "#59a14f",

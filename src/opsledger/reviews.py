@@ -17,7 +17,7 @@ import yaml
 from opsledger.changes import Change, check_change_id, load_change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
-from opsledger.policy import load_policies
+from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.policy.waivers import Waiver, load_waivers
 from opsledger.roledocs import CONTROL, load_role
-from opsledger.waivers import Waiver, load_waivers
 from opsledger.yamlio import load_yaml
 
 CONTROLS_FILE = Path("meta") / "controls.yml"

@@ -13,17 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsledger.apply import ApplyResult, Events, apply_change, roll_back_hosts
+from opsledger.apply import ApplyResult, apply_change
 from opsledger.changes import Change, load_change
 from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
+from opsledger.execution import Events
 from opsledger.faults.detect import record_detection
 from opsledger.identity import commit_evidence
 from opsledger.lock import lock_policy
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.reconcile import commit_lock
-from opsledger.records import Record, run_record_path, write_record
+from opsledger.records import Record, run_record_path, save_record
 from opsledger.reviews import open_review
+from opsledger.rollback import roll_back_hosts
 from opsledger.runbooks import load_runbook
 from opsledger.shards import (
     Shard,
@@ -188,10 +190,10 @@ def merge_shards(
     path = run_record_path(project, change_id, started)
     record = _told(project, change, record, path, events)
     with commit_lock(project):
-        write_record(path, record)
-        sha = commit_evidence(
+        sha = save_record(
             project,
-            [path],
+            path,
+            record,
             f"Run {change_id}: {record.result} (merged from {count} shards, set {attempt})",
         )
         if origin is not None:

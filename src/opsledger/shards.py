@@ -41,10 +41,17 @@ from typing import Any
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
-from opsledger.records import Record, change_runs, record_from_data
+from opsledger.records import Record, RunResult, change_runs, record_from_data
 
 # Worst last: the merged run's result is the worst of its shards'.
-SEVERITY = ("success", "canceled", "interrupted", "rolled_back", "failed", "rollback_failed")
+SEVERITY = (  # a merged run ends as its worst shard
+    RunResult.SUCCESS,
+    RunResult.CANCELED,
+    RunResult.INTERRUPTED,
+    RunResult.ROLLED_BACK,
+    RunResult.FAILED,
+    RunResult.ROLLBACK_FAILED,
+)
 _SPEC = re.compile(r"^([1-9][0-9]{0,2})/([1-9][0-9]{0,2})$")
 _SHARD_FILE = re.compile(r"^([0-9]{3})-([0-9]+)of([0-9]+)(\.started)?\.json$")
 MAX_SHARDS = 256

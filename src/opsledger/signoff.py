@@ -25,8 +25,8 @@ from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
-from opsledger.policy import Policies, load_policies
-from opsledger.policy_changes import (
+from opsledger.policy.bundle import Policies, load_policies
+from opsledger.policy.changes import (
     PolicyRequest,
     is_policy_change,
     load_policy_request,
@@ -377,8 +377,8 @@ def request_change(
     invalid: list[Problem] = []
     denials: list[Problem] = []
     if check_policy:
+        from opsledger.policy.windows import next_allowed, shown_opening
         from opsledger.prechecks import request_problems
-        from opsledger.windows import next_allowed, shown_opening
 
         policies = _policies(project, None)
         environment = fields.get("environment", "lab")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from opsledger.targets import Target, resolve_targets
-from opsledger.waivers import active_waiver, load_waivers
+from opsledger.policy.waivers import active_waiver, load_waivers
+from opsledger.testinfra_hosts import Target, resolve_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from opsledger.inventory import load_inventory
-from opsledger.targets import Expectations, role_defaults
+from opsledger.testinfra_hosts import Expectations, role_defaults
 
 SUITE = "monitoring"
 APPLIES_TO = "all"

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from opsledger.apply import apply_change, rollback_base
+from opsledger.apply import apply_change
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.export import commit_content, exported
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.rollback import rollback_base
 from opsledger.signoff import approve_change, request_change, sign_off, subject
 
 from .conftest import START, record_run

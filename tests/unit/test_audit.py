@@ -13,7 +13,7 @@ from opsledger.changes import load_change
 from opsledger.cli import cli
 from opsledger.gitlog import read_history
 from opsledger.gitrepo import commit_paths, git, head
-from opsledger.policy import load_policies
+from opsledger.policy.bundle import load_policies
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, subject
 

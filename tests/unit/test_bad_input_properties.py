@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opsledger.policyfiles import POLICY_FILES
+from opsledger.policy.files import POLICY_FILES
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import START, build_repo

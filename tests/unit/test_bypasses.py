@@ -21,7 +21,7 @@ from opsledger.content import change_content
 from opsledger.decide import decide
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import git, head
-from opsledger.policy import policy_check
+from opsledger.policycheck import policy_check
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, propose_policy_change, request_change
 

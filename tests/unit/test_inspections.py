@@ -13,10 +13,10 @@ from opsledger.inspections import (
     Finding,
     InspectionResult,
     due_states,
-    load_plan,
+    load_inspection_plan,
     render,
 )
-from opsledger.policy import policy_check
+from opsledger.policycheck import policy_check
 from opsledger.records import Record, write_record
 
 from .conftest import copy_project
@@ -40,7 +40,7 @@ def _record(project, schedule, hours_ago, environment="lab"):
 
 
 def test_the_shipped_plan_loads_and_every_check_exists(tmp_path):
-    plan = load_plan(copy_project(tmp_path / "p"))
+    plan = load_inspection_plan(copy_project(tmp_path / "p"))
     assert {"daily", "weekly", "monthly", "quarterly", "yearly", "pre-holiday"} <= set(
         plan.schedules
     )
@@ -58,7 +58,7 @@ def test_plan_problems_are_listed_with_file_and_field(tmp_path):
     data["severities"]["warning"] = "P9"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(OpsledgerError) as err:
-        load_plan(project)
+        load_inspection_plan(project)
     fields = sorted(p.field for p in err.value.problems)
     assert fields == ["checks.teleport", "schedules.daily.checks", "severities.warning"]
     assert all(p.file.endswith("inspections.yml") for p in err.value.problems)
@@ -69,7 +69,7 @@ def test_plan_problems_are_listed_with_file_and_field(tmp_path):
     data["schedules"]["weekly"]["every_hours"] = -1
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(OpsledgerError) as err:
-        load_plan(project)
+        load_inspection_plan(project)
     assert [p.field for p in err.value.problems] == ["schedules.weekly.every_hours"]
 
 
@@ -192,7 +192,7 @@ def test_severity_comes_from_the_age_of_the_oldest_pending_update():
 
 
 def test_the_shipped_plan_grades_security_updates_by_age(tmp_path):
-    spec = load_plan(copy_project(tmp_path / "p")).checks["security_updates"]
+    spec = load_inspection_plan(copy_project(tmp_path / "p")).checks["security_updates"]
     assert spec["warning_days"] < spec["critical_days"]
     assert "critical" not in spec  # a count does not make it critical: the age does
 

@@ -18,7 +18,8 @@ import pytest
 from opsledger import procs
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
-from opsledger.lock import Holder, acquire, release
+from opsledger.lock import acquire, release
+from opsledger.lockholder import Holder
 from opsledger.origin_lock import lock_ref
 from opsledger.origin_queue import QUEUE_REFS
 from opsledger.project import Project

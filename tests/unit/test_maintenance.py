@@ -8,7 +8,7 @@ import yaml
 
 from opsledger.errors import OpsledgerError
 from opsledger.maintenance import maintenance_of, run_vars, upgrade_backups
-from opsledger.policy import policy_check
+from opsledger.policycheck import policy_check
 
 from .conftest import copy_project
 

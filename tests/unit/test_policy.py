@@ -9,7 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from opsledger.cli import cli
-from opsledger.policy import load_policies, policy_check, policy_hash
+from opsledger.policy.bundle import load_policies, policy_hash
+from opsledger.policycheck import policy_check
 from opsledger.project import Project
 
 from ..conftest import REPO_ROOT

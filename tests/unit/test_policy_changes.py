@@ -14,7 +14,7 @@ from opsledger.compliance import audit_check
 from opsledger.decide import decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
-from opsledger.policy_changes import policy_content
+from opsledger.policy.changes import policy_content
 from opsledger.signoff import approve_change, propose_policy_change, sign_off, submit_change
 
 from .conftest import START

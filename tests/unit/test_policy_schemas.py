@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from opsledger.gitrepo import git
-from opsledger.policyfiles import POLICY_FILES, data_problems
+from opsledger.policy.files import POLICY_FILES, data_problems
 from opsledger.signoff import approve_change, propose_policy_change
 
 from .badinput import assert_refused, run, tree_state

@@ -1,17 +1,23 @@
 import datetime as dt
+import json
 
 import pytest
 
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 from opsledger.records import (
+    EVIDENCE_FOLDERS,
     Record,
+    RunResult,
     change_runs,
     read_runs,
     run_record_path,
+    save_evidence,
     started_record_path,
     write_record,
 )
+
+from .conftest import REPO_ROOT
 
 STARTED = dt.datetime(2026, 12, 1, 20, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 
@@ -52,6 +58,17 @@ def test_records_round_trip_and_are_written_once(project):
     assert change_runs(project) == [record()]
     with pytest.raises(FileExistsError):
         write_record(path, record(result="failed"))
+
+
+@pytest.mark.parametrize("result", list(RunResult))
+def test_a_typed_result_writes_the_bytes_its_string_wrote(result, tmp_path):
+    """Audit replays record files: typing the result must not change one byte of them."""
+    typed, plain = record(result=result), record(result=str(result.value))
+    assert type(plain.result) is str
+    assert typed.to_json() == plain.to_json()
+    assert f'"result": "{result.value}"' in typed.to_json()
+    write_record(tmp_path / "run.json", typed)
+    assert Record.from_dict(json.loads((tmp_path / "run.json").read_text())).result == result
 
 
 def test_unknown_fields_from_newer_versions_are_ignored():
@@ -98,6 +115,41 @@ def test_a_write_ahead_record_is_open_until_its_final_record_is_committed(projec
     _commit(project, final)
     ledger = read_runs(project)
     assert ledger.started == [] and ledger.committed == [record()]
+
+
+@pytest.mark.parametrize("kind", sorted(EVIDENCE_FOLDERS))
+def test_evidence_is_saved_where_its_kind_lives_and_committed_alone(kind, project, monkeypatch):
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_NAME", "CI")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_EMAIL", "ci@example.org")
+    entry = record(kind=kind, change=None, runbook=None)
+    saved = save_evidence(project, entry, started=STARTED, name="lab", message=f"{kind} lab")
+    assert (
+        saved.path
+        == project.root / "records" / EVIDENCE_FOLDERS[kind] / "20261201T193005Z-lab.json"
+    )
+    shown = git(project.root, "show", "--name-only", "--format=%an <%ae>|%s", saved.commit)
+    assert shown.stdout.split() == [
+        "CI",
+        "<ci@example.org>|" + f"{kind}",
+        "lab",
+        str(saved.path.relative_to(project.root)),
+    ]
+    assert git(project.root, "status", "--porcelain").stdout == ""
+    kept = save_evidence(project, entry, started=STARTED, name="lab", message="x", commit=False)
+    assert kept.commit == "" and kept.path.name == "20261201T193006Z-lab.json"  # the next second
+    assert git(project.root, "status", "--porcelain").stdout.strip().startswith("??")
+
+
+def test_only_records_knows_where_evidence_lives():
+    """Every writer of inspection, drift, drill and alert records goes through save_evidence."""
+    src = REPO_ROOT / "src" / "opsledger"
+    naming = [
+        str(path.relative_to(src))
+        for path in src.rglob("*.py")
+        if path.name != "records.py"
+        and ('"records" /' in path.read_text() or "write_evidence(" in path.read_text())
+    ]
+    assert naming == []
 
 
 def test_two_evidence_records_in_one_second_both_stay(tmp_path):

@@ -156,8 +156,8 @@ def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the
     said = [line for line in chosen.stdout.splitlines() if line.startswith("window")]
     assert said == [] or said[0].startswith("window: the next maintenance window"), said
     written = yaml.safe_load((project.root / "changes/CHG-0002/change.yml").read_text())
-    from opsledger.policy import load_policies
-    from opsledger.windows import covered
+    from opsledger.policy.bundle import load_policies
+    from opsledger.policy.windows import covered
 
     policies = load_policies(project)[0]
     import datetime as dt
@@ -376,7 +376,7 @@ def test_a_statement_that_must_be_signed_is_refused_unsigned_where_it_is_typed(r
     assert resubmit.returncode == 2 and "--key: the request must be signed" in resubmit.stderr
     assert _commits(project) == before
     # erin has no signing_key in people.yml: no key of hers could verify; she is told so
-    from opsledger.policy import load_policies
+    from opsledger.policy.bundle import load_policies
     from opsledger.signoff import unsigned_problem
 
     policies = load_policies(project)[0]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opsledger.policy import Window
-from opsledger.windows import covered
+from opsledger.policy.bundle import Window
+from opsledger.policy.windows import covered
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

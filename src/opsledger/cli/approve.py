@@ -51,7 +51,7 @@ def approve(
     if not reject:
         for step in after_approval(project, change_id):
             click.echo(f"next: {step}")
-    from opsledger.policy_effect import policy_gap
+    from opsledger.policy.effect import policy_gap
 
     gap = policy_gap(project)
     if gap:

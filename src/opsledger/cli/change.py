@@ -172,7 +172,7 @@ def new(
         click.echo(result.note)
     for step in after_request(project, result.id):
         click.echo(f"next: {step}")
-    from opsledger.policy_effect import policy_gap
+    from opsledger.policy.effect import policy_gap
 
     gap = policy_gap(project)
     if gap:

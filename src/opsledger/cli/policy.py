@@ -9,7 +9,7 @@ import click
 
 from opsledger.cli.options import signing_key_option
 from opsledger.errors import OpsledgerError
-from opsledger.policyfiles import POLICY_FILES
+from opsledger.policy.files import POLICY_FILES
 from opsledger.project import find_project
 
 
@@ -38,8 +38,8 @@ def check() -> None:
     Example:
         opsledger policy check
     """
-    from opsledger.policy import policy_check
-    from opsledger.policy_effect import policy_gap
+    from opsledger.policy.effect import policy_gap
+    from opsledger.policycheck import policy_check
 
     project = find_project()
     result = policy_check(project)
@@ -97,6 +97,6 @@ def schema_(name: str) -> None:
     Example:
         opsledger policy schema windows > windows.schema.json
     """
-    from opsledger.policyfiles import policy_schema
+    from opsledger.policy.files import policy_schema
 
     click.echo(json.dumps(policy_schema(name), indent=2))

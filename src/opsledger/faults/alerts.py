@@ -39,10 +39,10 @@ from opsledger.faults.detect import DetectionResult, record_detection
 from opsledger.faults.policy import load_fault_policy
 from opsledger.faults.store import scan_incidents
 from opsledger.gitrepo import head, is_repo
-from opsledger.identity import commit_evidence, runner_identity
+from opsledger.identity import runner_identity
 from opsledger.inventory import Inventory, load_inventory
 from opsledger.project import Project
-from opsledger.records import Record, load_records, write_evidence
+from opsledger.records import Record, RunResult, load_records, save_evidence
 
 URL_VARIABLE = "opsledger_alertmanager_url"
 
@@ -218,7 +218,7 @@ def sync_alerts(
     record = Record(
         kind="alerts",
         environment=environment,
-        result="failed" if alerts else "success",
+        result=RunResult.FAILED if alerts else RunResult.SUCCESS,
         started_at=started.isoformat(),
         finished_at=max(started, finished).isoformat(),
         targets="all",
@@ -238,15 +238,17 @@ def sync_alerts(
             "suppressed": sum(a.state == "suppressed" for a in alerts),
         },
     )
-    path = write_evidence(project.root / "records" / "alerts", started, environment, record)
-    result.record_path = path
     names = ", ".join(sorted({a.name for a in alerts})) or "none"
-    result.commit = commit_evidence(
+    saved = save_evidence(
         project,
-        [path],
-        f"Alerts {environment}: {len(alerts)} firing ({names})"
+        record,
+        started=started,
+        name=environment,
+        message=f"Alerts {environment}: {len(alerts)} firing ({names})"
         + ("" if watchdog else "; Watchdog missing"),
     )
+    path = result.record_path = saved.path
+    result.commit = saved.commit
     result.detection = record_detection(project, [path], now=now)
     result.status = SyncStatus.RECORDED
     return result

@@ -24,7 +24,7 @@ from opsledger.faults.store import stringify
 from opsledger.gitlog import read_history
 from opsledger.gitrepo import commit_paths, git_env, write_files_and_commit
 from opsledger.identity import commit_evidence, signing_key
-from opsledger.policy import Person
+from opsledger.policy.bundle import Person
 from opsledger.project import Project
 from opsledger.yamlio import parse_yaml
 

@@ -20,14 +20,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.readonly import NotReadOnly, check_command
-from opsledger.policy import DAYS, LEVELS, Person, load_policies
+from opsledger.policy.bundle import DAYS, LEVELS, Person, load_policies
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
 from opsledger.schema import schema
 from opsledger.yamlio import load_yaml
 
-CLASSES = ("hardware", "software", "network", "configuration", "security")
-DETECTING_SOURCES = ("inspection", "drift", "verification", "rollback", "drill", "alert")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -164,7 +162,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
 
 
 def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
-    """The parts of sla.yml incident clocks need (policy.py checks the matrix itself)."""
+    """The parts of sla.yml incident clocks need (policy.bundle checks the matrix itself)."""
     path = project.root / "policies" / "sla.yml"
     file = str(path)
     data = load_yaml(path, what="SLA file")

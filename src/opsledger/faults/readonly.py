@@ -86,14 +86,6 @@ def _plain(program: str) -> Callable[[list[str]], None]:
     return lambda words: None
 
 
-def _no_args(program: str) -> Callable[[list[str]], None]:
-    def check(words: list[str]) -> None:
-        if _positionals(words):
-            raise NotReadOnly(f"{program} with an argument can change the host")
-
-    return check
-
-
 def _forbid(program: str, *options: str) -> Callable[[list[str]], None]:
     return lambda words: _refuse_options(words, options, program)
 

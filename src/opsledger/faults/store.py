@@ -24,7 +24,6 @@ from opsledger.yamlio import MAX_BYTES, load_yaml
 
 INCIDENT_ID = re.compile(r"INC-([0-9]{4,9})")  # fullmatch: not "INC-0001\n", no other digits
 PROBLEM_ID = re.compile(r"PRB-([0-9]{4,9})")
-STATUSES = ("open", "acknowledged", "resolved", "closed")
 ACTIVE = ("open", "acknowledged")  # the fault is not fixed yet
 SOURCES = ("user_report", "inspection", "drift", "verification", "rollback", "drill", "alert")
 AUTOMATION = "opsledger"  # `by` of steps a detection took, committed as the runner identity

@@ -249,7 +249,7 @@ def _wait_booted(container: str) -> str:
     return state
 
 
-def _provision(spec: LabSpec, host: LabHost, nameserver: str) -> bool:
+def _provision(host: LabHost, nameserver: str) -> bool:
     script = resources.files("opsledger.lab").joinpath("files/provision.sh").read_text()
     pubkey = host.key_file.with_suffix(".pub").read_text().strip()
     proc = podman(
@@ -459,7 +459,7 @@ def _up_host(
     state = _wait_booted(host.container)
     if action == "unchanged" and ssh.ssh_answers(host):
         return HostResult(host.name, host.container, host.port, action, state)
-    if _provision(spec, host, nameserver) and action == "unchanged":
+    if _provision(host, nameserver) and action == "unchanged":
         action = "repaired"
     _wait_ssh(host)
     progress(f"{host.name}: {action} (127.0.0.1:{host.port}, systemd {state})")

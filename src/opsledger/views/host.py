@@ -8,8 +8,6 @@ from typing import Any
 
 from opsledger.hostrecord import Estate, HostRecord
 
-FORMATS = ("text", "json", "html")
-
 
 def _at(text: Any) -> str:
     """An ISO time as 'YYYY-MM-DD HH:MM' (UTC as recorded); '-' when absent."""

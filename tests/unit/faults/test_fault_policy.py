@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from opsledger.cli import cli
 from opsledger.faults.policy import load_fault_policy
-from opsledger.policy import policy_check
+from opsledger.policycheck import policy_check
 
 from ..conftest import copy_project
 

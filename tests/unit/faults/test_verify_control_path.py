@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from opsledger.project import Project
-from opsledger.targets import resolve_targets
+from opsledger.testinfra_hosts import resolve_targets
 
 from .conftest import point_lab_at_sshd
 

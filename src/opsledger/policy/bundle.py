@@ -1,9 +1,10 @@
-"""Policies as data (`policies/*.yml`): loaded into typed objects and linted.
+"""The policy bundle (people, changes, windows, sla and waivers .yml): typed objects, linted.
 
-`policy_check` reports every problem at once: unknown teams, people or environments, bad
-timezones and times, approval rules an earlier rule shadows, change type x risk x environment
-combinations no rule covers, and an incomplete SLA matrix. The bundle hash (of every policy
-file) is what a decision records, so a run can be traced to the exact rules it was judged by.
+`load_policies` reports every problem of these files at once: unknown teams, people or
+environments, bad timezones and times, approval rules an earlier rule shadows, change type x
+risk x environment combinations no rule covers, and an incomplete SLA matrix (`policycheck`
+adds the other policy files). The bundle hash (of these five files, `POLICY_FILES`) is what a
+decision records, so a run can be traced to the exact rules it was judged by.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.notify import load_notify_policy
-from opsledger.policyfiles import read_policy
+from opsledger.policy.files import read_policy
+from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
-from opsledger.waivers import load_waivers
 
 CHANGE_TYPES = ("standard", "normal", "emergency")
 RISKS = ("low", "medium", "high")
@@ -705,111 +705,3 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
     if strict and problems:
         raise OpsledgerError(problems)
     return policies, problems
-
-
-@dataclass
-class PolicyCheck:
-    problems: list[Problem]
-    hash: str
-    summary: dict[str, int]
-    policies: Policies | None = None
-
-
-def policy_check(project: Project) -> PolicyCheck:
-    """Lint the policies; problems come back (the CLI exits 2 when there are any).
-
-    Example:
-        policy_check(find_project()).problems  # []
-    """
-    policies, problems = load_policies(project, strict=False)
-    from opsledger.drill import load_services  # these import policy: load them late
-    from opsledger.inspections import load_plan
-
-    for name, load in (("inspections.yml", load_plan), ("dr.yml", load_services)):
-        path = project.root / "policies" / name
-        if path.exists() or path.is_symlink():
-            try:
-                loaded = load(project)
-            except OpsledgerError as err:
-                problems += err.problems
-            else:
-                if name == "dr.yml":
-                    problems += _dr_target_problems(project, loaded)
-    from opsledger.faults.policy import fault_policy_problems  # imports policy: loaded late
-
-    problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
-    problems += load_notify_policy(project)[1]  # notifications.yml: schema, routes, URLs set here
-    problems += _lock_policy_problems(project)
-    # Two checks may find the same fault (a schema and a rule): list it once.
-    problems = list({(p.file, p.field, p.message): p for p in problems}.values())
-    summary = {
-        "people": len(policies.people),
-        "teams": len(policies.teams),
-        "rules": len(policies.rules),
-        "freezes": len(policies.freezes),
-        "environments with windows": len(policies.windows),
-    }
-    return PolicyCheck(problems, policies.hash, summary, policies)
-
-
-def _dr_target_problems(project: Project, services: dict) -> list[Problem]:
-    """Each DR service's targets must select hosts in some environment's inventory.
-
-    A misspelt group selected no host, silently: no backup before an upgrade (upgrade_backup)
-    and no primary to drill. An environment without the service's hosts is fine.
-    """
-    from opsledger.maintenance import _selects_somewhere  # Ansible's inventory: when checked
-
-    return [
-        Problem(
-            f"{service.targets!r} selects no host in any environment's inventory",
-            str(project.root / "policies" / "dr.yml"),
-            f"services.{name}.targets",
-            "name the group of the service's hosts (e.g. db)",
-        )
-        for name, service in services.items()
-        if not _selects_somewhere(project, service.targets)
-    ]
-
-
-def _lock_policy_problems(project: Project) -> list[Problem]:
-    """locks.yml against its schema, and naming only environments that exist."""
-    from opsledger.policyfiles import policy_path, read_policy
-
-    path = policy_path(project, "locks")
-    if not (path.exists() or path.is_symlink()):
-        return []
-    data, problems = read_policy(project, "locks", "lock policy")
-    if data is None:
-        return problems
-    known = sorted(p.parent.name for p in project.root.glob("inventories/*/hosts.yml"))
-    return [
-        Problem(
-            f"no inventory for environment {name!r}",
-            str(path),
-            f"environments.{name}",
-            f"use one of: {', '.join(known)}",
-        )
-        for name in data.get("environments") or {}
-        if name not in known
-    ]
-
-
-def require_policies(project: Project) -> Policies:
-    """Policies that pass `policy check`, else OpsledgerError (exit 2) naming each problem.
-
-    Nothing is decided on rules that do not check: decide, plan, apply and ci fail closed.
-
-    Example:
-        policies = require_policies(find_project())
-    """
-    checked = policy_check(project)
-    if checked.problems:
-        refusal = Problem(
-            "policy check fails: nothing is decided on these rules",
-            str(project.root / "policies"),
-            fix="fix the problems above (opsledger policy check)",
-        )
-        raise OpsledgerError([*checked.problems, refusal])
-    assert checked.policies is not None
-    return checked.policies

@@ -1,8 +1,8 @@
 """The policy files, each read with the one YAML loader and checked against its JSON Schema.
 
-The semantic checks (policy.py, inspections.py, drill.py, waivers.py) only ever see data that
-passed its schema. Policies must fail closed: read leniently, a misspelt `environment:` in a
-freeze is a freeze of nothing, `four_eyes: "false"` is true and `approvals: false` is zero
+The semantic checks (policy.bundle, policy.waivers, inspections, drill) only ever see data
+that passed its schema. Policies must fail closed: read leniently, a misspelt `environment:` in
+a freeze is a freeze of nothing, `four_eyes: "false"` is true and `approvals: false` is zero
 approvals, and each of those quietly allows what the rules meant to stop.
 """
 

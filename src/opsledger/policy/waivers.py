@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem, shown
-from opsledger.policyfiles import data_problems
+from opsledger.policy.files import data_problems
 from opsledger.yamlio import load_yaml
 
 REQUIRED = ("id", "controls", "environments", "hosts", "reason", "author", "approved_by", "expires")

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
-from opsledger.policy import Freeze, Window
+from opsledger.policy.bundle import Freeze, Window
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

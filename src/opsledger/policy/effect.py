@@ -13,7 +13,7 @@ from __future__ import annotations
 from opsledger.base import Base, resolve_base
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git, nul_paths
-from opsledger.policy import POLICY_FILES
+from opsledger.policy.bundle import POLICY_FILES
 from opsledger.project import Project
 
 

@@ -1,0 +1,120 @@
+"""`policy check`: every policy file linted at once; the gate that refuses bad rules.
+
+It sits above the modules whose policy files it checks (the policy bundle, inspections.yml,
+dr.yml, sla.yml's business hours and incidents.yml, notifications.yml, locks.yml), so each of
+them keeps its own loader and none imports the check back: there is no late import to dodge a
+cycle. decide, plan, apply and ci call `require_policies`; the CLI calls `policy_check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opsledger.drill import load_services
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.faults.policy import fault_policy_problems
+from opsledger.inspections import load_inspection_plan
+from opsledger.maintenance import selects_somewhere
+from opsledger.notify import load_notify_policy
+from opsledger.policy.bundle import Policies, load_policies
+from opsledger.policy.files import policy_path, read_policy
+from opsledger.project import Project
+
+
+@dataclass
+class PolicyCheck:
+    problems: list[Problem]
+    hash: str
+    summary: dict[str, int]
+    policies: Policies | None = None
+
+
+def policy_check(project: Project) -> PolicyCheck:
+    """Lint the policies; problems come back (the CLI exits 2 when there are any).
+
+    Example:
+        policy_check(find_project()).problems  # []
+    """
+    policies, problems = load_policies(project, strict=False)
+    for name, load in (("inspections.yml", load_inspection_plan), ("dr.yml", load_services)):
+        path = project.root / "policies" / name
+        if path.exists() or path.is_symlink():
+            try:
+                loaded = load(project)
+            except OpsledgerError as err:
+                problems += err.problems
+            else:
+                if name == "dr.yml":
+                    problems += _dr_target_problems(project, loaded)
+    problems += fault_policy_problems(project)  # sla.yml business hours, incidents.yml
+    problems += load_notify_policy(project)[1]  # notifications.yml: schema, routes, URLs set here
+    problems += _lock_policy_problems(project)
+    # Two checks may find the same fault (a schema and a rule): list it once.
+    problems = list({(p.file, p.field, p.message): p for p in problems}.values())
+    summary = {
+        "people": len(policies.people),
+        "teams": len(policies.teams),
+        "rules": len(policies.rules),
+        "freezes": len(policies.freezes),
+        "environments with windows": len(policies.windows),
+    }
+    return PolicyCheck(problems, policies.hash, summary, policies)
+
+
+def _dr_target_problems(project: Project, services: dict) -> list[Problem]:
+    """Each DR service's targets must select hosts in some environment's inventory.
+
+    A misspelt group selected no host, silently: no backup before an upgrade (upgrade_backup)
+    and no primary to drill. An environment without the service's hosts is fine.
+    """
+    return [
+        Problem(
+            f"{service.targets!r} selects no host in any environment's inventory",
+            str(project.root / "policies" / "dr.yml"),
+            f"services.{name}.targets",
+            "name the group of the service's hosts (e.g. db)",
+        )
+        for name, service in services.items()
+        if not selects_somewhere(project, service.targets)
+    ]
+
+
+def _lock_policy_problems(project: Project) -> list[Problem]:
+    """locks.yml against its schema, and naming only environments that exist."""
+    path = policy_path(project, "locks")
+    if not (path.exists() or path.is_symlink()):
+        return []
+    data, problems = read_policy(project, "locks", "lock policy")
+    if data is None:
+        return problems
+    known = sorted(p.parent.name for p in project.root.glob("inventories/*/hosts.yml"))
+    return [
+        Problem(
+            f"no inventory for environment {name!r}",
+            str(path),
+            f"environments.{name}",
+            f"use one of: {', '.join(known)}",
+        )
+        for name in data.get("environments") or {}
+        if name not in known
+    ]
+
+
+def require_policies(project: Project) -> Policies:
+    """Policies that pass `policy check`, else OpsledgerError (exit 2) naming each problem.
+
+    Nothing is decided on rules that do not check: decide, plan, apply and ci fail closed.
+
+    Example:
+        policies = require_policies(find_project())
+    """
+    checked = policy_check(project)
+    if checked.problems:
+        refusal = Problem(
+            "policy check fails: nothing is decided on these rules",
+            str(project.root / "policies"),
+            fix="fix the problems above (opsledger policy check)",
+        )
+        raise OpsledgerError([*checked.problems, refusal])
+    assert checked.policies is not None
+    return checked.policies
