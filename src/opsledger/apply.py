@@ -55,8 +55,8 @@ from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reco
 from opsledger.records import (
     STARTED,
     Record,
-    change_runs,
     run_record_path,
+    runs_of,
     stamp,
     started_record_path,
     write_record,
@@ -322,9 +322,7 @@ def _noting_runner(held: HeldLocks, interrupt: _Interrupt, events: Events | None
 
 def _already_applied(project: Project, change_id: str, content: str = "") -> Record | None:
     """The change's successful run; with `content`, also a run of it that ended for good."""
-    for record in reversed(change_runs(project)):
-        if record.change != change_id:
-            continue
+    for record in reversed(runs_of(project, [change_id])[change_id]):
         if record.result == "success":
             return record
         if content and record.content_sha256 == content and record.result not in RETRYABLE:

@@ -314,9 +314,9 @@ def _committed_records(project: Project) -> dict[str, Record | None]:
     return found
 
 
-def _record_blobs(root: Path) -> list[tuple[str, str]]:
-    """(path, blob id) of every run record file of HEAD: one ls-tree process."""
-    listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", "changes")
+def _record_blobs(root: Path, folders: tuple[str, ...] = ("changes",)) -> list[tuple[str, str]]:
+    """(path, blob id) of every run record file of HEAD under `folders`: one ls-tree process."""
+    listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", *folders)
     if listing is None:
         if _git_out(root, "rev-parse", "--verify", "-q", "HEAD^{commit}") is None:
             return []  # no repository, or no commit yet: no runs
@@ -406,6 +406,42 @@ def read_runs(project: Project) -> RunLedger:
 def change_runs(project: Project) -> list[Record]:
     """Every committed change run record, oldest first (unreadable ones are skipped)."""
     return read_runs(project).committed
+
+
+def runs_of(project: Project, change_ids: list[str]) -> dict[str, list[Record]]:
+    """The committed final run records of just these changes, oldest first, by change id.
+
+    What `read_runs(...).committed` says of them, read without listing every change's runs:
+    decide's conflicts rule asks only about the few requests whose slot overlaps, so its cost
+    does not grow with the history. Same rules as `read_runs`: HEAD only, a damaged clone
+    fails closed (exit 2), a blob that is not a record is skipped.
+
+    Example:
+        runs_of(find_project(), ["CHG-0007"])["CHG-0007"][-1].result
+    """
+    found: dict[str, list[Record]] = {cid: [] for cid in change_ids}
+    if not change_ids:
+        return found
+    wanted = _record_blobs(project.root, tuple(f"changes/{cid}/runs" for cid in change_ids))
+    wanted = [(p, o) for p, o in wanted if not p.endswith(STARTED_SUFFIX)]
+    if not wanted:
+        return found
+    _require_objects(project.root, wanted)
+    unseen = [(p, o) for p, o in wanted if o not in _PARSED]
+    blob_of = dict(unseen)
+    for path, data in _read_blobs(project.root, unseen).items():
+        _PARSED[blob_of[path]] = _json_of(data)
+    for path, oid in wanted:
+        parsed = _PARSED[oid]
+        match = _RUN_FILE.fullmatch(path)
+        if parsed is _NOT_JSON or match is None or match.group(1) not in found:
+            continue
+        record = record_from_data(parsed)
+        if record is not None and record.change == match.group(1):  # a record of its folder
+            found[match.group(1)].append(record)
+    for records in found.values():
+        records.sort(key=lambda r: r.finished_at)
+    return found
 
 
 def load_records(project: Project, kind: str | None = None) -> list[Record]:
