@@ -156,13 +156,17 @@ def _index(project: Project, change_id: str) -> dict[str, str]:
 
     An unmerged path: exit 2.
     """
-    out = _listed(project, change_id, "ls-files", "-s", "-z")
+    # -v tags each entry too (lower case: assume-unchanged, S: skip-worktree): one listing.
+    out = _listed(project, change_id, "ls-files", "-s", "-v", "-z")
     files: dict[str, str] = {}
+    hidden: list[str] = []
     for entry in out.split("\0"):
         if not entry:
             continue
         info, _, path = entry.partition("\t")
-        mode, blob, stage = info.split()
+        tag, mode, blob, stage = info.split()
+        if tag.islower() or tag == "S":
+            hidden.append(path)
         if stage != "0":
             raise OpsledgerError(
                 Problem(
@@ -184,7 +188,7 @@ def _index(project: Project, change_id: str) -> dict[str, str]:
                 )
             continue  # bookkeeping: not content, whatever its name
         files[path] = f"{mode} {blob}"
-    _refuse_hidden_edits(project, change_id, files)
+    _refuse_hidden_edits(change_id, [p for p in hidden if p in files])
     return files
 
 
@@ -196,16 +200,14 @@ def _utf8(path: str) -> bool:
     return True
 
 
-def _refuse_hidden_edits(project: Project, change_id: str, files: dict[str, str]) -> None:
+def _refuse_hidden_edits(change_id: str, hidden: list[str]) -> None:
     """Exit 2 when git is told not to look at a content file (assume-unchanged, skip-worktree).
 
     `git diff` and `git status` then hide any edit of it, so decide and apply would run bytes
     no approval names.
     """
-    out = _listed(project, change_id, "ls-files", "-v", "-z")
-    for entry in out.split("\0"):
-        tag, _, path = entry.partition(" ")
-        if path in files and is_content(path, change_id) and (tag.islower() or tag == "S"):
+    for path in hidden:
+        if is_content(path, change_id):
             raise OpsledgerError(
                 Problem(
                     "git is told to ignore edits of this file (assume-unchanged or "
