@@ -21,7 +21,8 @@ Both lanes also run on a short history (`--small`, 100 changes, the same pending
 ratio of the two says how much of a decision still grows with the history (1.00: none).
 
 Usage: .venv/bin/python benchmarks/decide.py [--changes 10000] [--pending 1000] [--rounds 3]
-                                             [--small 100] [--baseline SRC] [--history COPY]
+                                             [--small 100] [--hosts N] [--baseline SRC]
+                                             [--history COPY]
 """
 
 from __future__ import annotations
@@ -144,6 +145,28 @@ def add_pending(repo: Path, first: int, count: int) -> list[str]:
     return ids
 
 
+def add_hosts(repo: Path, count: int) -> None:
+    """`count` more hosts in the lab inventory's `app` group, committed.
+
+    Before the pending changes are requested: their approvals bind the inventory as it is then.
+    """
+    hosts = repo / "inventories/lab/hosts.yml"
+    text = hosts.read_text()
+    extra = "".join(
+        f"        app-{i:05d}:\n          ansible_port: {20000 + i}\n" for i in range(count)
+    )
+    marker = "    app:\n      hosts:\n"
+    if marker not in text:
+        sys.exit("benchmark: the lab inventory has no `app: hosts:` to add hosts to")
+    hosts.write_text(text.replace(marker, marker + extra, 1))
+    subprocess.run(["git", "-C", str(repo), "add", str(hosts)], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Bench", "-c", "user.email=bench@example.org",
+         "commit", "-q", "-m", f"{count} more app hosts"],
+        check=True,
+    )  # fmt: skip
+
+
 def _cpu() -> float:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
@@ -171,6 +194,9 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=10_000)
     parser.add_argument("--pending", type=int, default=1_000)
     parser.add_argument(
+        "--hosts", type=int, default=0, help="add this many hosts to the lab's app group first"
+    )
+    parser.add_argument(
         "--small", type=int, default=100, help="the short history decide is compared with"
     )
     parser.add_argument("--rounds", type=int, default=3)
@@ -196,6 +222,8 @@ def main() -> None:
                 )
             else:
                 audit.build(repo, 3 * changes + 2, changes)
+            if args.hosts:
+                add_hosts(repo, args.hosts)
             pending = add_pending(repo, changes + 1, args.pending)
             print(
                 f"built {changes} applied and {len(pending)} pending changes in "
