@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
@@ -384,7 +385,7 @@ def read_runs(project: Project) -> RunLedger:
         else:
             committed.append(RunFile(path, record))
     uncommitted = []
-    for file in sorted((project.root / "changes").glob("*/runs/*.json")):
+    for file in _run_files_on_disk(project.root / "changes"):
         path = file.relative_to(project.root).as_posix()
         if path in committed_files or not _RUN_FILE.fullmatch(path):
             continue
@@ -401,6 +402,26 @@ def read_runs(project: Project) -> RunLedger:
         uncommitted,
         committed,
     )
+
+
+def _run_files_on_disk(folder: Path) -> list[Path]:
+    """Every `<change>/runs/*.json` under changes/, sorted: what `glob` found.
+
+    Listed with scandir: pathlib's glob cost seconds at 10,000 changes.
+    """
+    found = []
+    try:
+        with os.scandir(folder) as changes:
+            names = [c.name for c in changes]
+    except OSError:
+        return []
+    for name in names:
+        try:
+            with os.scandir(os.path.join(folder, name, "runs")) as runs:
+                found += [folder / name / "runs" / r.name for r in runs if r.name.endswith(".json")]
+        except OSError:  # no runs folder (or not a folder): nothing there
+            continue
+    return sorted(found)
 
 
 def change_runs(project: Project) -> list[Record]:
