@@ -17,8 +17,12 @@ repository. Baseline lanes run first, before this code writes its commit-graph a
 code's first run (cold: it writes them) is shown on its own, then the median of `--rounds`.
 CPU time (user + system of the child) is the figure to compare on a shared machine.
 
+Both lanes also run on a short history (`--small`, 100 changes, the same pending ones): the
+ratio of the two says how much of a decision still grows with the history (1.00: none).
+
 Usage: .venv/bin/python benchmarks/decide.py [--changes 10000] [--pending 1000] [--rounds 3]
-                                             [--baseline SRC]
+                                             [--small 100] [--hosts N] [--baseline SRC]
+                                             [--history COPY]
 """
 
 from __future__ import annotations
@@ -141,6 +145,28 @@ def add_pending(repo: Path, first: int, count: int) -> list[str]:
     return ids
 
 
+def add_hosts(repo: Path, count: int) -> None:
+    """`count` more hosts in the lab inventory's `app` group, committed.
+
+    Before the pending changes are requested: their approvals bind the inventory as it is then.
+    """
+    hosts = repo / "inventories/lab/hosts.yml"
+    text = hosts.read_text()
+    extra = "".join(
+        f"        app-{i:05d}:\n          ansible_port: {20000 + i}\n" for i in range(count)
+    )
+    marker = "    app:\n      hosts:\n"
+    if marker not in text:
+        sys.exit("benchmark: the lab inventory has no `app: hosts:` to add hosts to")
+    hosts.write_text(text.replace(marker, marker + extra, 1))
+    subprocess.run(["git", "-C", str(repo), "add", str(hosts)], check=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Bench", "-c", "user.email=bench@example.org",
+         "commit", "-q", "-m", f"{count} more app hosts"],
+        check=True,
+    )  # fmt: skip
+
+
 def _cpu() -> float:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
@@ -167,6 +193,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=10_000)
     parser.add_argument("--pending", type=int, default=1_000)
+    parser.add_argument(
+        "--hosts", type=int, default=0, help="add this many hosts to the lab's app group first"
+    )
+    parser.add_argument(
+        "--small", type=int, default=100, help="the short history decide is compared with"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another checkout's src/ to compare")
     parser.add_argument(
@@ -177,50 +209,72 @@ def main() -> None:
     args = parser.parse_args()
     python = [sys.executable, "-m", "opsledger"]
     with tempfile.TemporaryDirectory(prefix="opsledger-decide-bench-") as tmp:
-        repo = Path(tmp) / "repo"
-        started = time.monotonic()
-        if args.history:
-            subprocess.run(
-                ["git", "clone", "-q", "--no-local", str(args.history), str(repo)], check=True
+        histories = {}
+        for label, changes in (
+            (f"{args.small} changes", args.small),
+            (f"{args.changes} changes", args.changes),
+        ):
+            repo = Path(tmp) / f"repo-{changes}"
+            started = time.monotonic()
+            if args.history and changes == args.changes:
+                subprocess.run(
+                    ["git", "clone", "-q", "--no-local", str(args.history), str(repo)], check=True
+                )
+            else:
+                audit.build(repo, 3 * changes + 2, changes)
+            if args.hosts:
+                add_hosts(repo, args.hosts)
+            pending = add_pending(repo, changes + 1, args.pending)
+            print(
+                f"built {changes} applied and {len(pending)} pending changes in "
+                f"{time.monotonic() - started:.0f} s"
             )
-        else:
-            audit.build(repo, 3 * args.changes + 2, args.changes)
-        pending = add_pending(repo, args.changes + 1, args.pending)
-        print(
-            f"built {args.changes} applied and {len(pending)} pending changes in "
-            f"{time.monotonic() - started:.0f} s"
-        )
-        last = pending[-1]
-        inside = PENDING_FROM + dt.timedelta(hours=3 * (len(pending) - 1), minutes=5)
-        before = PENDING_FROM - dt.timedelta(hours=1)
-        lanes = {
-            f"decide {last}": (
-                [*python, "decide", last, "--at", inside.isoformat()],
-                ["ALLOWED"],
-            ),
-            f"apply --pending ({len(pending)} waiting)": (
-                [*python, "apply", "--pending", "--at", before.isoformat()],
-                [f"{cid}: waiting" for cid in pending],
-            ),
-        }
+            histories[label] = (repo, pending)
         codes = [("baseline", args.baseline)] if args.baseline else []
         codes.append(("this checkout", ROOT / "src"))
         results: dict[tuple[str, str], tuple[float, float]] = {}
-        for code, src in codes:
-            for lane, (argv, expect) in lanes.items():
-                if code == "this checkout":
-                    wall, cpu = timed(argv, repo, src, expect)
-                    print(f"  {code:14} {lane:32} cold {wall:7.2f} s wall {cpu:7.2f} s CPU")
-                runs = [timed(argv, repo, src, expect) for _ in range(args.rounds)]
-                wall = statistics.median(r[0] for r in runs)
-                cpu = statistics.median(r[1] for r in runs)
-                results[(code, lane)] = (wall, cpu)
-                print(f"  {code:14} {lane:32} {wall:7.2f} s wall {cpu:7.2f} s CPU (median)")
-        if args.baseline:
-            for lane in lanes:
-                old, new = results[("baseline", lane)], results[("this checkout", lane)]
+        for history, (repo, pending) in histories.items():
+            last = pending[-1]
+            inside = PENDING_FROM + dt.timedelta(hours=3 * (len(pending) - 1), minutes=5)
+            before = PENDING_FROM - dt.timedelta(hours=1)
+            lanes = {
+                f"decide ({history})": (
+                    [*python, "decide", last, "--at", inside.isoformat()],
+                    ["ALLOWED"],
+                ),
+                f"apply --pending ({history}, {len(pending)} waiting)": (
+                    [*python, "apply", "--pending", "--at", before.isoformat()],
+                    [f"{cid}: waiting" for cid in pending],
+                ),
+            }
+            for code, src in codes:
+                for lane, (argv, expect) in lanes.items():
+                    if code == "this checkout":
+                        wall, cpu = timed(argv, repo, src, expect)
+                        print(f"  {code:14} {lane:44} cold {wall:7.2f} s wall {cpu:7.2f} s CPU")
+                    runs = [timed(argv, repo, src, expect) for _ in range(args.rounds)]
+                    wall = statistics.median(r[0] for r in runs)
+                    cpu = statistics.median(r[1] for r in runs)
+                    results[(code, lane)] = (wall, cpu)
+                    print(f"  {code:14} {lane:44} {wall:7.2f} s wall {cpu:7.2f} s CPU (median)")
+        small, large = histories
+        for code, _ in codes:
+            for kind in ("decide", "apply --pending"):
+                one = next(v for (c, lane), v in results.items()
+                           if c == code and lane.startswith(f"{kind} ({small}"))  # fmt: skip
+                many = next(v for (c, lane), v in results.items()
+                            if c == code and lane.startswith(f"{kind} ({large}"))  # fmt: skip
                 print(
-                    f"  {lane:32} baseline / this checkout: {old[1] / new[1]:6.1f}x CPU, "
+                    f"  {code:14} {kind:16} {large} / {small}: {many[1] / one[1]:5.2f}x CPU "
+                    f"(1.00 = independent of the history)"
+                )
+        if args.baseline:
+            for (code, lane), new in results.items():
+                if code != "this checkout":
+                    continue
+                old = results[("baseline", lane)]
+                print(
+                    f"  {lane:44} baseline / this checkout: {old[1] / new[1]:6.1f}x CPU, "
                     f"{old[0] / new[0]:6.1f}x wall"
                 )
 

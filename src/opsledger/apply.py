@@ -65,8 +65,8 @@ from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reco
 from opsledger.records import (
     Record,
     RunResult,
-    change_runs,
     run_record_path,
+    runs_of,
     save_record,
     stamp,
     started_record_path,
@@ -109,9 +109,7 @@ class ApplyResult:
 
 def _already_applied(project: Project, change_id: str, content: str = "") -> Record | None:
     """The change's successful run; with `content`, also a run of it that ended for good."""
-    for record in reversed(change_runs(project)):
-        if record.change != change_id:
-            continue
+    for record in reversed(runs_of(project, [change_id])[change_id]):
         if record.result == RunResult.SUCCESS:
             return record
         if content and record.content_sha256 == content and record.result not in RETRYABLE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -77,7 +78,18 @@ def changes_dir(project: Project) -> Path:
 
 
 def change_ids(project: Project) -> list[str]:
-    found = [p.parent.name for p in changes_dir(project).glob("*/change.yml")]
+    """Every folder of changes/ holding a change.yml (as `glob("*/change.yml")` finds them).
+
+    One directory listing and a stat per folder: pathlib's glob listed every folder's files.
+    """
+    folder = changes_dir(project)
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries]
+    except OSError:
+        return []
+    lexists, prefix = os.path.lexists, f"{folder}/"
+    found = [n for n in names if lexists(f"{prefix}{n}/change.yml")]
     return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
 
 

@@ -128,15 +128,45 @@ def _is_repository(project: Project) -> bool:
     return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project.root.resolve()
 
 
+def _content_specs(change_id: str) -> list[list[str]]:
+    """git pathspecs that together hold every path `is_content` can accept for a change.
+
+    Other changes' folders and the operational records grow with the history; listing them
+    only to drop them made every decision cost more as changes piled up. Two listings (git
+    cannot say "every change folder but this one" in one): the repository without changes'
+    folders and records, and this change's own folder. `.opsledger/` stays listed:
+    `_refuse_tracked_state` looks for it.
+    """
+    outside = [":(exclude,glob)changes/*/**"] + [
+        f":(exclude){root.rstrip('/')}" for root in BOOKKEEPING_ROOTS if root != ".opsledger/"
+    ]
+    return [outside, [f"changes/{change_id}"]]
+
+
+def _listed(project: Project, change_id: str, *args: str) -> str:
+    """git's NUL-separated output of `args` over the content's pathspecs (see _content_specs)."""
+    return "".join(
+        git(project.root, *args, "--", *spec, env=_NO_LOCKS).stdout
+        for spec in _content_specs(change_id)
+    )
+
+
 def _index(project: Project, change_id: str) -> dict[str, str]:
-    """Every tracked path -> "mode blob" as the index has it; an unmerged path: exit 2."""
-    out = git(project.root, "ls-files", "-s", "-z", env=_NO_LOCKS).stdout
+    """Every tracked path that may be content -> "mode blob" as the index has it.
+
+    An unmerged path: exit 2.
+    """
+    # -v tags each entry too (lower case: assume-unchanged, S: skip-worktree): one listing.
+    out = _listed(project, change_id, "ls-files", "-s", "-v", "-z")
     files: dict[str, str] = {}
+    hidden: list[str] = []
     for entry in out.split("\0"):
         if not entry:
             continue
         info, _, path = entry.partition("\t")
-        mode, blob, stage = info.split()
+        tag, mode, blob, stage = info.split()
+        if tag.islower() or tag == "S":
+            hidden.append(path)
         if stage != "0":
             raise OpsledgerError(
                 Problem(
@@ -158,7 +188,7 @@ def _index(project: Project, change_id: str) -> dict[str, str]:
                 )
             continue  # bookkeeping: not content, whatever its name
         files[path] = f"{mode} {blob}"
-    _refuse_hidden_edits(project, change_id, files)
+    _refuse_hidden_edits(change_id, [p for p in hidden if p in files])
     return files
 
 
@@ -170,16 +200,14 @@ def _utf8(path: str) -> bool:
     return True
 
 
-def _refuse_hidden_edits(project: Project, change_id: str, files: dict[str, str]) -> None:
+def _refuse_hidden_edits(change_id: str, hidden: list[str]) -> None:
     """Exit 2 when git is told not to look at a content file (assume-unchanged, skip-worktree).
 
     `git diff` and `git status` then hide any edit of it, so decide and apply would run bytes
     no approval names.
     """
-    out = git(project.root, "ls-files", "-v", "-z", env=_NO_LOCKS).stdout
-    for entry in out.split("\0"):
-        tag, _, path = entry.partition(" ")
-        if path in files and is_content(path, change_id) and (tag.islower() or tag == "S"):
+    for path in hidden:
+        if is_content(path, change_id):
             raise OpsledgerError(
                 Problem(
                     "git is told to ignore edits of this file (assume-unchanged or "
@@ -191,10 +219,11 @@ def _refuse_hidden_edits(project: Project, change_id: str, files: dict[str, str]
             )
 
 
-def _worktree_changes(project: Project) -> tuple[list[str], list[str]]:
-    """Tracked paths whose working-tree file differs from the index: (modified, deleted)."""
-    out = git(
-        project.root,
+def _worktree_changes(project: Project, change_id: str) -> tuple[list[str], list[str]]:
+    """Tracked paths that may be content, edited in the working tree: (modified, deleted)."""
+    out = _listed(
+        project,
+        change_id,
         "-c",
         "core.quotepath=off",
         "diff",
@@ -203,8 +232,7 @@ def _worktree_changes(project: Project) -> tuple[list[str], list[str]]:
         "--ignore-submodules=all",
         "--name-status",
         "-z",
-        env=_NO_LOCKS,
-    ).stdout.split("\0")
+    ).split("\0")
     modified, deleted = [], []
     for status, path in zip(out[0::2], out[1::2], strict=False):
         (deleted if status.startswith("D") else modified).append(path)
@@ -370,7 +398,7 @@ def repository_content(project: Project, change_id: str) -> Content:
     tracked = _is_repository(project)
     index = _index(project, change_id) if tracked else {}
     _refuse_tracked_state(project, list(index))
-    modified, deleted = _worktree_changes(project) if tracked else ([], [])
+    modified, deleted = _worktree_changes(project, change_id) if tracked else ([], [])
     files = {p: d for p, d in index.items() if is_content(p, change_id)}
     for path in deleted:
         files.pop(path, None)

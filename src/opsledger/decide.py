@@ -31,7 +31,7 @@ from opsledger.policy.changes import is_policy_change, load_policy_request, poli
 from opsledger.policy.windows import covered, freezes_over
 from opsledger.policycheck import require_policies
 from opsledger.project import Project
-from opsledger.records import Record, change_runs
+from opsledger.records import Record, runs_of
 from opsledger.runbooks import Runbook
 from opsledger.slots import candidates
 
@@ -236,7 +236,7 @@ def _still_runs(
     """Why another change no longer holds its hosts; None while it can still run."""
     # Another change holds its hosts until the *base* says it is withdrawn: a withdrawal a
     # branch brings for someone else's change releases nothing before it is merged.
-    mine = [r for r in runs if r.change == other.id]
+    mine = runs  # its committed final records (records.runs_of)
     if any(r.result == "success" for r in mine):
         return "applied"
     if now > other.window_end:
@@ -290,26 +290,30 @@ def _conflicts(
     changes `run_order` decides, so one runs and the other waits instead of both waiting for
     their whole windows. An emergency is never held back (the overlap is noted in the check).
     """
-    runs = change_runs(project)
     first, after, bypassed = [], [], []
     # Only changes whose request names this environment and an overlapping window can
-    # conflict: those (and any that do not read plainly) are validated in full (slots.py).
-    overlapping = candidates(
+    # conflict: those (and any that do not read plainly) are validated in full (slots.py),
+    # and only their run records are read: the cost follows the overlap, not the history.
+    overlapping = []
+    for other_id in candidates(
         project, change.id, change.environment, change.window_start, change.window_end
-    )
-    for other_id in overlapping:
+    ):
         other = validate_change(project, other_id)
         if other.change is None or other.change.environment != change.environment:
             continue
         overlap = set(other.hosts) & set(hosts)
-        if not (
+        if (
             overlap
             and other.change.window_start < change.window_end
             and change.window_start < other.change.window_end
         ):
-            continue
-        assert other.runbook is not None
-        if _still_runs(project, other.change, other.runbook, other.hosts, trusted, runs, now):
+            overlapping.append((other_id, other, overlap))
+    runs = runs_of(project, [other_id for other_id, _, _ in overlapping])
+    for other_id, other, overlap in overlapping:
+        assert other.change is not None and other.runbook is not None
+        if _still_runs(
+            project, other.change, other.runbook, other.hosts, trusted, runs[other_id], now
+        ):
             continue
         shown = f"{other_id} ({', '.join(sorted(overlap)[:3])})"
         if change.type == "emergency":

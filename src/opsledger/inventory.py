@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,37 @@ class InventoryHost:
     only matters to the play that uses it, so only the values asked for are rendered.
     """
 
-    def __init__(self, name: str, groups: tuple[str, ...], raw: dict[str, Any], templar: Any):
+    def __init__(
+        self,
+        name: str,
+        groups: tuple[str, ...],
+        raw: dict[str, Any] | None,
+        templar: Any,
+        resolve: Callable[[], tuple[dict[str, Any], Any]] | None = None,
+    ):
         self.name = name
         self.groups = groups
-        self._raw = raw
-        self._templar = templar
+        self._raw_value = raw
+        self._templar_value = templar
+        self._resolve = resolve  # (raw, templar) on first use when raw is None
         self._cache: dict[str, Any] = {}
         self.source = ""
+
+    @property
+    def _raw(self) -> dict[str, Any]:
+        """The host's merged variables, resolved by Ansible when first asked for.
+
+        A thousand hosts' variables cost seconds, and matching targets needs none of them.
+        """
+        if self._raw_value is None:
+            assert self._resolve is not None
+            self._raw_value, self._templar_value = self._resolve()
+        return self._raw_value
+
+    @property
+    def _templar(self) -> Any:
+        self._raw  # noqa: B018 - resolves it
+        return self._templar_value
 
     def __repr__(self) -> str:
         return f"InventoryHost({self.name!r}, groups={self.groups!r})"
@@ -82,6 +106,7 @@ class Inventory:
     source: Path
     hosts: dict[str, InventoryHost]
     _manager: Any = field(repr=False, compare=False)
+    _loader: Any = field(default=None, repr=False, compare=False)
 
     @property
     def names(self) -> set[str]:
@@ -194,6 +219,10 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     key = (str(source.resolve()), template, stamp)
     if key in _CACHE:  # audits and decisions load the same inventory many times
         return _CACHE[key]
+    other = _CACHE.get((key[0], not template, stamp))
+    if other is not None:  # the same files read the other way: Ansible's work is not redone
+        _CACHE[key] = _variant(other, template)
+        return _CACHE[key]
     for f in [source] if source.is_file() else sorted(source.glob("hosts.y*ml")):
         _check_yaml(f)
 
@@ -213,6 +242,27 @@ def load_inventory(source: Path, *, template: bool = True) -> Inventory:
                 fix="run `ansible-inventory -i <this path> --list` to see the details",
             )
         ) from None
+
+
+def _variant(loaded: Inventory, template: bool) -> Inventory:
+    """The same hosts and variables, templated or verbatim (load_inventory's `template`).
+
+    Loading an inventory (parsing it, resolving every host's variables) is the expensive part,
+    and it does not depend on templating: at 1,000 hosts a decision loaded it twice.
+    """
+    from ansible.template import Templar
+
+    def resolve(host: InventoryHost) -> tuple[dict[str, Any], Any]:
+        raw = host._raw
+        return raw, Templar(loader=loaded._loader, variables=raw) if template else _Verbatim()
+
+    hosts: dict[str, InventoryHost] = {}
+    for name, host in loaded.hosts.items():
+        entry = InventoryHost(name, host.groups, None, None, lambda h=host: resolve(h))
+        entry.source = host.source
+        hosts[name] = entry
+    return Inventory(source=loaded.source, hosts=hosts, _manager=loaded._manager,
+                     _loader=loaded._loader)  # fmt: skip
 
 
 def environment_vault_id(inventory: Path) -> str | None:
@@ -334,6 +384,38 @@ def _warnings_kept() -> Iterator[list[str]]:
     kept += [w.event.msg for w in context.get_warnings()]
 
 
+def _unreadable(source: Path, warned: list[str]) -> OpsledgerError:
+    return OpsledgerError(
+        [
+            Problem(
+                f"Ansible cannot read it: {one_line(text, 200)}",
+                str(source),
+                "inventory",
+                "fix the inventory (ansible-inventory --list -i FILE shows it)",
+            )
+            for text in dict.fromkeys(warned)
+        ]
+    )
+
+
+def _host_vars_names(source: Path) -> set[str]:
+    """The hosts whose own variables Ansible reads: names `host_vars/` has an entry for.
+
+    A file with or without .yml/.yaml/.json, or a folder.
+    """
+    folder = (source if source.is_dir() else source.parent) / "host_vars"
+    try:
+        entries = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return set()
+    names = set(entries)
+    for entry in entries:
+        for suffix in (".yml", ".yaml", ".json"):
+            if entry.endswith(suffix):
+                names.add(entry[: -len(suffix)])
+    return names
+
+
 def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
@@ -350,29 +432,38 @@ def _load(source: Path, template: bool) -> Inventory:
         _plugins_ready = True
     loader = DataLoader()
     _use_vault(loader, source)
+
+    def templar_of(raw: dict[str, Any]) -> Any:
+        return Templar(loader=loader, variables=raw) if template else _Verbatim()
+
+    def resolve(host: Any) -> tuple[dict[str, Any], Any]:
+        with _warnings_kept() as late:
+            raw = variables.get_vars(host=host)
+        if late:
+            raise _unreadable(source, late)
+        return raw, templar_of(raw)
+
     with _warnings_kept() as warned:  # vars files warn too (a file that is not UTF-8)
         manager = InventoryManager(loader=loader, sources=[str(source)])
         variables = VariableManager(loader=loader, inventory=manager)
         hosts: dict[str, InventoryHost] = {}
+        # Variables are resolved when first asked for, but every vars file Ansible would read
+        # is read now, so a broken one is refused here as before: one host of each set of
+        # groups (group_vars), and every host with a host_vars entry.
+        own_vars = _host_vars_names(source)
+        sets_seen: set[frozenset[str]] = set()
         for host in manager.get_hosts("all"):
-            raw = variables.get_vars(host=host)
-            templar = Templar(loader=loader, variables=raw)
-            groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
-            entry = InventoryHost(host.name, groups, raw, templar if template else _Verbatim())
+            every = frozenset(g.name for g in host.get_groups())
+            groups = tuple(sorted(g for g in every if g != "all"))
+            entry = InventoryHost(host.name, groups, None, None, lambda h=host: resolve(h))
+            if every not in sets_seen or host.name in own_vars:
+                sets_seen.add(every)
+                raw = variables.get_vars(host=host)
+                entry = InventoryHost(host.name, groups, raw, templar_of(raw))
             entry.source = str(source)
             hosts[host.name] = entry
     if warned:  # a part Ansible skipped: the hosts a reviewer reads are not those that run
-        raise OpsledgerError(
-            [
-                Problem(
-                    f"Ansible cannot read it: {one_line(text, 200)}",
-                    str(source),
-                    "inventory",
-                    "fix the inventory (ansible-inventory --list -i FILE shows it)",
-                )
-                for text in dict.fromkeys(warned)
-            ]
-        )
+        raise _unreadable(source, warned)
     if not hosts:
         raise OpsledgerError(
             Problem(
@@ -381,4 +472,4 @@ def _load(source: Path, template: bool) -> Inventory:
                 fix="add hosts under `all: children: <group>: hosts:`",
             )
         )
-    return Inventory(source=source, hosts=hosts, _manager=manager)
+    return Inventory(source=source, hosts=hosts, _manager=manager, _loader=loader)

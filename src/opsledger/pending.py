@@ -212,8 +212,11 @@ def _candidates(
 ) -> list[tuple[Change, list[Record]]]:
     """Changes without a successful committed run (of `environment`), in run order."""
     candidates = []
+    by_change: dict[str, list[Record]] = {}
+    for record in ledger.committed:  # grouped once: a scan per change was quadratic
+        by_change.setdefault(record.change, []).append(record)
     for change_id in change_ids(project):
-        runs = [r for r in ledger.committed if r.change == change_id]
+        runs = by_change.get(change_id, [])
         if any(r.result == "success" for r in runs):
             continue
         change = load_change(project, change_id)

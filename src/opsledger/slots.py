@@ -13,33 +13,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+import os
 
 from opsledger.changes import change_ids, changes_dir, parse_window
 from opsledger.errors import OpsledgerError
+from opsledger.gitrepo import git
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
-CACHE = "slots-v1"
-_SEEN: dict[str, dict[str, list[str] | None]] = {}  # root -> blob id -> slot, per process
-
-
-@dataclass(frozen=True)
-class Slot:
-    environment: str
-    start: dt.datetime
-    end: dt.datetime
-
-    def overlaps(self, environment: str, start: dt.datetime, end: dt.datetime) -> bool:
-        return self.environment == environment and self.start < end and start < self.end
+CACHE = "slots-v2"  # blob id -> [environment, start, end] (seconds since the epoch)
+_SEEN: dict[str, dict[str, list | None]] = {}  # root -> blob id -> slot, per process
 
 
 def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _derive(project: Project, change_id: str) -> list[str] | None:
+def _derive(project: Project, change_id: str) -> list | None:
     """[environment, start, end] as validation would read them, or None (validate in full).
 
     Reads the file the way `validate_change` does (load_yaml's bounds and checks); a file it
@@ -55,7 +46,7 @@ def _derive(project: Project, change_id: str) -> list[str] | None:
     start, end, problems = parse_window(window, str(file))
     if problems or start is None or end is None:
         return None
-    return [environment, start.isoformat(), end.isoformat()]
+    return [environment, start.timestamp(), end.timestamp()]
 
 
 def candidates(
@@ -74,24 +65,28 @@ def candidates(
     known = _SEEN.setdefault(str(project.root), {})  # this process's reads (apply --pending)
     cached: dict = {}
     loaded = False  # the cache file is read once, when a request is new to this process
-    seen: dict[str, list[str] | None] = {}
+    seen: dict[str, list | None] = {}
     found = []
     refused = False  # a request validation will refuse (exit 2): then nothing is written
     folder = changes_dir(project)
+    indexed = _indexed_requests(project) if not folder.is_symlink() else {}
+    low, high = start.timestamp(), end.timestamp()
     for other_id in change_ids(project):
         if other_id == change_id:
             continue
-        file = folder / other_id / "change.yml"
-        if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
-            found.append(other_id)
-            refused = True
-            continue
-        try:
-            blob = _blob_id(file.read_bytes())
-        except OSError:
-            found.append(other_id)
-            refused = True
-            continue
+        blob = indexed.get(other_id)
+        if blob is None:  # not tracked, or git sees its file changed: read the file itself
+            file = folder / other_id / "change.yml"
+            if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
+                found.append(other_id)
+                refused = True
+                continue
+            try:
+                blob = _blob_id(file.read_bytes())
+            except OSError:
+                found.append(other_id)
+                refused = True
+                continue
         if blob not in known and not loaded:
             cached, loaded = load_cache(project, CACHE), True
         slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
@@ -103,8 +98,16 @@ def candidates(
                 refused = True
                 continue
         seen[blob] = slot
-        read = _slot(slot)
-        if read is None or read.overlaps(environment, start, end):
+        # A plain slot in another environment, or a window that does not overlap, is left out;
+        # anything else (not a plain slot: validation says why) is a candidate.
+        if not (
+            isinstance(slot, list)
+            and len(slot) == 3
+            and isinstance(slot[0], str)
+            and type(slot[1]) is float
+            and type(slot[2]) is float
+            and (slot[0] != environment or not (slot[1] < high and low < slot[2]))
+        ):
             found.append(other_id)
     known.update(seen)
     if loaded and not refused and (seen.keys() - cached.keys() or len(seen) < len(cached)):
@@ -112,14 +115,35 @@ def candidates(
     return found
 
 
-def _slot(entry: object) -> Slot | None:
-    """A cached or derived entry as a Slot; None when there is none (validate in full)."""
-    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(p, str) for p in entry)):
-        return None
-    try:
-        start, end = dt.datetime.fromisoformat(entry[1]), dt.datetime.fromisoformat(entry[2])
-    except ValueError:
-        return None
-    if start.tzinfo is None or end.tzinfo is None:
-        return None
-    return Slot(entry[0], start, end)
+def _indexed_requests(project: Project) -> dict[str, str]:
+    """Change id -> blob id of each request whose working-tree file holds the index's bytes.
+
+    Two git processes instead of reading and hashing every `changes/<ID>/change.yml`.
+
+    The index's entry counts only for a regular file (mode 100644) in a real folder that
+    `git diff-files` does not name (git compares its stat cache and, where that is racy, the
+    bytes); anything else (untracked, edited, deleted, a symlink, no repository) is left out,
+    and `candidates` reads that file from disk as before.
+    """
+    spec = ":(glob)changes/*/change.yml"
+    env = {"GIT_OPTIONAL_LOCKS": "0"}
+    listed = git(project.root, "ls-files", "-s", "-z", "--", spec, env=env, check=False)
+    changed = git(project.root, "diff-files", "--name-only", "-z", "--", spec, env=env, check=False)
+    if listed.returncode != 0 or changed.returncode != 0:
+        return {}
+    differs = set(changed.stdout.split("\0"))
+    try:  # folders that are symlinks: read (and refused) as files, never taken from the index
+        with os.scandir(changes_dir(project)) as entries:
+            linked = {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for entry in listed.stdout.split("\0"):
+        info, _, path = entry.partition("\t")
+        fields = info.split()
+        if len(fields) != 3 or fields[0] != "100644" or fields[2] != "0" or path in differs:
+            continue
+        parts = path.split("/")
+        if len(parts) == 3 and parts[1] not in linked:
+            found[parts[1]] = fields[1]
+    return found

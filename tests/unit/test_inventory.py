@@ -144,3 +144,45 @@ def test_lab_vault_values_decrypt_without_importing_ansibles_cli(repo_project, t
         theirs.append(re.search(rf"{name}: (\S+)", adhoc.stdout).group(1))
     assert read["values"] == theirs
     assert all(v and not v.startswith("$ANSIBLE_VAULT") for v in theirs)
+
+
+# --- variables resolved when first asked for (1,000 hosts cost seconds otherwise) ------------
+
+MANY = """\
+all:
+  children:
+    db:
+      hosts:
+        db1: {ansible_port: 2301}
+        db2: {ansible_port: 2302}
+        db3: {ansible_port: 2303}
+"""
+
+
+@pytest.mark.parametrize("where", ["host_vars/db3.yml", "host_vars/db3/extra.yml",
+                                   "group_vars/db.yml"])  # fmt: skip
+def test_a_broken_vars_file_is_refused_whichever_host_it_belongs_to(make_project, where):
+    """Only one host of each set of groups, and hosts with their own vars, resolve at once."""
+    project = make_project(MANY)
+    path = project.inventory_file().parent / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x85note: broken\n")
+    with pytest.raises(OpsledgerError, match="Ansible cannot"):
+        load_inventory(project.inventory_file())
+
+
+def test_variables_resolved_late_are_those_ansible_merges(make_project):
+    project = make_project(MANY)
+    folder = project.inventory_file().parent
+    (folder / "group_vars" / "db.yml").write_text("role_port: 5432\nwho: group\n")
+    (folder / "host_vars").mkdir()
+    (folder / "host_vars" / "db2.yml").write_text("who: host\n")
+    for template in (True, False):  # the verbatim variant shares what was resolved
+        inv = load_inventory(project.inventory_file(), template=template)
+        assert [inv.hosts[h].get("who") for h in ("db1", "db2", "db3")] == [
+            "group",
+            "host",
+            "group",
+        ]
+        assert inv.hosts["db3"].get("role_port") == 5432
+        assert inv.hosts["db3"].get("ansible_user") == "opsadmin"
