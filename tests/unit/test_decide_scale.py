@@ -95,9 +95,13 @@ def test_runs_are_read_for_the_asked_changes_only_and_as_read_runs_says(local_re
     record_run(project, first, START + dt.timedelta(minutes=40), change=second)
     found = runs_of(project, [first, second])
     committed = [r for r in read_runs(project).committed if r.change == first]
-    assert [r.result for r in found[first]] == [r.result for r in committed] == [
-        "failed",
-        "success",
-    ]
+    assert (
+        [r.result for r in found[first]]
+        == [r.result for r in committed]
+        == [
+            "failed",
+            "success",
+        ]
+    )
     assert found[second] == []
     assert runs_of(project, []) == {}
