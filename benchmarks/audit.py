@@ -9,7 +9,9 @@ ordinary edits of notes), then times, side by side in this run:
 - `opsledger audit log` and `opsledger audit check` (one `git log` stream each, plus the
   files of every change);
 
-and prints each audit's time as a ratio to git's. Nothing here needs the lab.
+and prints each audit's time as a ratio to git's, and each lane's peak resident memory (run
+it at two sizes: an audit that streams the history grows with the changes, not the commits).
+Nothing here needs the lab.
 
 A lane that measures an error path is refused by construction: before anything is timed,
 `audit log` must list every synthetic change once, run once with result `success` (its
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -248,13 +251,23 @@ def prove_valid(repo: Path, changes: int) -> None:
         sys.exit(f"benchmark: audit check on a clean history (exit {check.returncode}): {shown}")
 
 
-def timed(argv: list[str], cwd: Path) -> float:
-    started = time.monotonic()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    if proc.returncode not in (0, 1):  # audit check exits 1 when it finds something
-        sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{proc.stderr[-2000:]}")
-    return elapsed
+def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """Seconds and peak resident memory (MB, the largest process of the command) of one run.
+
+    Output goes to /dev/null (a pipe would hold it in this process); memory is the child's own
+    rusage from wait4, so each lane is measured alone.
+    """
+    with tempfile.TemporaryFile() as errors:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in (0, 1):  # audit check exits 1 when it finds something
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-2000:]
+            sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{tail}")
+    return elapsed, usage.ru_maxrss / 1024  # Linux: kilobytes
 
 
 def main() -> None:
@@ -290,9 +303,12 @@ def measure(commits: int, changes: int, rounds: int) -> None:
             "opsledger audit check": [str(BIN / "opsledger"), "audit", "check", "--json"],
         }
         times: dict[str, list[float]] = {name: [] for name in lanes}
+        peaks: dict[str, list[float]] = {name: [] for name in lanes}
         for _ in range(rounds):
             for name, argv in lanes.items():
-                times[name].append(timed(argv, repo))
+                seconds, peak = timed(argv, repo)
+                times[name].append(seconds)
+                peaks[name].append(peak)
         check = subprocess.run(
             lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True
         )
@@ -301,7 +317,10 @@ def measure(commits: int, changes: int, rounds: int) -> None:
     print(f"median of {rounds} rounds:")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:6.1f}x")
+        print(
+            f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:5.2f}x   "
+            f"peak RSS {max(peaks[name]):7.1f} MB"
+        )
     print(f"  audit check findings on the synthetic history: {len(findings)}")
 
 

@@ -188,3 +188,13 @@ def test_the_audit_benchmark_refuses_a_history_whose_changes_do_not_load(tmp_pat
     bench.build(tmp_path / "broken", 12, 3)
     with pytest.raises(SystemExit, match="listed 0 rows"):
         bench.prove_valid(tmp_path / "broken", 3)
+
+
+def test_the_audit_benchmark_measures_each_lane_s_own_peak_memory(tmp_path):
+    """Peak memory is the point of streaming: each lane's own, not the largest so far."""
+    bench = _audit_bench()
+    _, big = bench.timed([sys.executable, "-c", "x = bytearray(80_000_000); x[-1] = 1"], tmp_path)
+    _, small = bench.timed([sys.executable, "-c", "pass"], tmp_path)
+    assert big > 80 > small
+    with pytest.raises(SystemExit, match="failed"):
+        bench.timed([sys.executable, "-c", "raise SystemExit(2)"], tmp_path)
