@@ -9,9 +9,9 @@ import json
 import yaml
 from click.testing import CliRunner
 
+from opsledger.audit import audit_check
 from opsledger.changes import load_change
 from opsledger.cli import cli
-from opsledger.compliance import audit_check
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.reviews import open_review

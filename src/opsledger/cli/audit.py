@@ -104,7 +104,7 @@ def check(since: str | None, fail_on: str, as_json: bool) -> None:
     Example:
         opsledger audit check --fail-on medium
     """
-    from opsledger.compliance import audit_check
+    from opsledger.audit import audit_check
 
     result = audit_check(find_project(), since=aware_time(since, "--since"))
     if as_json:
