@@ -9,7 +9,9 @@ ordinary edits of notes), then times, side by side in this run:
 - `opsledger audit log` and `opsledger audit check` (one `git log` stream each, plus the
   files of every change);
 
-and prints each audit's time as a ratio to git's. Nothing here needs the lab.
+and prints each audit's time as a ratio to git's, and each lane's peak resident memory (run
+it at two sizes: an audit that streams the history grows with the changes, not the commits).
+Nothing here needs the lab.
 
 A lane that measures an error path is refused by construction: before anything is timed,
 `audit log` must list every synthetic change once, run once with result `success` (its
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -248,13 +251,49 @@ def prove_valid(repo: Path, changes: int) -> None:
         sys.exit(f"benchmark: audit check on a clean history (exit {check.returncode}): {shown}")
 
 
-def timed(argv: list[str], cwd: Path) -> float:
-    started = time.monotonic()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    if proc.returncode not in (0, 1):  # audit check exits 1 when it finds something
-        sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{proc.stderr[-2000:]}")
-    return elapsed
+# The opsledger console script's code, run so that the process writes its own peak memory
+# (VmHWM: this process's, from its exec on) when it ends; the tree's peak includes git log's.
+OPSLEDGER = (
+    "import atexit, os\n"
+    "def peak():\n"
+    "    status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+    "    with open(os.environ['BENCH_PEAK'], 'w') as out:\n"
+    "        out.write(status['VmHWM'].split()[0])\n"
+    "atexit.register(peak)\n"
+    "from opsledger.cli import main\n"
+    "main()\n"
+)
+# Each lane runs under a shell that forks it: Linux carries a process's peak memory across
+# exec, so a lane forked straight from this process (which holds the proof's parsed audit log)
+# would count this process's memory as its own.
+SHELL = ["sh", "-c", '"$@"; status=$?; exit $status', "lane"]
+
+
+def timed(argv: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Seconds, the process's own peak resident memory and that of its largest process (MB).
+
+    Output goes to /dev/null (a pipe would hold it here). The tree's peak is wait4's rusage of
+    the shell running the lane (git log's own memory, for an audit); the process's own is what
+    it wrote at exit (see OPSLEDGER), else the tree's.
+    """
+    with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as scratch:
+        errors_file = Path(scratch) / "stderr"
+        own_file = Path(scratch) / "peak"
+        env = {**os.environ, "BENCH_PEAK": str(own_file)}
+        with open(errors_file, "wb") as errors:
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                [*SHELL, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors, env=env
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in (0, 1):  # audit check exits 1 when it finds something
+            tail = errors_file.read_text(errors="replace")[-2000:]
+            sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{tail}")
+        tree = usage.ru_maxrss / 1024  # Linux: kilobytes
+        own = int(own_file.read_text()) / 1024 if own_file.exists() else tree
+    return elapsed, own, tree
 
 
 def main() -> None:
@@ -286,13 +325,24 @@ def measure(commits: int, changes: int, rounds: int) -> None:
         prove_valid(repo, changes)
         lanes = {
             "git log --name-status": ["git", "log", "--name-status"],
-            "opsledger audit log": [str(BIN / "opsledger"), "audit", "log", "--format", "json"],
-            "opsledger audit check": [str(BIN / "opsledger"), "audit", "check", "--json"],
+            "opsledger audit log": [
+                sys.executable,
+                "-c",
+                OPSLEDGER,
+                "audit",
+                "log",
+                "--format",
+                "json",
+            ],
+            "opsledger audit check": [sys.executable, "-c", OPSLEDGER, "audit", "check", "--json"],
         }
         times: dict[str, list[float]] = {name: [] for name in lanes}
+        peaks: dict[str, list[tuple[float, float]]] = {name: [] for name in lanes}
         for _ in range(rounds):
             for name, argv in lanes.items():
-                times[name].append(timed(argv, repo))
+                seconds, own, tree = timed(argv, repo)
+                times[name].append(seconds)
+                peaks[name].append((own, tree))
         check = subprocess.run(
             lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True
         )
@@ -301,7 +351,12 @@ def measure(commits: int, changes: int, rounds: int) -> None:
     print(f"median of {rounds} rounds:")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:6.1f}x")
+        own = max(p[0] for p in peaks[name])
+        tree = max(p[1] for p in peaks[name])
+        print(
+            f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:5.2f}x   "
+            f"peak RSS {own:6.1f} MB (largest process {tree:6.1f} MB)"
+        )
     print(f"  audit check findings on the synthetic history: {len(findings)}")
 
 

@@ -1,4 +1,6 @@
-"""The change log auditors read: one row per change, built from git history.
+"""What auditors read from git history: the change log and the compliance findings.
+
+`audit log` is one row per change; `audit check` lists findings (its rules are compliance.py).
 
 Who requested a change comes from the commits (one `git log` stream, see gitlog.py); who
 approved or rejected it, and whether their statements are proven (signature good, or in the
@@ -19,15 +21,35 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from opsledger.approvals import allowed_signers, judge, statements_in
-from opsledger.base import resolve_base
+from opsledger.base import Base, resolve_base
 from opsledger.changes import change_ids, load_change
+from opsledger.compliance import (
+    ComplianceResult,
+    Finding,
+    brought_at,
+    ci_beyond_evidence,
+    edit_findings,
+    is_desired_state,
+    judge_records,
+    policy_version_findings,
+    review_findings,
+    run_findings,
+    statement_findings,
+    unauthorized_findings,
+    uncommitted_records,
+    unreadable,
+    waiver_findings,
+)
 from opsledger.errors import OpsledgerError
-from opsledger.evidence import run_evidence
-from opsledger.gitlog import by_change, read_history
+from opsledger.evidence import Evidence, run_evidence
+from opsledger.faults.findings import fault_findings
+from opsledger.gitlog import Commit, by_change, iter_history, read_history
 from opsledger.gitrepo import require_history
+from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.reviews import load_review
+from opsledger.steady import steady_tree
 
 
 @dataclass
@@ -100,6 +122,17 @@ def audit_log(
         [(r.change, r.result, [a.person for a in r.approvers]) for r in log.rows]
     """
     require_history(project.root, "audit log")
+    with steady_tree():  # the tree is only read: each inventory and runbook loads once
+        return _audit_log(project, since, until, environment, change_type)
+
+
+def _audit_log(
+    project: Project,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    environment: str | None,
+    change_type: str | None,
+) -> AuditLog:
     base = resolve_base(project, "HEAD")
     policies = base.policies
     commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
@@ -246,3 +279,128 @@ def render_log(log: AuditLog, fmt: str) -> str:
 def parse_csv(text: str) -> list[dict[str, Any]]:
     """Read the CSV back (round trip for spreadsheets and tests)."""
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def _judged(commit: Commit, base: Base, ci_email: str, versions: set[str]) -> bool:
+    """Whether any rule of audit check reads this commit; the others are counted and dropped.
+
+    Kept: what touches changes/ (requests, statements, records, reviews), policies/ (and the
+    commits that brought a policy version), desired state, and every commit of the CI identity
+    on the first-parent line. A history of 100,000 commits is streamed, not held.
+    """
+    if commit.sha in versions:
+        return True
+    if commit.committer_email == ci_email and commit.sha in base.position:
+        return True
+    return any(
+        f.path.startswith(("changes/", "policies/")) or is_desired_state(f.path)
+        for f in commit.files
+    )
+
+
+def audit_check(
+    project: Project, *, since: dt.datetime | None = None, now: dt.datetime | None = None
+) -> ComplianceResult:
+    """Every compliance finding in the history (optionally only for changes since a time).
+
+    One `git log` stream of the whole branch; only the commits a rule reads are kept (see
+    `_judged`), so memory grows with the changes, not with the commits.
+
+    Example:
+        result = audit_check(find_project())
+        [str(f) for f in result.at_least("high")]
+    """
+    require_history(project.root, "audit check")
+    with steady_tree():  # the tree is only read: each inventory and runbook loads once
+        return _audit_check(project, since, now or dt.datetime.now(dt.UTC))
+
+
+def _audit_check(
+    project: Project, since: dt.datetime | None, moment: dt.datetime
+) -> ComplianceResult:
+    base = resolve_base(project, "HEAD")  # the branch audited is the protected line
+    policies = base.policies
+    ci = policies.people.get(policies.records_by or "")
+    versions = {v.commit for v in base.versions}
+    commits, read = [], 0
+    for commit in iter_history(project, allowed_signers=allowed_signers(policies)):
+        read += 1
+        if _judged(commit, base, ci.email if ci else "", versions):
+            commits.append(commit)
+    result = ComplianceResult(commits_read=read, baseline=policies.audit_from)
+    when = {c.sha: c.committed_at for c in commits}
+    histories = by_change(commits)
+    edits = edit_findings(commits)
+    statements = statements_in(project, commits)
+    records = judge_records(project, base, commits, statements)
+    brought = brought_at(base, commits)
+    never = dt.datetime.max.replace(tzinfo=dt.UTC)
+    result.findings += [
+        Finding(
+            "evidence-forged",
+            "critical",
+            "run record is no evidence: " + "; ".join(e.reasons),
+            e.path,
+            e.path.split("/")[1],
+            (e.commit,),
+        )
+        for e in records
+        if not e.trusted and not (since and when.get(e.commit, never) < since)
+    ]
+    result.findings += uncommitted_records(project)
+    evidence: dict[str, list[Evidence]] = {}
+    for item in records:
+        if item.trusted and item.record and item.record.change:
+            evidence.setdefault(item.record.change, []).append(item)
+    for change_id in change_ids(project):
+        history = histories.get(change_id, [])
+        if not history or (since and history[0].committed_at < since):
+            continue
+        try:
+            change = load_change(project, change_id)
+        except OpsledgerError as err:
+            result.findings.append(unreadable(change_id, "change.yml", err, history))
+            continue
+        signed = change.environment in policies.signature_environments
+        result.findings += [f for f in edits if f.change == change_id]
+        found = statements.get(change_id, [])
+        result.findings += statement_findings(
+            found, change_id, change.requested_by, signed, base, brought
+        )
+        result.findings += run_findings(
+            project, change, base, evidence.get(change_id, []), found, brought
+        )
+        result.findings += review_findings(project, change, history, moment)
+    for change_id in policy_change_ids(project):
+        history = histories.get(change_id, [])
+        if not history or (since and history[0].committed_at < since):
+            continue
+        try:
+            request = load_policy_request(project, change_id)
+        except OpsledgerError as err:
+            result.findings.append(unreadable(change_id, "policy.yml", err, history))
+            continue
+        rule = policies.policy_changes
+        result.findings += [f for f in edits if f.change == change_id]
+        result.findings += statement_findings(
+            statements.get(change_id, []),
+            change_id,
+            request.requested_by,
+            bool(rule and rule.signed),
+            base,
+            brought,
+        )
+    start = max(filter(None, (policies.audit_from, since)), default=None)
+    result.findings += policy_version_findings(base, when, start)
+    result.findings += waiver_findings(project, moment.date())
+    ran = {e.record.change for e in records if e.trusted and e.record}
+    # the branch's own line after its first commit (the baseline), oldest first
+    chain = [c for c in commits if base.position.get(c.sha, 0) > 0]
+    chain.sort(key=lambda c: base.position[c.sha])
+    result.findings += unauthorized_findings(chain, policies, ran, since)
+    result.findings += ci_beyond_evidence(chain, policies, since)
+    result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
+        Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
+        for f in fault_findings(project, since=since, now=moment)
+    ]
+    return result

@@ -250,7 +250,8 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
                 fix=f"create it with `opsledger change new` (latest: {known})",
             )
         )
-    return load_yaml(file, what="change request", root=project.root, dates=False), file
+    # shared: read only (validation copies it), and audits parse the committed blob's same text
+    return load_yaml(file, what="change request", root=project.root, dates=False, shared=True), file
 
 
 def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:

@@ -1,5 +1,8 @@
 """Compliance findings: every way the history can betray the change process.
 
+The rules, each a function of the history it needs; `audit.audit_check` streams the history
+once and hands each rule the commits it reads.
+
 Each finding names the rule, its severity, the change, the file and the commit(s), read from
 one `git log` stream of the checked-out branch (judged as the protected line: its first-parent
 commits and the policies in effect on it, see base.py) plus the statements and records those
@@ -49,18 +52,16 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 
-from opsledger.approvals import Found, allowed_signers, judge, quorum, standing, statements_in
-from opsledger.base import Base, resolve_base
-from opsledger.changes import Change, change_ids, load_change
+from opsledger.approvals import Found, judge, quorum, standing
+from opsledger.base import Base
+from opsledger.changes import Change
 from opsledger.content import Content
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError, one_line
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
-from opsledger.faults.findings import fault_findings
-from opsledger.gitlog import Commit, by_change, first_parent_chain, read_history
-from opsledger.gitrepo import blob_contents, git_env, require_history
+from opsledger.gitlog import Commit
+from opsledger.gitrepo import blob_contents, git_env
 from opsledger.policy.bundle import Policies
-from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
 from opsledger.reach import PLAYBOOK_DIRS
@@ -132,7 +133,7 @@ def _evidence_kind(path: str) -> str:
     return "statement" if _STATEMENT.match(path) else ""
 
 
-def _edits(history: list[Commit]) -> list[Finding]:
+def edit_findings(history: list[Commit]) -> list[Finding]:
     """Statements and records are written once: changing or deleting one is a finding.
 
     Merges count for what they brought; an identical copy (a merge bringing the same file)
@@ -185,7 +186,7 @@ def _added_records(history: list[Commit]) -> list[tuple[Commit, str, str]]:
     return list(seen.values())
 
 
-def _records(
+def judge_records(
     project: Project, base: Base, history: list[Commit], statements: dict[str, list[Found]]
 ) -> list[Evidence]:
     """Every committed run record, judged as evidence (see evidence.py)."""
@@ -211,7 +212,7 @@ def _records(
     return judged
 
 
-def _uncommitted_records(project: Project) -> list[Finding]:
+def uncommitted_records(project: Project) -> list[Finding]:
     """Record files in the working tree that no commit carries, or that differ from it."""
     out = subprocess.run(
         ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", "changes"],
@@ -249,7 +250,7 @@ def _uncommitted_records(project: Project) -> list[Finding]:
     return findings
 
 
-def _brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:
+def brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:
     """For each file version, the first-parent commit that brought it into the branch."""
     found: dict[tuple[str, str], str] = {}
     for commit in history:
@@ -260,7 +261,7 @@ def _brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]
     return found
 
 
-def _statements(
+def statement_findings(
     found_versions: list[Found],
     change_id: str,
     requester: str,
@@ -311,7 +312,7 @@ def _statements(
     return findings
 
 
-def _runs(
+def run_findings(
     project: Project,
     change: Change,
     base: Base,
@@ -384,9 +385,13 @@ def _runs(
     return findings
 
 
-def _policy_versions(base: Base, history: list[Commit], start: dt.datetime | None) -> list[Finding]:
-    """Versions of policies/ that never took effect: edited without an approved policy change."""
-    when = {c.sha: c.committed_at for c in history}
+def policy_version_findings(
+    base: Base, when: dict[str, dt.datetime], start: dt.datetime | None
+) -> list[Finding]:
+    """Versions of policies/ that never took effect: edited without an approved policy change.
+
+    `when`: the commit time of each version's commit.
+    """
     findings = []
     for version in base.versions:
         if version.accepted_at:
@@ -406,7 +411,7 @@ def _policy_versions(base: Base, history: list[Commit], start: dt.datetime | Non
     return findings
 
 
-def _review(
+def review_findings(
     project: Project, change: Change, history: list[Commit], now: dt.datetime
 ) -> list[Finding]:
     if change.type != "emergency":
@@ -441,7 +446,7 @@ def _review(
     return []
 
 
-def _waivers(project: Project, today: dt.date) -> list[Finding]:
+def waiver_findings(project: Project, today: dt.date) -> list[Finding]:
     path = project.root / "policies" / "waivers.yml"
     if not path.exists():
         return []
@@ -493,15 +498,19 @@ def _beyond_evidence(commit: Commit) -> tuple[str, str]:
     return "", ""
 
 
-def _ci_beyond_evidence(
+def ci_beyond_evidence(
     chain: list[Commit], policies: Policies, since: dt.datetime | None
 ) -> list[Finding]:
+    """CI commits that do more than add evidence; `chain`: first-parent commits after the first.
+
+    The first commit is the baseline (the repository as adopted), never judged.
+    """
     ci = policies.people.get(policies.records_by or "")
     if ci is None:
         return []
     start = max(filter(None, (policies.audit_from, since)), default=None)
     findings = []
-    for commit in chain[1:]:  # the first commit is the baseline
+    for commit in chain:
         if commit.committer_email != ci.email or (start and commit.committed_at < start):
             continue
         what, path = _beyond_evidence(commit)
@@ -520,12 +529,16 @@ def _ci_beyond_evidence(
     return findings
 
 
-def _unauthorized(
+def unauthorized_findings(
     chain: list[Commit], policies: Policies, ran: set[str], since: dt.datetime | None
 ) -> list[Finding]:
+    """Desired state changed without a change request, or with one that never ran.
+
+    `chain`: the first-parent commits after the first (the baseline), oldest first.
+    """
     findings = []
     start = max(filter(None, (policies.audit_from, since)), default=None)
-    for commit in chain[1:]:  # the first commit is the baseline
+    for commit in chain:
         if start and commit.committed_at < start:
             continue
         touched = [f.path for f in commit.files if is_desired_state(f.path)]
@@ -567,92 +580,7 @@ def _unauthorized(
     return findings
 
 
-def audit_check(
-    project: Project, *, since: dt.datetime | None = None, now: dt.datetime | None = None
-) -> ComplianceResult:
-    """Every compliance finding in the history (optionally only for changes since a time).
-
-    Example:
-        result = audit_check(find_project())
-        [str(f) for f in result.at_least("high")]
-    """
-    require_history(project.root, "audit check")
-    moment = now or dt.datetime.now(dt.UTC)
-    base = resolve_base(project, "HEAD")  # the branch audited is the protected line
-    policies = base.policies
-    commits = read_history(project, allowed_signers=allowed_signers(policies))
-    result = ComplianceResult(commits_read=len(commits), baseline=policies.audit_from)
-    histories = by_change(commits)
-    edits = _edits(commits)
-    statements = statements_in(project, commits)
-    records = _records(project, base, commits, statements)
-    brought = _brought_at(base, commits)
-    result.findings += [
-        Finding(
-            "evidence-forged",
-            "critical",
-            "run record is no evidence: " + "; ".join(e.reasons),
-            e.path,
-            e.path.split("/")[1],
-            (e.commit,),
-        )
-        for e in records
-        if not e.trusted and not (since and _when(commits, e.commit) < since)
-    ]
-    result.findings += _uncommitted_records(project)
-    evidence: dict[str, list[Evidence]] = {}
-    for item in records:
-        if item.trusted and item.record and item.record.change:
-            evidence.setdefault(item.record.change, []).append(item)
-    for change_id in change_ids(project):
-        history = histories.get(change_id, [])
-        if not history or (since and history[0].committed_at < since):
-            continue
-        try:
-            change = load_change(project, change_id)
-        except OpsledgerError as err:
-            result.findings.append(_unreadable(change_id, "change.yml", err, history))
-            continue
-        signed = change.environment in policies.signature_environments
-        result.findings += [f for f in edits if f.change == change_id]
-        found = statements.get(change_id, [])
-        result.findings += _statements(found, change_id, change.requested_by, signed, base, brought)
-        result.findings += _runs(project, change, base, evidence.get(change_id, []), found, brought)
-        result.findings += _review(project, change, history, moment)
-    for change_id in policy_change_ids(project):
-        history = histories.get(change_id, [])
-        if not history or (since and history[0].committed_at < since):
-            continue
-        try:
-            request = load_policy_request(project, change_id)
-        except OpsledgerError as err:
-            result.findings.append(_unreadable(change_id, "policy.yml", err, history))
-            continue
-        rule = policies.policy_changes
-        result.findings += [f for f in edits if f.change == change_id]
-        result.findings += _statements(
-            statements.get(change_id, []),
-            change_id,
-            request.requested_by,
-            bool(rule and rule.signed),
-            base,
-            brought,
-        )
-    start = max(filter(None, (policies.audit_from, since)), default=None)
-    result.findings += _policy_versions(base, commits, start)
-    result.findings += _waivers(project, moment.date())
-    ran = {e.record.change for e in records if e.trusted and e.record}
-    chain = first_parent_chain(commits)
-    result.findings += _unauthorized(chain, policies, ran, since)
-    result.findings += _ci_beyond_evidence(chain, policies, since)
-    result.findings += [  # incidents: SLA breaches, timeline edits, steps by strangers
-        Finding(f.rule, f.severity, f.message, f.file, commits=f.commits)
-        for f in fault_findings(project, since=since, now=moment)
-    ]
-    return result
-
-
-def _unreadable(change_id: str, name: str, err: OpsledgerError, history: list[Commit]) -> Finding:
+def unreadable(change_id: str, name: str, err: OpsledgerError, history: list[Commit]) -> Finding:
     """A committed request that does not read (a duplicate key, a symlink, bad YAML).
 
     Skipping it would hide the change from the audit, with its statements and runs unjudged.
@@ -666,10 +594,3 @@ def _unreadable(change_id: str, name: str, err: OpsledgerError, history: list[Co
         change_id,
         (history[-1].sha,) if history else (),
     )
-
-
-def _when(commits: list[Commit], sha: str) -> dt.datetime:
-    for commit in commits:
-        if commit.sha == sha:
-            return commit.committed_at
-    return dt.datetime.max.replace(tzinfo=dt.UTC)

@@ -35,7 +35,7 @@ from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
-from opsledger.yamlio import parse_yaml
+from opsledger.yamlio import parse_yaml_shared
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def judge_record(
         reasons.append(f"no change {change_id} on {base.ref}")
         return evidence
     try:
-        change = parse_yaml(request.decode(errors="replace"), dates=False)
+        change = parse_yaml_shared(request.decode(errors="replace"), dates=False)  # read only
     except OpsledgerError:
         change = None
     if not isinstance(change, dict):

@@ -104,6 +104,38 @@ def read_history(
 ) -> list[Commit]:
     """Every commit reachable from `rev`, parents before children, from one `git log` process.
 
+    The whole history in memory: for small histories and path-limited reads. Audits of a
+    whole repository stream it instead (`iter_history`) and keep only what they judge.
+
+    Example:
+        commits = read_history(find_project(), paths=("changes/",))
+        [(c.sha[:10], c.author_email, [f.path for f in c.files]) for c in commits]
+    """
+    return list(
+        iter_history(
+            project,
+            since=since,
+            until=until,
+            paths=paths,
+            allowed_signers=allowed_signers,
+            rev=rev,
+        )
+    )
+
+
+def iter_history(
+    project: Project,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    paths: tuple[str, ...] = (),
+    allowed_signers: str | None = None,
+    rev: str = "HEAD",
+) -> Iterator[Commit]:
+    """`read_history`'s commits one at a time, as git writes them.
+
+    Memory does not grow with the history, only with what the caller keeps.
+
     Merges list the files they changed relative to their first parent (what the merged branch
     brought), so the first-parent line alone tells what reached the branch and how.
 
@@ -112,8 +144,7 @@ def read_history(
     much faster on large histories.
 
     Example:
-        commits = read_history(find_project(), paths=("changes/",))
-        [(c.sha[:10], c.author_email, [f.path for f in c.files]) for c in commits]
+        sum(1 for c in iter_history(find_project()) if c.merge)
     """
     signed = allowed_signers is not None
     fmt = _FIELDS.format(sig="%G?%x1d%GS" if signed else "")
@@ -144,15 +175,22 @@ def read_history(
         if until:
             argv.append(f"--until={until.isoformat()}")
         argv += [rev, "--", *paths]
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1 << 16
-        )
-        assert proc.stdout is not None
-        commits = list(_parse(iter(lambda: proc.stdout.read(1 << 16), ""), signed))
-        err = proc.stderr.read() if proc.stderr else ""
-        if proc.wait() != 0:
+        # stderr to a file, not a pipe: git's warnings must not block it while we read stdout
+        with open(Path(tmp) / "stderr", "w+") as errors:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1 << 16
+            )
+            assert proc.stdout is not None
+            try:
+                yield from _parse(iter(lambda: proc.stdout.read(1 << 16), ""), signed)
+            finally:
+                proc.stdout.close()  # a reader that stops early ends git (broken pipe)
+                proc.wait()
+            errors.seek(0)
+            err = errors.read()
+        if proc.returncode != 0:
             if "does not have any commits" in err:
-                return []
+                return
             raise OpsledgerError(
                 Problem(
                     f"git log failed: {err.strip().splitlines()[-1] if err.strip() else '?'}",
@@ -162,7 +200,6 @@ def read_history(
                 ),
                 1,
             )
-    return commits
 
 
 def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:
@@ -178,19 +215,3 @@ def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:
         for change_id in sorted({f.path.split("/")[1] for f in commit.touches("changes/CHG-")}):
             found.setdefault(change_id, []).append(commit)
     return found
-
-
-def first_parent_chain(commits: list[Commit]) -> list[Commit]:
-    """The branch's own line of history (the tip, its first parent, ...), oldest first.
-
-    `commits` must come from one read_history of a single tip (it is the last one).
-    """
-    if not commits:
-        return []
-    index = {c.sha: c for c in commits}
-    chain = []
-    commit: Commit | None = commits[-1]
-    while commit is not None:
-        chain.append(commit)
-        commit = index.get(commit.parents[0]) if commit.parents else None
-    return chain[::-1]

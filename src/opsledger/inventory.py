@@ -17,6 +17,7 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, one_line
 from opsledger.hostpattern import pattern_problems
+from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml
 
 
@@ -202,10 +203,18 @@ def _outside_links(folder: Path) -> list[Problem]:
 def load_inventory(source: Path, *, template: bool = True) -> Inventory:
     """Load an inventory file or directory; raise OpsledgerError when it has no hosts.
 
+    Inside `steady_tree()` (audits) loaded once, without checking its files again.
+
     Example:
         inv = load_inventory(Path("inventories/lab/hosts.yml"))
         [h.name for h in inv.match("db")]  # ['lab-db1', 'lab-db2']
     """
+    return remembered(
+        ("inventory", str(source), template), lambda: _load_inventory(source, template)
+    )
+
+
+def _load_inventory(source: Path, template: bool) -> Inventory:
     if not source.exists():
         raise OpsledgerError(
             Problem("inventory not found", str(source), fix="create it or choose another --env")

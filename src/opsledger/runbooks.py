@@ -22,6 +22,7 @@ from opsledger.playbooks import batch_size, fail_limit, plays_of
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema, schema_problems
+from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml, outside_problem
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -76,6 +77,11 @@ def load_runbook(project: Project, name: str) -> Runbook:
             )
         )
     folder = runbook_dir(project) / name
+    return remembered(("runbook", str(folder)), lambda: _fresh_runbook(project, name, folder))
+
+
+def _fresh_runbook(project: Project, name: str, folder: Path) -> Runbook:
+    """The runbook, loaded again only when a file it depends on changed since."""
     file = folder / "runbook.yml"
     key = (str(folder), _stamp(project, folder))
     if key in _CACHE:  # audits load the same runbook for every change

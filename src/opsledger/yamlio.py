@@ -35,6 +35,7 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from opsledger.errors import OpsledgerError, Problem, is_utf8, one_line, shown
+from opsledger.steady import remembered
 
 MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
 MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
@@ -265,6 +266,16 @@ def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> A
         loader.dispose()
 
 
+def parse_yaml_shared(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:
+    """`parse_yaml`, once per text inside `steady_tree()`: the result is shared, never change it.
+
+    Audits read each change request twice, from its file and from the committed blob (the
+    same text): parsing is most of what judging a change costs. Failures are not kept, so
+    each caller's error names its own source.
+    """
+    return remembered(("yaml", text, dates), lambda: parse_yaml(text, source=source, dates=dates))
+
+
 def _untime(node: Node) -> None:
     """Turn implicit timestamps into text before building (`dates=False`)."""
     stack, seen = [node], set()
@@ -350,13 +361,17 @@ def load_yaml(
     what: str = "file",
     root: Path | None = None,
     dates: bool = True,
+    shared: bool = False,
 ) -> Any:
     """Read a YAML file with every check above; a wrong top-level type says what to write.
+
+    `shared`: parsed through `parse_yaml_shared` (the caller only reads the result).
 
     Example:
         load_yaml(Path("changes/CHG-0001/change.yml"), what="change request", root=project.root)
     """
-    data = parse_yaml(read_text(path, what=what, root=root), source=str(path), dates=dates)
+    parse = parse_yaml_shared if shared else parse_yaml
+    data = parse(read_text(path, what=what, root=root), source=str(path), dates=dates)
     if data is None and expect is dict:
         data = {}
     if not isinstance(data, expect):

@@ -188,3 +188,25 @@ def test_the_audit_benchmark_refuses_a_history_whose_changes_do_not_load(tmp_pat
     bench.build(tmp_path / "broken", 12, 3)
     with pytest.raises(SystemExit, match="listed 0 rows"):
         bench.prove_valid(tmp_path / "broken", 3)
+
+
+def test_the_audit_benchmark_measures_each_lane_s_own_peak_memory(tmp_path):
+    """Peak memory is the point of streaming: each lane's own, not the largest so far, and the
+    audit's own process apart from the git log it starts."""
+    bench = _audit_bench()
+    grow = "x = bytearray(80_000_000); x[-1] = 1"
+    _, big, _ = bench.timed([sys.executable, "-c", grow], tmp_path)
+    _, small, _ = bench.timed([sys.executable, "-c", "pass"], tmp_path)
+    assert big > 80 > small
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grow!r}])"
+    _, own, tree = bench.timed(
+        [
+            sys.executable,
+            "-c",
+            bench.OPSLEDGER.replace("from opsledger.cli import main\nmain()", child),
+        ],
+        tmp_path,
+    )
+    assert tree > 80 > own
+    with pytest.raises(SystemExit, match="failed"):
+        bench.timed([sys.executable, "-c", "raise SystemExit(2)"], tmp_path)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from opsledger.audit import audit_check
 from opsledger.changes import validate_change
 from opsledger.cli import cli
-from opsledger.compliance import audit_check
 from opsledger.content import change_content
 from opsledger.decide import decide
 from opsledger.errors import EXIT_INVALID, OpsledgerError

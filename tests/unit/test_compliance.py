@@ -9,9 +9,9 @@ import json
 import yaml
 from click.testing import CliRunner
 
+from opsledger.audit import audit_check
 from opsledger.changes import load_change
 from opsledger.cli import cli
-from opsledger.compliance import audit_check
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.reviews import open_review
@@ -337,3 +337,23 @@ def test_a_ci_commit_that_is_more_than_evidence_is_found(repo):
     ]
     assert "added .github/workflows/apply.yml" in found[0].message
     assert "ci@example.org" in found[0].message and "deleted" in found[1].message
+
+
+def test_commits_no_rule_reads_are_counted_and_what_follows_them_still_judged(repo):
+    """The history is streamed and only commits a rule reads are kept: a note by a person is
+    dropped (counted), a note committed by the CI identity is kept and found."""
+    project, _, _ = repo
+    before = audit_check(project, now=LATER).commits_read
+    note = project.root / "notes.md"
+    for number in range(3):
+        note.write_text(f"note {number}\n")
+        commit_paths(project.root, [note], f"Note {number}", **ALICE)
+    note.write_text("by CI\n")
+    by_ci = commit_paths(project.root, [note], "Note by CI", **CI)
+    path = _edit_role(project)
+    edit = commit_paths(project.root, [path], "Role edit", name="Eve", email="eve@example.org")
+    result = audit_check(project, now=LATER)
+    assert result.commits_read == before + 5
+    assert _rules(result) == sorted(
+        [("ci-commit-beyond-evidence", by_ci[:10]), ("unauthorized-change", edit[:10])]
+    )

@@ -8,9 +8,9 @@ import datetime as dt
 import pytest
 import yaml
 
+from opsledger.audit import audit_check
 from opsledger.base import resolve_base
 from opsledger.ci import pr_check
-from opsledger.compliance import audit_check
 from opsledger.decide import decide
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import commit_paths, git

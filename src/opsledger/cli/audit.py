@@ -104,7 +104,7 @@ def check(since: dt.datetime | None, fail_on: str, fmt: str) -> None:
     Example:
         opsledger audit check --fail-on medium
     """
-    from opsledger.compliance import audit_check
+    from opsledger.audit import audit_check
 
     result = audit_check(find_project(), since=since)
     if fmt == "json":

@@ -9,8 +9,8 @@ import datetime as dt
 import yaml
 from click.testing import CliRunner
 
+from opsledger.audit import audit_check
 from opsledger.cli import cli
-from opsledger.compliance import audit_check
 from opsledger.faults.incidents import acknowledge, open_incident
 from opsledger.faults.store import incident_file
 from opsledger.gitrepo import commit_paths
