@@ -88,6 +88,9 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
     """A clone of this repository with one approved converge change, reaching the lab."""
     root = tmp / "repo"
     git(ROOT, "clone", "-q", str(ROOT), str(root))
+    # The clone's branch is its protected branch, whatever this checkout's is called (a
+    # feature branch's clone would otherwise find no `main` to decide against).
+    git(root, "checkout", "-q", "-B", "main")
     (root / ".opsledger").mkdir()
     (root / ".opsledger" / "lab").symlink_to(ROOT / ".opsledger" / "lab")
     project = Project(root)
