@@ -143,6 +143,7 @@ def drift(
         limit=targets,
         params={},
         check=True,
+        diff=True,  # each drift item carries its diff
         timeout=runbook.timeout,
     )
     result = DriftResult(environment, targets, {})

@@ -152,6 +152,7 @@ def run_runbook(
         extra_env={**(env or {}), **procs.run_env(marker)},
         extravars=run_vars(project, change.environment),  # backup-first hosts (dr.yml)
         verbosity=verbosity,
+        diff=True,  # the job log keeps a summary of each diff (joblog.py)
     )
 
 

@@ -47,6 +47,8 @@ _STATUS = {
     "runner_item_on_failed": "failed",
     "runner_item_on_skipped": "skipped",
 }
+# What a job log is built from: all a run's journal must keep to rebuild it (journal_log).
+LOGGED_EVENTS = frozenset(_STATUS)
 
 
 def _diff_summary(result: dict[str, Any]) -> str:

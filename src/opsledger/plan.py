@@ -125,6 +125,7 @@ def plan(
             params=change.params,
             tags=change.params.get("tags"),
             check=True,
+            diff=True,  # the plan shows what would change
             timeout=runbook.timeout,
             extravars=run_vars(tree, change.environment),  # as apply passes them
             verbosity=verbosity,

@@ -28,9 +28,17 @@ import yaml
 from opsledger.errors import EXIT_FAILED, OpsledgerError, Problem
 from opsledger.hostpattern import pattern_problems
 from opsledger.inventory import environment_vault_id, load_inventory
+from opsledger.joblog import LOGGED_EVENTS
 from opsledger.project import Project
+from opsledger.runsettings import run_settings
 
 EventHandler = Callable[[dict[str, Any]], None]
+
+# The events a kept journal holds: what a killed run's record (replay_journal) and job log
+# (joblog.journal_log) are rebuilt from. The rest (each host's task start, verbose lines, play
+# and include starts) ansible-runner would write as one JSON file each, read by nobody.
+TASK_STARTS = frozenset({"playbook_on_task_start", "playbook_on_handler_task_start"})
+JOURNALED = LOGGED_EVENTS | TASK_STARTS | {"playbook_on_stats"}
 
 
 @dataclass
@@ -174,14 +182,21 @@ def run_playbook(
     extra_env: dict[str, str] | None = None,
     extravars: dict[str, Any] | None = None,
     verbosity: int = 0,
+    diff: bool = False,
 ) -> PlaybookRun:
     """Run one playbook through ansible-runner and collect per-host results.
+
+    `diff` passes --diff, for callers that keep what changed (plan and drift show it, apply's
+    job log summarises it): a changed file's diff costs Ansible an extra read of the old
+    content, paid for nothing where the result is thrown away.
 
     `verbosity` (-v, -vv, ...) reaches ansible-playbook, and its output is copied to stderr
     as it comes, so stdout stays the plan or the result a pipeline parses.
 
     `private_dir` keeps ansible-runner's folder (its event journal) where the caller can find
-    it after a crash; `extra_env` reaches ansible-playbook and everything it starts (the run
+    it after a crash (only the events that rebuild the run, `JOURNALED`; without it no
+    event is written at all); the environment's forks and strategy (runsettings.py) and
+    `extra_env` reach ansible-playbook and everything it starts (the run
     marker the guard looks for, apply's read watch); `extravars` are plain variables from
     reviewed files (policies), never a change's params.
 
@@ -196,15 +211,20 @@ def run_playbook(
         raise OpsledgerError(problems)
     tally = Tally()
 
+    settings = run_settings(inventory, limit)
+
     def on_event(event: dict[str, Any]) -> bool:
         tally.add(event)
         if verbosity and event.get("stdout"):
             print(event["stdout"], file=sys.stderr, flush=True)
         if event_handler:
             event_handler(event)
-        return True
+        # ansible-runner writes the event to disk when this says so.
+        return private_dir is not None and event.get("event") in JOURNALED
 
-    cmdline = "--diff" + (" --check" if check else "") + ansible_verbosity(verbosity)
+    cmdline = " ".join(
+        (["--diff"] if diff else []) + (["--check"] if check else [])
+    ) + ansible_verbosity(verbosity)
     # The environment's vault password CI wrote (ansible.cfg names only the lab's).
     vault_id = environment_vault_id(inventory)
     if vault_id:
@@ -241,6 +261,7 @@ def run_playbook(
             envvars={
                 "ANSIBLE_CONFIG": env["ANSIBLE_CONFIG"],
                 "ANSIBLE_HOST_KEY_CHECKING": "True",
+                **settings.env(),
                 **(extra_env or {}),
             },
             fact_cache_type="ansible.cfg",
@@ -284,7 +305,7 @@ class Tally:
         data = event.get("event_data") or {}
         host = data.get("host")
         kind = event.get("event", "")
-        if kind in ("playbook_on_task_start", "runner_on_start") and data.get("task"):
+        if (kind in TASK_STARTS or kind == "runner_on_start") and data.get("task"):
             self.last_task = data["task"]
         if host and kind.startswith("runner_on_"):
             entry = self.hosts.setdefault(host, HostRun(host))

@@ -14,6 +14,7 @@ import pytest
 from opsledger.gitrepo import git
 from opsledger.lab.service import load_spec
 from opsledger.project import Project
+from opsledger.runsettings import run_settings
 
 from ..conftest import REPO_ROOT
 
@@ -52,6 +53,13 @@ def workflow_repo(lab, tmp_path):
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 
 
+def lab_env(project: Project) -> dict[str, str]:
+    """A plain ansible-playbook's environment as opsledger runs the lab: its opt-in to Mitogen
+    and its forks (inventories/lab/group_vars/all/runs.yml), which ansible.cfg alone does not
+    carry."""
+    return {**project.ansible_env(), **run_settings(project.inventory_file("lab")).env()}
+
+
 # Past ansible.cfg's task_timeout (1800 s): a stuck task is failed by Ansible itself, naming
 # the host and the task, before this bound kills the whole run.
 CONVERGE_TIMEOUT = 2700
@@ -62,7 +70,7 @@ def converge(project, *args: str) -> dict[str, dict[str, int]]:
         proc = subprocess.run(
             [PLAYBOOK, "site.yml", *args],
             cwd=project.root,
-            env=project.ansible_env(),
+            env=lab_env(project),
             capture_output=True,
             text=True,
             timeout=CONVERGE_TIMEOUT,

@@ -23,7 +23,7 @@ from opsledger.lab.service import run_on_host
 from opsledger.records import Record
 from opsledger.signoff import approve_change
 
-from .conftest import PLAYBOOK
+from .conftest import PLAYBOOK, lab_env
 from .helpers import ansible, opsledger, request_change
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -276,7 +276,7 @@ def test_pg_minor_upgrade_goes_standby_first_with_a_backup_and_leaves_the_pin(
     refused = subprocess.run(
         [PLAYBOOK, "site.yml", "--tags", "postgresql", "--limit", "lab-db2"],
         cwd=project.root,
-        env=project.ansible_env(),
+        env=lab_env(project),
         capture_output=True,
         text=True,
         timeout=1800,

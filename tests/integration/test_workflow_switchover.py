@@ -16,7 +16,7 @@ from opsledger.lab.service import run_on_host
 from opsledger.records import Record
 from opsledger.signoff import approve_change
 
-from .conftest import PLAYBOOK
+from .conftest import PLAYBOOK, lab_env
 from .helpers import opsledger, request_change
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -59,7 +59,7 @@ def run_switchover(project) -> str:
     proc = subprocess.run(
         [PLAYBOOK, "runbooks/pg-switchover/playbook.yml", "--limit", "db", "-e", NO_PARAMS],
         cwd=project.root,
-        env=project.ansible_env(),
+        env=lab_env(project),
         capture_output=True,
         text=True,
         timeout=1800,

@@ -188,7 +188,7 @@ MITOGEN_UNSAFE = ("ansible.builtin.script", "script")
 
 
 def test_no_task_uses_a_module_mitogen_cannot_run():
-    """Plays run under Mitogen (ansible.cfg strategy = mitogen_linear).
+    """Plays may run under Mitogen (an environment opting in with `opsledger_strategy`: the lab).
 
     `script` with a templated command failed there ("cannot unpickle _AnsibleTaggedStr"), so a
     task copies its file and runs it with `command`, which works under Mitogen and plain SSH.

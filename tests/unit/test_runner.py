@@ -113,3 +113,109 @@ def test_the_vault_password_ci_writes_for_an_environment_reaches_ansible(tmp_pat
     password.symlink_to(tmp_path / "elsewhere")
     (tmp_path / "elsewhere").write_text("s3cret-staging\n")
     assert not any(i.startswith("staging@") for i in vault_ids(staging / "hosts.yml"))
+
+
+SETTINGS_PLAYBOOK = """\
+- name: Report how Ansible runs
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Settings
+      ansible.builtin.debug:
+        msg: >-
+          {{ lookup('ansible.builtin.config', 'DEFAULT_FORKS') }}
+          {{ lookup('ansible.builtin.config', 'DEFAULT_STRATEGY') }}
+          {{ ansible_diff_mode }}
+"""
+
+
+def _settings_run(tmp_path, inventory_text, **kwargs):
+    """forks, strategy and diff mode as the play saw them, and the run."""
+    project = copy_project(tmp_path / "p")
+    playbook = project.root / "settings.yml"
+    playbook.write_text(SETTINGS_PLAYBOOK)
+    inventory = project.root / "local.yml"
+    inventory.write_text(inventory_text)
+    seen = []
+
+    def on_event(event):
+        if event.get("event") == "runner_on_ok":
+            seen.append(event["event_data"]["res"]["msg"])
+
+    run = run_playbook(
+        project,
+        playbook=playbook,
+        inventory=inventory,
+        limit="all",
+        params={},
+        event_handler=on_event,
+        **kwargs,
+    )
+    assert run.status == "successful", run.host_stats()
+    return seen[0].split(), run
+
+
+LOCAL_HOSTS = "all:\n  hosts:\n    here: {ansible_connection: local}\n"
+
+
+def test_forks_and_strategy_default_to_the_hosts_and_ansibles_linear(tmp_path, monkeypatch):
+    """ansible.cfg's forks (20) and no Mitogen: an environment that says nothing runs stock
+    linear, with as many forks as it has hosts."""
+    monkeypatch.delenv("ANSIBLE_STRATEGY", raising=False)
+    monkeypatch.delenv("ANSIBLE_FORKS", raising=False)
+    (forks, strategy, diff), _ = _settings_run(
+        tmp_path,
+        "all:\n  hosts:\n    here: {ansible_connection: local}\n"
+        "    there: {ansible_connection: local}\n",
+    )
+    assert (forks, strategy, diff) == ("2", "linear", "False")
+
+
+def test_forks_and_strategy_come_from_the_environment(tmp_path, monkeypatch):
+    """The lab opts into Mitogen in its group_vars; an environment may set its forks."""
+    monkeypatch.delenv("ANSIBLE_STRATEGY", raising=False)
+    monkeypatch.delenv("ANSIBLE_FORKS", raising=False)
+    inventory = LOCAL_HOSTS + "  vars: {opsledger_forks: 7, opsledger_strategy: mitogen_linear}\n"
+    (forks, strategy, _), _ = _settings_run(tmp_path, inventory)
+    assert (forks, strategy) == ("7", "mitogen_linear")
+
+
+def test_this_process_environment_overrides_the_environment_setting(tmp_path, monkeypatch):
+    """`ANSIBLE_STRATEGY=linear opsledger apply ...` turns Mitogen off for one run."""
+    monkeypatch.setenv("ANSIBLE_STRATEGY", "linear")
+    monkeypatch.setenv("ANSIBLE_FORKS", "3")
+    inventory = LOCAL_HOSTS + "  vars: {opsledger_forks: 7, opsledger_strategy: mitogen_linear}\n"
+    (forks, strategy, _), _ = _settings_run(tmp_path, inventory)
+    assert (forks, strategy) == ("3", "linear")
+
+
+def test_diff_mode_only_when_asked(tmp_path):
+    """--diff costs a read of every changed file's old content: only callers that keep the
+    diff ask for it (plan, drift, apply's job log)."""
+    (_, _, off), _ = _settings_run(tmp_path / "off", LOCAL_HOSTS)
+    (_, _, on), _ = _settings_run(tmp_path / "on", LOCAL_HOSTS, diff=True)
+    assert (off, on) == ("False", "True")
+
+
+def test_events_reach_disk_only_in_a_kept_journal(tmp_path):
+    """Without a journal nothing is written per event; a kept journal holds what a killed
+    run's record and job log are rebuilt from, and nothing else."""
+    import json
+
+    from opsledger.joblog import journal_log
+    from opsledger.runner import JOURNALED, replay_journal
+
+    artifacts = tmp_path / "artifacts"
+    _settings_run(tmp_path / "plain", LOCAL_HOSTS, artifact_dir=artifacts)
+    assert [p.name for p in artifacts.glob("*/job_events/*")] == []
+
+    journal = tmp_path / "journal"
+    _, run = _settings_run(tmp_path / "kept", LOCAL_HOSTS, private_dir=journal)
+    written = [json.loads(p.read_text()) for p in journal.glob("artifacts/*/job_events/*.json")]
+    kinds = {e["event"] for e in written}
+    assert kinds <= JOURNALED and {"runner_on_ok", "playbook_on_stats"} <= kinds
+    assert "runner_on_start" not in kinds and "playbook_on_start" not in kinds
+    replayed = replay_journal(journal)
+    assert replayed.hosts["here"].ok == run.hosts["here"].ok == 1
+    assert replayed.last_task == "Settings"
+    assert [e["task"] for e in journal_log(journal).entries if "task" in e] == ["Settings"]
