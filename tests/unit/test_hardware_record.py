@@ -39,6 +39,7 @@ def _run(project, tmp_path, check=False, **thresholds):
         limit="here",
         params={},
         check=check,
+        diff=True,  # as plan, drift and apply's job log ask for it
     )
     assert run.status == "successful", run.hosts
     changes = [c for c in run.hosts["here"].changes if c.task.startswith(TASK)]
