@@ -8,6 +8,7 @@ cycle. decide, plan, apply and ci call `require_policies`; the CLI calls `policy
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from opsledger.drill import load_services
@@ -108,6 +109,9 @@ def require_policies(project: Project) -> Policies:
     Example:
         policies = require_policies(find_project())
     """
+    stamp = _inputs_stamp(project)
+    if stamp in _PASSED:  # apply --pending decides many changes: one check while nothing moved
+        return _PASSED[stamp]
     checked = policy_check(project)
     if checked.problems:
         refusal = Problem(
@@ -117,4 +121,38 @@ def require_policies(project: Project) -> Policies:
         )
         raise OpsledgerError([*checked.problems, refusal])
     assert checked.policies is not None
+    after = _inputs_stamp(project)  # reading an inventory sets Ansible's own variables
+    _PASSED.clear()
+    if after[:2] == stamp[:2]:  # no file moved while it was checked
+        _PASSED[after] = checked.policies
     return checked.policies
+
+
+_PASSED: dict[tuple, Policies] = {}  # this process's last passing check, by _inputs_stamp
+# Bookkeeping policy check never reads (change requests, records) and what is not the project.
+_NOT_READ = {".git", "changes", "records", "incidents", "problems", ".opsledger", ".venv"}
+
+
+def _inputs_stamp(project: Project) -> tuple:
+    """What a passing policy check in this process stands on: the files and the environment.
+
+    Every file it may read, by lstat, and the environment (notification URLs come from it).
+    Each file of the project but bookkeeping and git, so a rule, an inventory, a runbook or a
+    role edited between two decisions of one `apply --pending` is checked again.
+    """
+    root = str(project.root)
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in ("__pycache__", "node_modules") and not (folder == root and d in _NOT_READ)
+        ]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            entries.append((path, info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino))
+    return (root, tuple(sorted(entries)), tuple(sorted(os.environ.items())))

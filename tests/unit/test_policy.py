@@ -143,3 +143,27 @@ def test_cli_exits_2_with_one_line_per_problem(project, monkeypatch):
         f"error: {project.root}/policies/people.yml: people[0].teams: unknown team 'wizards'"
         " — use one of: sysadmin, dba, netops, cab, oncall, auditor"
     ]
+
+
+def test_a_passing_check_is_reused_only_while_nothing_it_reads_moved(project, monkeypatch):
+    """apply --pending decides many changes in one process: the check runs once while the
+    files and the environment stay as they were, and again after any edit."""
+    import opsledger.policycheck as policycheck
+    from opsledger.errors import OpsledgerError
+
+    calls = []
+    real = policycheck.policy_check
+    monkeypatch.setattr(policycheck, "policy_check", lambda p: calls.append(1) or real(p))
+    monkeypatch.setattr(policycheck, "_PASSED", {})
+    first = policycheck.require_policies(project)
+    assert policycheck.require_policies(project) is first and len(calls) == 1
+    monkeypatch.setenv("OPSLEDGER_TEST_SOMETHING", "1")  # notification URLs come from here
+    policycheck.require_policies(project)
+    assert len(calls) == 2
+    hosts = project.root / "inventories" / "lab" / "hosts.yml"
+    hosts.write_text(hosts.read_text() + "\n")  # an inventory edit: checked again
+    policycheck.require_policies(project)
+    assert len(calls) == 3
+    edit(project, "windows.yml", lambda d: d["environments"].pop("lab"))
+    with pytest.raises(OpsledgerError, match="policy check fails"):
+        policycheck.require_policies(project)
