@@ -21,27 +21,9 @@ PLAYBOOK = """\
 
 
 def test_host_key_checking_and_fact_cache_come_from_ansible_cfg(tmp_path):
-    project = copy_project(tmp_path / "p")
-    playbook = project.root / "settings.yml"
-    playbook.write_text(PLAYBOOK)
-    inventory = project.root / "local.yml"
-    inventory.write_text("all:\n  hosts:\n    here: {ansible_connection: local}\n")
-    seen = []
-
-    def on_event(event):
-        if event.get("event") == "runner_on_ok":
-            seen.append(event["event_data"]["res"]["msg"])
-
-    run = run_playbook(
-        project,
-        playbook=playbook,
-        inventory=inventory,
-        limit="here",
-        params={"word": "hello"},
-        event_handler=on_event,
-    )
-    assert run.status == "successful" and run.hosts["here"].ok == 1
-    checking, cache, word = seen[0].split()
+    said, run = _local_run(tmp_path, PLAYBOOK, LOCAL_HOSTS, limit="here", params={"word": "hello"})
+    assert run.hosts["here"].ok == 1
+    checking, cache, word = said
     assert checking == "True"  # ansible-runner alone would say False
     assert cache == ".opsledger/facts"  # not ansible-runner's per-run artifacts folder
     assert word == "hello"
@@ -129,11 +111,11 @@ SETTINGS_PLAYBOOK = """\
 """
 
 
-def _settings_run(tmp_path, inventory_text, **kwargs):
-    """forks, strategy and diff mode as the play saw them, and the run."""
+def _local_run(tmp_path, playbook_text, inventory_text, **kwargs):
+    """The first debug message's words as the play said them, and the run (successful)."""
     project = copy_project(tmp_path / "p")
     playbook = project.root / "settings.yml"
-    playbook.write_text(SETTINGS_PLAYBOOK)
+    playbook.write_text(playbook_text)
     inventory = project.root / "local.yml"
     inventory.write_text(inventory_text)
     seen = []
@@ -142,17 +124,17 @@ def _settings_run(tmp_path, inventory_text, **kwargs):
         if event.get("event") == "runner_on_ok":
             seen.append(event["event_data"]["res"]["msg"])
 
+    kwargs = {"limit": "all", "params": {}, **kwargs}
     run = run_playbook(
-        project,
-        playbook=playbook,
-        inventory=inventory,
-        limit="all",
-        params={},
-        event_handler=on_event,
-        **kwargs,
+        project, playbook=playbook, inventory=inventory, event_handler=on_event, **kwargs
     )
     assert run.status == "successful", run.host_stats()
     return seen[0].split(), run
+
+
+def _settings_run(tmp_path, inventory_text, **kwargs):
+    """forks, strategy and diff mode as the play saw them, and the run."""
+    return _local_run(tmp_path, SETTINGS_PLAYBOOK, inventory_text, **kwargs)
 
 
 LOCAL_HOSTS = "all:\n  hosts:\n    here: {ansible_connection: local}\n"
