@@ -29,7 +29,7 @@ from opsledger.notify import notify_records
 from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, load_records, save_evidence, stamp
+from opsledger.records import Record, RunResult, Verified, load_records, save_evidence, stamp
 from opsledger.runbooks import load_runbook
 from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
@@ -328,10 +328,16 @@ def drill_record(
         git_commit=head(project.root) if is_repo(project.root) else "",
         stats=run.host_stats() if run else {},
         verification={
-            "result": "not run" if checked is None else "passed" if checked.ok else "failed",
-            "passed": checked.count("passed") if checked else 0,
+            "result": (
+                Verified.NOT_RUN
+                if checked is None
+                else Verified.PASSED
+                if checked.ok
+                else Verified.FAILED
+            ),
+            "passed": checked.count(Verified.PASSED) if checked else 0,
             "failed": len(checked.failures) if checked else 0,
-            "skipped": checked.count("skipped") if checked else 0,
+            "skipped": checked.count(Verified.SKIPPED) if checked else 0,
         },
         findings=[{"service": service.name, "state": "failed", "reason": r} for r in reasons],
         measurements={

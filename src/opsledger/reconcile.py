@@ -39,6 +39,7 @@ from opsledger.records import (
     Record,
     RunFile,
     RunResult,
+    Verified,
     final_path_of,
     read_runs,
 )
@@ -174,7 +175,7 @@ def _interrupted(project: Project, started: RunFile, why: str, now: dt.datetime)
         finished_at=now.isoformat(),
         stats=stats,
         changed_tasks=changed,
-        verification={"status": "not run", "why": "the run was interrupted"},
+        verification={"status": Verified.NOT_RUN, "why": "the run was interrupted"},
         rollback=None,
         interruption=interruption,
     )

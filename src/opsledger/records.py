@@ -55,6 +55,29 @@ class RunResult(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+class Verified(StrEnum):
+    """The status of one test, or of a whole verification in a record's `verification` block.
+
+    A StrEnum: a member is its string, so records stay byte-identical and a status read back
+    from a record compares equal to its member. NOT_RUN is only a record's: no test ran.
+    """
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    NOT_RUN = "not run"
+
+
+class DriftState(StrEnum):
+    """What a drift check found on one host (a drift record's `hosts` and findings)."""
+
+    IN_SYNC = "in sync"
+    DRIFTED = "drifted"
+    UNREACHABLE = "unreachable"
+    CANNOT_CHECK = "cannot check"
+
+
 STARTED_SUFFIX = ".started.json"
 _RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
 FORMAT_VERSION = 1

@@ -27,7 +27,7 @@ from opsledger.faults.kpis import IncidentKpis, incident_kpis
 from opsledger.gitrepo import require_history
 from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
-from opsledger.records import KINDS, Record, RunResult, change_runs, load_records
+from opsledger.records import KINDS, DriftState, Record, RunResult, change_runs, load_records
 from opsledger.timespec import parse_duration
 
 FAILED = (RunResult.FAILED, RunResult.ROLLED_BACK, RunResult.ROLLBACK_FAILED)
@@ -260,7 +260,7 @@ def _outcome(record: Record) -> str:
         worst = record.measurements.get("worst")
         return "clean" if worst == "ok" else f"worst {worst}" if worst else record.result
     if record.kind == "drift":
-        return "in sync" if record.result == "success" else "drifted"
+        return DriftState.IN_SYNC if record.result == RunResult.SUCCESS else DriftState.DRIFTED
     return "passed" if record.result == "success" else record.result
 
 
