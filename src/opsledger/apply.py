@@ -58,6 +58,7 @@ from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
+from opsledger.playbook_runs import PlaybookRun
 from opsledger.policycheck import require_policies
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
@@ -75,7 +76,6 @@ from opsledger.records import (
 from opsledger.reviews import open_review
 from opsledger.rollback import RollbackOutcome, roll_back
 from opsledger.runbooks import Runbook, load_runbook, require_truthful
-from opsledger.runner import PlaybookRun
 from opsledger.shards import ShardRun, refuse_shard_ran
 from opsledger.verify import VerifyResult
 

@@ -21,11 +21,11 @@ from opsledger.errors import OpsledgerError
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import runner_identity
+from opsledger.playbook_runs import run_playbook
 from opsledger.project import Project
 from opsledger.records import DriftState, Record, RunResult, save_evidence
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
-from opsledger.runner import run_playbook
 from opsledger.yamlio import load_yaml
 
 

@@ -26,12 +26,12 @@ from opsledger.identity import runner_identity
 from opsledger.inventory import load_inventory
 from opsledger.lock import locked
 from opsledger.notify import notify_records
+from opsledger.playbook_runs import PlaybookRun, run_playbook
 from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, Verified, load_records, save_evidence, stamp
 from opsledger.runbooks import load_runbook
-from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")

@@ -1,8 +1,8 @@
 """Running a change's runbook: the playbook run, its cancellation, its verification, its events.
 
-What apply and rollback share: the runbook runs through ansible-runner (runner.py) with the
-run's marker (the guard finds its processes by it), Ctrl-C and SIGTERM become a cancel the
-runner polls, and the runbook's Testinfra suites verify the result.
+What apply and rollback share: the runbook runs through ansible-runner (playbook_runs.py) with the
+run's marker (the guard finds its processes by it), Ctrl-C and SIGTERM become a cancel
+ansible-runner polls, and the runbook's Testinfra suites verify the result.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from opsledger import procs
 from opsledger.changes import Change
 from opsledger.lock import HeldLocks
 from opsledger.maintenance import run_vars
+from opsledger.playbook_runs import PlaybookRun, run_playbook
 from opsledger.project import Project
 from opsledger.records import RunResult, Verified
 from opsledger.runbooks import Runbook
-from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
 Events = Callable[[dict[str, Any]], None]

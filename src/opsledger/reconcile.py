@@ -33,6 +33,7 @@ from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import journal_log, log_path_of
 from opsledger.lock import STALE_AFTER
+from opsledger.playbook_runs import replay_journal
 from opsledger.project import Project
 from opsledger.records import (
     STARTED_SUFFIX,
@@ -43,7 +44,6 @@ from opsledger.records import (
     final_path_of,
     read_runs,
 )
-from opsledger.runner import replay_journal
 
 
 @dataclass

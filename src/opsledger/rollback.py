@@ -19,10 +19,10 @@ from opsledger.gitrepo import git
 from opsledger.identity import runner_identity
 from opsledger.lock import acquire, release
 from opsledger.maintenance import maintenance_of
+from opsledger.playbook_runs import PlaybookRun
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, stamp
 from opsledger.runbooks import Runbook, load_runbook
-from opsledger.runner import PlaybookRun
 from opsledger.verify import VerifyResult
 
 
