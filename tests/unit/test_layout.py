@@ -8,8 +8,10 @@ under changes/), and no module may build such a path by hand again.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -196,3 +198,41 @@ def test_the_scan_sees_each_way_of_building_a_path_by_hand() -> None:
         'f = f"{x} is not in policies/people.yml"\n'
     )
     assert _hand_built(ast.parse(source)) == [1, 2, 3, 4, 5]
+
+
+def _protect_main() -> ModuleType:
+    """scripts/forge/protect-main as a module: it runs on the git server without opsledger."""
+    path = REPO_ROOT / "scripts" / "forge" / "protect-main"
+    loader = importlib.machinery.SourceFileLoader("protect_main", str(path))
+    module = ModuleType(loader.name)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        change_file("CHG-0001", RUNS, "20261201T000000Z.json"),
+        change_file("CHG-0001", RUNS, "20261201T000000Z.started.json"),
+        change_file("CHG-0001", RUNS, "20261201T000000Z.log.jsonl.gz"),
+        change_file("CHG-0001", "shards", "001-1of2.json"),
+        change_file("CHG-0001", "shards", "001-1of2.log.jsonl.gz"),
+        change_file("CHG-0001", "review.yml"),
+        change_file("CHG-0001", "review.yml") + "\n",
+        change_file("CHG-0001", REQUEST),
+        change_file("CHG-0001", APPROVALS, "alice", "20261201T000000Z.yml"),
+        change_file("CHG-0001", RUNS, "x", "20261201T000000Z.json"),
+        "changes/2026/CHG-0001/runs/20261201T000000Z.json",
+        "changes/README.md",
+        "records/drift/20261201T000000Z-x.json",
+        "records/drift/x/y.json",
+        policy_file("people.yml"),
+    ],
+)
+def test_the_protected_branch_hook_lets_ci_add_what_audit_check_lets_it_add(path: str) -> None:
+    # Two copies of one rule (the hook needs nothing of opsledger): a layout change must move
+    # both, or CI's records are refused on push while audit accepts them, or the reverse.
+    from opsledger.compliance import CI_MAY_ADD
+
+    hook = _protect_main()
+    assert any(p.match(path) for p in hook.ADDED_ONLY) == any(p.fullmatch(path) for p in CI_MAY_ADD)
