@@ -45,6 +45,13 @@ from opsledger.evidence import Evidence, run_evidence
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import Commit, by_change, iter_history, read_history
 from opsledger.gitrepo import require_history
+from opsledger.layout import (
+    CHANGES_PREFIX,
+    POLICIES_PREFIX,
+    REQUEST,
+    change_file,
+    change_folder_name,
+)
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
 from opsledger.records import Record
@@ -135,7 +142,9 @@ def _audit_log(
 ) -> AuditLog:
     base = resolve_base(project, "HEAD")
     policies = base.policies
-    commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
+    commits = read_history(
+        project, paths=(CHANGES_PREFIX,), allowed_signers=allowed_signers(policies)
+    )
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
@@ -146,7 +155,7 @@ def _audit_log(
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         request = next(
-            (c for c in history for f in c.files if f.path == f"changes/{change_id}/change.yml"),
+            (c for c in history for f in c.files if f.path == change_file(change_id, REQUEST)),
             None,
         )
         if request is None:
@@ -157,7 +166,7 @@ def _audit_log(
             change = load_change(project, change_id)
         except OpsledgerError as err:  # audit check reports it too (change-unreadable)
             why = err.problems[0].message if err.problems else "cannot be read"
-            unreadable.append(f"changes/{change_id}: {why}")
+            unreadable.append(f"{change_file(change_id)}: {why}")
             continue
         if environment and change.environment != environment:
             continue
@@ -293,7 +302,7 @@ def _judged(commit: Commit, base: Base, ci_email: str, versions: set[str]) -> bo
     if commit.committer_email == ci_email and commit.sha in base.position:
         return True
     return any(
-        f.path.startswith(("changes/", "policies/")) or is_desired_state(f.path)
+        f.path.startswith((CHANGES_PREFIX, POLICIES_PREFIX)) or is_desired_state(f.path)
         for f in commit.files
     )
 
@@ -341,7 +350,7 @@ def _audit_check(
             "critical",
             "run record is no evidence: " + "; ".join(e.reasons),
             e.path,
-            e.path.split("/")[1],
+            change_folder_name(e.path),
             (e.commit,),
         )
         for e in records

@@ -24,6 +24,7 @@ from opsledger.gitrepo import head, is_repo
 from opsledger.guard import Guard
 from opsledger.identity import runner_identity
 from opsledger.inventory import load_inventory
+from opsledger.layout import policies_folder, policy_file
 from opsledger.lock import locked
 from opsledger.notify import notify_records
 from opsledger.playbook_runs import PlaybookRun, run_playbook
@@ -105,7 +106,7 @@ def load_services(project: Project) -> dict[str, Service]:
     Example:
         load_services(find_project())["postgres"].rto_s  # 900.0
     """
-    path = project.root / "policies" / "dr.yml"
+    path = policies_folder(project.root, "dr.yml")
     file = str(path)
     data, problems = read_policy(project, "dr", "DR policy")
     if data is None:
@@ -407,7 +408,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"no DR service named {service_name!r}",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 "services",
                 f"use one of: {', '.join(sorted(services))}",
             )
@@ -418,7 +419,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"a {service.name} drill on {environment} is destructive work on real systems",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 f"services.{service.name}.direct_environments",
                 f"run it as a change: opsledger change new --runbook {service.runbook} "
                 f"--env {environment} --targets {service.targets}",
@@ -435,7 +436,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"targets {service.targets!r} match no host of {environment}",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 f"services.{service.name}.targets",
                 f"name a group of inventories/{environment}",
             )

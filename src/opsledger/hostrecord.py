@@ -19,6 +19,7 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.inventory import Inventory, load_inventory
+from opsledger.layout import REQUEST, change_folder, policies_folder
 from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
 from opsledger.records import DriftState, Record, load_records, read_runs
@@ -120,7 +121,7 @@ def _ledger(project: Project) -> _Ledger:
         schedules = {}
     incidents = load_incidents(project)
     try:
-        waivers = load_waivers(project.root / "policies" / "waivers.yml")
+        waivers = load_waivers(policies_folder(project.root, "waivers.yml"))
     except OpsledgerError:
         waivers = []
     runs = read_runs(project).committed
@@ -133,7 +134,7 @@ def _titles(project: Project, runs: list[Record]) -> dict[str, str]:
     titles = {}
     for change in {r.change for r in runs if r.change}:
         try:
-            data = load_yaml(project.root / "changes" / change / "change.yml", what="change")
+            data = load_yaml(change_folder(project.root, change, REQUEST), what="change")
         except OpsledgerError:
             continue
         if isinstance(data, dict) and isinstance(data.get("title"), str):

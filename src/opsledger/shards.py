@@ -40,6 +40,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import SHARDS, change_file, change_folder
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, Verified, change_runs, record_from_data
 
@@ -272,7 +273,7 @@ class ShardRun:
 
 
 def shards_dir(project: Project, change_id: str) -> Path:
-    return project.root / "changes" / change_id / "shards"
+    return change_folder(project.root, change_id, SHARDS)
 
 
 def next_attempt(project: Project, change_id: str) -> int:
@@ -291,7 +292,7 @@ class ShardFile:
 
 def committed_shard_files(project: Project, change_id: str) -> list[ShardFile]:
     """The shard records of a change that HEAD holds (write-ahead and final)."""
-    folder = f"changes/{change_id}/shards/"
+    folder = change_file(change_id, SHARDS) + "/"
     listing = subprocess.run(
         ["git", "-C", str(project.root), "ls-tree", "-r", "-z", "HEAD", "--", folder],
         capture_output=True,

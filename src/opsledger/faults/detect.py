@@ -46,6 +46,7 @@ from opsledger.faults.store import (
     scan_incidents,
 )
 from opsledger.gitrepo import is_repo
+from opsledger.layout import policies_folder
 from opsledger.project import Project
 from opsledger.records import DriftState, Record, Verified
 from opsledger.yamlio import load_json, load_yaml
@@ -143,7 +144,7 @@ class _Reader:
 
     def schedule_checks(self, schedule: str) -> list[str]:
         if self._schedules is None:
-            path = self.project.root / "policies" / "inspections.yml"
+            path = policies_folder(self.project.root, "inspections.yml")
             data = load_yaml(path, what="inspection plan") if path.is_file() else {}
             self._schedules = {
                 str(name): list((spec or {}).get("checks") or [])
