@@ -26,7 +26,14 @@ from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.execution import Events
 from opsledger.gitrepo import git, require_history
-from opsledger.layout import REQUEST, change_file, change_folder, folder_of_kind, in_policies
+from opsledger.layout import (
+    CHANGES_PREFIX,
+    REQUEST,
+    change_file,
+    change_folder,
+    folder_of_kind,
+    in_policies,
+)
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan
@@ -47,6 +54,17 @@ class PrScope:
     files: list[str]
     changes: list[str]
     desired_state: list[str]
+    # under changes/ but in no change folder (changes/2026/CHG-0001/..., changes/junk/...): no
+    # reader sees such a file, so nothing would judge it; refused rather than waved through
+    stray: list[str] = field(default_factory=list)
+
+
+STRAY = "not inside a change folder"
+STRAY_FIX = (
+    "a change's files live in changes/CHG-<n>/ (opsledger change new), "
+    "a policy change's in changes/POL-<n>/"
+)
+CHANGES_README = "README.md"
 
 
 @dataclass
@@ -81,7 +99,12 @@ class PrReport:
 
     @property
     def exit_code(self) -> int:
-        if self.uncovered or self.policy_problems or any(i.problems for i in self.items):
+        if (
+            self.uncovered
+            or self.scope.stray
+            or self.policy_problems
+            or any(i.problems for i in self.items)
+        ):
             return EXIT_INVALID
         if any(i.plan is not None and i.plan.errors for i in self.items):
             return EXIT_FAILED  # a plan that failed for real would fail the apply too
@@ -97,6 +120,7 @@ class PrReport:
         lines = [
             f"{path}: a desired-state edit no change in this PR covers" for path in self.uncovered
         ]
+        lines += [f"{path}: {STRAY}; {STRAY_FIX}" for path in self.scope.stray]
         lines += list(self.policy_problems)
         lines += [f"{change_file(i.change_id)}: {p}" for i in self.items for p in i.problems]
         return lines
@@ -120,6 +144,10 @@ class PrReport:
             out += ["### Policies do not pass `opsledger policy check`", ""]
             out += [f"- {p}" for p in self.policy_problems]
             out.append("")
+        if self.scope.stray:
+            out += [f"### Files under `changes/` that no change holds ({STRAY})", ""]
+            out += [f"- `{path}`" for path in self.scope.stray]
+            out += ["", STRAY_FIX[0].upper() + STRAY_FIX[1:] + ".", ""]
         if self.uncovered:
             out += ["### Desired state or policies changed without a change covering it", ""]
             out += [f"- `{path}`" for path in self.uncovered]
@@ -173,9 +201,11 @@ def pr_scope(project: Project, base: str) -> PrScope:
     out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
     files = [p for p in out.stdout.split("\0") if p]
     changes = sorted({name for p in files if (name := folder_of_kind(p))})
+    stray = [p for p in files if p.startswith(CHANGES_PREFIX) and not folder_of_kind(p)]
+    stray = [p for p in stray if p != change_file(CHANGES_README)]
     policy = [p for p in files if in_policies(p) and not p.endswith(".md")]
     desired = [p for p in files if is_desired_state(p)] + policy
-    return PrScope(base, files, changes, desired)
+    return PrScope(base, files, changes, desired, stray)
 
 
 def pr_check(

@@ -311,3 +311,40 @@ def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, m
     assert who == ["ci@example.org", "ci@example.org"]
     (evidence,) = run_evidence(project, resolve_base(project, "HEAD"))
     assert evidence.trusted, evidence.reasons
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "changes/2026/CHG-0001/change.yml",  # a layout no reader knows (yet)
+        "changes/junk/notes.yml",
+        "changes/approvals.yml",
+    ],
+)
+def test_a_file_under_changes_outside_any_change_folder_is_refused(repo, stray):
+    """No reader sees a file in no change folder, so nothing would judge it: the PR check
+    refuses it (exit 2, one line naming it) instead of calling the PR ready."""
+    project, _, _ = repo
+    _branch(project)
+    path = project.root / stray
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("---\ntitle: sneaked in\n")
+    commit_paths(project.root, [path], "Sneak in", **ALICE)
+    report = pr_check(project, base="main", with_plan=False)
+    assert report.scope.stray == [stray] and report.scope.changes == []
+    assert report.exit_code == EXIT_INVALID
+    assert report.problem_lines() == [
+        f"{stray}: not inside a change folder; a change's files live in changes/CHG-<n>/ "
+        "(opsledger change new), a policy change's in changes/POL-<n>/"
+    ]
+    assert f"`{stray}`" in report.markdown()
+
+
+def test_the_changes_readme_is_not_a_stray_file(repo):
+    project, _, _ = repo
+    _branch(project)
+    readme = project.root / "changes/README.md"
+    readme.write_text("# Change requests\n\nOne folder per change request.\n")
+    commit_paths(project.root, [readme], "Document", **ALICE)
+    report = pr_check(project, base="main", with_plan=False)
+    assert report.scope.stray == [] and report.exit_code == 0
