@@ -312,3 +312,15 @@ def _trees(project: Project, commits: list[str]) -> dict[str, str]:
         if rules:
             found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()
     return found
+
+
+def policies_for(project: Project) -> Policies:
+    """The base's policies, or the working tree's in a repository without a base yet.
+
+    Example:
+        policies_for(find_project()).priority("high", "low")  # 'P2'
+    """
+    try:
+        return resolve_base(project).policies
+    except OpsledgerError:  # no base yet (a new repository): the working tree's rules
+        return load_policies(project)[0]

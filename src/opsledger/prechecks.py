@@ -128,7 +128,7 @@ def change_problems(
     change = result.change
     if change is None:
         return []
-    from opsledger.nextsteps import policies_for
+    from opsledger.base import policies_for
 
     moment = now or dt.datetime.now(dt.UTC)
     problems = request_problems(
