@@ -28,6 +28,7 @@ from pathlib import Path
 from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git, git_env, log_paths, nul_paths
+from opsledger.localcache import history_stamp, load_cache, save_cache
 from opsledger.policy.bundle import Policies, Rule, load_policies
 from opsledger.policy.changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
@@ -194,24 +195,27 @@ def _approval_of(
 
 
 _BASES: dict[tuple[str, str], Base] = {}
+_WALKS = "base-walks"
+_WALKS_KEPT = 2  # bases remembered (a line of 30,000 commits is about 1.2 MB)
 
 
-def resolve_base(project: Project, ref: str | None = None) -> Base:
-    """The protected base and the policies in effect on it (see the module docstring).
+def _walks(project: Project, sha: str) -> tuple[list[str], str]:
+    """The base's first-parent line (oldest first) and the log of its policy commits.
 
-    Raises OpsledgerError (exit 2) when the base is missing or its policies cannot be read.
-
-    Example:
-        base = resolve_base(find_project(), "origin/main")
-        base.policies.rule_for("normal", "high", "production"), base.pending()
+    Both are what git answers for one commit id, which names its whole history: the same
+    for every later command, so they are kept in `.opsledger/cache/base-walks.json`
+    (localcache: authenticated, ignored by git) by that id, the policy paths walked and
+    the clone's shallow boundary and grafts. At 30,000 commits the two walks and the
+    listing of changes/ cost a decision about 0.4 s.
     """
-    name = ref or os.environ.get("OPSLEDGER_BASE") or DEFAULT_BASE
-    sha = _rev(project, name)
-    if (str(project.root), sha) in _BASES:
-        cached = _BASES[(str(project.root), sha)]
-        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+    key = f"{sha} {','.join(POLICY_DOCS)} {history_stamp(project.root)}"
+    kept = load_cache(project, _WALKS)
+    entry = kept.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("line"), list):
+        line, log = entry["line"], entry.get("log")
+        if isinstance(log, str) and all(isinstance(c, str) for c in line):
+            return line, log
     line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
-    position = {c: i for i, c in enumerate(line)}
     # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
     folders = nul_paths(git(project.root, "ls-tree", "--name-only", "-z", sha, "changes/").stdout)
     requests = [f for f in folders if is_policy_change(f.rsplit("/", 1)[-1])]
@@ -237,6 +241,27 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
         check=True,
         env=git_env(),
     ).stdout
+    others = list({k: v for k, v in kept.items() if k != key}.items())[-(_WALKS_KEPT - 1) :]
+    save_cache(project, _WALKS, {**dict(others), key: {"line": line, "log": log}})
+    return line, log
+
+
+def resolve_base(project: Project, ref: str | None = None) -> Base:
+    """The protected base and the policies in effect on it (see the module docstring).
+
+    Raises OpsledgerError (exit 2) when the base is missing or its policies cannot be read.
+
+    Example:
+        base = resolve_base(find_project(), "origin/main")
+        base.policies.rule_for("normal", "high", "production"), base.pending()
+    """
+    name = ref or os.environ.get("OPSLEDGER_BASE") or DEFAULT_BASE
+    sha = _rev(project, name)
+    if (str(project.root), sha) in _BASES:
+        cached = _BASES[(str(project.root), sha)]
+        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+    line, log = _walks(project, sha)
+    position = {c: i for i, c in enumerate(line)}
     touched = log_paths(log)
     trees = _trees(project, [c for c, _ in touched])
     versions: list[PolicyVersion] = []

@@ -42,8 +42,32 @@ _GRAPHS: set[str] = set()
 
 
 def _git_common_dir(root: Path) -> Path | None:
-    proc = git(root, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else None
+    if str(root) not in _COMMON:
+        proc = git(root, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+        found = proc.stdout.strip() if proc.returncode == 0 else ""
+        _COMMON[str(root)] = Path(found) if found else None
+    return _COMMON[str(root)]
+
+
+_COMMON: dict[str, Path | None] = {}
+
+
+def history_stamp(root: Path) -> str:
+    """What besides a commit id decides the history git walks from it (cached walks' key).
+
+    A shallow clone's boundary (a fetch deepens it) and grafts.
+
+    Example:
+        history_stamp(project.root)  # '' in a full clone without grafts
+    """
+    common = _git_common_dir(root)
+    if common is None:
+        return "no repository"
+    parts = []
+    for name in ("shallow", "info/grafts"):
+        with contextlib.suppress(OSError):
+            parts.append(name + ":" + hashlib.sha256((common / name).read_bytes()).hexdigest())
+    return " ".join(parts)
 
 
 def _key(project: Project) -> bytes | None:
