@@ -30,6 +30,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,47 @@ def ensure_commit_graph(root: Path) -> None:
             env=git_env(),
             timeout=600,
         )
+
+
+_SCHEMA_PASSES = "schema-passes"
+_PASSES_KEPT = 4096
+
+
+def _validator_code() -> str:
+    """What decides a validation besides schema and data: schema.py and jsonschema's release."""
+    import importlib.util
+
+    from opsledger import schema
+
+    digest = hashlib.sha256(Path(schema.__file__).read_bytes())
+    spec = importlib.util.find_spec("jsonschema")
+    if spec is not None and spec.origin:
+        packages = Path(spec.origin).parent.parent
+        digest.update(
+            " ".join(sorted(p.name for p in packages.glob("jsonschema*.dist-info"))).encode()
+        )
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def schema_passes(project: Project) -> Iterator[None]:
+    """Schema validations that passed in earlier commands pass again without jsonschema.
+
+    Kept in `.opsledger/cache/schema-passes.json` by the digest of schema and data as
+    validated (schema.passes_remembered), for this schema.py and jsonschema release; only
+    passes are kept. Re-entrant: an inner use adds to the outer one.
+
+    Example:
+        with schema_passes(project):
+            result = validate_change(project, "CHG-0001")
+    """
+    from opsledger.schema import passes_remembered
+
+    code = _validator_code()
+    kept = load_cache(project, _SCHEMA_PASSES)
+    before = set(kept.get("passes", [])) if kept.get("code") == code else set()
+    with passes_remembered(set(before)) as passes:
+        yield
+    if passes is not None and not passes <= before:
+        newest = [*(p for p in passes if p not in before), *before][:_PASSES_KEPT]
+        save_cache(project, _SCHEMA_PASSES, {"code": code, "passes": sorted(newest)})
