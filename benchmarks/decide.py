@@ -15,7 +15,8 @@ with this checkout's code and, given `--baseline SRC` (another checkout's src/, 
 `git worktree add /tmp/main main`, then `--baseline /tmp/main/src`), that code too, on the same
 repository. Baseline lanes run first, before this code writes its commit-graph and cache; this
 code's first run (cold: it writes them) is shown on its own, then the median of `--rounds`.
-CPU time (user + system of the child) is the figure to compare on a shared machine.
+CPU time (user + system of the child) is the figure to compare on a shared machine. Runs
+keep Python's bytecode cache (PYTHONDONTWRITEBYTECODE dropped), as an installed opsledger does.
 
 Both lanes also run on a short history (`--small`, 100 changes, the same pending ones): the
 ratio of the two says how much of a decision still grows with the history (1.00: none).
@@ -175,6 +176,7 @@ def _cpu() -> float:
 def timed(argv: list[str], repo: Path, src: Path, expect: list[str]) -> tuple[float, float]:
     """Wall-clock and CPU seconds of one run, which must exit 0 printing every `expect`."""
     env = {**os.environ, "PYTHONPATH": str(src), "OPSLEDGER_PROJECT": str(repo)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: modules are not compiled per run
     cpu = _cpu()
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True)

@@ -114,6 +114,7 @@ def lock_refs(bare: Path) -> dict[str, str]:
 
 def lane_plan(project: Project, hosts: list[str], shards: int):
     inventory._CACHE.clear()  # cold, as a runner computes it: the inventory read and parsed
+    (project.state_dir / "cache" / "inventory.json").unlink(missing_ok=True)  # its kept shape
     runbooks._CACHE.clear()
     started = time.perf_counter()
     runbook = load_runbook(project, "os-patch")  # splittable, db clusters together, standby first

@@ -38,6 +38,7 @@ from opsledger.layout import (
     folder_of_kind,
     in_policies,
 )
+from opsledger.localcache import history_stamp, load_cache, save_cache
 from opsledger.policy.bundle import Policies, Rule, load_policies
 from opsledger.policy.changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
@@ -206,24 +207,27 @@ def _approval_of(
 
 
 _BASES: dict[tuple[str, str], Base] = {}
+_WALKS = "base-walks"
+_WALKS_KEPT = 2  # bases remembered (a line of 30,000 commits is about 1.2 MB)
 
 
-def resolve_base(project: Project, ref: str | None = None) -> Base:
-    """The protected base and the policies in effect on it (see the module docstring).
+def _walks(project: Project, sha: str) -> tuple[list[str], str]:
+    """The base's first-parent line (oldest first) and the log of its policy commits.
 
-    Raises OpsledgerError (exit 2) when the base is missing or its policies cannot be read.
-
-    Example:
-        base = resolve_base(find_project(), "origin/main")
-        base.policies.rule_for("normal", "high", "production"), base.pending()
+    Both are what git answers for one commit id, which names its whole history: the same
+    for every later command, so they are kept in `.opsledger/cache/base-walks.json`
+    (localcache: authenticated, ignored by git) by that id, the policy paths walked and
+    the clone's shallow boundary and grafts. At 30,000 commits the two walks and the
+    listing of changes/ cost a decision about 0.4 s.
     """
-    name = ref or os.environ.get("OPSLEDGER_BASE") or DEFAULT_BASE
-    sha = _rev(project, name)
-    if (str(project.root), sha) in _BASES:
-        cached = _BASES[(str(project.root), sha)]
-        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+    key = f"{sha} {','.join(POLICY_DOCS)} {history_stamp(project.root)}"
+    kept = load_cache(project, _WALKS)
+    entry = kept.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("line"), list):
+        line, log = entry["line"], entry.get("log")
+        if isinstance(log, str) and all(isinstance(c, str) for c in line):
+            return line, log
     line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
-    position = {c: i for i, c in enumerate(line)}
     # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
     folders = nul_paths(
         git(project.root, "ls-tree", "--name-only", "-z", sha, CHANGES_PREFIX).stdout
@@ -251,6 +255,27 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
         check=True,
         env=git_env(),
     ).stdout
+    others = list({k: v for k, v in kept.items() if k != key}.items())[-(_WALKS_KEPT - 1) :]
+    save_cache(project, _WALKS, {**dict(others), key: {"line": line, "log": log}})
+    return line, log
+
+
+def resolve_base(project: Project, ref: str | None = None) -> Base:
+    """The protected base and the policies in effect on it (see the module docstring).
+
+    Raises OpsledgerError (exit 2) when the base is missing or its policies cannot be read.
+
+    Example:
+        base = resolve_base(find_project(), "origin/main")
+        base.policies.rule_for("normal", "high", "production"), base.pending()
+    """
+    name = ref or os.environ.get("OPSLEDGER_BASE") or DEFAULT_BASE
+    sha = _rev(project, name)
+    if (str(project.root), sha) in _BASES:
+        cached = _BASES[(str(project.root), sha)]
+        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+    line, log = _walks(project, sha)
+    position = {c: i for i, c in enumerate(line)}
     touched = log_paths(log)
     trees = _trees(project, [c for c, _ in touched])
     versions: list[PolicyVersion] = []
@@ -326,3 +351,15 @@ def _trees(project: Project, commits: list[str]) -> dict[str, str]:
         if rules:
             found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()
     return found
+
+
+def policies_for(project: Project) -> Policies:
+    """The base's policies, or the working tree's in a repository without a base yet.
+
+    Example:
+        policies_for(find_project()).priority("high", "low")  # 'P2'
+    """
+    try:
+        return resolve_base(project).policies
+    except OpsledgerError:  # no base yet (a new repository): the working tree's rules
+        return load_policies(project)[0]

@@ -26,7 +26,7 @@ from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import git, require_history
 from opsledger.layout import POLICIES_PREFIX, REVIEW, change_file
-from opsledger.localcache import ensure_commit_graph
+from opsledger.localcache import ensure_commit_graph, schema_passes
 from opsledger.policy.bundle import Policies, Rule
 from opsledger.policy.changes import is_policy_change, load_policy_request, policy_content
 from opsledger.policy.windows import covered, freezes_over
@@ -375,6 +375,13 @@ def decide(
         decision = decide(find_project(), "CHG-0001", now=datetime.now(UTC), base="origin/main")
         decision.allowed, [(c.rule, c.passed, c.why) for c in decision.checks]
     """
+    with schema_passes(project):  # files that passed their schema before: no jsonschema
+        return _decide(project, change_id, now=now, base=base)
+
+
+def _decide(
+    project: Project, change_id: str, *, now: dt.datetime | None, base: str | None
+) -> Decision:
     from opsledger.changes import load_change
     from opsledger.runbooks import load_runbook
 

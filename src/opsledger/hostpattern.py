@@ -56,3 +56,39 @@ def pattern_problems(pattern: object, names: Iterable[str]) -> list[tuple[str, s
                 (f"unknown host or group {shown(body, 120)}", f"use: {', '.join(sorted(known))}")
             )
     return found
+
+
+def select(pattern: str, memberships: dict[str, frozenset[str]], groups: Iterable[str]) -> set[str]:
+    """The hosts a pattern (that passed pattern_problems) selects, as Ansible selects them.
+
+    `memberships` maps every host to every group it is in, directly or through parent groups
+    (`all` included); `groups` is every group name, those without hosts too. As Ansible's
+    InventoryManager.get_hosts: terms split on `,` (else `:`); plain terms first (none:
+    `all`), then `&` terms intersect, then `!` terms remove. A term selects the hosts of every
+    group whose name it matches (fnmatch, case-sensitive), and the hosts it names too when it
+    matched no group or holds `*`, `?` or `.`.
+
+    Example:
+        every = {"lab-db1": frozenset({"all", "db"}), "lab-db2": frozenset({"all", "db"})}
+        select("db:!lab-db2", every, {"all", "db"})  # {'lab-db1'}
+    """
+    separator = "," if "," in pattern else ":"
+    terms = [t for t in pattern.split(separator) if t]
+    regular = [t for t in terms if t[0] not in "!&"] or ["all"]
+    groups = set(groups)
+    selected: set[str] = set()
+    for term in regular:
+        selected |= _one(term, memberships, groups)
+    for term in (t for t in terms if t[0] == "&"):
+        selected &= _one(term[1:], memberships, groups)
+    for term in (t for t in terms if t[0] == "!"):
+        selected -= _one(term[1:], memberships, groups)
+    return selected
+
+
+def _one(term: str, memberships: dict[str, frozenset[str]], groups: set[str]) -> set[str]:
+    matched = {g for g in groups if fnmatch.fnmatchcase(g, term)}
+    hosts = {h for h, every in memberships.items() if every & matched}
+    if not matched or any(c in term for c in ".?*"):
+        hosts |= {h for h in memberships if fnmatch.fnmatchcase(h, term)}
+    return hosts

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, one_line
-from opsledger.hostpattern import pattern_problems
+from opsledger.hostpattern import pattern_problems, select
+from opsledger.inventorycache import InventoryShape, load_shape, save_shape, shape_key
 from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml
 
@@ -102,17 +103,21 @@ _MAGIC = {"hostvars", "vars", "groups", "omit", "environment", "playbook_dir"}
 
 @dataclass(frozen=True)
 class Inventory:
-    """An environment's hosts; `hosts` keeps the inventory's order."""
+    """An environment's hosts; `hosts` keeps the inventory's order.
+
+    Names, matching and groups come from its shape (inventorycache.py), the same whether
+    Ansible built it in this process or it was kept from an earlier one.
+    """
 
     source: Path
     hosts: dict[str, InventoryHost]
-    _manager: Any = field(repr=False, compare=False)
+    shape: InventoryShape = field(repr=False, compare=False)
     _loader: Any = field(default=None, repr=False, compare=False)
 
     @property
     def names(self) -> set[str]:
         """Every host and group name (what a host pattern may name)."""
-        return {*self.hosts, *self._manager.groups}
+        return {*self.hosts, *self.shape.groups}
 
     def match(self, pattern: str) -> list[InventoryHost]:
         """Hosts a pattern (`db`, `all:!app`, `lab-db*`) selects, in inventory order.
@@ -125,12 +130,12 @@ class Inventory:
             raise OpsledgerError(
                 [Problem(message, str(self.source), "targets", fix) for message, fix in problems]
             )
-        names = {h.name for h in self._manager.get_hosts(pattern)}
+        names = select(pattern, self.shape.memberships, self.shape.groups)
         return [h for n, h in self.hosts.items() if n in names]
 
     def ancestors(self, host: str) -> list[str]:
         """Every group the host belongs to, directly or through parent groups."""
-        return sorted(g.name for g in self._manager.get_host(host).get_groups())
+        return sorted(self.shape.memberships[host])
 
     def group(self, name: str) -> list[InventoryHost]:
         return [h for h in self.hosts.values() if name in h.groups]
@@ -232,15 +237,56 @@ def _load_inventory(source: Path, template: bool) -> Inventory:
     if other is not None:  # the same files read the other way: Ansible's work is not redone
         _CACHE[key] = _variant(other, template)
         return _CACHE[key]
+    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
+    # Set before the key is taken: the key includes every ANSIBLE_ variable.
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
+    kept_as = shape_key(source, vault_ids(source))
+    shape = load_shape(source, kept_as) if kept_as else None
+    if shape is not None:  # read by Ansible before, from these very bytes: not again
+        inventory = _from_shape(source, template, shape)
+    else:
+        inventory = _parsed(source, template)
+        # Kept only if nothing moved while Ansible read it: the key must name what it read.
+        if kept_as and kept_as == shape_key(source, vault_ids(source)):
+            save_shape(source, kept_as, inventory.shape)
+    if len(_CACHE) > 16:
+        _CACHE.clear()
+    _CACHE[key] = inventory
+    return inventory
+
+
+def _from_shape(source: Path, template: bool, shape: InventoryShape) -> Inventory:
+    """The inventory of a kept shape: Ansible reads it only when a host's variable is asked."""
+    parsed: list[Inventory] = []
+
+    def resolve(name: str) -> tuple[dict[str, Any], Any]:
+        if not parsed:
+            parsed.append(_parsed(source, template))
+        host = parsed[0].hosts.get(name)
+        if host is None:  # the files moved since the shape was read: read them again
+            raise OpsledgerError(
+                Problem(
+                    f"host {name} is gone from the inventory while it was read",
+                    str(source),
+                    fix="run the command again",
+                )
+            )
+        return host._raw, host._templar
+
+    hosts: dict[str, InventoryHost] = {}
+    for name in shape.order:
+        groups = tuple(sorted(shape.memberships[name] - {"all"}))
+        hosts[name] = InventoryHost(name, groups, None, None, lambda n=name: resolve(n))
+        hosts[name].source = str(source)
+    return Inventory(source=source, hosts=hosts, shape=shape)
+
+
+def _parsed(source: Path, template: bool) -> Inventory:
+    """The inventory as Ansible reads it, its files checked; OpsledgerError when it cannot."""
     for f in [source] if source.is_file() else sorted(source.glob("hosts.y*ml")):
         _check_yaml(f)
-
     try:
-        inventory = _load(source, template)
-        if len(_CACHE) > 16:
-            _CACHE.clear()
-        _CACHE[key] = inventory
-        return inventory
+        return _load(source, template)
     except OpsledgerError:
         raise
     except Exception as exc:  # AnsibleError and friends: say which inventory, not a traceback
@@ -259,6 +305,8 @@ def _variant(loaded: Inventory, template: bool) -> Inventory:
     Loading an inventory (parsing it, resolving every host's variables) is the expensive part,
     and it does not depend on templating: at 1,000 hosts a decision loaded it twice.
     """
+    if loaded._loader is None:  # a kept shape: Ansible has not read it in this process
+        return _from_shape(loaded.source, template, loaded.shape)
     from ansible.template import Templar
 
     def resolve(host: InventoryHost) -> tuple[dict[str, Any], Any]:
@@ -270,7 +318,7 @@ def _variant(loaded: Inventory, template: bool) -> Inventory:
         entry = InventoryHost(name, host.groups, None, None, lambda h=host: resolve(h))
         entry.source = host.source
         hosts[name] = entry
-    return Inventory(source=loaded.source, hosts=hosts, _manager=loaded._manager,
+    return Inventory(source=loaded.source, hosts=hosts, shape=loaded.shape,
                      _loader=loaded._loader)  # fmt: skip
 
 
@@ -433,8 +481,6 @@ def _load(source: Path, template: bool) -> Inventory:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
-    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
-    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
         init_plugin_loader()
@@ -481,4 +527,6 @@ def _load(source: Path, template: bool) -> Inventory:
                 fix="add hosts under `all: children: <group>: hosts:`",
             )
         )
-    return Inventory(source=source, hosts=hosts, _manager=manager, _loader=loader)
+    every = {h.name: frozenset(g.name for g in h.get_groups()) for h in manager.get_hosts("all")}
+    shape = InventoryShape(tuple(hosts), every, frozenset(manager.groups))
+    return Inventory(source=source, hosts=hosts, shape=shape, _loader=loader)

@@ -30,6 +30,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,32 @@ _GRAPHS: set[str] = set()
 
 
 def _git_common_dir(root: Path) -> Path | None:
-    proc = git(root, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
-    return Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else None
+    if str(root) not in _COMMON:
+        proc = git(root, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+        found = proc.stdout.strip() if proc.returncode == 0 else ""
+        _COMMON[str(root)] = Path(found) if found else None
+    return _COMMON[str(root)]
+
+
+_COMMON: dict[str, Path | None] = {}
+
+
+def history_stamp(root: Path) -> str:
+    """What besides a commit id decides the history git walks from it (cached walks' key).
+
+    A shallow clone's boundary (a fetch deepens it) and grafts.
+
+    Example:
+        history_stamp(project.root)  # '' in a full clone without grafts
+    """
+    common = _git_common_dir(root)
+    if common is None:
+        return "no repository"
+    parts = []
+    for name in ("shallow", "info/grafts"):
+        with contextlib.suppress(OSError):
+            parts.append(name + ":" + hashlib.sha256((common / name).read_bytes()).hexdigest())
+    return " ".join(parts)
 
 
 def _key(project: Project) -> bytes | None:
@@ -173,3 +198,47 @@ def ensure_commit_graph(root: Path) -> None:
             env=git_env(),
             timeout=600,
         )
+
+
+_SCHEMA_PASSES = "schema-passes"
+_PASSES_KEPT = 4096
+
+
+def _validator_code() -> str:
+    """What decides a validation besides schema and data: schema.py and jsonschema's release."""
+    import importlib.util
+
+    from opsledger import schema
+
+    digest = hashlib.sha256(Path(schema.__file__).read_bytes())
+    spec = importlib.util.find_spec("jsonschema")
+    if spec is not None and spec.origin:
+        packages = Path(spec.origin).parent.parent
+        digest.update(
+            " ".join(sorted(p.name for p in packages.glob("jsonschema*.dist-info"))).encode()
+        )
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def schema_passes(project: Project) -> Iterator[None]:
+    """Schema validations that passed in earlier commands pass again without jsonschema.
+
+    Kept in `.opsledger/cache/schema-passes.json` by the digest of schema and data as
+    validated (schema.passes_remembered), for this schema.py and jsonschema release; only
+    passes are kept. Re-entrant: an inner use adds to the outer one.
+
+    Example:
+        with schema_passes(project):
+            result = validate_change(project, "CHG-0001")
+    """
+    from opsledger.schema import passes_remembered
+
+    code = _validator_code()
+    kept = load_cache(project, _SCHEMA_PASSES)
+    before = set(kept.get("passes", [])) if kept.get("code") == code else set()
+    with passes_remembered(set(before)) as passes:
+        yield
+    if passes is not None and not passes <= before:
+        newest = [*(p for p in passes if p not in before), *before][:_PASSES_KEPT]
+        save_cache(project, _SCHEMA_PASSES, {"code": code, "passes": sorted(newest)})

@@ -10,23 +10,15 @@ from __future__ import annotations
 import datetime as dt
 
 from opsledger.approval_rules import approval_rule, missing
-from opsledger.base import resolve_base
+from opsledger.base import policies_for, resolve_base
 from opsledger.changes import load_change
 from opsledger.decide import Decision
 from opsledger.errors import OpsledgerError
 from opsledger.layout import REQUEST, change_file
-from opsledger.policy.bundle import Policies, load_policies
+from opsledger.policy.bundle import Policies
 from opsledger.policy.changes import is_policy_change
 from opsledger.policy.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
 from opsledger.project import Project
-
-
-def policies_for(project: Project) -> Policies:
-    """The base's policies, or the working tree's in a repository without a base yet."""
-    try:
-        return resolve_base(project).policies
-    except OpsledgerError:  # no base yet (a new repository): the working tree's rules
-        return load_policies(project)[0]
 
 
 def _counted(project: Project, change_id: str, policies: Policies) -> list[str]:

@@ -4,20 +4,27 @@ It sits above the modules whose policy files it checks (the policy bundle, inspe
 dr.yml, sla.yml's business hours and incidents.yml, notifications.yml, locks.yml), so each of
 them keeps its own loader and none imports the check back: there is no late import to dodge a
 cycle. decide, plan, apply and ci call `require_policies`; the CLI calls `policy_check`.
+
+A passing check is remembered twice: in the process, while no file it may read moved (lstat),
+and between commands in `.opsledger/cache/policycheck.json` (localcache: authenticated by
+the clone's key, ignored by git), by a digest of the content of every file it may read, the
+environment, the day and opsledger's own code. Only a pass is kept: a failing check is run
+again every time, and a kept pass loads the policies from the files again (strictly), so
+what a decision judges is always read from the files as they are.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from opsledger.drill import load_services
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.faults.policy import fault_policy_problems
-from opsledger.inspections import load_inspection_plan
 from opsledger.layout import CHANGES, RECORDS, policies_folder
-from opsledger.maintenance import selects_somewhere
-from opsledger.notify import load_notify_policy
+from opsledger.localcache import load_cache, save_cache
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.files import policy_path, read_policy
 from opsledger.project import Project
@@ -37,6 +44,13 @@ def policy_check(project: Project) -> PolicyCheck:
     Example:
         policy_check(find_project()).problems  # []
     """
+    # The loaders of the other policy files, imported when a check runs: a decision whose
+    # pass was kept (require_policies) never needs them, and they cost a third of its start.
+    from opsledger.drill import load_services
+    from opsledger.faults.policy import fault_policy_problems
+    from opsledger.inspections import load_inspection_plan
+    from opsledger.notify import load_notify_policy
+
     policies, problems = load_policies(project, strict=False)
     for name, load in (("inspections.yml", load_inspection_plan), ("dr.yml", load_services)):
         path = policies_folder(project.root, name)
@@ -69,6 +83,8 @@ def _dr_target_problems(project: Project, services: dict) -> list[Problem]:
     A misspelt group selected no host, silently: no backup before an upgrade (upgrade_backup)
     and no primary to drill. An environment without the service's hosts is fine.
     """
+    from opsledger.maintenance import selects_somewhere
+
     return [
         Problem(
             f"{service.targets!r} selects no host in any environment's inventory",
@@ -113,6 +129,12 @@ def require_policies(project: Project) -> Policies:
     stamp = _inputs_stamp(project)
     if stamp in _PASSED:  # apply --pending decides many changes: one check while nothing moved
         return _PASSED[stamp]
+    digest = _inputs_digest(project, stamp)
+    if digest in load_cache(project, _CACHE).get("passed", []):  # these very bytes passed
+        policies = load_policies(project)[0]  # strict: raises on any problem it meets
+        _PASSED.clear()
+        _PASSED[stamp] = policies
+        return policies
     checked = policy_check(project)
     if checked.problems:
         refusal = Problem(
@@ -126,7 +148,43 @@ def require_policies(project: Project) -> Policies:
     _PASSED.clear()
     if after[:2] == stamp[:2]:  # no file moved while it was checked
         _PASSED[after] = checked.policies
+        # Kept under the environment it started with (reading an inventory sets Ansible's
+        # variables), if no file's content moved while it was checked.
+        if _inputs_digest(project, stamp) == digest:
+            passed = [d for d in load_cache(project, _CACHE).get("passed", []) if d != digest]
+            save_cache(project, _CACHE, {"passed": [*passed[-(_KEPT - 1) :], digest]})
     return checked.policies
+
+
+_CACHE = "policycheck"
+_KEPT = 8  # passing digests kept: a few branches or environments switched between
+# What shells set for themselves, different with each way of starting the same command.
+_SHELL_ONLY = {"_", "OLDPWD", "SHLVL"}
+_CODE = Path(__file__).resolve().parent  # opsledger's own code: its rules are part of a pass
+
+
+def _inputs_digest(project: Project, stamp: tuple) -> str:
+    """A digest of what a pass stands on, by content, for the cache between commands.
+
+    Every file of the stamp (by its bytes), the environment, today's date (UTC: nothing dated
+    is trusted past a day) and the opsledger code that checked it (its .py and schema files)
+    with the Python version.
+    """
+    digest = hashlib.sha256(f"policycheck-1 {sys.version}\0".encode())
+    digest.update(dt.datetime.now(dt.UTC).date().isoformat().encode())
+    code = sorted(str(p) for p in _CODE.rglob("*") if p.suffix in (".py", ".json"))
+    for path in [entry[0] for entry in stamp[1]] + code:
+        try:
+            with open(path, "rb") as handle:
+                content = hashlib.sha256(handle.read()).hexdigest()
+        except OSError:  # a socket, a dangling link: named, not read
+            content = "unreadable"
+        digest.update(f"\0{path}\0{content}".encode(errors="surrogateescape"))
+    for name, value in stamp[2]:
+        if name in _SHELL_ONLY:
+            continue
+        digest.update(f"\0{name}={value}".encode(errors="surrogateescape"))
+    return digest.hexdigest()
 
 
 _PASSED: dict[tuple, Policies] = {}  # this process's last passing check, by _inputs_stamp

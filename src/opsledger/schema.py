@@ -7,21 +7,28 @@ Two choices make validation strict where Python's defaults are lenient:
   outside a character class is compiled as `\Z` (end of text, as in JSON Schema's ECMA
   regexes), for the shipped schemas and every runbook's parameter schema alike.
 - messages never echo a whole value: a megabyte string or a nested structure is cut.
+
+jsonschema is imported when something is validated (it is most of a short command's start):
+inside `passes_remembered(passes)`, data that passed the same schema before (its digest is
+in `passes`, which localcache.schema_passes keeps between commands) passes without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from opsledger.errors import Problem, one_line, shown
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 
 @functools.cache
@@ -55,6 +62,8 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 def _pattern(
     validator: Any, pattern: str, instance: Any, _schema: Any
 ) -> Iterator[ValidationError]:
+    from jsonschema.exceptions import ValidationError
+
     if not validator.is_type(instance, "string"):
         return
     try:
@@ -66,7 +75,63 @@ def _pattern(
         yield ValidationError(f"{shown(instance, 50)} does not match {pattern}")
 
 
-Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+@functools.cache
+def _validator_class() -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(Draft202012Validator, {"pattern": _pattern})
+
+
+_PASSES: ContextVar[set[str] | None] = ContextVar("schema_passes", default=None)
+
+
+@contextlib.contextmanager
+def passes_remembered(passes: set[str]) -> Iterator[set[str]]:
+    """Inside, data that passed a schema before (its digest in `passes`) passes unvalidated.
+
+    Each new pass is added to `passes`. Nested: the outer set is used.
+
+    Example:
+        with passes_remembered(set()) as passes:
+            problems(data, schema("change"), "change.yml")  # [] -> its digest in passes
+    """
+    if _PASSES.get() is not None:
+        yield _PASSES.get()  # type: ignore[misc]
+        return
+    token = _PASSES.set(passes)
+    try:
+        yield passes
+    finally:
+        _PASSES.reset(token)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether JSON writes the value as it is (only such data is remembered).
+
+    A tuple would be written as a list and an int key as text; jsonschema tells them apart.
+    """
+    if depth > 64:
+        return False
+    kind = type(value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v, depth + 1) for v in value)
+    return kind in (str, int, float, bool, type(None))
+
+
+def _digest(data: Any, schema_doc: Any, kind: str = "valid") -> str | None:
+    """The digest of data and schema as validated, or None (not plain: not remembered).
+
+    `kind` tells a validation ("valid") from a check of the schema itself ("schema").
+    """
+    if not (_plain(data) and _plain(schema_doc)):
+        return None
+    try:
+        text = json.dumps([kind, schema_doc, data], sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _field(error: ValidationError, prefix: str = "") -> str:
@@ -122,16 +187,29 @@ def _message(error: ValidationError) -> str:
 
 def problems(data: Any, schema_doc: dict[str, Any], file: str, prefix: str = "") -> list[Problem]:
     """Every way data breaks the schema, sorted by where it is."""
-    validator = Validator(schema_doc)
+    passes = _PASSES.get()
+    digest = _digest(data, schema_doc) if passes is not None else None
+    if digest is not None and digest in passes:  # type: ignore[operator]
+        return []
+    validator = _validator_class()(schema_doc)
     found = []
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
     for error in errors:
         found.append(Problem(_message(error), file, _field(error, prefix), _fix(error)))
+    if not found and digest is not None:
+        passes.add(digest)  # type: ignore[union-attr]
     return found
 
 
 def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
     """Problems with a schema itself (e.g. a runbook's parameter schema)."""
+    passes = _PASSES.get()
+    digest = _digest(None, schema_doc, "schema") if passes is not None else None
+    if digest is not None and digest in passes:  # type: ignore[operator]
+        return []
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(schema_doc)
     except SchemaError as exc:
@@ -143,4 +221,6 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
                 "see https://json-schema.org",
             )
         ]
+    if digest is not None:
+        passes.add(digest)  # type: ignore[union-attr]
     return []

@@ -39,7 +39,7 @@ def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tu
     """(`change withdraw`, its command) for every command under `group`, groups opened.
 
     Asks the group (list_commands, get_command) rather than reading its `commands`: the root
-    group loads its commands on first use (cli/__init__.py), and this loads them all.
+    group loads its commands on first use (cli/root.py), and this loads them all.
     """
     ctx = click.Context(group)
     # The group's own order first: an alias (`change cancel`) comes after the command it names,

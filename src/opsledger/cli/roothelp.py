@@ -1,0 +1,76 @@
+"""The root `opsledger --help` as click prints it at 80 columns or more, kept as text.
+
+cli/__init__.py prints it without importing click (see there). Written by
+`root.write_root_help()` from the commands themselves and checked against them by
+tests/unit/test_cli.py: after editing a command's first help paragraph, the root docstring or
+a root option, run `python -c 'from opsledger.cli.root import write_root_help as w; w()'`.
+"""
+
+from __future__ import annotations
+
+# Variables click (or the project finder) reads as option values.
+ENV_OPTIONS = ("OPSLEDGER_PERSON", "OPSLEDGER_SIGNING_KEY", "OPSLEDGER_BASE", "OPSLEDGER_PROJECT")
+# Written by write_root_help(): do not edit.
+ROOT_HELP = (
+    "Usage: opsledger [OPTIONS] COMMAND [ARGS]...\n"
+    "\n"
+    "  GitOps for IT operations: desired state, changes, approvals and audit in\n"
+    "  plain git.\n"
+    "\n"
+    "  Example:\n"
+    "      opsledger lab up\n"
+    "\n"
+    "  One grammar on every command (README, Conventions):\n"
+    "    --format text|json|...   what a command prints; --json is --format json\n"
+    "    a time                   2026-12-24T18:00+01:00 (or ...Z), now, +2h, -30m\n"
+    "    a duration               90s, 15m, 2h, 1d, 1h30m, PT1H30M\n"
+    "\n"
+    "  Environment (each stands for an option or a default):\n"
+    "    OPSLEDGER_PROJECT        the project root, when not run from inside it\n"
+    "    OPSLEDGER_PERSON         your person id: --as, --requested-by\n"
+    "    OPSLEDGER_SIGNING_KEY    the SSH key that signs your statements (--key) and evidence\n"
+    "    OPSLEDGER_BASE           the protected branch (default main) whose policies decide:\n"
+    "                             --base of decide, plan and apply; approve, change new,\n"
+    "                             change show and their next steps follow it too\n"
+    "    OPSLEDGER_COMMITTER_NAME, OPSLEDGER_COMMITTER_EMAIL\n"
+    "                             who commits run records and evidence (CI's identity;\n"
+    "                             default git's user)\n"
+    "    OPSLEDGER_LOCK_DIR       the machine's lock folder (default /run/lock/opsledger)\n"
+    "    OPSLEDGER_RUNNER         the CI job an origin lock names (default from the\n"
+    "                             GitHub/GitLab job variables)\n"
+    "    OPSLEDGER_VERIFY_WORKERS pytest processes verifying hosts at once (default the\n"
+    "                             CPU count)\n"
+    "    OPSLEDGER_NO_INCIDENTS   1: inspections, drift, apply and drills open no incidents\n"
+    "    OPSLEDGER_DEBIAN_MIRROR, OPSLEDGER_DEBIAN_SECURITY_MIRROR\n"
+    "                             the Debian mirrors lab image and lab up build from\n"
+    "    NO_COLOR                 any value: --no-color\n"
+    "\n"
+    "Options:\n"
+    "  --version   Show the version and exit.\n"
+    "  --no-color  No colour in opsledger's or Ansible's output (or set NO_COLOR).\n"
+    "  -h, --help  Show this message and exit.\n"
+    "\n"
+    "Commands:\n"
+    "  alerts    Alerts from Prometheus and Alertmanager become incidents (and...\n"
+    "  apply     Decide now, lock the targets, run, verify, roll back on...\n"
+    "  approve   Approve (or reject) a change's current content and commit it...\n"
+    "  audit     Read git history as the change log.\n"
+    "  calendar  The change calendar: maintenance windows, freezes, scheduled...\n"
+    "  change    Create and validate change requests.\n"
+    "  ci        Pipeline steps: check a pull request, apply after a merge,...\n"
+    "  decide    Evaluate every rule for a change; exit 0 when allowed, 3 when...\n"
+    "  drift     Compare hosts with the desired state in git (converge in...\n"
+    "  drill     Drill a service's disaster recovery (policies/dr.yml) and...\n"
+    "  host      Each host's record from git: changes, patches, findings,...\n"
+    "  incident  Record, handle and close incidents; SLA clocks run on git time.\n"
+    "  inspect   Run an inspection schedule's checks on every host in parallel...\n"
+    "  lab       Run the local lab: the hosts of inventories/lab as podman...\n"
+    "  notify    Notifications to the team's channels (Slack, Teams, Matrix,...\n"
+    "  plan      Decide, then show per host what the change would do (check...\n"
+    "  policy    Check, propose and print the schemas of the policies (people,...\n"
+    "  problem   Problems: the cause behind recurring incidents, the known...\n"
+    "  report    KPIs of changes, operations and incidents, as one page.\n"
+    "  roles     Role documentation and consistency checks.\n"
+    "  runbook   List and describe runbooks (runbooks/<name>/runbook.yml).\n"
+    "  verify    Verify hosts against the inventory with the Testinfra suites...\n"
+)

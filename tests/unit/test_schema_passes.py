@@ -1,0 +1,116 @@
+"""Schema validations remembered between commands (schema.passes_remembered,
+localcache.schema_passes): only passes, keyed by the exact data and schema, never forged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import opsledger
+from opsledger.changes import validate_change
+from opsledger.localcache import cache_file
+from opsledger.schema import _digest, passes_remembered, problems, schema, schema_problems
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}, "size": {"type": "integer"}},
+    "additionalProperties": False,
+}
+
+
+def test_a_pass_is_remembered_and_only_a_pass():
+    with passes_remembered(set()) as passes:
+        assert problems({"name": "alice", "size": 1}, SCHEMA, "f.yml") == []
+        assert len(passes) == 1
+        assert problems({"name": "alice\n", "size": 1}, SCHEMA, "f.yml")  # `$` is end of text
+        assert problems({"name": "alice", "size": "1"}, SCHEMA, "f.yml")
+        assert problems({"name": "alice", "extra": 1}, SCHEMA, "f.yml")
+        assert len(passes) == 1
+        assert schema_problems({"type": "object"}, "r.yml", "params") == []
+        assert schema_problems({"type": 5}, "r.yml", "params")
+        assert len(passes) == 2
+
+
+def test_a_remembered_pass_covers_that_data_and_schema_only():
+    with passes_remembered(set()) as passes:
+        problems({"name": "alice", "size": 1}, SCHEMA, "f.yml")
+        strict = {**SCHEMA, "required": ["missing"]}
+        assert problems({"name": "alice", "size": 1}, strict, "f.yml")  # another schema
+        assert problems({"name": "alice", "size": 1.5}, SCHEMA, "f.yml")  # 1 vs 1.5
+        assert problems({"name": "alice", "size": True}, SCHEMA, "f.yml")  # bool is not 1
+        assert len(passes) == 1
+
+
+@pytest.mark.parametrize("data", [{1: "a"}, {"name": ("a",)}, {"when": __import__("datetime")}])
+def test_data_json_would_rewrite_is_never_remembered(data):
+    """An int key would be written as text and a tuple as a list: jsonschema tells them apart
+    from what JSON writes, so such data is validated every time."""
+    assert _digest(data, SCHEMA) is None
+
+
+def _change_file(project, change_id):
+    return project.root / "changes" / change_id / "change.yml"
+
+
+def test_an_edit_after_a_pass_is_validated_again(repo):
+    project, change_id, _ = repo
+    assert validate_change(project, change_id).ok
+    assert cache_file(project, "schema-passes").is_file()
+    path = _change_file(project, change_id)
+    data = yaml.safe_load(path.read_text())
+    data["surprise"] = 1
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = validate_change(project, change_id)
+    assert not result.ok
+    assert any("surprise" in p.message for p in result.problems)
+
+
+def test_a_forged_pass_is_ignored(repo):
+    """A digest written by hand for invalid data does not verify under the clone's key."""
+    project, change_id, _ = repo
+    assert validate_change(project, change_id).ok
+    path = _change_file(project, change_id)
+    data = yaml.safe_load(path.read_text())
+    data["surprise"] = 1
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    kept = cache_file(project, "schema-passes")
+    mac, _, body = kept.read_bytes().partition(b"\n")
+    entries = json.loads(body)
+    entries["passes"].append(_digest(json.loads(json.dumps(data)), schema("change")))
+    kept.write_bytes(mac + b"\n" + json.dumps(entries).encode())
+    assert not validate_change(project, change_id).ok
+
+
+def test_a_warm_change_validate_imports_neither_jsonschema_nor_ansible(repo):
+    project, change_id, _ = repo
+    code = (
+        "import json, sys\n"
+        "from opsledger.cli import main\n"
+        f"sys.argv = ['opsledger', 'change', 'validate', '{change_id}']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
+        "OPSLEDGER_PROJECT": str(project.root),
+    }
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert f"{change_id}: valid" in run.stdout
+    cold, warm = (set(json.loads(r.stderr.strip().splitlines()[-1])) for r in runs)
+    assert "jsonschema" in cold and "ansible" in cold
+    assert not {m for m in warm if m.split(".")[0] in ("jsonschema", "ansible")}
