@@ -30,7 +30,7 @@ import os
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,49 @@ def cache_file(project: Project, name: str) -> Path:
     return project.state_dir / "cache" / f"{name}.json"
 
 
+# Writes held for the command under way (hold_writes): path -> (project, name, entries).
+_HELD: dict[Path, tuple[Project, str, dict[str, Any]]] = {}
+_HOLDING: list[bool] = []  # one entry per hold_writes open; False once discarded
+
+
+@contextlib.contextmanager
+def hold_writes() -> Iterator[Callable[[], None]]:
+    """Hold every cache write of a command until it ends; `discard()` drops them all.
+
+    A refused command (bad input, a denial) writes nothing, caches included: the CLI discards
+    what it held when a command ends with exit 2 or 3. Reads inside see what was held. Nested
+    holds write (or drop) once, when the outermost ends; a discard anywhere drops everything.
+
+    Example:
+        with hold_writes() as discard:
+            ...; discard()  # when the command was refused
+    """
+
+    def discard() -> None:
+        _HOLDING[:] = [False] * len(_HOLDING)
+        _HELD.clear()
+
+    _HOLDING.append(all(_HOLDING))
+    try:
+        yield discard
+    finally:
+        kept = _HOLDING.pop()
+        if not _HOLDING:
+            held = list(_HELD.values())
+            _HELD.clear()
+            for project, name, entries in held if kept else ():
+                _write(project, name, entries)
+
+
 def load_cache(project: Project, name: str) -> dict[str, Any]:
     """The entries of cache `name` when the file verifies under this clone's key, else {}.
 
     Example:
         slots = load_cache(project, "slots")  # {blob id: what it says}
     """
+    held = _HELD.get(cache_file(project, name))
+    if held is not None:
+        return held[2]
     key = _key(project)
     if key is None:
         return {}
@@ -128,6 +165,14 @@ def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
     Example:
         save_cache(project, "slots", slots)
     """
+    if _HOLDING:
+        if all(_HOLDING):  # a discarded command keeps nothing more either
+            _HELD[cache_file(project, name)] = (project, name, entries)
+        return
+    _write(project, name, entries)
+
+
+def _write(project: Project, name: str, entries: dict[str, Any]) -> None:
     key = _key(project)
     if key is None:
         return

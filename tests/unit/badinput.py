@@ -21,10 +21,6 @@ def tree_state(root: Path) -> dict[str, str]:
             continue
         if path.parent == root / ".opsledger" and path.suffix == ".lock":
             continue  # an empty flock target (the commit lock), not data anyone reads
-        if (root / ".opsledger" / "cache") in path.parents:
-            # What a command read before it found the problem (an inventory's shape, a base's
-            # walks), kept by content and authenticated: derived, never an answer or evidence.
-            continue
         if path.is_symlink():
             state[str(path.relative_to(root))] = f"-> {os.readlink(path)}"
         elif path.is_file():

@@ -15,7 +15,15 @@ import click
 from opsledger import __version__
 from opsledger.cli.history import check_history
 from opsledger.cli.roothelp import ENV_OPTIONS
-from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem, is_utf8, one_line, shown
+from opsledger.errors import (
+    EXIT_DENIED,
+    EXIT_INVALID,
+    OpsledgerError,
+    Problem,
+    is_utf8,
+    one_line,
+    shown,
+)
 
 
 def not_utf8_problems(args: list[str]) -> list[Problem]:
@@ -163,16 +171,36 @@ class _Group(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except OpsledgerError as exc:
-            # A refusal always says why: an empty list would be an exit code with no reason.
-            problems = exc.problems or [Problem("refused without a reason (a bug: report it)")]
-            # One line per problem: loaders that meet the same fault (each policy file through
-            # one symlinked policies/) say it once.
-            for line in dict.fromkeys(str(problem) for problem in problems):
-                click.secho(f"error: {line}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
+        # A refused command writes nothing, its caches included: held until it ends well.
+        from opsledger.localcache import hold_writes
+
+        with hold_writes() as discard:
+            try:
+                return super().invoke(ctx)
+            except OpsledgerError as exc:
+                discard()
+                self._refuse(ctx, exc)
+            except click.exceptions.Exit as exc:
+                if exc.exit_code in REFUSED:
+                    discard()
+                raise
+            except SystemExit as exc:
+                if exc.code in REFUSED:
+                    discard()
+                raise
+            except BaseException:
+                discard()
+                raise
+
+    @staticmethod
+    def _refuse(ctx: click.Context, exc: OpsledgerError) -> None:
+        # A refusal always says why: an empty list would be an exit code with no reason.
+        problems = exc.problems or [Problem("refused without a reason (a bug: report it)")]
+        # One line per problem: loaders that meet the same fault (each policy file through
+        # one symlinked policies/) say it once.
+        for line in dict.fromkeys(str(problem) for problem in problems):
+            click.secho(f"error: {line}", fg="red", err=True)
+        ctx.exit(exc.exit_code)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -191,6 +219,9 @@ class _Group(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+REFUSED = (EXIT_INVALID, EXIT_DENIED)  # bad input, a policy denial: nothing written
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
