@@ -43,7 +43,7 @@ from opsledger.compliance import (
 from opsledger.errors import OpsledgerError
 from opsledger.evidence import Evidence, run_evidence
 from opsledger.faults.findings import fault_findings
-from opsledger.gitlog import Commit, by_change, iter_history, read_history
+from opsledger.gitlog import by_change, iter_history
 from opsledger.gitrepo import require_history
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
@@ -135,11 +135,18 @@ def _audit_log(
 ) -> AuditLog:
     base = resolve_base(project, "HEAD")
     policies = base.policies
-    commits = read_history(project, paths=("changes/",), allowed_signers=allowed_signers(policies))
+    # The whole history in one stream, its commits touching changes/ kept: a `git log --
+    # changes/` plus the records' own first-parent log read it twice (git costs the same
+    # either way; a path-limited log also hides merges git finds TREESAME to one parent).
+    commits = list(
+        iter_history(
+            project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=_in_changes
+        )
+    )
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
-    for evidence in run_evidence(project, base, statements=statements):
+    for evidence in run_evidence(project, base, statements=statements, history=commits):
         if evidence.trusted and evidence.record and evidence.record.change:
             runs.setdefault(evidence.record.change, []).append(evidence.record)
     rows, unreadable = [], []
@@ -222,6 +229,10 @@ def _audit_log(
     return AuditLog(rows, since, until, unreadable)
 
 
+def _in_changes(sha: str, committer_email: str, paths: list[str]) -> bool:
+    return any(path.startswith("changes/") for path in paths)
+
+
 COLUMNS = (
     "change",
     "title",
@@ -281,21 +292,28 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def _judged(commit: Commit, base: Base, ci_email: str, versions: set[str]) -> bool:
-    """Whether any rule of audit check reads this commit; the others are counted and dropped.
+class _Judged:
+    """Whether any rule of audit check reads a commit; the others are counted and dropped.
 
     Kept: what touches changes/ (requests, statements, records, reviews), policies/ (and the
     commits that brought a policy version), desired state, and every commit of the CI identity
-    on the first-parent line. A history of 100,000 commits is streamed, not held.
+    on the first-parent line. A history of 100,000 commits is streamed, not held: the commits
+    dropped are never built (see gitlog.Keep).
     """
-    if commit.sha in versions:
-        return True
-    if commit.committer_email == ci_email and commit.sha in base.position:
-        return True
-    return any(
-        f.path.startswith(("changes/", "policies/")) or is_desired_state(f.path)
-        for f in commit.files
-    )
+
+    def __init__(self, base: Base, ci_email: str, versions: set[str]):
+        self.base, self.ci_email, self.versions = base, ci_email, versions
+        self.read = 0
+
+    def __call__(self, sha: str, committer_email: str, paths: list[str]) -> bool:
+        self.read += 1
+        if sha in self.versions:
+            return True
+        if committer_email == self.ci_email and sha in self.base.position:
+            return True
+        return any(
+            path.startswith(("changes/", "policies/")) or is_desired_state(path) for path in paths
+        )
 
 
 def audit_check(
@@ -322,12 +340,11 @@ def _audit_check(
     policies = base.policies
     ci = policies.people.get(policies.records_by or "")
     versions = {v.commit for v in base.versions}
-    commits, read = [], 0
-    for commit in iter_history(project, allowed_signers=allowed_signers(policies)):
-        read += 1
-        if _judged(commit, base, ci.email if ci else "", versions):
-            commits.append(commit)
-    result = ComplianceResult(commits_read=read, baseline=policies.audit_from)
+    judged = _Judged(base, ci.email if ci else "", versions)
+    commits = list(
+        iter_history(project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=judged)
+    )
+    result = ComplianceResult(commits_read=judged.read, baseline=policies.audit_from)
     when = {c.sha: c.committed_at for c in commits}
     histories = by_change(commits)
     edits = edit_findings(commits)

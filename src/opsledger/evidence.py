@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
 from opsledger.errors import OpsledgerError
+from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
@@ -108,6 +109,32 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
                     )
                 )
     return found
+
+
+def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
+    """`added_on_line`'s answer from a history already read, oldest first.
+
+    gitlog lists what a merge brought relative to its first parent, as `--first-parent` does.
+
+    An audit reads the whole history once; a second `git log` for the records would read it
+    again (as long again as git itself takes to list the history).
+    """
+    return [
+        Added(
+            f.path,
+            f.blob,
+            commit.sha,
+            len(commit.parents),
+            commit.author_email,
+            commit.committer_email,
+            commit.signature,
+            commit.signer,
+        )
+        for commit in commits
+        if commit.sha in base.position
+        for f in commit.files
+        if f.status == "A" and is_final_run_path(f.path)
+    ]
 
 
 def changes_on(project: Project, base: Base, change_ids: list[str]) -> dict[str, bytes]:
@@ -200,12 +227,14 @@ def run_evidence(
     *,
     only: Callable[[Record], bool] | None = None,
     statements: dict[str, list[Found]] | None = None,
+    history: list[Commit] | None = None,
 ) -> list[Evidence]:
     """The run records that count (`read_runs`: committed in HEAD), judged, oldest first.
 
     Each is judged as the base's first-parent line added it (a record HEAD holds that the line
     never added is no evidence). `only` picks the records worth judging by what they say, as
-    HEAD holds them and as they were added (judging reads statements).
+    HEAD holds them and as they were added (judging reads statements). `history`: the base's
+    whole history when already read (every commit adding a record, see `added_in`).
 
     Example:
         [e.record.change for e in run_evidence(project, base) if e.trusted]
@@ -214,7 +243,8 @@ def run_evidence(
     held = {f.path: f.record for f in ledger.committed_files}
     if only is not None:
         held = {path: record for path, record in held.items() if only(record)}
-    added = [a for a in added_on_line(project, base) if a.path in held]
+    line = added_in(history, base) if history is not None else added_on_line(project, base)
+    added = [a for a in line if a.path in held]
     contents = blob_contents(project.root, [a.blob for a in added])
     requests = changes_on(project, base, [a.path.split("/")[1] for a in added])
     judged, found = [], set()
