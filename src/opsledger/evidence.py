@@ -36,6 +36,7 @@ from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
+from opsledger.steady import remembered
 from opsledger.yamlio import parse_yaml_shared
 
 
@@ -111,6 +112,15 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
     return found
 
 
+def record_of(blob: str, raw: bytes) -> Record | None:
+    """`parse_record(raw)` of a record version, once per blob inside `steady_tree()`.
+
+    Audits parse the records a branch holds while git lists its history. Shared: never
+    change it.
+    """
+    return remembered(("record", blob), lambda: parse_record(raw))
+
+
 def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
     """`added_on_line`'s answer from a history already read, oldest first.
 
@@ -166,7 +176,7 @@ def judge_record(
     reasons = evidence.reasons
     parts = added.path.split("/")
     change_id = parts[1] if len(parts) == 4 else ""
-    evidence.record = parse_record(raw)
+    evidence.record = record_of(added.blob, raw)
     if evidence.record is None:
         reasons.append("not a run record")
         return evidence

@@ -126,7 +126,7 @@ _ANNOTATIONS = {"$schema", "$id", "$comment", "$defs", "title", "description", "
 _CHECKED = {
     "type", "enum", "pattern", "minLength", "maxLength", "required", "properties",
     "additionalProperties", "minProperties", "maxProperties", "propertyNames", "items",
-    "minItems", "maxItems", "$ref",
+    "minItems", "maxItems", "uniqueItems", "$ref",
 }  # fmt: skip
 _SHAPES: dict[str, type | tuple[type, ...]] = {
     "properties": dict,
@@ -135,6 +135,7 @@ _SHAPES: dict[str, type | tuple[type, ...]] = {
     "enum": list,
     "pattern": str,
     "type": (str, list),
+    "uniqueItems": bool,
 }
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
@@ -238,6 +239,10 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
             return False
         items = node.get("items", True)
         if items is not True and not all(_valid(item, items, root) for item in data):
+            return False
+        if node.get("uniqueItems") and not (  # texts only: jsonschema's equality otherwise
+            all(isinstance(item, str) for item in data) and len(set(data)) == len(data)
+        ):
             return False
     return True
 

@@ -139,3 +139,25 @@ def test_valid_changes_take_the_fast_schema_path():
     assert not _fast_valid({**VALID, "params": {"tags": [True] * 65}}, doc)  # via $ref
     unknown = {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}
     assert not _fast_valid({"a": 1}, unknown)  # a keyword it does not know: jsonschema decides
+
+
+PARAMS = {  # a runbook's parameter schema, as converge's (uniqueItems, enum items)
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tags": {"type": "array", "uniqueItems": True, "items": {"enum": ["a", "b", "c"]}}
+    },
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["tags", "other"]), VALUES | st.lists(SCALARS)))
+def test_fast_check_of_parameters_never_passes_what_jsonschema_refuses(params):
+    if _fast_valid(params, PARAMS):
+        assert list(Validator(PARAMS).iter_errors(params)) == []
+
+
+def test_parameters_take_the_fast_path_and_repeated_items_do_not():
+    assert _fast_valid({"tags": ["a", "c"]}, PARAMS)
+    assert not _fast_valid({"tags": ["a", "a"]}, PARAMS)
+    assert not _fast_valid({"tags": [1, True]}, PARAMS)  # jsonschema's equality decides
