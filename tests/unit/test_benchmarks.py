@@ -210,7 +210,7 @@ def test_the_audit_benchmark_measures_each_lane_s_own_peak_memory(tmp_path):
         "small = bench.timed([sys.executable, '-c', 'pass'], here)[1]\n"
         "child = 'import subprocess, sys; subprocess.run([sys.executable, \"-c\", %r])' % grow\n"
         "code = bench.OPSLEDGER.replace('from opsledger.cli import main\\nmain()', child)\n"
-        "_, own, tree = bench.timed([sys.executable, '-c', code], here)\n"
+        "_, own, tree, _ = bench.timed([sys.executable, '-c', code], here)\n"
         "print(json.dumps([big, small, own, tree]))\n"
     )
     out = subprocess.run(
