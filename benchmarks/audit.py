@@ -217,6 +217,16 @@ def build(repo: Path, commits: int, changes: int) -> None:
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-f", "main"], check=True)
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a lane: the code of the checkout holding this file, first.
+
+    Run in the synthetic repository, a lane would otherwise import whichever opsledger the
+    interpreter has installed (a relative PYTHONPATH names nothing there).
+    """
+    path = os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def prove_valid(repo: Path, changes: int) -> None:
     """Stop (exit 1) unless audit judges every synthetic change valid and finds nothing.
 
@@ -227,6 +237,7 @@ def prove_valid(repo: Path, changes: int) -> None:
         cwd=repo,
         capture_output=True,
         text=True,
+        env=_env(),
     )
     rows = json.loads(log.stdout or "[]") if log.returncode == 0 else []
     ids = [row["change"] for row in rows]
@@ -244,6 +255,7 @@ def prove_valid(repo: Path, changes: int) -> None:
         cwd=repo,
         capture_output=True,
         text=True,
+        env=_env(),
     )
     findings = json.loads(check.stdout or "[]") if check.returncode in (0, 1) else None
     if findings is None or findings:
@@ -281,7 +293,7 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, float, float]:
     with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as scratch:
         errors_file = Path(scratch) / "stderr"
         own_file = Path(scratch) / "peak"
-        env = {**os.environ, "BENCH_PEAK": str(own_file)}
+        env = _env(BENCH_PEAK=str(own_file))
         with open(errors_file, "wb") as errors:
             started = time.monotonic()
             proc = subprocess.Popen(
@@ -348,7 +360,7 @@ def measure(commits: int, changes: int, rounds: int) -> None:
                 cpus[name].append(cpu)
                 peaks[name].append((own, tree))
         check = subprocess.run(
-            lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True
+            lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True, env=_env()
         )
         findings = json.loads(check.stdout or "[]")
     base = statistics.median(times["git log --name-status"])
