@@ -15,9 +15,9 @@ from pathlib import Path
 
 from opsledger.changes import Change
 from opsledger.drill import drill_record, load_services
+from opsledger.playbook_runs import PlaybookRun
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
-from opsledger.runner import PlaybookRun
 from opsledger.verify import VerifyResult
 
 

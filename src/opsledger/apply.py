@@ -54,10 +54,12 @@ from opsledger.gitrepo import head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import runner_identity
 from opsledger.joblog import JobLog, log_path_of
+from opsledger.layout import REQUEST, RUNS, change_file, policy_file
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
 from opsledger.origin_records import OriginRecords, refuse_running
+from opsledger.playbook_runs import PlaybookRun
 from opsledger.policycheck import require_policies
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
@@ -75,7 +77,6 @@ from opsledger.records import (
 from opsledger.reviews import open_review
 from opsledger.rollback import RollbackOutcome, roll_back
 from opsledger.runbooks import Runbook, load_runbook, require_truthful
-from opsledger.runner import PlaybookRun
 from opsledger.shards import ShardRun, refuse_shard_ran
 from opsledger.verify import VerifyResult
 
@@ -131,7 +132,7 @@ def clock_override(project: Project, change_id: str, now: dt.datetime | None) ->
             Problem(
                 f"a chosen time (--at) applies only in the {DEFAULT_ENVIRONMENT}, "
                 f"not in {change.environment}",
-                f"changes/{change_id}/change.yml",
+                change_file(change_id, REQUEST),
                 "--at",
                 "apply without --at, inside the change's window (decide and plan take --at "
                 "for what-ifs)",
@@ -179,7 +180,7 @@ def _refuse_applied(project: Project, change_id: str, again: bool, content: str 
                 f"already applied successfully at {previous.finished_at}"
                 if previous.result == RunResult.SUCCESS
                 else f"already run: its run at {previous.finished_at} ended {previous.result}",
-                f"changes/{change_id}/runs",
+                change_file(change_id, RUNS),
                 "result",
                 "pass --again to run it once more (recorded as another run)",
             ),
@@ -192,7 +193,7 @@ def _refuse_denied(
 ) -> OpsledgerError:
     """The denial; one denied while its change window is open is also notified."""
     problems = [
-        Problem(f"denied by rule {c.rule}{when}: {c.why}", f"changes/{change_id}", c.rule)
+        Problem(f"denied by rule {c.rule}{when}: {c.why}", change_file(change_id), c.rule)
         for c in decision.checks
         if not c.passed
     ]
@@ -203,7 +204,7 @@ def _refuse_denied(
             for line in notify(
                 project, denied_notice(change_id, change.environment, reasons)
             ).lines():
-                problems.append(Problem(line, "policies/notifications.yml", "channels"))
+                problems.append(Problem(line, policy_file("notifications.yml"), "channels"))
     return OpsledgerError(problems, EXIT_DENIED)
 
 

@@ -18,7 +18,6 @@ says otherwise, an approval counts only for the content it names, and the reques
 
 from __future__ import annotations
 
-import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,13 @@ from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git, git_env
+from opsledger.layout import (
+    APPROVALS,
+    change_file,
+    change_file_pattern,
+    change_folder,
+    change_folder_name,
+)
 from opsledger.policy.bundle import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
@@ -35,8 +41,8 @@ from opsledger.statements import NotAStatement, Statement, parse_statement, veri
 if TYPE_CHECKING:
     from opsledger.changes import Change
 
-_IN_APPROVALS = re.compile(r"^changes/[^/]+/approvals/")
-_FILE = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml$")
+_IN_APPROVALS = change_file_pattern("[^/]+", r"approvals/[\s\S]*")
+_FILE = change_file_pattern("[A-Z]+-[0-9]+", r"approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class Standing:
 
 
 def approvals_dir(project: Project, change_id: str) -> Path:
-    return project.root / "changes" / change_id / "approvals"
+    return change_folder(project.root, change_id, APPROVALS)
 
 
 def allowed_signers(policies: Policies) -> str:
@@ -194,7 +200,7 @@ def statements_in(project: Project, commits: list[Commit]) -> dict[str, list[Fou
     found: dict[str, list[Found]] = {}
     for entry in sorted(versions.values(), key=lambda f: (f.path, f.blob)):
         entry.raw = contents.get(entry.blob, b"")
-        found.setdefault(entry.path.split("/")[1], []).append(entry)
+        found.setdefault(change_folder_name(entry.path), []).append(entry)
     return found
 
 
@@ -372,7 +378,7 @@ def standing(
         for f in (
             found
             if found is not None
-            else collect(project, f"changes/{change_id}/approvals/", revs or [])
+            else collect(project, change_file(change_id, APPROVALS) + "/", revs or [])
         )
     ]
     notes = [f"{j.path} does not count: {'; '.join(j.reasons)}" for j in judged if not j.valid]
@@ -515,7 +521,7 @@ def requested_contents(
 ) -> set[str]:
     """The content hashes the requester has provably requested for a change, ever."""
     if found is None:
-        found = collect(project, f"changes/{change_id}/approvals/{requester}/", revs or [])
+        found = collect(project, change_file(change_id, APPROVALS, requester) + "/", revs or [])
     return {
         j.statement.content_sha256
         for f in found

@@ -45,6 +45,16 @@ from opsledger.evidence import Evidence, record_of, run_evidence
 from opsledger.faults.findings import fault_findings
 from opsledger.gitlog import by_change, history_in_background
 from opsledger.gitrepo import blob_contents, git, nul_paths, require_history
+from opsledger.layout import (
+    APPROVALS,
+    CHANGES,
+    CHANGES_PREFIX,
+    POLICIES_PREFIX,
+    REQUEST,
+    change_file,
+    change_folder_name,
+    within_change,
+)
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path
@@ -158,7 +168,7 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
     evidence.record_of): the versions the history brings are mostly these.
     """
     loaded = _load_all(project) if whole else {}
-    listing = git(project.root, "ls-tree", "-r", "-z", base.sha, "--", "changes").stdout
+    listing = git(project.root, "ls-tree", "-r", "-z", base.sha, "--", CHANGES).stdout
     statements, records = [], []
     for entry in nul_paths(listing):
         meta, _, path = entry.partition("\t")
@@ -166,7 +176,7 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
         if kind == "blob" and mode != "120000":
             if is_final_run_path(path):
                 records.append(blob)
-            elif path.split("/")[2:3] == ["approvals"]:
+            elif (inside := within_change(path)) and inside[1].startswith(f"{APPROVALS}/"):
                 statements.append(blob)
     contents = blob_contents(project.root, statements + records)
     parse_ahead({blob: contents[blob] for blob in statements if blob in contents})
@@ -202,7 +212,7 @@ def _audit_log(
     for change_id in change_ids(project):
         history = histories.get(change_id, [])
         request = next(
-            (c for c in history for f in c.files if f.path == f"changes/{change_id}/change.yml"),
+            (c for c in history for f in c.files if f.path == change_file(change_id, REQUEST)),
             None,
         )
         if request is None:
@@ -212,7 +222,7 @@ def _audit_log(
         change = loaded.get(change_id) or _load(project, change_id)
         if isinstance(change, OpsledgerError):  # audit check reports it too (change-unreadable)
             why = change.problems[0].message if change.problems else "cannot be read"
-            unreadable.append(f"changes/{change_id}: {why}")
+            unreadable.append(f"{change_file(change_id)}: {why}")
             continue
         if environment and change.environment != environment:
             continue
@@ -278,7 +288,7 @@ def _audit_log(
 
 
 def _in_changes(sha: str, committer_email: str, paths: list[str]) -> bool:
-    return any(path.startswith("changes/") for path in paths)
+    return any(path.startswith(CHANGES_PREFIX) for path in paths)
 
 
 COLUMNS = (
@@ -360,7 +370,8 @@ class _Judged:
         if committer_email == self.ci_email and sha in self.base.position:
             return True
         return any(
-            path.startswith(("changes/", "policies/")) or is_desired_state(path) for path in paths
+            path.startswith((CHANGES_PREFIX, POLICIES_PREFIX)) or is_desired_state(path)
+            for path in paths
         )
 
 
@@ -409,7 +420,7 @@ def _audit_check(
             "critical",
             "run record is no evidence: " + "; ".join(e.reasons),
             e.path,
-            e.path.split("/")[1],
+            change_folder_name(e.path),
             (e.commit,),
         )
         for e in records

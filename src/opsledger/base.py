@@ -28,6 +28,16 @@ from pathlib import Path
 from opsledger.approvals import quorum, standing
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git, git_env, log_paths, nul_paths
+from opsledger.layout import (
+    CHANGES_PREFIX,
+    POLICIES,
+    POLICIES_PREFIX,
+    POLICY_REQUEST,
+    change_file,
+    change_folder_name,
+    folder_of_kind,
+    in_policies,
+)
 from opsledger.policy.bundle import Policies, Rule, load_policies
 from opsledger.policy.changes import POLICY_DOCS, is_policy_change, policy_content_at
 from opsledger.project import Project
@@ -111,7 +121,7 @@ def policies_at(project: Project, commit: str) -> tuple[Policies | None, list[Pr
     the environment and runbook names of that commit, and loaded with the usual loader.
     """
     listing = git(
-        project.root, "ls-tree", "-r", "-z", commit, "--", "policies", "inventories", "runbooks"
+        project.root, "ls-tree", "-r", "-z", commit, "--", POLICIES, "inventories", "runbooks"
     ).stdout
     entries = []
     for line in listing.split("\0"):
@@ -123,9 +133,9 @@ def policies_at(project: Project, commit: str) -> tuple[Policies | None, list[Pr
     if key in _POLICIES:
         return _POLICIES[key]
     problems = []
-    policy_files = [(p, b) for p, m, k, b in entries if p.startswith("policies/") and k == "blob"]
+    policy_files = [(p, b) for p, m, k, b in entries if in_policies(p) and k == "blob"]
     for path, mode, _, _ in entries:
-        if path.startswith("policies/") and mode == "120000":
+        if in_policies(path) and mode == "120000":
             problems.append(
                 Problem("a symlink in policies/", f"{commit[:10]}:{path}", "symlink", "")
             )
@@ -134,7 +144,7 @@ def policies_at(project: Project, commit: str) -> tuple[Policies | None, list[Pr
         root = Path(tmp)
         for path, mode, _, blob in entries:
             target = root / path
-            if path.startswith("policies/") and mode != "120000":
+            if in_policies(path) and mode != "120000":
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(contents.get(blob, b""))
             elif path.endswith(("/hosts.yml", "/runbook.yml")) and path.count("/") == 2:
@@ -162,7 +172,9 @@ def _approval_of(
         content = policy_content_at(project, commit, change_id)
         if content is None:
             continue
-        shown = git(project.root, "show", f"{commit}:changes/{change_id}/policy.yml", check=False)
+        shown = git(
+            project.root, "show", f"{commit}:{change_file(change_id, POLICY_REQUEST)}", check=False
+        )
         try:
             request = parse_yaml(shown.stdout)
         except OpsledgerError:  # unreadable: nobody provably requested it
@@ -213,8 +225,10 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
     line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
     position = {c: i for i, c in enumerate(line)}
     # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
-    folders = nul_paths(git(project.root, "ls-tree", "--name-only", "-z", sha, "changes/").stdout)
-    requests = [f for f in folders if is_policy_change(f.rsplit("/", 1)[-1])]
+    folders = nul_paths(
+        git(project.root, "ls-tree", "--name-only", "-z", sha, CHANGES_PREFIX).stdout
+    )
+    requests = [f for f in folders if is_policy_change(change_folder_name(f) or "")]
     log = subprocess.run(
         [
             "git",
@@ -228,7 +242,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             "--format=%x1e%H",
             sha,
             "--",
-            "policies",
+            POLICIES,
             *POLICY_DOCS,
             *requests,
         ],
@@ -244,7 +258,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
     candidates: list[str] = []  # policy changes touched since the version in effect
     broken: list[Problem] = []  # problems of the version in effect
     for commit, paths in touched:
-        candidates += [p.split("/")[1] for p in paths if p.startswith("changes/POL-")]
+        candidates += [n for p in paths if (n := folder_of_kind(p, ("POL",)))]
         tree = trees.get(commit)
         if tree is None:
             continue
@@ -286,7 +300,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
         raise OpsledgerError(
             Problem(
                 f"no policies on {name}",
-                "policies/",
+                POLICIES_PREFIX,
                 "--base",
                 "name the branch that holds the project's policies",
             )
@@ -294,7 +308,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
     if broken:  # fail closed: nothing is decided on rules that do not check
         refusal = Problem(
             f"policy check fails on {name} ({sha[:10]}): nothing is decided on these rules",
-            "policies/",
+            POLICIES_PREFIX,
             fix=f"fix the problems above on {name} (opsledger policy check there)",
         )
         raise OpsledgerError([*broken, refusal])
@@ -307,7 +321,7 @@ def _trees(project: Project, commits: list[str]) -> dict[str, str]:
     """An id of each commit's policy files (docs left out); commits without any are left out."""
     found = {}
     for commit in commits:
-        listing = git(project.root, "ls-tree", "-r", "-z", commit, "--", "policies").stdout
+        listing = git(project.root, "ls-tree", "-r", "-z", commit, "--", POLICIES).stdout
         rules = [entry for entry in nul_paths(listing) if not entry.endswith(".md")]
         if rules:
             found[commit] = hashlib.sha256("\n".join(rules).encode()).hexdigest()

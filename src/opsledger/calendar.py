@@ -27,6 +27,7 @@ from opsledger.decide import decide
 from opsledger.drill import drills_due
 from opsledger.errors import OpsledgerError
 from opsledger.inspections import due_states, load_inspection_plan
+from opsledger.layout import change_file, policies_folder
 from opsledger.policy.bundle import DAYS, load_policies
 from opsledger.project import Project
 from opsledger.records import read_runs
@@ -110,7 +111,7 @@ def _changes(
             decision = decide(project, change_id, now=max(start, change.window_start))
         except OpsledgerError as err:  # `change validate` names what is wrong with it
             why = err.problems[0].message if err.problems else "cannot be read"
-            unreadable.append(f"changes/{change_id}: {why}")
+            unreadable.append(f"{change_file(change_id)}: {why}")
             continue
         if change.environment not in envs:
             continue
@@ -130,7 +131,7 @@ def _changes(
 
 
 def _due(project: Project, envs: list[str], start: dt.datetime, end: dt.datetime):
-    if (project.root / "policies" / "inspections.yml").exists():
+    if policies_folder(project.root, "inspections.yml").exists():
         plan = load_inspection_plan(project)
         for env in envs:
             for state in due_states(project, environment=env, now=start):
@@ -146,7 +147,7 @@ def _due(project: Project, envs: list[str], start: dt.datetime, end: dt.datetime
                         "overdue" if when <= start else "",
                         state.schedule,
                     )
-    if (project.root / "policies" / "dr.yml").exists():
+    if policies_folder(project.root, "dr.yml").exists():
         for due in drills_due(project, now=start):
             if due.environment not in envs:
                 continue

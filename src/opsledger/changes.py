@@ -23,6 +23,16 @@ import yaml
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
 from opsledger.gitrepo import git, git_env, log_paths
 from opsledger.inventory import load_inventory
+from opsledger.layout import (
+    REQUEST,
+    WITHDRAWN,
+    change_file,
+    change_folder,
+    change_id_of,
+    changes_root,
+    every_change_glob,
+    policy_file,
+)
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
@@ -57,7 +67,7 @@ class Change:
 
     @property
     def file(self) -> Path:
-        return self.path / "change.yml"
+        return self.path / REQUEST
 
 
 @dataclass
@@ -74,7 +84,7 @@ class ValidationResult:
 
 
 def changes_dir(project: Project) -> Path:
-    return project.root / "changes"
+    return changes_root(project.root)
 
 
 def change_ids(project: Project) -> list[str]:
@@ -89,7 +99,7 @@ def change_ids(project: Project) -> list[str]:
     except OSError:
         return []
     lexists, prefix = os.path.lexists, f"{folder}/"
-    found = [n for n in names if lexists(f"{prefix}{n}/change.yml")]
+    found = [n for n in names if lexists(f"{prefix}{n}/{REQUEST}")]
     return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
 
 
@@ -105,7 +115,7 @@ def check_change_id(change_id: str) -> None:
         )
 
 
-def ids_in_history(project: Project, request_file: str = "change.yml") -> set[str]:
+def ids_in_history(project: Project, request_file: str = REQUEST) -> set[str]:
     """Every id whose `changes/<ID>/<request_file>` any branch of this clone ever added.
 
     Deleted folders included: an id once used is never handed out again.
@@ -123,7 +133,7 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
             "-z",
             "--format=%x1e",
             "--",
-            f":(glob)changes/*/{request_file}",
+            every_change_glob(request_file),
         ],
         capture_output=True,
         text=True,
@@ -146,7 +156,7 @@ def ids_in_history(project: Project, request_file: str = "change.yml") -> set[st
                 )
             )
     paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
-    return {p.split("/")[1] for p in paths if p.count("/") == 2}
+    return {i for p in paths if (i := change_id_of(p)) and p == change_file(i, request_file)}
 
 
 def next_change_id(project: Project) -> str:
@@ -229,8 +239,8 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
     approved and run differ from what git records, so it is refused.
     """
     check_change_id(change_id)
-    folder = changes_dir(project) / change_id
-    file = folder / "change.yml"
+    folder = change_folder(project.root, change_id)
+    file = folder / REQUEST
     for path in (changes_dir(project), folder, file):
         if path.is_symlink():
             raise OpsledgerError(
@@ -415,11 +425,11 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
     number = int(next_change_id(project).removeprefix("CHG-"))
     while True:
         change_id = f"CHG-{number:04d}"
-        folder = changes_dir(project) / change_id
+        folder = change_folder(project.root, change_id)
         try:
             folder.mkdir()
         except FileExistsError:
-            if not (folder / "change.yml").exists() and any(folder.iterdir()):
+            if not (folder / REQUEST).exists() and any(folder.iterdir()):
                 raise OpsledgerError(
                     Problem(
                         "the folder exists without a change.yml",
@@ -490,7 +500,7 @@ def new_change(
         data["rollback"] = rollback
     if risk:
         data["risk"] = risk
-    file = folder / "change.yml"
+    file = folder / REQUEST
     try:
         try:
             text = "---\n" + yaml.safe_dump(data, sort_keys=False, width=100)
@@ -526,7 +536,7 @@ class Withdrawal:
 
 
 def withdrawal_path(project: Project, change_id: str) -> Path:
-    return changes_dir(project) / change_id / "withdrawn.yml"
+    return change_folder(project.root, change_id, WITHDRAWN)
 
 
 def load_withdrawal(
@@ -613,7 +623,7 @@ def withdraw_change(
     from opsledger.records import read_runs
 
     check_change_id(change_id)  # before it becomes a path: no `..`, no overlong file name
-    file = changes_dir(project) / change_id / "change.yml"
+    file = change_folder(project.root, change_id, REQUEST)
     problems = []
     if not file.is_file():
         known = ", ".join(change_ids(project)[-5:]) or "none yet"
@@ -626,7 +636,7 @@ def withdraw_change(
         problems.append(
             Problem(
                 f"{person!r} is not in people.yml",
-                "policies/people.yml",
+                policy_file("people.yml"),
                 "--as",
                 "withdraw as a person of policies/people.yml",
             )

@@ -26,6 +26,7 @@ from opsledger.decide import Decision, decide
 from opsledger.errors import EXIT_DENIED, EXIT_FAILED, EXIT_INVALID, OpsledgerError, Problem
 from opsledger.execution import Events
 from opsledger.gitrepo import git, require_history
+from opsledger.layout import REQUEST, change_file, change_folder, folder_of_kind, in_policies
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
 from opsledger.plan import Plan, plan
@@ -97,7 +98,7 @@ class PrReport:
             f"{path}: a desired-state edit no change in this PR covers" for path in self.uncovered
         ]
         lines += list(self.policy_problems)
-        lines += [f"changes/{i.change_id}: {p}" for i in self.items for p in i.problems]
+        lines += [f"{change_file(i.change_id)}: {p}" for i in self.items for p in i.problems]
         return lines
 
     def markdown(self) -> str:
@@ -171,10 +172,8 @@ def pr_scope(project: Project, base: str) -> PrScope:
     # -z: NUL-separated and never quoted, so `zé.yml` or a name with spaces is one path.
     out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
     files = [p for p in out.stdout.split("\0") if p]
-    changes = sorted(
-        {p.split("/")[1] for p in files if p.startswith(("changes/CHG-", "changes/POL-"))}
-    )
-    policy = [p for p in files if p.startswith("policies/") and not p.endswith(".md")]
+    changes = sorted({name for p in files if (name := folder_of_kind(p))})
+    policy = [p for p in files if in_policies(p) and not p.endswith(".md")]
     desired = [p for p in files if is_desired_state(p)] + policy
     return PrScope(base, files, changes, desired)
 
@@ -228,7 +227,7 @@ def _pr_check(
             except OpsledgerError as err:
                 item.problems = [str(p) for p in err.problems]
             continue
-        file = project.root / "changes" / change_id / "change.yml"
+        file = change_folder(project.root, change_id, REQUEST)
         if not (file.exists() or file.is_symlink()):
             continue  # removed by the PR
         try:

@@ -61,6 +61,18 @@ from opsledger.errors import OpsledgerError, one_line
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import (
+    CHANGES,
+    POLICIES_PREFIX,
+    RECORDS,
+    REVIEW,
+    any_change_id_pattern,
+    change_file,
+    change_file_pattern,
+    change_folder_name,
+    policies_folder,
+    policy_file,
+)
 from opsledger.policy.bundle import Policies
 from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
@@ -90,7 +102,7 @@ def is_desired_state(path: str) -> bool:
     return path.startswith(DESIRED_STATE) and not path.endswith(DOCUMENTATION_SUFFIXES)
 
 
-_REQUEST = re.compile(r"changes/(CHG-[0-9]+)/change\.yml")  # fullmatch: not "change.yml\n"
+_REQUEST = change_file_pattern("CHG-[0-9]+", r"change\.yml")
 
 
 @dataclass(frozen=True)
@@ -123,8 +135,9 @@ class ComplianceResult:
         return json.dumps([asdict(f) for f in self.findings], indent=2) + "\n"
 
 
-_STATEMENT = re.compile(r"^changes/([A-Z]+-[0-9]+)/approvals/")
-_RECORD = re.compile(r"^changes/([A-Z]+-[0-9]+)/runs/[^/]+\.json$")
+_ANY = any_change_id_pattern()
+_STATEMENT = change_file_pattern(_ANY, r"approvals/[\s\S]*")
+_RECORD = change_file_pattern(_ANY, r"runs/[^/]+\.json")
 
 
 def _evidence_kind(path: str) -> str:
@@ -164,7 +177,7 @@ def edit_findings(history: list[Commit]) -> list[Finding]:
                     f"{kind} {verb} {where}after its commit {first[1][:10]}, "
                     f"by {commit.author_email}",
                     f.path,
-                    f.path.split("/")[1],
+                    change_folder_name(f.path),
                     (commit.sha,),
                 )
             )
@@ -192,7 +205,7 @@ def judge_records(
     """Every committed run record, judged as evidence (see evidence.py)."""
     added = _added_records(history)
     contents = blob_contents(project.root, [blob for _, _, blob in added])
-    requests = changes_on(project, base, [path.split("/")[1] for _, path, _ in added])
+    requests = changes_on(project, base, [change_folder_name(path) for _, path, _ in added])
     judged = []
     for commit, path, blob in added:
         entry = Added(
@@ -205,7 +218,7 @@ def judge_records(
             commit.signature,
             commit.signer,
         )
-        change_id = path.split("/")[1]
+        change_id = change_folder_name(path)
         known = statements.get(change_id, [])
         request = requests.get(change_id, b"")
         judged.append(judge_record(project, base, entry, contents.get(blob, b""), known, request))
@@ -215,7 +228,7 @@ def judge_records(
 def uncommitted_records(project: Project) -> list[Finding]:
     """Record files in the working tree that no commit carries, or that differ from it."""
     out = subprocess.run(
-        ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", "changes"],
+        ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", CHANGES],
         capture_output=True,
         text=True,
         env=git_env(),
@@ -402,9 +415,9 @@ def policy_version_findings(
             Finding(
                 "policy-change-unapproved",
                 "critical",
-                f"policies/ edited without an approved policy change, so it has no effect: "
-                f"{version.why}",
-                "policies/",
+                f"{POLICIES_PREFIX} edited without an approved policy change, so it has no "
+                f"effect: {version.why}",
+                POLICIES_PREFIX,
                 commits=(version.commit,),
             )
         )
@@ -420,7 +433,7 @@ def review_findings(
     if not ran:
         return []
     review = load_review(project, change.id)
-    file = f"changes/{change.id}/review.yml"
+    file = change_file(change.id, REVIEW)
     if review is None:
         return [
             Finding(
@@ -447,7 +460,7 @@ def review_findings(
 
 
 def waiver_findings(project: Project, today: dt.date) -> list[Finding]:
-    path = project.root / "policies" / "waivers.yml"
+    path = policies_folder(project.root, "waivers.yml")
     if not path.exists():
         return []
     findings = []
@@ -455,7 +468,7 @@ def waiver_findings(project: Project, today: dt.date) -> list[Finding]:
         waivers = load_waivers(path)
     except OpsledgerError as err:  # e.g. approved by its author: the register itself is wrong
         return [
-            Finding("waiver-invalid", "high", p.message, "policies/waivers.yml")
+            Finding("waiver-invalid", "high", p.message, policy_file("waivers.yml"))
             for p in err.problems
         ]
     for waiver in waivers:
@@ -465,7 +478,7 @@ def waiver_findings(project: Project, today: dt.date) -> list[Finding]:
                     "waiver-expired",
                     "medium",
                     f"{waiver.id} ({', '.join(waiver.controls)}) expired on {waiver.expires}",
-                    "policies/waivers.yml",
+                    policy_file("waivers.yml"),
                 )
             )
     return findings
@@ -473,13 +486,13 @@ def waiver_findings(project: Project, today: dt.date) -> list[Finding]:
 
 # What the CI identity may commit past review: the same rules as scripts/forge/protect-main.
 CI_MAY_ADD = (
-    re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+(\.started)?\.json"),
-    re.compile(r"changes/[A-Z]+-[0-9]+/runs/[0-9TZ]+\.log\.jsonl\.gz"),
+    change_file_pattern(_ANY, r"runs/[0-9TZ]+(\.started)?\.json"),
+    change_file_pattern(_ANY, r"runs/[0-9TZ]+\.log\.jsonl\.gz"),
     # a sharded apply's shard records (shards.py): working papers, never evidence themselves
-    re.compile(r"changes/[A-Z]+-[0-9]+/shards/[0-9]{3}-[0-9]+of[0-9]+(\.started)?\.json"),
-    re.compile(r"changes/[A-Z]+-[0-9]+/shards/[0-9]{3}-[0-9]+of[0-9]+\.log\.jsonl\.gz"),
-    re.compile(r"changes/[A-Z]+-[0-9]+/review\.yml"),
-    re.compile(r"records/[a-z-]+/[^/]+\.json"),
+    change_file_pattern(_ANY, r"shards/[0-9]{3}-[0-9]+of[0-9]+(\.started)?\.json"),
+    change_file_pattern(_ANY, r"shards/[0-9]{3}-[0-9]+of[0-9]+\.log\.jsonl\.gz"),
+    change_file_pattern(_ANY, r"review\.yml"),
+    re.compile(rf"{RECORDS}/[a-z-]+/[^/]+\.json"),
 )
 CI_MAY_UPDATE = (re.compile(r"incidents/INC-[0-9]+/.+"),)
 
@@ -590,7 +603,7 @@ def unreadable(change_id: str, name: str, err: OpsledgerError, history: list[Com
         "high",
         "the request does not read, so its approvals and runs cannot be judged: "
         + one_line(str(err.problems[0]), 200),
-        f"changes/{change_id}/{name}",
+        change_file(change_id, name),
         change_id,
         (history[-1].sha,) if history else (),
     )

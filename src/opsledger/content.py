@@ -56,14 +56,27 @@ from pathlib import Path
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import git, git_env
+from opsledger.layout import (
+    APPROVALS,
+    CHANGES_PREFIX,
+    RECORDS,
+    REQUEST,
+    REVIEW,
+    RUNS,
+    SHARDS,
+    WITHDRAWN,
+    change_file,
+    other_changes_pathspec,
+    within_change,
+)
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
 
 # Operational records and machine-local state: never content (see the module docstring).
-BOOKKEEPING_ROOTS = ("records/", "incidents/", "problems/", ".opsledger/")
+BOOKKEEPING_ROOTS = (f"{RECORDS}/", "incidents/", "problems/", ".opsledger/")
 # A change's own bookkeeping under changes/<ID>/.
-OWN_BOOKKEEPING_DIRS = ("approvals/", "runs/", "shards/")
-OWN_BOOKKEEPING_FILES = ("review.yml", "withdrawn.yml")
+OWN_BOOKKEEPING_DIRS = (f"{APPROVALS}/", f"{RUNS}/", f"{SHARDS}/")
+OWN_BOOKKEEPING_FILES = (REVIEW, WITHDRAWN)
 SYMLINK_MODE = "120000"
 # Read-only git commands must not take the index lock: a concurrent git may hold it.
 _NO_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
@@ -92,12 +105,12 @@ def is_content(path: str, change_id: str) -> bool:
     """True when `path` (relative, as git names it) is bound by an approval of `change_id`."""
     if path.startswith(BOOKKEEPING_ROOTS):
         return False
-    parts = path.split("/", 2)
-    if parts[0] != "changes" or len(parts) < 3:
+    inside = within_change(path)
+    if inside is None:
         return True  # outside changes/, or a file right under it (changes/README.md)
-    if parts[1] != change_id:
+    folder, rest = inside
+    if folder != change_id:
         return False  # another change's folder: its own bookkeeping
-    rest = parts[2]
     return not (rest.startswith(OWN_BOOKKEEPING_DIRS) or rest in OWN_BOOKKEEPING_FILES)
 
 
@@ -137,10 +150,10 @@ def _content_specs(change_id: str) -> list[list[str]]:
     folders and records, and this change's own folder. `.opsledger/` stays listed:
     `_refuse_tracked_state` looks for it.
     """
-    outside = [":(exclude,glob)changes/*/**"] + [
+    outside = [other_changes_pathspec()] + [
         f":(exclude){root.rstrip('/')}" for root in BOOKKEEPING_ROOTS if root != ".opsledger/"
     ]
-    return [outside, [f"changes/{change_id}"]]
+    return [outside, [change_file(change_id)]]
 
 
 def _listed(project: Project, change_id: str, *args: str) -> str:
@@ -335,8 +348,8 @@ def _holds_bookkeeping(folder: str, change_id: str) -> bool:
     """True for a folder that is, lies in or contains bookkeeping (`.`, `changes/`, `records/`)."""
     if folder == "." or not is_content(folder + "/", change_id):
         return True
-    own = [f"changes/{change_id}/{name}" for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES]
-    return any(root.startswith(folder + "/") for root in (*BOOKKEEPING_ROOTS, "changes/", *own))
+    own = [change_file(change_id, name) for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES]
+    return any(root.startswith(folder + "/") for root in (*BOOKKEEPING_ROOTS, CHANGES_PREFIX, *own))
 
 
 def _ignored_inside(project: Project, folder: str) -> str:
@@ -402,7 +415,7 @@ def repository_content(project: Project, change_id: str) -> Content:
     files = {p: d for p, d in index.items() if is_content(p, change_id)}
     for path in deleted:
         files.pop(path, None)
-    request = f"changes/{change_id}/change.yml"
+    request = change_file(change_id, REQUEST)
     pending = [p for p in modified if p in files]
     on_disk = _on_disk(project, pending)
     for path in pending:  # neither a file nor a symlink any more (a folder): not a blob

@@ -25,6 +25,7 @@ from opsledger.changes import Change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import git, require_history
+from opsledger.layout import POLICIES_PREFIX, REVIEW, change_file
 from opsledger.localcache import ensure_commit_graph
 from opsledger.policy.bundle import Policies, Rule
 from opsledger.policy.changes import is_policy_change, load_policy_request, policy_content
@@ -113,7 +114,7 @@ def _basis(base: Base) -> Check:
     ignored = base.pending()
     if ignored:
         why += "; ignored, not approved: " + ", ".join(
-            f"policies/ of {v.commit[:10]} ({v.why})" for v in ignored
+            f"{POLICIES_PREFIX} of {v.commit[:10]} ({v.why})" for v in ignored
         )
     return Check("policies", True, why)
 
@@ -404,7 +405,7 @@ def decide(
             Check(
                 "post-implementation review",
                 True,
-                f"due within {hours} h of the apply (changes/{change_id}/review.yml)",
+                f"due within {hours} h of the apply ({change_file(change_id, REVIEW)})",
             )
         )
     return Decision(

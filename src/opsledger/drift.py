@@ -21,11 +21,11 @@ from opsledger.errors import OpsledgerError
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import runner_identity
+from opsledger.playbook_runs import run_playbook
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, save_evidence
+from opsledger.records import DriftState, Record, RunResult, save_evidence
 from opsledger.roledocs import CONTROL
 from opsledger.runbooks import load_runbook
-from opsledger.runner import run_playbook
 from opsledger.yamlio import load_yaml
 
 
@@ -43,7 +43,7 @@ class DriftItem:
 class DriftResult:
     environment: str
     targets: str
-    hosts: dict[str, str]  # host -> in sync | drifted | unreachable | cannot check
+    hosts: dict[str, DriftState]
     items: list[DriftItem] = field(default_factory=list)
     record_path: Path | None = None
     commit: str | None = None
@@ -51,7 +51,7 @@ class DriftResult:
 
     @property
     def drifted(self) -> bool:
-        return any(state != "in sync" for state in self.hosts.values())
+        return any(state != DriftState.IN_SYNC for state in self.hosts.values())
 
 
 @functools.cache
@@ -149,11 +149,11 @@ def drift(
     result = DriftResult(environment, targets, {})
     for name, host in sorted(run.hosts.items()):
         if host.unreachable:
-            result.hosts[name] = "unreachable"
+            result.hosts[name] = DriftState.UNREACHABLE
         elif host.failed:
-            result.hosts[name] = "cannot check"
+            result.hosts[name] = DriftState.CANNOT_CHECK
         else:
-            result.hosts[name] = "drifted" if host.changes else "in sync"
+            result.hosts[name] = DriftState.DRIFTED if host.changes else DriftState.IN_SYNC
         for change in host.changes:
             controls, variables = owners(project, change.role, change.task)
             result.items.append(
@@ -181,14 +181,14 @@ def drift(
                     "task": i.task,
                     "controls": i.controls,
                     "variables": i.variables,
-                    "state": "drifted",
+                    "state": DriftState.DRIFTED,
                 }
                 for i in result.items
             ]
             + [
                 {"host": h, "state": state}
                 for h, state in result.hosts.items()
-                if state in ("unreachable", "cannot check")
+                if state in (DriftState.UNREACHABLE, DriftState.CANNOT_CHECK)
             ],
         )
         verdict = "drift found" if result.drifted else "in sync"

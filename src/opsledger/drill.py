@@ -24,14 +24,15 @@ from opsledger.gitrepo import head, is_repo
 from opsledger.guard import Guard
 from opsledger.identity import runner_identity
 from opsledger.inventory import load_inventory
+from opsledger.layout import policies_folder, policy_file
 from opsledger.lock import locked
 from opsledger.notify import notify_records
+from opsledger.playbook_runs import PlaybookRun, run_playbook
 from opsledger.policy.files import read_policy
 from opsledger.procs import new_marker, run_env, start_time
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, load_records, save_evidence, stamp
+from opsledger.records import Record, RunResult, Verified, load_records, save_evidence, stamp
 from opsledger.runbooks import load_runbook
-from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -105,7 +106,7 @@ def load_services(project: Project) -> dict[str, Service]:
     Example:
         load_services(find_project())["postgres"].rto_s  # 900.0
     """
-    path = project.root / "policies" / "dr.yml"
+    path = policies_folder(project.root, "dr.yml")
     file = str(path)
     data, problems = read_policy(project, "dr", "DR policy")
     if data is None:
@@ -328,10 +329,16 @@ def drill_record(
         git_commit=head(project.root) if is_repo(project.root) else "",
         stats=run.host_stats() if run else {},
         verification={
-            "result": "not run" if checked is None else "passed" if checked.ok else "failed",
-            "passed": checked.count("passed") if checked else 0,
+            "result": (
+                Verified.NOT_RUN
+                if checked is None
+                else Verified.PASSED
+                if checked.ok
+                else Verified.FAILED
+            ),
+            "passed": checked.count(Verified.PASSED) if checked else 0,
             "failed": len(checked.failures) if checked else 0,
-            "skipped": checked.count("skipped") if checked else 0,
+            "skipped": checked.count(Verified.SKIPPED) if checked else 0,
         },
         findings=[{"service": service.name, "state": "failed", "reason": r} for r in reasons],
         measurements={
@@ -401,7 +408,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"no DR service named {service_name!r}",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 "services",
                 f"use one of: {', '.join(sorted(services))}",
             )
@@ -412,7 +419,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"a {service.name} drill on {environment} is destructive work on real systems",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 f"services.{service.name}.direct_environments",
                 f"run it as a change: opsledger change new --runbook {service.runbook} "
                 f"--env {environment} --targets {service.targets}",
@@ -429,7 +436,7 @@ def drill(
         raise OpsledgerError(
             Problem(
                 f"targets {service.targets!r} match no host of {environment}",
-                "policies/dr.yml",
+                policy_file("dr.yml"),
                 f"services.{service.name}.targets",
                 f"name a group of inventories/{environment}",
             )

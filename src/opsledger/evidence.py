@@ -34,6 +34,7 @@ from opsledger.base import Base
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import CHANGES, REQUEST, change_file, change_folder_name, within_change
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
 from opsledger.steady import remembered
@@ -87,7 +88,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
                 "--format=%x1e%H%x1f%P%x1f%ae%x1f%ce%x1f%G?%x1f%GS",
                 base.sha,
                 "--",
-                "changes",  # a plain prefix: git prunes by it (a glob costs 5x on big histories)
+                CHANGES,  # a plain prefix: git prunes by it (a glob costs 5x on big histories)
             ],
             capture_output=True,
             text=True,
@@ -150,11 +151,11 @@ def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
 def changes_on(project: Project, base: Base, change_ids: list[str]) -> dict[str, bytes]:
     """The change.yml of each change as the base holds it (missing ones are left out)."""
     wanted = sorted(set(change_ids))
-    found = blob_contents(project.root, [f"{base.sha}:changes/{c}/change.yml" for c in wanted])
+    found = blob_contents(project.root, [f"{base.sha}:{change_file(c, REQUEST)}" for c in wanted])
     return {
-        c: found[f"{base.sha}:changes/{c}/change.yml"]
+        c: found[f"{base.sha}:{change_file(c, REQUEST)}"]
         for c in wanted
-        if f"{base.sha}:changes/{c}/change.yml" in found
+        if f"{base.sha}:{change_file(c, REQUEST)}" in found
     }
 
 
@@ -174,8 +175,8 @@ def judge_record(
     """
     evidence = Evidence(added.path, added.commit, None, False)
     reasons = evidence.reasons
-    parts = added.path.split("/")
-    change_id = parts[1] if len(parts) == 4 else ""
+    inside = within_change(added.path)  # changes/<ID>/runs/<file>
+    change_id = inside[0] if inside and inside[1].count("/") == 1 else ""
     evidence.record = record_of(added.blob, raw)
     if evidence.record is None:
         reasons.append("not a run record")
@@ -256,7 +257,7 @@ def run_evidence(
     line = added_in(history, base) if history is not None else added_on_line(project, base)
     added = [a for a in line if a.path in held]
     contents = blob_contents(project.root, [a.blob for a in added])
-    requests = changes_on(project, base, [a.path.split("/")[1] for a in added])
+    requests = changes_on(project, base, [change_folder_name(a.path) for a in added])
     judged, found = [], set()
     for entry in added:
         found.add(entry.path)
@@ -265,7 +266,7 @@ def run_evidence(
             as_added = parse_record(raw)
             if as_added is None or not only(as_added):
                 continue
-        change_id = entry.path.split("/")[1]
+        change_id = change_folder_name(entry.path)
         known = statements.get(change_id, []) if statements is not None else None
         judged.append(judge_record(project, base, entry, raw, known, requests.get(change_id, b"")))
     for path, record in held.items():

@@ -1,8 +1,8 @@
 """Running a change's runbook: the playbook run, its cancellation, its verification, its events.
 
-What apply and rollback share: the runbook runs through ansible-runner (runner.py) with the
-run's marker (the guard finds its processes by it), Ctrl-C and SIGTERM become a cancel the
-runner polls, and the runbook's Testinfra suites verify the result.
+What apply and rollback share: the runbook runs through ansible-runner (playbook_runs.py) with the
+run's marker (the guard finds its processes by it), Ctrl-C and SIGTERM become a cancel
+ansible-runner polls, and the runbook's Testinfra suites verify the result.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from opsledger import procs
 from opsledger.changes import Change
 from opsledger.lock import HeldLocks
 from opsledger.maintenance import run_vars
+from opsledger.playbook_runs import PlaybookRun, run_playbook
 from opsledger.project import Project
-from opsledger.records import RunResult
+from opsledger.records import RunResult, Verified
 from opsledger.runbooks import Runbook
-from opsledger.runner import PlaybookRun, run_playbook
 from opsledger.verify import VerifyResult, verify
 
 Events = Callable[[dict[str, Any]], None]
@@ -30,15 +30,15 @@ Events = Callable[[dict[str, Any]], None]
 
 def verification(result: VerifyResult | None) -> dict[str, Any]:
     if result is None:
-        return {"status": "skipped"}
+        return {"status": Verified.SKIPPED}
     return {
-        "status": "passed" if result.ok else "failed",
+        "status": Verified.PASSED if result.ok else Verified.FAILED,
         "environment": result.environment,
         "targets": result.targets,
         "suites": list(result.suites),
-        "passed": result.count("passed"),
-        "failed": result.count("failed") + result.count("error"),
-        "skipped": result.count("skipped"),
+        "passed": result.count(Verified.PASSED),
+        "failed": result.count(Verified.FAILED) + result.count(Verified.ERROR),
+        "skipped": result.count(Verified.SKIPPED),
         "duration_s": result.duration_s,
         "failures": [
             {"test": o.test, "host": o.host, "message": o.message} for o in result.failures
@@ -52,9 +52,9 @@ def verification_entry(
     if checked is not None or skipped:
         return verification(checked)
     if failure.startswith("verification could not run"):
-        return {"status": "error", "why": failure}
+        return {"status": Verified.ERROR, "why": failure}
     why = "the run was canceled" if result == RunResult.CANCELED else "the run did not succeed"
-    return {"status": "not run", "why": why}
+    return {"status": Verified.NOT_RUN, "why": why}
 
 
 class Interrupt:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.layout import folder_of_kind
 from opsledger.project import Project
 
 _FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
@@ -290,6 +291,8 @@ def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:
     for commit in commits:
         if commit.merge:
             continue
-        for change_id in sorted({f.path.split("/")[1] for f in commit.touches("changes/CHG-")}):
+        for change_id in sorted(
+            {n for f in commit.files if (n := folder_of_kind(f.path, ("CHG",)))}
+        ):
             found.setdefault(change_id, []).append(commit)
     return found

@@ -19,9 +19,10 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.inventory import Inventory, load_inventory
+from opsledger.layout import REQUEST, change_folder, policies_folder
 from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
-from opsledger.records import Record, load_records, read_runs
+from opsledger.records import DriftState, Record, load_records, read_runs
 from opsledger.yamlio import load_yaml
 
 # Variables worth seeing on a host's record when set (the rest: its own host_vars).
@@ -120,7 +121,7 @@ def _ledger(project: Project) -> _Ledger:
         schedules = {}
     incidents = load_incidents(project)
     try:
-        waivers = load_waivers(project.root / "policies" / "waivers.yml")
+        waivers = load_waivers(policies_folder(project.root, "waivers.yml"))
     except OpsledgerError:
         waivers = []
     runs = read_runs(project).committed
@@ -133,7 +134,7 @@ def _titles(project: Project, runs: list[Record]) -> dict[str, str]:
     titles = {}
     for change in {r.change for r in runs if r.change}:
         try:
-            data = load_yaml(project.root / "changes" / change / "change.yml", what="change")
+            data = load_yaml(change_folder(project.root, change, REQUEST), what="change")
         except OpsledgerError:
             continue
         if isinstance(data, dict) and isinstance(data.get("title"), str):
@@ -269,10 +270,10 @@ def _drift(ledger: _Ledger, host: str, environment: str) -> tuple[list, list]:
         own = [f for f in record.findings if f.get("host") == host]
         tasks = [f"{f.get('role', '')}: {f.get('task', '')}" for f in own if f.get("task")]
         state = next((f["state"] for f in own if not f.get("task") and f.get("state")), "")
-        state = state or ("drifted" if tasks else "in sync")
+        state = state or (DriftState.DRIFTED if tasks else DriftState.IN_SYNC)
         history.append({"at": _when(record), "state": state, "tasks": tasks})
     still = []
-    if history and history[0]["state"] != "in sync":
+    if history and history[0]["state"] != DriftState.IN_SYNC:
         newest = history[0]
         still.append(
             {

@@ -27,6 +27,7 @@ from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.detect import record_detection
 from opsledger.gitrepo import head, is_repo
 from opsledger.identity import runner_identity
+from opsledger.layout import policies_folder, policy_file
 from opsledger.notify import notify_records
 from opsledger.policy.bundle import load_policies
 from opsledger.policy.files import read_policy
@@ -555,7 +556,7 @@ CHECKS: dict[str, Check] = {
 
 def load_inspection_plan(project: Project) -> InspectionPlan:
     """Read and check policies/inspections.yml; every problem at once."""
-    path = project.root / "policies" / "inspections.yml"
+    path = policies_folder(project.root, "inspections.yml")
     data, problems = read_policy(project, "inspections", "inspection plan")
     if data is None:
         raise OpsledgerError(problems)
@@ -677,7 +678,7 @@ def inspect(
         raise OpsledgerError(
             Problem(
                 f"no schedule {schedule!r}",
-                "policies/inspections.yml",
+                policy_file("inspections.yml"),
                 "schedules",
                 f"use one of: {', '.join(plan.schedules)}",
             )

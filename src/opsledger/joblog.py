@@ -33,6 +33,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
+from opsledger.layout import RUNS, change_file
 from opsledger.project import Project
 
 LOG_SUFFIX = ".log.jsonl.gz"
@@ -182,7 +183,7 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
         stamp = record.runner.get("run", "").rsplit("/", 1)[-1]
         if run and run != stamp:
             continue
-        folder = f"changes/{change_id}/runs"
+        folder = change_file(change_id, RUNS)
         log = f"{folder}/{record.log['file']}"
         blob = subprocess.run(
             ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{log}"],
@@ -214,7 +215,7 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
             Problem(
                 f"{change_id} has no committed run with a job log"
                 + (f" started at {run}" if run else ""),
-                f"changes/{change_id}/runs",
+                change_file(change_id, RUNS),
                 "log",
                 "runs recorded before job logs were kept have none; `opsledger change show "
                 f"{change_id}` lists its runs",

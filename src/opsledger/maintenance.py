@@ -16,6 +16,7 @@ from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.inventory import load_inventory
+from opsledger.layout import policy_file
 from opsledger.project import Project
 
 # What a playbook may hand back under opsledger_maintenance, and the record keeps.
@@ -47,7 +48,7 @@ def upgrade_backups(project: Project, environment: str) -> dict[str, dict[str, s
                     Problem(
                         f"{service.targets!r} selects no host in any environment ({why}): which "
                         "hosts need a backup before an upgrade cannot be known",
-                        "policies/dr.yml",
+                        policy_file("dr.yml"),
                         f"services.{service.name}.targets",
                         "name the group of the service's hosts (opsledger policy check)",
                     )

@@ -14,6 +14,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import load_change
 from opsledger.decide import Decision
 from opsledger.errors import OpsledgerError
+from opsledger.layout import REQUEST, change_file
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.changes import is_policy_change
 from opsledger.policy.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
@@ -79,7 +80,7 @@ def _window_hint(change_id: str, policies: Policies, project: Project, now: dt.d
         when = f"next window opens {shown_opening(windows, fit)}; " if fit else ""
         return (
             f"the change window closed at {shown_time(windows, change.window_end)}: {when}"
-            f"{change.requested_by} moves window in changes/{change_id}/change.yml and runs "
+            f"{change.requested_by} moves window in {change_file(change_id, REQUEST)} and runs "
             f"opsledger change submit {change_id}"
         )
     return ""
@@ -150,7 +151,7 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
             steps.append(
                 f"next window opens {shown_opening(windows, fit)} "
                 f"({fit.astimezone(zone_of(windows)).isoformat()}): "
-                f"move the change window there in changes/{change_id}/change.yml, then "
+                f"move the change window there in {change_file(change_id, REQUEST)}, then "
                 f"opsledger change submit {change_id}"
             )
     if "change window" in failed:
@@ -169,7 +170,7 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
                 after = f"; the next window after it opens {shown_opening(windows, fit)}"
             steps.append(
                 f"the freeze '{last.name}' ends {shown_time(windows, last.end)}{after}: move "
-                f"the change window there in changes/{change_id}/change.yml, or make it an "
+                f"the change window there in {change_file(change_id, REQUEST)}, or make it an "
                 "emergency change"
             )
         else:

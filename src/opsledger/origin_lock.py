@@ -35,6 +35,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import policy_file
 from opsledger.lockholder import Holder
 from opsledger.project import Project
 
@@ -78,7 +79,7 @@ def _unreachable(remote: str, proc: subprocess.CompletedProcess) -> OpsledgerErr
     return OpsledgerError(
         Problem(
             f"cannot reach the lock remote {remote!r}: {last[0]}",
-            "policies/locks.yml",
+            policy_file("locks.yml"),
             "remote",
             "check the remote (git remote -v) and the network; nothing was run",
         ),
@@ -222,7 +223,7 @@ def _refused(remote: str, why: str) -> OpsledgerError:
     return OpsledgerError(
         Problem(
             f"the lock remote {remote!r} refused the lock refs ({why}); nothing was run",
-            "policies/locks.yml",
+            policy_file("locks.yml"),
             "remote",
             f"allow pushes to {LOCK_REFS}/* on that remote (hooks, protected-ref rules), or "
             "use another remote",

@@ -29,6 +29,7 @@ from pathlib import Path
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import git, nul_paths
 from opsledger.identity import committer, signing_key
+from opsledger.layout import RUNS, change_file
 from opsledger.project import Project
 from opsledger.records import STARTED_SUFFIX, read_runs
 
@@ -234,7 +235,7 @@ class OriginRecords:
 def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, str]:
     """Run record files (started or final) of the change in `commit`: path -> blob id."""
     listing = git(
-        root, "ls-tree", "-r", "-z", commit, "--", f"changes/{change_id}/runs/", check=False
+        root, "ls-tree", "-r", "-z", commit, "--", change_file(change_id, RUNS) + "/", check=False
     ).stdout.split("\0")
     runs = {}
     for entry in filter(None, listing):

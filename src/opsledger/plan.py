@@ -22,9 +22,9 @@ from opsledger.changes import load_change
 from opsledger.decide import Decision, decide
 from opsledger.export import exported
 from opsledger.maintenance import run_vars
+from opsledger.playbook_runs import TaskChange, run_playbook
 from opsledger.project import Project
 from opsledger.runbooks import load_runbook
-from opsledger.runner import TaskChange, run_playbook
 
 
 @dataclass

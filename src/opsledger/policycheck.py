@@ -15,6 +15,7 @@ from opsledger.drill import load_services
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.policy import fault_policy_problems
 from opsledger.inspections import load_inspection_plan
+from opsledger.layout import CHANGES, RECORDS, policies_folder
 from opsledger.maintenance import selects_somewhere
 from opsledger.notify import load_notify_policy
 from opsledger.policy.bundle import Policies, load_policies
@@ -38,7 +39,7 @@ def policy_check(project: Project) -> PolicyCheck:
     """
     policies, problems = load_policies(project, strict=False)
     for name, load in (("inspections.yml", load_inspection_plan), ("dr.yml", load_services)):
-        path = project.root / "policies" / name
+        path = policies_folder(project.root, name)
         if path.exists() or path.is_symlink():
             try:
                 loaded = load(project)
@@ -71,7 +72,7 @@ def _dr_target_problems(project: Project, services: dict) -> list[Problem]:
     return [
         Problem(
             f"{service.targets!r} selects no host in any environment's inventory",
-            str(project.root / "policies" / "dr.yml"),
+            str(policies_folder(project.root, "dr.yml")),
             f"services.{name}.targets",
             "name the group of the service's hosts (e.g. db)",
         )
@@ -116,7 +117,7 @@ def require_policies(project: Project) -> Policies:
     if checked.problems:
         refusal = Problem(
             "policy check fails: nothing is decided on these rules",
-            str(project.root / "policies"),
+            str(policies_folder(project.root)),
             fix="fix the problems above (opsledger policy check)",
         )
         raise OpsledgerError([*checked.problems, refusal])
@@ -130,7 +131,7 @@ def require_policies(project: Project) -> Policies:
 
 _PASSED: dict[tuple, Policies] = {}  # this process's last passing check, by _inputs_stamp
 # Bookkeeping policy check never reads (change requests, records) and what is not the project.
-_NOT_READ = {".git", "changes", "records", "incidents", "problems", ".opsledger", ".venv"}
+_NOT_READ = {".git", CHANGES, RECORDS, "incidents", "problems", ".opsledger", ".venv"}
 
 
 def _inputs_stamp(project: Project) -> tuple:

@@ -33,16 +33,17 @@ from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import journal_log, log_path_of
 from opsledger.lock import STALE_AFTER
+from opsledger.playbook_runs import replay_journal
 from opsledger.project import Project
 from opsledger.records import (
     STARTED_SUFFIX,
     Record,
     RunFile,
     RunResult,
+    Verified,
     final_path_of,
     read_runs,
 )
-from opsledger.runner import replay_journal
 
 
 @dataclass
@@ -174,7 +175,7 @@ def _interrupted(project: Project, started: RunFile, why: str, now: dt.datetime)
         finished_at=now.isoformat(),
         stats=stats,
         changed_tasks=changed,
-        verification={"status": "not run", "why": "the run was interrupted"},
+        verification={"status": Verified.NOT_RUN, "why": "the run was interrupted"},
         rollback=None,
         interruption=interruption,
     )

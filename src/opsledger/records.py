@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
@@ -26,6 +25,15 @@ from typing import Any
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
 from opsledger.identity import commit_evidence
+from opsledger.layout import (
+    CHANGES,
+    RECORDS,
+    RUNS,
+    change_file,
+    change_file_pattern,
+    change_folder,
+    changes_root,
+)
 from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
 
@@ -55,8 +63,31 @@ class RunResult(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+class Verified(StrEnum):
+    """The status of one test, or of a whole verification in a record's `verification` block.
+
+    A StrEnum: a member is its string, so records stay byte-identical and a status read back
+    from a record compares equal to its member. NOT_RUN is only a record's: no test ran.
+    """
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    NOT_RUN = "not run"
+
+
+class DriftState(StrEnum):
+    """What a drift check found on one host (a drift record's `hosts` and findings)."""
+
+    IN_SYNC = "in sync"
+    DRIFTED = "drifted"
+    UNREACHABLE = "unreachable"
+    CANNOT_CHECK = "cannot check"
+
+
 STARTED_SUFFIX = ".started.json"
-_RUN_FILE = re.compile(r"^changes/(CHG-[0-9]+)/runs/([0-9TZ]+)(\.started)?\.json$")
+_RUN_FILE = change_file_pattern("CHG-[0-9]+", r"runs/([0-9TZ]+)(\.started)?\.json")
 FORMAT_VERSION = 1
 
 
@@ -185,12 +216,12 @@ def stamp(moment: dt.datetime) -> str:
 
 
 def run_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
-    return project.root / "changes" / change_id / "runs" / f"{stamp(started)}.json"
+    return change_folder(project.root, change_id, RUNS, f"{stamp(started)}.json")
 
 
 def started_record_path(project: Project, change_id: str, started: dt.datetime) -> Path:
     """The write-ahead record of a run, committed before its first task."""
-    return project.root / "changes" / change_id / "runs" / f"{stamp(started)}{STARTED_SUFFIX}"
+    return change_folder(project.root, change_id, RUNS, f"{stamp(started)}{STARTED_SUFFIX}")
 
 
 def final_path_of(started_path: str) -> str:
@@ -234,7 +265,7 @@ def save_record(project: Project, path: Path, record: Record, message: str) -> s
 
 def evidence_folder(project: Project, kind: str) -> Path:
     """`records/<folder>/` of an evidence kind (inspection, drift, drill, alerts)."""
-    return project.root / "records" / EVIDENCE_FOLDERS[kind]
+    return project.root / RECORDS / EVIDENCE_FOLDERS[kind]
 
 
 @dataclass
@@ -386,7 +417,7 @@ def _committed_records(project: Project) -> dict[str, Record | None]:
     return found
 
 
-def _record_blobs(root: Path, folders: tuple[str, ...] = ("changes",)) -> list[tuple[str, str]]:
+def _record_blobs(root: Path, folders: tuple[str, ...] = (CHANGES,)) -> list[tuple[str, str]]:
     """(path, blob id) of every run record file of HEAD under `folders`: one ls-tree process."""
     listing = _git_out(root, "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", *folders)
     if listing is None:
@@ -456,7 +487,7 @@ def read_runs(project: Project) -> RunLedger:
         else:
             committed.append(RunFile(path, record))
     uncommitted = []
-    for file in _run_files_on_disk(project.root / "changes"):
+    for file in _run_files_on_disk(changes_root(project.root)):
         path = file.relative_to(project.root).as_posix()
         if path in committed_files or not _RUN_FILE.fullmatch(path):
             continue
@@ -488,8 +519,8 @@ def _run_files_on_disk(folder: Path) -> list[Path]:
         return []
     for name in names:
         try:
-            with os.scandir(os.path.join(folder, name, "runs")) as runs:
-                found += [folder / name / "runs" / r.name for r in runs if r.name.endswith(".json")]
+            with os.scandir(os.path.join(folder, name, RUNS)) as runs:
+                found += [folder / name / RUNS / r.name for r in runs if r.name.endswith(".json")]
         except OSError:  # no runs folder (or not a folder): nothing there
             continue
     return sorted(found)
@@ -514,7 +545,7 @@ def runs_of(project: Project, change_ids: list[str]) -> dict[str, list[Record]]:
     found: dict[str, list[Record]] = {cid: [] for cid in change_ids}
     if not change_ids:
         return found
-    wanted = _record_blobs(project.root, tuple(f"changes/{cid}/runs" for cid in change_ids))
+    wanted = _record_blobs(project.root, tuple(change_file(cid, RUNS) for cid in change_ids))
     wanted = [(p, o) for p, o in wanted if not p.endswith(STARTED_SUFFIX)]
     if not wanted:
         return found
@@ -539,7 +570,7 @@ def runs_of(project: Project, change_ids: list[str]) -> dict[str, list[Record]]:
 def load_records(project: Project, kind: str | None = None) -> list[Record]:
     """Inspection, drift, drill and alert records (`records/<folder>/*.json`), oldest first."""
     records = []
-    for path in (project.root / "records").glob("*/*.json"):
+    for path in (project.root / RECORDS).glob("*/*.json"):
         record = read_record(path)
         if record is None:
             continue

@@ -25,9 +25,10 @@ from opsledger.audit import AuditRow, audit_log
 from opsledger.errors import OpsledgerError, Problem, shown
 from opsledger.faults.kpis import IncidentKpis, incident_kpis
 from opsledger.gitrepo import require_history
+from opsledger.layout import REVIEW, change_folder, policies_folder, policy_file
 from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
-from opsledger.records import KINDS, Record, RunResult, change_runs, load_records
+from opsledger.records import KINDS, DriftState, Record, RunResult, change_runs, load_records
 from opsledger.timespec import parse_duration
 
 FAILED = (RunResult.FAILED, RunResult.ROLLED_BACK, RunResult.ROLLBACK_FAILED)
@@ -260,7 +261,7 @@ def _outcome(record: Record) -> str:
         worst = record.measurements.get("worst")
         return "clean" if worst == "ok" else f"worst {worst}" if worst else record.result
     if record.kind == "drift":
-        return "in sync" if record.result == "success" else "drifted"
+        return DriftState.IN_SYNC if record.result == RunResult.SUCCESS else DriftState.DRIFTED
     return "passed" if record.result == "success" else record.result
 
 
@@ -495,7 +496,7 @@ def _status(
 
 def _missed(project: Project, environments: list[str], now: dt.datetime) -> list[str]:
     """Inspection periods that passed with no inspection, per environment."""
-    if not (project.root / "policies" / "inspections.yml").is_file():
+    if not policies_folder(project.root, "inspections.yml").is_file():
         return []
     from opsledger.inspections import due_states
 
@@ -504,7 +505,7 @@ def _missed(project: Project, environments: list[str], now: dt.datetime) -> list
         try:
             states = due_states(project, environment=env, now=now)
         except OpsledgerError:
-            return ["policies/inspections.yml is invalid: run opsledger policy check"]
+            return [f"{policy_file('inspections.yml')} is invalid: run opsledger policy check"]
         missed += [f"{env}: {s.schedule} missed {s.missed} period(s)" for s in states if s.missed]
     return missed
 
@@ -515,7 +516,7 @@ def _review_actions(project: Project, changes: list[str]) -> list[str]:
 
     actions = []
     for change_id in changes:
-        path = project.root / "changes" / change_id / "review.yml"
+        path = change_folder(project.root, change_id, REVIEW)
         if not path.is_file():
             continue
         try:
@@ -528,14 +529,14 @@ def _review_actions(project: Project, changes: list[str]) -> list[str]:
 
 def _overdue(project: Project, now: dt.datetime) -> list[str]:
     """'postgres on lab: last passed drill 120 days ago (every 90 days)' per overdue drill."""
-    if not (project.root / "policies" / "dr.yml").is_file():
+    if not policies_folder(project.root, "dr.yml").is_file():
         return []
     from opsledger.drill import drills_due
 
     try:
         due = drills_due(project, now=now)
     except OpsledgerError:
-        return ["policies/dr.yml is invalid: run opsledger policy check"]
+        return [f"{policy_file('dr.yml')} is invalid: run opsledger policy check"]
     out = []
     for d in due:
         if d.overdue:

@@ -17,6 +17,7 @@ import yaml
 from opsledger.changes import Change, check_change_id, load_change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
+from opsledger.layout import REVIEW, change_folder
 from opsledger.policy.bundle import load_policies
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -40,7 +41,7 @@ class Review:
 
 def review_path(project: Project, change_id: str) -> Path:
     check_change_id(change_id)  # before it becomes a path
-    return project.root / "changes" / change_id / "review.yml"
+    return change_folder(project.root, change_id, REVIEW)
 
 
 def open_review(project: Project, change: Change, finished: dt.datetime) -> Path | None:

@@ -17,12 +17,13 @@ from opsledger.execution import Events, Interrupt, phase, run_runbook, verificat
 from opsledger.export import commit_content, exported
 from opsledger.gitrepo import git
 from opsledger.identity import runner_identity
+from opsledger.layout import REQUEST, change_file
 from opsledger.lock import acquire, release
 from opsledger.maintenance import maintenance_of
+from opsledger.playbook_runs import PlaybookRun
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, stamp
 from opsledger.runbooks import Runbook, load_runbook
-from opsledger.runner import PlaybookRun
 from opsledger.verify import VerifyResult
 
 
@@ -118,7 +119,7 @@ def last_verified_state(
 
 def _before_arrival(project: Project, change_id: str) -> str:
     """The first parent of the commit that brought the change's change.yml into the branch."""
-    rel = f"changes/{change_id}/change.yml"
+    rel = change_file(change_id, REQUEST)
     added = git(
         project.root,
         "log",

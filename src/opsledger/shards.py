@@ -40,8 +40,9 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import SHARDS, change_file, change_folder
 from opsledger.project import Project
-from opsledger.records import Record, RunResult, change_runs, record_from_data
+from opsledger.records import Record, RunResult, Verified, change_runs, record_from_data
 
 # Worst last: the merged run's result is the worst of its shards'.
 SEVERITY = (  # a merged run ends as its worst shard
@@ -272,7 +273,7 @@ class ShardRun:
 
 
 def shards_dir(project: Project, change_id: str) -> Path:
-    return project.root / "changes" / change_id / "shards"
+    return change_folder(project.root, change_id, SHARDS)
 
 
 def next_attempt(project: Project, change_id: str) -> int:
@@ -291,7 +292,7 @@ class ShardFile:
 
 def committed_shard_files(project: Project, change_id: str) -> list[ShardFile]:
     """The shard records of a change that HEAD holds (write-ahead and final)."""
-    folder = f"changes/{change_id}/shards/"
+    folder = change_file(change_id, SHARDS) + "/"
     listing = subprocess.run(
         ["git", "-C", str(project.root), "ls-tree", "-r", "-z", "HEAD", "--", folder],
         capture_output=True,
@@ -390,17 +391,18 @@ def worst(results: list[str]) -> str:
 
 
 def _merge_verification(parts: list[dict[str, Any]], targets: str) -> dict[str, Any]:
-    statuses = [p.get("status", "not run") for p in parts]
-    if all(s == "passed" for s in statuses):
-        status = "passed"
-    elif all(s == "skipped" for s in statuses):
-        return {"status": "skipped"}
-    elif any(s == "failed" for s in statuses):
-        status = "failed"
-    elif any(s == "error" for s in statuses):
-        status = "error"
+    statuses = [p.get("status", Verified.NOT_RUN) for p in parts]
+    status: Verified
+    if all(s == Verified.PASSED for s in statuses):
+        status = Verified.PASSED
+    elif all(s == Verified.SKIPPED for s in statuses):
+        return {"status": Verified.SKIPPED}
+    elif any(s == Verified.FAILED for s in statuses):
+        status = Verified.FAILED
+    elif any(s == Verified.ERROR for s in statuses):
+        status = Verified.ERROR
     else:
-        status = "not run"
+        status = Verified.NOT_RUN
     merged: dict[str, Any] = {"status": status, "targets": targets}
     for key in ("passed", "failed", "skipped"):
         merged[key] = sum(int(p.get(key) or 0) for p in parts)
@@ -521,7 +523,7 @@ def merge_records(
         changed_tasks=[t for i in sorted(finals) for t in finals[i].changed_tasks],
         verification=_merge_verification(
             [
-                finals[i].verification if i in finals else {"status": "not run"}
+                finals[i].verification if i in finals else {"status": Verified.NOT_RUN}
                 for i in range(1, count + 1)
             ],
             change.targets,

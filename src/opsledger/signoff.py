@@ -25,6 +25,7 @@ from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
+from opsledger.layout import change_file, policy_file
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.changes import (
     PolicyRequest,
@@ -123,7 +124,7 @@ def sign_off(
         raise OpsledgerError(
             Problem(
                 f"{person!r} is not a person who may sign statements in policies/people.yml",
-                "policies/people.yml",
+                policy_file("people.yml"),
                 "people",
                 "sign as a listed person (--as ID)",
             )
@@ -143,7 +144,7 @@ def sign_off(
             signing_key,
             policies,
             "an approval" if decision == "approved" else "a rejection",
-            f"changes/{change_id}",
+            change_file(change_id),
         )
         if unsigned:
             raise OpsledgerError(unsigned)
@@ -151,15 +152,15 @@ def sign_off(
         raise OpsledgerError(
             Problem(
                 f"only the requester ({requester}) submits the change",
-                f"changes/{change_id}",
+                change_file(change_id),
                 "--as",
                 f"submit as {requester}, or approve it instead",
             )
         )
     require_clean_worktree(project, change_id)
     moment = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    folder = statement_path(project.root / "changes", change_id, person, moment).parent
-    while statement_path(project.root / "changes", change_id, person, moment).exists():
+    folder = statement_path(project.root, change_id, person, moment).parent
+    while statement_path(project.root, change_id, person, moment).exists():
         moment += dt.timedelta(seconds=1)  # one statement per person and second: the next one
     statement = Statement(
         change_id,
@@ -173,7 +174,7 @@ def sign_off(
     )
     if signing_key is not None:
         statement = dataclasses.replace(statement, signature=sign(statement.text(), signing_key))
-    path = statement_path(project.root / "changes", change_id, person, moment)
+    path = statement_path(project.root, change_id, person, moment)
     if refused := outside_problem(path, project.root):  # a symlinked folder writes elsewhere
         raise OpsledgerError(refused)
     sha = ""
@@ -229,7 +230,7 @@ def unsigned_problem(
         return Problem(
             f"{what} must be signed {where}, and {person} has no signing_key in "
             "policies/people.yml of the protected branch, so it could never count",
-            "policies/people.yml",
+            policy_file("people.yml"),
             f"people.{person}.signing_key",
             "register your SSH public key there (a policy change), then sign with --key",
         )
@@ -256,7 +257,7 @@ def _refuse_uncounted(
                 Problem(
                     f"{person} approves nothing (observers in policies/changes.yml), so "
                     "cannot reject either",
-                    f"changes/{change_id}",
+                    change_file(change_id),
                     "--as",
                     "say why in the pull request; an approver can reject it",
                 )
@@ -268,7 +269,7 @@ def _refuse_uncounted(
         raise OpsledgerError(
             Problem(
                 f"{why}: the approval would not count",
-                f"changes/{change_id}",
+                change_file(change_id),
                 "--as",
                 f"ask someone whose approval counts: {who}",
             )
@@ -334,7 +335,7 @@ def submit_change(
             signing_key,
             policies,
             "the request",
-            f"changes/{change_id}",
+            change_file(change_id),
         )
         if unsigned:
             raise OpsledgerError(unsigned)

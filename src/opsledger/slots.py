@@ -18,6 +18,7 @@ import os
 from opsledger.changes import change_ids, changes_dir, parse_window
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
+from opsledger.layout import REQUEST, change_folder, every_change_glob, within_change
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -36,7 +37,7 @@ def _derive(project: Project, change_id: str) -> list | None:
     Reads the file the way `validate_change` does (load_yaml's bounds and checks); a file it
     refuses raises here as there.
     """
-    file = changes_dir(project) / change_id / "change.yml"
+    file = change_folder(project.root, change_id, REQUEST)
     data = load_yaml(file, what="change request", root=project.root, dates=False)
     environment, window = data.get("environment"), data.get("window")
     if not isinstance(environment, str) or not isinstance(window, dict):
@@ -76,7 +77,7 @@ def candidates(
             continue
         blob = indexed.get(other_id)
         if blob is None:  # not tracked, or git sees its file changed: read the file itself
-            file = folder / other_id / "change.yml"
+            file = change_folder(project.root, other_id, REQUEST)
             if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
                 found.append(other_id)
                 refused = True
@@ -125,7 +126,7 @@ def _indexed_requests(project: Project) -> dict[str, str]:
     bytes); anything else (untracked, edited, deleted, a symlink, no repository) is left out,
     and `candidates` reads that file from disk as before.
     """
-    spec = ":(glob)changes/*/change.yml"
+    spec = every_change_glob(REQUEST)
     env = {"GIT_OPTIONAL_LOCKS": "0"}
     listed = git(project.root, "ls-files", "-s", "-z", "--", spec, env=env, check=False)
     changed = git(project.root, "diff-files", "--name-only", "-z", "--", spec, env=env, check=False)
@@ -143,7 +144,7 @@ def _indexed_requests(project: Project) -> dict[str, str]:
         fields = info.split()
         if len(fields) != 3 or fields[0] != "100644" or fields[2] != "0" or path in differs:
             continue
-        parts = path.split("/")
-        if len(parts) == 3 and parts[1] not in linked:
-            found[parts[1]] = fields[1]
+        inside = within_change(path)
+        if inside is not None and inside[1] == REQUEST and inside[0] not in linked:
+            found[inside[0]] = fields[1]
     return found

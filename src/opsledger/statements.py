@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.layout import APPROVALS, change_folder
 from opsledger.yamlio import parse_yaml
 
 NAMESPACE = "opsledger-approval"
@@ -76,8 +77,9 @@ def stamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def statement_path(changes_dir: Path, change_id: str, person: str, at: dt.datetime) -> Path:
-    return changes_dir / change_id / "approvals" / person / f"{stamp(at)}.yml"
+def statement_path(root: Path, change_id: str, person: str, at: dt.datetime) -> Path:
+    """`changes/<ID>/approvals/<person>/<UTC stamp>.yml` under the project's `root`."""
+    return change_folder(root, change_id, APPROVALS, person, f"{stamp(at)}.yml")
 
 
 def parse_statement(raw: bytes) -> Statement:

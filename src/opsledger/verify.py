@@ -28,6 +28,7 @@ from pathlib import Path
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.inventory import load_inventory
 from opsledger.project import Project
+from opsledger.records import Verified
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class TestOutcome:
 
     test: str
     host: str
-    status: str
+    status: Verified
     message: str = ""
 
 
@@ -53,16 +54,19 @@ class VerifyResult:
     output: str = ""
     workers: int = 1  # pytest processes that ran at once
 
-    def count(self, status: str) -> int:
+    def count(self, status: Verified) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
 
     @property
     def failures(self) -> list[TestOutcome]:
-        return [o for o in self.outcomes if o.status in ("failed", "error")]
+        return [o for o in self.outcomes if o.status in (Verified.FAILED, Verified.ERROR)]
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.failures and self.count("passed") > 0
+        return self.exit_code == 0 and not self.failures and self.count(Verified.PASSED) > 0
+
+
+_JUNIT_KINDS = {"failure": Verified.FAILED, "error": Verified.ERROR, "skipped": Verified.SKIPPED}
 
 
 def _outcomes(junit: Path) -> list[TestOutcome]:
@@ -71,11 +75,11 @@ def _outcomes(junit: Path) -> list[TestOutcome]:
         name = case.get("name", "")
         test, _, param = name.partition("[")
         host = param.rstrip("]").split(":", 1)[0]
-        status, message = "passed", ""
-        for kind in ("failure", "error", "skipped"):
+        status, message = Verified.PASSED, ""
+        for kind, found in _JUNIT_KINDS.items():
             element = case.find(kind)
             if element is not None:
-                status = {"failure": "failed", "error": "error", "skipped": "skipped"}[kind]
+                status = found
                 message = (element.get("message") or element.text or "").strip()
                 break
         outcomes.append(TestOutcome(test, host, status, message.splitlines()[0] if message else ""))
@@ -135,7 +139,7 @@ def verify(
 
     Example:
         result = verify(find_project(), environment="lab", targets="db", suites=("postgresql",))
-        result.ok, result.count("passed"), result.failures
+        result.ok, result.count(Verified.PASSED), result.failures
     """
     suite_dir = project.root / "tests" / "infra"
     known = sorted(p.stem.removeprefix("test_") for p in suite_dir.glob("test_*.py"))

@@ -7,8 +7,8 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from opsledger.afterrun import after_run
+from opsledger.playbook_runs import HostRun, PlaybookRun
 from opsledger.runbooks import load_runbook
-from opsledger.runner import HostRun, PlaybookRun
 
 from .conftest import copy_project
 

@@ -13,8 +13,8 @@ import yaml
 
 from opsledger.drill import drill, drill_record, judge, load_services, measure, seconds
 from opsledger.errors import OpsledgerError
+from opsledger.playbook_runs import HostRun, PlaybookRun
 from opsledger.project import Project
-from opsledger.runner import HostRun, PlaybookRun
 
 from ..conftest import REPO_ROOT
 from .conftest import copy_project

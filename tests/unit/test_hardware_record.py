@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from opsledger.runner import run_playbook
+from opsledger.playbook_runs import run_playbook
 
 from .conftest import copy_project
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from opsledger.errors import OpsledgerError
 from opsledger.hostpattern import pattern_problems
-from opsledger.runner import run_playbook
+from opsledger.playbook_runs import run_playbook
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import copy_project

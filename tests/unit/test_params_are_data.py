@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from opsledger.gitrepo import git
-from opsledger.runner import unsafe_extravars
+from opsledger.playbook_runs import unsafe_extravars
 
 from .badinput import run
 from .conftest import ALICE_ENV, START

@@ -385,7 +385,7 @@ def test_a_pr_job_keeps_its_ssh_masters_to_itself(monkeypatch):
 
 
 def _plan_with(hosts):
-    from opsledger.runner import TaskChange
+    from opsledger.playbook_runs import TaskChange
 
     return [
         SimpleNamespace(host=name, changes=[TaskChange(task, "role", diff) for task, diff in items])

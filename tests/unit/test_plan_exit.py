@@ -15,8 +15,8 @@ import pytest
 
 from opsledger.decide import Check, Decision
 from opsledger.plan import EXIT_WOULD_CHANGE, HostPlan, Plan, exit_code
+from opsledger.playbook_runs import ansible_verbosity, run_playbook
 from opsledger.runbooks import load_runbook
-from opsledger.runner import ansible_verbosity, run_playbook
 from opsledger.signoff import approve_change
 
 

@@ -255,6 +255,7 @@ def verify_(incident_id, suites, person, signing_key) -> None:
         opsledger incident verify INC-0001 --suite postgresql --as bob
     """
     from opsledger.faults.resolution import recovery_test
+    from opsledger.records import Verified
 
     result = recovery_test(
         find_project(), incident_id, person=person, suites=suites, signing_key=signing_key
@@ -267,7 +268,7 @@ def verify_(incident_id, suites, person, signing_key) -> None:
     )
     for failure in outcome["failures"]:
         click.secho(f"  FAILED {failure}", fg="red")
-    if outcome["result"] != "passed":
+    if outcome["result"] != Verified.PASSED:
         raise SystemExit(EXIT_FAILED)
 
 

@@ -6,6 +6,7 @@ import click
 
 from opsledger.cli.options import output_option
 from opsledger.errors import EXIT_FAILED, OpsledgerError
+from opsledger.layout import policies_folder
 from opsledger.project import find_project
 
 
@@ -85,7 +86,7 @@ def controls(benchmark: str, fmt: str) -> None:
     table = control_table(
         roles_dir=project.root / "roles",
         tests_dir=project.root / "tests" / "infra",
-        waivers_path=project.root / "policies" / "waivers.yml",
+        waivers_path=policies_folder(project.root, "waivers.yml"),
         benchmark=benchmark,
     )
     if fmt == "json":

@@ -34,6 +34,7 @@ def verify(environment: str, targets: str, suites: tuple[str, ...], fmt: str) ->
     Example:
         opsledger verify --env lab --targets db --suite postgresql
     """
+    from opsledger.records import Verified
     from opsledger.verify import verify as run_verify
 
     result = run_verify(find_project(), environment=environment, targets=targets, suites=suites)
@@ -52,9 +53,9 @@ def verify(environment: str, targets: str, suites: tuple[str, ...], fmt: str) ->
             mine = [o for o in result.outcomes if o.host == host]
             table.add_row(
                 host,
-                str(sum(o.status == "passed" for o in mine)),
-                str(sum(o.status in ("failed", "error") for o in mine)),
-                str(sum(o.status == "skipped" for o in mine)),
+                str(sum(o.status == Verified.PASSED for o in mine)),
+                str(sum(o.status in (Verified.FAILED, Verified.ERROR) for o in mine)),
+                str(sum(o.status == Verified.SKIPPED for o in mine)),
             )
         console().print(table)
         for failure in result.failures:

@@ -46,8 +46,9 @@ from opsledger.faults.store import (
     scan_incidents,
 )
 from opsledger.gitrepo import is_repo
+from opsledger.layout import policies_folder
 from opsledger.project import Project
-from opsledger.records import Record
+from opsledger.records import DriftState, Record, Verified
 from opsledger.yamlio import load_json, load_yaml
 
 log = logging.getLogger("opsledger.faults")
@@ -143,7 +144,7 @@ class _Reader:
 
     def schedule_checks(self, schedule: str) -> list[str]:
         if self._schedules is None:
-            path = self.project.root / "policies" / "inspections.yml"
+            path = policies_folder(self.project.root, "inspections.yml")
             data = load_yaml(path, what="inspection plan") if path.is_file() else {}
             self._schedules = {
                 str(name): list((spec or {}).get("checks") or [])
@@ -216,7 +217,7 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
     elif record.kind == "drift" and "drift" in policy.sources:
         drifted: dict[str, list[dict[str, Any]]] = {}
         for finding in record.findings:
-            if finding.get("state") == "drifted":
+            if finding.get("state") == DriftState.DRIFTED:
                 drifted.setdefault(str(finding.get("host")), []).append(finding)
         for host, items in sorted(drifted.items()):
             roles = sorted({str(i.get("role")) for i in items})
@@ -233,7 +234,7 @@ def signals(record: Record, policy: FaultPolicy) -> list[Signal]:
             )
     elif record.kind == "run":
         verification = record.verification or {}
-        if verification.get("status") == "failed" and "verification" in policy.sources:
+        if verification.get("status") == Verified.FAILED and "verification" in policy.sources:
             for failure in verification.get("failures") or []:
                 host, test = str(failure.get("host")), str(failure.get("test"))
                 found.append(
@@ -320,7 +321,7 @@ def _passing_verifications(record: Record) -> list[dict[str, Any]]:
         (record.verification or {}),
         ((record.rollback or {}).get("verification") or {}),
     ):
-        if checked.get("status") == "passed":
+        if checked.get("status") == Verified.PASSED:
             found.append(checked)
     return found
 
@@ -383,7 +384,7 @@ def clears(record: Record, fingerprint: str, incident: Incident, reader: _Reader
         host = rest
         return (
             record.result == "success"
-            and (record.verification or {}).get("status") == "passed"
+            and (record.verification or {}).get("status") == Verified.PASSED
             and host in reader.hosts(record.environment, str(record.verification.get("targets")))
         )
     return False

@@ -31,6 +31,7 @@ from opsledger.faults.policy import FaultPolicy, load_fault_policy
 from opsledger.faults.readonly import Checked, NotReadOnly, check_command
 from opsledger.faults.store import Incident, diagnostics_dir, load_incident
 from opsledger.inventory import InventoryHost, load_inventory
+from opsledger.layout import policy_file
 from opsledger.project import Project
 from opsledger.records import stamp
 
@@ -282,7 +283,7 @@ def collect(
             problems.append(
                 Problem(
                     f"a diagnostic command is not read-only: {why}",
-                    "policies/incidents.yml",
+                    policy_file("incidents.yml"),
                     f"diagnostics.classes.{incident.klass}",
                     "fix the policy (opsledger policy check names the command)",
                 )

@@ -22,6 +22,7 @@ from opsledger.faults.ledger import timeline_history
 from opsledger.faults.policy import load_fault_policy
 from opsledger.faults.sla import incident_clocks
 from opsledger.faults.store import AUTOMATION, scan_incidents, scan_problems
+from opsledger.layout import policies_folder, policy_file
 from opsledger.project import Project
 
 
@@ -43,7 +44,7 @@ def fault_findings(
     Example:
         [f"{f.rule}: {f.message}" for f in fault_findings(find_project())]
     """
-    if not (project.root / "policies" / "incidents.yml").is_file():
+    if not policies_folder(project.root, "incidents.yml").is_file():
         return []
     when = moment(now)
     incidents, broken = scan_incidents(project)
@@ -57,7 +58,7 @@ def fault_findings(
         policy = load_fault_policy(project)
     except OpsledgerError as err:
         return findings + [
-            FaultFinding("incident-policy-invalid", "high", str(p), "policies/incidents.yml")
+            FaultFinding("incident-policy-invalid", "high", str(p), policy_file("incidents.yml"))
             for p in err.problems
         ]
     current = {i.relative(project): i.timeline for i in incidents}

@@ -32,6 +32,7 @@ from opsledger.faults.store import (
     next_id,
     scan_incidents,
 )
+from opsledger.layout import policy_file
 from opsledger.project import Project
 
 
@@ -479,7 +480,7 @@ def pause(
             raise OpsledgerError(
                 Problem(
                     f"{incident.priority} clocks do not pause",
-                    "policies/sla.yml",
+                    policy_file("sla.yml"),
                     "pauses.priorities",
                     "keep working it; only priorities listed there may wait on the customer",
                 ),

@@ -23,6 +23,7 @@ from opsledger.faults.problems import problem_views
 from opsledger.faults.queries import histories
 from opsledger.faults.sla import SlaState, incident_clocks
 from opsledger.faults.store import load_incidents
+from opsledger.layout import policies_folder, policy_file
 from opsledger.project import Project
 
 
@@ -67,14 +68,14 @@ def incident_kpis(
         k = incident_kpis(project, start=month_start, end=month_end, environment="production")
         k.mttr_hours, k.resolution_compliance, k.by_class
     """
-    if not (project.root / "policies" / "incidents.yml").is_file():
+    if not policies_folder(project.root, "incidents.yml").is_file():
         return IncidentKpis()
     when = moment(now)
     try:
         policy = load_fault_policy(project)
     except OpsledgerError:
         return IncidentKpis(
-            breaches=["policies/incidents.yml is invalid: run opsledger policy check"]
+            breaches=[f"{policy_file('incidents.yml')} is invalid: run opsledger policy check"]
         )
     incidents = load_incidents(project)  # a report never undercounts: all, or exit 2
     if environment:

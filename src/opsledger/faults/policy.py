@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.readonly import NotReadOnly, check_command
+from opsledger.layout import policies_folder, policy_file
 from opsledger.policy.bundle import DAYS, LEVELS, Person, load_policies
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems
@@ -163,7 +164,7 @@ def _calendar(data: Any, file: str, problems: list[Problem]) -> Calendar | None:
 
 def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
     """The parts of sla.yml incident clocks need (policy.bundle checks the matrix itself)."""
-    path = project.root / "policies" / "sla.yml"
+    path = policies_folder(project.root, "sla.yml")
     file = str(path)
     data = load_yaml(path, what="SLA file")
     if not isinstance(data, dict):
@@ -267,7 +268,7 @@ def _groups(project: Project) -> set[str]:
 def _incidents(
     project: Project, matrix: dict[str, dict[str, str]], problems: list[Problem]
 ) -> dict[str, Any]:
-    path = project.root / "policies" / "incidents.yml"
+    path = policies_folder(project.root, "incidents.yml")
     file = str(path)
     data = load_yaml(path, what="incident policy")
     found = schema_problems(data, schema("policy-incidents"), file)
@@ -319,7 +320,7 @@ def _incidents(
                     f"use: {', '.join(classes)}",
                 )
             )
-    plan = project.root / "policies" / "inspections.yml"
+    plan = policies_folder(project.root, "inspections.yml")
     if plan.is_file():
         inspections = load_yaml(plan, what="inspection plan")
         checks = set(inspections.get("checks") or {})
@@ -431,7 +432,7 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
             problems.append(
                 Problem(
                     f"unknown priority {name!r}",
-                    "policies/incidents.yml",
+                    policy_file("incidents.yml"),
                     "closing.root_cause_priorities",
                     f"use some of: {', '.join(sla['terms'])}",
                 )
@@ -442,7 +443,7 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
             problems.append(
                 Problem(
                     f"impact {impact} x urgency {urgency} has no priority with terms",
-                    "policies/sla.yml",
+                    policy_file("sla.yml"),
                     f"matrix.{impact}.{urgency}",
                     "run opsledger policy check",
                 )
@@ -455,7 +456,7 @@ def load_fault_policy(project: Project, *, strict: bool = True) -> FaultPolicy:
 
 def fault_policy_problems(project: Project) -> list[Problem]:
     """Every problem of the fault-handling policy (for `opsledger policy check`)."""
-    if not (project.root / "policies" / "incidents.yml").is_file():
+    if not policies_folder(project.root, "incidents.yml").is_file():
         return []
     try:
         return load_fault_policy(project, strict=False).problems

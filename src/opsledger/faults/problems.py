@@ -36,6 +36,7 @@ from opsledger.faults.store import (
     problem_text,
 )
 from opsledger.project import Project
+from opsledger.records import Verified
 
 
 class ProblemStatus(StrEnum):
@@ -314,7 +315,7 @@ def record_fix(
         runs = [
             r
             for r in evidenced
-            if r.result == "success" and (r.verification or {}).get("status") == "passed"
+            if r.result == "success" and (r.verification or {}).get("status") == Verified.PASSED
         ]
         if not runs:
             raise OpsledgerError(

@@ -21,7 +21,7 @@ from opsledger.faults.incidents import ACTIVE, Step, StepResult, take_step
 from opsledger.faults.policy import FaultPolicy
 from opsledger.faults.store import Incident, incident_file, load_incident
 from opsledger.project import Project
-from opsledger.records import Record, run_record_path
+from opsledger.records import Record, Verified, run_record_path
 
 SIGHTINGS = ("opened", "detected", "reopened")  # timeline steps that saw the fault
 
@@ -80,10 +80,10 @@ def recovery_test(
         suites=suites,
     )
     outcome = {
-        "result": "passed" if checked.ok else "failed",
-        "passed": checked.count("passed"),
+        "result": Verified.PASSED if checked.ok else Verified.FAILED,
+        "passed": checked.count(Verified.PASSED),
         "failed": len(checked.failures),
-        "skipped": checked.count("skipped"),
+        "skipped": checked.count(Verified.SKIPPED),
         "suites": list(suites),
         "failures": [f"{o.host}: {o.test}: {o.message}"[:200] for o in checked.failures[:10]],
     }
@@ -160,7 +160,7 @@ def qualifying_run(
         reasons = []
         if run.result != "success":
             reasons.append(f"ended {run.result}")
-        if verified != "passed":
+        if verified != Verified.PASSED:
             reasons.append(f"verification {verified or 'missing'}")
         if run.environment != incident.environment:
             reasons.append(f"ran on {run.environment}")
@@ -245,7 +245,7 @@ def resolve(
                 for i, e in enumerate(incident.timeline)
                 if i > seen and e.get("action") == "recovery_test"
             ]
-            if not tests or tests[-1].get("result") != "passed":
+            if not tests or tests[-1].get("result") != Verified.PASSED:
                 raise OpsledgerError(
                     Problem(
                         "no passing recovery test since the fault was last seen"

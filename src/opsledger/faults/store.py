@@ -219,6 +219,8 @@ def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _represent_str)
+# a status enum (records.Verified, RunResult: StrEnums) is written as its plain string
+_Dumper.add_multi_representer(str, _represent_str)
 
 
 def dump(data: dict[str, Any], order: tuple[str, ...]) -> str:

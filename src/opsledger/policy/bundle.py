@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.layout import policies_folder
 from opsledger.policy.files import read_policy
 from opsledger.policy.waivers import load_waivers
 from opsledger.project import Project
@@ -127,7 +128,7 @@ def policy_hash(project: Project) -> str:
     """sha256 over every policy file (name and bytes): identical rules, identical hash."""
     digest = hashlib.sha256()
     for name in POLICY_FILES:
-        path = project.root / "policies" / name
+        path = policies_folder(project.root, name)
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -188,7 +189,7 @@ def _aware(value: Any, file: str, where: str, problems: list[Problem]) -> dt.dat
 
 
 def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person], dict[str, str]]:
-    file = str(project.root / "policies" / "people.yml")
+    file = str(policies_folder(project.root, "people.yml"))
     data, found = read_policy(project, "people", "people file")
     problems += found
     if data is None:
@@ -271,7 +272,7 @@ def _people(project: Project, problems: list[Problem]) -> tuple[dict[str, Person
 def _rules(
     project: Project, teams: dict[str, str], envs: set[str], problems: list[Problem]
 ) -> dict[str, Any]:
-    file = str(project.root / "policies" / "changes.yml")
+    file = str(policies_folder(project.root, "changes.yml"))
     data, found = read_policy(project, "changes", "change rules")
     problems += found
     if data is None:
@@ -452,7 +453,7 @@ def _rules(
 
 
 def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[str, Any]:
-    file = str(project.root / "policies" / "windows.yml")
+    file = str(policies_folder(project.root, "windows.yml"))
     data, found = read_policy(project, "windows", "windows file")
     problems += found
     if data is None:
@@ -551,7 +552,7 @@ def _windows(project: Project, envs: set[str], problems: list[Problem]) -> dict[
 
 
 def _sla(project: Project, problems: list[Problem]) -> dict[str, Any]:
-    file = str(project.root / "policies" / "sla.yml")
+    file = str(policies_folder(project.root, "sla.yml"))
     data, found = read_policy(project, "sla", "SLA file")
     problems += found
     if data is None:
@@ -600,7 +601,7 @@ def _staffing(project: Project, policies: Policies, problems: list[Problem]) -> 
     """
     if not policies.people:
         return  # people.yml itself is broken: its own problems say so
-    file = str(project.root / "policies" / "changes.yml")
+    file = str(policies_folder(project.root, "changes.yml"))
     # The CI identity (records.committed_by) signs no statements: it approves nothing.
     approvers = [p for p in policies.people.values() if p.id != policies.records_by]
     members = {t: [p for p in approvers if t in p.teams] for t in policies.teams}
@@ -671,13 +672,13 @@ def load_policies(project: Project, *, strict: bool = True) -> tuple[Policies, l
         problems.append(
             Problem(
                 f"{policies.records_by!r} is not in people.yml",
-                str(project.root / "policies" / "changes.yml"),
+                str(policies_folder(project.root, "changes.yml")),
                 "records.committed_by",
                 "name the CI identity's person id",
             )
         )
     _staffing(project, policies, problems)
-    waivers_file = project.root / "policies" / "waivers.yml"
+    waivers_file = policies_folder(project.root, "waivers.yml")
     try:
         waivers = load_waivers(waivers_file)
     except OpsledgerError as exc:

@@ -22,12 +22,21 @@ from opsledger.changes import ids_in_history
 from opsledger.content import Content, ignored_paths, manifest
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
+from opsledger.layout import (
+    POLICIES,
+    POLICY_REQUEST,
+    change_file,
+    change_folder,
+    changes_root,
+    policies_folder,
+    policy_file,
+)
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
 _ID = re.compile(r"POL-(\d{4,9})")  # fullmatch: no trailing newline, no path
 # Markdown under policies/ documents the rules; it is not a rule (pathspec for git).
-POLICY_DOCS = (":(exclude,glob)policies/**/*.md",)
+POLICY_DOCS = (f":(exclude,glob){policy_file()}/**/*.md",)
 FIELDS = ("id", "title", "requested_by", "reason")
 
 
@@ -45,11 +54,11 @@ def is_policy_change(change_id: str) -> bool:
 
 
 def request_file(project: Project, change_id: str) -> Path:
-    return project.root / "changes" / change_id / "policy.yml"
+    return change_folder(project.root, change_id, POLICY_REQUEST)
 
 
 def policy_change_ids(project: Project) -> list[str]:
-    found = [p.parent.name for p in (project.root / "changes").glob("POL-*/policy.yml")]
+    found = [p.parent.name for p in changes_root(project.root).glob(f"POL-*/{POLICY_REQUEST}")]
     return sorted((i for i in found if _ID.fullmatch(i)), key=lambda i: int(i[4:]))
 
 
@@ -91,9 +100,9 @@ def new_policy_request(
     Like change ids, policy change ids are never reused: the next is one more than the highest
     in the tree or in any branch's history, and its folder is claimed before it is written.
     """
-    used = set(policy_change_ids(project)) | ids_in_history(project, "policy.yml")
+    used = set(policy_change_ids(project)) | ids_in_history(project, POLICY_REQUEST)
     number = max((int(i[4:]) for i in used if is_policy_change(i)), default=0) + 1
-    (project.root / "changes").mkdir(exist_ok=True)
+    changes_root(project.root).mkdir(exist_ok=True)
     while True:
         change_id = f"POL-{number:04d}"
         file = request_file(project, change_id)
@@ -115,8 +124,8 @@ def new_policy_request(
 
 def policy_content(project: Project, change_id: str) -> Content:
     """The request file and every file under policies/ as they are on disk (symlinks: exit 2)."""
-    files = {f"changes/{change_id}/policy.yml": request_file(project, change_id)}
-    folder = project.root / "policies"
+    files = {change_file(change_id, POLICY_REQUEST): request_file(project, change_id)}
+    folder = policies_folder(project.root)
     for top, dirs, names in os.walk(folder):
         for name in [*dirs, *names]:
             path = Path(top) / name
@@ -157,8 +166,8 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
             "-z",
             commit,
             "--",
-            "policies",
-            f"changes/{change_id}/policy.yml",
+            POLICIES,
+            change_file(change_id, POLICY_REQUEST),
         ],
         capture_output=True,
         text=True,
@@ -174,7 +183,7 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
             if kind != "blob" or mode == "120000":
                 return None
             entries.append((path, blob))
-    if f"changes/{change_id}/policy.yml" not in {p for p, _ in entries}:
+    if change_file(change_id, POLICY_REQUEST) not in {p for p, _ in entries}:
         return None
     contents = blob_contents(project.root, [b for _, b in entries])
     return manifest({p: hashlib.sha256(contents[b]).hexdigest() for p, b in entries})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from opsledger.base import Base, resolve_base
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git, nul_paths
+from opsledger.layout import POLICIES, POLICIES_PREFIX, policy_file
 from opsledger.policy.bundle import POLICY_FILES
 from opsledger.project import Project
 
@@ -24,11 +25,11 @@ def _differing_files(project: Project, base: Base) -> list[str]:
     commands that use them, so a difference there misleads nobody.
     """
     commit = base.policy_version.accepted_at or base.policy_version.commit
-    listing = git(project.root, "diff", "--name-only", "-z", commit, "--", "policies").stdout
+    listing = git(project.root, "diff", "--name-only", "-z", commit, "--", POLICIES).stdout
     untracked = git(
-        project.root, "ls-files", "-z", "--others", "--exclude-standard", "--", "policies"
+        project.root, "ls-files", "-z", "--others", "--exclude-standard", "--", POLICIES
     ).stdout
-    decided = {f"policies/{name}" for name in POLICY_FILES}
+    decided = {policy_file(name) for name in POLICY_FILES}
     return sorted({p for p in nul_paths(listing) + nul_paths(untracked) if p in decided})
 
 
@@ -48,10 +49,10 @@ def policy_gap(project: Project, ref: str | None = None) -> str:
     if not files:
         return ""
     version = base.policy_version
-    shown = ", ".join(f.removeprefix("policies/") for f in files)
+    shown = ", ".join(f.removeprefix(POLICIES_PREFIX) for f in files)
     line = (
-        f"policies/ here is not what decides: {shown} differ from the policies in effect on "
-        f"{base.ref} (those of {version.accepted_at[:10]}: {version.why}); decide, approve and "
+        f"{POLICIES_PREFIX} here is not what decides: {shown} differ from the policies in effect "
+        f"on {base.ref} (those of {version.accepted_at[:10]}: {version.why}); decide, approve and "
         "the next-step hints follow those"
     )
     ignored = base.pending()

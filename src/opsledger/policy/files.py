@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.layout import policies_folder
 from opsledger.project import Project
 from opsledger.schema import problems as schema_problems_of
 from opsledger.schema import schema
@@ -46,7 +47,7 @@ def policy_schema(name: str) -> dict[str, Any]:
 
 
 def policy_path(project: Project, name: str) -> Path:
-    return project.root / "policies" / POLICY_FILES[name]
+    return policies_folder(project.root, POLICY_FILES[name])
 
 
 def data_problems(data: Any, name: str, file: str) -> list[Problem]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opsledger.runner import run_playbook
+from opsledger.playbook_runs import run_playbook
 
 from .conftest import copy_project
 
@@ -185,7 +185,7 @@ def test_events_reach_disk_only_in_a_kept_journal(tmp_path):
     import json
 
     from opsledger.joblog import journal_log
-    from opsledger.runner import JOURNALED, replay_journal
+    from opsledger.playbook_runs import JOURNALED, replay_journal
 
     artifacts = tmp_path / "artifacts"
     _settings_run(tmp_path / "plain", LOCAL_HOSTS, artifact_dir=artifacts)
