@@ -236,16 +236,9 @@ def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> A
             Problem("not UTF-8 text", source, "encoding", "save it (or pass the value) as UTF-8")
         )
     problems = _Problems(source)
-    if not _shallow_without_aliases(text):
-        scanner = _BASE(text)
-        try:
-            _scan(scanner, problems)
-        except yaml.YAMLError as exc:
-            raise OpsledgerError(_syntax_problem(exc, source)) from None
-        finally:
-            scanner.dispose()
-        if problems.found:
-            raise OpsledgerError(problems.found)
+    walked = not _shallow_without_aliases(text)
+    if walked:
+        _walk(text, problems, source)
     loader = _BASE(text)
     try:
         node = loader.get_single_node()
@@ -255,14 +248,29 @@ def parse_yaml(text: str, *, source: str = "YAML text", dates: bool = True) -> A
         if problems.found:
             raise OpsledgerError(problems.found)
         return _build(node, loader, dates, {})
-    except yaml.YAMLError as exc:
-        raise OpsledgerError(_syntax_problem(exc, source)) from None
-    except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+    except (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError) as exc:
+        if not walked:  # the walk's refusal comes first, as when it always ran first
+            _walk(text, _Problems(source), source)
+        if isinstance(exc, yaml.YAMLError):
+            raise OpsledgerError(_syntax_problem(exc, source)) from None
         raise OpsledgerError(
             Problem(f"unreadable value: {shown(str(exc), 80)}", source, "YAML", "simplify it")
         ) from None
     finally:
         loader.dispose()
+
+
+def _walk(text: str, problems: _Problems, source: str) -> None:
+    """`_scan` of the text; raise what it refuses (a syntax error, depth, aliases)."""
+    scanner = _BASE(text)
+    try:
+        _scan(scanner, problems)
+    except yaml.YAMLError as exc:
+        raise OpsledgerError(_syntax_problem(exc, source)) from None
+    finally:
+        scanner.dispose()
+    if problems.found:
+        raise OpsledgerError(problems.found)
 
 
 # What may follow an indicator: a blank, a line break (libyaml's, NEL and LS/PS included), the end.
