@@ -217,6 +217,16 @@ def build(repo: Path, commits: int, changes: int) -> None:
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "-f", "main"], check=True)
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a lane: the code of the checkout holding this file, first.
+
+    Run in the synthetic repository, a lane would otherwise import whichever opsledger the
+    interpreter has installed (a relative PYTHONPATH names nothing there).
+    """
+    path = os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def prove_valid(repo: Path, changes: int) -> None:
     """Stop (exit 1) unless audit judges every synthetic change valid and finds nothing.
 
@@ -227,6 +237,7 @@ def prove_valid(repo: Path, changes: int) -> None:
         cwd=repo,
         capture_output=True,
         text=True,
+        env=_env(),
     )
     rows = json.loads(log.stdout or "[]") if log.returncode == 0 else []
     ids = [row["change"] for row in rows]
@@ -244,6 +255,7 @@ def prove_valid(repo: Path, changes: int) -> None:
         cwd=repo,
         capture_output=True,
         text=True,
+        env=_env(),
     )
     findings = json.loads(check.stdout or "[]") if check.returncode in (0, 1) else None
     if findings is None or findings:
@@ -269,17 +281,19 @@ OPSLEDGER = (
 SHELL = ["sh", "-c", '"$@"; status=$?; exit $status', "lane"]
 
 
-def timed(argv: list[str], cwd: Path) -> tuple[float, float, float]:
-    """Seconds, the process's own peak resident memory and that of its largest process (MB).
+def timed(argv: list[str], cwd: Path) -> tuple[float, float, float, float]:
+    """Seconds, own and largest process's peak memory (MB), the tree's CPU seconds.
 
     Output goes to /dev/null (a pipe would hold it here). The tree's peak is wait4's rusage of
     the shell running the lane (git log's own memory, for an audit); the process's own is what
-    it wrote at exit (see OPSLEDGER), else the tree's.
+    it wrote at exit (see OPSLEDGER), else the tree's. CPU seconds (user + system, git's
+    included) are printed beside the times: on a machine shared with other work they move less
+    than wall time, and an audit that overlaps its work with git's takes less time than CPU.
     """
     with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as scratch:
         errors_file = Path(scratch) / "stderr"
         own_file = Path(scratch) / "peak"
-        env = {**os.environ, "BENCH_PEAK": str(own_file)}
+        env = _env(BENCH_PEAK=str(own_file))
         with open(errors_file, "wb") as errors:
             started = time.monotonic()
             proc = subprocess.Popen(
@@ -293,7 +307,7 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, float]:
             sys.exit(f"benchmark: {' '.join(argv[:3])} failed:\n{tail}")
         tree = usage.ru_maxrss / 1024  # Linux: kilobytes
         own = int(own_file.read_text()) / 1024 if own_file.exists() else tree
-    return elapsed, own, tree
+    return elapsed, own, tree, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -337,24 +351,29 @@ def measure(commits: int, changes: int, rounds: int) -> None:
             "opsledger audit check": [sys.executable, "-c", OPSLEDGER, "audit", "check", "--json"],
         }
         times: dict[str, list[float]] = {name: [] for name in lanes}
+        cpus: dict[str, list[float]] = {name: [] for name in lanes}
         peaks: dict[str, list[tuple[float, float]]] = {name: [] for name in lanes}
         for _ in range(rounds):
             for name, argv in lanes.items():
-                seconds, own, tree = timed(argv, repo)
+                seconds, own, tree, cpu = timed(argv, repo)
                 times[name].append(seconds)
+                cpus[name].append(cpu)
                 peaks[name].append((own, tree))
         check = subprocess.run(
-            lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True
+            lanes["opsledger audit check"], cwd=repo, capture_output=True, text=True, env=_env()
         )
         findings = json.loads(check.stdout or "[]")
     base = statistics.median(times["git log --name-status"])
+    base_cpu = statistics.median(cpus["git log --name-status"])
     print(f"median of {rounds} rounds:")
     for name, values in times.items():
         med = statistics.median(values)
+        cpu = statistics.median(cpus[name])
         own = max(p[0] for p in peaks[name])
         tree = max(p[1] for p in peaks[name])
         print(
             f"  {name:24} {med:8.2f} s   ratio to git log: {med / base:5.2f}x   "
+            f"cpu {cpu:6.2f} s ({cpu / base_cpu:4.2f}x)   "
             f"peak RSS {own:6.1f} MB (largest process {tree:6.1f} MB)"
         )
     print(f"  audit check findings on the synthetic history: {len(findings)}")

@@ -247,17 +247,31 @@ def worktree_problems(project: Project, change_id: str) -> list[Problem]:
 _PARSED: dict[str, Statement | NotAStatement] = {}
 
 
+def _parse_once(blob: str, raw: bytes) -> Statement | NotAStatement:
+    if blob not in _PARSED:
+        try:
+            _PARSED[blob] = parse_statement(raw)
+        except NotAStatement as exc:
+            _PARSED[blob] = exc
+    return _PARSED[blob]
+
+
 def _parsed(found: Found) -> Statement:
     """A file version's statement, parsed once per process (audits judge it several times)."""
-    if found.blob not in _PARSED:
-        try:
-            _PARSED[found.blob] = parse_statement(found.raw)
-        except NotAStatement as exc:
-            _PARSED[found.blob] = exc
-    outcome = _PARSED[found.blob]
+    outcome = _parse_once(found.blob, found.raw)
     if isinstance(outcome, NotAStatement):
         raise outcome
     return outcome
+
+
+def parse_ahead(contents: dict[str, bytes]) -> None:
+    """Parse statement versions (blob id -> bytes) ahead of judging a history of them.
+
+    Kept by blob id (the very bytes git holds), whoever reads them later. Audits parse the
+    statements the branch holds while git lists the history: most they judge are these.
+    """
+    for blob, raw in contents.items():
+        _parse_once(blob, raw)
 
 
 def judge(

@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
 from opsledger.errors import OpsledgerError
+from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.layout import CHANGES, REQUEST, change_file, change_folder_name, within_change
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
+from opsledger.steady import remembered
 from opsledger.yamlio import parse_yaml_shared
 
 
@@ -111,6 +113,41 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
     return found
 
 
+def record_of(blob: str, raw: bytes) -> Record | None:
+    """`parse_record(raw)` of a record version, once per blob inside `steady_tree()`.
+
+    Audits parse the records a branch holds while git lists its history. Shared: never
+    change it.
+    """
+    return remembered(("record", blob), lambda: parse_record(raw))
+
+
+def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
+    """`added_on_line`'s answer from a history already read, oldest first.
+
+    gitlog lists what a merge brought relative to its first parent, as `--first-parent` does.
+
+    An audit reads the whole history once; a second `git log` for the records would read it
+    again (as long again as git itself takes to list the history).
+    """
+    return [
+        Added(
+            f.path,
+            f.blob,
+            commit.sha,
+            len(commit.parents),
+            commit.author_email,
+            commit.committer_email,
+            commit.signature,
+            commit.signer,
+        )
+        for commit in commits
+        if commit.sha in base.position
+        for f in commit.files
+        if f.status == "A" and is_final_run_path(f.path)
+    ]
+
+
 def changes_on(project: Project, base: Base, change_ids: list[str]) -> dict[str, bytes]:
     """The change.yml of each change as the base holds it (missing ones are left out)."""
     wanted = sorted(set(change_ids))
@@ -140,7 +177,7 @@ def judge_record(
     reasons = evidence.reasons
     inside = within_change(added.path)  # changes/<ID>/runs/<file>
     change_id = inside[0] if inside and inside[1].count("/") == 1 else ""
-    evidence.record = parse_record(raw)
+    evidence.record = record_of(added.blob, raw)
     if evidence.record is None:
         reasons.append("not a run record")
         return evidence
@@ -201,12 +238,14 @@ def run_evidence(
     *,
     only: Callable[[Record], bool] | None = None,
     statements: dict[str, list[Found]] | None = None,
+    history: list[Commit] | None = None,
 ) -> list[Evidence]:
     """The run records that count (`read_runs`: committed in HEAD), judged, oldest first.
 
     Each is judged as the base's first-parent line added it (a record HEAD holds that the line
     never added is no evidence). `only` picks the records worth judging by what they say, as
-    HEAD holds them and as they were added (judging reads statements).
+    HEAD holds them and as they were added (judging reads statements). `history`: the base's
+    whole history when already read (every commit adding a record, see `added_in`).
 
     Example:
         [e.record.change for e in run_evidence(project, base) if e.trusted]
@@ -215,7 +254,8 @@ def run_evidence(
     held = {f.path: f.record for f in ledger.committed_files}
     if only is not None:
         held = {path: record for path, record in held.items() if only(record)}
-    added = [a for a in added_on_line(project, base) if a.path in held]
+    line = added_in(history, base) if history is not None else added_on_line(project, base)
+    added = [a for a in line if a.path in held]
     contents = blob_contents(project.root, [a.blob for a in added])
     requests = changes_on(project, base, [change_folder_name(a.path) for a in added])
     judged, found = [], set()

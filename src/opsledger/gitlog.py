@@ -11,9 +11,11 @@ delete + add, so a file's life is never lost across a move).
 from __future__ import annotations
 
 import datetime as dt
+import locale
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,21 +57,31 @@ class Commit:
         return [f for f in self.files if f.path == prefix or f.path.startswith(prefix)]
 
 
-def _parse(stream: Iterator[str], signed: bool) -> Iterator[Commit]:
+# Which commits a reader keeps, asked before a commit is built: (sha, committer email, paths).
+# Building one (dates, file entries) is most of what reading a history costs in Python, and an
+# audit of 100,000 commits judges a few thousand.
+Keep = Callable[[str, str, list[str]], bool]
+
+
+def _parse(stream: Iterator[str], signed: bool, keep: Keep | None = None) -> Iterator[Commit]:
     buffer = ""
     for chunk in stream:
         buffer += chunk
         *complete, buffer = buffer.split("\x1e")
         for record in complete:
-            if record:
-                yield _commit(record, signed)
-    if buffer:
-        yield _commit(buffer, signed)
+            if record and (commit := _commit(record, signed, keep)) is not None:
+                yield commit
+    if buffer and (commit := _commit(buffer, signed, keep)) is not None:
+        yield commit
 
 
-def _commit(record: str, signed: bool) -> Commit:
+def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | None:
     header, _, rest = record.partition("\0")
     parts = header.split("\x1f")
+    if keep is not None:
+        paths = rest.lstrip("\0\n").split("\0")[1::2]
+        if not keep(parts[0], parts[6], paths):
+            return None
     sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
     sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
     tokens = rest.lstrip("\0\n").split("\0")
@@ -132,6 +144,7 @@ def iter_history(
     paths: tuple[str, ...] = (),
     allowed_signers: str | None = None,
     rev: str = "HEAD",
+    keep: Keep | None = None,
 ) -> Iterator[Commit]:
     """`read_history`'s commits one at a time, as git writes them.
 
@@ -144,38 +157,14 @@ def iter_history(
     commit's SSH signature; without it signatures are not checked (and read as N), which is
     much faster on large histories.
 
+    With `keep`, only the commits it accepts are built and yielded; it is asked for every
+    commit (so it can count them) with the commit's id, committer email and paths.
+
     Example:
         sum(1 for c in iter_history(find_project()) if c.merge)
     """
-    signed = allowed_signers is not None
-    fmt = _FIELDS.format(sig="%G?%x1d%GS" if signed else "")
     with tempfile.TemporaryDirectory(prefix="opsledger-log-") as tmp:
-        config = []
-        if signed:
-            signers_file = Path(tmp) / "allowed_signers"
-            signers_file.write_text(allowed_signers or "")
-            config = ["-c", f"gpg.ssh.allowedSignersFile={signers_file}"]
-        argv = [
-            "git",
-            "-C",
-            str(project.root),
-            *config,
-            "log",
-            "--reverse",
-            "--topo-order",  # parents before children; the tip comes last
-            "--diff-merges=first-parent",  # a merge lists what it brought to its branch
-            "--no-renames",
-            "--no-color",
-            f"--format=%x1e{fmt}",
-            "--raw",  # with object ids: a record rewritten with the same name is still seen
-            "--no-abbrev",
-            "-z",
-        ]
-        if since:
-            argv.append(f"--since={since.isoformat()}")
-        if until:
-            argv.append(f"--until={until.isoformat()}")
-        argv += [rev, "--", *paths]
+        argv = _argv(project, Path(tmp), allowed_signers, since, until, paths, rev)
         # stderr to a file, not a pipe: git's warnings must not block it while we read stdout
         with open(Path(tmp) / "stderr", "w+") as errors:
             proc = subprocess.Popen(
@@ -183,24 +172,113 @@ def iter_history(
             )
             assert proc.stdout is not None
             try:
-                yield from _parse(iter(lambda: proc.stdout.read(1 << 16), ""), signed)
+                yield from _parse(
+                    iter(lambda: proc.stdout.read(1 << 16), ""), allowed_signers is not None, keep
+                )
             finally:
                 proc.stdout.close()  # a reader that stops early ends git (broken pipe)
                 proc.wait()
             errors.seek(0)
-            err = errors.read()
-        if proc.returncode != 0:
-            if "does not have any commits" in err:
-                return
-            raise OpsledgerError(
-                Problem(
-                    f"git log failed: {err.strip().splitlines()[-1] if err.strip() else '?'}",
-                    str(project.root),
-                    "git",
-                    "run the audit inside a git checkout with history (not a shallow clone)",
-                ),
-                1,
-            )
+            _check(proc.returncode, errors.read(), project)
+
+
+@contextmanager
+def history_in_background(
+    project: Project,
+    *,
+    allowed_signers: str | None = None,
+    rev: str = "HEAD",
+    keep: Keep | None = None,
+) -> Iterator[Callable[[], Iterator[Commit]]]:
+    """`iter_history` of the whole branch, git started now, its commits read when asked.
+
+    git writes its listing to a scratch file (about 350 bytes a commit) at its own pace while
+    the caller does other work, so git's walk and the caller's work overlap instead of adding
+    up; reading then parses the file in chunks, as from git (memory does not grow with the
+    history). Leaving the scope ends git if it still runs.
+
+    Example:
+        with history_in_background(project) as history:
+            changes = [load_change(project, c) for c in change_ids(project)]
+            commits = [c for c in history() if c.merge]
+    """
+    with tempfile.TemporaryDirectory(prefix="opsledger-log-") as tmp:
+        argv = _argv(project, Path(tmp), allowed_signers, None, None, (), rev)
+        listing = Path(tmp) / "stdout"
+        with open(listing, "wb") as out, open(Path(tmp) / "stderr", "w+") as errors:
+            proc = subprocess.Popen(argv, stdout=out, stderr=errors)
+
+            def commits() -> Iterator[Commit]:
+                proc.wait()
+                errors.seek(0)
+                _check(proc.returncode, errors.read(), project)
+                if proc.returncode != 0:
+                    return
+                # decoded as a text-mode pipe from git is (the locale's encoding, newlines)
+                with open(listing, encoding=locale.getpreferredencoding(False)) as text:
+                    chunks = iter(lambda: text.read(1 << 16), "")
+                    yield from _parse(chunks, allowed_signers is not None, keep)
+
+            try:
+                yield commits
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+
+
+def _argv(
+    project: Project,
+    tmp: Path,
+    allowed_signers: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    paths: tuple[str, ...],
+    rev: str,
+) -> list[str]:
+    signed = allowed_signers is not None
+    fmt = _FIELDS.format(sig="%G?%x1d%GS" if signed else "")
+    config = []
+    if signed:
+        signers_file = tmp / "allowed_signers"
+        signers_file.write_text(allowed_signers or "")
+        config = ["-c", f"gpg.ssh.allowedSignersFile={signers_file}"]
+    argv = [
+        "git",
+        "-C",
+        str(project.root),
+        *config,
+        "log",
+        "--reverse",
+        "--topo-order",  # parents before children; the tip comes last
+        "--diff-merges=first-parent",  # a merge lists what it brought to its branch
+        "--no-renames",
+        "--no-color",
+        f"--format=%x1e{fmt}",
+        "--raw",  # with object ids: a record rewritten with the same name is still seen
+        "--no-abbrev",
+        "-z",
+    ]
+    if since:
+        argv.append(f"--since={since.isoformat()}")
+    if until:
+        argv.append(f"--until={until.isoformat()}")
+    return [*argv, rev, "--", *paths]
+
+
+def _check(returncode: int, err: str, project: Project) -> None:
+    """Raise unless git log succeeded (an empty repository lists nothing, and that is fine)."""
+    if returncode == 0 or "does not have any commits" in err:
+        return
+    raise OpsledgerError(
+        Problem(
+            f"git log failed: {err.strip().splitlines()[-1] if err.strip() else '?'}",
+            str(project.root),
+            "git",
+            "run the audit inside a git checkout with history (not a shallow clone)",
+        ),
+        1,
+    )
 
 
 def by_change(commits: list[Commit]) -> dict[str, list[Commit]]:

@@ -210,7 +210,7 @@ def test_the_audit_benchmark_measures_each_lane_s_own_peak_memory(tmp_path):
         "small = bench.timed([sys.executable, '-c', 'pass'], here)[1]\n"
         "child = 'import subprocess, sys; subprocess.run([sys.executable, \"-c\", %r])' % grow\n"
         "code = bench.OPSLEDGER.replace('from opsledger.cli import main\\nmain()', child)\n"
-        "_, own, tree = bench.timed([sys.executable, '-c', code], here)\n"
+        "_, own, tree, _ = bench.timed([sys.executable, '-c', code], here)\n"
         "print(json.dumps([big, small, own, tree]))\n"
     )
     out = subprocess.run(
@@ -221,3 +221,12 @@ def test_the_audit_benchmark_measures_each_lane_s_own_peak_memory(tmp_path):
     assert tree > 80 > own
     with pytest.raises(SystemExit, match="failed"):
         bench.timed([sys.executable, "-c", "raise SystemExit(2)"], tmp_path)
+
+
+def test_the_audit_benchmark_times_this_checkout_s_code(tmp_path):
+    """Its lanes run in the synthetic repository: with a relative PYTHONPATH (src, as the
+    worktrees use) they imported the installed opsledger of another checkout instead."""
+    bench = _audit_bench()
+    src = str(REPO_ROOT / "src" / "opsledger")
+    probe = f"import opsledger, sys; sys.exit(0 if opsledger.__file__.startswith({src!r}) else 2)"
+    bench.timed([sys.executable, "-c", probe], tmp_path)  # exits (SystemExit) when not

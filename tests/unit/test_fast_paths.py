@@ -1,0 +1,164 @@
+"""The audit's fast paths say what the slow ones say (#16.4).
+
+Parsing YAML without the event walk where it provably finds nothing, building the data
+without PyYAML's constructor, and accepting valid data without jsonschema's walk: each must
+give the very answer of the path it stands in for, on any input, or step aside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from opsledger import yamlio
+from opsledger.errors import OpsledgerError
+from opsledger.schema import Validator, _fast_valid, schema
+from opsledger.yamlio import (
+    _BASE,
+    _check_nodes,
+    _Problems,
+    _scan,
+    _syntax_problem,
+    _untime,
+    parse_yaml,
+)
+
+
+def _slow_parse(text: str, dates: bool) -> Any:
+    """parse_yaml as it was: the event walk always, then PyYAML's constructor."""
+    problems = _Problems("YAML text")
+    scanner = _BASE(text)
+    try:
+        _scan(scanner, problems)
+    except yaml.YAMLError as exc:
+        raise OpsledgerError(_syntax_problem(exc, "YAML text")) from None
+    finally:
+        scanner.dispose()
+    if problems.found:
+        raise OpsledgerError(problems.found)
+    loader = _BASE(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, "", problems, loader)
+        if problems.found:
+            raise OpsledgerError(problems.found)
+        if not dates:
+            _untime(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise OpsledgerError(_syntax_problem(exc, "YAML text")) from None
+    finally:
+        loader.dispose()
+
+
+def _outcome(parse: Any, text: str, dates: bool) -> tuple[str, Any]:
+    try:
+        return "data", parse(text, dates=dates)
+    except OpsledgerError as err:
+        return "refused", [str(p) for p in err.problems]
+    except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+        return "unreadable", type(exc).__name__
+
+
+FRAGMENTS = [
+    "a", "b", ":", ": ", "- ", "-", "? ", "[", "]", "{", "}", ",", "\n", "  ", "'x'", '"y"',
+    "1", "2026-12-01", "2026-12-01T20:00:00+00:00", "2026-02-30", "true", "null", "~", "&a ",
+    "*a", "!!str ", "!!int ", "<<: ", "#c", "1.5", "0x1F", "yes", "---\n", "...\n", "\t",
+]  # fmt: skip
+STATEMENT = (
+    "---\n# opsledger statement\nversion: 1\nchange: CHG-0001\nperson: bob\n"
+    "decision: approved\ncontent_sha256: " + "ab" * 32 + "\npolicy_sha256: " + "cd" * 32 + "\n"
+    "at: '2026-12-01T20:00:00+00:00'\ncomment: ''\nsignature: ''\ncontent_files: {}\n"
+)
+CHANGE = (
+    "id: CHG-00001\ntitle: Synthetic change number 1\ntype: normal\nrunbook: converge\n"
+    "environment: lab\ntargets: db\nparams: {tags: [postgresql]}\nimpact: low\nurgency: low\n"
+    "window: {start: '2026-12-01T20:00:00+00:00', end: 2026-12-01T22:00:00+00:00}\n"
+    "requested_by: alice\nreason: Synthetic history for the audit benchmark\n"
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=40), st.booleans())
+@example(["a", "\n", "---\n", ":"], False)  # the walk met the second document's error first
+def test_parse_yaml_answers_as_the_full_walk_does(parts, dates):
+    text = "".join(parts)
+    assert _outcome(parse_yaml, text, dates) == _outcome(_slow_parse, text, dates)
+
+
+def test_shipped_kinds_of_file_take_the_fast_path_and_read_the_same():
+    for text in (STATEMENT, CHANGE):
+        assert yamlio._shallow_without_aliases(text)
+        for dates in (True, False):
+            assert parse_yaml(text, dates=dates) == _slow_parse(text, dates)
+
+
+def test_deep_nesting_and_aliases_are_still_walked():
+    deep = "a: " + "[" * 40 + "]" * 40 + "\n"
+    block = "".join(f"{'  ' * i}k{i}:\n" for i in range(40)) + "  " * 40 + "v\n"
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+    for text in (deep, block, bomb):
+        assert not yamlio._shallow_without_aliases(text)
+    for text in (deep, block):
+        assert _outcome(parse_yaml, text, True)[0] == "refused"
+    data = parse_yaml(bomb)
+    assert data["c"][0] is data["c"][1] and data["c"] == [[["x", "x"]] * 2] * 2  # aliases
+
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False), st.text(max_size=8),
+    st.sampled_from(["CHG-0001", "lab", "db", "converge", "alice", "low", "normal", "x" * 130]),
+)  # fmt: skip
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+VALID = yaml.safe_load(CHANGE.replace("2026-12-01T22:00:00+00:00", "'2026-12-01T22:00:00+00:00'"))
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.dictionaries(st.sampled_from([*VALID, "extra", "risk", "rollback"]), VALUES), st.data())
+def test_fast_schema_check_never_passes_what_jsonschema_refuses(fields, data):
+    doc = schema("change")
+    change = {**VALID, **fields} if data.draw(st.booleans()) else fields
+    if _fast_valid(change, doc):
+        assert list(Validator(doc).iter_errors(change)) == []
+
+
+def test_valid_changes_take_the_fast_schema_path():
+    doc = schema("change")
+    assert list(Validator(doc).iter_errors(VALID)) == []
+    assert _fast_valid(VALID, doc)
+    assert not _fast_valid({**VALID, "type": "weekly"}, doc)
+    assert not _fast_valid({**VALID, "id": "CHG-1\n"}, doc)  # `$` is the end of the text
+    assert not _fast_valid({**VALID, "params": {"tags": [True] * 65}}, doc)  # via $ref
+    unknown = {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}
+    assert not _fast_valid({"a": 1}, unknown)  # a keyword it does not know: jsonschema decides
+
+
+PARAMS = {  # a runbook's parameter schema, as converge's (uniqueItems, enum items)
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tags": {"type": "array", "uniqueItems": True, "items": {"enum": ["a", "b", "c"]}}
+    },
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["tags", "other"]), VALUES | st.lists(SCALARS)))
+def test_fast_check_of_parameters_never_passes_what_jsonschema_refuses(params):
+    if _fast_valid(params, PARAMS):
+        assert list(Validator(PARAMS).iter_errors(params)) == []
+
+
+def test_parameters_take_the_fast_path_and_repeated_items_do_not():
+    assert _fast_valid({"tags": ["a", "c"]}, PARAMS)
+    assert not _fast_valid({"tags": ["a", "a"]}, PARAMS)
+    assert not _fast_valid({"tags": [1, True]}, PARAMS)  # jsonschema's equality decides
