@@ -331,11 +331,13 @@ def _fast_valid(data: Any, schema_doc: Any) -> bool:
 
 def problems(data: Any, schema_doc: dict[str, Any], file: str, prefix: str = "") -> list[Problem]:
     """Every way data breaks the schema, sorted by where it is."""
-    if _fast_valid(data, schema_doc):
-        return []
     passes = _PASSES.get()
     digest = _digest(data, schema_doc) if passes is not None else None
     if digest is not None and digest in passes:  # type: ignore[operator]
+        return []
+    if _fast_valid(data, schema_doc):  # valid for sure: jsonschema only said what is wrong
+        if digest is not None:
+            passes.add(digest)  # type: ignore[union-attr]
         return []
     validator = _validator_class()(schema_doc)
     found = []
