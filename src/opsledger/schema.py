@@ -16,7 +16,6 @@ in `passes`, which localcache.schema_passes keeps between commands) passes witho
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import json
@@ -69,7 +68,7 @@ def _pattern(
         return
     try:
         found = _compiled(pattern).search(instance)
-    except re.error:
+    except (re.error, OverflowError, RecursionError):
         yield ValidationError(f"the schema's pattern {shown(pattern)} is not a valid regex")
         return
     if not found:
@@ -222,8 +221,8 @@ def _supported(node: Any, root: dict[str, Any]) -> bool:
         return True
     if not isinstance(node, dict) or set(node) - _ANNOTATIONS - _CHECKED:
         return False
-    if node is not root and "$id" in node:  # a nested base URI: refs resolve elsewhere
-        return False
+    if node is not root and ("$id" in node or "$schema" in node):
+        return False  # a nested base URI or dialect: jsonschema judges that part by other rules
     ref = node.get("$ref")
     if (
         ref is not None
@@ -281,7 +280,7 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
             try:
                 if not _compiled(node["pattern"]).search(data):
                     return False
-            except re.error:
+            except (re.error, OverflowError, RecursionError):
                 return False
     elif isinstance(data, dict):
         if not node.get("minProperties", 0) <= len(data) <= node.get("maxProperties", len(data)):
@@ -312,21 +311,40 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
     return True
 
 
-_FAST: dict[int, tuple[Any, Any, bool]] = {}  # id -> (the schema, a copy of it, supported)
+# id -> (the schema, its fingerprint, a copy of it, supported)
+_FAST: dict[int, tuple[Any, str, Any, bool]] = {}
+
+
+def _fingerprint(schema_doc: Any) -> str | None:
+    """The schema as JSON with its types kept (1, 1.0 and true differ), or None."""
+    try:
+        return json.dumps(schema_doc, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _fast_valid(data: Any, schema_doc: Any) -> bool:
     """`_valid`, for a schema all of whose keywords it knows (else False: jsonschema decides).
 
-    Kept by the schema object's identity and checked against a copy, so a schema changed in
-    place is looked at again rather than judged by what it used to say.
+    Kept by the schema object's identity and checked against its JSON fingerprint (types
+    kept: `1 == True` in Python, not in JSON Schema), so a schema changed in place is looked
+    at again rather than judged by what it used to say; one that is not plain JSON never
+    takes the fast path.
     """
+    fingerprint = _fingerprint(schema_doc)
+    if fingerprint is None:
+        return False
     entry = _FAST.get(id(schema_doc))
-    if entry is None or entry[0] is not schema_doc or entry[1] != schema_doc:
-        copied = copy.deepcopy(schema_doc)
-        entry = (schema_doc, copied, isinstance(copied, dict) and _supported(copied, copied))
+    if entry is None or entry[0] is not schema_doc or entry[1] != fingerprint:
+        copied = json.loads(fingerprint)
+        supported = isinstance(copied, dict) and not _ref_cycle(copied)
+        supported = supported and _supported(copied, copied)
+        entry = (schema_doc, fingerprint, copied, supported)
         _FAST[id(schema_doc)] = entry
-    return entry[2] and _valid(data, entry[1], entry[1])
+    try:
+        return entry[3] and _valid(data, entry[2], entry[2])
+    except RecursionError:  # data nested past Python's stack: jsonschema says what is wrong
+        return False
 
 
 def problems(data: Any, schema_doc: dict[str, Any], file: str, prefix: str = "") -> list[Problem]:
@@ -341,7 +359,17 @@ def problems(data: Any, schema_doc: dict[str, Any], file: str, prefix: str = "")
         return []
     validator = _validator_class()(schema_doc)
     found = []
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
+    try:
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
+    except RecursionError:
+        return [
+            Problem(
+                "the schema refers to itself without end ($ref)",
+                file,
+                prefix or "(document)",
+                "make every $ref reach a schema that does not lead back to it",
+            )
+        ]
     for error in errors:
         found.append(Problem(_message(error), file, _field(error, prefix), _fix(error)))
     if not found and digest is not None:
@@ -360,6 +388,15 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
 
     try:
         Draft202012Validator.check_schema(schema_doc)
+    except (OverflowError, RecursionError) as exc:  # a regex Python cannot hold, say
+        return [
+            Problem(
+                f"not a valid JSON Schema: {one_line(str(exc), 120)}",
+                file,
+                field,
+                "see https://json-schema.org",
+            )
+        ]
     except SchemaError as exc:
         return [
             Problem(
@@ -369,6 +406,68 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
                 "see https://json-schema.org",
             )
         ]
-    if digest is not None:
+    found = [Problem(why, file, f"{field}{where}", fix) for where, why, fix in _unsafe(schema_doc)]
+    if not found and digest is not None:
         passes.add(digest)  # type: ignore[union-attr]
-    return []
+    return found
+
+
+def _unsafe(schema_doc: Any) -> list[tuple[str, str, str]]:
+    """What a valid JSON Schema may hold that would judge data by other rules, or never end.
+
+    A `$schema` or `$id` below the root makes jsonschema judge that part by another dialect
+    (without this module's end-of-text `$`); a pattern Python cannot compile, or a `$ref`
+    that leads back to itself, would stop validation with a traceback.
+    """
+    found: list[tuple[str, str, str]] = []
+
+    def walk(node: Any, where: str, root: bool) -> None:
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{where}[{index}]", False)
+            return
+        if not isinstance(node, dict):
+            return
+        for key in ("$schema", "$id"):
+            if key in node and not root:
+                found.append((where + f".{key}", f"{key} below the schema's root",
+                               "declare the dialect once, at the root"))  # fmt: skip
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            try:
+                _compiled(pattern)
+            except (re.error, OverflowError, RecursionError) as exc:
+                why = f"the pattern does not compile: {one_line(str(exc), 80)}"
+                found.append((where + ".pattern", why, "write a regular expression Python accepts"))
+        for key, value in node.items():
+            if key not in ("enum", "const", "default", "examples"):
+                walk(value, f"{where}.{key}", False)
+
+    walk(schema_doc, "", True)
+    if isinstance(schema_doc, dict) and _ref_cycle(schema_doc):
+        found.append((".$ref", "a $ref leads back to itself",
+                      "make every $ref reach a schema that does not lead back to it"))  # fmt: skip
+    return found
+
+
+def _ref_cycle(root: dict[str, Any]) -> bool:
+    """Whether following local `$ref`s alone (`#`, `#/$defs/<name>`) ever comes back."""
+    defs = root.get("$defs") if isinstance(root.get("$defs"), dict) else {}
+
+    def target(ref: Any) -> Any:
+        if ref == "#":
+            return root
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return defs.get(ref[8:])
+        return None
+
+    starts = [root, *defs.values()]
+    for start in starts:
+        seen: set[int] = set()
+        node = start
+        while isinstance(node, dict) and "$ref" in node:
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            node = target(node["$ref"])
+    return False

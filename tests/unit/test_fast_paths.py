@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opsledger import yamlio
 from opsledger.errors import OpsledgerError
-from opsledger.schema import _fast_valid, _validator_class, schema
+from opsledger.schema import _fast_valid, _validator_class, problems, schema, schema_problems
 from opsledger.yamlio import (
     _BASE,
     _check_nodes,
@@ -162,3 +163,63 @@ def test_parameters_take_the_fast_path_and_repeated_items_do_not():
     assert _fast_valid({"tags": ["a", "c"]}, PARAMS)
     assert not _fast_valid({"tags": ["a", "a"]}, PARAMS)
     assert not _fast_valid({"tags": [1, True]}, PARAMS)  # jsonschema's equality decides
+
+
+# -- found by a review that fuzzed the fast paths against the slow ones (each failed before) --
+
+D3 = "http://json-schema.org/draft-03/schema#"
+D2020 = "https://json-schema.org/draft/2020-12/schema"
+NESTED_D3 = {"$schema": D3, "type": "object", "properties": {"q": {"required": ["z"]}}}
+
+
+def _slow(data, doc):
+    return [e.message for e in _validator_class()(doc).iter_errors(data)]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"type": "object", "properties": {"p": NESTED_D3}},
+        {"$defs": {"p": NESTED_D3}, "type": "object", "properties": {"p": {"$ref": "#/$defs/p"}}},
+    ],
+    ids=["inline", "through-ref"],
+)
+def test_a_dialect_below_the_root_never_takes_the_fast_path(doc):
+    # jsonschema judges that part as draft 3 (a truthy `required` in a property's schema makes
+    # the property required): the fast path, which knows 2020-12 only, must hand it over
+    assert _slow({"p": {}}, doc) == ["'q' is a required property"]
+    assert not _fast_valid({"p": {}}, doc)
+    assert problems({"p": {}}, doc, "f.yml")
+
+
+@pytest.mark.parametrize("key", ["$schema", "$id"])
+def test_a_parameter_schema_with_a_dialect_or_id_below_its_root_is_refused(key):
+    # below the root, even 2020-12 is judged by jsonschema's stock class: `$` would match
+    # before a trailing newline, against this module's end-of-text rule
+    value = D2020 if key == "$schema" else "https://example.org/p"
+    doc = {"type": "object", "properties": {"p": {key: value, "type": "string"}}}
+    found = schema_problems(doc, "runbook.yml", "parameters")
+    assert [p.field for p in found] == [f"parameters.properties.p.{key}"]
+
+
+def test_a_schema_changed_in_place_to_an_equal_comparing_value_is_judged_again():
+    doc = {"type": "object", "properties": {"n": {"enum": [1]}}}
+    assert _fast_valid({"n": 1}, doc)
+    doc["properties"]["n"]["enum"][0] = True  # 1 == True in Python, not in JSON Schema
+    assert _slow({"n": 1}, doc) == ["1 is not one of [True]"]
+    assert not _fast_valid({"n": 1}, doc)
+
+
+def test_a_pattern_python_cannot_compile_is_a_problem_not_a_traceback():
+    doc = {"type": "object", "properties": {"p": {"type": "string", "pattern": "a{4294967296}"}}}
+    found = schema_problems(doc, "runbook.yml", "parameters")
+    assert len(found) == 1 and "too large" in found[0].message
+    assert problems({"p": "a"}, doc, "change.yml")  # and data is refused, not crashed on
+
+
+def test_a_ref_that_leads_back_to_itself_is_refused_and_never_recurses():
+    doc = {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+    assert [p.message for p in schema_problems(doc, "runbook.yml", "parameters")] == [
+        "a $ref leads back to itself"
+    ]
+    assert problems({}, doc, "change.yml")[0].message.startswith("the schema refers to itself")
