@@ -3,20 +3,16 @@ the CLI holds every cache write until the command ends and drops them on exit 2 
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import subprocess
 import sys
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID
-from opsledger.gitrepo import commit_paths
 from opsledger.localcache import cache_file, hold_writes, load_cache, save_cache
-from opsledger.signoff import request_change
 
 from .badinput import tree_state
 from .conftest import START
-
-ALICE = {"name": "Alice Arnold", "email": "alice@example.org"}
+from .test_ci import _request
 
 
 def _cli(project, *args):
@@ -36,28 +32,17 @@ def _cached(project) -> list[str]:
 
 def test_a_denied_or_invalid_command_leaves_no_cache_and_a_good_one_keeps_them(repo):
     project, _, _ = repo
-    change, _ = request_change(
-        project,
-        title="Raise work_mem",
-        runbook="converge",
-        requested_by="alice",
-        reason="Sorts spill to disk",
-        targets="db",
-        params={"tags": ["postgresql"]},
-        window_start=START,
-        window_end=START + dt.timedelta(hours=2),
-    )
-    commit_paths(project.root, [change.file.parent], f"Request {change.id}", **ALICE)
+    change_id = _request(project)  # requested and committed by alice
     shutil.rmtree(project.state_dir / "cache", ignore_errors=True)  # what the request kept
     before = tree_state(project.root)
 
-    denied = _cli(project, "decide", change.id, "--at", START.isoformat())  # no approvals
+    denied = _cli(project, "decide", change_id, "--at", START.isoformat())  # no approvals
     assert denied.returncode == EXIT_DENIED, denied.stdout + denied.stderr
     invalid = _cli(project, "change", "validate", "CHG-9999")
     assert invalid.returncode == EXIT_INVALID, invalid.stderr
     assert tree_state(project.root) == before and _cached(project) == []
 
-    checked = _cli(project, "change", "validate", change.id)
+    checked = _cli(project, "change", "validate", change_id)
     assert checked.returncode == 0, checked.stderr
     assert _cached(project), "a command that ends well keeps what it derived"
 
