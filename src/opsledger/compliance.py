@@ -208,16 +208,7 @@ def judge_records(
     requests = changes_on(project, base, [change_folder_name(path) for _, path, _ in added])
     judged = []
     for commit, path, blob in added:
-        entry = Added(
-            path,
-            blob,
-            commit.sha,
-            len(commit.parents),
-            commit.author_email,
-            commit.committer_email,
-            commit.signature,
-            commit.signer,
-        )
+        entry = Added.of(commit, path, blob)
         change_id = change_folder_name(path)
         known = statements.get(change_id, [])
         request = requests.get(change_id, b"")

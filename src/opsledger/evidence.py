@@ -54,6 +54,20 @@ class Added:
     signature: str  # git's %G?
     signer: str
 
+    @classmethod
+    def of(cls, commit: Commit, path: str, blob: str) -> Added:
+        """What `commit` says of the record it added at `path` (blob `blob`)."""
+        return cls(
+            path,
+            blob,
+            commit.sha,
+            len(commit.parents),
+            commit.author_email,
+            commit.committer_email,
+            commit.signature,
+            commit.signer,
+        )
+
 
 @dataclass
 class Evidence:
@@ -131,16 +145,7 @@ def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
     again (as long again as git itself takes to list the history).
     """
     return [
-        Added(
-            f.path,
-            f.blob,
-            commit.sha,
-            len(commit.parents),
-            commit.author_email,
-            commit.committer_email,
-            commit.signature,
-            commit.signer,
-        )
+        Added.of(commit, f.path, f.blob)
         for commit in commits
         if commit.sha in base.position
         for f in commit.files

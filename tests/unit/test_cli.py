@@ -300,15 +300,13 @@ def test_the_kept_root_help_is_what_click_prints(args, columns):
     assert ("click" in json.loads(kept.stderr.splitlines()[-1])) == (int(columns) < 80)
 
 
-def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
-    """`change validate` of a real change loads the lab's inventory (with its vault secrets)
-    through Ansible's inventory classes, but not ansible.cli: that import alone was a tenth of
-    the command's start-up. Checked in a fresh interpreter, on the command's real path."""
-    project, change_id, _ = repo
+def modules_of_a_run(project, *argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `opsledger ARGV` on `project` in a fresh interpreter: its result and every module
+    it imported (the command must succeed)."""
     code = (
         "import json, sys\n"
         "from opsledger.cli import main\n"
-        f"sys.argv = ['opsledger', 'change', 'validate', '{change_id}']\n"
+        f"sys.argv = ['opsledger', *{list(argv)!r}]\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as exc:\n"
@@ -321,9 +319,19 @@ def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
         "OPSLEDGER_PROJECT": str(project.root),
     }
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        return proc, set()
+    return proc, set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
+    """`change validate` of a real change loads the lab's inventory (with its vault secrets)
+    through Ansible's inventory classes, but not ansible.cli: that import alone was a tenth of
+    the command's start-up. Checked in a fresh interpreter, on the command's real path."""
+    project, change_id, _ = repo
+    proc, loaded = modules_of_a_run(project, "change", "validate", change_id)
     assert proc.returncode == 0, proc.stderr
     assert f"{change_id}: valid (converge on 2 host(s) of lab)" in proc.stdout
-    loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
     assert "ansible.inventory.manager" in loaded  # the inventory was really read
     assert "ansible.parsing.vault" in loaded
     assert "ansible.cli" not in loaded

@@ -4,18 +4,15 @@ localcache.schema_passes): only passes, keyed by the exact data and schema, neve
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-import opsledger
 from opsledger.changes import validate_change
 from opsledger.localcache import cache_file
 from opsledger.schema import _digest, passes_remembered, problems, schema, schema_problems
+
+from .test_cli import modules_of_a_run
 
 SCHEMA = {
     "type": "object",
@@ -89,28 +86,10 @@ def test_a_forged_pass_is_ignored(repo):
 
 def test_a_warm_change_validate_imports_neither_jsonschema_nor_ansible(repo):
     project, change_id, _ = repo
-    code = (
-        "import json, sys\n"
-        "from opsledger.cli import main\n"
-        f"sys.argv = ['opsledger', 'change', 'validate', '{change_id}']\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code in (0, None), exc.code\n"
-        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
-        "OPSLEDGER_PROJECT": str(project.root),
-    }
-    runs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-        for _ in range(2)
-    ]
-    for run in runs:
+    runs = [modules_of_a_run(project, "change", "validate", change_id) for _ in range(2)]
+    for run, _ in runs:
         assert run.returncode == 0, run.stderr
         assert f"{change_id}: valid" in run.stdout
-    cold, warm = (set(json.loads(r.stderr.strip().splitlines()[-1])) for r in runs)
+    cold, warm = (loaded for _, loaded in runs)
     assert "jsonschema" in cold and "ansible" in cold
     assert not {m for m in warm if m.split(".")[0] in ("jsonschema", "ansible")}
