@@ -18,6 +18,7 @@ from typing import Any
 from opsledger.errors import OpsledgerError, Problem, one_line
 from opsledger.hostpattern import pattern_problems, select
 from opsledger.inventorycache import InventoryShape, load_shape, save_shape, shape_key
+from opsledger.plainshape import plain_shape
 from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml
 
@@ -240,9 +241,14 @@ def _load_inventory(source: Path, template: bool) -> Inventory:
     # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
     # Set before the key is taken: the key includes every ANSIBLE_ variable.
     os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
-    kept_as = shape_key(source, vault_ids(source))
+    ids = vault_ids(source)
+    kept_as = shape_key(source, ids)
     shape = load_shape(source, kept_as) if kept_as else None
-    if shape is not None:  # read by Ansible before, from these very bytes: not again
+    if shape is None and kept_as:  # plain enough to be sure of Ansible's answer without it
+        shape = plain_shape(source, ids)
+        if shape is not None and kept_as == shape_key(source, vault_ids(source)):
+            save_shape(source, kept_as, shape)
+    if shape is not None:  # read by Ansible before, or as Ansible reads it: not again
         inventory = _from_shape(source, template, shape)
     else:
         inventory = _parsed(source, template)
@@ -481,8 +487,11 @@ def _load(source: Path, template: bool) -> Inventory:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    from opsledger.ansibleroutes import use_sectioned_routing
+
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
+        use_sectioned_routing()  # before the finder reads ansible.builtin's routing table
         init_plugin_loader()
         _plugins_ready = True
     loader = DataLoader()
