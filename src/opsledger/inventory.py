@@ -18,7 +18,6 @@ from typing import Any
 from opsledger.errors import OpsledgerError, Problem, one_line
 from opsledger.hostpattern import pattern_problems, select
 from opsledger.inventorycache import InventoryShape, load_shape, save_shape, shape_key
-from opsledger.plainshape import plain_shape
 from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml
 
@@ -245,6 +244,8 @@ def _load_inventory(source: Path, template: bool) -> Inventory:
     kept_as = shape_key(source, ids)
     shape = load_shape(source, kept_as) if kept_as else None
     if shape is None and kept_as:  # plain enough to be sure of Ansible's answer without it
+        from opsledger.plainshape import plain_shape  # a kept shape needs none of it
+
         shape = plain_shape(source, ids)
         if shape is not None and kept_as == shape_key(source, vault_ids(source)):
             save_shape(source, kept_as, shape)

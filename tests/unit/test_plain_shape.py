@@ -273,3 +273,8 @@ def test_a_cold_command_on_a_plain_inventory_imports_no_ansible(tmp_path):
     warm = run("secret")
     assert warm["ansible"] and len(warm["secret"]) >= 8  # a variable: Ansible reads it
     assert tuple(cold["hosts"]) == _ansible(root / "inventories" / "lab" / "hosts.yml").order
+    twice = root / "inventories" / "lab" / "group_vars" / "db" / "twice.yml"
+    twice.write_text("db_twice: 1\ndb_twice: 2\n")  # a new file: a miss, read again, refused
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "duplicate mapping key 'db_twice'" in proc.stderr
