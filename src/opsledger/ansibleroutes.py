@@ -14,7 +14,8 @@ looks up, from the installed file.
 
 The text is split only where the split is sure: keys at the section's indentation written
 plainly as `name:`, each once; no tab, carriage return, anchor, alias or tag anywhere; each
-piece must parse into exactly its own key. Otherwise the whole file is parsed as before.
+piece must parse into exactly its own key (a ValueError when first looked up, where the whole
+parse would have refused the file when loaded). Otherwise the whole file is parsed as before.
 tests/unit/test_ansibleroutes.py checks the sectioned mapping equals the whole parse for the
 installed ansible-core.
 """
@@ -87,6 +88,8 @@ def sectioned(text: str, load: Callable[[str], Any]) -> Mapping[str, Any] | None
     if any(c in text for c in _UNSURE_CHARACTERS) or text.startswith(("---", "...")):
         return None
     if "\n---" in text or "\n..." in text:  # a second document, or the end of one
+        return None
+    if re.search(r"\n [^ \n]", text):  # a line indented by one: no section's own line
         return None
     top = split_sections(text, 0)
     if top is None:
