@@ -192,7 +192,7 @@ _CHECKED = {
     "type", "enum", "pattern", "minLength", "maxLength", "required", "properties",
     "additionalProperties", "minProperties", "maxProperties", "propertyNames", "items",
     "minItems", "maxItems", "uniqueItems", "$ref", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum",
+    "exclusiveMaximum", "oneOf",
 }  # fmt: skip
 _SHAPES: dict[str, type | tuple[type, ...]] = {
     "properties": dict,
@@ -263,6 +263,10 @@ def _supported(node: Any, root: dict[str, Any]) -> bool:
         return False
     parts = [*node.get("properties", {}).values(), *node.get("$defs", {}).values()]
     parts += [node[k] for k in ("additionalProperties", "propertyNames", "items") if k in node]
+    if "oneOf" in node:
+        if type(node["oneOf"]) is not list or not node["oneOf"]:
+            return False
+        parts += node["oneOf"]
     return all(_supported(part, root) for part in parts)
 
 
@@ -280,6 +284,13 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
         return False
     if "$ref" in node and not _valid(data, root["$defs"][node["$ref"][8:]], root):
         return False
+    if "oneOf" in node:  # one branch surely valid, every other one surely invalid
+        branches = node["oneOf"]
+        valid = [i for i, branch in enumerate(branches) if _valid(data, branch, root)]
+        if len(valid) != 1 or not all(
+            _surely_invalid(data, branch) for i, branch in enumerate(branches) if i != valid[0]
+        ):
+            return False
     if "type" in node:
         types = node["type"]
         if not any(_TYPES[t](data) for t in ([types] if isinstance(types, str) else types)):
@@ -333,6 +344,36 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
         ):
             return False
     return True
+
+
+def _json_types(data: Any) -> set[str]:
+    """Every JSON Schema type jsonschema says the value is (1.0 is an integer there)."""
+    if isinstance(data, bool):
+        return {"boolean"}
+    if isinstance(data, int):
+        return {"integer", "number"}
+    if isinstance(data, float):
+        return {"number", "integer"} if math.isfinite(data) and data.is_integer() else {"number"}
+    kinds = {str: "string", dict: "object", list: "array", type(None): "null"}
+    return {name for kind, name in kinds.items() if isinstance(data, kind)}
+
+
+def _surely_invalid(data: Any, node: Any) -> bool:
+    """True only when jsonschema finds the data invalid for this (sub)schema.
+
+    Decided on two keywords alone: a `type` the value is not, a `required` key a mapping
+    lacks (a oneOf's branches are told apart by these: a command as text or as a mapping,
+    a channel's `url` or `url_env`). Anything else: False, not sure.
+    """
+    if node is False:
+        return True
+    if not isinstance(node, dict):
+        return False
+    if "type" in node:
+        types = node["type"]
+        if not _json_types(data) & set([types] if isinstance(types, str) else types):
+            return True
+    return isinstance(data, dict) and any(k not in data for k in node.get("required", ()))
 
 
 # id -> (the schema, its fingerprint, a copy of it, supported)
@@ -500,6 +541,10 @@ def _surely_a_schema(node: Any, depth: int = 0) -> bool:
     if not all(check(node[k]) for k, check in checks.items() if k in node):
         return False
     parts = [node[k] for k in _SUBSCHEMAS if k in node]
+    if "oneOf" in node:  # the metaschema's schemaArray: a non-empty list of schemas
+        if type(node["oneOf"]) is not list or not node["oneOf"]:
+            return False
+        parts += node["oneOf"]
     for k in ("properties", "$defs"):
         if k in node:
             if type(node[k]) is not dict or not all(type(name) is str for name in node[k]):
