@@ -3,7 +3,9 @@
 Using Ansible's InventoryManager and VariableManager (rather than reading hosts.yml ourselves)
 means host patterns, group_vars/host_vars precedence and templating resolve exactly as they will
 when `ansible-playbook` runs: the lab, change targets and Testinfra expectations all see the same
-values the roles consume.
+values the roles consume. Which hosts are in which groups (the shape) is kept between commands
+(inventorycache.py), and read without Ansible where an inventory is plain enough to be sure of
+Ansible's answer (plainshape.py): a host's variables are always Ansible's.
 """
 
 from __future__ import annotations
