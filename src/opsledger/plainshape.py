@@ -89,7 +89,7 @@ def plain_shape(source: Path, vault_ids: list[str]) -> InventoryShape | None:
     except OpsledgerError:
         return None
     shape = _shape(data)
-    if shape is None or not _vars_files_plain(source.parent, shape):
+    if shape is None or not _vars_files_plain(source.parent):
         return None
     return shape
 
@@ -254,7 +254,7 @@ def _group(groups: _Groups, name: Any, data: Any, *, top: bool) -> bool:
     return True
 
 
-def _vars_files_plain(folder: Path, shape: InventoryShape) -> bool:
+def _vars_files_plain(folder: Path) -> bool:
     """Every file under group_vars/ and host_vars/ is one Ansible reads without complaint."""
     for name in ("group_vars", "host_vars"):
         top = folder / name
