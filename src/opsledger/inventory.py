@@ -3,7 +3,9 @@
 Using Ansible's InventoryManager and VariableManager (rather than reading hosts.yml ourselves)
 means host patterns, group_vars/host_vars precedence and templating resolve exactly as they will
 when `ansible-playbook` runs: the lab, change targets and Testinfra expectations all see the same
-values the roles consume.
+values the roles consume. Which hosts are in which groups (the shape) is kept between commands
+(inventorycache.py), and read without Ansible where an inventory is plain enough to be sure of
+Ansible's answer (plainshape.py): a host's variables are always Ansible's.
 """
 
 from __future__ import annotations
@@ -240,9 +242,16 @@ def _load_inventory(source: Path, template: bool) -> Inventory:
     # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
     # Set before the key is taken: the key includes every ANSIBLE_ variable.
     os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
-    kept_as = shape_key(source, vault_ids(source))
+    ids = vault_ids(source)
+    kept_as = shape_key(source, ids)
     shape = load_shape(source, kept_as) if kept_as else None
-    if shape is not None:  # read by Ansible before, from these very bytes: not again
+    if shape is None and kept_as:  # plain enough to be sure of Ansible's answer without it
+        from opsledger.plainshape import plain_shape  # a kept shape needs none of it
+
+        shape = plain_shape(source, ids)
+        if shape is not None and kept_as == shape_key(source, vault_ids(source)):
+            save_shape(source, kept_as, shape)
+    if shape is not None:  # read by Ansible before, or as Ansible reads it: not again
         inventory = _from_shape(source, template, shape)
     else:
         inventory = _parsed(source, template)
@@ -481,8 +490,11 @@ def _load(source: Path, template: bool) -> Inventory:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    from opsledger.ansibleroutes import use_sectioned_routing
+
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in inventory vars need Ansible's plugins
+        use_sectioned_routing()  # before the finder reads ansible.builtin's routing table
         init_plugin_loader()
         _plugins_ready = True
     loader = DataLoader()

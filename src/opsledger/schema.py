@@ -19,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -190,7 +191,8 @@ _ANNOTATIONS = {"$schema", "$id", "$comment", "$defs", "title", "description", "
 _CHECKED = {
     "type", "enum", "pattern", "minLength", "maxLength", "required", "properties",
     "additionalProperties", "minProperties", "maxProperties", "propertyNames", "items",
-    "minItems", "maxItems", "uniqueItems", "$ref",
+    "minItems", "maxItems", "uniqueItems", "$ref", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "oneOf",
 }  # fmt: skip
 _SHAPES: dict[str, type | tuple[type, ...]] = {
     "properties": dict,
@@ -213,6 +215,18 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
 
 
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+# Bounds on numbers: runbook and policy schemas bound counts and hours with them.
+_BOUNDS: dict[str, Callable[[int | float, int | float], bool]] = {
+    "minimum": lambda value, bound: value >= bound,
+    "maximum": lambda value, bound: value <= bound,
+    "exclusiveMinimum": lambda value, bound: value > bound,
+    "exclusiveMaximum": lambda value, bound: value < bound,
+}
+
+
+def _finite_number(value: Any) -> bool:
+    """An int, or a float that is neither NaN nor infinite (a bool is not a number here)."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
 def _supported(node: Any, root: dict[str, Any]) -> bool:
@@ -245,8 +259,14 @@ def _supported(node: Any, root: dict[str, Any]) -> bool:
         return False
     if not all(type(node.get(k, 0)) is int for k in _COUNTS):
         return False
+    if not all(_finite_number(node[k]) for k in _BOUNDS if k in node):
+        return False
     parts = [*node.get("properties", {}).values(), *node.get("$defs", {}).values()]
     parts += [node[k] for k in ("additionalProperties", "propertyNames", "items") if k in node]
+    if "oneOf" in node:
+        if type(node["oneOf"]) is not list or not node["oneOf"]:
+            return False
+        parts += node["oneOf"]
     return all(_supported(part, root) for part in parts)
 
 
@@ -264,6 +284,13 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
         return False
     if "$ref" in node and not _valid(data, root["$defs"][node["$ref"][8:]], root):
         return False
+    if "oneOf" in node:  # one branch surely valid, every other one surely invalid
+        branches = node["oneOf"]
+        valid = [i for i, branch in enumerate(branches) if _valid(data, branch, root)]
+        if len(valid) != 1 or not all(
+            _surely_invalid(data, branch) for i, branch in enumerate(branches) if i != valid[0]
+        ):
+            return False
     if "type" in node:
         types = node["type"]
         if not any(_TYPES[t](data) for t in ([types] if isinstance(types, str) else types)):
@@ -271,6 +298,14 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
     if "enum" in node and not (
         isinstance(data, str | int | float | None)  # nested values: jsonschema's own equality
         and any(type(data) is type(e) and data == e for e in node["enum"])
+    ):
+        return False
+    bounds = [(holds, node[k]) for k, holds in _BOUNDS.items() if k in node]
+    if (  # NaN and infinities never pass here: jsonschema decides them
+        bounds
+        and isinstance(data, int | float)
+        and not isinstance(data, bool)
+        and not (_finite_number(data) and all(holds(data, bound) for holds, bound in bounds))
     ):
         return False
     if isinstance(data, str):
@@ -309,6 +344,36 @@ def _valid(data: Any, node: Any, root: dict[str, Any]) -> bool:
         ):
             return False
     return True
+
+
+def _json_types(data: Any) -> set[str]:
+    """Every JSON Schema type jsonschema says the value is (1.0 is an integer there)."""
+    if isinstance(data, bool):
+        return {"boolean"}
+    if isinstance(data, int):
+        return {"integer", "number"}
+    if isinstance(data, float):
+        return {"number", "integer"} if math.isfinite(data) and data.is_integer() else {"number"}
+    kinds = {str: "string", dict: "object", list: "array", type(None): "null"}
+    return {name for kind, name in kinds.items() if isinstance(data, kind)}
+
+
+def _surely_invalid(data: Any, node: Any) -> bool:
+    """True only when jsonschema finds the data invalid for this (sub)schema.
+
+    Decided on two keywords alone: a `type` the value is not, a `required` key a mapping
+    lacks (a oneOf's branches are told apart by these: a command as text or as a mapping,
+    a channel's `url` or `url_env`). Anything else: False, not sure.
+    """
+    if node is False:
+        return True
+    if not isinstance(node, dict):
+        return False
+    if "type" in node:
+        types = node["type"]
+        if not _json_types(data) & set([types] if isinstance(types, str) else types):
+            return True
+    return isinstance(data, dict) and any(k not in data for k in node.get("required", ()))
 
 
 # id -> (the schema, its fingerprint, a copy of it, supported)
@@ -383,6 +448,15 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
     digest = _digest(None, schema_doc, "schema") if passes is not None else None
     if digest is not None and digest in passes:  # type: ignore[operator]
         return []
+    if not _surely_a_schema(schema_doc):  # else jsonschema's metaschema would find nothing
+        return _checked_schema_problems(schema_doc, file, field, digest, passes)
+    return _found_unsafe(schema_doc, file, field, digest, passes)
+
+
+def _checked_schema_problems(
+    schema_doc: Any, file: str, field: str, digest: str | None, passes: set[str] | None
+) -> list[Problem]:
+    """schema_problems through jsonschema's own check against the 2020-12 metaschema."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
@@ -406,10 +480,86 @@ def schema_problems(schema_doc: Any, file: str, field: str) -> list[Problem]:
                 "see https://json-schema.org",
             )
         ]
+    return _found_unsafe(schema_doc, file, field, digest, passes)
+
+
+def _found_unsafe(
+    schema_doc: Any, file: str, field: str, digest: str | None, passes: set[str] | None
+) -> list[Problem]:
+    """What `_unsafe` finds in a valid JSON Schema, as problems; a clean one is remembered."""
     found = [Problem(why, file, f"{field}{where}", fix) for where, why, fix in _unsafe(schema_doc)]
-    if not found and digest is not None:
-        passes.add(digest)  # type: ignore[union-attr]
+    if not found and digest is not None and passes is not None:
+        passes.add(digest)
     return found
+
+
+_D2020 = "https://json-schema.org/draft/2020-12/schema"
+_SIMPLE_TYPES = frozenset(_TYPES)
+_LOCAL_REF = re.compile(r"#/\$defs/[A-Za-z0-9_-]+\Z")
+_SUBSCHEMAS = ("additionalProperties", "propertyNames", "items")
+
+
+def _surely_a_schema(node: Any, depth: int = 0) -> bool:
+    """True only when jsonschema's 2020-12 metaschema check would find nothing wrong.
+
+    Importing jsonschema for `check_schema` was most of a cold `change validate` beyond
+    Ansible's parse, for a runbook's few-line parameter schema. This knows the keywords the
+    fast path validates with (`_CHECKED`) and the annotations, each value checked as the
+    metaschema checks it, `pattern` compiled as its "regex" format does; any other keyword,
+    a `$ref` other than `#/$defs/<name>`, a `$schema` other than 2020-12's or an `$id` says
+    False and jsonschema decides, as before. Never True where jsonschema would refuse
+    (tests/unit/test_fast_paths.py compares the two).
+    """
+    if type(node) is bool:
+        return True
+    if type(node) is not dict or depth > 64 or set(node) - _ANNOTATIONS - _CHECKED - {"$id"}:
+        return False
+    if "$id" in node or node.get("$schema", _D2020) != _D2020:
+        return False
+    checks: dict[str, Callable[[Any], bool]] = {
+        "type": lambda v: (
+            v in _SIMPLE_TYPES
+            if type(v) is str
+            else type(v) is list
+            and len(v) >= 1
+            and all(type(t) is str and t in _SIMPLE_TYPES for t in v)
+            and len(set(v)) == len(v)
+        ),
+        "enum": lambda v: type(v) is list,
+        "pattern": lambda v: type(v) is str and _compiles(v),
+        "required": lambda v: (
+            type(v) is list and all(type(k) is str for k in v) and len(set(v)) == len(v)
+        ),
+        "uniqueItems": lambda v: type(v) is bool,
+        "$ref": lambda v: type(v) is str and _LOCAL_REF.match(v) is not None,
+        "$comment": lambda v: type(v) is str,
+        "title": lambda v: type(v) is str,
+        "description": lambda v: type(v) is str,
+        **{k: (lambda v: type(v) is int and v >= 0) for k in _COUNTS},
+        **{k: _finite_number for k in _BOUNDS},
+    }
+    if not all(check(node[k]) for k, check in checks.items() if k in node):
+        return False
+    parts = [node[k] for k in _SUBSCHEMAS if k in node]
+    if "oneOf" in node:  # the metaschema's schemaArray: a non-empty list of schemas
+        if type(node["oneOf"]) is not list or not node["oneOf"]:
+            return False
+        parts += node["oneOf"]
+    for k in ("properties", "$defs"):
+        if k in node:
+            if type(node[k]) is not dict or not all(type(name) is str for name in node[k]):
+                return False
+            parts += node[k].values()
+    return all(_surely_a_schema(part, depth + 1) for part in parts)
+
+
+def _compiles(pattern: str) -> bool:
+    """Whether Python compiles the pattern (the metaschema's "regex" format in jsonschema)."""
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, ValueError):
+        return False
+    return True
 
 
 def _unsafe(schema_doc: Any) -> list[tuple[str, str, str]]:

@@ -6,6 +6,7 @@ import os
 import pkgutil
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -324,15 +325,26 @@ def modules_of_a_run(project, *argv: str) -> tuple[subprocess.CompletedProcess, 
     return proc, set(json.loads(proc.stderr.strip().splitlines()[-1]))
 
 
-def test_change_validate_reads_the_inventory_without_ansibles_cli(repo):
-    """`change validate` of a real change loads the lab's inventory (with its vault secrets)
-    through Ansible's inventory classes, but not ansible.cli: that import alone was a tenth of
-    the command's start-up. Checked in a fresh interpreter, on the command's real path."""
+def test_change_validate_reads_the_inventory_without_ansibles_cli(repo, monkeypatch):
+    """`change validate` of a real change in a fresh clone reads the lab's inventory (vaulted
+    group_vars included) without importing Ansible at all: it is plain enough for
+    plainshape.py. Where Ansible does read it (here: an ANSIBLE_ setting, Ansible's own
+    default, makes the plain reader step aside), it goes through Ansible's inventory classes
+    and vault, but not ansible.cli: that import alone was a tenth of the command's start-up.
+    Checked in a fresh interpreter, on the command's real path."""
     project, change_id, _ = repo
+    shutil.rmtree(project.root / ".opsledger" / "cache", ignore_errors=True)
     proc, loaded = modules_of_a_run(project, "change", "validate", change_id)
     assert proc.returncode == 0, proc.stderr
     assert f"{change_id}: valid (converge on 2 host(s) of lab)" in proc.stdout
-    assert "ansible.inventory.manager" in loaded  # the inventory was really read
+    assert not {m for m in loaded if m.split(".")[0] in ("ansible", "jsonschema")}
+    assert "opsledger.plainshape" in loaded  # the inventory was really read
+    shutil.rmtree(project.root / ".opsledger" / "cache", ignore_errors=True)
+    monkeypatch.setenv("ANSIBLE_INVENTORY_ENABLED", "host_list,script,auto,yaml,ini,toml")
+    proc, loaded = modules_of_a_run(project, "change", "validate", change_id)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{change_id}: valid (converge on 2 host(s) of lab)" in proc.stdout
+    assert "ansible.inventory.manager" in loaded  # Ansible read it
     assert "ansible.parsing.vault" in loaded
     assert "ansible.cli" not in loaded
     assert not {m for m in loaded if m.startswith(("rich", "opsledger.cli.drill"))}

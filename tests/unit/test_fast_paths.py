@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from opsledger import yamlio
 from opsledger.errors import OpsledgerError
-from opsledger.schema import _fast_valid, _validator_class, problems, schema, schema_problems
+from opsledger.schema import (
+    _fast_valid,
+    _surely_a_schema,
+    _validator_class,
+    problems,
+    schema,
+    schema_problems,
+)
 from opsledger.yamlio import (
     _BASE,
     _check_nodes,
@@ -223,3 +230,191 @@ def test_a_ref_that_leads_back_to_itself_is_refused_and_never_recurses():
         "a $ref leads back to itself"
     ]
     assert problems({}, doc, "change.yml")[0].message.startswith("the schema refers to itself")
+
+
+# -- a runbook's parameter schema checked without jsonschema (a cold `change validate`) --
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 1, "maximum": 10},
+        "x": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 2.5},
+    },
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["n", "x"]),
+        st.one_of(
+            st.integers(-20, 20),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.booleans(),
+            st.sampled_from([0, 1, 10, 11, 2.5, 2.4999, 0.0, -0.0, 10**400, 1.0]),
+            SCALARS,
+        ),
+    )
+)
+@example({"x": 2.5})
+@example({"x": 0})
+@example({"n": 11})
+@example({"x": float("-inf")})
+def test_fast_check_of_bounds_never_passes_what_jsonschema_refuses(data):
+    if _fast_valid(data, BOUNDED):
+        assert _slow(data, BOUNDED) == []
+
+
+def test_bounded_numbers_take_the_fast_path_and_out_of_bounds_ones_do_not():
+    assert _fast_valid({"n": 1, "x": 2.4}, BOUNDED)
+    assert _fast_valid({"n": 10}, BOUNDED)
+    for data in ({"n": 0}, {"n": 11}, {"x": 0}, {"x": 2.5}, {"x": float("inf")}):
+        assert not _fast_valid(data, BOUNDED)
+    assert not _fast_valid({"x": float("nan")}, BOUNDED)  # jsonschema says valid: it decides
+    assert _slow({"x": float("nan")}, BOUNDED) == []
+
+
+def test_every_shipped_schema_takes_the_fast_path_unless_it_needs_jsonschema():
+    """The change, runbook and every policy (a cold `change validate` and `decide` read them)
+    are judged without jsonschema when valid; only `format` (incidents) is left to it."""
+    import importlib.resources
+
+    names = sorted(
+        f.name.removesuffix(".schema.json")
+        for f in importlib.resources.files("opsledger.schemas").iterdir()
+        if f.name.endswith(".schema.json")
+    )
+    slow = {n for n in names if _needs_jsonschema(schema(n))}
+    assert slow == {"incident"}  # `format: date-time`
+
+
+def _needs_jsonschema(doc: Any) -> bool:
+    from opsledger.schema import _supported
+
+    return not _supported(doc, doc)
+
+
+SCHEMA_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "string", "object", "array", "integer", "number", "boolean", "null", "str", "",
+            ["string"], ["string", "null"], ["string", "string"], [], [1], "^[a-z]+$", "[",
+            "a{4294967296}", "(?P<x>a)(?P=x)", "\\d+", 0, 1, -1, 2.5, 1.0, True, False, None,
+            float("nan"), float("inf"), 10**20, ["a", "a"], ["a", "b"], [1, "a"], {}, {"a": 1},
+            "#/$defs/a", "#/$defs/a b", "#/definitions/a", "#", "http://x/y", "a b",
+            "https://json-schema.org/draft/2020-12/schema",
+            "http://json-schema.org/draft-07/schema#",
+        ]
+    ),
+    st.text(max_size=6),
+)  # fmt: skip
+KEYWORDS = sorted(
+    {
+        "type", "enum", "pattern", "minLength", "maxLength", "required", "properties",
+        "additionalProperties", "minProperties", "maxProperties", "propertyNames", "items",
+        "minItems", "maxItems", "uniqueItems", "$ref", "$defs", "minimum", "maximum",
+        "exclusiveMinimum", "exclusiveMaximum", "$schema", "$id", "$comment", "title",
+        "description", "default", "oneOf", "format", "const",
+    }
+)  # fmt: skip
+SCHEMAS = st.recursive(
+    st.dictionaries(st.sampled_from(KEYWORDS), SCHEMA_VALUES, max_size=4) | st.booleans(),
+    lambda inner: st.dictionaries(
+        st.sampled_from(KEYWORDS),
+        SCHEMA_VALUES
+        | inner
+        | st.dictionaries(st.sampled_from(["a", "b", "$ref"]), inner, max_size=2)
+        | st.lists(inner, max_size=2),
+        max_size=5,
+    ),
+    max_leaves=10,
+)
+
+
+def _metaschema_says(doc: Any) -> str:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(doc)
+    except SchemaError as exc:
+        return f"refused: {exc.message}"
+    except (OverflowError, RecursionError, ValueError) as exc:
+        return f"raised: {type(exc).__name__}"
+    return "valid"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(SCHEMAS)
+@example({"type": ["string", "string"]})
+@example({"required": ["a", "a"]})
+@example({"minLength": -1})
+@example({"maximum": True})
+@example({"pattern": "["})
+@example({"properties": {"a": {"type": "str"}}})
+@example({"$defs": {"a": {"minItems": 1.5}}})
+def test_fast_schema_check_never_passes_what_the_metaschema_refuses(doc):
+    if _surely_a_schema(doc):
+        assert _metaschema_says(doc) == "valid"
+
+
+def test_the_repositorys_parameter_schemas_are_checked_without_jsonschema():
+    """Every runbook's parameter schema in this repository takes the fast check (and is valid)."""
+    from pathlib import Path
+
+    runbooks = sorted((Path(__file__).parents[2] / "runbooks").glob("*/runbook.yml"))
+    assert runbooks
+    for path in runbooks:
+        doc = yaml.safe_load(path.read_text())["parameters"]
+        assert _surely_a_schema(doc), path
+        assert _metaschema_says(doc) == "valid", path
+        assert schema_problems(doc, str(path), "parameters") == []
+
+
+ONE_OF = [
+    {  # policy-incidents' command: text, or a mapping with `run`
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["run"],
+                "properties": {
+                    "run": {"type": "string", "minLength": 1},
+                    "groups": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
+            },
+        ]
+    },
+    {"type": "object", "oneOf": [{"required": ["url"]}, {"required": ["url_env"]}]},
+    {"oneOf": [{"type": "integer"}, {"type": "number"}]},  # 1 and 2.0 match both: invalid
+    {"oneOf": [True, {"type": "string"}]},
+    {"oneOf": [{"type": "array", "maxItems": 1}, {"type": "array", "minItems": 1}]},
+    {"oneOf": [{"required": ["a"]}, {"enum": [{"a": 1}]}]},  # the fast path unsure of one
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.sampled_from(ONE_OF),
+    VALUES
+    | st.sampled_from([1, 2.0, 1.5, "", "x", [], ["a"], ["a", "b"], {"run": "x"}, {"url": 1}])
+    | st.dictionaries(st.sampled_from(["run", "groups", "url", "url_env", "x"]), VALUES),
+)
+@example(ONE_OF[2], 2.0)
+@example(ONE_OF[2], 1)
+@example(ONE_OF[1], {"url": "a", "url_env": "b"})
+@example(ONE_OF[4], ["a"])
+@example(ONE_OF[5], {"a": 1})
+def test_fast_check_of_one_of_never_passes_what_jsonschema_refuses(doc, data):
+    if _fast_valid(data, doc):
+        assert _slow(data, doc) == []
+
+
+def test_one_of_takes_the_fast_path_where_one_branch_surely_is_the_one():
+    assert _fast_valid("systemctl restart x", ONE_OF[0])
+    assert _fast_valid({"run": "x", "groups": ["db"]}, ONE_OF[0])
+    assert _fast_valid({"url": "https://x"}, ONE_OF[1])
+    assert _fast_valid(1.5, ONE_OF[2])
+    for data, doc in ((2.0, ONE_OF[2]), ({"url": 1, "url_env": 2}, ONE_OF[1]), (["a"], ONE_OF[4])):
+        assert not _fast_valid(data, doc) and _slow(data, doc)

@@ -53,6 +53,12 @@ print(json.dumps(out))
 """
 
 
+# Ansible's own default, set so that Ansible reads the inventory: these tests are about the
+# shapes Ansible's reads keep. An inventory this plain is otherwise read without Ansible
+# (plainshape.py, which steps aside for any ANSIBLE_ setting; test_plain_shape.py).
+ANSIBLE_READS = {"ANSIBLE_INVENTORY_ENABLED": "host_list,script,auto,yaml,ini,toml"}
+
+
 def _read(project: Project, *variable: str) -> dict:
     """What a fresh command process reads from the project's lab inventory."""
     proc = subprocess.run(
@@ -60,7 +66,11 @@ def _read(project: Project, *variable: str) -> dict:
         capture_output=True,
         text=True,
         cwd=project.root,
-        env={**os.environ, "PYTHONPATH": str(Path(opsledger.__file__).parents[1])},
+        env={
+            **ANSIBLE_READS,
+            **os.environ,
+            "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
+        },
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
