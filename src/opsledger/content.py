@@ -53,6 +53,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from opsledger.ansiblecfg import read_ansible_cfg_file
 from opsledger.changes import Change
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import git, git_env
@@ -286,14 +287,7 @@ def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
 
 def read_ansible_cfg(project: Project) -> configparser.ConfigParser:
     """The project's ansible.cfg as Ansible reads it (no interpolation); unreadable: exit 2."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(project.ansible_cfg)
-    except configparser.Error as exc:
-        raise OpsledgerError(
-            Problem(f"unreadable: {exc}", str(project.ansible_cfg), fix="fix its syntax")
-        ) from None
-    return parser
+    return read_ansible_cfg_file(project.ansible_cfg)
 
 
 def _fact_cache(project: Project) -> Path | None:

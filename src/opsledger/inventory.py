@@ -232,17 +232,20 @@ def _load_inventory(source: Path, template: bool) -> Inventory:
     stamp = tuple(
         sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in folder.rglob("*.y*ml"))
     )
-    key = (str(source.resolve()), template, stamp)
+    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
+    # Set before the keys are taken: they include every ANSIBLE_ variable.
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
+    # Read on every load (a small file): a broken ansible.cfg is refused each time, and an
+    # edit of it or of the environment is a different inventory for this process too.
+    ids = vault_ids(source)
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("ANSIBLE_")))
+    key = (str(source.resolve()), template, stamp, tuple(ids), settings)
     if key in _CACHE:  # audits and decisions load the same inventory many times
         return _CACHE[key]
-    other = _CACHE.get((key[0], not template, stamp))
+    other = _CACHE.get((key[0], not template, *key[2:]))
     if other is not None:  # the same files read the other way: Ansible's work is not redone
         _CACHE[key] = _variant(other, template)
         return _CACHE[key]
-    # ansible.cfg says so for ansible-playbook; this process may have found no ansible.cfg.
-    # Set before the key is taken: the key includes every ANSIBLE_ variable.
-    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
-    ids = vault_ids(source)
     kept_as = shape_key(source, ids)
     shape = load_shape(source, kept_as) if kept_as else None
     if shape is None and kept_as:  # plain enough to be sure of Ansible's answer without it
@@ -367,16 +370,16 @@ def vault_ids(source: Path) -> list[str]:
 
 def _listed_vault_ids(source: Path) -> list[str]:
     """The vault ids ansible.cfg and the environment name, their files resolved."""
-    import configparser
     import os
+
+    from opsledger.ansiblecfg import read_ansible_cfg_file
 
     ids = [i for i in os.environ.get("ANSIBLE_VAULT_IDENTITY_LIST", "").split(",") if i]
     base = None
     for folder in [source.resolve(), *source.resolve().parents]:
         cfg = folder / "ansible.cfg"
         if cfg.is_file():
-            parser = configparser.ConfigParser(interpolation=None)
-            parser.read(cfg)
+            parser = read_ansible_cfg_file(cfg)
             listed = parser.get("defaults", "vault_identity_list", fallback="")
             ids += [i.strip() for i in listed.split(",") if i.strip()]
             base = folder

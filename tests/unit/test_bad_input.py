@@ -478,3 +478,27 @@ def test_an_approval_is_never_written_through_a_symlinked_folder(shared_repo, tm
     finally:
         approvals.unlink()
         aside.rename(approvals)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"[defaults]\nforks = 5\n[defaults]\nforks = 6\n", "section 'defaults' already exists"),
+        (b"forks = 5\n[defaults]\n", "no section headers"),
+        (b"[defaults]\nforks = \xff\n", "can't decode byte 0xff"),
+    ],
+    ids=["duplicate-section", "no-section", "not-utf8"],
+)
+def test_a_malformed_ansible_cfg_is_one_line_naming_it(tmp_path, text, message):
+    """Every command reading ansible.cfg before Ansible does says what is wrong, no traceback.
+
+    (It was configparser's traceback from the vault-id reader of `change validate`.)
+    """
+    project, change_id, _ = build_repo(tmp_path)
+    shutil.rmtree(project.root / ".opsledger" / "cache", ignore_errors=True)
+    (project.root / "ansible.cfg").write_bytes(text)
+    before = tree_state(project.root)
+    for args in (["change", "validate", change_id], ["plan", change_id], NEW):
+        lines = assert_refused(run(project.root, args), expect=message)
+        assert any("ansible.cfg: unreadable" in line for line in lines), lines
+        assert tree_state(project.root) == before

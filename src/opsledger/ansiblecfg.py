@@ -1,0 +1,35 @@
+"""Reading an ansible.cfg the way every opsledger module must: a broken one is exit 2.
+
+Several readers need a key or two from ansible.cfg (vault ids, the fact cache folder, SSH
+settings) before Ansible itself runs. A duplicate section, a line outside any section or
+bytes that are not UTF-8 must reach the user as one line naming the file, never as
+configparser's traceback — and every reader must say it the same way, so it lives here.
+"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+from opsledger.errors import OpsledgerError, Problem
+
+
+def read_ansible_cfg_file(path: Path) -> configparser.ConfigParser:
+    """The file as Ansible reads it (no interpolation); unreadable or malformed: exit 2.
+
+    Example:
+        read_ansible_cfg_file(Path("ansible.cfg")).get("defaults", "forks", fallback="5")
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
+    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        detail = str(exc).replace(f"While reading from {str(path)!r} ", "")
+        raise OpsledgerError(
+            Problem(
+                f"unreadable: {detail}",
+                str(path),
+                fix="fix its syntax (one [section] each, key = value lines, UTF-8)",
+            )
+        ) from None
+    return parser
