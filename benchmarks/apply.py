@@ -21,8 +21,12 @@ Lanes alternate within each round and every timed run starts without SSH control
 keeps its masters in its own ControlPath folder and closes only those (`ssh -O exit`): the
 user's other SSH sessions and the lab's own masters are never touched.
 
+On a machine shared with other work, `--priority -20` (root) renices this run and every
+process of the lab's containers, so the lanes compete only with each other, as on the idle
+machine the targets assume.
+
 Usage: .venv/bin/python benchmarks/apply.py [--rounds 3] [--targets all] [--tags postgresql]
-                                             [--keep-output DIR]
+                                             [--keep-output DIR] [--priority NICE]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from opsledger.gitrepo import commit_paths, git  # noqa: E402
 from opsledger.lab.service import lab_status  # noqa: E402
+from opsledger.lab.spec import LABEL  # noqa: E402
 from opsledger.project import Project  # noqa: E402
 from opsledger.runsettings import run_settings  # noqa: E402
 from opsledger.signoff import approve_change, request_change  # noqa: E402
@@ -76,6 +81,49 @@ def close_masters(control_dir: Path) -> None:
     deadline = time.monotonic() + 5
     while any(p.is_socket() for p in control_dir.glob("*")) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def lab_processes() -> list[int]:
+    """Every process of the lab's containers: their init and all it started, by /proc."""
+    listing = subprocess.run(
+        ["podman", "ps", "--format", "{{.Pid}}", "--filter", f"label={LABEL}.lab=1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    roots = {int(pid) for pid in listing.stdout.split() if pid.isdigit() and pid != "0"}
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while listed
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def raise_priority(niceness: int) -> int:
+    """Run this benchmark and the lab's hosts at `niceness`, ahead of other work.
+
+    Other work on the machine then does not take their CPU: an approximation of the idle
+    machine issue 16's targets assume. Both sides of every lane get the same priority (the
+    controller's children inherit this process's; the hosts' new processes inherit their
+    sshd's and init's), so the lanes still compete only with each other.
+    Returns how many lab processes were reniced.
+    """
+    os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    pids = lab_processes()
+    for pid in pids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return len(pids)
 
 
 def lane_env(env: dict[str, str], control_dir: Path) -> dict[str, str]:
@@ -157,9 +205,20 @@ def main() -> None:
     parser.add_argument("--tags", default="", help="comma-separated role tags (default: all roles)")
     parser.add_argument("--skip-stock", action="store_true", help="skip (b) and (c)")
     parser.add_argument("--keep-output", type=Path, help="keep each lane's last output here")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        metavar="NICE",
+        help="renice this run and every lab process to NICE (root; e.g. -20 on a shared machine)",
+    )
     args = parser.parse_args()
     if not lab_status(Project(ROOT)).healthy:
         sys.exit("benchmark: the lab is not up and healthy — run scripts/demo first")
+    if args.priority is not None:
+        count = raise_priority(args.priority)
+        if count == 0:
+            sys.exit("benchmark: --priority found no lab process to renice")
+        print(f"priority {args.priority}: this run and {count} lab processes", flush=True)
     tags = [t for t in args.tags.split(",") if t]
     with tempfile.TemporaryDirectory(prefix="opsledger-bench-") as tmp:
         project, change_id = scratch_repo(Path(tmp), args.targets, tags)
