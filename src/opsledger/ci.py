@@ -33,6 +33,7 @@ from opsledger.layout import (
     change_folder,
     folder_of_kind,
     in_policies,
+    misplaced,
 )
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
@@ -61,8 +62,8 @@ class PrScope:
 
 STRAY = "not inside a change folder"
 STRAY_FIX = (
-    "a change's files live in changes/CHG-<n>/ (opsledger change new), "
-    "a policy change's in changes/POL-<n>/"
+    "a change's files live in changes/CHG-<block>/CHG-<n>/ (opsledger change new; "
+    "legacy: changes/CHG-<n>/), a policy change's in changes/POL-<block>/POL-<n>/"
 )
 CHANGES_README = "README.md"
 
@@ -120,7 +121,7 @@ class PrReport:
         lines = [
             f"{path}: a desired-state edit no change in this PR covers" for path in self.uncovered
         ]
-        lines += [f"{path}: {STRAY}; {STRAY_FIX}" for path in self.scope.stray]
+        lines += [f"{path}: {misplaced(path) or STRAY}; {STRAY_FIX}" for path in self.scope.stray]
         lines += list(self.policy_problems)
         lines += [f"{change_file(i.change_id)}: {p}" for i in self.items for p in i.problems]
         return lines

@@ -27,7 +27,10 @@ from opsledger.layout import (
     POLICY_REQUEST,
     change_file,
     change_folder,
+    change_pathspecs,
     changes_root,
+    flat_form,
+    folders_on_disk,
     policies_folder,
     policy_file,
 )
@@ -58,7 +61,16 @@ def request_file(project: Project, change_id: str) -> Path:
 
 
 def policy_change_ids(project: Project) -> list[str]:
-    found = [p.parent.name for p in changes_root(project.root).glob(f"POL-*/{POLICY_REQUEST}")]
+    found, wrong = folders_on_disk(project.root, POLICY_REQUEST)
+    if wrong:  # in both layouts, or in the wrong block: which folder is the request?
+        raise OpsledgerError(
+            [
+                Problem(
+                    why, path, "layout", "keep one folder, in the block layout.block_file names"
+                )
+                for path, why in wrong
+            ]
+        )
     return sorted((i for i in found if _ID.fullmatch(i)), key=lambda i: int(i[4:]))
 
 
@@ -106,6 +118,7 @@ def new_policy_request(
     while True:
         change_id = f"POL-{number:04d}"
         file = request_file(project, change_id)
+        file.parent.parent.mkdir(exist_ok=True)  # the id's block (layout.block_of), shared
         try:
             file.parent.mkdir()
         except FileExistsError:
@@ -167,7 +180,7 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
             commit,
             "--",
             POLICIES,
-            change_file(change_id, POLICY_REQUEST),
+            *change_pathspecs(change_id, POLICY_REQUEST),
         ],
         capture_output=True,
         text=True,
@@ -176,8 +189,9 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
     entries = []
     for line in listing.stdout.split("\0"):
         if line:
-            meta, _, path = line.partition("\t")
+            meta, _, stored = line.partition("\t")
             mode, kind, blob = meta.split()
+            path = flat_form(stored)  # the key: either layout hashes the same
             if path.endswith(".md"):
                 continue  # documentation, not policy
             if kind != "blob" or mode == "120000":
