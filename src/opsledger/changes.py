@@ -8,6 +8,7 @@ that environment's inventory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -172,6 +173,13 @@ def ids_in_history(project: Project, request_file: str = REQUEST) -> set[str]:
     return {
         i for p in paths if (i := change_id_of(p)) and flat_form(p) == change_file(i, request_file)
     }
+
+
+def _drop_if_empty(block: Path, top: Path) -> None:
+    """Remove a block folder a refused request made and left empty (nothing written)."""
+    if block != top:
+        with contextlib.suppress(OSError):  # not empty: other changes live in the block
+            block.rmdir()
 
 
 def next_change_id(project: Project) -> str:
@@ -549,6 +557,7 @@ def new_change(
     except BaseException:
         file.unlink(missing_ok=True)
         folder.rmdir()  # nothing half-written: the claimed id is free again
+        _drop_if_empty(folder.parent, changes_dir(project))
         raise
     return NewChange(change_id, file)
 

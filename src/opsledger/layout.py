@@ -340,3 +340,13 @@ def folders_on_disk(root: Path, request: str) -> tuple[dict[str, str], list[tupl
 def is_block(name: str) -> bool:
     """True for a block folder's name under `changes/` (`CHG-00xx`), never a change's."""
     return bool(_BLOCK.fullmatch(name))
+
+
+def block_dir(change_id: str) -> str:
+    """`changes/<block>`, relative: the block folder an id's folder lies in."""
+    return f"{CHANGES}/{block_of(change_id)}"
+
+
+def is_flat_change_folder(name: str) -> bool:
+    """True for a name under `changes/` that is an id (`CHG-0001`): a legacy flat folder."""
+    return bool(_ANY_ID_RE.fullmatch(name))

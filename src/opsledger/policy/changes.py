@@ -9,6 +9,7 @@ change leaves them; approvals sign that hash, so any later edit of a policy file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -132,6 +133,9 @@ def new_policy_request(
     except OpsledgerError:
         file.unlink()
         file.parent.rmdir()
+        with contextlib.suppress(OSError):  # the block folder, when this request made it
+            if file.parent.parent != changes_root(project.root):
+                file.parent.parent.rmdir()
         raise
 
 
