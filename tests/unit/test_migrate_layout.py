@@ -15,13 +15,17 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger import layout
+from opsledger.approvals import collect
 from opsledger.audit import audit_check
+from opsledger.base import resolve_base
 from opsledger.changes import change_ids, load_change
 from opsledger.cli import cli
 from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
+from opsledger.evidence import run_evidence
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.layout import APPROVALS, change_pathspecs
 from opsledger.migrate import migrate_layout
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, subject
@@ -35,14 +39,10 @@ CI = {"name": "opsledger CI", "email": "ci@example.org"}
 
 
 @pytest.fixture
-def as_alice(monkeypatch):
-    """git's own identity for the migration's commit (it is made like any branch commit)."""
-    for key, value in {
-        "GIT_AUTHOR_NAME": ALICE["name"],
-        "GIT_AUTHOR_EMAIL": ALICE["email"],
-        "GIT_COMMITTER_NAME": ALICE["name"],
-        "GIT_COMMITTER_EMAIL": ALICE["email"],
-    }.items():
+def as_dave(monkeypatch):
+    """git's own identity for the migration's commit (made like any branch commit): dave,
+    who requested and approved nothing, so nothing he moved may count as his."""
+    for key, value in _env({"name": "Dave Dahl", "email": "dave@example.org"}).items():
         monkeypatch.setenv(key, value)
 
 
@@ -111,7 +111,7 @@ def test_both_layouts_are_read_side_by_side(legacy):
     assert audit_check(project, now=LATER).findings == []
 
 
-def test_migration_moves_every_flat_folder_in_one_commit_and_voids_nothing(legacy, as_alice):
+def test_migration_moves_every_flat_folder_in_one_commit_and_voids_nothing(legacy, as_dave):
     project, approved, ran = legacy
     root = project.root
     before = {c: repository_content(project, c) for c in (approved, ran)}
@@ -137,13 +137,20 @@ def test_migration_moves_every_flat_folder_in_one_commit_and_voids_nothing(legac
     again = decide(project, approved, now=INSIDE)
     assert again.allowed and again.approvers == ["bob"]
     assert again.content_sha256 == decision.content_sha256
-    # the move is no evidence deleted, no statement introduced by the mover
+    # the move is no evidence deleted, no record added and no statement introduced by the mover
     assert audit_check(project, now=LATER).findings == []
+    (evidence,) = run_evidence(project, resolve_base(project, "HEAD"))
+    assert evidence.trusted and evidence.path == f"changes/{ran}/runs/{evidence.path[-21:]}"
+    folders = tuple(f"{p}/" for p in change_pathspecs(approved, APPROVALS))
+    versions = collect(project, folders, ["HEAD"])
+    introducers = {i.author for f in versions for i in f.introduced_by}
+    assert introducers == {"alice@example.org", "bob@example.org"}
+    assert all(f.path.startswith(f"changes/{approved}/approvals/") for f in versions)
     # idempotent: nothing left to move, no second commit
     assert migrate_layout(project).moves == [] and head(root) == done.commit
 
 
-def test_a_dirty_tree_or_an_id_in_both_layouts_is_refused_and_nothing_moves(legacy, as_alice):
+def test_a_dirty_tree_or_an_id_in_both_layouts_is_refused_and_nothing_moves(legacy, as_dave):
     project, approved, _ = legacy
     root = project.root
     tip = head(root)
