@@ -153,7 +153,7 @@ def test_an_uncommitted_statement_does_not_count(repo):
 def test_a_statement_copied_from_another_change_does_not_count(repo):
     project, change_id, _ = repo
     first = approve_change(project, change_id, person="bob")
-    other = project.root / "changes" / "CHG-0002"
+    other = change_folder(project.root, "CHG-0002")
     shutil.copytree(change_folder(project.root, change_id), other)
     text = (other / "change.yml").read_text().replace(change_id, "CHG-0002")
     (other / "change.yml").write_text(text)

@@ -17,6 +17,7 @@ import yaml
 
 from opsledger.audit import audit_check, audit_log, render_log
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, sign_off
 
@@ -103,7 +104,7 @@ def _history(project, first, keys):
     commit_paths(root, [role, change.file.parent], "Request", **ALICE)
     # unreadable: a committed change broken afterwards
     broken = _request(project, "Broken afterwards")
-    file = root / "changes" / broken / "change.yml"
+    file = change_folder(root, broken) / "change.yml"
     file.write_text(file.read_text() + "title: twice\n")
     commit_paths(root, [file], "Edit", **ALICE)
     # unauthorized-change, directly and through a merge

@@ -48,7 +48,7 @@ def make(project, **overrides):
 
 
 def write(project, change_id, text):
-    folder = project.root / "changes" / change_id
+    folder = change_folder(project.root, change_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "change.yml").write_text(textwrap.dedent(text))
 

@@ -19,6 +19,7 @@ from opsledger.approvals import collect
 from opsledger.audit import audit_check
 from opsledger.base import resolve_base
 from opsledger.changes import change_ids, load_change
+from opsledger.ci import pr_scope
 from opsledger.cli import cli
 from opsledger.content import repository_content
 from opsledger.decide import decide
@@ -235,3 +236,23 @@ def _env(who):
         "GIT_COMMITTER_NAME": who["name"],
         "GIT_COMMITTER_EMAIL": who["email"],
     }
+
+
+def test_the_migration_pr_touches_no_change_but_an_edit_in_the_move_does(legacy, as_dave):
+    """ci pr judges what a branch changes: a pure move changes nothing (no 10,000 changes to
+    validate, decide and plan again); a move that edits a request is that change's edit."""
+    project, approved, _ = legacy
+    root = project.root
+    git(root, "checkout", "-q", "-b", "migrate")
+    migrate_layout(project)
+    scope = pr_scope(project, "main")
+    assert (scope.files, scope.changes, scope.stray) == ([], [], [])
+    request = root / "changes" / "CHG-00xx" / approved / "change.yml"
+    request.write_text(request.read_text().replace("Approved, not run", "Renamed in the move"))
+    commit_paths(root, [request], "Rename", **ALICE)
+    scope = pr_scope(project, "main")
+    assert scope.changes == [approved] and scope.stray == []
+    assert scope.files == [
+        f"changes/{approved}/change.yml",
+        f"changes/CHG-00xx/{approved}/change.yml",
+    ]
