@@ -165,14 +165,17 @@ def flat_form(path: str) -> str:
 
     `changes/CHG-00xx/CHG-0001/x` -> `changes/CHG-0001/x`; every other path (flat, misplaced,
     outside changes/) is returned unchanged, so a misplaced file is never keyed as a change's.
+    Called for every path of every commit an audit reads: the common cases return early.
     """
     if not path.startswith(CHANGES_PREFIX):
         return path
-    split = _split(path)
-    if split is None or not split[0] or not split[1] or misplaced(path):
-        return path
-    _, folder, rest = split
-    return change_file(folder) if rest is None else change_file(folder, rest)
+    parts = path.split("/", 3)
+    if len(parts) < 3 or not parts[1].endswith("xx") or not _BLOCK.fullmatch(parts[1]):
+        return path  # flat, or right under changes/
+    folder = parts[2]
+    if not _ANY_ID_RE.fullmatch(folder) or block_of(folder) != parts[1]:
+        return path  # misplaced: keyed as itself, never as the change it names
+    return change_file(folder) if len(parts) == 3 else change_file(folder, parts[3])
 
 
 def changes_root(root: Path) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from opsledger.cli import cli
 from opsledger.cli.history import WITHOUT_HISTORY, leaf_commands, needs_history
 from opsledger.gitrepo import git
-from opsledger.layout import change_folder
+from opsledger.layout import change_folder, stored_file
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import START, build_repo, copy_project
@@ -204,8 +204,9 @@ def test_a_symlinked_change_file_or_folder_is_refused(shared_repo):
     project, change_id = shared_repo
     changes = project.root / "changes"
     (changes / "CHG-0002").mkdir()
-    (changes / "CHG-0002" / "change.yml").symlink_to(f"../{change_id}/change.yml")
-    (changes / "CHG-0003").symlink_to(change_id)
+    stored = stored_file(project.root, change_id).removeprefix("changes/")  # CHG-00xx/CHG-0001
+    (changes / "CHG-0002" / "change.yml").symlink_to(f"../{stored}/change.yml")
+    (changes / "CHG-0003").symlink_to(stored)
     try:
         before = tree_state(project.root)
         for other in ("CHG-0002", "CHG-0003"):

@@ -14,7 +14,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from opsledger import layout
 from opsledger.approvals import collect
 from opsledger.audit import audit_check
 from opsledger.base import resolve_base
@@ -31,7 +30,7 @@ from opsledger.migrate import migrate_layout
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, subject
 
-from .conftest import START
+from .conftest import START, legacy_layout
 
 INSIDE = START + dt.timedelta(minutes=30)
 LATER = START + dt.timedelta(days=1)
@@ -89,8 +88,7 @@ def _run(project, change_id):
 def legacy(repo, monkeypatch):
     """The repo with CHG-0002 (approved) and CHG-0003 (approved and run) in the flat layout."""
     project, _, _ = repo
-    with monkeypatch.context() as patch:
-        patch.setattr(layout, "block_folder", layout.flat_folder)
+    with legacy_layout(monkeypatch):
         approved = _request(project, "Approved, not run")
         approve_change(project, approved, person="bob", now=START)
         ran = _request(project, "Approved and run")
