@@ -48,7 +48,7 @@ def make(project, **overrides):
 
 
 def write(project, change_id, text):
-    folder = change_folder(project.root, change_id)
+    folder = project.root / "changes" / change_id  # by hand: the legacy flat layout, still read
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "change.yml").write_text(textwrap.dedent(text))
 

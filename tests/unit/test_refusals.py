@@ -156,7 +156,7 @@ def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the
     # never searched for in the whole output: the test's own folder name has "window" in it
     said = [line for line in chosen.stdout.splitlines() if line.startswith("window")]
     assert said == [] or said[0].startswith("window: the next maintenance window"), said
-    written = yaml.safe_load((project.root / "changes/CHG-0002/change.yml").read_text())
+    written = yaml.safe_load((change_folder(project.root, "CHG-0002") / "change.yml").read_text())
     from opsledger.policy.bundle import load_policies
     from opsledger.policy.windows import covered
 
