@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
-"""Whether a sharded `changes/` layout removes git's superlinear cost of reading history.
+"""Whether the block layout of `changes/` removes git's superlinear cost of reading history.
 
 Issue 16 measured `git log --name-status` growing 23-39x from 1,000 to 10,000 changes with
 every change in one flat folder (`changes/<ID>/`): each change commit rewrites that folder's
 tree, and git compares the whole tree at every commit it reads. This builds, with
-`git fast-import`, the same history in two layouts — flat, and by year
-(`changes/<year>/<ID>/`, `--per-year` changes a year) — at `--small` and `--large` changes
-(three commits each: request, approval, run record), and times side by side in this run:
+`git fast-import`, the same history in three layouts — flat, the adopted block layout
+(`changes/CHG-050xx/CHG-05000/`, the folders `opsledger.layout.block_file` names, which
+`change new` writes and `change migrate-layout` moves to) and by year
+(`changes/<year>/<ID>/`, `--per-year` changes a year, the alternative issue 16 named) — at
+`--small` and `--large` changes (three commits each: request, approval, run record), and
+times side by side in this run:
 
 - `git log --name-status` over the whole history (what `audit` streams);
 - `git log -- <one change's folder>` (what decide's walks of one change cost; run with
   git's commit-graph and changed-path filters, as decide writes them);
 
 then prints, per layout, how each grows from small to large (10x the changes is linear at
-10x) and the flat / by-year ratio at the large size. Each lane must list every change
-(name-status) or the change's three commits (path walk): an empty or failing read stops the
-benchmark. Nothing here needs the lab or this project's code.
+10x) and the flat / block and flat / by-year ratios at the large size. Each lane must list
+every change (name-status) or the change's three commits (path walk), and the block
+history's top tree must hold one folder per block: an empty or failing read, or a layout
+that is not the one opsledger writes, stops the benchmark. Nothing here needs the lab.
 
-Usage: .venv/bin/python benchmarks/layout.py [--small 1000] [--large 10000] [--per-year 2000]
-                                             [--rounds 3]
+Usage: PYTHONPATH=src .venv/bin/python benchmarks/layout.py [--small 1000] [--large 10000]
+                                             [--per-year 2000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -31,12 +35,40 @@ import tempfile
 import time
 from pathlib import Path
 
+from opsledger.layout import CHANGES, block_file, block_of, change_file
+
 START = 1_700_000_000
+LAYOUTS = ("flat", "block", "by year")
 
 
 def folder_of(layout: str, n: int, per_year: int) -> str:
     cid = f"CHG-{n:05d}"
-    return f"changes/{cid}" if layout == "flat" else f"changes/{2020 + n // per_year}/{cid}"
+    if layout == "flat":
+        return change_file(cid)
+    if layout == "block":
+        return block_file(cid)  # the real path: what opsledger writes a new change to
+    return f"{CHANGES}/{2020 + n // per_year}/{cid}"
+
+
+def check_blocks(repo: Path, changes: int) -> None:
+    """The block history holds what opsledger writes: one folder per block, <= 100 in each."""
+    top = subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", "--name-only", "HEAD", f"{CHANGES}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    blocks = {f"{CHANGES}/{block_of(f'CHG-{n:05d}')}" for n in range(1, changes + 1)}
+    if set(top) - {f"{CHANGES}/README.md"} != blocks:
+        sys.exit(f"benchmark: {repo.name} is not in the block layout ({len(top)} top folders)")
+    inner = subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", "--name-only", "HEAD", f"{min(blocks)}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not 0 < len(inner) <= 100:
+        sys.exit(f"benchmark: {min(blocks)} holds {len(inner)} changes, not 1-100")
 
 
 def build(repo: Path, layout: str, changes: int, per_year: int) -> None:
@@ -97,7 +129,7 @@ def main() -> None:
     parser.add_argument("--per-year", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    layouts = ("flat", "by year")
+    layouts = LAYOUTS
     sizes = (args.small, args.large)
     results: dict[tuple[str, int, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="opsledger-layout-bench-") as tmp:
@@ -106,6 +138,8 @@ def main() -> None:
             for size in sizes:
                 repo = Path(tmp) / f"{layout.replace(' ', '-')}-{size}"
                 build(repo, layout, size, args.per_year)
+                if layout == "block":
+                    check_blocks(repo, size)
                 repos[(layout, size)] = repo
         print(f"built {len(repos)} histories ({args.small} and {args.large} changes)")
         for _ in range(args.rounds):  # interleaved: every lane sees the same machine
@@ -131,8 +165,10 @@ def main() -> None:
                     f"{large:7.3f} s  growth {large / small:5.1f}x for "
                     f"{args.large / args.small:.0f}x the changes"
                 )
-            flat, year = medians[("flat", args.large, lane)], medians[("by year", args.large, lane)]
-            print(f"  {lane:24} flat / by year at {args.large}: {flat / year:5.2f}x")
+            flat = medians[("flat", args.large, lane)]
+            for other in layouts[1:]:
+                ratio = flat / medians[(other, args.large, lane)]
+                print(f"  {lane:24} flat / {other} at {args.large}: {ratio:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git, git_env
 from opsledger.layout import (
     APPROVALS,
-    change_file,
     change_file_pattern,
     change_folder,
     change_folder_name,
+    change_pathspecs,
+    flat_form,
 )
 from opsledger.policy.bundle import Person, Policies, Rule
 from opsledger.project import Project
@@ -119,11 +120,18 @@ def allowed_signers(policies: Policies) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
-    """Every version of every file under `prefix` in the history of `revs`.
+def _prefixes(change_id: str, *parts: str) -> tuple[str, ...]:
+    """A change's folder `parts` in both layouts, as git path prefixes (`.../`)."""
+    return tuple(f"{p}/" for p in change_pathspecs(change_id, *parts))
+
+
+def collect(project: Project, prefixes: tuple[str, ...], revs: list[str]) -> list[Found]:
+    """Every version of every file under `prefixes` in the history of `revs`.
 
     Each comes with the commits that introduced it; a merge counts for what it brought that
-    no parent had (an "evil merge"), never for what it inherited.
+    no parent had (an "evil merge"), never for what it inherited. Paths are keys
+    (`layout.flat_form`): a file is one file in either layout, and a commit moving it between
+    the layouts with the same bytes introduces nothing (the mover never attributes it).
     """
     revs = [r for r in dict.fromkeys(revs) if r]
     if not revs:
@@ -143,7 +151,7 @@ def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
             "--format=%x1e%H%x1f%ae%x1f%ce",
             *revs,
             "--",
-            prefix,
+            *prefixes,
         ],
         capture_output=True,
         env=git_env(),
@@ -157,22 +165,29 @@ def collect(project: Project, prefix: str, revs: list[str]) -> list[Found]:
             continue
         sha, author, committer = header.split("\x1f")
         tokens = rest.lstrip("\0\n").split("\0")
-        for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
+        entries = []
+        for meta, stored in zip(tokens[::2], tokens[1::2], strict=False):
             if not meta.startswith(":"):
                 continue
             parents = len(meta) - len(meta.lstrip(":"))
             parts = meta.lstrip(":").split()
-            mode, blob, status = parts[parents], parts[2 * parents + 1], parts[-1]
-            if set(status) == {"D"} or set(blob) == {"0"}:
+            before = tuple(parts[parents + 1 : 2 * parents + 1])
+            key = flat_form(stored)
+            entries.append((key, parts[parents], parts[2 * parents + 1], before, parts[-1]))
+        # a move between layouts: the key deleted with these bytes in the same commit
+        gone = {(p, b) for p, _, blob, before, _ in entries if set(blob) == {"0"} for b in before}
+        for path, mode, blob, _, status in entries:
+            if set(status) == {"D"} or set(blob) == {"0"} or (path, blob) in gone:
                 continue
             entry = versions.setdefault((path, blob), Found(path, blob, mode))
             entry.introduced_by.append(Introduction(sha, author, committer))
     for rev in revs:  # what is in the tree now (normally already found above)
-        listing = git(project.root, "ls-tree", "-r", "-z", rev, "--", prefix, check=False)
+        listing = git(project.root, "ls-tree", "-r", "-z", rev, "--", *prefixes, check=False)
         for line in listing.stdout.split("\0"):
             if line:
-                meta, _, path = line.partition("\t")
+                meta, _, stored = line.partition("\t")
                 mode, _, blob = meta.split()
+                path = flat_form(stored)
                 versions.setdefault((path, blob), Found(path, blob, mode))
     contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
     for found in versions.values():
@@ -378,7 +393,7 @@ def standing(
         for f in (
             found
             if found is not None
-            else collect(project, change_file(change_id, APPROVALS) + "/", revs or [])
+            else collect(project, _prefixes(change_id, APPROVALS), revs or [])
         )
     ]
     notes = [f"{j.path} does not count: {'; '.join(j.reasons)}" for j in judged if not j.valid]
@@ -521,7 +536,7 @@ def requested_contents(
 ) -> set[str]:
     """The content hashes the requester has provably requested for a change, ever."""
     if found is None:
-        found = collect(project, change_file(change_id, APPROVALS, requester) + "/", revs or [])
+        found = collect(project, _prefixes(change_id, APPROVALS, requester), revs or [])
     return {
         j.statement.content_sha256
         for f in found

@@ -33,10 +33,11 @@ from opsledger.layout import (
     POLICIES,
     POLICIES_PREFIX,
     POLICY_REQUEST,
-    change_file,
     change_folder_name,
+    change_pathspecs,
     folder_of_kind,
     in_policies,
+    is_block,
 )
 from opsledger.localcache import history_stamp, load_cache, save_cache
 from opsledger.policy.bundle import Policies, Rule, load_policies
@@ -173,9 +174,10 @@ def _approval_of(
         content = policy_content_at(project, commit, change_id)
         if content is None:
             continue
-        shown = git(
-            project.root, "show", f"{commit}:{change_file(change_id, POLICY_REQUEST)}", check=False
-        )
+        for stored in change_pathspecs(change_id, POLICY_REQUEST):  # whichever layout holds it
+            shown = git(project.root, "show", f"{commit}:{stored}", check=False)
+            if shown.returncode == 0:
+                break
         try:
             request = parse_yaml(shown.stdout)
         except OpsledgerError:  # unreadable: nobody provably requested it
@@ -232,7 +234,13 @@ def _walks(project: Project, sha: str) -> tuple[list[str], str]:
     folders = nul_paths(
         git(project.root, "ls-tree", "--name-only", "-z", sha, CHANGES_PREFIX).stdout
     )
-    requests = [f for f in folders if is_policy_change(change_folder_name(f) or "")]
+    blocks = [f"{f}/" for f in folders if is_block(f.removeprefix(CHANGES_PREFIX))]
+    blocks = [b for b in blocks if b.startswith(f"{CHANGES_PREFIX}POL-")]
+    if blocks:  # the block layout: policy changes one level down (changes/POL-00xx/POL-0001)
+        folders += nul_paths(git(project.root, "ls-tree", "--name-only", "-z", sha, *blocks).stdout)
+    ids = dict.fromkeys(n for f in folders if is_policy_change(n := change_folder_name(f) or ""))
+    # both layouts of each: a commit before `change migrate-layout` named the flat folder
+    requests = [p for i in ids for p in change_pathspecs(i)]
     log = subprocess.run(
         [
             "git",

@@ -8,6 +8,7 @@ that environment's inventory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,11 +27,15 @@ from opsledger.inventory import load_inventory
 from opsledger.layout import (
     REQUEST,
     WITHDRAWN,
+    block_folder,
     change_file,
     change_folder,
     change_id_of,
     changes_root,
     every_change_glob,
+    flat_folder,
+    flat_form,
+    folders_on_disk,
     policy_file,
 )
 from opsledger.localcache import schema_passes
@@ -89,18 +94,26 @@ def changes_dir(project: Project) -> Path:
 
 
 def change_ids(project: Project) -> list[str]:
-    """Every folder of changes/ holding a change.yml (as `glob("*/change.yml")` finds them).
+    """Every change folder holding a change.yml, flat (`changes/<ID>/`) or in its block.
 
-    One directory listing and a stat per folder: pathlib's glob listed every folder's files.
+    One directory listing of changes/ and of each block, a stat per folder: pathlib's glob
+    listed every folder's files. An id in both layouts, or a change in the wrong block, is
+    invalid input (exit 2, one line each naming the paths): which folder is the change?
     """
-    folder = changes_dir(project)
-    try:
-        with os.scandir(folder) as entries:
-            names = [e.name for e in entries]
-    except OSError:
-        return []
-    lexists, prefix = os.path.lexists, f"{folder}/"
-    found = [n for n in names if lexists(f"{prefix}{n}/{REQUEST}")]
+    found, wrong = folders_on_disk(project.root, REQUEST)
+    if wrong:
+        raise OpsledgerError(
+            [
+                Problem(
+                    why,
+                    path,
+                    "layout",
+                    "move the folder to where layout.block_file puts it, or remove the copy "
+                    "(`opsledger change migrate-layout` moves flat folders)",
+                )
+                for path, why in wrong
+            ]
+        )
     return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
 
 
@@ -134,7 +147,7 @@ def ids_in_history(project: Project, request_file: str = REQUEST) -> set[str]:
             "-z",
             "--format=%x1e",
             "--",
-            every_change_glob(request_file),
+            *every_change_glob(request_file),
         ],
         capture_output=True,
         text=True,
@@ -157,7 +170,16 @@ def ids_in_history(project: Project, request_file: str = REQUEST) -> set[str]:
                 )
             )
     paths = [p for _, touched in log_paths(proc.stdout) for p in touched]
-    return {i for p in paths if (i := change_id_of(p)) and p == change_file(i, request_file)}
+    return {
+        i for p in paths if (i := change_id_of(p)) and flat_form(p) == change_file(i, request_file)
+    }
+
+
+def _drop_if_empty(block: Path, top: Path) -> None:
+    """Remove a block folder a refused request made and left empty (nothing written)."""
+    if block != top:
+        with contextlib.suppress(OSError):  # not empty: other changes live in the block
+            block.rmdir()
 
 
 def next_change_id(project: Project) -> str:
@@ -242,7 +264,17 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
     check_change_id(change_id)
     folder = change_folder(project.root, change_id)
     file = folder / REQUEST
-    for path in (changes_dir(project), folder, file):
+    both = [flat_folder(project.root, change_id), block_folder(project.root, change_id)]
+    if all(os.path.lexists(f) for f in both):
+        raise OpsledgerError(
+            Problem(
+                f"{change_id} is in both layouts ({both[0]} and {both[1]})",
+                str(both[1]),
+                "layout",
+                "keep one folder (`opsledger change migrate-layout` moves flat folders)",
+            )
+        )
+    for path in dict.fromkeys((changes_dir(project), folder.parent, folder, file)):
         if path.is_symlink():
             raise OpsledgerError(
                 Problem(
@@ -428,6 +460,7 @@ def _claim_folder(project: Project) -> tuple[str, Path]:
     while True:
         change_id = f"CHG-{number:04d}"
         folder = change_folder(project.root, change_id)
+        folder.parent.mkdir(exist_ok=True)  # the id's block (layout.block_of), shared
         try:
             folder.mkdir()
         except FileExistsError:
@@ -524,6 +557,7 @@ def new_change(
     except BaseException:
         file.unlink(missing_ok=True)
         folder.rmdir()  # nothing half-written: the claimed id is free again
+        _drop_if_empty(folder.parent, changes_dir(project))
         raise
     return NewChange(change_id, file)
 

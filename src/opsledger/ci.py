@@ -31,8 +31,10 @@ from opsledger.layout import (
     REQUEST,
     change_file,
     change_folder,
+    flat_form,
     folder_of_kind,
     in_policies,
+    misplaced,
 )
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
@@ -61,8 +63,8 @@ class PrScope:
 
 STRAY = "not inside a change folder"
 STRAY_FIX = (
-    "a change's files live in changes/CHG-<n>/ (opsledger change new), "
-    "a policy change's in changes/POL-<n>/"
+    "a change's files live in changes/CHG-<block>/CHG-<n>/ (opsledger change new; "
+    "legacy: changes/CHG-<n>/), a policy change's in changes/POL-<block>/POL-<n>/"
 )
 CHANGES_README = "README.md"
 
@@ -120,7 +122,7 @@ class PrReport:
         lines = [
             f"{path}: a desired-state edit no change in this PR covers" for path in self.uncovered
         ]
-        lines += [f"{path}: {STRAY}; {STRAY_FIX}" for path in self.scope.stray]
+        lines += [f"{path}: {misplaced(path) or STRAY}; {STRAY_FIX}" for path in self.scope.stray]
         lines += list(self.policy_problems)
         lines += [f"{change_file(i.change_id)}: {p}" for i in self.items for p in i.problems]
         return lines
@@ -177,6 +179,26 @@ class PrReport:
         return "\n".join(out) + "\n"
 
 
+def _not_moved(raw: str) -> list[str]:
+    """The paths of `git diff --raw -z`, less each move between the layouts of changes/.
+
+    `change migrate-layout` deletes `changes/<ID>/x` and adds the same bytes at its block
+    path: the same key (layout.flat_form), nothing changed, so nothing for the PR check to
+    validate, decide and plan again. A move that changes the bytes, or lands anywhere but
+    the id's own block (a different key), is listed as before.
+    """
+    tokens = raw.lstrip("\0").split("\0")
+    entries = [
+        (meta[1:].split(), path)
+        for meta, path in zip(tokens[::2], tokens[1::2], strict=False)
+        if meta.startswith(":")
+    ]
+    gone = {(flat_form(p), m[0], m[2]) for m, p in entries if m[4].startswith("D")}
+    came = {(flat_form(p), m[1], m[3]) for m, p in entries if m[4].startswith("A")}
+    moved = {key for key, _, _ in gone & came}
+    return [p for m, p in entries if not (m[4][0] in "AD" and flat_form(p) in moved)]
+
+
 def pr_scope(project: Project, base: str) -> PrScope:
     """The files a branch changes since it left `base`, and the change requests among them."""
     require_history(project.root, "ci pr")
@@ -198,8 +220,10 @@ def pr_scope(project: Project, base: str) -> PrScope:
         )
     merge_base = git(project.root, "merge-base", base, "HEAD").stdout.strip()
     # -z: NUL-separated and never quoted, so `zé.yml` or a name with spaces is one path.
-    out = git(project.root, "diff", "--name-only", "-z", "--no-renames", merge_base, "HEAD")
-    files = [p for p in out.stdout.split("\0") if p]
+    out = git(
+        project.root, "diff", "--raw", "--no-abbrev", "-z", "--no-renames", merge_base, "HEAD"
+    )
+    files = _not_moved(out.stdout)
     changes = sorted({name for p in files if (name := folder_of_kind(p))})
     stray = [p for p in files if p.startswith(CHANGES_PREFIX) and not folder_of_kind(p)]
     stray = [p for p in stray if p != change_file(CHANGES_README)]

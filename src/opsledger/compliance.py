@@ -226,10 +226,11 @@ def uncommitted_records(project: Project) -> list[Finding]:
     ).stdout
     findings = []
     for entry in filter(None, out.split("\0")):
-        status, path = entry[:2], entry[3:]
-        match = _RECORD.fullmatch(path)
+        status, stored = entry[:2], entry[3:]
+        match = _RECORD.fullmatch(stored)
         if not match:
             continue
+        path = match.string  # its key (layout.flat_form), as every other finding names it
         if status == "??":
             findings.append(
                 Finding(

@@ -66,8 +66,10 @@ from opsledger.layout import (
     RUNS,
     SHARDS,
     WITHDRAWN,
-    change_file,
+    change_pathspecs,
+    flat_form,
     other_changes_pathspec,
+    stored_file,
     within_change,
 )
 from opsledger.project import Project
@@ -95,7 +97,12 @@ class Content:
 
 
 def manifest(files: dict[str, str]) -> Content:
-    """The content of a manifest: sha256 over the sorted (path, digest) lines."""
+    """The content of a manifest: sha256 over the sorted (key, digest) lines.
+
+    Paths are keyed by `layout.flat_form`: the same bytes in either layout of changes/ hash
+    the same, so moving a change to its block folder voids no approval.
+    """
+    files = {flat_form(p): d for p, d in files.items()}
     digest = hashlib.sha256()
     for relative in sorted(files):
         digest.update(f"{relative}\0{files[relative]}\n".encode())
@@ -154,7 +161,7 @@ def _content_specs(change_id: str) -> list[list[str]]:
     outside = [other_changes_pathspec()] + [
         f":(exclude){root.rstrip('/')}" for root in BOOKKEEPING_ROOTS if root != ".opsledger/"
     ]
-    return [outside, [change_file(change_id)]]
+    return [outside, list(change_pathspecs(change_id))]
 
 
 def _listed(project: Project, change_id: str, *args: str) -> str:
@@ -342,7 +349,11 @@ def _holds_bookkeeping(folder: str, change_id: str) -> bool:
     """True for a folder that is, lies in or contains bookkeeping (`.`, `changes/`, `records/`)."""
     if folder == "." or not is_content(folder + "/", change_id):
         return True
-    own = [change_file(change_id, name) for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES]
+    own = [
+        stored
+        for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES
+        for stored in change_pathspecs(change_id, name)
+    ]
     return any(root.startswith(folder + "/") for root in (*BOOKKEEPING_ROOTS, CHANGES_PREFIX, *own))
 
 
@@ -409,7 +420,7 @@ def repository_content(project: Project, change_id: str) -> Content:
     files = {p: d for p, d in index.items() if is_content(p, change_id)}
     for path in deleted:
         files.pop(path, None)
-    request = change_file(change_id, REQUEST)
+    request = stored_file(project.root, change_id, REQUEST)
     pending = [p for p in modified if p in files]
     on_disk = _on_disk(project, pending)
     for path in pending:  # neither a file nor a symlink any more (a folder): not a blob

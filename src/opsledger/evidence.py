@@ -34,7 +34,14 @@ from opsledger.base import Base
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
-from opsledger.layout import CHANGES, REQUEST, change_file, change_folder_name, within_change
+from opsledger.layout import (
+    CHANGES,
+    REQUEST,
+    change_folder_name,
+    change_pathspecs,
+    flat_form,
+    within_change,
+)
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path, parse_record, read_runs
 from opsledger.steady import remembered
@@ -94,7 +101,7 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
                 "--first-parent",
                 "--diff-merges=first-parent",
                 "--reverse",
-                "--diff-filter=A",
+                "--diff-filter=AD",  # D: to tell a move between layouts from an addition
                 "--raw",
                 "--no-abbrev",
                 "--no-renames",
@@ -116,12 +123,17 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
             continue
         sha, parents, author, committer, signature, signer = header.split("\x1f")
         tokens = rest.lstrip("\0\n").split("\0")
-        for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
-            if meta.startswith(":") and is_final_run_path(path):
-                _, _, _, blob, _ = meta[1:].split()
+        entries = [
+            (flat_form(path), *meta[1:].split()[2:])  # key, old blob, new blob, status
+            for meta, path in zip(tokens[::2], tokens[1::2], strict=False)
+            if meta.startswith(":") and is_final_run_path(path)
+        ]
+        moved = {(key, old) for key, old, _, status in entries if status.startswith("D")}
+        for key, _, blob, status in entries:
+            if status.startswith("A") and (key, blob) not in moved:  # a move adds nothing
                 found.append(
                     Added(
-                        path, blob, sha, len(parents.split()), author, committer, signature, signer
+                        key, blob, sha, len(parents.split()), author, committer, signature, signer
                     )
                 )
     return found
@@ -156,12 +168,9 @@ def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
 def changes_on(project: Project, base: Base, change_ids: list[str]) -> dict[str, bytes]:
     """The change.yml of each change as the base holds it (missing ones are left out)."""
     wanted = sorted(set(change_ids))
-    found = blob_contents(project.root, [f"{base.sha}:{change_file(c, REQUEST)}" for c in wanted])
-    return {
-        c: found[f"{base.sha}:{change_file(c, REQUEST)}"]
-        for c in wanted
-        if f"{base.sha}:{change_file(c, REQUEST)}" in found
-    }
+    names = {c: [f"{base.sha}:{p}" for p in change_pathspecs(c, REQUEST)] for c in wanted}
+    found = blob_contents(project.root, [n for both in names.values() for n in both])
+    return {c: found[name] for c in wanted for name in names[c] if name in found}
 
 
 def judge_record(
@@ -256,7 +265,7 @@ def run_evidence(
         [e.record.change for e in run_evidence(project, base) if e.trusted]
     """
     ledger = read_runs(project)
-    held = {f.path: f.record for f in ledger.committed_files}
+    held = {flat_form(f.path): f.record for f in ledger.committed_files}  # keys, as gitlog
     if only is not None:
         held = {path: record for path, record in held.items() if only(record)}
     line = added_in(history, base) if history is not None else added_on_line(project, base)

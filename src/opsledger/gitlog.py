@@ -5,7 +5,9 @@ it ran, what else changed). Asking git once per commit or per file is what makes
 on big repositories, so this module runs one `git log` process and parses its stream:
 commits oldest first, each with parents, author and committer, signature status, subject and
 the paths it added, modified or deleted with their object ids (renames are reported as
-delete + add, so a file's life is never lost across a move).
+delete + add, so a file's life is never lost across a move). Paths under changes/ are keys
+(`layout.flat_form`): a change's file reads the same in either layout, and a move between
+the layouts keeping its bytes is no change at all (`_moves_collapsed`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
-from opsledger.layout import folder_of_kind
+from opsledger.layout import flat_form, folder_of_kind
 from opsledger.project import Project
 
 _FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
@@ -32,6 +34,32 @@ class FileChange:
     path: str
     blob: str = ""  # the file's object id after the commit (zeros when deleted)
     mode: str = ""  # its mode after the commit (120000: a symlink)
+    before: str = ""  # its object id before the commit (zeros when added)
+    mode_before: str = ""
+
+
+def _moves_collapsed(files: list[FileChange]) -> list[FileChange]:
+    """A commit's files with each move between the two layouts of changes/ judged by its bytes.
+
+    Paths are keys (layout.flat_form), so moving `changes/<ID>/x` to its block folder reads
+    as a delete and an add of the same key. The same bytes and mode: nothing happened (no
+    "evidence deleted", no statement introduced twice); other bytes: an edit (M), as an edit
+    in place would read.
+    """
+    deleted = {f.path: f for f in files if f.status == "D"}
+    added = {f.path: f for f in files if f.status == "A"}
+    both = deleted.keys() & added.keys()
+    if not both:
+        return files
+    kept: list[FileChange] = []
+    for f in files:
+        if f.path not in both:
+            kept.append(f)
+        elif f.status == "A":
+            old = deleted[f.path]
+            if (old.before, old.mode_before) != (f.blob, f.mode):
+                kept.append(FileChange("M", f.path, f.blob, f.mode, old.before, old.mode_before))
+    return kept
 
 
 @dataclass
@@ -79,17 +107,20 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
     header, _, rest = record.partition("\0")
     parts = header.split("\x1f")
     if keep is not None:
-        paths = rest.lstrip("\0\n").split("\0")[1::2]
+        paths = [flat_form(p) for p in rest.lstrip("\0\n").split("\0")[1::2]]
         if not keep(parts[0], parts[6], paths):
             return None
     sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
     sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
     tokens = rest.lstrip("\0\n").split("\0")
     files = []
+    moved = False
     for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
         if meta.startswith(":"):  # ":old_mode new_mode old_blob new_blob status"
-            _, mode, _, blob, status = meta[1:].split()
-            files.append(FileChange(status[:1], path, blob, mode))
+            old_mode, mode, old_blob, blob, status = meta[1:].split()
+            key = flat_form(path)
+            moved = moved or key != path
+            files.append(FileChange(status[:1], key, blob, mode, old_blob, old_mode))
     return Commit(
         sha,
         tuple(parents.split()),
@@ -102,7 +133,7 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
         sig_status or "N",
         signer,
         subject,
-        files,
+        _moves_collapsed(files) if moved else files,
     )
 
 

@@ -20,7 +20,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.gitrepo import git, require_history
-from opsledger.layout import change_file
+from opsledger.layout import change_pathspecs
 from opsledger.policy.bundle import Policies, Rule
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
@@ -227,7 +227,7 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         "--reverse",
         "--format=%H%x1f%aI%x1f%ae%x1f%s",
         "--",
-        change_file(change_id),
+        *change_pathspecs(change_id),  # either layout: before and after migrate-layout
     ).stdout
     commits = [
         dict(zip(("sha", "date", "author", "subject"), line.split("\x1f", 3), strict=True))

@@ -33,7 +33,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
-from opsledger.layout import RUNS, change_file
+from opsledger.layout import RUNS, change_file, stored_file
 from opsledger.project import Project
 
 LOG_SUFFIX = ".log.jsonl.gz"
@@ -183,7 +183,7 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
         stamp = record.runner.get("run", "").rsplit("/", 1)[-1]
         if run and run != stamp:
             continue
-        folder = change_file(change_id, RUNS)
+        folder = stored_file(project.root, change_id, RUNS)  # the layout that holds it
         log = f"{folder}/{record.log['file']}"
         blob = subprocess.run(
             ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{log}"],

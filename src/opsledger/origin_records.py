@@ -29,7 +29,7 @@ from pathlib import Path
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import git, nul_paths
 from opsledger.identity import committer, signing_key
-from opsledger.layout import RUNS, change_file
+from opsledger.layout import RUNS, change_pathspecs
 from opsledger.project import Project
 from opsledger.records import STARTED_SUFFIX, read_runs
 
@@ -234,9 +234,10 @@ class OriginRecords:
 
 def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, str]:
     """Run record files (started or final) of the change in `commit`: path -> blob id."""
-    listing = git(
-        root, "ls-tree", "-r", "-z", commit, "--", change_file(change_id, RUNS) + "/", check=False
-    ).stdout.split("\0")
+    folders = [f"{p}/" for p in change_pathspecs(change_id, RUNS)]  # either layout
+    listing = git(root, "ls-tree", "-r", "-z", commit, "--", *folders, check=False).stdout.split(
+        "\0"
+    )
     runs = {}
     for entry in filter(None, listing):
         meta, _, path = entry.partition("\t")

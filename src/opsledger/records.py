@@ -29,10 +29,11 @@ from opsledger.layout import (
     CHANGES,
     RECORDS,
     RUNS,
-    change_file,
     change_file_pattern,
     change_folder,
+    change_pathspecs,
     changes_root,
+    is_block,
 )
 from opsledger.project import Project
 from opsledger.yamlio import load_json, unique_pairs
@@ -507,7 +508,7 @@ def read_runs(project: Project) -> RunLedger:
 
 
 def _run_files_on_disk(folder: Path) -> list[Path]:
-    """Every `<change>/runs/*.json` under changes/, sorted: what `glob` found.
+    """Every `<change>/runs/*.json` under changes/ (either layout), sorted.
 
     Listed with scandir: pathlib's glob cost seconds at 10,000 changes.
     """
@@ -517,10 +518,20 @@ def _run_files_on_disk(folder: Path) -> list[Path]:
             names = [c.name for c in changes]
     except OSError:
         return []
+    changes = []
     for name in names:
+        if not is_block(name):
+            changes.append(folder / name)
+            continue
+        try:  # a block folder (changes/CHG-00xx/): its changes one level down
+            with os.scandir(folder / name) as inner:
+                changes += [folder / name / c.name for c in inner]
+        except OSError:
+            continue
+    for change in changes:
         try:
-            with os.scandir(os.path.join(folder, name, RUNS)) as runs:
-                found += [folder / name / RUNS / r.name for r in runs if r.name.endswith(".json")]
+            with os.scandir(change / RUNS) as runs:
+                found += [change / RUNS / r.name for r in runs if r.name.endswith(".json")]
         except OSError:  # no runs folder (or not a folder): nothing there
             continue
     return sorted(found)
@@ -545,7 +556,9 @@ def runs_of(project: Project, change_ids: list[str]) -> dict[str, list[Record]]:
     found: dict[str, list[Record]] = {cid: [] for cid in change_ids}
     if not change_ids:
         return found
-    wanted = _record_blobs(project.root, tuple(change_file(cid, RUNS) for cid in change_ids))
+    wanted = _record_blobs(
+        project.root, tuple(p for cid in change_ids for p in change_pathspecs(cid, RUNS))
+    )
     wanted = [(p, o) for p, o in wanted if not p.endswith(STARTED_SUFFIX)]
     if not wanted:
         return found

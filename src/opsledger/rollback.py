@@ -17,7 +17,7 @@ from opsledger.execution import Events, Interrupt, phase, run_runbook, verificat
 from opsledger.export import commit_content, exported
 from opsledger.gitrepo import git
 from opsledger.identity import runner_identity
-from opsledger.layout import REQUEST, change_file
+from opsledger.layout import REQUEST, change_file, change_pathspecs
 from opsledger.lock import acquire, release
 from opsledger.maintenance import maintenance_of
 from opsledger.playbook_runs import PlaybookRun
@@ -127,7 +127,7 @@ def _before_arrival(project: Project, change_id: str) -> str:
         "--diff-filter=A",
         "--format=%H",
         "--",
-        rel,
+        *change_pathspecs(change_id, REQUEST),  # the oldest add, in either layout
     ).stdout.split()
     if not added:
         raise OpsledgerError(

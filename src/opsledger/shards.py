@@ -40,7 +40,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git_env
-from opsledger.layout import SHARDS, change_file, change_folder
+from opsledger.layout import SHARDS, change_folder, change_pathspecs
 from opsledger.project import Project
 from opsledger.records import Record, RunResult, Verified, change_runs, record_from_data
 
@@ -292,9 +292,9 @@ class ShardFile:
 
 def committed_shard_files(project: Project, change_id: str) -> list[ShardFile]:
     """The shard records of a change that HEAD holds (write-ahead and final)."""
-    folder = change_file(change_id, SHARDS) + "/"
+    folders = [f"{p}/" for p in change_pathspecs(change_id, SHARDS)]  # either layout
     listing = subprocess.run(
-        ["git", "-C", str(project.root), "ls-tree", "-r", "-z", "HEAD", "--", folder],
+        ["git", "-C", str(project.root), "ls-tree", "-r", "-z", "HEAD", "--", *folders],
         capture_output=True,
         text=True,
         env=git_env(),

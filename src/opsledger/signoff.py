@@ -12,6 +12,7 @@ requester amends the change (any edit of the content needs a new request and new
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import shutil
@@ -25,7 +26,7 @@ from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
-from opsledger.layout import change_file, policy_file
+from opsledger.layout import change_file, is_block, policy_file
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.changes import (
     PolicyRequest,
@@ -51,6 +52,18 @@ class SignOff:
     commit: str  # "" when the statement is left for the requester to commit
     content_sha256: str
     signed: bool
+
+
+def _drop_folder(folder: Path) -> None:
+    """Remove a refused request's new folder, and its block when nothing else is in it.
+
+    Nothing is written when a request is refused: an empty `changes/CHG-00xx/` left behind
+    would be the one trace of it.
+    """
+    shutil.rmtree(folder)
+    if is_block(folder.parent.name):
+        with contextlib.suppress(OSError):  # other changes live in the block
+            folder.parent.rmdir()
 
 
 def subject(project: Project, change_id: str) -> tuple[str, Content]:
@@ -437,7 +450,7 @@ def request_change(
             commit=False,
         )
     except OpsledgerError:
-        shutil.rmtree(change.file.parent)
+        _drop_folder(change.file.parent)
         raise
     return change, statement
 
@@ -468,7 +481,7 @@ def propose_policy_change(
             commit=False,
         )
     except OpsledgerError:
-        shutil.rmtree(request.file.parent)
+        _drop_folder(request.file.parent)
         raise
     return request, statement
 

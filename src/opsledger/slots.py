@@ -14,11 +14,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from pathlib import Path
 
 from opsledger.changes import change_ids, changes_dir, parse_window
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
-from opsledger.layout import REQUEST, change_folder, every_change_glob, within_change
+from opsledger.layout import (
+    REQUEST,
+    change_file,
+    change_folder,
+    every_change_glob,
+    within_change,
+)
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
@@ -29,6 +36,16 @@ _SEEN: dict[str, dict[str, list | None]] = {}  # root -> blob id -> slot, per pr
 
 def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _linked_on_the_way(root: Path, folder: str) -> bool:
+    """True when the change folder (relative) or a folder between it and changes/ is a symlink.
+
+    A block-layout change lies two folders down (`changes/CHG-00xx/CHG-0001`): either may be
+    a link that makes what git holds and what is read differ.
+    """
+    parts = folder.split("/")
+    return any((root.joinpath(*parts[:n])).is_symlink() for n in range(2, len(parts) + 1))
 
 
 def _derive(project: Project, change_id: str) -> list | None:
@@ -78,7 +95,13 @@ def candidates(
         blob = indexed.get(other_id)
         if blob is None:  # not tracked, or git sees its file changed: read the file itself
             file = change_folder(project.root, other_id, REQUEST)
-            if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
+            if (
+                folder.is_symlink()
+                or _linked_on_the_way(
+                    project.root, file.parent.relative_to(project.root).as_posix()
+                )
+                or file.is_symlink()
+            ):
                 found.append(other_id)
                 refused = True
                 continue
@@ -128,8 +151,10 @@ def _indexed_requests(project: Project) -> dict[str, str]:
     """
     spec = every_change_glob(REQUEST)
     env = {"GIT_OPTIONAL_LOCKS": "0"}
-    listed = git(project.root, "ls-files", "-s", "-z", "--", spec, env=env, check=False)
-    changed = git(project.root, "diff-files", "--name-only", "-z", "--", spec, env=env, check=False)
+    listed = git(project.root, "ls-files", "-s", "-z", "--", *spec, env=env, check=False)
+    changed = git(
+        project.root, "diff-files", "--name-only", "-z", "--", *spec, env=env, check=False
+    )
     if listed.returncode != 0 or changed.returncode != 0:
         return {}
     differs = set(changed.stdout.split("\0"))
@@ -145,6 +170,10 @@ def _indexed_requests(project: Project) -> dict[str, str]:
         if len(fields) != 3 or fields[0] != "100644" or fields[2] != "0" or path in differs:
             continue
         inside = within_change(path)
-        if inside is not None and inside[1] == REQUEST and inside[0] not in linked:
-            found[inside[0]] = fields[1]
+        if inside is None or inside[1] != REQUEST or inside[0] in linked:
+            continue
+        stored = path.removesuffix(f"/{REQUEST}")
+        if stored != change_file(inside[0]) and _linked_on_the_way(project.root, stored):
+            continue  # a block folder or a change folder in it that is a symlink
+        found[inside[0]] = fields[1]
     return found

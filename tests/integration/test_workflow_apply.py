@@ -21,6 +21,7 @@ import yaml
 
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
+from opsledger.layout import change_folder
 from opsledger.project import Project
 from opsledger.records import Record
 from opsledger.signoff import approve_change
@@ -36,7 +37,7 @@ def _events(stdout: str) -> list[dict]:
 
 def _records(project, change_id) -> list[Record]:
     """The change's final run records (the write-ahead `.started.json` ones left out)."""
-    folder = project.root / "changes" / change_id / "runs"
+    folder = change_folder(project.root, change_id) / "runs"
     return [
         Record.from_dict(json.loads(p.read_text()))
         for p in sorted(folder.glob("*.json"))
@@ -170,7 +171,9 @@ def test_failed_verification_rolls_back_to_the_state_before_the_change(
     assert rollback["verification"]["status"] == "passed"
     assert "verification failed" in rollback["reason"]
     assert run_on_host(project, "lab-app1", "cat /etc/issue.net").stdout == before
-    assert _committed(project, next((project.root / "changes" / change_id / "runs").glob("*.json")))
+    assert _committed(
+        project, next((change_folder(project.root, change_id) / "runs").glob("*.json"))
+    )
     assert not list(_machine_locks().glob("*.json"))
 
 
@@ -238,7 +241,7 @@ def test_emergency_change_canceled_killed_then_applied(converged_lab, workflow_r
     (canceled,) = _records(project, change_id)
     assert canceled.result == "canceled" and canceled.rollback is None
     assert canceled.runner["person"] == "dave"
-    review = project.root / "changes" / change_id / "review.yml"
+    review = change_folder(project.root, change_id) / "review.yml"
     due = yaml.safe_load(review.read_text())
     assert due["status"] == "due" and _committed(project, review)
     applied = dt.datetime.fromisoformat(due["applied_at"])
@@ -307,7 +310,7 @@ def test_two_checkouts_on_the_same_lab_never_apply_at_once(converged_lab, workfl
     second = opsledger(other, "apply", theirs, env={"OPSLEDGER_PERSON": "erin"})
     assert second.returncode == 4, second.stdout + second.stderr
     assert f"lab-app2 is locked by {mine} (dave, pid {first.pid}" in second.stderr
-    assert not (clone / "changes" / theirs / "runs").exists()  # nothing ran there
+    assert not (change_folder(clone, theirs) / "runs").exists()  # nothing ran there
     out, err = first.communicate(timeout=1800)
     assert first.returncode == 0, out[-2000:] + err[-2000:]
     after = opsledger(other, "apply", theirs, timeout=1800)

@@ -14,6 +14,7 @@ import pytest
 
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
+from opsledger.layout import change_folder
 from opsledger.verify import verify
 
 from .helpers import opsledger, request_change
@@ -268,5 +269,5 @@ def test_drill_as_a_standard_change(converged_lab, workflow_repo):
     # one commit holds the run record and the drill record
     shown = opsledger(project, "change", "show", change_id)
     assert shown.returncode == 0
-    files = project.root / "changes" / change_id / "runs"
+    files = change_folder(project.root, change_id) / "runs"
     assert len([f for f in files.glob("*.json") if not f.name.endswith(".started.json")]) == 1

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from opsledger.lab.service import run_on_host
+from opsledger.layout import change_folder
 from opsledger.records import Record
 from opsledger.signoff import approve_change
 
@@ -144,7 +145,7 @@ def version_on(project, host: str, package: str) -> str:
 
 
 def _records(project, change_id) -> list[Record]:
-    folder = project.root / "changes" / change_id / "runs"
+    folder = change_folder(project.root, change_id) / "runs"
     return [
         Record.from_dict(json.loads(p.read_text()))
         for p in sorted(folder.glob("*.json"))

@@ -15,6 +15,7 @@ import yaml
 
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
+from opsledger.layout import change_folder
 from opsledger.project import Project
 from opsledger.signoff import approve_change, propose_policy_change, sign_off
 
@@ -172,7 +173,7 @@ def test_pull_request_to_applied_change_with_a_clean_audit(
     assert _work_mem(runner) == {"32MB"}
 
     auditor = _clone(bare, tmp_path / "auditor", lab_state)
-    assert list((auditor.root / "changes" / change_id / "runs").glob("*.json"))
+    assert list((change_folder(auditor.root, change_id) / "runs").glob("*.json"))
     check = _opsledger(auditor, "audit", "check", "--json")
     assert check.returncode == 0 and json.loads(check.stdout) == [], check.stdout
     log = _opsledger(auditor, "audit", "log", "--format", "json")
@@ -212,7 +213,7 @@ def test_refused_pull_requests_apply_nothing(converged_lab, origin, tmp_path, va
     applied = _opsledger(runner, "ci", "apply", "--env", "lab", "--push", "origin")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert f"{change_id}: not approved" in applied.stdout
-    assert not (runner.root / "changes" / change_id / "runs").exists()
+    assert not (change_folder(runner.root, change_id) / "runs").exists()
     assert _work_mem(runner) == before
     check = _opsledger(runner, "audit", "check", "--json")
     rules = {f["rule"] for f in json.loads(check.stdout)}

@@ -16,6 +16,7 @@ import pytest
 
 from opsledger.gitrepo import commit_paths, git
 from opsledger.lab.service import run_on_host
+from opsledger.layout import block_file
 from opsledger.project import Project
 from opsledger.signoff import approve_change, request_change
 
@@ -106,7 +107,7 @@ def test_the_scheduled_apply_runs_a_change_once_its_window_opens(
         for out, _ in results
     )
     assert said[0].startswith("already run") and said[1] == "applied — success", said
-    runs = git(origin, "ls-tree", "--name-only", "main", f"changes/{change.id}/runs/").stdout
+    runs = git(origin, "ls-tree", "--name-only", "main", block_file(change.id, "runs") + "/").stdout
     assert len([r for r in runs.split() if r.endswith("Z.json")]) == 1, runs
 
     auditor = _clone(origin, tmp_path / "auditor", lab_state)

@@ -33,6 +33,7 @@ import pytest
 
 from opsledger.gitrepo import commit_paths, git
 from opsledger.inventory import load_inventory
+from opsledger.layout import block_file
 from opsledger.project import Project
 from opsledger.records import read_runs
 from opsledger.shards import committed_shard_files
@@ -194,8 +195,8 @@ def _claimed(bare: Path, runner: Project, change_id: str, timeout: float = 600) 
     """Wait until shard 1's write-ahead record is on the origin (the shard claimed its run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listed = git(bare, "ls-tree", "-r", "--name-only", "main", f"changes/{change_id}/shards/",
-                     check=False).stdout  # fmt: skip
+        folder = block_file(change_id, "shards") + "/"
+        listed = git(bare, "ls-tree", "-r", "--name-only", "main", folder, check=False).stdout
         if "-1of2.started.json" in listed:
             return
         time.sleep(0.5)

@@ -13,6 +13,7 @@ import yaml
 
 from opsledger.gitrepo import git
 from opsledger.lab.service import run_on_host
+from opsledger.layout import change_folder
 from opsledger.records import Record
 from opsledger.signoff import approve_change
 
@@ -85,7 +86,7 @@ def who_is_primary(project) -> str:
 
 
 def _records(project, change_id) -> list[Record]:
-    folder = project.root / "changes" / change_id / "runs"
+    folder = change_folder(project.root, change_id) / "runs"
     return [
         Record.from_dict(json.loads(p.read_text()))
         for p in sorted(folder.glob("*.json"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,6 +19,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, settings
 
+from opsledger import layout
 from opsledger.gitrepo import commit_paths, git
 from opsledger.project import Project
 from opsledger.signoff import request_change
@@ -140,6 +142,21 @@ def build_repo(tmp_path):
         email="alice@example.org",
     )
     return project, change.id, keys
+
+
+@contextlib.contextmanager
+def legacy_layout(monkeypatch):
+    """New change folders flat (`changes/<ID>/`), as an opsledger before the block layout wrote
+    them; a change already in its block stays there (both layouts side by side)."""
+    original = layout.block_folder
+
+    def folder(root, change_id):
+        block = original(root, change_id)
+        return block if os.path.lexists(block) else layout.flat_folder(root, change_id)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(layout, "block_folder", folder)
+        yield
 
 
 def record_run(project, change_id, started, **fields):

@@ -15,6 +15,7 @@ from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError
 from opsledger.export import commit_content, exported
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.layout import change_folder
 from opsledger.rollback import rollback_base
 from opsledger.signoff import approve_change, request_change, sign_off, subject
 
@@ -28,7 +29,7 @@ def _commits(project) -> int:
 
 
 def _nothing_ran(project, change_id, commits_before):
-    assert not (project.root / "changes" / change_id / "runs").exists()
+    assert not (change_folder(project.root, change_id) / "runs").exists()
     assert _commits(project) == commits_before
     locks = Path(os.environ["OPSLEDGER_LOCK_DIR"])  # the machine-wide lock folder
     assert not any(locks.rglob("*.json"))
@@ -84,7 +85,7 @@ def test_approved_change_outside_its_window_is_denied_at_apply_time(repo):
 )
 def test_malformed_change_exits_2_and_nothing_runs(repo, edit, message):
     project, change_id, _ = repo
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     text = file.read_text()
     if edit is not None:
         text = edit
@@ -120,7 +121,7 @@ def test_rollback_base_is_the_commit_before_the_change(repo):
 def test_rollback_base_after_a_merge_is_the_branch_before_the_merge(repo):
     project, change_id, _ = repo
     root = project.root
-    text = (root / "changes" / change_id / "change.yml").read_text()
+    text = (change_folder(root, change_id) / "change.yml").read_text()
     git(root, "checkout", "-q", "-b", "feature")
     params = root / "inventories/lab/group_vars/db/postgresql.yml"
     params.write_text(params.read_text().replace("work_mem: 8MB", "work_mem: 16MB"))
@@ -200,7 +201,7 @@ def test_the_export_of_an_earlier_commit_is_removed_afterwards(repo):
         assert (before.root / "site.yml").read_bytes() == git(
             project.root, "show", f"{base}:site.yml"
         ).stdout.encode()
-        assert not (before.root / "changes" / change_id).exists()
+        assert not (change_folder(before.root, change_id)).exists()
         assert (before.root / ".opsledger/lab/id_ed25519").read_text() == "key"
         tree = before.root
     assert not tree.exists()

@@ -21,6 +21,7 @@ from opsledger import procs
 from opsledger.apply import apply_change
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder
 from opsledger.lock import acquire, release
 from opsledger.project import Project
 from opsledger.records import read_runs
@@ -234,7 +235,7 @@ def test_when_git_refuses_the_write_ahead_record_nothing_runs(local_repo, machin
     assert "cannot commit the run's write-ahead record" in refused.stderr
     assert "nothing was run" in refused.stderr and "Traceback" not in refused.stderr
     assert _steps(project) == []
-    assert not list((project.root / "changes" / change_id).glob("runs/*"))
+    assert not list((change_folder(project.root, change_id)).glob("runs/*"))
     assert not (machine_locks / "lab" / "lab-db1.json").exists()  # released
 
 
@@ -421,5 +422,5 @@ def test_a_change_whose_success_is_not_yet_committed_cannot_be_withdrawn(local_r
     withdrawn = _cli(project, "change", "withdraw", change_id, "--as", "alice", "--reason", "Oops")
     assert withdrawn.returncode == 2, withdrawn.stdout + withdrawn.stderr
     assert "cannot be withdrawn" in withdrawn.stderr and "Traceback" not in withdrawn.stderr
-    assert not (project.root / "changes" / change_id / "withdrawn.yml").exists()
+    assert not (change_folder(project.root, change_id) / "withdrawn.yml").exists()
     assert [r.result for r in read_runs(project).committed] == ["success"]  # committed now

@@ -14,6 +14,7 @@ from opsledger.approvals import standing
 from opsledger.base import resolve_base
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder
 from opsledger.signoff import approve_change, sign_off, subject, submit_change
 from opsledger.statements import Statement, parse_statement, sign, verify
 
@@ -44,7 +45,10 @@ def test_an_approval_is_a_statement_committed_as_its_person(repo):
     result = approve_change(project, change_id, person="bob", comment="fits in RAM")
     who = git(project.root, "log", "-1", "--format=%an <%ae> | %cn <%ce>", result.commit)
     assert who.stdout.strip() == "Bob Brandt <bob@example.org> | Bob Brandt <bob@example.org>"
-    assert result.path.parent == project.root / "changes" / change_id / "approvals" / "bob"
+    assert (
+        result.path.parent
+        == project.root / "changes" / "CHG-00xx" / change_id / "approvals" / "bob"
+    )
     statement = parse_statement(result.path.read_bytes())
     assert (statement.change, statement.person, statement.decision) == (
         change_id,
@@ -113,7 +117,7 @@ def test_a_git_commit_signature_is_not_a_statement_signature(repo, tmp_path):
 def test_editing_the_change_after_approval_voids_it(repo):
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob")
-    change_file = project.root / "changes" / change_id / "change.yml"
+    change_file = change_folder(project.root, change_id, "change.yml")
     change_file.write_text(change_file.read_text().replace("targets: db", "targets: all"))
     state = states(project, change_id)["bob"]
     assert not state.valid
@@ -149,8 +153,8 @@ def test_an_uncommitted_statement_does_not_count(repo):
 def test_a_statement_copied_from_another_change_does_not_count(repo):
     project, change_id, _ = repo
     first = approve_change(project, change_id, person="bob")
-    other = project.root / "changes" / "CHG-0002"
-    shutil.copytree(project.root / "changes" / change_id, other)
+    other = change_folder(project.root, "CHG-0002")
+    shutil.copytree(change_folder(project.root, change_id), other)
     text = (other / "change.yml").read_text().replace(change_id, "CHG-0002")
     (other / "change.yml").write_text(text)
     commit_paths(project.root, [other], "Copy", name="Bob Brandt", email="bob@example.org")
@@ -175,7 +179,7 @@ def test_the_requester_is_proven_by_their_request_statement(repo):
     project, change_id, _ = repo
     outcome = judged(project, change_id)[1]
     assert outcome.requester_proven and "committed by alice@example.org" in outcome.requester_why
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id, "change.yml")
     file.write_text(file.read_text().replace("nightly", "every night"))
     outcome = judged(project, change_id)[1]
     assert not outcome.requester_proven and "change.yml" in outcome.requester_why

@@ -13,6 +13,7 @@ from opsledger.changes import load_change
 from opsledger.cli import cli
 from opsledger.gitlog import read_history
 from opsledger.gitrepo import commit_paths, git, head
+from opsledger.layout import flat_form
 from opsledger.policy.bundle import load_policies
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, subject
@@ -72,7 +73,7 @@ def test_history_is_read_in_one_stream_with_files_and_signatures(repo):
     assert unsigned.signature == "N"
     relative = str(bob.path.relative_to(project.root))
     ((status, path, blob),) = [(f.status, f.path, f.blob) for f in unsigned.files]
-    assert (status, path) == ("A", relative)
+    assert (status, path) == ("A", flat_form(relative))  # a change's file: named by its key
     assert blob == git(project.root, "rev-parse", f"HEAD:{relative}").stdout.strip()
     assert read_history(project, paths=("policies/",))[0].sha == commits[0].sha
 

@@ -18,6 +18,7 @@ import pytest
 from opsledger.cli import cli
 from opsledger.cli.history import WITHOUT_HISTORY, leaf_commands, needs_history
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder, stored_file
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import START, build_repo, copy_project
@@ -203,8 +204,9 @@ def test_a_symlinked_change_file_or_folder_is_refused(shared_repo):
     project, change_id = shared_repo
     changes = project.root / "changes"
     (changes / "CHG-0002").mkdir()
-    (changes / "CHG-0002" / "change.yml").symlink_to(f"../{change_id}/change.yml")
-    (changes / "CHG-0003").symlink_to(change_id)
+    stored = stored_file(project.root, change_id).removeprefix("changes/")  # CHG-00xx/CHG-0001
+    (changes / "CHG-0002" / "change.yml").symlink_to(f"../{stored}/change.yml")
+    (changes / "CHG-0003").symlink_to(stored)
     try:
         before = tree_state(project.root)
         for other in ("CHG-0002", "CHG-0003"):
@@ -353,12 +355,12 @@ def test_change_new_leaves_nothing_when_validation_throws(tmp_path):
     before = tree_state(project.root)
     assert_refused(run(project.root, NEW), expect="duplicate key 'all'")
     assert tree_state(project.root) == before
-    assert not (project.root / "changes" / "CHG-0001").exists()
+    assert not (change_folder(project.root, "CHG-0001")).exists()
 
 
 def test_change_new_does_not_write_into_a_leftover_folder(tmp_path):
     project = copy_project(tmp_path / "p")
-    leftover = project.root / "changes" / "CHG-0001" / "approvals"
+    leftover = change_folder(project.root, "CHG-0001") / "approvals"
     leftover.mkdir(parents=True)
     (leftover / "bob.yml").write_text("decision: approved\n")
     before = tree_state(project.root)
@@ -410,7 +412,7 @@ def test_files_in_runs_that_are_not_records_are_ignored_not_fatal(shared_repo):
     """Run records feed decisions (already applied, promotion) and reports; a hand-made file
     there must not crash them (audit check reports evidence nobody committed through apply)."""
     project, change_id = shared_repo
-    runs = project.root / "changes" / change_id / "runs"
+    runs = change_folder(project.root, change_id) / "runs"
     record = {
         "kind": "run",
         "environment": "lab",
@@ -466,7 +468,7 @@ def test_an_approval_is_never_written_through_a_symlinked_folder(shared_repo, tm
     project, change_id = shared_repo
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    approvals = project.root / "changes" / change_id / "approvals"
+    approvals = change_folder(project.root, change_id) / "approvals"
     aside = tmp_path / "approvals"  # alice's request statement lives there (#12): set it aside
     approvals.rename(aside)
     approvals.symlink_to(elsewhere)

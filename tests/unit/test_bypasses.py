@@ -21,6 +21,7 @@ from opsledger.content import change_content
 from opsledger.decide import decide
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import git, head
+from opsledger.layout import change_folder, stored_file
 from opsledger.policycheck import policy_check
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, propose_policy_change, request_change
@@ -88,7 +89,7 @@ def approve(project, change_id, person, key=None, reject=False, now=None):
 
 
 def statement_files(project, change_id, person):
-    folder = project.root / "changes" / change_id / "approvals"
+    folder = change_folder(project.root, change_id) / "approvals"
     return sorted(
         p
         for p in folder.rglob("*.yml")
@@ -313,7 +314,7 @@ def test_a_deleted_rejection_still_stands(repo):
 def test_merging_a_side_branch_older_than_the_rejection_does_not_hide_it(repo):
     project, change_id, _ = repo
     root = project.root
-    folder = f"changes/{change_id}/approvals"
+    folder = stored_file(root, change_id, "approvals")
     git(root, "checkout", "-q", "-b", "side")
     approve(project, change_id, "carol", now=START - dt.timedelta(hours=2))  # older approval
     git(root, "checkout", "-q", "main")
@@ -433,7 +434,7 @@ def test_apply_at_a_chosen_time_is_refused_outside_the_lab(repo):
     assert result.exit_code == EXIT_INVALID, result.output
     assert "--at" in result.output
     assert head(project.root) == before
-    assert not (project.root / "changes" / change_id / "runs").exists()
+    assert not (change_folder(project.root, change_id) / "runs").exists()
 
 
 # --- 6. Policies change only through approved policy changes ------------------------------
@@ -505,7 +506,7 @@ def test_a_pull_request_is_judged_under_the_base_policy(repo):
 def test_re_approving_after_an_edit_and_rejecting_after_approving_are_no_findings(repo):
     project, change_id, _ = repo
     approve(project, change_id, "bob", now=START - dt.timedelta(hours=2))
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     file.write_text(file.read_text().replace("nightly", "every night"))
     commit_as(project, [file], "Amend", "alice")
     approve(project, change_id, "bob", now=START - dt.timedelta(hours=1))
@@ -532,7 +533,7 @@ def test_an_approval_file_that_is_a_symlink_exits_2(repo, tmp_path, name):
     project, change_id, _ = repo
     elsewhere = tmp_path / "statement.yml"
     elsewhere.write_text(yaml.safe_dump({"change": change_id, "person": "bob"}))
-    link = project.root / "changes" / change_id / "approvals" / name
+    link = change_folder(project.root, change_id) / "approvals" / name
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(elsewhere)
     commit_as(project, [link], "Approve", "bob")

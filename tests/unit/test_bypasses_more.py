@@ -13,6 +13,7 @@ import pytest
 from opsledger.decide import decide
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder, stored_file
 
 from .conftest import START
 from .test_bypasses import INSIDE, approve, as_env, commit_as, failed, request
@@ -35,7 +36,7 @@ def test_deleting_a_withdrawal_does_not_revive_the_change(repo):
     withdraw_change(project, change_id, person="carol", reason="Superseded")
     assert "withdrawn" in failed(decide(project, change_id, now=INSIDE))
     git(project.root, "checkout", "-q", "-b", "revive")
-    git(project.root, "rm", "-q", f"changes/{change_id}/withdrawn.yml")
+    git(project.root, "rm", "-q", stored_file(project.root, change_id, "withdrawn.yml"))
     git(project.root, "commit", "-q", "-m", "Tidy up", env=as_env("alice"))
     assert "withdrawn" in failed(decide(project, change_id, now=INSIDE))
 
@@ -55,7 +56,7 @@ def test_a_withdrawal_a_branch_brings_for_anothers_change_releases_no_host(repo)
     approve(project, change_id, "bob")
     assert "conflicts" in failed(decide(project, change_id, now=INSIDE))
     git(project.root, "checkout", "-q", "-b", "feature")
-    fake = project.root / "changes" / first / "withdrawn.yml"
+    fake = change_folder(project.root, first) / "withdrawn.yml"
     fake.write_text(f"---\nchange: {first}\nwithdrawn_by: dave\nwithdrawn_at: x\nreason: x\n")
     commit_as(project, [fake], f"Withdraw {first}", "alice")
     assert "conflicts" in failed(decide(project, change_id, now=INSIDE, base="main"))

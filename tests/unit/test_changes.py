@@ -14,6 +14,7 @@ from opsledger.changes import load_change, new_change, next_change_id, validate_
 from opsledger.cli import cli
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder, stored_file
 
 from .conftest import copy_project, record_run
 
@@ -47,7 +48,7 @@ def make(project, **overrides):
 
 
 def write(project, change_id, text):
-    folder = project.root / "changes" / change_id
+    folder = project.root / "changes" / change_id  # by hand: the legacy flat layout, still read
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "change.yml").write_text(textwrap.dedent(text))
 
@@ -181,7 +182,7 @@ def test_ids_are_never_reused_even_after_a_deletion(repo):
     audit findings pointing at the wrong change."""
     project, change_id, _ = repo
     root = project.root
-    git(root, "rm", "-q", "-r", f"changes/{change_id}")
+    git(root, "rm", "-q", "-r", stored_file(root, change_id))
     git(root, "commit", "-q", "-m", f"Drop {change_id}", env=ALICE)
     git(root, "checkout", "-q", "-b", "elsewhere")
     other = make(project, title="Requested on another branch")
@@ -196,7 +197,7 @@ def test_a_history_git_cannot_read_hands_out_no_id(repo):
     could take an id its history already gave out."""
     project, change_id, _ = repo
     root = project.root
-    git(root, "rm", "-q", "-r", f"changes/{change_id}")
+    git(root, "rm", "-q", "-r", stored_file(root, change_id))
     git(root, "commit", "-q", "-m", f"Drop {change_id}", env=ALICE)
     tree = git(root, "rev-parse", "HEAD~1^{tree}").stdout.strip()  # the tree holding CHG-0001
     (root / ".git" / "objects" / tree[:2] / tree[2:]).unlink()
@@ -211,12 +212,12 @@ def test_withdraw_is_recorded_keeps_the_folder_and_nothing_runs_it(repo, monkeyp
     done = run(cli, ["change", "withdraw", change_id, "--as", "alice", "--reason", "Superseded"])
     assert done.exit_code == 0, done.output
     assert f"{change_id}: withdrawn by alice at " in done.output
-    withdrawn = project.root / "changes" / change_id / "withdrawn.yml"
+    withdrawn = change_folder(project.root, change_id, "withdrawn.yml")
     data = yaml.safe_load(withdrawn.read_text())
     assert (data["withdrawn_by"], data["reason"]) == ("alice", "Superseded")
     author = git(project.root, "log", "-1", "--format=%ae %s", "--", str(withdrawn)).stdout
     assert author.strip() == f"alice@example.org Withdraw {change_id}: Superseded"
-    assert (project.root / "changes" / change_id / "change.yml").exists()
+    assert change_folder(project.root, change_id, "change.yml").exists()
     approve = run(cli, ["approve", change_id, "--as", "bob"])
     assert approve.exit_code == 0
     applied = run(cli, ["apply", change_id, "--at", "2026-12-01T20:30:00+00:00"])

@@ -15,6 +15,7 @@ from opsledger.ci import codeowners, pr_check
 from opsledger.cli import cli
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder
 from opsledger.signoff import approve_change, request_change
 
 from ..conftest import REPO_ROOT
@@ -119,7 +120,7 @@ def test_invalid_change_in_a_pr_exits_2_via_the_cli(repo, tmp_path):
     project, _, _ = repo
     _branch(project)
     change_id = _request(project)
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id, "change.yml")
     file.write_text(file.read_text().replace("runbook: converge", "runbook: nope"))
     commit_paths(project.root, [file], "Break", **ALICE)
     summary = tmp_path / "summary.md"
@@ -314,14 +315,20 @@ def test_records_rebased_before_the_push_are_still_ci_evidence(repo, tmp_path, m
 
 
 @pytest.mark.parametrize(
-    "stray",
+    ("stray", "why"),
     [
-        "changes/2026/CHG-0001/change.yml",  # a layout no reader knows (yet)
-        "changes/junk/notes.yml",
-        "changes/approvals.yml",
+        ("changes/2026/CHG-0001/change.yml", "not inside a change folder"),  # no reader knows
+        ("changes/junk/notes.yml", "not inside a change folder"),
+        ("changes/approvals.yml", "not inside a change folder"),
+        (
+            "changes/CHG-05xx/CHG-0123/change.yml",  # the wrong block: no reader finds it
+            "CHG-0123 belongs in changes/CHG-01xx/CHG-0123, not in block CHG-05xx",
+        ),
+        ("changes/CHG-00xx/notes.yml", "notes.yml in block CHG-00xx is not a change id"),
+        ("changes/CHG-00xx/junk/x.yml", "junk in block CHG-00xx is not a change id"),
     ],
 )
-def test_a_file_under_changes_outside_any_change_folder_is_refused(repo, stray):
+def test_a_file_under_changes_outside_any_change_folder_is_refused(repo, stray, why):
     """No reader sees a file in no change folder, so nothing would judge it: the PR check
     refuses it (exit 2, one line naming it) instead of calling the PR ready."""
     project, _, _ = repo
@@ -334,8 +341,9 @@ def test_a_file_under_changes_outside_any_change_folder_is_refused(repo, stray):
     assert report.scope.stray == [stray] and report.scope.changes == []
     assert report.exit_code == EXIT_INVALID
     assert report.problem_lines() == [
-        f"{stray}: not inside a change folder; a change's files live in changes/CHG-<n>/ "
-        "(opsledger change new), a policy change's in changes/POL-<n>/"
+        f"{stray}: {why}; a change's files live in changes/CHG-<block>/CHG-<n>/ "
+        "(opsledger change new; legacy: changes/CHG-<n>/), a policy change's in "
+        "changes/POL-<block>/POL-<n>/"
     ]
     assert f"`{stray}`" in report.markdown()
 

@@ -20,6 +20,7 @@ from opsledger.cli import cli
 from opsledger.content import change_content, is_content, require_committed
 from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import git, head
+from opsledger.layout import change_folder, stored_file
 
 from .conftest import record_run
 from .test_bypasses import INSIDE, approve, as_env, failed
@@ -147,10 +148,11 @@ def test_an_executable_bit_and_a_deletion_change_the_content(repo):
     [
         "changes/CHG-0099/change.yml",  # another change's folder
         "changes/POL-0001/policy.yml",  # a policy change's folder
-        "changes/CHG-0001/approvals/carol/20261201T200000Z.yml",
-        "changes/CHG-0001/runs/20261201T200000Z.json",
-        "changes/CHG-0001/review.yml",
-        "changes/CHG-0001/withdrawn.yml",
+        "changes/CHG-00xx/CHG-0001/approvals/carol/20261201T200000Z.yml",
+        "changes/CHG-00xx/CHG-0001/runs/20261201T200000Z.json",
+        "changes/CHG-00xx/CHG-0001/review.yml",
+        "changes/CHG-00xx/CHG-0001/withdrawn.yml",
+        "changes/CHG-00xx/CHG-0099/change.yml",  # another change's folder, in its block
         "records/inspections/20261201T200000Z-lab.json",
         "incidents/INC-0001/incident.yml",
         "problems/PRB-0001/problem.yml",
@@ -237,7 +239,7 @@ def test_apply_on_a_dirty_tree_exits_2_and_runs_nothing(local_repo, dirty, named
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0] and "git commit" in lines[0], result.output
     assert head(project.root) == before
-    assert not (project.root / "changes" / change_id / "runs").exists()
+    assert not change_folder(project.root, change_id, "runs").exists()
     assert not list((project.root / "steps").glob("lab-*"))  # the playbook never ran
 
 
@@ -245,7 +247,7 @@ def test_dirty_bookkeeping_does_not_stop_apply(repo):
     project, change_id, _ = repo
     write(project, "records/inspections/x.json", "{}\n")
     write(project, "changes/CHG-0099/notes.txt", "draft\n")
-    write(project, f"changes/{change_id}/review.yml", "draft\n")
+    write(project, stored_file(project.root, change_id, "review.yml"), "draft\n")
     require_committed(project, change_id)  # no exception
 
 
@@ -259,7 +261,8 @@ def test_dirty_bookkeeping_does_not_stop_apply(repo):
         ("../../records", "bookkeeping"),
         ("../../changes/CHG-0099", "bookkeeping"),
         ("../../changes", "bookkeeping"),
-        ("../../changes/CHG-0001", "bookkeeping"),  # holds its approvals
+        ("../../changes/CHG-00xx/CHG-0001", "bookkeeping"),  # holds its approvals
+        ("../../changes/CHG-00xx", "bookkeeping"),  # the block holds them too
         ("../../changes/CHG-0099/change.yml", "bookkeeping"),
         ("missing", "does not exist"),
     ],

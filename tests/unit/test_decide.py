@@ -13,6 +13,7 @@ from opsledger.cli import cli
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder
 from opsledger.records import Record, run_record_path, write_record
 from opsledger.signoff import approve_change, request_change, sign_off, subject
 
@@ -98,7 +99,7 @@ def test_runbook_owners_must_approve(repo):
 def test_change_edited_after_approval(repo):
     project, change_id, _ = repo
     approve_change(project, change_id, person="bob")
-    path = project.root / "changes" / change_id / "change.yml"
+    path = change_folder(project.root, change_id) / "change.yml"
     path.write_text(path.read_text().replace("Sorts spill", "Sorts really spill"))
     assert "content changed" in failed(decide(project, change_id, now=INSIDE))["approvals"]
 

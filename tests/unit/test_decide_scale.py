@@ -16,6 +16,7 @@ import pytest
 import opsledger.slots as slots
 from opsledger.changes import change_ids
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder, stored_file
 from opsledger.records import read_runs, runs_of
 from opsledger.slots import candidates
 
@@ -35,7 +36,7 @@ def _overlapping(project, change_id):
 
 
 def _move_window(project, change_id, start, end):
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     text = file.read_text()
     old_start, old_end = LATER
     text = text.replace(old_start.isoformat().replace("+00:00", "Z"), start.isoformat())
@@ -68,7 +69,7 @@ def test_an_untracked_request_is_read_from_disk(local_repo):
     project, request = local_repo
     now = request(window=WINDOW)
     later = request(window=WINDOW)
-    git(project.root, "rm", "-q", "--cached", "-r", f"changes/{later}")
+    git(project.root, "rm", "-q", "--cached", "-r", stored_file(project.root, later))
     assert later in change_ids(project)
     assert later in _overlapping(project, now)
 
@@ -77,7 +78,7 @@ def test_a_request_folder_replaced_by_a_symlink_stays_a_candidate(local_repo, tm
     project, request = local_repo
     later = request(window=LATER)
     now = request(window=WINDOW)
-    folder = project.root / "changes" / later
+    folder = change_folder(project.root, later)
     moved = tmp_path / "elsewhere"
     folder.rename(moved)
     os.symlink(moved, folder)

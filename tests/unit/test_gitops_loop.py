@@ -19,6 +19,7 @@ import pytest
 
 from opsledger.errors import EXIT_LOCKED, OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import block_file
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.signoff import approve_change, request_change
@@ -109,7 +110,9 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def origin_runs(origin: Path, change_id: str) -> list[str]:
-    listing = git(origin, "ls-tree", "-r", "--name-only", "main", f"changes/{change_id}/runs/")
+    listing = git(
+        origin, "ls-tree", "-r", "--name-only", "main", block_file(change_id, "runs") + "/"
+    )
     return sorted(p.rsplit("/", 1)[-1] for p in listing.stdout.split())
 
 
@@ -199,7 +202,9 @@ def test_a_change_merged_before_its_window_is_applied_once_by_the_scheduled_run(
     runs = origin_runs(origin, change_id)
     finals = [r for r in runs if r.endswith("Z.json")]
     assert len(finals) == 1 and len([r for r in runs if r.endswith(".started.json")]) == 1, runs
-    record = json.loads(git(origin, "show", f"main:changes/{change_id}/runs/{finals[0]}").stdout)
+    record = json.loads(
+        git(origin, "show", f"main:{block_file(change_id, 'runs', finals[0])}").stdout
+    )
     assert record["result"] == "success"
     assert dt.datetime.fromisoformat(record["started_at"]) >= opens
     # Records on the origin are the CI identity's, though the runners had none of their own.

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder
 from opsledger.yamlio import parse_yaml
 
 from .badinput import assert_refused, run, tree_state
@@ -161,7 +162,7 @@ def test_an_unreadable_incident_policy_fails_check_and_decide_and_says_why(share
 
 def test_audit_check_reports_a_committed_change_that_does_not_read(tmp_path):
     project, change_id, _ = build_repo(tmp_path)
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     file.write_text(file.read_text() + "targets: all\n")  # a duplicate key
     git(project.root, "commit", "-q", "-am", "Widen the targets", env=ALICE_ENV)
     result = run(project.root, ["audit", "check", "--json"])
@@ -183,7 +184,7 @@ def test_a_log_or_calendar_that_leaves_a_change_out_says_so(tmp_path, args):
     """audit log and calendar skipped a committed change that does not read and exited 0: an
     auditor read an incomplete change log as complete."""
     project, change_id, _ = build_repo(tmp_path)
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     file.write_text(file.read_text() + "targets: all\n")  # a duplicate key
     git(project.root, "commit", "-q", "-am", "Widen the targets", env=ALICE_ENV)
     result = run(project.root, args)

@@ -14,6 +14,7 @@ from opsledger.cli import cli
 from opsledger.faults.incidents import open_incident
 from opsledger.gitrepo import commit_paths, git
 from opsledger.hostrecord import HostStatus, estate, host_record
+from opsledger.layout import change_folder
 from opsledger.records import Record, run_record_path, write_record
 
 from .conftest import ALICE_ENV, copy_project, record_run
@@ -67,7 +68,7 @@ def ledger(tmp_path):
     git(project.root, "add", "-A")
     git(project.root, "commit", "-q", "-m", "Initial state", env=ALICE_ENV)
     for change, title in (("CHG-0001", "Raise work_mem"), ("CHG-0002", "Monthly security patch")):
-        folder = project.root / "changes" / change
+        folder = change_folder(project.root, change)
         folder.mkdir(parents=True)
         (folder / "change.yml").write_text(f"id: {change}\ntitle: {title}\n")
         commit_paths(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import stored_file
 from opsledger.records import read_runs
 from opsledger.signoff import approve_change
 
@@ -33,11 +34,12 @@ def test_every_task_of_a_run_is_kept_with_its_record_and_shown(local_repo):
     assert done.returncode == 1, done.stdout + done.stderr
     (record,) = read_runs(project).committed
     assert record.log["tasks"] >= 7 and record.log["hosts"] == ["lab-db1"]
-    log = f"changes/{change_id}/runs/{record.log['file']}"
+    runs = stored_file(project.root, change_id, "runs")
+    log = f"{runs}/{record.log['file']}"
     assert record.log["file"].endswith(".log.jsonl.gz")
     # Committed in the same commit as the record.
     files = git(project.root, "show", "--name-only", "--format=", "HEAD").stdout.split()
-    assert log in files and f"changes/{change_id}/runs/{log.split('/')[-1][:16]}.json" in files
+    assert log in files and f"{runs}/{log.split('/')[-1][:16]}.json" in files
 
     entries = [json.loads(line) for line in gzip.decompress((project.root / log).read_bytes())
                .decode().splitlines()]  # fmt: skip

@@ -20,18 +20,25 @@ from opsledger.layout import (
     APPROVALS,
     REQUEST,
     RUNS,
+    block_file,
+    block_of,
     change_file,
     change_file_pattern,
     change_folder,
     change_folder_name,
     change_id_of,
+    change_pathspecs,
     changes_root,
     every_change_glob,
+    flat_form,
     folder_of_kind,
+    folders_on_disk,
     in_policies,
+    misplaced,
     other_changes_pathspec,
     policies_folder,
     policy_file,
+    stored_file,
     within_change,
 )
 
@@ -42,9 +49,15 @@ def test_relative_and_absolute_paths_name_the_same_file(tmp_path: Path) -> None:
     assert change_file("CHG-0001") == "changes/CHG-0001"
     assert change_file("CHG-0001", REQUEST) == "changes/CHG-0001/change.yml"
     assert change_file("CHG-0001", APPROVALS, "alice") == "changes/CHG-0001/approvals/alice"
-    absolute = change_folder(tmp_path, "CHG-0001", RUNS, "x.json")
-    assert absolute == tmp_path / "changes" / "CHG-0001" / "runs" / "x.json"
-    assert absolute.relative_to(tmp_path).as_posix() == change_file("CHG-0001", RUNS, "x.json")
+    absolute = change_folder(tmp_path, "CHG-0001", RUNS, "x.json")  # a new change: its block
+    assert absolute == tmp_path / "changes" / "CHG-00xx" / "CHG-0001" / "runs" / "x.json"
+    assert absolute.relative_to(tmp_path).as_posix() == block_file("CHG-0001", RUNS, "x.json")
+    assert stored_file(tmp_path, "CHG-0001", RUNS) == "changes/CHG-00xx/CHG-0001/runs"
+    (tmp_path / "changes" / "CHG-0002").mkdir(parents=True)  # a legacy flat change stays flat
+    absolute = change_folder(tmp_path, "CHG-0002", RUNS, "x.json")
+    assert absolute == tmp_path / "changes" / "CHG-0002" / "runs" / "x.json"
+    assert absolute.relative_to(tmp_path).as_posix() == change_file("CHG-0002", RUNS, "x.json")
+    assert stored_file(tmp_path, "CHG-0002", RUNS) == "changes/CHG-0002/runs"
     assert changes_root(tmp_path) == tmp_path / "changes"
     assert policy_file("people.yml") == "policies/people.yml"
     assert policy_file() == "policies"
@@ -76,6 +89,132 @@ def test_parsers_find_the_folder_a_path_lies_in(
     assert change_folder_name(path) == folder
     assert change_id_of(path) == change_id
     assert within_change(path) == inside
+
+
+@pytest.mark.parametrize(
+    ("change_id", "block"),
+    [
+        ("CHG-0001", "CHG-00xx"),
+        ("CHG-0099", "CHG-00xx"),
+        ("CHG-0100", "CHG-01xx"),
+        ("CHG-0123", "CHG-01xx"),
+        ("CHG-12345", "CHG-123xx"),
+        ("CHG-123456789", "CHG-1234567xx"),
+        ("POL-0007", "POL-00xx"),
+    ],
+)
+def test_the_block_is_the_id_with_its_last_two_digits_replaced(change_id: str, block: str) -> None:
+    assert block_of(change_id) == block
+    assert block_file(change_id, REQUEST) == f"changes/{block}/{change_id}/change.yml"
+    assert change_pathspecs(change_id, RUNS) == (
+        f"changes/{change_id}/runs",
+        f"changes/{block}/{change_id}/runs",
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "folder", "change_id", "inside", "kind"),
+    [
+        (
+            "changes/CHG-00xx/CHG-0001/runs/x.json",
+            "changes/CHG-0001/runs/x.json",
+            "CHG-0001",
+            "CHG-0001",
+            ("CHG-0001", "runs/x.json"),
+            "CHG-0001",
+        ),
+        ("changes/CHG-01xx/CHG-0123", "changes/CHG-0123", "CHG-0123", "CHG-0123", None, "CHG-0123"),
+        (
+            "changes/POL-00xx/POL-0007/policy.yml",
+            "changes/POL-0007/policy.yml",
+            "POL-0007",
+            "POL-0007",
+            ("POL-0007", "policy.yml"),
+            "POL-0007",
+        ),
+        # the wrong block: never the change it names
+        (
+            "changes/CHG-05xx/CHG-0123/change.yml",
+            "changes/CHG-05xx/CHG-0123/change.yml",
+            "CHG-05xx/CHG-0123",
+            "",
+            ("CHG-05xx/CHG-0123", "change.yml"),
+            "",
+        ),
+        # a file in a block but in no change, a block folder itself, junk in a block
+        (
+            "changes/CHG-00xx/README.md",
+            "changes/CHG-00xx/README.md",
+            "CHG-00xx/README.md",
+            "",
+            None,
+            "",
+        ),
+        ("changes/CHG-00xx", "changes/CHG-00xx", "CHG-00xx", "", None, ""),
+        (
+            "changes/CHG-00xx/junk/x",
+            "changes/CHG-00xx/junk/x",
+            "CHG-00xx/junk",
+            "",
+            ("CHG-00xx/junk", "x"),
+            "",
+        ),
+        # flat paths and paths outside changes/ are their own keys
+        (
+            "changes/CHG-0001/x",
+            "changes/CHG-0001/x",
+            "CHG-0001",
+            "CHG-0001",
+            ("CHG-0001", "x"),
+            "CHG-0001",
+        ),
+        ("policies/CHG-00xx/CHG-0001/x", "policies/CHG-00xx/CHG-0001/x", "", "", None, ""),
+    ],
+)
+def test_block_paths_read_as_their_change_and_misplaced_ones_as_none(
+    path: str, key: str, folder: str, change_id: str, inside: tuple[str, str] | None, kind: str
+) -> None:
+    assert flat_form(path) == key
+    assert change_folder_name(path) == folder
+    assert change_id_of(path) == change_id
+    assert within_change(path) == inside
+    assert folder_of_kind(path) == kind
+    assert bool(misplaced(path)) == (path.startswith("changes/") and folder != change_id)
+
+
+def test_folders_on_disk_reads_both_layouts_and_refuses_duplicates_and_wrong_blocks(
+    tmp_path: Path,
+) -> None:
+    for folder in (
+        "CHG-0001",  # flat
+        "CHG-00xx/CHG-0002",  # block
+        "CHG-01xx/CHG-0100",
+        "CHG-0003",  # in both layouts
+        "CHG-00xx/CHG-0003",
+        "CHG-05xx/CHG-0123",  # the wrong block
+        "CHG-00xx/CHG-0004",  # no change.yml: not a change (yet)
+    ):
+        (tmp_path / "changes" / folder).mkdir(parents=True)
+        if not folder.endswith("0004"):
+            (tmp_path / "changes" / folder / REQUEST).write_text("x\n")
+    found, wrong = folders_on_disk(tmp_path, REQUEST)
+    assert found == {
+        "CHG-0001": "changes/CHG-0001",
+        "CHG-0002": "changes/CHG-00xx/CHG-0002",
+        "CHG-0003": "changes/CHG-0003",
+        "CHG-0100": "changes/CHG-01xx/CHG-0100",
+    }
+    assert [path for path, _ in wrong] == ["changes/CHG-00xx/CHG-0003", "changes/CHG-05xx/CHG-0123"]
+    assert "both layouts (changes/CHG-0003 and changes/CHG-00xx/CHG-0003)" in wrong[0][1]
+    assert "belongs in changes/CHG-01xx/CHG-0123" in wrong[1][1]
+
+
+def test_patterns_match_a_block_path_as_its_key_and_never_a_misplaced_one() -> None:
+    runs = change_file_pattern("CHG-[0-9]+", r"runs/([0-9TZ]+)\.json")
+    match = runs.fullmatch("changes/CHG-00xx/CHG-0001/runs/20261201T000000Z.json")
+    assert match and match.groups() == ("CHG-0001", "20261201T000000Z")
+    assert not runs.fullmatch("changes/CHG-05xx/CHG-0001/runs/20261201T000000Z.json")
+    assert not runs.fullmatch("changes/CHG-00xx/CHG-0001/runs/20261201T000000Z.json\n")
 
 
 def test_folder_of_kind_keeps_malformed_ids_of_a_kind_for_validation_to_refuse() -> None:
@@ -118,8 +257,10 @@ def test_pathspecs_select_what_git_names(tmp_path: Path) -> None:
     files = [
         change_file("CHG-0001", REQUEST),
         change_file("CHG-0001", RUNS, "20261201T000000Z.json"),
-        change_file("CHG-0002", REQUEST),
+        block_file("CHG-0002", REQUEST),
+        block_file("CHG-0002", RUNS, "20261201T000000Z.json"),
         change_file("POL-0001", "policy.yml"),
+        block_file("POL-0002", "policy.yml"),
         "changes/README.md",
         policy_file("people.yml"),
         "roles/x/tasks/main.yml",
@@ -128,12 +269,13 @@ def test_pathspecs_select_what_git_names(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n")
     _git(tmp_path, "add", "-A")
-    requests = _git(tmp_path, "ls-files", "--", every_change_glob(REQUEST)).split()
-    assert requests == [change_file("CHG-0001", REQUEST), change_file("CHG-0002", REQUEST)]
+    requests = _git(tmp_path, "ls-files", "--", *every_change_glob(REQUEST)).split()
+    assert requests == [change_file("CHG-0001", REQUEST), block_file("CHG-0002", REQUEST)]
     outside = _git(tmp_path, "ls-files", "--", ".", other_changes_pathspec()).split()
     assert outside == ["changes/README.md", "policies/people.yml", "roles/x/tasks/main.yml"]
-    listed = _git(tmp_path, "ls-files", "--", change_file("CHG-0001")).split()
-    assert listed == files[:2]
+    for change_id, mine in (("CHG-0001", files[:2]), ("CHG-0002", files[2:4])):
+        listed = _git(tmp_path, "ls-files", "--", *change_pathspecs(change_id)).split()
+        assert listed == mine
 
 
 # Strings that are paths under changes/ or policies/ when they begin a literal; a message that
@@ -223,6 +365,17 @@ def _protect_main() -> ModuleType:
         change_file("CHG-0001", APPROVALS, "alice", "20261201T000000Z.yml"),
         change_file("CHG-0001", RUNS, "x", "20261201T000000Z.json"),
         "changes/2026/CHG-0001/runs/20261201T000000Z.json",
+        block_file("CHG-0001", RUNS, "20261201T000000Z.json"),
+        block_file("CHG-12345", RUNS, "20261201T000000Z.started.json"),
+        block_file("CHG-0001", RUNS, "20261201T000000Z.log.jsonl.gz"),
+        block_file("POL-0001", "shards", "001-1of2.json"),
+        block_file("CHG-0001", "review.yml"),
+        block_file("CHG-0001", REQUEST),
+        block_file("CHG-0001", APPROVALS, "alice", "20261201T000000Z.yml"),
+        "changes/CHG-05xx/CHG-0123/runs/20261201T000000Z.json",  # the wrong block
+        "changes/CHG-01xx/CHG-0023/review.yml",
+        "changes/CHG-00xx/runs/20261201T000000Z.json",
+        "changes/CHG-xx/CHG-0001/runs/20261201T000000Z.json",
         "changes/README.md",
         "records/drift/20261201T000000Z-x.json",
         "records/drift/x/y.json",

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from opsledger.gitrepo import commit_paths
+from opsledger.layout import stored_file
 from opsledger.notify import load_notify_policy, notify_records
 from opsledger.records import read_runs
 from opsledger.signoff import approve_change
@@ -78,7 +79,7 @@ def test_an_apply_result_reaches_the_webhook_and_a_broken_channel_is_recorded(no
     assert message["path"] == "/opsledger" and message["type"] == "success"
     assert message["title"] == f"[lab] {change_id} success"
     assert "local-steps on lab:lab-db1" in message["message"]
-    assert f"changes/{change_id}/runs/" in message["message"]
+    assert stored_file(project.root, change_id, "runs") + "/" in message["message"]
     (record,) = read_runs(project).committed
     by_channel = {n["channel"]: n for n in record.notifications}
     assert by_channel["hook"]["status"] == "sent"
@@ -407,7 +408,7 @@ def test_a_change_that_fails_verification_is_rolled_back_and_told(told, webhook,
     assert "hosts: lab-db1, lab-db2" in body
     assert "verification failed: test_the_change_left_its_mark[lab-db1]" in body
     assert "rollback local-undo: succeeded (run successful)" in body
-    assert f"record: changes/{change_id}/runs/" in body
+    assert f"record: {stored_file(project.root, change_id, 'runs')}/" in body
     (mail,) = mails
     assert f"Subject: [lab] {change_id} rolled_back" in mail and "hosts: lab-db1, lab-db2" in mail
     assert {n["channel"]: n["status"] for n in record.notifications} == {

@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 
 from opsledger.changes import new_change, validate_change
+from opsledger.layout import flat_form
 from opsledger.reach import reached_files
 
 from .conftest import copy_project
@@ -47,7 +48,7 @@ def append(project, path):
 @pytest.mark.parametrize(
     "path",
     [
-        "changes/CHG-0001/change.yml",
+        "changes/CHG-00xx/CHG-0001/change.yml",  # the fixture's change, in its block
         "runbooks/converge/runbook.yml",
         "site.yml",  # imported by the converge playbook
         "roles/postgresql/defaults/main.yml",
@@ -70,7 +71,7 @@ def test_edits_that_decide_what_runs_change_the_content(project, path):
     append(project, path)
     after = content()
     assert after.sha256 != before.sha256
-    assert after.changed_since(before.files) == [path]
+    assert after.changed_since(before.files) == [flat_form(path)]  # keyed by its flat form
 
 
 @pytest.mark.parametrize(

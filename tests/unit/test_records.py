@@ -4,6 +4,7 @@ import json
 import pytest
 
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import block_file
 from opsledger.project import Project
 from opsledger.records import (
     EVIDENCE_FOLDERS,
@@ -91,7 +92,7 @@ def test_only_committed_records_count(project):
     ledger = read_runs(project)
     assert ledger.committed == []
     assert [(f.path, f.record.result) for f in ledger.uncommitted] == [
-        ("changes/CHG-0001/runs/20261201T193005Z.json", "success")
+        (block_file("CHG-0001", "runs", "20261201T193005Z.json"), "success")  # a new change's
     ]
     _commit(project, path)
     ledger = read_runs(project)
@@ -107,7 +108,7 @@ def test_a_write_ahead_record_is_open_until_its_final_record_is_committed(projec
     _commit(project, ahead)
     ledger = read_runs(project)
     assert [f.path for f in ledger.started] == [
-        "changes/CHG-0001/runs/20261201T193005Z.started.json"
+        block_file("CHG-0001", "runs", "20261201T193005Z.started.json")
     ]
     assert ledger.committed == []
     final = write_record(run_record_path(project, "CHG-0001", STARTED), record())

@@ -13,6 +13,7 @@ import yaml
 
 from opsledger.decide import decide
 from opsledger.gitrepo import git
+from opsledger.layout import change_folder
 from opsledger.signoff import approve_change, sign_off
 
 from .conftest import START
@@ -122,9 +123,9 @@ def test_an_unknown_requester_is_refused_by_new_and_flagged_by_validate(repo):
     assert done.returncode == 2
     (line,) = _errors(done)
     assert "--requested-by" in line and "'zed' is not a person" in line and "alice" in line
-    assert not (project.root / "changes" / "CHG-0002").exists()
+    assert not (change_folder(project.root, "CHG-0002")).exists()
     # the same mistake made by editing the file
-    path = project.root / "changes" / change_id / "change.yml"
+    path = change_folder(project.root, change_id) / "change.yml"
     data = yaml.safe_load(path.read_text())
     data["requested_by"] = "zed"
     path.write_text(yaml.safe_dump(data))
@@ -147,7 +148,7 @@ def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the
     (line,) = _errors(done)
     assert "outside every maintenance window of production" in line
     assert "next window opens Thu 20:00 Europe/Berlin: --start 2027-02-04T20:00:00+01:00" in line
-    assert not (project.root / "changes" / "CHG-0002").exists()
+    assert not (change_folder(project.root, "CHG-0002")).exists()
     # without --start: the next window is taken, and said
     chosen = _cli(project, *args)
     assert chosen.returncode == 0, chosen.stderr
@@ -155,7 +156,7 @@ def test_a_production_window_outside_the_maintenance_windows_is_refused_with_the
     # never searched for in the whole output: the test's own folder name has "window" in it
     said = [line for line in chosen.stdout.splitlines() if line.startswith("window")]
     assert said == [] or said[0].startswith("window: the next maintenance window"), said
-    written = yaml.safe_load((project.root / "changes/CHG-0002/change.yml").read_text())
+    written = yaml.safe_load((change_folder(project.root, "CHG-0002") / "change.yml").read_text())
     from opsledger.policy.bundle import load_policies
     from opsledger.policy.windows import covered
 
@@ -230,7 +231,7 @@ def test_a_window_inside_a_freeze_is_refused_by_new_with_the_first_window_after_
     assert "2027-01-04T08:00:00+01:00 (Mon 08:00 Europe/Berlin)" in line  # when it ends, local
     assert "the first window after it opens Tue 20:00 Europe/Berlin" in line
     assert "--start 2027-01-05T20:00:00+01:00, or --type emergency" in line
-    assert not (project.root / "changes" / "CHG-0002").exists() and _commits(project) == before
+    assert not (change_folder(project.root, "CHG-0002")).exists() and _commits(project) == before
     assert git(project.root, "status", "--porcelain").stdout == ""  # nothing written
     # invalid input and a freeze together: every problem, one line each, exit 2 (invalid)
     both = _cli(project, *PRODUCTION[:-4], "--requested-by", "zed", "--reason", "Sorts spill",

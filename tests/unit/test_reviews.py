@@ -12,13 +12,14 @@ from opsledger.changes import load_change
 from opsledger.cli import cli
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import change_folder
 from opsledger.reviews import complete_review, load_review, open_review
 
 from .conftest import START
 
 
 def _emergency(project, change_id):
-    file = project.root / "changes" / change_id / "change.yml"
+    file = change_folder(project.root, change_id) / "change.yml"
     file.write_text(file.read_text().replace("type: normal", "type: emergency"))
     commit_paths(project.root, [file], "Emergency", name="Alice Arnold", email="alice@example.org")
     return load_change(project, change_id)

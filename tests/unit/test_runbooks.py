@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from opsledger.errors import OpsledgerError
+from opsledger.layout import change_folder
 from opsledger.project import Project
 from opsledger.runbooks import list_runbooks, load_runbook
 
@@ -197,4 +198,4 @@ def test_apply_refuses_a_runbook_whose_plays_disagree_and_runs_nothing(local_rep
     assert err.value.exit_code == 2
     assert "serial: runbook.yml says 1 but playbook.yml plays[0] (Local steps)" in str(err.value)
     assert not list((project.root / "steps").glob("lab-*"))
-    assert not (project.root / "changes" / change_id / "runs").exists()
+    assert not (change_folder(project.root, change_id) / "runs").exists()

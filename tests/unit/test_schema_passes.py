@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from opsledger.changes import validate_change
+from opsledger.layout import change_folder
 from opsledger.localcache import cache_file
 from opsledger.schema import _digest, passes_remembered, problems, schema, schema_problems
 
@@ -53,7 +54,7 @@ def test_data_json_would_rewrite_is_never_remembered(data):
 
 
 def _change_file(project, change_id):
-    return project.root / "changes" / change_id / "change.yml"
+    return change_folder(project.root, change_id) / "change.yml"
 
 
 def test_an_edit_after_a_pass_is_validated_again(repo):

@@ -369,3 +369,35 @@ def show(change_id: str, fmt: str, with_log: bool, run: str | None) -> None:
         click.echo(json.dumps(history.as_dict(), indent=2, default=str))
         return
     click.echo(history.render())
+
+
+@change.command("migrate-layout")
+@click.option("--dry-run", is_flag=True, help="List the moves; move and commit nothing.")
+@output_option("text", "json", help="json: the moves and the commit.")
+def migrate_layout(dry_run: bool, fmt: str) -> None:
+    """Move every flat changes/<ID>/ into its id block changes/<KIND>-<block>/<ID>/, one commit.
+
+    New changes already go to their block (CHG-0123 -> changes/CHG-01xx/CHG-0123/); this moves
+    the legacy flat folders there with git mv, committed with your git identity. Same bytes:
+    approvals, content hashes and run evidence stay valid. Refused (exit 2) on a dirty tree.
+    Run twice, the second run moves nothing.
+
+    \b
+    Example:
+        opsledger change migrate-layout --dry-run
+    """
+    from opsledger.migrate import migrate_layout as migrate
+
+    done = migrate(find_project(), dry_run=dry_run)
+    if fmt == "json":
+        moves = [{"from": flat, "to": block} for flat, block in done.moves]
+        click.echo(json.dumps({"moves": moves, "commit": done.commit, "dry_run": dry_run}))
+        return
+    if not done.moves:
+        click.echo("nothing to move: every change folder is in its block")
+        return
+    if dry_run:
+        click.echo("\n".join(f"{flat} -> {block}" for flat, block in done.moves))
+        click.echo(f"{len(done.moves)} change folders would move (dry run: nothing moved)")
+        return
+    click.echo(f"{len(done.moves)} change folders moved into their blocks in {done.commit[:10]}")

@@ -9,6 +9,7 @@ change leaves them; approvals sign that hash, so any later edit of a policy file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,7 +28,10 @@ from opsledger.layout import (
     POLICY_REQUEST,
     change_file,
     change_folder,
+    change_pathspecs,
     changes_root,
+    flat_form,
+    folders_on_disk,
     policies_folder,
     policy_file,
 )
@@ -58,7 +62,16 @@ def request_file(project: Project, change_id: str) -> Path:
 
 
 def policy_change_ids(project: Project) -> list[str]:
-    found = [p.parent.name for p in changes_root(project.root).glob(f"POL-*/{POLICY_REQUEST}")]
+    found, wrong = folders_on_disk(project.root, POLICY_REQUEST)
+    if wrong:  # in both layouts, or in the wrong block: which folder is the request?
+        raise OpsledgerError(
+            [
+                Problem(
+                    why, path, "layout", "keep one folder, in the block layout.block_file names"
+                )
+                for path, why in wrong
+            ]
+        )
     return sorted((i for i in found if _ID.fullmatch(i)), key=lambda i: int(i[4:]))
 
 
@@ -106,6 +119,7 @@ def new_policy_request(
     while True:
         change_id = f"POL-{number:04d}"
         file = request_file(project, change_id)
+        file.parent.parent.mkdir(exist_ok=True)  # the id's block (layout.block_of), shared
         try:
             file.parent.mkdir()
         except FileExistsError:
@@ -119,6 +133,9 @@ def new_policy_request(
     except OpsledgerError:
         file.unlink()
         file.parent.rmdir()
+        with contextlib.suppress(OSError):  # the block folder, when this request made it
+            if file.parent.parent != changes_root(project.root):
+                file.parent.parent.rmdir()
         raise
 
 
@@ -167,7 +184,7 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
             commit,
             "--",
             POLICIES,
-            change_file(change_id, POLICY_REQUEST),
+            *change_pathspecs(change_id, POLICY_REQUEST),
         ],
         capture_output=True,
         text=True,
@@ -176,8 +193,9 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
     entries = []
     for line in listing.stdout.split("\0"):
         if line:
-            meta, _, path = line.partition("\t")
+            meta, _, stored = line.partition("\t")
             mode, kind, blob = meta.split()
+            path = flat_form(stored)  # the key: either layout hashes the same
             if path.endswith(".md"):
                 continue  # documentation, not policy
             if kind != "blob" or mode == "120000":

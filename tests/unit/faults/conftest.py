@@ -17,6 +17,7 @@ import pytest
 
 from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence
+from opsledger.layout import change_folder
 from opsledger.records import Record, stamp, write_record
 
 from ..conftest import copy_project
@@ -79,7 +80,7 @@ def commit_record(project, record: Record, name: str | None = None) -> Path:
     """Write a record where opsledger writes it and commit it as evidence; returns its path."""
     started = dt.datetime.fromisoformat(record.started_at)
     if record.kind == "run":
-        path = project.root / "changes" / record.change / "runs" / f"{stamp(started)}.json"
+        path = change_folder(project.root, record.change) / "runs" / f"{stamp(started)}.json"
     else:
         folder = {"inspection": "inspections", "drift": "drift", "drill": "drills"}[record.kind]
         path = project.root / "records" / folder / (name or f"{stamp(started)}-{record.kind}.json")

@@ -16,6 +16,7 @@ from opsledger.faults.incidents import open_incident
 from opsledger.faults.queries import list_incidents, show_incident
 from opsledger.faults.store import incident_file, load_incident
 from opsledger.gitrepo import commit_paths, git
+from opsledger.layout import stored_file
 from opsledger.records import Record
 
 from .conftest import T0, authors, commit_record, head
@@ -143,7 +144,9 @@ def test_the_life_of_an_incident_is_a_series_of_commits_by_the_people_who_did_it
     assert incident.status == "closed" and incident.data["class_confirmed"] is True
     assert incident.data["assignee"] == "carol"
     assert incident.data["resolution"]["change"] == change_id
-    assert incident.data["resolution"]["run"].startswith(f"changes/{change_id}/runs/")
+    assert incident.data["resolution"]["run"].startswith(
+        stored_file(project.root, change_id, "runs") + "/"
+    )
     assert [e["action"] for e in incident.timeline] == [
         "opened", "acknowledged", "assigned", "note", "resolved", "closed",
     ]  # fmt: skip
