@@ -55,6 +55,7 @@ from opsledger.layout import (
     change_folder_name,
     within_change,
 )
+from opsledger.localcache import schema_passes
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path
@@ -157,7 +158,8 @@ def _load_all(project: Project) -> dict[str, Change | OpsledgerError]:
     (gitlog.history_in_background): git's walk and these checks overlap instead of adding up
     (on a single free core they add up as before).
     """
-    return {change_id: _load(project, change_id) for change_id in change_ids(project)}
+    with schema_passes(project):  # one load and save of the passes, not one per change
+        return {change_id: _load(project, change_id) for change_id in change_ids(project)}
 
 
 def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | OpsledgerError]:
