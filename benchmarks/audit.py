@@ -21,8 +21,11 @@ this clean history; otherwise the benchmark stops (exit 1) and says what it saw.
 `--real-use` adds a second repository shaped like real use: every commit belongs to a change
 (request, approval, run), `--real-use` changes of them (10,000 by default when given).
 
+`--repo DIR` keeps the synthetic repository in DIR (built there when DIR does not exist yet,
+reused as it is when it does: to profile a lane, or to time it again without building).
+
 Usage: .venv/bin/python benchmarks/audit.py [--commits 100000] [--changes 5000] [--rounds 3]
-                                            [--real-use 10000]
+                                            [--real-use 10000] [--repo DIR]
 """
 
 from __future__ import annotations
@@ -316,26 +319,32 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--real-use", type=int, default=0, metavar="CHANGES")
+    parser.add_argument("--repo", type=Path, help="keep (or reuse) the repository here")
     args = parser.parse_args()
-    measure(args.commits, args.changes, args.rounds)
+    measure(args.commits, args.changes, args.rounds, args.repo)
     if args.real_use:
         print(f"real use: every commit part of a change ({args.real_use} changes)")
         measure(3 * args.real_use + 2, args.real_use, args.rounds)
 
 
-def measure(commits: int, changes: int, rounds: int) -> None:
+def measure(commits: int, changes: int, rounds: int, kept: Path | None = None) -> None:
     """Build one synthetic history, prove it valid, time the lanes, print the ratios."""
     with tempfile.TemporaryDirectory(prefix="opsledger-audit-bench-") as tmp:
-        repo = Path(tmp) / "repo"
+        repo = kept.resolve() if kept else Path(tmp) / "repo"
         started = time.monotonic()
-        build(repo, commits, changes)
+        reused = (repo / ".git").is_dir()
+        if reused:
+            print(f"reusing {repo} (give --commits/--changes as it was built)")
+        else:
+            build(repo, commits, changes)
         count = subprocess.run(
             ["git", "-C", str(repo), "rev-list", "--count", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        print(f"built {count} commits, {changes} changes in {time.monotonic() - started:.1f} s")
+        took = "" if reused else f" in {time.monotonic() - started:.1f} s"
+        print(f"built {count} commits, {changes} changes{took}")
         prove_valid(repo, changes)
         lanes = {
             "git log --name-status": ["git", "log", "--name-status"],

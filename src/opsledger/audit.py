@@ -55,6 +55,7 @@ from opsledger.layout import (
     change_folder_name,
     within_change,
 )
+from opsledger.localcache import schema_passes
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
 from opsledger.records import Record, is_final_run_path
@@ -157,7 +158,8 @@ def _load_all(project: Project) -> dict[str, Change | OpsledgerError]:
     (gitlog.history_in_background): git's walk and these checks overlap instead of adding up
     (on a single free core they add up as before).
     """
-    return {change_id: _load(project, change_id) for change_id in change_ids(project)}
+    with schema_passes(project):  # one load and save of the passes, not one per change
+        return {change_id: _load(project, change_id) for change_id in change_ids(project)}
 
 
 def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | OpsledgerError]:
@@ -169,16 +171,21 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
     """
     loaded = _load_all(project) if whole else {}
     listing = git(project.root, "ls-tree", "-r", "-z", base.sha, "--", CHANGES).stdout
-    statements, records = [], []
+    statements, records, requests = [], [], []
     for entry in nul_paths(listing):
         meta, _, path = entry.partition("\t")
         mode, kind, blob = meta.split()
         if kind == "blob" and mode != "120000":
             if is_final_run_path(path):
                 records.append(blob)
-            elif (inside := within_change(path)) and inside[1].startswith(f"{APPROVALS}/"):
-                statements.append(blob)
-    contents = blob_contents(project.root, statements + records)
+            elif inside := within_change(path):
+                if inside[1].startswith(f"{APPROVALS}/"):
+                    statements.append(blob)
+                elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it
+                    requests.append(f"{base.sha}:{path}")
+    # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
+    # listed it asks for these again, and then starts no `cat-file` for them.
+    contents = blob_contents(project.root, statements + records + requests)
     parse_ahead({blob: contents[blob] for blob in statements if blob in contents})
     for blob in records:
         record_of(blob, contents.get(blob, b""))

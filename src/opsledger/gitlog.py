@@ -16,10 +16,12 @@ import datetime as dt
 import locale
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.layout import flat_form, folder_of_kind
@@ -225,8 +227,9 @@ def history_in_background(
 
     git writes its listing to a scratch file (about 350 bytes a commit) at its own pace while
     the caller does other work, so git's walk and the caller's work overlap instead of adding
-    up; reading then parses the file in chunks, as from git (memory does not grow with the
-    history). Leaving the scope ends git if it still runs.
+    up; reading parses the file in chunks as git writes it (memory does not grow with the
+    history), and raises at the end if git failed. Leaving the scope ends git if it still
+    runs.
 
     Example:
         with history_in_background(project) as history:
@@ -240,14 +243,14 @@ def history_in_background(
             proc = subprocess.Popen(argv, stdout=out, stderr=errors)
 
             def commits() -> Iterator[Commit]:
-                proc.wait()
-                errors.seek(0)
-                _check(proc.returncode, errors.read(), project)
-                if proc.returncode != 0:
-                    return
-                # decoded as a text-mode pipe from git is (the locale's encoding, newlines)
+                # decoded as a text-mode pipe from git is (the locale's encoding, newlines);
+                # read as git writes it, so parsing overlaps git's walk too
+                def ended() -> None:  # raises unless git succeeded
+                    errors.seek(0)
+                    _check(proc.returncode or 0, errors.read(), project)
+
                 with open(listing, encoding=locale.getpreferredencoding(False)) as text:
-                    chunks = iter(lambda: text.read(1 << 16), "")
+                    chunks = _follow(text, proc, ended)
                     yield from _parse(chunks, allowed_signers is not None, keep)
 
             try:
@@ -256,6 +259,27 @@ def history_in_background(
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+
+
+def _follow(
+    text: TextIO, proc: subprocess.Popen[bytes], ended: Callable[[], None]
+) -> Iterator[str]:
+    """The listing in chunks as git writes it, to its end once git has exited (`tail -f`).
+
+    `ended` is called once git has exited, before its last chunk: it raises if git failed,
+    so a record git left half written is never parsed.
+    """
+    while True:
+        chunk = text.read(1 << 16)
+        if chunk:
+            yield chunk
+        elif proc.poll() is None:
+            time.sleep(0.01)  # git is still walking: more will come
+        else:
+            rest = text.read()  # what git wrote between the last read and its exit
+            ended()
+            yield rest
+            return
 
 
 def _argv(

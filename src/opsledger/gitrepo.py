@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.steady import steady_memo
 from opsledger.yamlio import outside_problem
 
 
@@ -219,8 +221,30 @@ def _commit_staged(
     return head(root)
 
 
+# An object named by its id, or by a commit id and a path: the same bytes for ever.
+_IMMUTABLE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?::.*)?", re.DOTALL)
+
+
 def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
-    """Object contents by sha from one `git cat-file --batch` (missing objects are left out)."""
+    """Object contents by sha from one `git cat-file --batch` (missing objects are left out).
+
+    Inside `steady_tree()` what was read by an immutable name (an object id, or a commit id
+    and a path) is kept for the scope: an audit reads the blobs of the branch ahead, while
+    git lists the history, and its rules then ask for most of them again.
+    """
+    memo = steady_memo()
+    if memo is None:
+        return _cat_file(root, shas)
+    where = str(root)
+    found = {s: memo[("blob", where, s)] for s in shas if ("blob", where, s) in memo}
+    fresh = _cat_file(root, [s for s in dict.fromkeys(shas) if s not in found])
+    for name, data in fresh.items():
+        if _IMMUTABLE.fullmatch(name):
+            memo[("blob", where, name)] = data
+    return {**found, **fresh}
+
+
+def _cat_file(root: Path, shas: list[str]) -> dict[str, bytes]:
     if not shas:
         return {}
     proc = subprocess.run(

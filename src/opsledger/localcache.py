@@ -277,8 +277,11 @@ def schema_passes(project: Project) -> Iterator[None]:
         with schema_passes(project):
             result = validate_change(project, "CHG-0001")
     """
-    from opsledger.schema import passes_remembered
+    from opsledger.schema import passes_active, passes_remembered
 
+    if passes_active():  # an outer use loads and saves: once per command, not per file
+        yield
+        return
     code = _validator_code()
     kept = load_cache(project, _SCHEMA_PASSES)
     before = set(kept.get("passes", [])) if kept.get("code") == code else set()

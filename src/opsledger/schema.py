@@ -106,6 +106,11 @@ def passes_remembered(passes: set[str]) -> Iterator[set[str]]:
         _PASSES.reset(token)
 
 
+def passes_active() -> bool:
+    """Whether a `passes_remembered` scope is open (an inner one would only reuse it)."""
+    return _PASSES.get() is not None
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
     """Whether JSON writes the value as it is (only such data is remembered).
 
@@ -414,13 +419,13 @@ def _fast_valid(data: Any, schema_doc: Any) -> bool:
 
 def problems(data: Any, schema_doc: dict[str, Any], file: str, prefix: str = "") -> list[Problem]:
     """Every way data breaks the schema, sorted by where it is."""
+    # Valid for sure: jsonschema would only say what is wrong. Asked first: it costs less
+    # than the digest that remembers a pass (an audit validates thousands of changes).
+    if _fast_valid(data, schema_doc):
+        return []
     passes = _PASSES.get()
     digest = _digest(data, schema_doc) if passes is not None else None
     if digest is not None and digest in passes:  # type: ignore[operator]
-        return []
-    if _fast_valid(data, schema_doc):  # valid for sure: jsonschema only said what is wrong
-        if digest is not None:
-            passes.add(digest)  # type: ignore[union-attr]
         return []
     validator = _validator_class()(schema_doc)
     found = []

@@ -46,3 +46,8 @@ def remembered(key: Hashable, load: Callable[[], T]) -> T:
     if key not in memo:
         memo[key] = load()
     return memo[key]  # type: ignore[return-value]
+
+
+def steady_memo() -> dict[Hashable, object] | None:
+    """The scope's memo (None outside one), for a loader that keeps several keys per call."""
+    return _MEMO.get()

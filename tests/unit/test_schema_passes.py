@@ -16,11 +16,16 @@ from opsledger.schema import _digest, passes_remembered, problems, schema, schem
 
 from .test_cli import modules_of_a_run
 
+# `multipleOf` is left to jsonschema by the fast path: passes of this schema are remembered
 SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}, "size": {"type": "integer"}},
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z]+$"},
+        "size": {"type": "integer", "multipleOf": 1},
+    },
     "additionalProperties": False,
 }
+FAST = {**SCHEMA, "properties": {**SCHEMA["properties"], "size": {"type": "integer"}}}
 
 
 def test_a_pass_is_remembered_and_only_a_pass():
@@ -34,6 +39,15 @@ def test_a_pass_is_remembered_and_only_a_pass():
         assert schema_problems({"type": "object"}, "r.yml", "params") == []
         assert schema_problems({"type": 5}, "r.yml", "params")
         assert len(passes) == 2
+
+
+def test_a_pass_of_the_fast_path_is_not_remembered():
+    """The fast path decides a pass for sure, for less than the digest that would remember it
+    (an audit validates thousands of changes); what it leaves to jsonschema is remembered."""
+    with passes_remembered(set()) as passes:
+        assert problems({"name": "alice", "size": 1}, FAST, "f.yml") == []
+        assert problems({"name": "alice", "size": "1"}, FAST, "f.yml")
+        assert passes == set()
 
 
 def test_a_remembered_pass_covers_that_data_and_schema_only():
@@ -100,3 +114,22 @@ def test_a_warm_change_validate_imports_neither_jsonschema_nor_ansible(repo):
     assert not {m for m in cold if m.split(".")[0] in ("jsonschema", "ansible")}
     assert "opsledger.plainshape" in cold and "opsledger.plainshape" not in warm
     assert not {m for m in warm if m.split(".")[0] in ("jsonschema", "ansible")}
+
+
+def test_an_inner_use_neither_loads_nor_saves_the_passes(repo, monkeypatch):
+    """An audit validates every change inside one `schema_passes`: each inner use (one per
+    change) loading and saving the cache again cost seconds at 5,000 changes (#16.4)."""
+    import opsledger.localcache as localcache
+
+    project, change_id, _ = repo
+    calls = []
+    for name in ("load_cache", "save_cache"):
+        real = getattr(localcache, name)
+        monkeypatch.setattr(
+            localcache, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
+        )
+    with localcache.schema_passes(project):
+        for _ in range(3):
+            assert validate_change(project, change_id).ok
+    assert calls.count("load_cache") == 1
+    assert calls.count("save_cache") <= 1

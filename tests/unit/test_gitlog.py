@@ -1,0 +1,56 @@
+"""The history read in the background (gitlog.history_in_background) while git still writes it,
+and objects read once per steady scope (gitrepo.blob_contents)."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsledger.errors import OpsledgerError
+from opsledger.gitlog import history_in_background, read_history
+from opsledger.gitrepo import blob_contents, commit_paths, git
+from opsledger.layout import REQUEST, change_file
+from opsledger.steady import steady_tree
+
+
+def _grow(project, count):
+    """`count` more commits, each a note (enough for git to write the listing in parts)."""
+    for n in range(count):
+        note = project.root / "notes" / f"n{n % 7}.md"
+        note.parent.mkdir(exist_ok=True)
+        note.write_text(f"note {n}\n" + "x" * 2000)
+        commit_paths(project.root, [note], f"Note {n}", name="Alice", email="a@example.org")
+
+
+def test_the_background_read_lists_what_a_plain_read_does(repo):
+    """Parsed as git writes its listing, not after: the same commits, in the same order."""
+    project, _, _ = repo
+    _grow(project, 40)
+    plain = read_history(project)
+    with history_in_background(project) as history:
+        followed = list(history())
+    assert [(c.sha, c.files) for c in followed] == [(c.sha, c.files) for c in plain]
+    assert len(followed) > 40
+
+
+def test_a_failing_git_is_one_error_not_a_partial_history(repo):
+    project, _, _ = repo
+    with (
+        history_in_background(project, rev="0" * 40) as history,
+        pytest.raises(OpsledgerError, match="git log failed"),
+    ):
+        list(history())
+
+
+def test_an_object_is_read_once_per_steady_scope_and_only_by_an_immutable_name(repo):
+    """A commit id (and path) names the same bytes for ever; HEAD does not."""
+    project, change_id, _ = repo
+    path = change_file(change_id, REQUEST)
+    head = git(project.root, "rev-parse", "HEAD").stdout.strip()
+    named, moving = f"{head}:{path}", f"HEAD:{path}"
+    with steady_tree():
+        first = blob_contents(project.root, [named, moving])
+        (project.root / path).write_text(first[named].decode() + "# edited\n")
+        commit_paths(project.root, [project.root / path], "Edit", name="A", email="a@example.org")
+        again = blob_contents(project.root, [named, moving])
+    assert first[named] and again[named] == first[named] == first[moving]
+    assert again[moving] == first[named] + b"# edited\n"
