@@ -8,7 +8,7 @@ import pytest
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import history_in_background, read_history
 from opsledger.gitrepo import blob_contents, commit_paths, git
-from opsledger.layout import REQUEST, change_file
+from opsledger.layout import REQUEST, stored_file
 from opsledger.steady import steady_tree
 
 
@@ -44,7 +44,7 @@ def test_a_failing_git_is_one_error_not_a_partial_history(repo):
 def test_an_object_is_read_once_per_steady_scope_and_only_by_an_immutable_name(repo):
     """A commit id (and path) names the same bytes for ever; HEAD does not."""
     project, change_id, _ = repo
-    path = change_file(change_id, REQUEST)
+    path = stored_file(project.root, change_id, REQUEST)
     head = git(project.root, "rev-parse", "HEAD").stdout.strip()
     named, moving = f"{head}:{path}", f"HEAD:{path}"
     with steady_tree():
