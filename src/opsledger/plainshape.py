@@ -52,6 +52,21 @@ _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 _LOCALHOST = {"localhost", "127.0.0.1", "::1"}
 # ansible.utils.vars.validate_variable_name refuses these too (the test compares the lists)
 _JINJA_WORDS = frozenset({"False", "None", "True", "false", "none", "not", "true"})
+# ansible.vars.reserved._RESERVED_NAMES: VariableManager.get_vars warns on a host variable so
+# named, and opsledger refuses what Ansible warns about (the test compares the lists)
+_RESERVED = frozenset({
+    "action", "always", "any_errors_fatal", "args", "async", "async_val", "become",
+    "become_exe", "become_flags", "become_method", "become_user", "block", "changed_when",
+    "check_mode", "collections", "connection", "cycler", "debugger", "delay", "delegate_facts",
+    "delegate_to", "dict", "diff", "environment", "fact_path", "failed_when", "force_handlers",
+    "gather_facts", "gather_timeout", "handlers", "hosts", "ignore_errors",
+    "ignore_unreachable", "joiner", "lipsum", "local_action", "lookup", "loop", "loop_control",
+    "loop_with", "max_fail_percentage", "module_defaults", "name", "namespace", "no_log",
+    "notify", "now", "omit", "order", "poll", "port", "post_tasks", "pre_tasks", "q", "query",
+    "range", "register", "remote_user", "rescue", "retries", "roles", "run_once", "serial",
+    "strategy", "tags", "tasks", "throttle", "timeout", "undef", "until", "vars", "vars_files",
+    "vars_prompt", "when", "with_",
+})  # fmt: skip
 _SECTIONS = frozenset({"hosts", "children", "vars"})
 _STR = "tag:yaml.org,2002:str"
 
@@ -168,6 +183,7 @@ def _var_name(name: Any) -> bool:
         and name.isidentifier()
         and name.isascii()
         and name not in _JINJA_WORDS
+        and name not in _RESERVED  # Ansible warns: a warning is a refusal (vars too: stricter)
         and not keyword.iskeyword(name)
         and name != "ansible_group_priority"  # Ansible converts it with int()
     )

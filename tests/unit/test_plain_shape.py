@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import opsledger
 from opsledger.errors import OpsledgerError
 from opsledger.inventory import _parsed, vault_ids
-from opsledger.plainshape import _JINJA_WORDS, plain_shape
+from opsledger.plainshape import _JINJA_WORDS, _RESERVED, plain_shape
 
 from ..conftest import REPO_ROOT
 
@@ -49,6 +49,31 @@ def test_the_jinja_words_are_ansibles():
     from ansible._internal._templating._jinja_bits import JINJA_KEYWORDS
 
     assert set(JINJA_KEYWORDS) <= _JINJA_WORDS
+
+
+def test_the_reserved_names_are_ansibles():
+    from ansible.vars.reserved import _RESERVED_NAMES
+
+    assert set(_RESERVED_NAMES) <= _RESERVED
+
+
+@pytest.mark.parametrize("name", ["port", "name", "omit", "environment", "timeout", "now"])
+@pytest.mark.parametrize("where", ["host", "all.vars", "group_vars"])
+def test_a_reserved_variable_name_is_left_to_ansible(name, where):
+    """Ansible warns on a host variable named like a play keyword or a template global, and
+    opsledger refuses what it warns about: the plain reader must not accept it."""
+    hosts: Any = {"all": {"children": {"db": {"hosts": {"h1": None}}}}}
+    files = {}
+    if where == "host":
+        hosts["all"]["children"]["db"]["hosts"]["h1"] = {name: 1}
+    elif where == "all.vars":
+        hosts["all"]["vars"] = {name: 1}
+    else:
+        files["group_vars/db.yml"] = f"{name}: 1\n"
+    assert _compare(hosts, files, "secret\n") is None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _build(Path(tmp), hosts, files, "secret\n")
+        assert isinstance(_ansible(source), list)  # refused, naming the variable
 
 
 # -- generated inventories ------------------------------------------------------------------
