@@ -323,17 +323,40 @@ def _vars_file_plain(path: Path) -> bool:
 def _vault_as_text(node: Node, seen: set[int]) -> bool:
     """Retag `!vault` scalars as text: Ansible keeps them encrypted until they are used.
 
-    False on an alias (a node met twice): every value is checked where it is written.
+    False on an alias (a node met twice): every value is checked where it is written; and
+    on a `!vault` in a key (see _vaulted) or one that is not vault text.
     """
     if id(node) in seen:
         return False
     seen.add(id(node))
     if isinstance(node, ScalarNode):
         if node.tag == "!vault":
+            # Ansible resolves the text as if untagged and refuses what is not a string
+            # (`!vault 1`, `!vault ""`); a vault header begins with `$`, which nothing resolves
+            if not node.value.startswith("$ANSIBLE_VAULT;"):
+                return False
             node.tag = _STR
         return True
     if isinstance(node, SequenceNode):
         return all(_vault_as_text(item, seen) for item in node.value)
     if isinstance(node, MappingNode):
-        return all(_vault_as_text(k, seen) and _vault_as_text(v, seen) for k, v in node.value)
+        return all(
+            not _vaulted(k) and _vault_as_text(k, seen) and _vault_as_text(v, seen)
+            for k, v in node.value
+        )
+    return False
+
+
+def _vaulted(node: Node) -> bool:
+    """Whether a mapping key holds a `!vault` anywhere.
+
+    Ansible decrypts a key at once (to hash it), so a key it cannot decrypt is a refusal,
+    where a value is only decrypted when used.
+    """
+    if isinstance(node, ScalarNode):
+        return node.tag == "!vault"
+    if isinstance(node, SequenceNode):
+        return any(map(_vaulted, node.value))
+    if isinstance(node, MappingNode):
+        return any(_vaulted(k) or _vaulted(v) for k, v in node.value)
     return False

@@ -303,3 +303,20 @@ def test_a_cold_command_on_a_plain_inventory_imports_no_ansible(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "duplicate mapping key 'db_twice'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["!vault x: 1\n", "a: {!vault x: 1}\n", "a: !vault 1\n", 'a: !vault ""\n', "a: !vault\n",
+     "a: !vault 2001-01-01\n", 'a: !vault "1"\n'],
+)  # fmt: skip
+def test_a_vault_tag_ansible_refuses_is_left_to_ansible(text):
+    """A `!vault` key is decrypted at once (garbage: refused), and a `!vault` value is
+    resolved as if untagged (an int, a date, nothing: refused). The plain reader accepted
+    both; a value holding vault text (even garbage, decrypted only when used) it still reads."""
+    files = {"group_vars/db.yml": text}
+    assert _compare(LAB, files, "secret\n") is None
+    with tempfile.TemporaryDirectory() as tmp:
+        assert isinstance(_ansible(_build(Path(tmp), LAB, files, "secret\n")), list)
+    kept = {"group_vars/db.yml": 'a: !vault "$ANSIBLE_VAULT;1.1;AES256"\n'}
+    assert _compare(LAB, kept, "secret\n") is not None
