@@ -33,7 +33,9 @@ from pathlib import Path
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
 
-FORMAT = "inventory-shape-1"
+# Bumped when a reader that keeps shapes changes what it accepts: a shape the plain reader
+# kept before it learned to step aside (reserved variable names, `!vault` keys) is a miss.
+FORMAT = "inventory-shape-2"
 CACHE = "inventory"
 _ENTRIES_KEPT = 16
 
