@@ -82,7 +82,7 @@ GROUPS = ["db", "app", "web", "all", "ungrouped", "plugin", "bad-name", "1x", "t
 HOSTS = ["h1", "h2", "lab-db1", "web1.example.org", "10.0.0.1", "h[1:2]", "h:22", "localhost",
          "bad_host", "-x", "db", "1234", "h1."]  # fmt: skip
 VARS = ["a", "b_c", "1x", "not", "none", "ansible_group_priority", "ansible_port", "hosts",
-        "my-var", "class", "é"]  # fmt: skip
+        "my-var", "class", "é", "port", "omit"]  # fmt: skip
 SCALAR = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from(["x", "{{ a }}", "", "2"]))
 VAR_MAP = st.dictionaries(st.sampled_from(VARS), SCALAR, max_size=3)
 HOST_MAP = st.dictionaries(st.sampled_from(HOSTS), st.none() | VAR_MAP, max_size=3)
@@ -115,7 +115,8 @@ VARS_FILES = [
     "a: &x [1]\nb: *x\n", "not: 1\n", "k: {{ a }}\n", "k: '{{ a }}'\n", "just text\n",
     "a: b: c\n", "ansible_group_priority: x\n", "n: {1: a}\n", "<<: {a: 1}\n", "a: !!int x\n",
     "$ANSIBLE_VAULT;1.1;AES256\n3031\n", "a: 1\n---\nb: 2\n", "{a: 1}\n", '{"a": 1}\n',
-    "é: 1\n", "a:\n  b:\n    c: [1, {d: e}]\n", "a: !!binary aGk=\n",
+    "é: 1\n", "a:\n  b:\n    c: [1, {d: e}]\n", "a: !!binary aGk=\n", "name: 1\n", "a: !vault 1\n",
+    "!vault x: 1\n",
 ]  # fmt: skip
 FILE_NAMES = ["group_vars/db.yml", "group_vars/all/main.yml", "group_vars/app", "host_vars/h1.yml",
               "host_vars/h2/x.yaml", "group_vars/other.yml", "group_vars/.hidden.yml",
