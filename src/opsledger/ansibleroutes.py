@@ -13,7 +13,8 @@ plugin type under `plugin_routing`, when first looked up, with the loader Ansibl
 looks up, from the installed file.
 
 The text is split only where the split is sure: keys at the section's indentation written
-plainly as `name:`, each once; no tab, carriage return, anchor, alias or tag anywhere; each
+plainly as `name:`, each once; no tab, carriage return, anchor, alias or tag anywhere, no
+quoted scalar or flow collection going on past its line (checking costs ~1 ms); each
 piece must parse into exactly its own key (a ValueError when first looked up, where the whole
 parse would have refused the file when loaded). Otherwise the whole file is parsed as before.
 tests/unit/test_ansibleroutes.py checks the sectioned mapping equals the whole parse for the
@@ -29,6 +30,11 @@ from typing import Any
 _KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):[ ]*(?:#[^\n]*)?")
 _UNSURE_CHARACTERS = "\t\r&*!%"  # tabs, CRLF, anchors, aliases, tags, directives
 _BUILTIN = "ansible.builtin"
+# A line holding a quote or a flow bracket, and what such a line may hold: quoted scalars
+# closed on it, then a comment.
+_QUOTE_OR_BRACKET = re.compile(r"[\"'\[\]{}]")
+_ONE_LINE_QUOTED = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\n]|'')*'")
+_COMMENT = re.compile(r"(?:^|[ ])#.*")
 
 
 class _Sections(Mapping[str, Any]):
@@ -91,6 +97,8 @@ def sectioned(text: str, load: Callable[[str], Any]) -> Mapping[str, Any] | None
         return None
     if re.search(r"\n [^ \n]", text):  # a line indented by one: no section's own line
         return None
+    if _spans_lines(text):
+        return None
     top = split_sections(text, 0)
     if top is None:
         return None
@@ -110,6 +118,25 @@ def sectioned(text: str, load: Callable[[str], Any]) -> Mapping[str, Any] | None
         return one(key, chunk)
 
     return _Sections(top, section)
+
+
+def _spans_lines(text: str) -> bool:
+    """Whether a quoted scalar or a flow collection may go on past its line.
+
+    Its next lines could then look like a section's `name:` line: the split would give that
+    name a section the whole parse does not have (`b: "x` / `c:` / `  y"` is `b: "x c: y"`).
+    """
+    end = -1
+    for found in _QUOTE_OR_BRACKET.finditer(text):  # a few lines: a search over each line
+        if found.start() < end:  # is quadratic in its length, 80 ms for this file
+            continue
+        start = text.rfind("\n", 0, found.start()) + 1
+        end = text.find("\n", found.start())
+        end = len(text) if end < 0 else end
+        rest = _COMMENT.sub("", _ONE_LINE_QUOTED.sub("", text[start:end]))
+        if _QUOTE_OR_BRACKET.search(rest):
+            return True
+    return False
 
 
 def use_sectioned_routing() -> None:

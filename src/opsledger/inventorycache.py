@@ -33,7 +33,9 @@ from pathlib import Path
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
 
-FORMAT = "inventory-shape-1"
+# Bumped when a reader that keeps shapes changes what it accepts: a shape the plain reader
+# kept before it learned to step aside (reserved variable names, `!vault` keys) is a miss.
+FORMAT = "inventory-shape-2"
 CACHE = "inventory"
 _ENTRIES_KEPT = 16
 
@@ -95,6 +97,22 @@ def shape_key(source: Path, vault_ids: list[str]) -> str | None:
             if data.lstrip().startswith(b"$ANSIBLE_VAULT"):
                 return None
             add(f"file {path.relative_to(folder)}", hashlib.sha256(data).digest())
+    try:  # Ansible reads the playbook folder's (the working directory's) vars files too
+        cwd = Path.cwd()
+    except OSError:
+        return None
+    for name in ("group_vars", "host_vars"):
+        top = cwd / name
+        if top.is_symlink() or (top.exists() and not top.is_dir()):
+            return None
+        for path in sorted(top.rglob("*")) if top.is_dir() else []:
+            if path.is_symlink():
+                return None
+            if path.is_file():
+                data = path.read_bytes()
+                if data.lstrip().startswith(b"$ANSIBLE_VAULT"):
+                    return None  # as a whole-file vault under the inventory's folder
+                add(f"cwd {path}", hashlib.sha256(data).digest())
     for config in _ansible_configs():
         try:
             add(f"config {config}", config.read_bytes())

@@ -52,6 +52,21 @@ _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 _LOCALHOST = {"localhost", "127.0.0.1", "::1"}
 # ansible.utils.vars.validate_variable_name refuses these too (the test compares the lists)
 _JINJA_WORDS = frozenset({"False", "None", "True", "false", "none", "not", "true"})
+# ansible.vars.reserved._RESERVED_NAMES: VariableManager.get_vars warns on a host variable so
+# named, and opsledger refuses what Ansible warns about (the test compares the lists)
+_RESERVED = frozenset({
+    "action", "always", "any_errors_fatal", "args", "async", "async_val", "become",
+    "become_exe", "become_flags", "become_method", "become_user", "block", "changed_when",
+    "check_mode", "collections", "connection", "cycler", "debugger", "delay", "delegate_facts",
+    "delegate_to", "dict", "diff", "environment", "fact_path", "failed_when", "force_handlers",
+    "gather_facts", "gather_timeout", "handlers", "hosts", "ignore_errors",
+    "ignore_unreachable", "joiner", "lipsum", "local_action", "lookup", "loop", "loop_control",
+    "loop_with", "max_fail_percentage", "module_defaults", "name", "namespace", "no_log",
+    "notify", "now", "omit", "order", "poll", "port", "post_tasks", "pre_tasks", "q", "query",
+    "range", "register", "remote_user", "rescue", "retries", "roles", "run_once", "serial",
+    "strategy", "tags", "tasks", "throttle", "timeout", "undef", "until", "vars", "vars_files",
+    "vars_prompt", "when", "with_",
+})  # fmt: skip
 _SECTIONS = frozenset({"hosts", "children", "vars"})
 _STR = "tag:yaml.org,2002:str"
 
@@ -168,6 +183,7 @@ def _var_name(name: Any) -> bool:
         and name.isidentifier()
         and name.isascii()
         and name not in _JINJA_WORDS
+        and name not in _RESERVED  # Ansible warns: a warning is a refusal (vars too: stricter)
         and not keyword.iskeyword(name)
         and name != "ansible_group_priority"  # Ansible converts it with int()
     )
@@ -307,17 +323,40 @@ def _vars_file_plain(path: Path) -> bool:
 def _vault_as_text(node: Node, seen: set[int]) -> bool:
     """Retag `!vault` scalars as text: Ansible keeps them encrypted until they are used.
 
-    False on an alias (a node met twice): every value is checked where it is written.
+    False on an alias (a node met twice): every value is checked where it is written; and
+    on a `!vault` in a key (see _vaulted) or one that is not vault text.
     """
     if id(node) in seen:
         return False
     seen.add(id(node))
     if isinstance(node, ScalarNode):
         if node.tag == "!vault":
+            # Ansible resolves the text as if untagged and refuses what is not a string
+            # (`!vault 1`, `!vault ""`); a vault header begins with `$`, which nothing resolves
+            if not node.value.startswith("$ANSIBLE_VAULT;"):
+                return False
             node.tag = _STR
         return True
     if isinstance(node, SequenceNode):
         return all(_vault_as_text(item, seen) for item in node.value)
     if isinstance(node, MappingNode):
-        return all(_vault_as_text(k, seen) and _vault_as_text(v, seen) for k, v in node.value)
+        return all(
+            not _vaulted(k) and _vault_as_text(k, seen) and _vault_as_text(v, seen)
+            for k, v in node.value
+        )
+    return False
+
+
+def _vaulted(node: Node) -> bool:
+    """Whether a mapping key holds a `!vault` anywhere.
+
+    Ansible decrypts a key at once (to hash it), so a key it cannot decrypt is a refusal,
+    where a value is only decrypted when used.
+    """
+    if isinstance(node, ScalarNode):
+        return node.tag == "!vault"
+    if isinstance(node, SequenceNode):
+        return any(map(_vaulted, node.value))
+    if isinstance(node, MappingNode):
+        return any(_vaulted(k) or _vaulted(v) for k, v in node.value)
     return False

@@ -72,6 +72,10 @@ def test_ansibles_hook_gives_the_same_table_and_other_collections_are_untouched(
         "'a': 1\n",  # a quoted key
         "a: {b: c,\nd: e}\n",  # a flow mapping over two lines
         "plugin_routing:\n  modules:\n    x: {}\n a: b\n",  # indented less than its section
+        'a:\n  b: "x\nc:\n  y"\n',  # a quoted scalar whose next line looks like a section
+        "a:\n  b: 'x\nc:\n  y'\n",
+        'plugin_routing:\n  modules:\n    m: "x\n  lookup:\n    y"\n',
+        "a:\n  b: [x,\nc:\n  y]\n",  # a flow sequence, likewise
         "",
     ],
 )

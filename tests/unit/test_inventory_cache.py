@@ -128,6 +128,27 @@ def test_an_edit_of_any_file_ansible_reads_is_a_miss(project, path, text):
     assert not _read(project)["ansible"]  # kept again, under the new key
 
 
+@pytest.mark.parametrize("folder", ["group_vars", "host_vars"])
+def test_an_edit_of_the_working_directorys_vars_files_is_a_miss(project, folder):
+    """Ansible also reads group_vars/ and host_vars/ of the working directory (its playbook
+    folder): an edit there (here one Ansible refuses) must be a miss, not a kept shape."""
+    name = "db.yml" if folder == "group_vars" else "db1.yml"
+    (project.root / folder).mkdir()
+    (project.root / folder / name).write_text("extra: 1\n")
+    _read(project)
+    assert not _read(project)["ansible"]
+    (project.root / folder / name).write_text("extra: 1\nextra: 2\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", READ, str(project.inventory_file())],
+        capture_output=True,
+        text=True,
+        cwd=project.root,
+        env={**ANSIBLE_READS, **os.environ,
+             "PYTHONPATH": str(Path(opsledger.__file__).parents[1])},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "duplicate" in proc.stderr.lower()
+
+
 def test_an_ansible_setting_in_the_environment_is_a_miss(project, monkeypatch):
     _read(project)
     monkeypatch.setenv("ANSIBLE_INVENTORY_ENABLED", "yaml,ini")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import opsledger
 from opsledger.errors import OpsledgerError
 from opsledger.inventory import _parsed, vault_ids
-from opsledger.plainshape import _JINJA_WORDS, plain_shape
+from opsledger.plainshape import _JINJA_WORDS, _RESERVED, plain_shape
 
 from ..conftest import REPO_ROOT
 
@@ -51,13 +51,38 @@ def test_the_jinja_words_are_ansibles():
     assert set(JINJA_KEYWORDS) <= _JINJA_WORDS
 
 
+def test_the_reserved_names_are_ansibles():
+    from ansible.vars.reserved import _RESERVED_NAMES
+
+    assert set(_RESERVED_NAMES) <= _RESERVED
+
+
+@pytest.mark.parametrize("name", ["port", "name", "omit", "environment", "timeout", "now"])
+@pytest.mark.parametrize("where", ["host", "all.vars", "group_vars"])
+def test_a_reserved_variable_name_is_left_to_ansible(name, where):
+    """Ansible warns on a host variable named like a play keyword or a template global, and
+    opsledger refuses what it warns about: the plain reader must not accept it."""
+    hosts: Any = {"all": {"children": {"db": {"hosts": {"h1": None}}}}}
+    files = {}
+    if where == "host":
+        hosts["all"]["children"]["db"]["hosts"]["h1"] = {name: 1}
+    elif where == "all.vars":
+        hosts["all"]["vars"] = {name: 1}
+    else:
+        files["group_vars/db.yml"] = f"{name}: 1\n"
+    assert _compare(hosts, files, "secret\n") is None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _build(Path(tmp), hosts, files, "secret\n")
+        assert isinstance(_ansible(source), list)  # refused, naming the variable
+
+
 # -- generated inventories ------------------------------------------------------------------
 
 GROUPS = ["db", "app", "web", "all", "ungrouped", "plugin", "bad-name", "1x", "true", "_g", "h1"]
 HOSTS = ["h1", "h2", "lab-db1", "web1.example.org", "10.0.0.1", "h[1:2]", "h:22", "localhost",
          "bad_host", "-x", "db", "1234", "h1."]  # fmt: skip
 VARS = ["a", "b_c", "1x", "not", "none", "ansible_group_priority", "ansible_port", "hosts",
-        "my-var", "class", "é"]  # fmt: skip
+        "my-var", "class", "é", "port", "omit"]  # fmt: skip
 SCALAR = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from(["x", "{{ a }}", "", "2"]))
 VAR_MAP = st.dictionaries(st.sampled_from(VARS), SCALAR, max_size=3)
 HOST_MAP = st.dictionaries(st.sampled_from(HOSTS), st.none() | VAR_MAP, max_size=3)
@@ -90,7 +115,8 @@ VARS_FILES = [
     "a: &x [1]\nb: *x\n", "not: 1\n", "k: {{ a }}\n", "k: '{{ a }}'\n", "just text\n",
     "a: b: c\n", "ansible_group_priority: x\n", "n: {1: a}\n", "<<: {a: 1}\n", "a: !!int x\n",
     "$ANSIBLE_VAULT;1.1;AES256\n3031\n", "a: 1\n---\nb: 2\n", "{a: 1}\n", '{"a": 1}\n',
-    "é: 1\n", "a:\n  b:\n    c: [1, {d: e}]\n", "a: !!binary aGk=\n",
+    "é: 1\n", "a:\n  b:\n    c: [1, {d: e}]\n", "a: !!binary aGk=\n", "name: 1\n", "a: !vault 1\n",
+    "!vault x: 1\n",
 ]  # fmt: skip
 FILE_NAMES = ["group_vars/db.yml", "group_vars/all/main.yml", "group_vars/app", "host_vars/h1.yml",
               "host_vars/h2/x.yaml", "group_vars/other.yml", "group_vars/.hidden.yml",
@@ -278,3 +304,20 @@ def test_a_cold_command_on_a_plain_inventory_imports_no_ansible(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "duplicate mapping key 'db_twice'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["!vault x: 1\n", "a: {!vault x: 1}\n", "a: !vault 1\n", 'a: !vault ""\n', "a: !vault\n",
+     "a: !vault 2001-01-01\n", 'a: !vault "1"\n'],
+)  # fmt: skip
+def test_a_vault_tag_ansible_refuses_is_left_to_ansible(text):
+    """A `!vault` key is decrypted at once (garbage: refused), and a `!vault` value is
+    resolved as if untagged (an int, a date, nothing: refused). The plain reader accepted
+    both; a value holding vault text (even garbage, decrypted only when used) it still reads."""
+    files = {"group_vars/db.yml": text}
+    assert _compare(LAB, files, "secret\n") is None
+    with tempfile.TemporaryDirectory() as tmp:
+        assert isinstance(_ansible(_build(Path(tmp), LAB, files, "secret\n")), list)
+    kept = {"group_vars/db.yml": 'a: !vault "$ANSIBLE_VAULT;1.1;AES256"\n'}
+    assert _compare(LAB, kept, "secret\n") is not None
