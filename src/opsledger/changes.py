@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,12 @@ def change_ids(project: Project) -> list[str]:
     except OSError:
         return []
     lexists, prefix = os.path.lexists, f"{folder}/"
-    found = [n for n in names if lexists(f"{prefix}{n}/{REQUEST}")]
-    return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
+    return in_id_order(n for n in names if lexists(f"{prefix}{n}/{REQUEST}"))
+
+
+def in_id_order(ids: Iterable[str]) -> list[str]:
+    """Change ids in `change_ids`' order: by number, any folder not named CHG-<n> first."""
+    return sorted(ids, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
 
 
 def check_change_id(change_id: str) -> None:

@@ -7,6 +7,14 @@ environment and window — is read from its bytes once and cached by their git b
 (localcache.py: authenticated, so an edited cache is ignored, never believed); only requests
 whose slot overlaps, or that do not read as a plain slot, are validated in full, exactly as
 before.
+
+Which requests there are, and which bytes each holds, is also kept: per command, listing git's
+index of 10,000 requests and looking up each one's slot was most of what still grew with the
+history. The slot of every request the index holds is kept under the identity of the index
+itself (its trailing checksum, which git rewrites with every change to it: a `git add`,
+commit, checkout or merge is a miss, never a stale answer). What the index cannot say is
+asked every time, as before: `git diff-files` names each request whose file differs from the
+index, a folder that is a symlink or a request git does not track is read from disk.
 """
 
 from __future__ import annotations
@@ -14,17 +22,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import subprocess
+from pathlib import Path
 
-from opsledger.changes import change_ids, changes_dir, parse_window
-from opsledger.errors import OpsledgerError
-from opsledger.gitrepo import git
-from opsledger.layout import REQUEST, change_folder, every_change_glob, within_change
+from opsledger.changes import change_ids, changes_dir, in_id_order, parse_window
+from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitrepo import blob_contents, git
+from opsledger.layout import REQUEST, change_file, change_folder, every_change_glob, within_change
 from opsledger.localcache import load_cache, save_cache
 from opsledger.project import Project
-from opsledger.yamlio import load_yaml
+from opsledger.yamlio import MAX_BYTES, load_yaml, parse_yaml
 
 CACHE = "slots-v2"  # blob id -> [environment, start, end] (seconds since the epoch)
+INDEX_CACHE = "slot-index-v1"  # {"index": identity, "rows": {id: [blob id, slot]}}
 _SEEN: dict[str, dict[str, list | None]] = {}  # root -> blob id -> slot, per process
+_ROWS: dict[str, tuple[str, dict[str, list]]] = {}  # root -> (index identity, rows), per process
+_NO_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
 def _blob_id(data: bytes) -> str:
@@ -39,15 +52,44 @@ def _derive(project: Project, change_id: str) -> list | None:
     """
     file = change_folder(project.root, change_id, REQUEST)
     data = load_yaml(file, what="change request", root=project.root, dates=False)
+    return _slot_of(data, str(file))
+
+
+def _slot_of(data: object, source: str) -> list | None:
+    """[environment, start, end] of a request's parsed YAML, or None (validate it in full)."""
+    if not isinstance(data, dict):
+        return None
     environment, window = data.get("environment"), data.get("window")
     if not isinstance(environment, str) or not isinstance(window, dict):
         return None
     if "start" not in window or "end" not in window:
         return None
-    start, end, problems = parse_window(window, str(file))
+    start, end, problems = parse_window(window, source)
     if problems or start is None or end is None:
         return None
     return [environment, start.timestamp(), end.timestamp()]
+
+
+def _derive_blob(raw: bytes, source: str) -> list | None:
+    """`_derive` of a request's bytes as git holds them: the same bounds, the same parser."""
+    if len(raw) > MAX_BYTES:
+        raise OpsledgerError(Problem(f"larger than {MAX_BYTES} bytes", source, "size"))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise OpsledgerError(Problem("not UTF-8 text", source, "encoding")) from None
+    return _slot_of(parse_yaml(text, source=source, dates=False), source)
+
+
+def _plain(slot: object) -> bool:
+    """A slot as `_derive` writes it (a cache entry of another shape is never believed)."""
+    return (
+        isinstance(slot, list)
+        and len(slot) == 3
+        and isinstance(slot[0], str)
+        and type(slot[1]) is float
+        and type(slot[2]) is float
+    )
 
 
 def candidates(
@@ -57,28 +99,42 @@ def candidates(
 
     A change is left out only when its request, byte for byte, names another environment or
     a window that does not overlap; symlinked or unreadable ones stay in (validation refuses
-    them as before).
+    them as before). In `change_ids` order.
 
     Example:
         for other_id in candidates(project, change.id, change.environment,
                                    change.window_start, change.window_end): ...
     """
+    folder = changes_dir(project)
+    if folder.is_symlink():  # every request lies behind it: validation refuses each one
+        return [i for i in change_ids(project) if i != change_id]
+    try:  # one listing: the folders there are, and which of them are symlinks
+        with os.scandir(folder) as entries:
+            names = [(e.name, e.is_symlink()) for e in entries]
+    except OSError:
+        return []
+    rows, differs = _indexed(project)
     known = _SEEN.setdefault(str(project.root), {})  # this process's reads (apply --pending)
     cached: dict = {}
-    loaded = False  # the cache file is read once, when a request is new to this process
+    loaded = False  # the blob cache is read once, when a file read from disk is new
     seen: dict[str, list | None] = {}
     found = []
     refused = False  # a request validation will refuse (exit 2): then nothing is written
-    folder = changes_dir(project)
-    indexed = _indexed_requests(project) if not folder.is_symlink() else {}
     low, high = start.timestamp(), end.timestamp()
-    for other_id in change_ids(project):
+    lexists, prefix = os.path.lexists, f"{folder}/"
+    for other_id, linked in names:
         if other_id == change_id:
             continue
-        blob = indexed.get(other_id)
-        if blob is None:  # not tracked, or git sees its file changed: read the file itself
+        row = rows.get(other_id)
+        if row is not None and not linked and other_id not in differs:
+            # The file holds the index's bytes (diff-files): their slot. A row of another
+            # shape (never written so) counts as no plain slot: a candidate.
+            slot = row[1] if isinstance(row, list) and len(row) == 2 else None
+        else:  # not tracked, or git sees its file changed, or a symlink: the file itself
+            if not lexists(f"{prefix}{other_id}/{REQUEST}"):
+                continue  # no request: not a change (change_ids)
             file = change_folder(project.root, other_id, REQUEST)
-            if folder.is_symlink() or file.parent.is_symlink() or file.is_symlink():
+            if linked or file.is_symlink():
                 found.append(other_id)
                 refused = True
                 continue
@@ -88,63 +144,142 @@ def candidates(
                 found.append(other_id)
                 refused = True
                 continue
-        if blob not in known and not loaded:
-            cached, loaded = load_cache(project, CACHE), True
-        slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
-        if slot is False:
-            try:
-                slot = _derive(project, other_id)
-            except OpsledgerError:
-                found.append(other_id)  # validation says why, as it always did
-                refused = True
-                continue
-        seen[blob] = slot
+            if blob not in known and not loaded:
+                cached, loaded = load_cache(project, CACHE), True
+            slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
+            if slot is False:
+                try:
+                    slot = _derive(project, other_id)
+                except OpsledgerError:
+                    found.append(other_id)  # validation says why, as it always did
+                    refused = True
+                    continue
+            seen[blob] = slot
         # A plain slot in another environment, or a window that does not overlap, is left out;
         # anything else (not a plain slot: validation says why) is a candidate.
-        if not (
-            isinstance(slot, list)
-            and len(slot) == 3
-            and isinstance(slot[0], str)
-            and type(slot[1]) is float
-            and type(slot[2]) is float
-            and (slot[0] != environment or not (slot[1] < high and low < slot[2]))
-        ):
+        elsewhere = _plain(slot) and (
+            slot[0] != environment or not (slot[1] < high and low < slot[2])
+        )
+        if not elsewhere:
             found.append(other_id)
     known.update(seen)
-    if loaded and not refused and (seen.keys() - cached.keys() or len(seen) < len(cached)):
-        save_cache(project, CACHE, seen)  # what the tree holds now: no stale entries kept
-    return found
+    if loaded and not refused and seen.keys() - cached.keys():
+        save_cache(project, CACHE, {**cached, **seen})
+    return in_id_order(found)
 
 
-def _indexed_requests(project: Project) -> dict[str, str]:
-    """Change id -> blob id of each request whose working-tree file holds the index's bytes.
+def _index_identity(project: Project) -> str:
+    """Which index git holds now: its path, size and trailing checksum; "" when unknown.
 
-    Two git processes instead of reading and hashing every `changes/<ID>/change.yml`.
-
-    The index's entry counts only for a regular file (mode 100644) in a real folder that
-    `git diff-files` does not name (git compares its stat cache and, where that is racy, the
-    bytes); anything else (untracked, edited, deleted, a symlink, no repository) is left out,
-    and `candidates` reads that file from disk as before.
+    git ends the index with a checksum of everything before it and rewrites it on every
+    change (`git add`, commit, checkout, merge): the same identity is the same entries. An
+    index written without one (`index.skipHash`) has no identity: nothing is kept for it.
     """
-    spec = every_change_glob(REQUEST)
-    env = {"GIT_OPTIONAL_LOCKS": "0"}
-    listed = git(project.root, "ls-files", "-s", "-z", "--", spec, env=env, check=False)
-    changed = git(project.root, "diff-files", "--name-only", "-z", "--", spec, env=env, check=False)
-    if listed.returncode != 0 or changed.returncode != 0:
-        return {}
-    differs = set(changed.stdout.split("\0"))
-    try:  # folders that are symlinks: read (and refused) as files, never taken from the index
-        with os.scandir(changes_dir(project)) as entries:
-            linked = {e.name for e in entries if e.is_symlink()}
+    proc = git(project.root, "rev-parse", "--git-path", "index", env=_NO_LOCKS, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return ""
+    path = project.root / proc.stdout.strip()  # relative to the root, or absolute
+    try:
+        with open(path, "rb") as index:
+            size = os.fstat(index.fileno()).st_size
+            if size < 64:
+                return ""
+            index.seek(size - 32)
+            tail = index.read(32)
     except OSError:
-        return {}
-    found: dict[str, str] = {}
+        return ""
+    if not tail[-20:].strip(b"\0"):
+        return ""
+    return f"{Path(path).resolve()} {size} {tail.hex()}"
+
+
+def _indexed(project: Project) -> tuple[dict[str, list], set[str]]:
+    """(rows, differs): what the index holds, and where the working tree differs from it.
+
+    rows: id -> [blob id, slot] of each request git's index holds as a file; differs: the ids
+    whose working-tree file `git diff-files` says differs from the index.
+
+    The rows depend on the index alone, so they are kept by its identity (per process and in
+    an authenticated cache): the index's 10,000 requests are not listed, nor their slots looked
+    up, again until it changes. `differs` is asked every time: an uncommitted edit is seen.
+    Any git failure: no rows (every request is read from disk, as before).
+    """
+    changed = git(
+        project.root,
+        "diff-files",
+        "--name-only",
+        "-z",
+        "--",
+        every_change_glob(REQUEST),
+        env=_NO_LOCKS,
+        check=False,
+    )
+    if changed.returncode != 0:
+        return {}, set()
+    differs = {p.split("/")[1] for p in changed.stdout.split("\0") if p.count("/") >= 2}
+    identity = _index_identity(project)
+    here = _ROWS.get(str(project.root))
+    if identity and here is not None and here[0] == identity:
+        return here[1], differs
+    kept = load_cache(project, INDEX_CACHE) if identity else {}
+    rows = kept.get("rows") if kept.get("index") == identity else None
+    if not identity or not isinstance(rows, dict):
+        rows = _index_rows(project)
+        if rows is None:
+            return {}, differs
+        if identity and _index_identity(project) == identity:  # unchanged while listed
+            save_cache(project, INDEX_CACHE, {"index": identity, "rows": rows})
+    if identity:
+        _ROWS[str(project.root)] = (identity, rows)
+    return rows, differs
+
+
+def _index_rows(project: Project) -> dict[str, list] | None:
+    """id -> [blob id, slot] of each request the index holds as a regular file (stage 0).
+
+    Slots come from the blob cache, else from the blob's bytes read from git (`_derive`'s
+    parser and bounds); a blob that does not read as a plain slot gets None (a candidate:
+    validation says why). None when git cannot list the index.
+    """
+    listed = git(
+        project.root,
+        "ls-files",
+        "-s",
+        "-z",
+        "--",
+        every_change_glob(REQUEST),
+        env=_NO_LOCKS,
+        check=False,
+    )
+    if listed.returncode != 0:
+        return None
+    blobs: dict[str, str] = {}
     for entry in listed.stdout.split("\0"):
         info, _, path = entry.partition("\t")
         fields = info.split()
-        if len(fields) != 3 or fields[0] != "100644" or fields[2] != "0" or path in differs:
-            continue
+        if len(fields) != 3 or fields[0] != "100644" or fields[2] != "0":
+            continue  # a symlink, an executable or a conflict: read from disk, as before
         inside = within_change(path)
-        if inside is not None and inside[1] == REQUEST and inside[0] not in linked:
-            found[inside[0]] = fields[1]
-    return found
+        if inside is not None and inside[1] == REQUEST:
+            blobs[inside[0]] = fields[1]
+    known = _SEEN.setdefault(str(project.root), {})
+    cached = load_cache(project, CACHE)
+    slots = {b: known.get(b, cached.get(b, False)) for b in set(blobs.values())}
+    new = sorted(b for b, s in slots.items() if s is False or (s is not None and not _plain(s)))
+    try:
+        read = blob_contents(project.root, new)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    source = {b: change_file(i, REQUEST) for i, b in blobs.items()}
+    derived = {}
+    for blob in new:
+        try:
+            derived[blob] = _derive_blob(read[blob], source[blob]) if blob in read else None
+        except OpsledgerError:
+            derived[blob] = None  # validation refuses it when it is asked: a candidate
+    slots.update(derived)
+    known.update(slots)
+    kept = {b: s for b, s in slots.items() if s is not False}  # what the index holds now
+    if kept != cached:
+        save_cache(project, CACHE, kept)
+    return {i: [b, slots[b] if slots[b] is not False else None] for i, b in blobs.items()}

@@ -9,6 +9,7 @@ the working tree and HEAD really say. Real git repositories, no lab.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 import opsledger.slots as slots
 from opsledger.changes import change_ids
 from opsledger.gitrepo import git
+from opsledger.localcache import cache_file, load_cache
 from opsledger.records import read_runs, runs_of
 from opsledger.slots import candidates
 
@@ -27,10 +29,19 @@ LATER = (START + dt.timedelta(days=3), START + dt.timedelta(days=3, hours=1))
 
 @pytest.fixture(autouse=True)
 def _new_process(monkeypatch):
-    monkeypatch.setattr(slots, "_SEEN", {})  # each call as a new command would make it
+    monkeypatch.setattr(slots, "_SEEN", {})  # this test's own, cleared by _overlapping
+    monkeypatch.setattr(slots, "_ROWS", {})
+
+
+def _commit_all(project, message):
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", message)
 
 
 def _overlapping(project, change_id):
+    """Each call as a new command makes it: only the cache files carry over."""
+    slots._SEEN.clear()
+    slots._ROWS.clear()
     return candidates(project, change_id, "lab", *WINDOW)
 
 
@@ -105,3 +116,39 @@ def test_runs_are_read_for_the_asked_changes_only_and_as_read_runs_says(local_re
     )
     assert found[second] == []
     assert runs_of(project, []) == {}
+
+
+def test_a_committed_edit_is_a_miss_of_the_kept_index(local_repo):
+    project, request = local_repo
+    later = request(window=LATER)
+    now = request(window=WINDOW)
+    assert later not in _overlapping(project, now)  # rows kept under this index's identity
+    assert load_cache(project, slots.INDEX_CACHE)["rows"][later][1] is not None
+    _move_window(project, later, *WINDOW)
+    _commit_all(project, "Move the window")  # the file holds the index's bytes again
+    assert later in _overlapping(project, now)
+
+
+def test_kept_rows_of_another_index_are_not_believed(local_repo):
+    project, request = local_repo
+    later = request(window=LATER)
+    now = request(window=WINDOW)
+    assert later not in _overlapping(project, now)
+    stale = cache_file(project, slots.INDEX_CACHE).read_bytes()  # authenticated, this clone's
+    _move_window(project, later, *WINDOW)
+    _commit_all(project, "Move the window")
+    cache_file(project, slots.INDEX_CACHE).write_bytes(stale)  # restored from before the commit
+    assert later in _overlapping(project, now)
+
+
+def test_edited_kept_rows_are_ignored(local_repo):
+    project, request = local_repo
+    near = request(window=WINDOW)
+    now = request(window=WINDOW)
+    assert near in _overlapping(project, now)
+    kept = load_cache(project, slots.INDEX_CACHE)
+    kept["rows"][near][1] = ["production", *kept["rows"][near][1][1:]]  # says: elsewhere
+    file = cache_file(project, slots.INDEX_CACHE)
+    mac, _, _ = file.read_bytes().partition(b"\n")
+    file.write_bytes(mac + b"\n" + json.dumps(kept, separators=(",", ":")).encode())
+    assert near in _overlapping(project, now)
