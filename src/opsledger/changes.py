@@ -34,7 +34,7 @@ from opsledger.layout import (
     every_change_glob,
     policy_file,
 )
-from opsledger.localcache import schema_passes
+from opsledger.localcache import path_walk, schema_passes
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
@@ -560,28 +560,14 @@ def load_withdrawal(
     revs = [r for r in dict.fromkeys(revs) if r]
     if not revs:
         return None
-    log = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(project.root),
-            "log",
-            "--full-history",
-            "-m",
-            "--reverse",
-            "--diff-filter=A",
-            "--no-renames",
-            "--format=%H",
-            *revs,
-            "--",
-            rel,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=git_env(),
+    # What git answers for these commit ids never changes: kept (localcache.path_walk).
+    out = path_walk(
+        project,
+        ["--full-history", "-m", "--reverse", "--diff-filter=A", "--no-renames", "--format=%H"],
+        revs,
+        [rel],
     )
-    added = log.stdout.split() if log.returncode == 0 else []
+    added = out.decode(errors="replace").split() if out is not None else []
     if not added:
         return None
     shown = subprocess.run(

@@ -14,9 +14,12 @@ import secrets
 
 import opsledger.records as records
 import opsledger.slots as slots
+from opsledger.changes import withdraw_change
 from opsledger.decide import decide
+from opsledger.gitrepo import git
 from opsledger.localcache import (
     KEY_FILE,
+    PATH_WALKS,
     _mac,
     cache_file,
     ensure_commit_graph,
@@ -25,6 +28,7 @@ from opsledger.localcache import (
 from opsledger.records import RUNS_CACHE, change_runs
 from opsledger.signoff import approve_change
 from opsledger.slots import CACHE as SLOTS
+from opsledger.slots import INDEX_CACHE as INDEX_ROWS
 
 from .conftest import START, record_run
 
@@ -61,11 +65,16 @@ def test_an_edited_slot_cannot_release_a_conflicting_change(local_repo, monkeypa
             if entry:
                 entry[0] = "staging"
 
+    def rows_elsewhere(kept):  # the same, in the slots kept by the index's identity
+        elsewhere({i: row[1] for i, row in kept["rows"].items()})
+
     _edit(project, SLOTS, elsewhere)
-    assert load_cache(project, SLOTS) == {}  # does not verify: ignored
-    monkeypatch.setattr(slots, "_SEEN", {})  # a new command: only the file could say it
+    _edit(project, INDEX_ROWS, rows_elsewhere)
+    assert load_cache(project, SLOTS) == load_cache(project, INDEX_ROWS) == {}  # ignored
+    monkeypatch.setattr(slots, "_SEEN", {})  # a new command: only the files could say it
+    monkeypatch.setattr(slots, "_ROWS", {})
     assert _conflicts(decide(project, second, now=INSIDE)) == before
-    assert load_cache(project, SLOTS)  # rebuilt from the requests
+    assert load_cache(project, SLOTS) and load_cache(project, INDEX_ROWS)  # rebuilt from git
 
 
 def test_a_cache_from_another_clone_is_not_believed(local_repo, monkeypatch):
@@ -110,3 +119,33 @@ def test_the_commit_graph_with_changed_path_filters_is_written_once(local_repo):
     assert not graph.exists()
     ensure_commit_graph(project.root)
     assert graph.exists() and b"BIDX" in graph.read_bytes()[:200]
+
+
+def test_a_kept_walk_never_hides_a_later_approval_or_withdrawal(local_repo):
+    """History walks are kept by commit id: a new commit is a new walk, never the old answer."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1}, window=WINDOW)
+    git(project.root, "checkout", "-q", "-b", "work")  # the base (main) stays where it is
+    assert not decide(project, change_id, now=INSIDE).allowed  # not approved: walk kept
+    assert load_cache(project, PATH_WALKS)
+    approve_change(project, change_id, person="bob")
+    assert decide(project, change_id, now=INSIDE).allowed
+    withdraw_change(project, change_id, person="alice", reason="Not needed")
+    decision = decide(project, change_id, now=INSIDE)
+    assert [c.rule for c in decision.checks if not c.passed] == ["withdrawn"]
+
+
+def test_an_edited_walk_is_ignored(local_repo):
+    project, request = local_repo
+    change_id = request(params={"steps": 1}, window=WINDOW)
+    approve_change(project, change_id, person="bob")
+    withdraw_change(project, change_id, person="alice", reason="Not needed")
+    assert not decide(project, change_id, now=INSIDE).allowed
+
+    def forgotten(entries):  # every walk found nothing: no withdrawal, as far as the file says
+        for key in entries:
+            entries[key] = ""
+
+    _edit(project, PATH_WALKS, forgotten)
+    decision = decide(project, change_id, now=INSIDE)
+    assert [c.rule for c in decision.checks if not c.passed] == ["withdrawn"]
