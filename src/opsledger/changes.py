@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,11 @@ def changes_dir(project: Project) -> Path:
     return changes_root(project.root)
 
 
-def change_ids(project: Project) -> list[str]:
+def change_ids(project: Project, *, skip: Container[str] = ()) -> list[str]:
     """Every folder of changes/ holding a change.yml (as `glob("*/change.yml")` finds them).
 
     One directory listing and a stat per folder: pathlib's glob listed every folder's files.
+    Folders named in `skip` are left out unlooked-at (apply --pending: the applied ones).
     """
     folder = changes_dir(project)
     try:
@@ -101,7 +102,7 @@ def change_ids(project: Project) -> list[str]:
     except OSError:
         return []
     lexists, prefix = os.path.lexists, f"{folder}/"
-    return in_id_order(n for n in names if lexists(f"{prefix}{n}/{REQUEST}"))
+    return in_id_order(n for n in names if n not in skip and lexists(f"{prefix}{n}/{REQUEST}"))
 
 
 def in_id_order(ids: Iterable[str]) -> list[str]:

@@ -69,31 +69,46 @@ def history_stamp(root: Path) -> str:
     for name in ("shallow", "info/grafts"):
         with contextlib.suppress(OSError):
             parts.append(name + ":" + hashlib.sha256((common / name).read_bytes()).hexdigest())
-    replaced = _replace_refs(common)  # `git replace` rewrites what a walk sees, too
-    if replaced:
-        parts.append("replace:" + replaced)
     return " ".join(parts)
 
 
-def _replace_refs(common: Path) -> str:
-    """A digest of the clone's `refs/replace/` refs (loose and packed), "" when it has none."""
-    found = []
-    folder = common / "refs" / "replace"
-    if folder.is_dir():
-        for file in sorted(folder.rglob("*")):
-            with contextlib.suppress(OSError):
-                if file.is_file():
-                    found.append(f"{file.relative_to(folder)} {file.read_bytes().strip()!r}")
-    with contextlib.suppress(OSError):
-        found += [
-            line.decode(errors="replace")
-            for line in (common / "packed-refs").read_bytes().splitlines()
-            if b" refs/replace/" in line
-        ]
-    return hashlib.sha256("\n".join(found).encode()).hexdigest() if found else ""
-
-
 PATH_WALKS = "path-walks"
+_INDEX_PATHS: dict[str, Path | None] = {}  # root -> where its git index lives, per process
+
+
+def index_identity(root: Path) -> str:
+    """Which git index the work tree has now: its path, size and trailing checksum, or "".
+
+    git ends the index with a checksum of everything before it and rewrites it on every
+    change (`git add`, commit, checkout, merge, a flag set with update-index): the same
+    identity is the same entries, so what is derived from the index alone can be kept by it
+    (an edit to the index is a miss, never a stale answer). An index written without a
+    checksum (`index.skipHash`) has no identity: "" (nothing is kept for it).
+
+    Example:
+        index_identity(project.root)  # "/repo/.git/index 6056368 9f2c…"
+    """
+    if str(root) not in _INDEX_PATHS:
+        proc = git(root, "rev-parse", "--git-path", "index", check=False)
+        found = proc.stdout.strip() if proc.returncode == 0 else ""
+        _INDEX_PATHS[str(root)] = (root / found).resolve() if found else None
+    path = _INDEX_PATHS[str(root)]
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as index:
+            size = os.fstat(index.fileno()).st_size
+            if size < 64:
+                return ""
+            index.seek(size - 32)
+            tail = index.read(32)
+    except OSError:
+        return ""
+    if not tail[-20:].strip(b"\0"):
+        return ""
+    return f"{path} {size} {tail.hex()}"
+
+
 _PATH_WALKS_KEPT = 512  # walks remembered (a few hundred bytes each)
 
 
@@ -102,12 +117,13 @@ def path_walk(
 ) -> bytes | None:
     """`git log OPTIONS REVS -- PATHS`'s output, kept by commit id; None when git fails.
 
-    What git answers for commit ids never changes (given the clone's shallow boundary,
-    grafts and replace refs, which are in the key), so a decision does not walk 30,000
-    commits again for the same statements or withdrawal (0.07 s each at 30,000 commits,
-    even with changed-path filters). The revisions are resolved to commit ids first and the
-    walk runs from those ids: a branch that moves is a new key, never a stale answer. Kept in
-    `.opsledger/cache/path-walks.json` (authenticated, see above).
+    What git answers for commit ids never changes (given the clone's shallow boundary and
+    grafts, which are in the key; replace refs no git process of opsledger follows, see
+    git_env), so a decision does not walk 30,000 commits again for the same statements or
+    withdrawal (0.07 s each at 30,000 commits, even with changed-path filters). The
+    revisions are resolved to commit ids first and the walk runs from those ids: a branch
+    that moves is a new key, never a stale answer. Kept in `.opsledger/cache/path-walks.json`
+    (authenticated, see above).
 
     Example:
         out = path_walk(project, ["--full-history", "--format=%H"], ["HEAD"], ["changes/X/"])

@@ -23,13 +23,13 @@ import datetime as dt
 import hashlib
 import os
 import subprocess
-from pathlib import Path
+from bisect import bisect_right
 
 from opsledger.changes import change_ids, changes_dir, in_id_order, parse_window
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import blob_contents, git
 from opsledger.layout import REQUEST, change_file, change_folder, every_change_glob, within_change
-from opsledger.localcache import load_cache, save_cache
+from opsledger.localcache import index_identity, load_cache, save_cache
 from opsledger.project import Project
 from opsledger.yamlio import MAX_BYTES, load_yaml, parse_yaml
 
@@ -37,6 +37,7 @@ CACHE = "slots-v2"  # blob id -> [environment, start, end] (seconds since the ep
 INDEX_CACHE = "slot-index-v1"  # {"index": identity, "rows": {id: [blob id, slot]}}
 _SEEN: dict[str, dict[str, list | None]] = {}  # root -> blob id -> slot, per process
 _ROWS: dict[str, tuple[str, dict[str, list]]] = {}  # root -> (index identity, rows), per process
+_PLANS: dict[str, tuple[dict, dict]] = {}  # root -> (rows, their plan), per process
 _NO_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
 
 
@@ -110,51 +111,91 @@ def candidates(
         return [i for i in change_ids(project) if i != change_id]
     try:  # one listing: the folders there are, and which of them are symlinks
         with os.scandir(folder) as entries:
-            names = [(e.name, e.is_symlink()) for e in entries]
+            names = {e.name: e.is_symlink() for e in entries}
     except OSError:
         return []
+    names.pop(change_id, None)
     rows, differs = _indexed(project)
+    # A folder's request is read from disk unless the index holds it as a file, git sees no
+    # change to it (diff-files) and the folder is no symlink; the index's are judged by plan.
+    linked = {n for n, is_link in names.items() if is_link}
+    on_disk = (names.keys() - rows.keys()) | (names.keys() & (differs | linked))
+    plan = _plan(project, rows)
+    low, high = start.timestamp(), end.timestamp()
+    ends, entries = plan.get(environment, ((), ()))
+    overlapping = {i for _, begins, i in entries[bisect_right(ends, low) :] if begins < high}
+    found = [
+        i
+        for i in overlapping | plan[None]  # an overlap, or no plain slot: validation says why
+        if i in names and i not in on_disk
+    ]
+    found += _read_from_disk(project, sorted(on_disk), environment, low, high)
+    return in_id_order(found)
+
+
+def _plan(project: Project, rows: dict[str, list]) -> dict:
+    """The index's slots arranged for overlap queries, once per process and index.
+
+    {environment: (ends, [(end, start, id)] sorted by end)}, and under None the ids without a
+    plain slot (always candidates). A window overlaps [low, high] when it ends after low and
+    starts before high: the rows ending after low are a bisection away.
+    """
+    here = _PLANS.get(str(project.root))
+    if here is not None and here[0] is rows:
+        return here[1]
+    by_environment: dict[str, list[tuple[float, float, str]]] = {}
+    odd: set[str] = set()
+    for other_id, row in rows.items():
+        # A row of another shape (never written so) counts as no plain slot: a candidate.
+        slot = row[1] if isinstance(row, list) and len(row) == 2 else None
+        if _plain(slot):
+            by_environment.setdefault(slot[0], []).append((slot[2], slot[1], other_id))
+        else:
+            odd.add(other_id)
+    plan: dict = {None: odd}
+    for environment, listed in by_environment.items():
+        listed.sort()
+        plan[environment] = ([e for e, _, _ in listed], listed)
+    _PLANS[str(project.root)] = (rows, plan)
+    return plan
+
+
+def _read_from_disk(
+    project: Project, ids: list[str], environment: str, low: float, high: float
+) -> list[str]:
+    """Candidates among requests read from their files (untracked, edited, symlinked)."""
     known = _SEEN.setdefault(str(project.root), {})  # this process's reads (apply --pending)
     cached: dict = {}
     loaded = False  # the blob cache is read once, when a file read from disk is new
     seen: dict[str, list | None] = {}
     found = []
     refused = False  # a request validation will refuse (exit 2): then nothing is written
-    low, high = start.timestamp(), end.timestamp()
-    lexists, prefix = os.path.lexists, f"{folder}/"
-    for other_id, linked in names:
-        if other_id == change_id:
+    prefix = f"{changes_dir(project)}/"
+    for other_id in ids:
+        if not os.path.lexists(f"{prefix}{other_id}/{REQUEST}"):
+            continue  # no request: not a change (change_ids)
+        file = change_folder(project.root, other_id, REQUEST)
+        if file.parent.is_symlink() or file.is_symlink():
+            found.append(other_id)
+            refused = True
             continue
-        row = rows.get(other_id)
-        if row is not None and not linked and other_id not in differs:
-            # The file holds the index's bytes (diff-files): their slot. A row of another
-            # shape (never written so) counts as no plain slot: a candidate.
-            slot = row[1] if isinstance(row, list) and len(row) == 2 else None
-        else:  # not tracked, or git sees its file changed, or a symlink: the file itself
-            if not lexists(f"{prefix}{other_id}/{REQUEST}"):
-                continue  # no request: not a change (change_ids)
-            file = change_folder(project.root, other_id, REQUEST)
-            if linked or file.is_symlink():
-                found.append(other_id)
-                refused = True
-                continue
+        try:
+            blob = _blob_id(file.read_bytes())
+        except OSError:
+            found.append(other_id)
+            refused = True
+            continue
+        if blob not in known and not loaded:
+            cached, loaded = load_cache(project, CACHE), True
+        slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
+        if slot is False:
             try:
-                blob = _blob_id(file.read_bytes())
-            except OSError:
-                found.append(other_id)
+                slot = _derive(project, other_id)
+            except OpsledgerError:
+                found.append(other_id)  # validation says why, as it always did
                 refused = True
                 continue
-            if blob not in known and not loaded:
-                cached, loaded = load_cache(project, CACHE), True
-            slot = known[blob] if blob in known else cached.get(blob, seen.get(blob, False))
-            if slot is False:
-                try:
-                    slot = _derive(project, other_id)
-                except OpsledgerError:
-                    found.append(other_id)  # validation says why, as it always did
-                    refused = True
-                    continue
-            seen[blob] = slot
+        seen[blob] = slot
         # A plain slot in another environment, or a window that does not overlap, is left out;
         # anything else (not a plain slot: validation says why) is a candidate.
         elsewhere = _plain(slot) and (
@@ -165,32 +206,7 @@ def candidates(
     known.update(seen)
     if loaded and not refused and seen.keys() - cached.keys():
         save_cache(project, CACHE, {**cached, **seen})
-    return in_id_order(found)
-
-
-def _index_identity(project: Project) -> str:
-    """Which index git holds now: its path, size and trailing checksum; "" when unknown.
-
-    git ends the index with a checksum of everything before it and rewrites it on every
-    change (`git add`, commit, checkout, merge): the same identity is the same entries. An
-    index written without one (`index.skipHash`) has no identity: nothing is kept for it.
-    """
-    proc = git(project.root, "rev-parse", "--git-path", "index", env=_NO_LOCKS, check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return ""
-    path = project.root / proc.stdout.strip()  # relative to the root, or absolute
-    try:
-        with open(path, "rb") as index:
-            size = os.fstat(index.fileno()).st_size
-            if size < 64:
-                return ""
-            index.seek(size - 32)
-            tail = index.read(32)
-    except OSError:
-        return ""
-    if not tail[-20:].strip(b"\0"):
-        return ""
-    return f"{Path(path).resolve()} {size} {tail.hex()}"
+    return found
 
 
 def _indexed(project: Project) -> tuple[dict[str, list], set[str]]:
@@ -217,7 +233,7 @@ def _indexed(project: Project) -> tuple[dict[str, list], set[str]]:
     if changed.returncode != 0:
         return {}, set()
     differs = {p.split("/")[1] for p in changed.stdout.split("\0") if p.count("/") >= 2}
-    identity = _index_identity(project)
+    identity = index_identity(project.root)
     here = _ROWS.get(str(project.root))
     if identity and here is not None and here[0] == identity:
         return here[1], differs
@@ -227,7 +243,7 @@ def _indexed(project: Project) -> tuple[dict[str, list], set[str]]:
         rows = _index_rows(project)
         if rows is None:
             return {}, differs
-        if identity and _index_identity(project) == identity:  # unchanged while listed
+        if identity and index_identity(project.root) == identity:  # unchanged while listed
             save_cache(project, INDEX_CACHE, {"index": identity, "rows": rows})
     if identity:
         _ROWS[str(project.root)] = (identity, rows)

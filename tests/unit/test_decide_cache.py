@@ -12,9 +12,11 @@ import datetime as dt
 import json
 import secrets
 
+import opsledger.content as content
 import opsledger.records as records
 import opsledger.slots as slots
 from opsledger.changes import withdraw_change
+from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.gitrepo import git
 from opsledger.localcache import (
@@ -100,6 +102,7 @@ def test_a_cache_from_another_clone_is_not_believed(local_repo, monkeypatch):
 def test_an_edited_run_record_entry_cannot_change_a_result(local_repo, monkeypatch):
     project, request = local_repo
     change_id = request(params={"steps": 1}, window=WINDOW)
+    monkeypatch.setattr(records, "_PARSED", {})  # the same bytes parsed by an earlier test
     record_run(project, change_id, START + dt.timedelta(minutes=1), result="failed")
     assert [r.result for r in change_runs(project)] == ["failed"]
     assert load_cache(project, RUNS_CACHE)
@@ -149,3 +152,19 @@ def test_an_edited_walk_is_ignored(local_repo):
     _edit(project, PATH_WALKS, forgotten)
     decision = decide(project, change_id, now=INSIDE)
     assert [c.rule for c in decision.checks if not c.passed] == ["withdrawn"]
+
+
+def test_a_staged_edit_is_a_miss_of_the_kept_index_listing(local_repo):
+    """Content's listing of git's index is kept by the index's identity: `git add` moves it."""
+    project, request = local_repo
+    change_id = request(params={"steps": 1}, window=WINDOW)
+    before = repository_content(project, change_id)
+    assert load_cache(project, content.INDEX_CACHE)["lists"]
+    site = project.root / "site.yml"
+    site.write_text(site.read_text() + "\n# edited\n")
+    git(project.root, "add", "site.yml")  # the working tree holds the index's bytes again
+    content._LISTINGS.clear()  # a new command: only the file could say it
+    after = repository_content(project, change_id)
+    assert after.changed_since(before.files) == ["site.yml"]
+    staged = git(project.root, "ls-files", "-s", "site.yml").stdout.split()[1]
+    assert after.files["site.yml"] == f"100644 {staged}"
