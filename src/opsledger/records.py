@@ -509,6 +509,7 @@ def head_runs(project: Project) -> dict[str, list]:
         return files
     wanted = None
     if isinstance(kept.get("tree"), str) and isinstance(files, dict):
+        files = dict(files)  # brought up to date here, never in the loaded (or held) entries
         wanted = _changed_since(project.root, kept["tree"], tree, files)
     if wanted is None:  # nothing kept, or git cannot compare: every record file of HEAD
         files, wanted = {}, _record_blobs(project.root)
