@@ -18,7 +18,6 @@ says otherwise, an approval counts only for the content it names, and the reques
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 from opsledger.content import Content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitlog import Commit
-from opsledger.gitrepo import blob_contents, git, git_env
+from opsledger.gitrepo import blob_contents, git
 from opsledger.layout import (
     APPROVALS,
     change_file_pattern,
@@ -35,6 +34,7 @@ from opsledger.layout import (
     change_pathspecs,
     flat_form,
 )
+from opsledger.localcache import path_walk
 from opsledger.policy.bundle import Person, Policies, Rule
 from opsledger.project import Project
 from opsledger.statements import NotAStatement, Statement, parse_statement, verify
@@ -136,30 +136,18 @@ def collect(project: Project, prefixes: tuple[str, ...], revs: list[str]) -> lis
     revs = [r for r in dict.fromkeys(revs) if r]
     if not revs:
         return []
-    log = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(project.root),
-            "log",
-            "--full-history",
-            "-c",
-            "--raw",
-            "--no-abbrev",
-            "--no-renames",
-            "-z",
-            "--format=%x1e%H%x1f%ae%x1f%ce",
-            *revs,
-            "--",
-            *prefixes,
-        ],
-        capture_output=True,
-        env=git_env(),
-    )
-    if log.returncode != 0:
+    # What git answers for these commit ids never changes: kept (localcache.path_walk).
+    out = path_walk(
+        project,
+        ["--full-history", "-c", "--raw", "--no-abbrev", "--no-renames", "-z",
+         "--format=%x1e%H%x1f%ae%x1f%ce"],
+        revs,
+        list(prefixes),
+    )  # fmt: skip
+    if out is None:
         return []
     versions: dict[tuple[str, str], Found] = {}
-    for record in log.stdout.decode(errors="replace").split("\x1e"):
+    for record in out.decode(errors="replace").split("\x1e"):
         header, _, rest = record.partition("\0")
         if not header:
             continue

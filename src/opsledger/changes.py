@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from opsledger.layout import (
     folders_on_disk,
     policy_file,
 )
-from opsledger.localcache import schema_passes
+from opsledger.localcache import path_walk, schema_passes
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
 from opsledger.schema import problems as schema_problems_of
@@ -93,12 +94,13 @@ def changes_dir(project: Project) -> Path:
     return changes_root(project.root)
 
 
-def change_ids(project: Project) -> list[str]:
+def change_ids(project: Project, *, skip: Container[str] = ()) -> list[str]:
     """Every change folder holding a change.yml, flat (`changes/<ID>/`) or in its block.
 
     One directory listing of changes/ and of each block, a stat per folder: pathlib's glob
     listed every folder's files. An id in both layouts, or a change in the wrong block, is
     invalid input (exit 2, one line each naming the paths): which folder is the change?
+    Ids named in `skip` are left out (apply --pending: the applied ones).
     """
     found, wrong = folders_on_disk(project.root, REQUEST)
     if wrong:
@@ -114,7 +116,12 @@ def change_ids(project: Project) -> list[str]:
                 for path, why in wrong
             ]
         )
-    return sorted(found, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
+    return in_id_order(i for i in found if i not in skip)
+
+
+def in_id_order(ids: Iterable[str]) -> list[str]:
+    """Change ids in `change_ids`' order: by number, any folder not named CHG-<n> first."""
+    return sorted(ids, key=lambda i: int(m.group(1)) if (m := _ID.fullmatch(i)) else -1)
 
 
 def check_change_id(change_id: str) -> None:
@@ -589,28 +596,14 @@ def load_withdrawal(
     revs = [r for r in dict.fromkeys(revs) if r]
     if not revs:
         return None
-    log = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(project.root),
-            "log",
-            "--full-history",
-            "-m",
-            "--reverse",
-            "--diff-filter=A",
-            "--no-renames",
-            "--format=%H",
-            *revs,
-            "--",
-            rel,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=git_env(),
+    # What git answers for these commit ids never changes: kept (localcache.path_walk).
+    out = path_walk(
+        project,
+        ["--full-history", "-m", "--reverse", "--diff-filter=A", "--no-renames", "--format=%H"],
+        revs,
+        [rel],
     )
-    added = log.stdout.split() if log.returncode == 0 else []
+    added = out.decode(errors="replace").split() if out is not None else []
     if not added:
         return None
     shown = subprocess.run(

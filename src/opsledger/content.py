@@ -72,6 +72,7 @@ from opsledger.layout import (
     stored_file,
     within_change,
 )
+from opsledger.localcache import index_identity, load_cache, save_cache
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
 
@@ -172,13 +173,55 @@ def _listed(project: Project, change_id: str, *args: str) -> str:
     )
 
 
+INDEX_CACHE = "content-index-v1"  # {"index": identity, "lists": {pathspecs: ls-files output}}
+_LISTINGS: dict[str, tuple[str, dict[str, str]]] = {}  # root -> (identity, lists), per process
+_LISTINGS_KEPT = 64
+
+
+def _index_listing(project: Project, change_id: str) -> str:
+    """`git ls-files -s -v -z` over the content's pathspecs, kept by the index's identity.
+
+    It depends on the index alone (entries, stages, assume-unchanged and skip-worktree
+    flags, all in the index), so it is kept under the index's identity (localcache: its
+    checksum, rewritten with any change to it), per process and in an authenticated cache:
+    each listing read the whole index again, 10,000 changes' files in it. What the working
+    tree says is asked every time (`_worktree_changes`).
+    """
+    # -v tags each entry too (lower case: assume-unchanged, S: skip-worktree): one listing.
+    args = ("ls-files", "-s", "-v", "-z")
+    identity = index_identity(project.root)
+    if not identity:
+        return _listed(project, change_id, *args)
+    here = _LISTINGS.get(str(project.root))
+    if here is None or here[0] != identity:
+        kept = load_cache(project, INDEX_CACHE)
+        lists = kept.get("lists") if kept.get("index") == identity else None
+        here = (identity, dict(lists) if isinstance(lists, dict) else {})
+        _LISTINGS[str(project.root)] = here
+    lists, new = here[1], False
+    out = []
+    for spec in _content_specs(change_id):
+        key = "\0".join(spec)
+        listed = lists.get(key)
+        if not isinstance(listed, str):
+            listed = git(project.root, *args, "--", *spec, env=_NO_LOCKS).stdout
+            lists[key], new = listed, True
+        out.append(listed)
+    if new and index_identity(project.root) == identity:  # unchanged while listed
+        kept_lists = dict(list(lists.items())[-_LISTINGS_KEPT:])
+        save_cache(project, INDEX_CACHE, {"index": identity, "lists": kept_lists})
+    elif new:
+        _LISTINGS.pop(str(project.root), None)
+        return _listed(project, change_id, *args)
+    return "".join(out)
+
+
 def _index(project: Project, change_id: str) -> dict[str, str]:
     """Every tracked path that may be content -> "mode blob" as the index has it.
 
     An unmerged path: exit 2.
     """
-    # -v tags each entry too (lower case: assume-unchanged, S: skip-worktree): one listing.
-    out = _listed(project, change_id, "ls-files", "-s", "-v", "-z")
+    out = _index_listing(project, change_id)
     files: dict[str, str] = {}
     hidden: list[str] = []
     for entry in out.split("\0"):

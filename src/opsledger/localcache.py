@@ -22,6 +22,7 @@ folder is writable; any failure is ignored (git works the same without it, only 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -69,6 +70,100 @@ def history_stamp(root: Path) -> str:
         with contextlib.suppress(OSError):
             parts.append(name + ":" + hashlib.sha256((common / name).read_bytes()).hexdigest())
     return " ".join(parts)
+
+
+PATH_WALKS = "path-walks"
+_INDEX_PATHS: dict[str, Path | None] = {}  # root -> where its git index lives, per process
+
+
+def index_identity(root: Path) -> str:
+    """Which git index the work tree has now: its path, size and trailing checksum, or "".
+
+    git ends the index with a checksum of everything before it and rewrites it on every
+    change (`git add`, commit, checkout, merge, a flag set with update-index): the same
+    identity is the same entries, so what is derived from the index alone can be kept by it
+    (an edit to the index is a miss, never a stale answer). An index written without a
+    checksum (`index.skipHash`) has no identity: "" (nothing is kept for it).
+
+    Example:
+        index_identity(project.root)  # "/repo/.git/index 6056368 9f2c…"
+    """
+    if str(root) not in _INDEX_PATHS:
+        proc = git(root, "rev-parse", "--git-path", "index", check=False)
+        found = proc.stdout.strip() if proc.returncode == 0 else ""
+        _INDEX_PATHS[str(root)] = (root / found).resolve() if found else None
+    path = _INDEX_PATHS[str(root)]
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as index:
+            size = os.fstat(index.fileno()).st_size
+            if size < 64:
+                return ""
+            index.seek(size - 32)
+            tail = index.read(32)
+    except OSError:
+        return ""
+    if not tail[-20:].strip(b"\0"):
+        return ""
+    return f"{path} {size} {tail.hex()}"
+
+
+_PATH_WALKS_KEPT = 512  # walks remembered (a few hundred bytes each)
+
+
+def path_walk(
+    project: Project, options: list[str], revs: list[str], paths: list[str]
+) -> bytes | None:
+    """`git log OPTIONS REVS -- PATHS`'s output, kept by commit id; None when git fails.
+
+    What git answers for commit ids never changes (given the clone's shallow boundary and
+    grafts, which are in the key; replace refs no git process of opsledger follows, see
+    git_env), so a decision does not walk 30,000 commits again for the same statements or
+    withdrawal (0.07 s each at 30,000 commits, even with changed-path filters). The
+    revisions are resolved to commit ids first and the walk runs from those ids: a branch
+    that moves is a new key, never a stale answer. Kept in `.opsledger/cache/path-walks.json`
+    (authenticated, see above).
+
+    Example:
+        out = path_walk(project, ["--full-history", "--format=%H"], ["HEAD"], ["changes/X/"])
+    """
+    ids = _commit_ids(project.root, revs)
+    if ids is None:
+        return _log(project.root, [*options, *revs], paths)
+    key = hashlib.sha256(
+        json.dumps([options, ids, paths, history_stamp(project.root)]).encode()
+    ).hexdigest()
+    kept = load_cache(project, PATH_WALKS)
+    entry = kept.get(key)
+    if isinstance(entry, str):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(entry, validate=True)
+    out = _log(project.root, [*options, *ids], paths)
+    if out is not None:
+        others = [(k, v) for k, v in kept.items() if k != key][-(_PATH_WALKS_KEPT - 1) :]
+        save_cache(project, PATH_WALKS, {**dict(others), key: base64.b64encode(out).decode()})
+    return out
+
+
+def _commit_ids(root: Path, revs: list[str]) -> list[str] | None:
+    """The commit id of each revision (one rev-parse), or None when any does not resolve."""
+    if not revs or any(r.startswith("-") for r in revs):
+        return None
+    proc = git(root, "rev-parse", *(f"{r}^{{commit}}" for r in revs), check=False)
+    ids = proc.stdout.split()
+    hexes = all(len(i) in (40, 64) and not i.strip("0123456789abcdef") for i in ids)
+    return ids if proc.returncode == 0 and len(ids) == len(revs) and hexes else None
+
+
+def _log(root: Path, args: list[str], paths: list[str]) -> bytes | None:
+    proc = subprocess.run(
+        ["git", "-C", str(root), "log", *args, "--", *paths],
+        capture_output=True,
+        env=git_env(),
+        check=False,
+    )
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def _key(project: Project) -> bytes | None:

@@ -42,7 +42,7 @@ from opsledger.records import (
     RunResult,
     Verified,
     final_path_of,
-    read_runs,
+    open_runs,
 )
 
 
@@ -227,7 +227,7 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
             if committed is not None:
                 done.committed += [p for p in committed if "/runs/" in p]
                 entry_file.unlink()
-        ledger = read_runs(project)
+        ledger = open_runs(project)  # the open runs, not every committed record
         for loose in ledger.uncommitted:
             if loose.path in attempted:
                 continue
@@ -241,7 +241,7 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
             if _retry(project, [loose.path], message, record.result, done):
                 done.committed.append(loose.path)
         if done.removed or done.committed:
-            ledger = read_runs(project)
+            ledger = open_runs(project)  # the open runs, not every committed record
         for started in ledger.started:
             why = _gone(started.record, moment)
             if why is None:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -466,6 +467,164 @@ def _read_blobs(root: Path, wanted: list[tuple[str, str]]) -> dict[str, bytes]:
     return files
 
 
+RUN_INDEX_CACHE = "run-index-v1"  # {"tree": id of HEAD:changes, "files": {path: entry}}
+
+
+def _changes_tree(root: Path) -> str | None:
+    """The id of HEAD's `changes/` tree; "" when HEAD has none (no commit, no folder).
+
+    Fails closed (exit 2) like `_record_blobs` when HEAD exists but git cannot read it.
+    """
+    listing = _git_out(root, "ls-tree", "-z", "--full-tree", "HEAD", "--", CHANGES)
+    if listing is None:
+        if _git_out(root, "rev-parse", "--verify", "-q", "HEAD^{commit}") is None:
+            return ""
+        raise _unreadable(root, "git ls-tree HEAD failed")
+    meta, _, path = listing.decode(errors="replace").rstrip("\0").partition("\t")
+    parts = meta.split()
+    return parts[2] if path == CHANGES and len(parts) == 3 and parts[1] == "tree" else ""
+
+
+def head_runs(project: Project) -> dict[str, list]:
+    """path -> [blob id, change, result] of every run record file HEAD holds under changes/.
+
+    `change` and `result` are what the record says (`read_runs` counts it by them), both None
+    for a file that is not a record. What `apply --pending` needs to know which changes are
+    applied, without parsing 10,000 records per command: the index is kept by the id of HEAD's
+    `changes/` tree (authenticated, localcache.py), and a new tree is read from the last one by
+    `git diff-tree`, so only the record files a commit added or changed are read and parsed
+    (a merge of one change reads one record, not the history). Fails closed (exit 2) when git
+    cannot read HEAD or a new record.
+
+    Example:
+        {e[1] for p, e in head_runs(project).items() if e[2] == "success"}
+    """
+    from opsledger.localcache import load_cache, save_cache
+
+    tree = _changes_tree(project.root)
+    if not tree:
+        return {}
+    kept = load_cache(project, RUN_INDEX_CACHE)
+    files = kept.get("files")
+    if kept.get("tree") == tree and isinstance(files, dict):
+        return files
+    wanted = None
+    if isinstance(kept.get("tree"), str) and isinstance(files, dict):
+        files = dict(files)  # brought up to date here, never in the loaded (or held) entries
+        wanted = _changed_since(project.root, kept["tree"], tree, files)
+    if wanted is None:  # nothing kept, or git cannot compare: every record file of HEAD
+        files, wanted = {}, _record_blobs(project.root)
+    if wanted:
+        _require_objects(project.root, wanted)  # a damaged clone stops here
+    parsed = _parsed(project, wanted)
+    for path, oid in wanted:
+        record = None if parsed[oid] is _NOT_JSON else record_from_data(parsed[oid])
+        files[path] = [oid, None, None] if record is None else [oid, record.change, record.result]
+    save_cache(project, RUN_INDEX_CACHE, {"tree": tree, "files": files})
+    return files
+
+
+def _changed_since(
+    root: Path, old: str, new: str, files: dict[str, list]
+) -> list[tuple[str, str]] | None:
+    """Run record files tree `new` added or changed since tree `old`, or None.
+
+    Removed ones are dropped from `files`. None when git cannot compare the two (then every
+    record file is read again).
+    """
+    out = _git_out(root, "diff-tree", "-r", "-z", "--no-renames", old, new)
+    if out is None:
+        return None
+    tokens = out.decode(errors="surrogateescape").split("\0")
+    wanted = []
+    for meta, path in zip(tokens[0::2], tokens[1::2], strict=False):
+        parts = meta.split()
+        if not meta.startswith(":") or len(parts) != 5:
+            return None
+        full = f"{CHANGES}/{path}"
+        files.pop(full, None)
+        new_mode, new_oid, status = parts[1], parts[3], parts[4]
+        if status != "D" and new_mode not in ("040000", "160000") and _RUN_FILE.fullmatch(full):
+            wanted.append((full, new_oid))
+    return wanted
+
+
+def _parsed(project: Project, wanted: list[tuple[str, str]]) -> dict[str, Any]:
+    """blob id -> its JSON (or _NOT_JSON) for (path, blob id) pairs.
+
+    This process's reads first, then the authenticated runs cache when many are new, then git
+    (a missing object: exit 2).
+    """
+    from opsledger.localcache import load_cache
+
+    missing = [(p, o) for p, o in wanted if o not in _PARSED]
+    if len(missing) > 64:  # a first index: the kept JSON of each blob spares 10,000 reads
+        cached = load_cache(project, RUNS_CACHE)
+        for _, oid in missing:
+            entry = cached.get(oid)
+            if isinstance(entry, dict):
+                _PARSED[oid] = entry.get("json", _NOT_JSON)
+        missing = [(p, o) for p, o in missing if o not in _PARSED]
+    blob_of = dict(missing)
+    for path, data in _read_blobs(project.root, missing).items():
+        _PARSED[blob_of[path]] = _json_of(data)
+    return {o: _PARSED[o] for _, o in wanted}
+
+
+def committed_runs_of(
+    project: Project, files: dict[str, list], ids: set[str]
+) -> dict[str, list[Record]]:
+    """The committed final records that say they are of `ids`, oldest first, by id.
+
+    As `read_runs(...).committed` groups them, read from the blobs `head_runs` names: only
+    those records are parsed, whatever the history.
+    """
+    wanted = [(p, e[0]) for p, e in files.items() if e[1] in ids and not p.endswith(STARTED_SUFFIX)]
+    parsed = _parsed(project, wanted)
+    found: dict[str, list[Record]] = {i: [] for i in ids}
+    for _, oid in wanted:
+        record = None if parsed[oid] is _NOT_JSON else record_from_data(parsed[oid])
+        if record is not None and record.change in found:
+            found[record.change].append(record)
+    for runs in found.values():
+        runs.sort(key=lambda r: r.finished_at)
+    return found
+
+
+@dataclass
+class OpenRuns:
+    """What `read_runs` lists besides the committed runs: runs started and files not in HEAD."""
+
+    started: list[RunFile]
+    uncommitted: list[RunFile]
+
+
+def open_runs(
+    project: Project, files: dict[str, list] | None = None, *, on_disk: bool = True
+) -> OpenRuns:
+    """`read_runs(project).started` and `.uncommitted`, without parsing every committed record.
+
+    `files`: head_runs' answer when the caller has it; `on_disk=False` leaves `uncommitted`
+    empty (a walk of every change's runs folder) for a caller that only asks what started.
+
+    Example:
+        [f.path for f in open_runs(find_project()).uncommitted]
+    """
+    files = head_runs(project) if files is None else files
+    wanted = [
+        (p, e[0])
+        for p, e in files.items()
+        if p.endswith(STARTED_SUFFIX) and e[1] is not None and final_path_of(p) not in files
+    ]
+    parsed = _parsed(project, wanted)
+    started = []
+    for path, oid in sorted(wanted):
+        record = None if parsed[oid] is _NOT_JSON else record_from_data(parsed[oid])
+        if record is not None:
+            started.append(RunFile(path, record))
+    return OpenRuns(started, _uncommitted(project, files) if on_disk else [])
+
+
 def read_runs(project: Project) -> RunLedger:
     """Every change run record that counts — committed in HEAD — and what is still open.
 
@@ -487,17 +646,7 @@ def read_runs(project: Project) -> RunLedger:
                 started.append(RunFile(path, record))
         else:
             committed.append(RunFile(path, record))
-    uncommitted = []
-    for file in _run_files_on_disk(changes_root(project.root)):
-        path = file.relative_to(project.root).as_posix()
-        if path in committed_files or not _RUN_FILE.fullmatch(path):
-            continue
-        try:
-            record = _parse(file.read_bytes())
-        except OSError:
-            continue
-        if record is not None:
-            uncommitted.append(RunFile(path, record))
+    uncommitted = _uncommitted(project, committed_files)
     committed.sort(key=lambda f: f.record.finished_at)
     return RunLedger(
         [f.record for f in committed],
@@ -507,31 +656,56 @@ def read_runs(project: Project) -> RunLedger:
     )
 
 
+def _uncommitted(project: Project, in_head: Container[str]) -> list[RunFile]:
+    """Run record files of the working tree that HEAD does not hold, parsed (sorted by path)."""
+    uncommitted = []
+    root = str(project.root)
+    for file in _run_paths_on_disk(str(changes_root(project.root))):
+        path = file[len(root) + 1 :]
+        if path in in_head or not _RUN_FILE.fullmatch(path):
+            continue
+        try:
+            with open(file, "rb") as handle:
+                record = _parse(handle.read())
+        except OSError:
+            continue
+        if record is not None:
+            uncommitted.append(RunFile(path, record))
+    return uncommitted
+
+
 def _run_files_on_disk(folder: Path) -> list[Path]:
     """Every `<change>/runs/*.json` under changes/ (either layout), sorted.
 
-    Listed with scandir: pathlib's glob cost seconds at 10,000 changes.
+    Listed with scandir and plain strings: pathlib's glob, then a Path per file, cost seconds
+    at 10,000 changes.
     """
-    found = []
+    return [Path(p) for p in _run_paths_on_disk(str(folder))]
+
+
+def _run_paths_on_disk(folder: str) -> list[str]:
+    """`_run_files_on_disk`, as strings (`<folder>/<change>/runs/<name>.json`), sorted."""
+    found: list[str] = []
     try:
         with os.scandir(folder) as changes:
             names = [c.name for c in changes]
     except OSError:
         return []
-    changes = []
+    changes: list[str] = []
     for name in names:
         if not is_block(name):
-            changes.append(folder / name)
+            changes.append(f"{folder}/{name}")
             continue
         try:  # a block folder (changes/CHG-00xx/): its changes one level down
-            with os.scandir(folder / name) as inner:
-                changes += [folder / name / c.name for c in inner]
+            with os.scandir(f"{folder}/{name}") as inner:
+                changes += [f"{folder}/{name}/{c.name}" for c in inner]
         except OSError:
             continue
     for change in changes:
+        runs = f"{change}/{RUNS}"
         try:
-            with os.scandir(change / RUNS) as runs:
-                found += [change / RUNS / r.name for r in runs if r.name.endswith(".json")]
+            with os.scandir(runs) as files:
+                found += [f"{runs}/{f.name}" for f in files if f.name.endswith(".json")]
         except OSError:  # no runs folder (or not a folder): nothing there
             continue
     return sorted(found)
