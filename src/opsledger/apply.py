@@ -340,8 +340,8 @@ def apply_change(
     """Decide, lock, settle and decide again, record ahead, run, verify, roll back, record.
 
     With `shard` (shards.py: `apply --shard I/N`), only the shard's hosts are locked, run,
-    verified and rolled back, and the records are the shard's (`changes/<ID>/shards/`), never
-    a run record: the change's run record is the merge of its shards (shards.merge_shards).
+    verified and rolled back, and the records are the shard's (`changes/<block>/<ID>/shards/`),
+    never a run record: the change's run record is the merge of its shards (shards.merge_shards).
 
     With `origin` (CI: `ci apply --push`), the run records on the origin decide who runs
     (origin_records.py): pulled once the hosts are locked, the run claimed by pushing its

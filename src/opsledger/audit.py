@@ -121,8 +121,9 @@ class AuditLog:
     rows: list[AuditRow]
     since: dt.datetime | None
     until: dt.datetime | None
-    # Committed changes the log could not read, each "changes/<ID>: why": a log that leaves a
-    # change out must say so (the command exits 1), never read as complete.
+    # Committed changes the log could not read, each "changes/<block>/<ID>: why" (where it is
+    # stored): a log that leaves a change out must say so (the command exits 1), never read as
+    # complete.
     unreadable: list[str] = field(default_factory=list)
 
 

@@ -64,8 +64,8 @@ class Calendar:
     start: dt.datetime
     end: dt.datetime
     entries: list[Entry]
-    # Changes left off because they cannot be read or judged, "changes/<ID>: why": a calendar
-    # that leaves a change out says so (the command exits 1).
+    # Changes left off because they cannot be read or judged, "changes/<block>/<ID>: why" (where
+    # it is stored): a calendar that leaves a change out says so (the command exits 1).
     unreadable: list[str] = field(default_factory=list)
 
 

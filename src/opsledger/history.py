@@ -4,9 +4,9 @@ Showing a change first settles earlier runs' evidence (reconcile.py): a run whos
 recorded as interrupted, a record whose commit failed is committed again; what still is not
 committed is shown as such and never counted as a run.
 
-`git log -- changes/<ID>` is the change's life; this puts it in one view for the engineer and
-the reviewer (`opsledger change show`). Audit (many changes, history-wide rules) builds on the
-same pieces.
+`git log -- changes/<block>/<ID>` (or its legacy flat folder) is the change's life; this puts
+it in one view for the engineer and the reviewer (`opsledger change show`). Audit (many
+changes, history-wide rules) builds on the same pieces.
 """
 
 from __future__ import annotations

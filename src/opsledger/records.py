@@ -1,6 +1,6 @@
 """The one record format: what happened, when, by whom, judged by what, with what result.
 
-Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
+Runs of changes (`changes/<block>/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
 drills and alert intakes (`records/<folder>/`) all write this one model, so audit and reports
 read them alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
@@ -333,7 +333,7 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
 
 
 def is_final_run_path(path: str) -> bool:
-    """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
+    """`<change folder>/runs/<stamp>.json` (relative, either layout), not a write-ahead one."""
     match = _RUN_FILE.fullmatch(path)
     return bool(match) and not match.group(3)
 
