@@ -9,13 +9,14 @@ folder that does not exist.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 from click.testing import CliRunner
 
 from opsledger.cli import cli
 from opsledger.gitrepo import git
-from opsledger.layout import REQUEST, change_folder, stored_file
+from opsledger.layout import REQUEST, block_file, change_folder, stored_file
 
 from .conftest import START
 
@@ -71,3 +72,15 @@ def test_a_pr_check_names_an_invalid_change_by_its_folder(repo):
     git(project.root, "commit", "-qam", "Break the request")
     lines = pr_check(project, base="HEAD~2", with_plan=False).problem_lines()
     assert lines and all(line.startswith(stored_file(project.root, change_id)) for line in lines)
+
+
+def test_the_schema_and_help_say_where_a_new_change_is_written():
+    from importlib import resources
+
+    schema = json.loads(
+        resources.files("opsledger.schemas").joinpath("change.schema.json").read_text()
+    )
+    assert block_file("CHG-0001", REQUEST) in schema["title"]
+    for args in (["change", "new"], ["approve"], ["change", "withdraw"], ["policy", "propose"]):
+        shown = CliRunner().invoke(cli, [*args, "--help"]).output
+        assert "changes/<block>/" in shown or "changes/POL-<block>/" in shown, args

@@ -127,7 +127,7 @@ def new(
     risk,
     signing_key,
 ) -> None:
-    """Write changes/<next id>/change.yml and your request statement; commit both yourself.
+    """Write changes/<block>/<next id>/change.yml and your request; commit both yourself.
 
     The request statement (changes/<block>/<ID>/approvals/<you>/<time>.yml) says you request the
     change's content as it is now, signed with --key; commit it with the change and the
