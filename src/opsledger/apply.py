@@ -54,7 +54,7 @@ from opsledger.gitrepo import head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import runner_identity
 from opsledger.joblog import JobLog, log_path_of
-from opsledger.layout import REQUEST, RUNS, policy_file, stored_file
+from opsledger.layout import REQUEST, RUNS, policy_file, shown_path, stored_file
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
@@ -160,7 +160,7 @@ def _unapproved_reads(
     except OpsledgerError as err:  # e.g. a symlink out of the repository appeared
         return f"the content cannot be read after the run: {err}"
     if after.sha256 != decision.content.sha256:
-        changed = after.changed_since(decision.content.files)
+        changed = [shown_path(project.root, p) for p in after.changed_since(decision.content.files)]
         return "the content changed during the run: " + ", ".join(changed[:5])
     stray = outside_content(project, decision.content, opened)
     if stray:
