@@ -42,8 +42,18 @@ def test_every_path_a_command_prints_exists(repo, monkeypatch):
         "decide (denied)": _run(["decide", change_id, "--at", late]),
         "approve (by the requester)": _run(["approve", change_id, "--as", "alice"]),
         "change show": _run(["change", "show", change_id]),
+        "approve (bob)": _run(["approve", change_id, "--as", "bob"]),
     }
     request = change_folder(project.root, change_id, REQUEST)
+    request.write_text(request.read_text().replace("targets: db", "targets: all"))
+    git(project.root, "commit", "-qam", "Widen the targets")  # bob's approval is void now
+    outputs["decide (approval void)"] = _run(["decide", change_id, "--at", late])
+    outputs["change show (approval void)"] = _run(["change", "show", change_id])
+    junk = change_folder(project.root, change_id, "approvals", "bob", "junk.yml")
+    junk.write_text("not: a statement\n")
+    git(project.root, "add", "--", str(junk))
+    git(project.root, "commit", "-qm", "A file that is no statement")
+    outputs["change show (no statement)"] = _run(["change", "show", change_id])
     request.write_text(request.read_text().replace("runbook: converge", "runbook: 7"))
     outputs["change validate (broken)"] = _run(["change", "validate", change_id])
     # plan refuses the broken request before any check run (no Ansible, no host reached)
@@ -58,7 +68,13 @@ def test_every_path_a_command_prints_exists(repo, monkeypatch):
     )  # fmt: skip
     named = {(c, p) for c, out in outputs.items() for p in _paths(out)}
     # the lines that named the flat-form key before the fix (the test would prove nothing else)
-    assert {"decide (denied)", "approve (by the requester)"} <= {c for c, _ in named}
+    assert {
+        "decide (denied)",
+        "approve (by the requester)",
+        "decide (approval void)",
+        "change show (approval void)",
+        "change show (no statement)",
+    } <= {c for c, _ in named}
     missing = sorted((c, p) for c, p in named if not (project.root / p).exists())
     assert not missing
 
