@@ -54,7 +54,7 @@ from opsledger.gitrepo import head, require_history
 from opsledger.guard import Guard
 from opsledger.identity import runner_identity
 from opsledger.joblog import JobLog, log_path_of
-from opsledger.layout import REQUEST, RUNS, change_file, policy_file
+from opsledger.layout import REQUEST, RUNS, policy_file, shown_path, stored_file
 from opsledger.lock import HeldLocks, acquire, release
 from opsledger.maintenance import maintenance_of, run_vars
 from opsledger.notify import denied_notice, notify, notify_records, run_notice
@@ -132,7 +132,7 @@ def clock_override(project: Project, change_id: str, now: dt.datetime | None) ->
             Problem(
                 f"a chosen time (--at) applies only in the {DEFAULT_ENVIRONMENT}, "
                 f"not in {change.environment}",
-                change_file(change_id, REQUEST),
+                stored_file(project.root, change_id, REQUEST),
                 "--at",
                 "apply without --at, inside the change's window (decide and plan take --at "
                 "for what-ifs)",
@@ -160,7 +160,7 @@ def _unapproved_reads(
     except OpsledgerError as err:  # e.g. a symlink out of the repository appeared
         return f"the content cannot be read after the run: {err}"
     if after.sha256 != decision.content.sha256:
-        changed = after.changed_since(decision.content.files)
+        changed = [shown_path(project.root, p) for p in after.changed_since(decision.content.files)]
         return "the content changed during the run: " + ", ".join(changed[:5])
     stray = outside_content(project, decision.content, opened)
     if stray:
@@ -180,7 +180,7 @@ def _refuse_applied(project: Project, change_id: str, again: bool, content: str 
                 f"already applied successfully at {previous.finished_at}"
                 if previous.result == RunResult.SUCCESS
                 else f"already run: its run at {previous.finished_at} ended {previous.result}",
-                change_file(change_id, RUNS),
+                stored_file(project.root, change_id, RUNS),
                 "result",
                 "pass --again to run it once more (recorded as another run)",
             ),
@@ -189,22 +189,20 @@ def _refuse_applied(project: Project, change_id: str, again: bool, content: str 
 
 
 def _refuse_denied(
-    change_id: str, decision: Decision, when: str = "", *, project: Project | None = None
+    change_id: str, decision: Decision, when: str = "", *, project: Project
 ) -> OpsledgerError:
     """The denial; one denied while its change window is open is also notified."""
+    folder = stored_file(project.root, change_id)
     problems = [
-        Problem(f"denied by rule {c.rule}{when}: {c.why}", change_file(change_id), c.rule)
+        Problem(f"denied by rule {c.rule}{when}: {c.why}", folder, c.rule)
         for c in decision.checks
         if not c.passed
     ]
-    if project is not None:
-        change = load_change(project, change_id)
-        if change.window_start <= decision.at <= change.window_end:
-            reasons = [p.message for p in problems]
-            for line in notify(
-                project, denied_notice(change_id, change.environment, reasons)
-            ).lines():
-                problems.append(Problem(line, policy_file("notifications.yml"), "channels"))
+    change = load_change(project, change_id)
+    if change.window_start <= decision.at <= change.window_end:
+        reasons = [p.message for p in problems]
+        for line in notify(project, denied_notice(change_id, change.environment, reasons)).lines():
+            problems.append(Problem(line, policy_file("notifications.yml"), "channels"))
     return OpsledgerError(problems, EXIT_DENIED)
 
 
@@ -342,8 +340,8 @@ def apply_change(
     """Decide, lock, settle and decide again, record ahead, run, verify, roll back, record.
 
     With `shard` (shards.py: `apply --shard I/N`), only the shard's hosts are locked, run,
-    verified and rolled back, and the records are the shard's (`changes/<ID>/shards/`), never
-    a run record: the change's run record is the merge of its shards (shards.merge_shards).
+    verified and rolled back, and the records are the shard's (`changes/<block>/<ID>/shards/`),
+    never a run record: the change's run record is the merge of its shards (shards.merge_shards).
 
     With `origin` (CI: `ci apply --push`), the run records on the origin decide who runs
     (origin_records.py): pulled once the hosts are locked, the run claimed by pushing its

@@ -33,6 +33,7 @@ from opsledger.layout import (
     change_folder_name,
     change_pathspecs,
     flat_form,
+    shown_path,
 )
 from opsledger.localcache import path_walk
 from opsledger.policy.bundle import Person, Policies, Rule
@@ -384,7 +385,11 @@ def standing(
             else collect(project, _prefixes(change_id, APPROVALS), revs or [])
         )
     ]
-    notes = [f"{j.path} does not count: {'; '.join(j.reasons)}" for j in judged if not j.valid]
+    notes = [
+        f"{shown_path(project.root, j.path)} does not count: {'; '.join(j.reasons)}"
+        for j in judged
+        if not j.valid
+    ]
     ordered = sorted(
         (j for j in judged if j.valid and j.statement), key=lambda j: (j.statement.at, j.path)
     )
@@ -411,7 +416,7 @@ def standing(
             state.valid = True
             rejected.append(person)
         elif s.content_sha256 != content.sha256:
-            state.reasons.append(_changed(content, s))
+            state.reasons.append(_changed(project.root, content, s))
         else:
             state.valid = True
             approvers.append(person)
@@ -420,9 +425,8 @@ def standing(
         if request.statement.content_sha256 == content.sha256:
             proven, why = True, f"{requester} requested this content ({request.proof})"
         else:
-            why = (
-                f"{requester}'s request names other content: {_changed(content, request.statement)}"
-            )
+            changed = _changed(project.root, content, request.statement)
+            why = f"{requester}'s request names other content: {changed}"
     elif request is None:
         unproven = [j for j in judged if j.person == requester and not j.valid]
         if unproven:
@@ -430,8 +434,13 @@ def standing(
     return Standing(states, judged, requester, proven, why, rejected, approvers, notes)
 
 
-def _changed(content: Content, statement: Statement) -> str:
-    changed = content.changed_since(statement.content_files)
+def _changed(root: Path, content: Content, statement: Statement) -> str:
+    """Which files changed since the statement, named where they lie.
+
+    The manifest's keys are the flat form, which names no folder once the change lives in its
+    block: a person told to look at it would find nothing.
+    """
+    changed = [shown_path(root, p) for p in content.changed_since(statement.content_files)]
     shown = ", ".join(changed[:5]) or "unknown files"
     return "the content changed since: " + shown + (" ..." if len(changed) > 5 else "")
 

@@ -53,6 +53,7 @@ from opsledger.layout import (
     REQUEST,
     change_file,
     change_folder_name,
+    stored_file,
     within_change,
 )
 from opsledger.localcache import schema_passes
@@ -120,8 +121,9 @@ class AuditLog:
     rows: list[AuditRow]
     since: dt.datetime | None
     until: dt.datetime | None
-    # Committed changes the log could not read, each "changes/<ID>: why": a log that leaves a
-    # change out must say so (the command exits 1), never read as complete.
+    # Committed changes the log could not read, each "changes/<block>/<ID>: why" (where it is
+    # stored): a log that leaves a change out must say so (the command exits 1), never read as
+    # complete.
     unreadable: list[str] = field(default_factory=list)
 
 
@@ -229,7 +231,7 @@ def _audit_log(
         change = loaded.get(change_id) or _load(project, change_id)
         if isinstance(change, OpsledgerError):  # audit check reports it too (change-unreadable)
             why = change.problems[0].message if change.problems else "cannot be read"
-            unreadable.append(f"{change_file(change_id)}: {why}")
+            unreadable.append(f"{stored_file(project.root, change_id)}: {why}")
             continue
         if environment and change.environment != environment:
             continue

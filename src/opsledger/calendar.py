@@ -27,7 +27,7 @@ from opsledger.decide import decide
 from opsledger.drill import drills_due
 from opsledger.errors import OpsledgerError
 from opsledger.inspections import due_states, load_inspection_plan
-from opsledger.layout import change_file, policies_folder
+from opsledger.layout import policies_folder, stored_file
 from opsledger.policy.bundle import DAYS, load_policies
 from opsledger.project import Project
 from opsledger.records import read_runs
@@ -64,8 +64,8 @@ class Calendar:
     start: dt.datetime
     end: dt.datetime
     entries: list[Entry]
-    # Changes left off because they cannot be read or judged, "changes/<ID>: why": a calendar
-    # that leaves a change out says so (the command exits 1).
+    # Changes left off because they cannot be read or judged, "changes/<block>/<ID>: why" (where
+    # it is stored): a calendar that leaves a change out says so (the command exits 1).
     unreadable: list[str] = field(default_factory=list)
 
 
@@ -111,7 +111,7 @@ def _changes(
             decision = decide(project, change_id, now=max(start, change.window_start))
         except OpsledgerError as err:  # `change validate` names what is wrong with it
             why = err.problems[0].message if err.problems else "cannot be read"
-            unreadable.append(f"{change_file(change_id)}: {why}")
+            unreadable.append(f"{stored_file(project.root, change_id)}: {why}")
             continue
         if change.environment not in envs:
             continue

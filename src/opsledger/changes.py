@@ -1,4 +1,4 @@
-"""Change requests: `changes/<ID>/change.yml`, created and validated before anything runs.
+"""Change requests: `changes/<block>/<ID>/change.yml`, created and validated before anything runs.
 
 Validation reports every problem at once, each with the file, the field and what to do:
 the schema (src/opsledger/schemas/change.schema.json), the window, that the runbook exists and
@@ -639,7 +639,7 @@ def withdraw_change(
 ) -> Withdrawal:
     """Withdraw a change that has not succeeded: it never runs, holds no host, keeps its id.
 
-    Writes `changes/<ID>/withdrawn.yml` (who, when, why) and commits it as that person; the
+    Writes `changes/<block>/<ID>/withdrawn.yml` (who, when, why) and commits it as that person; the
     folder and its history stay, so approvals, run records and audit keep their meaning.
 
     Example:

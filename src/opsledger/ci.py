@@ -35,6 +35,7 @@ from opsledger.layout import (
     folder_of_kind,
     in_policies,
     misplaced,
+    stored_file,
 )
 from opsledger.origin_records import OriginRecords
 from opsledger.pending import PendingResult, apply_pending
@@ -72,6 +73,7 @@ CHANGES_README = "README.md"
 @dataclass
 class PrChange:
     change_id: str
+    folder: str  # where it is stored (layout.stored_file): what its problem lines name
     problems: list[str] = field(default_factory=list)
     decision: Decision | None = None
     plan: Plan | None = None
@@ -124,7 +126,7 @@ class PrReport:
         ]
         lines += [f"{path}: {misplaced(path) or STRAY}; {STRAY_FIX}" for path in self.scope.stray]
         lines += list(self.policy_problems)
-        lines += [f"{change_file(i.change_id)}: {p}" for i in self.items for p in i.problems]
+        lines += [f"{i.folder}: {p}" for i in self.items for p in i.problems]
         return lines
 
     def markdown(self) -> str:
@@ -272,7 +274,7 @@ def _pr_check(
     policy_problems = [str(p) for p in policy_check(project).problems]
     items = []
     for change_id in scope.changes:
-        item = PrChange(change_id)
+        item = PrChange(change_id, stored_file(project.root, change_id))
         items.append(item)
         if is_policy_change(change_id):
             try:

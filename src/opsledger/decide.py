@@ -25,7 +25,7 @@ from opsledger.changes import Change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import git, require_history
-from opsledger.layout import POLICIES_PREFIX, REVIEW, change_file
+from opsledger.layout import POLICIES_PREFIX, REVIEW, shown_path, stored_file
 from opsledger.localcache import ensure_commit_graph, schema_passes
 from opsledger.policy.bundle import Policies, Rule
 from opsledger.policy.changes import is_policy_change, load_policy_request, policy_content
@@ -205,7 +205,8 @@ def _promotion(
                 f"{promotion['from']} ran it successfully in {record.change} at "
                 f"{record.finished_at} (committed by CI on {base.ref}, {evidence.commit[:10]})",
             )
-        rejected.append(f"{evidence.path} is no evidence: {'; '.join(evidence.reasons)}")
+        shown = shown_path(project.root, evidence.path)  # the key, named where it lies
+        rejected.append(f"{shown} is no evidence: {'; '.join(evidence.reasons)}")
     return Check(
         "promotion",
         False,
@@ -408,12 +409,11 @@ def _decide(
     checks += _withdrawn(project, change, trusted)
     if change.type == "emergency":
         hours = policies.emergency.get("review_within_hours")
+        review = stored_file(project.root, change_id, REVIEW)  # where the reviewer writes it
         checks.append(
             Check(
-                "post-implementation review",
-                True,
-                f"due within {hours} h of the apply ({change_file(change_id, REVIEW)})",
-            )
+                "post-implementation review", True, f"due within {hours} h of the apply ({review})"
+            ),
         )
     return Decision(
         change_id,

@@ -4,14 +4,15 @@ Showing a change first settles earlier runs' evidence (reconcile.py): a run whos
 recorded as interrupted, a record whose commit failed is committed again; what still is not
 committed is shown as such and never counted as a run.
 
-`git log -- changes/<ID>` is the change's life; this puts it in one view for the engineer and
-the reviewer (`opsledger change show`). Audit (many changes, history-wide rules) builds on the
-same pieces.
+`git log -- changes/<block>/<ID>` (or its legacy flat folder) is the change's life; this puts
+it in one view for the engineer and the reviewer (`opsledger change show`). Audit (many
+changes, history-wide rules) builds on the same pieces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opsledger.approval_rules import approval_rule
@@ -20,7 +21,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import Change, Withdrawal, load_change, load_withdrawal, validate_change
 from opsledger.content import Content, change_content
 from opsledger.gitrepo import git, require_history
-from opsledger.layout import change_pathspecs
+from opsledger.layout import change_pathspecs, shown_path
 from opsledger.policy.bundle import Policies, Rule
 from opsledger.project import Project
 from opsledger.reconcile import reconcile_runs
@@ -45,6 +46,9 @@ class ChangeHistory:
     notes: list[str] = field(default_factory=list)  # what reconciling earlier runs did or needs
     # person -> why their (valid) statement does not count under the change's rule
     uncounted: dict[str, str] = field(default_factory=dict)
+    # where the project lies: the text names a statement where it is stored (its JSON keeps
+    # the flat-form key, as statements and audits name it)
+    root: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         c = self.change
@@ -119,6 +123,9 @@ class ChangeHistory:
             "notes": self.notes,
         }
 
+    def _shown(self, path: str) -> str:
+        return shown_path(self.root, path) if self.root is not None else path
+
     def render(self) -> str:
         data = self.as_dict()
         out = [
@@ -148,7 +155,7 @@ class ChangeHistory:
         void = [j for j in self.statements if not j.valid]
         if void:
             out.append("statements that do not count:")
-            out += [f"  {j.path}: {'; '.join(j.reasons)}" for j in void]
+            out += [f"  {self._shown(j.path)}: {'; '.join(j.reasons)}" for j in void]
         out.append("runs:")
         for r in data["runs"]:
             extra = f", rollback {r['rollback']}" if r["rollback"] else ""
@@ -249,4 +256,5 @@ def change_history(project: Project, change_id: str) -> ChangeHistory:
         load_withdrawal(project, change_id),
         done.notes + [f"{p}" for p in done.problems],
         uncounted,
+        project.root,
     )

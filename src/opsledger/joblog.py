@@ -33,7 +33,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
-from opsledger.layout import RUNS, change_file, stored_file
+from opsledger.layout import RUNS, stored_file
 from opsledger.project import Project
 
 LOG_SUFFIX = ".log.jsonl.gz"
@@ -215,7 +215,7 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
             Problem(
                 f"{change_id} has no committed run with a job log"
                 + (f" started at {run}" if run else ""),
-                change_file(change_id, RUNS),
+                stored_file(project.root, change_id, RUNS),
                 "log",
                 "runs recorded before job logs were kept have none; `opsledger change show "
                 f"{change_id}` lists its runs",

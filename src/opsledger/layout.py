@@ -124,6 +124,19 @@ def stored_file(root: Path, change_id: str, *parts: str) -> str:
     return block_file(change_id, *parts)
 
 
+def shown_path(root: Path, path: str) -> str:
+    """The path a message shows a person for a key or a stored path: where the file lies now.
+
+    A key (`changes/CHG-0001/change.yml`) names a folder that does not exist once the change
+    lives in its block; a person told to open or `git add` it would find nothing. Paths
+    outside a change folder are returned as they are. Findings and hashes keep the key.
+    """
+    split = _split(path)
+    if split is None or split[0] or not _ANY_ID_RE.fullmatch(split[1]):
+        return path  # outside changes/, a block path already, or no change folder
+    return stored_file(root, split[1], *([split[2]] if split[2] else []))
+
+
 def _split(path: str) -> tuple[str, str, str | None] | None:
     """(block or "", folder, rest or None) of a path under `changes/`, else None.
 

@@ -314,7 +314,7 @@ def ensure_commit_graph(root: Path) -> None:
     unwritable object folder; never raises. Once per repository and process.
 
     Example:
-        ensure_commit_graph(project.root)  # then `git log -- changes/CHG-0001/` prunes fast
+        ensure_commit_graph(project.root)  # `git log -- changes/CHG-00xx/CHG-0001/` prunes fast
     """
     if str(root) in _GRAPHS:
         return

@@ -14,7 +14,7 @@ from opsledger.base import policies_for, resolve_base
 from opsledger.changes import load_change
 from opsledger.decide import Decision
 from opsledger.errors import OpsledgerError
-from opsledger.layout import REQUEST, change_file
+from opsledger.layout import REQUEST, stored_file
 from opsledger.policy.bundle import Policies
 from opsledger.policy.changes import is_policy_change
 from opsledger.policy.windows import freezes_over, next_allowed, shown_opening, shown_time, zone_of
@@ -64,6 +64,7 @@ def _next_start(policies: Policies, change, after: dt.datetime) -> dt.datetime |
 
 def _window_hint(change_id: str, policies: Policies, project: Project, now: dt.datetime) -> str:
     change = load_change(project, change_id)
+    request = stored_file(project.root, change_id, REQUEST)  # where the person edits it
     windows = policies.windows.get(change.environment, [])
     if now < change.window_start:
         return f"the change window opens at {shown_time(windows, change.window_start)}"
@@ -72,7 +73,7 @@ def _window_hint(change_id: str, policies: Policies, project: Project, now: dt.d
         when = f"next window opens {shown_opening(windows, fit)}; " if fit else ""
         return (
             f"the change window closed at {shown_time(windows, change.window_end)}: {when}"
-            f"{change.requested_by} moves window in {change_file(change_id, REQUEST)} and runs "
+            f"{change.requested_by} moves window in {request} and runs "
             f"opsledger change submit {change_id}"
         )
     return ""
@@ -136,6 +137,7 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
     if is_policy_change(change_id):
         return steps
     change = load_change(project, change_id)
+    request = stored_file(project.root, change_id, REQUEST)  # where the person edits it
     windows = policies.windows.get(change.environment, [])
     if "maintenance window" in failed:
         fit = _next_start(policies, change, max(decision.at, change.window_start))
@@ -143,7 +145,7 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
             steps.append(
                 f"next window opens {shown_opening(windows, fit)} "
                 f"({fit.astimezone(zone_of(windows)).isoformat()}): "
-                f"move the change window there in {change_file(change_id, REQUEST)}, then "
+                f"move the change window there in {request}, then "
                 f"opsledger change submit {change_id}"
             )
     if "change window" in failed:
@@ -162,7 +164,7 @@ def after_denial(project: Project, decision: Decision) -> list[str]:
                 after = f"; the next window after it opens {shown_opening(windows, fit)}"
             steps.append(
                 f"the freeze '{last.name}' ends {shown_time(windows, last.end)}{after}: move "
-                f"the change window there in {change_file(change_id, REQUEST)}, or make it an "
+                f"the change window there in {request}, or make it an "
                 "emergency change"
             )
         else:

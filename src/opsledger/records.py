@@ -1,6 +1,6 @@
 """The one record format: what happened, when, by whom, judged by what, with what result.
 
-Runs of changes (`changes/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
+Runs of changes (`changes/<block>/<ID>/runs/<UTC timestamp>.json`), inspections, drift checks, DR
 drills and alert intakes (`records/<folder>/`) all write this one model, so audit and reports
 read them alike. Records are JSON (stable key order), written once and committed; audit treats any
 later edit of one as a finding.
@@ -334,7 +334,7 @@ def _git_out(root: Path, *args: str, stdin: bytes | None = None) -> bytes | None
 
 
 def is_final_run_path(path: str) -> bool:
-    """`changes/CHG-<n>/runs/<stamp>.json` (relative to the project), not a write-ahead one."""
+    """`<change folder>/runs/<stamp>.json` (relative, either layout), not a write-ahead one."""
     match = _RUN_FILE.fullmatch(path)
     return bool(match) and not match.group(3)
 
@@ -369,7 +369,11 @@ def _unreadable(root: Path, why: str) -> OpsledgerError:
     )
 
 
-_PARSED: dict[str, Any] = {}  # blob id -> its JSON, parsed once per process
+# (project root, blob id) -> the blob's JSON, parsed once per process. The blob id alone would
+# name the bytes, but the memo also answers "has this project's cache file got it?": keyed by
+# blob only, a blob another project of the same process had parsed (same bytes, same id) made
+# this project's cache look complete, so it was never loaded, nor written.
+_PARSED: dict[tuple[str, str], Any] = {}
 _NOT_JSON = object()
 RUNS_CACHE = "runs-v1"
 
@@ -397,21 +401,20 @@ def _committed_records(project: Project) -> dict[str, Record | None]:
     if not wanted:
         return {}
     _require_objects(project.root, wanted)  # a damaged clone stops here, cached or not
-    unseen = any(o not in _PARSED for _, o in wanted)  # else this process has them all
+    where = str(project.root)
+    unseen = any((where, o) not in _PARSED for _, o in wanted)  # else this project has them all
     cached = load_cache(project, RUNS_CACHE) if unseen else {}
-    missing = [(p, o) for p, o in wanted if o not in _PARSED and o not in cached]
+    for oid, entry in cached.items():  # authenticated by load_cache: an edited file is {}
+        if isinstance(entry, dict):
+            _PARSED.setdefault((where, oid), entry.get("json", _NOT_JSON))
+    missing = [(p, o) for p, o in wanted if (where, o) not in _PARSED]
     blob_of = dict(missing)
     for path, data in _read_blobs(project.root, missing).items():
-        _PARSED[blob_of[path]] = _json_of(data)
+        _PARSED[(where, blob_of[path])] = _json_of(data)
     found: dict[str, Record | None] = {}
     kept: dict[str, Any] = {}
     for path, oid in wanted:
-        entry = cached.get(oid)
-        parsed = (
-            _PARSED[oid]
-            if oid in _PARSED
-            else (entry.get("json", _NOT_JSON) if isinstance(entry, dict) else _NOT_JSON)
-        )
+        parsed = _PARSED[(where, oid)]
         kept[oid] = {} if parsed is _NOT_JSON else {"json": parsed}
         found[path] = None if parsed is _NOT_JSON else record_from_data(parsed)
     if unseen and kept.keys() != cached.keys():
@@ -737,12 +740,13 @@ def runs_of(project: Project, change_ids: list[str]) -> dict[str, list[Record]]:
     if not wanted:
         return found
     _require_objects(project.root, wanted)
-    unseen = [(p, o) for p, o in wanted if o not in _PARSED]
+    where = str(project.root)
+    unseen = [(p, o) for p, o in wanted if (where, o) not in _PARSED]
     blob_of = dict(unseen)
     for path, data in _read_blobs(project.root, unseen).items():
-        _PARSED[blob_of[path]] = _json_of(data)
+        _PARSED[(where, blob_of[path])] = _json_of(data)
     for path, oid in wanted:
-        parsed = _PARSED[oid]
+        parsed = _PARSED[(where, oid)]
         match = _RUN_FILE.fullmatch(path)
         if parsed is _NOT_JSON or match is None or match.group(1) not in found:
             continue

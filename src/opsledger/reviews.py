@@ -1,9 +1,9 @@
 """Post-implementation reviews: the obligation an emergency change owes once it has run.
 
-`apply` creates `changes/<ID>/review.yml` (status `due`, `due_by` = apply time + the policy's
-`emergency.review_within_hours`) and commits it with the run record. Completing it records who
-reviewed, what happened, why, and the follow-up actions, committed as the reviewer; audit reads
-a review done after `due_by`, or never done, as a finding.
+`apply` creates `changes/<block>/<ID>/review.yml` (status `due`, `due_by` = apply time + the
+policy's `emergency.review_within_hours`) and commits it with the run record. Completing it
+records who reviewed, what happened, why, and the follow-up actions, committed as the reviewer;
+audit reads a review done after `due_by`, or never done, as a finding.
 """
 
 from __future__ import annotations

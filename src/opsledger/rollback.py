@@ -17,7 +17,7 @@ from opsledger.execution import Events, Interrupt, phase, run_runbook, verificat
 from opsledger.export import commit_content, exported
 from opsledger.gitrepo import git
 from opsledger.identity import runner_identity
-from opsledger.layout import REQUEST, change_file, change_pathspecs
+from opsledger.layout import REQUEST, change_pathspecs, stored_file
 from opsledger.lock import acquire, release
 from opsledger.maintenance import maintenance_of
 from opsledger.playbook_runs import PlaybookRun
@@ -119,7 +119,7 @@ def last_verified_state(
 
 def _before_arrival(project: Project, change_id: str) -> str:
     """The first parent of the commit that brought the change's change.yml into the branch."""
-    rel = change_file(change_id, REQUEST)
+    rel = stored_file(project.root, change_id, REQUEST)
     added = git(
         project.root,
         "log",

@@ -19,7 +19,7 @@ from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.execution import Events
 from opsledger.faults.detect import record_detection
 from opsledger.identity import commit_evidence
-from opsledger.layout import change_file
+from opsledger.layout import stored_file
 from opsledger.lock import lock_policy
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
@@ -87,7 +87,7 @@ def apply_shard(
         raise OpsledgerError(
             Problem(
                 f"shard {shard} holds none of {change_id}'s hosts",
-                change_file(change_id),
+                stored_file(project.root, change_id),
                 "shard",
                 "nothing to do here: the other shards run it",
             ),

@@ -13,13 +13,13 @@ split from the same inputs, so no coordinator is needed:
   default any whose serial limits how many hosts change at once) runs whole on shard 1.
 - **shard run**: each shard locks only its hosts (lock.py, with the origin backend so every
   runner sees them), runs, verifies and, on failure, rolls back its own hosts; it writes a
-  *shard record* `changes/<ID>/shards/<set>-<I>of<N>.json` (write-ahead `.started.json`
+  *shard record* `changes/<block>/<ID>/shards/<set>-<I>of<N>.json` (write-ahead `.started.json`
   first). The set number is the change's count of run records + 1, the same on every runner.
   Shard records live outside `runs/`, so decide, evidence and audit never read one: they are
   the working papers of a run, not the run.
 - **merge** (`merge_shards`): once every shard reported (a final record each; in CI the merge
   job runs after all shard jobs ended, and a shard that left only a write-ahead record, or
-  none, counts as interrupted), one run record `changes/<ID>/runs/<stamp>.json` is written:
+  none, counts as interrupted), one run record `changes/<block>/<ID>/runs/<stamp>.json` is written:
   the union of the shards' hosts, stats and verification, the worst result. That record is
   THE run record: the one evidence, decide and audit read. With `shards.on_failure: all`
   (policies/locks.yml) the hosts of the shards that succeeded are rolled back too when

@@ -26,7 +26,7 @@ from opsledger.changes import NewChange, new_change, validate_change
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
-from opsledger.layout import change_file, is_block, policy_file
+from opsledger.layout import is_block, policy_file, stored_file
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.changes import (
     PolicyRequest,
@@ -157,7 +157,7 @@ def sign_off(
             signing_key,
             policies,
             "an approval" if decision == "approved" else "a rejection",
-            change_file(change_id),
+            stored_file(project.root, change_id),
         )
         if unsigned:
             raise OpsledgerError(unsigned)
@@ -165,7 +165,7 @@ def sign_off(
         raise OpsledgerError(
             Problem(
                 f"only the requester ({requester}) submits the change",
-                change_file(change_id),
+                stored_file(project.root, change_id),
                 "--as",
                 f"submit as {requester}, or approve it instead",
             )
@@ -270,7 +270,7 @@ def _refuse_uncounted(
                 Problem(
                     f"{person} approves nothing (observers in policies/changes.yml), so "
                     "cannot reject either",
-                    change_file(change_id),
+                    stored_file(project.root, change_id),
                     "--as",
                     "say why in the pull request; an approver can reject it",
                 )
@@ -282,7 +282,7 @@ def _refuse_uncounted(
         raise OpsledgerError(
             Problem(
                 f"{why}: the approval would not count",
-                change_file(change_id),
+                stored_file(project.root, change_id),
                 "--as",
                 f"ask someone whose approval counts: {who}",
             )
@@ -348,7 +348,7 @@ def submit_change(
             signing_key,
             policies,
             "the request",
-            change_file(change_id),
+            stored_file(project.root, change_id),
         )
         if unsigned:
             raise OpsledgerError(unsigned)

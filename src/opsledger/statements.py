@@ -1,6 +1,6 @@
 """Signed statements about a change: who requests, approves or rejects which content.
 
-A statement is one file, `changes/<ID>/approvals/<person>/<UTC stamp>.yml`, written once and
+A statement is one file, `changes/<block>/<ID>/approvals/<person>/<UTC stamp>.yml`, written once and
 never edited: a person who changes their mind adds a newer statement. It names the change, the
 person, the decision (`requested`, `approved` or `rejected`), the sha256 of the content it is
 about, the policy bundle hash it was judged under, the time and a comment. Those fields, in a
@@ -78,7 +78,7 @@ def stamp(moment: dt.datetime) -> str:
 
 
 def statement_path(root: Path, change_id: str, person: str, at: dt.datetime) -> Path:
-    """`changes/<ID>/approvals/<person>/<UTC stamp>.yml` under the project's `root`."""
+    """`changes/<block>/<ID>/approvals/<person>/<UTC stamp>.yml` (or the legacy flat folder)."""
     return change_folder(root, change_id, APPROVALS, person, f"{stamp(at)}.yml")
 
 

@@ -434,7 +434,7 @@ def load_yaml(
     `shared`: parsed through `parse_yaml_shared` (the caller only reads the result).
 
     Example:
-        load_yaml(Path("changes/CHG-0001/change.yml"), what="change request", root=project.root)
+        load_yaml(Path("changes/CHG-00xx/CHG-0001/change.yml"), what="change", root=project.root)
     """
     parse = parse_yaml_shared if shared else parse_yaml
     data = parse(read_text(path, what=what, root=root), source=str(path), dates=dates)

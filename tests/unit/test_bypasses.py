@@ -379,7 +379,9 @@ def test_a_record_committed_by_the_requester_is_no_evidence(production_change):
     project, staging, production = production_change
     path = run_record(project, staging, environment="staging", **_staging_sha(project, staging))
     commit_as(project, [path], f"Run {staging}: success", "alice")
-    assert "promotion" in failed(decide(project, production, now=INSIDE))
+    why = failed(decide(project, production, now=INSIDE))["promotion"]
+    # named where it lies (its block), not by its flat-form key
+    assert f"{path.relative_to(project.root).as_posix()} is no evidence" in why
     assert "evidence-forged" in rules_of(audit_check(project, now=INSIDE))
 
 

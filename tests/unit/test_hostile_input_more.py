@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
-from opsledger.layout import change_folder
+from opsledger.layout import change_folder, stored_file
 from opsledger.yamlio import parse_yaml
 
 from .badinput import assert_refused, run, tree_state
@@ -190,7 +190,9 @@ def test_a_log_or_calendar_that_leaves_a_change_out_says_so(tmp_path, args):
     result = run(project.root, args)
     assert result.exit_code == 1, result.output
     assert f"warning: not in this {'log' if args[0] == 'audit' else 'calendar'}: " in result.stderr
-    assert f"changes/{change_id}: " in result.stderr and "duplicate key" in result.stderr
+    # named where it is stored, the folder a person opens (an audit finding names the key)
+    assert f"{stored_file(project.root, change_id)}: " in result.stderr
+    assert "duplicate key" in result.stderr
     assert "Traceback" not in result.output
 
 

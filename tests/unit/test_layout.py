@@ -389,3 +389,16 @@ def test_the_protected_branch_hook_lets_ci_add_what_audit_check_lets_it_add(path
 
     hook = _protect_main()
     assert any(p.match(path) for p in hook.ADDED_ONLY) == any(p.fullmatch(path) for p in CI_MAY_ADD)
+
+
+def test_shown_path_names_where_a_keyed_file_lies(tmp_path):
+    from opsledger.layout import shown_path
+
+    assert shown_path(tmp_path, "changes/CHG-0001/change.yml") == (
+        "changes/CHG-00xx/CHG-0001/change.yml"
+    )
+    assert shown_path(tmp_path, "changes/CHG-0001") == "changes/CHG-00xx/CHG-0001"
+    for unchanged in ("changes/CHG-00xx/CHG-0001/x", "roles/a", "changes/README.md", "changes/x/y"):
+        assert shown_path(tmp_path, unchanged) == unchanged
+    (tmp_path / "changes" / "CHG-0002").mkdir(parents=True)  # a legacy flat folder stays flat
+    assert shown_path(tmp_path, "changes/CHG-0002/change.yml") == "changes/CHG-0002/change.yml"

@@ -13,7 +13,7 @@ import yaml
 
 from opsledger.decide import decide
 from opsledger.gitrepo import git
-from opsledger.layout import change_folder
+from opsledger.layout import change_folder, stored_file
 from opsledger.signoff import approve_change, sign_off
 
 from .conftest import START
@@ -199,7 +199,10 @@ def test_a_closed_window_says_when_the_next_one_opens(repo):
     late = _cli(project, "decide", change_id, "--at", "2026-12-02T09:00:00+00:00")
     assert late.returncode == 3
     assert "next: the change window closed at 2026-12-01T22:00:00+00:00" in late.stdout
-    assert "alice moves window in changes/CHG-0001/change.yml" in late.stdout
+    # the file alice edits, where it is stored (its block), not the flat-form key
+    request = stored_file(project.root, change_id, "change.yml")
+    assert request.startswith("changes/CHG-00xx/")
+    assert f"alice moves window in {request}" in late.stdout
 
 
 def test_as_help_names_the_environment_variable():

@@ -21,8 +21,8 @@ def approve(
 ) -> None:
     """Approve (or reject) a change's current content and commit it as you, signed with --key.
 
-    Writes changes/<ID>/approvals/<person>/<time>.yml: a statement naming the sha256 of every
-    file git tracks but bookkeeping (statements, run records, other changes, records/), signed
+    Writes changes/<block>/<ID>/approvals/<person>/<time>.yml: a statement naming the sha256 of
+    every file git tracks but bookkeeping (statements, run records, other changes, records/), signed
     with your SSH key (ssh-keygen -Y sign). Editing any of it later voids the approval; a
     rejection stands until you approve again. Works for policy changes (POL-<n>) too.
 

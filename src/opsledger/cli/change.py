@@ -1,4 +1,4 @@
-"""`opsledger change ...`: create and validate change requests (changes/<ID>/change.yml)."""
+"""`opsledger change ...`: create and validate change requests (changes/<block>/<ID>/change.yml)."""
 
 from __future__ import annotations
 
@@ -127,9 +127,9 @@ def new(
     risk,
     signing_key,
 ) -> None:
-    """Write changes/<next id>/change.yml and your request statement; commit both yourself.
+    """Write changes/<block>/<next id>/change.yml and your request; commit both yourself.
 
-    The request statement (changes/<ID>/approvals/<you>/<time>.yml) says you request the
+    The request statement (changes/<block>/<ID>/approvals/<you>/<time>.yml) says you request the
     change's content as it is now, signed with --key; commit it with the change and the
     desired-state edits. After amending the change, `opsledger change submit` it again.
     Nothing is written when the change would be invalid.
@@ -276,7 +276,7 @@ def review(
 ) -> None:
     """Complete an emergency change's post-implementation review and commit it as you.
 
-    apply creates changes/<ID>/review.yml when an emergency change runs; it is due within
+    apply creates changes/<block>/<ID>/review.yml when an emergency change runs; it is due within
     the policy's emergency.review_within_hours.
 
     \b
@@ -307,8 +307,8 @@ def review(
 def withdraw(change_id: str, person: str, reason: str, signing_key: Path | None) -> None:
     """Withdraw a change that has not run successfully; it never runs and holds no host.
 
-    Writes changes/<ID>/withdrawn.yml (who, when, why) and commits it as you. The folder stays
-    and its id is never reused. `opsledger change cancel` is the same command.
+    Writes changes/<block>/<ID>/withdrawn.yml (who, when, why) and commits it as you. The
+    folder stays and its id is never reused. `opsledger change cancel` is the same command.
 
     \b
     Example:

@@ -66,9 +66,9 @@ def check() -> None:
 def propose(title: str, requested_by: str, reason: str, signing_key: Path | None) -> None:
     """Request the policies/ edits you made as a policy change (POL-<n>); commit it with them.
 
-    Writes changes/POL-<n>/policy.yml and your request statement over the request and every
-    file of policies/ as it is now. The edit takes effect once the policy owners approve it
-    (`opsledger approve POL-<n>`) under the policies as they were before.
+    Writes changes/POL-<block>/POL-<n>/policy.yml and your request statement over the request
+    and every file of policies/ as it is now. The edit takes effect once the policy owners
+    approve it (`opsledger approve POL-<n>`) under the policies as they were before.
 
     \b
     Example:

@@ -1,4 +1,4 @@
-"""Policy changes are changes: `changes/POL-<n>/policy.yml` and its statements.
+"""Policy changes are changes: `changes/POL-<block>/POL-<n>/policy.yml` and its statements.
 
 Who may approve what, whose keys count, which windows open: an edit of `policies/` changes the
 rules every other change is judged by, so it is requested and approved like a change — by the
@@ -108,7 +108,7 @@ def load_policy_request(project: Project, change_id: str) -> PolicyRequest:
 def new_policy_request(
     project: Project, *, title: str, requested_by: str, reason: str
 ) -> PolicyRequest:
-    """Write `changes/POL-<next>/policy.yml` (not committed: commit it with the policy edit).
+    """Write `changes/POL-<block>/POL-<next>/policy.yml` (not committed: commit it with the edit).
 
     Like change ids, policy change ids are never reused: the next is one more than the highest
     in the tree or in any branch's history, and its folder is claimed before it is written.
