@@ -560,18 +560,19 @@ def _parsed(project: Project, wanted: list[tuple[str, str]]) -> dict[str, Any]:
     """
     from opsledger.localcache import load_cache
 
-    missing = [(p, o) for p, o in wanted if o not in _PARSED]
+    where = str(project.root)  # keyed as every reader of run records keys the memo
+    missing = [(p, o) for p, o in wanted if (where, o) not in _PARSED]
     if len(missing) > 64:  # a first index: the kept JSON of each blob spares 10,000 reads
         cached = load_cache(project, RUNS_CACHE)
         for _, oid in missing:
             entry = cached.get(oid)
             if isinstance(entry, dict):
-                _PARSED[oid] = entry.get("json", _NOT_JSON)
-        missing = [(p, o) for p, o in missing if o not in _PARSED]
+                _PARSED[(where, oid)] = entry.get("json", _NOT_JSON)
+        missing = [(p, o) for p, o in missing if (where, o) not in _PARSED]
     blob_of = dict(missing)
     for path, data in _read_blobs(project.root, missing).items():
-        _PARSED[blob_of[path]] = _json_of(data)
-    return {o: _PARSED[o] for _, o in wanted}
+        _PARSED[(where, blob_of[path])] = _json_of(data)
+    return {o: _PARSED[(where, o)] for _, o in wanted}
 
 
 def committed_runs_of(
