@@ -53,6 +53,7 @@ from opsledger.layout import (
     REQUEST,
     change_file,
     change_folder_name,
+    change_pathspecs,
     within_change,
 )
 from opsledger.localcache import schema_passes
@@ -181,8 +182,9 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
             elif inside := within_change(path):
                 if inside[1].startswith(f"{APPROVALS}/"):
                     statements.append(blob)
-                elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it
-                    requests.append(f"{base.sha}:{path}")
+                elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it:
+                    # both layouts' spellings, the one the branch lacks kept as missing
+                    requests += [f"{base.sha}:{p}" for p in change_pathspecs(inside[0], REQUEST)]
     # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
     # listed it asks for these again, and then starts no `cat-file` for them.
     contents = blob_contents(project.root, statements + records + requests)
