@@ -59,7 +59,7 @@ from opsledger.layout import (
 from opsledger.localcache import schema_passes
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
-from opsledger.records import Record, is_final_run_path
+from opsledger.records import Record, is_final_run_path, read_runs
 from opsledger.reviews import load_review
 from opsledger.steady import steady_tree
 
@@ -210,11 +210,14 @@ def _audit_log(
         project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=_in_changes
     ) as history:
         loaded = _ahead(project, base, whole=since is None and until is None)
+        ledger = read_runs(project)  # the committed records: HEAD's, not the history's
         commits = list(history())
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
-    for evidence in run_evidence(project, base, statements=statements, history=commits):
+    for evidence in run_evidence(
+        project, base, statements=statements, history=commits, ledger=ledger
+    ):
         if evidence.trusted and evidence.record and evidence.record.change:
             runs.setdefault(evidence.record.change, []).append(evidence.record)
     rows, unreadable = [], []
