@@ -53,13 +53,14 @@ from opsledger.layout import (
     REQUEST,
     change_file,
     change_folder_name,
+    change_pathspecs,
     stored_file,
     within_change,
 )
 from opsledger.localcache import schema_passes
 from opsledger.policy.changes import load_policy_request, policy_change_ids
 from opsledger.project import Project
-from opsledger.records import Record, is_final_run_path
+from opsledger.records import Record, is_final_run_path, read_runs
 from opsledger.reviews import load_review
 from opsledger.steady import steady_tree
 
@@ -183,8 +184,9 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
             elif inside := within_change(path):
                 if inside[1].startswith(f"{APPROVALS}/"):
                     statements.append(blob)
-                elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it
-                    requests.append(f"{base.sha}:{path}")
+                elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it:
+                    # both layouts' spellings, the one the branch lacks kept as missing
+                    requests += [f"{base.sha}:{p}" for p in change_pathspecs(inside[0], REQUEST)]
     # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
     # listed it asks for these again, and then starts no `cat-file` for them.
     contents = blob_contents(project.root, statements + records + requests)
@@ -210,11 +212,14 @@ def _audit_log(
         project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=_in_changes
     ) as history:
         loaded = _ahead(project, base, whole=since is None and until is None)
+        ledger = read_runs(project)  # the committed records: HEAD's, not the history's
         commits = list(history())
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
-    for evidence in run_evidence(project, base, statements=statements, history=commits):
+    for evidence in run_evidence(
+        project, base, statements=statements, history=commits, ledger=ledger
+    ):
         if evidence.trusted and evidence.record and evidence.record.change:
             runs.setdefault(evidence.record.change, []).append(evidence.record)
     rows, unreadable = [], []

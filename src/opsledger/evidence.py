@@ -43,7 +43,7 @@ from opsledger.layout import (
     within_change,
 )
 from opsledger.project import Project
-from opsledger.records import Record, is_final_run_path, parse_record, read_runs
+from opsledger.records import Record, RunLedger, is_final_run_path, parse_record, read_runs
 from opsledger.steady import remembered
 from opsledger.yamlio import parse_yaml_shared
 
@@ -253,18 +253,20 @@ def run_evidence(
     only: Callable[[Record], bool] | None = None,
     statements: dict[str, list[Found]] | None = None,
     history: list[Commit] | None = None,
+    ledger: RunLedger | None = None,
 ) -> list[Evidence]:
     """The run records that count (`read_runs`: committed in HEAD), judged, oldest first.
 
     Each is judged as the base's first-parent line added it (a record HEAD holds that the line
     never added is no evidence). `only` picks the records worth judging by what they say, as
     HEAD holds them and as they were added (judging reads statements). `history`: the base's
-    whole history when already read (every commit adding a record, see `added_in`).
+    whole history when already read (every commit adding a record, see `added_in`);
+    `ledger`: `read_runs(project)` when already read (an audit reads it while git walks).
 
     Example:
         [e.record.change for e in run_evidence(project, base) if e.trusted]
     """
-    ledger = read_runs(project)
+    ledger = ledger if ledger is not None else read_runs(project)
     held = {flat_form(f.path): f.record for f in ledger.committed_files}  # keys, as gitlog
     if only is not None:
         held = {path: record for path, record in held.items() if only(record)}

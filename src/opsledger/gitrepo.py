@@ -223,6 +223,9 @@ def _commit_staged(
 
 # An object named by its id, or by a commit id and a path: the same bytes for ever.
 _IMMUTABLE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?::.*)?", re.DOTALL)
+# A commit id and a path: the commit's tree never changes, so a path it lacks it lacks for ever
+# (an object id that is missing may still arrive by a fetch).
+_IN_COMMIT = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64}):.*", re.DOTALL)
 
 
 def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
@@ -230,17 +233,24 @@ def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
 
     Inside `steady_tree()` what was read by an immutable name (an object id, or a commit id
     and a path) is kept for the scope: an audit reads the blobs of the branch ahead, while
-    git lists the history, and its rules then ask for most of them again.
+    git lists the history, and its rules then ask for most of them again. A commit and path
+    found missing is kept as missing too: a change's request is asked for under each spelling
+    its path may have (layout.change_pathspecs), and the one the branch lacks would otherwise
+    start a `cat-file` again after git has listed the history, when nothing overlaps it.
     """
     memo = steady_memo()
     if memo is None:
         return _cat_file(root, shas)
     where = str(root)
-    found = {s: memo[("blob", where, s)] for s in shas if ("blob", where, s) in memo}
-    fresh = _cat_file(root, [s for s in dict.fromkeys(shas) if s not in found])
-    for name, data in fresh.items():
-        if _IMMUTABLE.fullmatch(name):
-            memo[("blob", where, name)] = data
+    known = {s: memo[("blob", where, s)] for s in shas if ("blob", where, s) in memo}
+    asked = [s for s in dict.fromkeys(shas) if s not in known]
+    fresh = _cat_file(root, asked)
+    for name in asked:
+        if name in fresh and _IMMUTABLE.fullmatch(name):
+            memo[("blob", where, name)] = fresh[name]
+        elif name not in fresh and _IN_COMMIT.fullmatch(name):
+            memo[("blob", where, name)] = None  # missing in that commit, for ever
+    found = {s: data for s, data in known.items() if isinstance(data, bytes)}
     return {**found, **fresh}
 
 

@@ -54,3 +54,30 @@ def test_an_object_is_read_once_per_steady_scope_and_only_by_an_immutable_name(r
         again = blob_contents(project.root, [named, moving])
     assert first[named] and again[named] == first[named] == first[moving]
     assert again[moving] == first[named] + b"# edited\n"
+
+
+def test_a_path_a_commit_lacks_is_asked_for_once_and_a_moving_name_again(repo, monkeypatch):
+    """`commit:path` missing stays missing (an audit asks for both layouts' spellings of each
+    request, one of them absent); `HEAD:path` may appear with the next commit."""
+    import opsledger.gitrepo as gitrepo
+
+    project, _, _ = repo
+    head = git(project.root, "rev-parse", "HEAD").stdout.strip()
+    named, moving = f"{head}:notes/late.md", "HEAD:notes/late.md"
+    asked: list[list[str]] = []
+    real = gitrepo._cat_file
+
+    def counted(root, shas):
+        asked.append(list(shas))
+        return real(root, shas)
+
+    monkeypatch.setattr(gitrepo, "_cat_file", counted)
+    with steady_tree():
+        assert blob_contents(project.root, [named, moving]) == {}
+        late = project.root / "notes" / "late.md"
+        late.parent.mkdir(exist_ok=True)
+        late.write_text("late\n")
+        commit_paths(project.root, [late], "Late", name="A", email="a@example.org")
+        again = blob_contents(project.root, [named, moving])
+    assert again == {moving: b"late\n"}
+    assert asked == [[named, moving], [moving]]
