@@ -8,15 +8,16 @@ judges it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from opsledger.apply import _already_applied
+from opsledger.ci import pr_check
+from opsledger.errors import EXIT_INVALID
+from opsledger.gitrepo import git
 from opsledger.pending import _candidates
-from opsledger.records import head_runs, run_record_path, write_record
+from opsledger.records import head_runs, run_record_path
 
-from .test_bypasses import STAGING_AT, commit_as, request, run_record
-
+from .test_bypasses import INSIDE, STAGING_AT, approve, as_env, commit_as, request, run_record
 
 # --- apply --pending sees a run as apply sees it: a record of its own folder ----------------
 
@@ -37,3 +38,49 @@ def test_a_record_in_another_changes_folder_does_not_mark_a_change_applied(repo)
     assert _already_applied(project, change_id) is None  # apply's own view: not applied
     pending = [c.id for c, _ in _candidates(project, head_runs(project), None)]
     assert change_id in pending
+
+
+# --- ci pr: a change's folder in both layouts is refused, never skipped as removed ----------
+
+
+def _flat_file_beside_block(project, change_id):
+    """A branch that leaves `changes/<ID>/` (flat) beside the request's block folder."""
+    from opsledger.layout import block_folder, flat_folder
+
+    root = project.root
+    assert block_folder(root, change_id).is_dir() and not flat_folder(root, change_id).exists()
+    git(root, "checkout", "-q", "-b", "split")
+    note = flat_folder(root, change_id) / "notes.md"
+    note.parent.mkdir()
+    note.write_text("looks harmless\n")
+    commit_as(project, [note], "Notes", "alice")
+
+
+def test_a_pr_leaving_a_flat_folder_beside_a_block_change_is_invalid(repo):
+    """The flat folder wins every reader's lookup (layout.change_folder), the request lies in
+    the block: once merged the change is in both layouts and refused (exit 2) by everyone.
+    ci pr found no request in the flat folder and skipped it as removed by the PR (green)."""
+    project, change_id, _ = repo
+    _flat_file_beside_block(project, change_id)
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert any("both layouts" in p for i in report.items for p in i.problems)
+
+
+def test_a_pr_moving_part_of_a_change_is_no_pure_move(repo):
+    """A move of the same bytes between layouts is skipped by ci pr (nothing changed), but a
+    move of the approvals alone leaves the id split across the layouts: refused, not skipped."""
+    from opsledger.layout import block_folder, flat_folder
+
+    project, change_id, _ = repo
+    root = project.root
+    approve(project, change_id, "bob")
+    git(root, "checkout", "-q", "-b", "half-move")
+    flat = flat_folder(root, change_id)
+    flat.mkdir()
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    git(root, "mv", rel(block_folder(root, change_id) / "approvals"), rel(flat / "approvals"))
+    git(root, "commit", "-q", "-m", "Tidy", env=as_env("alice"))
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert any("both layouts" in p for i in report.items for p in i.problems)
