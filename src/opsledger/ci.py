@@ -29,10 +29,8 @@ from opsledger.execution import Events
 from opsledger.gitrepo import git, require_history
 from opsledger.layout import (
     CHANGES_PREFIX,
-    REQUEST,
     block_folder,
     change_file,
-    change_folder,
     change_id_of,
     flat_folder,
     flat_form,
@@ -305,12 +303,12 @@ def _pr_check(
             except OpsledgerError as err:
                 item.problems = [str(p) for p in err.problems]
             continue
-        file = change_folder(project.root, change_id, REQUEST)
-        split = os.path.lexists(flat_folder(project.root, change_id)) and os.path.lexists(
-            block_folder(project.root, change_id)
-        )
-        if not (split or file.exists() or file.is_symlink()):
-            continue  # removed by the PR (a folder beside the other layout's is not: refused)
+        folders = (flat_folder(project.root, change_id), block_folder(project.root, change_id))
+        if not any(os.path.lexists(f) for f in folders):
+            # removed by the PR. A folder left without its request (runs planted for an id
+            # not yet handed out, which `change new` would then write into), beside the
+            # other layout's, or named like no id (CHG-00XX) is validated: refused.
+            continue
         try:
             result = validate_change(project, change_id)
         except OpsledgerError as err:

@@ -84,3 +84,43 @@ def test_a_pr_moving_part_of_a_change_is_no_pure_move(repo):
     report = pr_check(project, base="main", now=INSIDE, with_plan=False)
     assert report.exit_code == EXIT_INVALID
     assert any("both layouts" in p for i in report.items for p in i.problems)
+
+
+# --- ci pr: files in a change folder without a request are judged, never waved through -----
+
+
+def _plant(project, relative, text):
+    root = project.root
+    git(root, "checkout", "-q", "-b", "plant")
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    commit_as(project, [path], "Notes", "alice")
+
+
+def test_a_run_record_planted_for_a_future_id_is_invalid(repo):
+    """`changes/CHG-00xx/CHG-0042/runs/<stamp>.json` before CHG-0042 exists: the next id lands
+    in that folder (change_folder finds it) with a success already in it, and apply --pending
+    and apply skip it. ci pr took the folder without a request for a change the PR removed."""
+    project, change_id, _ = repo
+    record = run_record(project, change_id, environment="lab").read_text()
+    git(project.root, "clean", "-qfd", "changes")
+    _plant(
+        project,
+        "changes/CHG-00xx/CHG-0042/runs/20261201T090000Z.json",
+        record.replace(change_id, "CHG-0042"),
+    )
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert any("no change CHG-0042" in p for i in report.items for p in i.problems)
+
+
+def test_a_flat_folder_named_like_a_block_in_upper_case_is_invalid(repo):
+    """`changes/CHG-00XX/CHG-0001/...`: no block (blocks end in lower-case xx), so a flat
+    folder whose name is no id — and on a case-insensitive file system the very block of
+    CHG-0001. ci pr must refuse it, as it refuses every path in no valid change folder."""
+    project, change_id, _ = repo
+    _plant(project, f"changes/CHG-00XX/{change_id}/approvals/bob/20261201T090000Z.yml", "x\n")
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert any("not a change id" in p for i in report.items for p in i.problems)
