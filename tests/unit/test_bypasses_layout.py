@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from opsledger.apply import _already_applied
+from opsledger.changes import check_change_id
 from opsledger.ci import pr_check
-from opsledger.errors import EXIT_INVALID
+from opsledger.errors import EXIT_INVALID, OpsledgerError
 from opsledger.gitrepo import git
 from opsledger.pending import _candidates
 from opsledger.records import head_runs, run_record_path
@@ -124,3 +127,26 @@ def test_a_flat_folder_named_like_a_block_in_upper_case_is_invalid(repo):
     report = pr_check(project, base="main", now=INSIDE, with_plan=False)
     assert report.exit_code == EXIT_INVALID
     assert any("not a change id" in p for i in report.items for p in i.problems)
+
+
+# --- lookalike ids --------------------------------------------------------------------------
+
+
+OTHER_SCRIPT = "CHG-\u0660\u0660\u0660\u0661"  # Arabic-Indic 0001
+FULLWIDTH = "CHG-\uff10\uff10\uff10\uff11"
+
+
+@pytest.mark.parametrize("change_id", [OTHER_SCRIPT, FULLWIDTH, "CHG-00xx", "CHG-00XX"])
+def test_an_id_in_digits_of_another_script_or_a_block_name_is_no_id(change_id):
+    """`\\d` matched any script's digits: CHG- and Arabic-Indic digits passed the id check,
+    while the schema and every path pattern (`[0-9]`) refuse them: readers disagreed on what
+    is a change."""
+    with pytest.raises(OpsledgerError) as refused:
+        check_change_id(change_id)
+    assert refused.value.exit_code == EXIT_INVALID
+
+
+def test_a_policy_change_id_in_digits_of_another_script_is_no_id():
+    from opsledger.policy.changes import is_policy_change
+
+    assert not is_policy_change(OTHER_SCRIPT.replace("CHG", "POL"))
