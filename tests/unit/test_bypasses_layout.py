@@ -150,3 +150,31 @@ def test_a_policy_change_id_in_digits_of_another_script_is_no_id():
     from opsledger.policy.changes import is_policy_change
 
     assert not is_policy_change(OTHER_SCRIPT.replace("CHG", "POL"))
+
+
+# --- held: a block folder that is a symlink or a file --------------------------------------
+
+
+def test_a_block_folder_replaced_by_a_symlink_or_a_file_is_refused(repo):
+    """The block holding CHG-0001 swapped for a symlink to a copy elsewhere (what is approved
+    would differ from what git records under the change), or for a plain file: ci pr refuses
+    the stray path and the request the branch took away stays judged."""
+    project, change_id, _ = repo
+    root = project.root
+    git(root, "checkout", "-q", "-b", "swap")
+    git(root, "mv", "changes/CHG-00xx", "elsewhere")
+    (root / "changes").mkdir(exist_ok=True)
+    (root / "changes" / "CHG-00xx").symlink_to("../elsewhere")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Swap", env=as_env("alice"))
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert "changes/CHG-00xx" in report.scope.stray
+    git(root, "rm", "-q", "changes/CHG-00xx")
+    (root / "changes").mkdir(exist_ok=True)
+    (root / "changes" / "CHG-00xx").write_text("not a folder\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "File", env=as_env("alice"))
+    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
+    assert report.exit_code == EXIT_INVALID
+    assert "changes/CHG-00xx" in report.scope.stray
