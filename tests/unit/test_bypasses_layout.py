@@ -159,7 +159,7 @@ def test_a_block_folder_replaced_by_a_symlink_or_a_file_is_refused(repo):
     """The block holding CHG-0001 swapped for a symlink to a copy elsewhere (what is approved
     would differ from what git records under the change), or for a plain file: ci pr refuses
     the stray path and the request the branch took away stays judged."""
-    project, change_id, _ = repo
+    project, _, _ = repo
     root = project.root
     git(root, "checkout", "-q", "-b", "swap")
     git(root, "mv", "changes/CHG-00xx", "elsewhere")
