@@ -47,7 +47,9 @@ from opsledger.schema import schema
 from opsledger.timespec import YEARS
 from opsledger.yamlio import load_yaml, parse_yaml, plain
 
-_ID = re.compile(r"CHG-(\d{4,9})")  # fullmatch: no trailing newline, no path
+# fullmatch: no trailing newline, no path. [0-9], not \d: \d is any script's digit (Arabic-Indic,
+# fullwidth), which the schema and every path pattern (layout.py) refuse: one reader took it.
+_ID = re.compile(r"CHG-([0-9]{4,9})")
 MAX_PARAMS_BYTES = 16 * 1024  # params as JSON; the schema bounds each value
 RISKS = ("low", "medium", "high")
 

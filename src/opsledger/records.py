@@ -470,7 +470,9 @@ def _read_blobs(root: Path, wanted: list[tuple[str, str]]) -> dict[str, bytes]:
     return files
 
 
-RUN_INDEX_CACHE = "run-index-v1"  # {"tree": id of HEAD:changes, "files": {path: entry}}
+# {"tree": id of HEAD:changes, "files": {path: entry}}; v2: a record lying in another change's
+# folder is indexed as no record (v1 kept the change it names, which apply --pending skipped).
+RUN_INDEX_CACHE = "run-index-v2"
 
 
 def _changes_tree(root: Path) -> str | None:
@@ -522,9 +524,23 @@ def head_runs(project: Project) -> dict[str, list]:
     parsed = _parsed(project, wanted)
     for path, oid in wanted:
         record = None if parsed[oid] is _NOT_JSON else record_from_data(parsed[oid])
-        files[path] = [oid, None, None] if record is None else [oid, record.change, record.result]
+        files[path] = _entry(path, oid, record)
     save_cache(project, RUN_INDEX_CACHE, {"tree": tree, "files": files})
     return files
+
+
+def _entry(path: str, oid: str, record: Record | None) -> list:
+    """The index entry of one run record file: [blob id, change, result].
+
+    A record counts only in its own change's folder, as `runs_of` (apply's reader) counts it:
+    a success that says it is CHG-0001's but lies in CHG-0002's runs/ (a reviewed merge can
+    bring any file) is no run of either, or `apply --pending` would skip CHG-0001 while
+    `apply CHG-0001` runs it.
+    """
+    match = _RUN_FILE.fullmatch(path)
+    if record is None or match is None or record.change != match.group(1):
+        return [oid, None, None]
+    return [oid, record.change, record.result]
 
 
 def _changed_since(

@@ -38,7 +38,7 @@ from opsledger.layout import (
 from opsledger.project import Project
 from opsledger.yamlio import load_yaml
 
-_ID = re.compile(r"POL-(\d{4,9})")  # fullmatch: no trailing newline, no path
+_ID = re.compile(r"POL-([0-9]{4,9})")  # fullmatch: no trailing newline, no path; ASCII
 # Markdown under policies/ documents the rules; it is not a rule (pathspec for git).
 POLICY_DOCS = (f":(exclude,glob){policy_file()}/**/*.md",)
 FIELDS = ("id", "title", "requested_by", "reason")
