@@ -22,14 +22,24 @@ def read_ansible_cfg_file(path: Path) -> configparser.ConfigParser:
     """
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
-    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return parser  # no ansible.cfg: Ansible's defaults, as configparser.read gave
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _unreadable(path, str(exc)) from None
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
         detail = str(exc).replace(f"While reading from {str(path)!r} ", "")
-        raise OpsledgerError(
-            Problem(
-                f"unreadable: {detail}",
-                str(path),
-                fix="fix its syntax (one [section] each, key = value lines, UTF-8)",
-            )
-        ) from None
+        raise _unreadable(path, detail) from None
     return parser
+
+
+def _unreadable(path: Path, detail: str) -> OpsledgerError:
+    return OpsledgerError(
+        Problem(
+            f"unreadable: {detail}",
+            str(path),
+            fix="fix its syntax (one [section] each, key = value lines, UTF-8)",
+        )
+    )
