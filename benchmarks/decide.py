@@ -29,7 +29,6 @@ Usage: .venv/bin/python benchmarks/decide.py [--changes 10000] [--pending 1000] 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import importlib.util
 import os
@@ -192,21 +191,10 @@ def timed(argv: list[str], repo: Path, src: Path, expect: list[str]) -> tuple[fl
     return elapsed, cpu
 
 
-def _session_priority() -> None:
-    """Give this run's session (its lanes included) the nice it was started with.
-
-    With `kernel.sched_autogroup_enabled` (Debian's default) the scheduler shares the CPUs
-    between sessions first and applies nice only inside each, so `nice -n -20` alone does not
-    lift a benchmark above the other jobs of a busy machine (benchmarks/audit.py found it).
-    Every lane runs in this session, so they stay like for like; without the right to lower a
-    nice (not root), or without autogroups, nothing changes.
-    """
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
-
-
 def main() -> None:
-    _session_priority()
+    # This run's session (every lane runs in it) gets the nice it was started with: with
+    # autogroups a nice alone does not lift it above other sessions (audit.py's lanes too).
+    audit._own_session()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=10_000)
     parser.add_argument("--pending", type=int, default=1_000)
