@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from opsledger.approvals import collect
 from opsledger.audit import audit_check
 from opsledger.base import resolve_base
-from opsledger.changes import change_ids, load_change
+from opsledger.changes import change_ids
 from opsledger.ci import pr_scope
 from opsledger.cli import cli
 from opsledger.content import repository_content
@@ -27,10 +27,10 @@ from opsledger.evidence import run_evidence
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.layout import APPROVALS, change_pathspecs
 from opsledger.migrate import migrate_layout
-from opsledger.records import Record, run_record_path, write_record
-from opsledger.signoff import approve_change, request_change, subject
+from opsledger.signoff import approve_change, request_change
 
 from .conftest import START, legacy_layout
+from .test_compliance import _run
 
 INSIDE = START + dt.timedelta(minutes=30)
 LATER = START + dt.timedelta(days=1)
@@ -61,27 +61,6 @@ def _request(project, title):
     )
     commit_paths(project.root, [change.file.parent], f"Request {change.id}", **ALICE)
     return change.id
-
-
-def _run(project, change_id):
-    content = subject(project, change_id)[1].sha256
-    started = START + dt.timedelta(minutes=10)
-    record = Record(
-        kind="run",
-        environment="lab",
-        result="success",
-        started_at=started.isoformat(),
-        finished_at=(started + dt.timedelta(minutes=3)).isoformat(),
-        change=change_id,
-        runbook="converge",
-        params=load_change(project, change_id).params,
-        git_commit=head(project.root),
-        content_sha256=content,
-        decision={"allowed": True, "approvers": ["bob"], "risk": "medium"},
-    )
-    path = write_record(run_record_path(project, change_id, started), record)
-    commit_paths(project.root, [path], f"Run {change_id}", **CI)
-    return path
 
 
 @pytest.fixture
