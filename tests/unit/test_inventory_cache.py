@@ -188,15 +188,21 @@ def test_the_cache_is_never_tracked_by_git(project):
     assert ".opsledger" not in status  # the project has no .gitignore: the folder ignores itself
 
 
-def test_no_variable_and_no_secret_of_the_lab_is_written(tmp_path):
-    """The lab's inventory holds vaulted secrets: after reading them, the kept file names
-    hosts and groups only — no variable, no ciphertext, no clear text."""
+def lab_inventory_copy(tmp_path: Path) -> Path:
+    """A git repository holding only the lab's inventory, its vault and ansible.cfg."""
     root = tmp_path / "p"
     root.mkdir()
     shutil.copy(REPO_ROOT / "ansible.cfg", root)
     for part in ("inventories", "vault-passwords"):
         shutil.copytree(REPO_ROOT / part, root / part)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def test_no_variable_and_no_secret_of_the_lab_is_written(tmp_path):
+    """The lab's inventory holds vaulted secrets: after reading them, the kept file names
+    hosts and groups only — no variable, no ciphertext, no clear text."""
+    root = lab_inventory_copy(tmp_path)
     project = Project(root)
     _read(project)
     warm = _read(project, "vault_postgresql_app_password", "lab-db1")

@@ -27,10 +27,11 @@ from opsledger.evidence import run_evidence
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.layout import APPROVALS, change_pathspecs
 from opsledger.migrate import migrate_layout
-from opsledger.signoff import approve_change, request_change
+from opsledger.signoff import approve_change
 
 from .conftest import START, legacy_layout
 from .test_compliance import _run
+from .test_decide import request
 
 INSIDE = START + dt.timedelta(minutes=30)
 LATER = START + dt.timedelta(days=1)
@@ -47,20 +48,7 @@ def as_dave(monkeypatch):
 
 
 def _request(project, title):
-    change, _ = request_change(
-        project,
-        title=title,
-        runbook="converge",
-        requested_by="alice",
-        reason="Needed for the quarterly baseline",
-        targets="app",
-        params={"tags": ["os_baseline"]},
-        window_start=START,
-        window_end=START + dt.timedelta(hours=1),
-        now=START - dt.timedelta(hours=1),
-    )
-    commit_paths(project.root, [change.file.parent], f"Request {change.id}", **ALICE)
-    return change.id
+    return request(project, title=title, now=START - dt.timedelta(hours=1))
 
 
 @pytest.fixture

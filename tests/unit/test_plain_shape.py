@@ -27,6 +27,7 @@ from opsledger.inventory import _parsed, vault_ids
 from opsledger.plainshape import _JINJA_WORDS, _RESERVED, plain_shape
 
 from ..conftest import REPO_ROOT
+from .test_inventory_cache import lab_inventory_copy
 
 
 def _ansible(source: Path) -> Any:
@@ -269,12 +270,7 @@ def test_a_setting_that_changes_how_ansible_reads_leaves_it_to_ansible(setting, 
 def test_a_cold_command_on_a_plain_inventory_imports_no_ansible(tmp_path):
     """A fresh clone's first read of the lab: the shape without Ansible, kept for the next;
     a host's variable is still Ansible's (here a vaulted one, decrypted)."""
-    root = tmp_path / "p"
-    root.mkdir()
-    shutil.copy(REPO_ROOT / "ansible.cfg", root)
-    for part in ("inventories", "vault-passwords"):
-        shutil.copytree(REPO_ROOT / part, root / part)
-    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    root = lab_inventory_copy(tmp_path)
     code = (
         "import json, sys\nfrom pathlib import Path\n"
         "from opsledger.inventory import load_inventory\n"
