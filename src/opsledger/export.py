@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from opsledger.content import blob_id, is_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import git, git_env
+from opsledger.layout import shown_path
 from opsledger.project import Project
 
 SYMLINK = "120000"
@@ -98,12 +99,16 @@ def _blobs(project: Project, ids: list[str]) -> dict[str, bytes]:
 
 
 def _from_disk(project: Project, files: dict[str, str], blobs: dict[str, bytes]) -> None:
-    """Blobs git does not hold yet (plan reads a dirty tree): the file, if it is those bytes."""
+    """Blobs git does not hold yet (plan reads a dirty tree): the file, if it is those bytes.
+
+    A manifest keys a change's files flat (`layout.flat_form`); on disk the file may lie in
+    the change's block folder, so it is read from where it is stored (`layout.shown_path`).
+    """
     for path, entry in files.items():
         mode, blob = entry.split()
         if mode == SUBMODULE or blob in blobs:
             continue
-        real = project.root / _safe(path)
+        real = project.root / _safe(shown_path(project.root, path))
         try:
             data = os.fsencode(os.readlink(real)) if mode == SYMLINK else real.read_bytes()
         except OSError:

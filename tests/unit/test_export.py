@@ -178,3 +178,27 @@ def test_new_files_the_ignore_rules_cover_are_machine_local_in_an_export_too(pro
         _write(tree.root, {"roles/r/__pycache__/m.pyc": "x", "vault-passwords/new": "y"})
         _write(tree.root, {"roles/r/defaults/main.yml": "planted: true\n"})
         assert altered(project, tree, content.files) == ["roles/r/defaults/main.yml"]
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_an_uncommitted_request_in_its_block_folder_is_exported_from_where_it_lies(
+    project, committed
+):
+    """A new change lives in its block (changes/CHG-00xx/CHG-0003/) while the manifest keys it
+    flat (changes/CHG-0003/...): plan on an uncommitted request read the key as a disk path,
+    found nothing and refused the change as "no longer the content that was decided"."""
+    _write(project.root, {"changes/CHG-00xx/CHG-0003/change.yml": "title: new\n"})
+    if committed:
+        git(project.root, "add", "-A", "changes")
+        git(project.root, "commit", "-qm", "CHG-0003", env=ENV)
+    content = repository_content(project, "CHG-0003")
+    assert "changes/CHG-0003/change.yml" in content.files
+    with exported(project, content.files) as tree:
+        assert (tree.root / "changes/CHG-0003/change.yml").read_text() == "title: new\n"
+    (project.root / "changes/CHG-00xx/CHG-0003/change.yml").write_text("title: edited\n")
+    if not committed:
+        with (
+            pytest.raises(OpsledgerError, match="no longer the content"),
+            exported(project, content.files),
+        ):
+            pass
