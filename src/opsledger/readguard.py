@@ -21,6 +21,7 @@ from pathlib import Path
 
 from opsledger.content import Content
 from opsledger.gitrepo import git
+from opsledger.layout import flat_form
 from opsledger.project import Project
 
 LOG_VARIABLE = "OPSLEDGER_READ_LOG"  # the sitecustomize below names it too
@@ -114,4 +115,6 @@ def outside_content(project: Project, content: Content, opened: set[str]) -> lis
             inside.add(real.relative_to(root).as_posix())
     listed = git(project.root, "ls-files", "-z", check=False).stdout.split("\0")
     tracked = inside & set(listed)
-    return sorted(p for p in tracked if p not in content.files)
+    # The manifest names a change's files by key (layout.flat_form); a run opens them where
+    # they lie, in the change's block folder: its own change.yml is content, not a stray read.
+    return sorted(p for p in tracked if flat_form(p) not in content.files)
