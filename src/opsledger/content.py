@@ -68,6 +68,7 @@ from opsledger.layout import (
     WITHDRAWN,
     change_pathspecs,
     flat_form,
+    is_block_folder,
     other_changes_pathspec,
     stored_file,
     within_change,
@@ -390,8 +391,8 @@ def _symlink_problem(link: str, why: str) -> OpsledgerError:
 
 def _holds_bookkeeping(folder: str, change_id: str) -> bool:
     """True for a folder that is, lies in or contains bookkeeping (`.`, `changes/`, `records/`)."""
-    if folder == "." or not is_content(folder + "/", change_id):
-        return True
+    if folder == "." or is_block_folder(folder) or not is_content(folder + "/", change_id):
+        return True  # a block folder holds change folders: never in a change of its own
     own = [
         stored
         for name in OWN_BOOKKEEPING_DIRS + OWN_BOOKKEEPING_FILES

@@ -358,6 +358,16 @@ def is_block(name: str) -> bool:
     return bool(_BLOCK.fullmatch(name))
 
 
+def is_block_folder(path: str) -> bool:
+    """True for `changes/<block>` (relative, a trailing `/` allowed): a folder of changes.
+
+    It holds change folders, bookkeeping of each (its own change's too), and nothing else:
+    a folder no change's content may be or lead into (content._holds_bookkeeping).
+    """
+    parts = path.rstrip("/").split("/")
+    return len(parts) == 2 and parts[0] == CHANGES and is_block(parts[1])
+
+
 def block_dir(change_id: str) -> str:
     """`changes/<block>`, relative: the block folder an id's folder lies in."""
     return f"{CHANGES}/{block_of(change_id)}"
