@@ -32,6 +32,7 @@ from opsledger.layout import (
     change_file,
     change_folder,
     change_id_of,
+    change_pathspecs,
     changes_root,
     every_change_glob,
     flat_folder,
@@ -594,29 +595,26 @@ def load_withdrawal(
     version first added counts. An uncommitted file does not count.
     """
     path = withdrawal_path(project, change_id)
-    rel = path.relative_to(project.root).as_posix()
     revs = [r for r in dict.fromkeys(revs) if r]
     if not revs:
         return None
+    # Both layouts: a withdrawal committed in the flat folder and deleted there before
+    # `change migrate-layout` moved the rest never reached the block folder; read in the block
+    # alone, its history revived the change.
+    stored = change_pathspecs(change_id, WITHDRAWN)
     # What git answers for these commit ids never changes: kept (localcache.path_walk).
     out = path_walk(
         project,
         ["--full-history", "-m", "--reverse", "--diff-filter=A", "--no-renames", "--format=%H"],
         revs,
-        [rel],
+        list(stored),
     )
     added = out.decode(errors="replace").split() if out is not None else []
     if not added:
         return None
-    shown = subprocess.run(
-        ["git", "-C", str(project.root), "show", f"{added[0]}:{rel}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=git_env(),
-    )
+    shown = _shown_at(project, added[0], stored)  # the layout that commit added it in
     try:
-        data = parse_yaml(shown.stdout) if shown.returncode == 0 else None
+        data = parse_yaml(shown) if shown is not None else None
     except OpsledgerError:
         data = None
     if not isinstance(data, dict):  # unreadable, yet committed: still withdrawn (fail closed)
@@ -628,6 +626,21 @@ def load_withdrawal(
         str(data.get("reason", "")),
         path,
     )
+
+
+def _shown_at(project: Project, commit: str, paths: tuple[str, ...]) -> str | None:
+    """The text of the first of `paths` that `commit` holds, else None."""
+    for rel in paths:
+        shown = subprocess.run(
+            ["git", "-C", str(project.root), "show", f"{commit}:{rel}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=git_env(),
+        )
+        if shown.returncode == 0:
+            return shown.stdout
+    return None
 
 
 def withdraw_change(

@@ -1,0 +1,104 @@
+"""Keys and stored paths of changes/, never taken for each other (task kp), on real git repos.
+
+A change's file has two names (layout.py): its key, the flat form `changes/<ID>/<file>` that
+manifests, statements and findings use, and its stored path, where it lies now (the block
+folder `changes/<KIND>-<n>xx/<ID>/` of every new change, or a legacy flat folder). Each test
+is one place that opened, compared or showed the one where the other was meant, in either
+layout, committed or not, and across `change migrate-layout`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from opsledger.changes import load_withdrawal, withdraw_change
+from opsledger.content import repository_content
+from opsledger.decide import decide
+from opsledger.errors import OpsledgerError
+from opsledger.gitrepo import git
+from opsledger.layout import REQUEST, WITHDRAWN, block_folder, flat_folder, stored_file
+from opsledger.migrate import migrate_layout
+from opsledger.readguard import outside_content
+
+from .test_bypasses import INSIDE, as_env, failed
+from .test_migrate_layout import as_dave, legacy  # noqa: F401 (fixtures)
+
+# --- readguard: what a run read is judged by its key -----------------------------------------
+
+
+def test_a_run_reading_its_own_request_where_it_lies_reads_nothing_outside_the_content(repo):
+    """apply's read watch named a change's own change.yml, read in its block folder, as a file
+    "outside the approved content": the manifest holds it under its key (flat form)."""
+    project, change_id, _ = repo
+    root = project.root
+    content = repository_content(project, change_id)
+    request = stored_file(root, change_id, REQUEST)
+    assert request.startswith("changes/CHG-00xx/")
+    statement = next((block_folder(root, change_id) / "approvals" / "alice").iterdir())
+    opened = {str(root / request), str(statement)}
+    # its own request is content; its statement (bookkeeping) is still outside it
+    assert outside_content(project, content, opened) == [
+        statement.relative_to(root).as_posix()
+    ]
+
+
+# --- content: a symlink to a block folder leads into other changes' bookkeeping --------------
+
+
+@pytest.mark.parametrize("target", ["changes/CHG-01xx", "changes/CHG-01xx/CHG-0100"])
+def test_a_symlink_to_another_block_or_change_folder_is_refused(repo, target):
+    """A block folder holds other changes' folders (bookkeeping anyone may commit): a symlink
+    to it is one to bookkeeping, as one to `changes/CHG-0100` is in the flat layout."""
+    project, change_id, _ = repo
+    root = project.root
+    other = root / "changes" / "CHG-01xx" / "CHG-0100"
+    other.mkdir(parents=True)
+    (other / "notes.yml").write_text("x: 1\n")
+    link = root / "roles" / "peek"
+    os.symlink(os.path.relpath(root / target, link.parent), link)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Peek", env=as_env("alice"))
+    with pytest.raises(OpsledgerError, match="bookkeeping, not content"):
+        repository_content(project, change_id)
+
+
+# --- a withdrawal is final in either layout ---------------------------------------------------
+
+
+def _ignore_local_state(project):
+    """`.opsledger/` ignored as the project's .gitignore has it (the migration wants a clean
+    tree), without a commit that would change the content."""
+    (project.root / ".git" / "info" / "exclude").write_text(".opsledger/\n")
+
+
+def test_a_withdrawal_deleted_before_the_move_to_the_block_still_stands(legacy, as_dave):  # noqa: F811
+    """load_withdrawal read the history of the folder the change lies in now: withdrawn in the
+    flat layout, deleted, then moved by `change migrate-layout`, the change came back."""
+    project, approved, _ = legacy
+    root = project.root
+    _ignore_local_state(project)
+    withdraw_change(project, approved, person="carol", reason="Superseded")
+    flat = flat_folder(root, approved) / WITHDRAWN
+    assert flat.is_file()
+    git(root, "rm", "-q", str(flat))
+    git(root, "commit", "-q", "-m", "Tidy up", env=as_env("alice"))
+    migrate_layout(project)
+    assert not flat_folder(root, approved).exists()
+    withdrawal = load_withdrawal(project, approved)
+    assert withdrawal is not None and withdrawal.person == "carol"
+    assert withdrawal.reason == "Superseded"
+    assert "withdrawn" in failed(decide(project, approved, now=INSIDE))
+
+
+def test_a_withdrawal_moved_to_the_block_names_the_withdrawer_and_where_it_lies(legacy, as_dave):  # noqa: F811
+    project, approved, _ = legacy
+    root = project.root
+    _ignore_local_state(project)
+    withdraw_change(project, approved, person="carol", reason="Superseded")
+    migrate_layout(project)
+    withdrawal = load_withdrawal(project, approved)
+    assert withdrawal is not None
+    assert (withdrawal.person, withdrawal.reason) == ("carol", "Superseded")
+    assert withdrawal.path == block_folder(root, approved) / WITHDRAWN
