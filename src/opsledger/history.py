@@ -46,14 +46,15 @@ class ChangeHistory:
     notes: list[str] = field(default_factory=list)  # what reconciling earlier runs did or needs
     # person -> why their (valid) statement does not count under the change's rule
     uncounted: dict[str, str] = field(default_factory=dict)
-    # where the project lies: the text names a statement where it is stored (its JSON keeps
-    # the flat-form key, as statements and audits name it)
+    # where the project lies: text and JSON name a file where it is stored (the JSON keeps a
+    # statement's flat-form key too, as statements, hashes and audit findings name it)
     root: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         c = self.change
         return {
             "change": c.id,
+            "folder": self._relative(c.path),
             "title": c.title,
             "type": c.type,
             "runbook": c.runbook,
@@ -74,7 +75,8 @@ class ChangeHistory:
             "request": self.requester,
             "statements": [
                 {
-                    "path": j.path,
+                    "path": self._shown(j.path),  # where it lies now: a file a person opens
+                    "key": j.path,  # its flat form (layout.flat_form), as audit findings name it
                     "person": j.person,
                     "decision": j.statement.decision if j.statement else "",
                     "valid": j.valid,
@@ -97,6 +99,7 @@ class ChangeHistory:
             "review": None
             if self.review is None
             else {
+                "path": self._relative(self.review.path),
                 "status": self.review.status,
                 "due_by": self.review.due_by.isoformat(),
                 "reviewed_by": self.review.reviewed_by,
@@ -116,6 +119,7 @@ class ChangeHistory:
             "withdrawn": None
             if self.withdrawal is None
             else {
+                "path": self._relative(self.withdrawal.path),
                 "by": self.withdrawal.person,
                 "at": self.withdrawal.at,
                 "reason": self.withdrawal.reason,
@@ -124,7 +128,14 @@ class ChangeHistory:
         }
 
     def _shown(self, path: str) -> str:
+        """A key or stored path, named where the file lies now (layout.shown_path)."""
         return shown_path(self.root, path) if self.root is not None else path
+
+    def _relative(self, path: Path) -> str:
+        """A file of the change as a relative POSIX path (as stored), absolute outside root."""
+        if self.root is not None and path.is_relative_to(self.root):
+            return path.relative_to(self.root).as_posix()
+        return str(path)
 
     def render(self) -> str:
         data = self.as_dict()

@@ -9,20 +9,30 @@ layout, committed or not, and across `change migrate-layout`.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+from click.testing import CliRunner
 
 from opsledger.changes import load_withdrawal, withdraw_change
 from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
-from opsledger.layout import REQUEST, WITHDRAWN, block_folder, flat_folder, stored_file
+from opsledger.cli import cli
+from opsledger.layout import (
+    REQUEST,
+    WITHDRAWN,
+    block_folder,
+    flat_folder,
+    flat_form,
+    stored_file,
+)
 from opsledger.migrate import migrate_layout
 from opsledger.readguard import outside_content
 
-from .test_bypasses import INSIDE, as_env, failed
+from .test_bypasses import INSIDE, approve, as_env, failed
 from .test_migrate_layout import as_dave, legacy  # noqa: F401 (fixtures)
 
 # --- readguard: what a run read is judged by its key -----------------------------------------
@@ -102,3 +112,48 @@ def test_a_withdrawal_moved_to_the_block_names_the_withdrawer_and_where_it_lies(
     assert withdrawal is not None
     assert (withdrawal.person, withdrawal.reason) == ("carol", "Superseded")
     assert withdrawal.path == block_folder(root, approved) / WITHDRAWN
+
+
+# --- change show --json: a path a person can open, the key where it says key -----------------
+
+
+def _shown(project, change_id):
+    result = CliRunner().invoke(
+        cli, ["change", "show", change_id, "--json"], env={"OPSLEDGER_PROJECT": str(project.root)}
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _assert_paths_lie_on_disk(project, change_id, shown):
+    root = project.root
+    folder = stored_file(root, change_id)
+    assert shown["folder"] == folder and (root / folder / REQUEST).is_file()
+    assert shown["statements"]
+    for statement in shown["statements"]:
+        assert statement["path"].startswith(folder + "/")
+        assert (root / statement["path"]).is_file(), statement["path"]
+        assert statement["key"] == flat_form(statement["path"])
+        assert statement["key"].startswith(f"changes/{change_id}/approvals/")
+
+
+def test_change_show_names_where_a_statement_lies_and_its_key_in_the_block_layout(repo):
+    project, change_id, _ = repo
+    approve(project, change_id, "bob")
+    shown = _shown(project, change_id)
+    assert shown["folder"].startswith("changes/CHG-00xx/")
+    _assert_paths_lie_on_disk(project, change_id, shown)
+
+
+def test_change_show_names_where_a_statement_lies_flat_and_after_the_move(legacy, as_dave):  # noqa: F811
+    project, approved, _ = legacy
+    _ignore_local_state(project)
+    before = _shown(project, approved)
+    assert before["folder"] == f"changes/{approved}"
+    _assert_paths_lie_on_disk(project, approved, before)
+    migrate_layout(project)
+    after = _shown(project, approved)
+    assert after["folder"] == f"changes/CHG-00xx/{approved}"
+    _assert_paths_lie_on_disk(project, approved, after)
+    assert [s["key"] for s in after["statements"]] == [s["key"] for s in before["statements"]]
+    assert after["content_sha256"] == before["content_sha256"]
