@@ -561,6 +561,10 @@ def _locked_run(
         )
         finished = dt.datetime.now(dt.UTC)
         played = outcome.run
+        # Where the change's folder lies now: `change migrate-layout` may have moved it to its
+        # block during the run; the path chosen before the run would recreate the flat folder,
+        # the change then in both layouts (refused by every reader).
+        _, final = run.record_paths(started)
         notice = run_notice(
             change.id,
             change.title,

@@ -32,6 +32,11 @@ from opsledger.layout import (
 from opsledger.migrate import migrate_layout
 from opsledger.readguard import outside_content
 
+from opsledger.records import read_runs
+from opsledger.signoff import approve_change
+
+from .conftest import LOCAL_RUNBOOK, legacy_layout
+from .test_apply_faults import _start, _steps, _wait_for
 from .test_bypasses import INSIDE, approve, as_env, failed
 from .test_migrate_layout import as_dave, legacy  # noqa: F401 (fixtures)
 
@@ -157,3 +162,61 @@ def test_change_show_names_where_a_statement_lies_flat_and_after_the_move(legacy
     _assert_paths_lie_on_disk(project, approved, after)
     assert [s["key"] for s in after["statements"]] == [s["key"] for s in before["statements"]]
     assert after["content_sha256"] == before["content_sha256"]
+
+
+# --- evidence written after a move lands in the block folder ---------------------------------
+
+GATE_PLAYBOOK = """\
+---
+- name: Wait for the test's go
+  hosts: all
+  gather_facts: false
+  vars:
+    steps_dir: "{{ playbook_dir }}/../../steps"
+  tasks:
+    - name: Say it started
+      ansible.builtin.file:
+        path: "{{ steps_dir }}/{{ inventory_hostname }}-started"
+        state: touch
+        mode: "0644"
+    - name: Wait for the go
+      ansible.builtin.wait_for: {path: "{{ steps_dir }}/go", timeout: 120}
+"""
+
+
+def test_a_run_whose_change_migrate_layout_moved_records_itself_in_the_block(
+    local_repo, monkeypatch
+):
+    """apply chose its final record's path before the run: `change migrate-layout` moving the
+    change meanwhile (the write-ahead record committed, the tree clean) made it write the
+    record into a new flat folder beside the block one, an id in both layouts every reader
+    refuses."""
+    project, request = local_repo
+    root = project.root
+    folder = root / "runbooks" / "gate"
+    folder.mkdir()
+    (folder / "runbook.yml").write_text(LOCAL_RUNBOOK.replace("Local steps", "Gate"))
+    (folder / "playbook.yml").write_text(GATE_PLAYBOOK)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "Gate runbook", env=as_env("alice"))
+    with legacy_layout(monkeypatch):
+        change_id = request(runbook="gate")
+    assert flat_folder(root, change_id).is_dir()
+    approve_change(project, change_id, person="bob")
+    apply = _start(project, "apply", change_id, "--skip-verify")
+    try:
+        _wait_for(lambda: "lab-db1-started" in _steps(project), what="the run to start")
+        assert migrate_layout(project).moves == [
+            (f"changes/{change_id}", f"changes/CHG-00xx/{change_id}")
+        ]
+        (root / "steps" / "go").touch()
+        out, err = apply.communicate(timeout=180)
+    finally:
+        apply.kill()
+    assert apply.returncode == 0, out + err
+    assert not flat_folder(root, change_id).exists()
+    assert git(root, "status", "--porcelain").stdout == ""
+    (record,) = read_runs(project).committed
+    assert record.result == "success"
+    (final,) = (block_folder(root, change_id) / "runs").glob("*Z.json")
+    assert final.name.endswith("Z.json")
