@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from opsledger.changes import load_withdrawal, withdraw_change
+from opsledger.cli import cli
 from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
-from opsledger.cli import cli
 from opsledger.layout import (
     REQUEST,
     WITHDRAWN,
@@ -31,7 +31,6 @@ from opsledger.layout import (
 )
 from opsledger.migrate import migrate_layout
 from opsledger.readguard import outside_content
-
 from opsledger.records import read_runs
 from opsledger.signoff import approve_change
 
@@ -54,9 +53,7 @@ def test_a_run_reading_its_own_request_where_it_lies_reads_nothing_outside_the_c
     statement = next((block_folder(root, change_id) / "approvals" / "alice").iterdir())
     opened = {str(root / request), str(statement)}
     # its own request is content; its statement (bookkeeping) is still outside it
-    assert outside_content(project, content, opened) == [
-        statement.relative_to(root).as_posix()
-    ]
+    assert outside_content(project, content, opened) == [statement.relative_to(root).as_posix()]
 
 
 # --- content: a symlink to a block folder leads into other changes' bookkeeping --------------
