@@ -29,7 +29,7 @@ from pathlib import Path
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import git, nul_paths
 from opsledger.identity import committer, signing_key
-from opsledger.layout import RUNS, change_pathspecs
+from opsledger.layout import RUNS, change_pathspecs, flat_form, shown_path
 from opsledger.project import Project
 from opsledger.records import STARTED_SUFFIX, read_runs
 
@@ -115,6 +115,10 @@ class OriginRecords:
         if git(root, "merge-base", "--is-ancestor", upstream, "HEAD", check=False).returncode == 0:
             return  # nothing new on the origin
         args, env = self._identity_args()
+        # A change the origin moved to its block (`change migrate-layout`): this clone's new
+        # records follow the folder there, never recreate the flat one beside it (git's
+        # default stops on a file added to a renamed folder).
+        args += ["-c", "merge.directoryRenames=true"]
         done = git(root, *args, "rebase", "-q", upstream, env=env, check=False)
         if done.returncode:
             git(root, "rebase", "--abort", check=False)
@@ -189,9 +193,9 @@ class OriginRecords:
             # write the same file name, and the origin's is then another run's record.
             known = _runs_of(root, change_id, "HEAD")
             other = sorted(
-                path
-                for path, blob in _runs_of(root, change_id, upstream).items()
-                if known.get(path) != blob
+                stored  # as the origin stores it: the path a person finds there
+                for key, (blob, stored) in _runs_of(root, change_id, upstream).items()
+                if known.get(key, ("", ""))[0] != blob
             )
             if other:
                 self._drop(ours)
@@ -224,16 +228,25 @@ class OriginRecords:
         )
 
     def _drop(self, started: str) -> None:
-        """Remove the unpublished write-ahead commit at HEAD (and its file)."""
+        """Remove the unpublished write-ahead commit at HEAD (and its file).
+
+        Compared by key: a rebase may have moved it into the change's block folder.
+        """
         root = self.project.root
         touched = nul_paths(git(root, "show", "--name-only", "-z", "--format=", "HEAD").stdout)
-        if touched == [started]:
+        key = flat_form(started)
+        if [flat_form(p) for p in touched] == [key]:
             git(root, "reset", "-q", "--hard", "HEAD~1")
-        (root / started).unlink(missing_ok=True)
+        for path in dict.fromkeys((started, shown_path(root, key))):
+            (root / path).unlink(missing_ok=True)
 
 
-def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, str]:
-    """Run record files (started or final) of the change in `commit`: path -> blob id."""
+def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, tuple[str, str]]:
+    """Run record files (started or final) of the change in `commit`: key -> (blob, path).
+
+    Keyed by flat form (layout.flat_form): the origin may hold the change in its block while
+    this clone still has it flat, and the same record under another path is no other run.
+    """
     folders = [f"{p}/" for p in change_pathspecs(change_id, RUNS)]  # either layout
     listing = git(root, "ls-tree", "-r", "-z", commit, "--", *folders, check=False).stdout.split(
         "\0"
@@ -242,7 +255,7 @@ def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, str]:
     for entry in filter(None, listing):
         meta, _, path = entry.partition("\t")
         if path.endswith(".json") and _is_run_file(path):
-            runs[path] = meta.split()[-1]
+            runs[flat_form(path)] = (meta.split()[-1], path)
     return runs
 
 

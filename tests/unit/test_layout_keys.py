@@ -30,6 +30,8 @@ from opsledger.layout import (
     stored_file,
 )
 from opsledger.migrate import migrate_layout
+from opsledger.origin_records import OriginRecords
+from opsledger.project import Project
 from opsledger.readguard import outside_content
 from opsledger.records import read_runs
 from opsledger.signoff import approve_change
@@ -217,3 +219,57 @@ def test_a_run_whose_change_migrate_layout_moved_records_itself_in_the_block(
     assert record.result == "success"
     (final,) = (block_folder(root, change_id) / "runs").glob("*Z.json")
     assert final.name.endswith("Z.json")
+
+
+# --- a claim on an origin that moved the change to its block ----------------------------------
+
+EARLIER = "runs/20261201T190000Z.json"
+STARTED = "runs/20261202T200000Z.started.json"
+
+
+def _git_as_ci(monkeypatch):
+    for key, value in as_env("ci").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_NAME", "opsledger CI")
+    monkeypatch.setenv("OPSLEDGER_COMMITTER_EMAIL", "ci@example.org")
+
+
+def test_a_claim_on_an_origin_that_moved_the_change_to_its_block_is_not_lost(tmp_path, monkeypatch):
+    """The origin moved CHG-0001 to its block (`change migrate-layout`) after this runner
+    pulled. Its earlier run's record then lay under another path, the same key and bytes, and
+    the claim took it for another controller's run (exit 4: nothing ran); rebased, the new
+    write-ahead record stayed in the flat folder (a conflict, or the change in both layouts)."""
+    _git_as_ci(monkeypatch)
+    seed = tmp_path / "seed"
+    flat = seed / "changes" / "CHG-0001"
+    (flat / "runs").mkdir(parents=True)
+    (flat / "change.yml").write_text("title: x\n")
+    (flat / EARLIER).write_text('{"kind": "run", "result": "success"}\n')
+    git(seed, "init", "-q", "-b", "main")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "CHG-0001 and its first run")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+    runner = tmp_path / "runner"
+    git(tmp_path, "clone", "-q", str(origin), str(runner))
+    # the origin moves the change meanwhile
+    (seed / "changes" / "CHG-00xx").mkdir()
+    git(seed, "mv", "changes/CHG-0001", "changes/CHG-00xx/")
+    git(seed, "commit", "-q", "-m", "Move into the block")
+    git(seed, "push", "-q", str(origin), "main")
+    # the runner writes its write-ahead record where the change lies in its clone: flat
+    started = runner / "changes" / "CHG-0001" / STARTED
+    started.write_text('{"kind": "run", "result": "started"}\n')
+    git(runner, "add", "-A")
+    git(runner, "commit", "-q", "-m", "Run CHG-0001: started")
+
+    OriginRecords.of(Project(runner), "origin").claim("CHG-0001", started)
+
+    held = git(origin, "ls-tree", "-r", "--name-only", "main").stdout.split()
+    assert held == [
+        "changes/CHG-00xx/CHG-0001/change.yml",
+        f"changes/CHG-00xx/CHG-0001/{EARLIER}",
+        f"changes/CHG-00xx/CHG-0001/{STARTED}",
+    ]
+    assert not flat_folder(runner, "CHG-0001").exists()
+    assert (block_folder(runner, "CHG-0001") / STARTED).is_file()
