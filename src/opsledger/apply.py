@@ -154,7 +154,8 @@ def _unapproved_reads(
         return "no approved content to compare the run with"
     rewritten = altered(project, tree, decision.content.files)
     if rewritten:  # e.g. a task on localhost planted vars or a suite before verification
-        return "the run changed the approved content it ran from: " + ", ".join(rewritten[:5])
+        shown = [shown_path(project.root, p) for p in rewritten[:5]]  # keys, named where they lie
+        return "the run changed the approved content it ran from: " + ", ".join(shown)
     try:
         after = change_content(project, change, runbook, decision.hosts)
     except OpsledgerError as err:  # e.g. a symlink out of the repository appeared

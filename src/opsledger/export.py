@@ -108,7 +108,8 @@ def _from_disk(project: Project, files: dict[str, str], blobs: dict[str, bytes])
         mode, blob = entry.split()
         if mode == SUBMODULE or blob in blobs:
             continue
-        real = project.root / _safe(shown_path(project.root, path))
+        stored = shown_path(project.root, path)  # where it lies: what the refusal names too
+        real = project.root / _safe(stored)
         try:
             data = os.fsencode(os.readlink(real)) if mode == SYMLINK else real.read_bytes()
         except OSError:
@@ -116,8 +117,9 @@ def _from_disk(project: Project, files: dict[str, str], blobs: dict[str, bytes])
         if blob_id(data) != blob:
             raise OpsledgerError(
                 Problem(
-                    f"{path} is no longer the content that was decided (git holds no {blob[:12]})",
-                    path,
+                    f"{stored} is no longer the content that was decided "
+                    f"(git holds no {blob[:12]})",
+                    stored,
                     "content",
                     "run the command again: the content changed while it ran",
                 )

@@ -202,3 +202,16 @@ def test_an_uncommitted_request_in_its_block_folder_is_exported_from_where_it_li
             exported(project, content.files),
         ):
             pass
+
+
+def test_a_file_no_longer_decided_is_named_where_it_lies(project):
+    """The refusal named the manifest's key (changes/CHG-0003/change.yml), a folder that does
+    not exist once the change lives in its block: the person is told the file to look at."""
+    _write(project.root, {"changes/CHG-00xx/CHG-0003/change.yml": "title: new\n"})
+    content = repository_content(project, "CHG-0003")
+    (project.root / "changes/CHG-00xx/CHG-0003/change.yml").write_text("title: edited\n")
+    with pytest.raises(OpsledgerError) as refused, exported(project, content.files):
+        pass
+    (problem,) = refused.value.problems
+    assert problem.file == "changes/CHG-00xx/CHG-0003/change.yml"
+    assert problem.message.startswith("changes/CHG-00xx/CHG-0003/change.yml is no longer")
