@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-from collections.abc import Container
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,7 @@ from opsledger.layout import (
     change_folder,
     change_pathspecs,
     changes_root,
+    flat_form,
     is_block,
 )
 from opsledger.project import Project
@@ -676,13 +677,23 @@ def read_runs(project: Project) -> RunLedger:
     )
 
 
-def _uncommitted(project: Project, in_head: Container[str]) -> list[RunFile]:
-    """Run record files of the working tree that HEAD does not hold, parsed (sorted by path)."""
+def _uncommitted(project: Project, in_head: Collection[str]) -> list[RunFile]:
+    """Run record files of the working tree that HEAD does not hold, parsed (sorted by path).
+
+    HEAD holds a file under its key (layout.flat_form) in either layout: a change moved on
+    disk and not yet committed (`git mv` staged) has its records in HEAD, and committing them
+    again alone would leave the change in both layouts.
+    """
     uncommitted = []
     root = str(project.root)
+    held: set[str] | None = None  # HEAD's keys, made at the first file HEAD lacks (rare)
     for file in _run_paths_on_disk(str(changes_root(project.root))):
         path = file[len(root) + 1 :]
         if path in in_head or not _RUN_FILE.fullmatch(path):
+            continue
+        if held is None:
+            held = {flat_form(p) for p in in_head}
+        if flat_form(path) in held:
             continue
         try:
             with open(file, "rb") as handle:

@@ -33,6 +33,7 @@ from opsledger.migrate import migrate_layout
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.readguard import outside_content
+from opsledger.reconcile import reconcile_runs
 from opsledger.records import read_runs
 from opsledger.signoff import approve_change
 
@@ -273,3 +274,22 @@ def test_a_claim_on_an_origin_that_moved_the_change_to_its_block_is_not_lost(tmp
     ]
     assert not flat_folder(runner, "CHG-0001").exists()
     assert (block_folder(runner, "CHG-0001") / STARTED).is_file()
+
+
+# --- a move staged by hand is no uncommitted run --------------------------------------------
+
+
+def test_a_run_record_moved_by_hand_and_staged_is_not_committed_again(legacy):  # noqa: F811
+    """`git mv changes/CHG-0003 changes/CHG-00xx/` staged, not committed (as a fix line
+    suggests for a folder in the wrong place): its run record on disk lay under another path
+    than HEAD's, so it read as uncommitted, and the next command committed it alone — the
+    block copy beside the flat one still in HEAD, the change in both layouts."""
+    project, _, ran = legacy
+    root = project.root
+    _ignore_local_state(project)
+    git(root, "mv", f"changes/{ran}", "changes/CHG-00xx/")  # CHG-0001 lives there already
+    tip = git(root, "rev-parse", "HEAD").stdout
+    assert read_runs(project).uncommitted == []
+    done = reconcile_runs(project)
+    assert (done.committed, done.problems) == ([], [])
+    assert git(root, "rev-parse", "HEAD").stdout == tip
