@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from opsledger.approvals import Found, judge, quorum, standing
 from opsledger.base import Base
 from opsledger.changes import Change
-from opsledger.content import Content
+from opsledger.content import Content, blob_id
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError, one_line
 from opsledger.evidence import Added, Evidence, changes_on, judge_record
@@ -217,42 +217,73 @@ def judge_records(
 
 
 def uncommitted_records(project: Project) -> list[Finding]:
-    """Record files in the working tree that no commit carries, or that differ from it."""
+    """Record files in the working tree that no commit carries, or that differ from it.
+
+    Judged by key (layout.flat_form): a change moved between the layouts and not yet committed
+    (`git mv` staged, or a plain `mv`) deletes each record at one path and adds the same bytes
+    at the other, which is no edit of evidence; other bytes under the key are one edit.
+    """
     out = subprocess.run(
-        ["git", "-C", str(project.root), "status", "--porcelain", "-z", "-uall", "--", CHANGES],
+        ["git", "-C", str(project.root), "status", "--porcelain=v2", "-z", "-uall",
+         "--no-renames", "--", CHANGES],
         capture_output=True,
         text=True,
         env=git_env(),
-    ).stdout
-    findings = []
+    ).stdout  # fmt: skip
+    by_key: dict[str, list[tuple[str, str]]] = {}  # key -> [(XY, blob it holds or held)]
+    ids: dict[str, str] = {}
     for entry in filter(None, out.split("\0")):
-        status, stored = entry[:2], entry[3:]
-        match = _RECORD.fullmatch(stored)
-        if not match:
-            continue
-        path = match.string  # its key (layout.flat_form), as every other finding names it
-        if status == "??":
+        status, stored, blob = _status_entry(project, entry)
+        if match := _RECORD.fullmatch(stored):
+            key = match.string  # its key (layout.flat_form), as every other finding names it
+            by_key.setdefault(key, []).append((status, blob))
+            ids[key] = match.group(1)
+    findings = []
+    for key, entries in by_key.items():
+        change_id = ids[key]
+        gone = {blob for status, blob in entries if "D" in status}
+        came = {blob for status, blob in entries if status[0] == "A" or status == "??"}
+        if gone and came:  # one path deleted, another added: moved between the layouts
+            clean = all(status in ("D.", ".D", "A.", "??") for status, _ in entries)
+            if clean and gone == came and len(entries) == 2:
+                continue  # the same bytes: nothing changed
+            entries = [(".M", "")]  # other bytes under the key: one edited record
+        for status, _ in entries:
+            untracked = status == "??"
             findings.append(
                 Finding(
-                    "evidence-forged",
+                    "evidence-forged" if untracked else "evidence-edited",
                     "critical",
                     "run record not committed: it is nobody's evidence (a record whose "
-                    "commit failed is committed by the next opsledger command)",
-                    path,
-                    match.group(1),
-                )
-            )
-        else:
-            findings.append(
-                Finding(
-                    "evidence-edited",
-                    "critical",
-                    "run record changed in the working tree",
-                    path,
-                    match.group(1),
+                    "commit failed is committed by the next opsledger command)"
+                    if untracked
+                    else "run record changed in the working tree",
+                    key,
+                    change_id,
                 )
             )
     return findings
+
+
+def _status_entry(project: Project, entry: str) -> tuple[str, str, str]:
+    """(XY, stored path, blob) of one `git status --porcelain=v2 -z` entry.
+
+    The blob is the one HEAD held for a deletion, the index's for an addition, the file's own
+    bytes for an untracked file ("" when none applies).
+    """
+    if entry.startswith("? "):
+        path = entry[2:]
+        try:
+            return "??", path, blob_id((project.root / path).read_bytes())
+        except OSError:
+            return "??", path, ""
+    if entry.startswith("1 "):
+        fields = entry.split(" ", 8)  # 1 XY sub mH mI mW hH hI path
+        status, head, index = fields[1], fields[6], fields[7]
+        return status, fields[8], head if "D" in status else index
+    if entry.startswith("u "):
+        return "UU", entry.split(" ", 10)[-1], ""
+    return "", "", ""
 
 
 def brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:

@@ -15,6 +15,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from opsledger.audit import audit_check
 from opsledger.changes import load_withdrawal, withdraw_change
 from opsledger.cli import cli
 from opsledger.content import repository_content
@@ -40,7 +41,7 @@ from opsledger.signoff import approve_change
 from .conftest import LOCAL_RUNBOOK, legacy_layout
 from .test_apply_faults import _start, _steps, _wait_for
 from .test_bypasses import INSIDE, approve, as_env, failed
-from .test_migrate_layout import as_dave, legacy  # noqa: F401 (fixtures)
+from .test_migrate_layout import LATER, as_dave, legacy  # noqa: F401 (fixtures)
 
 # --- readguard: what a run read is judged by its key -----------------------------------------
 
@@ -293,3 +294,25 @@ def test_a_run_record_moved_by_hand_and_staged_is_not_committed_again(legacy):  
     done = reconcile_runs(project)
     assert (done.committed, done.problems) == ([], [])
     assert git(root, "rev-parse", "HEAD").stdout == tip
+
+
+# --- audit check: a move not yet committed is no edit of evidence ----------------------------
+
+
+@pytest.mark.parametrize("how", ["git mv", "mv"])
+def test_a_move_to_the_block_not_yet_committed_is_no_edited_evidence(legacy, how):  # noqa: F811
+    """Moved by hand (staged, or not even staged), a run record read as "changed in the
+    working tree" (evidence-edited, critical): the same bytes under the same key are no edit."""
+    project, _, ran = legacy
+    root = project.root
+    if how == "git mv":
+        git(root, "mv", f"changes/{ran}", "changes/CHG-00xx/")
+    else:
+        os.rename(flat_folder(root, ran), block_folder(root, ran))
+    assert audit_check(project, now=LATER).findings == []
+    (record,) = (block_folder(root, ran) / "runs").glob("*Z.json")
+    record.write_text(record.read_text().replace('"success"', '"failed"'))
+    findings = audit_check(project, now=LATER).findings
+    assert [(f.rule, f.file) for f in findings] == [
+        ("evidence-edited", f"changes/{ran}/runs/{record.name}")
+    ]
