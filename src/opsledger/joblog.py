@@ -33,7 +33,7 @@ from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git_env
-from opsledger.layout import RUNS, stored_file
+from opsledger.layout import RUNS, change_pathspecs, stored_file
 from opsledger.project import Project
 
 LOG_SUFFIX = ".log.jsonl.gz"
@@ -183,17 +183,11 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
         stamp = record.runner.get("run", "").rsplit("/", 1)[-1]
         if run and run != stamp:
             continue
-        folder = stored_file(project.root, change_id, RUNS)  # the layout that holds it
+        folder = stored_file(project.root, change_id, RUNS)  # where a person finds it now
         log = f"{folder}/{record.log['file']}"
-        blob = subprocess.run(
-            ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{log}"],
-            capture_output=True,
-            check=False,
-            env=git_env(),
-        )
-        if blob.returncode:
+        data = _in_head(project, change_id, record.log["file"])
+        if data is None:
             continue
-        data = blob.stdout
         entries: list[dict[str, Any]] = []
         try:
             for line in gzip.decompress(data).decode().splitlines():
@@ -223,6 +217,24 @@ def read_job_log(project: Project, change_id: str, run: str | None = None) -> li
             EXIT_INVALID,
         )
     return found
+
+
+def _in_head(project: Project, change_id: str, name: str) -> bytes | None:
+    """The bytes HEAD holds of `runs/<name>` of a change, in either layout, else None.
+
+    HEAD may hold the change in the other layout than the working tree shows (a move staged,
+    not committed): asked only at the folder on disk, a committed log read as missing.
+    """
+    for folder in change_pathspecs(change_id, RUNS):
+        blob = subprocess.run(
+            ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{folder}/{name}"],
+            capture_output=True,
+            check=False,
+            env=git_env(),
+        )
+        if blob.returncode == 0:
+            return blob.stdout
+    return None
 
 
 def render_log(logs: list[RunLog]) -> str:

@@ -9,6 +9,9 @@ layout, committed or not, and across `change migrate-layout`.
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
+import hashlib
 import json
 import os
 
@@ -22,8 +25,10 @@ from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
 from opsledger.gitrepo import git
+from opsledger.joblog import LOG_SUFFIX, read_job_log
 from opsledger.layout import (
     REQUEST,
+    RUNS,
     WITHDRAWN,
     block_folder,
     flat_folder,
@@ -35,10 +40,10 @@ from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
 from opsledger.readguard import outside_content
 from opsledger.reconcile import reconcile_runs
-from opsledger.records import read_runs
+from opsledger.records import read_runs, stamp
 from opsledger.signoff import approve_change
 
-from .conftest import LOCAL_RUNBOOK, legacy_layout
+from .conftest import LOCAL_RUNBOOK, legacy_layout, record_run
 from .test_apply_faults import _start, _steps, _wait_for
 from .test_bypasses import INSIDE, approve, as_env, failed
 from .test_migrate_layout import LATER, as_dave, legacy  # noqa: F401 (fixtures)
@@ -316,3 +321,32 @@ def test_a_move_to_the_block_not_yet_committed_is_no_edited_evidence(legacy, how
     assert [(f.rule, f.file) for f in findings] == [
         ("evidence-edited", f"changes/{ran}/runs/{record.name}")
     ]
+
+
+# --- a job log is found in HEAD whichever layout the working tree shows ----------------------
+
+
+def test_a_job_log_is_read_from_head_while_a_move_is_staged(legacy):  # noqa: F811
+    """read_job_log asked HEAD for the log at the path of the folder on disk: with a move to
+    the block staged, HEAD still holds it flat, and the run "has no committed job log"."""
+    project, _, ran = legacy
+    root = project.root
+    started = dt.datetime(2026, 12, 2, 20, 0, tzinfo=dt.UTC)
+    name = f"{stamp(started)}{LOG_SUFFIX}"
+    data = gzip.compress(b'{"phase": "run", "message": "ran"}\n')
+    log = flat_folder(root, ran) / RUNS / name
+    log.write_bytes(data)
+    git(root, "add", "--", str(log))
+    git(root, "commit", "-q", "-m", "Log", env=as_env("ci"))
+    record_run(
+        project,
+        ran,
+        started,
+        runner={"run": f"{ran}/{stamp(started)}"},
+        log={"file": name, "sha256": hashlib.sha256(data).hexdigest()},
+    )
+    git(root, "mv", f"changes/{ran}", "changes/CHG-00xx/")
+    (found,) = read_job_log(project, ran)
+    assert found.verified and found.entries == [{"phase": "run", "message": "ran"}]
+    assert found.log == f"changes/CHG-00xx/{ran}/runs/{name}"  # where it lies
+    assert (root / found.log).is_file()
