@@ -32,6 +32,7 @@ from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
 from opsledger.joblog import journal_log, log_path_of
+from opsledger.layout import shown_path
 from opsledger.lock import STALE_AFTER
 from opsledger.playbook_runs import replay_journal
 from opsledger.project import Project
@@ -247,11 +248,13 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
             if why is None:
                 done.running.append(started.record.runner.get("run", started.path))
                 continue
-            final = project.root / final_path_of(started.path)
+            # where the final record lies now: HEAD's path may be flat while a move to the
+            # block is staged, and writing there would recreate the flat folder
+            final_rel = shown_path(project.root, final_path_of(started.path))
+            final = project.root / final_rel
             if final.exists():
                 continue  # uncommitted: reported above
             record = _interrupted(project, started, why, moment)
-            final_rel = final_path_of(started.path)
             paths = [final_rel]
             journal_dir = started.record.runner.get("journal")
             log = journal_log(project.root / journal_dir) if journal_dir else None

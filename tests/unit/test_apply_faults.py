@@ -424,3 +424,31 @@ def test_a_change_whose_success_is_not_yet_committed_cannot_be_withdrawn(local_r
     assert "cannot be withdrawn" in withdrawn.stderr and "Traceback" not in withdrawn.stderr
     assert not (change_folder(project.root, change_id) / "withdrawn.yml").exists()
     assert [r.result for r in read_runs(project).committed] == ["success"]  # committed now
+
+
+def test_a_run_killed_in_the_flat_layout_is_recorded_in_the_block_a_staged_move_took_it_to(
+    local_repo,
+):
+    """The interrupted run's final record goes where the change lies now: HEAD's started
+    record is flat, but a move to the block is staged; writing at HEAD's path recreated the
+    flat folder and left the change in both layouts."""
+    project, request = local_repo
+    killed = request(params={"steps": 60, "delay": 0.25})
+    block, flat = change_folder(project.root, killed), project.root / "changes" / killed
+    git(project.root, "mv", str(block), str(flat))
+    git(project.root, "commit", "-qm", f"{killed} in the legacy flat layout")
+    approve_change(project, killed, person="bob")
+    apply = _start(project, "apply", killed, "--skip-verify", "--json")
+    _wait_for(lambda: "lab-db1-step-2" in _steps(project), what="the playbook's steps")
+    (ahead,) = read_runs(project).started
+    assert ahead.path.startswith(f"changes/{killed}/runs/"), ahead.path
+    os.kill(apply.pid, signal.SIGKILL)
+    apply.wait(10)
+    _wait_for(lambda: not procs.run_processes(ahead.record.runner["run"]), what="the playbook")
+    guard = ahead.record.runner["guard_pid"]
+    _wait_for(lambda: not procs.alive(guard, ahead.record.runner["guard_start"]), what="guard")
+    git(project.root, "mv", str(flat), str(block))  # staged, not committed
+    shown = _cli(project, "change", "show", killed, "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert not flat.exists(), sorted(p.name for p in flat.rglob("*"))
+    assert [r["result"] for r in json.loads(shown.stdout)["runs"]] == ["interrupted"]
