@@ -42,8 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -189,8 +189,7 @@ def scratch_repo(tmp: Path, targets: str, tags: list[str]) -> tuple[Project, str
 THIRD_PARTY_STRATEGY = "Use of strategy plugins not included in ansible.builtin"
 
 
-@dataclass
-class Run:
+class Run(NamedTuple):
     """One timed run: wall seconds, the controller's CPU seconds and the lab hosts' CPU seconds.
 
     On a machine shared with other work the wall clock swings with the load (the same lane
