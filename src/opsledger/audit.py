@@ -214,6 +214,7 @@ def _audit_log(
         loaded = _ahead(project, base, whole=since is None and until is None)
         ledger = read_runs(project)  # the committed records: HEAD's, not the history's
         commits = list(history())
+    base.position.want(c.sha for c in commits)  # one pass places every commit kept
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
@@ -369,19 +370,20 @@ class _Judged:
 
     Kept: what touches changes/ (requests, statements, records, reviews), policies/ (and the
     commits that brought a policy version), desired state, and every commit of the CI identity
-    on the first-parent line. A history of 100,000 commits is streamed, not held: the commits
+    (whether it is on the first-parent line is asked once, of the commits kept: the line is
+    not held while git walks). A history of 100,000 commits is streamed, not held: the commits
     dropped are never built (see gitlog.Keep).
     """
 
-    def __init__(self, base: Base, ci_email: str, versions: set[str]):
-        self.base, self.ci_email, self.versions = base, ci_email, versions
+    def __init__(self, ci_email: str, versions: set[str]):
+        self.ci_email, self.versions = ci_email, versions
         self.read = 0
 
     def __call__(self, sha: str, committer_email: str, paths: list[str]) -> bool:
         self.read += 1
         if sha in self.versions:
             return True
-        if committer_email == self.ci_email and sha in self.base.position:
+        if committer_email == self.ci_email:
             return True
         return any(
             path.startswith((CHANGES_PREFIX, POLICIES_PREFIX)) or is_desired_state(path)
@@ -413,13 +415,14 @@ def _audit_check(
     policies = base.policies
     ci = policies.people.get(policies.records_by or "")
     versions = {v.commit for v in base.versions}
-    judged = _Judged(base, ci.email if ci else "", versions)
+    judged = _Judged(ci.email if ci else "", versions)
     with history_in_background(
         project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=judged
     ) as history:
         loaded = _ahead(project, base, whole=since is None)
         uncommitted = uncommitted_records(project)
         commits = list(history())
+    base.position.want(c.sha for c in commits)  # one pass places every commit kept
     result = ComplianceResult(commits_read=judged.read, baseline=policies.audit_from)
     when = {c.sha: c.committed_at for c in commits}
     histories = by_change(commits)

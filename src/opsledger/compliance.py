@@ -289,6 +289,7 @@ def _status_entry(project: Project, entry: str) -> tuple[str, str, str]:
 def brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:
     """For each file version, the first-parent commit that brought it into the branch."""
     found: dict[tuple[str, str], str] = {}
+    base.position.want(commit.sha for commit in history)  # one pass for them all
     for commit in history:
         if commit.sha in base.position:
             for f in commit.files:

@@ -156,6 +156,8 @@ def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
     An audit reads the whole history once; a second `git log` for the records would read it
     again (as long again as git itself takes to list the history).
     """
+    commits = list(commits)
+    base.position.want(commit.sha for commit in commits)  # one pass for them all
     return [
         Added.of(commit, f.path, f.blob)
         for commit in commits
@@ -272,6 +274,7 @@ def run_evidence(
         held = {path: record for path, record in held.items() if only(record)}
     line = added_in(history, base) if history is not None else added_on_line(project, base)
     added = [a for a in line if a.path in held]
+    base.position.want(a.commit for a in added)  # one pass places them all (judge_record)
     contents = blob_contents(project.root, [a.blob for a in added])
     requests = changes_on(project, base, [change_folder_name(a.path) for a in added])
     judged, found = [], set()
