@@ -200,7 +200,8 @@ def statements_in(project: Project, commits: list[Commit]) -> dict[str, list[Fou
             entry.introduced_by.append(
                 Introduction(commit.sha, commit.author_email, commit.committer_email)
             )
-    contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
+    unparsed = sorted({f.blob for f in versions.values() if f.blob not in _PARSED})
+    contents = blob_contents(project.root, unparsed)  # the others are read already
     found: dict[str, list[Found]] = {}
     for entry in sorted(versions.values(), key=lambda f: (f.path, f.blob)):
         entry.raw = contents.get(entry.blob, b"")

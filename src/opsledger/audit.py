@@ -189,7 +189,10 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
                     requests += [f"{base.sha}:{p}" for p in change_pathspecs(inside[0], REQUEST)]
     # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
     # listed it asks for these again, and then starts no `cat-file` for them.
-    contents = blob_contents(project.root, statements + records + requests)
+    contents = blob_contents(project.root, requests)
+    # Statements and records are kept parsed, by blob id (approvals.parse_ahead,
+    # evidence.record_of): their bytes are dropped once parsed.
+    contents = blob_contents(project.root, statements + records, keep=False)
     parse_ahead({blob: contents[blob] for blob in statements if blob in contents})
     for blob in records:
         record_of(blob, contents.get(blob, b""))

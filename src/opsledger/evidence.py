@@ -44,7 +44,7 @@ from opsledger.layout import (
 )
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, is_final_run_path, parse_record, read_runs
-from opsledger.steady import remembered
+from opsledger.steady import remembered, steady_memo
 from opsledger.yamlio import parse_yaml_shared
 
 
@@ -146,6 +146,12 @@ def record_of(blob: str, raw: bytes) -> Record | None:
     change it.
     """
     return remembered(("record", blob), lambda: parse_record(raw))
+
+
+def unparsed_records(blobs: Iterable[str]) -> list[str]:
+    """The record versions `record_of` has not parsed in this scope: only those need reading."""
+    memo = steady_memo()
+    return [b for b in blobs if memo is None or ("record", b) not in memo]
 
 
 def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
@@ -275,7 +281,8 @@ def run_evidence(
     line = added_in(history, base) if history is not None else added_on_line(project, base)
     added = [a for a in line if a.path in held]
     base.position.want(a.commit for a in added)  # one pass places them all (judge_record)
-    contents = blob_contents(project.root, [a.blob for a in added])
+    asked = [a.blob for a in added]
+    contents = blob_contents(project.root, unparsed_records(asked) if only is None else asked)
     requests = changes_on(project, base, [change_folder_name(a.path) for a in added])
     judged, found = [], set()
     for entry in added:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import locale
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from opsledger.project import Project
 _FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileChange:
     status: str  # A added | M modified | D deleted | T type changed
     path: str
@@ -64,7 +65,7 @@ def _moves_collapsed(files: list[FileChange]) -> list[FileChange]:
     return kept
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     sha: str
     parents: tuple[str, ...]
@@ -108,13 +109,11 @@ def _parse(stream: Iterator[str], signed: bool, keep: Keep | None = None) -> Ite
 def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | None:
     header, _, rest = record.partition("\0")
     parts = header.split("\x1f")
-    if keep is not None:
-        paths = [flat_form(p) for p in rest.lstrip("\0\n").split("\0")[1::2]]
-        if not keep(parts[0], parts[6], paths):
-            return None
+    tokens = rest.lstrip("\0\n").split("\0")
+    if keep is not None and not keep(parts[0], parts[6], [flat_form(p) for p in tokens[1::2]]):
+        return None
     sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
     sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
-    tokens = rest.lstrip("\0\n").split("\0")
     files = []
     moved = False
     for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
@@ -122,21 +121,32 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
             old_mode, mode, old_blob, blob, status = meta[1:].split()
             key = flat_form(path)
             moved = moved or key != path
-            files.append(FileChange(status[:1], key, blob, mode, old_blob, old_mode))
+            files.append(
+                FileChange(status[:1], key, _one(blob), _one(mode), _one(old_blob), _one(old_mode))
+            )
     return Commit(
         sha,
         tuple(parents.split()),
-        an,
-        ae,
+        _one(an),
+        _one(ae),
         dt.datetime.fromisoformat(ai),
-        cn,
-        ce,
+        _one(cn),
+        _one(ce),
         dt.datetime.fromisoformat(ci),
         sig_status or "N",
-        signer,
+        _one(signer),
         subject,
         _moves_collapsed(files) if moved else files,
     )
+
+
+def _one(text: str) -> str:
+    """One copy of a string that commits repeat: an audit keeps thousands of commits.
+
+    Names, emails, modes, the all-zero id of an added file, a file's id in the commit that
+    added it and in the one that changes it next.
+    """
+    return sys.intern(text)
 
 
 def read_history(
