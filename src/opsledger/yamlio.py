@@ -20,6 +20,7 @@ Every refusal is an `OpsledgerError` with one line per problem naming file, line
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -339,7 +340,9 @@ def parse_yaml_shared(text: str, *, source: str = "YAML text", dates: bool = Tru
     same text): parsing is most of what judging a change costs. Failures are not kept, so
     each caller's error names its own source.
     """
-    return remembered(("yaml", text, dates), lambda: parse_yaml(text, source=source, dates=dates))
+    # keyed by a digest of the text, not the text itself: an audit would keep every request twice
+    key = ("yaml", hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), dates)
+    return remembered(key, lambda: parse_yaml(text, source=source, dates=dates))
 
 
 def _untime(node: Node) -> None:
