@@ -47,7 +47,7 @@ _IN_APPROVALS = change_file_pattern("[^/]+", r"approvals/[\s\S]*")
 _FILE = change_file_pattern("[A-Z]+-[0-9]+", r"approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Introduction:
     """A commit that brought a file's version into the history (not inherited from a parent)."""
 
@@ -56,7 +56,7 @@ class Introduction:
     committer: str  # email
 
 
-@dataclass
+@dataclass(slots=True)  # an audit holds one per statement version: no __dict__ each
 class Found:
     """One version of a file under approvals/ somewhere in the history."""
 

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 from collections.abc import Container, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -73,7 +73,6 @@ class Change:
     reason: str
     rollback: str | None
     risk: str | None
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def file(self) -> Path:
@@ -444,7 +443,6 @@ def _validate(
             reason=data["reason"].strip(),
             rollback=data.get("rollback", runbook.rollback),
             risk=data.get("risk"),
-            raw=data,
         )
     return result
 

@@ -48,7 +48,7 @@ from opsledger.steady import remembered, steady_memo
 from opsledger.yamlio import parse_yaml_shared
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Added:
     """The commit that added a record, as git tells it."""
 
@@ -76,7 +76,7 @@ class Added:
         )
 
 
-@dataclass
+@dataclass(slots=True)  # an audit holds one per run record: no __dict__ each
 class Evidence:
     path: str
     commit: str

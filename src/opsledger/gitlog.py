@@ -122,7 +122,7 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
             key = flat_form(path)
             moved = moved or key != path
             files.append(
-                FileChange(status[:1], key, _one(blob), _one(mode), _one(old_blob), _one(old_mode))
+                FileChange(status[:1], key, _id(blob), _one(mode), _id(old_blob), _one(old_mode))
             )
     return Commit(
         sha,
@@ -141,12 +141,16 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
 
 
 def _one(text: str) -> str:
-    """One copy of a string that commits repeat: an audit keeps thousands of commits.
-
-    Names, emails, modes, the all-zero id of an added file, a file's id in the commit that
-    added it and in the one that changes it next.
-    """
+    """One copy of a string commits repeat (names, emails, modes): audits keep thousands."""
     return sys.intern(text)
+
+
+_ZEROS = {"0" * 40, "0" * 64}
+
+
+def _id(blob: str) -> str:
+    """A file's object id; the all-zero id (nothing before an add, after a delete) once."""
+    return sys.intern(blob) if blob in _ZEROS else blob
 
 
 def read_history(

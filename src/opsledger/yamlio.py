@@ -20,9 +20,11 @@ Every refusal is an `OpsledgerError` with one line per problem naming file, line
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -362,20 +364,22 @@ def _untime(node: Node) -> None:
 
 
 def outside_problem(path: Path, root: Path) -> Problem | None:
-    """Refuse a path outside root or through a symlink below it (checked without following)."""
-    absolute = Path(os.path.abspath(path))
-    base = Path(os.path.abspath(root))
-    try:
-        relative = absolute.relative_to(base)
-    except ValueError:
+    """Refuse a path outside root or through a symlink below it (checked without following).
+
+    On strings (os.path), not pathlib: an audit asks it of every change request it reads.
+    """
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(root)
+    inside = base.rstrip(os.sep) + os.sep
+    if absolute != base and not absolute.startswith(inside):
         return Problem("outside the repository", str(path), "path", "name a file of the project")
     current = base
-    for part in relative.parts:
-        current = current / part
-        if current.is_symlink():
+    for part in absolute[len(inside) :].split(os.sep) if absolute != base else ():
+        current = os.path.join(current, part)
+        if os.path.islink(current):
             return Problem(
                 "is a symlink",
-                str(current),
+                current,
                 "path",
                 "replace the symlink by the real file: git must record what is approved and run",
             )
@@ -387,9 +391,17 @@ def read_text(path: Path, *, what: str = "file", root: Path | None = None) -> st
     if root is not None and (refused := outside_problem(path, root)):
         raise OpsledgerError(refused)
     try:
-        if not path.is_file():
+        try:
+            found = os.stat(path)  # one stat: is_file() and then stat() were two
+        except ValueError:  # a NUL in the name: no such file, as is_file() said
+            found = None
+        except OSError as exc:  # what is_file() took for "no file"; anything else raises
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+                raise
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):
             raise OpsledgerError(Problem(f"{what} not found", str(path), fix="check the path"))
-        if path.stat().st_size > MAX_BYTES:
+        if found.st_size > MAX_BYTES:
             raise OpsledgerError(
                 Problem(
                     f"the {what} is larger than {MAX_BYTES} bytes",
