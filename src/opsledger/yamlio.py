@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -319,8 +320,8 @@ def _build(node: Node, loader: Any, dates: bool, built: dict[int, Any]) -> Any:
     if isinstance(node, MappingNode):
         mapping: dict[str, Any] = {}
         built[id(node)] = mapping
-        for key, value in node.value:
-            mapping[key.value] = _build(value, loader, dates, built)
+        for key, value in node.value:  # keys once: an audit holds thousands of mappings
+            mapping[sys.intern(key.value)] = _build(value, loader, dates, built)
         return mapping
     if isinstance(node, SequenceNode):
         items: list[Any] = []
@@ -468,11 +469,16 @@ def load_yaml(
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object refusing a duplicate key.
+
+    Each key is kept once (sys.intern): json shares keys within one document only, and an
+    audit holds thousands of run records.
+    """
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
             raise ValueError(f"duplicate key {shown(key, 40)}")
-        data[key] = value
+        data[sys.intern(key)] = value
     return data
 
 
