@@ -79,6 +79,10 @@ class Change:
         return self.path / REQUEST
 
 
+# What a run record must share with its change request (evidence.judge_record), and who asked.
+RUN_FIELDS = ("environment", "runbook", "params", "requested_by")
+
+
 @dataclass
 class ValidationResult:
     id: str
@@ -302,8 +306,9 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
                 fix=f"create it with `opsledger change new` (latest: {known})",
             )
         )
-    # shared: read only (validation copies it), and audits parse the committed blob's same text
-    return load_yaml(file, what="change request", root=project.root, dates=False, shared=True), file
+    # audits check a run against these fields of the committed blob's same text (evidence.py)
+    data = load_yaml(file, what="change request", root=project.root, dates=False, fields=RUN_FIELDS)
+    return data, file
 
 
 def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:

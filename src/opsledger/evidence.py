@@ -31,6 +31,7 @@ from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
+from opsledger.changes import RUN_FIELDS
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
@@ -45,7 +46,7 @@ from opsledger.layout import (
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, is_final_run_path, parse_record, read_runs
 from opsledger.steady import remembered, steady_memo
-from opsledger.yamlio import parse_yaml_shared
+from opsledger.yamlio import parse_yaml_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +230,8 @@ def judge_record(
     if not request:
         reasons.append(f"no change {change_id} on {base.ref}")
         return evidence
-    try:
-        change = parse_yaml_shared(request.decode(errors="replace"), dates=False)  # read only
+    try:  # only the fields it is checked against (read only)
+        change = parse_yaml_fields(request.decode(errors="replace"), RUN_FIELDS, dates=False)
     except OpsledgerError:
         change = None
     if not isinstance(change, dict):

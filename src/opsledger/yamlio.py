@@ -39,7 +39,7 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from opsledger.errors import OpsledgerError, Problem, is_utf8, one_line, shown
-from opsledger.steady import remembered
+from opsledger.steady import remembered, steady_memo
 
 MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
 MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
@@ -336,16 +336,35 @@ def _build(node: Node, loader: Any, dates: bool, built: dict[int, Any]) -> Any:
     return value
 
 
-def parse_yaml_shared(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:
-    """`parse_yaml`, once per text inside `steady_tree()`: the result is shared, never change it.
+def parse_yaml_fields(
+    text: str, keys: tuple[str, ...], *, source: str = "YAML text", dates: bool = True
+) -> dict[str, Any] | None:
+    """`keys` of `parse_yaml(text)` (None when not a mapping), once per text in a steady scope.
 
-    Audits read each change request twice, from its file and from the committed blob (the
-    same text): parsing is most of what judging a change costs. Failures are not kept, so
-    each caller's error names its own source.
+    The values are shared: never change them. An audit checks four fields of each committed
+    change request against its runs; keeping the whole parse for that was ≈ 2 KB a change.
+    `load_yaml(..., fields=keys)` leaves them here when it reads the same text from the
+    working tree, so the committed blob is not parsed again. Failures are not kept, so each
+    caller's error names its own source.
     """
-    # keyed by a digest of the text, not the text itself: an audit would keep every request twice
-    key = ("yaml", hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), dates)
-    return remembered(key, lambda: parse_yaml(text, source=source, dates=dates))
+    return remembered(
+        _fields_key(text, keys, dates),
+        lambda: _picked(parse_yaml(text, source=source, dates=dates), keys),
+    )
+
+
+def _fields_key(text: str, keys: tuple[str, ...], dates: bool) -> tuple[object, ...]:
+    # a digest of the text, not the text: the memo would keep every request's text
+    return (
+        "yaml-fields",
+        hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(),
+        keys,
+        dates,
+    )
+
+
+def _picked(data: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return {k: data[k] for k in keys if k in data} if isinstance(data, dict) else None
 
 
 def _untime(node: Node) -> None:
@@ -443,17 +462,20 @@ def load_yaml(
     what: str = "file",
     root: Path | None = None,
     dates: bool = True,
-    shared: bool = False,
+    fields: tuple[str, ...] = (),
 ) -> Any:
     """Read a YAML file with every check above; a wrong top-level type says what to write.
 
-    `shared`: parsed through `parse_yaml_shared` (the caller only reads the result).
+    `fields`: these keys of the text's parse are left for `parse_yaml_fields` of the same text
+    (inside `steady_tree()`; the caller only reads the result).
 
     Example:
         load_yaml(Path("changes/CHG-00xx/CHG-0001/change.yml"), what="change", root=project.root)
     """
-    parse = parse_yaml_shared if shared else parse_yaml
-    data = parse(read_text(path, what=what, root=root), source=str(path), dates=dates)
+    text = read_text(path, what=what, root=root)
+    data = parse_yaml(text, source=str(path), dates=dates)
+    if fields and (memo := steady_memo()) is not None:
+        memo.setdefault(_fields_key(text, fields, dates), _picked(data, fields))
     if data is None and expect is dict:
         data = {}
     if not isinstance(data, expect):
