@@ -173,6 +173,30 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
     evidence.record_of): the versions the history brings are mostly these.
     """
     loaded = _load_all(project) if whole else {}
+    statements, records, requests = _held(project, base)
+    # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
+    # listed it asks for these again, and then starts no `cat-file` for them.
+    blob_contents(project.root, requests)
+    # Statements and records are kept parsed, by blob id (approvals.parse_ahead,
+    # evidence.record_of): their bytes are dropped once parsed, a batch at a time (one
+    # `cat-file` of every one held them all at once, twice: git's output and each slice).
+    for at in range(0, len(statements), _BATCH):
+        batch = statements[at : at + _BATCH]
+        contents = blob_contents(project.root, batch, keep=False)
+        parse_ahead({blob: contents[blob] for blob in batch if blob in contents})
+    for at in range(0, len(records), _BATCH):
+        batch = records[at : at + _BATCH]
+        contents = blob_contents(project.root, batch, keep=False)
+        for blob in batch:
+            record_of(blob, contents.get(blob, b""))
+    return loaded
+
+
+_BATCH = 2000  # objects read by one `cat-file` ahead of the judging
+
+
+def _held(project: Project, base: Base) -> tuple[list[str], list[str], list[str]]:
+    """The statements' and records' blob ids the branch holds, and its requests' names."""
     listing = git(project.root, "ls-tree", "-r", "-z", base.sha, "--", CHANGES).stdout
     statements, records, requests = [], [], []
     for entry in nul_paths(listing):
@@ -187,16 +211,7 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
                 elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it:
                     # both layouts' spellings, the one the branch lacks kept as missing
                     requests += [f"{base.sha}:{p}" for p in change_pathspecs(inside[0], REQUEST)]
-    # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
-    # listed it asks for these again, and then starts no `cat-file` for them.
-    contents = blob_contents(project.root, requests)
-    # Statements and records are kept parsed, by blob id (approvals.parse_ahead,
-    # evidence.record_of): their bytes are dropped once parsed.
-    contents = blob_contents(project.root, statements + records, keep=False)
-    parse_ahead({blob: contents[blob] for blob in statements if blob in contents})
-    for blob in records:
-        record_of(blob, contents.get(blob, b""))
-    return loaded
+    return statements, records, requests
 
 
 def _audit_log(
