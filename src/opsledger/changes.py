@@ -312,7 +312,7 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
 
 
 def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:
-    data = plain(data)
+    """The schema's problems with `data`, plain already (`_validate` made it so)."""
     problems = schema_problems_of(data, schema("change"), str(file))
     params = data.get("params")
     if isinstance(params, dict) and len(json.dumps(params)) > MAX_PARAMS_BYTES:
