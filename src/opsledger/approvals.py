@@ -47,7 +47,7 @@ _IN_APPROVALS = change_file_pattern("[^/]+", r"approvals/[\s\S]*")
 _FILE = change_file_pattern("[A-Z]+-[0-9]+", r"approvals/([a-z][a-z0-9_.-]*)/(\d{8}T\d{6}Z)\.yml")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Introduction:
     """A commit that brought a file's version into the history (not inherited from a parent)."""
 
@@ -56,7 +56,7 @@ class Introduction:
     committer: str  # email
 
 
-@dataclass
+@dataclass(slots=True)  # an audit holds one per statement version: no __dict__ each
 class Found:
     """One version of a file under approvals/ somewhere in the history."""
 
@@ -200,7 +200,8 @@ def statements_in(project: Project, commits: list[Commit]) -> dict[str, list[Fou
             entry.introduced_by.append(
                 Introduction(commit.sha, commit.author_email, commit.committer_email)
             )
-    contents = blob_contents(project.root, sorted({f.blob for f in versions.values()}))
+    unparsed = sorted({f.blob for f in versions.values() if f.blob not in _PARSED})
+    contents = blob_contents(project.root, unparsed)  # the others are read already
     found: dict[str, list[Found]] = {}
     for entry in sorted(versions.values(), key=lambda f: (f.path, f.blob)):
         entry.raw = contents.get(entry.blob, b"")

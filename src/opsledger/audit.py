@@ -173,6 +173,30 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
     evidence.record_of): the versions the history brings are mostly these.
     """
     loaded = _load_all(project) if whole else {}
+    statements, records, requests = _held(project, base)
+    # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
+    # listed it asks for these again, and then starts no `cat-file` for them.
+    blob_contents(project.root, requests)
+    # Statements and records are kept parsed, by blob id (approvals.parse_ahead,
+    # evidence.record_of): their bytes are dropped once parsed, a batch at a time (one
+    # `cat-file` of every one held them all at once, twice: git's output and each slice).
+    for at in range(0, len(statements), _BATCH):
+        batch = statements[at : at + _BATCH]
+        contents = blob_contents(project.root, batch, keep=False)
+        parse_ahead({blob: contents[blob] for blob in batch if blob in contents})
+    for at in range(0, len(records), _BATCH):
+        batch = records[at : at + _BATCH]
+        contents = blob_contents(project.root, batch, keep=False)
+        for blob in batch:
+            record_of(blob, contents.get(blob, b""))
+    return loaded
+
+
+_BATCH = 2000  # objects read by one `cat-file` ahead of the judging
+
+
+def _held(project: Project, base: Base) -> tuple[list[str], list[str], list[str]]:
+    """The statements' and records' blob ids the branch holds, and its requests' names."""
     listing = git(project.root, "ls-tree", "-r", "-z", base.sha, "--", CHANGES).stdout
     statements, records, requests = [], [], []
     for entry in nul_paths(listing):
@@ -187,13 +211,7 @@ def _ahead(project: Project, base: Base, whole: bool) -> dict[str, Change | Opsl
                 elif inside[1] == REQUEST:  # named as evidence.changes_on asks for it:
                     # both layouts' spellings, the one the branch lacks kept as missing
                     requests += [f"{base.sha}:{p}" for p in change_pathspecs(inside[0], REQUEST)]
-    # Kept in the scope's memo (gitrepo.blob_contents): judging the history after git has
-    # listed it asks for these again, and then starts no `cat-file` for them.
-    contents = blob_contents(project.root, statements + records + requests)
-    parse_ahead({blob: contents[blob] for blob in statements if blob in contents})
-    for blob in records:
-        record_of(blob, contents.get(blob, b""))
-    return loaded
+    return statements, records, requests
 
 
 def _audit_log(
@@ -214,6 +232,7 @@ def _audit_log(
         loaded = _ahead(project, base, whole=since is None and until is None)
         ledger = read_runs(project)  # the committed records: HEAD's, not the history's
         commits = list(history())
+    base.position.want(c.sha for c in commits)  # one pass places every commit kept
     histories = by_change(commits)
     statements = statements_in(project, commits)
     runs: dict[str, list[Record]] = {}
@@ -369,19 +388,20 @@ class _Judged:
 
     Kept: what touches changes/ (requests, statements, records, reviews), policies/ (and the
     commits that brought a policy version), desired state, and every commit of the CI identity
-    on the first-parent line. A history of 100,000 commits is streamed, not held: the commits
+    (whether it is on the first-parent line is asked once, of the commits kept: the line is
+    not held while git walks). A history of 100,000 commits is streamed, not held: the commits
     dropped are never built (see gitlog.Keep).
     """
 
-    def __init__(self, base: Base, ci_email: str, versions: set[str]):
-        self.base, self.ci_email, self.versions = base, ci_email, versions
+    def __init__(self, ci_email: str, versions: set[str]):
+        self.ci_email, self.versions = ci_email, versions
         self.read = 0
 
     def __call__(self, sha: str, committer_email: str, paths: list[str]) -> bool:
         self.read += 1
         if sha in self.versions:
             return True
-        if committer_email == self.ci_email and sha in self.base.position:
+        if committer_email == self.ci_email:
             return True
         return any(
             path.startswith((CHANGES_PREFIX, POLICIES_PREFIX)) or is_desired_state(path)
@@ -413,13 +433,14 @@ def _audit_check(
     policies = base.policies
     ci = policies.people.get(policies.records_by or "")
     versions = {v.commit for v in base.versions}
-    judged = _Judged(base, ci.email if ci else "", versions)
+    judged = _Judged(ci.email if ci else "", versions)
     with history_in_background(
         project, allowed_signers=allowed_signers(policies), rev=base.sha, keep=judged
     ) as history:
         loaded = _ahead(project, base, whole=since is None)
         uncommitted = uncommitted_records(project)
         commits = list(history())
+    base.position.want(c.sha for c in commits)  # one pass places every commit kept
     result = ComplianceResult(commits_read=judged.read, baseline=policies.audit_from)
     when = {c.sha: c.committed_at for c in commits}
     histories = by_change(commits)

@@ -22,6 +22,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,17 +60,92 @@ class PolicyVersion:
     why: str = ""  # why it is (not) in effect
 
 
+class FirstParentLine:
+    """Where commits stand on a base's first-parent line (0 = its first commit), as asked.
+
+    A line of 100,000 commits held whole (every id and its index) cost 0.3 KB a commit, an
+    audit's memory growing with the history. This holds only the answers for the commits
+    asked: `want` queues ids, and the first question after it answers every queued id in
+    one pass of `git rev-list --first-parent` (nothing kept of the ids not asked). A
+    commit's place on the line a tip names never changes, so the answers are kept with the
+    base's walks (`base-walks`, keyed by the tip, localcache: authenticated) and a later
+    command asking the same commits starts no git at all.
+
+    Example:
+        line = resolve_base(find_project()).position
+        line.want(shas); [sha for sha in shas if sha in line]  # one pass for them all
+    """
+
+    def __init__(
+        self, project: Project, sha: str, key: str, known: dict[str, int], absent: set[str]
+    ):
+        self._project, self._sha, self._key = project, sha, key
+        self._known, self._absent = known, absent
+        self._queued: set[str] = set()
+
+    def want(self, shas: Iterable[str]) -> None:
+        """Queue ids to be answered by the next pass (one pass for a batch, not one each)."""
+        self._queued.update(s for s in shas if s not in self._known and s not in self._absent)
+
+    def __contains__(self, sha: object) -> bool:
+        return isinstance(sha, str) and self.get(sha) is not None
+
+    def __getitem__(self, sha: str) -> int:
+        at = self.get(sha)
+        if at is None:
+            raise KeyError(sha)
+        return at
+
+    def get(self, sha: str, default: int | None = None) -> int | None:
+        if sha not in self._known and sha not in self._absent:
+            self._queued.add(sha)
+            self._pass()
+        return self._known.get(sha, default)
+
+    def _pass(self) -> None:
+        """Answer every queued id with one streamed `rev-list` (memory: the answers only)."""
+        wanted = {s.encode(): s for s in self._queued}
+        self._queued = set()
+        root, tip = str(self._project.root), self._sha
+        proc = subprocess.Popen(
+            ["git", "-C", root, "rev-list", "--first-parent", "--reverse", tip],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=git_env(),
+        )
+        assert proc.stdout is not None
+        found: dict[str, int] = {}
+        with proc.stdout:
+            for index, line in enumerate(proc.stdout):
+                sha = wanted.get(line.rstrip())
+                if sha is not None:
+                    found[sha] = index
+        if proc.wait() != 0:  # the tip was resolved a moment ago: git itself failed
+            raise OpsledgerError(
+                Problem(
+                    f"git rev-list --first-parent {self._sha[:10]} failed",
+                    str(self._project.root),
+                    "git",
+                    "run it inside a git checkout with its full history",
+                )
+            )
+        self._known.update(found)
+        self._absent.update(s for s in wanted.values() if s not in found)
+        kept = load_cache(self._project, _WALKS)
+        entry = kept.get(self._key)
+        if isinstance(entry, dict) and isinstance(entry.get("log"), str):
+            entry = {**entry, "positions": self._known, "absent": sorted(self._absent)}
+            save_cache(self._project, _WALKS, {**kept, self._key: entry})
+
+
 @dataclass
 class Base:
     ref: str
     sha: str
-    first_parent: list[str]  # the base's own line, oldest first
     versions: list[PolicyVersion]
-    _effective: list[tuple[int, PolicyVersion, Policies]] = field(repr=False)
-    position: dict[str, int] = field(default_factory=dict, repr=False)  # sha -> index
-
-    def __post_init__(self) -> None:
-        self.position = {sha: i for i, sha in enumerate(self.first_parent)}
+    _effective: list[tuple[str, PolicyVersion, Policies]] = field(repr=False)
+    # Where commits stand on the base's own line (sha -> index, oldest first), as asked.
+    position: FirstParentLine = field(repr=False)
 
     @property
     def policies(self) -> Policies:
@@ -87,7 +163,7 @@ class Base:
             return self.policies
         chosen = self._effective[0][2]
         for start, _, policies in self._effective:
-            if start <= at:
+            if self.position[start] <= at:
                 chosen = policies
         return chosen
 
@@ -210,26 +286,32 @@ def _approval_of(
 
 _BASES: dict[tuple[str, str], Base] = {}
 _WALKS = "base-walks"
-_WALKS_KEPT = 2  # bases remembered (a line of 30,000 commits is about 1.2 MB)
+_WALKS_KEPT = 2  # bases remembered (the policy log, and the places on the line asked)
 
 
-def _walks(project: Project, sha: str) -> tuple[list[str], str]:
-    """The base's first-parent line (oldest first) and the log of its policy commits.
+def _walks(project: Project, sha: str) -> tuple[FirstParentLine, str]:
+    """Where commits stand on the base's first-parent line, and the log of its policy commits.
 
     Both are what git answers for one commit id, which names its whole history: the same
     for every later command, so they are kept in `.opsledger/cache/base-walks.json`
     (localcache: authenticated, ignored by git) by that id, the policy paths walked and
-    the clone's shallow boundary and grafts. At 30,000 commits the two walks and the
-    listing of changes/ cost a decision about 0.4 s.
+    the clone's shallow boundary and grafts. At 30,000 commits the walks and the listing of
+    changes/ cost a decision about 0.4 s. Of the line only the commits asked are kept
+    (FirstParentLine), never the whole line: its memory would grow with the history.
     """
     key = f"{sha} {','.join(POLICY_DOCS)} {history_stamp(project.root)}"
     kept = load_cache(project, _WALKS)
     entry = kept.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("line"), list):
-        line, log = entry["line"], entry.get("log")
-        if isinstance(log, str) and all(isinstance(c, str) for c in line):
-            return line, log
-    line = git(project.root, "rev-list", "--first-parent", "--reverse", sha).stdout.split()
+    if isinstance(entry, dict) and isinstance(entry.get("log"), str):
+        positions, absent = entry.get("positions"), entry.get("absent")
+        if (
+            isinstance(positions, dict)
+            and isinstance(absent, list)
+            and all(isinstance(c, str) and type(i) is int for c, i in positions.items())
+            and all(isinstance(c, str) for c in absent)
+        ):
+            line = FirstParentLine(project, sha, key, dict(positions), set(absent))
+            return line, entry["log"]
     # Literal folders, not a wildcard: git prunes by path only for those (10x on big histories).
     folders = nul_paths(
         git(project.root, "ls-tree", "--name-only", "-z", sha, CHANGES_PREFIX).stdout
@@ -264,8 +346,9 @@ def _walks(project: Project, sha: str) -> tuple[list[str], str]:
         env=git_env(),
     ).stdout
     others = list({k: v for k, v in kept.items() if k != key}.items())[-(_WALKS_KEPT - 1) :]
-    save_cache(project, _WALKS, {**dict(others), key: {"line": line, "log": log}})
-    return line, log
+    entry = {"log": log, "positions": {}, "absent": []}
+    save_cache(project, _WALKS, {**dict(others), key: entry})
+    return FirstParentLine(project, sha, key, {}, set()), log
 
 
 def resolve_base(project: Project, ref: str | None = None) -> Base:
@@ -281,9 +364,8 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
     sha = _rev(project, name)
     if (str(project.root), sha) in _BASES:
         cached = _BASES[(str(project.root), sha)]
-        return Base(name, sha, cached.first_parent, cached.versions, cached._effective)
+        return Base(name, sha, cached.versions, cached._effective, cached.position)
     line, log = _walks(project, sha)
-    position = {c: i for i, c in enumerate(line)}
     touched = log_paths(log)
     trees = _trees(project, [c for c, _ in touched])
     versions: list[PolicyVersion] = []
@@ -327,7 +409,7 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             version.accepted_at = commit
             version.why = f"approved in {version.change}"
         broken = problems
-        effective.append((position[commit], version, policies))
+        effective.append((commit, version, policies))
         candidates = []
     if not effective:
         raise OpsledgerError(
@@ -345,7 +427,8 @@ def resolve_base(project: Project, ref: str | None = None) -> Base:
             fix=f"fix the problems above on {name} (opsledger policy check there)",
         )
         raise OpsledgerError([*broken, refusal])
-    base = Base(name, sha, line, versions, effective)
+    line.want(start for start, _, _ in effective)  # one pass answers them (policies_at)
+    base = Base(name, sha, versions, effective, line)
     _BASES[(str(project.root), sha)] = base
     return base
 

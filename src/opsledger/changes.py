@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 from collections.abc import Container, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -73,11 +73,14 @@ class Change:
     reason: str
     rollback: str | None
     risk: str | None
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def file(self) -> Path:
         return self.path / REQUEST
+
+
+# What a run record must share with its change request (evidence.judge_record), and who asked.
+RUN_FIELDS = ("environment", "runbook", "params", "requested_by")
 
 
 @dataclass
@@ -303,12 +306,13 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
                 fix=f"create it with `opsledger change new` (latest: {known})",
             )
         )
-    # shared: read only (validation copies it), and audits parse the committed blob's same text
-    return load_yaml(file, what="change request", root=project.root, dates=False, shared=True), file
+    # audits check a run against these fields of the committed blob's same text (evidence.py)
+    data = load_yaml(file, what="change request", root=project.root, dates=False, fields=RUN_FIELDS)
+    return data, file
 
 
 def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:
-    data = plain(data)
+    """The schema's problems with `data`, plain already (`_validate` made it so)."""
     problems = schema_problems_of(data, schema("change"), str(file))
     params = data.get("params")
     if isinstance(params, dict) and len(json.dumps(params)) > MAX_PARAMS_BYTES:
@@ -444,7 +448,6 @@ def _validate(
             reason=data["reason"].strip(),
             rollback=data.get("rollback", runbook.rollback),
             risk=data.get("risk"),
-            raw=data,
         )
     return result
 

@@ -58,7 +58,7 @@ from opsledger.changes import Change
 from opsledger.content import Content, blob_id
 from opsledger.decide import window_checks
 from opsledger.errors import OpsledgerError, one_line
-from opsledger.evidence import Added, Evidence, changes_on, judge_record
+from opsledger.evidence import Added, Evidence, changes_on, judge_record, unparsed_records
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
 from opsledger.layout import (
@@ -204,7 +204,7 @@ def judge_records(
 ) -> list[Evidence]:
     """Every committed run record, judged as evidence (see evidence.py)."""
     added = _added_records(history)
-    contents = blob_contents(project.root, [blob for _, _, blob in added])
+    contents = blob_contents(project.root, unparsed_records(blob for _, _, blob in added))
     requests = changes_on(project, base, [change_folder_name(path) for _, path, _ in added])
     judged = []
     for commit, path, blob in added:
@@ -289,6 +289,7 @@ def _status_entry(project: Project, entry: str) -> tuple[str, str, str]:
 def brought_at(base: Base, history: list[Commit]) -> dict[tuple[str, str], str]:
     """For each file version, the first-parent commit that brought it into the branch."""
     found: dict[tuple[str, str], str] = {}
+    base.position.want(commit.sha for commit in history)  # one pass for them all
     for commit in history:
         if commit.sha in base.position:
             for f in commit.files:

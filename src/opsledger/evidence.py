@@ -31,6 +31,7 @@ from pathlib import Path
 
 from opsledger.approvals import Found, allowed_signers, requested_contents
 from opsledger.base import Base
+from opsledger.changes import RUN_FIELDS
 from opsledger.errors import OpsledgerError
 from opsledger.gitlog import Commit
 from opsledger.gitrepo import blob_contents, git_env
@@ -44,11 +45,11 @@ from opsledger.layout import (
 )
 from opsledger.project import Project
 from opsledger.records import Record, RunLedger, is_final_run_path, parse_record, read_runs
-from opsledger.steady import remembered
-from opsledger.yamlio import parse_yaml_shared
+from opsledger.steady import remembered, steady_memo
+from opsledger.yamlio import parse_yaml_fields
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Added:
     """The commit that added a record, as git tells it."""
 
@@ -76,7 +77,7 @@ class Added:
         )
 
 
-@dataclass
+@dataclass(slots=True)  # an audit holds one per run record: no __dict__ each
 class Evidence:
     path: str
     commit: str
@@ -148,6 +149,12 @@ def record_of(blob: str, raw: bytes) -> Record | None:
     return remembered(("record", blob), lambda: parse_record(raw))
 
 
+def unparsed_records(blobs: Iterable[str]) -> list[str]:
+    """The record versions `record_of` has not parsed in this scope: only those need reading."""
+    memo = steady_memo()
+    return [b for b in blobs if memo is None or ("record", b) not in memo]
+
+
 def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
     """`added_on_line`'s answer from a history already read, oldest first.
 
@@ -156,6 +163,8 @@ def added_in(commits: Iterable[Commit], base: Base) -> list[Added]:
     An audit reads the whole history once; a second `git log` for the records would read it
     again (as long again as git itself takes to list the history).
     """
+    commits = list(commits)
+    base.position.want(commit.sha for commit in commits)  # one pass for them all
     return [
         Added.of(commit, f.path, f.blob)
         for commit in commits
@@ -221,8 +230,8 @@ def judge_record(
     if not request:
         reasons.append(f"no change {change_id} on {base.ref}")
         return evidence
-    try:
-        change = parse_yaml_shared(request.decode(errors="replace"), dates=False)  # read only
+    try:  # only the fields it is checked against (read only)
+        change = parse_yaml_fields(request.decode(errors="replace"), RUN_FIELDS, dates=False)
     except OpsledgerError:
         change = None
     if not isinstance(change, dict):
@@ -272,7 +281,9 @@ def run_evidence(
         held = {path: record for path, record in held.items() if only(record)}
     line = added_in(history, base) if history is not None else added_on_line(project, base)
     added = [a for a in line if a.path in held]
-    contents = blob_contents(project.root, [a.blob for a in added])
+    base.position.want(a.commit for a in added)  # one pass places them all (judge_record)
+    asked = [a.blob for a in added]
+    contents = blob_contents(project.root, unparsed_records(asked) if only is None else asked)
     requests = changes_on(project, base, [change_folder_name(a.path) for a in added])
     judged, found = [], set()
     for entry in added:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import locale
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from opsledger.project import Project
 _FIELDS = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%cn%x1f%ce%x1f%cI%x1f{sig}%x1f%s"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileChange:
     status: str  # A added | M modified | D deleted | T type changed
     path: str
@@ -64,7 +65,7 @@ def _moves_collapsed(files: list[FileChange]) -> list[FileChange]:
     return kept
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     sha: str
     parents: tuple[str, ...]
@@ -108,13 +109,11 @@ def _parse(stream: Iterator[str], signed: bool, keep: Keep | None = None) -> Ite
 def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | None:
     header, _, rest = record.partition("\0")
     parts = header.split("\x1f")
-    if keep is not None:
-        paths = [flat_form(p) for p in rest.lstrip("\0\n").split("\0")[1::2]]
-        if not keep(parts[0], parts[6], paths):
-            return None
+    tokens = rest.lstrip("\0\n").split("\0")
+    if keep is not None and not keep(parts[0], parts[6], [flat_form(p) for p in tokens[1::2]]):
+        return None
     sha, parents, an, ae, ai, cn, ce, ci, sig, subject = parts
     sig_status, _, signer = sig.partition("\x1d") if signed else ("N", "", "")
-    tokens = rest.lstrip("\0\n").split("\0")
     files = []
     moved = False
     for meta, path in zip(tokens[::2], tokens[1::2], strict=False):
@@ -122,21 +121,36 @@ def _commit(record: str, signed: bool, keep: Keep | None = None) -> Commit | Non
             old_mode, mode, old_blob, blob, status = meta[1:].split()
             key = flat_form(path)
             moved = moved or key != path
-            files.append(FileChange(status[:1], key, blob, mode, old_blob, old_mode))
+            files.append(
+                FileChange(status[:1], key, _id(blob), _one(mode), _id(old_blob), _one(old_mode))
+            )
     return Commit(
         sha,
         tuple(parents.split()),
-        an,
-        ae,
+        _one(an),
+        _one(ae),
         dt.datetime.fromisoformat(ai),
-        cn,
-        ce,
+        _one(cn),
+        _one(ce),
         dt.datetime.fromisoformat(ci),
         sig_status or "N",
-        signer,
+        _one(signer),
         subject,
         _moves_collapsed(files) if moved else files,
     )
+
+
+def _one(text: str) -> str:
+    """One copy of a string commits repeat (names, emails, modes): audits keep thousands."""
+    return sys.intern(text)
+
+
+_ZEROS = {"0" * 40, "0" * 64}
+
+
+def _id(blob: str) -> str:
+    """A file's object id; the all-zero id (nothing before an add, after a delete) once."""
+    return sys.intern(blob) if blob in _ZEROS else blob
 
 
 def read_history(
@@ -231,13 +245,17 @@ def history_in_background(
     history), and raises at the end if git failed. Leaving the scope ends git if it still
     runs.
 
+    git lists the commits newest first (`--topo-order` without `--reverse`: reversing costs
+    git ≈ 0.5 s of CPU at 100,000 commits, a tenth of its walk) and the commits kept are
+    yielded reversed, once git has ended: the same order as `iter_history`'s, exactly.
+
     Example:
         with history_in_background(project) as history:
             changes = [load_change(project, c) for c in change_ids(project)]
             commits = [c for c in history() if c.merge]
     """
     with tempfile.TemporaryDirectory(prefix="opsledger-log-") as tmp:
-        argv = _argv(project, Path(tmp), allowed_signers, None, None, (), rev)
+        argv = _argv(project, Path(tmp), allowed_signers, None, None, (), rev, reverse=False)
         listing = Path(tmp) / "stdout"
         with open(listing, "wb") as out, open(Path(tmp) / "stderr", "w+") as errors:
             proc = subprocess.Popen(argv, stdout=out, stderr=errors)
@@ -251,7 +269,8 @@ def history_in_background(
 
                 with open(listing, encoding=locale.getpreferredencoding(False)) as text:
                     chunks = _follow(text, proc, ended)
-                    yield from _parse(chunks, allowed_signers is not None, keep)
+                    newest_first = list(_parse(chunks, allowed_signers is not None, keep))
+                yield from reversed(newest_first)
 
             try:
                 yield commits
@@ -290,6 +309,8 @@ def _argv(
     until: dt.datetime | None,
     paths: tuple[str, ...],
     rev: str,
+    *,
+    reverse: bool = True,
 ) -> list[str]:
     signed = allowed_signers is not None
     fmt = _FIELDS.format(sig="%G?%x1d%GS" if signed else "")
@@ -304,8 +325,8 @@ def _argv(
         str(project.root),
         *config,
         "log",
-        "--reverse",
-        "--topo-order",  # parents before children; the tip comes last
+        *(["--reverse"] if reverse else []),  # oldest first: parents before children
+        "--topo-order",  # never a parent before its children (or, reversed, after them)
         "--diff-merges=first-parent",  # a merge lists what it brought to its branch
         "--no-renames",
         "--no-color",

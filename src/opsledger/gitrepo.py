@@ -228,7 +228,7 @@ _IMMUTABLE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?::.*)?", re.DOTALL)
 _IN_COMMIT = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64}):.*", re.DOTALL)
 
 
-def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
+def blob_contents(root: Path, shas: list[str], *, keep: bool = True) -> dict[str, bytes]:
     """Object contents by sha from one `git cat-file --batch` (missing objects are left out).
 
     Inside `steady_tree()` what was read by an immutable name (an object id, or a commit id
@@ -237,9 +237,11 @@ def blob_contents(root: Path, shas: list[str]) -> dict[str, bytes]:
     found missing is kept as missing too: a change's request is asked for under each spelling
     its path may have (layout.change_pathspecs), and the one the branch lacks would otherwise
     start a `cat-file` again after git has listed the history, when nothing overlaps it.
+    `keep=False`: bytes the caller parses into a memo of its own (by object id) are not kept
+    here as well (an audit's memory would hold every statement and record twice).
     """
     memo = steady_memo()
-    if memo is None:
+    if memo is None or not keep:
         return _cat_file(root, shas)
     where = str(root)
     known = {s: memo[("blob", where, s)] for s in shas if ("blob", where, s) in memo}

@@ -20,8 +20,12 @@ Every refusal is an `OpsledgerError` with one line per problem naming file, line
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import hashlib
 import json
 import os
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from opsledger.errors import OpsledgerError, Problem, is_utf8, one_line, shown
-from opsledger.steady import remembered
+from opsledger.steady import remembered, steady_memo
 
 MAX_BYTES = 1024 * 1024  # a policy or change file is a few KB; inventories stay far below
 MAX_DEPTH = 32  # nested mappings and lists; shipped files nest a handful of levels
@@ -316,8 +320,8 @@ def _build(node: Node, loader: Any, dates: bool, built: dict[int, Any]) -> Any:
     if isinstance(node, MappingNode):
         mapping: dict[str, Any] = {}
         built[id(node)] = mapping
-        for key, value in node.value:
-            mapping[key.value] = _build(value, loader, dates, built)
+        for key, value in node.value:  # keys once: an audit holds thousands of mappings
+            mapping[sys.intern(key.value)] = _build(value, loader, dates, built)
         return mapping
     if isinstance(node, SequenceNode):
         items: list[Any] = []
@@ -332,14 +336,35 @@ def _build(node: Node, loader: Any, dates: bool, built: dict[int, Any]) -> Any:
     return value
 
 
-def parse_yaml_shared(text: str, *, source: str = "YAML text", dates: bool = True) -> Any:
-    """`parse_yaml`, once per text inside `steady_tree()`: the result is shared, never change it.
+def parse_yaml_fields(
+    text: str, keys: tuple[str, ...], *, source: str = "YAML text", dates: bool = True
+) -> dict[str, Any] | None:
+    """`keys` of `parse_yaml(text)` (None when not a mapping), once per text in a steady scope.
 
-    Audits read each change request twice, from its file and from the committed blob (the
-    same text): parsing is most of what judging a change costs. Failures are not kept, so
-    each caller's error names its own source.
+    The values are shared: never change them. An audit checks four fields of each committed
+    change request against its runs; keeping the whole parse for that was ≈ 2 KB a change.
+    `load_yaml(..., fields=keys)` leaves them here when it reads the same text from the
+    working tree, so the committed blob is not parsed again. Failures are not kept, so each
+    caller's error names its own source.
     """
-    return remembered(("yaml", text, dates), lambda: parse_yaml(text, source=source, dates=dates))
+    return remembered(
+        _fields_key(text, keys, dates),
+        lambda: _picked(parse_yaml(text, source=source, dates=dates), keys),
+    )
+
+
+def _fields_key(text: str, keys: tuple[str, ...], dates: bool) -> tuple[object, ...]:
+    # a digest of the text, not the text: the memo would keep every request's text
+    return (
+        "yaml-fields",
+        hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(),
+        keys,
+        dates,
+    )
+
+
+def _picked(data: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return {k: data[k] for k in keys if k in data} if isinstance(data, dict) else None
 
 
 def _untime(node: Node) -> None:
@@ -359,20 +384,22 @@ def _untime(node: Node) -> None:
 
 
 def outside_problem(path: Path, root: Path) -> Problem | None:
-    """Refuse a path outside root or through a symlink below it (checked without following)."""
-    absolute = Path(os.path.abspath(path))
-    base = Path(os.path.abspath(root))
-    try:
-        relative = absolute.relative_to(base)
-    except ValueError:
+    """Refuse a path outside root or through a symlink below it (checked without following).
+
+    On strings (os.path), not pathlib: an audit asks it of every change request it reads.
+    """
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(root)
+    inside = base.rstrip(os.sep) + os.sep
+    if absolute != base and not absolute.startswith(inside):
         return Problem("outside the repository", str(path), "path", "name a file of the project")
     current = base
-    for part in relative.parts:
-        current = current / part
-        if current.is_symlink():
+    for part in absolute[len(inside) :].split(os.sep) if absolute != base else ():
+        current = os.path.join(current, part)
+        if os.path.islink(current):
             return Problem(
                 "is a symlink",
-                str(current),
+                current,
                 "path",
                 "replace the symlink by the real file: git must record what is approved and run",
             )
@@ -384,9 +411,17 @@ def read_text(path: Path, *, what: str = "file", root: Path | None = None) -> st
     if root is not None and (refused := outside_problem(path, root)):
         raise OpsledgerError(refused)
     try:
-        if not path.is_file():
+        try:
+            found = os.stat(path)  # one stat: is_file() and then stat() were two
+        except ValueError:  # a NUL in the name: no such file, as is_file() said
+            found = None
+        except OSError as exc:  # what is_file() took for "no file"; anything else raises
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+                raise
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):
             raise OpsledgerError(Problem(f"{what} not found", str(path), fix="check the path"))
-        if path.stat().st_size > MAX_BYTES:
+        if found.st_size > MAX_BYTES:
             raise OpsledgerError(
                 Problem(
                     f"the {what} is larger than {MAX_BYTES} bytes",
@@ -427,17 +462,20 @@ def load_yaml(
     what: str = "file",
     root: Path | None = None,
     dates: bool = True,
-    shared: bool = False,
+    fields: tuple[str, ...] = (),
 ) -> Any:
     """Read a YAML file with every check above; a wrong top-level type says what to write.
 
-    `shared`: parsed through `parse_yaml_shared` (the caller only reads the result).
+    `fields`: these keys of the text's parse are left for `parse_yaml_fields` of the same text
+    (inside `steady_tree()`; the caller only reads the result).
 
     Example:
         load_yaml(Path("changes/CHG-00xx/CHG-0001/change.yml"), what="change", root=project.root)
     """
-    parse = parse_yaml_shared if shared else parse_yaml
-    data = parse(read_text(path, what=what, root=root), source=str(path), dates=dates)
+    text = read_text(path, what=what, root=root)
+    data = parse_yaml(text, source=str(path), dates=dates)
+    if fields and (memo := steady_memo()) is not None:
+        memo.setdefault(_fields_key(text, fields, dates), _picked(data, fields))
     if data is None and expect is dict:
         data = {}
     if not isinstance(data, expect):
@@ -453,11 +491,16 @@ def load_yaml(
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object refusing a duplicate key.
+
+    Each key is kept once (sys.intern): json shares keys within one document only, and an
+    audit holds thousands of run records.
+    """
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
             raise ValueError(f"duplicate key {shown(key, 40)}")
-        data[key] = value
+        data[sys.intern(key)] = value
     return data
 
 

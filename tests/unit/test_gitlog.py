@@ -32,6 +32,43 @@ def test_the_background_read_lists_what_a_plain_read_does(repo):
     assert len(followed) > 40
 
 
+def test_branches_merges_and_skewed_clocks_come_in_the_plain_read_s_order(repo):
+    """git lists newest first and the kept commits are reversed: exactly `--reverse`'s order,
+    merges and commit dates that run backwards (a date anyone can forge) included."""
+    project, _, _ = repo
+    _grow(project, 3)
+    dates = iter(range(1_900_000_000, 1_000_000_000, -86_400))  # every commit older
+
+    def commit(name):
+        note = project.root / "notes" / f"{name}.md"
+        note.parent.mkdir(exist_ok=True)
+        note.write_text(name)
+        git(project.root, "add", str(note))
+        stamp = f"{next(dates)} +0000"
+        env = {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+        git(project.root, "commit", "-q", "-m", name, env=env)
+
+    main = git(project.root, "branch", "--show-current").stdout.strip()
+    for side in ("a", "b"):
+        git(project.root, "checkout", "-q", "-b", side, main)
+        commit(f"{side}1")
+        commit(f"{side}2")
+        git(project.root, "checkout", "-q", main)
+        commit(f"main-{side}")
+        git(project.root, "merge", "-q", "--no-ff", "-m", f"merge {side}", side)
+    commit("last")
+    plain = read_history(project)
+    assert any(c.merge for c in plain)
+    with history_in_background(project) as history:
+        followed = list(history())
+    assert [(c.sha, c.files) for c in followed] == [(c.sha, c.files) for c in plain]
+    with history_in_background(
+        project, keep=lambda sha, email, paths: "notes/b1.md" not in paths
+    ) as history:
+        kept = [c.sha for c in history()]
+    assert kept == [c.sha for c in plain if "notes/b1.md" not in [f.path for f in c.files]]
+
+
 def test_a_failing_git_is_one_error_not_a_partial_history(repo):
     project, _, _ = repo
     with (
