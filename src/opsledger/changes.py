@@ -43,8 +43,7 @@ from opsledger.layout import (
 from opsledger.localcache import path_walk, schema_passes
 from opsledger.project import Project
 from opsledger.runbooks import Runbook, load_runbook
-from opsledger.schema import problems as schema_problems_of
-from opsledger.schema import schema
+from opsledger.schema import named_problems
 from opsledger.timespec import YEARS
 from opsledger.yamlio import load_yaml, parse_yaml, plain
 
@@ -275,18 +274,21 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
     approved and run differ from what git records, so it is refused.
     """
     check_change_id(change_id)
-    folder = change_folder(project.root, change_id)
-    file = folder / REQUEST
-    both = [flat_folder(project.root, change_id), block_folder(project.root, change_id)]
-    if all(os.path.lexists(f) for f in both):
+    # change_folder's choice (flat if it exists, else its block), each folder built and
+    # looked up once: an audit reads every change this way
+    flat, block = flat_folder(project.root, change_id), block_folder(project.root, change_id)
+    flat_there = os.path.lexists(flat)
+    if flat_there and os.path.lexists(block):
         raise OpsledgerError(
             Problem(
-                f"{change_id} is in both layouts ({both[0]} and {both[1]})",
-                str(both[1]),
+                f"{change_id} is in both layouts ({flat} and {block})",
+                str(block),
                 "layout",
                 "keep one folder (`opsledger change migrate-layout` moves flat folders)",
             )
         )
+    folder = flat if flat_there else block
+    file = folder / REQUEST
     for path in dict.fromkeys((changes_dir(project), folder.parent, folder, file)):
         if path.is_symlink():
             raise OpsledgerError(
@@ -306,14 +308,16 @@ def _read(project: Project, change_id: str) -> tuple[dict[str, Any], Path]:
                 fix=f"create it with `opsledger change new` (latest: {known})",
             )
         )
-    # audits check a run against these fields of the committed blob's same text (evidence.py)
-    data = load_yaml(file, what="change request", root=project.root, dates=False, fields=RUN_FIELDS)
+    # audits check a run against these fields of the committed blob's same text (evidence.py).
+    # No `root`: its check (yamlio.outside_problem: no symlink from changes/ down to the file,
+    # nothing outside the repository) is the loop above, on a path built from a checked id.
+    data = load_yaml(file, what="change request", dates=False, fields=RUN_FIELDS)
     return data, file
 
 
 def _schema_problems(data: dict[str, Any], change_id: str, file: Path) -> list[Problem]:
     """The schema's problems with `data`, plain already (`_validate` made it so)."""
-    problems = schema_problems_of(data, schema("change"), str(file))
+    problems = named_problems(data, "change", str(file))
     params = data.get("params")
     if isinstance(params, dict) and len(json.dumps(params)) > MAX_PARAMS_BYTES:
         problems.append(

@@ -115,6 +115,11 @@ class Inventory:
     hosts: dict[str, InventoryHost]
     shape: InventoryShape = field(repr=False, compare=False)
     _loader: Any = field(default=None, repr=False, compare=False)
+    # pattern -> (its problems, the hosts' names it selects): `match`, once per pattern for
+    # this inventory (an audit matches each change's targets; most changes share a few)
+    _matched: dict[str, tuple[list[tuple[str, str]], frozenset[str]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def names(self) -> set[str]:
@@ -127,12 +132,22 @@ class Inventory:
         Only names and the documented operators (hostpattern.py) are accepted: Ansible alone
         would read `@file`, compile `~regex` and crash on `db[5]`.
         """
-        problems = pattern_problems(pattern, self.names)
+        found = self._matched.get(pattern) if isinstance(pattern, str) else None
+        if found is None:
+            problems = pattern_problems(pattern, self.names)
+            names = (
+                frozenset()
+                if problems
+                else frozenset(select(pattern, self.shape.memberships, self.shape.groups))
+            )
+            found = (problems, names)
+            if isinstance(pattern, str):
+                self._matched[pattern] = found
+        problems, names = found
         if problems:
             raise OpsledgerError(
                 [Problem(message, str(self.source), "targets", fix) for message, fix in problems]
             )
-        names = select(pattern, self.shape.memberships, self.shape.groups)
         return [h for n, h in self.hosts.items() if n in names]
 
     def ancestors(self, host: str) -> list[str]:

@@ -20,8 +20,8 @@ from typing import Any
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.playbooks import batch_size, fail_limit, plays_of
 from opsledger.project import Project
+from opsledger.schema import fast_schema, schema, schema_fingerprint, schema_problems
 from opsledger.schema import problems as schema_problems_of
-from opsledger.schema import schema, schema_problems
 from opsledger.steady import remembered
 from opsledger.yamlio import load_yaml, outside_problem
 
@@ -48,9 +48,14 @@ class Runbook:
     timeout: int
     promotion: bool
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # `parameters` as JSON when loaded (schema.schema_fingerprint): the fast path's key,
+    # taken once per runbook version, not once per change an audit checks against it
+    parameters_text: str | None = field(repr=False, compare=False, default=None)
 
     def param_problems(self, params: Any, file: str) -> list[Problem]:
         """Problems with a change's params against this runbook's parameter schema."""
+        if self.parameters_text is not None and fast_schema(self.parameters_text).valid(params):
+            return []
         return schema_problems_of(params, self.parameters, file, "params")
 
 
@@ -194,6 +199,7 @@ def _load_runbook(project: Project, name: str, folder: Path, file: Path) -> Runb
         timeout=data["timeout"],
         promotion=bool(data.get("promotion", False)),
         raw=data,
+        parameters_text=schema_fingerprint(data["parameters"]),
     )
 
 
