@@ -431,7 +431,11 @@ def read_text(path: Path, *, what: str = "file", root: Path | None = None) -> st
                 )
             )
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_BYTES + 1)
+            # the size stat gave, and one byte to see a file that grew since: read(MAX_BYTES
+            # + 1) allocated (and unmapped) a megabyte for each of the files an audit reads
+            raw = handle.read(found.st_size + 1)
+            if len(raw) > found.st_size:
+                raw += handle.read(MAX_BYTES + 1 - len(raw))
     except OSError as exc:
         raise OpsledgerError(
             Problem(f"cannot read the {what}: {exc.strerror}", str(path), fix="check the path")

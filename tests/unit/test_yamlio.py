@@ -5,15 +5,17 @@ naming file, line and field, and nothing written."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import textwrap
 import time
+from stat import S_ISREG
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from opsledger.errors import OpsledgerError
-from opsledger.yamlio import MAX_BYTES, load_json, parse_yaml
+from opsledger.yamlio import MAX_BYTES, load_json, parse_yaml, read_text
 
 from .badinput import assert_refused, run, tree_state
 from .conftest import copy_project
@@ -212,3 +214,28 @@ def test_a_merge_key_anywhere_is_refused(keys, at, depth):
         text = f"{{k{n}: {text}}}"
     with pytest.raises(OpsledgerError, match="merge key `<<` is not supported"):
         parse_yaml(text, source="m.yml")
+
+
+def _stat_saying(size: int, monkeypatch) -> None:
+    """os.stat answers `size` for files (as if each grew after it was asked)."""
+    real = os.stat
+
+    def stat(path, *args, **kwargs):
+        found = real(path, *args, **kwargs)
+        if not S_ISREG(found.st_mode):
+            return found
+        return os.stat_result((*found[:6], size, *found[7:]))
+
+    monkeypatch.setattr(os, "stat", stat)
+
+
+def test_a_file_longer_than_its_stat_said_is_read_whole_and_still_bounded(tmp_path, monkeypatch):
+    # read_text reads the size stat gave plus one byte: what was written since is read too,
+    # and a file grown past the bound is refused as before
+    small, big = tmp_path / "small.yml", tmp_path / "big.yml"
+    small.write_text("a: 1\nb: two\n")
+    big.write_text("a: " + "x" * MAX_BYTES + "\n")
+    _stat_saying(3, monkeypatch)
+    assert read_text(small) == "a: 1\nb: two\n"
+    with pytest.raises(OpsledgerError, match="larger than"):
+        read_text(big)
