@@ -116,9 +116,10 @@ class Inventory:
     shape: InventoryShape = field(repr=False, compare=False)
     _loader: Any = field(default=None, repr=False, compare=False)
     # pattern -> (its problems, the hosts' names it selects): `match`, once per pattern for
-    # this inventory (an audit matches each change's targets; most changes share a few)
+    # this inventory (an audit matches each change's targets; most changes share a few).
+    # Not an argument: a copy with other hosts (dataclasses.replace) starts with its own.
     _matched: dict[str, tuple[list[tuple[str, str]], frozenset[str]]] = field(
-        default_factory=dict, repr=False, compare=False
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     @property

@@ -5,6 +5,7 @@ text, an edited runbook, another host pattern or inventory): a key that left tha
 answer the second question with the first one's verdict, and these tests would fail.
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -89,6 +90,14 @@ def test_an_inventory_matches_each_pattern_for_itself(make_project):
             with pytest.raises(OpsledgerError, match="nope"):
                 inv.match("nope")
         assert [h.name for h in inv.match("db")] == ["db1", "db2"]
+
+
+def test_an_inventory_copied_with_other_hosts_matches_by_them(make_project):
+    inv = load_inventory(make_project(HOSTS, name="one").inventory_file())
+    other = load_inventory(make_project(HOSTS.replace("db2", "db9"), name="two").inventory_file())
+    assert [h.name for h in inv.match("db")] == ["db1", "db2"]
+    copied = dataclasses.replace(inv, hosts=other.hosts, shape=other.shape)
+    assert [h.name for h in copied.match("db")] == ["db1", "db9"]
 
 
 def test_another_inventory_matches_by_its_own_hosts(make_project):
