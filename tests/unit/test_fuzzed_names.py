@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from opsledger.gitrepo import git
+from opsledger.gitrepo import blob_contents, git
 from opsledger.layout import change_folder
 
 from .badinput import run
@@ -41,6 +41,7 @@ def test_a_file_name_that_is_not_utf8_is_read_without_a_traceback(repo, flat, co
     if flat:  # the legacy layout: the same change in changes/<ID>/
         git(root, "mv", f"changes/CHG-00xx/{change_id}", f"changes/{change_id}")
         git(root, "commit", "-q", "-m", "Back to the flat layout", env=ALICE)
+    git(root, "update-ref", "refs/remotes/origin/main", "HEAD")  # the branch is ahead of it
     folder = change_folder(root, change_id)
     request = next((folder / "approvals" / "alice").iterdir())
     for name in (b"approvals/alice/\xff\xfe.yml", b"runs/\xff.json", b"notes-\xe9.txt"):
@@ -48,6 +49,11 @@ def test_a_file_name_that_is_not_utf8_is_read_without_a_traceback(repo, flat, co
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as out:
             out.write(request.read_bytes())
+    for name in (b"changes/\xff\xfe/change.yml", b"changes/CHG-00xx/\xff/change.yml"):
+        path = os.path.join(os.fsencode(root), name)  # a change folder so named, either layout
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as out:
+            out.write((folder / "change.yml").read_bytes())
     if committed:
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", "A name that is not UTF-8", env=ALICE)
@@ -60,3 +66,18 @@ def test_a_file_name_that_is_not_utf8_is_read_without_a_traceback(repo, flat, co
         ["decide", change_id],
     ):
         _no_crash(run(root, args))
+
+
+def test_a_blob_asked_by_a_path_that_is_not_utf8_is_read(repo):
+    """An audit asks `git cat-file` for `<commit>:<path>` of every request ahead of the base;
+    a change folder whose name is not UTF-8 must be asked for by its raw bytes, not crash."""
+    project, _, _ = repo
+    root = project.root
+    path = os.path.join(os.fsencode(root), b"changes/\xff\xfe/change.yml")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as out:
+        out.write(b"id: x\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "A folder name that is not UTF-8", env=ALICE)
+    name = "HEAD:" + os.fsdecode(b"changes/\xff\xfe/change.yml")  # as git's output is read
+    assert blob_contents(root, [name, "HEAD:changes/none.yml"]) == {name: b"id: x\n"}
