@@ -11,8 +11,10 @@ hash the same, an approval stays valid, and the history reader sees the commit's
 of the same bytes as no change at all (gitlog._moves_collapsed): no "evidence deleted".
 
 Refused (exit 2, nothing moved): a dirty tree (the commit must hold the moves and nothing
-else), a flat folder that is a symlink, an id already in its block folder. Run twice, the
-second run finds nothing to move.
+else), a flat folder that is a symlink, a file or empty, an id already in its block folder, a
+file where a block folder goes, git's index lock held, another opsledger command committing
+(the checkout's commit lock). Run twice, the second run finds nothing to move; a run killed
+half-way (moves staged, or made on disk by a killed `git mv`) is finished by the next.
 
 Example:
     plan = migrate_layout(find_project(), dry_run=True)
@@ -201,6 +203,15 @@ def _refusals(
                     change_file(name),
                     "layout",
                     "remove it or make it the change folder it names, commit, then migrate",
+                )
+            )
+        elif name not in under_way and not any(not p.is_dir() for p in flat.rglob("*")):
+            problems.append(
+                Problem(
+                    "holds no file: git records no empty folder, so `git mv` cannot move it",
+                    change_file(name),
+                    "layout",
+                    "remove the empty folder, then migrate",
                 )
             )
         elif os.path.lexists(block) and (name not in under_way or _tracked(project, block)):
