@@ -341,7 +341,8 @@ def _walks(project: Project, sha: str) -> tuple[FirstParentLine, str]:
             *requests,
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         check=True,
         env=git_env(),
     ).stdout

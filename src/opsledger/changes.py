@@ -162,7 +162,8 @@ def ids_in_history(project: Project, request_file: str = REQUEST) -> set[str]:
             *every_change_glob(request_file),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         check=False,
         env=git_env(),
     )
@@ -641,7 +642,8 @@ def _shown_at(project: Project, commit: str, paths: tuple[str, ...]) -> str | No
         shown = subprocess.run(
             ["git", "-C", str(project.root), "show", f"{commit}:{rel}"],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="surrogateescape",  # a path git prints may be any bytes
             check=False,
             env=git_env(),
         )

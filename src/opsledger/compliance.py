@@ -227,7 +227,8 @@ def uncommitted_records(project: Project) -> list[Finding]:
         ["git", "-C", str(project.root), "status", "--porcelain=v2", "-z", "-uall",
          "--no-renames", "--", CHANGES],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         env=git_env(),
     ).stdout  # fmt: skip
     by_key: dict[str, list[tuple[str, str]]] = {}  # key -> [(XY, blob it holds or held)]

@@ -132,7 +132,8 @@ def ignored_paths(project: Project, paths: list[str]) -> set[str]:
         ["git", "-C", str(project.root), "check-ignore", "--stdin", "-z"],
         input="\0".join(paths) + "\0",
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         env=git_env(),
     )
     if proc.returncode > 1:  # not a git repository: only Python's caches are machine-local
@@ -317,7 +318,8 @@ def _on_disk(project: Project, paths: list[str]) -> dict[str, str]:
             ["git", "-C", str(root), "hash-object", "--stdin-paths"],
             input="".join(f"{p}\n" for p in listed),
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="surrogateescape",  # a path git prints may be any bytes
             env=git_env(),
         )
         if proc.returncode != 0 or len(proc.stdout.split()) != len(listed):

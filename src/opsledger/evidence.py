@@ -113,7 +113,8 @@ def added_on_line(project: Project, base: Base) -> list[Added]:
                 CHANGES,  # a plain prefix: git prunes by it (a glob costs 5x on big histories)
             ],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="surrogateescape",  # a path git prints may be any bytes
             check=True,
             env=git_env(),
         ).stdout

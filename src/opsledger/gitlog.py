@@ -215,7 +215,12 @@ def iter_history(
         # stderr to a file, not a pipe: git's warnings must not block it while we read stdout
         with open(Path(tmp) / "stderr", "w+") as errors:
             proc = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1 << 16
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                errors="surrogateescape",  # a path git prints may be any bytes
+                bufsize=1 << 16,
             )
             assert proc.stdout is not None
             try:
@@ -267,7 +272,9 @@ def history_in_background(
                     errors.seek(0)
                     _check(proc.returncode or 0, errors.read(), project)
 
-                with open(listing, encoding=locale.getpreferredencoding(False)) as text:
+                with open(
+                    listing, encoding=locale.getpreferredencoding(False), errors="surrogateescape"
+                ) as text:
                     chunks = _follow(text, proc, ended)
                     newest_first = list(_parse(chunks, allowed_signers is not None, keep))
                 yield from reversed(newest_first)

@@ -261,7 +261,8 @@ def _cat_file(root: Path, shas: list[str]) -> dict[str, bytes]:
         return {}
     proc = subprocess.run(
         ["git", "-C", str(root), "cat-file", "--batch"],
-        input="".join(f"{s}\n" for s in shas).encode(),
+        # `<commit>:<path>` names a path as git printed it: any bytes, kept as surrogates
+        input="".join(f"{s}\n" for s in shas).encode("utf-8", "surrogateescape"),
         capture_output=True,
         check=True,
         env=git_env(),

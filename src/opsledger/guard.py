@@ -45,7 +45,12 @@ def _log(handle: IO[str] | None, message: str) -> None:
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, check=False, env=git_env()
+        ["git", "-C", str(root), *args],
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
+        check=False,
+        env=git_env(),
     )
 
 

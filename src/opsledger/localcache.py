@@ -254,6 +254,19 @@ def load_cache(project: Project, name: str) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
+def strings(value: Any) -> list[str]:
+    """The strings of a list read from a cache, else []: any other shape is a miss.
+
+    A file that verifies was written by opsledger under this clone's key, but maybe by another
+    release in another format (`"passed": 5`, a string where a list was): a reader must not
+    crash on it, and must not find a digest as a substring of one string.
+
+    Example:
+        if digest in strings(load_cache(project, "policycheck").get("passed")): ...
+    """
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
 def save_cache(project: Project, name: str, entries: dict[str, Any]) -> None:
     """Write cache `name` authenticated (atomically); never fails, it only costs time.
 
@@ -379,7 +392,7 @@ def schema_passes(project: Project) -> Iterator[None]:
         return
     code = _validator_code()
     kept = load_cache(project, _SCHEMA_PASSES)
-    before = set(kept.get("passes", [])) if kept.get("code") == code else set()
+    before = set(strings(kept.get("passes"))) if kept.get("code") == code else set()
     with passes_remembered(set(before)) as passes:
         yield
     if passes is not None and not passes <= before:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.layout import CHANGES, RECORDS, policies_folder
-from opsledger.localcache import load_cache, save_cache
+from opsledger.localcache import load_cache, save_cache, strings
 from opsledger.policy.bundle import Policies, load_policies
 from opsledger.policy.files import policy_path, read_policy
 from opsledger.project import Project
@@ -130,7 +130,7 @@ def require_policies(project: Project) -> Policies:
     if stamp in _PASSED:  # apply --pending decides many changes: one check while nothing moved
         return _PASSED[stamp]
     digest = _inputs_digest(project, stamp)
-    if digest in load_cache(project, _CACHE).get("passed", []):  # these very bytes passed
+    if digest in strings(load_cache(project, _CACHE).get("passed")):  # these very bytes passed
         policies = load_policies(project)[0]  # strict: raises on any problem it meets
         _PASSED.clear()
         _PASSED[stamp] = policies
@@ -151,7 +151,8 @@ def require_policies(project: Project) -> Policies:
         # Kept under the environment it started with (reading an inventory sets Ansible's
         # variables), if no file's content moved while it was checked.
         if _inputs_digest(project, stamp) == digest:
-            passed = [d for d in load_cache(project, _CACHE).get("passed", []) if d != digest]
+            kept = strings(load_cache(project, _CACHE).get("passed"))
+            passed = [d for d in kept if d != digest]
             save_cache(project, _CACHE, {"passed": [*passed[-(_KEPT - 1) :], digest]})
     return checked.policies
 

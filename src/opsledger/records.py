@@ -432,7 +432,7 @@ def _record_blobs(root: Path, folders: tuple[str, ...] = (CHANGES,)) -> list[tup
         raise _unreadable(root, "git ls-tree HEAD failed")
     wanted = []
     for entry in listing.split(b"\0"):
-        meta, _, path = entry.decode().partition("\t")
+        meta, _, path = entry.decode("utf-8", "surrogateescape").partition("\t")
         if path and _RUN_FILE.fullmatch(path) and meta.split()[1] == "blob":
             wanted.append((path, meta.split()[2]))
     return wanted

@@ -296,7 +296,8 @@ def committed_shard_files(project: Project, change_id: str) -> list[ShardFile]:
     listing = subprocess.run(
         ["git", "-C", str(project.root), "ls-tree", "-r", "-z", "HEAD", "--", *folders],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         env=git_env(),
         check=False,
     ).stdout.split("\0")

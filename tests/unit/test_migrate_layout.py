@@ -25,10 +25,12 @@ from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
 from opsledger.evidence import run_evidence
 from opsledger.gitrepo import commit_paths, git, head
-from opsledger.layout import APPROVALS, change_pathspecs
+from opsledger.layout import APPROVALS, change_pathspecs, is_flat_change_folder
 from opsledger.migrate import migrate_layout
+from opsledger.reconcile import commit_lock
 from opsledger.signoff import approve_change
 
+from .badinput import assert_refused, tree_state
 from .conftest import START, legacy_layout
 from .test_compliance import _run
 from .test_decide import request
@@ -92,7 +94,7 @@ def test_migration_moves_every_flat_folder_in_one_commit_and_voids_nothing(legac
         ("changes/CHG-0003", "changes/CHG-00xx/CHG-0003"),
     ]
     assert done.commit == head(root) and git(root, "rev-parse", "HEAD^").stdout.strip() == tip
-    assert git(root, "status", "--porcelain", "-uall").stdout == ""
+    assert _status(root) == ""
     renamed = git(root, "show", "-M", "--name-status", "--format=", "HEAD").stdout.split("\n")
     assert all(line.startswith("R100\t") for line in renamed if line), renamed
     assert not (root / "changes" / approved).exists()
@@ -221,3 +223,109 @@ def test_the_migration_pr_touches_no_change_but_an_edit_in_the_move_does(legacy,
         f"changes/{approved}/change.yml",
         f"changes/CHG-00xx/{approved}/change.yml",
     ]
+
+
+def _status(root):
+    """git status but the checkout's machine-local folder (the commit lock's empty file, which
+    this test project's .gitignore does not name)."""
+    return git(root, "status", "--porcelain", "-uall", "--", ".", ":(exclude).opsledger").stdout
+
+
+def _migrate_cli(root):
+    return CliRunner().invoke(
+        cli, ["change", "migrate-layout"], env={"OPSLEDGER_PROJECT": str(root)}
+    )
+
+
+def test_a_migration_killed_half_way_is_finished_by_running_it_again(legacy, as_dave):
+    """kill -9 between two blocks' `git mv` (moves staged) or inside one (moved on disk, the
+    index not yet written): every reader still finds each change once, and running the
+    migration again finishes it in one commit of pure moves that voids nothing."""
+    project, approved, ran = legacy
+    root = project.root
+    decision = decide(project, approved, now=INSIDE)
+    tip = head(root)
+    git(root, "mv", f"changes/{approved}", f"changes/CHG-00xx/{approved}")  # staged
+    (root / "changes" / ran / "runs").rename(root / "changes" / "CHG-00xx" / "runs-half")
+    (root / "changes" / ran).rename(root / "changes" / "CHG-00xx" / ran)  # disk only
+    (root / "changes" / "CHG-00xx" / "runs-half").rename(
+        root / "changes" / "CHG-00xx" / ran / "runs"
+    )
+    assert change_ids(project) == ["CHG-0001", approved, ran]
+
+    result = _migrate_cli(root)
+
+    assert result.exit_code == 0, result.output
+    assert git(root, "rev-parse", "HEAD^").stdout.strip() == tip
+    assert _status(root) == ""
+    renamed = git(root, "show", "-M", "--name-status", "--format=", "HEAD").stdout.split("\n")
+    assert all(line.startswith("R100\t") for line in renamed if line), renamed
+    assert not [p for p in (root / "changes").iterdir() if is_flat_change_folder(p.name)]
+    again = decide(project, approved, now=INSIDE)
+    assert again.allowed and again.content_sha256 == decision.content_sha256
+    assert audit_check(project, now=LATER).findings == []
+
+
+def test_a_half_migration_with_another_edit_is_refused_naming_both_sides_of_a_rename(legacy):
+    """A staged rename is two paths in `git status -z`: each is named whole (the old one once
+    lost its first three characters), and an edit that is no move is never committed with it."""
+    project, approved, _ = legacy
+    root = project.root
+    git(root, "mv", f"changes/{approved}", f"changes/CHG-00xx/{approved}")
+    git(root, "mv", "README.md", "READ-ME.md")
+    before = tree_state(root)
+
+    result = _migrate_cli(root)
+
+    lines = assert_refused(result)
+    assert any(" READ-ME.md: " in line for line in lines), lines
+    assert any(" README.md: " in line for line in lines), lines
+    assert not any(": ADME.md" in line or ": nges/" in line for line in lines), lines
+    assert tree_state(root) == before
+
+
+@pytest.mark.parametrize("obstacle", ["index.lock", "block file", "flat file", "empty folder"])
+def test_what_would_stop_a_migration_half_way_is_refused_before_anything_moves(legacy, obstacle):
+    """git's index lock held (another git running, or one killed), a file where a block
+    folder goes, a file where a change folder should be: refused up front (exit 2, one line
+    naming it), never a traceback or a move stopped half-way."""
+    project, _, _ = legacy
+    root = project.root
+    (root / "changes" / "CHG-0150").mkdir()  # a flat change of another block
+    (root / "changes" / "CHG-0150" / "change.yml").write_bytes(
+        (root / "changes" / "CHG-0002" / "change.yml").read_bytes().replace(b"0002", b"0150")
+    )
+    commit_paths(root, [root / "changes" / "CHG-0150"], "A flat change of block 01", **ALICE)
+    if obstacle == "index.lock":
+        (root / ".git" / "index.lock").write_bytes(b"")
+        named = ".git/index.lock"
+    elif obstacle == "block file":
+        (root / "changes" / "CHG-01xx").write_text("not a folder\n")
+        commit_paths(root, [root / "changes" / "CHG-01xx"], "A file", **ALICE)
+        named = "changes/CHG-01xx"
+    elif obstacle == "flat file":
+        (root / "changes" / "CHG-0004").write_text("not a folder\n")
+        commit_paths(root, [root / "changes" / "CHG-0004"], "A file", **ALICE)
+        named = "changes/CHG-0004"
+    else:  # git records no empty folder: `git mv` of it fails after other blocks moved
+        (root / "changes" / "CHG-0004" / "runs").mkdir(parents=True)
+        named = "changes/CHG-0004"
+    before = tree_state(root)
+    folders = sorted(p.name for p in (root / "changes").iterdir())
+
+    lines = assert_refused(_migrate_cli(root), expect=named)
+
+    assert len([line for line in lines if named in line]) == 1, lines
+    assert tree_state(root) == before
+    assert sorted(p.name for p in (root / "changes").iterdir()) == folders
+
+
+def test_a_second_migration_while_one_runs_is_refused_and_moves_nothing(legacy):
+    """Two at once: the second finds the checkout's commit lock held and says so, instead of
+    reading the first one's moves as a dirty tree (or undoing them on its way out)."""
+    project, _, _ = legacy
+    root = project.root
+    before = tree_state(root)
+    with commit_lock(project):  # what a running migration (or evidence commit) holds
+        lines = assert_refused(_migrate_cli(root), expect="another opsledger command")
+    assert len(lines) == 1 and tree_state(root) == before

@@ -6,6 +6,7 @@ User errors (OpsledgerError) print one line per problem to stderr and exit with 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -174,6 +175,7 @@ class _Group(click.Group):
         # A refused command writes nothing, its caches included: held until it ends well.
         from opsledger.localcache import hold_writes
 
+        _escape_unencodable_output()
         with hold_writes() as discard:
             try:
                 return super().invoke(ctx)
@@ -222,6 +224,20 @@ class _Group(click.Group):
 
 
 REFUSED = (EXIT_INVALID, EXIT_DENIED)  # bad input, a policy denial: nothing written
+
+
+def _escape_unencodable_output() -> None:
+    """Print what the terminal cannot encode as a backslash escape, never crash on it.
+
+    A file name that is not UTF-8 reaches opsledger from git as raw bytes, kept as lone
+    surrogates (surrogateescape) so it can be judged; a finding or a listing that names it
+    must still print (`changes/CHG-0001/runs/\\udcff.json`), not end in a traceback.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -187,7 +187,8 @@ def policy_content_at(project: Project, commit: str, change_id: str) -> Content 
             *change_pathspecs(change_id, POLICY_REQUEST),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # a path git prints may be any bytes
         env=git_env(),
     )
     entries = []
