@@ -310,36 +310,50 @@ def _conflicts(
             and change.window_start < other.change.window_end
         ):
             overlapping.append((other_id, other, overlap))
-    runs = runs_of(project, [other_id for other_id, _, _ in overlapping])
-    for other_id, other, overlap in overlapping:
+    # A change that goes after this one holds nothing against it, whether it can still run or
+    # not: only those that go first (or, for an emergency, every one it overrides) are judged.
+    # Judging costs a content manifest and approvals per change; judging the later ones too
+    # made `apply --pending` of N overlapping changes quadratic (each decided against all).
+    judged = [
+        item
+        for item in overlapping
+        if change.type == "emergency" or run_order(item[1].change) < run_order(change)
+    ]
+    after = sorted(o for o, _, _ in overlapping if o not in {j for j, _, _ in judged})
+    runs = runs_of(project, [other_id for other_id, _, _ in judged])
+    for other_id, other, overlap in judged:
         assert other.change is not None and other.runbook is not None
         if _still_runs(
             project, other.change, other.runbook, other.hosts, trusted, runs[other_id], now
         ):
             continue
         shown = f"{other_id} ({', '.join(sorted(overlap)[:3])})"
-        if change.type == "emergency":
-            bypassed.append(shown)
-        elif run_order(other.change) < run_order(change):
-            first.append(shown)
-        else:
-            after.append(other_id)
+        (bypassed if change.type == "emergency" else first).append(shown)
     if first:
         return Check(
             "conflicts",
             False,
-            "waits for " + ", ".join(first) + ", which can still run and go first "
+            "waits for " + _listed(first) + ", which can still run and go first "
             "(emergencies, then the earlier window, then the older request)",
         )
     if bypassed:
         return Check(
             "conflicts",
             True,
-            "emergency change: runs despite " + ", ".join(bypassed) + " (recorded)",
+            "emergency change: runs despite " + _listed(bypassed) + " (recorded)",
         )
     if after:
-        return Check("conflicts", True, "goes before " + ", ".join(after))
+        return Check("conflicts", True, "goes before " + _listed(after) + ", should they run")
     return Check("conflicts", True, "no other change that can still run overlaps it")
+
+
+_LISTED = 10  # changes a conflict message names (a decision is kept in every run record)
+
+
+def _listed(ids: list[str]) -> str:
+    """The first ids, and how many more: the message stays one line, whatever the overlap."""
+    more = len(ids) - _LISTED
+    return ", ".join(ids[:_LISTED]) + (f" and {more} more" if more > 0 else "")
 
 
 def _withdrawn(project: Project, change: Change, trusted: Base) -> list[Check]:

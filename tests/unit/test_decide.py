@@ -249,11 +249,44 @@ def test_two_approved_overlapping_changes_are_ordered_not_deadlocked(repo):
     approve_change(project, second, person="bob")
     decision = decide(project, first, now=INSIDE)
     assert decision.allowed, failed(decision)
-    assert {c.rule: c.why for c in decision.checks}["conflicts"] == f"goes before {second}"
+    assert {c.rule: c.why for c in decision.checks}[
+        "conflicts"
+    ] == f"goes before {second}, should they run"
     why = failed(decide(project, second, now=INSIDE))["conflicts"]
     assert why.startswith(f"waits for {first} (lab-db1), which can still run and go first")
     record_run(project, first, INSIDE)  # the first one ran
     assert decide(project, second, now=INSIDE).allowed
+
+
+def test_changes_that_go_after_are_not_judged_so_pending_changes_stay_linear(repo, monkeypatch):
+    """Every overlapping change was judged (content manifest, approvals, withdrawal walk, ~50
+    ms each), also those that go after the one decided: `apply --pending` of N overlapping
+    changes, taken in run order, was quadratic. Only those that go first are judged now."""
+    import opsledger.decide as deciding
+
+    project, first, _ = repo
+    later = [
+        request(project, targets="lab-db1", params={"tags": ["postgresql"]}) for _ in range(12)
+    ]
+    approve_change(project, first, person="bob")
+    judged: list[str] = []
+    real = deciding._still_runs
+
+    def counted(project, other, *args):
+        judged.append(other.id)
+        return real(project, other, *args)
+
+    monkeypatch.setattr(deciding, "_still_runs", counted)
+    decision = decide(project, first, now=INSIDE)
+    assert decision.allowed, failed(decision)
+    assert judged == []  # none of the twelve goes first
+    shown = ", ".join(sorted(later)[:10])
+    assert {c.rule: c.why for c in decision.checks}["conflicts"] == (
+        f"goes before {shown} and 2 more, should they run"
+    )
+    why = failed(decide(project, later[-1], now=INSIDE))["conflicts"]
+    assert sorted(judged) == sorted([first, *later[:-1]])  # all twelve that go first
+    assert why.startswith(f"waits for {first} (lab-db1), which can still run")
 
 
 def test_only_changes_that_can_still_run_hold_their_hosts(repo):
