@@ -76,6 +76,7 @@ from opsledger.layout import (
 from opsledger.localcache import index_identity, load_cache, save_cache
 from opsledger.project import Project
 from opsledger.runbooks import Runbook
+from opsledger.steady import remembered
 
 # Operational records and machine-local state: never content (see the module docstring).
 BOOKKEEPING_ROOTS = (f"{RECORDS}/", "incidents/", "problems/", ".opsledger/")
@@ -147,7 +148,14 @@ def blob_id(data: bytes) -> str:
 
 
 def _is_repository(project: Project) -> bool:
-    """True when the project is the top of a git work tree (its files can be tracked)."""
+    """True when the project is the top of a git work tree (its files can be tracked).
+
+    Asked once per steady scope (decide's conflicts judge many changes' content in one).
+    """
+    return remembered(("is-repository", str(project.root)), lambda: _asks_git(project))
+
+
+def _asks_git(project: Project) -> bool:
     top = git(project.root, "rev-parse", "--show-toplevel", check=False)
     return top.returncode == 0 and Path(top.stdout.strip()).resolve() == project.root.resolve()
 

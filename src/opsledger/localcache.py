@@ -37,6 +37,7 @@ from typing import Any
 
 from opsledger.gitrepo import git, git_env
 from opsledger.project import Project
+from opsledger.steady import remembered
 
 KEY_FILE = "opsledger-cache.key"
 _KEYS: dict[str, bytes | None] = {}
@@ -147,9 +148,17 @@ def path_walk(
 
 
 def _commit_ids(root: Path, revs: list[str]) -> list[str] | None:
-    """The commit id of each revision (one rev-parse), or None when any does not resolve."""
+    """The commit id of each revision (one rev-parse), or None when any does not resolve.
+
+    Resolved once per steady scope (steady.py: nothing is committed inside one), not once per
+    walk: decide's conflicts walk two paths for each change they judge.
+    """
     if not revs or any(r.startswith("-") for r in revs):
         return None
+    return remembered(("commit-ids", str(root), tuple(revs)), lambda: _rev_parse(root, revs))
+
+
+def _rev_parse(root: Path, revs: list[str]) -> list[str] | None:
     proc = git(root, "rev-parse", *(f"{r}^{{commit}}" for r in revs), check=False)
     ids = proc.stdout.split()
     hexes = all(len(i) in (40, 64) and not i.strip("0123456789abcdef") for i in ids)
