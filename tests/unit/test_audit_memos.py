@@ -20,6 +20,7 @@ from opsledger.runbooks import load_runbook
 from opsledger.steady import steady_tree
 
 from ..conftest import REPO_ROOT
+from .test_inventory import HOSTS  # the three-host inventory of its tests
 
 
 def _texts(monkeypatch, text: str) -> None:
@@ -64,19 +65,6 @@ def test_an_edited_runbooks_parameter_schema_judges_the_params_again(tmp_path):
     path.write_text(yaml.safe_dump(data))
     (problem,) = load_runbook(project, "converge").param_problems(params, "c.yml")
     assert problem.field == "params.tags[0]"
-
-
-HOSTS = """\
-all:
-  children:
-    db:
-      hosts:
-        db1: {ansible_port: 2301}
-        db2: {ansible_port: 2302}
-    app:
-      hosts:
-        app1: {ansible_port: 2311}
-"""
 
 
 def test_an_inventory_matches_each_pattern_for_itself(make_project):
