@@ -229,7 +229,7 @@ def _refusals(
 def _tracked(project: Project, folder: Path) -> bool:
     """Whether HEAD holds any file under `folder` (absolute)."""
     rel = folder.relative_to(project.root).as_posix()
-    return bool(git(project.root, "ls-tree", "--name-only", "HEAD", "--", f"{rel}/").stdout)
+    return bool(git(project.root, "ls-tree", "-z", "--name-only", "HEAD", "--", f"{rel}/").stdout)
 
 
 def migrate_layout(project: Project, *, dry_run: bool = False) -> Migration:
