@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
-from opsledger.gitrepo import git, git_env, log_paths
+from opsledger.gitrepo import blob_contents, git, git_env, log_paths
 from opsledger.inventory import load_inventory
 from opsledger.layout import (
     REQUEST,
@@ -637,19 +637,10 @@ def load_withdrawal(
 
 
 def _shown_at(project: Project, commit: str, paths: tuple[str, ...]) -> str | None:
-    """The text of the first of `paths` that `commit` holds, else None."""
-    for rel in paths:
-        shown = subprocess.run(
-            ["git", "-C", str(project.root), "show", f"{commit}:{rel}"],
-            capture_output=True,
-            encoding="utf-8",
-            errors="surrogateescape",  # a path git prints may be any bytes
-            check=False,
-            env=git_env(),
-        )
-        if shown.returncode == 0:
-            return shown.stdout
-    return None
+    """The text of the first of `paths` that `commit` holds, else None (one `cat-file`)."""
+    found = blob_contents(project.root, [f"{commit}:{rel}" for rel in paths])
+    data = next((found[f"{commit}:{rel}"] for rel in paths if f"{commit}:{rel}" in found), None)
+    return None if data is None else data.decode(errors="replace")
 
 
 def withdraw_change(

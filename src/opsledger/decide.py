@@ -329,7 +329,8 @@ def _conflicts_read(
         for item in overlapping
         if change.type == "emergency" or run_order(item[1].change) < run_order(change)
     ]
-    after = sorted(o for o, _, _ in overlapping if o not in {j for j, _, _ in judged})
+    judged_ids = {other_id for other_id, _, _ in judged}
+    after = sorted(other_id for other_id, _, _ in overlapping if other_id not in judged_ids)
     runs = runs_of(project, [other_id for other_id, _, _ in judged])
     for other_id, other, overlap in judged:
         assert other.change is not None and other.runbook is not None

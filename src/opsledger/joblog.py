@@ -25,14 +25,13 @@ import gzip
 import hashlib
 import io
 import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
-from opsledger.gitrepo import git_env
+from opsledger.gitrepo import blob_contents
 from opsledger.layout import RUNS, change_pathspecs, stored_file
 from opsledger.project import Project
 
@@ -225,16 +224,9 @@ def _in_head(project: Project, change_id: str, name: str) -> bytes | None:
     HEAD may hold the change in the other layout than the working tree shows (a move staged,
     not committed): asked only at the folder on disk, a committed log read as missing.
     """
-    for folder in change_pathspecs(change_id, RUNS):
-        blob = subprocess.run(
-            ["git", "-C", str(project.root), "cat-file", "blob", f"HEAD:{folder}/{name}"],
-            capture_output=True,
-            check=False,
-            env=git_env(),
-        )
-        if blob.returncode == 0:
-            return blob.stdout
-    return None
+    names = [f"HEAD:{folder}/{name}" for folder in change_pathspecs(change_id, RUNS)]
+    found = blob_contents(project.root, names)
+    return next((found[n] for n in names if n in found), None)
 
 
 def render_log(logs: list[RunLog]) -> str:

@@ -165,16 +165,17 @@ def test_a_block_folder_replaced_by_a_symlink_or_a_file_is_refused(repo):
     git(root, "mv", "changes/CHG-00xx", "elsewhere")
     (root / "changes").mkdir(exist_ok=True)
     (root / "changes" / "CHG-00xx").symlink_to("../elsewhere")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "Swap", env=as_env("alice"))
-    report = pr_check(project, base="main", now=INSIDE, with_plan=False)
-    assert report.exit_code == EXIT_INVALID
-    assert "changes/CHG-00xx" in report.scope.stray
+    _assert_block_refused(project, "Swap")
     git(root, "rm", "-q", "changes/CHG-00xx")
     (root / "changes").mkdir(exist_ok=True)
     (root / "changes" / "CHG-00xx").write_text("not a folder\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "File", env=as_env("alice"))
+    _assert_block_refused(project, "File")
+
+
+def _assert_block_refused(project, message: str) -> None:
+    """Commit the tree as alice; ci pr refuses the block folder as a stray path (exit 2)."""
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", message, env=as_env("alice"))
     report = pr_check(project, base="main", now=INSIDE, with_plan=False)
     assert report.exit_code == EXIT_INVALID
     assert "changes/CHG-00xx" in report.scope.stray
