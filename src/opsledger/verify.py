@@ -188,13 +188,24 @@ def verify(
     )
     broken = [proc for proc, _ in done if proc.returncode not in (0, 1)]
     if broken:  # 2+: the suites could not run at all
-        last = (broken[0].stdout + broken[0].stderr).strip().splitlines()[-3:]
         raise OpsledgerError(
             Problem(
-                f"verification could not run: {' | '.join(last)}",
+                f"verification could not run: {_why_not_run(broken[0])}",
                 field=f"{environment}:{targets}",
                 fix="check the inventory and that the hosts answer",
             ),
             1,
         )
     return result
+
+
+def _why_not_run(proc: subprocess.CompletedProcess) -> str:
+    """What stopped a pytest process before its tests ran, whole.
+
+    pytest's closing summary cuts each line to the terminal's width (80 columns in a pipe),
+    which left "OpsledgerError: /tmp/pytes…" as the only clue; its `E   ` lines hold the
+    error itself.
+    """
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return " | ".join(errors[-5:] or lines[-3:])

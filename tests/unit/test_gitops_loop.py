@@ -195,10 +195,11 @@ def test_a_change_merged_before_its_window_is_applied_once_by_the_scheduled_run(
     said = [
         next(line for line in out.splitlines() if line.startswith(change_id)) for _, out in results
     ]
-    assert sorted(s.split(":")[1].split("—")[0].strip() for s in said) == [
-        "already run",
-        "applied",
-    ], said
+    actions = sorted(s.split(":")[1].split("—")[0].strip() for s in said)
+    # The loser either waited for the host lock and found the run ended ("already run"), or
+    # fetched the origin after the winner's write-ahead record and before its final one
+    # ("running", how a busy runner meets it): either way it ran nothing.
+    assert actions in (["already run", "applied"], ["applied", "running"]), said
     runs = origin_runs(origin, change_id)
     finals = [r for r in runs if r.endswith("Z.json")]
     assert len(finals) == 1 and len([r for r in runs if r.endswith(".started.json")]) == 1, runs

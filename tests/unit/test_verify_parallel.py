@@ -10,6 +10,9 @@ import json
 import shutil
 import sys
 
+import pytest
+
+from opsledger.errors import OpsledgerError
 from opsledger.project import Project
 from opsledger.verify import verify, verify_workers
 
@@ -103,3 +106,16 @@ def test_one_worker_is_the_one_process_path_and_the_worker_count_is_bounded(tmp_
     assert verify_workers(1000) == 2
     monkeypatch.setenv("OPSLEDGER_VERIFY_WORKERS", "nonsense")  # falls back to the CPUs
     assert 1 <= verify_workers(1000) <= 1000
+
+
+def test_a_suite_that_cannot_be_collected_is_named_with_its_whole_error(tmp_path, monkeypatch):
+    """pytest's closing summary cuts lines to 80 columns in a pipe; verify quoted that summary,
+    so a worker's collection error read "OpsledgerError: /tmp/pytes…" and nothing more."""
+    project = _project(tmp_path)
+    monkeypatch.setenv("PROBE_LOG", str(tmp_path))
+    why = "the probe cannot start: " + "a long reason that goes past eighty columns " * 3
+    suite = project.root / "tests" / "infra" / "test_probe.py"
+    suite.write_text(f"raise RuntimeError({why!r})\n" + suite.read_text())
+    with pytest.raises(OpsledgerError) as raised:
+        verify(project, environment="lab", targets="web", workers=2)
+    assert why.strip() in str(raised.value.problems[0]), raised.value.problems[0]
