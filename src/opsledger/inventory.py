@@ -501,6 +501,24 @@ def _host_vars_names(source: Path) -> set[str]:
     return names
 
 
+def _make_fact_cache_folder() -> None:
+    """Make the folder of a file-based fact cache before Ansible's cache plugin looks for it.
+
+    The plugin (VariableManager builds it) checks that the folder exists and then makes it,
+    failing when it exists: processes reading the inventory at once on a fresh checkout (the
+    workers of one `verify`) raced, and the loser was refused with "Error in 'jsonfile' cache
+    plugin while trying to create cache dir". Made first, with exist_ok, nobody races.
+    """
+    from ansible import constants as C
+
+    plugin = str(getattr(C, "CACHE_PLUGIN", "") or "")
+    where = getattr(C, "CACHE_PLUGIN_CONNECTION", None)
+    if not where or plugin.rsplit(".", 1)[-1] not in ("jsonfile", "pickle", "yaml"):
+        return
+    with contextlib.suppress(OSError):  # Ansible's own check then says what is wrong
+        Path(os.path.expanduser(os.path.expandvars(str(where)))).mkdir(parents=True, exist_ok=True)
+
+
 def _load(source: Path, template: bool) -> Inventory:
     # Imported here: ansible takes ~0.3 s to import and most CLI commands never need it.
     from ansible.inventory.manager import InventoryManager
@@ -516,6 +534,7 @@ def _load(source: Path, template: bool) -> Inventory:
         use_sectioned_routing()  # before the finder reads ansible.builtin's routing table
         init_plugin_loader()
         _plugins_ready = True
+    _make_fact_cache_folder()
     loader = DataLoader()
     _use_vault(loader, source)
 
