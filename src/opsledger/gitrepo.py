@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+from opsledger.commitlock import commit_lock
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.steady import steady_memo
 from opsledger.yamlio import outside_problem
@@ -124,6 +127,13 @@ def write_files_and_commit(
     gets its old content back (or goes, with the folders made for it) and leaves the index, so
     a failed step leaves nothing behind that a later command would read as done.
     """
+    with commit_lock(root):  # another command's commit must not interleave (commitlock.py)
+        return _write_files_and_commit(root, files, commit)
+
+
+def _write_files_and_commit(
+    root: Path, files: Mapping[Path, str], commit: Callable[[list[Path]], str]
+) -> str:
     for path in files:
         if refused := outside_problem(path, root):  # a symlinked folder would write elsewhere
             raise OpsledgerError(refused)
@@ -191,12 +201,35 @@ def commit_paths(
     and a write-ahead record committed that way is a run that never started.
     """
     relative = [str(p.resolve().relative_to(root.resolve())) for p in paths]
-    git(root, "add", "--", *relative)
-    try:
-        return _commit_staged(root, relative, message, name, email, signing_key)
-    except OpsledgerError:
-        git(root, "reset", "-q", "--", *relative, check=False)
-        raise
+    with commit_lock(root):  # one opsledger writer of the index at a time (commitlock.py)
+        _waiting_for_git(lambda: git(root, "add", "--", *relative))
+        try:
+            return _waiting_for_git(
+                lambda: _commit_staged(root, relative, message, name, email, signing_key)
+            )
+        except OpsledgerError:
+            git(root, "reset", "-q", "--", *relative, check=False)
+            raise
+
+
+# What git says when a lock it needs is held by another git process for a moment (a user's
+# `git status` refreshing the index, an editor's git, a `git gc`): the step waits and tries
+# again instead of failing. Both are said before git wrote anything, or (a moved HEAD) with
+# the new commit left unreferenced, so trying again commits once.
+_GIT_BUSY = ("index.lock': File exists", "cannot lock ref 'HEAD'")
+_GIT_BUSY_WAIT_S = 2.0  # git holds them for milliseconds; a stale one is reported after this
+
+
+def _waiting_for_git(step: Callable[[], str | subprocess.CompletedProcess]) -> Any:
+    deadline = time.monotonic() + _GIT_BUSY_WAIT_S
+    while True:
+        try:
+            return step()
+        except OpsledgerError as err:
+            said = " ".join(p.message for p in err.problems)
+            if not any(busy in said for busy in _GIT_BUSY) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def _commit_staged(

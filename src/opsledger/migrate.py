@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsledger.commitlock import lock_path
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import git, require_history
 from opsledger.layout import (
@@ -323,9 +324,16 @@ def _undo(project: Project, exc: Exception) -> list[Problem]:
 
 @contextlib.contextmanager
 def _migration_lock(project: Project) -> Iterator[None]:
-    """The checkout's commit lock (reconcile.commit_lock's file), or a refusal if it is held."""
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(project.state_dir / "commit.lock", "a") as handle:
+    """The checkout's commit lock (commitlock.py), or a refusal if it is held.
+
+    Its own descriptor, never the process's re-entrant hold: a migration refuses rather than
+    waits, even inside a command that is committing.
+    """
+    path = lock_path(project.root)
+    if path is None:  # no git folder: require_history refused already
+        yield
+        return
+    with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -333,7 +341,7 @@ def _migration_lock(project: Project) -> Iterator[None]:
                 Problem(
                     "another opsledger command is committing in this checkout "
                     "(a migration, or a run's evidence)",
-                    ".opsledger/commit.lock",
+                    str(path),
                     "git",
                     "run the migration again once it has ended",
                 )

@@ -12,15 +12,14 @@ Two faults leave a run's evidence incomplete, and neither may pass for something
   the final record with result `interrupted` — what the write-ahead record knew, plus the hosts'
   results replayed from the run's event journal when it ran here — and commits it.
 
-Evidence commits of one checkout are serialised by `.opsledger/commit.lock`, so this never sees
-a record between its writing and its commit by a live apply.
+Evidence commits of one checkout are serialised by its commit lock (commitlock.py), so this
+never sees a record between its writing and its commit by a live apply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import shutil
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from opsledger import procs
+from opsledger.commitlock import commit_lock as checkout_commit_lock
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
@@ -70,10 +70,12 @@ class Reconciled:
 
 @contextlib.contextmanager
 def commit_lock(project: Project) -> Iterator[None]:
-    """One evidence commit at a time in this checkout (git's index is the checkout's)."""
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(project.state_dir / "commit.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """One evidence commit at a time in this checkout (git's index is the checkout's).
+
+    The lock every commit of opsledger takes (commitlock.py), held here across writing a
+    record and committing it, so nobody reads the record in between.
+    """
+    with checkout_commit_lock(project.root):
         yield
 
 

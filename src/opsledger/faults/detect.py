@@ -33,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from opsledger.commitlock import under_commit_lock
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.faults.incidents import entry, moment, new_incident_data, repeat_of
 from opsledger.faults.ledger import record_step
@@ -523,6 +524,7 @@ def _clear(
     return True, True
 
 
+@under_commit_lock  # the next id, or the timeline read, stays ours until committed
 def _detect(project: Project, paths: list[Path], now: dt.datetime | None) -> DetectionResult:
     policy = load_fault_policy(project)
     if not policy.detection_enabled:

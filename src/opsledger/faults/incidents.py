@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from opsledger.commitlock import under_commit_lock
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.faults.ledger import record_step
 from opsledger.faults.policy import FaultPolicy, load_fault_policy, person_problem
@@ -181,6 +182,7 @@ def repeat_of(incidents: list[Incident], fingerprints: list[str]) -> str | None:
     return earlier[-1].id if earlier else None
 
 
+@under_commit_lock  # the next id, or the timeline read, stays ours until committed
 def open_incident(
     project: Project,
     *,
@@ -296,6 +298,7 @@ def open_incident(
 Mutation = Callable[[Incident, FaultPolicy, dt.datetime], tuple[dict[str, Any], list[Problem]]]
 
 
+@under_commit_lock  # the next id, or the timeline read, stays ours until committed
 def take_step(
     project: Project,
     incident_id: str,

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from opsledger.commitlock import under_commit_lock
 from opsledger.errors import EXIT_DENIED, OpsledgerError, Problem
 from opsledger.faults.incidents import entry, moment
 from opsledger.faults.ledger import FileHistory, record_step, timeline_history
@@ -85,6 +86,7 @@ def _incidents_for(
     return found, problems
 
 
+@under_commit_lock  # the next id, or the timeline read, stays ours until committed
 def open_problem(
     project: Project,
     *,
@@ -148,6 +150,7 @@ def open_problem(
 Mutation = Callable[[ProblemRecord, FaultPolicy, dt.datetime], tuple[dict[str, Any], list[Problem]]]
 
 
+@under_commit_lock  # the next id, or the timeline read, stays ours until committed
 def _problem_step(
     project: Project,
     problem_id: str,
