@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opsledger.commitlock import commit_lock
 from opsledger.errors import EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.gitrepo import git, nul_paths
 from opsledger.identity import committer, signing_key
@@ -111,6 +112,13 @@ class OriginRecords:
         return git(self.project.root, "rev-parse", self._tracking).stdout.strip()
 
     def _rebase_onto(self, upstream: str) -> None:
+        # Under the checkout's commit lock: a step committing meanwhile (an approval, an
+        # inspection's evidence) left its file staged for the rebase to refuse, or committed
+        # onto the detached HEAD the rebase then moved the branch away from.
+        with commit_lock(self.project.root):
+            self._rebase_locked(upstream)
+
+    def _rebase_locked(self, upstream: str) -> None:
         root = self.project.root
         if git(root, "merge-base", "--is-ancestor", upstream, "HEAD", check=False).returncode == 0:
             return  # nothing new on the origin
@@ -233,12 +241,13 @@ class OriginRecords:
         Compared by key: a rebase may have moved it into the change's block folder.
         """
         root = self.project.root
-        touched = nul_paths(git(root, "show", "--name-only", "-z", "--format=", "HEAD").stdout)
-        key = flat_form(started)
-        if [flat_form(p) for p in touched] == [key]:
-            git(root, "reset", "-q", "--hard", "HEAD~1")
-        for path in dict.fromkeys((started, shown_path(root, key))):
-            (root / path).unlink(missing_ok=True)
+        with commit_lock(root):  # HEAD is ours to look at and reset, no one commits meanwhile
+            touched = nul_paths(git(root, "show", "--name-only", "-z", "--format=", "HEAD").stdout)
+            key = flat_form(started)
+            if [flat_form(p) for p in touched] == [key]:
+                git(root, "reset", "-q", "--hard", "HEAD~1")
+            for path in dict.fromkeys((started, shown_path(root, key))):
+                (root / path).unlink(missing_ok=True)
 
 
 def _runs_of(root: Path, change_id: str, commit: str) -> dict[str, tuple[str, str]]:

@@ -21,6 +21,12 @@ from opsledger.gitrepo import git, nul_paths
 from .conftest import copy_project
 
 RACERS = 6
+CI = {
+    "GIT_AUTHOR_NAME": "opsledger CI",
+    "GIT_AUTHOR_EMAIL": "ci@example.org",
+    "GIT_COMMITTER_NAME": "opsledger CI",
+    "GIT_COMMITTER_EMAIL": "ci@example.org",
+}
 NEW = ["--class", "software", "--impact", "low", "--urgency", "low", "--as", "alice"]
 
 # A racer loads opsledger's CLI first, then waits for the go-file, so all start together.
@@ -56,7 +62,7 @@ def _repo(tmp_path: Path) -> Path:
     (project.root / ".gitignore").write_text(".opsledger/\n")
     git(project.root, "init", "-q", "-b", "main")
     git(project.root, "add", "-A")
-    git(project.root, "commit", "-qm", "Initial")
+    git(project.root, "commit", "-qm", "Initial", env=CI)
     return project.root
 
 
@@ -149,3 +155,64 @@ def test_evidence_saved_at_once_is_all_committed(tmp_path):
     records = nul_paths(git(root, "ls-tree", "-r", "-z", "--name-only", "HEAD", "records").stdout)
     assert len(records) == 2 * RACERS
     assert _clean(root) == ""
+
+
+PULL_RACER = """\
+import sys, time
+from pathlib import Path
+from opsledger.gitrepo import commit_paths
+from opsledger.origin_records import OriginRecords
+from opsledger.project import Project
+root, go, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if name == "pull":
+    origin = OriginRecords.of(Project(root), "origin")
+else:
+    record = root / "records" / f"{name}.json"
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(name)
+while not go.exists():
+    time.sleep(0.0005)
+if name == "pull":
+    origin.pull()
+else:
+    commit_paths(root, [record], f"Record {name}", name="CI", email="ci@example.org")
+"""
+
+
+def _clone_behind_its_origin(tmp_path: Path) -> Path:
+    """A clone with 20 commits of its own and an origin one commit ahead: pull rebases."""
+    seed, origin, work = tmp_path / "seed", tmp_path / "origin.git", tmp_path / "work"
+    seed.mkdir(parents=True)
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "README").write_text("seed\n")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-qm", "Seed", env=CI)
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(origin)], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True)
+    (seed / "from-origin").write_text("merged meanwhile\n")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-qm", "Merged on the origin", env=CI)
+    git(seed, "push", "-q", str(origin), "main")
+    for n in range(20):
+        (work / f"local-{n}").write_text(f"{n}\n")
+        git(work, "add", "-A")
+        git(work, "commit", "-qm", f"Local evidence {n}", env=CI)
+    return work
+
+
+def test_a_pull_rebasing_while_others_commit_in_the_checkout_keeps_every_commit(tmp_path):
+    """apply --push pulls the origin (a rebase of this clone's evidence) while another command
+    of the checkout commits: the rebase found that command's record staged and refused ("Please
+    commit or stash them", exit 1 for the apply). Without the fix it failed in 4 of 4 rounds
+    of 1 pull and 4 committers."""
+    for round_ in range(2):
+        work = _clone_behind_its_origin(tmp_path / f"round-{round_}")
+        go = tmp_path / f"go-{round_}"
+        names = ["pull", *(f"record-{n}" for n in range(RACERS - 1))]
+        said = _race(work, go, [[str(work), str(go), n] for n in names], PULL_RACER)
+        assert [code for code, _ in said] == [0] * len(names), [out for code, out in said if code]
+        tree = nul_paths(git(work, "ls-tree", "-r", "-z", "--name-only", "HEAD").stdout)
+        assert "from-origin" in tree
+        assert {f"records/{n}.json" for n in names[1:]} <= set(tree)
+        assert git(work, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "main"
+        assert _clean(work) == ""
