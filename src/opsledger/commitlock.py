@@ -67,8 +67,8 @@ def commit_lock(root: Path) -> Iterator[None]:
                 os.close(fd)  # closing the descriptor releases the flock
 
 
-def lock_path(root: Path) -> Path | None:
-    """The commit lock's file of the checkout at `root`, or None outside a git work tree."""
+def git_folder(root: Path) -> Path | None:
+    """The git folder of the checkout at `root` (its own, for a linked worktree), or None."""
     where = str(root)
     if where not in _GIT_DIRS:
         proc = subprocess.run(
@@ -78,8 +78,14 @@ def lock_path(root: Path) -> Path | None:
             check=False,
         )
         found = proc.stdout.strip() if proc.returncode == 0 else ""
-        _GIT_DIRS[where] = Path(found) / LOCK_FILE if found else None
+        _GIT_DIRS[where] = Path(found) if found else None
     return _GIT_DIRS[where]
+
+
+def lock_path(root: Path) -> Path | None:
+    """The commit lock's file of the checkout at `root`, or None outside a git work tree."""
+    folder = git_folder(root)
+    return folder / LOCK_FILE if folder is not None else None
 
 
 _GIT_DIRS: dict[str, Path | None] = {}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opsledger.commitlock import commit_lock
+from opsledger.commitlock import commit_lock, git_folder
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.steady import steady_memo
 from opsledger.yamlio import outside_problem
@@ -145,7 +146,7 @@ def _write_files_and_commit(
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_whole(root, path, text)
         return commit([*files])
     except BaseException:
         _restore(root, old, made)
@@ -160,10 +161,36 @@ def _restore(root: Path, old: Mapping[Path, bytes | None], made: list[Path]) -> 
         if content is None:
             path.unlink(missing_ok=True)
         else:
-            path.write_bytes(content)
+            write_whole(root, path, content)
     for folder in made:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def write_whole(root: Path, path: Path, content: str | bytes) -> None:
+    """Replace `path` by `content` at once: a reader sees the old bytes or the new, never part.
+
+    Commands that only read (`incident show`, `report`, `decide`) do not wait for the commit
+    lock; an incident step rewrote incident.yml in place, and a reader between the truncation
+    and the write was refused ("'id' is a required property"). The bytes go to a file in the
+    git folder first (no reader lists it, git never tracks it) and are renamed into place;
+    where that folder is on another file system, the file is written in place as before.
+    """
+    spare = git_folder(root)
+    if spare is not None:
+        tmp = spare / f"opsledger-write-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as out:
+                out.write(content)
+            os.replace(tmp, path)
+            return
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
 
 
 def nul_paths(out: str) -> list[str]:
