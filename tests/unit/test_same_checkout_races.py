@@ -31,18 +31,21 @@ NEW = ["--class", "software", "--impact", "low", "--urgency", "low", "--as", "al
 
 # A racer loads opsledger's CLI first, then waits for the go-file, so all start together.
 CLI_RACER = """\
+import os
 import sys, time
 from pathlib import Path
 import opsledger.cli.root
 from opsledger.cli import main
 go = Path(sys.argv[1])
 sys.argv = ["opsledger", *sys.argv[2:]]
+Path(os.environ['RACE_READY'], str(os.getpid())).touch()
 while not go.exists():
     time.sleep(0.0005)
 main()
 """
 
 EVIDENCE_RACER = """\
+import os
 import datetime as dt, sys, time
 from pathlib import Path
 from opsledger.project import Project
@@ -51,6 +54,7 @@ project, go, name = Project(Path(sys.argv[1])), Path(sys.argv[2]), sys.argv[3]
 moment = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
 record = Record(kind="inspection", environment="lab", result="success",
                 started_at=moment.isoformat(), finished_at=moment.isoformat(), hosts=["lab-db1"])
+Path(os.environ['RACE_READY'], str(os.getpid())).touch()
 while not go.exists():
     time.sleep(0.0005)
 print(save_evidence(project, record, started=moment, name=name, message=f"Inspection {name}").path)
@@ -67,31 +71,43 @@ def _repo(tmp_path: Path) -> Path:
 
 
 def _race(root: Path, go: Path, argvs: list[list[str]], racer: str) -> list[tuple[int, str]]:
+    return _race_mixed(root, go, [(argv, racer) for argv in argvs])
+
+
+def _race_mixed(root: Path, go: Path, racers: list[tuple[list[str], str]]) -> list[tuple[int, str]]:
+    """Start each (argv, script) racer, release them all at once; (exit code, output) each.
+
+    Each racer loads what it needs, says so in a file of its own, then waits for `go`.
+    """
+    ready = go.with_name(go.name + "-ready")
+    ready.mkdir()
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(opsledger.__file__).parents[1]),
         "OPSLEDGER_PROJECT": str(root),
         "OPSLEDGER_NO_INCIDENTS": "1",
-        "GIT_AUTHOR_NAME": "Alice Arnold",
-        "GIT_AUTHOR_EMAIL": "alice@example.org",
-        "GIT_COMMITTER_NAME": "Alice Arnold",
-        "GIT_COMMITTER_EMAIL": "alice@example.org",
+        **CI,
+        "RACE_READY": str(ready),
     }
     env.pop("OPSLEDGER_SIGNING_KEY", None)
-    racers = [
+    started = [
         subprocess.Popen(
-            [sys.executable, "-c", racer, *argv],
+            [sys.executable, "-c", script, *argv],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for argv in argvs
+        for argv, script in racers
     ]
-    time.sleep(3)  # every racer loaded and waiting
+    deadline = time.monotonic() + 120
+    while len(list(ready.iterdir())) < len(started) and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in started):
+            break  # a racer died before the start: its output says why
+        time.sleep(0.01)
     go.touch()
-    return [(p.wait(120), p.stdout.read()) for p in racers]  # type: ignore[union-attr]
+    return [(p.wait(120), p.stdout.read()) for p in started]  # type: ignore[union-attr]
 
 
 def _clean(root: Path) -> str:
@@ -158,6 +174,7 @@ def test_evidence_saved_at_once_is_all_committed(tmp_path):
 
 
 PULL_RACER = """\
+import os
 import sys, time
 from pathlib import Path
 from opsledger.gitrepo import commit_paths
@@ -170,6 +187,7 @@ else:
     record = root / "records" / f"{name}.json"
     record.parent.mkdir(exist_ok=True)
     record.write_text(name)
+Path(os.environ['RACE_READY'], str(os.getpid())).touch()
 while not go.exists():
     time.sleep(0.0005)
 if name == "pull":
@@ -216,3 +234,115 @@ def test_a_pull_rebasing_while_others_commit_in_the_checkout_keeps_every_commit(
         assert {f"records/{n}.json" for n in names[1:]} <= set(tree)
         assert git(work, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "main"
         assert _clean(work) == ""
+
+
+READER = """\
+import sys
+from pathlib import Path
+from opsledger.errors import OpsledgerError
+from opsledger.faults.store import load_incident
+from opsledger.project import Project
+project, stop = Project(Path(sys.argv[1])), Path(sys.argv[2])
+reads, refused = 0, []
+while not stop.exists():
+    reads += 1
+    try:
+        load_incident(project, "INC-0001")
+    except OpsledgerError as err:
+        refused.append(str(err.problems[0]))
+print(reads, refused[:1])
+sys.exit(1 if refused or reads < 10 else 0)
+"""
+
+
+def test_an_incident_read_while_steps_rewrite_it_is_always_whole(tmp_path):
+    """`incident show`, `report` and `audit check` read incident.yml without waiting for the
+    commit lock; a step rewrote it in place, and a read between the truncation and the write
+    was refused ("'id' is a required property"). Two readers looping while 6 notes commit:
+    without the fix they were refused 18 and 26 times in ~3,400 reads each (12 notes) and
+    the test failed in 3 of 3 runs."""
+    root = _repo(tmp_path)
+    go = tmp_path / "go-open"
+    opened = [str(go), "incident", "new", "--title", "Disk fills on db1", *NEW]
+    assert _race(root, go, [opened], CLI_RACER)[0][0] == 0
+    stop = tmp_path / "stop"
+    env = {**os.environ, "PYTHONPATH": str(Path(opsledger.__file__).parents[1])}
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, str(root), str(stop)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    go = tmp_path / "go-notes"
+    argvs = [
+        [str(go), "incident", "note", "INC-0001", "--text", f"finding {n}", "--as", "bob"]
+        for n in range(RACERS)
+    ]
+    said = _race(root, go, argvs, CLI_RACER)
+    stop.touch()
+    read = [(p.wait(60), p.stdout.read()) for p in readers]  # type: ignore[union-attr]
+    assert [code for code, _ in said] == [0] * RACERS, [out for code, out in said if code]
+    assert [code for code, _ in read] == [0, 0], read
+
+
+APPLY_RACER = """\
+import os
+import datetime as dt, sys, time
+from pathlib import Path
+from opsledger.apply import apply_change
+from opsledger.errors import OpsledgerError
+from opsledger.project import Project
+root, go, change = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+inside = dt.datetime(2026, 12, 1, 20, 30, tzinfo=dt.UTC)  # the change's window
+Path(os.environ['RACE_READY'], str(os.getpid())).touch()
+while not go.exists():
+    time.sleep(0.0005)
+try:
+    print(apply_change(Project(root), change, now=inside, skip_verify=True).record.result)
+except OpsledgerError as err:
+    print(err.problems[0])
+    sys.exit(err.exit_code)
+"""
+
+COLD_CLI_RACER = """\
+import os, sys, time
+from pathlib import Path
+go = Path(sys.argv[1])
+Path(os.environ['RACE_READY'], str(os.getpid())).touch()
+while not go.exists():
+    time.sleep(0.0005)
+os.execv(sys.executable, [sys.executable, "-m", "opsledger", *sys.argv[2:]])
+"""
+
+
+def test_a_change_withdrawn_while_it_is_applied_either_runs_or_is_withdrawn_never_both(
+    repo, tmp_path
+):
+    """`change withdraw` checked that no run had started, then committed; apply decided, then
+    committed its write-ahead record: interleaved, the change was withdrawn AND ran (its
+    withdrawal says it never runs). The withdrawal starts cold (a new `opsledger` process, as
+    a person types it) while apply is loaded: that lands its check inside apply's window.
+    Without the fix 3 of 6 rounds of a first probe did both, and the test failed in 3 of 4 runs."""
+    from .test_apply import _probe
+
+    project, change_id = _probe(repo, "settings.yml")
+    root = project.root
+    base = git(root, "rev-parse", "HEAD").stdout.strip()
+    withdraw = ["change", "withdraw", change_id, "--as", "alice", "--reason", "Superseded now"]
+    for round_ in range(12):
+        git(root, "reset", "-q", "--hard", base)
+        git(root, "clean", "-qfd", "-e", ".opsledger")
+        go = tmp_path / f"go-{round_}"
+        applying = [str(root), str(go), change_id]
+        withdrawing = [str(go), *withdraw, "--key", str(repo[2]["alice"])]
+        said = _race_mixed(root, go, [(applying, APPLY_RACER), (withdrawing, COLD_CLI_RACER)])
+        log = git(root, "log", "--format=%s", f"{base}..HEAD").stdout.splitlines()
+        started = [s for s in log if s.endswith(": started")]
+        withdrawn = [s for s in log if s.startswith("Withdraw ")]
+        assert len(started) + len(withdrawn) == 1, (log, said)
+        assert sorted(code for code, _ in said)[0] == 0, said  # the one that came first
+        assert all(code in (0, 3, 4) for code, _ in said), said  # the other: denied or busy
