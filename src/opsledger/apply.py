@@ -35,7 +35,7 @@ from typing import Any
 
 from opsledger import procs
 from opsledger.afterrun import after_run
-from opsledger.changes import Change, load_change
+from opsledger.changes import Change, load_change, load_withdrawal
 from opsledger.content import change_content, require_committed
 from opsledger.decide import Decision, decide_again
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
@@ -678,8 +678,25 @@ def _locked_run(
 
 
 def _write_ahead(project: Project, change_id: str, path: Path, ahead: Record) -> Path:
-    """Commit the started record before the first task, or run nothing (exit 2)."""
+    """Commit the started record before the first task, or run nothing (exit 2).
+
+    A withdrawal another command committed after this run's decision is read again here,
+    under the commit lock that `change withdraw` holds for its own check and commit: one of
+    the two comes first, and a withdrawn change never starts (exit 3).
+    """
     with commit_lock(project):
+        withdrawal = load_withdrawal(project, change_id, [head(project.root)])
+        if withdrawal is not None:
+            raise OpsledgerError(
+                Problem(
+                    f"withdrawn by {withdrawal.person} at {withdrawal.at} while this run was "
+                    f"being prepared: {withdrawal.reason}; nothing was run",
+                    str(withdrawal.path.relative_to(project.root)),
+                    "withdrawn",
+                    "nothing to do: a withdrawn change never runs",
+                ),
+                EXIT_DENIED,
+            )
         try:
             save_record(project, path, ahead, f"Run {change_id}: started")
         except OpsledgerError as err:

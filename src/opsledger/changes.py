@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from opsledger.commitlock import under_commit_lock
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, EXIT_LOCKED, OpsledgerError, Problem, shown
 from opsledger.gitrepo import blob_contents, git, git_env, log_paths
 from opsledger.inventory import load_inventory
@@ -643,6 +644,7 @@ def _shown_at(project: Project, commit: str, paths: tuple[str, ...]) -> str | No
     return None if data is None else data.decode(errors="replace")
 
 
+@under_commit_lock  # its check (no run started) and its commit, with no apply's commit between
 def withdraw_change(
     project: Project,
     change_id: str,
