@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from opsledger.changes import Change, check_change_id, load_change
+from opsledger.commitlock import under_commit_lock
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
 from opsledger.layout import REVIEW, change_folder
@@ -98,6 +99,7 @@ def load_review(project: Project, change_id: str) -> Review | None:
         ) from None
 
 
+@under_commit_lock  # its 'still due' check and its commit, with no other review between
 def complete_review(
     project: Project,
     change_id: str,

@@ -346,3 +346,43 @@ def test_a_change_withdrawn_while_it_is_applied_either_runs_or_is_withdrawn_neve
         assert len(started) + len(withdrawn) == 1, (log, said)
         assert sorted(code for code, _ in said)[0] == 0, said  # the one that came first
         assert all(code in (0, 3, 4) for code, _ in said), said  # the other: denied or busy
+
+
+def test_an_owed_review_completed_by_several_at_once_is_written_once(repo, tmp_path):
+    """Each `change review` checked the review was still due, then wrote and committed it:
+    at once, a later reviewer overwrote the first one's review (both exit 0), or died on
+    git's index lock. Without the fix it failed in 3 of 3 runs (and 3 of 3 on main)."""
+    from opsledger.reviews import review_path
+
+    from .test_apply import _probe
+
+    project, change_id = _probe(repo, "settings.yml")
+    root = project.root
+    owed = {  # what apply leaves after an emergency change's first run (reviews.open_review)
+        "change": change_id,
+        "status": "due",
+        "due_by": "2026-12-04T21:00:00+00:00",
+        "applied_at": "2026-12-01T21:00:00+00:00",
+        "reviewed_by": None,
+        "reviewed_at": None,
+        "summary": "",
+        "cause": "",
+        "actions": [],
+    }
+    review_path(project, change_id).write_text("---\n" + yaml.safe_dump(owed, sort_keys=False))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "Review owed", env=CI)
+    base = git(root, "rev-parse", "HEAD").stdout.strip()
+    for round_ in range(3):
+        git(root, "reset", "-q", "--hard", base)
+        go = tmp_path / f"go-{round_}"
+        argvs = [
+            [str(go), "change", "review", change_id, "--as", person, "--summary",
+             f"Restart cleared it ({person})", "--cause", "A leak", "--key", str(repo[2][person])]
+            for person in ("bob", "carol", "dave")
+        ]  # fmt: skip
+        said = _race(root, go, argvs, CLI_RACER)
+        assert sorted(code for code, _ in said) == [0, 2, 2], said
+        assert all("already reviewed" in out for code, out in said if code), said
+        log = git(root, "log", "--format=%s", f"{base}..HEAD").stdout.splitlines()
+        assert log == [f"Review {change_id}"]
