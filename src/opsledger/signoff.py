@@ -23,6 +23,7 @@ from typing import Any
 from opsledger.approvals import not_counted, require_clean_worktree
 from opsledger.base import resolve_base
 from opsledger.changes import NewChange, new_change, validate_change
+from opsledger.commitlock import under_commit_lock
 from opsledger.content import Content, change_content
 from opsledger.errors import OpsledgerError, Problem
 from opsledger.gitrepo import require_history, write_and_commit
@@ -93,6 +94,7 @@ def _policies(project: Project, base: str | None) -> Policies:
         return load_policies(project)[0]
 
 
+@under_commit_lock  # the statement's free second is chosen and committed with no peer between
 def sign_off(
     project: Project,
     change_id: str,

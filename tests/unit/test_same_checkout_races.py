@@ -386,3 +386,25 @@ def test_an_owed_review_completed_by_several_at_once_is_written_once(repo, tmp_p
         assert all("already reviewed" in out for code, out in said if code), said
         log = git(root, "log", "--format=%s", f"{base}..HEAD").stdout.splitlines()
         assert log == [f"Review {change_id}"]
+
+
+def test_one_persons_statements_made_at_once_are_each_a_new_file(repo, tmp_path):
+    """A statement is named by its second; `approve` took the next free second, then wrote and
+    committed. The same person approving twice at once (a retried pipeline step) got the same
+    name: the later commits rewrote a committed statement instead of adding one. Without the
+    fix it failed in 3 of 3 runs."""
+    project, change_id, keys = repo
+    root = project.root
+    base = git(root, "rev-parse", "HEAD").stdout.strip()
+    for round_ in range(2):
+        go = tmp_path / f"go-{round_}"
+        argvs = [
+            [str(go), "approve", change_id, "--as", "bob", "--comment", f"take {n}",
+             "--key", str(keys["bob"])]
+            for n in range(3)
+        ]  # fmt: skip
+        said = _race(root, go, argvs, CLI_RACER)
+        assert [code for code, _ in said] == [0, 0, 0], said
+    added = git(root, "log", "--diff-filter=A", "--name-only", "--format=", f"{base}..HEAD")
+    changed = git(root, "log", "--diff-filter=M", "--name-only", "--format=", f"{base}..HEAD")
+    assert len(added.stdout.split()) == 6 and changed.stdout.split() == []
