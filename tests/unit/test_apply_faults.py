@@ -239,31 +239,55 @@ def test_when_git_refuses_the_write_ahead_record_nothing_runs(local_repo, machin
     assert not (machine_locks / "lab" / "lab-db1.json").exists()  # released
 
 
-def _hold(root: str, seconds: float, ready) -> None:
+def _hold(root: str, ready, stop) -> None:
     held = acquire(
         Project(Path(root)), environment="lab", hosts=["lab-db1"], change="CHG-0099", owner="dave"
     )
     ready.set()
-    time.sleep(seconds)
+    stop.wait(300)
     release(held)
 
 
-def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo):
+def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, monkeypatch):
     """A change ran 6 s after its window closed, and was recorded as a success."""
+    import opsledger.lock as lock_module
+
     project, request = local_repo
     window = (START, START + dt.timedelta(hours=1))
     change_id = request(params={"steps": 1}, window=window)
     approve_change(project, change_id, person="bob")
-    ready = FORK.Event()
-    holder = FORK.Process(target=_hold, args=(str(project.root), 4.0, ready))
+    ready, stop = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold, args=(str(project.root), ready, stop))
     holder.start()
     assert ready.wait(10)
+    # The holder lets go 4 s after apply met the host held, so apply waits more than the 2 s
+    # left of the window whatever the machine's speed. (A holder that let go 4 s after it took
+    # the host let a loaded apply, slow to get to its lock, find it free and run.)
+    refused = threading.Event()
+    take_machine = lock_module._take_machine
+
+    def spy(folder, holder_info):
+        taken = take_machine(folder, holder_info)
+        if taken[0] is None:
+            refused.set()
+        return taken
+
+    monkeypatch.setattr(lock_module, "_take_machine", spy)
+
+    def let_go() -> None:
+        if refused.wait(300):
+            time.sleep(4)  # at least this long: how much longer is the machine's speed
+        stop.set()
+
+    threading.Thread(target=let_go, daemon=True).start()
     almost_closed = window[1] - dt.timedelta(seconds=2)
     try:
         with pytest.raises(OpsledgerError) as err:
-            apply_change(project, change_id, now=almost_closed, wait=30, skip_verify=True)
+            apply_change(project, change_id, now=almost_closed, wait=300, skip_verify=True)
     finally:
-        holder.join(10)
+        refused.set()
+        stop.set()
+        holder.join(30)
     assert err.value.exit_code == 3
     assert "denied by rule change window after waiting" in str(err.value)
     assert _steps(project) == []  # nothing ran
