@@ -441,7 +441,9 @@ def smtp_sink():
             return "250 OK"
 
     port = _free_port()
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+    # aiosmtpd gives its server 5 s to start and answer a first handshake, then raises: a
+    # speed a loaded runner need not reach. A bound only: a server that never starts fails.
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, ready_timeout=120)
     controller.start()
     yield port, messages
     controller.stop()

@@ -33,7 +33,7 @@ OPSLEDGER = [sys.executable, "-m", "opsledger.cli"]
 FORK = multiprocessing.get_context("fork")
 
 
-def _cli(project, *args, timeout=180):
+def _cli(project, *args, timeout=600):
     return subprocess.run(
         [sys.executable, "-c", "from opsledger.cli import main; main()", *args],
         env={**os.environ, "OPSLEDGER_PROJECT": str(project.root), "OPSLEDGER_PERSON": "ci"},
@@ -53,7 +53,9 @@ def _start(project, *args):
     )
 
 
-def _wait_for(predicate, timeout=60.0, what="condition"):
+def _wait_for(predicate, timeout=300.0, what="condition"):
+    """Poll until `predicate` holds. `timeout` only stops a wait that would never end: an apply
+    on a loaded 2-core runner took more than 60 s to take its first step (it is no measure)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -122,7 +124,7 @@ def test_kill_9_of_apply_ends_its_playbook_and_the_next_command_records_it(local
         os.kill(apply.pid, signal.SIGKILL)
         apply.wait(10)
         # The playbook dies with its apply (its guard ends it), and stays dead.
-        _wait_for(lambda: not procs.run_processes(marker), timeout=20, what="the playbook to end")
+        _wait_for(lambda: not procs.run_processes(marker), what="the playbook to end")
         taken = len(_steps(project))
         time.sleep(1.5)
         assert len(_steps(project)) == taken, "steps were taken after the apply died"
@@ -171,7 +173,7 @@ def test_sigterm_cancels_records_and_releases(local_repo, machine_locks):
     apply = _start(project, "apply", change_id, "--skip-verify")
     _wait_for(lambda: "lab-db1-step-1" in _steps(project), what="the playbook's steps")
     apply.send_signal(signal.SIGTERM)
-    out, err = apply.communicate(timeout=120)
+    out, err = apply.communicate(timeout=600)
     assert apply.returncode == 130, out + err
     (record,) = read_runs(project).committed
     assert record.result == "canceled" and record.rollback is None
@@ -239,31 +241,55 @@ def test_when_git_refuses_the_write_ahead_record_nothing_runs(local_repo, machin
     assert not (machine_locks / "lab" / "lab-db1.json").exists()  # released
 
 
-def _hold(root: str, seconds: float, ready) -> None:
+def _hold(root: str, ready, stop) -> None:
     held = acquire(
         Project(Path(root)), environment="lab", hosts=["lab-db1"], change="CHG-0099", owner="dave"
     )
     ready.set()
-    time.sleep(seconds)
+    stop.wait(300)
     release(held)
 
 
-def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo):
+def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, monkeypatch):
     """A change ran 6 s after its window closed, and was recorded as a success."""
+    import opsledger.lock as lock_module
+
     project, request = local_repo
     window = (START, START + dt.timedelta(hours=1))
     change_id = request(params={"steps": 1}, window=window)
     approve_change(project, change_id, person="bob")
-    ready = FORK.Event()
-    holder = FORK.Process(target=_hold, args=(str(project.root), 4.0, ready))
+    ready, stop = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold, args=(str(project.root), ready, stop))
     holder.start()
-    assert ready.wait(10)
+    assert ready.wait(60)
+    # The holder lets go 4 s after apply met the host held, so apply waits more than the 2 s
+    # left of the window whatever the machine's speed. (A holder that let go 4 s after it took
+    # the host let a loaded apply, slow to get to its lock, find it free and run.)
+    refused = threading.Event()
+    take_machine = lock_module._take_machine
+
+    def spy(folder, holder_info):
+        taken = take_machine(folder, holder_info)
+        if taken[0] is None:
+            refused.set()
+        return taken
+
+    monkeypatch.setattr(lock_module, "_take_machine", spy)
+
+    def let_go() -> None:
+        if refused.wait(300):
+            time.sleep(4)  # at least this long: how much longer is the machine's speed
+        stop.set()
+
+    threading.Thread(target=let_go, daemon=True).start()
     almost_closed = window[1] - dt.timedelta(seconds=2)
     try:
         with pytest.raises(OpsledgerError) as err:
-            apply_change(project, change_id, now=almost_closed, wait=30, skip_verify=True)
+            apply_change(project, change_id, now=almost_closed, wait=300, skip_verify=True)
     finally:
-        holder.join(10)
+        refused.set()
+        stop.set()
+        holder.join(30)
     assert err.value.exit_code == 3
     assert "denied by rule change window after waiting" in str(err.value)
     assert _steps(project) == []  # nothing ran
@@ -362,7 +388,7 @@ def test_a_run_that_died_while_we_waited_for_its_hosts_is_recorded_before_ours(l
     holder = FORK.Process(target=_hold_as_run, args=(str(project.root), run_id, ready))
     holder.start()
     try:
-        assert ready.wait(10)
+        assert ready.wait(60)
         runner = {
             "person": "ci",
             "machine": procs.machine(),
@@ -399,7 +425,7 @@ def test_a_run_that_died_while_we_waited_for_its_hosts_is_recorded_before_ours(l
         playbook.wait()
         holder.kill()
         holder.join(10)
-    waiting.wait(180)
+    waiting.wait(600)
     reader.join(10)
     assert waiting.returncode == 0, "".join(said)
     runs = {r.change: r for r in read_runs(project).committed}

@@ -104,7 +104,7 @@ def _master(tmp_path: Path, port: int, control_dir: Path) -> Path:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "ssh.log", "a"),  # noqa: SIM115 - closed by the process ending
-        timeout=30,
+        timeout=120,  # a bound: paramiko's handshake in this process is slow under load
     )
     (socket_path,) = [p for p in control_dir.iterdir() if p.is_socket()]
     return socket_path

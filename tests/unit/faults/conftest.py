@@ -155,13 +155,18 @@ def sshd(tmp_path_factory):
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    # A bound, not a measure (a loaded runner may take long to start it); a server that never
+    # listens fails here rather than as a refused connection in the test that needed it.
+    deadline = time.monotonic() + 120
+    while True:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         if proc.poll() is not None:
             pytest.fail(f"sshd did not start: {proc.stderr.read().decode()[-500:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("sshd did not listen within 120 s")
         time.sleep(0.1)
     known = folder / "known_hosts"
     public = host_key.with_suffix(".pub").read_text().split()

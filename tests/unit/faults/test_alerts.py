@@ -29,6 +29,10 @@ from .conftest import head
 
 BINARY = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 RUNBOOK = "roles/monitoring/RUNBOOK.md#postgresqldown"
+# How long to wait for Alertmanager to start or to show what was posted to it. Bounds, not
+# measures: fifty polls of 0.1 s (five seconds) were a speed the machine had to reach, and a
+# loaded 2-core runner need not; a test whose state never comes still fails.
+PATIENCE_S = 120
 
 
 def _free_port() -> int:
@@ -65,9 +69,10 @@ class Alertmanager:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(100):
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer:
                     if answer.status == 200:
                         return
             except OSError:
@@ -165,13 +170,23 @@ def pg_down(url: str, *, resolved: bool = False) -> None:
 
 def _listed(url: str, name: str, present: bool) -> None:
     """Alertmanager takes posted alerts asynchronously: wait until its API shows the change."""
-    for _ in range(50):
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as answer:
             names = [a["labels"]["alertname"] for a in json.loads(answer.read())]
         if (name in names) == present:
             return
         time.sleep(0.1)
     pytest.fail(f"{name} {'never appeared' if present else 'never went'}")
+
+
+def _until(predicate, what: str) -> None:
+    """Poll Alertmanager's view until `predicate` holds (it takes posts asynchronously)."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Alertmanager never showed {what}")
+        time.sleep(0.1)
 
 
 def _point_inventory_at(project, url: str) -> None:
@@ -218,10 +233,7 @@ def test_a_warning_is_p3_and_each_alert_fingerprint_is_an_incident_of_its_own(sy
     for host in ("lab-app1", "lab-app2"):
         fire(url, "DiskSpaceLow", severity="warning", instance=host, **{"class": "hardware"})
     _listed(url, "DiskSpaceLow", True)
-    for _ in range(50):  # both posted alerts listed
-        if len(fetch_alerts(url)) == 3:
-            break
-        time.sleep(0.1)
+    _until(lambda: len(fetch_alerts(url)) == 3, "both posted alerts")
     result = sync_alerts(project, environment="lab")
     assert sorted(result.detection.opened) == ["INC-0001", "INC-0002"]
     incidents = [load_incident(project, i).data for i in incident_ids(project)]
@@ -351,11 +363,10 @@ def test_a_silenced_alert_still_fires_and_keeps_its_incident_open(synced, clock)
             "comment": "maintenance",
         },
     )
-    for _ in range(50):
-        alerts = fetch_alerts(url)
-        if any(a["status"]["state"] == "suppressed" for a in alerts):
-            break
-        time.sleep(0.1)
+    _until(
+        lambda: any(a["status"]["state"] == "suppressed" for a in fetch_alerts(url)),
+        "the alert silenced",
+    )
     clock.advance(minutes=5)
     result = sync_alerts(project, environment="lab")
     assert [a.state for a in result.alerts] == ["suppressed"]
