@@ -447,3 +447,22 @@ def smtp_sink():
     controller.start()
     yield port, messages
     controller.stop()
+
+
+@pytest.fixture
+def host_lock_refused(monkeypatch) -> threading.Event:
+    """Set once this process is refused a host lock another holder has (the real lock code,
+    watched): tests that let a holder go prove a wait by that order, never by a duration."""
+    import opsledger.lock as lock_module
+
+    refused = threading.Event()
+    take_machine = lock_module._take_machine
+
+    def watched(folder, holder):
+        taken = take_machine(folder, holder)
+        if taken[0] is None:
+            refused.set()
+        return taken
+
+    monkeypatch.setattr(lock_module, "_take_machine", watched)
+    return refused

@@ -250,9 +250,8 @@ def _hold(root: str, ready, stop) -> None:
     release(held)
 
 
-def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, monkeypatch):
+def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, host_lock_refused):
     """A change ran 6 s after its window closed, and was recorded as a success."""
-    import opsledger.lock as lock_module
 
     project, request = local_repo
     window = (START, START + dt.timedelta(hours=1))
@@ -265,16 +264,7 @@ def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, monkeypatc
     # The holder lets go 4 s after apply met the host held, so apply waits more than the 2 s
     # left of the window whatever the machine's speed. (A holder that let go 4 s after it took
     # the host let a loaded apply, slow to get to its lock, find it free and run.)
-    refused = threading.Event()
-    take_machine = lock_module._take_machine
-
-    def spy(folder, holder_info):
-        taken = take_machine(folder, holder_info)
-        if taken[0] is None:
-            refused.set()
-        return taken
-
-    monkeypatch.setattr(lock_module, "_take_machine", spy)
+    refused = host_lock_refused
 
     def let_go() -> None:
         if refused.wait(300):

@@ -182,23 +182,12 @@ def test_takeover_of_a_dead_holders_lock_is_atomic_under_a_race(project):
         assert holds.value >= 1 and takeovers.value == 1
 
 
-def test_wait_takes_the_lock_once_it_is_released(project, monkeypatch):
+def test_wait_takes_the_lock_once_it_is_released(project, host_lock_refused):
     """Proved by order, not by the clock: the holder lets go only once the waiter was refused
     at least once, and the waiter's lock comes after that (a duration said nothing on a loaded
     runner and failed there)."""
-    import opsledger.lock as lock_module
-
     first = _take(project, "CHG-0001")
-    refused, releasing = threading.Event(), threading.Event()
-    take_machine = lock_module._take_machine
-
-    def spy(folder, holder):
-        taken = take_machine(folder, holder)
-        if taken[0] is None:
-            refused.set()
-        return taken
-
-    monkeypatch.setattr(lock_module, "_take_machine", spy)
+    refused, releasing = host_lock_refused, threading.Event()
 
     def let_go() -> None:
         if refused.wait(120):  # the waiter met the lock held
