@@ -252,7 +252,6 @@ def _hold(root: str, ready, stop) -> None:
 
 def test_apply_wait_decides_again_once_it_holds_the_locks(local_repo, host_lock_refused):
     """A change ran 6 s after its window closed, and was recorded as a success."""
-
     project, request = local_repo
     window = (START, START + dt.timedelta(hours=1))
     change_id = request(params={"steps": 1}, window=window)
