@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from opsledger.gitenv import git_env
+
 LOCK_FILE = "opsledger-commit.lock"
 
 _GUARD = threading.RLock()  # threads of one process take turns like processes do
@@ -76,6 +78,7 @@ def git_folder(root: Path) -> Path | None:
             capture_output=True,
             text=True,
             check=False,
+            env=git_env(),
         )
         found = proc.stdout.strip() if proc.returncode == 0 else ""
         _GIT_DIRS[where] = Path(found) if found else None

@@ -13,17 +13,9 @@ from typing import Any
 
 from opsledger.commitlock import commit_lock, git_folder
 from opsledger.errors import OpsledgerError, Problem
+from opsledger.gitenv import git_env
 from opsledger.steady import steady_memo
 from opsledger.yamlio import outside_problem
-
-
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every git process opsledger starts.
-
-    History is evidence: `git replace` objects must not rewrite what is read (a local
-    replacement would turn a failed run's record into a success for every reader).
-    """
-    return {**os.environ, **(extra or {}), "GIT_NO_REPLACE_OBJECTS": "1"}
 
 
 def git(
