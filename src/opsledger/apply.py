@@ -36,6 +36,7 @@ from typing import Any
 from opsledger import procs
 from opsledger.afterrun import after_run
 from opsledger.changes import Change, load_change, load_withdrawal
+from opsledger.commitlock import commit_lock
 from opsledger.content import change_content, require_committed
 from opsledger.decide import Decision, decide_again
 from opsledger.errors import EXIT_DENIED, EXIT_INVALID, OpsledgerError, Problem
@@ -63,7 +64,7 @@ from opsledger.playbook_runs import PlaybookRun
 from opsledger.policycheck import require_policies
 from opsledger.project import DEFAULT_ENVIRONMENT, Project
 from opsledger.readguard import outside_content, watching_reads
-from opsledger.reconcile import Reconciled, commit_lock, commit_or_journal, reconcile_runs
+from opsledger.reconcile import Reconciled, commit_or_journal, reconcile_runs
 from opsledger.records import (
     Record,
     RunResult,
@@ -541,7 +542,7 @@ def _locked_run(
         try:
             ahead_path = _write_ahead(project, change.id, ahead_path, ahead)
             if run.origin is not None:  # the origin's branch is where a run is claimed
-                with commit_lock(project):
+                with commit_lock(project.root):
                     run.origin.claim(change.id, ahead_path)
         except OpsledgerError:
             shutil.rmtree(journal, ignore_errors=True)
@@ -614,7 +615,7 @@ def _locked_run(
         )
         # Written and committed under one hold of the checkout's commit lock: another command
         # settling evidence never sees this record between the two.
-        with commit_lock(project):
+        with commit_lock(project.root):
             kept = log_path_of(final)
             record = replace(record, log=log.write(kept))
             path = write_record(final, record)
@@ -684,7 +685,7 @@ def _write_ahead(project: Project, change_id: str, path: Path, ahead: Record) ->
     under the commit lock that `change withdraw` holds for its own check and commit: one of
     the two comes first, and a withdrawn change never starts (exit 3).
     """
-    with commit_lock(project):
+    with commit_lock(project.root):
         withdrawal = load_withdrawal(project, change_id, [head(project.root)])
         if withdrawal is not None:
             raise OpsledgerError(

@@ -18,16 +18,14 @@ never sees a record between its writing and its commit by a live apply.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from opsledger import procs
-from opsledger.commitlock import commit_lock as checkout_commit_lock
+from opsledger.commitlock import commit_lock
 from opsledger.errors import EXIT_INVALID, OpsledgerError, Problem
 from opsledger.gitrepo import git
 from opsledger.identity import commit_evidence, runner_identity
@@ -68,17 +66,6 @@ class Reconciled:
             raise OpsledgerError(self.problems, EXIT_INVALID)
 
 
-@contextlib.contextmanager
-def commit_lock(project: Project) -> Iterator[None]:
-    """One evidence commit at a time in this checkout (git's index is the checkout's).
-
-    The lock every commit of opsledger takes (commitlock.py), held here across writing a
-    record and committing it, so nobody reads the record in between.
-    """
-    with checkout_commit_lock(project.root):
-        yield
-
-
 def _dirty(project: Project, paths: list[str]) -> list[str]:
     """Those of `paths` that exist and differ from HEAD (untracked, added or modified)."""
     existing = [p for p in paths if (project.root / p).exists()]
@@ -105,8 +92,8 @@ def commit_or_journal(
 ) -> tuple[str, Problem | None]:
     """Commit evidence; when git refuses, journal the commit for the next command to retry.
 
-    Call it holding `commit_lock`, the same hold that wrote the files. Returns (sha, None), or
-    ("", the problem naming the files and the fix).
+    Call it holding the checkout's commit lock (commitlock.py), the same hold that wrote the
+    files. Returns (sha, None), or ("", the problem naming the files and the fix).
     """
     relative = [p.resolve().relative_to(project.root.resolve()).as_posix() for p in paths]
     try:
@@ -219,7 +206,7 @@ def reconcile_runs(project: Project, *, now: dt.datetime | None = None) -> Recon
     """
     moment = now or dt.datetime.now(dt.UTC)
     done = Reconciled()
-    with commit_lock(project):
+    with commit_lock(project.root):
         outbox = project.state_dir / "outbox"
         attempted: set[str] = set()
         for entry_file in sorted(outbox.glob("*.json")) if outbox.is_dir() else []:

@@ -15,6 +15,7 @@ from typing import Any
 
 from opsledger.apply import ApplyResult, apply_change
 from opsledger.changes import Change, load_change
+from opsledger.commitlock import commit_lock
 from opsledger.errors import EXIT_LOCKED, OpsledgerError, Problem
 from opsledger.execution import Events
 from opsledger.faults.detect import record_detection
@@ -23,7 +24,6 @@ from opsledger.layout import stored_file
 from opsledger.lock import lock_policy
 from opsledger.origin_records import OriginRecords
 from opsledger.project import Project
-from opsledger.reconcile import commit_lock
 from opsledger.records import Record, run_record_path, save_record
 from opsledger.reviews import open_review
 from opsledger.rollback import roll_back_hosts
@@ -190,7 +190,7 @@ def merge_shards(
     )
     path = run_record_path(project, change_id, started)
     record = _told(project, change, record, path, events)
-    with commit_lock(project):
+    with commit_lock(project.root):
         sha = save_record(
             project,
             path,

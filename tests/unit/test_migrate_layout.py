@@ -20,6 +20,7 @@ from opsledger.base import resolve_base
 from opsledger.changes import change_ids
 from opsledger.ci import pr_scope
 from opsledger.cli import cli
+from opsledger.commitlock import commit_lock
 from opsledger.content import repository_content
 from opsledger.decide import decide
 from opsledger.errors import OpsledgerError
@@ -27,7 +28,6 @@ from opsledger.evidence import run_evidence
 from opsledger.gitrepo import commit_paths, git, head
 from opsledger.layout import APPROVALS, change_pathspecs, is_flat_change_folder
 from opsledger.migrate import migrate_layout
-from opsledger.reconcile import commit_lock
 from opsledger.signoff import approve_change
 
 from .badinput import assert_refused, tree_state
@@ -326,6 +326,6 @@ def test_a_second_migration_while_one_runs_is_refused_and_moves_nothing(legacy):
     project, _, _ = legacy
     root = project.root
     before = tree_state(root)
-    with commit_lock(project):  # what a running migration (or evidence commit) holds
+    with commit_lock(project.root):  # what a running migration (or evidence commit) holds
         lines = assert_refused(_migrate_cli(root), expect="another opsledger command")
     assert len(lines) == 1 and tree_state(root) == before
